@@ -1,0 +1,120 @@
+"""``backline-agent``: enroll this machine with a relay, run the agent, show its status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import os
+import sys
+from pathlib import Path
+
+from backline.agent.control import run_forever
+from backline.agent.enroll import EnrollError, enroll
+from backline.agent.link import RelayUnreachable
+from backline.agent.state import StateDir, default_state_dir
+from backline.common import __version__
+from backline.common.tlspin import PinMismatch, format_fingerprint
+
+# Distinct exit codes, so scripts can tell failures apart.
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_PIN = 4
+EXIT_REFUSED = 5
+EXIT_NOT_ENROLLED = 6
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="backline-agent", description=(
+        "The Backline agent: connects out to your support relay so technicians can help "
+        "this machine. It does nothing the local policy does not allow."))
+    p.add_argument("--version", action="version", version=f"backline-agent {__version__}")
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="where the agent keeps its key and pinned relay "
+                        f"(default: ${'BACKLINE_AGENT_STATE_DIR'} or {default_state_dir()})")
+    p.add_argument("--log-level", default=os.environ.get("BACKLINE_AGENT_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("enroll", help="enroll this machine with a one-time token")
+    e.add_argument("token", help="the token from the console or `backline-relay token create`")
+    e.add_argument("--hostname", help="the name to report instead of this machine's hostname")
+    e.add_argument("--force", action="store_true", help="replace an existing enrollment")
+    sub.add_parser("run", help="connect to the relay and stay connected (until SIGTERM)")
+    sub.add_parser("status", help="show enrollment and connection state")
+    return p
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"backline-agent: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_enroll(state: StateDir, args: argparse.Namespace) -> int:
+    if state.is_enrolled() and not args.force:
+        return _fail(EXIT_USAGE, f"already enrolled (state in {state.root}); "
+                                 "use --force to enroll again")
+    try:
+        result = asyncio.run(enroll(args.token, state, args.hostname))
+    except EnrollError as exc:
+        code = EXIT_USAGE if exc.code == "token_malformed" else EXIT_REFUSED
+        return _fail(code, f"enrollment refused: {exc}")
+    except PinMismatch as exc:
+        return _fail(EXIT_PIN, str(exc))
+    except RelayUnreachable as exc:
+        return _fail(EXIT_UNREACHABLE, str(exc))
+    print(f"enrolled as {result.agent_id} in group {result.group} at {result.relay_url}")
+    print(f"pinned relay certificate {format_fingerprint(result.fingerprint)}")
+    print("start the agent with: backline-agent run")
+    return 0
+
+
+def cmd_status(state: StateDir) -> int:
+    if not state.is_enrolled():
+        print(f"not enrolled (state dir {state.root})")
+        return EXIT_NOT_ENROLLED
+    e = state.load_enrollment()
+    print(f"agent:      {e.agent_id} (group {e.group})")
+    print(f"relay:      {e.relay_url}")
+    print(f"pinned TLS: {format_fingerprint(e.fingerprint)}")
+    status = state.read_status()
+    running = False
+    if status:
+        try:
+            os.kill(int(status["pid"]), 0)
+            running = status["state"] != "stopped"
+        except (OSError, ValueError, KeyError):
+            running = False
+    if not status or not running:
+        print("connection: not running")
+        return 0
+    since = dt.datetime.fromtimestamp(status["since"]).isoformat(timespec="seconds")
+    line = f"connection: {status['state']} since {since} (pid {status['pid']})"
+    if status.get("last_error"):
+        line += f"; last error: {status['last_error']}"
+    print(line)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    state = StateDir(args.state_dir or default_state_dir())
+    if args.command == "enroll":
+        return cmd_enroll(state, args)
+    if args.command == "status":
+        return cmd_status(state)
+    if not state.is_enrolled():
+        return _fail(EXIT_NOT_ENROLLED, f"not enrolled (state dir {state.root}); "
+                                        "run `backline-agent enroll TOKEN` first")
+    run_forever(state)
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,142 @@
+"""``backline-agent run``: keep the control socket to the relay open, forever.
+
+Reconnects with capped exponential backoff and full jitter, so ten thousand
+agents whose relay restarts come back spread out rather than all at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import time
+from dataclasses import dataclass
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from backline.agent.facts import heartbeat_stats
+from backline.agent.link import RelayUnreachable, open_pinned
+from backline.agent.state import Enrollment, StateDir
+from backline.common import __version__, keys, protocol
+from backline.common.protocol import ProtocolError
+from backline.common.tlspin import PinMismatch
+
+log = logging.getLogger("backline.agent")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    base_s: float = 1.0
+    cap_s: float = 60.0
+
+    def delay(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+        return random.uniform(0, min(self.cap_s, self.base_s * 2 ** min(attempt, 30)))
+
+
+class AuthRefused(Exception):
+    """The relay refused this agent's identity (unknown or revoked)."""
+
+
+async def session(ws: ClientConnection, enrollment: Enrollment, key: keys.PrivateKey,
+                  state: StateDir, stop: asyncio.Event) -> None:
+    """One connected session: handshake, then heartbeats and answers until closed."""
+    challenge = await asyncio.wait_for(ws.recv(), 15)
+    await ws.send(protocol.answer_challenge(challenge, enrollment.agent_id, key,
+                                            enrollment.fingerprint, __version__))
+    welcome = protocol.parse_relay_message(await asyncio.wait_for(ws.recv(), 15))
+    if welcome["type"] == "error":
+        raise AuthRefused(f"{welcome['code']}: {welcome['message']}")
+    if welcome["type"] != "welcome":
+        raise ProtocolError("unexpected_type", f"expected welcome, got {welcome['type']}")
+    heartbeat_s = welcome["heartbeat_s"]
+    state.write_status("online", relay=enrollment.relay_url, agent_id=enrollment.agent_id)
+    log.info("connected to %s as %s", enrollment.relay_url, enrollment.agent_id)
+    last_ack = time.monotonic()
+
+    async def heartbeats() -> None:
+        while True:
+            await asyncio.sleep(heartbeat_s)
+            if time.monotonic() - last_ack > heartbeat_s * 2.5:
+                log.warning("no heartbeat answer from the relay; reconnecting")
+                await ws.close(4408, "no heartbeat answer")
+                return
+            await ws.send(protocol.encode("hb", stats=heartbeat_stats()))
+
+    beat = asyncio.create_task(heartbeats())
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        while True:
+            receiving = asyncio.ensure_future(ws.recv())
+            done, _ = await asyncio.wait({receiving, stopping, beat},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if receiving not in done:
+                receiving.cancel()
+                if beat in done:
+                    beat.result()
+                return
+            msg = protocol.parse_relay_message(receiving.result())
+            kind = msg["type"]
+            if kind == "hb_ack":
+                last_ack = time.monotonic()
+            elif kind == "ping":
+                await ws.send(protocol.encode("pong", id=msg["id"]))
+            elif kind == "error":
+                log.warning("relay says %s: %s", msg["code"], msg["message"])
+    finally:
+        beat.cancel()
+        stopping.cancel()
+
+
+async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()) -> None:
+    enrollment = state.load_enrollment()
+    key = state.load_key()
+    attempt = 0
+    while not stop.is_set():
+        error = ""
+        connected_at = None
+        try:
+            async with open_pinned(enrollment.control_url, enrollment.fingerprint) as ws:
+                connected_at = time.monotonic()
+                await session(ws, enrollment, key, state, stop)
+        except PinMismatch as exc:
+            error = str(exc)
+            log.error("%s", exc)
+        except AuthRefused as exc:
+            error = f"the relay refused this agent: {exc}"
+            log.error("%s", error)
+        except (RelayUnreachable, ConnectionClosed, WebSocketException, OSError,
+                TimeoutError, ProtocolError) as exc:
+            error = str(exc) or type(exc).__name__
+            log.info("connection lost: %s", error)
+        if stop.is_set():
+            break
+        # A session that lasted a while resets the backoff; a flapping one does not.
+        if connected_at is not None and time.monotonic() - connected_at > 60:
+            attempt = 0
+        delay = backoff.delay(attempt)
+        attempt += 1
+        state.write_status("reconnecting", relay=enrollment.relay_url,
+                           agent_id=enrollment.agent_id, last_error=error[:500],
+                           retry_in_s=round(delay, 1))
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+        except TimeoutError:
+            pass
+    state.write_status("stopped", relay=enrollment.relay_url, agent_id=enrollment.agent_id)
+    log.info("stopped")
+
+
+def run_forever(state: StateDir) -> None:
+    """Run until SIGTERM or SIGINT, then close the socket cleanly and exit."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run(state, stop)
+
+    asyncio.run(main())

@@ -1,0 +1,63 @@
+"""``backline-agent enroll``: trade a one-time token for a pinned relationship with a relay."""
+
+from __future__ import annotations
+
+import asyncio
+
+from websockets.exceptions import ConnectionClosed
+
+from backline.agent.facts import gather
+from backline.agent.link import open_pinned, ws_url
+from backline.agent.state import Enrollment, StateDir
+from backline.common import enrollment, keys, protocol
+
+# What each refusal from the relay means for the person at the keyboard.
+REFUSALS = {
+    "token_expired": "the enrollment token has expired; ask for a new one",
+    "token_used_up": "the enrollment token has already been used as often as allowed",
+    "token_revoked": "the enrollment token was revoked",
+    "token_unknown": "the relay does not know this enrollment token",
+    "token_forged": "the enrollment token's secret is wrong (was it altered?)",
+    "token_malformed": "the enrollment token is malformed",
+    "bad_signature": "the relay could not verify this agent's key",
+}
+
+
+class EnrollError(Exception):
+    """Enrollment failed; ``code`` is stable and the message is for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+async def enroll(token_text: str, state: StateDir, hostname: str | None = None,
+                 timeout: float = 15.0) -> Enrollment:
+    try:
+        token = enrollment.parse(token_text)
+    except enrollment.MalformedToken as exc:
+        raise EnrollError("token_malformed", str(exc)) from None
+    key = keys.generate()
+    public = keys.public_raw(key)
+    info = gather(hostname)
+    async with open_pinned(ws_url(token.relay_url, "/agent/enroll"), token.fingerprint,
+                           timeout) as ws:
+        signature = key.sign(protocol.enroll_payload(token.secret, public, token.fingerprint))
+        await ws.send(protocol.encode("enroll", token=token.secret,
+                                      public_key=protocol.b64e(public),
+                                      signature=protocol.b64e(signature), **info))
+        try:
+            frame = await asyncio.wait_for(ws.recv(), timeout)
+        except (ConnectionClosed, TimeoutError):
+            raise EnrollError("no_answer", "the relay closed the connection without an answer"
+                              ) from None
+        msg = protocol.decode(frame, frozenset({"enrolled", "error"}))
+    if msg["type"] == "error":
+        raise EnrollError(msg["code"], REFUSALS.get(msg["code"], msg["message"]))
+    result = Enrollment(
+        agent_id=msg["agent_id"], relay_url=token.relay_url, fingerprint=token.fingerprint,
+        control_url=msg["control_url"], group=msg["group"],
+        ca_public_key=msg["ca_public_key"], audit_public_key=msg["audit_public_key"],
+        fix_keys=list(msg["fix_keys"]), heartbeat_s=msg["heartbeat_s"])
+    state.save_enrollment(key, result)
+    return result

@@ -1,0 +1,94 @@
+"""The agent's state directory: its identity key, what it pinned, and its status.
+
+Written atomically (temp file + rename), so a crash never leaves half a file; the
+key is 0600 and the directory 0700, readable only by the agent's own user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from backline.common import keys
+
+ENV_STATE_DIR = "BACKLINE_AGENT_STATE_DIR"
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get(ENV_STATE_DIR)
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_data_dir("backline-agent", appauthor=False))
+
+
+@dataclass
+class Enrollment:
+    """What the agent learned and pinned when it enrolled."""
+
+    agent_id: str
+    relay_url: str
+    fingerprint: str
+    control_url: str
+    group: str
+    ca_public_key: str
+    audit_public_key: str
+    fix_keys: list[str] = field(default_factory=list)
+    heartbeat_s: int = 30
+    enrolled_at: float = field(default_factory=time.time)
+
+
+class StateDir:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def key_path(self) -> Path:
+        return self.root / "identity_key"
+
+    @property
+    def enrollment_path(self) -> Path:
+        return self.root / "enrollment.json"
+
+    @property
+    def status_path(self) -> Path:
+        return self.root / "status.json"
+
+    def prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+
+    def is_enrolled(self) -> bool:
+        return self.enrollment_path.exists() and self.key_path.exists()
+
+    def save_enrollment(self, key: keys.PrivateKey, enrollment: Enrollment) -> None:
+        self.prepare()
+        keys.save_private(key, self.key_path, openssh=True)
+        self._write_json(self.enrollment_path, asdict(enrollment))
+
+    def load_enrollment(self) -> Enrollment:
+        data = json.loads(self.enrollment_path.read_text())
+        return Enrollment(**data)
+
+    def load_key(self) -> keys.PrivateKey:
+        return keys.load_private(self.key_path)
+
+    def write_status(self, state: str, **extra: Any) -> None:
+        self.prepare()
+        self._write_json(self.status_path, {"state": state, "since": time.time(),
+                                            "pid": os.getpid(), **extra})
+
+    def read_status(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self.status_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return data
+
+    def _write_json(self, path: Path, data: dict[str, Any]) -> None:
+        keys.write_private_file(path, (json.dumps(data, indent=2) + "\n").encode())

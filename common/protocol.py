@@ -1,0 +1,279 @@
+"""The control protocol between agent and relay, as a sans-I/O core.
+
+Nothing here touches a socket: the asyncio layers in the agent and the relay feed
+received text frames in and send out what these functions return. That keeps the
+rules of the protocol (what a message may contain, which message may come when)
+in one place that both sides import and that property-based tests can hammer.
+
+Every frame is one JSON object of at most ``MAX_FRAME_BYTES`` UTF-8 bytes with a
+protocol version ``v`` and a ``type``. Anything else is a :class:`ProtocolError`,
+never another exception: the relay closes such a connection and keeps serving.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from backline.common import keys
+
+VERSION = 1
+MAX_FRAME_BYTES = 64 * 1024
+NONCE_BYTES = 32
+AUTH_CONTEXT = b"backline/control-auth/v1"
+ENROLL_CONTEXT = b"backline/enroll/v1"
+
+AGENT_ID_RE = re.compile(r"^ag_[A-Za-z0-9_-]{10,40}$")
+_B64_RE = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
+
+
+class ProtocolError(Exception):
+    """A frame that breaks the protocol; ``code`` is stable and machine-readable."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+# --- field rules -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: type | tuple[type, ...]
+    required: bool = True
+    max_len: int | None = None
+    pattern: re.Pattern[str] | None = None
+
+
+def _s(max_len: int, required: bool = True, pattern: re.Pattern[str] | None = None) -> Field:
+    return Field(str, required, max_len, pattern)
+
+
+_INFO_FIELDS = ("hostname", "os", "os_version", "arch", "version")
+
+# One schema per message type; fields not listed are refused, so nothing unchecked
+# can ride along into the store or the console.
+SCHEMAS: dict[str, dict[str, Field]] = {
+    # relay -> agent
+    "challenge": {"nonce": _s(64, pattern=_B64_RE), "relay_time": Field((int, float))},
+    "welcome": {"agent_id": _s(64), "heartbeat_s": Field(int), "relay_time": Field((int, float))},
+    "hb_ack": {"relay_time": Field((int, float))},
+    "ping": {"id": _s(64)},
+    "error": {"code": _s(64), "message": _s(1024)},
+    "enrolled": {
+        "agent_id": _s(64),
+        "group": _s(128),
+        "ca_public_key": _s(4096),
+        "audit_public_key": _s(4096),
+        "fix_keys": Field(list),
+        "control_url": _s(2048),
+        "heartbeat_s": Field(int),
+    },
+    # agent -> relay
+    "auth": {
+        "agent_id": _s(64, pattern=AGENT_ID_RE),
+        "signature": _s(128, pattern=_B64_RE),
+        "version": _s(64),
+    },
+    "hb": {"stats": Field(dict, required=False)},
+    "pong": {"id": _s(64)},
+    "health": {"alerts": Field(list)},
+    "enroll": {
+        "token": _s(256),
+        "public_key": _s(64, pattern=_B64_RE),
+        "signature": _s(128, pattern=_B64_RE),
+        **{name: _s(256) for name in _INFO_FIELDS},
+    },
+}
+
+RELAY_TO_AGENT = frozenset({"challenge", "welcome", "hb_ack", "ping", "error", "enrolled"})
+AGENT_TO_RELAY = frozenset({"auth", "hb", "pong", "health", "enroll"})
+
+MAX_STATS_KEYS = 32
+MAX_ALERTS = 32
+
+
+def encode(msg_type: str, **fields: Any) -> str:
+    """Build one frame; the sender's own messages are validated too."""
+    msg = {"v": VERSION, "type": msg_type, **fields}
+    validate(msg)
+    text = json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
+    if len(text.encode()) > MAX_FRAME_BYTES:
+        raise ProtocolError("too_large", f"frame over {MAX_FRAME_BYTES} bytes")
+    return text
+
+
+def decode(frame: str | bytes, allowed: frozenset[str] | None = None) -> dict[str, Any]:
+    """Parse and validate one received frame, or raise :class:`ProtocolError`."""
+    if isinstance(frame, bytes | bytearray | memoryview):
+        frame = bytes(frame)
+        if len(frame) > MAX_FRAME_BYTES:
+            raise ProtocolError("too_large", f"frame over {MAX_FRAME_BYTES} bytes")
+        try:
+            frame = frame.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError("bad_encoding", "frame is not UTF-8") from exc
+    if not isinstance(frame, str):
+        raise ProtocolError("bad_frame", "frame is neither text nor bytes")
+    if len(frame) > MAX_FRAME_BYTES or len(frame.encode("utf-8", "surrogatepass")) > (
+            MAX_FRAME_BYTES):
+        raise ProtocolError("too_large", f"frame over {MAX_FRAME_BYTES} bytes")
+    try:
+        msg = json.loads(frame, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("bad_json", "frame is not valid JSON") from exc
+    validate(msg)
+    if allowed is not None and msg["type"] not in allowed:
+        raise ProtocolError("unexpected_type", f"{msg['type']!r} is not expected here")
+    return msg
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def validate(msg: Any) -> None:
+    """Check a decoded message against its schema."""
+    if not isinstance(msg, dict):
+        raise ProtocolError("bad_frame", "frame is not a JSON object")
+    if msg.get("v") != VERSION or isinstance(msg.get("v"), bool):
+        raise ProtocolError("bad_version", f"protocol version must be {VERSION}")
+    msg_type = msg.get("type")
+    if not isinstance(msg_type, str) or msg_type not in SCHEMAS:
+        raise ProtocolError("unknown_type", "unknown message type")
+    schema = SCHEMAS[msg_type]
+    for name in msg:
+        if name not in ("v", "type") and name not in schema:
+            raise ProtocolError("unknown_field", f"{msg_type}: unexpected field {name[:40]!r}")
+    for name, rule in schema.items():
+        if name not in msg:
+            if rule.required:
+                raise ProtocolError("missing_field", f"{msg_type}: missing {name}")
+            continue
+        value = msg[name]
+        # bool is an int in Python; a protocol number is never a boolean.
+        if isinstance(value, bool) or not isinstance(value, rule.kind):
+            raise ProtocolError("bad_field", f"{msg_type}: {name} has the wrong type")
+        if rule.max_len is not None and len(value) > rule.max_len:
+            raise ProtocolError("bad_field", f"{msg_type}: {name} is too long")
+        if rule.pattern is not None and not rule.pattern.fullmatch(value):
+            raise ProtocolError("bad_field", f"{msg_type}: {name} is malformed")
+    if msg_type == "hb" and "stats" in msg:
+        _check_stats(msg["stats"])
+    if msg_type == "health":
+        _check_alerts(msg["alerts"])
+    if msg_type == "enrolled":
+        fix_keys = msg["fix_keys"]
+        if len(fix_keys) > 16 or not all(isinstance(k, str) and len(k) <= 4096 for k in fix_keys):
+            raise ProtocolError("bad_field", "enrolled: fix_keys is malformed")
+
+
+def _check_stats(stats: dict[str, Any]) -> None:
+    if len(stats) > MAX_STATS_KEYS:
+        raise ProtocolError("bad_field", "hb: too many stats")
+    for key, value in stats.items():
+        if len(key) > 64 or isinstance(value, bool) or not isinstance(value, int | float):
+            raise ProtocolError("bad_field", "hb: stats are short names with numbers")
+
+
+def _check_alerts(alerts: list[Any]) -> None:
+    if len(alerts) > MAX_ALERTS:
+        raise ProtocolError("bad_field", "health: too many alerts")
+    for alert in alerts:
+        if not isinstance(alert, dict) or set(alert) - {"id", "severity", "message"}:
+            raise ProtocolError("bad_field", "health: an alert is {id, severity, message}")
+        for key in ("id", "severity", "message"):
+            if not isinstance(alert.get(key), str) or len(alert[key]) > 512:
+                raise ProtocolError("bad_field", f"health: alert {key} must be a short string")
+        if alert["severity"] not in ("info", "warning", "critical"):
+            raise ProtocolError("bad_field", "health: severity is info, warning or critical")
+
+
+# --- signatures --------------------------------------------------------------------
+
+
+def b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def b64d(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError("bad_field", "not base64url") from exc
+
+
+def auth_payload(nonce: bytes, agent_id: str, relay_fingerprint: str) -> bytes:
+    """What an agent signs to log in: the relay's fresh nonce, bound to the TLS
+    certificate the agent sees, so a signature is good for one connection to one relay."""
+    return b"\0".join([AUTH_CONTEXT, nonce, agent_id.encode(), relay_fingerprint.encode()])
+
+
+def enroll_payload(token: str, public_key: bytes, relay_fingerprint: str) -> bytes:
+    """What an enrolling agent signs: proof it holds the key it registers."""
+    return b"\0".join([ENROLL_CONTEXT, token.encode(), public_key, relay_fingerprint.encode()])
+
+
+# --- relay side --------------------------------------------------------------------
+
+
+@dataclass
+class RelayHandshake:
+    """The relay's half of the control handshake: challenge, then one ``auth``."""
+
+    relay_fingerprint: str
+    nonce: bytes = field(default_factory=lambda: secrets.token_bytes(NONCE_BYTES))
+    agent_id: str | None = None
+    authenticated: bool = False
+
+    def challenge(self, now: float) -> str:
+        return encode("challenge", nonce=b64e(self.nonce), relay_time=round(now, 3))
+
+    def receive_auth(self, frame: str | bytes) -> dict[str, Any]:
+        """Parse the agent's answer; the caller looks up the key and calls :meth:`verify`."""
+        msg = decode(frame, frozenset({"auth"}))
+        self.agent_id = msg["agent_id"]
+        return msg
+
+    def verify(self, msg: dict[str, Any], public_key_raw: bytes) -> bool:
+        payload = auth_payload(self.nonce, msg["agent_id"], self.relay_fingerprint)
+        try:
+            signature = b64d(msg["signature"])
+        except ProtocolError:
+            return False
+        self.authenticated = keys.verify(public_key_raw, signature, payload)
+        return self.authenticated
+
+
+def parse_agent_message(frame: str | bytes) -> dict[str, Any]:
+    """A frame from an authenticated agent."""
+    return decode(frame, frozenset({"hb", "pong", "health"}))
+
+
+# --- agent side --------------------------------------------------------------------
+
+
+def answer_challenge(
+    frame: str | bytes, agent_id: str, private_key: keys.PrivateKey, relay_fingerprint: str,
+    version: str,
+) -> str:
+    """The agent's reply to a challenge: sign the nonce, bound to this relay."""
+    msg = decode(frame, frozenset({"challenge", "error"}))
+    if msg["type"] == "error":
+        raise ProtocolError(msg["code"], msg["message"])
+    nonce = b64d(msg["nonce"])
+    if len(nonce) != NONCE_BYTES:
+        raise ProtocolError("bad_field", "challenge nonce has the wrong length")
+    signature = private_key.sign(auth_payload(nonce, agent_id, relay_fingerprint))
+    return encode("auth", agent_id=agent_id, signature=b64e(signature), version=version)
+
+
+def parse_relay_message(frame: str | bytes) -> dict[str, Any]:
+    """A frame from the relay after the handshake (or an ``error`` at any time)."""
+    return decode(frame, RELAY_TO_AGENT)

@@ -1,0 +1,1 @@
+"""The Backline relay: agents connect out to it, technicians work through it."""

@@ -1,0 +1,136 @@
+"""The relay's ASGI application: API, agent and console sockets, health and metrics."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backline.relay import api, openapi
+from backline.relay.console_socket import live_endpoint
+from backline.relay.control import connect_endpoint, enroll_endpoint
+from backline.relay.state import Relay
+from backline.relay.webauth import allowed_origins
+
+CONSOLE_DIST = Path(__file__).resolve().parent.parent / "console" / "dist"
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+       "form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"strict-transport-security", b"max-age=31536000"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+
+
+class SecurityMiddleware:
+    """Security headers on every answer; WebSockets from a foreign ``Origin`` refused
+    before the application sees them (cross-site WebSocket hijacking)."""
+
+    def __init__(self, app: ASGIApp, relay: Relay) -> None:
+        self.app = app
+        self.relay = relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            origin = _header(scope, b"origin")
+            if origin is not None and origin.rstrip("/") not in allowed_origins(self.relay):
+                address = scope["client"][0] if scope.get("client") else "unknown"
+                self.relay.metrics.errors.labels("bad_origin").inc()
+                self.relay.record(f"anonymous@{address}", "websocket.refused", scope["path"],
+                                  reason="bad_origin", origin=origin[:200], address=address)
+                await send({"type": "websocket.close", "code": 4403})
+                return
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        is_api = scope["path"].startswith("/api/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.extend(SECURITY_HEADERS)
+                if is_api:
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+                self.relay.metrics.http.labels(str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"ok": True})
+
+
+async def readyz(request: Request) -> Response:
+    relay: Relay = request.app.state.relay
+    try:
+        with relay.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except Exception as exc:
+        return JSONResponse({"ready": False, "database": type(exc).__name__}, status_code=503)
+    return JSONResponse({"ready": True, "agents_connected": len(relay.presence)})
+
+
+async def metrics(request: Request) -> Response:
+    relay: Relay = request.app.state.relay
+    return Response(relay.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+async def console_index(request: Request) -> Response:
+    index = CONSOLE_DIST / "index.html"
+    if index.exists():
+        return FileResponse(index)
+    return HTMLResponse("<!doctype html><title>Backline</title><p>The console assets are not "
+                        "built. Run the README's set-up command.</p>")
+
+
+def build_app(relay: Relay) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        await relay.start_background()
+        relay.record("system", "relay.start", "relay", url=relay.origin,
+                     fingerprint=relay.fingerprint)
+        try:
+            yield {}
+        finally:
+            await relay.stop_background()
+            relay.record("system", "relay.stop", "relay")
+
+    routes: list[Any] = [
+        Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
+        Route("/api/v1/openapi.json", openapi.endpoint),
+        *api.ROUTES,
+        WebSocketRoute("/api/v1/live", live_endpoint),
+        WebSocketRoute("/agent/enroll", enroll_endpoint),
+        WebSocketRoute("/agent/connect", connect_endpoint),
+        Route("/", console_index),
+    ]
+    if (CONSOLE_DIST / "assets").is_dir():
+        routes.append(Mount("/assets", StaticFiles(directory=CONSOLE_DIST / "assets")))
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.relay = relay
+    app.add_middleware(SecurityMiddleware, relay=relay)
+    return app

@@ -1,0 +1,327 @@
+"""``backline-relay``: initialise, serve, and administer a relay from its own machine.
+
+The first admin is made here (``init`` prints a one-time password, or ``user
+create``), never through the web: no web path can re-run set-up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from backline.common.enrollment import EnrollmentToken
+from backline.common.tlspin import format_fingerprint
+from backline.relay import config as config_mod
+from backline.relay import tokens, users
+from backline.relay.roles import ROLES
+from backline.relay.state import Relay, open_relay
+
+app = typer.Typer(help="Backline relay: agents connect to it, technicians work through it.",
+                  no_args_is_help=True, add_completion=False)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
+group_app = typer.Typer(help="Manage agent groups and grants.", no_args_is_help=True)
+token_app = typer.Typer(help="Manage enrollment tokens.", no_args_is_help=True)
+audit_app = typer.Typer(help="Verify and export the audit trail.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(user_app, name="user")
+app.add_typer(group_app, name="group")
+app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+DataDirOpt = Annotated[Path | None, typer.Option(
+    "--data-dir", envvar="BACKLINE_DATA_DIR",
+    help="Where the relay keeps its database, keys and certificate.")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", envvar="BACKLINE_CONFIG", help="A TOML file of settings.")]
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:
+        return "cli"
+
+
+def _load(data_dir: Path | None, config_file: Path | None, **overrides: object
+          ) -> config_mod.RelayConfig:
+    try:
+        return config_mod.load(config_file, {"data_dir": data_dir, **overrides})
+    except config_mod.ConfigError as exc:
+        err.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _open(data_dir: Path | None, config_file: Path | None, **overrides: object) -> Relay:
+    return open_relay(_load(data_dir, config_file, **overrides))
+
+
+def initialise(relay: Relay) -> str | None:
+    """First start: make the first admin with a one-time password. Returns it, once."""
+    if users.count_users(relay.engine) > 0:
+        relay.datadir.initialised_marker.touch()
+        return None
+    password = users.generate_password()
+    users.create_user(relay.engine, "admin", "admin", password, must_change_password=True)
+    users.group_id(relay.engine, "default", create=True)
+    relay.record(_actor(), "relay.init", "relay", admin="admin", url=relay.origin,
+                 fingerprint=relay.fingerprint)
+    relay.datadir.initialised_marker.touch()
+    return password
+
+
+def print_banner(relay: Relay, password: str | None) -> None:
+    out.print(f"[bold]Backline relay[/]  data: {relay.datadir.root}")
+    out.print(f"  console:      {relay.origin}/")
+    out.print(f"  TLS SHA-256:  {format_fingerprint(relay.fingerprint)}")
+    if password:
+        out.print("  first admin:  [bold]admin[/] with one-time password "
+                  f"[bold]{password}[/] (change it at first sign-in; shown only now)")
+
+
+@app.command()
+def init(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Create the data directory, keys, certificate, database and first admin."""
+    relay = _open(data_dir, config)
+    print_banner(relay, initialise(relay))
+
+
+@app.command()
+def serve(
+    data_dir: DataDirOpt = None, config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+) -> None:
+    """Run the relay (initialising it on first start)."""
+    from backline.relay.server import serve as run_server
+
+    relay = _open(data_dir, config, listen_host=host, listen_port=port)
+    print_banner(relay, initialise(relay))
+    sys.stdout.flush()
+    run_server(relay)
+
+
+@config_app.command("show")
+def config_show(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Print the effective configuration (secrets hidden) as TOML-like lines."""
+    cfg = _load(data_dir, config)
+    for name, value in cfg.shown().items():
+        out.print(f"{name} = {json.dumps(value)}", markup=False)
+
+
+@user_app.command("create")
+def user_create(
+    username: str,
+    role: Annotated[str, typer.Option(help=f"One of {', '.join(ROLES)}.")] = "technician",
+    password_stdin: Annotated[bool, typer.Option(
+        help="Read the password from standard input instead of generating one.")] = False,
+    data_dir: DataDirOpt = None, config: ConfigOpt = None,
+) -> None:
+    """Create a user. A generated password is one-time: it must be changed at sign-in."""
+    relay = _open(data_dir, config)
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else users.generate_password()
+    try:
+        users.create_user(relay.engine, username, role, password,
+                          must_change_password=not password_stdin)
+    except users.UserError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    relay.record(_actor(), "user.create", f"user:{username}", role=role)
+    if not password_stdin:
+        out.print(f"created {username} ({role}); one-time password: {password}", markup=False)
+    else:
+        out.print(f"created {username} ({role})", markup=False)
+
+
+@user_app.command("list")
+def user_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """List users and roles."""
+    relay = _open(data_dir, config)
+    for u in users.list_users(relay.engine):
+        flags = [f for f, on in (("disabled", u.disabled), ("totp", u.totp_enabled)) if on]
+        out.print(f"{u.username:24} {u.role:11} {' '.join(flags)}", markup=False)
+
+
+@user_app.command("reset-password")
+def user_reset_password(username: str, data_dir: DataDirOpt = None,
+                        config: ConfigOpt = None) -> None:
+    """Give a user a new one-time password and end their sessions."""
+    from backline.relay.webauth import end_user_sessions
+
+    relay = _open(data_dir, config)
+    user = users.get_user(relay.engine, username=username)
+    if user is None:
+        err.print(f"[red]error:[/] no user {username!r}")
+        raise typer.Exit(2)
+    password = users.generate_password()
+    users.set_password(relay.engine, user.id, password, must_change=True)
+    end_user_sessions(relay, user.id)
+    relay.record(_actor(), "user.reset_password", f"user:{username}")
+    out.print(f"{username}: one-time password {password}", markup=False)
+
+
+@group_app.command("create")
+def group_create(name: str, data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Create an agent group."""
+    relay = _open(data_dir, config)
+    try:
+        users.create_group(relay.engine, name)
+    except users.UserError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    relay.record(_actor(), "group.create", f"group:{name}")
+    out.print(f"created group {name}", markup=False)
+
+
+@group_app.command("grant")
+def group_grant(group: str, username: str, data_dir: DataDirOpt = None,
+                config: ConfigOpt = None) -> None:
+    """Let a user act on a group's agents."""
+    relay = _open(data_dir, config)
+    gid = users.group_id(relay.engine, group)
+    user = users.get_user(relay.engine, username=username)
+    if gid is None or user is None:
+        err.print("[red]error:[/] no such group or user")
+        raise typer.Exit(2)
+    users.grant(relay.engine, user.id, gid)
+    relay.record(_actor(), "group.grant", f"group:{gid}", user=username)
+    out.print(f"{username} may now act on group {group}", markup=False)
+
+
+@token_app.command("create")
+def token_create(
+    group: Annotated[str, typer.Option(help="The agent group enrolled agents join.")] = "default",
+    uses: Annotated[int, typer.Option(help="How many agents may enroll with it.")] = 1,
+    ttl: Annotated[str, typer.Option(help="How long it is valid: 30m, 1h, 7d...")] = "1h",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q",
+                                        help="Print only the token.")] = False,
+    data_dir: DataDirOpt = None, config: ConfigOpt = None,
+) -> None:
+    """Create an enrollment token and print the command an agent runs with it."""
+    relay = _open(data_dir, config)
+    gid = users.group_id(relay.engine, group)
+    if gid is None:
+        err.print(f"[red]error:[/] no group named {group!r} (create it with `group create`)")
+        raise typer.Exit(2)
+    try:
+        token_id, secret = tokens.create_enroll_token(relay.engine, gid, uses,
+                                                      tokens.parse_ttl(ttl), _actor())
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    token = EnrollmentToken(relay.origin, relay.fingerprint, secret).encode()
+    relay.record(_actor(), "enroll_token.create", f"enroll_token:{token_id}", group=group,
+                 uses=uses, ttl=ttl)
+    if quiet:
+        print(token)
+        return
+    out.print(f"token {token_id} for group {group}: {uses} use(s), valid {ttl}", markup=False)
+    out.print("on the customer's machine run:", markup=False)
+    print(f"  backline-agent enroll '{token}'")
+
+
+@token_app.command("list")
+def token_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """List enrollment tokens and their state."""
+    relay = _open(data_dir, config)
+    for t in tokens.list_enroll_tokens(relay.engine):
+        expires = dt.datetime.fromtimestamp(t["expires_at"]).isoformat(timespec="seconds")
+        out.print(f"{t['id']}  {t['group']:16} {t['uses']}/{t['max_uses']} uses  "
+                  f"expires {expires}  {t['state']}", markup=False)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str, data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Revoke an enrollment token."""
+    relay = _open(data_dir, config)
+    if not tokens.revoke_enroll_token(relay.engine, token_id):
+        err.print(f"[red]error:[/] no active token {token_id!r}")
+        raise typer.Exit(2)
+    relay.record(_actor(), "enroll_token.revoke", f"enroll_token:{token_id}")
+    out.print(f"revoked {token_id}", markup=False)
+
+
+def parse_since(text: str) -> float:
+    """``24h``/``7d`` ago, an ISO date or time, or Unix seconds."""
+    text = text.strip()
+    relative = re.fullmatch(r"(\d+)([smhd])", text)
+    if relative:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[relative.group(2)]
+        return time.time() - int(relative.group(1)) * unit
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter("use 24h, 7d, 2026-01-31, 2026-01-31T12:00 or Unix seconds"
+                                 ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.astimezone()
+    return parsed.timestamp()
+
+
+@audit_app.command("verify")
+def audit_verify(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Check the hash chain and signed checkpoints; print OK or the first broken record."""
+    relay = _open(data_dir, config)
+    result = relay.audit.verify()
+    (out if result.ok else err).print(result.describe(), markup=False)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@audit_app.command("export")
+def audit_export(
+    since: Annotated[str | None, typer.Option(
+        help="Only events since: 24h, 7d, an ISO date/time or Unix seconds.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Output format.")] = "jsonl",
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                help="File to write (default stdout).")] = None,
+    data_dir: DataDirOpt = None, config: ConfigOpt = None,
+) -> None:
+    """Export events with their hashes as JSON lines, oldest first."""
+    if fmt != "jsonl":
+        err.print("[red]error:[/] the only format is jsonl")
+        raise typer.Exit(2)
+    relay = _open(data_dir, config)
+    start = parse_since(since) if since else None
+    stream = open(output, "w", encoding="utf-8") if output else sys.stdout
+    count = 0
+    try:
+        for event in relay.audit.export(start):
+            stream.write(json.dumps(event, ensure_ascii=False) + "\n")
+            count += 1
+    finally:
+        if output:
+            stream.close()
+    if output:
+        err.print(f"wrote {count} events to {output}", markup=False)
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state.")] = Path(
+        ".demo"),
+    port: Annotated[int, typer.Option(help="Relay port.")] = 8443,
+) -> None:
+    """Run a relay plus one local enrolled agent, printing the URL and credentials."""
+    from backline.relay.demo import run_demo
+
+    raise typer.Exit(run_demo(data_dir.resolve(), port))
+
+
+def main() -> None:
+    os.umask(0o077)  # the database and everything else the relay writes is private
+    app()

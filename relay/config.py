@@ -1,0 +1,169 @@
+"""Relay configuration: defaults, then a TOML file, then ``BACKLINE_*`` variables.
+
+Later sources win. Every setting has a sensible default, so a bare
+``backline-relay serve`` runs an embedded relay on loopback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+ENV_PREFIX = "BACKLINE_"
+TLS_MODES = ("self-signed", "files", "off")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message says which and why."""
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("backline-relay", appauthor=False))
+
+
+@dataclass
+class RelayConfig:
+    data_dir: Path = field(default_factory=default_data_dir)
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8443
+    # The URL agents and browsers use; defaults to the listen address.
+    public_url: str = ""
+    # self-signed: the relay makes and serves its own certificate (the default);
+    # files: tls_cert_file/tls_key_file; off: a reverse proxy in front ends TLS.
+    tls: str = "self-signed"
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # SHA-256 of the certificate agents pin when TLS ends at a proxy (tls = "off").
+    tls_fingerprint: str = ""
+    database_url: str = ""
+    heartbeat_s: int = 30
+    web_session_hours: float = 12.0
+    web_session_idle_minutes: float = 30.0
+    require_totp_for_admins: bool = False
+    login_failures_per_account: int = 5
+    login_failures_per_address: int = 20
+    login_window_s: int = 900
+    audit_checkpoint_every: int = 100
+    audit_checkpoint_seconds: int = 60
+    # Addresses of reverse proxies whose X-Forwarded-For / -Proto headers are believed.
+    trusted_proxies: list[str] = field(default_factory=list)
+    # Browser origins besides public_url allowed to call the API and open WebSockets.
+    extra_origins: list[str] = field(default_factory=list)
+    log_level: str = "info"
+    event_loop: str = "auto"
+
+    @property
+    def effective_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.listen_host
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104 - describing, not binding
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"https://{host}:{self.listen_port}"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'relay.db'}"
+
+    def validate(self) -> None:
+        if self.tls not in TLS_MODES:
+            raise ConfigError(f"tls must be one of {', '.join(TLS_MODES)}, not {self.tls!r}")
+        if self.tls == "files" and not (self.tls_cert_file and self.tls_key_file):
+            raise ConfigError("tls = 'files' needs tls_cert_file and tls_key_file")
+        if not 0 < self.listen_port < 65536:
+            raise ConfigError("listen_port must be between 1 and 65535")
+        if not self.effective_public_url.startswith("https://"):
+            raise ConfigError("public_url must start with https:// (cookies are Secure-only)")
+        if self.heartbeat_s < 5 or self.heartbeat_s > 600:
+            raise ConfigError("heartbeat_s must be between 5 and 600")
+        if self.event_loop not in ("auto", "asyncio", "uvloop"):
+            raise ConfigError("event_loop must be auto, asyncio or uvloop")
+
+    def shown(self) -> dict[str, Any]:
+        """The effective settings with secrets hidden, for ``config show``."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        out["public_url"] = self.effective_public_url
+        out["database_url"] = hide_url_password(self.effective_database_url)
+        return out
+
+
+def hide_url_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def _coerce(name: str, raw: Any, kind: Any) -> Any:
+    kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    try:
+        if "Path" in kind_name:
+            return Path(str(raw)).expanduser()
+        if "bool" in kind_name:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(text)
+            return text in ("1", "true", "yes", "on")
+        if "list" in kind_name:
+            if isinstance(raw, list):
+                return [str(x) for x in raw]
+            return [x.strip() for x in str(raw).split(",") if x.strip()]
+        if "int" in kind_name:
+            return int(raw)
+        if "float" in kind_name:
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name}: cannot read {raw!r} as {kind_name}") from exc
+
+
+def load(
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> RelayConfig:
+    """Defaults < TOML file < environment < explicit overrides (command-line flags)."""
+    env = os.environ if environ is None else environ
+    fields = {f.name: f for f in dataclasses.fields(RelayConfig)}
+    values: dict[str, Any] = {}
+
+    data_dir_raw = (overrides or {}).get("data_dir") or env.get(ENV_PREFIX + "DATA_DIR")
+    data_dir = Path(data_dir_raw).expanduser() if data_dir_raw else default_data_dir()
+    if config_file is None and env.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(env[ENV_PREFIX + "CONFIG"])
+    if config_file is None and (data_dir / "relay.toml").exists():
+        config_file = data_dir / "relay.toml"
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as fh:
+                table = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {config_file} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file}: {exc}") from exc
+        for name, raw in table.items():
+            if name not in fields:
+                raise ConfigError(f"config file {config_file}: unknown setting {name!r}")
+            values[name] = _coerce(name, raw, fields[name].type)
+    for name, f in fields.items():
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _coerce(name, raw, f.type)
+    for name, raw in (overrides or {}).items():
+        if raw is not None:
+            values[name] = _coerce(name, raw, fields[name].type)
+    values["data_dir"] = values.get("data_dir", data_dir)
+    cfg = RelayConfig(**values)
+    cfg.validate()
+    return cfg

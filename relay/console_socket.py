@@ -1,0 +1,83 @@
+"""``/api/v1/live``: the console's WebSocket for live agent presence and audit events.
+
+Browsers can reach it, so it checks ``Origin`` (cross-site WebSocket hijacking)
+and the session cookie before accepting, and shows each person only what they
+may see through the REST API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from backline.relay import users
+from backline.relay.state import Relay
+from backline.relay.webauth import ApiError, authenticate, client_address, same_origin
+
+KEEPALIVE_S = 25.0
+
+
+async def live_endpoint(ws: WebSocket) -> None:
+    relay: Relay = ws.app.state.relay
+    address = client_address(ws)
+    origin = ws.headers.get("origin")
+    try:
+        principal = authenticate(relay, ws)
+    except ApiError:
+        await ws.close(4401)
+        return
+    if origin is not None and not same_origin(relay, origin):
+        relay.metrics.errors.labels("bad_origin").inc()
+        relay.record(principal.actor if principal else f"anonymous@{address}",
+                     "live.refused", "/api/v1/live", reason="bad_origin",
+                     origin=origin[:200], address=address)
+        await ws.close(4403)
+        return
+    if principal is None or principal.user.must_change_password:
+        relay.record(f"anonymous@{address}", "live.refused", "/api/v1/live",
+                     reason="unauthenticated", address=address)
+        await ws.close(4401)
+        return
+    groups = users.granted_group_ids(relay.engine, principal.user)
+    reads_audit = principal.can("audit:read")
+    reads_agents = principal.can("agents:read")
+
+    def may_see(event: dict[str, Any]) -> bool:
+        if event["type"] == "audit":
+            return reads_audit
+        return reads_agents and (groups is None or event.get("group_id") in groups)
+
+    await ws.accept()
+    sub = relay.bus.subscribe(may_see)
+    receiver = asyncio.create_task(_drain(ws))
+    try:
+        await ws.send_text(json.dumps({"type": "hello", "user": principal.user.username}))
+        while not receiver.done():
+            try:
+                async with asyncio.timeout(KEEPALIVE_S):
+                    event = await sub.queue.get()
+            except TimeoutError:
+                event = {"type": "keepalive"}
+            if sub.overflowed:
+                await ws.send_text(json.dumps({"type": "resync"}))
+                break
+            await ws.send_text(json.dumps(event, ensure_ascii=False))
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        relay.bus.unsubscribe(sub)
+        receiver.cancel()
+
+
+async def _drain(ws: WebSocket) -> None:
+    """Nothing is expected from the console; reading just notices when it leaves."""
+    try:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+    except Exception:
+        return

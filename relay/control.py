@@ -1,0 +1,222 @@
+"""The agents' WebSocket endpoints: ``/agent/enroll`` and ``/agent/connect``.
+
+Thin asyncio layers over :mod:`backline.common.protocol`: they move frames and
+touch the database; the protocol module decides what a frame means. Any frame
+that breaks the protocol closes that one connection with a clear error, is
+counted and audited, and nothing else is disturbed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from backline.common import keys, protocol
+from backline.common.protocol import ProtocolError
+from backline.relay import agents, tokens
+from backline.relay.agents import Connected
+from backline.relay.db import writing
+from backline.relay.state import Relay
+from backline.relay.webauth import client_address
+
+log = logging.getLogger("backline.relay.control")
+
+HANDSHAKE_TIMEOUT_S = 10.0
+PING_TIMEOUT_S = 10.0
+# WebSocket close codes (4000-4999 are ours).
+CLOSE_PROTOCOL = 4400
+CLOSE_AUTH = 4401
+CLOSE_REPLACED = 4409
+CLOSE_IDLE = 4408
+
+
+class _Closed(Exception):
+    """The peer went away."""
+
+
+async def _receive(ws: WebSocket) -> str | bytes:
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise _Closed
+    text = message.get("text")
+    return text if text is not None else message.get("bytes") or b""
+
+
+async def _refuse(ws: WebSocket, relay: Relay, code: str, message: str, close_code: int,
+                  actor: str, action: str, target: str = "", **details: Any) -> None:
+    relay.metrics.errors.labels(code).inc()
+    relay.record(actor, action, target, reason=code, detail=message[:200], **details)
+    try:
+        await ws.send_text(protocol.encode("error", code=code, message=message[:1024]))
+        await ws.close(close_code, code)
+    except Exception:  # noqa: S110 - the peer may already be gone
+        pass
+
+
+async def enroll_endpoint(ws: WebSocket) -> None:
+    """One enrollment: the agent sends ``enroll``, the relay answers ``enrolled``."""
+    relay: Relay = ws.app.state.relay
+    address = client_address(ws)
+    actor = f"anonymous@{address}"
+    await ws.accept()
+    try:
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+            frame = await _receive(ws)
+        msg = protocol.decode(frame, frozenset({"enroll"}))
+        public_key = protocol.b64d(msg["public_key"])
+        signature = protocol.b64d(msg["signature"])
+    except (TimeoutError, _Closed):
+        return
+    except ProtocolError as err:
+        await _refuse(ws, relay, err.code, err.message, CLOSE_PROTOCOL, actor,
+                      "agent.enroll.refused", address=address)
+        return
+    payload = protocol.enroll_payload(msg["token"], public_key, relay.fingerprint)
+    if len(public_key) != 32 or not keys.verify(public_key, signature, payload):
+        await _refuse(ws, relay, "bad_signature",
+                      "the enrollment request is not signed by the key it registers "
+                      "(or was made for another relay certificate)",
+                      CLOSE_AUTH, actor, "agent.enroll.refused", address=address)
+        return
+    info = {k: msg[k] for k in agents.INFO_FIELDS}
+    try:
+        with writing(relay.engine) as conn:
+            token = tokens.redeem_enroll_token(conn, msg["token"])
+            agent_id = agents.register(conn, token["group_id"], public_key, info,
+                                       token["id"], address)
+    except tokens.TokenRefused as refused:
+        await _refuse(ws, relay, f"token_{refused.reason}", refused.message, CLOSE_AUTH,
+                      actor, "agent.enroll.refused",
+                      f"enroll_token:{refused.token_id}" if refused.token_id else "",
+                      address=address, hostname=info["hostname"][:100])
+        return
+    agent = agents.get_agent(relay.engine, relay.presence, agent_id)
+    assert agent is not None
+    relay.record(f"agent:{agent_id}", "agent.enroll", f"agent:{agent_id}",
+                 enroll_token=token["id"], group=agent["group"], address=address,
+                 hostname=info["hostname"], os=info["os"], arch=info["arch"])
+    relay.bus.publish({"type": "agent", "agent_id": agent_id, "group_id": agent["group_id"],
+                       "changed": {"enrolled": True}})
+    await ws.send_text(protocol.encode(
+        "enrolled", agent_id=agent_id, group=agent["group"],
+        ca_public_key=relay.ca_public_key,
+        audit_public_key=protocol.b64e(relay.audit.public_key), fix_keys=[],
+        control_url=relay.origin.replace("https://", "wss://", 1) + "/agent/connect",
+        heartbeat_s=relay.config.heartbeat_s))
+    await ws.close(1000)
+
+
+async def connect_endpoint(ws: WebSocket) -> None:
+    """The long-lived control socket of one enrolled agent."""
+    relay: Relay = ws.app.state.relay
+    address = client_address(ws)
+    await ws.accept()
+    handshake = protocol.RelayHandshake(relay.fingerprint)
+    try:
+        await ws.send_text(handshake.challenge(time.time()))
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+            frame = await _receive(ws)
+        msg = handshake.receive_auth(frame)
+    except (TimeoutError, _Closed, WebSocketDisconnect):
+        return
+    except ProtocolError as err:
+        await _refuse(ws, relay, err.code, err.message, CLOSE_PROTOCOL,
+                      f"anonymous@{address}", "agent.protocol_error", address=address)
+        return
+    agent_id = msg["agent_id"]
+    known = agents.public_key_of(relay.engine, agent_id)
+    if known is None or not handshake.verify(msg, known[0]):
+        reason = "unknown or revoked agent" if known is None else "bad signature"
+        await _refuse(ws, relay, "auth_failed", f"authentication failed: {reason}", CLOSE_AUTH,
+                      f"anonymous@{address}", "agent.auth.refused", f"agent:{agent_id}",
+                      address=address)
+        return
+    conn = Connected(agent_id=agent_id, group_id=known[1], address=address,
+                     connected_at=time.time(), send=ws.send_text, close=ws.close)
+    old = relay.presence.add(conn)
+    if old is not None:
+        try:
+            await old.close(CLOSE_REPLACED, "replaced by a newer connection")
+        except Exception:  # noqa: S110 - the old socket may already be gone
+            pass
+    relay.record(f"agent:{agent_id}", "agent.connect", f"agent:{agent_id}", address=address,
+                 version=msg["version"])
+    relay.bus.publish({"type": "agent", "agent_id": agent_id, "group_id": known[1],
+                       "changed": {"online": True, "last_seen": conn.last_seen}})
+    reason = "closed"
+    try:
+        await ws.send_text(protocol.encode("welcome", agent_id=agent_id,
+                                           heartbeat_s=relay.config.heartbeat_s,
+                                           relay_time=round(time.time(), 3)))
+        reason = await _serve(ws, relay, conn)
+    except (_Closed, WebSocketDisconnect):
+        reason = "closed"
+    except ProtocolError as err:
+        reason = f"protocol error: {err.code}"
+        await _refuse(ws, relay, err.code, err.message, CLOSE_PROTOCOL, f"agent:{agent_id}",
+                      "agent.protocol_error", f"agent:{agent_id}", address=address)
+    finally:
+        if relay.presence.remove(conn):
+            relay.record(f"agent:{agent_id}", "agent.disconnect", f"agent:{agent_id}",
+                         reason=reason, address=address)
+            relay.bus.publish({"type": "agent", "agent_id": agent_id, "group_id": known[1],
+                               "changed": {"online": False, "last_seen": conn.last_seen}})
+
+
+async def _serve(ws: WebSocket, relay: Relay, conn: Connected) -> str:
+    """Read frames until the agent leaves or stays silent for three heartbeats."""
+    idle = relay.config.heartbeat_s * 3
+    received = relay.metrics.messages.labels("in")
+    sent = relay.metrics.messages.labels("out")
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                frame = await _receive(ws)
+        except TimeoutError:
+            await ws.close(CLOSE_IDLE, "no heartbeat")
+            return "idle timeout"
+        msg = protocol.parse_agent_message(frame)
+        received.inc()
+        conn.last_seen = time.time()
+        kind = msg["type"]
+        if kind == "hb":
+            await ws.send_text(protocol.encode("hb_ack", relay_time=round(conn.last_seen, 3)))
+            sent.inc()
+        elif kind == "pong":
+            waiter = conn.pending_pings.pop(msg["id"], None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(time.perf_counter())
+        elif kind == "health":
+            _store_health(relay, conn, msg["alerts"])
+
+
+def _store_health(relay: Relay, conn: Connected, alerts: list[dict[str, str]]) -> None:
+    agents.update_agent(relay.engine, conn.agent_id, health=json.dumps(alerts))
+    relay.bus.publish({"type": "agent", "agent_id": conn.agent_id, "group_id": conn.group_id,
+                       "changed": {"health": alerts}})
+    if any(a["severity"] == "critical" for a in alerts):
+        relay.record(f"agent:{conn.agent_id}", "agent.health.alert",
+                     f"agent:{conn.agent_id}", alerts=[a["id"] for a in alerts])
+
+
+async def ping(relay: Relay, conn: Connected) -> float | None:
+    """Round trip in ms over the control socket, or ``None`` on timeout."""
+    ping_id = secrets.token_hex(8)
+    waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+    conn.pending_pings[ping_id] = waiter
+    started = time.perf_counter()
+    try:
+        await conn.send(protocol.encode("ping", id=ping_id))
+        async with asyncio.timeout(PING_TIMEOUT_S):
+            answered = await waiter
+    except (TimeoutError, Exception):
+        return None
+    finally:
+        conn.pending_pings.pop(ping_id, None)
+    return round((answered - started) * 1000, 2)

@@ -1,0 +1,28 @@
+"""Roles and what they may do. API tokens can only narrow this, never widen it."""
+
+from __future__ import annotations
+
+ROLES = ("admin", "technician", "approver", "auditor")
+
+PERMISSIONS = frozenset({
+    "agents:read", "agents:write", "audit:read", "enroll:read", "enroll:write",
+    "groups:read", "groups:write", "users:read", "users:write", "apitokens:write",
+})
+
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    "admin": PERMISSIONS,
+    "technician": frozenset({"agents:read", "agents:write", "enroll:read", "enroll:write",
+                             "groups:read", "apitokens:write"}),
+    "approver": frozenset({"agents:read", "groups:read", "apitokens:write"}),
+    # Auditors read everything and change nothing.
+    "auditor": frozenset({"agents:read", "audit:read", "enroll:read", "groups:read",
+                          "users:read"}),
+}
+
+# What an API token may carry at most. Managing users, groups or other tokens is
+# left to a person at the console, so a leaked token can never make itself root.
+TOKEN_SCOPES = frozenset({"agents:read", "agents:write", "audit:read", "enroll:read",
+                          "enroll:write", "groups:read", "users:read"})
+
+# Roles that see every agent; the others see the groups they are granted.
+SEES_ALL_AGENTS = frozenset({"admin", "auditor"})

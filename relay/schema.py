@@ -1,0 +1,130 @@
+"""The relay's tables (SQLAlchemy Core). Alembic migrations create and change them."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+users = sa.Table(
+    "users", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("username", sa.String(64), nullable=False, unique=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("password_hash", sa.String(255), nullable=False),
+    sa.Column("must_change_password", sa.Boolean, nullable=False, default=False),
+    sa.Column("totp_secret", sa.String(64)),
+    sa.Column("totp_pending", sa.String(64)),
+    sa.Column("totp_required", sa.Boolean, nullable=False, default=False),
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+web_sessions = sa.Table(
+    "web_sessions", metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("csrf_token", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_seen", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("address", sa.String(64), nullable=False),
+)
+
+groups = sa.Table(
+    "groups", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("description", sa.String(512), nullable=False, default=""),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+grants = sa.Table(
+    "grants", metadata,
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("group_id", sa.Integer, sa.ForeignKey("groups.id", ondelete="CASCADE"),
+              primary_key=True),
+)
+
+agents = sa.Table(
+    "agents", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("group_id", sa.Integer, sa.ForeignKey("groups.id"), nullable=False),
+    sa.Column("public_key", sa.LargeBinary(32), nullable=False),
+    sa.Column("hostname", sa.String(256), nullable=False),
+    sa.Column("os", sa.String(256), nullable=False),
+    sa.Column("os_version", sa.String(256), nullable=False),
+    sa.Column("arch", sa.String(256), nullable=False),
+    sa.Column("version", sa.String(256), nullable=False),
+    sa.Column("label", sa.String(256), nullable=False, default=""),
+    sa.Column("enrolled_at", sa.Float, nullable=False),
+    sa.Column("enroll_token_id", sa.String(64), nullable=False),
+    sa.Column("last_seen", sa.Float),
+    sa.Column("last_address", sa.String(64)),
+    sa.Column("health", sa.Text, nullable=False, default="[]"),
+    sa.Column("revoked_at", sa.Float),
+)
+
+enroll_tokens = sa.Table(
+    "enroll_tokens", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("group_id", sa.Integer, sa.ForeignKey("groups.id"), nullable=False),
+    sa.Column("max_uses", sa.Integer, nullable=False),
+    sa.Column("uses", sa.Integer, nullable=False, default=0),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float),
+    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+api_tokens = sa.Table(
+    "api_tokens", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("scopes", sa.String(512), nullable=False),
+    sa.Column("allowed_cidrs", sa.String(1024), nullable=False, default=""),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_used_at", sa.Float),
+)
+
+audit_events = sa.Table(
+    "audit_events", metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("time", sa.Float, nullable=False),
+    sa.Column("actor", sa.String(256), nullable=False),
+    sa.Column("action", sa.String(128), nullable=False),
+    sa.Column("target", sa.String(256), nullable=False),
+    sa.Column("details", sa.Text, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Index("ix_audit_actor_seq", "actor", "seq"),
+    sa.Index("ix_audit_action_seq", "action", "seq"),
+    sa.Index("ix_audit_target_seq", "target", "seq"),
+    sa.Index("ix_audit_time", "time"),
+)
+
+# One row: where the chain ends. Appenders lock it, so the chain stays a chain even
+# with several relay nodes writing to one PostgreSQL database.
+audit_head = sa.Table(
+    "audit_head", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+audit_checkpoints = sa.Table(
+    "audit_checkpoints", metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("time", sa.Float, nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("signature", sa.String(128), nullable=False),
+)

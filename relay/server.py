@@ -1,0 +1,73 @@
+"""Running the relay under uvicorn, tuned for many idle agent sockets.
+
+The choices (measured in ``bench/idle_agents``; see docs/benchmarks.md):
+- ``wsproto`` for WebSockets: the smallest per-connection state of uvicorn's options;
+- no per-message deflate (it costs about 50 KiB a socket; control frames are tiny);
+- no server-side WebSocket pings: agents heartbeat in the protocol instead;
+- uvloop when available; on plain asyncio, the TLS read buffer shrinks from
+  256 KiB (allocated and zeroed per connection) to 16 KiB, one TLS record.
+"""
+
+from __future__ import annotations
+
+import asyncio.sslproto
+import importlib.util
+import logging
+
+import uvicorn
+
+from backline.relay.app import build_app
+from backline.relay.state import Relay
+
+TLS_READ_BUFFER = 16 * 1024
+WS_MAX_FRAME = 1024 * 1024
+
+
+def choose_loop(setting: str) -> str:
+    if setting == "auto":
+        return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return setting
+
+
+def shrink_asyncio_tls_buffer() -> None:
+    # asyncio's SSLProtocol allocates max_size bytes per connection up front.
+    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER  # type: ignore[attr-defined]
+
+
+def uvicorn_config(relay: Relay) -> uvicorn.Config:
+    cfg = relay.config
+    loop = choose_loop(cfg.event_loop)
+    if loop == "asyncio":
+        shrink_asyncio_tls_buffer()
+    tls: dict[str, str] = {}
+    if cfg.tls == "self-signed":
+        tls = {"ssl_certfile": str(relay.datadir.tls_cert),
+               "ssl_keyfile": str(relay.datadir.tls_key)}
+    elif cfg.tls == "files":
+        tls = {"ssl_certfile": cfg.tls_cert_file, "ssl_keyfile": cfg.tls_key_file}
+    return uvicorn.Config(
+        build_app(relay),
+        host=cfg.listen_host,
+        port=cfg.listen_port,
+        loop=loop,
+        http="h11",
+        ws="wsproto",
+        ws_per_message_deflate=False,
+        ws_ping_interval=None,
+        ws_ping_timeout=None,
+        ws_max_size=WS_MAX_FRAME,
+        backlog=4096,
+        proxy_headers=bool(cfg.trusted_proxies),
+        forwarded_allow_ips=cfg.trusted_proxies or None,
+        log_level=cfg.log_level,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=5,
+        **tls,  # type: ignore[arg-type]
+    )
+
+
+def serve(relay: Relay) -> None:
+    logging.basicConfig(level=relay.config.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.Server(uvicorn_config(relay)).run()

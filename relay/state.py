@@ -1,0 +1,117 @@
+"""Everything one relay process holds: config, database, keys, presence and the live bus."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from backline.common import keys
+from backline.common.tlspin import normalise
+from backline.relay import metrics
+from backline.relay.agents import Presence
+from backline.relay.audit import AuditLog
+from backline.relay.config import RelayConfig
+from backline.relay.datadir import DataDir, pem_fingerprint
+from backline.relay.db import make_engine, migrate
+from backline.relay.live import LiveBus
+from backline.relay.ratelimit import FailureLimiter
+
+log = logging.getLogger("backline.relay")
+
+
+@dataclass
+class Relay:
+    config: RelayConfig
+    engine: sa.Engine
+    datadir: DataDir
+    audit: AuditLog
+    fingerprint: str
+    ca_public_key: str
+    cookie_secret: str
+    presence: Presence = field(default_factory=Presence)
+    bus: LiveBus = field(default_factory=LiveBus)
+    started_at: float = field(default_factory=time.time)
+    login_by_account: FailureLimiter = field(init=False)
+    login_by_address: FailureLimiter = field(init=False)
+    metrics: metrics.RelayMetrics = field(init=False)
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        c = self.config
+        self.login_by_account = FailureLimiter(c.login_failures_per_account, c.login_window_s)
+        self.login_by_address = FailureLimiter(c.login_failures_per_address, c.login_window_s)
+        self.metrics = metrics.RelayMetrics(self)
+        self.audit.listeners.append(self.bus.publish_audit)
+
+    @property
+    def origin(self) -> str:
+        return self.config.effective_public_url
+
+    def record(self, actor: str, action: str, target: str = "", **details: Any) -> None:
+        """Append an audit event and log it; refusals are logged at warning level."""
+        self.audit.append(actor, action, target, details)
+        level = logging.WARNING if ".refused" in action or "failed" in action else logging.INFO
+        log.log(level, "audit %s %s %s %s", actor, action, target, _loggable(details))
+
+    async def start_background(self) -> None:
+        self._tasks.append(asyncio.create_task(self._housekeeping()))
+
+    async def stop_background(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: S110 - shutting down
+                pass
+        self._tasks.clear()
+        self.presence.flush_last_seen(self.engine)
+        self.audit.checkpoint()
+
+    async def _housekeeping(self) -> None:
+        """Flush last-seen times and sign audit checkpoints on their timers."""
+        while True:
+            await asyncio.sleep(min(15.0, self.config.audit_checkpoint_seconds))
+            try:
+                self.presence.flush_last_seen(self.engine)
+                self.audit.checkpoint_if_due()
+            except Exception:
+                log.exception("housekeeping failed; will retry")
+
+
+_SECRET_WORDS = ("password", "secret", "token", "signature", "totp", "code")
+
+
+def _loggable(details: dict[str, Any]) -> dict[str, Any]:
+    """Secrets never reach logs: drop any detail whose name suggests one."""
+    return {k: ("***" if any(w in k.lower() for w in _SECRET_WORDS) else v)
+            for k, v in details.items()}
+
+
+def open_relay(config: RelayConfig) -> Relay:
+    """Open (creating on first use) the data directory and database of ``config``."""
+    datadir = DataDir(config.data_dir)
+    host = config.effective_public_url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+    datadir.ensure_keys([host, config.listen_host])
+    engine = make_engine(config.effective_database_url)
+    migrate(engine)
+    audit_key = keys.load_private(datadir.audit_key)
+    audit = AuditLog(engine, audit_key, config.audit_checkpoint_every,
+                     config.audit_checkpoint_seconds)
+    if config.tls == "self-signed":
+        fingerprint = pem_fingerprint(datadir.tls_cert)
+    elif config.tls == "files":
+        from pathlib import Path
+
+        fingerprint = pem_fingerprint(Path(config.tls_cert_file))
+    else:
+        fingerprint = normalise(config.tls_fingerprint)
+    ca_public = keys.public_openssh(keys.load_private(datadir.ca_key))
+    return Relay(config=config, engine=engine, datadir=datadir, audit=audit,
+                 fingerprint=fingerprint, ca_public_key=ca_public,
+                 cookie_secret=datadir.read_cookie_secret())
