@@ -1,0 +1,198 @@
+"""Real processes on loopback: a relay, agents, and an HTTP client for the API.
+
+Integration tests start ``backline-relay serve`` and ``backline-agent run`` as
+child processes, exactly as an operator would, and talk to them over real
+sockets. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BIN = Path(sys.executable).parent
+RELAY = str(BIN / "backline-relay")
+AGENT = str(BIN / "backline-agent")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+class RelayProcess:
+    def __init__(self, root: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.data_dir = root / "relay"
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "BACKLINE_DATA_DIR": str(self.data_dir),
+                    "BACKLINE_LISTEN_PORT": str(self.port),
+                    "BACKLINE_LISTEN_HOST": "127.0.0.1", "BACKLINE_LOG_LEVEL": "info",
+                    **(extra_env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+        self.admin_password: str | None = None
+        self.log_path = root / "relay.log"
+        self.starts = 0
+
+    def cli(self, *args: str, check: bool = True, input: str | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([RELAY, *args], env=self.env, capture_output=True, text=True,
+                              check=check, input=input, timeout=60)
+
+    def start(self) -> RelayProcess:
+        self.starts += 1
+        log = open(self.log_path, "a")  # noqa: SIM115 - kept open for the child
+        self.proc = subprocess.Popen([RELAY, "serve"], env=self.env, stdout=subprocess.PIPE,
+                                     stderr=log, text=True)
+        assert self.proc.stdout is not None
+        first_start = not (self.data_dir / "initialised").exists()
+        for _ in range(10):
+            line = self.proc.stdout.readline()
+            if "one-time password" in line:
+                self.admin_password = line.split("one-time password ")[1].split()[0]
+            if "TLS SHA-256" in line and not first_start or "one-time password" in line:
+                break
+        wait_for(self.healthy, 30, "the relay to answer /healthz")
+        return self
+
+    def healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"relay exited with {self.proc.returncode}; "
+                                 f"log:\n{self.log_path.read_text()[-3000:]}")
+        try:
+            return httpx.get(self.url + "/healthz", verify=False, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def token(self, *args: str) -> str:
+        return self.cli("token", "create", "-q", *args).stdout.strip()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+class AgentProcess:
+    def __init__(self, root: Path, name: str) -> None:
+        self.state_dir = root / name
+        self.name = name
+        self.proc: subprocess.Popen[str] | None = None
+        self.log_path = root / f"{name}.log"
+
+    def cmd(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([AGENT, "--state-dir", str(self.state_dir), *args],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def enroll(self, token: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.cmd("enroll", token, "--hostname", self.name, *extra)
+
+    def start(self) -> AgentProcess:
+        log = open(self.log_path, "a")  # noqa: SIM115 - kept open for the child
+        self.proc = subprocess.Popen([AGENT, "--state-dir", str(self.state_dir), "run"],
+                                     stdout=log, stderr=subprocess.STDOUT, text=True)
+        return self
+
+    def stop(self) -> int | None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                return self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.returncode if self.proc else None
+
+    @property
+    def agent_id(self) -> str:
+        import json
+
+        return str(json.loads((self.state_dir / "enrollment.json").read_text())["agent_id"])
+
+
+class Api:
+    """An API client that signs in like the console: cookie, CSRF header, Origin."""
+
+    def __init__(self, relay: RelayProcess) -> None:
+        self.relay = relay
+        self.http = httpx.Client(base_url=relay.url, verify=False, timeout=30,
+                                 headers={"origin": relay.url})
+        self.csrf = ""
+
+    def login(self, username: str, password: str, totp: str | None = None) -> httpx.Response:
+        body: dict[str, str] = {"username": username, "password": password}
+        if totp:
+            body["totp"] = totp
+        r = self.http.post("/api/v1/auth/login", json=body)
+        if r.status_code == 200:
+            self.csrf = r.json()["csrf_token"]
+            # httpx refuses to send a Secure cookie back over... it does over https: keep it.
+        return r
+
+    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        headers = kw.pop("headers", {})
+        if method not in ("GET", "HEAD"):
+            headers.setdefault("x-csrf-token", self.csrf)
+        return self.http.request(method, path, headers=headers, **kw)
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> httpx.Response:
+        return self.request("POST", path, **kw)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def admin_api(relay: RelayProcess, new_password: str = "correct horse battery") -> Api:
+    """Sign in as the first admin and replace the one-time password."""
+    api = Api(relay)
+    assert relay.admin_password, "the relay printed no one-time password"
+    r = api.login("admin", relay.admin_password)
+    assert r.status_code == 200, r.text
+    r = api.post("/api/v1/auth/password",
+                 json={"current": relay.admin_password, "new": new_password})
+    assert r.status_code == 200, r.text
+    relay.admin_password = new_password
+    return api
+
+
+def audit_actions(relay: RelayProcess) -> list[dict[str, Any]]:
+    import json
+
+    out = relay.cli("audit", "export").stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
