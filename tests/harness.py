@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -63,7 +64,7 @@ class RelayProcess:
 
     def start(self) -> RelayProcess:
         self.starts += 1
-        log = open(self.log_path, "a")  # noqa: SIM115 - kept open for the child
+        log = open(self.log_path, "a")
         self.proc = subprocess.Popen([RELAY, "serve"], env=self.env, stdout=subprocess.PIPE,
                                      stderr=log, text=True)
         assert self.proc.stdout is not None
@@ -72,7 +73,7 @@ class RelayProcess:
             line = self.proc.stdout.readline()
             if "one-time password" in line:
                 self.admin_password = line.split("one-time password ")[1].split()[0]
-            if "TLS SHA-256" in line and not first_start or "one-time password" in line:
+            if ("TLS SHA-256" in line and not first_start) or "one-time password" in line:
                 break
         wait_for(self.healthy, 30, "the relay to answer /healthz")
         return self
@@ -82,9 +83,14 @@ class RelayProcess:
             raise AssertionError(f"relay exited with {self.proc.returncode}; "
                                  f"log:\n{self.log_path.read_text()[-3000:]}")
         try:
-            return httpx.get(self.url + "/healthz", verify=False, timeout=2).status_code == 200
+            return httpx.get(self.url + "/healthz", verify=self.tls(),
+                             timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
+
+    def tls(self) -> ssl.SSLContext:
+        """Trust exactly this relay's self-signed certificate (its SAN has 127.0.0.1)."""
+        return ssl.create_default_context(cafile=str(self.data_dir / "tls.crt"))
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -122,7 +128,7 @@ class AgentProcess:
         return self.cmd("enroll", token, "--hostname", self.name, *extra)
 
     def start(self) -> AgentProcess:
-        log = open(self.log_path, "a")  # noqa: SIM115 - kept open for the child
+        log = open(self.log_path, "a")
         self.proc = subprocess.Popen([AGENT, "--state-dir", str(self.state_dir), "run"],
                                      stdout=log, stderr=subprocess.STDOUT, text=True)
         return self
@@ -148,7 +154,7 @@ class Api:
 
     def __init__(self, relay: RelayProcess) -> None:
         self.relay = relay
-        self.http = httpx.Client(base_url=relay.url, verify=False, timeout=30,
+        self.http = httpx.Client(base_url=relay.url, verify=relay.tls(), timeout=30,
                                  headers={"origin": relay.url})
         self.csrf = ""
 
@@ -178,7 +184,10 @@ class Api:
         self.http.close()
 
 
-def admin_api(relay: RelayProcess, new_password: str = "correct horse battery") -> Api:
+ADMIN_PASSWORD = "correct horse battery"
+
+
+def admin_api(relay: RelayProcess, new_password: str = ADMIN_PASSWORD) -> Api:
     """Sign in as the first admin and replace the one-time password."""
     api = Api(relay)
     assert relay.admin_password, "the relay printed no one-time password"

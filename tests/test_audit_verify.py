@@ -1,0 +1,119 @@
+"""``backline-relay audit verify`` on a real database file, each tampering in its own
+test: it must fail and name the first broken record."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from backline.relay import config
+from backline.relay.state import open_relay
+from tests.harness import RELAY
+
+EVENTS = 250  # checkpoints are signed at 100 and 200
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    cfg = config.load(overrides={"data_dir": tmp_path / "relay"}, environ={})
+    relay = open_relay(cfg)
+    for i in range(EVENTS):
+        relay.audit.append(f"user:u{i % 7}", "test.event", f"thing:{i}", {"n": i, "ü": "ß"})
+    relay.engine.dispose()
+    return tmp_path / "relay"
+
+
+def verify(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKLINE_")}
+    return subprocess.run([RELAY, "audit", "verify", "--data-dir", str(data_dir)], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def tamper(data_dir: Path, *statements: tuple[str, tuple[object, ...]]) -> None:
+    db = sqlite3.connect(data_dir / "relay.db")
+    with db:
+        for sql, args in statements:
+            db.execute(sql, args)
+    db.close()
+
+
+def test_intact_trail_verifies_with_its_checkpoint(data_dir: Path) -> None:
+    r = verify(data_dir)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"OK: {EVENTS} events")
+    assert "checkpoint at #200" in r.stdout
+
+
+def test_altered_field_is_named(data_dir: Path) -> None:
+    details = json.dumps({"n": 999}, separators=(",", ":"))
+    tamper(data_dir, ("UPDATE audit_events SET details = ? WHERE seq = 137", (details,)))
+    r = verify(data_dir)
+    assert r.returncode == 1
+    assert "BROKEN at record #137" in r.stderr and "altered" in r.stderr
+
+
+def test_altered_actor_is_named(data_dir: Path) -> None:
+    tamper(data_dir, ("UPDATE audit_events SET actor = 'user:nobody' WHERE seq = 3", ()))
+    r = verify(data_dir)
+    assert r.returncode == 1
+    assert "BROKEN at record #3" in r.stderr
+
+
+def test_deleted_event_is_named(data_dir: Path) -> None:
+    tamper(data_dir, ("DELETE FROM audit_events WHERE seq = 42", ()))
+    r = verify(data_dir)
+    assert r.returncode == 1
+    assert "BROKEN at record #42" in r.stderr and "missing" in r.stderr
+
+
+def test_deleted_event_with_renumbering_is_named(data_dir: Path) -> None:
+    tamper(data_dir,
+           ("DELETE FROM audit_events WHERE seq = 42", ()),
+           ("UPDATE audit_events SET seq = seq - 1 WHERE seq > 42", ()))
+    r = verify(data_dir)
+    assert r.returncode == 1
+    assert "BROKEN at record #42" in r.stderr
+
+
+def test_swapped_events_are_named(data_dir: Path) -> None:
+    tamper(data_dir,
+           ("UPDATE audit_events SET seq = -1 WHERE seq = 60", ()),
+           ("UPDATE audit_events SET seq = 60 WHERE seq = 61", ()),
+           ("UPDATE audit_events SET seq = 61 WHERE seq = -1", ()))
+    r = verify(data_dir)
+    assert r.returncode == 1
+    assert "BROKEN at record #60" in r.stderr
+
+
+def test_events_cut_off_after_a_checkpoint(data_dir: Path) -> None:
+    # Remove everything after #150 and make the chain head agree: only the signed
+    # checkpoint at #200 still vouches for what was there.
+    db = sqlite3.connect(data_dir / "relay.db")
+    head_hash = db.execute("SELECT hash FROM audit_events WHERE seq = 150").fetchone()[0]
+    db.close()
+    tamper(data_dir,
+           ("DELETE FROM audit_events WHERE seq > 150", ()),
+           ("UPDATE audit_head SET seq = 150, hash = ?", (head_hash,)))
+    r = verify(data_dir)
+    assert r.returncode == 1
+    assert "BROKEN at record #151" in r.stderr and "cut off" in r.stderr
+    assert "#200" in r.stderr
+
+
+def test_tail_cut_off_beyond_last_checkpoint_is_caught_by_head(data_dir: Path) -> None:
+    tamper(data_dir, ("DELETE FROM audit_events WHERE seq > 240", ()))
+    r = verify(data_dir)
+    assert r.returncode == 1
+    assert "cut off" in r.stderr and "#250" in r.stderr
+
+
+def test_forged_checkpoint_signature(data_dir: Path) -> None:
+    tamper(data_dir, ("UPDATE audit_checkpoints SET hash = ? WHERE seq = 100", ("0" * 64,)))
+    r = verify(data_dir)
+    assert r.returncode == 1
+    assert "bad signature" in r.stderr

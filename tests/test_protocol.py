@@ -1,0 +1,136 @@
+"""Property-based tests of the sans-I/O control protocol: whatever arrives, the
+result is a valid message or a ProtocolError, never another exception."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backline.common import keys, protocol
+from backline.common.protocol import MAX_FRAME_BYTES, ProtocolError
+
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=5)
+                           | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+                           max_leaves=20)
+
+
+def decode_or_error(frame: Any) -> dict[str, Any] | None:
+    try:
+        return protocol.decode(frame)
+    except ProtocolError:
+        return None
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=2048))
+def test_garbage_bytes_give_protocol_errors(frame: bytes) -> None:
+    decode_or_error(frame)
+
+
+@settings(max_examples=500)
+@given(st.text(max_size=2048))
+def test_garbage_text_gives_protocol_errors(frame: str) -> None:
+    decode_or_error(frame)
+
+
+@settings(max_examples=500)
+@given(st.dictionaries(st.sampled_from(["v", "type", "nonce", "agent_id", "signature",
+                                        "version", "stats", "alerts", "id", "token",
+                                        "public_key", "hostname", "extra"]),
+                       json_values, max_size=8),
+       st.sampled_from(sorted(protocol.SCHEMAS)))
+def test_wrongly_typed_messages_are_refused_cleanly(fields: dict[str, Any], kind: str) -> None:
+    msg = {"v": 1, "type": kind, **{k: v for k, v in fields.items() if k not in ("v", "type")}}
+    result = decode_or_error(json.dumps(msg))
+    if result is not None:  # whatever passed must really satisfy the schema
+        protocol.validate(result)
+
+
+def _valid_frames() -> list[str]:
+    key = keys.generate()
+    challenge = protocol.RelayHandshake("ab" * 32).challenge(1.0)
+    return [
+        challenge,
+        protocol.answer_challenge(challenge, "ag_" + "x" * 20, key, "ab" * 32, "1.0"),
+        protocol.encode("hb", stats={"cpu_pct": 1.5}),
+        protocol.encode("health", alerts=[{"id": "disk", "severity": "warning",
+                                           "message": "disk 91% full"}]),
+        protocol.encode("welcome", agent_id="ag_x", heartbeat_s=30, relay_time=1.0),
+    ]
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(_valid_frames()), st.integers(min_value=0, max_value=400))
+def test_truncated_frames_are_refused_cleanly(frame: str, cut: int) -> None:
+    truncated = frame[: max(0, len(frame) - 1 - cut)]
+    assert decode_or_error(truncated) is None
+
+
+@settings(max_examples=200)
+@given(st.sampled_from(_valid_frames()), st.binary(min_size=1, max_size=8),
+       st.integers(min_value=0))
+def test_corrupted_frames_never_raise_anything_else(frame: str, noise: bytes, at: int) -> None:
+    raw = frame.encode()
+    i = at % len(raw)
+    decode_or_error(raw[:i] + noise + raw[i + len(noise):])
+
+
+def test_valid_frames_round_trip() -> None:
+    for frame in _valid_frames():
+        assert protocol.decode(frame)["v"] == 1
+
+
+@pytest.mark.parametrize("frame", [
+    "x" * (MAX_FRAME_BYTES + 1),
+    json.dumps({"v": 1, "type": "hb", "stats": {"a": 1}}) + " " * MAX_FRAME_BYTES,
+    b"\xff" * (MAX_FRAME_BYTES + 10),
+])
+def test_oversized_frames_are_refused(frame: str | bytes) -> None:
+    with pytest.raises(ProtocolError) as err:
+        protocol.decode(frame)
+    assert err.value.code == "too_large"
+
+
+@pytest.mark.parametrize(("frame", "code"), [
+    ("[1,2]", "bad_frame"),
+    ('{"v":2,"type":"hb"}', "bad_version"),
+    ('{"v":true,"type":"hb"}', "bad_version"),
+    ('{"v":1,"type":"nope"}', "unknown_type"),
+    ('{"v":1,"type":"hb","evil":1}', "unknown_field"),
+    ('{"v":1,"type":"pong"}', "missing_field"),
+    ('{"v":1,"type":"pong","id":5}', "bad_field"),
+    ('{"v":1,"type":"hb","stats":{"cpu":true}}', "bad_field"),
+    ('{"v":1,"type":"hb","stats":{"cpu":NaN}}', "bad_json"),
+    ("[" * 100_000, "too_large"),
+    ("[" * 5000 + "]" * 5000, "bad_json"),
+    ('{"v":1,"type":"auth","agent_id":"<script>","signature":"AA","version":"1"}',
+     "bad_field"),
+])
+def test_specific_refusals_have_stable_codes(frame: str, code: str) -> None:
+    with pytest.raises(ProtocolError) as err:
+        protocol.decode(frame)
+    assert err.value.code == code
+
+
+def test_handshake_signature_is_bound_to_nonce_and_certificate() -> None:
+    key = keys.generate()
+    agent_id = "ag_" + "a" * 20
+    relay = protocol.RelayHandshake("cd" * 32)
+    answer = protocol.answer_challenge(relay.challenge(1.0), agent_id, key, "cd" * 32, "1")
+    assert relay.verify(relay.receive_auth(answer), keys.public_raw(key))
+    # The same answer replayed to a new connection (new nonce) fails.
+    replay_target = protocol.RelayHandshake("cd" * 32)
+    assert not replay_target.verify(replay_target.receive_auth(answer), keys.public_raw(key))
+    # An answer made for another certificate (a relaying attacker) fails.
+    other = protocol.RelayHandshake("cd" * 32)
+    forwarded = protocol.answer_challenge(other.challenge(1.0), agent_id, key, "ef" * 32, "1")
+    assert not other.verify(other.receive_auth(forwarded), keys.public_raw(key))
+    # Someone else's key fails.
+    third = protocol.RelayHandshake("cd" * 32)
+    answer = protocol.answer_challenge(third.challenge(1.0), agent_id, key, "cd" * 32, "1")
+    assert not third.verify(third.receive_auth(answer), keys.public_raw(keys.generate()))
