@@ -8,6 +8,7 @@ may see through the REST API.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -55,21 +56,28 @@ async def live_endpoint(ws: WebSocket) -> None:
     receiver = asyncio.create_task(_drain(ws))
     try:
         await ws.send_text(json.dumps({"type": "hello", "user": principal.user.username}))
-        while not receiver.done():
-            try:
-                async with asyncio.timeout(KEEPALIVE_S):
-                    event = await sub.queue.get()
-            except TimeoutError:
-                event = {"type": "keepalive"}
+        while True:
+            getter = asyncio.ensure_future(sub.queue.get())
+            done, _ = await asyncio.wait({getter, receiver}, timeout=KEEPALIVE_S,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if receiver in done:  # the console went away
+                getter.cancel()
+                return
+            if getter not in done:
+                getter.cancel()
+                await ws.send_text('{"type":"keepalive"}')
+                continue
             if sub.overflowed:
                 await ws.send_text(json.dumps({"type": "resync"}))
-                break
-            await ws.send_text(json.dumps(event, ensure_ascii=False))
+                return
+            await ws.send_text(json.dumps(getter.result(), ensure_ascii=False))
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
         relay.bus.unsubscribe(sub)
         receiver.cancel()
+        with contextlib.suppress(Exception):
+            await ws.close(1001)
 
 
 async def _drain(ws: WebSocket) -> None:

@@ -163,6 +163,8 @@ async def connect_endpoint(ws: WebSocket) -> None:
                       "agent.protocol_error", f"agent:{agent_id}", address=address)
     finally:
         if relay.presence.remove(conn):
+            agents.update_agent(relay.engine, agent_id, last_seen=conn.last_seen,
+                                last_address=address)
             relay.record(f"agent:{agent_id}", "agent.disconnect", f"agent:{agent_id}",
                          reason=reason, address=address)
             relay.bus.publish({"type": "agent", "agent_id": agent_id, "group_id": known[1],

@@ -6,6 +6,7 @@ it comes from ``backline-relay init`` (a one-time password) or ``user create``.
 
 from __future__ import annotations
 
+import hmac
 import re
 import secrets
 import time
@@ -171,19 +172,42 @@ def confirm_totp(engine: sa.Engine, user: User, code: str) -> bool:
     with engine.connect() as conn:
         pending = conn.execute(sa.select(users.c.totp_pending)
                                .where(users.c.id == user.id)).scalar()
-    if not pending or not pyotp.TOTP(pending).verify(code, valid_window=1):
+    step = _matching_step(pending, code, time.time()) if pending and code.isdigit() else None
+    if step is None:
         return False
+    _last_totp_step[user.id] = step
     with writing(engine) as conn:
         conn.execute(users.update().where(users.c.id == user.id)
                      .values(totp_secret=pending, totp_pending=None))
     return True
 
 
+# The last time step each user's code was accepted at: a code seen once is spent,
+# so a shoulder-surfed or phished code cannot be replayed within its window. Kept
+# per relay node; with several nodes a code could at most be reused once per node.
+_last_totp_step: dict[int, int] = {}
+
+
+def _matching_step(secret: str, code: str, now: float) -> int | None:
+    totp = pyotp.TOTP(secret)
+    current = totp.timecode(now)
+    for offset in (0, -1, 1):  # one step of clock drift either way
+        if hmac.compare_digest(totp.at(now, counter_offset=offset), code):
+            return int(current + offset)
+    return None
+
+
 def check_totp(engine: sa.Engine, user: User, code: str) -> bool:
     with engine.connect() as conn:
         secret = conn.execute(sa.select(users.c.totp_secret)
                               .where(users.c.id == user.id)).scalar()
-    return bool(secret) and pyotp.TOTP(secret).verify(code, valid_window=1)
+    if not secret or not code.isdigit():
+        return False
+    step = _matching_step(secret, code, time.time())
+    if step is None or step <= _last_totp_step.get(user.id, -1):
+        return False
+    _last_totp_step[user.id] = step
+    return True
 
 
 # --- groups and grants -------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+import time
 from pathlib import Path
 
 import httpx
@@ -28,11 +29,14 @@ def test_totp_enrolment_and_login(relay: RelayProcess, admin: Api) -> None:
     r = fresh.login("admin", ADMIN_PASSWORD)
     assert r.status_code == 401 and r.json()["error"] == "totp_required"
     assert fresh.login("admin", ADMIN_PASSWORD, "123456").status_code == 401
-    r = fresh.login("admin", ADMIN_PASSWORD, totp.now())
+    # The code that confirmed the enrolment is spent: replaying it fails.
+    assert fresh.login("admin", ADMIN_PASSWORD, totp.now()).status_code == 401
+    r = fresh.login("admin", ADMIN_PASSWORD, totp.at(time.time() + 30))
     assert r.status_code == 200 and r.json()["user"]["totp_enabled"]
+    assert fresh.login("admin", ADMIN_PASSWORD, totp.at(time.time() + 30)).status_code == 401
     reasons = [e["details"]["reason"] for e in audit_actions(relay)
                if e["action"] == "auth.login.failed"]
-    assert reasons == ["totp_missing", "bad_totp"]
+    assert reasons == ["totp_missing", "bad_totp", "bad_totp", "bad_totp"]
 
 
 def test_session_cookie_flags_logout_and_me(relay: RelayProcess, admin: Api) -> None:

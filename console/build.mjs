@@ -1,0 +1,21 @@
+// One small build step: bundle the ES modules and the stylesheet into dist/.
+// The relay serves dist/index.html at / and dist/assets/* at /assets/.
+import { build } from "esbuild";
+import { mkdir, readFile, writeFile, rm } from "node:fs/promises";
+
+await rm("dist", { recursive: true, force: true });
+await mkdir("dist/assets", { recursive: true });
+await build({
+  entryPoints: { app: "src/main.js" },
+  bundle: true,
+  minify: true,
+  sourcemap: true,
+  format: "esm",
+  target: ["chrome110", "firefox115", "safari16"],
+  outdir: "dist/assets",
+  legalComments: "linked",
+  logLevel: "warning",
+});
+await writeFile("dist/assets/app.css", await readFile("src/styles.css"));
+await writeFile("dist/index.html", await readFile("src/index.html"));
+console.log("console: built dist/");
