@@ -88,36 +88,50 @@ class AuditLog:
 
     def append(self, actor: str, action: str, target: str = "",
                details: dict[str, Any] | None = None) -> dict[str, Any]:
-        detail_text = canonical(details or {})
-        if len(detail_text.encode()) > MAX_DETAIL_BYTES:
-            detail_text = canonical({"truncated": True, "preview": detail_text[:1024]})
-        actor, action, target = _clip(actor), _clip(action, 128), _clip(target)
+        return self.append_many([(actor, action, target, details)])[0]
+
+    def append_many(self, items: list[tuple[str, str, str, dict[str, Any] | None]]
+                    ) -> list[dict[str, Any]]:
+        """Append events in one transaction: one commit for a burst (a reconnect storm,
+        an import) instead of one per event. Checkpoints fall where they are due."""
+        rows = []
         with self._lock, writing(self.engine) as conn:
             head = conn.execute(
                 sa.select(audit_head.c.seq, audit_head.c.hash)
                 .where(audit_head.c.id == 1).with_for_update()
             ).first()
-            prev_seq, prev_hash = (head.seq, head.hash) if head else (0, GENESIS)
-            seq = prev_seq + 1
-            at = round(time.time(), 6)
-            digest = event_hash(seq, at, actor, action, target, detail_text, prev_hash)
-            conn.execute(audit_events.insert().values(
-                seq=seq, time=at, actor=actor, action=action, target=target,
-                details=detail_text, prev_hash=prev_hash, hash=digest))
+            seq, digest = (head.seq, head.hash) if head else (0, GENESIS)
+            for actor, action, target, details in items:
+                detail_text = canonical(details or {})
+                if len(detail_text.encode()) > MAX_DETAIL_BYTES:
+                    detail_text = canonical({"truncated": True, "preview": detail_text[:1024]})
+                prev_hash, seq, at = digest, seq + 1, round(time.time(), 6)
+                row = {"seq": seq, "time": at, "actor": _clip(actor),
+                       "action": _clip(action, 128), "target": _clip(target),
+                       "details": detail_text, "prev_hash": prev_hash}
+                digest = row["hash"] = event_hash(
+                    seq, at, row["actor"], row["action"], row["target"], detail_text, prev_hash)
+                rows.append(row)
+                if seq % self.checkpoint_every == 0:
+                    self._write_checkpoint(conn, seq, digest)
+            if not rows:
+                return []
+            conn.execute(audit_events.insert(), rows)
             if head:
                 conn.execute(audit_head.update().where(audit_head.c.id == 1)
                              .values(seq=seq, hash=digest))
             else:
                 conn.execute(audit_head.insert().values(id=1, seq=seq, hash=digest))
-            due = (seq % self.checkpoint_every == 0
-                   or time.time() - self._last_checkpoint_time >= self.checkpoint_seconds)
-            if due:
+            if (seq % self.checkpoint_every
+                    and time.time() - self._last_checkpoint_time >= self.checkpoint_seconds):
                 self._write_checkpoint(conn, seq, digest)
-        event = {"seq": seq, "time": at, "actor": actor, "action": action, "target": target,
-                 "details": json.loads(detail_text)}
-        for listener in list(self.listeners):
-            listener(event)
-        return event
+        events = [{"seq": r["seq"], "time": r["time"], "actor": r["actor"],
+                   "action": r["action"], "target": r["target"],
+                   "details": json.loads(r["details"])} for r in rows]
+        for event in events:
+            for listener in list(self.listeners):
+                listener(event)
+        return events
 
     def checkpoint_if_due(self) -> None:
         """Called periodically: sign the head if events arrived since the last checkpoint."""
