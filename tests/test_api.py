@@ -14,7 +14,14 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from backline.common.tlspin import client_context
-from tests.harness import ADMIN_PASSWORD, AgentProcess, Api, RelayProcess, audit_actions
+from tests.harness import (
+    ADMIN_PASSWORD,
+    AgentProcess,
+    Api,
+    RelayProcess,
+    admin_api,
+    audit_actions,
+)
 
 
 def test_totp_enrolment_and_login(relay: RelayProcess, admin: Api) -> None:
@@ -171,3 +178,56 @@ def test_files_are_private_and_config_show_hides_secrets(tmp_path: Path,
     shown = relay.cli("config", "show").stdout
     assert "hunter2" not in shown and "postgresql://backline:***@db.example" in shown
     assert "listen_port = " + str(relay.port) in shown
+
+
+def test_admins_can_be_required_to_use_totp(tmp_path: Path) -> None:
+    relay = RelayProcess(tmp_path, {"BACKLINE_REQUIRE_TOTP_FOR_ADMINS": "true"}).start()
+    try:
+        api = admin_api(relay)
+        r = api.get("/api/v1/agents")
+        assert r.status_code == 403 and r.json()["error"] == "totp_enrolment_required"
+        assert api.get("/api/v1/auth/me").json()["totp_enrolment_required"] is True
+        secret = api.post("/api/v1/auth/totp/begin").json()["secret"]
+        code = pyotp.TOTP(secret).now()
+        assert api.post("/api/v1/auth/totp/confirm", json={"code": code}).status_code == 200
+        assert api.get("/api/v1/agents").status_code == 200
+    finally:
+        relay.stop()
+
+
+def test_idle_sessions_expire(tmp_path: Path) -> None:
+    relay = RelayProcess(tmp_path, {"BACKLINE_WEB_SESSION_IDLE_MINUTES": "0.03"}).start()
+    try:
+        api = admin_api(relay)
+        assert api.get("/api/v1/auth/me").status_code == 200
+        time.sleep(2.5)
+        r = api.get("/api/v1/auth/me")
+        assert r.status_code == 401 and r.json()["error"] == "unauthenticated"
+    finally:
+        relay.stop()
+
+
+def test_live_socket_shows_technicians_only_their_groups(tmp_path: Path, relay: RelayProcess,
+                                                         admin: Api) -> None:
+    relay.cli("group", "create", "hidden")
+    relay.cli("user", "create", "tom", "--role", "technician", "--password-stdin",
+              input="tom's password 12\n")
+    relay.cli("group", "grant", "default", "tom")
+    tom = Api(relay)
+    assert tom.login("tom", "tom's password 12").status_code == 200
+    mine, hidden = AgentProcess(tmp_path, "mine"), AgentProcess(tmp_path, "hidden")
+    assert mine.enroll(relay.token()).returncode == 0
+    assert hidden.enroll(relay.token("--group", "hidden")).returncode == 0
+    cookie = f"__Host-backline={tom.http.cookies.get('__Host-backline')}"
+    with connect(relay.url.replace("https", "wss") + "/api/v1/live", ssl=client_context(),
+                 additional_headers={"Origin": relay.url, "Cookie": cookie}) as live:
+        assert json.loads(live.recv(5))["type"] == "hello"
+        hidden.start()
+        time.sleep(1)
+        mine.start()
+        try:
+            first = json.loads(live.recv(20))
+        finally:
+            hidden.stop()
+            mine.stop()
+    assert first["type"] == "agent" and first["agent_id"] == mine.agent_id
