@@ -210,6 +210,8 @@ def require(relay: Relay, conn: HTTPConnection, permission: str | None,
     except ApiError as err:
         if err.code.startswith("token_"):
             raise  # already audited
+        if err.code == "unauthenticated" and conn.url.path == "/api/v1/auth/me":
+            raise  # the console asking "am I signed in?" is not a refusal worth a record
         who = principal.actor if principal else "anonymous"
         relay.metrics.errors.labels(err.code).inc()
         relay.record(who, "request.refused", conn.url.path, reason=err.code,
