@@ -10,7 +10,9 @@ import os
 import sys
 from pathlib import Path
 
+from backline.agent import session_commands
 from backline.agent.control import run_forever
+from backline.agent.diagnostics import command as diagnose_command
 from backline.agent.enroll import EnrollError, enroll
 from backline.agent.link import RelayUnreachable
 from backline.agent.state import StateDir, default_state_dir
@@ -40,8 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("token", help="the token from the console or `backline-relay token create`")
     e.add_argument("--hostname", help="the name to report instead of this machine's hostname")
     e.add_argument("--force", action="store_true", help="replace an existing enrollment")
-    sub.add_parser("run", help="connect to the relay and stay connected (until SIGTERM)")
+    r = sub.add_parser("run", help="connect to the relay and stay connected (until SIGTERM)")
+    session_commands.policy_option(r)
     sub.add_parser("status", help="show enrollment and connection state")
+    diagnose_command.add_parser(sub)
+    session_commands.add_parsers(sub)
     return p
 
 
@@ -105,10 +110,20 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_enroll(state, args)
     if args.command == "status":
         return cmd_status(state)
+    if args.command == "diagnose":
+        return diagnose_command.cmd_diagnose(state.root, args)
+    if args.command == "join":
+        return session_commands.cmd_join(state, args)
+    if args.command == "policy":
+        return session_commands.cmd_policy(state, args)
+    if args.command == "end-sessions":
+        return session_commands.cmd_end_sessions(state)
     if not state.is_enrolled():
         return _fail(EXIT_NOT_ENROLLED, f"not enrolled (state dir {state.root}); "
                                         "run `backline-agent enroll TOKEN` first")
-    run_forever(state)
+    if session_commands.check_policy(state, args.policy):
+        return EXIT_USAGE
+    run_forever(state, args.policy)
     return 0
 
 

@@ -7,17 +7,21 @@ agents whose relay restarts come back spread out rather than all at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
+from backline.agent.diagnostics.health import health_loop
 from backline.agent.facts import heartbeat_stats
 from backline.agent.link import RelayUnreachable, open_pinned
+from backline.agent.sessions import SessionRunner
 from backline.agent.state import Enrollment, StateDir
 from backline.common import __version__, keys, protocol
 from backline.common.protocol import ProtocolError
@@ -41,7 +45,8 @@ class AuthRefused(Exception):
 
 
 async def session(ws: ClientConnection, enrollment: Enrollment, key: keys.PrivateKey,
-                  state: StateDir, stop: asyncio.Event) -> None:
+                  state: StateDir, stop: asyncio.Event,
+                  runner: SessionRunner | None = None) -> None:
     """One connected session: handshake, then heartbeats and answers until closed."""
     challenge = await asyncio.wait_for(ws.recv(), 15)
     await ws.send(protocol.answer_challenge(challenge, enrollment.agent_id, key,
@@ -66,6 +71,7 @@ async def session(ws: ClientConnection, enrollment: Enrollment, key: keys.Privat
             await ws.send(protocol.encode("hb", stats=heartbeat_stats()))
 
     beat = asyncio.create_task(heartbeats())
+    health = asyncio.create_task(health_loop(ws.send, state.root, welcome["relay_time"]))
     stopping = asyncio.create_task(stop.wait())
     try:
         while True:
@@ -74,6 +80,8 @@ async def session(ws: ClientConnection, enrollment: Enrollment, key: keys.Privat
                                          return_when=asyncio.FIRST_COMPLETED)
             if receiving not in done:
                 receiving.cancel()
+                if stopping in done and runner is not None:
+                    await runner.close()  # while the relay can still hear why
                 if beat in done:
                     beat.result()
                 return
@@ -83,16 +91,27 @@ async def session(ws: ClientConnection, enrollment: Enrollment, key: keys.Privat
                 last_ack = time.monotonic()
             elif kind == "ping":
                 await ws.send(protocol.encode("pong", id=msg["id"]))
+            elif kind == "dial" and runner is not None:
+                runner.dial(msg, ws.send)
+            elif kind == "session_end" and runner is not None:
+                runner.end(msg["session_id"], msg["reason"])
             elif kind == "error":
                 log.warning("relay says %s: %s", msg["code"], msg["message"])
     finally:
         beat.cancel()
+        health.cancel()
         stopping.cancel()
 
 
-async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()) -> None:
+async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff(),
+              policy_file: Path | None = None) -> None:
     enrollment = state.load_enrollment()
     key = state.load_key()
+    runner = SessionRunner(state, enrollment, policy_file=policy_file)
+    end_signal = getattr(signal, "SIGUSR1", None)  # `backline-agent end-sessions`
+    if end_signal is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(end_signal, runner.end_all)
     attempt = 0
     while not stop.is_set():
         error = ""
@@ -100,7 +119,7 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
         try:
             async with open_pinned(enrollment.control_url, enrollment.fingerprint) as ws:
                 connected_at = time.monotonic()
-                await session(ws, enrollment, key, state, stop)
+                await session(ws, enrollment, key, state, stop, runner)
         except PinMismatch as exc:
             error = str(exc)
             log.error("%s", exc)
@@ -125,11 +144,12 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
             await asyncio.wait_for(stop.wait(), delay)
         except TimeoutError:
             pass
+    await runner.close()
     state.write_status("stopped", relay=enrollment.relay_url, agent_id=enrollment.agent_id)
     log.info("stopped")
 
 
-def run_forever(state: StateDir) -> None:
+def run_forever(state: StateDir, policy_file: Path | None = None) -> None:
     """Run until SIGTERM or SIGINT, then close the socket cleanly and exit."""
 
     async def main() -> None:
@@ -137,6 +157,6 @@ def run_forever(state: StateDir) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run(state, stop)
+        await run(state, stop, policy_file=policy_file)
 
     asyncio.run(main())

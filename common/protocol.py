@@ -28,7 +28,14 @@ AUTH_CONTEXT = b"backline/control-auth/v1"
 ENROLL_CONTEXT = b"backline/enroll/v1"
 
 AGENT_ID_RE = re.compile(r"^ag_[A-Za-z0-9_-]{10,40}$")
+# The SSH principal of a session: an enrolled agent's id, or ``at_...`` for an
+# attended (``join``) session whose machine is not enrolled.
+PRINCIPAL_RE = re.compile(r"^(ag|at)_[A-Za-z0-9_-]{10,40}$")
+SESSION_ID_RE = re.compile(r"^ss_[A-Za-z0-9_-]{10,40}$")
+CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+SESSION_CODE_RE = re.compile(r"^[0-9]{9}$")
 _B64_RE = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
+MAX_CAPABILITIES = 16
 
 
 class ProtocolError(Exception):
@@ -90,10 +97,50 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "signature": _s(128, pattern=_B64_RE),
         **{name: _s(256) for name in _INFO_FIELDS},
     },
+    # --- support sessions (docs/sessions.md) ---
+    # relay -> agent, on the control socket (or the join socket): open the tunnel.
+    "dial": {
+        "session_id": _s(64, pattern=SESSION_ID_RE),
+        "url": _s(2048),
+        "token": _s(128, pattern=_B64_RE),
+        "technician": _s(128),
+        "reason": _s(512),
+        "ticket": _s(128),
+        "capabilities": Field(list),
+    },
+    # relay -> agent: the session is over (the SSH connection closes too).
+    "session_end": {"session_id": _s(64, pattern=SESSION_ID_RE), "reason": _s(256)},
+    # agent -> relay: the dial could not be carried out.
+    "dial_failed": {"session_id": _s(64, pattern=SESSION_ID_RE), "reason": _s(512)},
+    # agent -> relay: end this session; the customer ended it, or the agent is stopping.
+    "session_ended": {"session_id": _s(64, pattern=SESSION_ID_RE),
+                      "reason": _s(16, pattern=re.compile(r"^(customer|agent_stopping)$"))},
+    # agent -> relay: the first (and only text) frame on /agent/tunnel/{session_id}.
+    "tunnel": {"token": _s(128, pattern=_B64_RE)},
+    # agent -> relay on /agent/join: a session code and the key the SSH server will use.
+    "join": {
+        "code": _s(9, pattern=SESSION_CODE_RE),
+        "public_key": _s(64, pattern=_B64_RE),
+        **{name: _s(256) for name in _INFO_FIELDS},
+    },
+    # relay -> agent: who is asking, and the CA and principal their certificate has.
+    "join_offer": {
+        "session_id": _s(64, pattern=SESSION_ID_RE),
+        "principal": _s(64, pattern=PRINCIPAL_RE),
+        "technician": _s(128),
+        "reason": _s(512),
+        "ticket": _s(128),
+        "ca_public_key": _s(4096),
+        "capabilities": Field(list),
+    },
+    # agent -> relay: the customer's answer.
+    "consent": {"answer": _s(3, pattern=re.compile(r"^(yes|no)$"))},
 }
 
-RELAY_TO_AGENT = frozenset({"challenge", "welcome", "hb_ack", "ping", "error", "enrolled"})
-AGENT_TO_RELAY = frozenset({"auth", "hb", "pong", "health", "enroll"})
+RELAY_TO_AGENT = frozenset({"challenge", "welcome", "hb_ack", "ping", "error", "enrolled",
+                            "dial", "session_end", "join_offer"})
+AGENT_TO_RELAY = frozenset({"auth", "hb", "pong", "health", "enroll", "dial_failed",
+                            "session_ended", "tunnel", "join", "consent"})
 
 MAX_STATS_KEYS = 32
 MAX_ALERTS = 32
@@ -172,6 +219,17 @@ def validate(msg: Any) -> None:
         fix_keys = msg["fix_keys"]
         if len(fix_keys) > 16 or not all(isinstance(k, str) and len(k) <= 4096 for k in fix_keys):
             raise ProtocolError("bad_field", "enrolled: fix_keys is malformed")
+    if msg_type in ("dial", "join_offer"):
+        check_capabilities(msg["capabilities"], msg_type)
+
+
+def check_capabilities(names: Any, where: str = "capabilities") -> None:
+    """A short list of distinct capability names (``info``, ``diagnostics``, ...)."""
+    if (not isinstance(names, list) or len(names) > MAX_CAPABILITIES
+            or not all(isinstance(n, str) and CAPABILITY_RE.fullmatch(n) for n in names)
+            or len(set(names)) != len(names)):
+        raise ProtocolError("bad_field", f"{where}: capabilities must be up to "
+                            f"{MAX_CAPABILITIES} distinct short lowercase names")
 
 
 def _check_stats(stats: dict[str, Any]) -> None:
@@ -253,7 +311,7 @@ class RelayHandshake:
 
 def parse_agent_message(frame: str | bytes) -> dict[str, Any]:
     """A frame from an authenticated agent."""
-    return decode(frame, frozenset({"hb", "pong", "health"}))
+    return decode(frame, frozenset({"hb", "pong", "health", "dial_failed", "session_ended"}))
 
 
 # --- agent side --------------------------------------------------------------------

@@ -310,6 +310,7 @@ async def revoke_agent(request: Request, relay: Relay, who: Principal) -> Respon
     if conn is not None:
         await conn.close(4003, "revoked")
     relay.record(who.actor, "agent.revoke", f"agent:{agent['id']}", address=who.address)
+    await relay.sessions.close_matching("agent_revoked", who.actor, agent_id=agent["id"])
     return JSONResponse({"ok": True})
 
 
@@ -367,6 +368,8 @@ async def ungrant_group(request: Request, relay: Relay, who: Principal) -> Respo
     users.grant(relay.engine, user.id, gid, allow=False)
     relay.record(who.actor, "group.ungrant", f"group:{gid}", user=user.username,
                  address=who.address)
+    await relay.sessions.close_matching("grant_withdrawn", who.actor,
+                                        technician=user.username, group_id=gid)
     return JSONResponse({"ok": True})
 
 
@@ -419,6 +422,9 @@ async def patch_user(request: Request, relay: Relay, who: Principal) -> Response
         end_user_sessions(relay, user.id)
     relay.record(who.actor, "user.update", f"user:{user.username}", **changes,
                  address=who.address)
+    if changes.get("disabled"):
+        await relay.sessions.close_matching("technician_disabled", who.actor,
+                                            technician=user.username)
     return JSONResponse({"user": user.public()})
 
 

@@ -14,9 +14,10 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backline.relay import api, openapi
+from backline.relay import api, api_sessions, openapi, reports
 from backline.relay.console_socket import live_endpoint
 from backline.relay.control import connect_endpoint, enroll_endpoint
+from backline.relay.session_sockets import join_endpoint, tunnel_endpoint
 from backline.relay.state import Relay
 from backline.relay.webauth import allowed_origins
 
@@ -123,9 +124,14 @@ def build_app(relay: Relay) -> Starlette:
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
         Route("/api/v1/openapi.json", openapi.endpoint),
         *api.ROUTES,
+        *api_sessions.ROUTES,
+        *reports.ROUTES,
         WebSocketRoute("/api/v1/live", live_endpoint),
+        *api_sessions.SOCKETS,
         WebSocketRoute("/agent/enroll", enroll_endpoint),
         WebSocketRoute("/agent/connect", connect_endpoint),
+        WebSocketRoute("/agent/tunnel/{session_id}", tunnel_endpoint),
+        WebSocketRoute("/agent/join", join_endpoint),
         Route("/", console_index),
     ]
     if (CONSOLE_DIST / "assets").is_dir():

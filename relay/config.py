@@ -58,6 +58,22 @@ class RelayConfig:
     extra_origins: list[str] = field(default_factory=list)
     log_level: str = "info"
     event_loop: str = "auto"
+    # Support sessions (docs/sessions.md): idle-out, hard cap, how long opening may take.
+    session_idle_minutes: float = 15.0
+    session_max_hours: float = 8.0
+    session_open_timeout_s: float = 15.0
+    # Attended-session codes: life, and wrong guesses allowed per address and in total.
+    session_code_minutes: float = 10.0
+    session_code_failures_per_address: int = 5
+    session_code_window_s: int = 600
+    session_code_failures_global: int = 50
+    session_code_global_window_s: int = 60
+    # Agent health alerts and session events are POSTed here as JSON signed with
+    # HMAC-SHA256(webhook_secret) in X-Backline-Signature (docs/diagnostics.md).
+    webhook_url: str = ""
+    webhook_secret: str = ""
+    # Event types to send (``session.*`` matches a prefix); empty means all.
+    webhook_events: list[str] = field(default_factory=list)
 
     @property
     def effective_public_url(self) -> str:
@@ -87,6 +103,23 @@ class RelayConfig:
             raise ConfigError("heartbeat_s must be between 5 and 600")
         if self.event_loop not in ("auto", "asyncio", "uvloop"):
             raise ConfigError("event_loop must be auto, asyncio or uvloop")
+        if not 0 < self.session_idle_minutes <= 24 * 60:
+            raise ConfigError("session_idle_minutes must be more than 0 and at most 1440")
+        if not 0 < self.session_max_hours <= 168:
+            raise ConfigError("session_max_hours must be more than 0 and at most 168")
+        if not 1 <= self.session_open_timeout_s <= 120:
+            raise ConfigError("session_open_timeout_s must be between 1 and 120")
+        if not 0 < self.session_code_minutes <= 60:
+            raise ConfigError("session_code_minutes must be more than 0 and at most 60")
+        if min(self.session_code_failures_per_address, self.session_code_failures_global,
+               self.session_code_window_s, self.session_code_global_window_s) < 1:
+            raise ConfigError("session code limits and windows must be at least 1")
+        if self.webhook_url:
+            if not self.webhook_url.startswith(("https://", "http://")):
+                raise ConfigError("webhook_url must be an http:// or https:// URL")
+            if len(self.webhook_secret) < 16:
+                raise ConfigError("webhook_url needs a webhook_secret of at least 16 "
+                                  "characters (receivers check the HMAC signature with it)")
 
     def shown(self) -> dict[str, Any]:
         """The effective settings with secrets hidden, for ``config show``."""
@@ -96,6 +129,8 @@ class RelayConfig:
             out[f.name] = str(value) if isinstance(value, Path) else value
         out["public_url"] = self.effective_public_url
         out["database_url"] = hide_url_password(self.effective_database_url)
+        out["webhook_url"] = hide_url_password(self.webhook_url)
+        out["webhook_secret"] = "***" if self.webhook_secret else ""
         return out
 
 

@@ -14,10 +14,10 @@ _PARAM = re.compile(r"{(\w+)(?::(\w+))?}")
 
 
 def document() -> dict[str, Any]:
-    from backline.relay.api import ROUTES
+    from backline.relay import api, api_sessions, reports
 
     paths: dict[str, dict[str, Any]] = {}
-    for route in ROUTES:
+    for route in [*api.ROUTES, *api_sessions.ROUTES, *reports.ROUTES]:
         path = _PARAM.sub(r"{\1}", route.path)
         params = [{"name": name, "in": "path", "required": True,
                    "schema": {"type": "integer" if conv == "int" else "string"}}

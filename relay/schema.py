@@ -128,3 +128,49 @@ audit_checkpoints = sa.Table(
     sa.Column("key_id", sa.String(64), nullable=False),
     sa.Column("signature", sa.String(128), nullable=False),
 )
+
+# Support sessions: managed (opened on an enrolled agent) or attended (a one-time
+# code the customer types into `backline-agent join`). The code is stored only as an
+# HMAC; `node` is the relay URL that holds the live SSH connection.
+support_sessions = sa.Table(
+    "support_sessions", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("agent_id", sa.String(64)),
+    sa.Column("group_id", sa.Integer),
+    sa.Column("technician", sa.String(64), nullable=False),
+    sa.Column("opened_by", sa.String(256), nullable=False),
+    sa.Column("reason", sa.String(512), nullable=False, default=""),
+    sa.Column("ticket", sa.String(128), nullable=False, default=""),
+    sa.Column("capabilities", sa.String(512), nullable=False, default=""),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("node", sa.String(256), nullable=False, default=""),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("opened_at", sa.Float),
+    sa.Column("ready_at", sa.Float),
+    sa.Column("closed_at", sa.Float),
+    sa.Column("close_reason", sa.String(256)),
+    sa.Column("code_hash", sa.String(64)),
+    sa.Column("code_expires_at", sa.Float),
+    sa.Column("remote_hostname", sa.String(256)),
+    sa.Column("remote_address", sa.String(64)),
+    sa.Index("ix_support_sessions_state", "state"),
+    sa.Index("ix_support_sessions_agent", "agent_id", "created_at"),
+    sa.Index("ix_support_sessions_code", "code_hash"),
+)
+
+# A diagnostics run as the relay received it: the raw stream is a blob named by its
+# SHA-256, the same hash the audit trail records for the channel.
+diagnostics_reports = sa.Table(
+    "diagnostics_reports", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("agent_id", sa.String(64), nullable=False),
+    sa.Column("session_id", sa.String(64), nullable=False),
+    sa.Column("technician", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("findings", sa.Integer, nullable=False),
+    sa.Column("worst", sa.String(16), nullable=False),
+    sa.Index("ix_reports_agent_time", "agent_id", "created_at"),
+)

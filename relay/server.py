@@ -5,7 +5,8 @@ The choices (measured in ``bench/idle_agents``; see docs/benchmarks.md):
 - no per-message deflate (it costs about 50 KiB a socket; control frames are tiny);
 - no server-side WebSocket pings: agents heartbeat in the protocol instead;
 - uvloop when available; on plain asyncio, the TLS read buffer shrinks from
-  256 KiB (allocated and zeroed per connection) to 16 KiB, one TLS record.
+  256 KiB (allocated and zeroed per connection) to 16 KiB, one TLS record;
+- agents' control sockets go straight to their endpoint (:class:`AgentSocketShortcut`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import importlib.util
 import logging
 
 import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from backline.relay.app import build_app
+from backline.relay.control import connect_endpoint
 from backline.relay.state import Relay
 
 TLS_READ_BUFFER = 16 * 1024
@@ -34,6 +38,32 @@ def shrink_asyncio_tls_buffer() -> None:
     asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER  # type: ignore[attr-defined]
 
 
+class AgentSocketShortcut:
+    """Hand agents' control sockets straight to :func:`connect_endpoint`.
+
+    A control socket lives for days and one relay holds ten thousand. Under the full
+    Starlette stack (error and security middleware, the exception wrapper twice, the
+    router and the route) each one keeps a dozen coroutine frames alive that do nothing
+    for a WebSocket without an ``Origin`` header, which is what agents open. A socket
+    that has an ``Origin`` (a browser) takes the full stack, so the cross-site check and
+    its audit apply exactly as before; so does everything else.
+    """
+
+    PATH = "/agent/connect"
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] == "websocket" and scope["path"] == self.PATH
+                and not scope.get("root_path")
+                and not any(name == b"origin" for name, _ in scope["headers"])):
+            scope["app"] = self.app  # what Starlette sets; the endpoint finds the relay there
+            await connect_endpoint(WebSocket(scope, receive=receive, send=send))
+            return
+        await self.app(scope, receive, send)
+
+
 def uvicorn_config(relay: Relay) -> uvicorn.Config:
     cfg = relay.config
     loop = choose_loop(cfg.event_loop)
@@ -46,7 +76,7 @@ def uvicorn_config(relay: Relay) -> uvicorn.Config:
     elif cfg.tls == "files":
         tls = {"ssl_certfile": cfg.tls_cert_file, "ssl_keyfile": cfg.tls_key_file}
     return uvicorn.Config(
-        build_app(relay),
+        AgentSocketShortcut(build_app(relay)),
         host=cfg.listen_host,
         port=cfg.listen_port,
         loop=loop,

@@ -13,13 +13,16 @@ import sqlalchemy as sa
 from backline.common import keys
 from backline.common.tlspin import normalise
 from backline.relay import metrics
-from backline.relay.agents import Presence
+from backline.relay.agents import Presence, get_agent
 from backline.relay.audit import AuditLog
+from backline.relay.blobs import BlobStore
 from backline.relay.config import RelayConfig
 from backline.relay.datadir import DataDir, pem_fingerprint
 from backline.relay.db import make_engine, migrate
 from backline.relay.live import LiveBus
 from backline.relay.ratelimit import FailureLimiter
+from backline.relay.sessions import SessionManager
+from backline.relay.webhooks import WebhookSender
 
 log = logging.getLogger("backline.relay")
 
@@ -39,6 +42,9 @@ class Relay:
     login_by_account: FailureLimiter = field(init=False)
     login_by_address: FailureLimiter = field(init=False)
     metrics: metrics.RelayMetrics = field(init=False)
+    sessions: SessionManager = field(init=False)
+    webhooks: WebhookSender = field(init=False)
+    blobs: BlobStore = field(init=False)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -47,6 +53,10 @@ class Relay:
         self.login_by_address = FailureLimiter(c.login_failures_per_address, c.login_window_s)
         self.metrics = metrics.RelayMetrics(self)
         self.audit.listeners.append(self.bus.publish_audit)
+        self.sessions = SessionManager(self)
+        self.blobs = BlobStore(self.datadir.root / "blobs")
+        self.webhooks = WebhookSender.from_config(
+            c, self.record, lambda agent_id: get_agent(self.engine, self.presence, agent_id))
 
     @property
     def origin(self) -> str:
@@ -60,8 +70,10 @@ class Relay:
 
     async def start_background(self) -> None:
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        self._tasks.append(asyncio.create_task(self.sessions.reaper()))
 
     async def stop_background(self) -> None:
+        await self.sessions.close_all("relay_shutdown")
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -70,6 +82,7 @@ class Relay:
             except (asyncio.CancelledError, Exception):  # noqa: S110 - shutting down
                 pass
         self._tasks.clear()
+        await self.webhooks.stop()
         self.presence.flush_last_seen(self.engine)
         self.audit.checkpoint()
 

@@ -337,3 +337,103 @@ def test_hostile_agent_data_is_shown_as_text(page: Watched, site: RelayProcess) 
     assert p.locator("img[src='x'], iframe, svg[onload]").count() == 0
     assert p.evaluate("document.querySelectorAll('script:not([src])').length") == 0
     page.check()
+
+
+DIAG_POLICY = '[capabilities]\ninfo = "allow"\ndiagnostics = "allow"\n'
+
+
+def test_technician_runs_diagnostics_in_a_session(page: Watched, site: RelayProcess,
+                                                  tmp_path: Path) -> None:
+    """Open a session from the agent page, watch diagnostics arrive section by section,
+    read the findings (worst first) before the raw sections, download the report,
+    and compare two runs side by side."""
+    from tests.harness import free_port
+
+    new_user(site, "sam", "technician", "sam's password 123")
+    site.cli("group", "grant", "default", "sam")
+    agent = AgentProcess(tmp_path, "diag-box")
+    assert agent.enroll(site.token()).returncode == 0
+    (agent.state_dir / "policy.toml").write_text(DIAG_POLICY)
+    (agent.state_dir / "agent.toml").write_text(
+        f'[diagnostics]\ndns_names = ["does-not-exist.invalid"]\n'
+        f'endpoints = ["127.0.0.1:{free_port()}"]\n\n'
+        "[thresholds]\ndisk_used_pct = 1\ndisk_critical_pct = 100\n")
+    agent.start()
+    try:
+        p = page.page
+        sign_in(p, "sam", "sam's password 123")
+        p.goto(f"/#/agent/{agent.agent_id}")
+        expect(p.locator("dl.facts")).to_contain_text("Online", timeout=20_000)
+        form = p.get_by_role("form", name="Open a support session")
+        form.get_by_label("Reason").fill("slow <b>machine</b>")
+        form.get_by_label("Ticket").fill("HD-77")
+        form.get_by_role("button", name="Open session").click()
+        expect(p.locator("#session-state")).to_have_text("ready")
+        expect(p.locator("dl.facts")).to_contain_text("slow <b>machine</b>")
+
+        # Every text #diag-progress shows, as it changes: proof the page updates live.
+        p.evaluate("""() => {
+            window.__progress = [];
+            new MutationObserver(() => {
+                const t = document.querySelector('#diag-progress')?.textContent.trim();
+                if (t && window.__progress.at(-1) !== t) window.__progress.push(t);
+            }).observe(document.body, {subtree: true, childList: true, characterData: true});
+        }""")
+        p.get_by_role("button", name="Run diagnostics").click()
+        expect(p.locator("#diag-progress")).to_contain_text("Finished: 14 sections")
+        seen = p.evaluate("window.__progress")
+        partial = [t for t in seen if " of 14 sections" in t]
+        assert partial, seen
+        counts = [int(t.split(" of ")[0]) for t in partial]
+        assert any(0 < n < 14 for n in counts), seen  # shown while still running
+        assert counts == sorted(counts), seen
+
+        findings = p.get_by_role("list", name="Findings")
+        for rule in ("dns-lookup-failed", "endpoint-unreachable", "disk-almost-full"):
+            expect(findings.locator(f"li[data-rule='{rule}']")).to_be_visible()
+        severities = findings.locator("li.finding .badge").all_inner_texts()
+        rank = {"critical": 0, "warning": 1, "info": 2}
+        assert [rank[s] for s in severities] == sorted(rank[s] for s in severities)
+        sections = p.locator(".sections details.section")
+        expect(sections).to_have_count(14)
+        # Findings first, then the raw sections.
+        assert p.evaluate("""() => {
+            const f = document.querySelector('ol.findings');
+            const s = document.querySelector('.sections');
+            return !!(f.compareDocumentPosition(s) & Node.DOCUMENT_POSITION_FOLLOWING);
+        }""")
+        p.locator("details[data-section='dns'] summary").click()
+        expect(p.locator("details[data-section='dns'] pre")).to_contain_text(
+            "does-not-exist.invalid")
+        expect(p.locator("#report-saved")).to_contain_text("rp_")
+        shot(p, "session-diagnostics")
+
+        with p.expect_download() as download:
+            p.get_by_role("button", name="Download report").click()
+        saved = tmp_path / "report.json"
+        download.value.save_as(saved)
+        report = json.loads(saved.read_text())
+        assert report["schema"] == "backline.diagnostics/1"
+        assert len(report["sections"]) == 14
+        assert {"dns-lookup-failed", "endpoint-unreachable"} <= {
+            f["rule_id"] for f in report["findings"]}
+        name = download.value.suggested_filename  # named after the machine's own hostname
+        assert name.startswith("backline-report-") and name.endswith(".json"), name
+
+        # A second run, then the two side by side.
+        p.get_by_role("button", name="Run diagnostics").click()
+        expect(p.locator("#diag-progress")).to_contain_text("Finished: 14 sections")
+        p.get_by_role("link", name="Compare reports of this agent").click()
+        expect(p.get_by_role("heading", name="Diagnostics reports")).to_be_visible()
+        left, right = p.get_by_label("Left"), p.get_by_label("Right")
+        expect(left.locator("option")).to_have_count(3)
+        values = left.locator("option").evaluate_all("os => os.map(o => o.value)")
+        left.select_option(values[2])
+        right.select_option(values[1])
+        table = p.get_by_role("table", name="Comparison")
+        expect(table).to_contain_text("endpoint")
+        expect(table.locator("tbody tr")).to_have_count(14 + len(report["findings"]),
+                                                        timeout=15_000)
+        shot(p, "reports-compare")
+    finally:
+        agent.stop()

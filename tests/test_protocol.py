@@ -61,6 +61,27 @@ def _valid_frames() -> list[str]:
         protocol.encode("health", alerts=[{"id": "disk", "severity": "warning",
                                            "message": "disk 91% full"}]),
         protocol.encode("welcome", agent_id="ag_x", heartbeat_s=30, relay_time=1.0),
+        *_session_frames(),
+    ]
+
+
+SID = "ss_" + "s" * 20
+
+
+def _session_frames() -> list[str]:
+    return [
+        protocol.encode("dial", session_id=SID, url=f"wss://relay:8443/agent/tunnel/{SID}",
+                        token="t" * 43, technician="alice", reason="printer", ticket="T-1",
+                        capabilities=["info", "diagnostics"]),
+        protocol.encode("session_end", session_id=SID, reason="technician"),
+        protocol.encode("dial_failed", session_id=SID, reason="policy file unusable"),
+        protocol.encode("tunnel", token="t" * 43),
+        protocol.encode("join", code="123456789", public_key="A" * 43, hostname="pc",
+                        os="Linux", os_version="6", arch="x86_64", version="0.1.0"),
+        protocol.encode("join_offer", session_id=SID, principal="at_" + "p" * 20,
+                        technician="alice", reason="", ticket="", ca_public_key="ssh-ed25519 AAAA",
+                        capabilities=["info"]),
+        protocol.encode("consent", answer="yes"),
     ]
 
 
@@ -115,6 +136,59 @@ def test_specific_refusals_have_stable_codes(frame: str, code: str) -> None:
     with pytest.raises(ProtocolError) as err:
         protocol.decode(frame)
     assert err.value.code == code
+
+
+def _dial(**changes: object) -> str:
+    msg = json.loads(_session_frames()[0])
+    msg.update(changes)
+    return json.dumps(msg)
+
+
+@pytest.mark.parametrize(("frame", "code"), [
+    (_dial(capabilities=["info", "info"]), "bad_field"),
+    (_dial(capabilities=["Info"]), "bad_field"),
+    (_dial(capabilities=["x" * 40]), "bad_field"),
+    (_dial(capabilities=[f"c{i}" for i in range(17)]), "bad_field"),
+    (_dial(capabilities="info"), "bad_field"),
+    (_dial(session_id="ss_../../etc"), "bad_field"),
+    (_dial(token="not base64!"), "bad_field"),
+    (_dial(extra=1), "unknown_field"),
+    ('{"v":1,"type":"join","code":"123-456-789","public_key":"AA","hostname":"h","os":"o",'
+     '"os_version":"1","arch":"a","version":"1"}', "bad_field"),
+    ('{"v":1,"type":"consent","answer":"maybe"}', "bad_field"),
+    ('{"v":1,"type":"consent","answer":true}', "bad_field"),
+])
+def test_session_messages_are_strict(frame: str, code: str) -> None:
+    with pytest.raises(ProtocolError) as err:
+        protocol.decode(frame)
+    assert err.value.code == code
+
+
+def test_session_messages_go_one_way_each() -> None:
+    frames = dict(zip(["dial", "session_end", "dial_failed", "tunnel", "join", "join_offer",
+                       "consent"], _session_frames(), strict=True))
+    for kind in ("dial", "session_end", "join_offer"):
+        assert protocol.parse_relay_message(frames[kind])["type"] == kind
+        with pytest.raises(ProtocolError):
+            protocol.parse_agent_message(frames[kind])
+    assert protocol.parse_agent_message(frames["dial_failed"])["type"] == "dial_failed"
+    for kind in ("tunnel", "join", "consent"):
+        with pytest.raises(ProtocolError):  # only on their own sockets
+            protocol.parse_agent_message(frames[kind])
+        with pytest.raises(ProtocolError):
+            protocol.parse_relay_message(frames[kind])
+
+
+def test_session_codes_parse_and_display() -> None:
+    from backline.common import sessioncode
+
+    assert sessioncode.parse(" 123-456 789 ") == "123456789"
+    assert sessioncode.display("012345678") == "012-345-678"
+    for bad in ("12345678", "1234567890", "abc-def-ghi", "\uff11" * 9, ""):
+        with pytest.raises(sessioncode.BadCode):
+            sessioncode.parse(bad)
+    codes = {sessioncode.generate() for _ in range(200)}
+    assert all(len(c) == 9 and c.isdigit() for c in codes) and len(codes) > 190
 
 
 def test_handshake_signature_is_bound_to_nonce_and_certificate() -> None:

@@ -11,6 +11,8 @@ import { agentView } from "./views/agent.js";
 import { adminView } from "./views/admin.js";
 import { auditView } from "./views/audit.js";
 import { accountView } from "./views/account.js";
+import { sessionView, sessionsView } from "./views/sessions.js";
+import { reportsView } from "./views/reports.js";
 
 const root = document.getElementById("app");
 root.textContent = ""; // drop the "Loading" placeholder; lit-html renders from here on
@@ -80,6 +82,7 @@ function header() {
     <a class="brand" href="#/agents">Backline</a>
     <nav aria-label="Main">
       ${link("agents", "Agents", app.can("agents:read"))}
+      ${link("sessions", "Sessions", app.can("agents:read"))}
       ${link("admin", "Admin", app.can("groups:read"))}
       ${link("audit", "Audit", app.can("audit:read"))}
       ${link("account", "Account")}
@@ -123,6 +126,9 @@ function draw() {
         admin: () => adminView(app),
         audit: () => auditView(app),
         account: () => accountView(app),
+        sessions: () => sessionsView(app),
+        session: () => sessionView(app, arg),
+        reports: () => reportsView(app, arg),
       }[name]?.() ?? html`<section class="empty"><h1>Not found</h1>
         <p>There is no page here. <a href="#/agents">Go to the agents</a>.</p></section>`;
   }

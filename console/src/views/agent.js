@@ -5,6 +5,7 @@ import { del, get, patch, post } from "../api.js";
 import { onLive } from "../live.js";
 import { when } from "../format.js";
 import { healthBadge } from "./agents.js";
+import { openSession } from "./sessions.js";
 
 const state = { id: null, agent: null, error: "", message: "" };
 let appRef = null;
@@ -57,6 +58,20 @@ export function agentView(app, id) {
     const label = String(new FormData(ev.target).get("label") || "");
     act(() => patch(`/agents/${encodeURIComponent(a.id)}`, { label }), "Label saved.");
   };
+  const startSession = async (ev) => {
+    ev.preventDefault();
+    const d = Object.fromEntries(new FormData(ev.target).entries());
+    state.opening = true;
+    state.message = "";
+    app.refresh();
+    try {
+      await openSession(a.id, d.reason, d.ticket);
+    } catch (err) {
+      state.message = `Could not open a session: ${err.message}`;
+    }
+    state.opening = false;
+    app.refresh();
+  };
   const ping = () =>
     act(async () => {
       const r = await post(`/agents/${encodeURIComponent(a.id)}/ping`);
@@ -90,7 +105,15 @@ export function agentView(app, id) {
             )}</ul>`
           : html`<p class="muted">No alerts reported.</p>`}
         ${canWrite
-          ? html`<h2>Actions</h2>
+          ? html`<h2>Support session</h2>
+            <form class="inline" @submit=${startSession} aria-label="Open a support session">
+              <label>Reason <input name="reason" maxlength="512" placeholder="what the customer reported"></label>
+              <label>Ticket <input name="ticket" maxlength="128" placeholder="HD-1234"></label>
+              <button type="submit" ?disabled=${!a.online || state.opening}>
+                ${state.opening ? "Connecting…" : "Open session"}</button>
+            </form>
+            <p><a href="#/reports/${encodeURIComponent(a.id)}">Diagnostics reports of this agent</a></p>
+            <h2>Actions</h2>
             <form class="inline" @submit=${saveLabel}>
               <label>Label <input name="label" .value=${a.label} maxlength="256"></label>
               <button type="submit">Save label</button>

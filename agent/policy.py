@@ -1,0 +1,126 @@
+"""The customer's local policy: per capability, ``allow``, ``ask`` or ``deny``.
+
+The relay's word alone never touches the machine: every SSH channel a technician
+opens is checked here first. The file belongs to the customer's administrator::
+
+    [capabilities]
+    info = "allow"
+    diagnostics = "allow"
+    shell = "deny"
+    fix = "ask"
+    cobrowse = "ask"
+    sftp = "deny"
+
+    [ask]
+    timeout_s = 60      # how long the customer has to answer; no answer means no
+
+Where it is read from: ``--policy``, else ``$BACKLINE_AGENT_POLICY``, else
+``policy.toml`` in the agent's state directory, else ``/etc/backline/policy.toml``,
+else the defaults above. A capability the file does not name gets its default, and
+one with no default (a name this agent has never heard of) is denied. A file that
+cannot be read or says something else than allow/ask/deny is an error, never a
+silent fallback: a typo must not quietly grant more than the administrator meant.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backline.common.protocol import CAPABILITY_RE
+
+ENV_POLICY = "BACKLINE_AGENT_POLICY"
+POLICY_NAME = "policy.toml"
+SYSTEM_POLICY = Path("/etc/backline/policy.toml")
+DECISIONS = ("allow", "ask", "deny")
+DEFAULTS: dict[str, str] = {
+    "info": "allow",
+    "diagnostics": "allow",
+    "shell": "deny",
+    "fix": "ask",
+    "cobrowse": "ask",
+    "sftp": "deny",
+}
+DEFAULT_ASK_TIMEOUT_S = 60.0
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    capabilities: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULTS))
+    ask_timeout_s: float = DEFAULT_ASK_TIMEOUT_S
+    source: str = "defaults"
+
+    def decision(self, capability: str) -> str:
+        """``allow``, ``ask`` or ``deny``; unknown capabilities are denied."""
+        return self.capabilities.get(capability, "deny")
+
+    def summary(self) -> dict[str, str]:
+        return dict(sorted(self.capabilities.items()))
+
+
+def policy_path(state_root: Path | None, explicit: Path | None = None,
+                environ: Mapping[str, str] | None = None) -> tuple[Path | None, bool]:
+    """Which file applies, and whether it must exist (it must when named)."""
+    env = os.environ if environ is None else environ
+    if explicit is not None:
+        return explicit, True
+    if env.get(ENV_POLICY):
+        return Path(env[ENV_POLICY]).expanduser(), True
+    if state_root is not None and (state_root / POLICY_NAME).exists():
+        return state_root / POLICY_NAME, True
+    if SYSTEM_POLICY.exists():
+        return SYSTEM_POLICY, True
+    return None, False
+
+
+def load_policy(state_root: Path | None = None, explicit: Path | None = None,
+                environ: Mapping[str, str] | None = None) -> Policy:
+    path, required = policy_path(state_root, explicit, environ)
+    if path is None:
+        return Policy()
+    try:
+        with open(path, "rb") as fh:
+            table = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        if required:
+            raise PolicyError(f"policy file {path} does not exist") from exc
+        return Policy()
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"policy file {path}: {exc}") from exc
+    except OSError as exc:
+        raise PolicyError(f"policy file {path}: {exc.strerror or exc}") from exc
+    return from_table(table, str(path))
+
+
+def from_table(table: Mapping[str, Any], source: str = "defaults") -> Policy:
+    unknown = set(table) - {"capabilities", "ask"}
+    if unknown:
+        raise PolicyError(f"{source}: unknown table(s) {sorted(unknown)} "
+                          "(known: [capabilities], [ask])")
+    caps = table.get("capabilities", {})
+    ask = table.get("ask", {})
+    if not isinstance(caps, dict) or not isinstance(ask, dict):
+        raise PolicyError(f"{source}: [capabilities] and [ask] must be tables")
+    decisions = dict(DEFAULTS)
+    for name, value in caps.items():
+        if not CAPABILITY_RE.fullmatch(name):
+            raise PolicyError(f"{source}: {name!r} is not a capability name")
+        if value not in DECISIONS:
+            raise PolicyError(f"{source}: capabilities.{name} must be one of "
+                              f"{', '.join(DECISIONS)}, not {value!r}")
+        decisions[name] = value
+    timeout = ask.get("timeout_s", DEFAULT_ASK_TIMEOUT_S)
+    if set(ask) - {"timeout_s"}:
+        raise PolicyError(f"{source}: [ask] knows only timeout_s")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
+            1 <= timeout <= 3600):
+        raise PolicyError(f"{source}: ask.timeout_s must be a number of seconds from 1 to 3600")
+    return Policy(decisions, float(timeout), source)

@@ -1,0 +1,112 @@
+"""The session-related commands of ``backline-agent``: ``join``, ``policy``, ``end-sessions``.
+
+Kept apart from :mod:`backline.agent.cli` so that file stays a short table of
+commands; each function here returns the process exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from backline.agent.join import JoinError, run_join
+from backline.agent.link import RelayUnreachable
+from backline.agent.policy import ENV_POLICY, PolicyError, load_policy
+from backline.agent.state import StateDir
+from backline.common.tlspin import PinMismatch
+
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_PIN = 4
+EXIT_REFUSED = 5
+EXIT_NOT_RUNNING = 6
+EXIT_DECLINED = 7
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    j = sub.add_parser(
+        "join", help="start one attended support session with a code from your technician",
+        description="Join a support session: nothing is installed, nothing is kept, and you "
+                    "are asked before it starts. Press Ctrl-C to end it.")
+    j.add_argument("code", help="the session code, like 123-456-789")
+    j.add_argument("--relay", required=True, help="the relay's URL (https://host:port)")
+    j.add_argument("--pin", required=True,
+                   help="SHA-256 of the relay's TLS certificate (the console shows it)")
+    policy_option(j)
+    p = sub.add_parser("policy", help="show what this machine's policy allows technicians")
+    policy_option(p)
+    sub.add_parser("end-sessions", help="end every support session the running agent holds")
+
+
+def policy_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", type=Path, default=None,
+                        help=f"policy file (default: ${ENV_POLICY}, policy.toml in the state "
+                             "dir, or /etc/backline/policy.toml)")
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"backline-agent: {message}", file=sys.stderr)
+    return code
+
+
+def check_policy(state: StateDir, explicit: Path | None) -> int:
+    """0 when the policy file (if any) is usable; else the error is printed."""
+    try:
+        load_policy(state.root, explicit)
+    except PolicyError as exc:
+        return _fail(EXIT_USAGE, str(exc))
+    return 0
+
+
+def cmd_policy(state: StateDir, args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(state.root, args.policy)
+    except PolicyError as exc:
+        return _fail(EXIT_USAGE, str(exc))
+    print(f"policy: {policy.source}")
+    for name, decision in policy.summary().items():
+        print(f"  {name:<12} {decision}")
+    print(f"  (ask waits {policy.ask_timeout_s:g} s for an answer; anything unlisted: deny)")
+    return 0
+
+
+def cmd_join(state: StateDir, args: argparse.Namespace) -> int:
+    try:
+        # An attended session reads a policy only when one is named or installed.
+        policy = load_policy(None, args.policy)
+    except PolicyError as exc:
+        return _fail(EXIT_USAGE, str(exc))
+    if args.log_level == "info":  # the customer's terminal shows the activity lines
+        logging.getLogger("backline").setLevel(logging.WARNING)
+    try:
+        result = run_join(args.code, args.relay, args.pin, policy)
+    except JoinError as exc:
+        code = EXIT_USAGE if exc.code == "code_malformed" else EXIT_REFUSED
+        if exc.code == "cancelled":
+            code = EXIT_DECLINED
+        return _fail(code, str(exc))
+    except PinMismatch as exc:
+        return _fail(EXIT_PIN, str(exc))
+    except RelayUnreachable as exc:
+        return _fail(EXIT_UNREACHABLE, str(exc))
+    if not result.accepted:
+        return EXIT_DECLINED
+    print(f"Session ended: {result.ended}. Nothing was installed; nothing keeps running.")
+    return 0
+
+
+def cmd_end_sessions(state: StateDir) -> int:
+    status = state.read_status()
+    try:
+        pid = int(status["pid"]) if status and status.get("state") != "stopped" else 0
+        if pid <= 0:
+            raise ProcessLookupError
+        os.kill(pid, getattr(signal, "SIGUSR1", signal.SIGTERM))
+    except (ProcessLookupError, PermissionError, ValueError, KeyError):
+        return _fail(EXIT_NOT_RUNNING, "the agent is not running here (nothing to end)")
+    print(f"asked the agent (pid {pid}) to end its support sessions")
+    return 0

@@ -1,0 +1,172 @@
+"""Support sessions of an enrolled agent: ``dial`` orders from the control socket.
+
+For each ``dial`` the agent opens a second WebSocket to the relay's tunnel URL (TLS
+pinned to the certificate it pinned at enrollment), sends the one-time token as the
+first frame, and runs its SSH server over the rest (:mod:`backline.agent.sshserver`).
+Sessions outlive control-socket reconnects; they end when the relay closes them,
+when the customer ends them (``backline-agent end-sessions``, i.e. SIGUSR1) or when
+the agent stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncssh
+from websockets.exceptions import WebSocketException
+
+from backline.agent.activity import ACTIVITY_NAME, ActivityLog
+from backline.agent.capabilities import Registry, SessionContext, builtin_registry
+from backline.agent.consent import Asker, default_asker
+from backline.agent.link import RelayUnreachable, open_pinned
+from backline.agent.policy import PolicyError, load_policy
+from backline.agent.sshserver import CUSTOMER_ENDED, ServerSettings, serve
+from backline.agent.state import Enrollment, StateDir
+from backline.common import protocol
+from backline.common.tlspin import PinMismatch
+from backline.common.wstunnel import TunnelError, WebSocketTunnel
+
+log = logging.getLogger("backline.agent.sessions")
+
+MAX_SESSIONS = 8
+Send = Callable[[str], Awaitable[Any]]
+
+
+class DialRefused(Exception):
+    """A dial order this agent will not carry out; the message says why."""
+
+
+def check_tunnel_url(url: str, session_id: str) -> str:
+    """Only ``wss://.../agent/tunnel/<this session>``: the relay names the node, the
+    pinned certificate decides whether it is ours."""
+    parts = urlsplit(url)
+    if parts.scheme != "wss" or not parts.netloc or parts.query or parts.fragment:
+        raise DialRefused("the tunnel URL is not a plain wss:// URL")
+    if parts.path != f"/agent/tunnel/{session_id}":
+        raise DialRefused("the tunnel URL does not name this session")
+    return url
+
+
+async def open_tunnel_and_serve(url: str, fingerprint: str, token: str,
+                                settings: ServerSettings, stop: asyncio.Event | None,
+                                stop_reason: Callable[[], str] = lambda: CUSTOMER_ENDED,
+                                on_stop: Callable[[], Awaitable[Any]] | None = None,
+                                timeout: float = 10.0) -> str:
+    """Open the tunnel WebSocket, authenticate it with the token, serve SSH; return why
+    the session ended."""
+    async with open_pinned(url, fingerprint, timeout) as ws:
+        await ws.send(protocol.encode("tunnel", token=token))
+        return await serve(WebSocketTunnel(ws), settings, stop, stop_reason, on_stop)
+
+
+class SessionRunner:
+    def __init__(self, state: StateDir, enrollment: Enrollment, registry: Registry | None = None,
+                 asker: Asker | None = None, policy_file: Path | None = None) -> None:
+        self.state = state
+        self.enrollment = enrollment
+        self.registry = registry or builtin_registry()
+        self.asker = asker or default_asker()
+        self.policy_file = policy_file
+        self.log = ActivityLog(state.root / ACTIVITY_NAME)
+        self.host_key = asyncssh.import_private_key(state.key_path.read_bytes())
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stops: dict[str, asyncio.Event] = {}
+        self._why: dict[str, str] = {}  # why a session is being ended from this side
+        self._tell: dict[str, str] = {}  # session_ended reasons the relay must hear
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def dial(self, msg: dict[str, Any], send: Send) -> None:
+        """Carry out a ``dial`` order in the background."""
+        session_id = msg["session_id"]
+        if session_id in self._tasks:
+            return  # a repeated order for a session already running
+        stop = asyncio.Event()
+        self._stops[session_id] = stop
+        task = asyncio.create_task(self._run(msg, send, stop), name=f"session-{session_id}")
+        self._tasks[session_id] = task
+        task.add_done_callback(lambda _t: self._forget(session_id))
+
+    def _forget(self, session_id: str) -> None:
+        self._tasks.pop(session_id, None)
+        self._stops.pop(session_id, None)
+        self._why.pop(session_id, None)
+        self._tell.pop(session_id, None)
+
+    def end(self, session_id: str, reason: str) -> None:
+        """The relay ended a session (it closes SSH too; this also covers a dial that
+        has not reached SSH yet)."""
+        stop = self._stops.get(session_id)
+        if stop is not None:
+            self.log.record("session.end_requested", session_id=session_id, reason=reason[:200])
+            self._why.setdefault(session_id, f"ended by the relay ({reason[:100]})")
+            stop.set()
+
+    def end_all(self, reason: str = CUSTOMER_ENDED, code: str = "customer") -> None:
+        """The customer (``end-sessions``) or the agent stopping ends every session."""
+        for session_id, stop in list(self._stops.items()):
+            self.log.record("session.end_requested", session_id=session_id, reason=reason)
+            self._why.setdefault(session_id, reason)
+            self._tell.setdefault(session_id, code)
+            stop.set()
+
+    async def close(self, reason: str = "agent stopping", timeout: float = 5.0) -> None:
+        self.end_all(reason, "agent_stopping")
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+
+    async def _run(self, msg: dict[str, Any], send: Send, stop: asyncio.Event) -> None:
+        session_id = msg["session_id"]
+        technician = msg["technician"]
+        try:
+            if len(self._tasks) > MAX_SESSIONS:
+                raise DialRefused(f"already {MAX_SESSIONS} sessions open")
+            url = check_tunnel_url(msg["url"], session_id)
+            try:
+                policy = load_policy(self.state.root, self.policy_file)
+            except PolicyError as exc:
+                raise DialRefused(f"the local policy file is unusable: {exc}") from None
+            ctx = SessionContext(
+                session_id=session_id, principal=self.enrollment.agent_id,
+                technician=technician, mode="managed", policy=policy, log=self.log,
+                state_root=self.state.root, reason=msg["reason"], ticket=msg["ticket"],
+                capabilities=tuple(msg["capabilities"]))
+            settings = ServerSettings(session=ctx, registry=self.registry,
+                                      host_key=self.host_key,
+                                      ca_public_key=self.enrollment.ca_public_key,
+                                      asker=self.asker)
+            self.log.record("session.dial", session_id=session_id, technician=technician,
+                            reason=msg["reason"] or None, ticket=msg["ticket"] or None)
+            async def tell_relay() -> None:
+                code = self._tell.get(session_id)
+                if code:
+                    await send(protocol.encode("session_ended", session_id=session_id,
+                                               reason=code))
+
+            ended = await open_tunnel_and_serve(
+                url, self.enrollment.fingerprint, msg["token"], settings, stop,
+                lambda: self._why.get(session_id, CUSTOMER_ENDED), tell_relay)
+            self.log.record("session.end", session_id=session_id, technician=technician,
+                            reason=self._why.get(session_id, ended))
+        except asyncio.CancelledError:
+            self.log.record("session.end", session_id=session_id, technician=technician,
+                            reason="agent stopping")
+            raise
+        except (DialRefused, RelayUnreachable, PinMismatch, asyncssh.Error, OSError,
+                TimeoutError, WebSocketException, TunnelError, protocol.ProtocolError) as exc:
+            reason = str(exc) or type(exc).__name__
+            self.log.record("session.failed", session_id=session_id, technician=technician,
+                            reason=reason[:300])
+            with contextlib.suppress(Exception):  # the control socket may be gone
+                await send(protocol.encode("dial_failed", session_id=session_id,
+                                           reason=reason[:500]))

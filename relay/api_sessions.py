@@ -1,0 +1,356 @@
+"""The sessions API: open, list, close, run capabilities, and attended codes.
+
+Who may do what:
+- open a session on an agent: ``agents:write`` and a grant on the agent's group
+  (auditors never; they hold no write permission);
+- see a session: ``agents:read`` and either a grant on its group or being the
+  technician who opened it (admins and auditors see all);
+- use a session (run capabilities, stream): only the technician it was opened for,
+  because the certificate that opened it names them;
+- close a session: that technician, or an admin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from backline.agent.diagnostics.request import DiagnosticsRequest, RequestError, parse_sections
+from backline.common.protocol import CAPABILITY_RE
+from backline.relay import agents
+from backline.relay.api import agent_for, body, endpoint, field, visible_group_ids
+from backline.relay.sessions import (
+    CAPABILITIES,
+    DEFAULT_CAPABILITIES,
+    EXIT_REFUSED,
+    LiveSession,
+    SessionError,
+)
+from backline.relay.state import Relay
+from backline.relay.webauth import ApiError, Principal, authenticate, client_address, same_origin
+
+MAX_STREAM_LINE = 1024 * 1024
+MAX_STREAM_BYTES = 64 * 1024 * 1024
+
+
+def _api_error(err: SessionError) -> ApiError:
+    return ApiError(err.status, err.code, err.detail)
+
+
+def _text(data: dict[str, Any], name: str, max_len: int) -> str:
+    value = str(field(data, name, str, "", max_len=max_len)).strip()
+    if any(not ch.isprintable() for ch in value):
+        raise ApiError(400, "bad_field", f"{name} must be printable text on one line")
+    return value
+
+
+def _capabilities(data: dict[str, Any]) -> tuple[str, ...]:
+    caps = field(data, "capabilities", list, list(DEFAULT_CAPABILITIES), max_len=16)
+    if (not all(isinstance(c, str) and c in CAPABILITIES for c in caps)
+            or len(set(caps)) != len(caps)):
+        raise ApiError(400, "bad_field", "capabilities is a list of distinct names from "
+                                         + ", ".join(CAPABILITIES))
+    return tuple(caps)
+
+
+def may_see(relay: Relay, who: Principal, row: dict[str, Any]) -> bool:
+    allowed = visible_group_ids(relay, who)
+    return (allowed is None or row["technician"] == who.user.username
+            or (row["group_id"] is not None and row["group_id"] in allowed))
+
+
+def session_for(request: Request | WebSocket, relay: Relay, who: Principal, use: bool = False,
+                close: bool = False) -> dict[str, Any]:
+    """The session in the path, if ``who`` may see it (and use or close it)."""
+    row = relay.sessions.row(request.path_params["session_id"])
+    if row is None:
+        raise ApiError(404, "not_found", "no such session")
+    reason = ""
+    if not may_see(relay, who, row):
+        reason = "not_visible"
+    elif use and row["technician"] != who.user.username:
+        reason = "not_your_session"
+    elif close and row["technician"] != who.user.username and who.user.role != "admin":
+        reason = "not_your_session"
+    if reason:
+        relay.metrics.errors.labels("session_forbidden").inc()
+        relay.record(who.actor, "session.access.refused", f"session:{row['id']}",
+                     reason=reason, address=who.address)
+        raise ApiError(403, "forbidden", "only the technician who opened this session may "
+                                         "use it" if reason == "not_your_session"
+                       else "that session is not one you may see")
+    return row
+
+
+def _live(relay: Relay, row: dict[str, Any]) -> LiveSession:
+    live = relay.sessions.get(row["id"])
+    if live is None or live.state != "ready":
+        raise ApiError(409, "not_open", f"the session is {row['state']}, not open")
+    return live
+
+
+@endpoint("agents:write")
+async def open_session(request: Request, relay: Relay, who: Principal) -> Response:
+    """Open a support session on an agent: dial it, wait until SSH is ready (bounded).
+    Body: ``{reason, ticket, capabilities}`` (all optional)."""
+    agent = agent_for(request, relay, who, acting=True)
+    data = await body(request)
+    reason = _text(data, "reason", 512)
+    ticket = _text(data, "ticket", 128)
+    capabilities = _capabilities(data)
+    known = agents.public_key_of(relay.engine, agent["id"])
+    if known is None or agent["revoked"]:
+        raise ApiError(409, "revoked", "the agent is revoked")
+    try:
+        row = await relay.sessions.open_managed(agent, known[0], who.user.username, who.actor,
+                                                reason, ticket, capabilities, who.address)
+    except SessionError as err:
+        raise _api_error(err) from None
+    return JSONResponse(row, status_code=201)
+
+
+@endpoint("agents:read")
+async def list_sessions(request: Request, relay: Relay, who: Principal) -> Response:
+    """Sessions you may see, newest first; filter with ?state=open|waiting|closed and
+    ?agent=ID; ?limit= up to 500."""
+    q = request.query_params
+    state = q.get("state") or None
+    if state not in (None, "open", "waiting", "consent", "dialing", "ready", "closed"):
+        raise ApiError(400, "bad_field", "state is open, waiting, consent, dialing, ready or "
+                                         "closed")
+    raw_limit = q.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 500:
+        raise ApiError(400, "bad_field", "limit must be a whole number from 1 to 500")
+    rows = relay.sessions.rows(state=state, agent_id=(q.get("agent") or "")[:64] or None,
+                               limit=int(raw_limit), group_ids=visible_group_ids(relay, who),
+                               technician=who.user.username)
+    return JSONResponse({"sessions": rows})
+
+
+@endpoint("agents:read")
+async def get_session(request: Request, relay: Relay, who: Principal) -> Response:
+    """One session: state, who opened it, why, when, how it ended."""
+    return JSONResponse(session_for(request, relay, who))
+
+
+@endpoint("agents:write")
+async def close_session(request: Request, relay: Relay, who: Principal) -> Response:
+    """Close a session (or withdraw an unused session code)."""
+    row = session_for(request, relay, who, close=True)
+    live = relay.sessions.get(row["id"])
+    if live is not None:
+        await relay.sessions.close(live, "technician", actor=who.actor)
+    elif row["state"] == "waiting" and relay.sessions.withdraw_code(row["id"]):
+        relay.record(who.actor, "session.code.withdraw", f"session:{row['id']}",
+                     address=who.address)
+    elif row["state"] != "closed" and row["state"] != "expired":
+        raise ApiError(409, "elsewhere", "the session is held by another relay node")
+    return JSONResponse(relay.sessions.row(row["id"]))
+
+
+def _channel_request(capability: str, data: dict[str, Any]) -> bytes | None:
+    """What is written to the channel before its input is closed: the diagnostics
+    request (``{"sections": [...]}``, all when absent), nothing for the others."""
+    if capability != "diagnostics":
+        if data:
+            raise ApiError(400, "bad_field", f"{capability} takes no request body")
+        return None
+    unknown = set(data) - {"sections"}
+    if unknown:
+        raise ApiError(400, "bad_field", f"unknown fields: {', '.join(sorted(unknown))[:100]}")
+    try:
+        return DiagnosticsRequest(parse_sections(data.get("sections"))).encode()
+    except RequestError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
+
+
+def _checked_request(relay: Relay, who: Principal, live: LiveSession, capability: str,
+                     data: dict[str, Any]) -> bytes | None:
+    try:
+        return _channel_request(capability, data)
+    except ApiError as err:
+        relay.record(who.actor, "session.channel.refused", f"session:{live.id}",
+                     capability=capability, reason=err.code, detail=err.detail[:200])
+        raise
+
+
+@endpoint("agents:write")
+async def run_channel(request: Request, relay: Relay, who: Principal) -> Response:
+    """Run a capability in the session (one SSH channel) and return its output: one
+    JSON value, JSON lines (a list) or text, with its size and SHA-256. Diagnostics
+    take an optional body ``{"sections": [...]}``; a finished diagnostics run of a
+    managed session is kept as a report (its id is in ``report``)."""
+    capability = request.path_params["capability"]
+    if not CAPABILITY_RE.fullmatch(capability):
+        raise ApiError(400, "bad_field", "not a capability name")
+    data = await body(request)
+    live = _live(relay, session_for(request, relay, who, use=True))
+    wanted = _checked_request(relay, who, live, capability, data)
+    try:
+        result = await relay.sessions.run_capability(live, capability, who.actor,
+                                                     request=wanted)
+    except SessionError as err:
+        raise _api_error(err) from None
+    return JSONResponse(result)
+
+
+@endpoint("agents:write")
+async def create_session_code(request: Request, relay: Relay, who: Principal) -> Response:
+    """Make an attended-session code (single use, short-lived) and the exact command
+    the customer runs. Body: ``{reason, ticket, capabilities}`` (all optional)."""
+    data = await body(request)
+    result = relay.sessions.create_code(
+        who.user.username, who.actor, _text(data, "reason", 512), _text(data, "ticket", 128),
+        _capabilities(data), who.address)
+    return JSONResponse(result, status_code=201)
+
+
+# --- the browser's streaming socket --------------------------------------------------
+
+
+async def stream_endpoint(ws: WebSocket) -> None:
+    """``/api/v1/sessions/{id}/stream/{capability}``: a capability's output, line by
+    line, as ``{"type": "line", "line": ...}`` then ``{"type": "exit", ...}``.
+
+    Browsers can reach it: ``Origin`` and the session cookie are checked before
+    accepting (cross-site WebSocket hijacking), exactly like ``/api/v1/live``."""
+    relay: Relay = ws.app.state.relay
+    address = client_address(ws)
+    origin = ws.headers.get("origin")
+    path = ws.url.path
+    try:
+        who = authenticate(relay, ws)
+    except ApiError:
+        await ws.close(4401)
+        return
+    if origin is not None and not same_origin(relay, origin):
+        relay.record(who.actor if who else f"anonymous@{address}", "session.stream.refused",
+                     path, reason="bad_origin", origin=origin[:200], address=address)
+        await ws.close(4403)
+        return
+    if who is None or who.user.must_change_password:
+        relay.record(f"anonymous@{address}", "session.stream.refused", path,
+                     reason="unauthenticated", address=address)
+        await ws.close(4401)
+        return
+    capability = ws.path_params["capability"]
+    try:
+        if not who.can("agents:write"):
+            relay.record(who.actor, "session.stream.refused", path, reason="forbidden",
+                         address=address)
+            raise ApiError(403, "forbidden", "agents:write is needed")
+        if not CAPABILITY_RE.fullmatch(capability):
+            raise ApiError(400, "bad_field", "not a capability name")
+        live = _live(relay, session_for(ws, relay, who, use=True))
+    except ApiError as err:
+        await ws.close(4403 if err.status == 403 else 4400 + err.status % 100)
+        return
+    await ws.accept()
+    try:
+        wanted = ws.query_params.get("sections")
+        try:
+            request = _checked_request(
+                relay, who, live, capability,
+                {} if wanted is None else {"sections": wanted.split(",")[:64]})
+        except ApiError as err:  # said in words: the page shows it
+            await ws.send_text(json.dumps({"type": "error", "error": err.code,
+                                           "detail": err.detail}))
+            return
+        await _stream(ws, relay, live, capability, who, request)
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            await ws.close(1000)
+
+
+async def _stream(ws: WebSocket, relay: Relay, live: LiveSession, capability: str,
+                  who: Principal, request: bytes | None) -> None:
+    started = time.perf_counter()
+    try:
+        proc = await relay.sessions.open_channel(live, capability, who.actor, request)
+    except SessionError as err:
+        await ws.send_text(json.dumps({"type": "error", "error": err.code,
+                                       "detail": err.detail}))
+        return
+    live.active_channels += 1
+    live.channels += 1
+    digest = hashlib.sha256()
+    size = 0
+    kept: list[bytes] | None = [] if capability == "diagnostics" else None
+    gone = asyncio.ensure_future(_until_disconnect(ws))
+    try:
+        while True:
+            reading = asyncio.ensure_future(proc.stdout.readline())
+            done, _ = await asyncio.wait({reading, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if reading not in done:
+                reading.cancel()
+                proc.close()
+                return
+            line = reading.result()
+            if not line:
+                break
+            digest.update(line)
+            size += len(line)
+            if kept is not None:
+                kept.append(line)
+            live.touch()
+            if len(line) > MAX_STREAM_LINE or size > MAX_STREAM_BYTES:
+                proc.close()
+                await ws.send_text(json.dumps({"type": "error", "error": "too_large",
+                                               "detail": "the output is too large to stream"}))
+                return
+            await ws.send_text(json.dumps({"type": "line",
+                                           "line": line.decode("utf-8", "replace")},
+                                          ensure_ascii=False))
+        await asyncio.wait_for(proc.wait_closed(), 10)
+        err = await proc.stderr.read(16 * 1024) if proc.exit_status == EXIT_REFUSED else b""
+    finally:
+        gone.cancel()
+        live.active_channels -= 1
+        live.touch()
+    if proc.exit_status == EXIT_REFUSED:
+        refusal = relay.sessions.refusal_of(live, capability, who.actor, err)
+        await ws.send_text(json.dumps({"type": "error", "error": refusal.code,
+                                       "detail": refusal.detail}))
+        return
+    duration_ms = round((time.perf_counter() - started) * 1000, 1)
+    relay.record(who.actor, "session.channel", f"session:{live.id}", capability=capability,
+                 agent=live.principal, exit_status=proc.exit_status, bytes=size,
+                 sha256=digest.hexdigest(), duration_ms=duration_ms, streamed=True)
+    report = None
+    if kept is not None and proc.exit_status == 0:
+        report = relay.sessions.keep_report(live, who.actor, b"".join(kept))
+    await ws.send_text(json.dumps({"type": "exit", "exit_status": proc.exit_status,
+                                   "bytes": size, "sha256": digest.hexdigest(),
+                                   "duration_ms": duration_ms, "report": report}))
+
+
+async def _until_disconnect(ws: WebSocket) -> None:
+    with contextlib.suppress(Exception):
+        while (await ws.receive())["type"] != "websocket.disconnect":
+            pass
+
+
+ROUTES = [
+    Route("/api/v1/agents/{agent_id}/sessions", open_session, methods=["POST"]),
+    Route("/api/v1/sessions", list_sessions, methods=["GET"]),
+    Route("/api/v1/sessions/{session_id}", get_session, methods=["GET"]),
+    Route("/api/v1/sessions/{session_id}", close_session, methods=["DELETE"]),
+    Route("/api/v1/sessions/{session_id}/channels/{capability}", run_channel,
+          methods=["POST"]),
+    Route("/api/v1/session-codes", create_session_code, methods=["POST"]),
+]
+
+SOCKETS = [
+    WebSocketRoute("/api/v1/sessions/{session_id}/stream/{capability}", stream_endpoint),
+]

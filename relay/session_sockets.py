@@ -1,0 +1,165 @@
+"""The agents' session sockets: ``/agent/tunnel/{session_id}`` and ``/agent/join``.
+
+``/agent/tunnel/{id}``: the first frame is ``tunnel`` with the one-time token the
+relay sent in ``dial``; after it, binary frames carry SSH, with the relay as client.
+The token only lets the WebSocket in: the SSH handshake still has to show the host
+key the agent enrolled with (or sent with its ``join``).
+
+``/agent/join``: attended mode. Wrong codes are counted per address and across the
+relay (``backline.relay.ratelimit``); past either limit every attempt is refused
+unread, and every refusal is audited. A right code is spent at once, whatever the
+customer then answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from backline.common import protocol
+from backline.common.protocol import ProtocolError
+from backline.relay.sessions import CodeRefused, LiveSession, SessionError
+from backline.relay.state import Relay
+from backline.relay.webauth import client_address
+
+FIRST_FRAME_TIMEOUT_S = 10.0
+CONSENT_TIMEOUT_S = 150.0  # the agent gives the customer 120 s
+CLOSE_PROTOCOL = 4400
+CLOSE_AUTH = 4401
+CLOSE_TIMEOUT = 4408
+CLOSE_RATE_LIMITED = 4429
+
+
+class _Closed(Exception):
+    """The peer went away."""
+
+
+async def _receive(ws: WebSocket) -> str | bytes:
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise _Closed
+    text = message.get("text")
+    return text if text is not None else message.get("bytes") or b""
+
+
+async def _refuse(ws: WebSocket, code: str, message: str, close_code: int) -> None:
+    with contextlib.suppress(Exception):  # the peer may already be gone
+        await ws.send_text(protocol.encode("error", code=code, message=message[:1024]))
+        await ws.close(close_code, code)
+
+
+async def tunnel_endpoint(ws: WebSocket) -> None:
+    relay: Relay = ws.app.state.relay
+    address = client_address(ws)
+    session_id = str(ws.path_params["session_id"])[:64]
+    await ws.accept()
+    try:
+        async with asyncio.timeout(FIRST_FRAME_TIMEOUT_S):
+            frame = await _receive(ws)
+        msg = protocol.decode(frame, frozenset({"tunnel"}))
+        session = relay.sessions.claim_tunnel(session_id, msg["token"])
+    except (TimeoutError, _Closed):
+        with contextlib.suppress(Exception):
+            await ws.close(CLOSE_TIMEOUT)
+        return
+    except (ProtocolError, SessionError) as err:
+        reason = err.code
+        relay.metrics.errors.labels("tunnel_refused").inc()
+        relay.record(f"anonymous@{address}", "session.tunnel.refused", f"session:{session_id}",
+                     reason=reason, address=address)
+        await _refuse(ws, reason, "no session is waiting for this tunnel"
+                      if isinstance(err, SessionError) else err.message,
+                      CLOSE_AUTH if isinstance(err, SessionError) else CLOSE_PROTOCOL)
+        return
+    await relay.sessions.run_tunnel(session, ws, address)
+
+
+async def join_endpoint(ws: WebSocket) -> None:
+    relay: Relay = ws.app.state.relay
+    sessions = relay.sessions
+    address = client_address(ws)
+    actor = f"anonymous@{address}"
+    await ws.accept()
+    wait = sessions.code_retry_after(address)
+    if wait > 0:
+        relay.metrics.errors.labels("session_code_rate_limited").inc()
+        relay.record(actor, "session.join.rate_limited", "session-code", address=address)
+        await _refuse(ws, "rate_limited", f"too many wrong session codes; try again in "
+                                          f"{int(wait) + 1} s", CLOSE_RATE_LIMITED)
+        return
+    try:
+        async with asyncio.timeout(FIRST_FRAME_TIMEOUT_S):
+            frame = await _receive(ws)
+        msg = protocol.decode(frame, frozenset({"join"}))
+        key = protocol.b64d(msg["public_key"])
+        if len(key) != 32:
+            raise ProtocolError("bad_field", "join: public_key is not an Ed25519 key")
+    except (TimeoutError, _Closed):
+        return
+    except ProtocolError as err:
+        sessions.code_failed(address)
+        relay.metrics.errors.labels(err.code).inc()
+        relay.record(actor, "session.join.refused", "session-code", reason=err.code,
+                     address=address)
+        await _refuse(ws, err.code, err.message, CLOSE_PROTOCOL)
+        return
+    try:
+        session = sessions.redeem_code(msg["code"], address, msg["hostname"], key)
+    except CodeRefused as refused:
+        sessions.code_failed(address)
+        relay.metrics.errors.labels("session_code").inc()
+        relay.record(actor, "session.join.refused", "session-code", reason=refused.reason,
+                     address=address, hostname=msg["hostname"][:100])
+        await _refuse(ws, "bad_code", "that session code is wrong, already used or expired",
+                      CLOSE_AUTH)
+        return
+    customer = f"customer@{address}"
+    relay.record(customer, "session.join", f"session:{session.id}", principal=session.principal,
+                 technician=session.technician, hostname=msg["hostname"][:100], os=msg["os"],
+                 address=address)
+    try:
+        await _attend(ws, relay, session, customer)
+    finally:
+        if not session.closing:
+            await sessions.close(session, "customer", "the join connection closed", customer)
+        with contextlib.suppress(Exception):
+            await ws.close(1000)
+
+
+async def _attend(ws: WebSocket, relay: Relay, session: LiveSession, customer: str) -> None:
+    """Offer, consent, dial; then hold the join socket until the session ends."""
+    await ws.send_text(protocol.encode(
+        "join_offer", session_id=session.id, principal=session.principal,
+        technician=session.technician, reason=session.reason, ticket=session.ticket,
+        ca_public_key=relay.ca_public_key, capabilities=list(session.capabilities)))
+    try:
+        async with asyncio.timeout(CONSENT_TIMEOUT_S):
+            consent = protocol.decode(await _receive(ws), frozenset({"consent"}))
+    except (TimeoutError, _Closed, ProtocolError) as exc:
+        reason = "consent_timeout" if isinstance(exc, TimeoutError) else "customer_left"
+        await relay.sessions.close(session, reason, actor=customer)
+        return
+    if consent["answer"] != "yes":
+        relay.record(customer, "session.join.declined", f"session:{session.id}")
+        await relay.sessions.close(session, "declined", "the customer said no", customer)
+        return
+    relay.record(customer, "session.join.accepted", f"session:{session.id}")
+    await ws.send_text(relay.sessions.accepted(session, ws.send_text))
+    ended = asyncio.ensure_future(session.closed.wait())
+    left = asyncio.ensure_future(_listen(ws, relay, session))
+    try:
+        await asyncio.wait({ended, left}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ended.cancel()
+        left.cancel()
+
+
+async def _listen(ws: WebSocket, relay: Relay, session: LiveSession) -> Any:
+    """The join socket during the session: only ``session_ended`` may come."""
+    with contextlib.suppress(_Closed, ProtocolError, Exception):
+        while True:
+            msg = protocol.decode(await _receive(ws), frozenset({"session_ended"}))
+            relay.sessions.from_agent(session.principal, msg)

@@ -1,0 +1,248 @@
+"""Attended sessions with real processes: a technician makes a code, the customer runs
+the exact command the console shows (``backline-agent join``) in a subprocess and
+answers the prompt; the session works, leaves nothing behind, and the code is spent.
+Wrong codes are rate-limited per address and across the relay, and audited."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from backline.common import keys, protocol
+from backline.common.tlspin import client_context
+from backline.relay.datadir import pem_fingerprint
+from tests.harness import AGENT, Api, RelayProcess, admin_api, audit_actions, wait_for
+
+
+class JoinProcess:
+    """``backline-agent join ...`` as the customer runs it, in an empty home directory."""
+
+    def __init__(self, command: str, home: Path) -> None:
+        argv = shlex.split(command)
+        assert argv[:2] == ["backline-agent", "join"], command
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BACKLINE_")}
+        env.update(HOME=str(home), XDG_DATA_HOME=str(home / ".local/share"),
+                   XDG_CONFIG_HOME=str(home / ".config"), TMPDIR=str(home))
+        self.proc = subprocess.Popen([AGENT, *argv[1:]], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, cwd=home, env=env)
+        self._out: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while True:
+            ch = self.proc.stdout.read(1)
+            if not ch:
+                return
+            self._out.append(ch)
+
+    @property
+    def output(self) -> str:
+        return "".join(self._out)
+
+    def wait_for(self, text: str, timeout: float = 20) -> None:
+        wait_for(lambda: text in self.output or self.proc.poll() is not None, timeout,
+                 f"{text!r} from join")
+        assert text in self.output, (self.output, self.stderr())
+
+    def answer(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def wait(self, timeout: float = 30) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def stderr(self) -> str:
+        if self.proc.poll() is None or self.proc.stderr is None:
+            return ""
+        return self.proc.stderr.read()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def make_code(api: Api, **body: Any) -> dict[str, Any]:
+    r = api.post("/api/v1/session-codes", json=body)
+    assert r.status_code == 201, r.text
+    data: dict[str, Any] = r.json()
+    return data
+
+
+def session_state(api: Api, session_id: str) -> dict[str, Any]:
+    data: dict[str, Any] = api.get(f"/api/v1/sessions/{session_id}").json()
+    return data
+
+
+def files_under(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*"))
+
+
+def test_attended_session_end_to_end(tmp_path: Path, relay: RelayProcess, admin: Api) -> None:
+    code = make_code(admin, reason="printer offline", ticket="T-7")
+    fingerprint = pem_fingerprint(relay.data_dir / "tls.crt")
+    assert code["command"] == (f"backline-agent join --relay {relay.url} --pin {fingerprint} "
+                               f"{code['code']}")
+    assert len(code["code"]) == 11 and code["code"][3] == code["code"][7] == "-"
+    assert code["expires_at"] - time.time() == pytest.approx(600, abs=30)
+    assert session_state(admin, code["session_id"])["state"] == "waiting"
+
+    home = tmp_path / "customer"
+    home.mkdir()
+    join = JoinProcess(code["command"], home)
+    try:
+        join.wait_for("Allow? [y/N]")
+        assert ("Technician admin (printer offline) [ticket T-7] asks to start a support "
+                "session") in join.output
+        assert session_state(admin, code["session_id"])["state"] == "consent"
+        join.answer("y")
+        wait_for(lambda: session_state(admin, code["session_id"])["state"] == "ready", 20,
+                 "the attended session to be ready")
+        row = session_state(admin, code["session_id"])
+        assert row["mode"] == "attended" and row["agent_id"].startswith("at_")
+        assert row["remote_address"] == "127.0.0.1" and row["remote_hostname"]
+
+        r = admin.post(f"/api/v1/sessions/{code['session_id']}/channels/info")
+        assert r.status_code == 200, r.text
+        info = r.json()["output"]
+        assert info["session"]["mode"] == "attended"
+        assert info["session"]["principal"] == row["agent_id"]
+
+        # The code is spent: a second customer (or an attacker) gets nothing.
+        again = subprocess.run([AGENT, *shlex.split(code["command"])[1:]], input="y\n",
+                               capture_output=True, text=True, timeout=30, cwd=home)
+        assert again.returncode == 5, again
+        assert "wrong, already used or expired" in again.stderr
+
+        r = admin.request("DELETE", f"/api/v1/sessions/{code['session_id']}")
+        assert r.status_code == 200 and r.json()["close_reason"] == "technician"
+        assert join.wait() == 0, join.stderr()
+        assert "Session ended" in join.output and "Nothing was installed" in join.output
+        assert "[backline] channel.start info" in join.output  # the customer saw it
+    finally:
+        join.kill()
+    assert files_under(home) == [], "join left files behind"
+    actions = [e["action"] for e in audit_actions(relay)
+               if e["target"] in (f"session:{code['session_id']}", "session-code")]
+    assert actions == ["session.code.create", "session.join", "session.join.accepted",
+                       "session.start", "session.channel", "session.join.refused",
+                       "session.end"]
+    refused = [e for e in audit_actions(relay) if e["action"] == "session.join.refused"]
+    assert refused[-1]["details"]["reason"] == "code_used"
+
+
+def test_customer_declines_or_ends_the_session(tmp_path: Path, relay: RelayProcess,
+                                               admin: Api) -> None:
+    home = tmp_path / "customer"
+    home.mkdir()
+    declined = make_code(admin, reason="just checking")
+    join = JoinProcess(declined["command"], home)
+    try:
+        join.wait_for("Allow? [y/N]")
+        join.answer("n")
+        assert join.wait() == 7
+        assert "Declined: no session was started." in join.output
+    finally:
+        join.kill()
+    row = session_state(admin, declined["session_id"])
+    assert row["state"] == "closed" and row["close_reason"] == "declined"
+
+    ended = make_code(admin)
+    join = JoinProcess(ended["command"], home)
+    try:
+        join.wait_for("Allow? [y/N]")
+        join.answer("yes")
+        join.wait_for("Press Ctrl-C to end it")
+        wait_for(lambda: session_state(admin, ended["session_id"])["state"] == "ready", 20,
+                 "ready")
+        join.proc.send_signal(signal.SIGINT)
+        assert join.wait() == 0, join.stderr()
+    finally:
+        join.kill()
+    row = session_state(admin, ended["session_id"])
+    assert row["state"] == "closed" and row["close_reason"] == "customer"
+    assert files_under(home) == []
+    trail = {e["action"]: e for e in audit_actions(relay)
+             if e["target"] == f"session:{ended['session_id']}"}
+    assert trail["session.end"]["actor"] == "customer@127.0.0.1"
+    assert [e["action"] for e in audit_actions(relay)
+            if e["target"] == f"session:{declined['session_id']}"][-2:] == [
+        "session.join.declined", "session.open.failed"]
+
+
+def _join_frame(code: str) -> str:
+    return protocol.encode("join", code=code,
+                           public_key=protocol.b64e(keys.public_raw(keys.generate())),
+                           hostname="guesser", os="Linux", os_version="6", arch="x86_64",
+                           version="0")
+
+
+def try_code(relay: RelayProcess, code: str, source: str = "127.0.0.1") -> dict[str, Any]:
+    """One join attempt from ``source`` (any 127.x address reaches the relay on Linux)."""
+    sock = socket.create_connection(("127.0.0.1", relay.port), timeout=10,
+                                    source_address=(source, 0))
+    with connect(f"wss://127.0.0.1:{relay.port}/agent/join", sock=sock, ssl=client_context(),
+                 server_hostname="127.0.0.1", open_timeout=10) as ws:
+        try:
+            ws.send(_join_frame(code))
+        except ConnectionClosed:
+            pass
+        reply: dict[str, Any] = json.loads(ws.recv(10))
+        return reply
+
+
+def test_wrong_codes_are_rate_limited_per_address_and_globally(tmp_path: Path) -> None:
+    relay = RelayProcess(tmp_path, {"BACKLINE_SESSION_CODE_FAILURES_GLOBAL": "8"}).start()
+    admin = admin_api(relay)
+    try:
+        real = make_code(admin)
+        digits = real["code"].replace("-", "")
+        wrong = f"{(int(digits) + 1) % 10**9:09d}"
+        # Per address: five wrong codes, then even the right one is refused unread.
+        for _ in range(5):
+            assert try_code(relay, wrong)["code"] == "bad_code"
+        limited = try_code(relay, digits)
+        assert limited["code"] == "rate_limited" and "try again in" in limited["message"]
+        # The command line says the same, with its own exit status.
+        cli = subprocess.run([AGENT, *shlex.split(real["command"])[1:]], input="n\n",
+                             capture_output=True, text=True, timeout=30)
+        assert cli.returncode == 5 and "too many wrong codes" in cli.stderr
+        bad = subprocess.run([AGENT, "join", "--relay", relay.url, "--pin", "ab" * 32,
+                              "12-34"], capture_output=True, text=True, timeout=30)
+        assert bad.returncode == 2 and "nine digits" in bad.stderr
+        # Globally: three more from another address reach the relay-wide limit of 8...
+        for _ in range(3):
+            assert try_code(relay, wrong, "127.0.0.2")["code"] == "bad_code"
+        # ...and now nobody may try, from anywhere.
+        assert try_code(relay, digits, "127.0.0.3")["code"] == "rate_limited"
+        # The right code was never spent by all this.
+        assert session_state(admin, real["session_id"])["state"] == "waiting"
+        # A malformed join frame counts as a failure too, cleanly refused.
+    finally:
+        admin.close()
+        relay.stop()
+    events = audit_actions(relay)
+    refused = [e for e in events if e["action"] == "session.join.refused"]
+    assert [e["details"]["reason"] for e in refused] == ["code_unknown"] * 8
+    assert {e["details"]["address"] for e in refused} == {"127.0.0.1", "127.0.0.2"}
+    limited_events = [e for e in events if e["action"] == "session.join.rate_limited"]
+    assert {e["details"]["address"] for e in limited_events} == {"127.0.0.1", "127.0.0.3"}
+    assert digits not in relay.log(), "a session code reached the log"
