@@ -88,7 +88,10 @@ async def _recv(ws: ClientConnection, allowed: set[str], timeout: float | None
                 ) -> dict[str, Any]:
     try:
         frame = await asyncio.wait_for(ws.recv(), timeout)
-    except ConnectionClosed:
+    except ConnectionClosed as exc:
+        reason = exc.rcvd.reason if exc.rcvd is not None else ""
+        if reason in REFUSALS:  # the relay closes with the refusal's code as reason
+            raise JoinError(reason, REFUSALS[reason]) from None
         raise JoinError("closed", "the relay closed the connection") from None
     except TimeoutError:
         raise JoinError("timeout", "the relay did not answer in time") from None
@@ -116,8 +119,11 @@ async def join(code_text: str, relay_url: str, pin: str, *, policy: Policy | Non
         serialization.NoEncryption()))
     raw = keys.public_raw(key)
     async with open_pinned(ws_url(relay_url, "/agent/join"), pin, OFFER_TIMEOUT_S) as ws:
-        await ws.send(protocol.encode("join", code=code, public_key=protocol.b64e(raw),
-                                      **gather()))
+        try:
+            await ws.send(protocol.encode("join", code=code, public_key=protocol.b64e(raw),
+                                          **gather()))
+        except ConnectionClosed:
+            pass  # refused before our code was read (rate limit): the reason is queued
         offer = await _recv(ws, {"join_offer"}, OFFER_TIMEOUT_S)
         who = _clean(offer["technician"])
         why = _clean(offer["reason"])

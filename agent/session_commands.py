@@ -13,10 +13,13 @@ import signal
 import sys
 from pathlib import Path
 
+from websockets.exceptions import WebSocketException
+
 from backline.agent.join import JoinError, run_join
 from backline.agent.link import RelayUnreachable
 from backline.agent.policy import ENV_POLICY, PolicyError, load_policy
 from backline.agent.state import StateDir
+from backline.common.protocol import ProtocolError
 from backline.common.tlspin import PinMismatch
 
 EXIT_USAGE = 2
@@ -93,6 +96,9 @@ def cmd_join(state: StateDir, args: argparse.Namespace) -> int:
         return _fail(EXIT_PIN, str(exc))
     except RelayUnreachable as exc:
         return _fail(EXIT_UNREACHABLE, str(exc))
+    except (ProtocolError, WebSocketException) as exc:
+        # The relay spoke out of turn or the connection broke: say so, no traceback.
+        return _fail(EXIT_REFUSED, f"the session with the relay broke: {exc}")
     if not result.accepted:
         return EXIT_DECLINED
     print(f"Session ended: {result.ended}. Nothing was installed; nothing keeps running.")

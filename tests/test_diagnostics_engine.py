@@ -365,3 +365,21 @@ disk_critical_pct = 100
     config.write_text("[thresholds]\nnope = 1\n")
     bad = _diagnose("--config", str(config), state=tmp_path / "state")
     assert bad.returncode == 2 and "unknown threshold" in bad.stderr
+
+
+@pytest.mark.parametrize("lines", [
+    ["[1]"], ['"text"'], ["not json"], [],
+    ['{"type":"begin","schema_version":1}', '{"type":"section","section":5}'],
+    ['{"type":"begin","schema_version":99}'],
+])
+def test_report_from_lines_refuses_what_is_not_a_run(lines: list[str]) -> None:
+    """The relay reassembles what an agent sent: garbage is a clean error, not a crash."""
+    with pytest.raises(ValueError):  # ReportError is a ValueError
+        engine.report_from_lines(lines)
+
+
+def test_report_from_lines_puts_sections_in_display_order() -> None:
+    process = FakeProcess()
+    asyncio.run(engine.serve_subsystem(process, staged_config()))
+    report = engine.report_from_lines(process.out)
+    assert [s.name for s in report.sections] == list(SECTIONS)

@@ -158,15 +158,22 @@ async def stream_lines(config: DiagnosticsConfig, clock: ClockReference | None =
                  "findings": [f.as_dict() for f in findings]})
 
 
+_RANK = {name: i for i, name in enumerate(SECTIONS)}
+
+
 def report_from_lines(lines: list[str]) -> Report:
-    """Assemble a streamed run back into a report (the relay or console side)."""
-    from backline.agent.diagnostics.schema import report_from_dict
+    """Assemble a streamed run back into a report (the relay or console side), its
+    sections in display order. The lines are the agent's word: anything that is not
+    a run raises ``ReportError`` (or ``ValueError`` for what is not JSON)."""
+    from backline.agent.diagnostics.schema import ReportError, report_from_dict
 
     begin: dict[str, Any] = {}
     end: dict[str, Any] = {}
-    sections = []
+    sections: list[Any] = []
     for line in lines:
         msg = json.loads(line)
+        if not isinstance(msg, dict):
+            raise ReportError("a diagnostics line is not a JSON object")
         if msg.get("type") == "begin":
             begin = msg
         elif msg.get("type") == "section":
@@ -176,7 +183,9 @@ def report_from_lines(lines: list[str]) -> Report:
     return report_from_dict({
         "schema_version": begin.get("schema_version"), "agent": begin.get("agent"),
         "started_at": begin.get("started_at"), "finished_at": end.get("finished_at"),
-        "thresholds": begin.get("thresholds"), "sections": sections,
+        "thresholds": begin.get("thresholds"),
+        "sections": sorted(sections, key=lambda x: _RANK.get(
+            x.get("name") if isinstance(x, dict) else None, len(_RANK))),
         "findings": end.get("findings", [])})
 
 
