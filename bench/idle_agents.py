@@ -240,6 +240,8 @@ def _variant_config(name: str) -> None:
             changes["ws"] = "websockets"
         elif part == "ws-sansio":
             changes["ws"] = "websockets-sansio"
+        elif part == "ws-wsproto":  # what agents' sockets used before control_socket.py
+            changes["ws"] = "wsproto"
         elif part == "deflate":
             changes["ws_per_message_deflate"] = True
         elif part.startswith("tlsbuf-"):
@@ -846,8 +848,9 @@ def main() -> None:
     ap.add_argument("--client-loop", default="uvloop", choices=["asyncio", "uvloop"])
     ap.add_argument("--variant", dest="relay_variant_name", default="default",
                     help="experiments: '+'-joined changes to the relay's uvicorn settings "
-                    "(httptools, ws-websockets, ws-sansio, deflate, tlsbuf-<KiB>k, no-tickets, "
-                    "lean-queue; tracemalloc, profile, gcstats for investigations); "
+                    "(httptools, ws-websockets, ws-sansio, ws-wsproto, deflate, "
+                    "tlsbuf-<KiB>k, no-tickets, lean-queue; "
+                    "tracemalloc, profile, gcstats for investigations); "
                     "'default' runs the real backline-relay serve")
     ap.add_argument("--settle", type=float, default=10.0,
                     help="seconds between the last connect and the memory reading")

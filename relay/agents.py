@@ -104,6 +104,7 @@ class Presence:
 
     def __init__(self) -> None:
         self._by_id: dict[str, Connected] = {}
+        self._flushed_at = 0.0
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -127,8 +128,14 @@ class Presence:
         return list(self._by_id.values())
 
     def flush_last_seen(self, engine: sa.Engine) -> int:
+        """Write ``last_seen`` of the agents heard from since the last flush.
+
+        While an agent is online the API answers from memory; the row matters after a
+        disconnect (written then) or a crash (then it is at most one flush old)."""
+        since, now = self._flushed_at, time.time()
         rows = [{"b_id": c.agent_id, "b_seen": c.last_seen, "b_addr": c.address}
-                for c in self._by_id.values()]
+                for c in self._by_id.values() if c.last_seen >= since]
+        self._flushed_at = now
         if not rows:
             return 0
         stmt = (agents.update().where(agents.c.id == sa.bindparam("b_id"))

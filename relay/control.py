@@ -21,6 +21,7 @@ from backline.common import keys, protocol
 from backline.common.protocol import ProtocolError
 from backline.relay import agents, tokens
 from backline.relay.agents import Connected
+from backline.relay.control_socket import LeanSocket
 from backline.relay.db import writing
 from backline.relay.state import Relay
 from backline.relay.webauth import client_address
@@ -52,6 +53,10 @@ async def _refuse(ws: WebSocket, relay: Relay, code: str, message: str, close_co
                   actor: str, action: str, target: str = "", **details: Any) -> None:
     relay.metrics.errors.labels(code).inc()
     relay.record(actor, action, target, reason=code, detail=message[:200], **details)
+    if isinstance(ws, LeanSocket):
+        ws.write_text(protocol.encode("error", code=code, message=message[:1024]))
+        ws.close_now(close_code, code)
+        return
     try:
         await ws.send_text(protocol.encode("error", code=code, message=message[:1024]))
         await ws.close(close_code, code)
@@ -133,7 +138,10 @@ async def connect_endpoint(ws: WebSocket) -> None:
         await ws.send_text(protocol.encode("welcome", agent_id=agent_id,
                                            heartbeat_s=relay.config.heartbeat_s,
                                            relay_time=round(time.time(), 3)))
-        reason = await _serve(ws, relay, conn)
+        if isinstance(ws, LeanSocket):
+            reason = await _CallbackServer(ws, relay, conn).run()
+        else:
+            reason = await _serve(ws, relay, conn)
     except (_Closed, WebSocketDisconnect):
         reason = "closed"
     except ProtocolError as err:
@@ -200,7 +208,6 @@ async def _serve(ws: WebSocket, relay: Relay, conn: Connected) -> str:
     cancelled and re-made a timer at every heartbeat: 5 % of the relay's CPU at 10,000
     agents (docs/benchmarks.md, "Idle agents")."""
     idle = relay.config.heartbeat_s * 3
-    counters = (relay.metrics.messages.labels("in"), relay.metrics.messages.labels("out"))
     loop = asyncio.get_running_loop()
     last = loop.time()
 
@@ -219,7 +226,7 @@ async def _serve(ws: WebSocket, relay: Relay, conn: Connected) -> str:
                 while True:
                     frame = await _receive(ws)
                     last = loop.time()
-                    await _handle(ws, relay, conn, frame, counters)
+                    await _handle(ws, relay, conn, frame)
                     del frame  # an idle socket keeps no copy of its last message
             finally:
                 timer.cancel()
@@ -230,18 +237,77 @@ async def _serve(ws: WebSocket, relay: Relay, conn: Connected) -> str:
     return "idle timeout"
 
 
-async def _handle(ws: WebSocket, relay: Relay, conn: Connected, frame: str | bytes,
-                  counters: tuple[Any, Any]) -> None:
+class _CallbackServer:
+    """:func:`_serve` for a :class:`LeanSocket`: each message is handled in the
+    connection's own callback (no future, no task switch, no coroutine step per
+    heartbeat), and one timer per socket closes it after three silent heartbeats.
+    The coroutine that created it only waits for the end."""
+
+    __slots__ = ("conn", "idle", "last", "loop", "outcome", "relay", "timer", "ws")
+
+    def __init__(self, ws: LeanSocket, relay: Relay, conn: Connected) -> None:
+        self.ws, self.relay, self.conn = ws, relay, conn
+        self.idle = relay.config.heartbeat_s * 3
+        self.loop = asyncio.get_running_loop()
+        self.last = self.loop.time()
+        self.outcome = "closed"
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def run(self) -> str:
+        self.ws.handler = self.on_message
+        self.timer = self.loop.call_at(self.last + self.idle, self.due)
+        try:
+            await self.ws.wait_closed()
+        finally:
+            self.ws.handler = None
+            if self.timer is not None:
+                self.timer.cancel()
+        return self.outcome
+
+    def on_message(self, frame: str | bytes) -> None:
+        self.last = self.loop.time()
+        try:
+            reply = _reply(self.relay, self.conn, frame)
+        except ProtocolError as err:
+            self.outcome = f"protocol error: {err.code}"
+            agent = f"agent:{self.conn.agent_id}"
+            self.relay.metrics.errors.labels(err.code).inc()
+            self.relay.record(agent, "agent.protocol_error", agent, reason=err.code,
+                              detail=err.message[:200], address=self.conn.address)
+            self.ws.write_text(protocol.encode("error", code=err.code,
+                                               message=err.message[:1024]))
+            self.ws.close_now(CLOSE_PROTOCOL, err.code)
+            return
+        if reply is not None:
+            self.ws.write_text(reply)
+
+    def due(self) -> None:
+        if self.ws.done:
+            return
+        if self.loop.time() - self.last >= self.idle:
+            self.outcome = "idle timeout"
+            self.ws.close_now(CLOSE_IDLE, "no heartbeat")
+        else:
+            self.timer = self.loop.call_at(self.last + self.idle, self.due)
+
+
+async def _handle(ws: WebSocket, relay: Relay, conn: Connected, frame: str | bytes) -> None:
     """One frame from an authenticated agent."""
+    reply = _reply(relay, conn, frame)
+    if reply is not None:
+        await ws.send_text(reply)
+
+
+def _reply(relay: Relay, conn: Connected, frame: str | bytes) -> str | None:
+    """Act on one frame from an authenticated agent; the answer to send, if any."""
     msg = protocol.parse_agent_message(frame)
-    received, sent = counters
-    received.inc()
+    relay.metrics.control_in += 1
     conn.last_seen = time.time()
     kind = msg["type"]
     if kind == "hb":
-        await ws.send_text(protocol.encode("hb_ack", relay_time=round(conn.last_seen, 3)))
-        sent.inc()
-    elif kind == "pong":
+        relay.metrics.control_out += 1
+        return protocol.encode("hb_ack", relay_time=round(conn.last_seen, 3))
+    if kind == "pong":
         waiter = conn.pending_pings.pop(msg["id"], None)
         if waiter is not None and not waiter.done():
             waiter.set_result(time.perf_counter())
@@ -249,6 +315,7 @@ async def _handle(ws: WebSocket, relay: Relay, conn: Connected, frame: str | byt
         _store_health(relay, conn, msg["alerts"])
     elif kind in ("dial_failed", "session_ended"):
         relay.sessions.from_agent(conn.agent_id, msg)
+    return None
 
 
 def _store_health(relay: Relay, conn: Connected, alerts: list[dict[str, str]]) -> None:

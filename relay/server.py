@@ -6,7 +6,10 @@ The choices (measured in ``bench/idle_agents``; see docs/benchmarks.md):
 - no server-side WebSocket pings: agents heartbeat in the protocol instead;
 - uvloop when available; on plain asyncio, the TLS read buffer shrinks from
   256 KiB (allocated and zeroed per connection) to 16 KiB, one TLS record;
-- agents' control sockets go straight to their endpoint (:class:`AgentSocketShortcut`).
+- agents' control sockets are answered and framed by the connection itself
+  (:mod:`backline.relay.control_socket`), every other WebSocket by uvicorn's wsproto
+  protocol; behind a trusted proxy, agents' sockets skip Starlette's middleware
+  (:class:`AgentSocketShortcut`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from starlette.websockets import WebSocket
 
 from backline.relay.app import build_app
 from backline.relay.control import connect_endpoint
+from backline.relay.control_socket import protocol_class
 from backline.relay.state import Relay
 
 TLS_READ_BUFFER = 16 * 1024
@@ -75,13 +79,14 @@ def uvicorn_config(relay: Relay) -> uvicorn.Config:
                "ssl_keyfile": str(relay.datadir.tls_key)}
     elif cfg.tls == "files":
         tls = {"ssl_certfile": cfg.tls_cert_file, "ssl_keyfile": cfg.tls_key_file}
+    app = build_app(relay)
     return uvicorn.Config(
-        AgentSocketShortcut(build_app(relay)),
+        AgentSocketShortcut(app),
         host=cfg.listen_host,
         port=cfg.listen_port,
         loop=loop,
         http="h11",
-        ws="wsproto",
+        ws=protocol_class(app, connect_endpoint),
         ws_per_message_deflate=False,
         ws_ping_interval=None,
         ws_ping_timeout=None,

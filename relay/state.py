@@ -88,14 +88,21 @@ class Relay:
 
     async def _housekeeping(self) -> None:
         """Flush last-seen times and sign audit checkpoints on their timers."""
+        tick = min(15.0, self.config.audit_checkpoint_seconds)
+        flushed = time.monotonic()
         while True:
-            await asyncio.sleep(min(15.0, self.config.audit_checkpoint_seconds))
+            await asyncio.sleep(tick)
             try:
-                self.presence.flush_last_seen(self.engine)
+                if time.monotonic() - flushed >= LAST_SEEN_FLUSH_S - tick / 2:
+                    flushed = time.monotonic()
+                    self.presence.flush_last_seen(self.engine)
                 self.audit.checkpoint_if_due()
             except Exception:
                 log.exception("housekeeping failed; will retry")
 
+
+#: How stale an online agent's ``last_seen`` row may get (after a crash, at most this).
+LAST_SEEN_FLUSH_S = 60.0
 
 _SECRET_WORDS = ("password", "secret", "token", "signature", "totp", "code")
 

@@ -1,0 +1,204 @@
+"""The agents' lean control socket: RFC 6455 framing without I/O (property-based and
+hostile cases), then the real relay answering raw sockets: broken frames close that
+one connection with the right code, the relay keeps serving, browsers still get the
+full stack."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import ssl
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from websockets.sync.client import connect
+
+from backline.relay import wsframes
+from backline.relay.wsframes import FrameError, FrameReader
+from tests.harness import AgentProcess, Api, RelayProcess, wait_for
+
+
+def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0,
+                 masked: bool = True, length: int | None = None) -> bytes:
+    n = len(payload) if length is None else length
+    first = (0x80 if fin else 0) | rsv | opcode
+    mask_bit = 0x80 if masked else 0
+    if n < 126:
+        head = bytes((first, mask_bit | n))
+    elif n < 65536:
+        head = struct.pack("!BBH", first, mask_bit | 126, n)
+    else:
+        head = struct.pack("!BBQ", first, mask_bit | 127, n)
+    if not masked:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+# --- framing, no I/O -------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=300), min_size=1, max_size=8), st.data())
+def test_messages_survive_any_split(texts: list[str], data: st.DataObject) -> None:
+    stream = b"".join(client_frame(wsframes.OP_TEXT, t.encode()) for t in texts)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    reader = FrameReader(64 * 1024)
+    got: list[object] = []
+    last = 0
+    for cut in [*cuts, len(stream)]:
+        got += [payload for _, payload in reader.feed(stream[last:cut])]
+        last = cut
+    assert got == texts
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_garbage_is_a_frame_error_or_a_wait_never_a_crash(junk: bytes) -> None:
+    reader = FrameReader(1024)
+    try:
+        reader.feed(junk)
+    except FrameError as err:
+        assert 1000 <= err.code < 1012 and err.reason
+
+
+@pytest.mark.parametrize(("frame", "code", "words"), [
+    (client_frame(wsframes.OP_TEXT, b"hi", masked=False), 1002, "masked"),
+    (client_frame(wsframes.OP_TEXT, b"hi", rsv=0x40), 1002, "reserved bits"),
+    (client_frame(wsframes.OP_TEXT, b"hi", fin=False), 1003, "fragmented"),
+    (client_frame(wsframes.OP_CONT, b"hi"), 1002, "no message is in progress"),
+    (client_frame(0x3, b"hi"), 1002, "opcode 3"),
+    (client_frame(0xB, b"hi"), 1002, "unknown opcode"),
+    (client_frame(wsframes.OP_TEXT, b"\xff\xfe"), 1007, "UTF-8"),
+    (client_frame(wsframes.OP_PING, b"x" * 126), 1002, "125 bytes"),
+    (client_frame(wsframes.OP_PING, b"x", fin=False), 1002, "never fragmented"),
+    (client_frame(wsframes.OP_CLOSE, b"\x03"), 1002, "two bytes"),
+    (client_frame(wsframes.OP_CLOSE, b"\x03\xe8\xff"), 1007, "close reason"),
+])
+def test_protocol_violations_have_their_close_codes(frame: bytes, code: int,
+                                                    words: str) -> None:
+    with pytest.raises(FrameError) as err:
+        FrameReader(1024).feed(frame)
+    assert err.value.code == code and words in err.value.reason
+
+
+def test_an_oversized_message_is_refused_from_its_header_alone() -> None:
+    # Only the 10-byte header arrives: the reader refuses without waiting for 8 GiB.
+    header = client_frame(wsframes.OP_TEXT, b"", length=8 * 1024 ** 3)[:10]
+    with pytest.raises(FrameError) as err:
+        FrameReader(64 * 1024).feed(header)
+    assert err.value.code == 1009
+
+
+def test_control_frames_and_the_servers_own_frames() -> None:
+    reader = FrameReader(1024)
+    got = reader.feed(client_frame(wsframes.OP_PING, b"p")
+                      + client_frame(wsframes.OP_CLOSE, struct.pack("!H", 4000) + b"bye")
+                      + client_frame(wsframes.OP_CLOSE, b""))
+    assert got == [(wsframes.OP_PING, b"p"), (wsframes.OP_CLOSE, (4000, "bye")),
+                   (wsframes.OP_CLOSE, (1005, ""))]
+    assert wsframes.encode(wsframes.OP_TEXT, b"x" * 200)[:4] == bytes((0x81, 126, 0, 200))
+    assert wsframes.encode(wsframes.OP_TEXT, b"x" * 70000)[1] == 127
+    long_reason = "é" * 100  # 200 bytes: cut to at most 123, on a character boundary
+    frame = wsframes.close_frame(1000, long_reason)
+    assert frame[1] <= 125 and frame[4:].decode("utf-8")
+
+
+def test_handshake_is_only_answered_for_a_plain_agent_upgrade() -> None:
+    key = base64.b64encode(os.urandom(16))
+    plain = [(b"host", b"relay"), (b"upgrade", b"websocket"), (b"connection", b"Upgrade"),
+             (b"sec-websocket-version", b"13"), (b"sec-websocket-key", key)]
+    answer = wsframes.handshake_response(plain)
+    assert answer is not None and answer.startswith(b"HTTP/1.1 101 ")
+    for odd in ([(b"origin", b"https://evil.example")],
+                [(b"sec-websocket-protocol", b"chat")]):
+        assert wsframes.handshake_response(plain + odd) is None
+    assert wsframes.handshake_response(
+        [h if h[0] != b"sec-websocket-key" else (h[0], b"short") for h in plain]) is None
+    assert wsframes.handshake_response(
+        [h if h[0] != b"sec-websocket-version" else (h[0], b"8") for h in plain]) is None
+
+
+# --- against the real relay ----------------------------------------------------------
+
+
+def raw_upgrade(relay: RelayProcess, extra: str = "") -> tuple[ssl.SSLSocket, bytes]:
+    host, port = relay.url.removeprefix("https://").rsplit(":", 1)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    sock = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=10))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /agent/connect HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\n{extra}\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, head
+        head += chunk
+    response, _, rest = head.partition(b"\r\n\r\n")
+    return sock, response + b"\r\n\r\n" + rest
+
+
+def read_until_closed(sock: ssl.SSLSocket) -> bytes:
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except (ssl.SSLError, OSError):
+        pass
+    return data
+
+
+def close_code_in(data: bytes) -> int:
+    at = data.find(bytes((0x88,)))
+    assert at >= 0, data
+    return int(struct.unpack("!H", data[at + 2:at + 4])[0])
+
+
+@pytest.mark.parametrize(("frame", "code"), [
+    (client_frame(wsframes.OP_TEXT, b"{}", masked=False), 1002),
+    (client_frame(wsframes.OP_TEXT, b"{}", fin=False), 1003),
+    (client_frame(wsframes.OP_TEXT, b"\xff"), 1007),
+    (client_frame(wsframes.OP_TEXT, b"", length=10 * 1024 * 1024)[:14], 1009),
+])
+def test_broken_frames_close_that_socket_with_the_right_code(
+        tmp_path: Path, relay: RelayProcess, admin: Api, frame: bytes, code: int) -> None:
+    agent = AgentProcess(tmp_path, "bystander")
+    assert agent.enroll(relay.token()).returncode == 0
+    agent.start()
+    try:
+        wait_for(lambda: admin.get(f"/api/v1/agents/{agent.agent_id}").json()["online"], 20,
+                 "the bystander online")
+        sock, head = raw_upgrade(relay)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        sock.sendall(frame)
+        assert close_code_in(read_until_closed(sock)) == code
+        sock.close()
+        assert admin.get(f"/api/v1/agents/{agent.agent_id}").json()["online"]
+    finally:
+        agent.stop()
+    assert relay.healthy()
+
+
+def test_ping_is_answered_and_browsers_get_the_full_stack(relay: RelayProcess) -> None:
+    from backline.common.tlspin import client_context
+
+    wss = relay.url.replace("https", "wss")
+    with connect(wss + "/agent/connect", ssl=client_context(), open_timeout=10) as agent:
+        assert "challenge" in agent.recv(5)
+        assert agent.ping(b"are you there").wait(5)
+        # The lean path answers the upgrade itself: none of uvicorn's extra headers.
+        assert agent.response is not None and "date" not in agent.response.headers
+    sock, head = raw_upgrade(relay, f"Origin: {relay.url}\r\n")
+    try:
+        # With an Origin the full stack answers (and the endpoint refuses browsers).
+        assert b"date:" in head.lower()
+    finally:
+        sock.close()
+    assert relay.healthy()
