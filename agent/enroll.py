@@ -51,7 +51,11 @@ async def enroll(token_text: str, state: StateDir, hostname: str | None = None,
         except (ConnectionClosed, TimeoutError):
             raise EnrollError("no_answer", "the relay closed the connection without an answer"
                               ) from None
-        msg = protocol.decode(frame, frozenset({"enrolled", "error"}))
+        try:
+            msg = protocol.decode(frame, frozenset({"enrolled", "error"}))
+        except protocol.ProtocolError as exc:
+            raise EnrollError("bad_answer", f"the relay's answer is not one this agent "
+                                            f"understands ({exc.message})") from None
     if msg["type"] == "error":
         raise EnrollError(msg["code"], REFUSALS.get(msg["code"], msg["message"]))
     result = Enrollment(

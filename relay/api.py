@@ -195,8 +195,12 @@ async def change_password(request: Request, relay: Relay, who: Principal) -> Res
         await asyncio.to_thread(users.set_password, relay.engine, who.user.id, new)
     except users.UserError as err:
         raise ApiError(400, "weak_password", str(err)) from None
-    relay.record(who.actor, "auth.password.changed", who.actor, address=who.address)
-    return JSONResponse({"ok": True})
+    # Whoever else held a session of this account (the old password may have leaked)
+    # is signed out; this browser stays signed in.
+    ended = end_user_sessions(relay, who.user.id, keep=who.session_hash)
+    relay.record(who.actor, "auth.password.changed", who.actor, address=who.address,
+                 other_sessions_ended=ended)
+    return JSONResponse({"ok": True, "other_sessions_ended": ended})
 
 
 @endpoint(None)
@@ -475,8 +479,17 @@ async def create_enroll_token(request: Request, relay: Relay, who: Principal) ->
 
 @endpoint("enroll:write")
 async def revoke_enroll_token(request: Request, relay: Relay, who: Principal) -> Response:
-    """Revoke an enrollment token."""
+    """Revoke an enrollment token (of a group you are granted)."""
     token_id = request.path_params["token_id"][:64]
+    allowed = visible_group_ids(relay, who)
+    if allowed is not None:
+        group = next((t["group"] for t in tokens.list_enroll_tokens(relay.engine)
+                      if t["id"] == token_id), None)
+        gid = users.group_id(relay.engine, group) if group is not None else None
+        if gid is not None and gid not in allowed:
+            relay.record(who.actor, "enroll_token.refused", f"enroll_token:{token_id}",
+                         reason="group_not_granted", address=who.address)
+            raise ApiError(403, "forbidden", "that token's group is not one you are granted")
     if not tokens.revoke_enroll_token(relay.engine, token_id):
         raise ApiError(404, "not_found", "no such active token")
     relay.record(who.actor, "enroll_token.revoke", f"enroll_token:{token_id}",

@@ -36,7 +36,14 @@ from backline.relay.sessions import (
     SessionError,
 )
 from backline.relay.state import Relay
-from backline.relay.webauth import ApiError, Principal, authenticate, client_address, same_origin
+from backline.relay.webauth import (
+    ApiError,
+    Principal,
+    authenticate,
+    client_address,
+    needs_totp_enrolment,
+    same_origin,
+)
 
 MAX_STREAM_LINE = 1024 * 1024
 MAX_STREAM_BYTES = 64 * 1024 * 1024
@@ -241,6 +248,11 @@ async def stream_endpoint(ws: WebSocket) -> None:
         relay.record(f"anonymous@{address}", "session.stream.refused", path,
                      reason="unauthenticated", address=address)
         await ws.close(4401)
+        return
+    if needs_totp_enrolment(relay, who.user):
+        relay.record(who.actor, "session.stream.refused", path,
+                     reason="totp_enrolment_required", address=address)
+        await ws.close(4403)
         return
     capability = ws.path_params["capability"]
     try:

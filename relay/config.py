@@ -95,6 +95,13 @@ class RelayConfig:
             raise ConfigError(f"tls must be one of {', '.join(TLS_MODES)}, not {self.tls!r}")
         if self.tls == "files" and not (self.tls_cert_file and self.tls_key_file):
             raise ConfigError("tls = 'files' needs tls_cert_file and tls_key_file")
+        if self.tls == "off":
+            fp = self.tls_fingerprint.replace(":", "").strip().lower()
+            if len(fp) != 64 or any(c not in "0123456789abcdef" for c in fp):
+                raise ConfigError(
+                    "tls = 'off' (TLS ends at a proxy) needs tls_fingerprint: the SHA-256 of "
+                    "the certificate the proxy presents, which agents pin (64 hex digits, "
+                    "colons allowed); see docs/operator-guide.md")
         if not 0 < self.listen_port < 65536:
             raise ConfigError("listen_port must be between 1 and 65535")
         if not self.effective_public_url.startswith("https://"):

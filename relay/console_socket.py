@@ -16,7 +16,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from backline.relay import users
 from backline.relay.state import Relay
-from backline.relay.webauth import ApiError, authenticate, client_address, same_origin
+from backline.relay.webauth import (
+    ApiError,
+    authenticate,
+    client_address,
+    needs_totp_enrolment,
+    same_origin,
+)
 
 KEEPALIVE_S = 25.0
 
@@ -41,6 +47,11 @@ async def live_endpoint(ws: WebSocket) -> None:
         relay.record(f"anonymous@{address}", "live.refused", "/api/v1/live",
                      reason="unauthenticated", address=address)
         await ws.close(4401)
+        return
+    if needs_totp_enrolment(relay, principal.user):
+        relay.record(principal.actor, "live.refused", "/api/v1/live",
+                     reason="totp_enrolment_required", address=address)
+        await ws.close(4403)
         return
     groups = users.granted_group_ids(relay.engine, principal.user)
     reads_audit = principal.can("audit:read")

@@ -101,9 +101,13 @@ def end_session(relay: Relay, session_hash: str) -> None:
         conn.execute(web_sessions.delete().where(web_sessions.c.id_hash == session_hash))
 
 
-def end_user_sessions(relay: Relay, user_id: int) -> None:
+def end_user_sessions(relay: Relay, user_id: int, keep: str | None = None) -> int:
+    """End a user's browser sessions, all of them or all but ``keep`` (a session hash)."""
+    q = web_sessions.delete().where(web_sessions.c.user_id == user_id)
+    if keep is not None:
+        q = q.where(web_sessions.c.id_hash != keep)
     with writing(relay.engine) as conn:
-        conn.execute(web_sessions.delete().where(web_sessions.c.user_id == user_id))
+        return int(conn.execute(q).rowcount or 0)
 
 
 def cookie_header(value: str, max_age: int) -> str:

@@ -38,9 +38,10 @@ def test_totp_enrolment_and_login(relay: RelayProcess, admin: Api) -> None:
     assert fresh.login("admin", ADMIN_PASSWORD, "123456").status_code == 401
     # The code that confirmed the enrolment is spent: replaying it fails.
     assert fresh.login("admin", ADMIN_PASSWORD, totp.now()).status_code == 401
-    r = fresh.login("admin", ADMIN_PASSWORD, totp.at(time.time() + 30))
+    later = totp.at(time.time() + 30)  # the next step's code (accepted: one step of drift)
+    r = fresh.login("admin", ADMIN_PASSWORD, later)
     assert r.status_code == 200 and r.json()["user"]["totp_enabled"]
-    assert fresh.login("admin", ADMIN_PASSWORD, totp.at(time.time() + 30)).status_code == 401
+    assert fresh.login("admin", ADMIN_PASSWORD, later).status_code == 401  # single use
     reasons = [e["details"]["reason"] for e in audit_actions(relay)
                if e["action"] == "auth.login.failed"]
     assert reasons == ["totp_missing", "bad_totp", "bad_totp", "bad_totp"]
@@ -56,6 +57,19 @@ def test_session_cookie_flags_logout_and_me(relay: RelayProcess, admin: Api) -> 
     assert me["user"]["username"] == "admin" and "users:write" in me["permissions"]
     assert api.post("/api/v1/auth/logout").status_code == 200
     assert api.get("/api/v1/auth/me").status_code == 401
+
+
+def test_password_change_signs_out_other_sessions(relay: RelayProcess, admin: Api) -> None:
+    other = Api(relay)
+    assert other.login("admin", ADMIN_PASSWORD).status_code == 200
+    r = admin.post("/api/v1/auth/password",
+                   json={"current": ADMIN_PASSWORD, "new": "a brand new passphrase 9"})
+    assert r.status_code == 200 and r.json()["other_sessions_ended"] == 1
+    assert admin.get("/api/v1/auth/me").status_code == 200  # this browser stays in
+    assert other.get("/api/v1/auth/me").status_code == 401
+    changed = [e for e in audit_actions(relay) if e["action"] == "auth.password.changed"]
+    assert changed[-1]["details"]["other_sessions_ended"] == 1
+    other.close()
 
 
 def test_auditor_reads_everything_and_changes_nothing(relay: RelayProcess, admin: Api) -> None:
@@ -187,10 +201,20 @@ def test_admins_can_be_required_to_use_totp(tmp_path: Path) -> None:
         r = api.get("/api/v1/agents")
         assert r.status_code == 403 and r.json()["error"] == "totp_enrolment_required"
         assert api.get("/api/v1/auth/me").json()["totp_enrolment_required"] is True
+        # The live socket is no way around it.
+        cookie = f"__Host-backline={api.http.cookies.get('__Host-backline')}"
+        with pytest.raises(InvalidStatus):
+            connect(relay.url.replace("https", "wss") + "/api/v1/live", ssl=client_context(),
+                    additional_headers={"Origin": relay.url, "Cookie": cookie})
+        assert [e["details"]["reason"] for e in audit_actions(relay)
+                if e["action"] == "live.refused"] == ["totp_enrolment_required"]
         secret = api.post("/api/v1/auth/totp/begin").json()["secret"]
         code = pyotp.TOTP(secret).now()
         assert api.post("/api/v1/auth/totp/confirm", json={"code": code}).status_code == 200
         assert api.get("/api/v1/agents").status_code == 200
+        with connect(relay.url.replace("https", "wss") + "/api/v1/live", ssl=client_context(),
+                     additional_headers={"Origin": relay.url, "Cookie": cookie}) as live:
+            assert json.loads(live.recv(5))["type"] == "hello"
     finally:
         relay.stop()
 

@@ -244,6 +244,13 @@ def test_technician_cannot_act_outside_their_groups(tmp_path: Path, relay: Relay
     assert tech.post(f"/api/v1/agents/{theirs.agent_id}/ping").status_code == 403
     r = tech.post("/api/v1/enroll-tokens", json={"group": "finance"})
     assert r.status_code == 403
+    finance_token = admin.post("/api/v1/enroll-tokens", json={"group": "finance"}).json()["id"]
+    r = tech.request("DELETE", f"/api/v1/enroll-tokens/{finance_token}")
+    assert r.status_code == 403 and r.json()["error"] == "forbidden"
+    assert [t["state"] for t in admin.get("/api/v1/enroll-tokens").json()["tokens"]
+            if t["id"] == finance_token] == ["active"]
+    assert [e["details"]["reason"] for e in refusals(relay, "enroll_token.refused")] == [
+        "group_not_granted", "group_not_granted"]
     r = tech.request("PATCH", f"/api/v1/agents/{mine.agent_id}", json={"label": "ok"})
     assert r.status_code == 200 and r.json()["label"] == "ok"
     refused = refusals(relay, "agent.access.refused")

@@ -1,0 +1,34 @@
+"""The relay's settings: file < environment < flags, and the mistakes refused at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backline.relay import config as relay_config
+
+FP = "AB:" * 31 + "AB"
+
+
+def test_tls_off_needs_the_fingerprint_agents_pin(tmp_path: Path) -> None:
+    env = {"BACKLINE_DATA_DIR": str(tmp_path), "BACKLINE_TLS": "off"}
+    with pytest.raises(relay_config.ConfigError, match="needs tls_fingerprint"):
+        relay_config.load(environ=env)
+    with pytest.raises(relay_config.ConfigError, match="64 hex digits"):
+        relay_config.load(environ={**env, "BACKLINE_TLS_FINGERPRINT": "abc"})
+    cfg = relay_config.load(environ={**env, "BACKLINE_TLS_FINGERPRINT": FP})
+    assert cfg.tls == "off"
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    (tmp_path / "relay.toml").write_text('listen_port = 9000\nheartbeat_s = 20\n')
+    env = {"BACKLINE_DATA_DIR": str(tmp_path), "BACKLINE_HEARTBEAT_S": "40"}
+    cfg = relay_config.load(environ=env, overrides={"listen_port": 9100})
+    assert (cfg.listen_port, cfg.heartbeat_s) == (9100, 40)
+    (tmp_path / "relay.toml").write_text('lisen_port = 9000\n')
+    with pytest.raises(relay_config.ConfigError, match="unknown setting 'lisen_port'"):
+        relay_config.load(environ=env)
+    (tmp_path / "relay.toml").write_text('heartbeat_s = 2\n')
+    with pytest.raises(relay_config.ConfigError, match="heartbeat_s"):
+        relay_config.load(environ=env | {"BACKLINE_HEARTBEAT_S": "2"})
