@@ -26,6 +26,7 @@ from typing import Any
 
 from backline.relay import config
 from backline.relay.state import open_relay
+from bench import cpu_model
 from tests.harness import Api, RelayProcess, admin_api
 
 RESULTS = Path(__file__).parent / "results" / "audit_paging.json"
@@ -130,7 +131,8 @@ def main() -> None:
         "page_p50_ms": pct(every, 50), "pages": len(every), "kinds": rows,
         "build_s": round(build_s, 1), "verify_s": round(verify_s, 1),
         "verify_ok": verify.get("ok"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+        "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(),
+                    "python": platform.python_version(),
                     "platform": platform.platform()},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -35,6 +35,7 @@ from typing import Any
 from websockets.sync.client import connect
 
 from backline.common.tlspin import client_context
+from bench import cpu_model
 from tests.harness import AgentProcess, Api, RelayProcess, admin_api, wait_for
 
 RESULTS = Path(__file__).parent / "results" / "session.json"
@@ -165,7 +166,8 @@ def main() -> None:
     result["goal"] = {"setup_p95_ms": GOAL_SETUP_P95_MS,
                       "met": result["setup_p95_ms"] <= GOAL_SETUP_P95_MS}
     result["phases_skipped"] = sorted(skipped)
-    result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
+    result["machine"] = {"cpus": os.cpu_count(), "cpu_model": cpu_model(),
+                         "python": platform.python_version(),
                          "platform": platform.platform()}
     result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     print(f"\n{'metric':22} {'p50 ms':>8} {'p95 ms':>8}")

@@ -119,6 +119,7 @@ def build_app(relay: Relay) -> Starlette:
         finally:
             await relay.stop_background()
             relay.record("system", "relay.stop", "relay")
+            relay.seal()
 
     routes: list[Any] = [
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),

@@ -198,6 +198,15 @@ class AuditLog:
                 yield {**row_to_event(r), "prev_hash": r["prev_hash"], "hash": r["hash"]}
             after = rows[-1]["seq"]
 
+    def export_checkpoints(self) -> Iterator[dict[str, Any]]:
+        """Every signed checkpoint (oldest first): kept off-site, they let ``audit
+        verify`` elsewhere prove the trail was not cut short after them."""
+        q = sa.select(audit_checkpoints).order_by(audit_checkpoints.c.seq)
+        with self.engine.connect() as conn:
+            for r in conn.execute(q).mappings():
+                yield {"seq": r["seq"], "hash": r["hash"], "time": r["time"],
+                       "key_id": r["key_id"], "signature": r["signature"]}
+
     def verify(self, public_key: bytes | None = None) -> VerifyResult:
         return verify_chain(self.engine, public_key or self.public_key)
 

@@ -289,25 +289,38 @@ def audit_export(
     fmt: Annotated[str, typer.Option("--format", help="Output format.")] = "jsonl",
     output: Annotated[Path | None, typer.Option("--output", "-o",
                                                 help="File to write (default stdout).")] = None,
+    checkpoints: Annotated[bool, typer.Option(
+        "--checkpoints", help="Export the signed checkpoints instead of the events "
+                              "(keep them off-site: they prove the trail was not cut).")
+    ] = False,
     data_dir: DataDirOpt = None, config: ConfigOpt = None,
 ) -> None:
     """Export events with their hashes as JSON lines, oldest first."""
     if fmt != "jsonl":
         err.print("[red]error:[/] the only format is jsonl")
         raise typer.Exit(2)
+    if checkpoints and since:
+        err.print("[red]error:[/] --since applies to events, not to --checkpoints")
+        raise typer.Exit(2)
     relay = _open(data_dir, config)
     start = parse_since(since) if since else None
-    stream = open(output, "w", encoding="utf-8") if output else sys.stdout
+    rows = relay.audit.export_checkpoints() if checkpoints else relay.audit.export(start)
+    # A file is written beside its final name and renamed when complete, so a failed
+    # export never leaves a truncated file that looks like a whole one.
+    partial = output.with_name(output.name + ".partial") if output else None
+    stream = open(partial, "w", encoding="utf-8") if partial else sys.stdout
     count = 0
     try:
-        for event in relay.audit.export(start):
-            stream.write(json.dumps(event, ensure_ascii=False) + "\n")
+        for row in rows:
+            stream.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1
     finally:
-        if output:
+        if partial:
             stream.close()
-    if output:
-        err.print(f"wrote {count} events to {output}", markup=False)
+    if output and partial:
+        partial.replace(output)
+        what = "checkpoints" if checkpoints else "events"
+        err.print(f"wrote {count} {what} to {output}", markup=False)
 
 
 @app.command()

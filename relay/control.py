@@ -129,8 +129,8 @@ async def connect_endpoint(ws: WebSocket) -> None:
     conn = Connected(agent_id=agent_id, group_id=group_id, address=address,
                      connected_at=time.time(), send=ws.send_text, close=ws.close)
     await _replace(relay.presence.add(conn))
-    relay.record(f"agent:{agent_id}", "agent.connect", f"agent:{agent_id}", address=address,
-                 version=version)
+    relay.record_soon(f"agent:{agent_id}", "agent.connect", f"agent:{agent_id}",
+                      address=address, version=version)
     relay.bus.publish({"type": "agent", "agent_id": agent_id, "group_id": group_id,
                        "changed": {"online": True, "last_seen": conn.last_seen}})
     reason = "closed"
@@ -152,8 +152,8 @@ async def connect_endpoint(ws: WebSocket) -> None:
         if relay.presence.remove(conn):
             agents.update_agent(relay.engine, agent_id, last_seen=conn.last_seen,
                                 last_address=address)
-            relay.record(f"agent:{agent_id}", "agent.disconnect", f"agent:{agent_id}",
-                         reason=reason, address=address)
+            relay.record_soon(f"agent:{agent_id}", "agent.disconnect", f"agent:{agent_id}",
+                              reason=reason, address=address)
             relay.bus.publish({"type": "agent", "agent_id": agent_id, "group_id": group_id,
                                "changed": {"online": False, "last_seen": conn.last_seen}})
 
@@ -306,7 +306,7 @@ def _reply(relay: Relay, conn: Connected, frame: str | bytes) -> str | None:
     kind = msg["type"]
     if kind == "hb":
         relay.metrics.control_out += 1
-        return protocol.encode("hb_ack", relay_time=round(conn.last_seen, 3))
+        return protocol.encode_hb_ack(conn.last_seen)
     if kind == "pong":
         waiter = conn.pending_pings.pop(msg["id"], None)
         if waiter is not None and not waiter.done():

@@ -102,7 +102,20 @@ def uvicorn_config(relay: Relay) -> uvicorn.Config:
     )
 
 
+def without_session_tickets(config: uvicorn.Config) -> uvicorn.Config:
+    """Load ``config`` and stop its TLS context from issuing session tickets.
+
+    A TLS 1.3 server sends two tickets after every handshake by default: work and
+    bytes for nothing, since agents (Python's ``ssl``) never resume a session, and a
+    restarted relay could not honour them anyway. uvicorn keeps a loaded config."""
+    if not config.loaded:
+        config.load()
+    if config.ssl is not None:
+        config.ssl.num_tickets = 0
+    return config
+
+
 def serve(relay: Relay) -> None:
     logging.basicConfig(level=relay.config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.Server(uvicorn_config(relay)).run()
+    uvicorn.Server(without_session_tickets(uvicorn_config(relay))).run()

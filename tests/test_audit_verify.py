@@ -117,3 +117,25 @@ def test_forged_checkpoint_signature(data_dir: Path) -> None:
     r = verify(data_dir)
     assert r.returncode == 1
     assert "bad signature" in r.stderr
+
+
+def test_export_events_and_checkpoints_to_files(data_dir: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKLINE_")}
+
+    def export(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([RELAY, "audit", "export", "--data-dir", str(data_dir), *args],
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    r = export("-o", str(tmp_path / "events.jsonl"))
+    assert r.returncode == 0 and f"wrote {EVENTS} events" in r.stderr
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["seq"] for e in events] == list(range(1, EVENTS + 1))
+    r = export("--checkpoints", "-o", str(tmp_path / "checkpoints.jsonl"))
+    assert r.returncode == 0, r.stderr
+    marks = [json.loads(line)
+             for line in (tmp_path / "checkpoints.jsonl").read_text().splitlines()]
+    assert [m["seq"] for m in marks][:2] == [100, 200]
+    assert all(m["hash"] == events[m["seq"] - 1]["hash"] and m["signature"] for m in marks)
+    assert not list(tmp_path.glob("*.partial"))
+    bad = export("--checkpoints", "--since", "1h")
+    assert bad.returncode == 2 and "--since applies to events" in bad.stderr

@@ -208,3 +208,29 @@ def test_handshake_signature_is_bound_to_nonce_and_certificate() -> None:
     third = protocol.RelayHandshake("cd" * 32)
     answer = protocol.answer_challenge(third.challenge(1.0), agent_id, key, "cd" * 32, "1")
     assert not third.verify(third.receive_auth(answer), keys.public_raw(keys.generate()))
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False, min_value=0, max_value=4e9))
+def test_fast_hb_ack_is_the_generic_one(relay_time: float) -> None:
+    fast = protocol.encode_hb_ack(relay_time)
+    assert protocol.decode(fast) == protocol.decode(
+        protocol.encode("hb_ack", relay_time=round(relay_time, 3)))
+
+
+@given(st.dictionaries(st.text(max_size=70), st.one_of(
+    st.integers(), st.floats(allow_nan=False), st.booleans(), st.text(max_size=3), st.none()),
+    max_size=40))
+def test_hb_fast_path_checks_what_the_schema_says(stats: dict) -> None:
+    """The heartbeat's own check agrees with the rules: short names, numbers, at most 32."""
+    ok = len(stats) <= 32 and all(
+        len(k) <= 64 and not isinstance(v, bool) and isinstance(v, int | float)
+        for k, v in stats.items())
+    frame = json.dumps({"v": 1, "type": "hb", "stats": stats})
+    if ok:
+        assert protocol.parse_agent_message(frame)["stats"] == stats
+    else:
+        with pytest.raises(protocol.ProtocolError):
+            protocol.parse_agent_message(frame)
+    for extra in ({"stats": 5}, {"stats": [1]}, {"extra": 1}, {"stats": None}):
+        with pytest.raises(protocol.ProtocolError):
+            protocol.parse_agent_message(json.dumps({"v": 1, "type": "hb", **extra}))
