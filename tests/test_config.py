@@ -32,3 +32,20 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     (tmp_path / "relay.toml").write_text('heartbeat_s = 2\n')
     with pytest.raises(relay_config.ConfigError, match="heartbeat_s"):
         relay_config.load(environ=env | {"BACKLINE_HEARTBEAT_S": "2"})
+
+
+def test_head_revision_is_the_newest_migration(tmp_path: Path) -> None:
+    """``migrate`` skips Alembic when the database is at HEAD_REVISION: it must be
+    the real head, or a new migration would never run."""
+    from alembic.script import ScriptDirectory
+
+    from backline.relay import db
+
+    assert ScriptDirectory.from_config(db.alembic_config()).get_current_head() == \
+        db.HEAD_REVISION
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    assert db.current_revision(engine) is None
+    db.migrate(engine)
+    assert db.current_revision(engine) == db.HEAD_REVISION
+    db.migrate(engine)  # already there: nothing to do
+    engine.dispose()
