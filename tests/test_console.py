@@ -202,7 +202,12 @@ def test_enroll_a_real_agent_with_the_command_the_page_shows(page: Watched, site
     nav(p, "Agents")
     expect(p.locator(f"tr[data-agent='{agent_id}']")).to_contain_text("page-box")
     nav(p, "Admin")
-    expect(p.get_by_role("cell", name="1 / 1")).to_be_visible()
+    from backline.common import enrollment
+
+    token_id = enrollment.parse(argv[2]).secret.split(".", 1)[0]
+    row = p.locator("tr", has=p.get_by_role("cell", name=token_id, exact=True))
+    expect(row.get_by_role("cell", name="1 / 1")).to_be_visible()
+    expect(row).to_contain_text("used up")
 
 
 def test_technician_sees_only_granted_groups(page: Watched, site: RelayProcess,
