@@ -174,8 +174,11 @@ class LeanSocket(asyncio.Protocol):
         try:
             messages = self._reader.feed(data)
         except wsframes.FrameError as err:
+            # RFC 6455 "fail the connection": say why, then hang up without reading on
+            # (the stream is no longer in step, and a hostile peer gets no more work).
             log.info("control socket from %s: %s", self.client.host, err.reason)
             self._send_close(err.code, err.reason)
+            self.transport.close()
             self._wake()
             return
         for opcode, payload in messages:
@@ -200,7 +203,7 @@ class LeanSocket(asyncio.Protocol):
                 self._close_code = code
                 if not self._close_sent:
                     self._close_sent = True
-                    echo = code if code not in (wsframes.CLOSE_NO_STATUS, 1006) else 1000
+                    echo = code if wsframes.is_sendable_close_code(code) else 1000
                     self.transport.write(wsframes.close_frame(echo))
                 self.transport.close()
                 break

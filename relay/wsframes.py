@@ -51,16 +51,21 @@ class FrameReader:
     Each item ``feed`` returns is ``(opcode, payload)``: ``OP_TEXT`` with a ``str``,
     ``OP_BINARY`` with ``bytes``, ``OP_CLOSE`` with ``(code, reason)``, ``OP_PING``
     and ``OP_PONG`` with ``bytes``. Between messages it keeps nothing but a partial
-    frame, if one is in flight."""
+    frame, if one is in flight; a frame that arrives a byte at a time is gathered in
+    one growing buffer, never re-copied per byte."""
 
     __slots__ = ("_partial", "max_size")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
-        self._partial = b""
+        self._partial: bytearray | None = None
 
     def feed(self, data: bytes) -> list[tuple[int, object]]:
-        buf = self._partial + data if self._partial else data
+        if self._partial is not None:
+            self._partial += data
+            buf: bytes | bytearray = self._partial
+        else:
+            buf = data
         out: list[tuple[int, object]] = []
         pos = 0
         end = len(buf)
@@ -100,11 +105,16 @@ class FrameReader:
             total = head + 4 + length
             if end - pos < total:
                 break
-            mask = buf[pos + head:pos + head + 4]
-            payload = apply_mask(buf[pos + head + 4:pos + total], mask)
+            mask = bytes(buf[pos + head:pos + head + 4])
+            payload = apply_mask(bytes(buf[pos + head + 4:pos + total]), mask)
             pos += total
             out.append(_message(opcode, payload))
-        self._partial = bytes(buf[pos:]) if pos < end else b""
+        if pos == end:
+            self._partial = None
+        elif buf is self._partial:
+            del self._partial[:pos]
+        else:
+            self._partial = bytearray(buf[pos:])
         return out
 
 
@@ -126,6 +136,11 @@ def _message(opcode: int, payload: bytes) -> tuple[int, object]:
             raise FrameError(CLOSE_BAD_DATA, "a close reason is not UTF-8") from None
         return opcode, (code, reason)
     return opcode, payload
+
+
+def is_sendable_close_code(code: int) -> bool:
+    """A code an endpoint may put in a close frame (RFC 6455 section 7.4)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 def encode(opcode: int, payload: bytes) -> bytes:

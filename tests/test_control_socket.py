@@ -202,3 +202,20 @@ def test_ping_is_answered_and_browsers_get_the_full_stack(relay: RelayProcess) -
     finally:
         sock.close()
     assert relay.healthy()
+
+
+def test_a_frame_trickling_in_byte_by_byte_is_gathered_once() -> None:
+    text = "x" * 60_000
+    frame = client_frame(wsframes.OP_TEXT, text.encode())
+    reader = FrameReader(64 * 1024)
+    got: list[object] = []
+    for i in range(len(frame)):
+        got += [payload for _, payload in reader.feed(frame[i:i + 1])]
+    assert got == [text]
+    assert reader._partial is None  # nothing kept between messages
+
+
+def test_close_codes_that_may_be_echoed() -> None:
+    assert all(wsframes.is_sendable_close_code(c) for c in (1000, 1001, 1011, 3000, 4409))
+    assert not any(wsframes.is_sendable_close_code(c)
+                   for c in (0, 999, 1004, 1005, 1006, 1015, 2999, 5000))
