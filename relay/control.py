@@ -255,6 +255,10 @@ class _CallbackServer:
 
     async def run(self) -> str:
         self.ws.handler = self.on_message
+        for frame in self.ws.take_pending():
+            if self.ws.done:
+                break
+            self.on_message(frame)
         self.timer = self.loop.call_at(self.last + self.idle, self.due)
         try:
             await self.ws.wait_closed()

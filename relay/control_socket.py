@@ -150,6 +150,17 @@ class LeanSocket(asyncio.Protocol):
         if not (self._gone or self._close_sent):
             self.transport.write(wsframes.encode(wsframes.OP_TEXT, text.encode("utf-8")))
 
+    def take_pending(self) -> list[str | bytes]:
+        """Messages that arrived before :attr:`handler` was set (a peer may send its
+        next message in the same packet as the last one the endpoint read)."""
+        pending = list(self._inbox or ())
+        self._inbox = None
+        if self._paused_reading and not self._gone:
+            self._paused_reading = False
+            if not self._write_paused:
+                self.transport.resume_reading()
+        return pending
+
     def close_now(self, code: int, reason: str = "") -> None:
         self._send_close(code, reason)
 

@@ -219,3 +219,49 @@ def test_close_codes_that_may_be_echoed() -> None:
     assert all(wsframes.is_sendable_close_code(c) for c in (1000, 1001, 1011, 3000, 4409))
     assert not any(wsframes.is_sendable_close_code(c)
                    for c in (0, 999, 1004, 1005, 1006, 1015, 2999, 5000))
+
+
+def read_server_frames(sock: ssl.SSLSocket, buffered: bytes, count: int) -> list[str]:
+    """``count`` unmasked text frames from the relay (what is left of the upgrade's
+    read comes first)."""
+    data, out = buffered, []
+    while len(out) < count:
+        while True:
+            if len(data) >= 2:
+                n, head = data[1] & 0x7F, 2
+                if n == 126 and len(data) >= 4:
+                    n, head = struct.unpack("!H", data[2:4])[0], 4
+                if n < 126 and len(data) >= head + n:
+                    break
+            chunk = sock.recv(65536)
+            assert chunk, out
+            data += chunk
+        assert data[0] == 0x81, data[:2]
+        out.append(data[head:head + n].decode())
+        data = data[head + n:]
+    return out
+
+
+def test_a_message_in_the_same_packet_as_the_auth_is_answered(
+        tmp_path: Path, relay: RelayProcess) -> None:
+    import json
+
+    from backline.common import keys, protocol
+    from backline.relay.datadir import pem_fingerprint
+
+    agent = AgentProcess(tmp_path, "eager")
+    assert agent.enroll(relay.token()).returncode == 0
+    key = keys.load_private(agent.state_dir / "identity_key")
+    sock, head = raw_upgrade(relay)
+    try:
+        leftover = head.partition(b"\r\n\r\n")[2]
+        [challenge] = read_server_frames(sock, leftover, 1)
+        auth = protocol.answer_challenge(challenge, agent.agent_id, key,
+                                         pem_fingerprint(relay.data_dir / "tls.crt"), "t")
+        hb = protocol.encode("hb", stats={"cpu_pct": 1.0})
+        sock.sendall(client_frame(wsframes.OP_TEXT, auth.encode())
+                     + client_frame(wsframes.OP_TEXT, hb.encode()))  # one TLS record
+        welcome, ack = (json.loads(f) for f in read_server_frames(sock, b"", 2))
+        assert welcome["type"] == "welcome" and ack["type"] == "hb_ack"
+    finally:
+        sock.close()
