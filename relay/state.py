@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -86,8 +87,21 @@ class Relay:
     def flush_records(self) -> None:
         self._flush_scheduled = False
         pending, self._pending = self._pending, []
-        if pending:
+        if not pending:
+            return
+        try:
             self.audit.append_many(pending)
+        except Exception:
+            # Kept, in order, and tried again shortly (a busy database, say).
+            self._pending[:0] = pending
+            log.exception("could not write %d audit events; will retry", len(pending))
+            with contextlib.suppress(RuntimeError):  # no running loop: a later record()
+                asyncio.get_running_loop().call_later(1.0, self._retry_records)
+                self._flush_scheduled = True
+
+    def _retry_records(self) -> None:
+        self._flush_scheduled = False
+        self.flush_records()
 
     async def start_background(self) -> None:
         self._tasks.append(asyncio.create_task(self._housekeeping()))

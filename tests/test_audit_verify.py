@@ -139,3 +139,26 @@ def test_export_events_and_checkpoints_to_files(data_dir: Path, tmp_path: Path) 
     assert not list(tmp_path.glob("*.partial"))
     bad = export("--checkpoints", "--since", "1h")
     assert bad.returncode == 2 and "--since applies to events" in bad.stderr
+
+
+def test_batched_events_keep_their_order(tmp_path: Path) -> None:
+    """record_soon batches agents' connects per loop turn; any record() in between
+    writes the batch first, so the trail keeps the order things happened in."""
+    import asyncio
+
+    relay = open_relay(config.load(overrides={"data_dir": tmp_path / "r"}, environ={}))
+
+    async def scenario() -> None:
+        relay.record_soon("agent:a", "agent.connect", "agent:a")
+        relay.record_soon("agent:b", "agent.connect", "agent:b")
+        relay.record("user:x", "auth.login", "user:x")
+        relay.record_soon("agent:a", "agent.disconnect", "agent:a")
+        await asyncio.sleep(0)  # the next turn writes the batch
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    actions = [(e["actor"], e["action"]) for e in relay.audit.export()]
+    assert actions == [("agent:a", "agent.connect"), ("agent:b", "agent.connect"),
+                       ("user:x", "auth.login"), ("agent:a", "agent.disconnect")]
+    assert relay.audit.verify().ok
+    relay.engine.dispose()
