@@ -81,7 +81,7 @@ class WebhookSender:
     def __init__(self, url: str, secret: str, record: Recorder, origin: str = "",
                  events: list[str] | None = None, attempts: int = 5,
                  base_delay_s: float = 1.0, timeout_s: float = 5.0, max_queue: int = 1000,
-                 workers: int = 2, lookup_agent: AgentLookup | None = None) -> None:
+                 workers: int = 1, lookup_agent: AgentLookup | None = None) -> None:
         self.url = url
         self.lookup_agent = lookup_agent
         self.secret = secret
