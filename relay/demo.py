@@ -62,8 +62,11 @@ def run_demo(root: Path, port: int) -> int:
             token = subprocess.run([relay_cmd, "token", "create", "-q", "--ttl", "10m"],
                                    env=env, capture_output=True, text=True,
                                    check=True).stdout.strip()
-            subprocess.run([agent_cmd, "enroll", token, "--hostname", "demo-agent"],
-                           env=agent_env, check=True)
+            enrolled = subprocess.run([agent_cmd, "enroll", token, "--hostname", "demo-agent"],
+                                      env=agent_env, capture_output=True, text=True)
+            if enrolled.returncode != 0:  # the agent's own words, then stop the relay
+                print(f"demo: the agent could not enroll:\n{enrolled.stderr}", file=sys.stderr)
+                return 1
         agent = subprocess.Popen([agent_cmd, "run"], env=agent_env)
         print(f"\nBackline demo is running.\n  console:  {url}/  (self-signed certificate)\n"
               f"  sign in:  admin / {password}  (one-time: you will be asked to change it;"
