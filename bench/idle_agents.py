@@ -249,6 +249,13 @@ def _variant_config(name: str) -> None:
             server.TLS_READ_BUFFER = size
         elif part == "lean-queue":
             changes["ws"] = _lean_ws_protocol()
+        elif part == "floor-ack":
+            # Investigation: answer every message with a fixed hb_ack, unparsed, to
+            # see what the transport alone (TLS, framing, system calls) costs.
+            from backline.relay import control
+
+            fixed = '{"v":1,"type":"hb_ack","relay_time":0.0}'
+            control._reply = lambda relay, conn, frame, ack=fixed: ack  # type: ignore[assignment]
         elif part == "no-tickets":
             after_load.append(lambda cfg: setattr(cfg.ssl, "num_tickets", 0))
         elif part in ("tracemalloc", "profile", "gcstats"):
@@ -849,7 +856,7 @@ def main() -> None:
     ap.add_argument("--variant", dest="relay_variant_name", default="default",
                     help="experiments: '+'-joined changes to the relay's uvicorn settings "
                     "(httptools, ws-websockets, ws-sansio, ws-wsproto, deflate, "
-                    "tlsbuf-<KiB>k, no-tickets, lean-queue; "
+                    "tlsbuf-<KiB>k, no-tickets, lean-queue, floor-ack; "
                     "tracemalloc, profile, gcstats for investigations); "
                     "'default' runs the real backline-relay serve")
     ap.add_argument("--settle", type=float, default=10.0,
