@@ -60,6 +60,9 @@ async def live_endpoint(ws: WebSocket) -> None:
     def may_see(event: dict[str, Any]) -> bool:
         if event["type"] == "audit":
             return reads_audit
+        if (event["type"] == "session" and reads_agents
+                and event.get("technician") == principal.user.username):
+            return True  # their own sessions, attended ones (no group) included
         return reads_agents and (groups is None or event.get("group_id") in groups)
 
     await ws.accept()

@@ -375,6 +375,7 @@ def test_technician_runs_diagnostics_in_a_session(page: Watched, site: RelayProc
         form.get_by_role("button", name="Open session").click()
         expect(p.locator("#session-state")).to_have_text("ready")
         expect(p.locator("dl.facts")).to_contain_text("slow <b>machine</b>")
+        session_url = p.url
 
         # Every text #diag-progress shows, as it changes: proof the page updates live.
         p.evaluate("""() => {
@@ -440,5 +441,12 @@ def test_technician_runs_diagnostics_in_a_session(page: Watched, site: RelayProc
         expect(table.locator("tbody tr")).to_have_count(14 + len(report["findings"]),
                                                         timeout=15_000)
         shot(p, "reports-compare")
+
+        # The customer's machine goes away: the session page says so by itself.
+        p.goto(session_url)
+        expect(p.locator("#session-state")).to_have_text("ready")
+        agent.stop()
+        expect(p.locator("#session-state")).to_have_text("closed", timeout=20_000)
+        expect(p.get_by_role("button", name="Run diagnostics")).to_be_disabled()
     finally:
         agent.stop()

@@ -2,6 +2,7 @@
 // live diagnostics (each section shown the moment it arrives).
 
 import { html, nothing } from "lit-html";
+import { onLive } from "../live.js";
 import { del, get, post, query } from "../api.js";
 import { ago, when } from "../format.js";
 import { downloadJson, findingsView, sectionsView } from "./report.js";
@@ -76,6 +77,17 @@ export function sessionsView(app) {
 // --- one session ---------------------------------------------------------------------
 
 const one = { id: null, row: null, error: "", run: null, message: "", hostname: "" };
+
+// The relay pushes every change of a session you may see: the page follows the
+// customer joining, consenting and ending without a reload.
+onLive((event) => {
+  if (event.type === "session" && event.session && event.session.id === one.id) {
+    one.row = event.session;
+    appRef?.refresh();
+  } else if (event.type === "resync" && one.id) {
+    loadSession(one.id);
+  }
+});
 
 async function loadSession(id) {
   one.id = id;
