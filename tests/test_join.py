@@ -5,6 +5,7 @@ Wrong codes are rate-limited per address and across the relay, and audited."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +248,64 @@ def test_wrong_codes_are_rate_limited_per_address_and_globally(tmp_path: Path) -
     limited_events = [e for e in events if e["action"] == "session.join.rate_limited"]
     assert {e["details"]["address"] for e in limited_events} == {"127.0.0.1", "127.0.0.3"}
     assert digits not in relay.log(), "a session code reached the log"
+
+
+@contextlib.contextmanager
+def live_socket(relay: RelayProcess, api: Api) -> Iterator[Any]:
+    cookie = f"__Host-backline={api.http.cookies.get('__Host-backline')}"
+    with connect(relay.url.replace("https", "wss") + "/api/v1/live", ssl=client_context(),
+                 additional_headers={"Origin": relay.url, "Cookie": cookie},
+                 open_timeout=10) as ws:
+        assert json.loads(ws.recv(5))["type"] == "hello"
+        yield ws
+
+
+def session_events(ws: Any, seconds: float) -> list[dict[str, Any]]:
+    """Every ``session`` event the socket gets within ``seconds``."""
+    got, end = [], time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        try:
+            event = json.loads(ws.recv(left))
+        except TimeoutError:
+            break
+        if event["type"] == "session":
+            got.append(event)
+    return got
+
+
+def test_live_events_of_an_attended_session_reach_its_technician_only(
+        tmp_path: Path, relay: RelayProcess, admin: Api) -> None:
+    """An attended session has no group: its technician sees it start live (the
+    console's session page follows it); another technician does not."""
+    apis = {}
+    for name in ("ann", "bob"):
+        relay.cli("user", "create", name, "--role", "technician", "--password-stdin",
+                  input=f"{name}'s password 123\n")
+        apis[name] = Api(relay)
+        assert apis[name].login(name, f"{name}'s password 123").status_code == 200
+    code = make_code(apis["ann"], reason="printer")
+    home = tmp_path / "customer"
+    home.mkdir()
+    with (live_socket(relay, apis["ann"]) as ann_live,
+          live_socket(relay, apis["bob"]) as bob_live):
+        join = JoinProcess(code["command"], home)
+        try:
+            _watch_start(join, code, ann_live, bob_live)
+        finally:
+            join.kill()
+    for api in apis.values():
+        api.close()
+
+
+def _watch_start(join: JoinProcess, code: dict[str, Any], ann_live: Any, bob_live: Any
+                 ) -> None:
+    join.wait_for("Allow? [y/N]")
+    join.answer("y")
+    deadline = time.monotonic() + 20
+    start = None
+    while start is None and time.monotonic() < deadline:
+        start = next((e for e in session_events(ann_live, 1) if e["event"] == "start"), None)
+    assert start is not None, "ann saw no start of her attended session"
+    assert start["session"]["id"] == code["session_id"]
+    assert start["session"]["state"] == "ready" and start["group_id"] is None
+    assert session_events(bob_live, 2) == []
