@@ -7,7 +7,7 @@ import { when } from "../format.js";
 import { healthBadge } from "./agents.js";
 import { openSession } from "./sessions.js";
 
-const state = { id: null, agent: null, error: "", message: "" };
+const state = { id: null, agent: null, error: "", message: "", stale: false };
 let appRef = null;
 
 async function load(id) {
@@ -15,8 +15,16 @@ async function load(id) {
   state.agent = null;
   state.error = "";
   state.message = "";
+  state.stale = false;
   try {
-    state.agent = await get(`/agents/${encodeURIComponent(id)}`);
+    const agent = await get(`/agents/${encodeURIComponent(id)}`);
+    if (state.id !== id) return;
+    state.agent = agent;
+    if (state.stale) {
+      // A change was pushed while the answer was on its way: it may predate it.
+      state.stale = false;
+      state.agent = await get(`/agents/${encodeURIComponent(id)}`);
+    }
   } catch (err) {
     state.error = err.message;
   }
@@ -24,6 +32,21 @@ async function load(id) {
 }
 
 onLive((event) => {
+  if (event.type === "resync" && state.agent) {
+    // The live socket (re)connected: what changed while it was down was not pushed.
+    const id = state.agent.id;
+    get(`/agents/${encodeURIComponent(id)}`).then((agent) => {
+      if (state.agent && state.agent.id === id) {
+        state.agent = agent;
+        appRef?.refresh();
+      }
+    }, () => {});
+    return;
+  }
+  if (event.type === "agent" && !state.agent && event.agent_id === state.id) {
+    state.stale = true;
+    return;
+  }
   if (event.type === "agent" && state.agent && event.agent_id === state.agent.id) {
     Object.assign(state.agent, event.changed);
     appRef?.refresh();
