@@ -35,9 +35,19 @@ class Backoff:
     base_s: float = 1.0
     cap_s: float = 60.0
 
+    stable_s: float = 60.0
+
     def delay(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
         return random.uniform(0, min(self.cap_s, self.base_s * 2 ** min(attempt, 30)))
+
+    def after(self, attempt: int, connected_for: float | None) -> tuple[float, int]:
+        """The wait before the next try, and the attempt count that goes with it. A
+        connection that lasted over ``stable_s`` starts the count again; a flapping one
+        does not."""
+        if connected_for is not None and connected_for > self.stable_s:
+            attempt = 0
+        return self.delay(attempt), attempt + 1
 
 
 class AuthRefused(Exception):
@@ -132,11 +142,8 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
             log.info("connection lost: %s", error)
         if stop.is_set():
             break
-        # A session that lasted a while resets the backoff; a flapping one does not.
-        if connected_at is not None and time.monotonic() - connected_at > 60:
-            attempt = 0
-        delay = backoff.delay(attempt)
-        attempt += 1
+        delay, attempt = backoff.after(
+            attempt, None if connected_at is None else time.monotonic() - connected_at)
         state.write_status("reconnecting", relay=enrollment.relay_url,
                            agent_id=enrollment.agent_id, last_error=error[:500],
                            retry_in_s=round(delay, 1))

@@ -513,10 +513,8 @@ async def _agent(agent_id: str, key: Ed25519PrivateKey, url: str, fingerprint: s
                 stats.connected -= 1
         if stop.is_set():
             break
-        if connected_at is not None and time.monotonic() - connected_at > 60:
-            attempt = 0
-        delay = backoff.delay(attempt)
-        attempt += 1
+        delay, attempt = backoff.after(
+            attempt, None if connected_at is None else time.monotonic() - connected_at)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
 

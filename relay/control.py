@@ -37,14 +37,15 @@ CLOSE_REPLACED = 4409
 CLOSE_IDLE = 4408
 
 
-class _Closed(Exception):
+class PeerGone(Exception):
     """The peer went away."""
 
 
-async def _receive(ws: WebSocket) -> str | bytes:
+async def receive_frame(ws: WebSocket) -> str | bytes:
+    """The next message's text or bytes; :class:`PeerGone` when the socket closed."""
     message = await ws.receive()
     if message["type"] == "websocket.disconnect":
-        raise _Closed
+        raise PeerGone
     text = message.get("text")
     return text if text is not None else message.get("bytes") or b""
 
@@ -72,11 +73,11 @@ async def enroll_endpoint(ws: WebSocket) -> None:
     await ws.accept()
     try:
         async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-            frame = await _receive(ws)
+            frame = await receive_frame(ws)
         msg = protocol.decode(frame, frozenset({"enroll"}))
         public_key = protocol.b64d(msg["public_key"])
         signature = protocol.b64d(msg["signature"])
-    except (TimeoutError, _Closed):
+    except (TimeoutError, PeerGone):
         return
     except ProtocolError as err:
         await _refuse(ws, relay, err.code, err.message, CLOSE_PROTOCOL, actor,
@@ -142,7 +143,7 @@ async def connect_endpoint(ws: WebSocket) -> None:
             reason = await _CallbackServer(ws, relay, conn).run()
         else:
             reason = await _serve(ws, relay, conn)
-    except (_Closed, WebSocketDisconnect):
+    except (PeerGone, WebSocketDisconnect):
         reason = "closed"
     except ProtocolError as err:
         reason = f"protocol error: {err.code}"
@@ -171,9 +172,9 @@ async def _authenticate(ws: WebSocket, relay: Relay, address: str
     try:
         await ws.send_text(handshake.challenge(time.time()))
         async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-            frame = await _receive(ws)
+            frame = await receive_frame(ws)
         msg = handshake.receive_auth(frame)
-    except (TimeoutError, _Closed, WebSocketDisconnect):
+    except (TimeoutError, PeerGone, WebSocketDisconnect):
         return None
     except ProtocolError as err:
         await _refuse(ws, relay, err.code, err.message, CLOSE_PROTOCOL,
@@ -224,7 +225,7 @@ async def _serve(ws: WebSocket, relay: Relay, conn: Connected) -> str:
             timer = loop.call_at(last + idle, due)
             try:
                 while True:
-                    frame = await _receive(ws)
+                    frame = await receive_frame(ws)
                     last = loop.time()
                     await _handle(ws, relay, conn, frame)
                     del frame  # an idle socket keeps no copy of its last message

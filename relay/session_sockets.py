@@ -21,28 +21,15 @@ from starlette.websockets import WebSocket
 
 from backline.common import protocol
 from backline.common.protocol import ProtocolError
+from backline.relay.control import CLOSE_AUTH, CLOSE_PROTOCOL, PeerGone, receive_frame
 from backline.relay.sessions import CodeRefused, LiveSession, SessionError
 from backline.relay.state import Relay
 from backline.relay.webauth import client_address
 
 FIRST_FRAME_TIMEOUT_S = 10.0
 CONSENT_TIMEOUT_S = 150.0  # the agent gives the customer 120 s
-CLOSE_PROTOCOL = 4400
-CLOSE_AUTH = 4401
 CLOSE_TIMEOUT = 4408
 CLOSE_RATE_LIMITED = 4429
-
-
-class _Closed(Exception):
-    """The peer went away."""
-
-
-async def _receive(ws: WebSocket) -> str | bytes:
-    message = await ws.receive()
-    if message["type"] == "websocket.disconnect":
-        raise _Closed
-    text = message.get("text")
-    return text if text is not None else message.get("bytes") or b""
 
 
 async def _refuse(ws: WebSocket, code: str, message: str, close_code: int) -> None:
@@ -58,10 +45,10 @@ async def tunnel_endpoint(ws: WebSocket) -> None:
     await ws.accept()
     try:
         async with asyncio.timeout(FIRST_FRAME_TIMEOUT_S):
-            frame = await _receive(ws)
+            frame = await receive_frame(ws)
         msg = protocol.decode(frame, frozenset({"tunnel"}))
         session = relay.sessions.claim_tunnel(session_id, msg["token"])
-    except (TimeoutError, _Closed):
+    except (TimeoutError, PeerGone):
         with contextlib.suppress(Exception):
             await ws.close(CLOSE_TIMEOUT)
         return
@@ -92,12 +79,12 @@ async def join_endpoint(ws: WebSocket) -> None:
         return
     try:
         async with asyncio.timeout(FIRST_FRAME_TIMEOUT_S):
-            frame = await _receive(ws)
+            frame = await receive_frame(ws)
         msg = protocol.decode(frame, frozenset({"join"}))
         key = protocol.b64d(msg["public_key"])
         if len(key) != 32:
             raise ProtocolError("bad_field", "join: public_key is not an Ed25519 key")
-    except (TimeoutError, _Closed):
+    except (TimeoutError, PeerGone):
         return
     except ProtocolError as err:
         sessions.code_failed(address)
@@ -137,8 +124,8 @@ async def _attend(ws: WebSocket, relay: Relay, session: LiveSession, customer: s
         ca_public_key=relay.ca_public_key, capabilities=list(session.capabilities)))
     try:
         async with asyncio.timeout(CONSENT_TIMEOUT_S):
-            consent = protocol.decode(await _receive(ws), frozenset({"consent"}))
-    except (TimeoutError, _Closed, ProtocolError) as exc:
+            consent = protocol.decode(await receive_frame(ws), frozenset({"consent"}))
+    except (TimeoutError, PeerGone, ProtocolError) as exc:
         reason = "consent_timeout" if isinstance(exc, TimeoutError) else "customer_left"
         await relay.sessions.close(session, reason, actor=customer)
         return
@@ -159,7 +146,7 @@ async def _attend(ws: WebSocket, relay: Relay, session: LiveSession, customer: s
 
 async def _listen(ws: WebSocket, relay: Relay, session: LiveSession) -> Any:
     """The join socket during the session: only ``session_ended`` may come."""
-    with contextlib.suppress(_Closed, ProtocolError, Exception):
+    with contextlib.suppress(PeerGone, ProtocolError, Exception):
         while True:
-            msg = protocol.decode(await _receive(ws), frozenset({"session_ended"}))
+            msg = protocol.decode(await receive_frame(ws), frozenset({"session_ended"}))
             relay.sessions.from_agent(session.principal, msg)
