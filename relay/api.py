@@ -236,7 +236,11 @@ def visible_group_ids(relay: Relay, who: Principal) -> set[int] | None:
 
 def agent_for(request: Request, relay: Relay, who: Principal, acting: bool) -> dict[str, Any]:
     """The agent named in the path, if ``who`` may see (and act on) it."""
-    agent_id = request.path_params["agent_id"]
+    return agent_by_id(relay, who, request.path_params["agent_id"], acting)
+
+
+def agent_by_id(relay: Relay, who: Principal, agent_id: str, acting: bool) -> dict[str, Any]:
+    """The agent ``agent_id``, if ``who`` may see (and act on) it; refusals audited."""
     agent = agents.get_agent(relay.engine, relay.presence, agent_id[:64])
     if agent is None:
         raise ApiError(404, "not_found", "no such agent")
@@ -483,9 +487,7 @@ async def revoke_enroll_token(request: Request, relay: Relay, who: Principal) ->
     token_id = request.path_params["token_id"][:64]
     allowed = visible_group_ids(relay, who)
     if allowed is not None:
-        group = next((t["group"] for t in tokens.list_enroll_tokens(relay.engine)
-                      if t["id"] == token_id), None)
-        gid = users.group_id(relay.engine, group) if group is not None else None
+        gid = tokens.enroll_token_group_id(relay.engine, token_id)
         if gid is not None and gid not in allowed:
             relay.record(who.actor, "enroll_token.refused", f"enroll_token:{token_id}",
                          reason="group_not_granted", address=who.address)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from starlette.websockets import WebSocketDisconnect
@@ -290,10 +290,11 @@ class LeanSocket(asyncio.Protocol):
 class ControlSocketProtocol(asyncio.Protocol):
     """uvicorn's ``ws`` class: serves agents' control sockets lean, passes on the rest.
 
-    ``relay_app`` (the Starlette app, whose ``state.relay`` the endpoint uses) and
-    ``endpoint`` are set on a subclass made by :func:`protocol_class`."""
+    ``app_ref`` (what the endpoint sees as ``ws.app``: the Starlette app's state) and
+    ``endpoint`` are set on a subclass made by :func:`protocol_class`. Once a socket is
+    handed on, nothing keeps this object: it costs nothing for the socket's life."""
 
-    relay_app: Any = None
+    app_ref: _AppRef | None = None
     endpoint: Any = None
 
     def __init__(self, config: Any, server_state: Any, app_state: Any,
@@ -319,25 +320,15 @@ class ControlSocketProtocol(asyncio.Protocol):
             return
         peer = transport.get_extra_info("peername") or ("unknown", 0)
         sock = LeanSocket(transport, Address(str(peer[0]), int(peer[1])),
-                          _AppRef(self.relay_app.state), self.server_state.connections)
+                          type(self).app_ref, self.server_state.connections)  # type: ignore[arg-type]
         transport.write(answer)
         self.inner = sock
         # uvicorn sets this object as the transport's protocol once we return; put
         # the socket itself there right after, so frames skip this object.
         asyncio.get_running_loop().call_soon(transport.set_protocol, sock)
-        task = asyncio.get_running_loop().create_task(self._run(sock))
+        task = asyncio.get_running_loop().create_task(_run(type(self).endpoint, sock))
         self.server_state.tasks.add(task)
         task.add_done_callback(self.server_state.tasks.discard)
-
-    async def _run(self, sock: LeanSocket) -> None:
-        code = 1000
-        try:
-            await type(self).endpoint(sock)
-        except Exception:
-            log.exception("control socket endpoint failed")
-            code = 1011
-        finally:
-            sock._send_close(code, "")  # nothing if the endpoint already closed it
 
     def _lean_answer(self, data: bytes) -> bytes | None:
         if self.config.proxy_headers and self.config.forwarded_allow_ips:
@@ -384,7 +375,21 @@ class ControlSocketProtocol(asyncio.Protocol):
             self.inner.resume_writing()
 
 
+async def _run(endpoint: Callable[[LeanSocket], Awaitable[None]], sock: LeanSocket) -> None:
+    """The endpoint's coroutine for one socket (a module function, so the task holds
+    only the socket)."""
+    code = 1000
+    try:
+        await endpoint(sock)
+    except Exception:
+        log.exception("control socket endpoint failed")
+        code = 1011
+    finally:
+        sock._send_close(code, "")  # nothing if the endpoint already closed it
+
+
 def protocol_class(relay_app: Any, endpoint: Any) -> type[ControlSocketProtocol]:
-    """A ``ws`` class for uvicorn bound to this relay's app and control endpoint."""
+    """A ``ws`` class for uvicorn bound to this relay's app and control endpoint; every
+    socket shares one ``ws.app``."""
     return type("BoundControlSocketProtocol", (ControlSocketProtocol,),
-                {"relay_app": relay_app, "endpoint": staticmethod(endpoint)})
+                {"app_ref": _AppRef(relay_app.state), "endpoint": staticmethod(endpoint)})

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from backline.relay.api import agent_for, endpoint
+from backline.relay.api import agent_by_id, agent_for, endpoint
 from backline.relay.report_store import load
 from backline.relay.schema import diagnostics_reports
 from backline.relay.state import Relay
@@ -41,8 +41,7 @@ async def get_report(request: Request, relay: Relay, who: Principal) -> Response
                            .where(diagnostics_reports.c.id == report_id)).mappings().first()
     if row is None:
         raise ApiError(404, "not_found", "no such report")
-    request.path_params["agent_id"] = row["agent_id"]
-    agent_for(request, relay, who, acting=False)
+    agent_by_id(relay, who, row["agent_id"], acting=False)
     try:
         report = load(relay, dict(row))
     except (OSError, ValueError) as exc:

@@ -87,6 +87,13 @@ def list_enroll_tokens(engine: sa.Engine) -> list[dict[str, Any]]:
     return out
 
 
+def enroll_token_group_id(engine: sa.Engine, token_id: str) -> int | None:
+    """The group an enrollment token enrolls into, or ``None`` if there is no such token."""
+    with engine.connect() as conn:
+        return conn.execute(sa.select(enroll_tokens.c.group_id)
+                            .where(enroll_tokens.c.id == token_id)).scalar()
+
+
 def revoke_enroll_token(engine: sa.Engine, token_id: str) -> bool:
     with writing(engine) as conn:
         done = conn.execute(enroll_tokens.update().where(

@@ -14,7 +14,8 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +206,44 @@ def audit_actions(relay: RelayProcess) -> list[dict[str, Any]]:
 
     out = relay.cli("audit", "export").stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def staged_diagnostics(closed_port: int) -> str:
+    """An agent config (``agent.toml``) that stages three findings on any machine: a
+    name that cannot resolve, an endpoint nobody listens on, every disk "almost full"
+    (dns-lookup-failed, endpoint-unreachable, disk-almost-full)."""
+    return (f'[diagnostics]\ndns_names = ["does-not-exist.invalid"]\n'
+            f'endpoints = ["127.0.0.1:{closed_port}"]\n\n'
+            "[thresholds]\ndisk_used_pct = 1\ndisk_critical_pct = 100\n")
+
+
+@contextmanager
+def bystander(root: Path, relay: RelayProcess, admin: Api) -> Iterator[AgentProcess]:
+    """An enrolled agent online for the duration: proof the relay keeps serving others
+    while one connection is being refused."""
+    agent = AgentProcess(root, "bystander")
+    assert agent.enroll(relay.token()).returncode == 0
+    agent.start()
+    try:
+        wait_for(lambda: admin.get(f"/api/v1/agents/{agent.agent_id}").json()["online"], 20,
+                 "the bystander online")
+        yield agent
+        assert admin.get(f"/api/v1/agents/{agent.agent_id}").json()["online"], \
+            "the bystander went offline"
+    finally:
+        agent.stop()
+
+
+@contextmanager
+def browser_socket(relay: RelayProcess, api: Api, path: str) -> Iterator[Any]:
+    """A WebSocket to ``path`` opened as the console opens it: the page's ``Origin`` and
+    the signed-in ``api``'s session cookie."""
+    from websockets.sync.client import connect
+
+    from backline.common.tlspin import client_context
+
+    cookie = f"__Host-backline={api.http.cookies.get('__Host-backline')}"
+    with connect(relay.url.replace("https", "wss") + path, ssl=client_context(),
+                 open_timeout=10,
+                 additional_headers={"Origin": relay.url, "Cookie": cookie}) as ws:
+        yield ws

@@ -352,17 +352,14 @@ def test_technician_runs_diagnostics_in_a_session(page: Watched, site: RelayProc
     """Open a session from the agent page, watch diagnostics arrive section by section,
     read the findings (worst first) before the raw sections, download the report,
     and compare two runs side by side."""
-    from tests.harness import free_port
+    from tests.harness import free_port, staged_diagnostics
 
     new_user(site, "sam", "technician", "sam's password 123")
     site.cli("group", "grant", "default", "sam")
     agent = AgentProcess(tmp_path, "diag-box")
     assert agent.enroll(site.token()).returncode == 0
     (agent.state_dir / "policy.toml").write_text(DIAG_POLICY)
-    (agent.state_dir / "agent.toml").write_text(
-        f'[diagnostics]\ndns_names = ["does-not-exist.invalid"]\n'
-        f'endpoints = ["127.0.0.1:{free_port()}"]\n\n'
-        "[thresholds]\ndisk_used_pct = 1\ndisk_critical_pct = 100\n")
+    (agent.state_dir / "agent.toml").write_text(staged_diagnostics(free_port()))
     agent.start()
     try:
         p = page.page

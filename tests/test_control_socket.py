@@ -19,7 +19,7 @@ from websockets.sync.client import connect
 
 from backline.relay import wsframes
 from backline.relay.wsframes import FrameError, FrameReader
-from tests.harness import AgentProcess, Api, RelayProcess, wait_for
+from tests.harness import AgentProcess, Api, RelayProcess, bystander
 
 
 def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0,
@@ -169,20 +169,12 @@ def close_code_in(data: bytes) -> int:
 ])
 def test_broken_frames_close_that_socket_with_the_right_code(
         tmp_path: Path, relay: RelayProcess, admin: Api, frame: bytes, code: int) -> None:
-    agent = AgentProcess(tmp_path, "bystander")
-    assert agent.enroll(relay.token()).returncode == 0
-    agent.start()
-    try:
-        wait_for(lambda: admin.get(f"/api/v1/agents/{agent.agent_id}").json()["online"], 20,
-                 "the bystander online")
+    with bystander(tmp_path, relay, admin):
         sock, head = raw_upgrade(relay)
         assert head.startswith(b"HTTP/1.1 101 ")
         sock.sendall(frame)
         assert close_code_in(read_until_closed(sock)) == code
         sock.close()
-        assert admin.get(f"/api/v1/agents/{agent.agent_id}").json()["online"]
-    finally:
-        agent.stop()
     assert relay.healthy()
 
 

@@ -30,7 +30,7 @@ from backline.agent.diagnostics.config import (
 )
 from backline.agent.diagnostics.schema import SECTIONS, STATUSES, field_problems, to_json
 from backline.common import protocol
-from tests.harness import AGENT, free_port
+from tests.harness import AGENT, free_port, staged_diagnostics
 
 
 def staged_config(**thresholds: float) -> DiagnosticsConfig:
@@ -334,15 +334,7 @@ def _diagnose(*args: str, env: dict[str, str] | None = None, state: Path
 def test_diagnose_command_finds_staged_problems(tmp_path: Path) -> None:
     closed = free_port()
     config = tmp_path / "staged.toml"
-    config.write_text(f"""
-[diagnostics]
-dns_names = ["does-not-exist.invalid"]
-endpoints = ["127.0.0.1:{closed}"]
-
-[thresholds]
-disk_used_pct = 1
-disk_critical_pct = 100
-""")
+    config.write_text(staged_diagnostics(closed))
     started = time.perf_counter()
     result = _diagnose("--json", env={ENV_CONFIG: str(config)}, state=tmp_path / "state")
     elapsed = time.perf_counter() - started

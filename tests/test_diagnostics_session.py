@@ -14,12 +14,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from websockets.sync.client import connect
 
 from backline.agent.diagnostics.engine import report_from_lines
 from backline.agent.diagnostics.schema import SECTIONS
-from backline.common.tlspin import client_context
-from tests.harness import AgentProcess, Api, RelayProcess, admin_api, audit_actions, free_port
+from tests.harness import (
+    AgentProcess,
+    Api,
+    RelayProcess,
+    admin_api,
+    audit_actions,
+    browser_socket,
+    free_port,
+    staged_diagnostics,
+)
 from tests.test_sessions import make_user, open_session, start_agent
 
 POLICY = """
@@ -50,15 +57,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         agent = AgentProcess(root, "pc-diag")
         # Staged before the agent starts; the agent reads it for each run.
         agent.state_dir.mkdir(parents=True, exist_ok=True)
-        (agent.state_dir / "agent.toml").write_text(f"""
-[diagnostics]
-dns_names = ["does-not-exist.invalid"]
-endpoints = ["127.0.0.1:{closed}"]
-
-[thresholds]
-disk_used_pct = 1
-disk_critical_pct = 100
-""")
+        (agent.state_dir / "agent.toml").write_text(staged_diagnostics(closed))
         agent = start_agent(root, relay, admin, "pc-diag", policy=POLICY, agent=agent)
         yield World(relay, admin, agent, closed)
     finally:
@@ -107,13 +106,10 @@ def test_full_run_has_every_section_and_the_staged_findings(world: World) -> Non
 def test_streamed_run_of_some_sections(world: World) -> None:
     relay, admin, agent = world.relay, world.admin, world.agent
     session = open_session(admin, agent.agent_id)
-    url = (relay.url.replace("https", "wss")
-           + f"/api/v1/sessions/{session['id']}/stream/diagnostics?sections=dns,endpoints")
-    cookie = f"__Host-backline={admin.http.cookies.get('__Host-backline')}"
+    path = f"/api/v1/sessions/{session['id']}/stream/diagnostics?sections=dns,endpoints"
     raw = b""
     try:
-        with connect(url, ssl=client_context(), open_timeout=10,
-                     additional_headers={"Origin": relay.url, "Cookie": cookie}) as ws:
+        with browser_socket(relay, admin, path) as ws:
             while True:
                 msg = json.loads(ws.recv(30))
                 if msg["type"] != "line":
@@ -132,12 +128,9 @@ def test_streamed_run_of_some_sections(world: World) -> None:
 def test_streamed_run_with_a_bad_request_says_why(world: World) -> None:
     relay, admin, agent = world.relay, world.admin, world.agent
     session = open_session(admin, agent.agent_id)
-    url = (relay.url.replace("https", "wss")
-           + f"/api/v1/sessions/{session['id']}/stream/diagnostics?sections=dns,,evil")
-    cookie = f"__Host-backline={admin.http.cookies.get('__Host-backline')}"
+    path = f"/api/v1/sessions/{session['id']}/stream/diagnostics?sections=dns,,evil"
     try:
-        with connect(url, ssl=client_context(), open_timeout=10,
-                     additional_headers={"Origin": relay.url, "Cookie": cookie}) as ws:
+        with browser_socket(relay, admin, path) as ws:
             msg = json.loads(ws.recv(10))
     finally:
         admin.request("DELETE", f"/api/v1/sessions/{session['id']}")

@@ -14,7 +14,7 @@ from websockets.sync.client import connect
 
 from backline.common import enrollment, keys, protocol
 from backline.common.tlspin import client_context
-from tests.harness import AgentProcess, Api, RelayProcess, audit_actions, wait_for
+from tests.harness import AgentProcess, Api, RelayProcess, audit_actions, bystander
 
 
 def refusals(relay: RelayProcess, action: str) -> list[dict[str, Any]]:
@@ -142,12 +142,7 @@ def relay_fingerprint(relay: RelayProcess) -> str:
 ])
 def test_garbage_frames_close_one_connection_not_the_relay(
         tmp_path: Path, relay: RelayProcess, admin: Api, garbage: str | bytes) -> None:
-    agent = AgentProcess(tmp_path, "bystander")
-    assert agent.enroll(relay.token()).returncode == 0
-    agent.start()
-    try:
-        wait_for(lambda: admin.get(f"/api/v1/agents/{agent.agent_id}").json()["online"], 20,
-                 "the bystander online")
+    with bystander(tmp_path, relay, admin):
         with ws(relay, "/agent/connect") as bad:
             bad.recv(5)
             bad.send(garbage)
@@ -156,10 +151,7 @@ def test_garbage_frames_close_one_connection_not_the_relay(
             with pytest.raises(ConnectionClosed) as closed:
                 bad.recv(5)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
-        assert admin.get(f"/api/v1/agents/{agent.agent_id}").json()["online"]
-        assert refusals(relay, "agent.protocol_error")
-    finally:
-        agent.stop()
+    assert refusals(relay, "agent.protocol_error")
 
 
 def test_oversized_frame_is_refused(relay: RelayProcess) -> None:

@@ -25,7 +25,15 @@ from websockets.sync.client import connect
 from backline.common import keys, protocol
 from backline.common.tlspin import client_context
 from backline.relay.datadir import pem_fingerprint
-from tests.harness import AGENT, Api, RelayProcess, admin_api, audit_actions, wait_for
+from tests.harness import (
+    AGENT,
+    Api,
+    RelayProcess,
+    admin_api,
+    audit_actions,
+    browser_socket,
+    wait_for,
+)
 
 
 class JoinProcess:
@@ -252,10 +260,7 @@ def test_wrong_codes_are_rate_limited_per_address_and_globally(tmp_path: Path) -
 
 @contextlib.contextmanager
 def live_socket(relay: RelayProcess, api: Api) -> Iterator[Any]:
-    cookie = f"__Host-backline={api.http.cookies.get('__Host-backline')}"
-    with connect(relay.url.replace("https", "wss") + "/api/v1/live", ssl=client_context(),
-                 additional_headers={"Origin": relay.url, "Cookie": cookie},
-                 open_timeout=10) as ws:
+    with browser_socket(relay, api, "/api/v1/live") as ws:
         assert json.loads(ws.recv(5))["type"] == "hello"
         yield ws
 
