@@ -39,9 +39,11 @@ from backline.agent.diagnostics.schema import (
     Report,
     Section,
     clean,
+    report_from_lines,
 )
 
-__all__ = ["collect", "evaluate", "run_diagnostics", "serve_subsystem", "stream_lines"]
+__all__ = ["collect", "evaluate", "report_from_lines", "run_diagnostics", "serve_subsystem",
+           "stream_lines"]
 
 log = logging.getLogger("backline.agent.diagnostics")
 
@@ -156,37 +158,6 @@ async def stream_lines(config: DiagnosticsConfig, clock: ClockReference | None =
     yield _line({"type": "end", "finished_at": report.finished_at,
                  "duration_ms": report.duration_ms,
                  "findings": [f.as_dict() for f in findings]})
-
-
-_RANK = {name: i for i, name in enumerate(SECTIONS)}
-
-
-def report_from_lines(lines: list[str]) -> Report:
-    """Assemble a streamed run back into a report (the relay or console side), its
-    sections in display order. The lines are the agent's word: anything that is not
-    a run raises ``ReportError`` (or ``ValueError`` for what is not JSON)."""
-    from backline.agent.diagnostics.schema import ReportError, report_from_dict
-
-    begin: dict[str, Any] = {}
-    end: dict[str, Any] = {}
-    sections: list[Any] = []
-    for line in lines:
-        msg = json.loads(line)
-        if not isinstance(msg, dict):
-            raise ReportError("a diagnostics line is not a JSON object")
-        if msg.get("type") == "begin":
-            begin = msg
-        elif msg.get("type") == "section":
-            sections.append(msg["section"])
-        elif msg.get("type") == "end":
-            end = msg
-    return report_from_dict({
-        "schema_version": begin.get("schema_version"), "agent": begin.get("agent"),
-        "started_at": begin.get("started_at"), "finished_at": end.get("finished_at"),
-        "thresholds": begin.get("thresholds"),
-        "sections": sorted(sections, key=lambda x: _RANK.get(
-            x.get("name") if isinstance(x, dict) else None, len(_RANK))),
-        "findings": end.get("findings", [])})
 
 
 class _Writer(Protocol):

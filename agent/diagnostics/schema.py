@@ -326,3 +326,32 @@ def _scrub(value: Any, depth: int = 0) -> Any:
     if isinstance(value, dict):
         return {clean(k, 64): _scrub(v, depth + 1) for k, v in list(value.items())[:MAX_LIST]}
     return clean(value)
+
+
+_RANK = {name: i for i, name in enumerate(SECTIONS)}
+
+
+def report_from_lines(lines: list[str]) -> Report:
+    """Assemble a streamed run back into a report (the relay or console side; no psutil needed), its
+    sections in display order. The lines are the agent's word: anything that is not
+    a run raises ``ReportError`` (or ``ValueError`` for what is not JSON)."""
+    begin: dict[str, Any] = {}
+    end: dict[str, Any] = {}
+    sections: list[Any] = []
+    for line in lines:
+        msg = json.loads(line)
+        if not isinstance(msg, dict):
+            raise ReportError("a diagnostics line is not a JSON object")
+        if msg.get("type") == "begin":
+            begin = msg
+        elif msg.get("type") == "section":
+            sections.append(msg["section"])
+        elif msg.get("type") == "end":
+            end = msg
+    return report_from_dict({
+        "schema_version": begin.get("schema_version"), "agent": begin.get("agent"),
+        "started_at": begin.get("started_at"), "finished_at": end.get("finished_at"),
+        "thresholds": begin.get("thresholds"),
+        "sections": sorted(sections, key=lambda x: _RANK.get(
+            x.get("name") if isinstance(x, dict) else None, len(_RANK))),
+        "findings": end.get("findings", [])})
