@@ -662,7 +662,8 @@ def mib(value: int) -> float:
 def run_once(n: int, args: argparse.Namespace, nofile: int) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix=f"backline-idle-{n}-"))
     result: dict[str, Any] = {"agents": n, "variant": args.relay_variant_name,
-                              "relay_loop": args.loop, "clients": args.clients,
+                              "relay_loop": args.loop, "tls_engine": args.tls_engine,
+                              "clients": args.clients,
                               "client_loop": args.client_loop, "heartbeat_s": args.heartbeat,
                               "steady_seconds": args.steady_seconds,
                               "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -677,6 +678,7 @@ def run_once(n: int, args: argparse.Namespace, nofile: int) -> dict[str, Any]:
             "BACKLINE_DATA_DIR": str(root / "relay"), "BACKLINE_LISTEN_PORT": str(port),
             "BACKLINE_LISTEN_HOST": "127.0.0.1", "BACKLINE_HEARTBEAT_S": str(args.heartbeat),
             "BACKLINE_LOG_LEVEL": "warning", "BACKLINE_EVENT_LOOP": args.loop,
+            "BACKLINE_TLS_ENGINE": args.tls_engine,
         }, args.relay_variant_name)
         t0 = time.monotonic()
         relay.start()
@@ -850,6 +852,8 @@ def main() -> None:
     ap.add_argument("--heartbeat", type=int, default=30)
     ap.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"],
                     help="the relay's event_loop setting")
+    ap.add_argument("--tls-engine", default="socket", choices=["socket", "loop"],
+                    help="the relay's tls_engine setting")
     ap.add_argument("--client-loop", default="uvloop", choices=["asyncio", "uvloop"])
     ap.add_argument("--variant", dest="relay_variant_name", default="default",
                     help="experiments: '+'-joined changes to the relay's uvicorn settings "

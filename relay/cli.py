@@ -106,12 +106,22 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
 ) -> None:
     """Run the relay (initialising it on first start)."""
+    from backline.relay.server import listen
     from backline.relay.server import serve as run_server
 
-    relay = _open(data_dir, config, listen_host=host, listen_port=port)
+    cfg = _load(data_dir, config, listen_host=host, listen_port=port)
+    # Listen before anything slow: after a restart, agents that arrive while the relay
+    # opens its database wait in the backlog instead of being refused and backing off.
+    try:
+        sockets = listen(cfg)
+    except OSError as exc:
+        err.print(f"[red]cannot listen on {cfg.listen_host}:{cfg.listen_port}:[/] "
+                  f"{exc.strerror or exc}")
+        raise typer.Exit(1) from None
+    relay = open_relay(cfg)
     print_banner(relay, initialise(relay))
     sys.stdout.flush()
-    run_server(relay)
+    run_server(relay, sockets)
 
 
 @config_app.command("show")

@@ -58,6 +58,9 @@ class RelayConfig:
     extra_origins: list[str] = field(default_factory=list)
     log_level: str = "info"
     event_loop: str = "auto"
+    # Who runs TLS: "socket" (OpenSSL on the socket, relay/tls_socket.py: about half
+    # the CPU per heartbeat) or "loop" (the event loop's own TLS, as uvicorn does it).
+    tls_engine: str = "socket"
     # Support sessions (docs/sessions.md): idle-out, hard cap, how long opening may take.
     session_idle_minutes: float = 15.0
     session_max_hours: float = 8.0
@@ -110,6 +113,8 @@ class RelayConfig:
             raise ConfigError("heartbeat_s must be between 5 and 600")
         if self.event_loop not in ("auto", "asyncio", "uvloop"):
             raise ConfigError("event_loop must be auto, asyncio or uvloop")
+        if self.tls_engine not in ("socket", "loop"):
+            raise ConfigError("tls_engine must be socket or loop")
         if not 0 < self.session_idle_minutes <= 24 * 60:
             raise ConfigError("session_idle_minutes must be more than 0 and at most 1440")
         if not 0 < self.session_max_hours <= 168:

@@ -17,17 +17,25 @@ from __future__ import annotations
 import asyncio.sslproto
 import importlib.util
 import logging
+import socket
+import sys
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
+from uvicorn.config import STARTUP_FAILURE
 
 from backline.relay.app import build_app
+from backline.relay.config import RelayConfig
 from backline.relay.control import connect_endpoint
 from backline.relay.control_socket import protocol_class
 from backline.relay.state import Relay
+from backline.relay.tls_socket import TLSListener
 
 TLS_READ_BUFFER = 16 * 1024
+# Connections the kernel holds for us while the relay is busy (Linux caps it at
+# net.core.somaxconn, 4096 by default): a reconnecting fleet waits here, not refused.
+BACKLOG = 4096
 WS_MAX_FRAME = 1024 * 1024
 
 
@@ -91,7 +99,7 @@ def uvicorn_config(relay: Relay) -> uvicorn.Config:
         ws_ping_interval=None,
         ws_ping_timeout=None,
         ws_max_size=WS_MAX_FRAME,
-        backlog=4096,
+        backlog=BACKLOG,
         proxy_headers=bool(cfg.trusted_proxies),
         forwarded_allow_ips=cfg.trusted_proxies or None,
         log_level=cfg.log_level,
@@ -115,7 +123,49 @@ def without_session_tickets(config: uvicorn.Config) -> uvicorn.Config:
     return config
 
 
-def serve(relay: Relay) -> None:
+def listen(cfg: RelayConfig) -> list[socket.socket]:
+    """The relay's listening sockets, bound and listening (as early as possible)."""
+    return TLSListener.bind(cfg.listen_host, cfg.listen_port, BACKLOG)
+
+
+class SocketTLSServer(uvicorn.Server):
+    """uvicorn, with TLS run by OpenSSL on each socket (:mod:`tls_socket`) instead of
+    by the event loop. Everything above the transport is uvicorn's own: its HTTP and
+    WebSocket protocols, lifespan, connection tracking and graceful shutdown."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        config = self.config
+        if config.ssl is None or config.fd is not None or config.uds:
+            await super().startup(sockets=sockets)
+            return
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            sys.exit(STARTUP_FAILURE)
+
+        def create_protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state,
+                app_state=self.lifespan.state)
+
+        listening = sockets
+        if listening is None:
+            try:
+                listening = TLSListener.bind(config.host, config.port, config.backlog)
+            except OSError as exc:
+                logging.getLogger("uvicorn.error").error(exc)
+                await self.lifespan.shutdown()
+                sys.exit(STARTUP_FAILURE)
+            self._log_started_message(listening)
+        listener = TLSListener(asyncio.get_running_loop(), listening, config.ssl,
+                               create_protocol)
+        self.servers = [listener]  # type: ignore[list-item]
+        self.started = True
+
+
+def serve(relay: Relay, sockets: list[socket.socket] | None = None) -> None:
+    """Serve until stopped, on ``sockets`` from :func:`listen` if given."""
     logging.basicConfig(level=relay.config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.Server(without_session_tickets(uvicorn_config(relay))).run()
+    config = without_session_tickets(uvicorn_config(relay))
+    server_class = SocketTLSServer if relay.config.tls_engine == "socket" else uvicorn.Server
+    server_class(config).run(sockets=sockets)

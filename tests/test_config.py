@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from backline.relay import config as relay_config
+from tests.harness import RELAY
 
 FP = "AB:" * 31 + "AB"
 
@@ -49,3 +53,30 @@ def test_head_revision_is_the_newest_migration(tmp_path: Path) -> None:
     assert db.current_revision(engine) == db.HEAD_REVISION
     db.migrate(engine)  # already there: nothing to do
     engine.dispose()
+
+
+def test_tls_engine_is_socket_or_loop(tmp_path: Path) -> None:
+    env = {"BACKLINE_DATA_DIR": str(tmp_path)}
+    assert relay_config.load(environ=env).tls_engine == "socket"
+    assert relay_config.load(environ=env | {"BACKLINE_TLS_ENGINE": "loop"}).tls_engine == "loop"
+    with pytest.raises(relay_config.ConfigError, match="tls_engine must be socket or loop"):
+        relay_config.load(environ=env | {"BACKLINE_TLS_ENGINE": "openssl-please"})
+
+
+def test_serve_on_a_taken_port_says_so(tmp_path: Path) -> None:
+    """The relay binds first of all; a taken port is a one-line error, not a traceback,
+    and nothing is initialised."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        env = {**os.environ, "BACKLINE_DATA_DIR": str(tmp_path / "relay"),
+               "BACKLINE_LISTEN_PORT": str(taken.getsockname()[1])}
+        done = subprocess.run([RELAY, "serve"], env=env, capture_output=True, text=True,
+                              timeout=60)
+    finally:
+        taken.close()
+    assert done.returncode == 1
+    assert "cannot listen on 127.0.0.1:" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not (tmp_path / "relay" / "relay.db").exists()

@@ -1,0 +1,279 @@
+"""TLS run by OpenSSL on the socket (relay/tls_socket.py), on both event loops, over
+real loopback sockets: data both ways with flow control, a clean close_notify, and
+the hostile cases — a client that never finishes its handshake, one that sends
+garbage, one that vanishes mid-transfer, one that never reads — each ending that
+connection only, with the listener still serving."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import ssl
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from backline.relay import tls_socket
+from backline.relay.datadir import write_self_signed
+from backline.relay.tls_socket import TLSListener
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+@pytest.fixture(scope="module")
+def contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    root = tmp_path_factory.mktemp("tls")
+    cert, key = root / "cert.pem", root / "key.pem"
+    write_self_signed(cert, key, ["127.0.0.1"])
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    server.num_tickets = 0
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(cert)
+    return server, client
+
+
+def run(loop_name: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    if loop_name == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+
+
+class Recorder(asyncio.Protocol):
+    """Echoes what it gets (upper-cased), keeps everything, pauses when told to."""
+
+    instances: list[Recorder] = []
+
+    def __init__(self, echo: bool = True) -> None:
+        self.echo = echo
+        self.received = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[BaseException | None] = (
+            asyncio.get_running_loop().create_future())
+        self.paused_writing = 0
+        self.resumed_writing = 0
+        Recorder.instances.append(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+        if self.echo:
+            assert self.transport is not None
+            self.transport.write(data.upper())
+
+    def pause_writing(self) -> None:
+        self.paused_writing += 1
+
+    def resume_writing(self) -> None:
+        self.resumed_writing += 1
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+async def listen(server_ctx: ssl.SSLContext, factory: Callable[[], asyncio.Protocol],
+                 **kw: Any) -> tuple[TLSListener, int]:
+    socks = TLSListener.bind("127.0.0.1", 0, 64)
+    listener = TLSListener(asyncio.get_running_loop(), socks, server_ctx, factory, **kw)
+    return listener, socks[0].getsockname()[1]
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_echo_extra_info_and_clean_close(contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+                                         loop_name: str) -> None:
+    server_ctx, client_ctx = contexts
+
+    async def main() -> None:
+        Recorder.instances.clear()
+        listener, port = await listen(server_ctx, Recorder)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx,
+                                                       server_hostname="127.0.0.1")
+        writer.write(b"hello")
+        assert await reader.readexactly(5) == b"HELLO"
+        proto = Recorder.instances[0]
+        transport = proto.transport
+        assert transport is not None
+        assert transport.get_extra_info("sslcontext") is server_ctx
+        assert transport.get_extra_info("peername") == writer.get_extra_info("sockname")
+        assert transport.get_extra_info("cipher") is not None
+        assert not transport.can_write_eof()
+        transport.close()
+        assert transport.is_closing()
+        assert await reader.read() == b""  # close_notify, not a ragged end
+        assert await asyncio.wait_for(proto.lost, 5) is None
+        writer.close()
+        listener.close()
+
+    run(loop_name, main)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_megabyte_each_way_with_flow_control(
+        contexts: tuple[ssl.SSLContext, ssl.SSLContext], loop_name: str) -> None:
+    server_ctx, client_ctx = contexts
+    blob = bytes(range(256)) * 4096  # 1 MiB
+
+    async def main() -> None:
+        Recorder.instances.clear()
+        listener, port = await listen(server_ctx, lambda: Recorder(echo=False))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx,
+                                                       server_hostname="127.0.0.1")
+        writer.write(blob)
+        await writer.drain()
+        for _ in range(500):
+            if Recorder.instances and len(Recorder.instances[0].received) == len(blob):
+                break
+            await asyncio.sleep(0.01)
+        proto = Recorder.instances[0]
+        assert hashlib.sha256(proto.received).digest() == hashlib.sha256(blob).digest()
+        transport = proto.transport
+        assert transport is not None
+        # The client reads nothing yet: the server's buffer must fill and say so.
+        for _ in range(16):
+            transport.write(blob)
+        assert proto.paused_writing == 1
+        assert transport.get_write_buffer_size() > 0
+        got = await reader.readexactly(16 * len(blob))
+        assert hashlib.sha256(got).digest() == hashlib.sha256(blob * 16).digest()
+        for _ in range(100):
+            if proto.resumed_writing:
+                break
+            await asyncio.sleep(0.01)
+        assert proto.resumed_writing == 1
+        assert transport.get_write_buffer_size() == 0
+        # Reading paused: nothing is delivered until it resumes.
+        transport.pause_reading()
+        before = len(proto.received)
+        writer.write(b"later")
+        await asyncio.sleep(0.2)
+        assert len(proto.received) == before
+        transport.resume_reading()
+        for _ in range(100):
+            if len(proto.received) == before + 5:
+                break
+            await asyncio.sleep(0.01)
+        assert bytes(proto.received[before:]) == b"later"
+        writer.close()
+        assert await asyncio.wait_for(proto.lost, 5) is None  # the client's close_notify
+        listener.close()
+
+    run(loop_name, main)
+
+
+async def _served_after(listener_port: int, client_ctx: ssl.SSLContext) -> None:
+    """A new client still gets a handshake and its bytes through."""
+    _, writer = await asyncio.open_connection("127.0.0.1", listener_port, ssl=client_ctx,
+                                              server_hostname="127.0.0.1")
+    writer.write(b"still there?")
+    for _ in range(200):
+        if Recorder.instances and Recorder.instances[-1].received == b"still there?":
+            break
+        await asyncio.sleep(0.01)
+    assert Recorder.instances[-1].received == b"still there?"
+    writer.close()
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_silent_and_garbage_clients_are_dropped(
+        contexts: tuple[ssl.SSLContext, ssl.SSLContext], loop_name: str) -> None:
+    server_ctx, client_ctx = contexts
+
+    async def main() -> None:
+        Recorder.instances.clear()
+        listener, port = await listen(server_ctx, Recorder, handshake_timeout=0.3)
+        loop = asyncio.get_running_loop()
+        silent = socket.create_connection(("127.0.0.1", port))
+        garbage = socket.create_connection(("127.0.0.1", port))
+        garbage.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # plain HTTP to a TLS port
+        for sock in (silent, garbage):
+            sock.setblocking(False)
+            # Both are closed by the relay: the read ends (EOF or reset), never hangs.
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(sock, 1024), 5)
+            except ConnectionResetError:
+                data = b""
+            assert b"HTTP" not in data
+            sock.close()
+        assert not listener.handshakes
+        await _served_after(port, client_ctx)
+        listener.close()
+
+    run(loop_name, main)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_client_vanishing_mid_transfer(contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+                                       loop_name: str) -> None:
+    server_ctx, client_ctx = contexts
+
+    async def main() -> None:
+        Recorder.instances.clear()
+        listener, port = await listen(server_ctx, lambda: Recorder(echo=False))
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx,
+                                                  server_hostname="127.0.0.1")
+        writer.write(b"x" * 1000)
+        for _ in range(100):
+            if Recorder.instances and Recorder.instances[0].received:
+                break
+            await asyncio.sleep(0.01)
+        proto = Recorder.instances[0]
+        assert proto.transport is not None
+        proto.transport.write(b"y" * (4 << 20))  # more than the socket buffers hold
+        writer.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        writer.transport.abort()  # RST: gone without close_notify
+        exc = await asyncio.wait_for(proto.lost, 5)
+        assert isinstance(exc, OSError | ssl.SSLError)
+        assert proto.transport.is_closing()
+        proto.transport.write(b"ignored after the end")  # no error, nothing sent
+        await _served_after(port, client_ctx)
+        listener.close()
+
+    run(loop_name, main)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_close_gives_up_on_a_peer_that_never_reads(
+        contexts: tuple[ssl.SSLContext, ssl.SSLContext], loop_name: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    server_ctx, client_ctx = contexts
+    monkeypatch.setattr(tls_socket, "CLOSE_TIMEOUT_S", 0.3)
+
+    async def main() -> None:
+        Recorder.instances.clear()
+        listener, port = await listen(server_ctx, lambda: Recorder(echo=False))
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx,
+                                                  server_hostname="127.0.0.1")
+        writer.write(b"hi")
+        for _ in range(100):
+            if Recorder.instances and Recorder.instances[0].received:
+                break
+            await asyncio.sleep(0.01)
+        proto = Recorder.instances[0]
+        assert proto.transport is not None
+        writer.transport.pause_reading()  # the client stops reading for good
+        proto.transport.write(b"z" * (16 << 20))
+        proto.transport.close()
+        assert await asyncio.wait_for(proto.lost, 5) is None
+        writer.close()
+        listener.close()
+
+    run(loop_name, main)
+
+
+def test_bind_refuses_a_port_in_use() -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        with pytest.raises(OSError):
+            TLSListener.bind("127.0.0.1", taken.getsockname()[1], 16)
+    finally:
+        taken.close()
