@@ -223,7 +223,10 @@ class LeanSocket(asyncio.Protocol):
             self._paused_reading = True
             if not self._write_paused:
                 self.transport.pause_reading()
-        self._wake()
+        if self._inbox or self._close_sent:
+            # Only then has the waiting endpoint anything to do: a heartbeat handled
+            # above must not cost a task step of its own.
+            self._wake()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport
