@@ -133,8 +133,9 @@ def enroll(data_dir: Path, n: int) -> tuple[str, list[tuple[str, bytes]]]:
 class Relay:
     """One ``backline-relay serve`` process (or the bench launcher, for a variant)."""
 
-    def __init__(self, root: Path, port: int, env: dict[str, str], variant: str) -> None:
-        self.root, self.port, self.variant = root, port, variant
+    def __init__(self, root: Path, port: int, env: dict[str, str], variant: str,
+                 cpus: set[int] | None = None) -> None:
+        self.root, self.port, self.variant, self.cpus = root, port, variant, cpus
         self.env = {**os.environ, **env}
         self.log_path = root / "relay.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -148,6 +149,8 @@ class Relay:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log,
                                          cwd=Path(__file__).parent.parent)
+        if self.cpus:
+            os.sched_setaffinity(self.proc.pid, self.cpus)
         self.close_http()
 
     @property
@@ -561,7 +564,8 @@ class Clients:
 
     def __init__(self, n_procs: int, url: str, fingerprint: str,
                  creds: list[tuple[str, bytes]], ramp: int, loop: str, max_seconds: float,
-                 nofile: int) -> None:
+                 nofile: int, cpus: set[int] | None = None) -> None:
+        self.cpus = cpus
         ctx = mp.get_context("spawn")
         self.reports: Any = ctx.Queue()
         self.stop_flag = ctx.Event()
@@ -578,6 +582,8 @@ class Clients:
     def start(self) -> None:
         for p in self.procs:
             p.start()
+            if self.cpus and p.pid is not None:
+                os.sched_setaffinity(p.pid, self.cpus)
         self._reader.start()
 
     def _read(self) -> None:
@@ -659,6 +665,21 @@ def mib(value: int) -> float:
     return round(value / KIB / KIB, 1)
 
 
+_ALL_CPUS = sorted(os.sched_getaffinity(0))
+
+
+def split_cpus(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """With ``--pin``: the relay alone on the first CPU, the clients (and this process)
+    on the others, as they would be on other machines in a real deployment; the kernel's
+    loopback work still lands wherever it runs."""
+    cpus = _ALL_CPUS
+    if not pin or len(cpus) < 2:
+        return None, None
+    relay, clients = {cpus[0]}, set(cpus[1:])
+    os.sched_setaffinity(0, clients)
+    return relay, clients
+
+
 def run_once(n: int, args: argparse.Namespace, nofile: int) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix=f"backline-idle-{n}-"))
     result: dict[str, Any] = {"agents": n, "variant": args.relay_variant_name,
@@ -669,6 +690,8 @@ def run_once(n: int, args: argparse.Namespace, nofile: int) -> dict[str, Any]:
                               "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     relay: Relay | None = None
     clients: Clients | None = None
+    relay_cpus, client_cpus = split_cpus(args.pin)
+    result["pinned"] = {"relay": sorted(relay_cpus or ()), "clients": sorted(client_cpus or ())}
     try:
         t0 = time.monotonic()
         fingerprint, creds = enroll(root / "relay", n)
@@ -679,7 +702,7 @@ def run_once(n: int, args: argparse.Namespace, nofile: int) -> dict[str, Any]:
             "BACKLINE_LISTEN_HOST": "127.0.0.1", "BACKLINE_HEARTBEAT_S": str(args.heartbeat),
             "BACKLINE_LOG_LEVEL": "warning", "BACKLINE_EVENT_LOOP": args.loop,
             "BACKLINE_TLS_ENGINE": args.tls_engine,
-        }, args.relay_variant_name)
+        }, args.relay_variant_name, relay_cpus)
         t0 = time.monotonic()
         relay.start()
         if wait_until(lambda: relay.agents_connected() is not None or not relay.alive(),
@@ -693,7 +716,7 @@ def run_once(n: int, args: argparse.Namespace, nofile: int) -> dict[str, Any]:
         url = f"wss://127.0.0.1:{port}/agent/connect"
         clients = Clients(args.clients, url, fingerprint, creds, args.ramp, args.client_loop,
                           max_seconds=args.timeout * 3 + args.steady_seconds + 300,
-                          nofile=nofile)
+                          nofile=nofile, cpus=client_cpus)
         print(f"[{n:,}] relay up (RSS {mib(base['rss'])} MiB); connecting {n:,} agents "
               f"from {len(clients.procs)} processes…", flush=True)
         t0 = time.monotonic()
@@ -854,6 +877,8 @@ def main() -> None:
                     help="the relay's event_loop setting")
     ap.add_argument("--tls-engine", default="socket", choices=["socket", "loop"],
                     help="the relay's tls_engine setting")
+    ap.add_argument("--pin", action="store_true",
+                    help="relay alone on the first CPU, clients on the others")
     ap.add_argument("--client-loop", default="uvloop", choices=["asyncio", "uvloop"])
     ap.add_argument("--variant", dest="relay_variant_name", default="default",
                     help="experiments: '+'-joined changes to the relay's uvicorn settings "
