@@ -8,9 +8,9 @@ that mostly holds ten thousand sockets and answers one small heartbeat on each e
 30 seconds, that per-record overhead is the whole cost. Here OpenSSL reads and writes
 the socket directly (a ``recv`` for the record, a ``send`` for the answer) and the
 loop only says when the socket is ready. Measured on loopback with a small record
-each way (2,000 a second over 4,000 connections, one core): 49 µs of relay CPU per
-exchange against 117 µs through uvloop's TLS, and about 8 KiB less memory per
-connection (docs/benchmarks.md, "Where the CPU goes").
+each way (2,000 a second over 4,000 connections): 48-49 µs of CPU per exchange
+against 104-117 µs through uvloop's TLS; in the relay at 10,000 idle agents, about
+20.5 KiB per agent against 31 KiB (docs/benchmarks.md, "What was chosen, and why").
 
 :class:`TLSListener` accepts, runs the handshake (bounded by a timeout) and only then
 makes the protocol, so a half-open client costs no HTTP state. :class:`TLSTransport`
@@ -65,6 +65,7 @@ class TLSTransport(asyncio.Transport):
         self._out = bytearray()
         self._inflight: bytes | None = None  # a write OpenSSL must be given again as is
         self._writer_on = False
+        self._write_wants_read = False
         self._reading = True
         self._writing_paused = False
         self._closing = False
@@ -86,6 +87,9 @@ class TLSTransport(asyncio.Transport):
     # -- reading ---------------------------------------------------------------------
 
     def _read_ready(self) -> None:
+        if self._write_wants_read:
+            self._write_wants_read = False
+            self._flush()
         for _ in range(MAX_RECORDS_PER_WAKE):
             sock = self._sock
             if sock is None or not self._reading:
@@ -140,8 +144,13 @@ class TLSTransport(asyncio.Transport):
             try:
                 self._sock.send(chunk)
                 return
-            except _WOULD_BLOCK:
+            except ssl.SSLWantReadError:
                 self._inflight = chunk  # OpenSSL wants this very write repeated
+                self._write_wants_read = True
+                self._check_high()
+                return
+            except _WOULD_BLOCK:
+                self._inflight = chunk
             except (OSError, ssl.SSLError) as exc:
                 self._fatal(exc)
                 return
@@ -160,7 +169,16 @@ class TLSTransport(asyncio.Transport):
                 del self._out[:WRITE_CHUNK]
             try:
                 sock.send(self._inflight)
+            except ssl.SSLWantReadError:
+                # OpenSSL must read before it can write (rare in TLS 1.3): retry when
+                # the socket is readable, not in a loop on "writable".
+                self._write_wants_read = True
+                if self._writer_on:
+                    self._writer_on = False
+                    self._loop.remove_writer(self._fd)
+                return
             except _WOULD_BLOCK:
+                self._want_writer()
                 return
             except (OSError, ssl.SSLError) as exc:
                 self._fatal(exc)
@@ -321,6 +339,8 @@ class _Handshake:
 
     def fail(self, why: object) -> None:
         # Scanners, wrong fingerprints and dropped clients end up here: not news.
+        if self not in self.listener.handshakes:
+            return  # already over; its descriptor number may belong to another socket now
         log.debug("TLS handshake failed: %s", why)
         self._done()
         self.listener.loop.remove_reader(self.fd)
