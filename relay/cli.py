@@ -110,8 +110,9 @@ def serve(
     from backline.relay.server import serve as run_server
 
     cfg = _load(data_dir, config, listen_host=host, listen_port=port)
-    # Listen before anything slow: after a restart, agents that arrive while the relay
-    # opens its database wait in the backlog instead of being refused and backing off.
+    # Listen before anything slow (the launcher has usually bound already, before the
+    # imports; see listening.py): after a restart, agents that arrive while the relay
+    # starts wait in the backlog instead of being refused and backing off.
     try:
         sockets = listen(cfg)
     except OSError as exc:

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from uvicorn.config import STARTUP_FAILURE
 
+from backline.relay import listening
 from backline.relay.app import build_app
 from backline.relay.config import RelayConfig
 from backline.relay.control import connect_endpoint
@@ -33,9 +34,6 @@ from backline.relay.state import Relay
 from backline.relay.tls_socket import TLSListener
 
 TLS_READ_BUFFER = 16 * 1024
-# Connections the kernel holds for us while the relay is busy (Linux caps it at
-# net.core.somaxconn, 4096 by default): a reconnecting fleet waits here, not refused.
-BACKLOG = 4096
 WS_MAX_FRAME = 1024 * 1024
 
 
@@ -99,7 +97,7 @@ def uvicorn_config(relay: Relay) -> uvicorn.Config:
         ws_ping_interval=None,
         ws_ping_timeout=None,
         ws_max_size=WS_MAX_FRAME,
-        backlog=BACKLOG,
+        backlog=listening.BACKLOG,
         proxy_headers=bool(cfg.trusted_proxies),
         forwarded_allow_ips=cfg.trusted_proxies or None,
         log_level=cfg.log_level,
@@ -124,8 +122,10 @@ def without_session_tickets(config: uvicorn.Config) -> uvicorn.Config:
 
 
 def listen(cfg: RelayConfig) -> list[socket.socket]:
-    """The relay's listening sockets, bound and listening (as early as possible)."""
-    return TLSListener.bind(cfg.listen_host, cfg.listen_port, BACKLOG)
+    """The relay's listening sockets: those bound before the relay was imported
+    (:func:`listening.prebind`) if they are for this address, else new ones."""
+    early = listening.take(cfg.listen_host, cfg.listen_port)
+    return early if early is not None else listening.bind(cfg.listen_host, cfg.listen_port)
 
 
 class SocketTLSServer(uvicorn.Server):
@@ -147,16 +147,16 @@ class SocketTLSServer(uvicorn.Server):
                 config=config, server_state=self.server_state,
                 app_state=self.lifespan.state)
 
-        listening = sockets
-        if listening is None:
+        bound = sockets
+        if bound is None:
             try:
-                listening = TLSListener.bind(config.host, config.port, config.backlog)
+                bound = listening.bind(config.host, config.port, config.backlog)
             except OSError as exc:
                 logging.getLogger("uvicorn.error").error(exc)
                 await self.lifespan.shutdown()
                 sys.exit(STARTUP_FAILURE)
-            self._log_started_message(listening)
-        listener = TLSListener(asyncio.get_running_loop(), listening, config.ssl,
+            self._log_started_message(bound)
+        listener = TLSListener(asyncio.get_running_loop(), bound, config.ssl,
                                create_protocol)
         self.servers = [listener]  # type: ignore[list-item]
         self.started = True

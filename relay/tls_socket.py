@@ -367,27 +367,6 @@ class TLSListener:
             sock.setblocking(False)
             loop.add_reader(sock.fileno(), self._accept, sock)
 
-    @classmethod
-    def bind(cls, host: str | None, port: int, backlog: int) -> list[socket.socket]:
-        """Bound, listening sockets for every address of ``host``, as asyncio would."""
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-        sockets: list[socket.socket] = []
-        try:
-            for family, kind, proto, _, address in dict.fromkeys(infos):
-                sock = socket.socket(family, kind, proto)
-                sockets.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(address)
-                sock.listen(backlog)
-        except OSError:
-            for sock in sockets:
-                sock.close()
-            raise
-        return sockets
-
     def _accept(self, listening: socket.socket) -> None:
         for _ in range(ACCEPTS_PER_WAKE):
             try:

@@ -80,3 +80,41 @@ def test_serve_on_a_taken_port_says_so(tmp_path: Path) -> None:
     assert "cannot listen on 127.0.0.1:" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert not (tmp_path / "relay" / "relay.db").exists()
+
+
+def test_serve_options_for_binding_early() -> None:
+    from backline.relay.listening import _serve_options
+
+    assert _serve_options([]) == {}
+    assert _serve_options(["--port", "9443", "--host=::1"]) == {
+        "listen_port": "9443", "listen_host": "::1"}
+    assert _serve_options(["--data-dir", "/x", "--config=/y.toml"]) == {
+        "data_dir": "/x", "config": "/y.toml"}
+    # Anything else, and the launcher does not guess: the normal start binds.
+    assert _serve_options(["--help"]) is None
+    assert _serve_options(["--prot", "1"]) is None
+    assert _serve_options(["--port"]) is None
+
+
+def test_prebound_sockets_are_taken_only_for_their_address(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backline.relay import listening
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    monkeypatch.setenv("BACKLINE_DATA_DIR", str(tmp_path))
+    listening.prebind(["--port", str(port)])
+    socks = listening.take("127.0.0.1", port)
+    assert socks is not None and socks[0].getsockname() == ("127.0.0.1", port)
+    assert listening.take("127.0.0.1", port) is None  # taken once
+    for sock in socks:
+        sock.close()
+    listening.prebind(["--port", str(port)])
+    assert listening.take("127.0.0.1", port + 1) is None  # another address: closed
+    again = listening.bind("127.0.0.1", port)  # so the port is free again
+    for sock in again:
+        sock.close()
+    listening.prebind(["--port", "not-a-port"])
+    assert listening.take("127.0.0.1", port) is None

@@ -17,6 +17,7 @@ import pytest
 
 from backline.relay import tls_socket
 from backline.relay.datadir import write_self_signed
+from backline.relay.listening import bind
 from backline.relay.tls_socket import TLSListener
 
 LOOPS = ["asyncio", "uvloop"]
@@ -80,7 +81,7 @@ class Recorder(asyncio.Protocol):
 
 async def listen(server_ctx: ssl.SSLContext, factory: Callable[[], asyncio.Protocol],
                  **kw: Any) -> tuple[TLSListener, int]:
-    socks = TLSListener.bind("127.0.0.1", 0, 64)
+    socks = bind("127.0.0.1", 0, 64)
     listener = TLSListener(asyncio.get_running_loop(), socks, server_ctx, factory, **kw)
     return listener, socks[0].getsockname()[1]
 
@@ -274,6 +275,6 @@ def test_bind_refuses_a_port_in_use() -> None:
     taken.listen()
     try:
         with pytest.raises(OSError):
-            TLSListener.bind("127.0.0.1", taken.getsockname()[1], 16)
+            bind("127.0.0.1", taken.getsockname()[1], 16)
     finally:
         taken.close()
