@@ -86,6 +86,20 @@ async def listen(server_ctx: ssl.SSLContext, factory: Callable[[], asyncio.Proto
     return listener, socks[0].getsockname()[1]
 
 
+async def connect_and_send(port: int, client_ctx: ssl.SSLContext, data: bytes
+                           ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Recorder]:
+    """A TLS client that sends ``data``; returns once the relay side has all of it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx,
+                                                   server_hostname="127.0.0.1")
+    writer.write(data)
+    for _ in range(500):
+        if Recorder.instances and len(Recorder.instances[-1].received) >= len(data):
+            break
+        await asyncio.sleep(0.01)
+    assert bytes(Recorder.instances[-1].received) == data
+    return reader, writer, Recorder.instances[-1]
+
+
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_echo_extra_info_and_clean_close(contexts: tuple[ssl.SSLContext, ssl.SSLContext],
                                          loop_name: str) -> None:
@@ -124,16 +138,7 @@ def test_a_megabyte_each_way_with_flow_control(
     async def main() -> None:
         Recorder.instances.clear()
         listener, port = await listen(server_ctx, lambda: Recorder(echo=False))
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx,
-                                                       server_hostname="127.0.0.1")
-        writer.write(blob)
-        await writer.drain()
-        for _ in range(500):
-            if Recorder.instances and len(Recorder.instances[0].received) == len(blob):
-                break
-            await asyncio.sleep(0.01)
-        proto = Recorder.instances[0]
-        assert hashlib.sha256(proto.received).digest() == hashlib.sha256(blob).digest()
+        reader, writer, proto = await connect_and_send(port, client_ctx, blob)
         transport = proto.transport
         assert transport is not None
         # The client reads nothing yet: the server's buffer must fill and say so.
@@ -217,14 +222,7 @@ def test_client_vanishing_mid_transfer(contexts: tuple[ssl.SSLContext, ssl.SSLCo
     async def main() -> None:
         Recorder.instances.clear()
         listener, port = await listen(server_ctx, lambda: Recorder(echo=False))
-        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx,
-                                                  server_hostname="127.0.0.1")
-        writer.write(b"x" * 1000)
-        for _ in range(100):
-            if Recorder.instances and Recorder.instances[0].received:
-                break
-            await asyncio.sleep(0.01)
-        proto = Recorder.instances[0]
+        _, writer, proto = await connect_and_send(port, client_ctx, b"x" * 1000)
         assert proto.transport is not None
         proto.transport.write(b"y" * (4 << 20))  # more than the socket buffers hold
         writer.get_extra_info("socket").setsockopt(
@@ -250,14 +248,7 @@ def test_close_gives_up_on_a_peer_that_never_reads(
     async def main() -> None:
         Recorder.instances.clear()
         listener, port = await listen(server_ctx, lambda: Recorder(echo=False))
-        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx,
-                                                  server_hostname="127.0.0.1")
-        writer.write(b"hi")
-        for _ in range(100):
-            if Recorder.instances and Recorder.instances[0].received:
-                break
-            await asyncio.sleep(0.01)
-        proto = Recorder.instances[0]
+        _, writer, proto = await connect_and_send(port, client_ctx, b"hi")
         assert proto.transport is not None
         writer.transport.pause_reading()  # the client stops reading for good
         proto.transport.write(b"z" * (16 << 20))
