@@ -38,7 +38,10 @@ def bind(host: str | None, port: int, backlog: int = BACKLOG) -> list[socket.soc
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:
+                continue  # e.g. IPv6 switched off in the kernel: as asyncio, skip it
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
@@ -49,6 +52,8 @@ def bind(host: str | None, port: int, backlog: int = BACKLOG) -> list[socket.soc
         for sock in sockets:
             sock.close()
         raise
+    if not sockets:
+        raise OSError(f"no usable address for {host or '*'}:{port}")
     return sockets
 
 

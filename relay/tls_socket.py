@@ -41,13 +41,16 @@ ACCEPTS_PER_WAKE = 64
 ACCEPT_PAUSE_S = 1.0
 CLOSE_TIMEOUT_S = 30.0
 
-_WOULD_BLOCK = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError,
-                InterruptedError)
 _ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class TLSTransport(asyncio.Transport):
-    """One established TLS connection, read and written by OpenSSL on the socket."""
+    """One established TLS connection, read and written by OpenSSL on the socket.
+
+    What the loop watches follows from the state (:meth:`_watch`): readable while the
+    protocol wants data, writable while output waits; and the two swap when OpenSSL
+    needs the other direction to finish a read or a write (``SSL_ERROR_WANT_*``), so
+    neither ever spins on a condition that is already true."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket,
                  protocol: asyncio.Protocol, context: ssl.SSLContext) -> None:
@@ -64,40 +67,76 @@ class TLSTransport(asyncio.Transport):
         }
         self._out = bytearray()
         self._inflight: bytes | None = None  # a write OpenSSL must be given again as is
+        self._reader_on = False
         self._writer_on = False
-        self._write_wants_read = False
+        self._write_wants_read = False  # the pending write waits for readability
+        self._read_wants_write = False  # reading waits for writability
         self._reading = True
         self._writing_paused = False
         self._closing = False
         self._lost = False
+        self._abort_timer: asyncio.TimerHandle | None = None
         self._high = HIGH_WATER
         self._low = LOW_WATER
 
-    # -- set-up ----------------------------------------------------------------------
+    # -- set-up and what the loop watches ------------------------------------------------
 
     def start(self) -> None:
         self._protocol.connection_made(self)
+        self._watch()
+        # The client's first bytes may have come with its last handshake record.
+        self._loop.call_soon(self._readable)
+
+    def _wants_data(self) -> bool:
+        return self._reading and not self._closing
+
+    def _watch(self) -> None:
         if self._sock is None:
             return
-        if self._reading and not self._closing:
-            self._loop.add_reader(self._fd, self._read_ready)
-            # The client's first bytes may have come with its last handshake record.
-            self._loop.call_soon(self._read_ready)
+        pending = self._inflight is not None or bool(self._out)
+        reader = (not self._read_wants_write
+                  and (self._wants_data() or self._write_wants_read))
+        writer = self._read_wants_write or (pending and not self._write_wants_read)
+        if reader != self._reader_on:
+            self._reader_on = reader
+            if reader:
+                self._loop.add_reader(self._fd, self._readable)
+            else:
+                self._loop.remove_reader(self._fd)
+        if writer != self._writer_on:
+            self._writer_on = writer
+            if writer:
+                self._loop.add_writer(self._fd, self._writable)
+            else:
+                self._loop.remove_writer(self._fd)
 
-    # -- reading ---------------------------------------------------------------------
-
-    def _read_ready(self) -> None:
+    def _readable(self) -> None:
         if self._write_wants_read:
             self._write_wants_read = False
             self._flush()
+        if not self._read_wants_write:
+            self._read()
+
+    def _writable(self) -> None:
+        if self._read_wants_write:
+            self._read_wants_write = False
+            self._read()
+        self._flush()
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _read(self) -> None:
         for _ in range(MAX_RECORDS_PER_WAKE):
             sock = self._sock
-            if sock is None or not self._reading:
-                return
+            if sock is None or not self._wants_data():
+                break
             try:
                 data = sock.recv(READ_SIZE)
-            except _WOULD_BLOCK:
-                return
+            except (ssl.SSLWantReadError, BlockingIOError, InterruptedError):
+                break
+            except ssl.SSLWantWriteError:
+                self._read_wants_write = True
+                break
             except (OSError, ssl.SSLError) as exc:
                 self._fatal(exc)
                 return
@@ -111,7 +150,8 @@ class TLSTransport(asyncio.Transport):
                 self._fatal(exc)
                 return
             if len(data) < RECORD and not (self._sock is not None and self._sock.pending()):
-                return  # a small message: the socket is most likely drained
+                break  # a small message: the socket is most likely drained
+        self._watch()
 
     def _eof(self) -> None:
         try:
@@ -120,19 +160,18 @@ class TLSTransport(asyncio.Transport):
             self.close()
 
     def pause_reading(self) -> None:
-        if self._reading and self._sock is not None:
+        if self._reading:
             self._reading = False
-            if not self._closing:
-                self._loop.remove_reader(self._fd)
+            self._watch()
 
     def resume_reading(self) -> None:
-        if not self._reading and self._sock is not None and not self._closing:
+        if not self._reading:
             self._reading = True
-            self._loop.add_reader(self._fd, self._read_ready)
-            self._loop.call_soon(self._read_ready)  # OpenSSL may hold decrypted bytes
+            self._watch()
+            self._loop.call_soon(self._readable)  # OpenSSL may hold decrypted bytes
 
     def is_reading(self) -> bool:
-        return self._reading and not self._closing
+        return self._wants_data()
 
     # -- writing ---------------------------------------------------------------------
 
@@ -145,23 +184,21 @@ class TLSTransport(asyncio.Transport):
                 self._sock.send(chunk)
                 return
             except ssl.SSLWantReadError:
-                self._inflight = chunk  # OpenSSL wants this very write repeated
                 self._write_wants_read = True
-                self._check_high()
-                return
-            except _WOULD_BLOCK:
+                self._inflight = chunk  # OpenSSL wants this very write repeated
+            except (ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
                 self._inflight = chunk
             except (OSError, ssl.SSLError) as exc:
                 self._fatal(exc)
                 return
         else:
             self._out += data
-        self._want_writer()
+        self._watch()
         self._check_high()
 
     def _flush(self) -> None:
         sock = self._sock
-        while sock is not None:
+        while sock is not None and not self._write_wants_read:
             if self._inflight is None:
                 if not self._out:
                     break
@@ -170,31 +207,20 @@ class TLSTransport(asyncio.Transport):
             try:
                 sock.send(self._inflight)
             except ssl.SSLWantReadError:
-                # OpenSSL must read before it can write (rare in TLS 1.3): retry when
-                # the socket is readable, not in a loop on "writable".
-                self._write_wants_read = True
-                if self._writer_on:
-                    self._writer_on = False
-                    self._loop.remove_writer(self._fd)
-                return
-            except _WOULD_BLOCK:
-                self._want_writer()
-                return
+                self._write_wants_read = True  # rare in TLS 1.3: retry when readable
+                break
+            except (ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
+                break
             except (OSError, ssl.SSLError) as exc:
                 self._fatal(exc)
                 return
             self._inflight = None
-        if self._writer_on:
-            self._writer_on = False
-            self._loop.remove_writer(self._fd)
+        if self._sock is None:
+            return
+        self._watch()
         self._check_low()
-        if self._closing and self._sock is not None:
+        if self._closing and not self.get_write_buffer_size():
             self._finish_close(None, notify_peer=True)
-
-    def _want_writer(self) -> None:
-        if not self._writer_on and self._sock is not None:
-            self._writer_on = True
-            self._loop.add_writer(self._fd, self._flush)
 
     def _check_high(self) -> None:
         if not self._writing_paused and self.get_write_buffer_size() > self._high:
@@ -219,8 +245,15 @@ class TLSTransport(asyncio.Transport):
         return self._low, self._high
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._high = HIGH_WATER if high is None else high
-        self._low = self._high // 4 if low is None else low
+        """As asyncio's transports: ``high`` defaults to four times ``low`` or 64 KiB, ``low``
+        to a quarter of ``high``."""
+        if high is None:
+            high = HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high, self._low = high, low
         self._check_high()
 
     def can_write_eof(self) -> bool:
@@ -239,12 +272,12 @@ class TLSTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
-        if self._sock is not None and self._reading:
-            self._loop.remove_reader(self._fd)
         if not self.get_write_buffer_size():
             self._finish_close(None, notify_peer=True)
-        else:  # a peer that never reads must not keep the socket forever
-            self._loop.call_later(CLOSE_TIMEOUT_S, self.abort)
+            return
+        self._watch()  # stop reading; keep writing out what is queued
+        # A peer that never reads must not keep the socket forever.
+        self._abort_timer = self._loop.call_later(CLOSE_TIMEOUT_S, self.abort)
 
     def abort(self) -> None:
         self._closing = True
@@ -256,15 +289,18 @@ class TLSTransport(asyncio.Transport):
         self._finish_close(exc, notify_peer=False)
 
     def _finish_close(self, exc: BaseException | None, *, notify_peer: bool) -> None:
-        sock, self._sock = self._sock, None
+        sock = self._sock
         if sock is None:
             return
-        self._loop.remove_reader(self._fd)
-        if self._writer_on:
-            self._writer_on = False
-            self._loop.remove_writer(self._fd)
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+            self._abort_timer = None
+        self._read_wants_write = self._write_wants_read = False
         self._out.clear()
         self._inflight = None
+        self._reading = False
+        self._watch()  # nothing watched any more: both removed before the close
+        self._sock = None
         if notify_peer:
             try:
                 sock.unwrap()  # sends close_notify; does not wait for the peer's
@@ -273,7 +309,10 @@ class TLSTransport(asyncio.Transport):
         sock.close()
         if not self._lost:
             self._lost = True
-            self._loop.call_soon(self._protocol.connection_lost, exc)
+            self._loop.call_soon(self._connection_lost, exc)
+
+    def _connection_lost(self, exc: BaseException | None) -> None:
+        self._protocol.connection_lost(exc)  # whichever protocol is current by then
 
     # -- the rest of the transport interface -----------------------------------------
 
@@ -288,53 +327,67 @@ class TLSTransport(asyncio.Transport):
 
 
 class _Handshake:
-    """A TLS handshake in progress on a freshly accepted socket."""
+    """A TLS handshake in progress on a freshly accepted socket. It waits for whichever
+    direction OpenSSL asks for, never both, and ends after ``handshake_timeout``."""
 
-    __slots__ = ("fd", "listener", "sock", "timer", "writer_on")
+    __slots__ = ("fd", "listener", "sock", "timer", "waiting_to_write")
 
     def __init__(self, listener: TLSListener, sock: ssl.SSLSocket) -> None:
         self.listener = listener
         self.sock = sock
         self.fd = sock.fileno()
-        self.writer_on = False
+        self.waiting_to_write = False
         loop = listener.loop
         self.timer = loop.call_later(listener.handshake_timeout, self.fail, "timed out")
         loop.add_reader(self.fd, self.step)
         listener.handshakes.add(self)
 
     def step(self) -> None:
-        loop = self.listener.loop
         try:
             self.sock.do_handshake()
         except ssl.SSLWantReadError:
-            self._writer(False)
+            self._wait(write=False)
             return
         except ssl.SSLWantWriteError:
-            self._writer(True)
+            self._wait(write=True)
             return
         except (OSError, ssl.SSLError, ValueError) as exc:
             self.fail(exc)
             return
         self._done()
-        loop.remove_reader(self.fd)
+        loop = self.listener.loop
         try:
             protocol = self.listener.protocol_factory()
-            TLSTransport(loop, self.sock, protocol, self.listener.context).start()
         except Exception:
-            log.exception("could not start the connection's protocol")
+            log.exception("could not make the connection's protocol")
             self.sock.close()
+            return
+        transport = TLSTransport(loop, self.sock, protocol, self.listener.context)
+        try:
+            transport.start()
+        except Exception as exc:
+            log.exception("could not start the connection's protocol")
+            transport._fatal(exc)  # closes, and tells the protocol it is over
 
-    def _writer(self, on: bool) -> None:
-        if on != self.writer_on:
-            self.writer_on = on
-            if on:
-                self.listener.loop.add_writer(self.fd, self.step)
+    def _wait(self, *, write: bool) -> None:
+        if write != self.waiting_to_write:
+            loop = self.listener.loop
+            self.waiting_to_write = write
+            if write:
+                loop.remove_reader(self.fd)
+                loop.add_writer(self.fd, self.step)
             else:
-                self.listener.loop.remove_writer(self.fd)
+                loop.remove_writer(self.fd)
+                loop.add_reader(self.fd, self.step)
 
     def _done(self) -> None:
+        """Stop the timer and watch nothing more; the socket itself stays open."""
         self.timer.cancel()
-        self._writer(False)
+        loop = self.listener.loop
+        if self.waiting_to_write:
+            loop.remove_writer(self.fd)
+        else:
+            loop.remove_reader(self.fd)
         self.listener.handshakes.discard(self)
 
     def fail(self, why: object) -> None:
@@ -343,7 +396,6 @@ class _Handshake:
             return  # already over; its descriptor number may belong to another socket now
         log.debug("TLS handshake failed: %s", why)
         self._done()
-        self.listener.loop.remove_reader(self.fd)
         self.sock.close()
 
 
@@ -382,7 +434,10 @@ class TLSListener:
                     self.loop.remove_reader(listening.fileno())
                     self.loop.call_later(ACCEPT_PAUSE_S, self._resume_accept, listening)
                     return
-                raise
+                # A connection that failed between SYN and accept (ECONNABORTED,
+                # EPROTO...): that one is gone, the listener is fine.
+                log.debug("accept failed: %r", exc)
+                continue
             try:
                 conn.setblocking(False)
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -253,6 +253,9 @@ def test_close_gives_up_on_a_peer_that_never_reads(
         writer.transport.pause_reading()  # the client stops reading for good
         proto.transport.write(b"z" * (16 << 20))
         proto.transport.close()
+        writer.write(b"after the close")  # a closing transport reads nothing more
+        await asyncio.sleep(0.1)
+        assert proto.received == b"hi"
         assert await asyncio.wait_for(proto.lost, 5) is None
         writer.close()
         listener.close()
@@ -269,3 +272,31 @@ def test_bind_refuses_a_port_in_use() -> None:
             bind("127.0.0.1", taken.getsockname()[1], 16)
     finally:
         taken.close()
+
+
+class Refuses(Recorder):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        raise RuntimeError("no")
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_protocol_failing_to_start_is_told_the_connection_is_over(
+        contexts: tuple[ssl.SSLContext, ssl.SSLContext], loop_name: str) -> None:
+    server_ctx, client_ctx = contexts
+
+    async def main() -> None:
+        Recorder.instances.clear()
+        listener, port = await listen(server_ctx, Refuses)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx,
+                                                       server_hostname="127.0.0.1")
+        for _ in range(200):
+            if Recorder.instances and Recorder.instances[0].lost.done():
+                break
+            await asyncio.sleep(0.01)
+        assert isinstance(Recorder.instances[0].lost.result(), RuntimeError)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        listener.close()
+
+    run(loop_name, main)
