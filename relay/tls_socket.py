@@ -136,7 +136,8 @@ class TLSTransport(asyncio.Transport):
                 break
             except ssl.SSLWantWriteError:
                 self._read_wants_write = True
-                break
+                self._watch()
+                return
             except (OSError, ssl.SSLError) as exc:
                 self._fatal(exc)
                 return
@@ -150,8 +151,7 @@ class TLSTransport(asyncio.Transport):
                 self._fatal(exc)
                 return
             if len(data) < RECORD and not (self._sock is not None and self._sock.pending()):
-                break  # a small message: the socket is most likely drained
-        self._watch()
+                return  # a small message: the socket is most likely drained
 
     def _eof(self) -> None:
         try:
