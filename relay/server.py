@@ -134,8 +134,9 @@ class SocketTLSServer(uvicorn.Server):
     WebSocket protocols, lifespan, connection tracking and graceful shutdown."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """As uvicorn's, on the listening ``sockets`` from :func:`listen`."""
         config = self.config
-        if config.ssl is None or config.fd is not None or config.uds:
+        if config.ssl is None or sockets is None:
             await super().startup(sockets=sockets)
             return
         await self.lifespan.startup()
@@ -147,23 +148,13 @@ class SocketTLSServer(uvicorn.Server):
                 config=config, server_state=self.server_state,
                 app_state=self.lifespan.state)
 
-        bound = sockets
-        if bound is None:
-            try:
-                bound = listening.bind(config.host, config.port, config.backlog)
-            except OSError as exc:
-                logging.getLogger("uvicorn.error").error(exc)
-                await self.lifespan.shutdown()
-                sys.exit(STARTUP_FAILURE)
-            self._log_started_message(bound)
-        listener = TLSListener(asyncio.get_running_loop(), bound, config.ssl,
-                               create_protocol)
-        self.servers = [listener]  # type: ignore[list-item]
+        self.servers = [TLSListener(  # type: ignore[list-item]
+            asyncio.get_running_loop(), sockets, config.ssl, create_protocol)]
         self.started = True
 
 
-def serve(relay: Relay, sockets: list[socket.socket] | None = None) -> None:
-    """Serve until stopped, on ``sockets`` from :func:`listen` if given."""
+def serve(relay: Relay, sockets: list[socket.socket]) -> None:
+    """Serve until stopped, on the listening ``sockets`` from :func:`listen`."""
     logging.basicConfig(level=relay.config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = without_session_tickets(uvicorn_config(relay))
