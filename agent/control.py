@@ -11,6 +11,7 @@ import contextlib
 import logging
 import random
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,16 +70,19 @@ async def session(ws: ClientConnection, enrollment: Enrollment, key: keys.Privat
     heartbeat_s = welcome["heartbeat_s"]
     state.write_status("online", relay=enrollment.relay_url, agent_id=enrollment.agent_id)
     log.info("connected to %s as %s", enrollment.relay_url, enrollment.agent_id)
-    last_ack = time.monotonic()
+    clock = protocol.HeartbeatClock(heartbeat_s, time.monotonic())
+    _limit_unacknowledged(ws, heartbeat_s)
 
     async def heartbeats() -> None:
         while True:
             await asyncio.sleep(heartbeat_s)
-            if time.monotonic() - last_ack > heartbeat_s * 2.5:
-                log.warning("no heartbeat answer from the relay; reconnecting")
+            ask = clock.tick(time.monotonic())
+            if ask is None:
+                log.warning("no answer from the relay for %.0f s; reconnecting",
+                            time.monotonic() - clock.heard)
                 await ws.close(4408, "no heartbeat answer")
                 return
-            await ws.send(protocol.encode("hb", stats=heartbeat_stats()))
+            await ws.send(protocol.encode("hb", stats=heartbeat_stats(), ack=ask))
 
     beat = asyncio.create_task(heartbeats())
     health = asyncio.create_task(health_loop(ws.send, state.root, welcome["relay_time"]))
@@ -96,10 +100,9 @@ async def session(ws: ClientConnection, enrollment: Enrollment, key: keys.Privat
                     beat.result()
                 return
             msg = protocol.parse_relay_message(receiving.result())
+            clock.heard_from_relay(time.monotonic())
             kind = msg["type"]
-            if kind == "hb_ack":
-                last_ack = time.monotonic()
-            elif kind == "ping":
+            if kind == "ping":
                 await ws.send(protocol.encode("pong", id=msg["id"]))
             elif kind == "dial" and runner is not None:
                 runner.dial(msg, ws.send)
@@ -111,6 +114,18 @@ async def session(ws: ClientConnection, enrollment: Enrollment, key: keys.Privat
         beat.cancel()
         health.cancel()
         stopping.cancel()
+
+
+def _limit_unacknowledged(ws: ClientConnection, heartbeat_s: float) -> None:
+    """Where the system offers it (Linux), a heartbeat the relay's host does not even
+    acknowledge for 2.5 periods ends the connection: a vanished relay host or a NAT
+    that forgot us is noticed without waiting for an application-level answer."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    sock = ws.transport.get_extra_info("socket") if ws.transport is not None else None
+    if option is None or sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, option, int(heartbeat_s * 2.5 * 1000))
 
 
 async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff(),

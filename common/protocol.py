@@ -89,7 +89,8 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "signature": _s(128, pattern=_B64_RE),
         "version": _s(64),
     },
-    "hb": {"stats": Field(dict, required=False)},
+    # ``ack``: answer this one with ``hb_ack`` (absent means yes, as before it existed).
+    "hb": {"stats": Field(dict, required=False), "ack": Field(bool, required=False)},
     "pong": {"id": _s(64)},
     "health": {"alerts": Field(list)},
     "enroll": {
@@ -158,6 +159,7 @@ def _refuse_constant(name: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_SCAN = _DECODER.scan_once
 # A text of at most this many characters cannot exceed the byte limit (UTF-8 takes at
 # most 4 bytes a character), so short frames skip the re-encoding that measures them.
 _SURELY_SHORT = MAX_FRAME_BYTES // 4
@@ -173,7 +175,43 @@ def encode(msg_type: str, **fields: Any) -> str:
     return text
 
 
-_HB_KEYS = frozenset({"v", "type", "stats"})
+_HB_KEYS = frozenset({"v", "type", "stats", "ack"})
+
+
+class HeartbeatClock:
+    """The agent's side of heartbeats: when to ask the relay for an answer, and when to
+    give up on a relay that does not give one.
+
+    Every heartbeat tells the relay the agent is alive, but most need no answer: the
+    connection itself says the relay is there (a relay that stops or restarts closes
+    it, and on Linux ``TCP_USER_TIMEOUT`` ends one whose heartbeats are not even
+    acknowledged by the relay's host), and an answer to every heartbeat was a fifth of
+    a relay's CPU at 10,000 idle agents (docs/benchmarks.md, "Idle agents"). So a
+    heartbeat asks for ``hb_ack`` only after ``ASK_AFTER`` periods without any frame
+    from the relay, which catches a relay process that hangs with its sockets open;
+    after ``GIVE_UP_AFTER`` periods of silence, that answer did not come and the agent
+    reconnects. Times are the caller's monotonic clock, in seconds."""
+
+    ASK_AFTER = 3.5  #: periods of silence before a heartbeat asks (every 4th when idle)
+    GIVE_UP_AFTER = 5.5  #: periods of silence after which the relay counts as gone
+
+    __slots__ = ("heard", "period")
+
+    def __init__(self, period_s: float, now: float) -> None:
+        self.period = period_s
+        self.heard = now
+
+    def heard_from_relay(self, now: float) -> None:
+        """Any frame from the relay shows it is alive."""
+        self.heard = now
+
+    def tick(self, now: float) -> bool | None:
+        """At a heartbeat tick: whether this heartbeat asks for an answer, or ``None``
+        when the relay has been silent too long and the connection should be dropped."""
+        silent = now - self.heard
+        if silent > self.GIVE_UP_AFTER * self.period:
+            return None
+        return silent >= self.ASK_AFTER * self.period
 
 
 def encode_hb_ack(relay_time: float) -> str:
@@ -201,7 +239,15 @@ def decode(frame: str | bytes, allowed: frozenset[str] | None = None) -> dict[st
             frame.encode("utf-8", "surrogatepass")) > MAX_FRAME_BYTES):
         raise ProtocolError("too_large", f"frame over {MAX_FRAME_BYTES} bytes")
     try:
-        msg = _DECODER.decode(frame)
+        try:
+            # The decoder's C scanner alone, when the object fills the frame (what
+            # agents send): ``decode`` adds two whitespace matches per message around
+            # it. Anything else (whitespace, trailing bytes, an error) goes the long way.
+            msg, end = _SCAN(frame, 0)
+            if end != len(frame):
+                raise StopIteration(end)
+        except StopIteration:
+            msg = _DECODER.decode(frame)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError("bad_json", "frame is not valid JSON") from exc
     validate(msg)
@@ -227,6 +273,8 @@ def validate(msg: Any) -> None:
             if not isinstance(msg["stats"], dict):
                 raise ProtocolError("bad_field", "hb: stats has the wrong type")
             _check_stats(msg["stats"])
+        if "ack" in msg and not isinstance(msg["ack"], bool):
+            raise ProtocolError("bad_field", "hb: ack has the wrong type")
         return
     schema = SCHEMAS[msg_type]
     for name in msg:
@@ -239,7 +287,8 @@ def validate(msg: Any) -> None:
             continue
         value = msg[name]
         # bool is an int in Python; a protocol number is never a boolean.
-        if isinstance(value, bool) or not isinstance(value, rule.kind):
+        if (isinstance(value, bool) and rule.kind is not bool) or not isinstance(
+                value, rule.kind):
             raise ProtocolError("bad_field", f"{msg_type}: {name} has the wrong type")
         if rule.max_len is not None and len(value) > rule.max_len:
             raise ProtocolError("bad_field", f"{msg_type}: {name} is too long")

@@ -310,6 +310,8 @@ def _reply(relay: Relay, conn: Connected, frame: str | bytes) -> str | None:
     conn.last_seen = time.time()
     kind = msg["type"]
     if kind == "hb":
+        if not msg.get("ack", True):
+            return None  # the agent did not ask: most heartbeats need no answer
         relay.metrics.control_out += 1
         return protocol.encode_hb_ack(conn.last_seen)
     if kind == "pong":

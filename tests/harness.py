@@ -7,6 +7,7 @@ sockets. Every wait is bounded.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def run_on_loop(loop_name: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main`` on plain asyncio or on uvloop (the relay runs on either)."""
+    if loop_name == "uvloop":
+        import pytest
+
+        uvloop = pytest.importorskip("uvloop")
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+
+
+async def play_relay_handshake(ws: Any, fingerprint: str, agent: AgentProcess,
+                               heartbeat_s: int = 30) -> dict[str, Any]:
+    """The relay's side of the control handshake, for a test posing as the relay: a
+    challenge, the agent's signed answer checked against its key, a ``welcome``."""
+    from backline.common import keys, protocol
+
+    handshake = protocol.RelayHandshake(fingerprint)
+    await ws.send(handshake.challenge(time.time()))
+    msg = handshake.receive_auth(await ws.recv())
+    public = keys.public_raw(keys.load_private(agent.state_dir / "identity_key"))
+    assert handshake.verify(msg, public)
+    await ws.send(protocol.encode("welcome", agent_id=msg["agent_id"],
+                                  heartbeat_s=heartbeat_s, relay_time=time.time()))
+    return msg
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:

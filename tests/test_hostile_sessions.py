@@ -21,10 +21,10 @@ from typing import Any
 import asyncssh
 from websockets.asyncio.server import ServerConnection, serve
 
-from backline.common import keys, protocol
+from backline.common import protocol
 from backline.common.wstunnel import WebSocketTunnel
 from backline.relay.datadir import pem_fingerprint
-from tests.harness import AgentProcess, RelayProcess, free_port
+from tests.harness import AgentProcess, RelayProcess, free_port, play_relay_handshake
 
 POLICY = '[capabilities]\ninfo = "allow"\ndiagnostics = "deny"\n'
 
@@ -56,13 +56,7 @@ class Impostor:
     async def handler(self, ws: ServerConnection) -> None:
         path = ws.request.path if ws.request else ""
         if path == "/agent/connect":
-            handshake = protocol.RelayHandshake(self.fingerprint)
-            await ws.send(handshake.challenge(time.time()))
-            msg = handshake.receive_auth(await ws.recv())
-            public = keys.public_raw(keys.load_private(self.agent.state_dir / "identity_key"))
-            assert handshake.verify(msg, public)
-            await ws.send(protocol.encode("welcome", agent_id=msg["agent_id"], heartbeat_s=30,
-                                          relay_time=time.time()))
+            await play_relay_handshake(ws, self.fingerprint, self.agent)
             self.control = ws
             self.connected.set()
             async for frame in ws:

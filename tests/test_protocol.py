@@ -218,8 +218,8 @@ def test_fast_hb_ack_is_the_generic_one(relay_time: float) -> None:
 
 
 @given(st.dictionaries(st.text(max_size=70), st.one_of(
-    st.integers(), st.floats(allow_nan=False), st.booleans(), st.text(max_size=3), st.none()),
-    max_size=40))
+    st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.booleans(),
+    st.text(max_size=3), st.none()), max_size=40))
 def test_hb_fast_path_checks_what_the_schema_says(stats: dict) -> None:
     """The heartbeat's own check agrees with the rules: short names, numbers, at most 32."""
     ok = len(stats) <= 32 and all(
@@ -231,6 +231,68 @@ def test_hb_fast_path_checks_what_the_schema_says(stats: dict) -> None:
     else:
         with pytest.raises(protocol.ProtocolError):
             protocol.parse_agent_message(frame)
-    for extra in ({"stats": 5}, {"stats": [1]}, {"extra": 1}, {"stats": None}):
+    for extra in ({"stats": 5}, {"stats": [1]}, {"extra": 1}, {"stats": None}, {"ack": 1},
+                  {"ack": "yes"}, {"ack": None}):
         with pytest.raises(protocol.ProtocolError):
             protocol.parse_agent_message(json.dumps({"v": 1, "type": "hb", **extra}))
+
+
+def test_hb_ack_field_is_a_boolean_and_survives_encoding() -> None:
+    for ask in (True, False):
+        msg = protocol.parse_agent_message(protocol.encode("hb", stats={"cpu_pct": 1.0}, ack=ask))
+        assert msg["ack"] is ask
+    assert "ack" not in protocol.parse_agent_message('{"v":1,"type":"hb"}')  # older agents
+    with pytest.raises(protocol.ProtocolError):
+        protocol.encode("hb", ack=1)
+
+
+def test_heartbeat_clock_asks_every_fourth_tick_and_gives_up_on_a_silent_relay() -> None:
+    period = 30.0
+    clock = protocol.HeartbeatClock(period, now=0.0)
+    # An answering relay: asked every fourth heartbeat, never given up on.
+    asked = []
+    for tick in range(1, 13):
+        now = tick * period
+        ask = clock.tick(now)
+        assert ask is not None
+        asked.append(ask)
+        if ask:
+            clock.heard_from_relay(now + 0.01)
+    assert asked == [False, False, False, True] * 3
+    # Any frame from the relay counts, not only hb_ack.
+    clock = protocol.HeartbeatClock(period, now=0.0)
+    for tick in range(1, 30):
+        clock.heard_from_relay(tick * period - 1)
+        assert clock.tick(tick * period) is False
+    # A relay that stops answering: asked at the fourth tick and the fifth, dropped
+    # at the sixth (three minutes without a word at 30 s heartbeats).
+    clock = protocol.HeartbeatClock(period, now=0.0)
+    outcomes = [clock.tick(tick * period) for tick in range(1, 7)]
+    assert outcomes == [False, False, False, True, True, None]
+
+
+@given(st.one_of(
+    st.text(max_size=80),
+    st.builds(lambda pre, stats, post: pre + json.dumps({"v": 1, "type": "hb",
+                                                          "stats": stats}) + post,
+              st.sampled_from(["", " ", "\n", "x"]),
+              st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+              st.sampled_from(["", " ", "\t\n", "}", "{}", "x"]))))
+def test_the_scanner_shortcut_reads_json_as_the_decoder_does(frame: str) -> None:
+    """``decode`` runs the JSON scanner alone when the object fills the frame; with
+    whitespace around it, bytes after it or anything broken it is the decoder's say."""
+    def outcome(parse: Any) -> object:
+        try:
+            return parse()
+        except protocol.ProtocolError as err:
+            return err.code
+
+    def reference() -> object:
+        try:
+            msg = protocol._DECODER.decode(frame)
+        except (ValueError, RecursionError):
+            raise protocol.ProtocolError("bad_json", "") from None
+        protocol.validate(msg)
+        return msg
+
+    assert outcome(lambda: protocol.decode(frame)) == outcome(reference)
