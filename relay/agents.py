@@ -96,6 +96,8 @@ class Connected:
     close: Callable[[int, str], Any]
     last_seen: float = field(default_factory=time.time)
     pending_pings: dict[str, Any] = field(default_factory=dict)
+    #: Puts the socket's reads on the shared timer or takes them off (lean sockets).
+    quiet: Callable[[bool], Any] | None = None
 
 
 class Presence:

@@ -128,7 +128,8 @@ async def connect_endpoint(ws: WebSocket) -> None:
         return
     agent_id, group_id, version = login
     conn = Connected(agent_id=agent_id, group_id=group_id, address=address,
-                     connected_at=time.time(), send=ws.send_text, close=ws.close)
+                     connected_at=time.time(), send=ws.send_text, close=ws.close,
+                     quiet=ws.set_quiet if isinstance(ws, LeanSocket) else None)
     await _replace(relay.presence.add(conn))
     relay.record_soon(f"agent:{agent_id}", "agent.connect", f"agent:{agent_id}",
                       address=address, version=version)
@@ -256,6 +257,8 @@ class _CallbackServer:
 
     async def run(self) -> str:
         self.ws.handler = self.on_message
+        if not self.conn.pending_pings:  # a ping already sent keeps its socket loud
+            self.ws.set_quiet(True)  # heartbeats may wait a few ms to share a wake-up
         for frame in self.ws.take_pending():
             if self.ws.done:
                 break
@@ -340,6 +343,8 @@ async def ping(relay: Relay, conn: Connected) -> float | None:
     ping_id = secrets.token_hex(8)
     waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
     conn.pending_pings[ping_id] = waiter
+    if conn.quiet is not None:
+        conn.quiet(False)  # the pong must not wait for the quiet readers' next tick
     started = time.perf_counter()
     try:
         await conn.send(protocol.encode("ping", id=ping_id))
@@ -349,4 +354,6 @@ async def ping(relay: Relay, conn: Connected) -> float | None:
         return None
     finally:
         conn.pending_pings.pop(ping_id, None)
+        if conn.quiet is not None and not conn.pending_pings:
+            conn.quiet(True)
     return round((answered - started) * 1000, 2)

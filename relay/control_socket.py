@@ -161,6 +161,14 @@ class LeanSocket(asyncio.Protocol):
                 self.transport.resume_reading()
         return pending
 
+    def set_quiet(self, quiet: bool = True) -> None:
+        """Whether this socket's reads share a timer's wake-ups with the other agents'
+        (:mod:`backline.relay.quiet_readers`), where the transport can: for a socket
+        that mostly idles, once authenticated; not while a ping waits for its pong."""
+        set_quiet = getattr(self.transport, "set_quiet", None)
+        if set_quiet is not None and not self._gone:
+            set_quiet(quiet)
+
     def close_now(self, code: int, reason: str = "") -> None:
         self._send_close(code, reason)
 

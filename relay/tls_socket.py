@@ -29,6 +29,9 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from backline.relay import quiet_readers
+from backline.relay.quiet_readers import QuietReaders
+
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
@@ -57,6 +60,11 @@ class TLSTransport(asyncio.Transport):
         super().__init__()
         self._loop = loop
         self._sock: ssl.SSLSocket | None = sock
+        # OpenSSL's connection object itself (``_ssl._SSLSocket``): ``read``, ``write``
+        # and ``pending`` without the three layers of checks ``ssl.SSLSocket`` puts in
+        # front of each, per heartbeat. The wrapper's one extra (a ragged EOF read as
+        # end of stream) is done in :meth:`_read`; without the attribute, the wrapper.
+        self._ssl: Any = getattr(sock, "_sslobj", None) or sock
         self._fd = sock.fileno()
         self._protocol = protocol
         self._extra: dict[str, Any] = {
@@ -67,7 +75,8 @@ class TLSTransport(asyncio.Transport):
         }
         self._out = bytearray()
         self._inflight: bytes | None = None  # a write OpenSSL must be given again as is
-        self._reader_on = False
+        self._reader_on: asyncio.AbstractEventLoop | QuietReaders | None = None
+        self._quiet = False  # read through QuietReaders (see set_quiet)
         self._writer_on = False
         self._write_wants_read = False  # the pending write waits for readability
         self._read_wants_write = False  # reading waits for writability
@@ -97,12 +106,18 @@ class TLSTransport(asyncio.Transport):
         reader = (not self._read_wants_write
                   and (self._wants_data() or self._write_wants_read))
         writer = self._read_wants_write or (pending and not self._write_wants_read)
-        if reader != self._reader_on:
-            self._reader_on = reader
-            if reader:
-                self._loop.add_reader(self._fd, self._readable)
-            else:
+        where = (None if not reader
+                 else QuietReaders.of(self._loop) if self._quiet else self._loop)
+        if where is not self._reader_on:
+            if isinstance(self._reader_on, QuietReaders):
+                self._reader_on.remove(self._fd)
+            elif self._reader_on is not None:
                 self._loop.remove_reader(self._fd)
+            self._reader_on = where
+            if isinstance(where, QuietReaders):
+                where.add(self._fd, self._readable)
+            elif where is not None:
+                self._loop.add_reader(self._fd, self._readable)
         if writer != self._writer_on:
             self._writer_on = writer
             if writer:
@@ -127,17 +142,18 @@ class TLSTransport(asyncio.Transport):
 
     def _read(self) -> None:
         for _ in range(MAX_RECORDS_PER_WAKE):
-            sock = self._sock
-            if sock is None or not self._wants_data():
+            if self._sock is None or not self._wants_data():
                 break
             try:
-                data = sock.recv(READ_SIZE)
+                data = self._ssl.read(READ_SIZE)
             except (ssl.SSLWantReadError, BlockingIOError, InterruptedError):
                 break
             except ssl.SSLWantWriteError:
                 self._read_wants_write = True
                 self._watch()
                 return
+            except ssl.SSLEOFError:
+                data = b""  # the peer hung up without close_notify: end of stream
             except (OSError, ssl.SSLError) as exc:
                 self._fatal(exc)
                 return
@@ -150,7 +166,7 @@ class TLSTransport(asyncio.Transport):
                 log.exception("the connection's protocol failed on incoming data")
                 self._fatal(exc)
                 return
-            if len(data) < RECORD and not (self._sock is not None and self._sock.pending()):
+            if len(data) < RECORD and not (self._sock is not None and self._ssl.pending()):
                 return  # a small message: the socket is most likely drained
 
     def _eof(self) -> None:
@@ -173,6 +189,15 @@ class TLSTransport(asyncio.Transport):
     def is_reading(self) -> bool:
         return self._wants_data()
 
+    def set_quiet(self, quiet: bool = True) -> None:
+        """Whether this connection's reads may wait a little (up to
+        :data:`~backline.relay.quiet_readers.HOLD_S`) to share a wake-up with others:
+        for a socket that mostly idles and whose messages are not urgent. Where
+        epoll is missing, nothing changes."""
+        if quiet != self._quiet and quiet_readers.SUPPORTED:
+            self._quiet = quiet
+            self._watch()
+
     # -- writing ---------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -181,7 +206,7 @@ class TLSTransport(asyncio.Transport):
         if self._inflight is None and not self._out and len(data) <= WRITE_CHUNK:
             chunk = bytes(data)
             try:
-                self._sock.send(chunk)
+                self._ssl.write(chunk)
                 return
             except ssl.SSLWantReadError:
                 self._write_wants_read = True
@@ -205,7 +230,7 @@ class TLSTransport(asyncio.Transport):
                 self._inflight = bytes(self._out[:WRITE_CHUNK])
                 del self._out[:WRITE_CHUNK]
             try:
-                sock.send(self._inflight)
+                self._ssl.write(self._inflight)
             except ssl.SSLWantReadError:
                 self._write_wants_read = True  # rare in TLS 1.3: retry when readable
                 break
@@ -301,6 +326,7 @@ class TLSTransport(asyncio.Transport):
         self._reading = False
         self._watch()  # nothing watched any more: both removed before the close
         self._sock = None
+        self._ssl = None
         if notify_peer:
             try:
                 sock.unwrap()  # sends close_notify; does not wait for the peer's

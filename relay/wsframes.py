@@ -61,6 +61,12 @@ class FrameReader:
         self._partial: bytearray | None = None
 
     def feed(self, data: bytes) -> list[tuple[int, object]]:
+        # What an idle agent sends, 333 times a second at 10,000 agents: one whole,
+        # small, masked, final text frame in one read. Same checks, in fewer steps.
+        if self._partial is None and len(data) > 6 and data[0] == 0x81:
+            length = data[1] - 0x80  # negative: not masked, which the long way refuses
+            if 0 <= length < 126 and len(data) == 6 + length and length <= self.max_size:
+                return [_message(OP_TEXT, apply_mask(data[6:], data[2:6]))]
         if self._partial is not None:
             self._partial += data
             buf: bytes | bytearray = self._partial

@@ -12,7 +12,9 @@ import socket
 import ssl
 import struct
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -65,6 +67,32 @@ def test_garbage_is_a_frame_error_or_a_wait_never_a_crash(junk: bytes) -> None:
         reader.feed(junk)
     except FrameError as err:
         assert 1000 <= err.code < 1012 and err.reason
+
+
+def _outcome(feed: Any) -> object:
+    try:
+        return feed()
+    except FrameError as err:
+        return ("error", err.code, err.reason)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.builds(client_frame, st.sampled_from([0x0, 0x1, 0x2, 0x3, 0x8, 0x9, 0xA]),
+              st.binary(max_size=130), fin=st.booleans(), rsv=st.sampled_from([0, 0x40]),
+              masked=st.booleans()),
+    st.binary(max_size=140)), st.sampled_from([4, 60, 1024]))
+def test_the_one_frame_shortcut_agrees_with_the_long_way(data: bytes, max_size: int) -> None:
+    """A whole small text frame in one read takes a shortcut (what idle agents send);
+    the same bytes split after the first byte take the general path. Same outcome."""
+    def whole() -> object:
+        return FrameReader(max_size).feed(data)
+
+    def split() -> object:
+        reader = FrameReader(max_size)
+        return reader.feed(data[:1]) + reader.feed(data[1:])
+
+    assert _outcome(whole) == _outcome(split)
 
 
 @pytest.mark.parametrize(("frame", "code", "words"), [
@@ -258,6 +286,51 @@ def test_a_message_in_the_same_packet_as_the_auth_is_answered(
         assert welcome["type"] == "welcome" and ack["type"] == "hb_ack"
     finally:
         sock.close()
+
+
+def test_only_a_heartbeat_that_asks_is_answered(tmp_path: Path, relay: RelayProcess) -> None:
+    """``"ack": false`` heartbeats are taken (the relay counts them) but not answered;
+    the one that asks gets its ``hb_ack`` and nothing else follows."""
+    import json
+
+    from backline.common import keys, protocol
+    from backline.relay.datadir import pem_fingerprint
+
+    agent = AgentProcess(tmp_path, "quiet")
+    assert agent.enroll(relay.token()).returncode == 0
+    key = keys.load_private(agent.state_dir / "identity_key")
+    sock, head = raw_upgrade(relay)
+    try:
+        [challenge] = read_server_frames(sock, head.partition(b"\r\n\r\n")[2], 1)
+        auth = protocol.answer_challenge(challenge, agent.agent_id, key,
+                                         pem_fingerprint(relay.data_dir / "tls.crt"), "t")
+        sock.sendall(client_frame(wsframes.OP_TEXT, auth.encode()))
+        [welcome] = (json.loads(f) for f in read_server_frames(sock, b"", 1))
+        assert welcome["type"] == "welcome"
+        before = control_messages(relay)
+        quiet = protocol.encode("hb", stats={"cpu_pct": 1.0}, ack=False).encode()
+        asking = protocol.encode("hb", ack=True).encode()
+        sock.sendall(client_frame(wsframes.OP_TEXT, quiet) * 3
+                     + client_frame(wsframes.OP_TEXT, asking))
+        [ack] = (json.loads(f) for f in read_server_frames(sock, b"", 1))
+        assert ack["type"] == "hb_ack"
+        sock.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            sock.recv(65536)  # no answer to the quiet ones
+        after = control_messages(relay)
+        assert (after["in"] - before["in"], after["out"] - before["out"]) == (4, 1)
+    finally:
+        sock.close()
+
+
+def control_messages(relay: RelayProcess) -> dict[str, float]:
+    counts = {}
+    text = httpx.get(relay.url + "/metrics", verify=relay.tls(), timeout=5).text
+    for line in text.splitlines():
+        if line.startswith("backline_control_messages_total{"):
+            way = line.split('"')[1]
+            counts[way] = float(line.rsplit(" ", 1)[1])
+    return counts
 
 
 class _Sink(asyncio.Transport):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import socket
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,7 +19,9 @@ import pytest
 from backline.relay import tls_socket
 from backline.relay.datadir import write_self_signed
 from backline.relay.listening import bind
+from backline.relay.quiet_readers import QuietReaders
 from backline.relay.tls_socket import TLSListener
+from tests.harness import run_on_loop
 
 LOOPS = ["asyncio", "uvloop"]
 
@@ -34,14 +37,6 @@ def contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, 
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.load_verify_locations(cert)
     return server, client
-
-
-def run(loop_name: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    if loop_name == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
 
 
 class Recorder(asyncio.Protocol):
@@ -126,7 +121,7 @@ def test_echo_extra_info_and_clean_close(contexts: tuple[ssl.SSLContext, ssl.SSL
         writer.close()
         listener.close()
 
-    run(loop_name, main)
+    run_on_loop(loop_name, main)
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)
@@ -170,7 +165,7 @@ def test_a_megabyte_each_way_with_flow_control(
         assert await asyncio.wait_for(proto.lost, 5) is None  # the client's close_notify
         listener.close()
 
-    run(loop_name, main)
+    run_on_loop(loop_name, main)
 
 
 async def _served_after(listener_port: int, client_ctx: ssl.SSLContext) -> None:
@@ -211,7 +206,7 @@ def test_silent_and_garbage_clients_are_dropped(
         await _served_after(port, client_ctx)
         listener.close()
 
-    run(loop_name, main)
+    run_on_loop(loop_name, main)
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)
@@ -235,7 +230,73 @@ def test_client_vanishing_mid_transfer(contexts: tuple[ssl.SSLContext, ssl.SSLCo
         await _served_after(port, client_ctx)
         listener.close()
 
-    run(loop_name, main)
+    run_on_loop(loop_name, main)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_client_hanging_up_without_close_notify_is_an_end_of_stream(
+        contexts: tuple[ssl.SSLContext, ssl.SSLContext], loop_name: str) -> None:
+    """A TCP FIN without TLS close_notify (a "ragged" end, common from clients) is the
+    end of the stream, as ``ssl.SSLSocket`` reads it: ``eof_received``, then the end
+    of the connection with no error."""
+    server_ctx, client_ctx = contexts
+
+    class EofRecorder(Recorder):
+        eof = False
+
+        def eof_received(self) -> bool | None:
+            self.eof = True
+            return None
+
+    async def main() -> None:
+        Recorder.instances.clear()
+        listener, port = await listen(server_ctx, lambda: EofRecorder(echo=False))
+        _, writer, proto = await connect_and_send(port, client_ctx, b"last words")
+        fd = os.dup(writer.get_extra_info("socket").fileno())
+        with socket.socket(fileno=fd) as raw:
+            raw.shutdown(socket.SHUT_WR)  # FIN under the TLS layer: no close_notify
+        assert await asyncio.wait_for(proto.lost, 5) is None
+        assert isinstance(proto, EofRecorder) and proto.eof
+        writer.transport.abort()
+        await _served_after(port, client_ctx)
+        listener.close()
+
+    run_on_loop(loop_name, main)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_quiet_tls_transport_still_echoes_pauses_and_closes(
+        contexts: tuple[ssl.SSLContext, ssl.SSLContext], loop_name: str) -> None:
+    server_ctx, client_ctx = contexts
+
+    async def main() -> None:
+        Recorder.instances.clear()
+        listener, port = await listen(server_ctx, Recorder)
+        reader, writer, proto = await connect_and_send(port, client_ctx, b"loud")
+        assert await reader.readexactly(4) == b"LOUD"
+        transport = proto.transport
+        assert transport is not None
+        transport.set_quiet(True)  # type: ignore[attr-defined]
+        quiet = QuietReaders.of(asyncio.get_running_loop())
+        assert len(quiet) == 1
+        writer.write(b"soft")
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"SOFT"
+        transport.pause_reading()
+        assert len(quiet) == 0  # a paused transport is not watched at all
+        writer.write(b"later")
+        await asyncio.sleep(0.1)
+        assert bytes(proto.received) == b"loudsoft"
+        transport.resume_reading()
+        assert await asyncio.wait_for(reader.readexactly(5), 5) == b"LATER"
+        assert len(quiet) == 1
+        transport.close()
+        assert await reader.read() == b""
+        assert await asyncio.wait_for(proto.lost, 5) is None
+        assert len(quiet) == 0
+        writer.close()
+        listener.close()
+
+    run_on_loop(loop_name, main)
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)
@@ -260,7 +321,7 @@ def test_close_gives_up_on_a_peer_that_never_reads(
         writer.close()
         listener.close()
 
-    run(loop_name, main)
+    run_on_loop(loop_name, main)
 
 
 def test_bind_refuses_a_port_in_use() -> None:
@@ -299,4 +360,4 @@ def test_a_protocol_failing_to_start_is_told_the_connection_is_over(
         writer.close()
         listener.close()
 
-    run(loop_name, main)
+    run_on_loop(loop_name, main)
