@@ -7,7 +7,10 @@ Ed25519 challenge, 30 s heartbeats), many per client process, to one real
 - relay memory per agent: (RSS with N agents connected and idle - RSS before the
   first agent) / N, measured after the steady-state window (USS and PSS too);
 - relay CPU at steady state, as a percentage of one core, over ``--steady-seconds``
-  while every agent heartbeats every 30 s (first beat jittered, so they are spread);
+  while every agent heartbeats every 30 s (first beat jittered, so they are spread)
+  and asks for an answer as the real agent does (every fourth heartbeat when idle,
+  :class:`backline.common.protocol.HeartbeatClock`), after a warm-up of four
+  heartbeats; the relay's own counts of messages in and out are reported with it;
 - the time for all N to be back after the relay is killed (SIGKILL) and started
   again at once on the same data directory: from the kill until the last agent has
   re-completed the handshake. Agents reconnect with the real agent's backoff
@@ -16,7 +19,7 @@ Ed25519 challenge, 30 s heartbeats), many per client process, to one real
 Goal: 10,000 agents at <= 40 KiB relay RSS each, < 5 % of one core at steady state,
 all back within 60 s of a restart.
 
-    python -m bench.idle_agents [--agents 1000,10000] [--steady-seconds 60] [--clients 4]
+    python -m bench.idle_agents [--agents 1000,10000] [--steady-seconds 120] [--clients 4]
 
 Agents are enrolled by writing their rows straight into the relay's database with
 the relay's own code (enrollment is not what is measured). ``--loop`` sets the
@@ -166,20 +169,35 @@ class Relay:
             self.http.close()
             self.http = None
 
-    def agents_connected(self) -> int | None:
-        """``agents_connected`` from /readyz over HTTPS (keep-alive), or None."""
+    def _get(self, path: str) -> bytes | None:
+        """``GET path`` over HTTPS (keep-alive, one retry on a fresh connection), or None."""
         for _ in range(2):
             try:
                 if self.http is None:
                     self.http = http.client.HTTPSConnection(
                         "127.0.0.1", self.port, timeout=5, context=client_context())
-                self.http.request("GET", "/readyz")
-                r = self.http.getresponse()
-                body = json.loads(r.read())
-                return int(body["agents_connected"]) if body.get("ready") else None
-            except (OSError, http.client.HTTPException, ValueError, KeyError):
+                self.http.request("GET", path)
+                return self.http.getresponse().read()
+            except (OSError, http.client.HTTPException):
                 self.close_http()
         return None
+
+    def agents_connected(self) -> int | None:
+        """``agents_connected`` from /readyz, or None."""
+        try:
+            body = json.loads(self._get("/readyz") or b"{}")
+            return int(body["agents_connected"]) if body.get("ready") else None
+        except (ValueError, KeyError):
+            return None
+
+    def control_messages(self) -> dict[str, float]:
+        """The relay's own count of control messages in and out (``/metrics``)."""
+        out: dict[str, float] = {}
+        for line in (self._get("/metrics") or b"").decode().splitlines():
+            for way in ("in", "out"):
+                if line.startswith(f'backline_control_messages_total{{direction="{way}"}}'):
+                    out[way] = float(line.rsplit(" ", 1)[1])
+        return out
 
     def kill9(self) -> None:
         if self.alive():
@@ -263,6 +281,13 @@ def _variant_config(name: str) -> None:
             after_load.append(lambda cfg: setattr(cfg.ssl, "num_tickets", 0))
         elif part in ("tracemalloc", "profile", "gcstats"):
             _install_probe(part)
+        elif part == "ab":
+            # Investigation: run $BENCH_AB (a Python file) in the relay process before it
+            # starts, e.g. to install a signal that switches between two behaviours, so
+            # both are measured in one run (runs differ by a point of CPU here).
+            import runpy
+
+            runpy.run_path(os.environ["BENCH_AB"])
         elif part in ("asyncio", "uvloop", "default"):
             pass  # the loop comes from BACKLINE_EVENT_LOOP
         else:
@@ -442,15 +467,15 @@ class AuthRefused(Exception):
 
 async def _hold(ws: Any, hb_s: float, stop: asyncio.Event, stats: ClientStats) -> None:
     """Heartbeat every ``hb_s`` (the first one jittered) and read answers until closed,
-    giving up on a relay that has not answered for 2.5 heartbeats, as the agent does."""
-    last_ack = time.monotonic()
+    asking for an answer and giving up on a silent relay exactly as the agent does
+    (:class:`~backline.common.protocol.HeartbeatClock`)."""
+    clock = protocol.HeartbeatClock(hb_s, time.monotonic())
 
     async def reader() -> None:
-        nonlocal last_ack
         async for frame in ws:
             msg = protocol.parse_relay_message(frame)
+            clock.heard_from_relay(time.monotonic())
             if msg["type"] == "hb_ack":
-                last_ack = time.monotonic()
                 stats.hb_acked += 1
             elif msg["type"] == "ping":
                 await ws.send(protocol.encode("pong", id=msg["id"]))
@@ -467,10 +492,11 @@ async def _hold(ws: Any, hb_s: float, stop: asyncio.Event, stats: ClientStats) -
             if reading in done:
                 reading.result()
                 return
-            if time.monotonic() - last_ack > hb_s * 2.5:
+            ask = clock.tick(time.monotonic())
+            if ask is None:
                 await ws.close(4408, "no heartbeat answer")
                 return
-            await ws.send(protocol.encode("hb", stats=HB_STATS))
+            await ws.send(protocol.encode("hb", stats=HB_STATS, ack=ask))
             stats.hb_sent += 1
             delay = hb_s
     finally:
@@ -715,7 +741,8 @@ def run_once(n: int, args: argparse.Namespace, nofile: int) -> dict[str, Any]:
 
         url = f"wss://127.0.0.1:{port}/agent/connect"
         clients = Clients(args.clients, url, fingerprint, creds, args.ramp, args.client_loop,
-                          max_seconds=args.timeout * 3 + args.steady_seconds + 300,
+                          max_seconds=args.timeout * 3 + args.steady_seconds + 300
+                          + (args.heartbeat * 4 if args.warmup is None else args.warmup),
                           nofile=nofile, cpus=client_cpus)
         print(f"[{n:,}] relay up (RSS {mib(base['rss'])} MiB); connecting {n:,} agents "
               f"from {len(clients.procs)} processes…", flush=True)
@@ -734,13 +761,21 @@ def run_once(n: int, args: argparse.Namespace, nofile: int) -> dict[str, Any]:
         time.sleep(args.settle)
         connected_mem = memory(relay.pid)
 
-        print(f"[{n:,}] all connected in {took:.1f} s; steady state for "
-              f"{args.steady_seconds} s…", flush=True)
-        hb0, errors0 = clients.total("hb_acked"), sum(clients.errors().values())
+        warmup = args.heartbeat * 4 if args.warmup is None else args.warmup
+        print(f"[{n:,}] all connected in {took:.1f} s; warming up for {warmup:.0f} s (until "
+              f"every agent asks for answers at its steady pace), then steady state for "
+              f"{args.steady_seconds:.0f} s…", flush=True)
+        time.sleep(warmup)
+        result["warmup_s"] = warmup
+        hb0, acks0 = clients.total("hb_sent"), clients.total("hb_acked")
+        errors0 = sum(clients.errors().values())
+        msgs0 = relay.control_messages()
         ccpu0, cpu0, t0 = clients.cpu_seconds(), cpu_seconds(relay.pid), time.monotonic()
         time.sleep(args.steady_seconds)
         cpu1, t1, ccpu1 = cpu_seconds(relay.pid), time.monotonic(), clients.cpu_seconds()
-        hb = clients.total("hb_acked") - hb0
+        hb = clients.total("hb_sent") - hb0
+        acks = clients.total("hb_acked") - acks0
+        msgs1 = relay.control_messages()
         steady_errors = sum(clients.errors().values()) - errors0
         idle_mem = memory(relay.pid)
         still = relay.agents_connected()
@@ -748,6 +783,12 @@ def run_once(n: int, args: argparse.Namespace, nofile: int) -> dict[str, Any]:
             "cpu_pct_steady": round((cpu1 - cpu0) / (t1 - t0) * 100, 2),
             "heartbeats_in_window": hb,
             "heartbeats_per_s": round(hb / (t1 - t0), 1),
+            "acks_in_window": acks,
+            # What the relay itself counted: every heartbeat in, the answers out.
+            "relay_messages_in_per_s": round((msgs1.get("in", 0) - msgs0.get("in", 0))
+                                             / (t1 - t0), 1),
+            "relay_messages_out_per_s": round((msgs1.get("out", 0) - msgs0.get("out", 0))
+                                              / (t1 - t0), 1),
             "steady_errors": steady_errors,
             "connected_after_steady": still,
             "clients_cpu_pct_steady": round((ccpu1 - ccpu0) / (t1 - t0) * 100, 1),
@@ -868,7 +909,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--agents", default="1000,10000",
                     help="comma-separated agent counts, one run each")
-    ap.add_argument("--steady-seconds", type=float, default=60.0)
+    ap.add_argument("--steady-seconds", type=float, default=120.0,
+                    help="the CPU window; the default, four 30 s heartbeats, holds exactly "
+                    "one heartbeat that asks for an answer from each idle agent")
+    ap.add_argument("--warmup", type=float, default=None,
+                    help="seconds between the last connect and the CPU window (default: "
+                    "four heartbeats, so that every agent has settled into its pace)")
     ap.add_argument("--clients", type=int, default=4, help="client processes")
     ap.add_argument("--ramp", type=int, default=32,
                     help="concurrent first handshakes per client process")
@@ -884,7 +930,8 @@ def main() -> None:
                     help="experiments: '+'-joined changes to the relay's uvicorn settings "
                     "(httptools, ws-websockets, ws-sansio, ws-wsproto, deflate, "
                     "tlsbuf-<KiB>k, no-tickets, lean-queue, floor-ack; "
-                    "tracemalloc, profile, gcstats for investigations); "
+                    "tracemalloc, profile, gcstats, ab (runs $BENCH_AB in the relay) for "
+                    "investigations); "
                     "'default' runs the real backline-relay serve")
     ap.add_argument("--settle", type=float, default=10.0,
                     help="seconds between the last connect and the memory reading")
