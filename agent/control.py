@@ -51,14 +51,27 @@ class Backoff:
         return self.delay(attempt), attempt + 1
 
 
+@dataclass
+class RelayQuirks:
+    """What this agent has learnt about its relay since it started, kept across
+    reconnections."""
+
+    #: The relay takes ``ack`` in heartbeats. One from before that field refuses it
+    #: (docs/operator-guide.md, "Upgrading"); the agent then sends heartbeats without
+    #: it, which such a relay answers each, rather than being refused at every one.
+    hb_ack: bool = True
+
+
 class AuthRefused(Exception):
     """The relay refused this agent's identity (unknown or revoked)."""
 
 
 async def session(ws: ClientConnection, enrollment: Enrollment, key: keys.PrivateKey,
                   state: StateDir, stop: asyncio.Event,
-                  runner: SessionRunner | None = None) -> None:
+                  runner: SessionRunner | None = None,
+                  quirks: RelayQuirks | None = None) -> None:
     """One connected session: handshake, then heartbeats and answers until closed."""
+    quirks = quirks if quirks is not None else RelayQuirks()
     challenge = await asyncio.wait_for(ws.recv(), 15)
     await ws.send(protocol.answer_challenge(challenge, enrollment.agent_id, key,
                                             enrollment.fingerprint, __version__))
@@ -82,7 +95,10 @@ async def session(ws: ClientConnection, enrollment: Enrollment, key: keys.Privat
                             time.monotonic() - clock.heard)
                 await ws.close(4408, "no heartbeat answer")
                 return
-            await ws.send(protocol.encode("hb", stats=heartbeat_stats(), ack=ask))
+            if quirks.hb_ack:
+                await ws.send(protocol.encode("hb", stats=heartbeat_stats(), ack=ask))
+            else:
+                await ws.send(protocol.encode("hb", stats=heartbeat_stats()))
 
     beat = asyncio.create_task(heartbeats())
     health = asyncio.create_task(health_loop(ws.send, state.root, welcome["relay_time"]))
@@ -108,6 +124,11 @@ async def session(ws: ClientConnection, enrollment: Enrollment, key: keys.Privat
                 runner.dial(msg, ws.send)
             elif kind == "session_end" and runner is not None:
                 runner.end(msg["session_id"], msg["reason"])
+            elif kind == "error" and quirks.hb_ack and protocol.refuses_hb_ack(msg):
+                quirks.hb_ack = False
+                log.warning("the relay is older than this agent and refuses 'ack' in "
+                            "heartbeats: leaving it out from now on (the relay will answer "
+                            "every heartbeat); upgrade the relay")
             elif kind == "error":
                 log.warning("relay says %s: %s", msg["code"], msg["message"])
     finally:
@@ -133,6 +154,7 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
     enrollment = state.load_enrollment()
     key = state.load_key()
     runner = SessionRunner(state, enrollment, policy_file=policy_file)
+    quirks = RelayQuirks()
     end_signal = getattr(signal, "SIGUSR1", None)  # `backline-agent end-sessions`
     if end_signal is not None:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -144,7 +166,7 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
         try:
             async with open_pinned(enrollment.control_url, enrollment.fingerprint) as ws:
                 connected_at = time.monotonic()
-                await session(ws, enrollment, key, state, stop, runner)
+                await session(ws, enrollment, key, state, stop, runner, quirks)
         except PinMismatch as exc:
             error = str(exc)
             log.error("%s", exc)

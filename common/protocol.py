@@ -214,6 +214,14 @@ class HeartbeatClock:
         return silent >= self.ASK_AFTER * self.period
 
 
+def refuses_hb_ack(msg: dict[str, Any]) -> bool:
+    """Whether a relay's ``error`` refuses the ``ack`` field of ``hb``: what a relay
+    from before that field says (and then closes) at an agent's first heartbeat. The
+    agent then leaves the field out, and such a relay answers every heartbeat."""
+    return (msg["type"] == "error" and msg["code"] == "unknown_field"
+            and msg["message"] == "hb: unexpected field 'ack'")
+
+
 def encode_hb_ack(relay_time: float) -> str:
     """``encode("hb_ack", relay_time=...)`` without the generic path: the answer to
     every heartbeat. ``repr`` of a finite float is what JSON writes for it."""
@@ -294,8 +302,6 @@ def validate(msg: Any) -> None:
             raise ProtocolError("bad_field", f"{msg_type}: {name} is too long")
         if rule.pattern is not None and not rule.pattern.fullmatch(value):
             raise ProtocolError("bad_field", f"{msg_type}: {name} is malformed")
-    if msg_type == "hb" and "stats" in msg:
-        _check_stats(msg["stats"])
     if msg_type == "health":
         _check_alerts(msg["alerts"])
     if msg_type == "enrolled":

@@ -25,6 +25,13 @@ from backline.relay.datadir import pem_fingerprint
 from tests.harness import AgentProcess, RelayProcess, free_port, play_relay_handshake
 
 
+def posing_as(relay: RelayProcess) -> ssl.SSLContext:
+    """TLS with the real relay's certificate and key, so that the agent's pin holds."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(relay.data_dir / "tls.crt", relay.data_dir / "tls.key")
+    return ctx
+
+
 class QuietRelay:
     """Answers the asked-for heartbeats of the first connection twice, then nothing."""
 
@@ -36,11 +43,6 @@ class QuietRelay:
         self.first: list[tuple[float, bool]] = []  # (time, asked) of each heartbeat
         self.close_code: int | None = None
         self.reconnected = asyncio.Event()
-
-    def tls(self) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(self.relay.data_dir / "tls.crt", self.relay.data_dir / "tls.key")
-        return ctx
 
     async def handler(self, ws: ServerConnection) -> None:
         self.connections += 1
@@ -73,7 +75,7 @@ def test_agent_asks_for_answers_sparingly_and_leaves_a_relay_that_stops_giving_t
     (agent.state_dir / "enrollment.json").write_text(json.dumps(enrollment))
 
     async def scenario() -> None:
-        async with serve(quiet.handler, "127.0.0.1", quiet.port, ssl=quiet.tls()):
+        async with serve(quiet.handler, "127.0.0.1", quiet.port, ssl=posing_as(relay)):
             agent.start()
             await asyncio.wait_for(quiet.reconnected.wait(), 60)
 
@@ -110,3 +112,59 @@ def test_a_heartbeat_unacknowledged_for_two_and_a_half_periods_ends_the_connecti
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 75_000
 
     asyncio.run(main())
+
+
+class OlderRelay:
+    """A relay from before ``ack``: it refuses the field, as that relay did (an
+    ``error`` with its validator's message, then close 4400), and answers every
+    heartbeat without it."""
+
+    def __init__(self, relay: RelayProcess, agent: AgentProcess) -> None:
+        self.relay, self.agent = relay, agent
+        self.port = free_port()
+        self.fingerprint = pem_fingerprint(relay.data_dir / "tls.crt")
+        self.refused = 0
+        self.plain: list[dict[str, object]] = []  # heartbeats it took, after the refusal
+        self.settled = asyncio.Event()
+
+    async def handler(self, ws: ServerConnection) -> None:
+        await play_relay_handshake(ws, self.fingerprint, self.agent, heartbeat_s=1)
+        async for frame in ws:
+            hb = protocol.parse_agent_message(frame)
+            if hb["type"] != "hb":
+                continue
+            if "ack" in hb:
+                self.refused += 1
+                await ws.send(protocol.encode("error", code="unknown_field",
+                                              message="hb: unexpected field 'ack'"))
+                await ws.close(4400, "unknown_field")
+                return
+            self.plain.append(hb)
+            await ws.send(protocol.encode_hb_ack(time.time()))
+            if len(self.plain) == 6:
+                self.settled.set()
+
+
+def test_agent_leaves_ack_out_for_a_relay_that_predates_it(
+        tmp_path: Path, relay: RelayProcess) -> None:
+    agent = AgentProcess(tmp_path, "upgraded")
+    assert agent.enroll(relay.token()).returncode == 0
+    older = OlderRelay(relay, agent)
+    enrollment = json.loads((agent.state_dir / "enrollment.json").read_text())
+    enrollment["control_url"] = f"wss://127.0.0.1:{older.port}/agent/connect"
+    (agent.state_dir / "enrollment.json").write_text(json.dumps(enrollment))
+
+    async def scenario() -> None:
+        async with serve(older.handler, "127.0.0.1", older.port, ssl=posing_as(relay)):
+            agent.start()
+            await asyncio.wait_for(older.settled.wait(), 60)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        assert agent.stop() == 0
+    # Refused once; after that six heartbeats in a row on one connection (the relay
+    # answers each, so none is dropped), none with the field.
+    assert older.refused == 1
+    assert all("ack" not in hb for hb in older.plain)
+    assert "refuses 'ack' in heartbeats" in agent.log_path.read_text()

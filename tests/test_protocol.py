@@ -246,6 +246,22 @@ def test_hb_ack_field_is_a_boolean_and_survives_encoding() -> None:
         protocol.encode("hb", ack=1)
 
 
+def test_only_an_older_relays_refusal_of_ack_counts_as_one() -> None:
+    # What a relay from before the field sends at the first heartbeat that carries it
+    # (its validator refused any field of hb but stats).
+    older = protocol.parse_relay_message(protocol.encode(
+        "error", code="unknown_field", message="hb: unexpected field 'ack'"))
+    assert protocol.refuses_hb_ack(older)
+    for code, message in [("unknown_field", "hb: unexpected field 'stats'"),
+                          ("bad_field", "hb: unexpected field 'ack'"),
+                          ("unknown_field", "health: unexpected field 'ack'")]:
+        other = protocol.parse_relay_message(protocol.encode("error", code=code,
+                                                             message=message))
+        assert not protocol.refuses_hb_ack(other)
+    assert not protocol.refuses_hb_ack(protocol.parse_relay_message(
+        protocol.encode_hb_ack(1.0)))
+
+
 def test_heartbeat_clock_asks_every_fourth_tick_and_gives_up_on_a_silent_relay() -> None:
     period = 30.0
     clock = protocol.HeartbeatClock(period, now=0.0)
