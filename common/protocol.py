@@ -57,6 +57,13 @@ class Field:
     required: bool = True
     max_len: int | None = None
     pattern: re.Pattern[str] | None = None
+    bounds: tuple[float, float] | None = None  # a number's smallest and largest value
+
+
+#: The heartbeat periods an agent accepts in ``welcome``: never 0 or less (a loop of
+#: heartbeats with no pause), never so long that failures go unnoticed for hours. The
+#: relay's own setting is narrower (5 to 600); 1 lets tests play a fast relay.
+HEARTBEAT_S_RANGE = (1, 600)
 
 
 def _s(max_len: int, required: bool = True, pattern: re.Pattern[str] | None = None) -> Field:
@@ -70,7 +77,8 @@ _INFO_FIELDS = ("hostname", "os", "os_version", "arch", "version")
 SCHEMAS: dict[str, dict[str, Field]] = {
     # relay -> agent
     "challenge": {"nonce": _s(64, pattern=_B64_RE), "relay_time": Field((int, float))},
-    "welcome": {"agent_id": _s(64), "heartbeat_s": Field(int), "relay_time": Field((int, float))},
+    "welcome": {"agent_id": _s(64), "heartbeat_s": Field(int, bounds=HEARTBEAT_S_RANGE),
+                "relay_time": Field((int, float))},
     "hb_ack": {"relay_time": Field((int, float))},
     "ping": {"id": _s(64)},
     "error": {"code": _s(64), "message": _s(1024)},
@@ -298,6 +306,9 @@ def validate(msg: Any) -> None:
         if (isinstance(value, bool) and rule.kind is not bool) or not isinstance(
                 value, rule.kind):
             raise ProtocolError("bad_field", f"{msg_type}: {name} has the wrong type")
+        if rule.bounds is not None and not rule.bounds[0] <= value <= rule.bounds[1]:
+            raise ProtocolError("bad_field", f"{msg_type}: {name} must be between "
+                                             f"{rule.bounds[0]} and {rule.bounds[1]}")
         if rule.max_len is not None and len(value) > rule.max_len:
             raise ProtocolError("bad_field", f"{msg_type}: {name} is too long")
         if rule.pattern is not None and not rule.pattern.fullmatch(value):

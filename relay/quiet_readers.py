@@ -67,7 +67,9 @@ class QuietReaders:
     def __init__(self, loop: asyncio.AbstractEventLoop, hold_s: float = HOLD_S,
                  batch_above: float = BATCH_ABOVE, wake_below: float = WAKE_BELOW,
                  rate_window_s: float = RATE_WINDOW_S) -> None:
-        self.loop = loop
+        # Weakly: the per-loop table below holds this object, and a strong reference
+        # back to its key would keep every loop (and its epoll set) alive for good.
+        self._loop = weakref.ref(loop)
         self.hold_s = hold_s
         self.batch_above = batch_above
         self.wake_below = wake_below
@@ -79,6 +81,13 @@ class QuietReaders:
         self._timer: asyncio.TimerHandle | None = None  # the timer reads the set
         self._events = 0
         self._since = loop.time()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop()
+        if loop is None:
+            raise RuntimeError("the event loop of these quiet readers is gone")
+        return loop
 
     def __len__(self) -> int:
         return len(self._callbacks)

@@ -246,6 +246,21 @@ def test_hb_ack_field_is_a_boolean_and_survives_encoding() -> None:
         protocol.encode("hb", ack=1)
 
 
+def test_welcome_heartbeat_period_is_bounded() -> None:
+    """A relay's ``welcome`` sets the agent's heartbeat loop: 0 or less would send
+    heartbeats without pause, and a huge one would hide failures for days."""
+    low, high = protocol.HEARTBEAT_S_RANGE
+    for ok in (low, 30, high):
+        msg = protocol.parse_relay_message(
+            protocol.encode("welcome", agent_id="ag_x", heartbeat_s=ok, relay_time=1.0))
+        assert msg["heartbeat_s"] == ok
+    for bad in (0, -30, low - 1, high + 1, 10**12):
+        frame = json.dumps({"v": 1, "type": "welcome", "agent_id": "ag_x",
+                            "heartbeat_s": bad, "relay_time": 1.0})
+        with pytest.raises(protocol.ProtocolError, match="heartbeat_s must be between"):
+            protocol.parse_relay_message(frame)
+
+
 def test_only_an_older_relays_refusal_of_ack_counts_as_one() -> None:
     # What a relay from before the field sends at the first heartbeat that carries it
     # (its validator refused any field of hb but stats).

@@ -166,3 +166,36 @@ def test_records_queued_on_one_socket_are_all_read_in_one_tick(loop_name: str) -
         theirs.close()
 
     run_on_loop(loop_name, main)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_closed_loop_takes_its_quiet_readers_and_their_epoll_set_along(
+        loop_name: str) -> None:
+    """One set per loop, kept in a table keyed weakly by the loop: a loop that is
+    closed and dropped (tests, an embedding that restarts its loop) must not leave its
+    set and descriptor behind."""
+    import gc
+    import weakref
+
+    from backline.relay import quiet_readers
+
+    if loop_name == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    a, b = socket.socketpair()
+    readers = QuietReaders.of(loop)
+    assert QuietReaders.of(loop) is readers
+    readers.add(a.fileno(), lambda: None)
+    gone = weakref.ref(readers)
+    before = len(quiet_readers._BY_LOOP)
+    readers.remove(a.fileno())
+    del readers
+    loop.close()
+    del loop
+    gc.collect()
+    assert gone() is None, "a dropped loop kept its quiet readers"
+    assert len(quiet_readers._BY_LOOP) == before - 1
+    a.close()
+    b.close()
