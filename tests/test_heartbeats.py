@@ -14,6 +14,7 @@ import json
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,26 @@ def posing_as(relay: RelayProcess) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(relay.data_dir / "tls.crt", relay.data_dir / "tls.key")
     return ctx
+
+
+def run_against(relay: RelayProcess, agent: AgentProcess, port: int,
+                handler: Callable[[ServerConnection], Awaitable[None]],
+                done: asyncio.Event) -> None:
+    """Point the enrolled ``agent`` at a test playing the relay on ``port``, run it
+    until ``done`` is set (60 s at most), and stop it."""
+    enrollment = json.loads((agent.state_dir / "enrollment.json").read_text())
+    enrollment["control_url"] = f"wss://127.0.0.1:{port}/agent/connect"
+    (agent.state_dir / "enrollment.json").write_text(json.dumps(enrollment))
+
+    async def scenario() -> None:
+        async with serve(handler, "127.0.0.1", port, ssl=posing_as(relay)):
+            agent.start()
+            await asyncio.wait_for(done.wait(), 60)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        assert agent.stop() == 0
 
 
 class QuietRelay:
@@ -70,19 +91,7 @@ def test_agent_asks_for_answers_sparingly_and_leaves_a_relay_that_stops_giving_t
     agent = AgentProcess(tmp_path, "listener")
     assert agent.enroll(relay.token()).returncode == 0
     quiet = QuietRelay(relay, agent)
-    enrollment = json.loads((agent.state_dir / "enrollment.json").read_text())
-    enrollment["control_url"] = f"wss://127.0.0.1:{quiet.port}/agent/connect"
-    (agent.state_dir / "enrollment.json").write_text(json.dumps(enrollment))
-
-    async def scenario() -> None:
-        async with serve(quiet.handler, "127.0.0.1", quiet.port, ssl=posing_as(relay)):
-            agent.start()
-            await asyncio.wait_for(quiet.reconnected.wait(), 60)
-
-    try:
-        asyncio.run(scenario())
-    finally:
-        assert agent.stop() == 0
+    run_against(relay, agent, quiet.port, quiet.handler, quiet.reconnected)
     asked = [ask for _, ask in quiet.first]
     # Answered at the 4th and 8th heartbeats; asked from the 12th on and, unanswered,
     # dropped 5.5 s after the last answer (the 14th tick), with the agent's own 4408.
@@ -150,19 +159,7 @@ def test_agent_leaves_ack_out_for_a_relay_that_predates_it(
     agent = AgentProcess(tmp_path, "upgraded")
     assert agent.enroll(relay.token()).returncode == 0
     older = OlderRelay(relay, agent)
-    enrollment = json.loads((agent.state_dir / "enrollment.json").read_text())
-    enrollment["control_url"] = f"wss://127.0.0.1:{older.port}/agent/connect"
-    (agent.state_dir / "enrollment.json").write_text(json.dumps(enrollment))
-
-    async def scenario() -> None:
-        async with serve(older.handler, "127.0.0.1", older.port, ssl=posing_as(relay)):
-            agent.start()
-            await asyncio.wait_for(older.settled.wait(), 60)
-
-    try:
-        asyncio.run(scenario())
-    finally:
-        assert agent.stop() == 0
+    run_against(relay, agent, older.port, older.handler, older.settled)
     # Refused once; after that six heartbeats in a row on one connection (the relay
     # answers each, so none is dropped), none with the field.
     assert older.refused == 1
