@@ -16,6 +16,7 @@ from backline.common.tlspin import normalise
 from backline.relay import metrics
 from backline.relay.agents import Presence, get_agent
 from backline.relay.audit import AuditLog
+from backline.relay.audit_floods import FloodAggregator
 from backline.relay.blobs import BlobStore
 from backline.relay.config import RelayConfig
 from backline.relay.datadir import DataDir, pem_fingerprint
@@ -46,6 +47,7 @@ class Relay:
     sessions: SessionManager = field(init=False)
     webhooks: WebhookSender = field(init=False)
     blobs: BlobStore = field(init=False)
+    floods: FloodAggregator = field(init=False)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _pending: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
     _flush_scheduled: bool = False
@@ -55,6 +57,7 @@ class Relay:
         self.login_by_account = FailureLimiter(c.login_failures_per_account, c.login_window_s)
         self.login_by_address = FailureLimiter(c.login_failures_per_address, c.login_window_s)
         self.metrics = metrics.RelayMetrics(self)
+        self.floods = FloodAggregator(self.record)
         self.audit.listeners.append(self.bus.publish_audit)
         self.sessions = SessionManager(self)
         self.blobs = BlobStore(self.datadir.root / "blobs")
@@ -71,6 +74,14 @@ class Relay:
             self.flush_records()  # the trail keeps the order things happened in
         self.audit.append(actor, action, target, details)
         _log_event(actor, action, target, details)
+
+    def record_flood(self, source: str, actor: str, action: str, target: str = "",
+                     **details: Any) -> None:
+        """:meth:`record` for what can come in floods (refusals a stranger or a
+        compromised agent can repeat at will): the first few from ``source`` (an
+        address, an agent) are written one by one, the rest of the minute as one
+        aggregated event (:mod:`backline.relay.audit_floods`)."""
+        self.floods.record(source, actor, action, target, **details)
 
     def record_soon(self, actor: str, action: str, target: str = "", **details: Any) -> None:
         """:meth:`record`, batched with the others of this turn of the event loop into
@@ -118,6 +129,7 @@ class Relay:
                 pass
         self._tasks.clear()
         await self.webhooks.stop()
+        self.floods.flush_all()
         self.presence.flush_last_seen(self.engine)
         self.flush_records()
 
