@@ -32,7 +32,6 @@ from backline.agent.diagnostics.schema import SECTIONS, STATUSES, field_problems
 from backline.common import protocol
 from tests.harness import AGENT, free_port, staged_diagnostics
 
-
 #: Thresholds that follow this machine's load, not what a test stages: out of reach, so
 #: a test that expects an exact set of findings does not fail when CI's two cores are
 #: busy (cpu-saturated appeared under a parallel load).
