@@ -33,7 +33,6 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from backline.common import keys, protocol
 from backline.common.tlspin import client_context
-from backline.relay.ratelimit import OVERFLOW_KEY, AttemptLimiter, address_key
 from tests.harness import ADMIN_PASSWORD, Api, RelayProcess, admin_api, audit_actions
 from tests.test_api import wrong_code
 from tests.test_join import make_code, session_state
@@ -51,7 +50,8 @@ BURST_ENV: dict[str, str] = {}
 
 def auth_checks(relay: RelayProcess) -> dict[str, float]:
     text = httpx.get(relay.url + "/metrics", verify=relay.tls(), timeout=10).text
-    return {m[1]: float(m[2]) for m in
+    return {k: 0.0 for k in ("password", "totp", "join_code", "password_change")} | {
+        m[1]: float(m[2]) for m in
             re.finditer(r'^backline_auth_checks_total\{kind="(\w+)"\} (\S+)$', text, re.M)}
 
 
@@ -347,6 +347,8 @@ def test_wrong_current_passwords_on_password_change_are_limited(relay: RelayProc
 
 
 def test_flooding_new_keys_does_not_unlock_a_locked_key() -> None:
+    from backline.relay.ratelimit import OVERFLOW_KEY, AttemptLimiter
+
     now = [1000.0]
     limiter = AttemptLimiter(5, 900, max_keys=100_000, clock=lambda: now[0])
     for _ in range(5):
@@ -366,6 +368,8 @@ def test_flooding_new_keys_does_not_unlock_a_locked_key() -> None:
 
 
 def test_reservations_bound_a_burst_and_settle() -> None:
+    from backline.relay.ratelimit import AttemptLimiter, address_key
+
     limiter = AttemptLimiter(5, 60)
     slots = [limiter.reserve("k") for _ in range(500)]
     taken = [s for s in slots if s is not None]
