@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,35 +64,64 @@ class Busy(Exception):
 class Argon2Gate:
     """At most ``slots`` argon2 checks at once, in their own threads.
 
-    The semaphore is released when the *thread* finishes, not when the awaiting
-    request does: a client that disconnects mid-check cannot free a turn while its
-    hash still holds 64 MiB."""
+    A check waits for a turn at most ``wait_s``, behind at most ``max_waiting``
+    others; past either it is refused (:class:`Busy`) rather than queued without
+    bound. Checks of known devices (``trusted``) have their own queue, served first: a
+    flood of strangers' guesses across many accounts cannot starve the owners.
+
+    A turn is given back when the *thread* finishes, not when the awaiting request
+    does: a client that disconnects mid-check cannot free a turn while its hash still
+    holds 64 MiB."""
 
     def __init__(self, slots: int, wait_s: float) -> None:
         self.slots = slots
         self.wait_s = wait_s
         self.max_waiting = slots * WAITING_PER_SLOT
-        self._sem = asyncio.Semaphore(slots)
-        self._waiting = 0
+        self._free = slots
+        self._queues: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (
+            deque(), deque())  # trusted first, then the rest
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="argon2")
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._waiting >= self.max_waiting:
+    async def _acquire(self, trusted: bool) -> None:
+        if self._free > 0 and not any(self._queues):
+            self._free -= 1
+            return
+        queue = self._queues[0 if trusted else 1]
+        if len(queue) >= self.max_waiting:
             raise Busy
-        self._waiting += 1
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(turn)
         try:
-            async with asyncio.timeout(self.wait_s):
-                await self._sem.acquire()
-        except TimeoutError:
-            raise Busy from None
-        finally:
-            self._waiting -= 1
+            await asyncio.wait({turn}, timeout=self.wait_s)
+        except BaseException:  # the request was cancelled while waiting
+            if turn.done():
+                self._release()  # it had just been handed the turn: pass it on
+            else:
+                turn.cancel()
+                queue.remove(turn)
+            raise
+        if not turn.done():
+            turn.cancel()
+            queue.remove(turn)
+            raise Busy
+
+    def _release(self, _done: object = None) -> None:
+        for queue in self._queues:
+            while queue:
+                turn = queue.popleft()
+                if not turn.done():
+                    turn.set_result(None)  # the turn passes straight to the next waiter
+                    return
+        self._free += 1
+
+    async def run(self, fn: Callable[..., T], *args: Any, trusted: bool = False) -> T:
+        await self._acquire(trusted)
         try:
             future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
         except BaseException:
-            self._sem.release()
+            self._release()
             raise
-        future.add_done_callback(lambda _f: self._sem.release())
+        future.add_done_callback(self._release)
         return await asyncio.shield(future)
 
 
@@ -149,10 +179,15 @@ class AuthLimits:
         except Busy:
             raise _busy() from None
 
-    async def _password(self, kind: str, username: str, password: str) -> users.User | None:
-        self.relay.metrics.auth_checks.labels(kind).inc()
-        return await self.argon2.run(users.verify_password, self.relay.engine, username,
-                                     password)
+    async def _password(self, kind: str, username: str, password: str,
+                        trusted: bool = False) -> users.User | None:
+        counter, engine = self.relay.metrics.auth_checks.labels(kind), self.relay.engine
+
+        def check() -> users.User | None:  # counted once it really runs
+            counter.inc()
+            return users.verify_password(engine, username, password)
+
+        return await self.argon2.run(check, trusted=trusted)
 
     def _totp(self, user: users.User, code: str) -> bool:
         self.relay.metrics.auth_checks.labels("totp").inc()
@@ -169,6 +204,7 @@ class AuthLimits:
         attempt = None
         if device:
             attempt, _, _ = _reserve([(self.by_device, device, True, "device")])
+        trusted = attempt is not None
         if attempt is None:  # no device cookie, or its own budget is spent: untrusted
             attempt, limit, wait = _reserve([
                 (self.by_account, username, True, "account"),
@@ -180,7 +216,7 @@ class AuthLimits:
         outcome = "released"
         try:
             try:
-                user = await self._password("password", username, password)
+                user = await self._password("password", username, password, trusted)
             except Busy:
                 self._refuse_login(address, username, "busy")
                 raise _busy() from None
@@ -243,7 +279,7 @@ class AuthLimits:
         outcome = "released"
         try:
             try:
-                user = await self._password(kind, who.user.username, password)
+                user = await self._password(kind, who.user.username, password, trusted=True)
             except Busy:
                 raise _busy() from None
             ok = user is not None and user.id == who.user.id

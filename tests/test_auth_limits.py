@@ -436,3 +436,36 @@ def test_a_join_code_flood_does_not_stop_a_customer_with_a_valid_code(tmp_path: 
         relay.stop()
     limited = [e for e in audit_actions(relay) if e["action"] == "session.join.rate_limited"]
     assert {e["details"].get("reason") for e in limited} & {"repeat"}
+
+
+def test_argon2_gate_bounds_checks_in_flight_and_serves_known_devices_first() -> None:
+    from backline.relay.auth_limits import Argon2Gate, Busy
+
+    running, peak, order = [0], [0], []
+    lock = threading.Lock()
+
+    def check(name: str) -> str:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+            order.append(name)
+        return name
+
+    async def main() -> list[Any]:
+        gate = Argon2Gate(slots=1, wait_s=5)
+        strangers = [asyncio.ensure_future(gate.run(check, f"s{i}")) for i in range(30)]
+        await asyncio.sleep(0)
+        owner = asyncio.ensure_future(gate.run(check, "owner", trusted=True))
+        # A request cancelled mid-check does not give its turn back before the thread ends.
+        await asyncio.sleep(0.01)
+        strangers[0].cancel()
+        return await asyncio.gather(*strangers, owner, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert peak[0] == 1
+    busy = [r for r in results if isinstance(r, Busy)]
+    assert len(busy) == 30 - 1 - 8  # one running, eight waiting, the rest refused at once
+    assert order.index("owner") == 1  # straight after the check that was running
