@@ -187,7 +187,8 @@ async def change_password(request: Request, relay: Relay, who: Principal) -> Res
 
 @endpoint(None)
 async def totp_begin(request: Request, relay: Relay, who: Principal) -> Response:
-    """Start enrolling an authenticator: a secret, its otpauth URI and a QR code (SVG)."""
+    """Start enrolling an authenticator: a secret, its otpauth URI and a QR code (SVG).
+    Replacing an active one needs ``{"password", "code"}`` (a current code from it)."""
     if who.token:
         raise ApiError(403, "forbidden", "API tokens cannot enrol a second factor")
     if who.user.totp_enabled:  # replacing it: whoever holds this session must prove more

@@ -173,9 +173,10 @@ class AuthLimits:
     # --- evaluations -----------------------------------------------------------------
 
     async def hash_work(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run argon2 work (hashing a new password) through the gate; 503 when busy."""
+        """Run argon2 work (hashing a signed-in user's new password) through the gate, in
+        the signed-in users' queue; 503 when busy."""
         try:
-            return await self.argon2.run(fn, *args)
+            return await self.argon2.run(fn, *args, trusted=True)
         except Busy:
             raise _busy() from None
 
@@ -265,11 +266,14 @@ class AuthLimits:
     def _reauth_attempt(self, who: Principal) -> Attempt:
         attempt, _, wait = _reserve([(self.by_user, f"user:{who.user.id}", True, "user")])
         if attempt is None:
-            self.relay.metrics.errors.labels("reauth_rate_limited").inc()
-            self.relay.record_flood(who.actor, who.actor, "auth.reauth.rate_limited",
-                                    who.actor, address=who.address)
+            self._refuse_reauth(who, "user")
             raise _limited(wait, "too many wrong passwords or codes")
         return attempt
+
+    def _refuse_reauth(self, who: Principal, limit: str) -> None:
+        self.relay.metrics.errors.labels("reauth_rate_limited").inc()
+        self.relay.record_flood(who.actor, who.actor, "auth.reauth.rate_limited", who.actor,
+                                reason=limit, address=who.address)
 
     async def reauth(self, who: Principal, kind: str, password: str, code: str | None = None
                      ) -> bool:
@@ -281,6 +285,7 @@ class AuthLimits:
             try:
                 user = await self._password(kind, who.user.username, password, trusted=True)
             except Busy:
+                self._refuse_reauth(who, "busy")
                 raise _busy() from None
             ok = user is not None and user.id == who.user.id
             if ok and code is not None:
