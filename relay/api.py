@@ -120,33 +120,16 @@ async def login(request: Request) -> Response:
         origin = request.headers.get("origin")
         if origin is not None and not same_origin(relay, origin):
             raise ApiError(403, "bad_origin", "cross-site request refused")
-        wait = max(relay.login_by_account.retry_after(username),
-                   relay.login_by_address.retry_after(address))
-        if wait > 0:
-            relay.metrics.errors.labels("login_rate_limited").inc()
-            relay.record(f"anonymous@{address}", "auth.login.rate_limited", f"user:{username}",
-                         address=address)
-            raise ApiError(429, "rate_limited",
-                           f"too many failed sign-ins; try again in {int(wait) + 1} s",
-                           {"Retry-After": str(int(wait) + 1)})
-        user = await asyncio.to_thread(users.verify_password, relay.engine, username, password)
-        reason = "" if user else "bad_password"
-        if user and user.totp_enabled:
-            if not code:
-                reason = "totp_missing"
-            elif not users.check_totp(relay.engine, user, code):
-                reason = "bad_totp"
+        # Reserved in the limits, evaluated, settled (429/503 raised there, audited).
+        user, reason = await relay.auth.sign_in(request, username, password, code)
         if reason:
-            relay.login_by_account.fail(username)
-            relay.login_by_address.fail(address)
             relay.metrics.errors.labels("login_failed").inc()
-            relay.record(f"anonymous@{address}", "auth.login.failed", f"user:{username}",
-                         reason=reason, address=address)
+            relay.record_flood(address, f"anonymous@{address}", "auth.login.failed",
+                               f"user:{username}", reason=reason, address=address)
             if reason == "totp_missing":
                 raise ApiError(401, "totp_required", "enter the code from your authenticator")
             raise ApiError(401, "bad_credentials", "wrong username, password or code")
         assert user is not None
-        relay.login_by_account.reset(username)
         cookie, csrf = create_session(relay, user, address)
         relay.record(f"user:{user.username}", "auth.login", f"user:{user.username}",
                      address=address, totp=user.totp_enabled)
@@ -155,6 +138,7 @@ async def login(request: Request) -> Response:
     response = JSONResponse({"user": user.public(), "csrf_token": csrf})
     response.headers.append("set-cookie", cookie_header(
         cookie, int(relay.config.web_session_hours * 3600)))
+    response.headers.append("set-cookie", relay.auth.device_cookie(request, user.username))
     return response
 
 
@@ -185,14 +169,12 @@ async def change_password(request: Request, relay: Relay, who: Principal) -> Res
     data = await body(request)
     current = field(data, "current", str, max_len=1024)
     new = field(data, "new", str, max_len=1024)
-    checked = await asyncio.to_thread(users.verify_password, relay.engine,
-                                      who.user.username, current)
-    if checked is None:
+    if not await relay.auth.reauth(who, "password_change", current):  # limited per user
         relay.record(who.actor, "auth.password.refused", who.actor, reason="bad_password",
                      address=who.address)
         raise ApiError(403, "bad_credentials", "the current password is wrong")
     try:
-        await asyncio.to_thread(users.set_password, relay.engine, who.user.id, new)
+        await relay.auth.hash_work(users.set_password, relay.engine, who.user.id, new)
     except users.UserError as err:
         raise ApiError(400, "weak_password", str(err)) from None
     # Whoever else held a session of this account (the old password may have leaked)
@@ -205,9 +187,20 @@ async def change_password(request: Request, relay: Relay, who: Principal) -> Res
 
 @endpoint(None)
 async def totp_begin(request: Request, relay: Relay, who: Principal) -> Response:
-    """Start enrolling an authenticator: a secret, its otpauth URI and a QR code (SVG)."""
+    """Start enrolling an authenticator: a secret, its otpauth URI and a QR code (SVG).
+    Replacing an active one needs ``{"password", "code"}`` (a current code from it)."""
     if who.token:
         raise ApiError(403, "forbidden", "API tokens cannot enrol a second factor")
+    if who.user.totp_enabled:  # replacing it: whoever holds this session must prove more
+        data = await body(request)
+        password = field(data, "password", str, "", max_len=1024)
+        code = field(data, "code", str, "", max_len=16).strip()
+        if not (password and code and await relay.auth.reauth(who, "totp_replace", password,
+                                                                code)):
+            relay.record(who.actor, "auth.totp.refused", who.actor, address=who.address,
+                         reason="reauth_missing" if not (password and code) else "reauth_failed")
+            raise ApiError(403, "reauth_required", "replacing an active authenticator needs "
+                           "your password and a current code from it")
     secret = users.begin_totp(relay.engine, who.user)
     uri = users.totp_uri(secret, who.user.username)
     svg = segno.make(uri, error="m").svg_inline(scale=4)
@@ -220,7 +213,7 @@ async def totp_confirm(request: Request, relay: Relay, who: Principal) -> Respon
     """Finish enrolling an authenticator by entering one code from it."""
     data = await body(request)
     code = field(data, "code", str, max_len=16).strip()
-    if not users.confirm_totp(relay.engine, who.user, code):
+    if not relay.auth.confirm_totp(who, code):  # limited per user
         relay.record(who.actor, "auth.totp.refused", who.actor, address=who.address)
         raise ApiError(400, "bad_totp", "that code does not match; check the device's clock")
     relay.record(who.actor, "auth.totp.enabled", who.actor, address=who.address)
@@ -395,8 +388,8 @@ async def create_user(request: Request, relay: Relay, who: Principal) -> Respons
     role = field(data, "role", str, max_len=16)
     password = users.generate_password()
     try:
-        user = await asyncio.to_thread(users.create_user, relay.engine, username, role,
-                                       password, True)
+        user = await relay.auth.hash_work(users.create_user, relay.engine, username, role,
+                                           password, True)
     except users.UserError as err:
         raise ApiError(400, "bad_user", str(err)) from None
     relay.record(who.actor, "user.create", f"user:{username}", role=role, address=who.address)

@@ -50,6 +50,16 @@ class RelayConfig:
     login_failures_per_account: int = 5
     login_failures_per_address: int = 20
     login_window_s: int = 900
+    # Failed sign-ins relay-wide (from browsers without a device cookie) per window.
+    login_failures_global: int = 1000
+    # Sign-ins that present this account's device cookie (a browser that signed in
+    # before) have their own budget per cookie, untouched by strangers' failures.
+    login_device_failures: int = 10
+    login_device_days: float = 180.0
+    # argon2 checks running at once, and how long one may wait for a turn. Each holds
+    # 64 MiB and already runs four lanes in parallel, so one at a time uses two cores.
+    argon2_concurrency: int = 1
+    argon2_wait_s: float = 5.0
     audit_checkpoint_every: int = 100
     audit_checkpoint_seconds: int = 60
     # Addresses of reverse proxies whose X-Forwarded-For / -Proto headers are believed.
@@ -71,6 +81,8 @@ class RelayConfig:
     session_code_window_s: int = 600
     session_code_failures_global: int = 50
     session_code_global_window_s: int = 60
+    # First tries from addresses with no wrong code yet, relay-wide per global window.
+    session_code_first_tries_global: int = 600
     # Agent health alerts and session events are POSTed here as JSON signed with
     # HMAC-SHA256(webhook_secret) in X-Backline-Signature (docs/diagnostics.md).
     webhook_url: str = ""
@@ -124,8 +136,20 @@ class RelayConfig:
         if not 0 < self.session_code_minutes <= 60:
             raise ConfigError("session_code_minutes must be more than 0 and at most 60")
         if min(self.session_code_failures_per_address, self.session_code_failures_global,
-               self.session_code_window_s, self.session_code_global_window_s) < 1:
+               self.session_code_window_s, self.session_code_global_window_s,
+               self.session_code_first_tries_global) < 1:
             raise ConfigError("session code limits and windows must be at least 1")
+        if min(self.login_failures_per_account, self.login_failures_per_address,
+               self.login_failures_global, self.login_device_failures,
+               self.login_window_s) < 1:
+            raise ConfigError("login limits and login_window_s must be at least 1")
+        if not 0 < self.login_device_days <= 400:
+            raise ConfigError("login_device_days must be more than 0 and at most 400")
+        if not 1 <= self.argon2_concurrency <= 64:
+            raise ConfigError("argon2_concurrency must be between 1 and 64 (each check "
+                              "holds 64 MiB)")
+        if not 0.1 <= self.argon2_wait_s <= 60:
+            raise ConfigError("argon2_wait_s must be between 0.1 and 60")
         if self.webhook_url:
             if not self.webhook_url.startswith(("https://", "http://")):
                 raise ConfigError("webhook_url must be an http:// or https:// URL")

@@ -13,6 +13,12 @@ if TYPE_CHECKING:
     from backline.relay.state import Relay
 
 
+#: ``kind`` of ``backline_auth_checks_total``: sign-in passwords, TOTP codes (sign-in,
+#: enrolment, re-authentication), attended-session codes, the password that confirms a
+#: password change or the replacement of an active authenticator.
+AUTH_CHECK_KINDS = ("password", "totp", "join_code", "password_change", "totp_replace")
+
+
 class RelayMetrics:
     def __init__(self, relay: Relay) -> None:
         self.registry = CollectorRegistry()
@@ -32,6 +38,13 @@ class RelayMetrics:
         r.register(_ControlMessages(self))
         self.errors = Counter("backline_errors_total", "Refusals and protocol errors",
                               ["kind"], registry=r)
+        # What the attempt limits bound (relay/auth_limits.py): expensive checks really
+        # evaluated, whatever the number of attempts that arrived.
+        self.auth_checks = Counter(
+            "backline_auth_checks", "Authentication checks evaluated (argon2, TOTP, "
+            "session codes), by kind", ["kind"], registry=r)
+        for kind in AUTH_CHECK_KINDS:
+            self.auth_checks.labels(kind)
         self.http = Counter("backline_http_requests_total", "API requests", ["status"],
                             registry=r)
 

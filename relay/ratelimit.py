@@ -1,4 +1,21 @@
-"""Failure counting for logins and session codes: per key, sliding window, bounded.
+"""Attempt limiting for sign-ins, re-authentication and session codes.
+
+**Reserve before, settle after.** A limit that is checked before a slow step (argon2,
+a TOTP check, a code lookup) and counted after it lets every attempt fired at once
+through the check: 200 concurrent guesses were all evaluated. So an attempt first
+*reserves* a slot (counted at once, synchronously on the event loop: nothing can
+interleave); only a reserved attempt is evaluated; afterwards it is *settled*: a
+failure stays counted for the window, a success frees its slot (and may clear the
+key's failures), and an attempt that was never evaluated (the relay was busy) just
+frees it. ``failures + reservations < limit`` is the test, so no burst gets more
+evaluations than the limit.
+
+**Bounded without being unlockable.** The table of keys is bounded (``max_keys``),
+but an entry that still counts (a failure inside the window, or an attempt in
+flight) is never dropped to make room: evicting the oldest keys let a stranger
+unlock an account by flooding new keys. Only expired entries are removed; when the
+table is full of live ones, every *new* key shares one strict overflow entry, so a
+flood of fresh keys gets one budget between them, and a locked key stays locked.
 
 In memory per relay node: an attacker spreading guesses across nodes gets at most
 one budget per node, which the per-account limit keeps small.
@@ -6,44 +23,142 @@ one budget per node, which the per-account limit keeps small.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+#: The key every new key shares while the table is full of live entries.
+OVERFLOW_KEY = "\x00overflow"
 
 
-class FailureLimiter:
-    def __init__(self, limit: int, window_s: float, max_keys: int = 100_000) -> None:
+@dataclass
+class _Entry:
+    failures: deque[float] = field(default_factory=deque)
+    pending: int = 0
+    touched: float = 0.0
+
+
+class AttemptLimiter:
+    """At most ``limit`` failed-or-in-flight attempts per key within ``window_s``."""
+
+    def __init__(self, limit: int, window_s: float, max_keys: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if limit < 1 or window_s <= 0 or max_keys < 1:
+            raise ValueError("limit, window_s and max_keys must be positive")
         self.limit = limit
         self.window_s = window_s
         self.max_keys = max_keys
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._clock = clock
+        # Ordered by last touch, oldest first, so expired entries are found at the front.
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        q = self._failures.get(key)
-        if q is None:
-            return deque()
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _live(self, entry: _Entry, now: float) -> bool:
+        q = entry.failures
         while q and q[0] <= now - self.window_s:
             q.popleft()
-        if not q:
-            del self._failures[key]
-        return q
+        return bool(q) or entry.pending > 0
 
-    def retry_after(self, key: str, now: float | None = None) -> float:
+    def _slot(self, key: str) -> str:
+        """``key``, or the overflow key when ``key`` is new and the table is full."""
+        if key in self._entries or len(self._entries) < self.max_keys:
+            return key
+        self._sweep(self._clock())
+        return key if len(self._entries) < self.max_keys else OVERFLOW_KEY
+
+    def _sweep(self, now: float) -> None:
+        """Drop expired entries from the front (least recently touched). An entry
+        touched within the window may still hold a failure: the rest are newer, so
+        the scan stops there. Entries with attempts in flight are kept."""
+        expired = []
+        for key, entry in self._entries.items():
+            if entry.touched > now - self.window_s:
+                break
+            if not self._live(entry, now):
+                expired.append(key)
+        for key in expired:
+            del self._entries[key]
+
+    def _entry(self, key: str, now: float) -> _Entry:
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = _Entry()
+        entry.touched = now
+        self._entries.move_to_end(key)
+        return entry
+
+    def retry_after(self, key: str) -> float:
         """Seconds until ``key`` may try again; 0 when it may try now."""
-        now = time.monotonic() if now is None else now
-        q = self._recent(key, now)
-        if len(q) < self.limit:
+        now = self._clock()
+        entry = self._entries.get(self._slot(key))
+        if entry is None:
             return 0.0
-        return max(0.0, q[0] + self.window_s - now)
+        self._live(entry, now)
+        if len(entry.failures) + entry.pending < self.limit:
+            return 0.0
+        if not entry.failures:  # only attempts in flight: they settle within seconds
+            return 1.0
+        return max(1.0, entry.failures[0] + self.window_s - now)
 
-    def fail(self, key: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        q = self._failures.setdefault(key, deque())
-        q.append(now)
-        while len(q) > self.limit:
-            q.popleft()
-        self._failures.move_to_end(key)
-        while len(self._failures) > self.max_keys:
-            self._failures.popitem(last=False)
+    def reserve(self, key: str) -> str | None:
+        """Take a slot for one attempt; the key to settle it with (the overflow key
+        when ``key`` did not fit), or ``None`` when the limit is reached."""
+        now = self._clock()
+        slot = self._slot(key)
+        entry = self._entries.get(slot)
+        if entry is not None:
+            self._live(entry, now)
+            if len(entry.failures) + entry.pending >= self.limit:
+                return None
+        entry = self._entry(slot, now)
+        entry.pending += 1
+        return slot
 
-    def reset(self, key: str) -> None:
-        self._failures.pop(key, None)
+    def settle(self, slot: str, failed: bool, clear: bool = False) -> None:
+        """End a reserved attempt: ``failed`` keeps it counted for the window; otherwise
+        its slot is freed, and ``clear`` also forgets the key's earlier failures (a
+        successful sign-in clears its account, not its address)."""
+        now = self._clock()
+        entry = self._entry(slot, now)
+        entry.pending = max(0, entry.pending - 1)
+        if failed:
+            entry.failures.append(now)
+            while len(entry.failures) > self.limit:
+                entry.failures.popleft()
+        elif clear and slot != OVERFLOW_KEY:
+            entry.failures.clear()
+        if not self._live(entry, now):
+            del self._entries[slot]
+
+    def used(self, key: str) -> int:
+        """Failures and attempts in flight counted for ``key`` now."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return 0
+        self._live(entry, self._clock())
+        return len(entry.failures) + entry.pending
+
+    def fail(self, key: str) -> None:
+        """Count a failure that needed no reservation (a malformed request)."""
+        slot = self._slot(key)
+        entry = self._entry(slot, self._clock())
+        entry.pending += 1
+        self.settle(slot, failed=True)
+
+
+def address_key(address: str) -> str:
+    """The unit an address limit counts: one IPv4 address, or an IPv6 /64 (one
+    subscriber's network: a single host can hold billions of its addresses)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)

@@ -15,6 +15,8 @@ users = sa.Table(
     sa.Column("must_change_password", sa.Boolean, nullable=False, default=False),
     sa.Column("totp_secret", sa.String(64)),
     sa.Column("totp_pending", sa.String(64)),
+    # The last TOTP time step accepted (a code is accepted once; migration 0004).
+    sa.Column("totp_last_step", sa.BigInteger),
     sa.Column("totp_required", sa.Boolean, nullable=False, default=False),
     sa.Column("disabled", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.Float, nullable=False),

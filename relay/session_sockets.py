@@ -5,10 +5,12 @@ relay sent in ``dial``; after it, binary frames carry SSH, with the relay as cli
 The token only lets the WebSocket in: the SSH handshake still has to show the host
 key the agent enrolled with (or sent with its ``join``).
 
-``/agent/join``: attended mode. Wrong codes are counted per address and across the
-relay (``backline.relay.ratelimit``); past either limit every attempt is refused
-unread, and every refusal is audited. A right code is spent at once, whatever the
-customer then answers.
+``/agent/join``: attended mode. Each code is checked within the code limits
+(:class:`backline.relay.auth_limits.JoinCodeLimits`): reserved once the join frame is
+read, right before the lookup, so sockets opened beforehand and fired at once get no
+more lookups than the limits; past a limit the attempt is refused unread. Every
+refusal is audited (as floods, per address). A right code is spent at once, whatever
+the customer then answers.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from starlette.websockets import WebSocket
 
 from backline.common import protocol
 from backline.common.protocol import ProtocolError
+from backline.relay.auth_limits import CodeRateLimited
 from backline.relay.control import CLOSE_AUTH, CLOSE_PROTOCOL, PeerGone, receive_frame
+from backline.relay.ratelimit import address_key
 from backline.relay.sessions import CodeRefused, LiveSession, SessionError
 from backline.relay.state import Relay
 from backline.relay.webauth import client_address
@@ -69,13 +73,11 @@ async def join_endpoint(ws: WebSocket) -> None:
     sessions = relay.sessions
     address = client_address(ws)
     actor = f"anonymous@{address}"
+    source = address_key(address)
     await ws.accept()
-    wait = sessions.code_retry_after(address)
+    wait, limit = sessions.code_retry_after(address)  # early, cheap; reserved below
     if wait > 0:
-        relay.metrics.errors.labels("session_code_rate_limited").inc()
-        relay.record(actor, "session.join.rate_limited", "session-code", address=address)
-        await _refuse(ws, "rate_limited", f"too many wrong session codes; try again in "
-                                          f"{int(wait) + 1} s", CLOSE_RATE_LIMITED)
+        await _code_rate_limited(ws, relay, actor, address, limit, wait)
         return
     try:
         async with asyncio.timeout(FIRST_FRAME_TIMEOUT_S):
@@ -89,17 +91,21 @@ async def join_endpoint(ws: WebSocket) -> None:
     except ProtocolError as err:
         sessions.code_failed(address)
         relay.metrics.errors.labels(err.code).inc()
-        relay.record(actor, "session.join.refused", "session-code", reason=err.code,
-                     address=address)
+        relay.record_flood(source, actor, "session.join.refused", "session-code",
+                           reason=err.code, address=address)
         await _refuse(ws, err.code, err.message, CLOSE_PROTOCOL)
         return
     try:
         session = sessions.redeem_code(msg["code"], address, msg["hostname"], key)
+    except CodeRateLimited as limited:
+        await _code_rate_limited(ws, relay, actor, address, limited.limit,
+                                 limited.retry_after)
+        return
     except CodeRefused as refused:
-        sessions.code_failed(address)
         relay.metrics.errors.labels("session_code").inc()
-        relay.record(actor, "session.join.refused", "session-code", reason=refused.reason,
-                     address=address, hostname=msg["hostname"][:100])
+        relay.record_flood(source, actor, "session.join.refused", "session-code",
+                           reason=refused.reason, address=address,
+                           hostname=msg["hostname"][:100])
         await _refuse(ws, "bad_code", "that session code is wrong, already used or expired",
                       CLOSE_AUTH)
         return
@@ -114,6 +120,15 @@ async def join_endpoint(ws: WebSocket) -> None:
             await sessions.close(session, "customer", "the join connection closed", customer)
         with contextlib.suppress(Exception):
             await ws.close(1000)
+
+
+async def _code_rate_limited(ws: WebSocket, relay: Relay, actor: str, address: str,
+                             limit: str, wait: float) -> None:
+    relay.metrics.errors.labels("session_code_rate_limited").inc()
+    relay.record_flood(address_key(address), actor, "session.join.rate_limited",
+                       "session-code", reason=limit, address=address)
+    await _refuse(ws, "rate_limited", f"too many wrong session codes; try again in "
+                                      f"{int(wait) + 1} s", CLOSE_RATE_LIMITED)
 
 
 async def _attend(ws: WebSocket, relay: Relay, session: LiveSession, customer: str) -> None:

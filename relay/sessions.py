@@ -38,8 +38,8 @@ import sqlalchemy as sa
 
 from backline.common import protocol, sessioncode
 from backline.common.wstunnel import ABORT_FLUSH_S, SSH_WINDOW, WebSocketTunnel
+from backline.relay.auth_limits import JoinCodeLimits
 from backline.relay.db import writing
-from backline.relay.ratelimit import FailureLimiter
 from backline.relay.schema import support_sessions
 from backline.relay.sshca import RelayCA, host_key_from_raw
 
@@ -139,10 +139,7 @@ class SessionManager:
         self.relay = relay
         cfg = relay.config
         self.ca = RelayCA(relay.datadir.ca_key)
-        self.codes_by_address = FailureLimiter(cfg.session_code_failures_per_address,
-                                               cfg.session_code_window_s)
-        self.codes_global = FailureLimiter(cfg.session_code_failures_global,
-                                           cfg.session_code_global_window_s)
+        self.codes = JoinCodeLimits(cfg)
         self._live: dict[str, LiveSession] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         relay.metrics.sessions.set_function(lambda: len(self._live))
@@ -598,17 +595,34 @@ class SessionManager:
         return {"session_id": session_id, "code": shown, "expires_at": round(expires, 3),
                 "command": join_command(self.relay.origin, self.relay.fingerprint, shown)}
 
-    def code_retry_after(self, address: str) -> float:
-        return max(self.codes_by_address.retry_after(address),
-                   self.codes_global.retry_after("*"))
+    def code_retry_after(self, address: str) -> tuple[float, str]:
+        """Seconds until ``address`` may try a code, and the limit (see
+        :meth:`JoinCodeLimits.retry_after`); reserved for real by :meth:`redeem_code`."""
+        return self.codes.retry_after(address)
 
     def code_failed(self, address: str) -> None:
-        self.codes_by_address.fail(address)
-        self.codes_global.fail("*")
+        """Count a malformed join request from ``address`` as a wrong code."""
+        self.codes.fail(address)
 
     def redeem_code(self, digits: str, address: str, hostname: str,
                     host_key_raw: bytes) -> LiveSession:
-        """Use a code (once, atomically, across nodes); the attended session it opens."""
+        """Use a code (once, atomically, across nodes); the attended session it opens.
+
+        The attempt is reserved in the code limits first (raising ``CodeRateLimited``
+        past one), and settled after the lookup: a wrong, used or expired code stays
+        counted."""
+        attempt = self.codes.reserve(address)
+        failed = True
+        try:
+            self.relay.metrics.auth_checks.labels("join_code").inc()
+            session = self._redeem(digits, address, hostname, host_key_raw)
+            failed = False
+            return session
+        finally:
+            attempt.settle("failed" if failed else "succeeded")
+
+    def _redeem(self, digits: str, address: str, hostname: str,
+                host_key_raw: bytes) -> LiveSession:
         code_hash = self._code_hash(digits)
         now = time.time()
         principal = "at_" + secrets.token_urlsafe(15)

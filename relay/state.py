@@ -17,12 +17,12 @@ from backline.relay import metrics
 from backline.relay.agents import Presence, get_agent
 from backline.relay.audit import AuditLog
 from backline.relay.audit_floods import FloodAggregator
+from backline.relay.auth_limits import AuthLimits
 from backline.relay.blobs import BlobStore
 from backline.relay.config import RelayConfig
 from backline.relay.datadir import DataDir, pem_fingerprint
 from backline.relay.db import make_engine, migrate
 from backline.relay.live import LiveBus
-from backline.relay.ratelimit import FailureLimiter
 from backline.relay.sessions import SessionManager
 from backline.relay.webhooks import WebhookSender
 
@@ -41,8 +41,7 @@ class Relay:
     presence: Presence = field(default_factory=Presence)
     bus: LiveBus = field(default_factory=LiveBus)
     started_at: float = field(default_factory=time.time)
-    login_by_account: FailureLimiter = field(init=False)
-    login_by_address: FailureLimiter = field(init=False)
+    auth: AuthLimits = field(init=False)
     metrics: metrics.RelayMetrics = field(init=False)
     sessions: SessionManager = field(init=False)
     webhooks: WebhookSender = field(init=False)
@@ -54,8 +53,7 @@ class Relay:
 
     def __post_init__(self) -> None:
         c = self.config
-        self.login_by_account = FailureLimiter(c.login_failures_per_account, c.login_window_s)
-        self.login_by_address = FailureLimiter(c.login_failures_per_address, c.login_window_s)
+        self.auth = AuthLimits(self)
         self.metrics = metrics.RelayMetrics(self)
         self.floods = FloodAggregator(self.record)
         self.audit.listeners.append(self.bus.publish_audit)

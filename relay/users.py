@@ -168,27 +168,31 @@ def totp_uri(secret: str, username: str) -> str:
     return pyotp.TOTP(secret).provisioning_uri(name=username, issuer_name="Backline")
 
 
+#: What a TOTP code is: exactly six ASCII digits. ``str.isdigit`` also accepts other
+#: scripts' digits ('١٢٣٤٥٦'), which ``hmac.compare_digest`` then refuses with a
+#: TypeError: a 500 for a right password and a 401 for a wrong one.
+TOTP_CODE_RE = re.compile(r"[0-9]{6}")
+
+
 def confirm_totp(engine: sa.Engine, user: User, code: str) -> bool:
+    """Activate the pending secret if ``code`` is one of its current codes. The code
+    is spent at once: its step becomes the user's last accepted one."""
     with engine.connect() as conn:
         pending = conn.execute(sa.select(users.c.totp_pending)
                                .where(users.c.id == user.id)).scalar()
-    step = _matching_step(pending, code, time.time()) if pending and code.isdigit() else None
+    step = _matching_step(pending, code, time.time()) if pending else None
     if step is None:
         return False
-    _last_totp_step[user.id] = step
     with writing(engine) as conn:
-        conn.execute(users.update().where(users.c.id == user.id)
-                     .values(totp_secret=pending, totp_pending=None))
-    return True
-
-
-# The last time step each user's code was accepted at: a code seen once is spent,
-# so a shoulder-surfed or phished code cannot be replayed within its window. Kept
-# per relay node; with several nodes a code could at most be reused once per node.
-_last_totp_step: dict[int, int] = {}
+        done = conn.execute(users.update().where(
+            users.c.id == user.id, users.c.totp_pending == pending
+        ).values(totp_secret=pending, totp_pending=None, totp_last_step=step))
+    return bool(done.rowcount == 1)
 
 
 def _matching_step(secret: str, code: str, now: float) -> int | None:
+    if not TOTP_CODE_RE.fullmatch(code):
+        return None
     totp = pyotp.TOTP(secret)
     current = totp.timecode(now)
     for offset in (0, -1, 1):  # one step of clock drift either way
@@ -198,16 +202,22 @@ def _matching_step(secret: str, code: str, now: float) -> int | None:
 
 
 def check_totp(engine: sa.Engine, user: User, code: str) -> bool:
+    """Whether ``code`` is a current code of ``user``'s authenticator never accepted
+    before. A code is accepted once: the step it belongs to is stored with the user
+    and taken by one conditional UPDATE (``WHERE totp_last_step < step``), so neither
+    a restart nor two requests racing each other (nor two relay nodes) can reuse it."""
     with engine.connect() as conn:
         secret = conn.execute(sa.select(users.c.totp_secret)
                               .where(users.c.id == user.id)).scalar()
-    if not secret or not code.isdigit():
+    step = _matching_step(secret, code, time.time()) if secret else None
+    if step is None:
         return False
-    step = _matching_step(secret, code, time.time())
-    if step is None or step <= _last_totp_step.get(user.id, -1):
-        return False
-    _last_totp_step[user.id] = step
-    return True
+    with writing(engine) as conn:
+        done = conn.execute(users.update().where(
+            users.c.id == user.id, users.c.totp_secret == secret,
+            sa.or_(users.c.totp_last_step.is_(None), users.c.totp_last_step < step)
+        ).values(totp_last_step=step))
+    return bool(done.rowcount == 1)
 
 
 # --- groups and grants -------------------------------------------------------------

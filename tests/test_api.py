@@ -24,20 +24,29 @@ from tests.harness import (
 )
 
 
+def wrong_code(totp: pyotp.TOTP) -> str:
+    """A code accepted at no step within a minute of now (drift window included)."""
+    near = {totp.at(time.time() + d) for d in range(-90, 91, 15)}
+    return next(c for c in (f"{n:06d}" for n in range(123456, 10**6)) if c not in near)
+
+
 def test_totp_enrolment_and_login(relay: RelayProcess, admin: Api) -> None:
     begun = admin.post("/api/v1/auth/totp/begin").json()
     assert begun["uri"].startswith("otpauth://totp/Backline:admin")
     assert begun["qr_svg"].startswith("<svg")
-    assert admin.post("/api/v1/auth/totp/confirm", json={"code": "000000"}).status_code == 400
     totp = pyotp.TOTP(begun["secret"])
-    assert admin.post("/api/v1/auth/totp/confirm", json={"code": totp.now()}).status_code == 200
+    wrong = wrong_code(totp)
+    assert admin.post("/api/v1/auth/totp/confirm", json={"code": wrong}).status_code == 400
+    confirmed = totp.now()
+    assert admin.post("/api/v1/auth/totp/confirm", json={"code": confirmed}).status_code == 200
 
     fresh = Api(relay)
     r = fresh.login("admin", ADMIN_PASSWORD)
     assert r.status_code == 401 and r.json()["error"] == "totp_required"
-    assert fresh.login("admin", ADMIN_PASSWORD, "123456").status_code == 401
-    # The code that confirmed the enrolment is spent: replaying it fails.
-    assert fresh.login("admin", ADMIN_PASSWORD, totp.now()).status_code == 401
+    assert fresh.login("admin", ADMIN_PASSWORD, wrong).status_code == 401
+    # The code that confirmed the enrolment is spent: replaying it fails (that very code,
+    # not totp.now(), which is a new code once the 30 s step has rolled over).
+    assert fresh.login("admin", ADMIN_PASSWORD, confirmed).status_code == 401
     later = totp.at(time.time() + 30)  # the next step's code (accepted: one step of drift)
     r = fresh.login("admin", ADMIN_PASSWORD, later)
     assert r.status_code == 200 and r.json()["user"]["totp_enabled"]

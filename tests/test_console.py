@@ -25,6 +25,7 @@ from tests.harness import (
     RelayProcess,
     admin_api,
 )
+from tests.test_api import wrong_code
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("BACKLINE_ARTIFACTS", Path(__file__).parent / "artifacts"))
@@ -135,8 +136,8 @@ def test_login_with_totp_enrolment(page: Watched, site: RelayProcess) -> None:
     p.get_by_role("button", name="Set up an authenticator").click()
     secret = p.locator("#totp-secret").inner_text()
     expect(p.get_by_role("img", name="QR code for your authenticator")).to_be_visible()
-    confirmed_with = pyotp.TOTP(secret).now()
-    p.get_by_label("Code from the app").fill(confirmed_with)
+    confirmed = pyotp.TOTP(secret).now()
+    p.get_by_label("Code from the app").fill(confirmed)
     p.get_by_role("button", name="Confirm").click()
     expect(p.get_by_text("Authenticator set up")).to_be_visible()
     p.get_by_role("button", name="Sign out").click()
@@ -144,15 +145,22 @@ def test_login_with_totp_enrolment(page: Watched, site: RelayProcess) -> None:
 
     sign_in(p, "tina", "tina's password 1")
     expect(p.get_by_role("alert")).to_contain_text("Enter the 6-digit code")
-    # The code just used to confirm is spent (replayed as it was, so a step that rolls
-    # over meanwhile cannot make it a fresh code); the next time step's code is accepted.
-    p.get_by_label("Authenticator code").fill(confirmed_with)
+    # The code just used to confirm is spent (that very code: totp.now() is a new one
+    # once the 30 s step has rolled over); the next time step's code is accepted.
+    p.get_by_label("Authenticator code").fill(confirmed)
     p.get_by_role("button", name="Sign in").click()
     expect(p.get_by_role("alert")).to_contain_text("wrong username, password or code")
     p.get_by_label("Authenticator code").fill(pyotp.TOTP(secret).at(time.time() + 30))
     p.get_by_role("button", name="Sign in").click()
     expect(p.locator("#agents-title")).to_be_visible()
     expect(p.locator("#live-status")).to_have_text("Live")
+    # Replacing it asks for the password and a current code, which the relay checks.
+    nav(p, "Account")
+    replace = p.get_by_role("form", name="Replace authenticator")
+    replace.get_by_label("Password", exact=True).fill("tina's password 1")
+    replace.get_by_label("Code from the current app").fill(wrong_code(pyotp.TOTP(secret)))
+    replace.get_by_role("button", name="Replace authenticator").click()
+    expect(p.get_by_role("alert")).to_contain_text("needs your password and a current code")
 
 
 def test_signed_out_when_session_ends(page: Watched, site: RelayProcess) -> None:

@@ -31,10 +31,18 @@ export function accountView(app) {
       app.refresh();
     }
   };
-  const begin = async () => {
+  // Replacing an active authenticator needs the password and a current code from it
+  // (the relay refuses it otherwise): a session left open is not enough.
+  const begin = async (ev) => {
     s.error = "";
+    let proof = {};
+    if (ev && ev.type === "submit") {
+      ev.preventDefault();
+      const d = Object.fromEntries(new FormData(ev.target).entries());
+      proof = { password: d.password, code: String(d.code || "").trim() };
+    }
     try {
-      s.setup = await post("/auth/totp/begin");
+      s.setup = await post("/auth/totp/begin", proof);
     } catch (err) {
       s.error = err.message;
     }
@@ -82,8 +90,12 @@ export function accountView(app) {
           <form class="inline" @submit=${confirmCode}>
             <label>Code from the app <input name="code" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" required autocomplete="one-time-code"></label>
             <button type="submit">Confirm</button></form>`
-          : html`<button type="button" @click=${begin}>
-              ${me.user.totp_enabled ? "Replace authenticator" : "Set up an authenticator"}</button>`}
+          : me.user.totp_enabled ? html`
+          <form class="stack" @submit=${begin} aria-label="Replace authenticator">
+            <label>Password <input name="password" type="password" autocomplete="current-password" required></label>
+            <label>Code from the current app <input name="code" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" required autocomplete="one-time-code"></label>
+            <button type="submit">Replace authenticator</button></form>`
+          : html`<button type="button" @click=${begin}>Set up an authenticator</button>`}
       </div>
     </div>
   </section>`;

@@ -1,0 +1,383 @@
+"""The relay's one attempt limiter for everything that checks a secret.
+
+Sign-in (password and TOTP), the password that confirms a password change or the
+replacement of an active authenticator, TOTP enrolment codes, and attended-session
+codes all go through here, and each follows the same order (docs/security.md,
+"Attempt limits"):
+
+1. **reserve** an attempt in every limit that applies (:mod:`backline.relay.ratelimit`),
+   synchronously, before any slow step: past a limit the attempt is refused unread
+   (429, audited as a flood);
+2. evaluate it: argon2 runs in a small dedicated pool behind a semaphore
+   (``argon2_concurrency``, 64 MiB each), and a check that cannot get a turn within
+   ``argon2_wait_s`` (or finds too many already waiting) is refused 503 instead of
+   queueing without bound;
+3. **settle**: a failure stays counted, a success frees the slot (and clears the
+   account), an attempt never evaluated just frees it.
+
+``backline_auth_checks_total{kind}`` counts the evaluations, which the limits bound.
+
+Lock-out resistance. A stranger's failures must not lock out the owner:
+
+* sign-in: a browser that signed in to an account before holds a signed **device
+  cookie** for it (``__Host-backline-device``, OWASP "device cookies"). Attempts
+  with a valid one are limited per cookie only, never by the account's, address's or
+  relay's budget of untrusted attempts, which strangers can exhaust;
+* session codes: an address's first tries are counted in their own relay-wide lane,
+  which repeat guessers cannot drain; see :class:`JoinCodeLimits`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.requests import HTTPConnection
+
+from backline.relay import users
+from backline.relay.config import RelayConfig
+from backline.relay.ratelimit import AttemptLimiter, address_key
+from backline.relay.webauth import ApiError, Principal, client_address
+
+if TYPE_CHECKING:
+    from backline.relay.state import Relay
+
+T = TypeVar("T")
+DEVICE_COOKIE = "__Host-backline-device"
+#: Checks allowed to wait for an argon2 turn, per slot; beyond that, 503 at once.
+WAITING_PER_SLOT = 8
+#: How many of an address's tries at a session code count as "first tries".
+FIRST_TRIES_PER_ADDRESS = 2
+
+
+class Busy(Exception):
+    """No argon2 turn within the wait: the check was not evaluated."""
+
+
+class Argon2Gate:
+    """At most ``slots`` argon2 checks at once, in their own threads.
+
+    A check waits for a turn at most ``wait_s``, behind at most ``max_waiting``
+    others; past either it is refused (:class:`Busy`) rather than queued without
+    bound. Checks of known devices (``trusted``) have their own queue, served first: a
+    flood of strangers' guesses across many accounts cannot starve the owners.
+
+    A turn is given back when the *thread* finishes, not when the awaiting request
+    does: a client that disconnects mid-check cannot free a turn while its hash still
+    holds 64 MiB."""
+
+    def __init__(self, slots: int, wait_s: float) -> None:
+        self.slots = slots
+        self.wait_s = wait_s
+        self.max_waiting = slots * WAITING_PER_SLOT
+        self._free = slots
+        self._queues: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (
+            deque(), deque())  # trusted first, then the rest
+        self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="argon2")
+
+    async def _acquire(self, trusted: bool) -> None:
+        if self._free > 0 and not any(self._queues):
+            self._free -= 1
+            return
+        queue = self._queues[0 if trusted else 1]
+        if len(queue) >= self.max_waiting:
+            raise Busy
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(turn)
+        try:
+            await asyncio.wait({turn}, timeout=self.wait_s)
+        except BaseException:  # the request was cancelled while waiting
+            if turn.done():
+                self._release()  # it had just been handed the turn: pass it on
+            else:
+                turn.cancel()
+                queue.remove(turn)
+            raise
+        if not turn.done():
+            turn.cancel()
+            queue.remove(turn)
+            raise Busy
+
+    def _release(self, _done: object = None) -> None:
+        for queue in self._queues:
+            while queue:
+                turn = queue.popleft()
+                if not turn.done():
+                    turn.set_result(None)  # the turn passes straight to the next waiter
+                    return
+        self._free += 1
+
+    async def run(self, fn: Callable[..., T], *args: Any, trusted: bool = False) -> T:
+        await self._acquire(trusted)
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except BaseException:
+            self._release()
+            raise
+        future.add_done_callback(self._release)
+        return await asyncio.shield(future)
+
+
+@dataclass
+class Attempt:
+    """Reserved slots, settled together: ``(limiter, slot, clear on success)``."""
+
+    slots: list[tuple[AttemptLimiter, str, bool]] = field(default_factory=list)
+    settled: bool = False
+
+    def settle(self, outcome: str) -> None:
+        """``failed`` keeps every slot counted, ``succeeded`` frees them (clearing
+        those marked so), ``released`` frees them (never evaluated)."""
+        if self.settled:
+            return
+        self.settled = True
+        for limiter, slot, clear in self.slots:
+            limiter.settle(slot, failed=outcome == "failed",
+                           clear=clear and outcome == "succeeded")
+
+
+def _reserve(lanes: list[tuple[AttemptLimiter, str, bool, str]]
+             ) -> tuple[Attempt | None, str, float]:
+    """All of ``lanes`` (limiter, key, clear, name) or none: the attempt, or the name
+    of the limit that refused and its wait."""
+    attempt = Attempt()
+    for limiter, key, clear, name in lanes:
+        slot = limiter.reserve(key)
+        if slot is None:
+            attempt.settle("released")
+            return None, name, limiter.retry_after(key)
+        attempt.slots.append((limiter, slot, clear))
+    return attempt, "", 0.0
+
+
+class AuthLimits:
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        c = relay.config
+        self.by_account = AttemptLimiter(c.login_failures_per_account, c.login_window_s)
+        self.by_address = AttemptLimiter(c.login_failures_per_address, c.login_window_s)
+        self.untrusted = AttemptLimiter(c.login_failures_global, c.login_window_s)
+        self.by_device = AttemptLimiter(c.login_device_failures, c.login_window_s)
+        # Signed-in users re-entering their password or a code: per user.
+        self.by_user = AttemptLimiter(c.login_failures_per_account, c.login_window_s)
+        self.argon2 = Argon2Gate(c.argon2_concurrency, c.argon2_wait_s)
+        self._devices = URLSafeTimedSerializer(relay.cookie_secret, salt="backline-device")
+
+    # --- evaluations -----------------------------------------------------------------
+
+    async def hash_work(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run argon2 work (hashing a signed-in user's new password) through the gate, in
+        the signed-in users' queue; 503 when busy."""
+        try:
+            return await self.argon2.run(fn, *args, trusted=True)
+        except Busy:
+            raise _busy() from None
+
+    async def _password(self, kind: str, username: str, password: str,
+                        trusted: bool = False) -> users.User | None:
+        counter, engine = self.relay.metrics.auth_checks.labels(kind), self.relay.engine
+
+        def check() -> users.User | None:  # counted once it really runs
+            counter.inc()
+            return users.verify_password(engine, username, password)
+
+        return await self.argon2.run(check, trusted=trusted)
+
+    def _totp(self, user: users.User, code: str) -> bool:
+        self.relay.metrics.auth_checks.labels("totp").inc()
+        return users.check_totp(self.relay.engine, user, code)
+
+    # --- sign-in ---------------------------------------------------------------------
+
+    async def sign_in(self, conn: HTTPConnection, username: str, password: str, code: str
+                      ) -> tuple[users.User | None, str]:
+        """Check a sign-in within the limits: the user and ``""``, or the failure's
+        reason. Raises :class:`ApiError` 429 (a limit) or 503 (argon2 busy), audited."""
+        address = client_address(conn)
+        device = self.device_of(conn, username)
+        attempt = None
+        if device:
+            attempt, _, _ = _reserve([(self.by_device, device, True, "device")])
+        trusted = attempt is not None
+        if attempt is None:  # no device cookie, or its own budget is spent: untrusted
+            attempt, limit, wait = _reserve([
+                (self.by_account, username, True, "account"),
+                (self.by_address, address_key(address), False, "address"),
+                (self.untrusted, "*", False, "relay")])
+            if attempt is None:
+                self._refuse_login(address, username, limit)
+                raise _limited(wait, "too many failed sign-ins")
+        outcome = "released"
+        try:
+            try:
+                user = await self._password("password", username, password, trusted)
+            except Busy:
+                self._refuse_login(address, username, "busy")
+                raise _busy() from None
+            reason = "" if user else "bad_password"
+            if user and user.totp_enabled:
+                if not code:
+                    reason = "totp_missing"
+                elif not self._totp(user, code):
+                    reason = "bad_totp"
+            outcome = "failed" if reason else "succeeded"
+            return user, reason
+        finally:
+            attempt.settle(outcome)
+
+    def _refuse_login(self, address: str, username: str, limit: str) -> None:
+        self.relay.metrics.errors.labels("login_rate_limited").inc()
+        self.relay.record_flood(address_key(address), f"anonymous@{address}",
+                                "auth.login.rate_limited", f"user:{username}",
+                                reason=limit, address=address)
+
+    def device_of(self, conn: HTTPConnection, username: str) -> str | None:
+        """The id of the valid device cookie ``conn`` holds for ``username``, if any."""
+        raw = conn.cookies.get(DEVICE_COOKIE)
+        if not raw or len(raw) > 512:
+            return None
+        try:
+            data = self._devices.loads(raw, max_age=self.relay.config.login_device_days * 86400)
+        except BadSignature:
+            return None
+        if not isinstance(data, dict) or data.get("u") != username:
+            return None
+        device = data.get("d")
+        return device if isinstance(device, str) and len(device) <= 64 else None
+
+    def device_cookie(self, conn: HTTPConnection, username: str) -> str:
+        """The ``Set-Cookie`` value that makes this browser a known device of
+        ``username`` (its id kept when it already was one)."""
+        device = self.device_of(conn, username) or secrets.token_urlsafe(16)
+        value = self._devices.dumps({"u": username, "d": device, "t": int(time.time())})
+        max_age = int(self.relay.config.login_device_days * 86400)
+        return (f"{DEVICE_COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; Secure; "
+                "SameSite=Strict")
+
+    # --- signed-in users proving themselves again ------------------------------------
+
+    def _reauth_attempt(self, who: Principal) -> Attempt:
+        attempt, _, wait = _reserve([(self.by_user, f"user:{who.user.id}", True, "user")])
+        if attempt is None:
+            self._refuse_reauth(who, "user")
+            raise _limited(wait, "too many wrong passwords or codes")
+        return attempt
+
+    def _refuse_reauth(self, who: Principal, limit: str) -> None:
+        self.relay.metrics.errors.labels("reauth_rate_limited").inc()
+        self.relay.record_flood(who.actor, who.actor, "auth.reauth.rate_limited", who.actor,
+                                reason=limit, address=who.address)
+
+    async def reauth(self, who: Principal, kind: str, password: str, code: str | None = None
+                     ) -> bool:
+        """Whether ``who`` knows the account's password (and, when ``code`` is not
+        None, a current code of its authenticator): limited per user like sign-in."""
+        attempt = self._reauth_attempt(who)
+        outcome = "released"
+        try:
+            try:
+                user = await self._password(kind, who.user.username, password, trusted=True)
+            except Busy:
+                self._refuse_reauth(who, "busy")
+                raise _busy() from None
+            ok = user is not None and user.id == who.user.id
+            if ok and code is not None:
+                ok = self._totp(who.user, code)
+            outcome = "succeeded" if ok else "failed"
+            return ok
+        finally:
+            attempt.settle(outcome)
+
+    def confirm_totp(self, who: Principal, code: str) -> bool:
+        """Finish TOTP enrolment with ``code``, limited per user."""
+        attempt = self._reauth_attempt(who)
+        outcome = "released"
+        try:
+            self.relay.metrics.auth_checks.labels("totp").inc()
+            ok = users.confirm_totp(self.relay.engine, who.user, code)
+            outcome = "succeeded" if ok else "failed"
+            return ok
+        finally:
+            attempt.settle(outcome)
+
+
+def _limited(wait: float, what: str) -> ApiError:
+    seconds = str(int(wait) + 1)
+    return ApiError(429, "rate_limited", f"{what}; try again in {seconds} s",
+                    {"Retry-After": seconds})
+
+
+def _busy() -> ApiError:
+    return ApiError(503, "busy", "too many password checks at once; try again shortly",
+                    {"Retry-After": "1"})
+
+
+class CodeRateLimited(Exception):
+    """A session-code attempt refused unread; ``limit`` names the limit."""
+
+    def __init__(self, limit: str, retry_after: float) -> None:
+        super().__init__(limit)
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class JoinCodeLimits:
+    """Limits on attended-session codes that strangers cannot turn into a lock-out.
+
+    * per address (an IPv6 /64 counts as one): ``session_code_failures_per_address``
+      wrong codes per ``session_code_window_s``, reserved before the lookup;
+    * relay-wide, an evaluation *rate* in two lanes per ``session_code_global_window_s``:
+      an address's first :data:`FIRST_TRIES_PER_ADDRESS` tries in its window are
+      counted in the first-tries lane (``session_code_first_tries_global``), the rest in
+      the repeat lane (``session_code_failures_global``). A flood of repeat guesses
+      exhausts only the repeat lane, so a customer typing the code they were read is
+      still evaluated; keeping the first-tries lane exhausted needs that many fresh
+      addresses every window. Both lanes together bound the guesses the relay
+      evaluates, whatever the number of addresses.
+    """
+
+    def __init__(self, config: RelayConfig) -> None:
+        c = config
+        self.by_address = AttemptLimiter(c.session_code_failures_per_address,
+                                         c.session_code_window_s)
+        self.first = AttemptLimiter(c.session_code_first_tries_global,
+                                    c.session_code_global_window_s)
+        self.repeat = AttemptLimiter(c.session_code_failures_global,
+                                     c.session_code_global_window_s)
+
+    def _lane(self, key: str) -> tuple[AttemptLimiter, str]:
+        if self.by_address.used(key) < FIRST_TRIES_PER_ADDRESS:
+            return self.first, "first_tries"
+        return self.repeat, "repeat"
+
+    def retry_after(self, address: str) -> tuple[float, str]:
+        """Seconds until ``address`` may try (0: now) and the limit that holds it: a
+        cheap early refusal, before the join frame is even read."""
+        key = address_key(address)
+        lane, name = self._lane(key)
+        by_address, by_lane = self.by_address.retry_after(key), lane.retry_after("*")
+        return (by_address, "address") if by_address >= by_lane else (by_lane, name)
+
+    def reserve(self, address: str) -> Attempt:
+        """Reserve one evaluation, or raise :class:`CodeRateLimited`."""
+        key = address_key(address)
+        lane, name = self._lane(key)
+        attempt, limit, wait = _reserve([(self.by_address, key, False, "address"),
+                                         (lane, "*", False, name)])
+        if attempt is None:
+            raise CodeRateLimited(limit, wait)
+        return attempt
+
+    def fail(self, address: str) -> None:
+        """Count a malformed join request as a wrong code."""
+        key = address_key(address)
+        lane, _ = self._lane(key)
+        self.by_address.fail(key)
+        lane.fail("*")
