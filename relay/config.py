@@ -16,6 +16,8 @@ from typing import Any
 
 import platformdirs
 
+from backline.common.tlspin import BadPin, is_spki, parse_pin
+
 ENV_PREFIX = "BACKLINE_"
 TLS_MODES = ("self-signed", "files", "off")
 
@@ -105,7 +107,11 @@ class RelayConfig:
         if self.tls == "files" and not (self.tls_cert_file and self.tls_key_file):
             raise ConfigError("tls = 'files' needs tls_cert_file and tls_key_file")
         for pin in self.tls_pins:
-            if not pin.startswith("sha256//") or len(pin) != 52:
+            try:
+                ok = is_spki(parse_pin(pin))
+            except BadPin:
+                ok = False
+            if not ok:
                 raise ConfigError(f"tls_pins: {pin!r} is not an SPKI pin (sha256// and 44 "
                                   "base64 characters; docs/operator-guide.md shows how to "
                                   "compute one)")

@@ -143,6 +143,10 @@ def write_self_signed(cert_path: Path, key_path: Path, hostnames: list[str],
                        critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                        critical=False)
+        # Self-signed, so the issuer's key is its own; X.509 validators (browsers'
+        # and sslyze's) want the extension on every certificate that is not a root.
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
+                       critical=False)
         .sign(key, hashes.SHA256())
     )
     if fresh or not key_path.exists():

@@ -1,0 +1,259 @@
+"""Acceptance 6: the relay's TLS policy and key pinning, against live relay processes.
+
+- sslyze (in its own venv, tests/sslyze_scan.py) finds the relay compliant with
+  Mozilla's "intermediate" profile and resuming no TLS 1.2 session by ticket, in both
+  TLS engines; a plain client cannot get a CBC suite or a TLS 1.2 ticket either;
+- a rotated certificate (same key) and a changed key (the announced next one) keep a
+  real enrolled agent connected across a reload and a restart;
+- an agent holding a legacy certificate pin records the key's pin after one connection;
+- a relay with another key is refused by the agent, with a clear message.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from backline.common import enrollment
+from backline.common.tlspin import cert_fingerprint, spki_pin_der
+from backline.relay import datadir
+from tests.harness import AGENT, AgentProcess, RelayProcess, audit_actions, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+SSLYZE_PYTHON = ROOT / ".venv-sslyze" / "bin" / "python"
+INTERMEDIATE_TLS12 = {
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+}
+
+
+def served(relay: RelayProcess) -> tuple[str, str]:
+    """(certificate SHA-256, SPKI pin) of what the relay serves to a new connection."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", relay.port), 5) as raw, \
+            ctx.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True) or b""
+    return cert_fingerprint(der), spki_pin_der(der)
+
+
+def state(agent: AgentProcess) -> dict[str, object]:
+    data: dict[str, object] = json.loads((agent.state_dir / "enrollment.json").read_text())
+    return data
+
+
+def status(agent: AgentProcess) -> dict[str, object]:
+    try:
+        data: dict[str, object] = json.loads((agent.state_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data
+
+
+def online_since(agent: AgentProcess, after: float) -> bool:
+    s = status(agent)
+    return s.get("state") == "online" and float(s.get("since", 0)) > after  # type: ignore[arg-type]
+
+
+def connects(relay: RelayProcess, agent_id: str) -> int:
+    return sum(1 for e in audit_actions(relay)
+               if e["action"] == "agent.connect" and e["target"] == f"agent:{agent_id}")
+
+
+@pytest.mark.parametrize("engine", ["socket", "loop"])
+def test_sslyze_finds_mozilla_intermediate_and_no_tls12_tickets(tmp_path: Path,
+                                                                engine: str) -> None:
+    assert SSLYZE_PYTHON.exists(), "sslyze's venv is missing: run scripts/setup"
+    relay = RelayProcess(tmp_path, {"BACKLINE_TLS_ENGINE": engine}).start()
+    try:
+        # The relay is its own trust anchor (agents trust its key pin): sslyze validates
+        # the path against its certificate, then checks everything else as for any site.
+        scan = subprocess.run(
+            [str(SSLYZE_PYTHON), str(ROOT / "tests" / "sslyze_scan.py"), "127.0.0.1",
+             str(relay.port), str(relay.data_dir / "tls.crt")],
+            capture_output=True, text=True, timeout=120)
+        assert scan.returncode == 0, scan.stdout + scan.stderr[-2000:]
+        report = json.loads(scan.stdout)
+        assert report["issues"] == {} and report["compliant"] is True, report
+        assert report["tls12_ticket_resumption"] == "NOT_SUPPORTED", report
+        assert report["tls12_ticket_successes"] == 0
+        assert set(report["tls12_ciphers"]) <= INTERMEDIATE_TLS12, report
+        assert not [c for c in report["tls12_ciphers"] if "CBC" in c or c.endswith("-SHA")]
+        assert set(report["curves"]) <= {"X25519", "secp256r1", "secp384r1"}
+        assert "X25519" in report["curves"], "X25519 is the group clients prefer"
+        assert report["compression"] is False and report["client_renegotiation"] is False
+
+        # The same without sslyze: a TLS 1.2 client offering only CBC suites is refused,
+        # and a TLS 1.2 session gets no ticket.
+        cbc = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        cbc.check_hostname, cbc.verify_mode = False, ssl.CERT_NONE
+        cbc.maximum_version = ssl.TLSVersion.TLSv1_2
+        cbc.set_ciphers("ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384:AES128-SHA")
+        with socket.create_connection(("127.0.0.1", relay.port), 5) as raw, \
+                pytest.raises(ssl.SSLError):
+            cbc.wrap_socket(raw).close()
+        tls12 = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tls12.check_hostname, tls12.verify_mode = False, ssl.CERT_NONE
+        tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+        with socket.create_connection(("127.0.0.1", relay.port), 5) as raw, \
+                tls12.wrap_socket(raw) as tls:
+            tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert tls.recv(4096).startswith(b"HTTP/1.1 200")
+            assert tls.version() == "TLSv1.2"
+            assert tls.session is not None and not tls.session.has_ticket
+    finally:
+        relay.stop()
+
+
+def test_self_signed_certificate_within_the_profile(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    relay = RelayProcess(tmp_path)
+    relay.cli("init")
+    cert = datadir.load_cert(relay.data_dir / "tls.crt")
+    span = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert span.days <= 365, span
+    assert cert.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in san.get_values_for_type(x509.DNSName)
+
+
+def test_rotated_certificate_and_next_key_keep_an_enrolled_agent(tmp_path: Path,
+                                                                 relay: RelayProcess) -> None:
+    leaf1, pin1 = served(relay)
+    token = enrollment.parse(relay.token())
+    assert token.pins[0] == pin1 and len(token.pins) == 2  # the key, then the next key
+    agent = AgentProcess(tmp_path, "kept")
+    assert agent.enroll(relay.token()).returncode == 0
+    assert state(agent)["pins"] == list(token.pins)
+    try:
+        t0 = time.time()
+        agent.start()
+        wait_for(lambda: online_since(agent, t0), 20, "the agent online")
+
+        # Same key: a new certificate, served after SIGHUP, with no restart.
+        out = relay.cli("cert", "rotate").stdout
+        assert "unchanged: agents keep working" in out
+        assert relay.proc is not None
+        relay.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: served(relay)[0] != leaf1, 10, "the rotated certificate served")
+        leaf2, pin2 = served(relay)
+        assert pin2 == pin1
+        span = datadir.load_cert(relay.data_dir / "tls.crt")
+        assert span.not_valid_after_utc.timestamp() - time.time() > 360 * 86400
+        # Every agent reconnects (the relay restarts): the new certificate is trusted.
+        relay.stop()
+        t1 = time.time()
+        relay.start()
+        wait_for(lambda: online_since(agent, t1), 30, "the agent back online", every=0.3)
+
+        # The next key, which the token announced, becomes the key.
+        rotated = relay.cli("cert", "rotate", "--new-key", "--yes")
+        assert "(changed)" in rotated.stdout, rotated.stdout + rotated.stderr
+        relay.stop()
+        t2 = time.time()
+        relay.start()
+        leaf3, pin3 = served(relay)
+        assert pin3 == token.pins[1] and leaf3 not in (leaf1, leaf2)
+        wait_for(lambda: online_since(agent, t2), 30, "the agent online on the new key",
+                 every=0.3)
+        assert agent.proc is not None and agent.proc.poll() is None
+        # And a token made now announces the new key and a new next one.
+        fresh = enrollment.parse(relay.token())
+        assert fresh.pins[0] == pin3 and fresh.pins[1] not in token.pins
+    finally:
+        assert agent.stop() == 0
+    actions = [e["action"] for e in audit_actions(relay)]
+    assert actions.count("relay.cert_rotate") == 2 and "relay.tls_reload" in actions
+    assert connects(relay, agent.agent_id) >= 3
+    assert relay.cli("audit", "verify", check=False).returncode == 0
+
+
+def test_legacy_certificate_pin_migrates_to_the_key_pin(tmp_path: Path,
+                                                        relay: RelayProcess) -> None:
+    leaf, pin = served(relay)
+    # An agent enrolled before SPKI pins: its state holds the certificate's hash only.
+    agent = AgentProcess(tmp_path, "old")
+    assert agent.enroll(relay.token()).returncode == 0
+    legacy = state(agent)
+    legacy.pop("pins")
+    legacy.pop("ca_pem")
+    legacy["fingerprint"] = leaf
+    (agent.state_dir / "enrollment.json").write_text(json.dumps(legacy))
+    assert "legacy" in agent.cmd("status").stdout
+    try:
+        t0 = time.time()
+        agent.start()
+        wait_for(lambda: online_since(agent, t0), 20, "the legacy agent online")
+        wait_for(lambda: state(agent).get("pins") == [pin], 5, "the key's pin recorded")
+        assert state(agent)["fingerprint"] == ""
+        # Its next connection is trusted, and bound, by the key: a rotated certificate
+        # does not matter any more.
+        relay.cli("cert", "rotate")
+        relay.stop()
+        t1 = time.time()
+        relay.start()
+        assert served(relay)[0] != leaf
+        wait_for(lambda: online_since(agent, t1), 30, "the migrated agent back online",
+                 every=0.3)
+    finally:
+        assert agent.stop() == 0
+    assert "now pinning the relay's key" in agent.log_path.read_text()
+
+    # A token in the old format (the certificate's hash as "f") still enrolls, and the
+    # agent pins the key it saw.
+    new = enrollment.parse(relay.token())
+    old_format = enrollment.EnrollmentToken(new.relay_url, served(relay)[0], new.secret)
+    assert '"f"' in base64.urlsafe_b64decode(old_format.encode()[4:] + "==").decode()
+    second = AgentProcess(tmp_path, "old-token")
+    r = second.enroll(old_format.encode())
+    assert r.returncode == 0, r.stderr
+    assert state(second)["pins"] == [pin] and state(second)["fingerprint"] == ""
+
+
+def test_agent_refuses_a_relay_with_another_key(tmp_path: Path, relay: RelayProcess) -> None:
+    _, pin = served(relay)
+    agent = AgentProcess(tmp_path, "wary")
+    assert agent.enroll(relay.token()).returncode == 0
+    agent_id = agent.agent_id
+    try:
+        t0 = time.time()
+        agent.start()
+        wait_for(lambda: online_since(agent, t0), 20, "the agent online")
+        before = connects(relay, agent_id)
+        # An impostor at the relay's address: the same data, but other keys (current and
+        # next), as a stolen database with a fresh certificate would give.
+        relay.stop()
+        (relay.data_dir / "tls_next.key").unlink()
+        datadir.write_self_signed(relay.data_dir / "tls.crt", relay.data_dir / "tls.key",
+                                  ["127.0.0.1"])
+        relay.start()
+        assert served(relay)[1] != pin
+        wait_for(lambda: "does not match the pinned key" in str(status(agent).get(
+            "last_error", "")), 30, "the agent to refuse the relay", every=0.3)
+        assert status(agent)["state"] == "reconnecting"
+        assert pin in str(status(agent)["last_error"])
+        time.sleep(1)
+        assert connects(relay, agent_id) == before, "the agent authenticated to an impostor"
+        assert state(agent)["pins"][0] == pin  # type: ignore[index]
+    finally:
+        assert agent.stop() == 0
+    assert "does not match the pinned key" in agent.log_path.read_text()
+    # The attended-session command refuses it the same way, before sending the code.
+    join = subprocess.run([AGENT, "join", "--relay", relay.url, "--pin", pin, "123-456-789"],
+                          capture_output=True, text=True, timeout=30)
+    assert join.returncode == 4 and "does not match the pinned key" in join.stderr
+    bad = subprocess.run([AGENT, "join", "--relay", relay.url, "--pin", "sha256//nope",
+                          "123-456-789"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "sha256//" in bad.stderr
