@@ -324,10 +324,13 @@ def cert_rotate(
     names = dd.cert_names(dd.load_cert(d.tls_cert))
     if new_key:
         promoted = dd.load_key(d.tls_next_key)
-        err.print("Changing the relay's TLS key. Agents that pin only the current key "
-                  f"({before.pins[0]}) will refuse the relay and must enroll again; those "
-                  f"enrolled or connected since the next key was announced ({before.pins[-1]}) "
-                  "keep working.", markup=False)
+        since = dt.datetime.fromtimestamp(d.tls_next_key.stat().st_mtime, dt.UTC)
+        err.print("Changing the relay's TLS key to the next key "
+                  f"({before.pins[1] if len(before.pins) > 1 else '?'}). Agents enrolled with "
+                  f"a token made since {since.isoformat(timespec='seconds')} pin it and keep "
+                  "working. Agents enrolled before (or that pinned the certificate before this "
+                  f"release) pin only the current key ({before.pins[0]}): they will refuse "
+                  "the relay and must enroll again.", markup=False)
         if not yes and not typer.confirm("Change the key?", default=False):
             raise typer.Exit(1)
         dd.write_self_signed(d.tls_cert, d.tls_key, names, key=promoted)

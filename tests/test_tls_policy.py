@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import ipaddress
 import json
 import signal
 import socket
@@ -19,8 +21,13 @@ import ssl
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from backline.common import enrollment
 from backline.common.tlspin import cert_fingerprint, spki_pin_der
@@ -115,8 +122,6 @@ def test_sslyze_finds_mozilla_intermediate_and_no_tls12_tickets(tmp_path: Path,
 
 
 def test_self_signed_certificate_within_the_profile(tmp_path: Path) -> None:
-    from cryptography import x509
-
     relay = RelayProcess(tmp_path)
     relay.cli("init")
     cert = datadir.load_cert(relay.data_dir / "tls.crt")
@@ -257,3 +262,115 @@ def test_agent_refuses_a_relay_with_another_key(tmp_path: Path, relay: RelayProc
     bad = subprocess.run([AGENT, "join", "--relay", relay.url, "--pin", "sha256//nope",
                           "123-456-789"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "sha256//" in bad.stderr
+
+
+# --- a CA-issued chain (a proxy's, or tls = "files") -------------------------------------
+
+
+def _ca(tmp: Path, name: str) -> tuple[Any, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    path = tmp / f"{name}.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return (key, cert), path
+
+
+def _issue(ca: Any, cert_path: Path, key_path: Path) -> None:
+    """A leaf for 127.0.0.1 under ``ca``, with a key of its own (an ACME renewal that
+    does not keep the key), written as the chain file a server serves."""
+    ca_key, ca_cert = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay")]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=20))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    datadir.write_key(key_path, key)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM)
+                          + ca_cert.public_bytes(serialization.Encoding.PEM))
+
+
+class CaRelay(RelayProcess):
+    """A relay serving a CA-issued chain (``tls = "files"``) and pinning the CA."""
+
+    def __init__(self, root: Path, ca_file: Path, ca_pin: str) -> None:
+        self.ca_file = ca_file
+        self.cert_file, self.key_file = root / "chain.pem", root / "leaf.key"
+        super().__init__(root, {"BACKLINE_TLS": "files",
+                                "BACKLINE_TLS_CERT_FILE": str(root / "chain.pem"),
+                                "BACKLINE_TLS_KEY_FILE": str(root / "leaf.key"),
+                                "BACKLINE_TLS_PINS": ca_pin})
+
+    def tls(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+
+def test_pinned_ca_survives_a_new_leaf_key_and_refuses_another_ca(tmp_path: Path) -> None:
+    ca, ca_file = _ca(tmp_path, "proxy-ca")
+    ca_pin = spki_pin_der(ca[1].public_bytes(serialization.Encoding.DER))
+    relay = CaRelay(tmp_path, ca_file, ca_pin)
+    _issue(ca, relay.cert_file, relay.key_file)
+    relay.start()
+    agent = AgentProcess(tmp_path, "behind-proxy")
+    try:
+        token = relay.token()
+        assert ca_pin in enrollment.parse(token).pins
+        # A CA file whose key the token does not pin is refused before connecting.
+        _, stranger_file = _ca(tmp_path, "stranger-ca")
+        r = agent.enroll(token, "--ca-file", str(stranger_file))
+        assert r.returncode == 5 and "not one the token pins" in r.stderr, r.stderr
+        r = agent.enroll(token, "--ca-file", str(ca_file))
+        assert r.returncode == 0, r.stderr
+        assert state(agent)["ca_pem"] == ca_file.read_text()
+        t0 = time.time()
+        agent.start()
+        wait_for(lambda: online_since(agent, t0), 20, "the agent online through the CA")
+
+        # The certificate is renewed with a new key by the same CA: reloaded, then every
+        # agent reconnects (the relay restarts) and still trusts it.
+        _, key1 = served(relay)
+        _issue(ca, relay.cert_file, relay.key_file)
+        assert relay.proc is not None
+        relay.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: served(relay)[1] != key1, 10, "the renewed chain served")
+        relay.stop()
+        t1 = time.time()
+        relay.start()
+        wait_for(lambda: online_since(agent, t1), 30, "the agent online after renewal",
+                 every=0.3)
+
+        # Another CA's chain for the same address: refused, and nothing authenticated.
+        other, _ = _ca(tmp_path, "other-ca")
+        before = connects(relay, agent.agent_id)
+        relay.stop()
+        _issue(other, relay.cert_file, relay.key_file)
+        relay.ca_file = tmp_path / "other-ca.pem"
+        relay.start()
+        wait_for(lambda: "the pinned CA did not sign" in str(status(agent).get(
+            "last_error", "")), 30, "the agent to refuse the other CA", every=0.3)
+        assert connects(relay, agent.agent_id) == before
+    finally:
+        assert agent.stop() == 0
+        relay.stop()
