@@ -79,9 +79,10 @@ async def session(ws: ClientConnection, enrollment: Enrollment, key: keys.Privat
     ``bound`` is what the signature binds (:attr:`PeerMatch.bound`); ``on_welcome``
     runs once the relay has accepted the agent."""
     quirks = quirks if quirks is not None else RelayQuirks()
+    bound = bound or (enrollment.pins or [enrollment.fingerprint])[0]
     challenge = await asyncio.wait_for(ws.recv(), 15)
-    await ws.send(protocol.answer_challenge(challenge, enrollment.agent_id, key,
-                                            bound or enrollment.fingerprint, __version__))
+    await ws.send(protocol.answer_challenge(challenge, enrollment.agent_id, key, bound,
+                                            __version__))
     welcome = protocol.parse_relay_message(await asyncio.wait_for(ws.recv(), 15))
     if welcome["type"] == "error":
         raise AuthRefused(f"{welcome['code']}: {welcome['message']}")
