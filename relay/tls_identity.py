@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from backline.relay.state import Relay
 
 log = logging.getLogger("backline.relay.tls")
+#: Mozilla's profiles' ``maximum_certificate_lifespan``.
+MAX_LIFETIME_DAYS = 366
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class TlsIdentity:
     fingerprint: str
     #: When the served certificate expires (Unix time); ``None`` when a proxy serves it.
     not_after: float | None = None
+    not_before: float | None = None
     cert_path: str = ""
     key_path: str = ""
 
@@ -81,7 +84,8 @@ def load(config: RelayConfig, datadir: DataDir) -> TlsIdentity:
         pins.append(datadir_mod.key_pin(datadir_mod.load_key(datadir.tls_next_key)))
     return TlsIdentity(tuple(dict.fromkeys([*pins, *extra])),
                        datadir_mod.pem_fingerprint(cert_path),
-                       cert.not_valid_after_utc.timestamp(), str(cert_path), str(key_path))
+                       cert.not_valid_after_utc.timestamp(),
+                       cert.not_valid_before_utc.timestamp(), str(cert_path), str(key_path))
 
 
 def warn_if_expiring(identity: TlsIdentity) -> float | None:
@@ -89,6 +93,12 @@ def warn_if_expiring(identity: TlsIdentity) -> float | None:
     days = identity.expires_in_days()
     if days is None:
         return None
+    if identity.not_before is not None and identity.not_after is not None and \
+            (identity.not_after - identity.not_before) / 86400 > MAX_LIFETIME_DAYS:
+        log.warning("the TLS certificate %s is valid for more than %d days, beyond what "
+                    "Mozilla's TLS profiles (and browsers) accept: run `backline-relay cert "
+                    "rotate` (self-signed: same key, agents keep working), then SIGHUP",
+                    identity.cert_path, MAX_LIFETIME_DAYS)
     if days <= 0:
         log.error("the TLS certificate %s has EXPIRED: browsers refuse it; run "
                   "`backline-relay cert rotate` (self-signed) or renew it, then reload the "
