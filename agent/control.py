@@ -20,6 +20,7 @@ from pathlib import Path
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
+from backline.agent import pinsync
 from backline.agent.diagnostics.health import health_loop
 from backline.agent.facts import heartbeat_stats
 from backline.agent.link import RelayUnreachable, open_trusted
@@ -179,6 +180,14 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
     key = state.load_key()
     runner = SessionRunner(state, enrollment, policy_file=policy_file)
     quirks = RelayQuirks()
+    synced_at = -pinsync.EVERY_S
+    syncing: asyncio.Task[None] | None = None
+
+    async def sync_pins() -> None:
+        nonlocal enrollment
+        enrollment = await pinsync.sync(state, enrollment)
+        runner.enrollment = enrollment
+
     end_signal = getattr(signal, "SIGUSR1", None)  # `backline-agent end-sessions`
     if end_signal is not None:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -193,13 +202,18 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
                 connected_at = time.monotonic()
                 bound = match.leaf if quirks.bind_leaf else match.bound
 
-                def migrate(seen: PeerMatch = match) -> None:
-                    nonlocal enrollment
-                    enrollment = _migrate(state, enrollment, seen)
-                    runner.enrollment = enrollment
+                def welcomed(seen: PeerMatch = match) -> None:
+                    nonlocal enrollment, synced_at, syncing
+                    if seen.legacy:
+                        enrollment = _migrate(state, enrollment, seen)
+                        runner.enrollment = enrollment
+                    if time.monotonic() - synced_at >= pinsync.EVERY_S and (
+                            syncing is None or syncing.done()):
+                        synced_at = time.monotonic()
+                        syncing = asyncio.create_task(sync_pins())
 
                 await session(ws, enrollment, key, state, stop, runner, quirks, bound,
-                              migrate if match.legacy else None)
+                              welcomed)
         except PinMismatch as exc:
             error = str(exc)
             log.error("%s", exc)
@@ -227,6 +241,8 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
             await asyncio.wait_for(stop.wait(), delay)
         except TimeoutError:
             pass
+    if syncing is not None:
+        syncing.cancel()
     await runner.close()
     state.write_status("stopped", relay=enrollment.relay_url, agent_id=enrollment.agent_id)
     log.info("stopped")

@@ -92,12 +92,16 @@ class StateDir:
 
     def migrate_pin(self, enrollment: Enrollment, spki: str) -> Enrollment:
         """Pin the relay's key ``spki`` instead of the legacy certificate hash it was
-        just matched by; written atomically (temp file and rename, as every state file),
-        so a crash leaves the old enrollment or the new one."""
-        migrated = replace(enrollment, fingerprint="",
-                           pins=[spki, *(p for p in enrollment.pins if p != spki)])
-        self._write_json(self.enrollment_path, asdict(migrated))
-        return migrated
+        just matched by."""
+        return self.update_pins(enrollment, [spki, *(p for p in enrollment.pins if p != spki)])
+
+    def update_pins(self, enrollment: Enrollment, pins: list[str]) -> Enrollment:
+        """Record ``pins`` (and drop any legacy certificate hash); written atomically
+        (temp file and rename, as every state file), so a crash leaves the old
+        enrollment or the new one."""
+        updated = replace(enrollment, fingerprint="", pins=list(pins))
+        self._write_json(self.enrollment_path, asdict(updated))
+        return updated
 
     def load_key(self) -> keys.PrivateKey:
         return keys.load_private(self.key_path)

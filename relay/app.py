@@ -14,7 +14,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backline.relay import api, api_sessions, openapi, reports
+from backline.relay import api, api_sessions, openapi, reports, tls_identity
 from backline.relay.console_socket import live_endpoint
 from backline.relay.control import connect_endpoint, enroll_endpoint
 from backline.relay.datadir import CERT_WARN_DAYS
@@ -130,6 +130,7 @@ def build_app(relay: Relay) -> Starlette:
     routes: list[Any] = [
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
         Route("/api/v1/openapi.json", openapi.endpoint),
+        Route("/agent/pins", tls_identity.pins_endpoint),
         *api.ROUTES,
         *api_sessions.ROUTES,
         *reports.ROUTES,

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from backline.common.tlspin import normalise, parse_pin, spki_pin_of
 from backline.relay import datadir as datadir_mod
@@ -86,6 +88,14 @@ def load(config: RelayConfig, datadir: DataDir) -> TlsIdentity:
                        datadir_mod.pem_fingerprint(cert_path),
                        cert.not_valid_after_utc.timestamp(),
                        cert.not_valid_before_utc.timestamp(), str(cert_path), str(key_path))
+
+
+async def pins_endpoint(request: Request) -> Response:
+    """``GET /agent/pins``: the pins agents should hold, for those that enrolled before
+    the next key existed (agent/pinsync.py). Public information, like the certificate
+    itself; what makes it trustworthy is the pinned connection it is read over."""
+    relay: Relay = request.app.state.relay
+    return JSONResponse({"pins": list(relay.pins)})
 
 
 def warn_if_expiring(identity: TlsIdentity) -> float | None:

@@ -11,6 +11,7 @@ processes.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import ipaddress
@@ -142,24 +143,30 @@ def test_legacy_certificate_pin_migrates_to_the_key_pin(tmp_path: Path,
         t0 = time.time()
         agent.start()
         wait_for(lambda: online_since(agent, t0), 20, "the legacy agent online")
-        wait_for(lambda: state(agent).get("pins") == [pin], 5, "the key's pin recorded")
+        # The key's pin replaces the certificate's, then GET /agent/pins adds the
+        # relay's next key, which a token from before it existed did not carry.
+        relay_pins = list(enrollment.parse(relay.token()).pins)
+        assert relay_pins[0] == pin
+        wait_for(lambda: state(agent).get("pins") == relay_pins, 10, "the relay's pins")
         assert state(agent)["fingerprint"] == ""
-        # Its next connection is trusted, and bound, by the key: a rotated certificate
-        # does not matter any more.
-        relay.cli("cert", "rotate")
+        # From now on it is trusted, and bound, by keys: a new certificate, even for the
+        # next key (which it learnt since), does not matter.
+        relay.cli("cert", "rotate", "--new-key", "--yes")
         relay.stop()
-        t1 = time.time()
+        t2 = time.time()
         relay.start()
-        assert served(relay)[0] != leaf
-        wait_for(lambda: online_since(agent, t1), 30, "the migrated agent back online",
+        assert served(relay)[0] != leaf and served(relay)[1] == relay_pins[1]
+        wait_for(lambda: online_since(agent, t2), 30, "the migrated agent on the new key",
                  every=0.3)
     finally:
         assert agent.stop() == 0
-    assert "now pinning the relay's key" in agent.log_path.read_text()
+    log = agent.log_path.read_text()
+    assert "now pinning the relay's key" in log and "the relay's pins are now" in log
 
     # A token in the old format (the certificate's hash as "f") still enrolls, and the
     # agent pins the key it saw.
     new = enrollment.parse(relay.token())
+    pin = new.pins[0]
     old_format = enrollment.EnrollmentToken(new.relay_url, served(relay)[0], new.secret)
     assert '"f"' in base64.urlsafe_b64decode(old_format.encode()[4:] + "==").decode()
     second = AgentProcess(tmp_path, "old-token")
@@ -315,3 +322,59 @@ def test_pinned_ca_survives_a_new_leaf_key_and_refuses_another_ca(tmp_path: Path
     finally:
         assert agent.stop() == 0
         relay.stop()
+
+
+def test_announced_pins_are_bounded_and_must_keep_the_trusted_key(tmp_path: Path) -> None:
+    """``GET /agent/pins`` answers the agent does not adopt (agent/pinsync.py), from a
+    TLS server holding the key the agent pins."""
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    datadir.write_self_signed(cert, key, ["127.0.0.1"])
+    pin = datadir.pem_spki_pin(cert)
+    other = "sha256//" + base64.b64encode(b"o" * 32).decode()
+    answers = {
+        "drops the trusted key": json.dumps({"pins": [other]}).encode(),
+        "too many": json.dumps({"pins": [pin, other, other[:-2] + "B=", other[:-2] + "C=",
+                                         other[:-2] + "D="]}).encode(),
+        "not SPKI": json.dumps({"pins": [pin, "ab" * 32]}).encode(),
+        "huge": json.dumps({"pins": [pin], "pad": "x" * 20_000}).encode(),
+        "not JSON": b"<html>",
+        "404": None,
+    }
+    from backline.agent import pinsync
+    from backline.agent.state import Enrollment, StateDir
+
+    async def scenario() -> dict[str, list[str]]:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        current: list[bytes | None] = [None]
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            body = current[0]
+            head = b"HTTP/1.1 200 OK" if body is not None else b"HTTP/1.1 404 Not Found"
+            writer.write(head + b"\r\nConnection: close\r\n\r\n" + (body or b""))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=ctx)
+        port = server.sockets[0].getsockname()[1]
+        store = StateDir(tmp_path / "agent")
+        store.prepare()
+        base = Enrollment(agent_id="ag_" + "a" * 20, relay_url=f"https://127.0.0.1:{port}",
+                          control_url="wss://x/agent/connect", group="g", ca_public_key="",
+                          audit_public_key="", pins=[pin])
+        out = {}
+        async with server:
+            for name, body in answers.items():
+                current[0] = body
+                out[name] = (await pinsync.sync(store, base)).pins
+            current[0] = json.dumps({"pins": [pin, other]}).encode()
+            out["adopted"] = (await pinsync.sync(store, base)).pins
+        return out
+
+    result = asyncio.run(scenario())
+    for name in answers:
+        assert result[name] == [pin], name
+    assert result["adopted"] == [pin, other]
+    assert json.loads((tmp_path / "agent" / "enrollment.json").read_text())["pins"] == [
+        pin, other]
