@@ -327,10 +327,11 @@ def cert_rotate(
         since = dt.datetime.fromtimestamp(d.tls_next_key.stat().st_mtime, dt.UTC)
         err.print("Changing the relay's TLS key to the next key "
                   f"({before.pins[1] if len(before.pins) > 1 else '?'}). Agents enrolled with "
-                  f"a token made since {since.isoformat(timespec='seconds')} pin it and keep "
-                  "working. Agents enrolled before (or that pinned the certificate before this "
-                  f"release) pin only the current key ({before.pins[0]}): they will refuse "
-                  "the relay and must enroll again.", markup=False)
+                  f"a token made since {since.isoformat(timespec='seconds')}, and agents of "
+                  "this version that have run connected since (they ask for the relay's pins "
+                  "at their first connection and daily), pin it and keep working. Others pin "
+                  f"only the current key ({before.pins[0]}): they will refuse the relay and "
+                  "must enroll again.", markup=False)
         if not yes and not typer.confirm("Change the key?", default=False):
             raise typer.Exit(1)
         dd.write_self_signed(d.tls_cert, d.tls_key, names, key=promoted)
