@@ -70,9 +70,11 @@ def load(config: RelayConfig, datadir: DataDir) -> TlsIdentity:
     """Read the certificate and pins the relay serves now (again after a rotation)."""
     extra = [parse_pin(p) for p in config.tls_pins]
     if config.tls == "off":
+        # The proxy's key pins first: the console's `join --pin` shows the first pin,
+        # and a customer running it has no CA file.
         pins = list(extra)
         if config.tls_ca_file:
-            pins.insert(0, spki_pin_of(x509.load_pem_x509_certificate(
+            pins.append(spki_pin_of(x509.load_pem_x509_certificate(
                 Path(config.tls_ca_file).read_bytes())))
         fp = normalise(config.tls_fingerprint) if config.tls_fingerprint else ""
         return TlsIdentity(tuple(dict.fromkeys(pins)), fp)
