@@ -298,15 +298,14 @@ def cert_show(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
 def cert_rotate(
     new_key: Annotated[bool, typer.Option(
         "--new-key", help="Also change the key: promote the pre-generated next key (which "
-                          "agents enrolled since it was made already trust) and make a new "
-                          "next key. Agents that pin only the current key must enroll again.")
+                          "agents enrolled or running since it was made already trust) and "
+                          "make a new next key. Agents that pin only the current key must "
+                          "enroll again.")
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", help="Do --new-key without asking.")] = False,
     data_dir: DataDirOpt = None, config: ConfigOpt = None,
 ) -> None:
-    """Renew the self-signed certificate: a new serial and validity, the same key by
-    default, so every agent's key pin still holds. The running relay picks it up on
-    SIGHUP (or within the hour, or at restart)."""
+    """Renew the self-signed certificate under the same key (agents keep working); then SIGHUP the relay."""  # noqa: E501
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from backline.relay import datadir as dd
