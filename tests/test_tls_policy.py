@@ -87,6 +87,17 @@ def test_sslyze_finds_mozilla_intermediate_and_no_tls12_tickets(tmp_path: Path,
             assert tls.recv(4096).startswith(b"HTTP/1.1 200")
             assert tls.version() == "TLSv1.2"
             assert tls.session is not None and not tls.session.has_ticket
+
+        # This engine serves a rotated certificate after SIGHUP, under the same policy.
+        leaf, pin = served(relay)
+        relay.cli("cert", "rotate")
+        assert relay.proc is not None
+        relay.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: served(relay)[0] != leaf, 10, "the rotated certificate served")
+        assert served(relay)[1] == pin
+        with socket.create_connection(("127.0.0.1", relay.port), 5) as raw, \
+                pytest.raises(ssl.SSLError):
+            cbc.wrap_socket(raw).close()
     finally:
         relay.stop()
 
