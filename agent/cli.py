@@ -70,7 +70,7 @@ def cmd_enroll(state: StateDir, args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(enroll(args.token, state, args.hostname, ca_pem=ca_pem))
     except EnrollError as exc:
-        code = EXIT_USAGE if exc.code == "token_malformed" else EXIT_REFUSED
+        code = EXIT_USAGE if exc.code in ("token_malformed", "ca_malformed") else EXIT_REFUSED
         return _fail(code, f"enrollment refused: {exc}")
     except PinMismatch as exc:
         return _fail(EXIT_PIN, str(exc))

@@ -41,9 +41,14 @@ async def enroll(token_text: str, state: StateDir, hostname: str | None = None,
     except enrollment.MalformedToken as exc:
         raise EnrollError("token_malformed", str(exc)) from None
     trust = Trust.of(token.pins, ca_pem)
-    if ca_pem and trust.ca_pin not in token.pins:
-        raise EnrollError("ca_not_pinned", f"the CA file's key ({trust.ca_pin}) is not one "
-                                           "the token pins; is it the relay's CA?")
+    if ca_pem:
+        try:
+            ca_pin = trust.ca_pin
+        except ValueError:
+            raise EnrollError("ca_malformed", "the CA file is not a PEM certificate") from None
+        if ca_pin not in token.pins:
+            raise EnrollError("ca_not_pinned", f"the CA file's key ({ca_pin}) is not one "
+                                               "the token pins; is it the relay's CA?")
     key = keys.generate()
     public = keys.public_raw(key)
     info = gather(hostname)
