@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio.sslproto
 import importlib.util
 import logging
+import signal
 import socket
 import sys
 
@@ -181,4 +182,6 @@ def serve(relay: Relay, sockets: list[socket.socket]) -> None:
         SocketTLSRelayServer if relay.config.tls_engine == "socket" else LoopTLSRelayServer)
     server = server_class(config)
     server.reloader = TlsReloader(relay, config.ssl)
+    if hasattr(signal, "SIGHUP"):  # until the reloader takes it: not the default, an exit
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     server.run(sockets=sockets)
