@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("token", help="the token from the console or `backline-relay token create`")
     e.add_argument("--hostname", help="the name to report instead of this machine's hostname")
     e.add_argument("--force", action="store_true", help="replace an existing enrollment")
+    e.add_argument("--ca-file", type=Path, default=None,
+                   help="a CA certificate (PEM) the relay's chain must verify against, when "
+                        "its operator says so (TLS ending at a proxy with a CA-issued "
+                        "certificate); the token must pin that CA's key")
     r = sub.add_parser("run", help="connect to the relay and stay connected (until SIGTERM)")
     session_commands.policy_option(r)
     sub.add_parser("status", help="show enrollment and connection state")
@@ -60,16 +64,20 @@ def cmd_enroll(state: StateDir, args: argparse.Namespace) -> int:
         return _fail(EXIT_USAGE, f"already enrolled (state in {state.root}); "
                                  "use --force to enroll again")
     try:
-        result = asyncio.run(enroll(args.token, state, args.hostname))
+        ca_pem = args.ca_file.read_text() if args.ca_file else ""
+    except OSError as exc:
+        return _fail(EXIT_USAGE, f"--ca-file: {exc}")
+    try:
+        result = asyncio.run(enroll(args.token, state, args.hostname, ca_pem=ca_pem))
     except EnrollError as exc:
-        code = EXIT_USAGE if exc.code == "token_malformed" else EXIT_REFUSED
+        code = EXIT_USAGE if exc.code in ("token_malformed", "ca_malformed") else EXIT_REFUSED
         return _fail(code, f"enrollment refused: {exc}")
     except PinMismatch as exc:
         return _fail(EXIT_PIN, str(exc))
     except RelayUnreachable as exc:
         return _fail(EXIT_UNREACHABLE, str(exc))
     print(f"enrolled as {result.agent_id} in group {result.group} at {result.relay_url}")
-    print(f"pinned relay certificate {format_fingerprint(result.fingerprint)}")
+    print(f"pinned relay {'CA' if result.ca_pem else 'key'} {', '.join(result.pins)}")
     print("start the agent with: backline-agent run")
     return 0
 
@@ -81,7 +89,11 @@ def cmd_status(state: StateDir) -> int:
     e = state.load_enrollment()
     print(f"agent:      {e.agent_id} (group {e.group})")
     print(f"relay:      {e.relay_url}")
-    print(f"pinned TLS: {format_fingerprint(e.fingerprint)}")
+    if e.pins:
+        print(f"pinned TLS: {'CA ' if e.ca_pem else ''}{', '.join(e.pins)}")
+    if e.fingerprint:
+        print(f"pinned TLS: certificate {format_fingerprint(e.fingerprint)} (legacy; the "
+              "key's pin replaces it at the next connection)")
     status = state.read_status()
     running = False
     if status:

@@ -13,20 +13,22 @@ import random
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
+from backline.agent import pinsync
 from backline.agent.diagnostics.health import health_loop
 from backline.agent.facts import heartbeat_stats
-from backline.agent.link import RelayUnreachable, open_pinned
+from backline.agent.link import RelayUnreachable, open_trusted
 from backline.agent.sessions import SessionRunner
 from backline.agent.state import Enrollment, StateDir
 from backline.common import __version__, keys, protocol
 from backline.common.protocol import ProtocolError
-from backline.common.tlspin import PinMismatch
+from backline.common.tlspin import PeerMatch, PinMismatch, format_fingerprint
 
 log = logging.getLogger("backline.agent")
 
@@ -60,6 +62,9 @@ class RelayQuirks:
     #: (docs/operator-guide.md, "Upgrading"); the agent then sends heartbeats without
     #: it, which such a relay answers each, rather than being refused at every one.
     hb_ack: bool = True
+    #: The relay refused a handshake that bound its key's pin: one from before SPKI
+    #: pins binds only its certificate's hash, which the agent then binds instead.
+    bind_leaf: bool = False
 
 
 class AuthRefused(Exception):
@@ -69,18 +74,24 @@ class AuthRefused(Exception):
 async def session(ws: ClientConnection, enrollment: Enrollment, key: keys.PrivateKey,
                   state: StateDir, stop: asyncio.Event,
                   runner: SessionRunner | None = None,
-                  quirks: RelayQuirks | None = None) -> None:
-    """One connected session: handshake, then heartbeats and answers until closed."""
+                  quirks: RelayQuirks | None = None, bound: str | None = None,
+                  on_welcome: Callable[[], None] | None = None) -> None:
+    """One connected session: handshake, then heartbeats and answers until closed.
+    ``bound`` is what the signature binds (:attr:`PeerMatch.bound`); ``on_welcome``
+    runs once the relay has accepted the agent."""
     quirks = quirks if quirks is not None else RelayQuirks()
+    bound = bound or (enrollment.pins or [enrollment.fingerprint])[0]
     challenge = await asyncio.wait_for(ws.recv(), 15)
-    await ws.send(protocol.answer_challenge(challenge, enrollment.agent_id, key,
-                                            enrollment.fingerprint, __version__))
+    await ws.send(protocol.answer_challenge(challenge, enrollment.agent_id, key, bound,
+                                            __version__))
     welcome = protocol.parse_relay_message(await asyncio.wait_for(ws.recv(), 15))
     if welcome["type"] == "error":
         raise AuthRefused(f"{welcome['code']}: {welcome['message']}")
     if welcome["type"] != "welcome":
         raise ProtocolError("unexpected_type", f"expected welcome, got {welcome['type']}")
     heartbeat_s = welcome["heartbeat_s"]
+    if on_welcome is not None:
+        on_welcome()
     state.write_status("online", relay=enrollment.relay_url, agent_id=enrollment.agent_id)
     log.info("connected to %s as %s", enrollment.relay_url, enrollment.agent_id)
     clock = protocol.HeartbeatClock(heartbeat_s, time.monotonic())
@@ -137,6 +148,20 @@ async def session(ws: ClientConnection, enrollment: Enrollment, key: keys.Privat
         stopping.cancel()
 
 
+def _migrate(state: StateDir, enrollment: Enrollment, seen: PeerMatch) -> Enrollment:
+    """After a relay matched by the legacy certificate hash accepted this agent: pin
+    its key from now on, so a renewed certificate with the same key keeps working."""
+    try:
+        migrated = state.migrate_pin(enrollment, seen.spki)
+    except OSError as exc:
+        log.warning("could not record the relay's key pin (%s); still pinning its "
+                    "certificate", exc)
+        return enrollment
+    log.info("now pinning the relay's key %s instead of its certificate %s", seen.spki,
+             format_fingerprint(seen.leaf))
+    return migrated
+
+
 def _limit_unacknowledged(ws: ClientConnection, heartbeat_s: float) -> None:
     """Where the system offers it (Linux), a heartbeat the relay's host does not even
     acknowledge for 2.5 periods ends the connection: a vanished relay host or a NAT
@@ -155,6 +180,14 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
     key = state.load_key()
     runner = SessionRunner(state, enrollment, policy_file=policy_file)
     quirks = RelayQuirks()
+    synced_at = -pinsync.EVERY_S
+    syncing: asyncio.Task[None] | None = None
+
+    async def sync_pins() -> None:
+        nonlocal enrollment
+        enrollment = await pinsync.sync(state, enrollment)
+        runner.enrollment = enrollment
+
     end_signal = getattr(signal, "SIGUSR1", None)  # `backline-agent end-sessions`
     if end_signal is not None:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -163,16 +196,36 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
     while not stop.is_set():
         error = ""
         connected_at = None
+        match: PeerMatch | None = None
         try:
-            async with open_pinned(enrollment.control_url, enrollment.fingerprint) as ws:
+            async with open_trusted(enrollment.control_url, enrollment.trust) as (ws, match):
                 connected_at = time.monotonic()
-                await session(ws, enrollment, key, state, stop, runner, quirks)
+                bound = match.leaf if quirks.bind_leaf else match.bound
+
+                def welcomed(seen: PeerMatch = match) -> None:
+                    nonlocal enrollment, synced_at, syncing
+                    if seen.legacy:
+                        enrollment = _migrate(state, enrollment, seen)
+                        runner.enrollment = enrollment
+                    if time.monotonic() - synced_at >= pinsync.EVERY_S and (
+                            syncing is None or syncing.done()):
+                        synced_at = time.monotonic()
+                        syncing = asyncio.create_task(sync_pins())
+
+                await session(ws, enrollment, key, state, stop, runner, quirks, bound,
+                              welcomed)
         except PinMismatch as exc:
             error = str(exc)
             log.error("%s", exc)
         except AuthRefused as exc:
             error = f"the relay refused this agent: {exc}"
-            log.error("%s", error)
+            if match is not None and not quirks.bind_leaf and match.bound != match.leaf:
+                quirks.bind_leaf = True
+                log.warning("the relay refused a handshake bound to its key's pin: if it "
+                            "is older than this agent it binds its certificate instead; "
+                            "trying that (upgrade the relay)")
+            else:
+                log.error("%s", error)
         except (RelayUnreachable, ConnectionClosed, WebSocketException, OSError,
                 TimeoutError, ProtocolError) as exc:
             error = str(exc) or type(exc).__name__
@@ -188,6 +241,8 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
             await asyncio.wait_for(stop.wait(), delay)
         except TimeoutError:
             pass
+    if syncing is not None:
+        syncing.cancel()
     await runner.close()
     state.write_status("stopped", relay=enrollment.relay_url, agent_id=enrollment.agent_id)
     log.info("stopped")

@@ -7,9 +7,10 @@ import asyncio
 from websockets.exceptions import ConnectionClosed
 
 from backline.agent.facts import gather
-from backline.agent.link import open_pinned, ws_url
+from backline.agent.link import open_trusted, ws_url
 from backline.agent.state import Enrollment, StateDir
 from backline.common import enrollment, keys, protocol
+from backline.common.tlspin import Trust
 
 # What each refusal from the relay means for the person at the keyboard.
 REFUSALS = {
@@ -32,17 +33,28 @@ class EnrollError(Exception):
 
 
 async def enroll(token_text: str, state: StateDir, hostname: str | None = None,
-                 timeout: float = 15.0) -> Enrollment:
+                 timeout: float = 15.0, ca_pem: str = "") -> Enrollment:
+    """Enroll with the token; with ``ca_pem`` (``--ca-file``) the relay's chain must
+    verify against that CA, whose key's pin the token must carry."""
     try:
         token = enrollment.parse(token_text)
     except enrollment.MalformedToken as exc:
         raise EnrollError("token_malformed", str(exc)) from None
+    trust = Trust.of(token.pins, ca_pem)
+    if ca_pem:
+        try:
+            ca_pin = trust.ca_pin
+        except ValueError:
+            raise EnrollError("ca_malformed", "the CA file is not a PEM certificate") from None
+        if ca_pin not in token.pins:
+            raise EnrollError("ca_not_pinned", f"the CA file's key ({ca_pin}) is not one "
+                                               "the token pins; is it the relay's CA?")
     key = keys.generate()
     public = keys.public_raw(key)
     info = gather(hostname)
-    async with open_pinned(ws_url(token.relay_url, "/agent/enroll"), token.fingerprint,
-                           timeout) as ws:
-        signature = key.sign(protocol.enroll_payload(token.secret, public, token.fingerprint))
+    async with open_trusted(ws_url(token.relay_url, "/agent/enroll"), trust,
+                            timeout) as (ws, match):
+        signature = key.sign(protocol.enroll_payload(token.secret, public, match.bound))
         await ws.send(protocol.encode("enroll", token=token.secret,
                                       public_key=protocol.b64e(public),
                                       signature=protocol.b64e(signature), **info))
@@ -59,7 +71,9 @@ async def enroll(token_text: str, state: StateDir, hostname: str | None = None,
     if msg["type"] == "error":
         raise EnrollError(msg["code"], REFUSALS.get(msg["code"], msg["message"]))
     result = Enrollment(
-        agent_id=msg["agent_id"], relay_url=token.relay_url, fingerprint=token.fingerprint,
+        agent_id=msg["agent_id"], relay_url=token.relay_url,
+        # A legacy token's certificate hash is replaced by the key it was seen with.
+        pins=[match.spki] if match.legacy else list(token.pins), ca_pem=ca_pem,
         control_url=msg["control_url"], group=msg["group"],
         ca_public_key=msg["ca_public_key"], audit_public_key=msg["audit_public_key"],
         fix_keys=list(msg["fix_keys"]), heartbeat_s=msg["heartbeat_s"])

@@ -1,14 +1,15 @@
 """``backline-agent join CODE``: one attended session, nothing installed or kept.
 
-The command the console shows carries everything needed to trust the relay without
-an enrollment: its URL and the SHA-256 of its TLS certificate (``--relay``,
-``--pin``). The agent makes a throw-away SSH host key in memory, sends the code and
-that key's public half over ``/agent/join`` (TLS pinned), and learns who is asking
-and which CA signs their certificate. The customer sees the technician's name and
-reason and answers; on yes the relay sends a ``dial`` on the same socket, and the
-session runs exactly like a managed one (same tunnel, same SSH server, same policy
-checks, ``ask`` asked here on the terminal). Ctrl-C ends it. Nothing is written to
-disk: the activity log is printed, the key dies with the process.
+The command the console shows carries everything needed to trust the relay without an
+enrollment: its URL and the pin of its TLS key (``--relay``, ``--pin sha256//...``;
+the SHA-256 of its certificate from older relays). The agent makes a throw-away SSH
+host key in memory, sends the code and that key's public half over ``/agent/join``
+(TLS pinned), and learns who is asking and which CA signs their certificate. The
+customer sees the technician's name and reason and answers; on yes the relay sends a
+``dial`` on the same socket, and the session runs exactly like a managed one (same
+tunnel, same SSH server, same policy checks, ``ask`` asked here on the terminal).
+Ctrl-C ends it. Nothing is written to disk: the activity log is printed, the key dies
+with the process.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from backline.agent.sessions import DialRefused, check_tunnel_url, open_tunnel_a
 from backline.agent.sshserver import ServerSettings
 from backline.common import keys, protocol, sessioncode
 from backline.common.protocol import ProtocolError
+from backline.common.tlspin import Trust
 
 OFFER_TIMEOUT_S = 15.0
 DIAL_TIMEOUT_S = 15.0
@@ -101,7 +103,7 @@ async def _recv(ws: ClientConnection, allowed: set[str], timeout: float | None
     return msg
 
 
-async def join(code_text: str, relay_url: str, pin: str, *, policy: Policy | None = None,
+async def join(code_text: str, relay_url: str, pin: str | Trust, *, policy: Policy | None = None,
                asker: TerminalAsker | None = None, out: IO[str] | None = None,
                stop: asyncio.Event | None = None, registry: Registry | None = None
                ) -> JoinResult:
@@ -118,7 +120,8 @@ async def join(code_text: str, relay_url: str, pin: str, *, policy: Policy | Non
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
         serialization.NoEncryption()))
     raw = keys.public_raw(key)
-    async with open_pinned(ws_url(relay_url, "/agent/join"), pin, OFFER_TIMEOUT_S) as ws:
+    trust = pin if isinstance(pin, Trust) else Trust.of(pin)
+    async with open_pinned(ws_url(relay_url, "/agent/join"), trust, OFFER_TIMEOUT_S) as ws:
         try:
             await ws.send(protocol.encode("join", code=code, public_key=protocol.b64e(raw),
                                           **gather()))
@@ -164,7 +167,7 @@ async def join(code_text: str, relay_url: str, pin: str, *, policy: Policy | Non
                                           reason="customer"))
 
         try:
-            ended = await open_tunnel_and_serve(url, pin, dial["token"], settings, stop,
+            ended = await open_tunnel_and_serve(url, trust, dial["token"], settings, stop,
                                                 on_stop=tell_relay)
         finally:
             watcher.cancel()
@@ -202,7 +205,7 @@ async def _watch_relay(ws: ClientConnection, stop: asyncio.Event) -> None:
     stop.set()
 
 
-def run_join(code: str, relay_url: str, pin: str, policy: Policy) -> JoinResult:
+def run_join(code: str, relay_url: str, pin: str | Trust, policy: Policy) -> JoinResult:
     """Run one attended session with Ctrl-C as the customer's way to end it."""
 
     async def main() -> JoinResult:

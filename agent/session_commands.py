@@ -20,7 +20,7 @@ from backline.agent.link import RelayUnreachable
 from backline.agent.policy import ENV_POLICY, PolicyError, load_policy
 from backline.agent.state import StateDir
 from backline.common.protocol import ProtocolError
-from backline.common.tlspin import PinMismatch
+from backline.common.tlspin import BadPin, PinMismatch, Trust
 
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
@@ -38,7 +38,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     j.add_argument("code", help="the session code, like 123-456-789")
     j.add_argument("--relay", required=True, help="the relay's URL (https://host:port)")
     j.add_argument("--pin", required=True,
-                   help="SHA-256 of the relay's TLS certificate (the console shows it)")
+                   help="the relay's TLS key pin, sha256//... (the console shows it; the "
+                        "SHA-256 of its certificate, 64 hex digits, from older relays)")
+    j.add_argument("--ca-file", type=Path, default=None,
+                   help="a CA certificate (PEM) the relay's chain must verify against, when "
+                        "its operator says so; --pin is then that CA's key pin")
     policy_option(j)
     p = sub.add_parser("policy", help="show what this machine's policy allows technicians")
     policy_option(p)
@@ -83,10 +87,14 @@ def cmd_join(state: StateDir, args: argparse.Namespace) -> int:
         policy = load_policy(None, args.policy)
     except PolicyError as exc:
         return _fail(EXIT_USAGE, str(exc))
+    try:
+        trust = trust_from_args(args.pin, args.ca_file)
+    except (BadPin, OSError, ValueError) as exc:
+        return _fail(EXIT_USAGE, f"--pin/--ca-file: {exc}")
     if args.log_level == "info":  # the customer's terminal shows the activity lines
         logging.getLogger("backline").setLevel(logging.WARNING)
     try:
-        result = run_join(args.code, args.relay, args.pin, policy)
+        result = run_join(args.code, args.relay, trust, policy)
     except JoinError as exc:
         code = EXIT_USAGE if exc.code == "code_malformed" else EXIT_REFUSED
         if exc.code == "cancelled":
@@ -103,6 +111,15 @@ def cmd_join(state: StateDir, args: argparse.Namespace) -> int:
         return EXIT_DECLINED
     print(f"Session ended: {result.ended}. Nothing was installed; nothing keeps running.")
     return 0
+
+
+def trust_from_args(pins: str | list[str], ca_file: Path | None) -> Trust:
+    """The trust named on the command line; with a CA file, its key must be pinned."""
+    ca_pem = ca_file.read_text() if ca_file else ""
+    trust = Trust.of(pins, ca_pem)
+    if ca_pem and trust.ca_pin not in trust.pins:
+        raise ValueError(f"the CA file's key pin is {trust.ca_pin}, which is not the pin given")
+    return trust
 
 
 def cmd_end_sessions(state: StateDir) -> int:

@@ -29,7 +29,7 @@ from backline.agent.policy import PolicyError, load_policy
 from backline.agent.sshserver import CUSTOMER_ENDED, ServerSettings, serve
 from backline.agent.state import Enrollment, StateDir
 from backline.common import protocol
-from backline.common.tlspin import PinMismatch
+from backline.common.tlspin import PinMismatch, Trust
 from backline.common.wstunnel import TunnelError, WebSocketTunnel
 
 log = logging.getLogger("backline.agent.sessions")
@@ -53,14 +53,14 @@ def check_tunnel_url(url: str, session_id: str) -> str:
     return url
 
 
-async def open_tunnel_and_serve(url: str, fingerprint: str, token: str,
+async def open_tunnel_and_serve(url: str, trust: Trust | str, token: str,
                                 settings: ServerSettings, stop: asyncio.Event | None,
                                 stop_reason: Callable[[], str] = lambda: CUSTOMER_ENDED,
                                 on_stop: Callable[[], Awaitable[Any]] | None = None,
                                 timeout: float = 10.0) -> str:
     """Open the tunnel WebSocket, authenticate it with the token, serve SSH; return why
     the session ended."""
-    async with open_pinned(url, fingerprint, timeout) as ws:
+    async with open_pinned(url, trust, timeout) as ws:
         await ws.send(protocol.encode("tunnel", token=token))
         return await serve(WebSocketTunnel(ws), settings, stop, stop_reason, on_stop)
 
@@ -154,7 +154,7 @@ class SessionRunner:
                                                reason=code))
 
             ended = await open_tunnel_and_serve(
-                url, self.enrollment.fingerprint, msg["token"], settings, stop,
+                url, self.enrollment.trust, msg["token"], settings, stop,
                 lambda: self._why.get(session_id, CUSTOMER_ENDED), tell_relay)
             self.log.record("session.end", session_id=session_id, technician=technician,
                             reason=self._why.get(session_id, ended))

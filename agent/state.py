@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
 from backline.common import keys
+from backline.common.tlspin import Trust
 
 ENV_STATE_DIR = "BACKLINE_AGENT_STATE_DIR"
 
@@ -29,18 +30,31 @@ def default_state_dir() -> Path:
 
 @dataclass
 class Enrollment:
-    """What the agent learned and pinned when it enrolled."""
+    """What the agent learned and pinned when it enrolled.
+
+    ``pins``: the relay's SPKI pins (``sha256//...``), its current key first;
+    ``ca_pem``: a CA the relay's chain must verify against (then ``pins`` holds that
+    CA's key pin); ``fingerprint``: the certificate hash agents pinned before SPKI
+    pins, kept only until the first connection that matches it, which records the
+    key's pin in ``pins`` and empties it (:meth:`StateDir.migrate_pin`)."""
 
     agent_id: str
     relay_url: str
-    fingerprint: str
     control_url: str
     group: str
     ca_public_key: str
     audit_public_key: str
+    fingerprint: str = ""
+    pins: list[str] = field(default_factory=list)
+    ca_pem: str = ""
     fix_keys: list[str] = field(default_factory=list)
     heartbeat_s: int = 30
     enrolled_at: float = field(default_factory=time.time)
+
+    @property
+    def trust(self) -> Trust:
+        legacy = [self.fingerprint] if self.fingerprint else []
+        return Trust.of([*self.pins, *legacy], self.ca_pem)
 
 
 class StateDir:
@@ -73,7 +87,21 @@ class StateDir:
 
     def load_enrollment(self) -> Enrollment:
         data = json.loads(self.enrollment_path.read_text())
-        return Enrollment(**data)
+        known = {f.name for f in fields(Enrollment)}
+        return Enrollment(**{k: v for k, v in data.items() if k in known})
+
+    def migrate_pin(self, enrollment: Enrollment, spki: str) -> Enrollment:
+        """Pin the relay's key ``spki`` instead of the legacy certificate hash it was
+        just matched by."""
+        return self.update_pins(enrollment, [spki, *(p for p in enrollment.pins if p != spki)])
+
+    def update_pins(self, enrollment: Enrollment, pins: list[str]) -> Enrollment:
+        """Record ``pins`` (and drop any legacy certificate hash); written atomically
+        (temp file and rename, as every state file), so a crash leaves the old
+        enrollment or the new one."""
+        updated = replace(enrollment, fingerprint="", pins=list(pins))
+        self._write_json(self.enrollment_path, asdict(updated))
+        return updated
 
     def load_key(self) -> keys.PrivateKey:
         return keys.load_private(self.key_path)

@@ -368,8 +368,9 @@ def b64d(text: str) -> bytes:
 
 
 def auth_payload(nonce: bytes, agent_id: str, relay_fingerprint: str) -> bytes:
-    """What an agent signs to log in: the relay's fresh nonce, bound to the TLS
-    certificate the agent sees, so a signature is good for one connection to one relay."""
+    """What an agent signs to log in: the relay's fresh nonce, bound to the relay's TLS
+    key pin the agent matched (its certificate's hash for agents that still pin it), so
+    a signature is good for one connection to one relay."""
     return b"\0".join([AUTH_CONTEXT, nonce, agent_id.encode(), relay_fingerprint.encode()])
 
 
@@ -386,6 +387,9 @@ class RelayHandshake:
     """The relay's half of the control handshake: challenge, then one ``auth``."""
 
     relay_fingerprint: str
+    #: Further values the agent's signature may be bound to: the relay's SPKI pins
+    #: besides its certificate hash (relay/tls_identity.py says which binds what).
+    also_bound: tuple[str, ...] = ()
     nonce: bytes = field(default_factory=lambda: secrets.token_bytes(NONCE_BYTES))
     agent_id: str | None = None
     authenticated: bool = False
@@ -400,12 +404,13 @@ class RelayHandshake:
         return msg
 
     def verify(self, msg: dict[str, Any], public_key_raw: bytes) -> bool:
-        payload = auth_payload(self.nonce, msg["agent_id"], self.relay_fingerprint)
         try:
             signature = b64d(msg["signature"])
         except ProtocolError:
             return False
-        self.authenticated = keys.verify(public_key_raw, signature, payload)
+        self.authenticated = any(
+            keys.verify(public_key_raw, signature, auth_payload(self.nonce, msg["agent_id"], b))
+            for b in dict.fromkeys([self.relay_fingerprint, *self.also_bound]) if b)
         return self.authenticated
 
 

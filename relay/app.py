@@ -14,9 +14,10 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backline.relay import api, api_sessions, openapi, reports
+from backline.relay import api, api_sessions, openapi, reports, tls_identity
 from backline.relay.console_socket import live_endpoint
 from backline.relay.control import connect_endpoint, enroll_endpoint
+from backline.relay.datadir import CERT_WARN_DAYS
 from backline.relay.session_sockets import join_endpoint, tunnel_endpoint
 from backline.relay.state import Relay
 from backline.relay.webauth import allowed_origins
@@ -92,7 +93,12 @@ async def readyz(request: Request) -> Response:
             conn.exec_driver_sql("SELECT 1")
     except Exception as exc:
         return JSONResponse({"ready": False, "database": type(exc).__name__}, status_code=503)
-    return JSONResponse({"ready": True, "agents_connected": len(relay.presence)})
+    days = relay.tls_identity.expires_in_days() if relay.tls_identity else None
+    return JSONResponse({"ready": True, "agents_connected": len(relay.presence),
+                         "tls_certificate_expires_in_days":
+                             None if days is None else round(days, 1),
+                         "tls_certificate_expiring":
+                             days is not None and days <= CERT_WARN_DAYS})
 
 
 async def metrics(request: Request) -> Response:
@@ -124,6 +130,7 @@ def build_app(relay: Relay) -> Starlette:
     routes: list[Any] = [
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
         Route("/api/v1/openapi.json", openapi.endpoint),
+        Route("/agent/pins", tls_identity.pins_endpoint),
         *api.ROUTES,
         *api_sessions.ROUTES,
         *reports.ROUTES,

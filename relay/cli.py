@@ -23,6 +23,7 @@ from backline.common.enrollment import EnrollmentToken
 from backline.common.tlspin import format_fingerprint
 from backline.relay import config as config_mod
 from backline.relay import tokens, users
+from backline.relay.datadir import CERT_WARN_DAYS
 from backline.relay.roles import ROLES
 from backline.relay.state import Relay, open_relay
 
@@ -33,11 +34,14 @@ user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 group_app = typer.Typer(help="Manage agent groups and grants.", no_args_is_help=True)
 token_app = typer.Typer(help="Manage enrollment tokens.", no_args_is_help=True)
 audit_app = typer.Typer(help="Verify and export the audit trail.", no_args_is_help=True)
+cert_app = typer.Typer(help="The relay's TLS certificate and the key pins agents trust.",
+                       no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(user_app, name="user")
 app.add_typer(group_app, name="group")
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
+app.add_typer(cert_app, name="cert")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -86,7 +90,13 @@ def initialise(relay: Relay) -> str | None:
 def print_banner(relay: Relay, password: str | None) -> None:
     out.print(f"[bold]Backline relay[/]  data: {relay.datadir.root}")
     out.print(f"  console:      {relay.origin}/")
-    out.print(f"  TLS SHA-256:  {format_fingerprint(relay.fingerprint)}")
+    out.print(f"  TLS key pin:  {', '.join(relay.token_pins)}", markup=False)
+    if relay.fingerprint:
+        out.print(f"  TLS SHA-256:  {format_fingerprint(relay.fingerprint)} (certificate)")
+    days = relay.tls_identity.expires_in_days() if relay.tls_identity else None
+    if days is not None and days <= CERT_WARN_DAYS:
+        out.print(f"  [bold red]TLS certificate expires in {days:.0f} days[/]: "
+                  "run `backline-relay cert rotate`, then reload (SIGHUP)")
     if password:
         out.print("  first admin:  [bold]admin[/] with one-time password "
                   f"[bold]{password}[/] (change it at first sign-in; shown only now)")
@@ -233,7 +243,7 @@ def token_create(
     except ValueError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    token = EnrollmentToken(relay.origin, relay.fingerprint, secret).encode()
+    token = EnrollmentToken(relay.origin, relay.token_pins, secret).encode()
     relay.record(_actor(), "enroll_token.create", f"enroll_token:{token_id}", group=group,
                  uses=uses, ttl=ttl)
     if quiet:
@@ -263,6 +273,83 @@ def token_revoke(token_id: str, data_dir: DataDirOpt = None, config: ConfigOpt =
         raise typer.Exit(2)
     relay.record(_actor(), "enroll_token.revoke", f"enroll_token:{token_id}")
     out.print(f"revoked {token_id}", markup=False)
+
+
+@cert_app.command("show")
+def cert_show(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Print the served certificate's expiry and the pins agents trust."""
+    from backline.relay import tls_identity
+
+    cfg = _load(data_dir, config)
+    relay = open_relay(cfg)
+    identity = relay.tls_identity or tls_identity.load(cfg, relay.datadir)
+    out.print(f"pins:        {', '.join(relay.token_pins)}", markup=False)
+    if identity.fingerprint:
+        out.print(f"certificate: SHA-256 {format_fingerprint(identity.fingerprint)}",
+                  markup=False)
+    days = identity.expires_in_days()
+    if days is not None:
+        until = dt.datetime.fromtimestamp(identity.not_after or 0, dt.UTC)
+        out.print(f"expires:     {until.isoformat(timespec='seconds')} (in {days:.0f} days)",
+                  markup=False)
+
+
+@cert_app.command("rotate")
+def cert_rotate(
+    new_key: Annotated[bool, typer.Option(
+        "--new-key", help="Also change the key: promote the pre-generated next key (which "
+                          "agents enrolled or running since it was made already trust) and "
+                          "make a new next key. Agents that pin only the current key must "
+                          "enroll again.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do --new-key without asking.")] = False,
+    data_dir: DataDirOpt = None, config: ConfigOpt = None,
+) -> None:
+    """Renew the self-signed certificate under the same key (agents keep working); then SIGHUP the relay."""  # noqa: E501
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from backline.relay import datadir as dd
+    from backline.relay import tls_identity
+
+    cfg = _load(data_dir, config)
+    if cfg.tls != "self-signed":
+        err.print(f"[red]error:[/] this relay serves tls = {cfg.tls!r}: renew that certificate "
+                  "where it is made (keep its key, or add the new key's pin to tls_pins "
+                  "first), then reload the relay (SIGHUP); see docs/operator-guide.md")
+        raise typer.Exit(2)
+    relay = open_relay(cfg)
+    d = relay.datadir
+    before = tls_identity.load(cfg, d)
+    names = dd.cert_names(dd.load_cert(d.tls_cert))
+    if new_key:
+        promoted = dd.load_key(d.tls_next_key)
+        since = dt.datetime.fromtimestamp(d.tls_next_key.stat().st_mtime, dt.UTC)
+        err.print("Changing the relay's TLS key to the next key "
+                  f"({before.pins[1] if len(before.pins) > 1 else '?'}). Agents enrolled with "
+                  f"a token made since {since.isoformat(timespec='seconds')}, and agents of "
+                  "this version that have run connected since (they ask for the relay's pins "
+                  "at their first connection and daily), pin it and keep working. Others pin "
+                  f"only the current key ({before.pins[0]}): they will refuse the relay and "
+                  "must enroll again.", markup=False)
+        if not yes and not typer.confirm("Change the key?", default=False):
+            raise typer.Exit(1)
+        dd.write_self_signed(d.tls_cert, d.tls_key, names, key=promoted)
+        dd.write_key(d.tls_key, promoted)
+        dd.write_key(d.tls_next_key, ec.generate_private_key(ec.SECP256R1()))
+    else:
+        dd.write_self_signed(d.tls_cert, d.tls_key, names, key=dd.load_key(d.tls_key))
+    after = tls_identity.load(cfg, d)
+    relay.record(_actor(), "relay.cert_rotate", "relay", new_key=new_key,
+                 fingerprint=after.fingerprint, pins=list(after.pins))
+    until = dt.datetime.fromtimestamp(after.not_after or 0, dt.UTC)
+    out.print(f"new certificate SHA-256 {format_fingerprint(after.fingerprint)}, valid until "
+              f"{until.isoformat(timespec='seconds')}", markup=False)
+    out.print(f"key pin {after.pins[0]}"
+              + (" (changed)" if new_key else " (unchanged: agents keep working)"),
+              markup=False)
+    out.print("the running relay serves it after SIGHUP (`kill -HUP <pid>`, "
+              "`systemctl reload backline-relay`), within the hour, or at restart",
+              markup=False)
 
 
 def parse_since(text: str) -> float:

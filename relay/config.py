@@ -16,6 +16,8 @@ from typing import Any
 
 import platformdirs
 
+from backline.common.tlspin import BadPin, is_spki, parse_pin
+
 ENV_PREFIX = "BACKLINE_"
 TLS_MODES = ("self-signed", "files", "off")
 
@@ -40,7 +42,13 @@ class RelayConfig:
     tls: str = "self-signed"
     tls_cert_file: str = ""
     tls_key_file: str = ""
-    # SHA-256 of the certificate agents pin when TLS ends at a proxy (tls = "off").
+    # What agents pin when TLS ends at a proxy (tls = "off"): the SPKI pins
+    # ("sha256//...") of the proxy's key(s), and/or a CA certificate file whose chain
+    # agents verify (they are given the file: `backline-agent enroll --ca-file`). In the
+    # other modes tls_pins adds backup pins. tls_fingerprint: the proxy certificate's
+    # SHA-256, which agents pinned before SPKI pins (legacy; breaks at each renewal).
+    tls_pins: list[str] = field(default_factory=list)
+    tls_ca_file: str = ""
     tls_fingerprint: str = ""
     database_url: str = ""
     heartbeat_s: int = 30
@@ -110,13 +118,26 @@ class RelayConfig:
             raise ConfigError(f"tls must be one of {', '.join(TLS_MODES)}, not {self.tls!r}")
         if self.tls == "files" and not (self.tls_cert_file and self.tls_key_file):
             raise ConfigError("tls = 'files' needs tls_cert_file and tls_key_file")
+        for pin in self.tls_pins:
+            try:
+                ok = is_spki(parse_pin(pin))
+            except BadPin:
+                ok = False
+            if not ok:
+                raise ConfigError(f"tls_pins: {pin!r} is not an SPKI pin (sha256// and 44 "
+                                  "base64 characters; docs/operator-guide.md shows how to "
+                                  "compute one)")
+        if self.tls_ca_file and not Path(self.tls_ca_file).is_file():
+            raise ConfigError(f"tls_ca_file {self.tls_ca_file!r} is not a file")
         if self.tls == "off":
             fp = self.tls_fingerprint.replace(":", "").strip().lower()
-            if len(fp) != 64 or any(c not in "0123456789abcdef" for c in fp):
+            if fp and (len(fp) != 64 or any(c not in "0123456789abcdef" for c in fp)):
+                raise ConfigError("tls_fingerprint must be 64 hex digits (colons allowed)")
+            if not (self.tls_pins or self.tls_ca_file or fp):
                 raise ConfigError(
-                    "tls = 'off' (TLS ends at a proxy) needs tls_fingerprint: the SHA-256 of "
-                    "the certificate the proxy presents, which agents pin (64 hex digits, "
-                    "colons allowed); see docs/operator-guide.md")
+                    "tls = 'off' (TLS ends at a proxy) needs tls_pins (the SPKI pin of the "
+                    "proxy's key, which agents pin) or tls_ca_file (the CA that issues its "
+                    "certificate); legacy: tls_fingerprint; see docs/operator-guide.md")
         if not 0 < self.listen_port < 65536:
             raise ConfigError("listen_port must be between 1 and 65535")
         if not self.effective_public_url.startswith("https://"):

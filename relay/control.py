@@ -83,8 +83,10 @@ async def enroll_endpoint(ws: WebSocket) -> None:
         await _refuse(ws, relay, err.code, err.message, CLOSE_PROTOCOL, actor,
                       "agent.enroll.refused", address=address)
         return
-    payload = protocol.enroll_payload(msg["token"], public_key, relay.fingerprint)
-    if len(public_key) != 32 or not keys.verify(public_key, signature, payload):
+    if len(public_key) != 32 or not any(
+            keys.verify(public_key, signature,
+                        protocol.enroll_payload(msg["token"], public_key, bound))
+            for bound in relay.tls_bindings):
         await _refuse(ws, relay, "bad_signature",
                       "the enrollment request is not signed by the key it registers "
                       "(or was made for another relay certificate)",
@@ -169,7 +171,8 @@ async def _authenticate(ws: WebSocket, relay: Relay, address: str
                         ) -> tuple[str, int, str] | None:
     """Challenge the agent and check its signature: ``(agent_id, group_id, version)``,
     or ``None`` once the refusal (if any) has been answered and audited."""
-    handshake = protocol.RelayHandshake(relay.fingerprint)
+    bindings = relay.tls_bindings
+    handshake = protocol.RelayHandshake(bindings[0], also_bound=bindings[1:])
     try:
         await ws.send_text(handshake.challenge(time.time()))
         async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):

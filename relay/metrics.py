@@ -28,6 +28,11 @@ class RelayMetrics:
         agents.set_function(lambda: len(relay.presence))
         consoles = Gauge("backline_console_sockets", "Open console live sockets", registry=r)
         consoles.set_function(lambda: relay.bus.subscriber_count)
+        expiry = Gauge("backline_tls_certificate_expiry_timestamp_seconds",
+                       "When the TLS certificate the relay serves expires (Unix time; 0 when "
+                       "a proxy serves it)", registry=r)
+        expiry.set_function(lambda: (relay.tls_identity.not_after or 0)
+                            if relay.tls_identity else 0)
         self.sessions = Gauge("backline_support_sessions_active",
                               "Support sessions open on this node", registry=r)
         # Counted in plain integers (one add per heartbeat, no lock) and read at scrape

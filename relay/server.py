@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio.sslproto
 import importlib.util
 import logging
+import signal
 import socket
 import sys
 
@@ -25,12 +26,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from uvicorn.config import STARTUP_FAILURE
 
-from backline.relay import listening
+from backline.relay import listening, tls_policy
 from backline.relay.app import build_app
 from backline.relay.config import RelayConfig
 from backline.relay.control import connect_endpoint
 from backline.relay.control_socket import protocol_class
 from backline.relay.state import Relay
+from backline.relay.tls_identity import TlsReloader
 from backline.relay.tls_socket import TLSListener
 
 TLS_READ_BUFFER = 16 * 1024
@@ -108,16 +110,14 @@ def uvicorn_config(relay: Relay) -> uvicorn.Config:
     )
 
 
-def without_session_tickets(config: uvicorn.Config) -> uvicorn.Config:
-    """Load ``config`` and stop its TLS context from issuing session tickets.
-
-    A TLS 1.3 server sends two tickets after every handshake by default: work and
-    bytes for nothing, since agents (Python's ``ssl``) never resume a session, and a
-    restarted relay could not honour them anyway. uvicorn keeps a loaded config."""
+def with_tls_policy(config: uvicorn.Config) -> uvicorn.Config:
+    """Load ``config`` and put its TLS context under the relay's policy
+    (:mod:`tls_policy`: Mozilla intermediate, no session tickets in TLS 1.2 or 1.3).
+    Both TLS engines use this one context. uvicorn keeps a loaded config."""
     if not config.loaded:
         config.load()
     if config.ssl is not None:
-        config.ssl.num_tickets = 0
+        tls_policy.harden(config.ssl)
     return config
 
 
@@ -153,10 +153,35 @@ class SocketTLSServer(uvicorn.Server):
         self.started = True
 
 
+class _ReloadsTLS:
+    """After start-up: SIGHUP (or changed files) loads a rotated certificate, and its
+    expiry is checked (:class:`tls_identity.TlsReloader`)."""
+
+    reloader: TlsReloader | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)  # type: ignore[misc]
+        if self.reloader is not None:
+            self.reloader.install(asyncio.get_running_loop())
+
+
+class LoopTLSRelayServer(_ReloadsTLS, uvicorn.Server):
+    """uvicorn as it is (the event loop's TLS), reloading certificates."""
+
+
+class SocketTLSRelayServer(_ReloadsTLS, SocketTLSServer):
+    """:class:`SocketTLSServer`, reloading certificates."""
+
+
 def serve(relay: Relay, sockets: list[socket.socket]) -> None:
     """Serve until stopped, on the listening ``sockets`` from :func:`listen`."""
     logging.basicConfig(level=relay.config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = without_session_tickets(uvicorn_config(relay))
-    server_class = SocketTLSServer if relay.config.tls_engine == "socket" else uvicorn.Server
-    server_class(config).run(sockets=sockets)
+    config = with_tls_policy(uvicorn_config(relay))
+    server_class: type[LoopTLSRelayServer | SocketTLSRelayServer] = (
+        SocketTLSRelayServer if relay.config.tls_engine == "socket" else LoopTLSRelayServer)
+    server = server_class(config)
+    server.reloader = TlsReloader(relay, config.ssl)
+    if hasattr(signal, "SIGHUP"):  # until the reloader takes it: not the default, an exit
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    server.run(sockets=sockets)

@@ -593,7 +593,7 @@ class SessionManager:
                           expires_at=round(expires, 3), address=address)
         shown = sessioncode.display(digits)
         return {"session_id": session_id, "code": shown, "expires_at": round(expires, 3),
-                "command": join_command(self.relay.origin, self.relay.fingerprint, shown)}
+                "command": join_command(self.relay.origin, self.relay.token_pins[0], shown)}
 
     def code_retry_after(self, address: str) -> tuple[float, str]:
         """Seconds until ``address`` may try a code, and the limit (see
@@ -699,7 +699,7 @@ def parse_output(out: bytes) -> dict[str, Any]:
         return {"format": "text", "output": text}
 
 
-def join_command(origin: str, fingerprint: str, code: str) -> str:
-    """What the customer types: the relay's URL and certificate hash travel with the code,
-    so the agent trusts exactly this relay without an enrollment."""
-    return f"backline-agent join --relay {origin} --pin {fingerprint} {code}"
+def join_command(origin: str, pin: str, code: str) -> str:
+    """What the customer types: the relay's URL and key pin travel with the code, so the
+    agent trusts exactly this relay without an enrollment."""
+    return f"backline-agent join --relay {origin} --pin {pin} {code}"

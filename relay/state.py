@@ -12,18 +12,18 @@ from typing import Any
 import sqlalchemy as sa
 
 from backline.common import keys
-from backline.common.tlspin import normalise
-from backline.relay import metrics
+from backline.relay import metrics, tls_identity
 from backline.relay.agents import Presence, get_agent
 from backline.relay.audit import AuditLog
 from backline.relay.audit_floods import FloodAggregator
 from backline.relay.auth_limits import AuthLimits
 from backline.relay.blobs import BlobStore
 from backline.relay.config import RelayConfig
-from backline.relay.datadir import DataDir, pem_fingerprint
+from backline.relay.datadir import DataDir
 from backline.relay.db import make_engine, migrate
 from backline.relay.live import LiveBus
 from backline.relay.sessions import SessionManager
+from backline.relay.tls_identity import TlsIdentity
 from backline.relay.webhooks import WebhookSender
 
 log = logging.getLogger("backline.relay")
@@ -47,6 +47,9 @@ class Relay:
     webhooks: WebhookSender = field(init=False)
     blobs: BlobStore = field(init=False)
     floods: FloodAggregator = field(init=False)
+    #: SPKI pins agents are told to trust (relay/tls_identity.py), current key first.
+    pins: tuple[str, ...] = ()
+    tls_identity: TlsIdentity | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _pending: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
     _flush_scheduled: bool = False
@@ -61,6 +64,23 @@ class Relay:
         self.blobs = BlobStore(self.datadir.root / "blobs")
         self.webhooks = WebhookSender.from_config(
             c, self.record, lambda agent_id: get_agent(self.engine, self.presence, agent_id))
+
+    def set_tls_identity(self, identity: TlsIdentity) -> None:
+        """What the relay serves and pins now: at start, and after a reload (SIGHUP)."""
+        self.tls_identity = identity
+        self.fingerprint = identity.fingerprint
+        self.pins = identity.pins
+
+    @property
+    def token_pins(self) -> tuple[str, ...]:
+        """What tokens and ``join --pin`` carry: the SPKI pins, or (a proxy configured
+        only with ``tls_fingerprint``) the legacy certificate hash."""
+        return self.pins or (self.fingerprint,)
+
+    @property
+    def tls_bindings(self) -> tuple[str, ...]:
+        """What agents' enrollment and control signatures may be bound to."""
+        return self.tls_identity.bindings if self.tls_identity else (self.fingerprint,)
 
     @property
     def origin(self) -> str:
@@ -180,15 +200,10 @@ def open_relay(config: RelayConfig) -> Relay:
     audit_key = keys.load_private(datadir.audit_key)
     audit = AuditLog(engine, audit_key, config.audit_checkpoint_every,
                      config.audit_checkpoint_seconds)
-    if config.tls == "self-signed":
-        fingerprint = pem_fingerprint(datadir.tls_cert)
-    elif config.tls == "files":
-        from pathlib import Path
-
-        fingerprint = pem_fingerprint(Path(config.tls_cert_file))
-    else:
-        fingerprint = normalise(config.tls_fingerprint)
+    identity = tls_identity.load(config, datadir)
     ca_public = keys.public_openssh(keys.load_private(datadir.ca_key))
-    return Relay(config=config, engine=engine, datadir=datadir, audit=audit,
-                 fingerprint=fingerprint, ca_public_key=ca_public,
-                 cookie_secret=datadir.read_cookie_secret())
+    relay = Relay(config=config, engine=engine, datadir=datadir, audit=audit,
+                  fingerprint=identity.fingerprint, ca_public_key=ca_public,
+                  cookie_secret=datadir.read_cookie_secret())
+    relay.set_tls_identity(identity)
+    return relay

@@ -48,9 +48,14 @@ async def play_relay_handshake(ws: Any, fingerprint: str, agent: AgentProcess,
                                heartbeat_s: int = 30) -> dict[str, Any]:
     """The relay's side of the control handshake, for a test posing as the relay: a
     challenge, the agent's signed answer checked against its key, a ``welcome``."""
+    import json
+
     from backline.common import keys, protocol
 
-    handshake = protocol.RelayHandshake(fingerprint)
+    # A real relay accepts a signature bound to its certificate hash or its key pins:
+    # the pins are those the agent holds (the fake serves the real relay's certificate).
+    pins = json.loads((agent.state_dir / "enrollment.json").read_text()).get("pins", [])
+    handshake = protocol.RelayHandshake(fingerprint, also_bound=tuple(pins))
     await ws.send(handshake.challenge(time.time()))
     msg = handshake.receive_auth(await ws.recv())
     public = keys.public_raw(keys.load_private(agent.state_dir / "identity_key"))

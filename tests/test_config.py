@@ -15,10 +15,19 @@ from tests.harness import RELAY
 FP = "AB:" * 31 + "AB"
 
 
-def test_tls_off_needs_the_fingerprint_agents_pin(tmp_path: Path) -> None:
+def test_tls_off_needs_the_pins_agents_trust(tmp_path: Path) -> None:
     env = {"BACKLINE_DATA_DIR": str(tmp_path), "BACKLINE_TLS": "off"}
-    with pytest.raises(relay_config.ConfigError, match="needs tls_fingerprint"):
+    with pytest.raises(relay_config.ConfigError, match=r"needs tls_pins .* or tls_ca_file"):
         relay_config.load(environ=env)
+    pin = "sha256//" + "A" * 43 + "="
+    cfg = relay_config.load(environ={**env, "BACKLINE_TLS_PINS": f"{pin}, {pin[:-2]}B="})
+    assert cfg.tls_pins == [pin, pin[:-2] + "B="]
+    for bad in ("sha256//short=", FP, "sha256//" + "!" * 43 + "="):
+        with pytest.raises(relay_config.ConfigError, match="is not an SPKI pin"):
+            relay_config.load(environ={**env, "BACKLINE_TLS_PINS": bad})
+    with pytest.raises(relay_config.ConfigError, match="is not a file"):
+        relay_config.load(environ={**env, "BACKLINE_TLS_CA_FILE": str(tmp_path / "no.pem")})
+    # Legacy: the proxy certificate's hash alone still works.
     with pytest.raises(relay_config.ConfigError, match="64 hex digits"):
         relay_config.load(environ={**env, "BACKLINE_TLS_FINGERPRINT": "abc"})
     cfg = relay_config.load(environ={**env, "BACKLINE_TLS_FINGERPRINT": FP})

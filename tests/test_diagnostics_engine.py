@@ -30,6 +30,7 @@ from backline.agent.diagnostics.config import (
 )
 from backline.agent.diagnostics.schema import SECTIONS, STATUSES, field_problems, to_json
 from backline.common import protocol
+from backline.common.tlspin import spki_pin_der
 from tests.harness import AGENT, free_port, staged_diagnostics
 
 #: Thresholds that follow this machine's load, not what a test stages: out of reach, so
@@ -227,6 +228,12 @@ def test_https_endpoint_certificate_facts(tmp_path: Path) -> None:
                 f"https://127.0.0.1:{port}/healthz", pin=hashlib.sha256(der).hexdigest()), 3)
             wrong = await netcheck.check_endpoint(parse_endpoint(
                 f"https://127.0.0.1:{port}/healthz", pin="ab" * 32), 3)
+            # The key's pin (what agents hold since SPKI pins) is checked the same way.
+            by_key = await netcheck.check_endpoint(parse_endpoint(
+                f"https://127.0.0.1:{port}/healthz", pin=spki_pin_der(der)), 3)
+            other_key = await netcheck.check_endpoint(parse_endpoint(
+                f"https://127.0.0.1:{port}/healthz", pin="sha256//" + "A" * 43 + "="), 3)
+        assert by_key["pinned"] is True and other_key["pinned"] is False
         return [plain, pinned, wrong]
 
     plain, pinned, wrong = asyncio.run(run())

@@ -84,7 +84,7 @@ def test_wrong_tls_fingerprint_is_refused_before_sending_the_secret(
     real = enrollment.parse(relay.token())
     wrong = enrollment.EnrollmentToken(real.relay_url, "ab" * 32, real.secret).encode()
     code, err = enroll_fails(tmp_path, "mitm", wrong)
-    assert code == 4 and "does not match the pinned fingerprint" in err
+    assert code == 4 and "does not match the pinned key" in err
     # The secret never reached the relay: the token is still unused and works.
     assert AgentProcess(tmp_path, "honest").enroll(relay.token()).returncode == 0
     assert not [e for e in refusals(relay, "agent.enroll.refused")]

@@ -24,7 +24,7 @@ from websockets.sync.client import connect
 
 from backline.common import keys, protocol
 from backline.common.tlspin import client_context
-from backline.relay.datadir import pem_fingerprint
+from backline.relay.datadir import pem_spki_pin
 from tests.harness import (
     AGENT,
     Api,
@@ -108,8 +108,8 @@ def files_under(path: Path) -> list[Path]:
 
 def test_attended_session_end_to_end(tmp_path: Path, relay: RelayProcess, admin: Api) -> None:
     code = make_code(admin, reason="printer offline", ticket="T-7")
-    fingerprint = pem_fingerprint(relay.data_dir / "tls.crt")
-    assert code["command"] == (f"backline-agent join --relay {relay.url} --pin {fingerprint} "
+    pin = pem_spki_pin(relay.data_dir / "tls.crt")
+    assert code["command"] == (f"backline-agent join --relay {relay.url} --pin {pin} "
                                f"{code['code']}")
     assert len(code["code"]) == 11 and code["code"][3] == code["code"][7] == "-"
     assert code["expires_at"] - time.time() == pytest.approx(600, abs=30)

@@ -164,8 +164,16 @@ def _add_enrollment(cfg: DiagnosticsConfig, state_root: Path) -> None:
         return
     if isinstance(data, dict) and isinstance(data.get("relay_url"), str):
         cfg.relay_url = data["relay_url"]
+        # The relay's key pin (or, not yet migrated, its certificate's hash). With a
+        # pinned CA there is no leaf pin to check here: the CA is not the system's.
+        pins = data.get("pins")
         fingerprint = data.get("fingerprint")
-        cfg.relay_fingerprint = fingerprint if isinstance(fingerprint, str) else None
+        if data.get("ca_pem"):
+            fingerprint = None
+        elif isinstance(pins, list) and pins and isinstance(pins[0], str):
+            fingerprint = pins[0]
+        cfg.relay_fingerprint = fingerprint if isinstance(fingerprint, str) and fingerprint \
+            else None
         agent_id = data.get("agent_id")
         cfg.agent_id = agent_id if isinstance(agent_id, str) else None
 

@@ -26,7 +26,7 @@ from backline.agent.diagnostics.config import Endpoint, parse_endpoint
 from backline.agent.diagnostics.runner import in_thread, run_command, which
 from backline.agent.diagnostics.schema import clean, number
 from backline.common import __version__
-from backline.common.tlspin import cert_fingerprint, client_context, normalise
+from backline.common.tlspin import client_context, pin_matches
 
 MAX_INTERFACES = 32
 MAX_ROUTES = 50
@@ -387,7 +387,7 @@ async def check_endpoint(ep: Endpoint, timeout: float) -> dict[str, Any]:
                 der = ssl_object.getpeercert(binary_form=True)
                 result.update(_cert_facts(der))
                 if ep.pin:
-                    result["pinned"] = cert_fingerprint(der or b"") == normalise(ep.pin)
+                    result["pinned"] = pin_matches(der or b"", ep.pin)
                 elif result["tls_verified"] is None:
                     result["tls_verified"] = True
             if ep.kind in ("http", "https") and result["pinned"] is not False:
@@ -441,7 +441,7 @@ async def _relay_http_offset(ctx: Context) -> float | None:
                 ip = str(infos[0][4][0])
             reader, writer = await _open(ip, ep, client_context())
             der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-            if cert_fingerprint(der or b"") != normalise(ep.pin or ""):
+            if not pin_matches(der or b"", ep.pin or ""):
                 return None
             sent = time.time()
             _, date = await _http_head(reader, writer, ep)

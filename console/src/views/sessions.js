@@ -67,7 +67,7 @@ export function sessionsView(app) {
       <p>Read this code to the customer: <strong class="code">${list.code.code}</strong>
         (valid until ${when(list.code.expires_at)}, single use). They run:</p>
       <pre class="command" id="join-command">${list.code.command}</pre>
-      <p class="muted">The command pins this relay's TLS certificate, so it cannot be sent
+      <p class="muted">The command pins this relay's TLS key (sha256//...), so it cannot be sent
         to an impostor. Nothing stays installed when the session ends.</p>
       <a href="#/session/${encodeURIComponent(list.code.session_id)}">Follow this session</a></div>` : nothing}
     ${body}
