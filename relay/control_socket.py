@@ -75,12 +75,14 @@ class LeanSocket(asyncio.Protocol):
         "_close_sent",
         "_connections",
         "_drain",
+        "_failure",
         "_gone",
         "_inbox",
         "_paused_reading",
         "_reader",
         "_waiter",
         "_write_paused",
+        "agent_id",
         "app",
         "client",
         "handler",
@@ -102,6 +104,12 @@ class LeanSocket(asyncio.Protocol):
         self._close_code = 1006
         self._write_paused = False
         self._connections = connections
+        #: A protocol error read after messages the endpoint has not taken yet: the
+        #: connection fails once it has (:meth:`_fail_when_read`).
+        self._failure: wsframes.FrameError | None = None
+        #: Set by the endpoint once the agent is authenticated (who a frame-level
+        #: violation is audited as).
+        self.agent_id: str | None = None
         #: Set by the endpoint once the agent is authenticated: each message is then
         #: handled right here, in the connection's callback, with no task switch.
         self.handler: Callable[[str | bytes], None] | None = None
@@ -114,6 +122,8 @@ class LeanSocket(asyncio.Protocol):
 
     async def receive(self) -> dict[str, Any]:
         while not self._inbox:
+            if self._failure is not None:
+                self._fail()
             if self._gone or self._close_sent:
                 return {"type": "websocket.disconnect", "code": self._close_code}
             self._waiter = _loop().create_future()
@@ -124,7 +134,7 @@ class LeanSocket(asyncio.Protocol):
         message = self._inbox.popleft()
         if not self._inbox:
             self._inbox = None  # an idle socket keeps no empty deque
-        if self._paused_reading and not self._gone:
+        if self._paused_reading and not self._gone and self._failure is None:
             self._paused_reading = False
             if not self._write_paused:
                 self.transport.resume_reading()
@@ -155,7 +165,7 @@ class LeanSocket(asyncio.Protocol):
         next message in the same packet as the last one the endpoint read)."""
         pending = list(self._inbox or ())
         self._inbox = None
-        if self._paused_reading and not self._gone:
+        if self._paused_reading and not self._gone and self._failure is None:
             self._paused_reading = False
             if not self._write_paused:
                 self.transport.resume_reading()
@@ -178,6 +188,8 @@ class LeanSocket(asyncio.Protocol):
 
     async def wait_closed(self) -> None:
         """Until the connection is lost or a close frame was sent."""
+        if self._failure is not None and not self._inbox:
+            self._fail()
         while not (self._gone or self._close_sent):
             self._waiter = _loop().create_future()
             try:
@@ -190,16 +202,8 @@ class LeanSocket(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._gone:
             return
-        try:
-            messages = self._reader.feed(data)
-        except wsframes.FrameError as err:
-            # RFC 6455 "fail the connection": say why, then hang up without reading on
-            # (the stream is no longer in step, and a hostile peer gets no more work).
-            log.info("control socket from %s: %s", self.client.host, err.reason)
-            self._send_close(err.code, err.reason)
-            self.transport.close()
-            self._wake()
-            return
+        reader = self._reader
+        messages = reader.feed(data)
         for opcode, payload in messages:
             if opcode == wsframes.OP_TEXT or opcode == wsframes.OP_BINARY:
                 if self._close_sent:
@@ -222,10 +226,15 @@ class LeanSocket(asyncio.Protocol):
                 self._close_code = code
                 if not self._close_sent:
                     self._close_sent = True
-                    echo = code if wsframes.is_sendable_close_code(code) else 1000
-                    self.transport.write(wsframes.close_frame(echo))
+                    # Echo the code (the reader only returns codes a peer may send),
+                    # or nothing for a close that had none (1005).
+                    self.transport.write(wsframes.close_frame(code)
+                                         if code != wsframes.CLOSE_NO_STATUS
+                                         else wsframes.encode(wsframes.OP_CLOSE, b""))
                 self.transport.close()
                 break
+        if reader.error is not None:
+            self._protocol_error(reader.error)
         if (self._inbox is not None and len(self._inbox) >= READ_AHEAD
                 and not self._paused_reading and not self._gone):
             self._paused_reading = True
@@ -278,6 +287,41 @@ class LeanSocket(asyncio.Protocol):
         self._wake()
 
     # -- inside --------------------------------------------------------------------
+
+    def _protocol_error(self, err: wsframes.FrameError) -> None:
+        """The peer broke RFC 6455 (or the size limit): audit it, then fail the
+        connection (section 7.1.7): at once, or, when messages read before the bad
+        frame still wait for the endpoint, once it has taken them (so it can answer
+        them), reading nothing more meanwhile and hanging up after ``CLOSE_WAIT_S``
+        in any case."""
+        host = self.client.host
+        log.info("control socket from %s: %s (close %d)", host, err.reason, err.code)
+        relay = getattr(getattr(self.app, "state", None), "relay", None)
+        if relay is not None:
+            agent = f"agent:{self.agent_id}" if self.agent_id else ""
+            relay.record_flood(host, agent or f"anonymous@{host}", "agent.protocol_error",
+                               agent, reason="websocket_frame", detail=err.reason,
+                               close_code=err.code, address=host)
+        if self._close_sent or not self._inbox:
+            self._failure = err
+            self._fail()
+            return
+        self._failure = err
+        if not self._paused_reading and not self._gone:
+            self._paused_reading = True
+            if not self._write_paused:
+                self.transport.pause_reading()
+        _loop().call_later(CLOSE_WAIT_S, self._fail)
+
+    def _fail(self) -> None:
+        """Send the pending protocol error's close code and hang up without reading on
+        (the stream is no longer in step, and a hostile peer gets no more work)."""
+        err, self._failure = self._failure, None
+        if err is None or self._gone:
+            return
+        self._send_close(err.code, err.reason)
+        self.transport.close()
+        self._wake()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -396,6 +440,7 @@ async def _run(endpoint: Callable[[LeanSocket], Awaitable[None]], sock: LeanSock
         log.exception("control socket endpoint failed")
         code = 1011
     finally:
+        sock._fail()  # a protocol error still pending has its own close code
         sock._send_close(code, "")  # nothing if the endpoint already closed it
 
 
