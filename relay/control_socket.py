@@ -5,8 +5,9 @@ one looks at the request first: a plain upgrade of ``/agent/connect`` without an
 ``Origin`` (what an agent sends) is answered here and served by :class:`LeanSocket`:
 a :class:`~backline.relay.wsframes.FrameReader` and the endpoint's coroutine, and
 nothing else per socket. Every other upgrade (browsers, other paths, anything odd) is
-passed, bytes and all, to uvicorn's own wsproto protocol and the full Starlette app,
-with its Origin checks and audit, exactly as before.
+passed, bytes and all, to uvicorn's own wsproto protocol (with a message size limit per
+path and refused frames audited: :mod:`backline.relay.ws_limits`) and the full
+Starlette app, with its Origin checks and audit.
 
 Why: at 10,000 idle agents, uvicorn's per-socket state (ASGI scope, a queue, two
 events, the wsproto connection and the h11 one it keeps) was about 14 KiB of the
@@ -27,10 +28,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from starlette.websockets import WebSocketDisconnect
-from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 
 from backline.common import protocol as control_protocol
-from backline.relay import wsframes
+from backline.relay import ws_limits, wsframes
 
 log = logging.getLogger("backline.relay.control_socket")
 
@@ -94,7 +94,10 @@ class LeanSocket(asyncio.Protocol):
         self.transport = transport
         self.client = client
         self.app = app
-        self._reader = wsframes.FrameReader(control_protocol.MAX_FRAME_BYTES)
+        # The first message is the agent's ``auth``, sent before it is known: sized to
+        # that message's schema, like the other sockets strangers speak on.
+        self._reader = wsframes.FrameReader(control_protocol.MAX_FRAME_BYTES,
+                                            ws_limits.FIRST_MESSAGE_LIMITS[PATH.decode()])
         self._inbox: deque[str | bytes] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._paused_reading = False
@@ -351,6 +354,9 @@ class ControlSocketProtocol(asyncio.Protocol):
 
     app_ref: _AppRef | None = None
     endpoint: Any = None
+    #: What serves every other upgrade: uvicorn's wsproto protocol with per-path
+    #: message limits (:mod:`backline.relay.ws_limits`).
+    full_stack: type[ws_limits.LimitedWSProtocol] = ws_limits.LimitedWSProtocol
 
     def __init__(self, config: Any, server_state: Any, app_state: Any,
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -404,7 +410,7 @@ class ControlSocketProtocol(asyncio.Protocol):
         return wsframes.handshake_response(headers)
 
     def _pass_on(self, data: bytes) -> None:
-        inner = WSProtocol(config=self.config, server_state=self.server_state,
+        inner = type(self).full_stack(config=self.config, server_state=self.server_state,
                            app_state=self.app_state)
         inner.connection_made(self.transport)  # type: ignore[arg-type]
         inner.data_received(data)
@@ -447,5 +453,7 @@ async def _run(endpoint: Callable[[LeanSocket], Awaitable[None]], sock: LeanSock
 def protocol_class(relay_app: Any, endpoint: Any) -> type[ControlSocketProtocol]:
     """A ``ws`` class for uvicorn bound to this relay's app and control endpoint; every
     socket shares one ``ws.app``."""
+    app_ref = _AppRef(relay_app.state)
     return type("BoundControlSocketProtocol", (ControlSocketProtocol,),
-                {"app_ref": _AppRef(relay_app.state), "endpoint": staticmethod(endpoint)})
+                {"app_ref": app_ref, "endpoint": staticmethod(endpoint),
+                 "full_stack": ws_limits.bound(app_ref)})

@@ -110,12 +110,17 @@ class FrameReader:
     ``feed`` returns nothing more; after a close frame, likewise (without an error).
     Between messages it keeps nothing but a partial frame, if one is in flight; a
     frame that arrives a byte at a time is gathered in one growing buffer, never
-    re-copied per byte."""
+    re-copied per byte.
 
-    __slots__ = ("_message", "_partial", "_stopped", "error", "max_size")
+    ``first_max_size``, when given, limits the first message instead (the one a
+    stranger sends before authenticating, which is small); ``max_size`` is the limit
+    of the message being read."""
 
-    def __init__(self, max_size: int) -> None:
-        self.max_size = max_size
+    __slots__ = ("_later", "_message", "_partial", "_stopped", "error", "max_size")
+
+    def __init__(self, max_size: int, first_max_size: int | None = None) -> None:
+        self.max_size = max_size if first_max_size is None else first_max_size
+        self._later = None if first_max_size is None else max_size
         self._partial: bytearray | None = None
         self._message: _Fragments | None = None
         self._stopped = False
@@ -127,7 +132,7 @@ class FrameReader:
         # checks, in fewer steps; anything the shortcut does not accept goes the long
         # way, which says why.
         if (self._partial is None and self._message is None and len(data) > 6
-                and data[0] == 0x81 and not self._stopped):
+                and data[0] == 0x81 and not self._stopped and self._later is None):
             length = data[1] - 0x80  # negative: not masked, which the long way refuses
             if 0 <= length < 126 and len(data) == 6 + length and length <= self.max_size:
                 try:
@@ -231,8 +236,12 @@ class FrameReader:
                 if fin:
                     self._message = None
                     out.append(message.message())
+                    if self._later is not None:
+                        self.max_size, self._later = self._later, None
             elif fin:
                 out.append(_message(opcode, payload))
+                if self._later is not None:
+                    self.max_size, self._later = self._later, None
             else:
                 self._message = _Fragments(opcode, payload)
         return pos
