@@ -233,7 +233,7 @@ def reference(max_size: int, chunks: list[bytes]) -> Outcome:
     return events, None if proto.close_sent is None else int(proto.close_sent.code)
 
 
-@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.filter_too_much])
 @given(streams())
 def test_same_messages_and_close_code_as_websockets(
