@@ -108,7 +108,7 @@ class LeanSocket(asyncio.Protocol):
         self._write_paused = False
         self._connections = connections
         #: A protocol error read after messages the endpoint has not taken yet: the
-        #: connection fails once it has (:meth:`_fail_when_read`).
+        #: connection fails once it has (:meth:`_protocol_error`).
         self._failure: wsframes.FrameError | None = None
         #: Set by the endpoint once the agent is authenticated (who a frame-level
         #: violation is audited as).
@@ -305,11 +305,10 @@ class LeanSocket(asyncio.Protocol):
             relay.record_flood(host, agent or f"anonymous@{host}", "agent.protocol_error",
                                agent, reason="websocket_frame", detail=err.reason,
                                close_code=err.code, address=host)
+        self._failure = err
         if self._close_sent or not self._inbox:
-            self._failure = err
             self._fail()
             return
-        self._failure = err
         if not self._paused_reading and not self._gone:
             self._paused_reading = True
             if not self._write_paused:
@@ -411,7 +410,7 @@ class ControlSocketProtocol(asyncio.Protocol):
 
     def _pass_on(self, data: bytes) -> None:
         inner = type(self).full_stack(config=self.config, server_state=self.server_state,
-                           app_state=self.app_state)
+                                      app_state=self.app_state)
         inner.connection_made(self.transport)  # type: ignore[arg-type]
         inner.data_received(data)
         self.inner = inner

@@ -369,6 +369,27 @@ def test_pre_auth_sockets_refuse_a_message_past_its_schema_at_the_header(
     assert relay.healthy()
 
 
+def test_a_frame_the_full_stack_refuses_gets_its_close_code_and_is_audited(
+        relay: RelayProcess) -> None:
+    """wsproto refused such frames as if the peer had closed: uvicorn hung up with no
+    close frame and no audit. Now the client is told why, and the trail says so."""
+    for frame, code in ((client_frame(TEXT, b"{\xff}"), 1007),
+                        (client_frame(TEXT, b"{}", rsv=0x20), 1002),
+                        (client_frame(CLOSE, struct.pack("!H", 2999)), 1002)):
+        sock, rest = upgrade(relay, "/agent/join")
+        try:
+            sock.sendall(frame)
+            assert ServerFrames(sock, rest).close_code() == code
+        finally:
+            sock.close()
+    assert relay.healthy()
+    refused = wait_for(lambda: [e for e in audit_actions(relay)
+                                if e["action"] == "agent.protocol_error"
+                                and e["target"] == "/agent/join"], 10, "the audit")
+    assert sorted(e["details"]["close_code"] for e in refused) == [1002, 1002, 1007]
+    assert {e["actor"] for e in refused} == {"anonymous@127.0.0.1"}
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
