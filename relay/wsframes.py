@@ -21,7 +21,10 @@ Anything else (reserved bits, unknown opcodes, control frames over 125 bytes or
 fragmented, a continuation with no message in progress, a new message before the
 last one ended) fails with 1002. Checks on one frame come in the order the
 ``websockets`` library makes them, so the two give the same close code for the same
-bytes (tests/test_wsframes_differential.py).
+bytes (tests/test_wsframes_differential.py), with one difference on purpose: a control
+frame between fragments is bounded by its own 125 bytes, not by what the message it
+interrupts has left of ``max_size`` (websockets counts it; RFC 6455 makes control
+frames no part of a message).
 
 ``FrameReader.feed`` takes bytes as they arrive and returns what they completed. A
 bad frame does not lose what came before it in the same read: ``feed`` returns those
