@@ -183,6 +183,24 @@ def encode(msg_type: str, **fields: Any) -> str:
     return text
 
 
+def max_encoded_bytes(*msg_types: str) -> int:
+    """The most UTF-8 bytes :func:`encode` can write for a valid message of any of
+    ``msg_types``: the size limit of a socket that only carries those (the relay's
+    pre-authentication sockets). Each field at its ``max_len``, every character at
+    its longest (6 bytes: ``encode`` writes a control character as ``\\u00XX``, any
+    other as itself, at most 4 bytes), with the names, quotes and separators. Only
+    for types whose fields are all bounded strings."""
+    most = 0
+    for msg_type in msg_types:
+        size = len(_ENCODER.encode({"v": VERSION, "type": msg_type}))
+        for name, rule in SCHEMAS[msg_type].items():
+            if rule.kind is not str or rule.max_len is None:
+                raise ValueError(f"{msg_type}: {name} is not a bounded string")
+            size += len(name) + 6 + 6 * rule.max_len  # ,"name":"value"
+        most = max(most, size)
+    return most
+
+
 _HB_KEYS = frozenset({"v", "type", "stats", "ack"})
 
 

@@ -129,6 +129,8 @@ async def connect_endpoint(ws: WebSocket) -> None:
     if login is None:
         return
     agent_id, group_id, version = login
+    if isinstance(ws, LeanSocket):
+        ws.agent_id = agent_id  # a frame-level violation from now on is the agent's
     conn = Connected(agent_id=agent_id, group_id=group_id, address=address,
                      connected_at=time.time(), send=ws.send_text, close=ws.close,
                      quiet=ws.set_quiet if isinstance(ws, LeanSocket) else None)

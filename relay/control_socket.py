@@ -5,8 +5,9 @@ one looks at the request first: a plain upgrade of ``/agent/connect`` without an
 ``Origin`` (what an agent sends) is answered here and served by :class:`LeanSocket`:
 a :class:`~backline.relay.wsframes.FrameReader` and the endpoint's coroutine, and
 nothing else per socket. Every other upgrade (browsers, other paths, anything odd) is
-passed, bytes and all, to uvicorn's own wsproto protocol and the full Starlette app,
-with its Origin checks and audit, exactly as before.
+passed, bytes and all, to uvicorn's own wsproto protocol (with a message size limit per
+path and refused frames audited: :mod:`backline.relay.ws_limits`) and the full
+Starlette app, with its Origin checks and audit.
 
 Why: at 10,000 idle agents, uvicorn's per-socket state (ASGI scope, a queue, two
 events, the wsproto connection and the h11 one it keeps) was about 14 KiB of the
@@ -27,10 +28,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from starlette.websockets import WebSocketDisconnect
-from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 
 from backline.common import protocol as control_protocol
-from backline.relay import wsframes
+from backline.relay import ws_limits, wsframes
 
 log = logging.getLogger("backline.relay.control_socket")
 
@@ -75,12 +75,14 @@ class LeanSocket(asyncio.Protocol):
         "_close_sent",
         "_connections",
         "_drain",
+        "_failure",
         "_gone",
         "_inbox",
         "_paused_reading",
         "_reader",
         "_waiter",
         "_write_paused",
+        "agent_id",
         "app",
         "client",
         "handler",
@@ -92,7 +94,10 @@ class LeanSocket(asyncio.Protocol):
         self.transport = transport
         self.client = client
         self.app = app
-        self._reader = wsframes.FrameReader(control_protocol.MAX_FRAME_BYTES)
+        # The first message is the agent's ``auth``, sent before it is known: sized to
+        # that message's schema, like the other sockets strangers speak on.
+        self._reader = wsframes.FrameReader(control_protocol.MAX_FRAME_BYTES,
+                                            ws_limits.FIRST_MESSAGE_LIMITS[PATH.decode()])
         self._inbox: deque[str | bytes] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._paused_reading = False
@@ -102,6 +107,12 @@ class LeanSocket(asyncio.Protocol):
         self._close_code = 1006
         self._write_paused = False
         self._connections = connections
+        #: A protocol error read after messages the endpoint has not taken yet: the
+        #: connection fails once it has (:meth:`_protocol_error`).
+        self._failure: wsframes.FrameError | None = None
+        #: Set by the endpoint once the agent is authenticated (who a frame-level
+        #: violation is audited as).
+        self.agent_id: str | None = None
         #: Set by the endpoint once the agent is authenticated: each message is then
         #: handled right here, in the connection's callback, with no task switch.
         self.handler: Callable[[str | bytes], None] | None = None
@@ -114,6 +125,8 @@ class LeanSocket(asyncio.Protocol):
 
     async def receive(self) -> dict[str, Any]:
         while not self._inbox:
+            if self._failure is not None:
+                self._fail()
             if self._gone or self._close_sent:
                 return {"type": "websocket.disconnect", "code": self._close_code}
             self._waiter = _loop().create_future()
@@ -124,7 +137,7 @@ class LeanSocket(asyncio.Protocol):
         message = self._inbox.popleft()
         if not self._inbox:
             self._inbox = None  # an idle socket keeps no empty deque
-        if self._paused_reading and not self._gone:
+        if self._paused_reading and not self._gone and self._failure is None:
             self._paused_reading = False
             if not self._write_paused:
                 self.transport.resume_reading()
@@ -155,7 +168,7 @@ class LeanSocket(asyncio.Protocol):
         next message in the same packet as the last one the endpoint read)."""
         pending = list(self._inbox or ())
         self._inbox = None
-        if self._paused_reading and not self._gone:
+        if self._paused_reading and not self._gone and self._failure is None:
             self._paused_reading = False
             if not self._write_paused:
                 self.transport.resume_reading()
@@ -178,6 +191,8 @@ class LeanSocket(asyncio.Protocol):
 
     async def wait_closed(self) -> None:
         """Until the connection is lost or a close frame was sent."""
+        if self._failure is not None and not self._inbox:
+            self._fail()
         while not (self._gone or self._close_sent):
             self._waiter = _loop().create_future()
             try:
@@ -190,16 +205,8 @@ class LeanSocket(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._gone:
             return
-        try:
-            messages = self._reader.feed(data)
-        except wsframes.FrameError as err:
-            # RFC 6455 "fail the connection": say why, then hang up without reading on
-            # (the stream is no longer in step, and a hostile peer gets no more work).
-            log.info("control socket from %s: %s", self.client.host, err.reason)
-            self._send_close(err.code, err.reason)
-            self.transport.close()
-            self._wake()
-            return
+        reader = self._reader
+        messages = reader.feed(data)
         for opcode, payload in messages:
             if opcode == wsframes.OP_TEXT or opcode == wsframes.OP_BINARY:
                 if self._close_sent:
@@ -222,10 +229,15 @@ class LeanSocket(asyncio.Protocol):
                 self._close_code = code
                 if not self._close_sent:
                     self._close_sent = True
-                    echo = code if wsframes.is_sendable_close_code(code) else 1000
-                    self.transport.write(wsframes.close_frame(echo))
+                    # Echo the code (the reader only returns codes a peer may send),
+                    # or nothing for a close that had none (1005).
+                    self.transport.write(wsframes.close_frame(code)
+                                         if code != wsframes.CLOSE_NO_STATUS
+                                         else wsframes.encode(wsframes.OP_CLOSE, b""))
                 self.transport.close()
                 break
+        if reader.error is not None:
+            self._protocol_error(reader.error)
         if (self._inbox is not None and len(self._inbox) >= READ_AHEAD
                 and not self._paused_reading and not self._gone):
             self._paused_reading = True
@@ -279,6 +291,40 @@ class LeanSocket(asyncio.Protocol):
 
     # -- inside --------------------------------------------------------------------
 
+    def _protocol_error(self, err: wsframes.FrameError) -> None:
+        """The peer broke RFC 6455 (or the size limit): audit it, then fail the
+        connection (section 7.1.7): at once, or, when messages read before the bad
+        frame still wait for the endpoint, once it has taken them (so it can answer
+        them), reading nothing more meanwhile and hanging up after ``CLOSE_WAIT_S``
+        in any case."""
+        host = self.client.host
+        log.info("control socket from %s: %s (close %d)", host, err.reason, err.code)
+        relay = getattr(getattr(self.app, "state", None), "relay", None)
+        if relay is not None:
+            agent = f"agent:{self.agent_id}" if self.agent_id else ""
+            relay.record_flood(host, agent or f"anonymous@{host}", "agent.protocol_error",
+                               agent, reason="websocket_frame", detail=err.reason,
+                               close_code=err.code, address=host)
+        self._failure = err
+        if self._close_sent or not self._inbox:
+            self._fail()
+            return
+        if not self._paused_reading and not self._gone:
+            self._paused_reading = True
+            if not self._write_paused:
+                self.transport.pause_reading()
+        _loop().call_later(CLOSE_WAIT_S, self._fail)
+
+    def _fail(self) -> None:
+        """Send the pending protocol error's close code and hang up without reading on
+        (the stream is no longer in step, and a hostile peer gets no more work)."""
+        err, self._failure = self._failure, None
+        if err is None or self._gone:
+            return
+        self._send_close(err.code, err.reason)
+        self.transport.close()
+        self._wake()
+
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -307,6 +353,9 @@ class ControlSocketProtocol(asyncio.Protocol):
 
     app_ref: _AppRef | None = None
     endpoint: Any = None
+    #: What serves every other upgrade: uvicorn's wsproto protocol with per-path
+    #: message limits (:mod:`backline.relay.ws_limits`).
+    full_stack: type[ws_limits.LimitedWSProtocol] = ws_limits.LimitedWSProtocol
 
     def __init__(self, config: Any, server_state: Any, app_state: Any,
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -360,8 +409,8 @@ class ControlSocketProtocol(asyncio.Protocol):
         return wsframes.handshake_response(headers)
 
     def _pass_on(self, data: bytes) -> None:
-        inner = WSProtocol(config=self.config, server_state=self.server_state,
-                           app_state=self.app_state)
+        inner = type(self).full_stack(config=self.config, server_state=self.server_state,
+                                      app_state=self.app_state)
         inner.connection_made(self.transport)  # type: ignore[arg-type]
         inner.data_received(data)
         self.inner = inner
@@ -396,11 +445,14 @@ async def _run(endpoint: Callable[[LeanSocket], Awaitable[None]], sock: LeanSock
         log.exception("control socket endpoint failed")
         code = 1011
     finally:
+        sock._fail()  # a protocol error still pending has its own close code
         sock._send_close(code, "")  # nothing if the endpoint already closed it
 
 
 def protocol_class(relay_app: Any, endpoint: Any) -> type[ControlSocketProtocol]:
     """A ``ws`` class for uvicorn bound to this relay's app and control endpoint; every
     socket shares one ``ws.app``."""
+    app_ref = _AppRef(relay_app.state)
     return type("BoundControlSocketProtocol", (ControlSocketProtocol,),
-                {"app_ref": _AppRef(relay_app.state), "endpoint": staticmethod(endpoint)})
+                {"app_ref": app_ref, "endpoint": staticmethod(endpoint),
+                 "full_stack": ws_limits.bound(app_ref)})
