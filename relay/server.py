@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio.sslproto
 import importlib.util
-import logging
 import socket
 import sys
 
@@ -25,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from uvicorn.config import STARTUP_FAILURE
 
-from backline.relay import listening
+from backline.relay import listening, logfmt
 from backline.relay.app import build_app
 from backline.relay.config import RelayConfig
 from backline.relay.control import connect_endpoint
@@ -101,6 +100,7 @@ def uvicorn_config(relay: Relay) -> uvicorn.Config:
         proxy_headers=bool(cfg.trusted_proxies),
         forwarded_allow_ips=cfg.trusted_proxies or None,
         log_level=cfg.log_level,
+        log_config=logfmt.uvicorn_log_config(),
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=5,
@@ -128,7 +128,20 @@ def listen(cfg: RelayConfig) -> list[socket.socket]:
     return early if early is not None else listening.bind(cfg.listen_host, cfg.listen_port)
 
 
-class SocketTLSServer(uvicorn.Server):
+class RelayServer(uvicorn.Server):
+    """uvicorn's server, telling the relay when it starts to stop: the agents' sockets
+    it then closes are recorded as ended by the shutdown, not as closed by the agent."""
+
+    def __init__(self, config: uvicorn.Config, relay: Relay) -> None:
+        super().__init__(config)
+        self.relay = relay
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.relay.stopping = True
+        await super().shutdown(sockets=sockets)
+
+
+class SocketTLSServer(RelayServer):
     """uvicorn, with TLS run by OpenSSL on each socket (:mod:`tls_socket`) instead of
     by the event loop. Everything above the transport is uvicorn's own: its HTTP and
     WebSocket protocols, lifespan, connection tracking and graceful shutdown."""
@@ -155,8 +168,7 @@ class SocketTLSServer(uvicorn.Server):
 
 def serve(relay: Relay, sockets: list[socket.socket]) -> None:
     """Serve until stopped, on the listening ``sockets`` from :func:`listen`."""
-    logging.basicConfig(level=relay.config.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logfmt.configure(relay.config.log_level, relay.config.log_format)
     config = without_session_tickets(uvicorn_config(relay))
-    server_class = SocketTLSServer if relay.config.tls_engine == "socket" else uvicorn.Server
-    server_class(config).run(sockets=sockets)
+    server_class = SocketTLSServer if relay.config.tls_engine == "socket" else RelayServer
+    server_class(config, relay).run(sockets=sockets)
