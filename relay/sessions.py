@@ -77,6 +77,11 @@ class CodeRefused(Exception):
         self.reason = reason
 
 
+def _speaker(principal: str) -> str:
+    """The audit actor of a session principal: an enrolled agent, or an attended one."""
+    return f"agent:{principal}" if principal.startswith("ag_") else f"customer:{principal}"
+
+
 def new_session_id() -> str:
     return "ss_" + secrets.token_urlsafe(15)
 
@@ -309,8 +314,15 @@ class SessionManager:
         """``dial_failed`` or ``session_ended`` from the agent's control (or join) socket;
         an agent speaks only for its own sessions."""
         session = self._live.get(msg["session_id"])
-        if session is None or session.principal != principal or session.closing:
+        if session is not None and session.principal != principal:
+            # An agent naming another's session: hostile, and repeatable at will.
+            self.relay.metrics.errors.labels("session_not_its_own").inc()
+            self.relay.record_flood(principal, _speaker(principal), "session.agent.refused",
+                                    f"session:{session.id}", reason="not_its_session",
+                                    message=msg["type"])
             return
+        if session is None or session.closing:
+            return  # already over (a message crossing the close): nothing to do
         if msg["type"] == "dial_failed" and session.state == "dialing":
             self._spawn(self.close(session, "dial_failed", msg["reason"][:300],
                                    f"agent:{principal}"))

@@ -10,6 +10,7 @@ the real diagnostics can be made to write 8 MiB, their output is bounded by desi
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,14 @@ from typing import Any
 
 import httpx
 
-from tests.harness import AgentProcess, Api, RelayProcess, audit_actions, wait_for
+from tests.harness import (
+    AgentProcess,
+    Api,
+    RelayProcess,
+    audit_actions,
+    browser_socket,
+    wait_for,
+)
 from tests.test_sessions import open_session, start_agent
 
 POLICY = '[capabilities]\ninfo = "allow"\n'
@@ -118,5 +126,29 @@ def test_agent_killed_during_a_channel_is_a_clear_502(
         again = admin.post(f"/api/v1/sessions/{session['id']}/channels/info")
         assert again.status_code == 409, again.text
         assert relay.healthy()
+    finally:
+        agent.stop()
+
+
+def test_agent_killed_during_a_streamed_channel_is_said_and_audited(
+        tmp_path: Path, relay: RelayProcess, admin: Api) -> None:
+    agent = BulkyAgent(tmp_path, "streamed", "hang")
+    start_agent(tmp_path, relay, admin, "streamed", policy=POLICY, agent=agent)
+    try:
+        session = open_session(admin, agent.agent_id, capabilities=["info"])
+        with browser_socket(relay, admin, f"/api/v1/sessions/{session['id']}/stream/info"
+                            ) as ws:
+            assert json.loads(ws.recv(20))["type"] == "line"  # the one line, then silence
+            wait_for(agent.mark.exists, 20, "the channel to open")
+            assert agent.proc is not None
+            agent.proc.send_signal(signal.SIGKILL)
+            agent.proc.wait(10)
+            said = json.loads(ws.recv(20))
+        assert said["type"] == "error" and said["error"] == "agent_gone", said
+        failed = channel_events(relay, session["id"], "session.channel.failed")
+        assert failed and failed[-1]["details"]["reason"] == "agent_gone"
+        row = wait_for(lambda: (lambda s: s if s["state"] == "closed" else None)(
+            admin.get(f"/api/v1/sessions/{session['id']}").json()), 10, "the session closed")
+        assert row["close_reason"] in ("agent_gone", "tunnel_lost")
     finally:
         agent.stop()
