@@ -392,7 +392,7 @@ class SessionManager:
         deliberately says so first with ``session_ended``; asyncssh reports a polite
         SSH disconnect as a clean close and drops its reason text.)"""
         exc = session.lost
-        if tunnel.close_code == CLOSE_SHUTDOWN:
+        if tunnel.close_code == CLOSE_SHUTDOWN or self.relay.stopping:
             return "relay_shutdown", "the relay is shutting down"
         if exc is None:
             return "agent_closed", "the agent closed the connection"
