@@ -514,6 +514,8 @@ class SessionManager:
                                f"the agent refused {capability!r} (its local policy does not "
                                "allow it, or it does not offer it)") from None
         except (asyncssh.Error, OSError) as exc:
+            self.channel_failed(session, capability, actor, "channel_failed",
+                                f"{type(exc).__name__}: {exc}"[:200])
             raise SessionError(502, "channel_failed", f"could not open a channel: {exc}") from None
 
     def channel_failed(self, session: LiveSession, capability: str, actor: str,
