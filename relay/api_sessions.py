@@ -19,6 +19,7 @@ import json
 import time
 from typing import Any
 
+import asyncssh
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -308,7 +309,11 @@ async def _stream(ws: WebSocket, relay: Relay, live: LiveSession, capability: st
                 reading.cancel()
                 proc.close()
                 return
-            line = reading.result()
+            try:
+                line = reading.result()
+            except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
+                await _agent_gone(ws, relay, live, capability, who, exc)
+                return
             if not line:
                 break
             digest.update(line)
@@ -317,9 +322,14 @@ async def _stream(ws: WebSocket, relay: Relay, live: LiveSession, capability: st
                 kept.append(line)
             live.touch()
             if len(line) > MAX_STREAM_LINE or size > MAX_STREAM_BYTES:
-                proc.close()
+                proc.close()  # cut here, said and audited (finding 6)
+                relay.record(who.actor, "session.channel", f"session:{live.id}",
+                             capability=capability, agent=live.principal, exit_status=None,
+                             bytes=size, sha256=digest.hexdigest(), streamed=True,
+                             truncated=True, limit=MAX_STREAM_BYTES)
                 await ws.send_text(json.dumps({"type": "error", "error": "too_large",
-                                               "detail": "the output is too large to stream"}))
+                                               "detail": "the output is too large to stream",
+                                               "truncated": True, "bytes": size}))
                 return
             await ws.send_text(json.dumps({"type": "line",
                                            "line": line.decode("utf-8", "replace")},
@@ -345,6 +355,18 @@ async def _stream(ws: WebSocket, relay: Relay, live: LiveSession, capability: st
     await ws.send_text(json.dumps({"type": "exit", "exit_status": proc.exit_status,
                                    "bytes": size, "sha256": digest.hexdigest(),
                                    "duration_ms": duration_ms, "report": report}))
+
+
+async def _agent_gone(ws: WebSocket, relay: Relay, live: LiveSession, capability: str,
+                      who: Principal, exc: BaseException) -> None:
+    """The agent went away in the middle of a streamed channel: said, audited, and the
+    session closed (its tunnel is gone)."""
+    detail = f"{type(exc).__name__}: {exc}"[:200]
+    relay.sessions.channel_failed(live, capability, who.actor, "agent_gone", detail)
+    await ws.send_text(json.dumps({"type": "error", "error": "agent_gone",
+                                   "detail": f"the agent went away during {capability}"}))
+    if not live.closing:
+        await relay.sessions.close(live, "agent_gone", detail)
 
 
 async def _until_disconnect(ws: WebSocket) -> None:

@@ -20,6 +20,7 @@ from backline.common.tlspin import BadPin, is_spki, parse_pin
 
 ENV_PREFIX = "BACKLINE_"
 TLS_MODES = ("self-signed", "files", "off")
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -75,6 +76,14 @@ class RelayConfig:
     # Browser origins besides public_url allowed to call the API and open WebSockets.
     extra_origins: list[str] = field(default_factory=list)
     log_level: str = "info"
+    # "text": one escaped line per record; "json": one JSON object per line (collectors).
+    log_format: str = "text"
+    # How long a flood of refusals from one source (an address, an agent) is counted
+    # before its one aggregated audit event is written (relay/audit_floods.py).
+    audit_flood_window_s: float = 60.0
+    # How long an agent's socket (/agent/enroll, /agent/connect, /agent/tunnel,
+    # /agent/join) may stay silent before its first message; then it is closed, audited.
+    agent_first_frame_timeout_s: float = 10.0
     event_loop: str = "auto"
     # Who runs TLS: "socket" (OpenSSL on the socket, relay/tls_socket.py: about half
     # the CPU per heartbeat) or "loop" (the event loop's own TLS, as uvicorn does it).
@@ -144,6 +153,13 @@ class RelayConfig:
             raise ConfigError("public_url must start with https:// (cookies are Secure-only)")
         if self.heartbeat_s < 5 or self.heartbeat_s > 600:
             raise ConfigError("heartbeat_s must be between 5 and 600")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log_format must be {' or '.join(LOG_FORMATS)}, "
+                              f"not {self.log_format!r}")
+        if not 1 <= self.audit_flood_window_s <= 3600:
+            raise ConfigError("audit_flood_window_s must be between 1 and 3600")
+        if not 1 <= self.agent_first_frame_timeout_s <= 60:
+            raise ConfigError("agent_first_frame_timeout_s must be between 1 and 60")
         if self.event_loop not in ("auto", "asyncio", "uvloop"):
             raise ConfigError("event_loop must be auto, asyncio or uvloop")
         if self.tls_engine not in ("socket", "loop"):

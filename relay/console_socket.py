@@ -33,7 +33,10 @@ async def live_endpoint(ws: WebSocket) -> None:
     origin = ws.headers.get("origin")
     try:
         principal = authenticate(relay, ws)
-    except ApiError:
+    except ApiError as err:  # a refused bearer token: the socket's refusal is audited too
+        relay.metrics.errors.labels("live_refused").inc()
+        relay.record_flood(address, f"anonymous@{address}", "live.refused", "/api/v1/live",
+                           reason=err.code, address=address)
         await ws.close(4401)
         return
     if origin is not None and not same_origin(relay, origin):
@@ -44,8 +47,8 @@ async def live_endpoint(ws: WebSocket) -> None:
         await ws.close(4403)
         return
     if principal is None or principal.user.must_change_password:
-        relay.record(f"anonymous@{address}", "live.refused", "/api/v1/live",
-                     reason="unauthenticated", address=address)
+        relay.record_flood(address, f"anonymous@{address}", "live.refused", "/api/v1/live",
+                           reason="unauthenticated", address=address)
         await ws.close(4401)
         return
     if needs_totp_enrolment(relay, principal.user):

@@ -28,13 +28,13 @@ from backline.relay.webauth import client_address
 
 log = logging.getLogger("backline.relay.control")
 
-HANDSHAKE_TIMEOUT_S = 10.0
 PING_TIMEOUT_S = 10.0
 # WebSocket close codes (4000-4999 are ours).
 CLOSE_PROTOCOL = 4400
 CLOSE_AUTH = 4401
 CLOSE_REPLACED = 4409
 CLOSE_IDLE = 4408
+CLOSE_TIMEOUT = 4408
 
 
 class PeerGone(Exception):
@@ -50,10 +50,51 @@ async def receive_frame(ws: WebSocket) -> str | bytes:
     return text if text is not None else message.get("bytes") or b""
 
 
-async def _refuse(ws: WebSocket, relay: Relay, code: str, message: str, close_code: int,
-                  actor: str, action: str, target: str = "", **details: Any) -> None:
+async def _refuse(ws: WebSocket, relay: Relay, source: str, code: str, message: str,
+                  close_code: int, actor: str, action: str, target: str = "",
+                  **details: Any) -> None:
+    """Answer a refusal (an ``error`` frame, then close) and audit it as a flood from
+    ``source`` (the address of a stranger, the id of an agent): each of these can be
+    repeated at will, so past the first few a minute they are counted, not written."""
     relay.metrics.errors.labels(code).inc()
-    relay.record(actor, action, target, reason=code, detail=message[:200], **details)
+    relay.record_flood(source, actor, action, target, reason=code, detail=message[:200],
+                       **details)
+    await _say_and_close(ws, code, message, close_code)
+
+
+async def first_frame(ws: WebSocket, relay: Relay, address: str, action: str,
+                      target: str = "") -> str | bytes | None:
+    """A socket's first message, within ``agent_first_frame_timeout_s``; ``None`` when
+    none came (silence, or the peer left first), once that is answered and audited.
+
+    A silent socket used to be dropped without a trace: a stranger could hold and
+    drop them by the thousand and the trail said nothing. Now it is audited as a flood
+    from its address (``reason`` ``timeout`` or ``peer_gone``) and a silent one is told
+    why it is closed."""
+    timeout = relay.config.agent_first_frame_timeout_s
+    try:
+        async with asyncio.timeout(timeout):
+            return await receive_frame(ws)
+    except (TimeoutError, PeerGone, WebSocketDisconnect) as exc:
+        if isinstance(exc, TimeoutError):
+            _audit_silence(relay, address, action, target, "timeout",
+                           f"no message within {timeout:g} s")
+            await _say_and_close(ws, "timeout", f"no message within {timeout:g} s",
+                                 CLOSE_TIMEOUT)
+        else:
+            _audit_silence(relay, address, action, target, "peer_gone",
+                           "the peer left before its first message")
+        return None
+
+
+def _audit_silence(relay: Relay, address: str, action: str, target: str, reason: str,
+                   detail: str) -> None:
+    relay.metrics.errors.labels(f"first_frame_{reason}").inc()
+    relay.record_flood(address, f"anonymous@{address}", action, target, reason=reason,
+                       detail=detail, address=address)
+
+
+async def _say_and_close(ws: WebSocket, code: str, message: str, close_code: int) -> None:
     if isinstance(ws, LeanSocket):
         ws.write_text(protocol.encode("error", code=code, message=message[:1024]))
         ws.close_now(close_code, code)
@@ -71,23 +112,22 @@ async def enroll_endpoint(ws: WebSocket) -> None:
     address = client_address(ws)
     actor = f"anonymous@{address}"
     await ws.accept()
+    frame = await first_frame(ws, relay, address, "agent.enroll.refused")
+    if frame is None:
+        return
     try:
-        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-            frame = await receive_frame(ws)
         msg = protocol.decode(frame, frozenset({"enroll"}))
         public_key = protocol.b64d(msg["public_key"])
         signature = protocol.b64d(msg["signature"])
-    except (TimeoutError, PeerGone):
-        return
     except ProtocolError as err:
-        await _refuse(ws, relay, err.code, err.message, CLOSE_PROTOCOL, actor,
+        await _refuse(ws, relay, address, err.code, err.message, CLOSE_PROTOCOL, actor,
                       "agent.enroll.refused", address=address)
         return
     if len(public_key) != 32 or not any(
             keys.verify(public_key, signature,
                         protocol.enroll_payload(msg["token"], public_key, bound))
             for bound in relay.tls_bindings):
-        await _refuse(ws, relay, "bad_signature",
+        await _refuse(ws, relay, address, "bad_signature",
                       "the enrollment request is not signed by the key it registers "
                       "(or was made for another relay certificate)",
                       CLOSE_AUTH, actor, "agent.enroll.refused", address=address)
@@ -99,7 +139,7 @@ async def enroll_endpoint(ws: WebSocket) -> None:
             agent_id = agents.register(conn, token["group_id"], public_key, info,
                                        token["id"], address)
     except tokens.TokenRefused as refused:
-        await _refuse(ws, relay, f"token_{refused.reason}", refused.message, CLOSE_AUTH,
+        await _refuse(ws, relay, address, f"token_{refused.reason}", refused.message, CLOSE_AUTH,
                       actor, "agent.enroll.refused",
                       f"enroll_token:{refused.token_id}" if refused.token_id else "",
                       address=address, hostname=info["hostname"][:100])
@@ -152,16 +192,30 @@ async def connect_endpoint(ws: WebSocket) -> None:
         reason = "closed"
     except ProtocolError as err:
         reason = f"protocol error: {err.code}"
-        await _refuse(ws, relay, err.code, err.message, CLOSE_PROTOCOL, f"agent:{agent_id}",
-                      "agent.protocol_error", f"agent:{agent_id}", address=address)
+        await _refuse(ws, relay, f"agent:{agent_id}", err.code, err.message, CLOSE_PROTOCOL,
+                      f"agent:{agent_id}", "agent.protocol_error", f"agent:{agent_id}",
+                      address=address)
     finally:
-        if relay.presence.remove(conn):
+        current = relay.presence.remove(conn)  # False: a newer socket replaced this one
+        if current:
             agents.update_agent(relay.engine, agent_id, last_seen=conn.last_seen,
                                 last_address=address)
-            relay.record_soon(f"agent:{agent_id}", "agent.disconnect", f"agent:{agent_id}",
-                              reason=reason, address=address)
             relay.bus.publish({"type": "agent", "agent_id": agent_id, "group_id": group_id,
                                "changed": {"online": False, "last_seen": conn.last_seen}})
+        relay.record_soon(f"agent:{agent_id}", "agent.disconnect", f"agent:{agent_id}",
+                          reason=disconnect_reason(relay, conn, reason), address=address)
+
+
+def disconnect_reason(relay: Relay, conn: Connected, outcome: str) -> str:
+    """Why a control socket ended, for its ``agent.disconnect`` event: what the relay
+    closed it for (``revoked``, ``replaced``) first, then what the socket's loop saw
+    (``idle timeout``, ``protocol error: ...``), then the relay stopping
+    (``relay shutdown``); ``closed`` only when the agent left by itself."""
+    if conn.ended:
+        return conn.ended
+    if outcome == "closed" and relay.stopping:
+        return "relay shutdown"
+    return outcome
 
 
 # The helpers below return before the socket settles into its long idle life, so that
@@ -177,21 +231,25 @@ async def _authenticate(ws: WebSocket, relay: Relay, address: str
     handshake = protocol.RelayHandshake(bindings[0], also_bound=bindings[1:])
     try:
         await ws.send_text(handshake.challenge(time.time()))
-        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-            frame = await receive_frame(ws)
-        msg = handshake.receive_auth(frame)
-    except (TimeoutError, PeerGone, WebSocketDisconnect):
+    except (PeerGone, WebSocketDisconnect, OSError):
+        _audit_silence(relay, address, "agent.auth.refused", "", "peer_gone",
+                       "the peer left before the challenge")
         return None
+    frame = await first_frame(ws, relay, address, "agent.auth.refused")
+    if frame is None:
+        return None
+    try:
+        msg = handshake.receive_auth(frame)
     except ProtocolError as err:
-        await _refuse(ws, relay, err.code, err.message, CLOSE_PROTOCOL,
+        await _refuse(ws, relay, address, err.code, err.message, CLOSE_PROTOCOL,
                       f"anonymous@{address}", "agent.protocol_error", address=address)
         return None
     agent_id = msg["agent_id"]
     known = agents.public_key_of(relay.engine, agent_id)
     if known is None or not handshake.verify(msg, known[0]):
         reason = "unknown or revoked agent" if known is None else "bad signature"
-        await _refuse(ws, relay, "auth_failed", f"authentication failed: {reason}", CLOSE_AUTH,
-                      f"anonymous@{address}", "agent.auth.refused", f"agent:{agent_id}",
+        await _refuse(ws, relay, address, "auth_failed", f"authentication failed: {reason}",
+                      CLOSE_AUTH, f"anonymous@{address}", "agent.auth.refused", f"agent:{agent_id}",
                       address=address)
         return None
     return agent_id, known[1], msg["version"]
@@ -200,6 +258,7 @@ async def _authenticate(ws: WebSocket, relay: Relay, address: str
 async def _replace(old: Connected | None) -> None:
     """Close the older socket of an agent that connected again."""
     if old is not None:
+        old.ended = "replaced"
         try:
             await old.close(CLOSE_REPLACED, "replaced by a newer connection")
         except Exception:  # noqa: S110 - the old socket may already be gone
@@ -285,8 +344,9 @@ class _CallbackServer:
             self.outcome = f"protocol error: {err.code}"
             agent = f"agent:{self.conn.agent_id}"
             self.relay.metrics.errors.labels(err.code).inc()
-            self.relay.record(agent, "agent.protocol_error", agent, reason=err.code,
-                              detail=err.message[:200], address=self.conn.address)
+            self.relay.record_flood(agent, agent, "agent.protocol_error", agent,
+                                    reason=err.code, detail=err.message[:200],
+                                    address=self.conn.address)
             self.ws.write_text(protocol.encode("error", code=err.code,
                                                message=err.message[:1024]))
             self.ws.close_now(CLOSE_PROTOCOL, err.code)
@@ -334,12 +394,33 @@ def _reply(relay: Relay, conn: Connected, frame: str | bytes) -> str | None:
 
 
 def _store_health(relay: Relay, conn: Connected, alerts: list[dict[str, str]]) -> None:
-    agents.update_agent(relay.engine, conn.agent_id, health=json.dumps(alerts))
+    """Store a health report; audit a change of its critical alerts.
+
+    An agent reports on a timer and on every reconnect, and a compromised one can
+    report every millisecond: a row per report (3,000 ``agent.health.alert`` events
+    from one agent) buries the trail. So a report identical to the last one this
+    socket sent is not written again; ``agent.health.alert`` is recorded when the set
+    of critical alerts changes (``agent.health.cleared`` when it empties), and even
+    those go through the per-agent flood aggregation, so an agent that flips its
+    alerts at will gets its first few written and the rest counted in one event."""
+    stored = json.dumps(alerts)
+    if stored == conn.health:
+        return
+    conn.health = stored
+    agents.update_agent(relay.engine, conn.agent_id, health=stored)
     relay.bus.publish({"type": "agent", "agent_id": conn.agent_id, "group_id": conn.group_id,
                        "changed": {"health": alerts}})
-    if any(a["severity"] == "critical" for a in alerts):
-        relay.record(f"agent:{conn.agent_id}", "agent.health.alert",
-                     f"agent:{conn.agent_id}", alerts=[a["id"] for a in alerts])
+    critical = frozenset(a["id"] for a in alerts if a["severity"] == "critical")
+    if critical != conn.critical:
+        agent = f"agent:{conn.agent_id}"
+        if critical:
+            relay.record_flood(agent, agent, "agent.health.alert", agent,
+                               reason="critical", alerts=[a["id"] for a in alerts],
+                               critical=sorted(critical))
+        else:
+            relay.record_flood(agent, agent, "agent.health.cleared", agent,
+                               reason="cleared", cleared=sorted(conn.critical))
+        conn.critical = critical
     relay.webhooks.agent_health(conn.agent_id, conn.group_id, alerts)
 
 

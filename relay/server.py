@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio.sslproto
 import importlib.util
-import logging
 import signal
 import socket
 import sys
@@ -26,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from uvicorn.config import STARTUP_FAILURE
 
-from backline.relay import listening, tls_policy
+from backline.relay import listening, logfmt, tls_policy
 from backline.relay.app import build_app
 from backline.relay.config import RelayConfig
 from backline.relay.control import connect_endpoint
@@ -103,6 +102,7 @@ def uvicorn_config(relay: Relay) -> uvicorn.Config:
         proxy_headers=bool(cfg.trusted_proxies),
         forwarded_allow_ips=cfg.trusted_proxies or None,
         log_level=cfg.log_level,
+        log_config=logfmt.uvicorn_log_config(),
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=5,
@@ -128,7 +128,20 @@ def listen(cfg: RelayConfig) -> list[socket.socket]:
     return early if early is not None else listening.bind(cfg.listen_host, cfg.listen_port)
 
 
-class SocketTLSServer(uvicorn.Server):
+class RelayServer(uvicorn.Server):
+    """uvicorn's server, telling the relay when it starts to stop: the agents' sockets
+    it then closes are recorded as ended by the shutdown, not as closed by the agent."""
+
+    def __init__(self, config: uvicorn.Config, relay: Relay) -> None:
+        super().__init__(config)
+        self.relay = relay
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.relay.stopping = True
+        await super().shutdown(sockets=sockets)
+
+
+class SocketTLSServer(RelayServer):
     """uvicorn, with TLS run by OpenSSL on each socket (:mod:`tls_socket`) instead of
     by the event loop. Everything above the transport is uvicorn's own: its HTTP and
     WebSocket protocols, lifespan, connection tracking and graceful shutdown."""
@@ -165,7 +178,7 @@ class _ReloadsTLS:
             self.reloader.install(asyncio.get_running_loop())
 
 
-class LoopTLSRelayServer(_ReloadsTLS, uvicorn.Server):
+class LoopTLSRelayServer(_ReloadsTLS, RelayServer):
     """uvicorn as it is (the event loop's TLS), reloading certificates."""
 
 
@@ -175,12 +188,11 @@ class SocketTLSRelayServer(_ReloadsTLS, SocketTLSServer):
 
 def serve(relay: Relay, sockets: list[socket.socket]) -> None:
     """Serve until stopped, on the listening ``sockets`` from :func:`listen`."""
-    logging.basicConfig(level=relay.config.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logfmt.configure(relay.config.log_level, relay.config.log_format)
     config = with_tls_policy(uvicorn_config(relay))
     server_class: type[LoopTLSRelayServer | SocketTLSRelayServer] = (
         SocketTLSRelayServer if relay.config.tls_engine == "socket" else LoopTLSRelayServer)
-    server = server_class(config)
+    server = server_class(config, relay)
     server.reloader = TlsReloader(relay, config.ssl)
     if hasattr(signal, "SIGHUP"):  # until the reloader takes it: not the default, an exit
         signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -24,13 +24,18 @@ from starlette.websockets import WebSocket
 from backline.common import protocol
 from backline.common.protocol import ProtocolError
 from backline.relay.auth_limits import CodeRateLimited
-from backline.relay.control import CLOSE_AUTH, CLOSE_PROTOCOL, PeerGone, receive_frame
+from backline.relay.control import (
+    CLOSE_AUTH,
+    CLOSE_PROTOCOL,
+    PeerGone,
+    first_frame,
+    receive_frame,
+)
 from backline.relay.ratelimit import address_key
 from backline.relay.sessions import CodeRefused, LiveSession, SessionError
 from backline.relay.state import Relay
 from backline.relay.webauth import client_address
 
-FIRST_FRAME_TIMEOUT_S = 10.0
 CONSENT_TIMEOUT_S = 150.0  # the agent gives the customer 120 s
 CLOSE_TIMEOUT = 4408
 CLOSE_RATE_LIMITED = 4429
@@ -47,20 +52,19 @@ async def tunnel_endpoint(ws: WebSocket) -> None:
     address = client_address(ws)
     session_id = str(ws.path_params["session_id"])[:64]
     await ws.accept()
+    frame = await first_frame(ws, relay, address, "session.tunnel.refused",
+                              f"session:{session_id}")
+    if frame is None:
+        return
     try:
-        async with asyncio.timeout(FIRST_FRAME_TIMEOUT_S):
-            frame = await receive_frame(ws)
         msg = protocol.decode(frame, frozenset({"tunnel"}))
         session = relay.sessions.claim_tunnel(session_id, msg["token"])
-    except (TimeoutError, PeerGone):
-        with contextlib.suppress(Exception):
-            await ws.close(CLOSE_TIMEOUT)
-        return
     except (ProtocolError, SessionError) as err:
         reason = err.code
         relay.metrics.errors.labels("tunnel_refused").inc()
-        relay.record(f"anonymous@{address}", "session.tunnel.refused", f"session:{session_id}",
-                     reason=reason, address=address)
+        # A stranger can try tunnels at will: a flood from its address.
+        relay.record_flood(address, f"anonymous@{address}", "session.tunnel.refused",
+                           f"session:{session_id}", reason=reason, address=address)
         await _refuse(ws, reason, "no session is waiting for this tunnel"
                       if isinstance(err, SessionError) else err.message,
                       CLOSE_AUTH if isinstance(err, SessionError) else CLOSE_PROTOCOL)
@@ -79,15 +83,14 @@ async def join_endpoint(ws: WebSocket) -> None:
     if wait > 0:
         await _code_rate_limited(ws, relay, actor, address, limit, wait)
         return
+    frame = await first_frame(ws, relay, address, "session.join.refused", "session-code")
+    if frame is None:
+        return
     try:
-        async with asyncio.timeout(FIRST_FRAME_TIMEOUT_S):
-            frame = await receive_frame(ws)
         msg = protocol.decode(frame, frozenset({"join"}))
         key = protocol.b64d(msg["public_key"])
         if len(key) != 32:
             raise ProtocolError("bad_field", "join: public_key is not an Ed25519 key")
-    except (TimeoutError, PeerGone):
-        return
     except ProtocolError as err:
         sessions.code_failed(address)
         relay.metrics.errors.labels(err.code).inc()
@@ -141,7 +144,8 @@ async def _attend(ws: WebSocket, relay: Relay, session: LiveSession, customer: s
         async with asyncio.timeout(CONSENT_TIMEOUT_S):
             consent = protocol.decode(await receive_frame(ws), frozenset({"consent"}))
     except (TimeoutError, PeerGone, ProtocolError) as exc:
-        reason = "consent_timeout" if isinstance(exc, TimeoutError) else "customer_left"
+        reason = ("consent_timeout" if isinstance(exc, TimeoutError) else
+                  "protocol_error" if isinstance(exc, ProtocolError) else "customer_left")
         await relay.sessions.close(session, reason, actor=customer)
         return
     if consent["answer"] != "yes":
@@ -160,8 +164,18 @@ async def _attend(ws: WebSocket, relay: Relay, session: LiveSession, customer: s
 
 
 async def _listen(ws: WebSocket, relay: Relay, session: LiveSession) -> Any:
-    """The join socket during the session: only ``session_ended`` may come."""
-    with contextlib.suppress(PeerGone, ProtocolError, Exception):
+    """The join socket during the session: only ``session_ended`` may come; anything
+    else ends the session (the caller closes it) and is audited."""
+    customer = f"customer@{session.remote_address}"
+    try:
         while True:
             msg = protocol.decode(await receive_frame(ws), frozenset({"session_ended"}))
             relay.sessions.from_agent(session.principal, msg)
+    except ProtocolError as err:
+        relay.metrics.errors.labels(err.code).inc()
+        relay.record_flood(session.remote_address, customer, "session.join.protocol_error",
+                           f"session:{session.id}", reason=err.code,
+                           detail=err.message[:200], address=session.remote_address)
+        await _refuse(ws, err.code, err.message, CLOSE_PROTOCOL)
+    except (PeerGone, Exception):  # noqa: S110 - gone: the caller ends the session
+        pass

@@ -77,6 +77,11 @@ class CodeRefused(Exception):
         self.reason = reason
 
 
+def _speaker(principal: str) -> str:
+    """The audit actor of a session principal: an enrolled agent, or an attended one."""
+    return f"agent:{principal}" if principal.startswith("ag_") else f"customer:{principal}"
+
+
 def new_session_id() -> str:
     return "ss_" + secrets.token_urlsafe(15)
 
@@ -306,8 +311,15 @@ class SessionManager:
         """``dial_failed`` or ``session_ended`` from the agent's control (or join) socket;
         an agent speaks only for its own sessions."""
         session = self._live.get(msg["session_id"])
-        if session is None or session.principal != principal or session.closing:
+        if session is not None and session.principal != principal:
+            # An agent naming another's session: hostile, and repeatable at will.
+            self.relay.metrics.errors.labels("session_not_its_own").inc()
+            self.relay.record_flood(principal, _speaker(principal), "session.agent.refused",
+                                    f"session:{session.id}", reason="not_its_session",
+                                    message=msg["type"])
             return
+        if session is None or session.closing:
+            return  # already over (a message crossing the close): nothing to do
         if msg["type"] == "dial_failed" and session.state == "dialing":
             self._spawn(self.close(session, "dial_failed", msg["reason"][:300],
                                    f"agent:{principal}"))
@@ -377,7 +389,7 @@ class SessionManager:
         deliberately says so first with ``session_ended``; asyncssh reports a polite
         SSH disconnect as a clean close and drops its reason text.)"""
         exc = session.lost
-        if tunnel.close_code == CLOSE_SHUTDOWN:
+        if tunnel.close_code == CLOSE_SHUTDOWN or self.relay.stopping:
             return "relay_shutdown", "the relay is shutting down"
         if exc is None:
             return "agent_closed", "the agent closed the connection"
@@ -499,7 +511,16 @@ class SessionManager:
                                f"the agent refused {capability!r} (its local policy does not "
                                "allow it, or it does not offer it)") from None
         except (asyncssh.Error, OSError) as exc:
+            self.channel_failed(session, capability, actor, "channel_failed",
+                                f"{type(exc).__name__}: {exc}"[:200])
             raise SessionError(502, "channel_failed", f"could not open a channel: {exc}") from None
+
+    def channel_failed(self, session: LiveSession, capability: str, actor: str,
+                        reason: str, detail: str) -> None:
+        self.relay.metrics.errors.labels(f"session_channel_{reason}").inc()
+        self.relay.record(actor, "session.channel.failed", f"session:{session.id}",
+                          capability=capability, agent=session.principal, reason=reason,
+                          detail=detail)
 
     def refusal_of(self, session: LiveSession, capability: str, actor: str,
                    stderr: bytes) -> SessionError:
@@ -515,37 +536,53 @@ class SessionManager:
     async def run_capability(self, session: LiveSession, capability: str, actor: str,
                              timeout: float = 120.0, request: bytes | None = None
                              ) -> dict[str, Any]:
-        """Run one capability to completion; its output, bounded, and its hash."""
+        """Run one capability to completion; its output, bounded, and its hash.
+
+        Output past :data:`MAX_OUTPUT` is cut there: the channel is closed at once and
+        the answer is marked (``truncated``, ``bytes_kept``, ``bytes_dropped``: what
+        arrived past the bound before the close; the agent sent no more). Waiting for
+        the end instead (as this did) waits for ever: once the relay stops reading, SSH
+        flow control stops the agent, so its output never ends and the request timed
+        out after two minutes. An agent that goes away mid-channel is ``agent_gone``
+        (502), audited, and its session closed."""
         started = time.perf_counter()
         proc = await self.open_channel(session, capability, actor, request)
         session.active_channels += 1
         session.channels += 1
         try:
             async with asyncio.timeout(timeout):
-                (out, truncated), (err, _) = await asyncio.gather(
-                    read_bounded(proc.stdout, MAX_OUTPUT), read_bounded(proc.stderr, MAX_STDERR))
-                if truncated:
-                    proc.close()
-                await proc.wait_closed()
+                out, dropped, err = await _collect(proc)
         except TimeoutError:
             proc.close()
+            self.channel_failed(session, capability, actor, "timeout",
+                                 f"did not finish within {timeout:g} s")
             raise SessionError(504, "timeout", f"{capability} did not finish within "
                                                f"{timeout:g} s") from None
+        except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
+            proc.close()
+            detail = f"{type(exc).__name__}: {exc}"[:200]
+            self.channel_failed(session, capability, actor, "agent_gone", detail)
+            if session.ssh is None or session.ssh.is_closed() or session.lost is not None:
+                self._spawn(self.close(session, "agent_gone", detail))
+            raise SessionError(502, "agent_gone", f"the agent went away during {capability} "
+                                                  f"({type(exc).__name__})") from None
         finally:
             session.active_channels -= 1
             session.touch()
+        truncated = dropped > 0
         status = proc.exit_status
-        if status == EXIT_REFUSED:
+        if status == EXIT_REFUSED and not truncated:
             raise self.refusal_of(session, capability, actor, err)
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
         digest = hashlib.sha256(out).hexdigest()
+        cut = {"limit": MAX_OUTPUT, "bytes_kept": len(out), "bytes_dropped": dropped}
         self.relay.record(actor, "session.channel", f"session:{session.id}",
                           capability=capability, agent=session.principal, exit_status=status,
                           bytes=len(out), sha256=digest, duration_ms=duration_ms,
-                          truncated=truncated)
+                          truncated=truncated, **(cut if truncated else {}))
         result = {"capability": capability, "exit_status": status, "duration_ms": duration_ms,
                   "bytes": len(out), "sha256": digest, "truncated": truncated,
-                  **parse_output(out)}
+                  **(cut if truncated else {}), **parse_output(out)}
         if capability == "diagnostics" and status == 0 and not truncated:
             result["report"] = self.keep_report(session, actor, out)
         return result
@@ -667,18 +704,51 @@ class SessionManager:
         return self._dial_message(session)
 
 
-async def read_bounded(stream: asyncssh.SSHReader[bytes], limit: int) -> tuple[bytes, bool]:
-    """Everything up to EOF, or the first ``limit`` bytes and ``True``."""
+CLOSE_WAIT_S = 2.0
+
+
+async def _collect(proc: asyncssh.SSHClientProcess[bytes]) -> tuple[bytes, int, bytes]:
+    """A channel's ``(stdout, bytes dropped past the bound, stderr)``.
+
+    stderr is read alongside (bounded, the rest discarded) so that neither stream can
+    stall the other through the channel's shared window. When stdout passes the bound
+    the channel is closed at once and stderr is given up; the close is waited for only
+    briefly (the agent's side may be slow to notice)."""
+    errors = asyncio.ensure_future(read_bounded(proc.stderr, MAX_STDERR, drain=True))
+    try:
+        out, dropped = await read_bounded(proc.stdout, MAX_OUTPUT)
+        if dropped:
+            proc.close()
+            errors.cancel()
+            with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+                await asyncio.wait_for(proc.wait_closed(), CLOSE_WAIT_S)
+            return out, dropped, b""
+        err, _ = await errors
+        await proc.wait_closed()
+        return out, 0, err
+    finally:
+        if not errors.done():
+            errors.cancel()
+        with contextlib.suppress(BaseException):
+            await errors
+
+
+async def read_bounded(stream: asyncssh.SSHReader[bytes], limit: int, drain: bool = False
+                       ) -> tuple[bytes, int]:
+    """The first ``limit`` bytes up to EOF, and how many more arrived past them (0: the
+    whole output). It stops at the first byte past ``limit`` unless ``drain``, which
+    reads on to EOF and discards the rest (for stderr, which must not stall stdout)."""
     chunks: list[bytes] = []
     size = 0
     while True:
         data = await stream.read(65536)
         if not data:
-            return b"".join(chunks), False
-        chunks.append(data)
+            return b"".join(chunks)[:limit], max(0, size - limit)
+        if size < limit:
+            chunks.append(data)
         size += len(data)
-        if size >= limit:
-            return b"".join(chunks)[:limit], True
+        if size > limit and not drain:
+            return b"".join(chunks)[:limit], size - limit
 
 
 def parse_output(out: bytes) -> dict[str, Any]:

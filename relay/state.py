@@ -53,12 +53,14 @@ class Relay:
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _pending: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
     _flush_scheduled: bool = False
+    #: Set when the server starts to stop: sockets closed from then on ended by it.
+    stopping: bool = False
 
     def __post_init__(self) -> None:
         c = self.config
         self.auth = AuthLimits(self)
         self.metrics = metrics.RelayMetrics(self)
-        self.floods = FloodAggregator(self.record)
+        self.floods = FloodAggregator(self.record, window_s=c.audit_flood_window_s)
         self.audit.listeners.append(self.bus.publish_audit)
         self.sessions = SessionManager(self)
         self.blobs = BlobStore(self.datadir.root / "blobs")
@@ -173,9 +175,16 @@ class Relay:
 
 
 def _log_event(actor: str, action: str, target: str, details: dict[str, Any]) -> None:
-    level = logging.WARNING if ".refused" in action or "failed" in action else logging.INFO
+    """The audit event as a log line. Actor, target and details hold network input (a
+    username, a hostname): the relay's formatter (:mod:`backline.relay.logfmt`) escapes
+    them; the ``json`` format also gets them as fields (``extra``)."""
+    level = (logging.WARNING if ".refused" in action or "failed" in action
+             or "error" in action else logging.INFO)
     if log.isEnabledFor(level):
-        log.log(level, "audit %s %s %s %s", actor, action, target, _loggable(details))
+        shown = _loggable(details)
+        log.log(level, "audit %s %s %s %s", actor, action, target, shown,
+                extra={"audit": {"actor": actor, "action": action, "target": target,
+                                 "details": shown}})
 
 
 #: How stale an online agent's ``last_seen`` row may get (after a crash, at most this).

@@ -72,6 +72,25 @@ def test_tls_engine_is_socket_or_loop(tmp_path: Path) -> None:
         relay_config.load(environ=env | {"BACKLINE_TLS_ENGINE": "openssl-please"})
 
 
+def test_log_format_flood_window_and_first_frame_timeout(tmp_path: Path) -> None:
+    env = {"BACKLINE_DATA_DIR": str(tmp_path)}
+    cfg = relay_config.load(environ=env)
+    assert (cfg.log_format, cfg.audit_flood_window_s, cfg.agent_first_frame_timeout_s) == (
+        "text", 60.0, 10.0)
+    cfg = relay_config.load(environ=env | {"BACKLINE_LOG_FORMAT": "json",
+                                           "BACKLINE_AUDIT_FLOOD_WINDOW_S": "2.5",
+                                           "BACKLINE_AGENT_FIRST_FRAME_TIMEOUT_S": "1"})
+    assert (cfg.log_format, cfg.audit_flood_window_s, cfg.agent_first_frame_timeout_s) == (
+        "json", 2.5, 1.0)
+    for name, bad, says in (("LOG_FORMAT", "xml", "log_format must be text or json"),
+                            ("AUDIT_FLOOD_WINDOW_S", "0", "audit_flood_window_s"),
+                            ("AUDIT_FLOOD_WINDOW_S", "7200", "audit_flood_window_s"),
+                            ("AGENT_FIRST_FRAME_TIMEOUT_S", "0.5", "agent_first_frame"),
+                            ("AGENT_FIRST_FRAME_TIMEOUT_S", "61", "agent_first_frame")):
+        with pytest.raises(relay_config.ConfigError, match=says):
+            relay_config.load(environ=env | {f"BACKLINE_{name}": bad})
+
+
 def test_serve_on_a_taken_port_says_so(tmp_path: Path) -> None:
     """The relay binds first of all; a taken port is a one-line error, not a traceback,
     and nothing is initialised."""

@@ -25,7 +25,9 @@ def test_health_alert_reaches_agent_list_and_webhook(tmp_path: Path) -> None:
             assert r.returncode == 0, r.stderr
             (agent.state_dir / "agent.toml").write_text(
                 "[diagnostics]\nhealth_interval_s = 1\n"
-                "[thresholds]\ndisk_used_pct = 1\ndisk_critical_pct = 100\n")
+                "[thresholds]\ndisk_used_pct = 1\ndisk_critical_pct = 100\n"
+                # Only the staged finding: a loaded test machine is not "high load".
+                "load_per_cpu = 1000\nmemory_used_pct = 101\nswap_used_pct = 101\n")
             agent.start()
 
             def health() -> list[dict[str, Any]]:

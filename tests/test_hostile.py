@@ -87,7 +87,9 @@ def test_wrong_tls_fingerprint_is_refused_before_sending_the_secret(
     assert code == 4 and "does not match the pinned key" in err
     # The secret never reached the relay: the token is still unused and works.
     assert AgentProcess(tmp_path, "honest").enroll(relay.token()).returncode == 0
-    assert not [e for e in refusals(relay, "agent.enroll.refused")]
+    # What the relay saw is a socket that left before its first message (audited so).
+    assert [e["details"]["reason"] for e in refusals(relay, "agent.enroll.refused")] in (
+        [], ["peer_gone"])
 
 
 def test_unreachable_relay(tmp_path: Path, relay: RelayProcess) -> None:
