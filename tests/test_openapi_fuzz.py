@@ -44,7 +44,8 @@ def fuzz(relay: RelayProcess, config: Path, headers: dict[str, str], examples: i
     # One worker: on CPython 3.11, ast.parse in two threads at once (hypothesis describes
     # filters by their source) can fail with "AST constructor recursion depth mismatch".
     cmd = [str(BIN / "st"), "--config-file", str(config), "run",
-           f"{relay.url}/api/v1/openapi.json", "--url", relay.url, "--tls-verify", str(relay.data_dir / "tls.crt"),
+           f"{relay.url}/api/v1/openapi.json", "--url", relay.url,
+           "--tls-verify", str(relay.data_dir / "tls.crt"),
            "--checks", CHECKS, "--mode", "all", "--phases", "coverage,fuzzing",
            "--max-examples", str(examples), "--workers", "1", "--seed", SEED,
            "--no-shrink", "--request-timeout", "20", *filters]
