@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -127,7 +127,7 @@ def _refusal(exc: ValidationError, what: str) -> ApiError:
         return ApiError(400, "missing_field", f"{_where(loc)} is required")
     if kind == "extra_forbidden":
         return ApiError(400, "bad_field", f"unknown fields: {_where(loc)[:100]}")
-    return ApiError(400, "bad_field", f"{what} {_where(loc)}: {msg}"[:300])
+    return ApiError(400, "bad_field", f"{what} {_where(loc)}: {msg}".strip()[:300])
 
 
 def _media_type(request: Request) -> str | None:
@@ -181,8 +181,8 @@ def reply(model: type[Reply], data: Any, status: int = 200,
 
 
 def error_response(err: ApiError) -> JSONResponse:
-    return JSONResponse({"error": err.code, "detail": err.detail}, status_code=err.status,
-                        headers=err.headers)
+    return JSONResponse({"error": err.code, "detail": err.detail[:2048]},
+                        status_code=err.status, headers=err.headers)
 
 
 # --- the wrapper ------------------------------------------------------------------
@@ -203,8 +203,6 @@ class Operation:
     refusals: frozenset[int]
     anonymous: bool = False
     path_noun: str = "item"
-    stream_media: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 Handler = Callable[..., Awaitable[Response]]
