@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BeforeValidator, ConfigDict, Field
 
 from backline.relay.edge import Body, DbId, Params, Reply, UnixTime, whole
 from backline.relay.roles import ROLES
@@ -24,7 +24,17 @@ TOTP = r"^[0-9]{6}$"
 #: An id the relay made (``ag_…``, ``ss_…``, ``et_…``, hex): URL-safe, bounded.
 OPAQUE_ID = r"^[A-Za-z0-9_.-]{1,64}$"
 
-Username = Annotated[str, Field(pattern=USERNAME, max_length=64)]
+def _tidy(lower: bool) -> BeforeValidator:
+    """Names are taken as people type them: spaces around them dropped (and usernames
+    lowercased, as sign-in does) before the pattern is checked."""
+    return BeforeValidator(lambda v: (v.strip().lower() if lower else v.strip())
+                           if isinstance(v, str) else v)
+
+
+# Bounds first, then the validator: so the pattern reaches the JSON Schema.
+Username = Annotated[str, Field(pattern=USERNAME, max_length=64), _tidy(lower=True)]
+#: A username in a path: exactly as stored.
+PathUsername = Annotated[str, Field(pattern=USERNAME, max_length=64)]
 Text = Annotated[str, Field(max_length=512)]
 Ttl = Annotated[str, Field(pattern=r"^[0-9]{1,9}[smhd]$", max_length=16,
                            description="30m, 1h, 7d (at most 90d)")]
@@ -40,7 +50,7 @@ class AgentPath(Params):
 
 class GrantPath(Params):
     group_id: DbId
-    username: Username
+    username: PathUsername
 
 
 class UserPath(Params):
@@ -176,7 +186,7 @@ class Groups(Reply):
 
 
 class GroupCreate(Body):
-    name: Annotated[str, Field(pattern=GROUP_NAME, max_length=128)]
+    name: Annotated[str, Field(pattern=GROUP_NAME, max_length=128), _tidy(lower=False)]
     description: Annotated[str, Field(max_length=512)] = ""
 
 
