@@ -52,6 +52,7 @@ def fuzz(relay: RelayProcess, config: Path, headers: dict[str, str], examples: i
     for name, value in headers.items():
         cmd += ["--header", f"{name}: {value}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=400,
+                          cwd=config.parent,  # its cache (.schemathesis/) stays out of the tree
                           env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_TELEMETRY": "0"})
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-8000:]
