@@ -93,14 +93,14 @@ class SecurityMiddleware:
         except Exception as exc:
             method, path = scope.get("method", ""), scope["path"]
             address = scope["client"][0] if scope.get("client") else "unknown"
-            log.exception("unhandled error answering %s %s", method, path[:200])
+            log.exception("unhandled error answering %s %r", method, path[:200])
             try:
                 self.relay.metrics.errors.labels("internal").inc()
                 self.relay.record_flood(address, f"anonymous@{address}", "request.error",
                                         path[:256], method=method, error=type(exc).__name__,
                                         address=address, started=started)
             except Exception:  # the answer matters more; the log has both
-                log.exception("could not audit the error on %s %s", method, path[:200])
+                log.exception("could not audit the error on %s %r", method, path[:200])
             if started:  # too late for an answer: the connection is closed
                 return
             body = json.dumps(INTERNAL_ERROR).encode()
@@ -120,13 +120,13 @@ async def _http_refusal(request: Request, exc: Exception) -> Response:
     counted and audited by address like any anonymous refusal."""
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     code = {404: "not_found", 405: "method_not_allowed"}.get(status, "refused")
-    detail = {404: "no such path", 405: f"{request.method} is not allowed here"}.get(
+    detail = {404: "no such path", 405: f"{request.method[:16]} is not allowed here"}.get(
         status, "refused")
     relay: Relay = request.app.state.relay
     address = request.client.host if request.client else "unknown"
     relay.metrics.errors.labels(code).inc()
     relay.record_flood(address, f"anonymous@{address}", "request.refused",
-                       request.url.path[:256], reason=code, method=request.method,
+                       request.url.path[:256], reason=code, method=request.method[:16],
                        address=address)
     headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
     return JSONResponse({"error": code, "detail": detail}, status_code=status,
