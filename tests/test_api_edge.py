@@ -321,3 +321,44 @@ def test_unhandled_errors_answer_the_envelope_with_headers_and_are_audited(
     details = errors[0]["details"]
     assert details["method"] == "POST" and details["error"] == "RuntimeError"
     assert "hunter2" not in json.dumps(errors[0])
+
+
+# --- the document ---------------------------------------------------------------------
+
+
+def test_the_document_describes_every_answer() -> None:
+    """Without a relay: every operation has typed answers, the error envelope on each
+    refusal, and the statuses the wrapper itself can answer."""
+    from backline.relay.openapi import document
+
+    doc = document()
+    schemas = doc["components"]["schemas"]
+    assert schemas["ErrorBody"]["required"] == ["error", "detail"]
+    created = set()
+    for path, methods in doc["paths"].items():
+        for method, op in methods.items():
+            responses = op["responses"]
+            assert "500" in responses and ("200" in responses or "201" in responses), op
+            created |= {op["operationId"]} if "201" in responses else set()
+            for status, answer in responses.items():
+                (media, content), = answer["content"].items()
+                if status.startswith(("4", "5")):
+                    assert content["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+                elif media == "application/json":
+                    assert content["schema"]["$ref"].split("/")[-1] in schemas
+            if op["operationId"] != "login":
+                assert "401" in responses, (path, method)
+            if "requestBody" in op or method in ("post", "put", "patch"):
+                assert {"400", "413", "415"} <= set(responses), (path, method)
+            if "{" in path:
+                assert "404" in responses, (path, method)
+            assert all(p["schema"].get("type") for p in op["parameters"]), op["parameters"]
+    assert created == {"create_group", "create_user", "create_enroll_token",
+                       "create_api_token", "open_session", "create_session_code"}
+    login = doc["paths"]["/api/v1/auth/login"]["post"]
+    assert login["security"] == [] and "429" in login["responses"]
+    totp = schemas["TotpConfirm"]["properties"]["code"]
+    assert totp["pattern"] == "^[0-9]{6}$"
+    limit = next(p for p in doc["paths"]["/api/v1/audit"]["get"]["parameters"]
+                 if p["name"] == "limit")
+    assert limit["schema"]["maximum"] == 500 and limit["schema"]["type"] == "integer"
