@@ -50,7 +50,7 @@ __all__ = ["ROUTES", "agent_by_id", "agent_for", "endpoint", "relay_of", "visibl
 # --- auth --------------------------------------------------------------------------
 
 
-@unwrapped(body=m.Login, answers={200: m.SignedIn}, refuses=(401, 403, 429))
+@unwrapped(body=m.Login, answers={200: m.SignedIn}, refuses=(401, 403, 429, 503))
 async def login(request: Request) -> Response:
     """Sign in with username, password and (when enrolled) a TOTP code."""
     relay = relay_of(request)
@@ -122,7 +122,8 @@ async def me(request: Request, relay: Relay, who: Principal) -> Response:
                         "totp_enrolment_required": needs_totp_enrolment(relay, who.user)})
 
 
-@endpoint(None, body=m.PasswordChange, answers={200: m.PasswordChanged}, refuses=(429,))
+@endpoint(None, body=m.PasswordChange, answers={200: m.PasswordChanged},
+          refuses=(429, 503))
 async def change_password(request: Request, relay: Relay, who: Principal, *,
                           body: m.PasswordChange) -> Response:
     """Replace your password (required after a one-time password)."""
@@ -148,8 +149,9 @@ async def change_password(request: Request, relay: Relay, who: Principal, *,
     return reply(m.PasswordChanged, {"other_sessions_ended": ended})
 
 
-@endpoint(None, answers={200: m.TotpSecret}, refuses=(429,))
-async def totp_begin(request: Request, relay: Relay, who: Principal) -> Response:
+@endpoint(None, body=m.TotpReplace, answers={200: m.TotpSecret}, refuses=(429, 503))
+async def totp_begin(request: Request, relay: Relay, who: Principal, *,
+                     body: m.TotpReplace) -> Response:
     """Start enrolling an authenticator: a secret, its otpauth URI and a QR code (SVG)."""
     if who.token:
         raise ApiError(403, "forbidden", "API tokens cannot enrol a second factor")
@@ -347,7 +349,7 @@ async def list_users(request: Request, relay: Relay, who: Principal) -> Response
     return reply(m.Users, {"users": [u.public() for u in users.list_users(relay.engine)]})
 
 
-@endpoint("users:write", body=m.UserCreate, answers={201: m.UserCreated})
+@endpoint("users:write", body=m.UserCreate, answers={201: m.UserCreated}, refuses=(503,))
 async def create_user(request: Request, relay: Relay, who: Principal, *,
                       body: m.UserCreate) -> Response:
     """Create a user; the answer carries a one-time password to hand over."""

@@ -126,6 +126,14 @@ class TotpSecret(Reply):
     qr_svg: str
 
 
+class TotpReplace(Body):
+    """Replacing an *active* authenticator: the account's password and a current code
+    from it (the attempt limits check them; empty when enrolling the first one)."""
+
+    password: Annotated[str, Field(max_length=1024)] = ""
+    code: Annotated[str, Field(max_length=16)] = ""
+
+
 class TotpConfirm(Body):
     code: Annotated[str, Field(pattern=TOTP, description="six ASCII digits")]
 

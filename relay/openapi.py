@@ -42,6 +42,7 @@ STATUS_TEXT = {
     429: "Refused: too many attempts; see Retry-After (rate_limited)",
     500: "The relay failed (internal), or stored data is damaged (damaged)",
     502: "The agent's side failed (dial_failed, channel_failed, ...)",
+    503: "Busy: too many password checks at once; see Retry-After (busy)",
     504: "The agent did not answer in time (timeout)",
 }
 

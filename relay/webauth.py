@@ -48,7 +48,7 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, detail: str,
                  headers: dict[str, str] | None = None, *, action: str = "request.refused",
                  target: str | None = None, actor: str | None = None, metric: str = "",
-                 **details: Any) -> None:
+                 audited: bool = False, **details: Any) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
@@ -60,7 +60,8 @@ class ApiError(Exception):
         self.metric = metric
         self.details = details
         self.principal: Principal | None = None
-        self.audited = False
+        #: True when the raiser recorded it already (e.g. through its own flood key).
+        self.audited = audited
 
 
 @dataclass(frozen=True)
