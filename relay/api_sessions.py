@@ -21,14 +21,16 @@ from typing import Any
 
 import asyncssh
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from backline.agent.diagnostics.request import DiagnosticsRequest, RequestError, parse_sections
 from backline.common.protocol import CAPABILITY_RE
 from backline.relay import agents
-from backline.relay.api import agent_for, body, endpoint, field, visible_group_ids
+from backline.relay import api_models as m
+from backline.relay.api import agent_by_id, visible_group_ids
+from backline.relay.edge import endpoint, reply, validated
 from backline.relay.sessions import (
     CAPABILITIES,
     DEFAULT_CAPABILITIES,
@@ -40,6 +42,7 @@ from backline.relay.state import Relay
 from backline.relay.webauth import (
     ApiError,
     Principal,
+    audit_refusal,
     authenticate,
     client_address,
     needs_totp_enrolment,
@@ -51,20 +54,20 @@ MAX_STREAM_BYTES = 64 * 1024 * 1024
 
 
 def _api_error(err: SessionError) -> ApiError:
-    return ApiError(err.status, err.code, err.detail)
+    """The API's answer to a session refusal; recorded once (where it arose, or here)."""
+    return ApiError(err.status, err.code, err.detail, audited=err.audited)
 
 
-def _text(data: dict[str, Any], name: str, max_len: int) -> str:
-    value = str(field(data, name, str, "", max_len=max_len)).strip()
+def _text(value: str, name: str) -> str:
+    value = value.strip()
     if any(not ch.isprintable() for ch in value):
         raise ApiError(400, "bad_field", f"{name} must be printable text on one line")
     return value
 
 
-def _capabilities(data: dict[str, Any]) -> tuple[str, ...]:
-    caps = field(data, "capabilities", list, list(DEFAULT_CAPABILITIES), max_len=16)
-    if (not all(isinstance(c, str) and c in CAPABILITIES for c in caps)
-            or len(set(caps)) != len(caps)):
+def _capabilities(asked: list[str] | None) -> tuple[str, ...]:
+    caps = list(DEFAULT_CAPABILITIES) if asked is None else asked
+    if not all(c in CAPABILITIES for c in caps) or len(set(caps)) != len(caps):
         raise ApiError(400, "bad_field", "capabilities is a list of distinct names from "
                                          + ", ".join(CAPABILITIES))
     return tuple(caps)
@@ -90,12 +93,11 @@ def session_for(request: Request | WebSocket, relay: Relay, who: Principal, use:
     elif close and row["technician"] != who.user.username and who.user.role != "admin":
         reason = "not_your_session"
     if reason:
-        relay.metrics.errors.labels("session_forbidden").inc()
-        relay.record(who.actor, "session.access.refused", f"session:{row['id']}",
-                     reason=reason, address=who.address)
         raise ApiError(403, "forbidden", "only the technician who opened this session may "
                                          "use it" if reason == "not_your_session"
-                       else "that session is not one you may see")
+                       else "that session is not one you may see",
+                       action="session.access.refused", target=f"session:{row['id']}",
+                       metric="session_forbidden", reason=reason)
     return row
 
 
@@ -106,15 +108,19 @@ def _live(relay: Relay, row: dict[str, Any]) -> LiveSession:
     return live
 
 
-@endpoint("agents:write")
-async def open_session(request: Request, relay: Relay, who: Principal) -> Response:
+SESSION = {"path": m.SessionPath, "noun": "session"}
+
+
+@endpoint("agents:write", path=m.AgentPath, noun="agent", body=m.SessionOpen,
+          answers={201: m.Session}, refuses=(409, 502, 504))
+async def open_session(request: Request, relay: Relay, who: Principal, *,
+                       path: m.AgentPath, body: m.SessionOpen) -> Response:
     """Open a support session on an agent: dial it, wait until SSH is ready (bounded).
     Body: ``{reason, ticket, capabilities}`` (all optional)."""
-    agent = agent_for(request, relay, who, acting=True)
-    data = await body(request)
-    reason = _text(data, "reason", 512)
-    ticket = _text(data, "ticket", 128)
-    capabilities = _capabilities(data)
+    agent = agent_by_id(relay, who, path.agent_id, acting=True)
+    reason = _text(body.reason, "reason")
+    ticket = _text(body.ticket, "ticket")
+    capabilities = _capabilities(body.capabilities)
     known = agents.public_key_of(relay.engine, agent["id"])
     if known is None or agent["revoked"]:
         raise ApiError(409, "revoked", "the agent is revoked")
@@ -123,35 +129,30 @@ async def open_session(request: Request, relay: Relay, who: Principal) -> Respon
                                                 reason, ticket, capabilities, who.address)
     except SessionError as err:
         raise _api_error(err) from None
-    return JSONResponse(row, status_code=201)
+    return reply(m.Session, row, status=201)
 
 
-@endpoint("agents:read")
-async def list_sessions(request: Request, relay: Relay, who: Principal) -> Response:
+@endpoint("agents:read", query=m.SessionQuery, answers={200: m.Sessions})
+async def list_sessions(request: Request, relay: Relay, who: Principal, *,
+                        query: m.SessionQuery) -> Response:
     """Sessions you may see, newest first; filter with ?state=open|waiting|closed and
     ?agent=ID; ?limit= up to 500."""
-    q = request.query_params
-    state = q.get("state") or None
-    if state not in (None, "open", "waiting", "consent", "dialing", "ready", "closed"):
-        raise ApiError(400, "bad_field", "state is open, waiting, consent, dialing, ready or "
-                                         "closed")
-    raw_limit = q.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 500:
-        raise ApiError(400, "bad_field", "limit must be a whole number from 1 to 500")
-    rows = relay.sessions.rows(state=state, agent_id=(q.get("agent") or "")[:64] or None,
-                               limit=int(raw_limit), group_ids=visible_group_ids(relay, who),
+    rows = relay.sessions.rows(state=query.state or None, agent_id=query.agent or None,
+                               limit=query.limit, group_ids=visible_group_ids(relay, who),
                                technician=who.user.username)
-    return JSONResponse({"sessions": rows})
+    return reply(m.Sessions, {"sessions": rows})
 
 
-@endpoint("agents:read")
-async def get_session(request: Request, relay: Relay, who: Principal) -> Response:
+@endpoint("agents:read", **SESSION, answers={200: m.Session})
+async def get_session(request: Request, relay: Relay, who: Principal, *,
+                      path: m.SessionPath) -> Response:
     """One session: state, who opened it, why, when, how it ended."""
-    return JSONResponse(session_for(request, relay, who))
+    return reply(m.Session, session_for(request, relay, who))
 
 
-@endpoint("agents:write")
-async def close_session(request: Request, relay: Relay, who: Principal) -> Response:
+@endpoint("agents:write", **SESSION, answers={200: m.Session}, refuses=(409,))
+async def close_session(request: Request, relay: Relay, who: Principal, *,
+                        path: m.SessionPath) -> Response:
     """Close a session (or withdraw an unused session code)."""
     row = session_for(request, relay, who, close=True)
     live = relay.sessions.get(row["id"])
@@ -162,64 +163,63 @@ async def close_session(request: Request, relay: Relay, who: Principal) -> Respo
                      address=who.address)
     elif row["state"] != "closed" and row["state"] != "expired":
         raise ApiError(409, "elsewhere", "the session is held by another relay node")
-    return JSONResponse(relay.sessions.row(row["id"]))
+    return reply(m.Session, relay.sessions.row(row["id"]))
 
 
-def _channel_request(capability: str, data: dict[str, Any]) -> bytes | None:
+def _channel_request(capability: str, data: m.ChannelRequest) -> bytes | None:
     """What is written to the channel before its input is closed: the diagnostics
     request (``{"sections": [...]}``, all when absent), nothing for the others."""
     if capability != "diagnostics":
-        if data:
+        if data.model_fields_set:
             raise ApiError(400, "bad_field", f"{capability} takes no request body")
         return None
-    unknown = set(data) - {"sections"}
-    if unknown:
-        raise ApiError(400, "bad_field", f"unknown fields: {', '.join(sorted(unknown))[:100]}")
     try:
-        return DiagnosticsRequest(parse_sections(data.get("sections"))).encode()
+        return DiagnosticsRequest(parse_sections(data.sections)).encode()
     except RequestError as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
 
 
 def _checked_request(relay: Relay, who: Principal, live: LiveSession, capability: str,
-                     data: dict[str, Any]) -> bytes | None:
+                     data: m.ChannelRequest) -> bytes | None:
+    """The channel's request, or its refusal audited as ``session.channel.refused``."""
     try:
         return _channel_request(capability, data)
     except ApiError as err:
-        relay.record(who.actor, "session.channel.refused", f"session:{live.id}",
-                     capability=capability, reason=err.code, detail=err.detail[:200])
+        err.action, err.target = "session.channel.refused", f"session:{live.id}"
+        err.details.update(capability=capability, detail=err.detail[:200])
         raise
 
 
-@endpoint("agents:write")
-async def run_channel(request: Request, relay: Relay, who: Principal) -> Response:
+@endpoint("agents:write", path=m.ChannelPath, noun="session", body=m.ChannelRequest,
+          answers={200: m.ChannelResult}, refuses=(409, 502, 504))
+async def run_channel(request: Request, relay: Relay, who: Principal, *,
+                      path: m.ChannelPath, body: m.ChannelRequest) -> Response:
     """Run a capability in the session (one SSH channel) and return its output: one
     JSON value, JSON lines (a list) or text, with its size and SHA-256. Diagnostics
     take an optional body ``{"sections": [...]}``; a finished diagnostics run of a
     managed session is kept as a report (its id is in ``report``)."""
-    capability = request.path_params["capability"]
+    capability = path.capability
     if not CAPABILITY_RE.fullmatch(capability):
         raise ApiError(400, "bad_field", "not a capability name")
-    data = await body(request)
     live = _live(relay, session_for(request, relay, who, use=True))
-    wanted = _checked_request(relay, who, live, capability, data)
+    wanted = _checked_request(relay, who, live, capability, body)
     try:
         result = await relay.sessions.run_capability(live, capability, who.actor,
                                                      request=wanted)
     except SessionError as err:
         raise _api_error(err) from None
-    return JSONResponse(result)
+    return reply(m.ChannelResult, result)
 
 
-@endpoint("agents:write")
-async def create_session_code(request: Request, relay: Relay, who: Principal) -> Response:
+@endpoint("agents:write", body=m.SessionOpen, answers={201: m.SessionCode})
+async def create_session_code(request: Request, relay: Relay, who: Principal, *,
+                              body: m.SessionOpen) -> Response:
     """Make an attended-session code (single use, short-lived) and the exact command
     the customer runs. Body: ``{reason, ticket, capabilities}`` (all optional)."""
-    data = await body(request)
     result = relay.sessions.create_code(
-        who.user.username, who.actor, _text(data, "reason", 512), _text(data, "ticket", 128),
-        _capabilities(data), who.address)
-    return JSONResponse(result, status_code=201)
+        who.user.username, who.actor, _text(body.reason, "reason"),
+        _text(body.ticket, "ticket"), _capabilities(body.capabilities), who.address)
+    return reply(m.SessionCode, result, status=201)
 
 
 # --- the browser's streaming socket --------------------------------------------------
@@ -237,7 +237,8 @@ async def stream_endpoint(ws: WebSocket) -> None:
     path = ws.url.path
     try:
         who = authenticate(relay, ws)
-    except ApiError:
+    except ApiError as err:
+        audit_refusal(relay, ws, err)
         await ws.close(4401)
         return
     if origin is not None and not same_origin(relay, origin):
@@ -258,23 +259,26 @@ async def stream_endpoint(ws: WebSocket) -> None:
     capability = ws.path_params["capability"]
     try:
         if not who.can("agents:write"):
-            relay.record(who.actor, "session.stream.refused", path, reason="forbidden",
-                         address=address)
-            raise ApiError(403, "forbidden", "agents:write is needed")
+            raise ApiError(403, "forbidden", "agents:write is needed",
+                           action="session.stream.refused")
         if not CAPABILITY_RE.fullmatch(capability):
             raise ApiError(400, "bad_field", "not a capability name")
         live = _live(relay, session_for(ws, relay, who, use=True))
     except ApiError as err:
+        err.principal = who
+        audit_refusal(relay, ws, err)
         await ws.close(4403 if err.status == 403 else 4400 + err.status % 100)
         return
     await ws.accept()
     try:
         wanted = ws.query_params.get("sections")
         try:
-            request = _checked_request(
-                relay, who, live, capability,
-                {} if wanted is None else {"sections": wanted.split(",")[:64]})
+            asked = {} if wanted is None else {"sections": wanted.split(",")[:64]}
+            request = _checked_request(relay, who, live, capability,
+                                       validated(m.ChannelRequest, asked, "parameter"))
         except ApiError as err:  # said in words: the page shows it
+            err.principal = who
+            audit_refusal(relay, ws, err)
             await ws.send_text(json.dumps({"type": "error", "error": err.code,
                                            "detail": err.detail}))
             return

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -21,6 +24,8 @@ from backline.relay.datadir import CERT_WARN_DAYS
 from backline.relay.session_sockets import join_endpoint, tunnel_endpoint
 from backline.relay.state import Relay
 from backline.relay.webauth import allowed_origins
+
+log = logging.getLogger("backline.relay.http")
 
 CONSOLE_DIST = Path(__file__).resolve().parent.parent / "console" / "dist"
 
@@ -39,7 +44,11 @@ SECURITY_HEADERS = [
 
 class SecurityMiddleware:
     """Security headers on every answer; WebSockets from a foreign ``Origin`` refused
-    before the application sees them (cross-site WebSocket hijacking)."""
+    before the application sees them (cross-site WebSocket hijacking); and the relay's
+    error handler. It sits inside Starlette's own error middleware, so an unhandled
+    exception is caught *here*: logged with its traceback, audited (``request.error``,
+    by address, aggregated in floods) and answered with the one error envelope and the
+    security headers, the same generic 500 whatever the request carried (no oracle)."""
 
     def __init__(self, app: ASGIApp, relay: Relay) -> None:
         self.app = app
@@ -72,7 +81,57 @@ class SecurityMiddleware:
                 self.relay.metrics.http.labels(str(message["status"])).inc()
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send_with_headers(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as exc:
+            method, path = scope.get("method", ""), scope["path"]
+            address = scope["client"][0] if scope.get("client") else "unknown"
+            log.exception("unhandled error answering %s %r", method, path[:200])
+            try:
+                self.relay.metrics.errors.labels("internal").inc()
+                self.relay.record_flood(address, f"anonymous@{address}", "request.error",
+                                        path[:256], method=method, error=type(exc).__name__,
+                                        address=address, started=started)
+            except Exception:  # the answer matters more; the log has both
+                log.exception("could not audit the error on %s %r", method, path[:200])
+            if started:  # too late for an answer: the connection is closed
+                return
+            body = json.dumps(INTERNAL_ERROR).encode()
+            await send_with_headers({"type": "http.response.start", "status": 500,
+                                     "headers": [(b"content-type", b"application/json"),
+                                                 (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+
+#: The one answer to every unhandled exception: it says nothing about the request.
+INTERNAL_ERROR = {"error": "internal",
+                  "detail": "the relay could not answer this request; the error is logged"}
+
+
+async def _http_refusal(request: Request, exc: Exception) -> Response:
+    """The router's own refusals (unknown path, wrong method) in the error envelope,
+    counted and audited by address like any anonymous refusal."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "refused")
+    detail = {404: "no such path", 405: f"{request.method[:16]} is not allowed here"}.get(
+        status, "refused")
+    relay: Relay = request.app.state.relay
+    address = request.client.host if request.client else "unknown"
+    relay.metrics.errors.labels(code).inc()
+    relay.record_flood(address, f"anonymous@{address}", "request.refused",
+                       request.url.path[:256], reason=code, method=request.method[:16],
+                       address=address)
+    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
+    return JSONResponse({"error": code, "detail": detail}, status_code=status,
+                        headers=headers)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -144,7 +203,11 @@ def build_app(relay: Relay) -> Starlette:
     ]
     if (CONSOLE_DIST / "assets").is_dir():
         routes.append(Mount("/assets", StaticFiles(directory=CONSOLE_DIST / "assets")))
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: _http_refusal})
+    # No trailing-slash redirects: Starlette builds them from the request's Host header
+    # (an open redirect to wherever a proxy or client says); "/path/" is a plain 404.
+    app.router.redirect_slashes = False
     app.state.relay = relay
     app.add_middleware(SecurityMiddleware, relay=relay)
     return app

@@ -178,7 +178,7 @@ class AuthLimits:
         try:
             return await self.argon2.run(fn, *args, trusted=True)
         except Busy:
-            raise _busy() from None
+            raise _busy(audited=False) from None
 
     async def _password(self, kind: str, username: str, password: str,
                         trusted: bool = False) -> users.User | None:
@@ -309,14 +309,16 @@ class AuthLimits:
 
 
 def _limited(wait: float, what: str) -> ApiError:
+    """A 429; always raised right after ``_refuse_*`` recorded it (by its flood key)."""
     seconds = str(int(wait) + 1)
     return ApiError(429, "rate_limited", f"{what}; try again in {seconds} s",
-                    {"Retry-After": seconds})
+                    {"Retry-After": seconds}, audited=True)
 
 
-def _busy() -> ApiError:
+def _busy(audited: bool = True) -> ApiError:
+    """A 503 for a full argon2 gate; ``audited`` when ``_refuse_*`` recorded it."""
     return ApiError(503, "busy", "too many password checks at once; try again shortly",
-                    {"Retry-After": "1"})
+                    {"Retry-After": "1"}, audited=audited)
 
 
 class CodeRateLimited(Exception):

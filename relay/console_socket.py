@@ -18,6 +18,7 @@ from backline.relay import users
 from backline.relay.state import Relay
 from backline.relay.webauth import (
     ApiError,
+    audit_refusal,
     authenticate,
     client_address,
     needs_totp_enrolment,
@@ -33,10 +34,8 @@ async def live_endpoint(ws: WebSocket) -> None:
     origin = ws.headers.get("origin")
     try:
         principal = authenticate(relay, ws)
-    except ApiError as err:  # a refused bearer token: the socket's refusal is audited too
-        relay.metrics.errors.labels("live_refused").inc()
-        relay.record_flood(address, f"anonymous@{address}", "live.refused", "/api/v1/live",
-                           reason=err.code, address=address)
+    except ApiError as err:
+        audit_refusal(relay, ws, err)
         await ws.close(4401)
         return
     if origin is not None and not same_origin(relay, origin):

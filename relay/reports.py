@@ -8,34 +8,37 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from backline.relay.api import agent_by_id, agent_for, endpoint
+from backline.relay import api_models as m
+from backline.relay.api import agent_by_id
+from backline.relay.edge import endpoint, reply
 from backline.relay.report_store import load
 from backline.relay.schema import diagnostics_reports
 from backline.relay.state import Relay
 from backline.relay.webauth import ApiError, Principal
 
 
-@endpoint("agents:read")
-async def list_reports(request: Request, relay: Relay, who: Principal) -> Response:
+@endpoint("agents:read", path=m.AgentPath, noun="agent", query=m.ReportQuery,
+          answers={200: m.Reports})
+async def list_reports(request: Request, relay: Relay, who: Principal, *,
+                       path: m.AgentPath, query: m.ReportQuery) -> Response:
     """Diagnostics reports of one agent, newest first (?limit= up to 200)."""
-    agent = agent_for(request, relay, who, acting=False)
-    raw_limit = request.query_params.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 200:
-        raise ApiError(400, "bad_field", "limit must be a whole number from 1 to 200")
+    agent = agent_by_id(relay, who, path.agent_id, acting=False)
     q = (sa.select(diagnostics_reports).where(diagnostics_reports.c.agent_id == agent["id"])
-         .order_by(diagnostics_reports.c.created_at.desc()).limit(int(raw_limit)))
+         .order_by(diagnostics_reports.c.created_at.desc()).limit(query.limit))
     with relay.engine.connect() as conn:
         rows = [dict(r) for r in conn.execute(q).mappings()]
-    return JSONResponse({"reports": rows})
+    return reply(m.Reports, {"reports": rows})
 
 
-@endpoint("agents:read")
-async def get_report(request: Request, relay: Relay, who: Principal) -> Response:
+@endpoint("agents:read", path=m.ReportPath, noun="report", answers={200: m.Report},
+          refuses=(500,))
+async def get_report(request: Request, relay: Relay, who: Principal, *,
+                     path: m.ReportPath) -> Response:
     """One stored report, assembled, with the SHA-256 of what the agent sent."""
-    report_id = request.path_params["report_id"][:64]
+    report_id = path.report_id
     with relay.engine.connect() as conn:
         row = conn.execute(sa.select(diagnostics_reports)
                            .where(diagnostics_reports.c.id == report_id)).mappings().first()
@@ -46,9 +49,9 @@ async def get_report(request: Request, relay: Relay, who: Principal) -> Response
         report = load(relay, dict(row))
     except (OSError, ValueError) as exc:
         raise ApiError(500, "damaged", f"the stored report cannot be read: {exc}") from None
-    return JSONResponse({**dict(row), "report": report},
-                        headers={"content-disposition":
-                                 f'inline; filename="backline-report-{report_id}.json"'})
+    return reply(m.Report, {**dict(row), "report": report},
+                 headers={"content-disposition":
+                          f'inline; filename="backline-report-{report_id}.json"'})
 
 
 ROUTES = [

@@ -60,13 +60,18 @@ CLOSE_SHUTDOWN = 1012
 
 
 class SessionError(Exception):
-    """A refusal or failure with an HTTP status, a stable code and a sentence."""
+    """A refusal or failure with an HTTP status, a stable code and a sentence.
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    ``audited`` when it was recorded where it arose (``session.channel.refused`` /
+    ``.failed``, with the capability and agent): the API then does not record it again.
+    """
+
+    def __init__(self, status: int, code: str, detail: str, audited: bool = False) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+        self.audited = audited
 
 
 class CodeRefused(Exception):
@@ -482,7 +487,8 @@ class SessionManager:
         if capability not in session.capabilities:
             self._refused(session, capability, actor, "not_in_session")
             raise SessionError(403, "not_in_session",
-                               f"{capability!r} is not one of this session's capabilities")
+                               f"{capability!r} is not one of this session's capabilities",
+                               audited=True)
         return session.ssh
 
     def _refused(self, session: LiveSession, capability: str, actor: str, reason: str,
@@ -509,11 +515,12 @@ class SessionManager:
             self._refused(session, capability, actor, "refused_by_agent", exc.reason)
             raise SessionError(403, "refused_by_agent",
                                f"the agent refused {capability!r} (its local policy does not "
-                               "allow it, or it does not offer it)") from None
+                               "allow it, or it does not offer it)", audited=True) from None
         except (asyncssh.Error, OSError) as exc:
             self.channel_failed(session, capability, actor, "channel_failed",
                                 f"{type(exc).__name__}: {exc}"[:200])
-            raise SessionError(502, "channel_failed", f"could not open a channel: {exc}") from None
+            raise SessionError(502, "channel_failed", f"could not open a channel: {exc}",
+                               audited=True) from None
 
     def channel_failed(self, session: LiveSession, capability: str, actor: str,
                         reason: str, detail: str) -> None:
@@ -531,7 +538,8 @@ class SessionManager:
             why = "refused"
         self._refused(session, capability, actor, f"agent_{why}" if why else "agent_refused")
         status = "refused_by_customer" if why == "customer_declined" else "refused_by_agent"
-        return SessionError(403, status, f"the agent refused {capability!r} ({why})")
+        return SessionError(403, status, f"the agent refused {capability!r} ({why})",
+                            audited=True)
 
     async def run_capability(self, session: LiveSession, capability: str, actor: str,
                              timeout: float = 120.0, request: bytes | None = None
@@ -557,7 +565,7 @@ class SessionManager:
             self.channel_failed(session, capability, actor, "timeout",
                                  f"did not finish within {timeout:g} s")
             raise SessionError(504, "timeout", f"{capability} did not finish within "
-                                               f"{timeout:g} s") from None
+                                               f"{timeout:g} s", audited=True) from None
         except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
             proc.close()
             detail = f"{type(exc).__name__}: {exc}"[:200]
@@ -565,7 +573,8 @@ class SessionManager:
             if session.ssh is None or session.ssh.is_closed() or session.lost is not None:
                 self._spawn(self.close(session, "agent_gone", detail))
             raise SessionError(502, "agent_gone", f"the agent went away during {capability} "
-                                                  f"({type(exc).__name__})") from None
+                                                  f"({type(exc).__name__})",
+                               audited=True) from None
         finally:
             session.active_channels -= 1
             session.touch()

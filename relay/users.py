@@ -196,7 +196,10 @@ def _matching_step(secret: str, code: str, now: float) -> int | None:
     totp = pyotp.TOTP(secret)
     current = totp.timecode(now)
     for offset in (0, -1, 1):  # one step of clock drift either way
-        if hmac.compare_digest(totp.at(now, counter_offset=offset), code):
+        # As bytes: compare_digest raises TypeError on non-ASCII str ('١٢٣٤٥٦' passes
+        # str.isdigit), which answered 500 only when the password was right.
+        if hmac.compare_digest(totp.at(now, counter_offset=offset).encode(),
+                               code.encode("utf-8", "replace")):
             return int(current + offset)
     return None
 

@@ -14,7 +14,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from itsdangerous import BadSignature, URLSafeSerializer
@@ -36,15 +36,32 @@ PASSWORD_CHANGE_PATHS = frozenset({"/api/v1/auth/me", "/api/v1/auth/password",
 
 
 class ApiError(Exception):
-    """An error answer: HTTP status, a stable code and a sentence for people."""
+    """An error answer: HTTP status, a stable code and a sentence for people.
+
+    It also says how the refusal is audited, because it is audited in one place
+    (:func:`audit_refusal`, called by the API's endpoint wrapper and by the sockets),
+    exactly once: ``action`` (default ``request.refused``), ``target`` (default the
+    path), ``actor`` (default the principal, else ``anonymous@address``), extra
+    ``details`` and the ``metric`` label of ``backline_errors_total`` (default the code).
+    """
 
     def __init__(self, status: int, code: str, detail: str,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, *, action: str = "request.refused",
+                 target: str | None = None, actor: str | None = None, metric: str = "",
+                 audited: bool = False, **details: Any) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
         self.headers = headers or {}
+        self.action = action
+        self.target = target
+        self.actor = actor
+        self.metric = metric
+        self.details = details
+        self.principal: Principal | None = None
+        #: True when the raiser recorded it already (e.g. through its own flood key).
+        self.audited = audited
 
 
 @dataclass(frozen=True)
@@ -153,7 +170,8 @@ def _session_principal(relay: Relay, conn: HTTPConnection, raw: str) -> Principa
 def authenticate(relay: Relay, conn: HTTPConnection) -> Principal | None:
     """The principal behind a request, or ``None`` when nobody is signed in.
 
-    Raises :class:`ApiError` for a bearer token that is refused (after auditing it).
+    Raises :class:`ApiError` for a bearer token that is refused (the caller audits it
+    with :func:`audit_refusal`).
     """
     header = conn.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
@@ -161,13 +179,15 @@ def authenticate(relay: Relay, conn: HTTPConnection) -> Principal | None:
         try:
             token = tokens.check_api_token(relay.engine, header[7:].strip(), address)
         except tokens.TokenRefused as refused:
-            relay.metrics.errors.labels("api_token").inc()
-            relay.record(f"token:{refused.token_id or 'unknown'}", "api_token.refused",
-                         conn.url.path, reason=refused.reason, address=address)
-            raise ApiError(401, f"token_{refused.reason}", refused.message) from None
+            raise ApiError(401, f"token_{refused.reason}", refused.message,
+                           action="api_token.refused", metric="api_token",
+                           actor=f"token:{refused.token_id or 'unknown'}",
+                           reason=refused.reason) from None
         user = users.get_user(relay.engine, user_id=token.user_id)
         if user is None or user.disabled:
-            raise ApiError(401, "token_owner_disabled", "the API token's owner is disabled")
+            raise ApiError(401, "token_owner_disabled", "the API token's owner is disabled",
+                           action="api_token.refused", metric="api_token",
+                           actor=f"token:{token.id}", reason="owner_disabled")
         principal = Principal(user=user, address=address, token=token)
         relay.record(principal.actor, "api_token.use", conn.url.path,
                      method=conn.scope.get("method", "WEBSOCKET"), address=address)
@@ -183,14 +203,18 @@ def check_csrf(relay: Relay, conn: HTTPConnection, principal: Principal) -> None
     origin = conn.headers.get("origin")
     if origin is not None and not same_origin(relay, origin):
         raise ApiError(403, "bad_origin", "cross-site request refused")
-    sent = conn.headers.get("x-csrf-token", "")
-    if not principal.csrf_token or not hmac.compare_digest(sent, principal.csrf_token):
+    # Compared as bytes: a header is decoded as Latin-1, and compare_digest raises on
+    # non-ASCII str (a 500 where a refusal belongs).
+    sent = conn.headers.get("x-csrf-token", "").encode("latin-1", "replace")
+    if not principal.csrf_token or not hmac.compare_digest(sent,
+                                                           principal.csrf_token.encode()):
         raise ApiError(403, "csrf", "missing or wrong X-CSRF-Token header")
 
 
 def require(relay: Relay, conn: HTTPConnection, permission: str | None,
             method: str) -> Principal:
-    """Authenticate, check CSRF for writes and the permission; audit every refusal."""
+    """Authenticate, check CSRF for writes and the permission. A refusal is raised for
+    the caller to answer and audit (:func:`audit_refusal`)."""
     principal: Principal | None = None
     try:
         principal = authenticate(relay, conn)
@@ -212,14 +236,8 @@ def require(relay: Relay, conn: HTTPConnection, permission: str | None,
                    else f"role {principal.user.role} lacks")
             raise ApiError(403, "forbidden", f"{why} {permission}")
     except ApiError as err:
-        if err.code.startswith("token_"):
-            raise  # already audited
-        if err.code == "unauthenticated" and conn.url.path == "/api/v1/auth/me":
-            raise  # the console asking "am I signed in?" is not a refusal worth a record
-        who = principal.actor if principal else "anonymous"
-        relay.metrics.errors.labels(err.code).inc()
-        relay.record(who, "request.refused", conn.url.path, reason=err.code,
-                     method=method, address=client_address(conn))
+        if err.principal is None:
+            err.principal = principal  # the wrapper audits it, naming who asked
         raise
     return principal
 
@@ -228,3 +246,29 @@ def needs_totp_enrolment(relay: Relay, user: users.User) -> bool:
     if user.totp_enabled:
         return False
     return user.totp_required or (user.role == "admin" and relay.config.require_totp_for_admins)
+
+
+def audit_refusal(relay: Relay, conn: HTTPConnection, err: ApiError) -> None:
+    """Record a refusal once: counted in ``backline_errors_total`` and written to the
+    trail. Refusals of nobody in particular (no principal: a stranger, a bad token)
+    can be repeated at will, so they go through :meth:`Relay.record_flood` by address.
+    The console's anonymous ``GET /api/v1/auth/me`` ("am I signed in?") is no refusal
+    worth a record."""
+    if err.audited:
+        return
+    err.audited = True
+    path = conn.url.path
+    if (err.code == "unauthenticated" and path == "/api/v1/auth/me"
+            and conn.scope.get("method") == "GET"):
+        return
+    address = client_address(conn)
+    relay.metrics.errors.labels(err.metric or err.code).inc()
+    details: dict[str, Any] = {"reason": err.code,
+                               "method": conn.scope.get("method", "WEBSOCKET"),
+                               "address": address, **err.details}
+    actor = err.actor or (err.principal.actor if err.principal else f"anonymous@{address}")
+    target = path if err.target is None else err.target
+    if err.principal is None:
+        relay.record_flood(address, actor, err.action, target, **details)
+    else:
+        relay.record(actor, err.action, target, **details)

@@ -58,7 +58,9 @@ def sign(secret: str, body: bytes) -> str:
 
 def verify(secret: str, body: bytes, header: str) -> bool:
     """What a receiver does (shown here so the docs and tests share it)."""
-    return hmac.compare_digest(sign(secret, body), header or "")
+    # As bytes: compare_digest raises TypeError on a non-ASCII str header.
+    return hmac.compare_digest(sign(secret, body).encode(),
+                               (header or "").encode("utf-8", "replace"))
 
 
 @dataclass

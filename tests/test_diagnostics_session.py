@@ -149,14 +149,15 @@ def test_malformed_diagnostics_requests_get_clean_errors(world: World) -> None:
             (admin.post(f"{channel}/diagnostics", json={"sections": ["keylogger"]}),
              "bad_request", "unknown section"),
             (admin.post(f"{channel}/diagnostics", json={"sections": "dns"}),
-             "bad_request", "non-empty list"),
+             "bad_field", "sections"),
             (admin.post(f"{channel}/diagnostics", json={"sections": []}),
              "bad_request", "non-empty list"),
             (admin.post(f"{channel}/diagnostics", json={"sections": ["dns", "dns"]}),
              "bad_request", "twice"),
             (admin.post(f"{channel}/diagnostics", json={"run": "sh"}),
              "bad_field", "unknown fields"),
-            (admin.post(f"{channel}/diagnostics", content=b"{nope"), "bad_json", ""),
+            (admin.post(f"{channel}/diagnostics", content=b"{nope",
+                        headers={"content-type": "application/json"}), "bad_json", ""),
             (admin.post(f"{channel}/info", json={"sections": ["dns"]}),
              "bad_field", "no request body"),
         ]
@@ -170,8 +171,13 @@ def test_malformed_diagnostics_requests_get_clean_errors(world: World) -> None:
         admin.request("DELETE", f"/api/v1/sessions/{session['id']}")
     refused = [e for e in audit_actions(relay) if e["action"] == "session.channel.refused"
                and e["target"] == f"session:{session['id']}"]
+    # The body's shape is the edge's to refuse (audited as request.refused); what the
+    # sections mean is the session's (session.channel.refused).
     assert [e["details"]["reason"] for e in refused] == [
-        "bad_request", "bad_request", "bad_request", "bad_request", "bad_field", "bad_field"]
+        "bad_request", "bad_request", "bad_request", "bad_field"]
+    edge = [e["details"]["reason"] for e in audit_actions(relay)
+            if e["action"] == "request.refused" and session["id"] in e["target"]]
+    assert edge == ["bad_field", "bad_field", "bad_json"]
     assert relay.healthy()
 
 

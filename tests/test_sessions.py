@@ -292,7 +292,9 @@ def test_malformed_requests_get_clean_errors(world: World) -> None:
     relay, admin, agent = world.relay, world.admin, world.agent
     base = f"/api/v1/agents/{agent.agent_id}/sessions"
     cases = [
-        (admin.post(base, content=b"{not json"), 400, "bad_json"),
+        (admin.post(base, content=b"{not json", headers={"content-type": "application/json"}),
+         400, "bad_json"),
+        (admin.post(base, content=b"{not json"), 415, "unsupported_media_type"),
         (admin.post(base, json=[1, 2]), 400, "bad_json"),
         (admin.post(base, json={"reason": "x" * 513}), 400, "bad_field"),
         (admin.post(base, json={"reason": 5}), 400, "bad_field"),
