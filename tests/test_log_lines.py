@@ -8,23 +8,30 @@ import json
 import logging
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 from backline.relay.logfmt import EscapingFormatter, JsonFormatter, escape
 from tests.harness import Api, RelayProcess, admin_api
 
-# Sign-in names are at most 64 characters and lowered before they are logged.
+# Hostile text: in sign-in names (refused at the edge) and in request paths (logged).
 FORGED = "x\nFAKE audit user:admin auth.login"
 FORGED_DATED = "y\r\n2026-01-01 00:00:00,000 INFO forged: hi"
 WRONG_PASSWORD = "not-the-password-xyzzy"
 LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+: ")
 
 
-def _hostile_sign_ins(relay: RelayProcess) -> None:
+def _hostile_requests(relay: RelayProcess) -> None:
+    """Sign-in names with control characters are refused at the API's edge (400, the
+    name never logged); a request path is the refused request's target, percent-decoded
+    (Starlette's URL drops CR, LF and tab from it; the formatter escapes the rest)."""
     api = Api(relay)
     try:
         for name in (FORGED, FORGED_DATED, "bell\x07\x1b[31mred\u2028sep\u202eevil"):
             r = api.login(name, WRONG_PASSWORD)
             assert r.status_code in (400, 401), r.text
+        for text in (FORGED, FORGED_DATED):
+            r = api.http.get("/api/v1/" + quote(text))
+            assert r.status_code == 404, r.text
     finally:
         api.close()
 
@@ -33,17 +40,15 @@ def test_text_log_has_no_forged_lines(tmp_path: Path) -> None:
     relay = RelayProcess(tmp_path).start()
     try:
         admin_api(relay).close()
-        _hostile_sign_ins(relay)
+        _hostile_requests(relay)
     finally:
         relay.stop()
     text = relay.log()
-    assert "fake audit" in text, "the refused sign-in was not logged at all"
+    assert "FAKE audit" in text, "the refused request was not logged at all"
     for line in text.splitlines():
-        assert not line.lower().startswith(("fake", "2026-01-01")), f"forged line: {line!r}"
+        assert not line.lower().startswith(("fake", "2026-01-01", "y")), f"forged: {line!r}"
         assert LINE_START.match(line), f"a line that is not a record: {line!r}"
         assert line.isprintable(), f"a control character reached the log: {line!r}"
-    assert "user:x\\nfake audit user:admin auth.login " in text
-    assert "user:y\\r\\n2026-01-01 00:00:00,000 info forged: hi " in text
     assert WRONG_PASSWORD not in text and (relay.admin_password or "-") not in text
 
 
@@ -51,7 +56,7 @@ def test_json_log_is_one_object_per_line(tmp_path: Path) -> None:
     relay = RelayProcess(tmp_path, {"BACKLINE_LOG_FORMAT": "json"}).start()
     try:
         admin_api(relay).close()
-        _hostile_sign_ins(relay)
+        _hostile_requests(relay)
     finally:
         relay.stop()
     records = []
@@ -61,9 +66,8 @@ def test_json_log_is_one_object_per_line(tmp_path: Path) -> None:
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
     uvicorn = [r for r in records if r["logger"].startswith("uvicorn")]
     assert uvicorn, "uvicorn's own records did not come through the relay's formatter"
-    audit = [r for r in records if r.get("action") == "auth.login.failed"]
-    assert audit and any(FORGED.lower() in r["message"] for r in audit)
-    assert f"user:{FORGED_DATED.lower()}" in [r["target"] for r in audit]
+    audit = [r for r in records if r.get("action") == "request.refused"]
+    assert audit and any("FAKE audit" in r["message"] for r in audit)
     assert {"actor", "target", "details"} <= set(audit[0])
     assert WRONG_PASSWORD not in relay.log()
 
