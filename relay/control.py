@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from backline.common import keys, protocol
 from backline.common.protocol import ProtocolError
-from backline.relay import agents, tokens
+from backline.relay import agents, conn_limits, tokens
 from backline.relay.agents import Connected
 from backline.relay.control_socket import LeanSocket
 from backline.relay.db import writing
@@ -126,6 +126,7 @@ async def connect_endpoint(ws: WebSocket) -> None:
     login = await _authenticate(ws, relay, address)
     if login is None:
         return
+    conn_limits.authenticated(ws)  # the signed challenge passed: no longer a stranger
     agent_id, group_id, version = login
     conn = Connected(agent_id=agent_id, group_id=group_id, address=address,
                      connected_at=time.time(), send=ws.send_text, close=ws.close,

@@ -9,7 +9,11 @@ The choices (measured in ``bench/idle_agents``; see docs/benchmarks.md):
 - agents' control sockets are answered and framed by the connection itself
   (:mod:`backline.relay.control_socket`), every other WebSocket by uvicorn's wsproto
   protocol; behind a trusted proxy, agents' sockets skip Starlette's middleware
-  (:class:`AgentSocketShortcut`).
+  (:class:`AgentSocketShortcut`);
+- in both TLS engines (and without TLS behind a proxy) the relay accepts connections
+  itself, so each takes its slot under the unauthenticated-connection caps before its
+  handshake, and HTTP reads have deadlines (:mod:`backline.relay.conn_limits`,
+  :mod:`backline.relay.conn_http`).
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from uvicorn.config import STARTUP_FAILURE
 
-from backline.relay import listening
+from backline.relay import conn_limits, listening
 from backline.relay.app import build_app
 from backline.relay.config import RelayConfig
+from backline.relay.conn_http import BoundedH11Protocol, LoopListener
 from backline.relay.control import connect_endpoint
 from backline.relay.control_socket import protocol_class
 from backline.relay.state import Relay
@@ -91,7 +96,8 @@ def uvicorn_config(relay: Relay) -> uvicorn.Config:
         host=cfg.listen_host,
         port=cfg.listen_port,
         loop=loop,
-        http="h11",
+        http=BoundedH11Protocol,
+        timeout_keep_alive=cfg.keepalive_timeout_s,  # type: ignore[arg-type]
         ws=protocol_class(app, connect_endpoint),
         ws_per_message_deflate=False,
         ws_ping_interval=None,
@@ -128,15 +134,27 @@ def listen(cfg: RelayConfig) -> list[socket.socket]:
     return early if early is not None else listening.bind(cfg.listen_host, cfg.listen_port)
 
 
-class SocketTLSServer(uvicorn.Server):
-    """uvicorn, with TLS run by OpenSSL on each socket (:mod:`tls_socket`) instead of
-    by the event loop. Everything above the transport is uvicorn's own: its HTTP and
-    WebSocket protocols, lifespan, connection tracking and graceful shutdown."""
+class BoundedServer(uvicorn.Server):
+    """uvicorn, with the relay's own listeners: every accepted connection takes a slot
+    under the unauthenticated-connection caps (:class:`conn_limits.Gate`) before its
+    TLS handshake. TLS is run by OpenSSL on each socket (:mod:`tls_socket`, engine
+    "socket") or by the event loop (:class:`LoopListener`, engine "loop"; also plain
+    HTTP behind a TLS-ending proxy). Everything above the transport is uvicorn's own:
+    its HTTP and WebSocket protocols, lifespan, connection tracking and graceful
+    shutdown."""
+
+    def __init__(self, config: uvicorn.Config, relay: Relay | None = None,
+                 engine: str = "socket") -> None:
+        super().__init__(config)
+        self.relay = relay
+        self.engine = engine
+        self.gate: conn_limits.Gate | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """As uvicorn's, on the listening ``sockets`` from :func:`listen`."""
         config = self.config
-        if config.ssl is None or sockets is None:
+        relay = self.relay
+        if sockets is None or relay is None:
             await super().startup(sockets=sockets)
             return
         await self.lifespan.startup()
@@ -148,9 +166,28 @@ class SocketTLSServer(uvicorn.Server):
                 config=config, server_state=self.server_state,
                 app_state=self.lifespan.state)
 
-        self.servers = [TLSListener(  # type: ignore[list-item]
-            asyncio.get_running_loop(), sockets, config.ssl, create_protocol)]
+        loop = asyncio.get_running_loop()
+        limits = conn_limits.Limits.from_config(relay.config)
+        self.gate = gate = conn_limits.Gate(
+            limits, loop, conn_limits.flood_reporter(relay.record_flood),
+            relay.metrics.registry)
+        logging.getLogger("backline.relay").info(
+            "connection limits: %d unauthenticated connections, %d per address "
+            "(RLIMIT_NOFILE %d); request head %.1f s, TLS handshake %.1f s",
+            limits.max_unauthenticated, limits.max_unauthenticated_per_address,
+            conn_limits.nofile_limit(), limits.request_head_timeout_s,
+            limits.tls_handshake_timeout_s)
+        if config.ssl is not None and self.engine == "socket":
+            self.servers = [TLSListener(  # type: ignore[list-item]
+                loop, sockets, config.ssl, create_protocol,
+                handshake_timeout=limits.tls_handshake_timeout_s, gate=gate)]
+        else:
+            self.servers = [LoopListener(  # type: ignore[list-item]
+                loop, sockets, config.ssl, create_protocol, gate)]
         self.started = True
+
+
+SocketTLSServer = BoundedServer  # the name it had when only the socket engine used it
 
 
 def serve(relay: Relay, sockets: list[socket.socket]) -> None:
@@ -158,5 +195,4 @@ def serve(relay: Relay, sockets: list[socket.socket]) -> None:
     logging.basicConfig(level=relay.config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = without_session_tickets(uvicorn_config(relay))
-    server_class = SocketTLSServer if relay.config.tls_engine == "socket" else uvicorn.Server
-    server_class(config).run(sockets=sockets)
+    BoundedServer(config, relay, relay.config.tls_engine).run(sockets=sockets)
