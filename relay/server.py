@@ -25,6 +25,7 @@ import socket
 import sys
 
 import uvicorn
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from uvicorn.config import STARTUP_FAILURE
@@ -76,7 +77,13 @@ class AgentSocketShortcut:
             scope["app"] = self.app  # what Starlette sets; the endpoint finds the relay there
             await connect_endpoint(WebSocket(scope, receive=receive, send=send))
             return
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        except ClientDisconnect:
+            # The client left (or its body deadline ended it: relay/conn_http.py) while
+            # its request was being read: nobody to answer, and not a server error to
+            # log with a traceback, which a trickling attacker could repeat at will.
+            return
 
 
 def uvicorn_config(relay: Relay) -> uvicorn.Config:
