@@ -167,6 +167,7 @@ class Probes:
     cafile: str
     every: float = 0.1
     healthz_ms: list[float] = field(default_factory=list)
+    healthz_at: list[float] = field(default_factory=list)  # monotonic time of each probe
     failures: list[str] = field(default_factory=list)
     agents_seen: list[int] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -192,6 +193,7 @@ class Probes:
             try:
                 self._get("/healthz")
                 self.healthz_ms.append((time.perf_counter() - t0) * 1000)
+                self.healthz_at.append(time.monotonic())
             except (OSError, http.client.HTTPException) as exc:
                 self.failures.append(f"{type(exc).__name__}: {exc}"[:200])
             if time.monotonic() >= next_ready:
@@ -314,6 +316,7 @@ def run(root: Path, *, connections: int = 2000, agents: int = 50, real_agents: i
         (root / "attack-spec.json").write_text(json.dumps(spec))
         probes = Probes(relay.port, cafile).start()
         t0 = time.monotonic()
+        relay_cpu = _cpu_seconds(relay.proc.pid) if relay.proc is not None else 0.0
         attacker = subprocess.Popen([sys.executable, "-m", "bench.slow_clients",
                                      "--attacker", str(root / "attack-spec.json")],
                                     cwd=Path(__file__).parent.parent)
@@ -326,6 +329,8 @@ def run(root: Path, *, connections: int = 2000, agents: int = 50, real_agents: i
         attacker.wait(10)
         out["attack_s"] = round(time.monotonic() - t0, 1)
         probes.stop()
+        if relay.proc is not None:
+            out["relay_cpu_s"] = round(_cpu_seconds(relay.proc.pid) - relay_cpu, 2)
         out["fds_peak"] = peak
         results: list[dict[str, Any]] = json.loads((root / "attack.json").read_text())
         out["slow"] = summarise(results)
@@ -347,7 +352,12 @@ def run(root: Path, *, connections: int = 2000, agents: int = 50, real_agents: i
                           "p50_ms": pct(probes.healthz_ms, 50),
                           "p99_ms": pct(probes.healthz_ms, 99),
                           "max_ms": round(max(probes.healthz_ms), 2)
-                          if probes.healthz_ms else None}
+                          if probes.healthz_ms else None,
+                          # The slowest probes and when (s into the attack) they started.
+                          "slowest": sorted(
+                              ((round(ms, 1), round(at - ms / 1000 - t0, 2))
+                               for ms, at in zip(probes.healthz_ms, probes.healthz_at,
+                                                 strict=True)), reverse=True)[:5]}
         out["healthz_p99_ms"] = out["healthz"]["p99_ms"]
         seen = [*probes.agents_seen, out["agents_after"]]
         out["agents_seen_min"] = min(seen)
@@ -365,6 +375,13 @@ def run(root: Path, *, connections: int = 2000, agents: int = 50, real_agents: i
             if e.get("action") in ("connection.refused", "connection.timeout")]
     out["audit"] = audit_summary(rows)
     return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
 
 
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -432,6 +449,8 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"/healthz during the attack: {h['probes']} probes, {h['failures']} failed, "
           f"p50 {h['p50_ms']} ms, p99 {h['p99_ms']} ms, max {h['max_ms']} ms "
           f"(goal p99 < {GOAL_HEALTHZ_P99_MS:g} ms)")
+    print(f"slowest probes (ms, s into the attack): {h['slowest']}")
+    print(f"relay CPU during the attack: {r.get('relay_cpu_s')} s in {r['attack_s']} s")
     print(f"agents kept: {r['agents_kept']} of {r['agents']} "
           f"({r['real_agents']} real processes)")
     print(f"relay descriptors: {r['fds_before']} before, {r['fds_peak']} at the peak, "

@@ -9,7 +9,9 @@ connection's :class:`~backline.relay.conn_limits.Conn` (one timer, re-aimed):
 - a declared body must arrive within ``request_body_timeout_s`` plus one second per
   ``request_body_min_bytes_per_s`` bytes received, so a body trickled slower than
   that rate runs out of time whatever its declared length;
-- no deadline while the application holds the request;
+- no deadline while the application holds the request, unless the client stops
+  reading its answer: a response stuck behind a full buffer (the transport paused
+  writing) for ``request_body_timeout_s`` is cut (a "slow read");
 - after a WebSocket upgrade, ``websocket_auth_timeout_s`` for the endpoint to
   authenticate it (:func:`~backline.relay.conn_limits.authenticated`), a backstop
   behind the endpoints' own first-frame timeouts.
@@ -79,6 +81,19 @@ class BoundedH11Protocol(H11Protocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         self._bl_follow()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        conn = self._bl_conn
+        if conn is not None and self._bl_phase == _APP:
+            conn.deadline_in(conn.gate.limits.request_body_timeout_s,
+                             conn_limits.RESPONSE_WRITE)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        conn = self._bl_conn
+        if conn is not None and conn.phase == conn_limits.RESPONSE_WRITE:
+            conn.clear_deadline()
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
         self._bl_enter(_WS)

@@ -59,6 +59,7 @@ TLS_HANDSHAKE = "tls_handshake"
 REQUEST_HEAD = "request_head"
 REQUEST_BODY = "request_body"
 WEBSOCKET_AUTH = "websocket_auth"
+RESPONSE_WRITE = "response_write"
 
 #: The connection whose bytes are being handled: set around the HTTP protocol's
 #: ``data_received``, so the tasks it starts (requests, WebSocket endpoints) inherit
