@@ -137,7 +137,8 @@ def address_key(host: str) -> str:
 class Conn:
     """One accepted connection's slot (while unauthenticated) and its one deadline."""
 
-    __slots__ = ("address", "due", "gate", "held", "key", "phase", "timer", "transport")
+    __slots__ = ("address", "due", "gate", "held", "key", "over", "phase", "timer",
+                 "transport")
 
     def __init__(self, gate: Gate, address: str, key: str) -> None:
         self.gate = gate
@@ -148,6 +149,7 @@ class Conn:
         self.timer: asyncio.TimerHandle | None = None
         self.due = 0.0
         self.phase = ""
+        self.over = False  # closed: no deadline may be set any more
 
     # -- the slot --------------------------------------------------------------------
 
@@ -160,6 +162,7 @@ class Conn:
 
     def closed(self) -> None:
         """The connection is over (any way at all): idempotent."""
+        self.over = True
         self.clear_deadline()
         self.transport = None
         self._release()
@@ -177,6 +180,8 @@ class Conn:
     def deadline_at(self, when: float, phase: str) -> None:
         """End the connection at loop time ``when`` unless moved or cleared first.
         Moving it later costs no new timer: the one set fires and re-aims itself."""
+        if self.over:
+            return
         self.phase = phase
         self.due = when
         if self.timer is not None:
@@ -219,6 +224,13 @@ class Gate:
         self.total = 0
         self.by_key: dict[str, int] = {}
         self._thread = threading.get_ident()
+        self._exempt_all = "*" in limits.exempt
+        self._exempt_nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in limits.exempt:
+            try:
+                self._exempt_nets.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                continue
         self._pressure = max(1, int(limits.max_unauthenticated * PRESSURE_SHARE))
         self.refused: dict[str, int] = {}
         self.timeouts: dict[str, int] = {}
@@ -249,7 +261,7 @@ class Gate:
         held = self.by_key.get(key, 0)
         limits = self.limits
         reason = ""
-        exempt = "*" in limits.exempt or host in limits.exempt
+        exempt = (self._exempt_all or bool(self._exempt_nets)) and self._is_exempt(host)
         if self.total >= limits.max_unauthenticated:
             reason = "global_cap"
         elif not exempt and held >= limits.max_unauthenticated_per_address:
@@ -266,11 +278,20 @@ class Gate:
         self.by_key[key] = held + 1
         return Conn(self, host, key)
 
+    def _is_exempt(self, host: str) -> bool:
+        """A trusted proxy (``trusted_proxies``): it carries many clients' connections."""
+        if self._exempt_all:
+            return True
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(ip in net for net in self._exempt_nets)
+
+    def in_loop_thread(self) -> bool:
+        return threading.get_ident() == self._thread
+
     def _release(self, key: str) -> None:
-        if threading.get_ident() != self._thread:
-            # A request handler run in a worker thread marked its connection.
-            self.loop.call_soon_threadsafe(self._release, key)
-            return
         self.total -= 1
         left = self.by_key.get(key, 1) - 1
         if left > 0:
@@ -305,8 +326,12 @@ def authenticated(ws: Any = None) -> None:
         conn = transport.get_extra_info(EXTRA)
     if conn is None:
         conn = CURRENT.get()
-    if conn is not None:
+    if conn is None:
+        return
+    if conn.gate.in_loop_thread():
         conn.authenticated()
+    else:  # a request handler run in a worker thread
+        conn.gate.loop.call_soon_threadsafe(conn.authenticated)
 
 
 def flood_reporter(record_flood: Callable[..., None]) -> Reporter:
@@ -314,7 +339,8 @@ def flood_reporter(record_flood: Callable[..., None]) -> Reporter:
     ``connection.refused`` and ``connection.timeout``, aggregated per address."""
 
     def report(kind: str, address: str, reason: str) -> None:
-        record_flood(address, f"anonymous@{address}", f"connection.{kind}", "",
-                     reason=reason, address=address)
+        # One source per IPv6 /64, as the caps count: not a flood of "first five"s.
+        record_flood(address_key(address), f"anonymous@{address}", f"connection.{kind}",
+                     "", reason=reason, address=address)
 
     return report

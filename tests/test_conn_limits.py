@@ -81,10 +81,21 @@ def test_ipv6_counts_by_64_and_mapped_v4_as_v4() -> None:
 
 
 def test_trusted_proxies_are_exempt_from_the_per_address_cap() -> None:
-    g, _ = gate(total=10, per_address=1, exempt=frozenset({"10.0.0.1"}))
-    assert all(g.admit("10.0.0.1") for _ in range(5))
+    g, _ = gate(total=10, per_address=1, exempt=frozenset({"10.0.0.1", "10.9.0.0/16"}))
+    assert all(g.admit("10.0.0.1") for _ in range(3))
+    assert all(g.admit("10.9.1.1") for _ in range(3))
     assert g.admit("10.0.0.2") is not None
     assert g.admit("10.0.0.2") is None
+    assert g.total == 7
+
+
+def test_a_closed_connection_takes_no_new_deadline() -> None:
+    g, _ = gate()
+    conn = g.admit("192.0.2.1")
+    assert conn is not None
+    conn.closed()
+    conn.deadline_in(10, conn_limits.REQUEST_HEAD)  # e.g. a response completing late
+    assert conn.timer is None
 
 
 def test_caps_are_sized_from_the_descriptor_limit(tmp_path: Path) -> None:
