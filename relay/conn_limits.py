@@ -96,10 +96,11 @@ class Limits:
     def from_config(cls, cfg: Any, nofile: int | None = None) -> Limits:
         """Half the descriptor limit for unauthenticated connections overall (the other
         half stays for agents, browsers signed in, the database and the relay itself);
-        an eighth of that per address."""
+        a quarter of that per address (many agents behind one NAT reconnect at once
+        after a restart; the pressure rule, not this cap, keeps the last quarter free)."""
         nofile = nofile_limit() if nofile is None else nofile
         total = cfg.max_unauthenticated_connections or max(16, nofile // 2)
-        per_address = cfg.max_unauthenticated_per_address or max(4, total // 8)
+        per_address = cfg.max_unauthenticated_per_address or max(4, total // 4)
         return cls(max_unauthenticated=total,
                    max_unauthenticated_per_address=min(per_address, total),
                    tls_handshake_timeout_s=cfg.tls_handshake_timeout_s,

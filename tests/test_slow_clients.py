@@ -207,3 +207,42 @@ def test_a_client_that_stops_reading_its_answers_is_cut(tmp_path: Path, engine: 
             wait_for(lambda: relay.fds() <= before, 10, "its descriptor freed")
     finally:
         relay.stop()
+
+
+def test_one_address_is_refused_past_its_cap_and_others_are_not(tmp_path: Path) -> None:
+    """The per-address cap against a real relay: the slot is taken at accept, before
+    the handshake, so the fourth connection from one address is closed before TLS
+    (the client's handshake fails), counted, audited with its reason; another address
+    is served meanwhile; and a slot comes back when a connection closes."""
+    from tests.harness import audit_actions
+
+    relay = RelayProcess(tmp_path, {"BACKLINE_MAX_UNAUTHENTICATED_PER_ADDRESS": "3"}).start()
+    ctx = relay.tls()
+
+    def open_from(source: str) -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", relay.port), timeout=10,
+                                       source_address=(source, 0))
+        return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+
+    try:
+        held = [open_from("127.0.1.77") for _ in range(3)]
+        with pytest.raises((OSError, ssl.SSLError)):
+            open_from("127.0.1.77").close()
+        assert relay.healthy()  # 127.0.0.1 is another address
+        held.pop().close()
+        wait_for(lambda: _can_open(open_from, "127.0.1.77"), 10, "a slot given back")
+        for sock in held:
+            sock.close()
+    finally:
+        relay.stop()
+    refused = [e for e in audit_actions(relay) if e["action"] == "connection.refused"]
+    assert refused and refused[0]["details"]["reason"] == "address_cap"
+    assert refused[0]["actor"] == "anonymous@127.0.1.77"
+
+
+def _can_open(open_from: Any, source: str) -> bool:
+    try:
+        open_from(source).close()
+        return True
+    except (OSError, ssl.SSLError):
+        return False
