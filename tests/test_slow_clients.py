@@ -86,7 +86,9 @@ def test_slow_clients_are_cut_by_their_deadlines_and_the_relay_keeps_serving(
                           ("connection.timeout", float(connections))):
         assert audit[action]["events"] == total, (action, audit[action], total)
         assert audit[action]["aggregated_rows"] >= 1, audit[action]
-        assert audit[action]["rows"] <= sources * (5 + 2), audit[action]
+        # At most 5 rows and one summary per address per minute (two minutes, if the
+        # attack straddles a window's end on a slow machine).
+        assert audit[action]["rows"] <= 2 * sources * (5 + 1), audit[action]
 
 
 UPGRADE = ("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
