@@ -124,6 +124,8 @@ class _Hangable(Protocol):
 def address_key(host: str) -> str:
     """What the per-address cap counts by: the IPv4 address, or the IPv6 /64 (one
     customer's network; an attacker has billions of addresses inside one)."""
+    if ":" not in host:
+        return host  # accept() gives IPv4 addresses in their one canonical form
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
@@ -237,6 +239,7 @@ class Gate:
         self.timeouts: dict[str, int] = {}
         self._refused_metric: Any = None
         self._timeout_metric: Any = None
+        self._children: dict[tuple[str, str], Any] = {}  # labelled counters, looked up once
         if registry is not None:
             self._register(registry)
 
@@ -271,8 +274,7 @@ class Gate:
             reason = "global_pressure"
         if reason:
             self.refused[reason] = self.refused.get(reason, 0) + 1
-            if self._refused_metric is not None:
-                self._refused_metric.labels(reason).inc()
+            self._count(self._refused_metric, reason)
             self._report("refused", host, reason)
             return None
         self.total += 1
@@ -303,9 +305,16 @@ class Gate:
     def timed_out(self, conn: Conn | None, phase: str, address: str = "") -> None:
         """A deadline ended a connection: count it and report it."""
         self.timeouts[phase] = self.timeouts.get(phase, 0) + 1
-        if self._timeout_metric is not None:
-            self._timeout_metric.labels(phase).inc()
+        self._count(self._timeout_metric, phase)
         self._report("timeout", conn.address if conn is not None else address, phase)
+
+    def _count(self, metric: Any, label: str) -> None:
+        if metric is None:
+            return
+        child = self._children.get((metric._name, label))
+        if child is None:
+            child = self._children[(metric._name, label)] = metric.labels(label)
+        child.inc()
 
     def _report(self, kind: str, address: str, reason: str) -> None:
         if self.report is None:
@@ -335,8 +344,9 @@ def authenticated(ws: Any = None) -> None:
         conn.gate.loop.call_soon_threadsafe(conn.authenticated)
 
 
-def flood_reporter(record_flood: Callable[..., None]) -> Reporter:
-    """A :class:`Reporter` that audits through ``Relay.record_flood``: actions
+def flood_reporter(record_flood: Callable[..., Any]) -> Reporter:
+    """A :class:`Reporter` that audits as floods (``Relay.record_flood``, or a
+    :class:`~backline.relay.audit_floods.FloodAggregator`'s ``record``): actions
     ``connection.refused`` and ``connection.timeout``, aggregated per address."""
 
     def report(kind: str, address: str, reason: str) -> None:

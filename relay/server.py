@@ -32,6 +32,7 @@ from uvicorn.config import STARTUP_FAILURE
 
 from backline.relay import conn_limits, listening
 from backline.relay.app import build_app
+from backline.relay.audit_floods import FloodAggregator
 from backline.relay.config import RelayConfig
 from backline.relay.conn_http import BoundedH11Protocol, LoopListener
 from backline.relay.control import connect_endpoint
@@ -156,6 +157,7 @@ class BoundedServer(uvicorn.Server):
         self.relay = relay
         self.engine = engine
         self.gate: conn_limits.Gate | None = None
+        self.floods: FloodAggregator | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """As uvicorn's, on the listening ``sockets`` from :func:`listen`."""
@@ -175,9 +177,21 @@ class BoundedServer(uvicorn.Server):
 
         loop = asyncio.get_running_loop()
         limits = conn_limits.Limits.from_config(relay.config)
+        # Refusals and timeouts come by the thousand in an attack: aggregated as every
+        # flood (the first 5 per address a minute, then one summary), and the rows that
+        # are written go out with the others of their loop turn in one transaction
+        # (``record_soon``), not one commit each on the accept path: a commit each
+        # stalled the loop, and /healthz with it, for the first seconds of an attack.
+        self.floods = floods = FloodAggregator(relay.record_soon)
         self.gate = gate = conn_limits.Gate(
-            limits, loop, conn_limits.flood_reporter(relay.record_flood),
-            relay.metrics.registry)
+            limits, loop, conn_limits.flood_reporter(floods.record), relay.metrics.registry)
+        lifespan_shutdown = self.lifespan.shutdown
+
+        async def shutdown() -> None:
+            floods.flush_all()  # before the relay's own last events and its seal
+            await lifespan_shutdown()
+
+        self.lifespan.shutdown = shutdown  # type: ignore[method-assign]
         logging.getLogger("backline.relay").info(
             "connection limits: %d unauthenticated connections, %d per address "
             "(RLIMIT_NOFILE %d); request head %.1f s, TLS handshake %.1f s",
