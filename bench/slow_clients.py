@@ -17,10 +17,11 @@ a fresh connection (as a monitor would: every probe faces the caps) and
 ``/readyz`` every second for ``agents_connected``.
 
 Reports ``/healthz`` latency during the attack (p50, p99, max, failures; goal: p99 <
-100 ms), ``agents_kept`` (the fewest agents the relay saw connected during the attack
-and after it), how the slow connections ended, the relay's descriptors before, at the
-peak and after, and the ``connection.refused`` / ``connection.timeout`` rows in the
-audit trail with the counts they carry.
+100 ms) and, for comparison, in the ``--baseline`` seconds before it; ``agents_kept``
+(the fewest agents the relay saw connected during the attack and after it); how the
+slow connections ended; the relay's descriptors before, at the peak and after, and its
+CPU time during the attack; and the ``connection.refused`` / ``connection.timeout``
+rows in the audit trail with the counts they carry.
 
     python -m bench.slow_clients [--connections 2000] [--agents 50] [--real-agents 5]
 
@@ -267,7 +268,7 @@ def pct(values: list[float], q: float) -> float | None:
 def run(root: Path, *, connections: int = 2000, agents: int = 50, real_agents: int = 5,
         engine: str = "socket", nofile: int = 1024, sources: int = 8,
         trickle_s: float = 0.5, retry_s: float = 0.5, attack_max_s: float = 60.0,
-        extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+        baseline_s: float = 0.0, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """The whole experiment; returns what was seen (the test asserts on it)."""
     from bench.idle_agents import enroll
     from tests.harness import AgentProcess, RelayProcess, audit_actions, wait_for
@@ -308,6 +309,16 @@ def run(root: Path, *, connections: int = 2000, agents: int = 50, real_agents: i
         wait_for(all_connected, 60, f"{agents} agents connected")
         time.sleep(1.0)
         out["fds_before"] = relay.fds()
+        if baseline_s > 0:  # the same probes with nothing else going on, for comparison
+            quiet = Probes(relay.port, cafile).start()
+            time.sleep(baseline_s)
+            quiet.stop()
+            out["healthz_baseline"] = {"probes": len(quiet.healthz_ms),
+                                       "failures": len(quiet.failures),
+                                       "p50_ms": pct(quiet.healthz_ms, 50),
+                                       "p99_ms": pct(quiet.healthz_ms, 99),
+                                       "max_ms": round(max(quiet.healthz_ms), 2)
+                                       if quiet.healthz_ms else None}
         spec = {"port": relay.port, "cafile": cafile, "connections": connections,
                 "sources": [f"127.0.1.{i + 1}" for i in range(sources)],
                 "trickle_s": trickle_s, "retry_s": retry_s,
@@ -449,6 +460,10 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"/healthz during the attack: {h['probes']} probes, {h['failures']} failed, "
           f"p50 {h['p50_ms']} ms, p99 {h['p99_ms']} ms, max {h['max_ms']} ms "
           f"(goal p99 < {GOAL_HEALTHZ_P99_MS:g} ms)")
+    b = r.get("healthz_baseline")
+    if b:
+        print(f"/healthz before the attack: {b['probes']} probes, {b['failures']} failed, "
+              f"p50 {b['p50_ms']} ms, p99 {b['p99_ms']} ms, max {b['max_ms']} ms")
     print(f"slowest probes (ms, s into the attack): {h['slowest']}")
     print(f"relay CPU during the attack: {r.get('relay_cpu_s')} s in {r['attack_s']} s")
     print(f"agents kept: {r['agents_kept']} of {r['agents']} "
@@ -469,6 +484,8 @@ def main() -> None:
     ap.add_argument("--tls-engine", default="socket", choices=["socket", "loop"])
     ap.add_argument("--sources", type=int, default=8,
                     help="loopback source addresses the attacker uses (127.0.1.x)")
+    ap.add_argument("--baseline", type=float, default=10.0,
+                    help="seconds of /healthz probes before the attack, for comparison")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--attacker", help=argparse.SUPPRESS)  # internal: the attacker process
     args = ap.parse_args()
@@ -479,7 +496,7 @@ def main() -> None:
     try:
         r = run(root, connections=args.connections, agents=args.agents,
                 real_agents=args.real_agents, engine=args.tls_engine,
-                sources=args.sources)
+                sources=args.sources, baseline_s=args.baseline)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     r["goal"] = {"healthz_p99_ms": GOAL_HEALTHZ_P99_MS,
