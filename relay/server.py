@@ -64,6 +64,9 @@ class AgentSocketShortcut:
     for a WebSocket without an ``Origin`` header, which is what agents open. A socket
     that has an ``Origin`` (a browser) takes the full stack, so the cross-site check and
     its audit apply exactly as before; so does everything else.
+
+    It is also the app's outermost layer, where a client gone in the middle of its
+    request (``ClientDisconnect``, e.g. cut by its body deadline) ends quietly.
     """
 
     PATH = "/agent/connect"
