@@ -10,7 +10,9 @@ connection), the relay's ``/metrics`` and its audit trail (``audit export``). Wh
 simulated: 45 of the 50 agents are asyncio clients in this process speaking the real
 control protocol over TLS (pinned certificate, Ed25519 challenge, heartbeats, the
 agent's backoff: bench/idle_agents.py), because 50 agent processes are too heavy for
-the two-core machine this suite runs on. The experiment itself is
+the two-core machine this suite runs on. That is the default engine ("socket"); the
+"loop" engine runs a smaller version (1,000 connections, 20 agents of which one is a
+real process) to keep the file's time down. The experiment itself is
 :func:`bench.slow_clients.run`, shared with the benchmark.
 """
 
