@@ -63,7 +63,8 @@ class RelayConfig:
     tls_engine: str = "socket"
     # Connections that have not authenticated (docs/operator-guide.md, "Connection
     # limits"): caps reserved at accept time, 0 = computed from the descriptor limit
-    # (half of RLIMIT_NOFILE overall, a quarter of that per address), and deadlines.
+    # (half of RLIMIT_NOFILE overall, at most 16,384; a quarter of that per address),
+    # and deadlines.
     max_unauthenticated_connections: int = 0
     max_unauthenticated_per_address: int = 0
     tls_handshake_timeout_s: float = 10.0

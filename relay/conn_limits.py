@@ -54,6 +54,10 @@ log = logging.getLogger("backline.relay.conn_limits")
 PRESSURE_SHARE = 0.75
 NEWCOMER_HOLD = 4
 
+#: The automatic overall cap never exceeds this: past it, memory (a TLS connection in
+#: its handshake holds tens of KiB) runs out before descriptors do.
+AUTO_CEILING = 16_384
+
 #: Phases a deadline can end (``reason`` of a ``connection.timeout`` event).
 TLS_HANDSHAKE = "tls_handshake"
 REQUEST_HEAD = "request_head"
@@ -94,12 +98,13 @@ class Limits:
 
     @classmethod
     def from_config(cls, cfg: Any, nofile: int | None = None) -> Limits:
-        """Half the descriptor limit for unauthenticated connections overall (the other
-        half stays for agents, browsers signed in, the database and the relay itself);
+        """Half the descriptor limit for unauthenticated connections overall, at most
+        :data:`AUTO_CEILING` (the other half stays for agents, browsers signed in, the
+        database and the relay itself);
         a quarter of that per address (many agents behind one NAT reconnect at once
         after a restart; the pressure rule, not this cap, keeps the last quarter free)."""
         nofile = nofile_limit() if nofile is None else nofile
-        total = cfg.max_unauthenticated_connections or max(16, nofile // 2)
+        total = cfg.max_unauthenticated_connections or max(16, min(AUTO_CEILING, nofile // 2))
         per_address = cfg.max_unauthenticated_per_address or max(4, total // 4)
         return cls(max_unauthenticated=total,
                    max_unauthenticated_per_address=min(per_address, total),

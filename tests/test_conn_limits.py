@@ -103,6 +103,7 @@ def test_caps_are_sized_from_the_descriptor_limit(tmp_path: Path) -> None:
     limits = Limits.from_config(cfg, nofile=1024)
     assert limits.max_unauthenticated == 512
     assert limits.max_unauthenticated_per_address == 128
+    assert Limits.from_config(cfg, nofile=1 << 20).max_unauthenticated == 16_384
     cfg = relay_config.load(environ={"BACKLINE_DATA_DIR": str(tmp_path),
                                      "BACKLINE_MAX_UNAUTHENTICATED_CONNECTIONS": "100",
                                      "BACKLINE_MAX_UNAUTHENTICATED_PER_ADDRESS": "500"})
