@@ -54,8 +54,8 @@ log = logging.getLogger("backline.relay.conn_limits")
 PRESSURE_SHARE = 0.75
 NEWCOMER_HOLD = 4
 
-#: The automatic overall cap never exceeds this: past it, memory (a TLS connection in
-#: its handshake holds tens of KiB) runs out before descriptors do.
+#: The automatic overall cap never exceeds this: past it, memory (each TLS connection in
+#: its handshake holds OpenSSL's buffers and state) would run out before descriptors do.
 AUTO_CEILING = 16_384
 
 #: Phases a deadline can end (``reason`` of a ``connection.timeout`` event).
