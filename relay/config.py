@@ -88,6 +88,18 @@ class RelayConfig:
     # Who runs TLS: "socket" (OpenSSL on the socket, relay/tls_socket.py: about half
     # the CPU per heartbeat) or "loop" (the event loop's own TLS, as uvicorn does it).
     tls_engine: str = "socket"
+    # Connections that have not authenticated (docs/operator-guide.md, "Connection
+    # limits"): caps reserved at accept time, 0 = computed from the descriptor limit
+    # (half of RLIMIT_NOFILE overall, at most 16,384; a quarter of that per address),
+    # and deadlines.
+    max_unauthenticated_connections: int = 0
+    max_unauthenticated_per_address: int = 0
+    tls_handshake_timeout_s: float = 10.0
+    request_head_timeout_s: float = 10.0
+    request_body_timeout_s: float = 30.0
+    request_body_min_bytes_per_s: int = 1024
+    keepalive_timeout_s: float = 5.0
+    websocket_auth_timeout_s: float = 15.0
     # Support sessions (docs/sessions.md): idle-out, hard cap, how long opening may take.
     session_idle_minutes: float = 15.0
     session_max_hours: float = 8.0
@@ -164,6 +176,16 @@ class RelayConfig:
             raise ConfigError("event_loop must be auto, asyncio or uvloop")
         if self.tls_engine not in ("socket", "loop"):
             raise ConfigError("tls_engine must be socket or loop")
+        if self.max_unauthenticated_connections < 0 or self.max_unauthenticated_per_address < 0:
+            raise ConfigError("max_unauthenticated_connections and "
+                              "max_unauthenticated_per_address must be 0 (automatic) or more")
+        for name in ("tls_handshake_timeout_s", "request_head_timeout_s",
+                     "request_body_timeout_s", "keepalive_timeout_s",
+                     "websocket_auth_timeout_s"):
+            if not 0.1 <= getattr(self, name) <= 300:
+                raise ConfigError(f"{name} must be between 0.1 and 300 seconds")
+        if not 1 <= self.request_body_min_bytes_per_s <= 1 << 30:
+            raise ConfigError("request_body_min_bytes_per_s must be between 1 and 2**30")
         if not 0 < self.session_idle_minutes <= 24 * 60:
             raise ConfigError("session_idle_minutes must be more than 0 and at most 1440")
         if not 0 < self.session_max_hours <= 168:

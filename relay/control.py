@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from backline.common import keys, protocol
 from backline.common.protocol import ProtocolError
-from backline.relay import agents, tokens
+from backline.relay import agents, conn_limits, tokens
 from backline.relay.agents import Connected
 from backline.relay.control_socket import LeanSocket
 from backline.relay.db import writing
@@ -168,6 +168,7 @@ async def connect_endpoint(ws: WebSocket) -> None:
     login = await _authenticate(ws, relay, address)
     if login is None:
         return
+    conn_limits.authenticated(ws)  # the signed challenge passed: no longer a stranger
     agent_id, group_id, version = login
     if isinstance(ws, LeanSocket):
         ws.agent_id = agent_id  # a frame-level violation from now on is the agent's

@@ -9,25 +9,33 @@ The choices (measured in ``bench/idle_agents``; see docs/benchmarks.md):
 - agents' control sockets are answered and framed by the connection itself
   (:mod:`backline.relay.control_socket`), every other WebSocket by uvicorn's wsproto
   protocol; behind a trusted proxy, agents' sockets skip Starlette's middleware
-  (:class:`AgentSocketShortcut`).
+  (:class:`AgentSocketShortcut`);
+- in both TLS engines (and without TLS behind a proxy) the relay accepts connections
+  itself, so each takes its slot under the unauthenticated-connection caps before its
+  handshake, and HTTP reads have deadlines (:mod:`backline.relay.conn_limits`,
+  :mod:`backline.relay.conn_http`).
 """
 
 from __future__ import annotations
 
 import asyncio.sslproto
 import importlib.util
+import logging
 import signal
 import socket
 import sys
 
 import uvicorn
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from uvicorn.config import STARTUP_FAILURE
 
-from backline.relay import listening, logfmt, tls_policy
+from backline.relay import conn_limits, listening, logfmt, tls_policy
 from backline.relay.app import build_app
+from backline.relay.audit_floods import FloodAggregator
 from backline.relay.config import RelayConfig
+from backline.relay.conn_http import BoundedH11Protocol, LoopListener
 from backline.relay.control import connect_endpoint
 from backline.relay.control_socket import protocol_class
 from backline.relay.state import Relay
@@ -58,6 +66,9 @@ class AgentSocketShortcut:
     for a WebSocket without an ``Origin`` header, which is what agents open. A socket
     that has an ``Origin`` (a browser) takes the full stack, so the cross-site check and
     its audit apply exactly as before; so does everything else.
+
+    It is also the app's outermost layer, where a client gone in the middle of its
+    request (``ClientDisconnect``, e.g. cut by its body deadline) ends quietly.
     """
 
     PATH = "/agent/connect"
@@ -72,7 +83,13 @@ class AgentSocketShortcut:
             scope["app"] = self.app  # what Starlette sets; the endpoint finds the relay there
             await connect_endpoint(WebSocket(scope, receive=receive, send=send))
             return
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        except ClientDisconnect:
+            # The client left (or its body deadline ended it: relay/conn_http.py) while
+            # its request was being read: nobody to answer, and not a server error to
+            # log with a traceback, which a trickling attacker could repeat at will.
+            return
 
 
 def uvicorn_config(relay: Relay) -> uvicorn.Config:
@@ -92,7 +109,8 @@ def uvicorn_config(relay: Relay) -> uvicorn.Config:
         host=cfg.listen_host,
         port=cfg.listen_port,
         loop=loop,
-        http="h11",
+        http=BoundedH11Protocol,
+        timeout_keep_alive=cfg.keepalive_timeout_s,  # type: ignore[arg-type]
         ws=protocol_class(app, connect_endpoint),
         ws_per_message_deflate=False,
         ws_ping_interval=None,
@@ -128,28 +146,37 @@ def listen(cfg: RelayConfig) -> list[socket.socket]:
     return early if early is not None else listening.bind(cfg.listen_host, cfg.listen_port)
 
 
-class RelayServer(uvicorn.Server):
-    """uvicorn's server, telling the relay when it starts to stop: the agents' sockets
-    it then closes are recorded as ended by the shutdown, not as closed by the agent."""
+class BoundedServer(uvicorn.Server):
+    """uvicorn, with the relay's own listeners: every accepted connection takes a slot
+    under the unauthenticated-connection caps (:class:`conn_limits.Gate`) before its
+    TLS handshake. TLS is run by OpenSSL on each socket (:mod:`tls_socket`, engine
+    "socket") or by the event loop (:class:`LoopListener`, engine "loop"; also plain
+    HTTP behind a TLS-ending proxy). Everything above the transport is uvicorn's own:
+    its HTTP and WebSocket protocols, lifespan, connection tracking and graceful
+    shutdown."""
 
-    def __init__(self, config: uvicorn.Config, relay: Relay) -> None:
+    def __init__(self, config: uvicorn.Config, relay: Relay | None = None,
+                 engine: str = "socket") -> None:
         super().__init__(config)
         self.relay = relay
+        self.engine = engine
+        self.gate: conn_limits.Gate | None = None
+        self.floods: FloodAggregator | None = None
+        #: Loads a rotated certificate on SIGHUP (or changed files) once started.
+        self.reloader: TlsReloader | None = None
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        self.relay.stopping = True
+        """Tell the relay it is stopping first: the agents' sockets it then closes are
+        recorded as ended by the shutdown, not as closed by the agent."""
+        if self.relay is not None:
+            self.relay.stopping = True
         await super().shutdown(sockets=sockets)
-
-
-class SocketTLSServer(RelayServer):
-    """uvicorn, with TLS run by OpenSSL on each socket (:mod:`tls_socket`) instead of
-    by the event loop. Everything above the transport is uvicorn's own: its HTTP and
-    WebSocket protocols, lifespan, connection tracking and graceful shutdown."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """As uvicorn's, on the listening ``sockets`` from :func:`listen`."""
         config = self.config
-        if config.ssl is None or sockets is None:
+        relay = self.relay
+        if sockets is None or relay is None:
             await super().startup(sockets=sockets)
             return
         await self.lifespan.startup()
@@ -161,38 +188,49 @@ class SocketTLSServer(RelayServer):
                 config=config, server_state=self.server_state,
                 app_state=self.lifespan.state)
 
-        self.servers = [TLSListener(  # type: ignore[list-item]
-            asyncio.get_running_loop(), sockets, config.ssl, create_protocol)]
+        loop = asyncio.get_running_loop()
+        limits = conn_limits.Limits.from_config(relay.config)
+        # Refusals and timeouts come by the thousand in an attack: aggregated as every
+        # flood (the first 5 per address a minute, then one summary), and the rows that
+        # are written go out with the others of their loop turn in one transaction
+        # (``record_soon``), not one commit each on the accept path: a commit each
+        # stalled the loop, and /healthz with it, for the first seconds of an attack.
+        self.floods = floods = FloodAggregator(relay.record_soon)
+        self.gate = gate = conn_limits.Gate(
+            limits, loop, conn_limits.flood_reporter(floods.record), relay.metrics.registry)
+        lifespan_shutdown = self.lifespan.shutdown
+
+        async def shutdown() -> None:
+            floods.flush_all()  # before the relay's own last events and its seal
+            await lifespan_shutdown()
+
+        self.lifespan.shutdown = shutdown  # type: ignore[method-assign]
+        logging.getLogger("backline.relay").info(
+            "connection limits: %d unauthenticated connections, %d per address "
+            "(RLIMIT_NOFILE %d); request head %.1f s, TLS handshake %.1f s",
+            limits.max_unauthenticated, limits.max_unauthenticated_per_address,
+            conn_limits.nofile_limit(), limits.request_head_timeout_s,
+            limits.tls_handshake_timeout_s)
+        if config.ssl is not None and self.engine == "socket":
+            self.servers = [TLSListener(  # type: ignore[list-item]
+                loop, sockets, config.ssl, create_protocol,
+                handshake_timeout=limits.tls_handshake_timeout_s, gate=gate)]
+        else:
+            self.servers = [LoopListener(  # type: ignore[list-item]
+                loop, sockets, config.ssl, create_protocol, gate)]
         self.started = True
-
-
-class _ReloadsTLS:
-    """After start-up: SIGHUP (or changed files) loads a rotated certificate, and its
-    expiry is checked (:class:`tls_identity.TlsReloader`)."""
-
-    reloader: TlsReloader | None = None
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)  # type: ignore[misc]
         if self.reloader is not None:
-            self.reloader.install(asyncio.get_running_loop())
+            self.reloader.install(loop)
 
 
-class LoopTLSRelayServer(_ReloadsTLS, RelayServer):
-    """uvicorn as it is (the event loop's TLS), reloading certificates."""
-
-
-class SocketTLSRelayServer(_ReloadsTLS, SocketTLSServer):
-    """:class:`SocketTLSServer`, reloading certificates."""
+SocketTLSServer = BoundedServer  # the name it had when only the socket engine used it
 
 
 def serve(relay: Relay, sockets: list[socket.socket]) -> None:
     """Serve until stopped, on the listening ``sockets`` from :func:`listen`."""
     logfmt.configure(relay.config.log_level, relay.config.log_format)
     config = with_tls_policy(uvicorn_config(relay))
-    server_class: type[LoopTLSRelayServer | SocketTLSRelayServer] = (
-        SocketTLSRelayServer if relay.config.tls_engine == "socket" else LoopTLSRelayServer)
-    server = server_class(config, relay)
+    server = BoundedServer(config, relay, relay.config.tls_engine)
     server.reloader = TlsReloader(relay, config.ssl)
     if hasattr(signal, "SIGHUP"):  # until the reloader takes it: not the default, an exit
         signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket
 
 from backline.common import protocol
 from backline.common.protocol import ProtocolError
+from backline.relay import conn_limits
 from backline.relay.auth_limits import CodeRateLimited
 from backline.relay.control import (
     CLOSE_AUTH,
@@ -69,6 +70,7 @@ async def tunnel_endpoint(ws: WebSocket) -> None:
                       if isinstance(err, SessionError) else err.message,
                       CLOSE_AUTH if isinstance(err, SessionError) else CLOSE_PROTOCOL)
         return
+    conn_limits.authenticated(ws)  # the one-time tunnel token was accepted
     await relay.sessions.run_tunnel(session, ws, address)
 
 
@@ -112,6 +114,7 @@ async def join_endpoint(ws: WebSocket) -> None:
         await _refuse(ws, "bad_code", "that session code is wrong, already used or expired",
                       CLOSE_AUTH)
         return
+    conn_limits.authenticated(ws)  # a right session code was spent
     customer = f"customer@{address}"
     relay.record(customer, "session.join", f"session:{session.id}", principal=session.principal,
                  technician=session.technician, hostname=msg["hostname"][:100], os=msg["os"],

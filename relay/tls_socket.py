@@ -29,7 +29,8 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from backline.relay import quiet_readers
+from backline.relay import conn_limits, quiet_readers
+from backline.relay.conn_limits import Conn, Gate
 from backline.relay.quiet_readers import QuietReaders
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,24 @@ ACCEPT_PAUSE_S = 1.0
 CLOSE_TIMEOUT_S = 30.0
 
 _ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# ``tcpi_state`` (the first byte of TCP_INFO) of a socket the peer reset: TCP_CLOSE.
+# A peer that only hung up (FIN) leaves it in CLOSE_WAIT.
+_TCP_CLOSE = 7
+
+
+def _was_reset(sock: socket.socket) -> bool:
+    """Whether the peer reset the connection (RST), rather than closed it (FIN).
+
+    OpenSSL 3 reports both as the same "unexpected EOF" (``SSLEOFError``): the
+    ``ECONNRESET`` of the ``recv`` it made is lost on the way. The kernel still knows:
+    a reset socket is closed outright, a finished one waits in CLOSE_WAIT for us."""
+    info = getattr(socket, "TCP_INFO", None)
+    try:
+        if info is not None:
+            return sock.getsockopt(socket.IPPROTO_TCP, info, 1)[0] == _TCP_CLOSE
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNRESET
+    except OSError:
+        return False
 
 
 class TLSTransport(asyncio.Transport):
@@ -56,7 +75,8 @@ class TLSTransport(asyncio.Transport):
     neither ever spins on a condition that is already true."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket,
-                 protocol: asyncio.Protocol, context: ssl.SSLContext) -> None:
+                 protocol: asyncio.Protocol, context: ssl.SSLContext,
+                 conn: Conn | None = None) -> None:
         super().__init__()
         self._loop = loop
         self._sock: ssl.SSLSocket | None = sock
@@ -72,7 +92,13 @@ class TLSTransport(asyncio.Transport):
             "peername": _safe(sock.getpeername), "sockname": _safe(sock.getsockname),
             "cipher": sock.cipher(), "compression": sock.compression(),
             "peercert": sock.getpeercert(),
+            conn_limits.EXTRA: conn,
         }
+        # The connection's slot and deadline (relay/conn_limits.py), given back when
+        # the connection ends, whatever protocol is current by then.
+        self._conn = conn
+        if conn is not None:
+            conn.transport = self
         self._out = bytearray()
         self._inflight: bytes | None = None  # a write OpenSSL must be given again as is
         self._reader_on: asyncio.AbstractEventLoop | QuietReaders | None = None
@@ -153,7 +179,13 @@ class TLSTransport(asyncio.Transport):
                 self._watch()
                 return
             except ssl.SSLEOFError:
-                data = b""  # the peer hung up without close_notify: end of stream
+                if self._sock is not None and _was_reset(self._sock):
+                    # A reset is a failure, not an end of stream: the protocol must not
+                    # take what it has as complete (a request, a last message).
+                    self._fatal(ConnectionResetError(errno.ECONNRESET,
+                                                     "connection reset by peer"))
+                    return
+                data = b""  # the peer hung up (FIN) without close_notify: end of stream
             except (OSError, ssl.SSLError) as exc:
                 self._fatal(exc)
                 return
@@ -333,6 +365,8 @@ class TLSTransport(asyncio.Transport):
             except (OSError, ssl.SSLError, ValueError):
                 pass
         sock.close()
+        if self._conn is not None:
+            self._conn.closed()
         if not self._lost:
             self._lost = True
             self._loop.call_soon(self._connection_lost, exc)
@@ -356,11 +390,13 @@ class _Handshake:
     """A TLS handshake in progress on a freshly accepted socket. It waits for whichever
     direction OpenSSL asks for, never both, and ends after ``handshake_timeout``."""
 
-    __slots__ = ("fd", "listener", "sock", "timer", "waiting_to_write")
+    __slots__ = ("conn", "fd", "listener", "sock", "timer", "waiting_to_write")
 
-    def __init__(self, listener: TLSListener, sock: ssl.SSLSocket) -> None:
+    def __init__(self, listener: TLSListener, sock: ssl.SSLSocket,
+                 conn: Conn | None = None) -> None:
         self.listener = listener
         self.sock = sock
+        self.conn = conn
         self.fd = sock.fileno()
         self.waiting_to_write = False
         loop = listener.loop
@@ -387,8 +423,10 @@ class _Handshake:
         except Exception:
             log.exception("could not make the connection's protocol")
             self.sock.close()
+            if self.conn is not None:
+                self.conn.closed()
             return
-        transport = TLSTransport(loop, self.sock, protocol, self.listener.context)
+        transport = TLSTransport(loop, self.sock, protocol, self.listener.context, self.conn)
         try:
             transport.start()
         except Exception as exc:
@@ -423,6 +461,10 @@ class _Handshake:
         log.debug("TLS handshake failed: %s", why)
         self._done()
         self.sock.close()
+        if self.conn is not None:
+            if why == "timed out":
+                self.conn.gate.timed_out(self.conn, conn_limits.TLS_HANDSHAKE)
+            self.conn.closed()
 
 
 class TLSListener:
@@ -433,8 +475,11 @@ class TLSListener:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket],
                  context: ssl.SSLContext, protocol_factory: Callable[[], asyncio.Protocol],
-                 handshake_timeout: float = 15.0) -> None:
+                 handshake_timeout: float = 15.0, gate: Gate | None = None) -> None:
         self.loop = loop
+        # Counts and caps connections that have not authenticated (relay/conn_limits.py);
+        # a slot is taken here, before the handshake, the slow step a stranger controls.
+        self.gate = gate
         self.sockets = sockets
         self.context = context
         self.protocol_factory = protocol_factory
@@ -448,7 +493,7 @@ class TLSListener:
     def _accept(self, listening: socket.socket) -> None:
         for _ in range(ACCEPTS_PER_WAKE):
             try:
-                conn, _ = listening.accept()
+                conn, peer = listening.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
@@ -464,6 +509,12 @@ class TLSListener:
                 # EPROTO...): that one is gone, the listener is fine.
                 log.debug("accept failed: %r", exc)
                 continue
+            slot: Conn | None = None
+            if self.gate is not None:
+                slot = self.gate.admit(str(peer[0]) if isinstance(peer, tuple) else "unknown")
+                if slot is None:
+                    conn.close()  # refused (counted and audited by the gate)
+                    continue
             try:
                 conn.setblocking(False)
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -472,8 +523,10 @@ class TLSListener:
             except (OSError, ssl.SSLError) as exc:
                 log.debug("dropped a connection before its handshake: %r", exc)
                 conn.close()
+                if slot is not None:
+                    slot.closed()
                 continue
-            _Handshake(self, tls)
+            _Handshake(self, tls, slot)
 
     def _resume_accept(self, listening: socket.socket) -> None:
         if not self._closed:

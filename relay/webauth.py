@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from itsdangerous import BadSignature, URLSafeSerializer
 from starlette.requests import HTTPConnection
 
-from backline.relay import tokens, users
+from backline.relay import conn_limits, tokens, users
 from backline.relay.db import writing
 from backline.relay.roles import ROLE_PERMISSIONS
 from backline.relay.schema import web_sessions
@@ -189,11 +189,15 @@ def authenticate(relay: Relay, conn: HTTPConnection) -> Principal | None:
                            action="api_token.refused", metric="api_token",
                            actor=f"token:{token.id}", reason="owner_disabled")
         principal = Principal(user=user, address=address, token=token)
+        conn_limits.authenticated()  # a valid API token: the connection is no stranger
         relay.record(principal.actor, "api_token.use", conn.url.path,
                      method=conn.scope.get("method", "WEBSOCKET"), address=address)
         return principal
     raw = conn.cookies.get(COOKIE)
-    return _session_principal(relay, conn, raw) if raw else None
+    principal = _session_principal(relay, conn, raw) if raw else None
+    if principal is not None:
+        conn_limits.authenticated()  # a valid session cookie: likewise
+    return principal
 
 
 def check_csrf(relay: Relay, conn: HTTPConnection, principal: Principal) -> None:

@@ -77,8 +77,10 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float =
 
 
 class RelayProcess:
-    def __init__(self, root: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, root: Path, extra_env: dict[str, str] | None = None,
+                 nofile: int | None = None) -> None:
         self.root = root
+        self.nofile = nofile  # RLIMIT_NOFILE (soft and hard) of the relay, when set
         self.data_dir = root / "relay"
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
@@ -100,7 +102,8 @@ class RelayProcess:
         self.starts += 1
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen([RELAY, "serve"], env=self.env, stdout=subprocess.PIPE,
-                                     stderr=log, text=True)
+                                     stderr=log, text=True,
+                                     preexec_fn=self._limit if self.nofile else None)
         assert self.proc.stdout is not None
         first_start = not (self.data_dir / "initialised").exists()
         for _ in range(10):
@@ -111,6 +114,17 @@ class RelayProcess:
                 break
         wait_for(self.healthy, 30, "the relay to answer /healthz")
         return self
+
+    def _limit(self) -> None:
+        import resource
+
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+
+    def fds(self) -> int:
+        """How many descriptors the relay process holds now."""
+        assert self.proc is not None
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

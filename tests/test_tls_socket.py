@@ -265,6 +265,38 @@ def test_a_client_hanging_up_without_close_notify_is_an_end_of_stream(
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_client_resetting_the_connection_is_a_failure_not_an_end_of_stream(
+        contexts: tuple[ssl.SSLContext, ssl.SSLContext], loop_name: str) -> None:
+    """A TCP reset (RST) while the relay only reads: OpenSSL 3 reports it as the same
+    "unexpected EOF" as a FIN, but the protocol must hear ``connection_lost(exc)``, not
+    ``eof_received`` and a clean end (it would take a cut request or message for a
+    whole one)."""
+    server_ctx, client_ctx = contexts
+
+    class EofRecorder(Recorder):
+        eof = False
+
+        def eof_received(self) -> bool | None:
+            self.eof = True
+            return None
+
+    async def main() -> None:
+        Recorder.instances.clear()
+        listener, port = await listen(server_ctx, lambda: EofRecorder(echo=False))
+        _, writer, proto = await connect_and_send(port, client_ctx, b"half a message")
+        writer.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        writer.transport.abort()  # RST, nothing in flight from the relay
+        exc = await asyncio.wait_for(proto.lost, 5)
+        assert isinstance(exc, ConnectionResetError), exc
+        assert isinstance(proto, EofRecorder) and not proto.eof
+        await _served_after(port, client_ctx)
+        listener.close()
+
+    run_on_loop(loop_name, main)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
 def test_a_quiet_tls_transport_still_echoes_pauses_and_closes(
         contexts: tuple[ssl.SSLContext, ssl.SSLContext], loop_name: str) -> None:
     server_ctx, client_ctx = contexts
