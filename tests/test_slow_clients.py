@@ -122,9 +122,10 @@ def test_upgraded_sockets_that_never_authenticate_are_closed_by_their_endpoints(
     """The endpoints give a new WebSocket's first frame 10 s, and each really closes the
     socket and frees its descriptor: the agents' lean control socket, the same path
     through the full stack (a browser-like Origin), enrolment, attended join and a
-    tunnel. The tunnel's endpoint sends a close frame, after which uvicorn waits 10 s
-    more for the peer's answer: the backstop (``websocket_auth_timeout_s``, here 13 s,
-    just past the endpoints' own 10 + 2) cuts that short."""
+    tunnel. The full-stack endpoints send an error and a close frame, after which
+    uvicorn waits 10 s more for the peer's answer: the backstop
+    (``websocket_auth_timeout_s``, here 13 s, just past the endpoints' own 10 + 2) cuts
+    that short."""
     relay = RelayProcess(tmp_path, {"BACKLINE_TLS_ENGINE": engine,
                                     "BACKLINE_WEBSOCKET_AUTH_TIMEOUT_S": "13"}).start()
     try:
@@ -144,9 +145,12 @@ def test_upgraded_sockets_that_never_authenticate_are_closed_by_their_endpoints(
         for res in results:
             assert res["upgraded"], res
             assert 9.5 <= res["closed_s"] <= 13 + MARGIN_S, res
-        # 10 s for the first frame, then (lean socket) 2 s for the peer's answer to the
-        # close frame: the endpoints, not the backstop, closed these.
-        assert sum(1 for res in results if res["closed_s"] <= 12.5) >= len(cases) - 1, results
+        # 10 s for the first frame, then the lean socket waits 2 s for the peer's answer
+        # to its close frame: the endpoint, not the backstop, closed it. The others'
+        # endpoints also close at 10 s (an ``error`` frame, then a close frame), and
+        # uvicorn's wsproto then waits for the peer's close: the backstop ends that wait.
+        assert any(res["path"] == "/agent/connect" and res["closed_s"] <= 12.5
+                   for res in results), results
         wait_for(lambda: relay.fds() <= before, 10, "the descriptors freed")
         metrics = slow_clients.connection_metrics(
             slow_clients.Probes(relay.port, str(relay.data_dir / "tls.crt"))._get("/metrics"))
