@@ -728,6 +728,10 @@ def run_once(n: int, args: argparse.Namespace, nofile: int) -> dict[str, Any]:
             "BACKLINE_LISTEN_HOST": "127.0.0.1", "BACKLINE_HEARTBEAT_S": str(args.heartbeat),
             "BACKLINE_LOG_LEVEL": "warning", "BACKLINE_EVENT_LOOP": args.loop,
             "BACKLINE_TLS_ENGINE": args.tls_engine,
+            # Every simulated agent dials from 127.0.0.1, where a real fleet comes from
+            # thousands of addresses: one address may hold as many unauthenticated
+            # connections as the whole relay (the overall cap still applies).
+            "BACKLINE_MAX_UNAUTHENTICATED_PER_ADDRESS": "16384",
         }, args.relay_variant_name, relay_cpus)
         t0 = time.monotonic()
         relay.start()
