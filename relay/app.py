@@ -44,7 +44,8 @@ SECURITY_HEADERS = [
 
 class SecurityMiddleware:
     """Security headers on every answer; WebSockets from a foreign ``Origin`` refused
-    before the application sees them (cross-site WebSocket hijacking); and the relay's
+    before the application sees them (cross-site WebSocket hijacking: the one place
+    it is checked for every socket, so the sockets themselves need not); and the relay's
     error handler. It sits inside Starlette's own error middleware, so an unhandled
     exception is caught *here*: logged with its traceback, audited (``request.error``,
     by address, aggregated in floods) and answered with the one error envelope and the
@@ -60,8 +61,10 @@ class SecurityMiddleware:
             if origin is not None and origin.rstrip("/") not in allowed_origins(self.relay):
                 address = scope["client"][0] if scope.get("client") else "unknown"
                 self.relay.metrics.errors.labels("bad_origin").inc()
-                self.relay.record(f"anonymous@{address}", "websocket.refused", scope["path"],
-                                  reason="bad_origin", origin=origin[:200], address=address)
+                # anyone can repeat it at will: aggregated per address (IPv6 /64)
+                self.relay.record_flood(address, f"anonymous@{address}", "websocket.refused",
+                                        scope["path"][:256], reason="bad_origin",
+                                        origin=origin[:200], address=address)
                 await send({"type": "websocket.close", "code": 4403})
                 return
             await self.app(scope, receive, send)
