@@ -46,7 +46,6 @@ from backline.relay.webauth import (
     authenticate,
     client_address,
     needs_totp_enrolment,
-    same_origin,
 )
 
 MAX_STREAM_LINE = 1024 * 1024
@@ -229,11 +228,11 @@ async def stream_endpoint(ws: WebSocket) -> None:
     """``/api/v1/sessions/{id}/stream/{capability}``: a capability's output, line by
     line, as ``{"type": "line", "line": ...}`` then ``{"type": "exit", ...}``.
 
-    Browsers can reach it: ``Origin`` and the session cookie are checked before
-    accepting (cross-site WebSocket hijacking), exactly like ``/api/v1/live``."""
+    Browsers can reach it: ``Origin`` (by :class:`backline.relay.app.SecurityMiddleware`)
+    and the session cookie are checked before accepting (cross-site WebSocket
+    hijacking), exactly like ``/api/v1/live``."""
     relay: Relay = ws.app.state.relay
     address = client_address(ws)
-    origin = ws.headers.get("origin")
     path = ws.url.path
     try:
         who = authenticate(relay, ws)
@@ -241,14 +240,10 @@ async def stream_endpoint(ws: WebSocket) -> None:
         audit_refusal(relay, ws, err)
         await ws.close(4401)
         return
-    if origin is not None and not same_origin(relay, origin):
-        relay.record(who.actor if who else f"anonymous@{address}", "session.stream.refused",
-                     path, reason="bad_origin", origin=origin[:200], address=address)
-        await ws.close(4403)
-        return
+    # A foreign Origin never gets here: SecurityMiddleware refuses it for every socket.
     if who is None or who.user.must_change_password:
-        relay.record(f"anonymous@{address}", "session.stream.refused", path,
-                     reason="unauthenticated", address=address)
+        relay.record_flood(address, f"anonymous@{address}", "session.stream.refused",
+                           path[:256], reason="unauthenticated", address=address)
         await ws.close(4401)
         return
     if needs_totp_enrolment(relay, who.user):
@@ -295,7 +290,10 @@ async def _stream(ws: WebSocket, relay: Relay, live: LiveSession, capability: st
     started = time.perf_counter()
     try:
         proc = await relay.sessions.open_channel(live, capability, who.actor, request)
-    except SessionError as err:
+    except SessionError as err:  # audited once, as the REST path does (unless it was)
+        refusal = _api_error(err)
+        refusal.principal = who
+        audit_refusal(relay, ws, refusal)
         await ws.send_text(json.dumps({"type": "error", "error": err.code,
                                        "detail": err.detail}))
         return

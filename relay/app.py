@@ -21,6 +21,7 @@ from backline.relay import api, api_sessions, openapi, reports, tls_identity
 from backline.relay.console_socket import live_endpoint
 from backline.relay.control import connect_endpoint, enroll_endpoint
 from backline.relay.datadir import CERT_WARN_DAYS
+from backline.relay.logfmt import frames_only
 from backline.relay.session_sockets import join_endpoint, tunnel_endpoint
 from backline.relay.state import Relay
 from backline.relay.webauth import allowed_origins
@@ -44,9 +45,11 @@ SECURITY_HEADERS = [
 
 class SecurityMiddleware:
     """Security headers on every answer; WebSockets from a foreign ``Origin`` refused
-    before the application sees them (cross-site WebSocket hijacking); and the relay's
+    before the application sees them (cross-site WebSocket hijacking: the one place
+    it is checked for every socket, so the sockets themselves need not); and the relay's
     error handler. It sits inside Starlette's own error middleware, so an unhandled
-    exception is caught *here*: logged with its traceback, audited (``request.error``,
+    exception is caught *here*: logged with its traceback (its frames and type, never its
+    message: it may quote the request), audited (``request.error``,
     by address, aggregated in floods) and answered with the one error envelope and the
     security headers, the same generic 500 whatever the request carried (no oracle)."""
 
@@ -60,8 +63,10 @@ class SecurityMiddleware:
             if origin is not None and origin.rstrip("/") not in allowed_origins(self.relay):
                 address = scope["client"][0] if scope.get("client") else "unknown"
                 self.relay.metrics.errors.labels("bad_origin").inc()
-                self.relay.record(f"anonymous@{address}", "websocket.refused", scope["path"],
-                                  reason="bad_origin", origin=origin[:200], address=address)
+                # anyone can repeat it at will: aggregated per address (IPv6 /64)
+                self.relay.record_flood(address, f"anonymous@{address}", "websocket.refused",
+                                        scope["path"][:256], reason="bad_origin",
+                                        origin=origin[:200], address=address)
                 await send({"type": "websocket.close", "code": 4403})
                 return
             await self.app(scope, receive, send)
@@ -94,7 +99,9 @@ class SecurityMiddleware:
         except Exception as exc:
             method, path = scope.get("method", ""), scope["path"]
             address = scope["client"][0] if scope.get("client") else "unknown"
-            log.exception("unhandled error answering %s %r", method, path[:200])
+            # the frames, not the message: it may quote the request (a password)
+            log.error("unhandled error answering %s %r: %s", method, path[:200],
+                      frames_only(exc))
             try:
                 self.relay.metrics.errors.labels("internal").inc()
                 self.relay.record_flood(address, f"anonymous@{address}", "request.error",

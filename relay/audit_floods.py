@@ -13,18 +13,28 @@ seen. A flood from many sources at once (more than ``max_keys``) folds into one
 
 The summary is written when its window ends (a timer on the running loop), or on
 :meth:`FloodAggregator.flush_all` when the relay stops: nothing counted is lost on a
-clean stop.
+clean stop. Windows are kept in the order they started, and every call first closes
+the expired ones at the front (O(1) amortised): a window that never passed its burst
+has no timer, and without the sweep 10,000 one-off sources would keep the table full
+so that every *new* source folded into ``*`` forever.
+
+Sources that are addresses are counted like the limiter counts them
+(:func:`backline.relay.ratelimit.address_key`): an IPv6 /64 is one source, or one
+host could open a window per address and always be "new".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from backline.relay.ratelimit import address_key
 
 #: ``record(actor, action, target, **details)``: how an event reaches the trail.
 Recorder = Callable[..., None]
@@ -58,18 +68,17 @@ class FloodAggregator:
         self.max_keys = max_keys
         self._clock = clock
         self._wall = wall
-        self._windows: dict[tuple[str, str], _Window] = {}
+        #: in start order (a window is inserted when it starts, popped when it ends)
+        self._windows: OrderedDict[tuple[str, str], _Window] = OrderedDict()
 
     def record(self, source: str, actor: str, action: str, target: str = "",
                **details: Any) -> bool:
         """Record one refusal from ``source``; ``True`` when it was written on its own,
         ``False`` when it was counted into its window's summary."""
         now = self._clock()
-        key = (action, source)
+        self._sweep(now)
+        key = (action, flood_source(source))
         window = self._windows.get(key)
-        if window is not None and now - window.started >= self.window_s:
-            self._close(key)
-            window = None
         if window is None:
             if len(self._windows) >= self.max_keys:
                 key = (action, OVERFLOW_KEY)
@@ -93,6 +102,15 @@ class FloodAggregator:
         if address and (len(window.addresses) < _SAMPLE or address in window.addresses):
             window.addresses[str(address)] += 1
         return False
+
+    def _sweep(self, now: float) -> None:
+        """Close every window that has ended (they are in start order: stop at the
+        first still open one)."""
+        while self._windows:
+            key, window = next(iter(self._windows.items()))
+            if now - window.started < self.window_s:
+                return
+            self._close(key)
 
     def _close(self, key: tuple[str, str]) -> None:
         window = self._windows.pop(key, None)
@@ -118,6 +136,16 @@ class FloodAggregator:
     def pending(self) -> int:
         """Events counted and not yet written (for tests and metrics)."""
         return sum(w.suppressed for w in self._windows.values())
+
+
+def flood_source(source: str) -> str:
+    """An address as the limiter counts it (an IPv6 /64 is one source); anything
+    else (an agent id, a user) unchanged."""
+    try:
+        ipaddress.ip_address(source)
+    except ValueError:
+        return source
+    return address_key(source)
 
 
 def _call_later(delay: float, callback: Callable[..., None], *args: Any

@@ -355,11 +355,11 @@ def cert_rotate(
 def parse_since(text: str) -> float:
     """``24h``/``7d`` ago, an ISO date or time, or Unix seconds."""
     text = text.strip()
-    relative = re.fullmatch(r"(\d+)([smhd])", text)
+    relative = re.fullmatch(r"([0-9]{1,9})([smhd])", text)  # ASCII: \d matches "٣" too
     if relative:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[relative.group(2)]
         return time.time() - int(relative.group(1)) * unit
-    if re.fullmatch(r"\d+(\.\d+)?", text):
+    if re.fullmatch(r"[0-9]{1,12}(\.[0-9]{1,9})?", text):
         return float(text)
     try:
         parsed = dt.datetime.fromisoformat(text)

@@ -33,8 +33,7 @@ PING_TIMEOUT_S = 10.0
 CLOSE_PROTOCOL = 4400
 CLOSE_AUTH = 4401
 CLOSE_REPLACED = 4409
-CLOSE_IDLE = 4408
-CLOSE_TIMEOUT = 4408
+CLOSE_TIMEOUT = 4408  # silent before its first frame, or no heartbeat
 
 
 class PeerGone(Exception):
@@ -300,7 +299,7 @@ async def _serve(ws: WebSocket, relay: Relay, conn: Connected) -> str:
     except TimeoutError:
         if not deadline.expired():
             raise
-    await ws.close(CLOSE_IDLE, "no heartbeat")
+    await ws.close(CLOSE_TIMEOUT, "no heartbeat")
     return "idle timeout"
 
 
@@ -360,7 +359,7 @@ class _CallbackServer:
             return
         if self.loop.time() - self.last >= self.idle:
             self.outcome = "idle timeout"
-            self.ws.close_now(CLOSE_IDLE, "no heartbeat")
+            self.ws.close_now(CLOSE_TIMEOUT, "no heartbeat")
         else:
             self.timer = self.loop.call_at(self.last + self.idle, self.due)
 

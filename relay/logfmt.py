@@ -21,6 +21,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 from typing import Any
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -45,6 +46,23 @@ def escape(text: str) -> str:
             out.append(f"\\x{code:02x}" if code < 0x100 else
                        f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
     return "".join(out)
+
+
+def frames_only(exc: BaseException) -> str:
+    """A traceback without what could hold a secret: each exception's *type* and its
+    frames (file, line, function), never its message nor the source lines (an
+    exception raised while handling a request may quote the request: ``password=...``).
+    Chained exceptions (``raise ... from``, errors while handling) are included."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(parts) < 8:
+        seen.add(id(current))
+        frames = "".join(f"\n  {f.filename}:{f.lineno} in {f.name}"
+                         for f in traceback.extract_tb(current.__traceback__))
+        parts.append(f"{type(current).__module__}.{type(current).__qualname__}{frames}")
+        current = current.__cause__ or current.__context__
+    return "\ncaused by ".join(parts)
 
 
 class EscapingFormatter(logging.Formatter):

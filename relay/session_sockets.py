@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -38,8 +39,9 @@ from backline.relay.state import Relay
 from backline.relay.webauth import client_address
 
 CONSENT_TIMEOUT_S = 150.0  # the agent gives the customer 120 s
-CLOSE_TIMEOUT = 4408
 CLOSE_RATE_LIMITED = 4429
+
+log = logging.getLogger("backline.relay.sessions")
 
 
 async def _refuse(ws: WebSocket, code: str, message: str, close_code: int) -> None:
@@ -146,9 +148,13 @@ async def _attend(ws: WebSocket, relay: Relay, session: LiveSession, customer: s
     try:
         async with asyncio.timeout(CONSENT_TIMEOUT_S):
             consent = protocol.decode(await receive_frame(ws), frozenset({"consent"}))
-    except (TimeoutError, PeerGone, ProtocolError) as exc:
-        reason = ("consent_timeout" if isinstance(exc, TimeoutError) else
-                  "protocol_error" if isinstance(exc, ProtocolError) else "customer_left")
+    except ProtocolError as err:  # said to the customer's agent, audited, then closed
+        _protocol_error(relay, session, customer, err)
+        await _refuse(ws, err.code, err.message, CLOSE_PROTOCOL)
+        await relay.sessions.close(session, "protocol_error", actor=customer)
+        return
+    except (TimeoutError, PeerGone) as exc:
+        reason = "consent_timeout" if isinstance(exc, TimeoutError) else "customer_left"
         await relay.sessions.close(session, reason, actor=customer)
         return
     if consent["answer"] != "yes":
@@ -175,10 +181,17 @@ async def _listen(ws: WebSocket, relay: Relay, session: LiveSession) -> Any:
             msg = protocol.decode(await receive_frame(ws), frozenset({"session_ended"}))
             relay.sessions.from_agent(session.principal, msg)
     except ProtocolError as err:
-        relay.metrics.errors.labels(err.code).inc()
-        relay.record_flood(session.remote_address, customer, "session.join.protocol_error",
-                           f"session:{session.id}", reason=err.code,
-                           detail=err.message[:200], address=session.remote_address)
+        _protocol_error(relay, session, customer, err)
         await _refuse(ws, err.code, err.message, CLOSE_PROTOCOL)
-    except (PeerGone, Exception):  # noqa: S110 - gone: the caller ends the session
+    except PeerGone:  # gone: the caller ends the session
         pass
+    except Exception:  # a bug: the caller still ends the session, the log says why
+        log.exception("join socket of session %s failed", session.id)
+
+
+def _protocol_error(relay: Relay, session: LiveSession, customer: str,
+                    err: ProtocolError) -> None:
+    relay.metrics.errors.labels(err.code).inc()
+    relay.record_flood(session.remote_address, customer, "session.join.protocol_error",
+                       f"session:{session.id}", reason=err.code, detail=err.message[:200],
+                       address=session.remote_address)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -190,13 +191,23 @@ def _log_event(actor: str, action: str, target: str, details: dict[str, Any]) ->
 #: How stale an online agent's ``last_seen`` row may get (after a crash, at most this).
 LAST_SEEN_FLUSH_S = 60.0
 
-_SECRET_WORDS = ("password", "secret", "token", "signature", "totp", "code")
+#: Words that, as a whole word of a detail's name (``password``, ``new_password``,
+#: ``totp_code``, ``code``, ``csrf_token``), mark a secret. ``totp`` (whether a second
+#: factor was used) and ``close_code`` (a WebSocket close code) are facts, not secrets.
+_SECRET_WORDS = frozenset({"password", "passwd", "secret", "token", "signature", "code",
+                           "cookie"})
+_NOT_SECRET = frozenset({"close_code", "status_code", "exit_code", "error_code"})
+
+
+def _is_secret(name: str) -> bool:
+    lowered = name.lower()
+    return lowered not in _NOT_SECRET and not _SECRET_WORDS.isdisjoint(
+        re.split(r"[^a-z0-9]+", lowered))
 
 
 def _loggable(details: dict[str, Any]) -> dict[str, Any]:
-    """Secrets never reach logs: drop any detail whose name suggests one."""
-    return {k: ("***" if any(w in k.lower() for w in _SECRET_WORDS) else v)
-            for k, v in details.items()}
+    """Secrets never reach logs: mask any detail whose name says it is one."""
+    return {k: ("***" if _is_secret(k) else v) for k, v in details.items()}
 
 
 def open_relay(config: RelayConfig) -> Relay:

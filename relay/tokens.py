@@ -24,7 +24,7 @@ from backline.relay.schema import api_tokens, enroll_tokens, groups
 
 MAX_TTL_S = 90 * 24 * 3600
 MAX_USES = 100_000
-_TTL_RE = re.compile(r"^(\d+)([smhd])$")
+_TTL_RE = re.compile(r"^([0-9]{1,9})([smhd])$")  # ASCII: \d matches "٣" too
 _API_TOKEN_RE = re.compile(r"^blt_([0-9a-f]{16})_([A-Za-z0-9_-]{20,64})$")
 
 

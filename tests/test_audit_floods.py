@@ -61,3 +61,39 @@ def test_flush_all_writes_every_pending_summary() -> None:
     assert rows == []
     agg.flush_all()
     assert sorted(r[3]["source"] for r in rows) == ["agent:x", "agent:y"]
+
+
+def test_expired_windows_are_swept_so_new_sources_keep_their_rows() -> None:
+    # 100 one-off sources (below the burst: no timer) fill the table; an hour later a
+    # new source's refusals must be written on their own, not folded into '*'.
+    agg, rows, clock = make(max_keys=100)
+    for i in range(100):
+        agg.record(f"192.0.2.{i}", f"anonymous@192.0.2.{i}", "request.refused", "/x")
+    clock.now += 3600
+    rows.clear()
+    for _ in range(3):
+        assert agg.record("198.51.100.7", "anonymous@198.51.100.7", "auth.login.failed",
+                          "user:admin", reason="bad_password") is True
+    assert len(rows) == 3 and all(r[0] == "anonymous@198.51.100.7" for r in rows)
+    assert len(agg._windows) == 1
+
+
+def test_overflow_bucket_closes_when_its_window_ends() -> None:
+    agg, rows, clock = make(burst=1, max_keys=1)
+    agg.record("a", "anonymous@a", "x.refused")
+    agg.record("b", "anonymous@b", "x.refused")  # folded into '*'
+    assert agg.pending() == 1
+    clock.now += 61
+    agg.record("c", "anonymous@c", "x.refused")  # sweeps 'a' and '*' first
+    assert any(r[3].get("source") == "*" and r[3]["count"] == 1 for r in rows)
+    assert rows[-1][0] == "anonymous@c" and agg.pending() == 0
+
+
+def test_an_ipv6_slash_64_is_one_source() -> None:
+    agg, rows, _ = make(burst=5)
+    for i in range(50):
+        agg.record(f"2001:db8:1:2::{i + 1:x}", f"anonymous@2001:db8:1:2::{i + 1:x}",
+                   "agent.enroll.refused", address=f"2001:db8:1:2::{i + 1:x}")
+    assert len(rows) == 5 and agg.pending() == 45
+    agg.record("agent:abc", "agent:abc", "agent.health.alert")  # not an address
+    assert ("agent.health.alert", "agent:abc") in agg._windows

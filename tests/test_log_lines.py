@@ -4,12 +4,17 @@ in the text format and in the JSON-lines format; secrets never appear."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 from pathlib import Path
 from urllib.parse import quote
 
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from backline.common.tlspin import client_context
 from backline.relay.logfmt import EscapingFormatter, JsonFormatter, escape
 from tests.harness import Api, RelayProcess, admin_api
 
@@ -32,6 +37,13 @@ def _hostile_requests(relay: RelayProcess) -> None:
         for text in (FORGED, FORGED_DATED):
             r = api.http.get("/api/v1/" + quote(text))
             assert r.status_code == 404, r.text
+            # A socket's path is not cleaned like an HTTP URL: the session id in
+            # /agent/tunnel/{id} reaches the refusal's audit line with its CR/LF.
+            url = relay.url.replace("https", "wss") + "/agent/tunnel/" + quote(text, safe="")
+            with connect(url, ssl=client_context(), open_timeout=10) as sock:
+                sock.send(json.dumps({"v": 1, "type": "tunnel", "token": "AAAA"}))
+                with contextlib.suppress(ConnectionClosed):
+                    sock.recv(5)
     finally:
         api.close()
 
@@ -45,6 +57,8 @@ def test_text_log_has_no_forged_lines(tmp_path: Path) -> None:
         relay.stop()
     text = relay.log()
     assert "FAKE audit" in text, "the refused request was not logged at all"
+    assert "session:x\\nFAKE audit" in text, "the tunnel's refusal, escaped, is logged"
+    assert "session:y\\r\\n2026-01-01" in text
     for line in text.splitlines():
         assert not line.lower().startswith(("fake", "2026-01-01", "y")), f"forged: {line!r}"
         assert LINE_START.match(line), f"a line that is not a record: {line!r}"
@@ -68,6 +82,8 @@ def test_json_log_is_one_object_per_line(tmp_path: Path) -> None:
     assert uvicorn, "uvicorn's own records did not come through the relay's formatter"
     audit = [r for r in records if r.get("action") == "request.refused"]
     assert audit and any("FAKE audit" in r["message"] for r in audit)
+    tunnel = [r for r in records if r.get("action") == "session.tunnel.refused"]
+    assert {r["target"] for r in tunnel} >= {"session:" + FORGED, "session:" + FORGED_DATED}
     assert {"actor", "target", "details"} <= set(audit[0])
     assert WRONG_PASSWORD not in relay.log()
 

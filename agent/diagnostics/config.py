@@ -209,6 +209,8 @@ def parse_endpoint(text: str, pin: str | None = None) -> Endpoint:
         return Endpoint(raw, parts.scheme, parts.hostname, port, path, pin)
     host, sep, port_text = raw.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    # ASCII digits only: "²".isdigit() is true (int() then raises) and "٣" is port 3
+    if (not sep or not host or not port_text.isascii() or not port_text.isdigit()
+            or not 0 < int(port_text) < 65536):
         raise ConfigError(f"endpoint {raw!r}: expected host:port or an http(s) URL")
     return Endpoint(raw, "tcp", host, int(port_text), "/", pin)
