@@ -74,6 +74,7 @@ async def enroll(token_text: str, state: StateDir, hostname: str | None = None,
         agent_id=msg["agent_id"], relay_url=token.relay_url,
         # A legacy token's certificate hash is replaced by the key it was seen with.
         pins=[match.spki] if match.legacy else list(token.pins), ca_pem=ca_pem,
+        pins_serial=0 if match.legacy else token.serial,
         control_url=msg["control_url"], group=msg["group"],
         ca_public_key=msg["ca_public_key"], audit_public_key=msg["audit_public_key"],
         fix_keys=list(msg["fix_keys"]), heartbeat_s=msg["heartbeat_s"])

@@ -36,7 +36,10 @@ class Enrollment:
     ``ca_pem``: a CA the relay's chain must verify against (then ``pins`` holds that
     CA's key pin); ``fingerprint``: the certificate hash agents pinned before SPKI
     pins, kept only until the first connection that matches it, which records the
-    key's pin in ``pins`` and empties it (:meth:`StateDir.migrate_pin`)."""
+    key's pin in ``pins`` and empties it (:meth:`StateDir.migrate_pin`);
+    ``pins_serial``: the serial of the relay's signed pin set ``pins`` were last set
+    from (the token's, or ``GET /agent/pins``), 0 if none: only a validly signed set
+    with a greater serial replaces them (agent/pinsync.py)."""
 
     agent_id: str
     relay_url: str
@@ -47,6 +50,7 @@ class Enrollment:
     fingerprint: str = ""
     pins: list[str] = field(default_factory=list)
     ca_pem: str = ""
+    pins_serial: int = 0
     fix_keys: list[str] = field(default_factory=list)
     heartbeat_s: int = 30
     enrolled_at: float = field(default_factory=time.time)
@@ -95,11 +99,13 @@ class StateDir:
         just matched by."""
         return self.update_pins(enrollment, [spki, *(p for p in enrollment.pins if p != spki)])
 
-    def update_pins(self, enrollment: Enrollment, pins: list[str]) -> Enrollment:
-        """Record ``pins`` (and drop any legacy certificate hash); written atomically
-        (temp file and rename, as every state file), so a crash leaves the old
-        enrollment or the new one."""
-        updated = replace(enrollment, fingerprint="", pins=list(pins))
+    def update_pins(self, enrollment: Enrollment, pins: list[str],
+                    serial: int | None = None) -> Enrollment:
+        """Record ``pins`` (and drop any legacy certificate hash), and with ``serial``
+        the signed set's serial, in one write, atomic (temp file and rename, as every
+        state file): a crash leaves the old pins and serial or the new ones."""
+        updated = replace(enrollment, fingerprint="", pins=list(pins),
+                          pins_serial=enrollment.pins_serial if serial is None else serial)
         self._write_json(self.enrollment_path, asdict(updated))
         return updated
 

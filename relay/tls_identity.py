@@ -95,9 +95,13 @@ def load(config: RelayConfig, datadir: DataDir) -> TlsIdentity:
 async def pins_endpoint(request: Request) -> Response:
     """``GET /agent/pins``: the pins agents should hold, for those that enrolled before
     the next key existed (agent/pinsync.py). Public information, like the certificate
-    itself; what makes it trustworthy is the pinned connection it is read over."""
+    itself; what makes it trustworthy is the audit key's signature over it (with a
+    serial), not the connection it is read over, which any pinned key opens."""
     relay: Relay = request.app.state.relay
-    return JSONResponse({"pins": list(relay.pins)})
+    announced = relay.pin_announcement
+    if announced is None:
+        return JSONResponse({"pins": list(relay.pins)})
+    return JSONResponse(announced.answer())
 
 
 def warn_if_expiring(identity: TlsIdentity) -> float | None:

@@ -136,6 +136,7 @@ def test_legacy_certificate_pin_migrates_to_the_key_pin(tmp_path: Path,
     legacy = state(agent)
     legacy.pop("pins")
     legacy.pop("ca_pem")
+    legacy.pop("pins_serial")
     legacy["fingerprint"] = leaf
     (agent.state_dir / "enrollment.json").write_text(json.dumps(legacy))
     assert "legacy" in agent.cmd("status").stdout
