@@ -31,7 +31,7 @@ from cryptography import x509
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from backline.common.tlspin import normalise, parse_pin, spki_pin_of
+from backline.common.tlspin import normalise, parse_pin, public_ca_name, spki_pin_of
 from backline.relay import datadir as datadir_mod
 from backline.relay.config import RelayConfig
 from backline.relay.datadir import DataDir
@@ -74,8 +74,13 @@ def load(config: RelayConfig, datadir: DataDir) -> TlsIdentity:
         # and a customer running it has no CA file.
         pins = list(extra)
         if config.tls_ca_file:
-            pins.append(spki_pin_of(x509.load_pem_x509_certificate(
-                Path(config.tls_ca_file).read_bytes())))
+            pem = Path(config.tls_ca_file).read_text()
+            public = public_ca_name(pem)
+            if public:  # only with tls_ca_allow_public (RelayConfig.validate)
+                log.warning("tls_ca_file is a PUBLIC CA (%s): agents pinning it trust any "
+                            "certificate it issues for this relay's name, to anyone who can "
+                            "get one; pin the proxy's key (tls_pins) instead", public)
+            pins.append(spki_pin_of(x509.load_pem_x509_certificate(pem.encode())))
         fp = normalise(config.tls_fingerprint) if config.tls_fingerprint else ""
         return TlsIdentity(tuple(dict.fromkeys(pins)), fp)
     if config.tls == "self-signed":
