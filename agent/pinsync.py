@@ -56,10 +56,11 @@ class Announced:
     serial: int
     signature: bytes
     matched: str
+    bind_leaf: bool = False
 
     def signed_by(self, audit_public: bytes) -> bool:
         return bool(self.serial) and pinset.verify(audit_public, self.serial, self.pins,
-                                                   self.signature)
+                                                   self.signature, self.bind_leaf)
 
 
 def _audit_key(enrollment: Enrollment) -> bytes:
@@ -112,10 +113,13 @@ async def fetch(relay_url: str, trust: Trust) -> Announced:
                 or not isinstance(signature, str) or len(signature) > 128):
             raise ValueError("a malformed serial or signature")
         raw_signature = protocol.b64d(signature) if signature else b""
+        bind = answer.get("bind", "")
+        if bind not in ("", "leaf"):
+            raise ValueError("an unknown binding")
     except (ValueError, KeyError, TypeError, BadPin, binascii.Error,
             protocol.ProtocolError) as exc:
         raise PinAnswerError(f"malformed pin set ({exc})") from None
-    return Announced(pins, serial, raw_signature, match.pin)
+    return Announced(pins, serial, raw_signature, match.pin, bind == "leaf")
 
 
 async def sync(state: StateDir, enrollment: Enrollment) -> Enrollment:
@@ -127,7 +131,7 @@ async def sync(state: StateDir, enrollment: Enrollment) -> Enrollment:
         log.debug("could not learn the relay's pins: %s", exc)
         return enrollment
     audit_public = _audit_key(enrollment)
-    pins, serial = announced.pins, announced.serial
+    pins, serial, bind_leaf = announced.pins, announced.serial, announced.bind_leaf
     if audit_public:
         if not announced.signed_by(audit_public):
             if pins != enrollment.pins:
@@ -136,7 +140,10 @@ async def sync(state: StateDir, enrollment: Enrollment) -> Enrollment:
                             "sign them; anyone else holding one of the pinned keys cannot)",
                             ", ".join(pins))
             return enrollment
-        if serial <= enrollment.pins_serial:
+        if serial == enrollment.pins_serial and pins == enrollment.pins and \
+                bind_leaf != enrollment.bind_leaf:
+            pass  # the set the token carried (one serial is one set): learn its binding
+        elif serial <= enrollment.pins_serial:
             if serial < enrollment.pins_serial:
                 log.warning("the relay announced an older pin set (serial %d, this agent "
                             "holds %d): ignored, as a replay would be", serial,
@@ -154,9 +161,9 @@ async def sync(state: StateDir, enrollment: Enrollment) -> Enrollment:
         if len(pins) > 2 * MAX_PINS:
             log.warning("the relay announced more new pins than this agent keeps: ignored")
             return enrollment
-        serial = enrollment.pins_serial
+        serial, bind_leaf = enrollment.pins_serial, enrollment.bind_leaf
     try:
-        updated = state.update_pins(enrollment, pins, serial)
+        updated = state.update_pins(enrollment, pins, serial, bind_leaf)
     except OSError as exc:
         log.warning("could not record the relay's pins: %s", exc)
         return enrollment

@@ -16,7 +16,7 @@ from typing import Any
 import platformdirs
 
 from backline.common import keys
-from backline.common.tlspin import Trust
+from backline.common.tlspin import PeerMatch, Trust
 
 ENV_STATE_DIR = "BACKLINE_AGENT_STATE_DIR"
 
@@ -51,9 +51,19 @@ class Enrollment:
     pins: list[str] = field(default_factory=list)
     ca_pem: str = ""
     pins_serial: int = 0
+    #: With ``ca_pem``: the relay (in its signed pin set) said it ends TLS itself, so
+    #: the handshake binds the served certificate's key, not the CA's pin.
+    bind_leaf: bool = False
     fix_keys: list[str] = field(default_factory=list)
     heartbeat_s: int = 30
     enrolled_at: float = field(default_factory=time.time)
+
+    def bound(self, match: PeerMatch) -> str:
+        """What this agent's handshake signature binds on a connection it trusted
+        (common/tlspin.py): by a CA, the served key once the relay said it ends TLS."""
+        if self.ca_pem and self.bind_leaf and not match.legacy:
+            return match.spki
+        return match.bound
 
     @property
     def trust(self) -> Trust:
@@ -100,12 +110,13 @@ class StateDir:
         return self.update_pins(enrollment, [spki, *(p for p in enrollment.pins if p != spki)])
 
     def update_pins(self, enrollment: Enrollment, pins: list[str],
-                    serial: int | None = None) -> Enrollment:
+                    serial: int | None = None, bind_leaf: bool | None = None) -> Enrollment:
         """Record ``pins`` (and drop any legacy certificate hash), and with ``serial``
         the signed set's serial, in one write, atomic (temp file and rename, as every
         state file): a crash leaves the old pins and serial or the new ones."""
         updated = replace(enrollment, fingerprint="", pins=list(pins),
-                          pins_serial=enrollment.pins_serial if serial is None else serial)
+                          pins_serial=enrollment.pins_serial if serial is None else serial,
+                          bind_leaf=enrollment.bind_leaf if bind_leaf is None else bind_leaf)
         self._write_json(self.enrollment_path, asdict(updated))
         return updated
 

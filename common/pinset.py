@@ -13,6 +13,12 @@ that no other Backline signature starts with), names the signing key (its
 fingerprint: the relay's identity) and carries a serial the relay raises whenever the
 set changes; agents adopt only a set with a serial greater than the last one they
 adopted, so a replayed older set, however genuine, is ignored.
+
+``bind: "leaf"`` (signed with the rest) tells agents that trust the relay by a CA
+that the relay ends TLS itself and knows its own key: they then bind the control
+handshake to the key of the certificate they were served (``PeerMatch.spki``), not
+to the CA's pin, so a server with another certificate from that CA cannot relay the
+handshake to the relay (common/tlspin.py, :attr:`PeerMatch.bound`).
 """
 
 from __future__ import annotations
@@ -27,17 +33,23 @@ CONTEXT = b"backline relay TLS pin set v1\n"
 MAX_SERIAL = 2**53 - 1
 
 
-def payload(audit_public: bytes, serial: int, pins: Sequence[str]) -> bytes:
+def payload(audit_public: bytes, serial: int, pins: Sequence[str],
+            bind_leaf: bool = False) -> bytes:
     """The bytes the relay signs for ``pins`` (in order: the current key first)."""
-    body = {"pins": list(pins), "relay": keys.fingerprint(audit_public), "serial": serial}
+    body: dict[str, object] = {"pins": list(pins), "relay": keys.fingerprint(audit_public),
+                               "serial": serial}
+    if bind_leaf:
+        body["bind"] = "leaf"
     return CONTEXT + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
-def sign(key: keys.PrivateKey, serial: int, pins: Sequence[str]) -> bytes:
-    return key.sign(payload(keys.public_raw(key), serial, pins))
+def sign(key: keys.PrivateKey, serial: int, pins: Sequence[str],
+         bind_leaf: bool = False) -> bytes:
+    return key.sign(payload(keys.public_raw(key), serial, pins, bind_leaf))
 
 
-def verify(audit_public: bytes, serial: int, pins: Sequence[str], signature: bytes) -> bool:
+def verify(audit_public: bytes, serial: int, pins: Sequence[str], signature: bytes,
+           bind_leaf: bool = False) -> bool:
     if not 1 <= serial <= MAX_SERIAL:
         return False
-    return keys.verify(audit_public, signature, payload(audit_public, serial, pins))
+    return keys.verify(audit_public, signature, payload(audit_public, serial, pins, bind_leaf))

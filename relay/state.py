@@ -74,8 +74,9 @@ class Relay:
         self.tls_identity = identity
         self.fingerprint = identity.fingerprint
         self.pins = identity.pins
+        # Ending TLS itself (a certificate file), the relay knows the key it serves.
         self.pin_announcement = pinset_serial.announce(self.datadir, self.audit.signing_key,
-                                                       identity.pins)
+                                                       identity.pins, bool(identity.cert_path))
 
     @property
     def token_pins(self) -> tuple[str, ...]:
