@@ -124,7 +124,10 @@ class PeerMatch:
     def bound(self) -> str:
         """What the control and enrollment signatures bind: the leaf certificate where
         the trust came from a legacy pin (as before, so relays of any version accept
-        it), else the pin that matched (the key's, or the CA's)."""
+        it), else the pin that matched (the key's, or the CA's). A CA-pinned agent whose
+        relay said (in its signed pin set) that it ends TLS itself binds ``spki``
+        instead (agent/state.py, ``Enrollment.bound``): the CA's pin would let any
+        certificate that CA issued for the name relay the handshake."""
         return self.leaf if self.legacy else self.pin
 
 

@@ -12,6 +12,9 @@
   any of the above. Agents bind the pin they matched (their certificate's hash when
   they still hold a legacy pin), so a signature made for another relay's key is
   refused, while agents from before and after this change both log in.
+
+``GET /agent/pins`` serves ``pins`` signed by the audit key with a serial
+(relay/pinset_serial.py), never the bare list: any pinned key opens the connection.
 """
 
 from __future__ import annotations
