@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="a CA certificate (PEM) the relay's chain must verify against, when "
                         "its operator says so (TLS ending at a proxy with a CA-issued "
                         "certificate); the token must pin that CA's key")
+    e.add_argument("--allow-public-ca", action="store_true",
+                   help="accept a --ca-file that this system trusts by default (a public "
+                        "CA), which trusts any certificate it issues for the relay's name; "
+                        "refused without this")
     r = sub.add_parser("run", help="connect to the relay and stay connected (until SIGTERM)")
     session_commands.policy_option(r)
     sub.add_parser("status", help="show enrollment and connection state")
@@ -68,9 +72,11 @@ def cmd_enroll(state: StateDir, args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(EXIT_USAGE, f"--ca-file: {exc}")
     try:
-        result = asyncio.run(enroll(args.token, state, args.hostname, ca_pem=ca_pem))
+        result = asyncio.run(enroll(args.token, state, args.hostname, ca_pem=ca_pem,
+                                    allow_public_ca=args.allow_public_ca))
     except EnrollError as exc:
-        code = EXIT_USAGE if exc.code in ("token_malformed", "ca_malformed") else EXIT_REFUSED
+        code = (EXIT_USAGE if exc.code in ("token_malformed", "ca_malformed", "ca_public")
+                else EXIT_REFUSED)
         return _fail(code, f"enrollment refused: {exc}")
     except PinMismatch as exc:
         return _fail(EXIT_PIN, str(exc))

@@ -200,7 +200,7 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
         try:
             async with open_trusted(enrollment.control_url, enrollment.trust) as (ws, match):
                 connected_at = time.monotonic()
-                bound = match.leaf if quirks.bind_leaf else match.bound
+                bound = match.leaf if quirks.bind_leaf else enrollment.bound(match)
 
                 def welcomed(seen: PeerMatch = match) -> None:
                     nonlocal enrollment, synced_at, syncing

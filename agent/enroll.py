@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from websockets.exceptions import ConnectionClosed
 
@@ -10,7 +11,9 @@ from backline.agent.facts import gather
 from backline.agent.link import open_trusted, ws_url
 from backline.agent.state import Enrollment, StateDir
 from backline.common import enrollment, keys, protocol
-from backline.common.tlspin import Trust
+from backline.common.tlspin import Trust, public_ca_name
+
+log = logging.getLogger("backline.agent")
 
 # What each refusal from the relay means for the person at the keyboard.
 REFUSALS = {
@@ -24,6 +27,17 @@ REFUSALS = {
 }
 
 
+def public_ca_refusal(name: str, refusing: bool = True) -> str:
+    """Why a public CA in ``--ca-file`` is refused (or, accepted anyway, a warning)."""
+    text = (f"the CA file is a public CA ({name}, in this system's default trust store): "
+            "pinning it trusts ANY certificate it issues for the relay's name, to anyone "
+            "who can get one")
+    if refusing:
+        text += ("; pin the relay's key (a token without --ca-file) or a private CA, or "
+                 "accept it anyway with --allow-public-ca")
+    return text
+
+
 class EnrollError(Exception):
     """Enrollment failed; ``code`` is stable and the message is for people."""
 
@@ -33,9 +47,11 @@ class EnrollError(Exception):
 
 
 async def enroll(token_text: str, state: StateDir, hostname: str | None = None,
-                 timeout: float = 15.0, ca_pem: str = "") -> Enrollment:
+                 timeout: float = 15.0, ca_pem: str = "",
+                 allow_public_ca: bool = False) -> Enrollment:
     """Enroll with the token; with ``ca_pem`` (``--ca-file``) the relay's chain must
-    verify against that CA, whose key's pin the token must carry."""
+    verify against that CA, whose key's pin the token must carry, and which must not
+    be a public CA unless ``allow_public_ca`` (``--allow-public-ca``)."""
     try:
         token = enrollment.parse(token_text)
     except enrollment.MalformedToken as exc:
@@ -44,8 +60,13 @@ async def enroll(token_text: str, state: StateDir, hostname: str | None = None,
     if ca_pem:
         try:
             ca_pin = trust.ca_pin
+            public = public_ca_name(ca_pem)
         except ValueError:
             raise EnrollError("ca_malformed", "the CA file is not a PEM certificate") from None
+        if public and not allow_public_ca:
+            raise EnrollError("ca_public", public_ca_refusal(public))
+        if public:
+            log.warning("%s; accepted (--allow-public-ca)", public_ca_refusal(public, False))
         if ca_pin not in token.pins:
             raise EnrollError("ca_not_pinned", f"the CA file's key ({ca_pin}) is not one "
                                                "the token pins; is it the relay's CA?")
@@ -74,6 +95,7 @@ async def enroll(token_text: str, state: StateDir, hostname: str | None = None,
         agent_id=msg["agent_id"], relay_url=token.relay_url,
         # A legacy token's certificate hash is replaced by the key it was seen with.
         pins=[match.spki] if match.legacy else list(token.pins), ca_pem=ca_pem,
+        pins_serial=0 if match.legacy else token.serial,
         control_url=msg["control_url"], group=msg["group"],
         ca_public_key=msg["ca_public_key"], audit_public_key=msg["audit_public_key"],
         fix_keys=list(msg["fix_keys"]), heartbeat_s=msg["heartbeat_s"])

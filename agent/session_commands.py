@@ -15,12 +15,15 @@ from pathlib import Path
 
 from websockets.exceptions import WebSocketException
 
+from backline.agent.enroll import public_ca_refusal
 from backline.agent.join import JoinError, run_join
 from backline.agent.link import RelayUnreachable
 from backline.agent.policy import ENV_POLICY, PolicyError, load_policy
 from backline.agent.state import StateDir
 from backline.common.protocol import ProtocolError
-from backline.common.tlspin import BadPin, PinMismatch, Trust
+from backline.common.tlspin import BadPin, PinMismatch, Trust, public_ca_name
+
+log = logging.getLogger("backline.agent")
 
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
@@ -43,6 +46,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     j.add_argument("--ca-file", type=Path, default=None,
                    help="a CA certificate (PEM) the relay's chain must verify against, when "
                         "its operator says so; --pin is then that CA's key pin")
+    j.add_argument("--allow-public-ca", action="store_true",
+                   help="accept a --ca-file that this system trusts by default (a public "
+                        "CA), which trusts any certificate it issues for the relay's name; "
+                        "refused without this")
     policy_option(j)
     p = sub.add_parser("policy", help="show what this machine's policy allows technicians")
     policy_option(p)
@@ -88,7 +95,7 @@ def cmd_join(state: StateDir, args: argparse.Namespace) -> int:
     except PolicyError as exc:
         return _fail(EXIT_USAGE, str(exc))
     try:
-        trust = trust_from_args(args.pin, args.ca_file)
+        trust = trust_from_args(args.pin, args.ca_file, args.allow_public_ca)
     except (BadPin, OSError, ValueError) as exc:
         return _fail(EXIT_USAGE, f"--pin/--ca-file: {exc}")
     if args.log_level == "info":  # the customer's terminal shows the activity lines
@@ -113,12 +120,19 @@ def cmd_join(state: StateDir, args: argparse.Namespace) -> int:
     return 0
 
 
-def trust_from_args(pins: str | list[str], ca_file: Path | None) -> Trust:
-    """The trust named on the command line; with a CA file, its key must be pinned."""
+def trust_from_args(pins: str | list[str], ca_file: Path | None,
+                    allow_public_ca: bool = False) -> Trust:
+    """The trust named on the command line; with a CA file, its key must be pinned, and
+    it must not be a public CA (unless ``allow_public_ca``: then with a warning)."""
     ca_pem = ca_file.read_text() if ca_file else ""
     trust = Trust.of(pins, ca_pem)
     if ca_pem and trust.ca_pin not in trust.pins:
         raise ValueError(f"the CA file's key pin is {trust.ca_pin}, which is not the pin given")
+    public = public_ca_name(ca_pem) if ca_pem else ""
+    if public and not allow_public_ca:
+        raise ValueError(public_ca_refusal(public))
+    if public:
+        log.warning("%s; accepted (--allow-public-ca)", public_ca_refusal(public, False))
     return trust
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import platformdirs
 
 from backline.common import keys
-from backline.common.tlspin import Trust
+from backline.common.tlspin import PeerMatch, Trust
 
 ENV_STATE_DIR = "BACKLINE_AGENT_STATE_DIR"
 
@@ -36,7 +36,10 @@ class Enrollment:
     ``ca_pem``: a CA the relay's chain must verify against (then ``pins`` holds that
     CA's key pin); ``fingerprint``: the certificate hash agents pinned before SPKI
     pins, kept only until the first connection that matches it, which records the
-    key's pin in ``pins`` and empties it (:meth:`StateDir.migrate_pin`)."""
+    key's pin in ``pins`` and empties it (:meth:`StateDir.migrate_pin`);
+    ``pins_serial``: the serial of the relay's signed pin set ``pins`` were last set
+    from (the token's, or ``GET /agent/pins``), 0 if none: only a validly signed set
+    with a greater serial replaces them (agent/pinsync.py)."""
 
     agent_id: str
     relay_url: str
@@ -47,9 +50,20 @@ class Enrollment:
     fingerprint: str = ""
     pins: list[str] = field(default_factory=list)
     ca_pem: str = ""
+    pins_serial: int = 0
+    #: With ``ca_pem``: the relay (in its signed pin set) said it ends TLS itself, so
+    #: the handshake binds the served certificate's key, not the CA's pin.
+    bind_leaf: bool = False
     fix_keys: list[str] = field(default_factory=list)
     heartbeat_s: int = 30
     enrolled_at: float = field(default_factory=time.time)
+
+    def bound(self, match: PeerMatch) -> str:
+        """What this agent's handshake signature binds on a connection it trusted
+        (common/tlspin.py): by a CA, the served key once the relay said it ends TLS."""
+        if self.ca_pem and self.bind_leaf and not match.legacy:
+            return match.spki
+        return match.bound
 
     @property
     def trust(self) -> Trust:
@@ -95,11 +109,14 @@ class StateDir:
         just matched by."""
         return self.update_pins(enrollment, [spki, *(p for p in enrollment.pins if p != spki)])
 
-    def update_pins(self, enrollment: Enrollment, pins: list[str]) -> Enrollment:
-        """Record ``pins`` (and drop any legacy certificate hash); written atomically
-        (temp file and rename, as every state file), so a crash leaves the old
-        enrollment or the new one."""
-        updated = replace(enrollment, fingerprint="", pins=list(pins))
+    def update_pins(self, enrollment: Enrollment, pins: list[str],
+                    serial: int | None = None, bind_leaf: bool | None = None) -> Enrollment:
+        """Record ``pins`` (and drop any legacy certificate hash), and with ``serial``
+        the signed set's serial, in one write, atomic (temp file and rename, as every
+        state file): a crash leaves the old pins and serial or the new ones."""
+        updated = replace(enrollment, fingerprint="", pins=list(pins),
+                          pins_serial=enrollment.pins_serial if serial is None else serial,
+                          bind_leaf=enrollment.bind_leaf if bind_leaf is None else bind_leaf)
         self._write_json(self.enrollment_path, asdict(updated))
         return updated
 

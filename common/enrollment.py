@@ -4,7 +4,9 @@ A token is ``bl1-`` followed by base64url JSON ``{"u": relay URL, "p": [pins],
 "s": secret}``: ``p`` holds one to four SPKI pins (``sha256//...``, common/tlspin.py),
 the relay's key first. Tokens from before SPKI pins carry ``"f"``, the SHA-256 of
 the relay's certificate, instead; they are still accepted, as a legacy pin the agent
-replaces with the key's pin at its first connection. The secret is
+replaces with the key's pin at its first connection. ``"n"`` (optional) is the serial
+of the relay's signed pin set that ``p`` is (common/pinset.py): the agent records it,
+so that an older signed set replayed to it later is not adopted. The secret is
 ``<id>.<random>``: the relay stores only the id and a hash of the whole secret, so a
 database leak enrolls nobody.
 """
@@ -20,6 +22,7 @@ import secrets
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from backline.common.pinset import MAX_SERIAL
 from backline.common.tlspin import MAX_PINS, BadPin, is_spki, parse_pin
 
 PREFIX = "bl1-"
@@ -35,6 +38,8 @@ class EnrollmentToken:
     relay_url: str
     pins: tuple[str, ...]
     secret: str
+    #: The serial of the relay's signed pin set these pins are; 0: not known.
+    serial: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.pins, str):  # one pin given as text
@@ -52,6 +57,8 @@ class EnrollmentToken:
     def encode(self) -> str:
         if all(is_spki(p) for p in self.pins):
             fields: dict[str, object] = {"u": self.relay_url, "p": list(self.pins)}
+            if self.serial:
+                fields["n"] = self.serial
         else:  # a legacy certificate fingerprint: the format agents before SPKI pins read
             fields = {"u": self.relay_url, "f": self.pins[0]}
         body = json.dumps({**fields, "s": self.secret}, separators=(",", ":"))
@@ -105,4 +112,9 @@ def parse(text: str) -> EnrollmentToken:
         raise MalformedToken("the enrollment token's pins are malformed") from None
     if not secret_is_well_formed(body["s"]):
         raise MalformedToken("the enrollment token's secret is malformed")
-    return EnrollmentToken(relay_url=url.rstrip("/"), pins=pins, secret=body["s"])
+    serial = body.get("n", 0)
+    if (type(serial) is not int or not 0 <= serial <= MAX_SERIAL
+            or ("n" in body and "p" not in body)):
+        raise MalformedToken("the enrollment token's pin set serial is malformed")
+    return EnrollmentToken(relay_url=url.rstrip("/"), pins=pins, secret=body["s"],
+                           serial=serial)

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
+import os
 import re
 import ssl
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -121,7 +124,10 @@ class PeerMatch:
     def bound(self) -> str:
         """What the control and enrollment signatures bind: the leaf certificate where
         the trust came from a legacy pin (as before, so relays of any version accept
-        it), else the pin that matched (the key's, or the CA's)."""
+        it), else the pin that matched (the key's, or the CA's). A CA-pinned agent whose
+        relay said (in its signed pin set) that it ends TLS itself binds ``spki``
+        instead (agent/state.py, ``Enrollment.bound``): the CA's pin would let any
+        certificate that CA issued for the name relay the handshake."""
         return self.leaf if self.legacy else self.pin
 
 
@@ -183,6 +189,48 @@ class Trust:
             if not is_spki(pin) and hmac.compare_digest(pin, leaf):
                 return PeerMatch(pin, spki, leaf, legacy=True)
         raise PinMismatch(self.pins, spki, leaf)
+
+
+@functools.cache
+def system_trust_pins() -> frozenset[str]:
+    """SPKI pins of the CAs this system trusts by default (the store
+    ``ssl.create_default_context()`` loads, and the default CA file, which a store
+    kept as a hashed directory only loads on demand)."""
+    with warnings.catch_warnings():  # some stores hold old certificates cryptography frowns on
+        warnings.simplefilter("ignore")
+        return _system_trust_pins()
+
+
+def _system_trust_pins() -> frozenset[str]:
+    ders = list(ssl.create_default_context().get_ca_certs(binary_form=True))
+    paths = ssl.get_default_verify_paths()
+    for name in dict.fromkeys(filter(None, [paths.cafile, paths.openssl_cafile,
+                                            os.environ.get(paths.openssl_cafile_env)])):
+        try:
+            with open(name, "rb") as bundle:
+                ders += [c.public_bytes(serialization.Encoding.DER)
+                         for c in x509.load_pem_x509_certificates(bundle.read())]
+        except (OSError, ValueError):
+            continue
+    pins = set()
+    for der in ders:
+        try:
+            pins.add(spki_pin_der(der))
+        except ValueError:
+            continue
+    return frozenset(pins)
+
+
+def public_ca_name(ca_pem: str) -> str:
+    """The subject of the CA in ``ca_pem`` if the system trusts it by default (a public
+    CA), else ``""``. Pinning a public CA trusts any certificate it issues for the
+    relay's name, to anyone able to get one (a domain-validated certificate is
+    enough): that is not a pin. Raises ``ValueError`` for text that is no PEM
+    certificate."""
+    cert = x509.load_pem_x509_certificate(ca_pem.encode())
+    if spki_pin_of(cert) not in system_trust_pins():
+        return ""
+    return cert.subject.rfc4514_string() or "an unnamed CA"
 
 
 def pin_matches(der: bytes, pin: str) -> bool:

@@ -425,7 +425,8 @@ async def create_enroll_token(request: Request, relay: Relay, who: Principal, *,
                                                       tokens.parse_ttl(ttl), who.actor)
     except ValueError as err:
         raise ApiError(400, "bad_field", str(err)) from None
-    token = EnrollmentToken(relay.origin, relay.token_pins, secret).encode()
+    token = EnrollmentToken(relay.origin, relay.token_pins, secret,
+                            relay.token_serial).encode()
     relay.record(who.actor, "enroll_token.create", f"enroll_token:{token_id}", group=group,
                  uses=uses, ttl=ttl, address=who.address)
     return reply(m.EnrollTokenCreated,

@@ -243,7 +243,8 @@ def token_create(
     except ValueError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    token = EnrollmentToken(relay.origin, relay.token_pins, secret).encode()
+    token = EnrollmentToken(relay.origin, relay.token_pins, secret,
+                            relay.token_serial).encode()
     relay.record(_actor(), "enroll_token.create", f"enroll_token:{token_id}", group=group,
                  uses=uses, ttl=ttl)
     if quiet:

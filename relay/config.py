@@ -16,7 +16,7 @@ from typing import Any
 
 import platformdirs
 
-from backline.common.tlspin import BadPin, is_spki, parse_pin
+from backline.common.tlspin import BadPin, is_spki, parse_pin, public_ca_name
 
 ENV_PREFIX = "BACKLINE_"
 TLS_MODES = ("self-signed", "files", "off")
@@ -25,6 +25,15 @@ LOG_FORMATS = ("text", "json")
 
 class ConfigError(ValueError):
     """A setting that cannot work; the message says which and why."""
+
+
+def public_ca(path: str) -> str:
+    """The subject of the CA in ``path`` if it is a public CA (common/tlspin.py)."""
+    try:
+        return public_ca_name(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"tls_ca_file {path!r} is not a readable PEM certificate ({exc})"
+                          ) from None
 
 
 def default_data_dir() -> Path:
@@ -50,6 +59,9 @@ class RelayConfig:
     # SHA-256, which agents pinned before SPKI pins (legacy; breaks at each renewal).
     tls_pins: list[str] = field(default_factory=list)
     tls_ca_file: str = ""
+    # A tls_ca_file the system trusts by default (a public CA) is refused: pinning it
+    # trusts any certificate it issues for this name. True accepts it, with a warning.
+    tls_ca_allow_public: bool = False
     tls_fingerprint: str = ""
     database_url: str = ""
     heartbeat_s: int = 30
@@ -150,6 +162,14 @@ class RelayConfig:
                                   "compute one)")
         if self.tls_ca_file and not Path(self.tls_ca_file).is_file():
             raise ConfigError(f"tls_ca_file {self.tls_ca_file!r} is not a file")
+        public = public_ca(self.tls_ca_file) if self.tls_ca_file else ""
+        if public and not self.tls_ca_allow_public:
+            raise ConfigError(
+                f"tls_ca_file {self.tls_ca_file!r} is a public CA ({public}, "
+                "in this system's default trust store): agents pinning it would trust ANY "
+                "certificate it issues for the relay's name, to anyone who can get one. Pin "
+                "the proxy's key (tls_pins) or a private CA instead; to accept it anyway, set "
+                "tls_ca_allow_public = true")
         if self.tls == "off":
             fp = self.tls_fingerprint.replace(":", "").strip().lower()
             if fp and (len(fp) != 64 or any(c not in "0123456789abcdef" for c in fp)):

@@ -6,7 +6,9 @@ Created on first start, with every secret file mode 0600 and the folder 0700:
   the same key without touching them;
 - ``ca_key``: the relay CA (OpenSSH Ed25519) that signs technicians' SSH certificates;
 - ``audit_key.pem``: the Ed25519 key that signs audit checkpoints;
-- ``cookie_secret``: signs browser session cookies.
+- ``cookie_secret``: signs browser session cookies;
+- ``tls_pinset.json``: the pin set last announced to agents and its serial, raised at
+  each change (relay/pinset_serial.py).
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ class DataDir:
     @property
     def audit_key(self) -> Path:
         return self.root / "audit_key.pem"
+
+    @property
+    def tls_pinset(self) -> Path:
+        return self.root / "tls_pinset.json"
 
     @property
     def cookie_secret(self) -> Path:

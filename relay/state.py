@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from backline.common import keys
-from backline.relay import metrics, tls_identity
+from backline.relay import metrics, pinset_serial, tls_identity
 from backline.relay.agents import Presence, get_agent
 from backline.relay.audit import AuditLog
 from backline.relay.audit_floods import FloodAggregator
@@ -51,6 +51,8 @@ class Relay:
     #: SPKI pins agents are told to trust (relay/tls_identity.py), current key first.
     pins: tuple[str, ...] = ()
     tls_identity: TlsIdentity | None = None
+    #: ``pins`` signed by the audit key with their serial, for ``GET /agent/pins``.
+    pin_announcement: pinset_serial.Announcement | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _pending: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
     _flush_scheduled: bool = False
@@ -73,12 +75,21 @@ class Relay:
         self.tls_identity = identity
         self.fingerprint = identity.fingerprint
         self.pins = identity.pins
+        # Ending TLS itself (a certificate file), the relay knows the key it serves.
+        self.pin_announcement = pinset_serial.announce(self.datadir, self.audit.signing_key,
+                                                       identity.pins, bool(identity.cert_path))
 
     @property
     def token_pins(self) -> tuple[str, ...]:
         """What tokens and ``join --pin`` carry: the SPKI pins, or (a proxy configured
         only with ``tls_fingerprint``) the legacy certificate hash."""
         return self.pins or (self.fingerprint,)
+
+    @property
+    def token_serial(self) -> int:
+        """The serial of the signed pin set that :attr:`token_pins` is (0: none)."""
+        announced = self.pin_announcement
+        return announced.serial if announced and announced.pins == self.token_pins else 0
 
     @property
     def tls_bindings(self) -> tuple[str, ...]:

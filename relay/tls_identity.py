@@ -12,6 +12,9 @@
   any of the above. Agents bind the pin they matched (their certificate's hash when
   they still hold a legacy pin), so a signature made for another relay's key is
   refused, while agents from before and after this change both log in.
+
+``GET /agent/pins`` serves ``pins`` signed by the audit key with a serial
+(relay/pinset_serial.py), never the bare list: any pinned key opens the connection.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from cryptography import x509
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from backline.common.tlspin import normalise, parse_pin, spki_pin_of
+from backline.common.tlspin import normalise, parse_pin, public_ca_name, spki_pin_of
 from backline.relay import datadir as datadir_mod
 from backline.relay.config import RelayConfig
 from backline.relay.datadir import DataDir
@@ -74,8 +77,13 @@ def load(config: RelayConfig, datadir: DataDir) -> TlsIdentity:
         # and a customer running it has no CA file.
         pins = list(extra)
         if config.tls_ca_file:
-            pins.append(spki_pin_of(x509.load_pem_x509_certificate(
-                Path(config.tls_ca_file).read_bytes())))
+            pem = Path(config.tls_ca_file).read_text()
+            public = public_ca_name(pem)
+            if public:  # only with tls_ca_allow_public (RelayConfig.validate)
+                log.warning("tls_ca_file is a PUBLIC CA (%s): agents pinning it trust any "
+                            "certificate it issues for this relay's name, to anyone who can "
+                            "get one; pin the proxy's key (tls_pins) instead", public)
+            pins.append(spki_pin_of(x509.load_pem_x509_certificate(pem.encode())))
         fp = normalise(config.tls_fingerprint) if config.tls_fingerprint else ""
         return TlsIdentity(tuple(dict.fromkeys(pins)), fp)
     if config.tls == "self-signed":
@@ -95,9 +103,13 @@ def load(config: RelayConfig, datadir: DataDir) -> TlsIdentity:
 async def pins_endpoint(request: Request) -> Response:
     """``GET /agent/pins``: the pins agents should hold, for those that enrolled before
     the next key existed (agent/pinsync.py). Public information, like the certificate
-    itself; what makes it trustworthy is the pinned connection it is read over."""
+    itself; what makes it trustworthy is the audit key's signature over it (with a
+    serial), not the connection it is read over, which any pinned key opens."""
     relay: Relay = request.app.state.relay
-    return JSONResponse({"pins": list(relay.pins)})
+    announced = relay.pin_announcement
+    if announced is None:
+        return JSONResponse({"pins": list(relay.pins)})
+    return JSONResponse(announced.answer())
 
 
 def warn_if_expiring(identity: TlsIdentity) -> float | None:

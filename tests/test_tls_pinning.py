@@ -32,7 +32,14 @@ from cryptography.x509.oid import NameOID
 from backline.common import enrollment
 from backline.common.tlspin import cert_fingerprint, spki_pin_der
 from backline.relay import datadir
-from tests.harness import AGENT, AgentProcess, RelayProcess, audit_actions, wait_for
+from tests.harness import (
+    AGENT,
+    AgentProcess,
+    RelayProcess,
+    audit_actions,
+    free_port,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SSLYZE_PYTHON = ROOT / ".venv-sslyze" / "bin" / "python"
@@ -136,6 +143,7 @@ def test_legacy_certificate_pin_migrates_to_the_key_pin(tmp_path: Path,
     legacy = state(agent)
     legacy.pop("pins")
     legacy.pop("ca_pem")
+    legacy.pop("pins_serial")
     legacy["fingerprint"] = leaf
     (agent.state_dir / "enrollment.json").write_text(json.dumps(legacy))
     assert "legacy" in agent.cmd("status").stdout
@@ -378,3 +386,77 @@ def test_announced_pins_are_bounded_and_must_keep_the_trusted_key(tmp_path: Path
     assert result["adopted"] == [pin, other]
     assert json.loads((tmp_path / "agent" / "enrollment.json").read_text())["pins"] == [
         pin, other]
+
+
+def test_ca_mode_binds_the_served_key_so_another_certificate_of_the_ca_cannot_relay(
+        tmp_path: Path) -> None:
+    """A relay that ends TLS itself says so in its signed pin set; an agent trusting it
+    by a CA then binds the handshake to the key it was served. A server with another
+    certificate from the same CA that relays the handshake to the relay is refused."""
+    import threading
+
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import ServerConnection, serve
+
+    ca, ca_file = _ca(tmp_path, "proxy-ca")
+    ca_pin = spki_pin_der(ca[1].public_bytes(serialization.Encoding.DER))
+    relay = CaRelay(tmp_path, ca_file, ca_pin)
+    _issue(ca, relay.cert_file, relay.key_file)
+    relay.start()
+    agent = AgentProcess(tmp_path, "ca-agent")
+    mitm_cert, mitm_key = tmp_path / "mitm.pem", tmp_path / "mitm.key"
+    _issue(ca, mitm_cert, mitm_key)  # the same CA, the same name, another key
+    try:
+        assert agent.enroll(relay.token(), "--ca-file", str(ca_file)).returncode == 0
+        t0 = time.time()
+        agent.start()
+        wait_for(lambda: online_since(agent, t0) and state(agent).get("bind_leaf") is True,
+                 20, "the agent to learn that the relay ends TLS itself")
+        agent.stop()
+        before = connects(relay, agent.agent_id)
+
+        ready, done = threading.Event(), threading.Event()
+        port = free_port()
+
+        async def pipe(ws: ServerConnection) -> None:
+            client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            client_ctx.check_hostname, client_ctx.verify_mode = False, ssl.CERT_NONE
+            async with connect(f"wss://127.0.0.1:{relay.port}/agent/connect",
+                               ssl=client_ctx) as upstream:
+                async def down() -> None:
+                    async for m in upstream:
+                        await ws.send(m)
+
+                task = asyncio.create_task(down())
+                try:
+                    async for m in ws:
+                        await upstream.send(m)
+                finally:
+                    task.cancel()
+
+        async def mitm() -> None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(mitm_cert, mitm_key)
+            async with serve(pipe, "127.0.0.1", port, ssl=ctx):
+                ready.set()
+                await asyncio.to_thread(done.wait, 60)
+
+        thread = threading.Thread(target=lambda: asyncio.run(mitm()), daemon=True)
+        thread.start()
+        assert ready.wait(10)
+        moved = state(agent)
+        moved["control_url"] = f"wss://127.0.0.1:{port}/agent/connect"
+        (agent.state_dir / "enrollment.json").write_text(json.dumps(moved))
+        try:
+            agent.start()
+            wait_for(lambda: sum(1 for e in audit_actions(relay)
+                                 if e["action"] == "agent.auth.refused") >= 1, 20,
+                     "the relay to refuse the relayed handshake")
+        finally:
+            agent.stop()
+            done.set()
+            thread.join(10)
+        assert connects(relay, agent.agent_id) == before
+    finally:
+        agent.stop()
+        relay.stop()
