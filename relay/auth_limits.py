@@ -239,7 +239,15 @@ class AuthLimits:
                                 reason=limit, address=address)
 
     def device_of(self, conn: HTTPConnection, username: str) -> str | None:
-        """The id of the valid device cookie ``conn`` holds for ``username``, if any."""
+        """The id of the valid device cookie ``conn`` holds for ``username``, if any.
+
+        Valid means signed by this relay, younger than ``login_device_days``, and bound
+        to the account as it is *now*: the user's id and creation time (a username
+        deleted and created again is another user, even where SQLite reuses the id) and
+        credential epoch (increased by a password change or reset and by disabling the
+        user), and the user not disabled. Anything else counts as no cookie at all. The
+        database is read only for a cookie whose signature holds, so strangers' requests
+        cost nothing more."""
         raw = conn.cookies.get(DEVICE_COOKIE)
         if not raw or len(raw) > 512:
             return None
@@ -247,16 +255,25 @@ class AuthLimits:
             data = self._devices.loads(raw, max_age=self.relay.config.login_device_days * 86400)
         except BadSignature:
             return None
-        if not isinstance(data, dict) or data.get("u") != username:
+        if not isinstance(data, dict):
             return None
-        device = data.get("d")
-        return device if isinstance(device, str) and len(device) <= 64 else None
+        device, bound = data.get("d"), (data.get("i"), data.get("c"), data.get("e"))
+        if not (isinstance(device, str) and len(device) <= 64):
+            return None
+        user = users.get_user(self.relay.engine, username=username)
+        if user is None or user.disabled \
+                or bound != (user.id, user.created_at, user.credential_epoch):
+            return None
+        return device
 
-    def device_cookie(self, conn: HTTPConnection, username: str) -> str:
-        """The ``Set-Cookie`` value that makes this browser a known device of
-        ``username`` (its id kept when it already was one)."""
-        device = self.device_of(conn, username) or secrets.token_urlsafe(16)
-        value = self._devices.dumps({"u": username, "d": device, "t": int(time.time())})
+    def device_cookie(self, conn: HTTPConnection, user: users.User) -> str:
+        """The ``Set-Cookie`` value that makes this browser a known device of ``user``
+        at its current credential epoch (its device id kept when it already was one).
+        ``user`` must be read after any change of its epoch (a password change)."""
+        device = self.device_of(conn, user.username) or secrets.token_urlsafe(16)
+        value = self._devices.dumps({"i": user.id, "c": user.created_at,
+                                     "e": user.credential_epoch, "d": device,
+                                     "t": int(time.time())})
         max_age = int(self.relay.config.login_device_days * 86400)
         return (f"{DEVICE_COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; Secure; "
                 "SameSite=Strict")

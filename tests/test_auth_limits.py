@@ -469,3 +469,86 @@ def test_argon2_gate_bounds_checks_in_flight_and_serves_known_devices_first() ->
     busy = [r for r in results if isinstance(r, Busy)]
     assert len(busy) == 30 - 1 - 8  # one running, eight waiting, the rest refused at once
     assert order.index("owner") == 1  # straight after the check that was running
+
+
+# --- device cookies are bound to the account as it is now ------------------------------
+
+
+def lock_account(relay: RelayProcess, username: str) -> None:
+    """A stranger's wrong guesses spend ``username``'s budget of untrusted attempts."""
+    stranger = Api(relay)
+    codes = [stranger.login(username, f"guess {i} xxxxxxx").status_code
+             for i in range(ACCOUNT_LIMIT + 1)]
+    assert codes == [401] * ACCOUNT_LIMIT + [429]
+    stranger.close()
+
+
+def with_device(relay: RelayProcess, cookie: str) -> Api:
+    api = Api(relay)
+    api.http.headers["cookie"] = f"__Host-backline-device={cookie}"
+    return api
+
+
+def device(api: Api) -> str:
+    cookie = api.http.cookies.get("__Host-backline-device")
+    assert cookie
+    return cookie
+
+
+def test_a_password_change_voids_the_accounts_device_cookies(relay: RelayProcess,
+                                                            admin: Api) -> None:
+    old = device(admin)
+    r = admin.post("/api/v1/auth/password",
+                   json={"current": ADMIN_PASSWORD, "new": "a new passphrase 1234"})
+    assert r.status_code == 200, r.text
+    new = device(admin)  # the browser that changed it gets a new cookie
+    assert new != old
+    lock_account(relay, "admin")
+    # The old cookie is no cookie: the account's lock holds, even with the password.
+    assert with_device(relay, old).login("admin", "a new passphrase 1234").status_code == 429
+    assert with_device(relay, new).login("admin", "a new passphrase 1234").status_code == 200
+    # A reset from the command line voids the new one too.
+    relay.cli("user", "reset-password", "admin")
+    assert with_device(relay, new).login("admin", "whatever it is now").status_code == 429
+
+
+def test_disabling_a_user_voids_their_device_cookies(relay: RelayProcess, admin: Api) -> None:
+    relay.cli("user", "create", "tom", "--role", "technician", "--password-stdin",
+              input="tom's password 12\n")
+    tom = Api(relay)
+    r = tom.login("tom", "tom's password 12")
+    assert r.status_code == 200
+    old, tom_id = device(tom), r.json()["user"]["id"]
+    for disabled in (True, False):
+        r = admin.request("PATCH", f"/api/v1/users/{tom_id}", json={"disabled": disabled})
+        assert r.status_code == 200, r.text
+    lock_account(relay, "tom")
+    assert with_device(relay, old).login("tom", "tom's password 12").status_code == 429
+
+
+def test_a_re_created_username_does_not_inherit_device_cookies(relay: RelayProcess,
+                                                               admin: Api) -> None:
+    import sqlite3
+
+    relay.cli("user", "create", "tom", "--role", "technician", "--password-stdin",
+              input="tom's password 12\n")
+    tom = Api(relay)
+    r = tom.login("tom", "tom's password 12")
+    assert r.status_code == 200
+    old, tom_id = device(tom), r.json()["user"]["id"]
+    # The relay has no command that deletes a user: an operator's SQL does.
+    db = sqlite3.connect(relay.data_dir / "relay.db", timeout=30)
+    with db:
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("DELETE FROM users WHERE username = 'tom'")
+    db.close()
+    relay.cli("user", "create", "tom", "--role", "technician", "--password-stdin",
+              input="tom's password 12\n")
+    again = Api(relay)
+    r = again.login("tom", "tom's password 12")
+    assert r.status_code == 200
+    assert r.json()["user"]["id"] == tom_id  # SQLite reused the id: not enough to tell
+    lock_account(relay, "tom")
+    assert with_device(relay, old).login("tom", "tom's password 12").status_code == 429
+    assert with_device(relay, device(again)).login("tom", "tom's password 12"
+                                                   ).status_code == 200
