@@ -55,6 +55,53 @@ DEVICE_COOKIE = "__Host-backline-device"
 WAITING_PER_SLOT = 8
 #: How many of an address's tries at a session code count as "first tries".
 FIRST_TRIES_PER_ADDRESS = 2
+#: Keys for device cookies and for signed-in users re-entering a secret: neither has
+#: a relay-wide budget that bounds its live keys, so a fixed ceiling (a relay's users
+#: and the browsers they use within a window). Past it, new keys share the strict
+#: overflow entry (:mod:`backline.relay.ratelimit`).
+DEVICE_KEYS = 10_000
+USER_KEYS = 10_000
+#: No table larger than this, whatever the settings (about 15 MiB at 20 failures).
+MAX_KEYS = 50_000
+#: Slack over a relay-wide budget: the tables' windows start a few microseconds apart.
+KEY_MARGIN = 64
+
+
+def limiters(c: RelayConfig) -> dict[str, AttemptLimiter]:
+    """Every attempt table a relay holds, each sized to what it can legitimately need.
+
+    A table whose every live key is also counted in a relay-wide budget (a failure
+    there, or an attempt in flight) never holds more live keys than that budget: the
+    per-account and per-address sign-in tables hold at most ``login_failures_global``
+    (an untrusted attempt reserves all three or none), the per-address code table at
+    most what the two code lanes let through in one ``session_code_window_s``. Their
+    ceilings follow from the settings, so the overflow entry is only a safety net
+    there. Devices and users have fixed ceilings (:data:`DEVICE_KEYS`,
+    :data:`USER_KEYS`); relay-wide budgets are one key."""
+    def bounded(n: int) -> int:
+        return min(MAX_KEYS, n + KEY_MARGIN)
+
+    code_windows = -(-c.session_code_window_s // c.session_code_global_window_s)
+    code_lanes = c.session_code_first_tries_global + c.session_code_failures_global
+    return {
+        "login_account": AttemptLimiter(c.login_failures_per_account, c.login_window_s,
+                                        bounded(c.login_failures_global)),
+        "login_address": AttemptLimiter(c.login_failures_per_address, c.login_window_s,
+                                        bounded(c.login_failures_global)),
+        "login_relay": AttemptLimiter(c.login_failures_global, c.login_window_s, 1),
+        "login_device": AttemptLimiter(c.login_device_failures, c.login_window_s,
+                                       DEVICE_KEYS),
+        # Signed-in users re-entering their password or a code: per user.
+        "reauth_user": AttemptLimiter(c.login_failures_per_account, c.login_window_s,
+                                      USER_KEYS),
+        "code_address": AttemptLimiter(c.session_code_failures_per_address,
+                                       c.session_code_window_s,
+                                       bounded(code_lanes * code_windows)),
+        "code_first_tries": AttemptLimiter(c.session_code_first_tries_global,
+                                           c.session_code_global_window_s, 1),
+        "code_repeat": AttemptLimiter(c.session_code_failures_global,
+                                      c.session_code_global_window_s, 1),
+    }
 
 
 class Busy(Exception):
@@ -161,12 +208,12 @@ class AuthLimits:
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
         c = relay.config
-        self.by_account = AttemptLimiter(c.login_failures_per_account, c.login_window_s)
-        self.by_address = AttemptLimiter(c.login_failures_per_address, c.login_window_s)
-        self.untrusted = AttemptLimiter(c.login_failures_global, c.login_window_s)
-        self.by_device = AttemptLimiter(c.login_device_failures, c.login_window_s)
-        # Signed-in users re-entering their password or a code: per user.
-        self.by_user = AttemptLimiter(c.login_failures_per_account, c.login_window_s)
+        tables = limiters(c)
+        self.by_account = tables["login_account"]
+        self.by_address = tables["login_address"]
+        self.untrusted = tables["login_relay"]
+        self.by_device = tables["login_device"]
+        self.by_user = tables["reauth_user"]
         self.argon2 = Argon2Gate(c.argon2_concurrency, c.argon2_wait_s)
         self._devices = URLSafeTimedSerializer(relay.cookie_secret, salt="backline-device")
 
@@ -363,13 +410,10 @@ class JoinCodeLimits:
     """
 
     def __init__(self, config: RelayConfig) -> None:
-        c = config
-        self.by_address = AttemptLimiter(c.session_code_failures_per_address,
-                                         c.session_code_window_s)
-        self.first = AttemptLimiter(c.session_code_first_tries_global,
-                                    c.session_code_global_window_s)
-        self.repeat = AttemptLimiter(c.session_code_failures_global,
-                                     c.session_code_global_window_s)
+        tables = limiters(config)
+        self.by_address = tables["code_address"]
+        self.first = tables["code_first_tries"]
+        self.repeat = tables["code_repeat"]
 
     def _lane(self, key: str) -> tuple[AttemptLimiter, str]:
         if self.by_address.used(key) < FIRST_TRIES_PER_ADDRESS:
