@@ -10,8 +10,8 @@ codes all go through here, and each follows the same order (docs/security.md,
    (429, audited as a flood);
 2. evaluate it: argon2 runs in a small dedicated pool behind a semaphore
    (``argon2_concurrency``, 64 MiB each), and a check that cannot get a turn within
-   ``argon2_wait_s`` (or finds too many already waiting) is refused 503 instead of
-   queueing without bound;
+   ``argon2_wait_s`` (or finds too many already waiting, or its address already
+   has one waiting) is refused 503 instead of queueing without bound;
 3. **settle**: a failure stays counted, a success frees the slot (and clears the
    account), an attempt never evaluated just frees it.
 
@@ -22,7 +22,9 @@ Lock-out resistance. A stranger's failures must not lock out the owner:
 * sign-in: a browser that signed in to an account before holds a signed **device
   cookie** for it (``__Host-backline-device``, OWASP "device cookies"). Attempts
   with a valid one are limited per cookie only, never by the account's, address's or
-  relay's budget of untrusted attempts, which strangers can exhaust;
+  relay's budget of untrusted attempts, which strangers can exhaust. The cookie is
+  bound to the user's id, creation time and credential epoch, so a password change
+  or reset, disabling the user or re-creating the username voids it;
 * session codes: an address's first tries are counted in their own relay-wide lane,
   which repeat guessers cannot drain; see :class:`JoinCodeLimits`.
 """
@@ -53,6 +55,9 @@ T = TypeVar("T")
 DEVICE_COOKIE = "__Host-backline-device"
 #: Checks allowed to wait for an argon2 turn, per slot; beyond that, 503 at once.
 WAITING_PER_SLOT = 8
+#: Untrusted checks one address (an IPv6 /64) may have waiting for a turn: without
+#: it one stranger's burst filled the whole queue, and every new browser got 503.
+WAITING_PER_ADDRESS = 1
 #: How many of an address's tries at a session code count as "first tries".
 FIRST_TRIES_PER_ADDRESS = 2
 #: Keys for device cookies and for signed-in users re-entering a secret: neither has
@@ -105,7 +110,13 @@ def limiters(c: RelayConfig) -> dict[str, AttemptLimiter]:
 
 
 class Busy(Exception):
-    """No argon2 turn within the wait: the check was not evaluated."""
+    """No argon2 turn within the wait: the check was not evaluated. ``reason``:
+    ``busy`` (queue full or wait over) or ``address_busy`` (the address already has
+    :data:`WAITING_PER_ADDRESS` checks waiting)."""
+
+    def __init__(self, reason: str = "busy") -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Argon2Gate:
@@ -114,7 +125,10 @@ class Argon2Gate:
     A check waits for a turn at most ``wait_s``, behind at most ``max_waiting``
     others; past either it is refused (:class:`Busy`) rather than queued without
     bound. Checks of known devices (``trusted``) have their own queue, served first: a
-    flood of strangers' guesses across many accounts cannot starve the owners.
+    flood of strangers' guesses across many accounts cannot starve the owners. In the
+    other queue, one ``owner`` (an address) may have at most
+    :data:`WAITING_PER_ADDRESS` checks waiting, so filling it takes as many addresses
+    as it has places.
 
     A turn is given back when the *thread* finishes, not when the awaiting request
     does: a client that disconnects mid-check cannot free a turn while its hash still
@@ -128,14 +142,19 @@ class Argon2Gate:
         self._queues: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (
             deque(), deque())  # trusted first, then the rest
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="argon2")
+        self._waiting: dict[str, int] = {}  # owner -> its checks waiting
 
-    async def _acquire(self, trusted: bool) -> None:
+    async def _acquire(self, trusted: bool, owner: str | None) -> None:
         if self._free > 0 and not any(self._queues):
             self._free -= 1
             return
         queue = self._queues[0 if trusted else 1]
         if len(queue) >= self.max_waiting:
             raise Busy
+        if owner is not None:
+            if self._waiting.get(owner, 0) >= WAITING_PER_ADDRESS:
+                raise Busy("address_busy")
+            self._waiting[owner] = self._waiting.get(owner, 0) + 1
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue.append(turn)
         try:
@@ -147,6 +166,11 @@ class Argon2Gate:
                 turn.cancel()
                 queue.remove(turn)
             raise
+        finally:
+            if owner is not None:
+                left = self._waiting.pop(owner) - 1
+                if left:
+                    self._waiting[owner] = left
         if not turn.done():
             turn.cancel()
             queue.remove(turn)
@@ -161,8 +185,11 @@ class Argon2Gate:
                     return
         self._free += 1
 
-    async def run(self, fn: Callable[..., T], *args: Any, trusted: bool = False) -> T:
-        await self._acquire(trusted)
+    async def run(self, fn: Callable[..., T], *args: Any, trusted: bool = False,
+                  owner: str | None = None) -> T:
+        """``fn(*args)`` in an argon2 thread once a turn is free; ``owner`` (untrusted
+        checks: the address key) is held to :data:`WAITING_PER_ADDRESS` waiting."""
+        await self._acquire(trusted, None if trusted else owner)
         try:
             future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
         except BaseException:
@@ -228,14 +255,15 @@ class AuthLimits:
             raise _busy(audited=False) from None
 
     async def _password(self, kind: str, username: str, password: str,
-                        trusted: bool = False) -> users.User | None:
+                        trusted: bool = False, owner: str | None = None
+                        ) -> users.User | None:
         counter, engine = self.relay.metrics.auth_checks.labels(kind), self.relay.engine
 
         def check() -> users.User | None:  # counted once it really runs
             counter.inc()
             return users.verify_password(engine, username, password)
 
-        return await self.argon2.run(check, trusted=trusted)
+        return await self.argon2.run(check, trusted=trusted, owner=owner)
 
     def _totp(self, user: users.User, code: str) -> bool:
         self.relay.metrics.auth_checks.labels("totp").inc()
@@ -264,9 +292,14 @@ class AuthLimits:
         outcome = "released"
         try:
             try:
-                user = await self._password("password", username, password, trusted)
-            except Busy:
-                self._refuse_login(address, username, "busy")
+                user = await self._password("password", username, password, trusted,
+                                            owner=address_key(address))
+            except Busy as busy:
+                if busy.reason == "address_busy":
+                    # Its own address's excess: counted against the address (never the
+                    # account), so a burst from one address soon meets its 429.
+                    self.by_address.fail(address_key(address))
+                self._refuse_login(address, username, busy.reason)
                 raise _busy() from None
             reason = "" if user else "bad_password"
             if user and user.totp_enabled:
