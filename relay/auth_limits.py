@@ -472,8 +472,11 @@ class JoinCodeLimits:
         return attempt
 
     def fail(self, address: str) -> None:
-        """Count a malformed join request as a wrong code."""
-        key = address_key(address)
-        lane, _ = self._lane(key)
-        self.by_address.fail(key)
-        lane.fail("*")
+        """Count a malformed join request as a wrong code, within the limits like any
+        other: when they are full it is refused anyway, and counting it past them
+        would let malformed requests from many addresses fill the per-address table
+        beyond what the lanes bound (see :func:`limiters`)."""
+        try:
+            self.reserve(address).settle("failed")
+        except CodeRateLimited:
+            pass

@@ -71,3 +71,16 @@ def test_no_setting_makes_a_table_unbounded() -> None:
     tables = limiters(RelayConfig(login_failures_global=10_000_000,
                                   session_code_first_tries_global=10_000_000))
     assert max(t.max_keys for t in tables.values()) == MAX_KEYS
+
+
+def test_malformed_join_requests_stay_within_the_code_lanes() -> None:
+    """Counted like wrong codes, so no more addresses are held than the lanes let
+    through: the per-address table's ceiling is never the limit that holds."""
+    from backline.relay.auth_limits import JoinCodeLimits
+
+    limits = JoinCodeLimits(RelayConfig(session_code_first_tries_global=30,
+                                        session_code_failures_global=10))
+    for i in range(5_000):
+        limits.fail(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
+    assert len(limits.by_address) == 30  # the first-tries lane's budget, no more
+    assert limits.by_address.max_keys > 30
