@@ -84,7 +84,7 @@ async def login(request: Request) -> Response:
     response = reply(m.SignedIn, {"user": user.public(), "csrf_token": csrf})
     response.headers.append("set-cookie", cookie_header(
         cookie, int(relay.config.web_session_hours * 3600)))
-    response.headers.append("set-cookie", relay.auth.device_cookie(request, user.username))
+    response.headers.append("set-cookie", relay.auth.device_cookie(request, user))
     return response
 
 
@@ -129,7 +129,13 @@ async def change_password(request: Request, relay: Relay, who: Principal, *,
     ended = end_user_sessions(relay, who.user.id, keep=who.session_hash)
     relay.record(who.actor, "auth.password.changed", who.actor, address=who.address,
                  other_sessions_ended=ended)
-    return reply(m.PasswordChanged, {"other_sessions_ended": ended})
+    response = reply(m.PasswordChanged, {"other_sessions_ended": ended})
+    # The change made every device cookie of the account void (its credential epoch
+    # went up); this browser, which just proved the password, gets a new one.
+    changed = users.get_user(relay.engine, user_id=who.user.id)
+    if changed is not None:
+        response.headers.append("set-cookie", relay.auth.device_cookie(request, changed))
+    return response
 
 
 @endpoint(None, body=m.TotpReplace, answers={200: m.TotpSecret}, refuses=(429, 503))

@@ -10,8 +10,8 @@ codes all go through here, and each follows the same order (docs/security.md,
    (429, audited as a flood);
 2. evaluate it: argon2 runs in a small dedicated pool behind a semaphore
    (``argon2_concurrency``, 64 MiB each), and a check that cannot get a turn within
-   ``argon2_wait_s`` (or finds too many already waiting) is refused 503 instead of
-   queueing without bound;
+   ``argon2_wait_s`` (or finds too many already waiting, or its address already
+   has one waiting) is refused 503 instead of queueing without bound;
 3. **settle**: a failure stays counted, a success frees the slot (and clears the
    account), an attempt never evaluated just frees it.
 
@@ -22,7 +22,9 @@ Lock-out resistance. A stranger's failures must not lock out the owner:
 * sign-in: a browser that signed in to an account before holds a signed **device
   cookie** for it (``__Host-backline-device``, OWASP "device cookies"). Attempts
   with a valid one are limited per cookie only, never by the account's, address's or
-  relay's budget of untrusted attempts, which strangers can exhaust;
+  relay's budget of untrusted attempts, which strangers can exhaust. The cookie is
+  bound to the user's id, creation time and credential epoch, so a password change
+  or reset, disabling the user or re-creating the username voids it;
 * session codes: an address's first tries are counted in their own relay-wide lane,
   which repeat guessers cannot drain; see :class:`JoinCodeLimits`.
 """
@@ -53,12 +55,68 @@ T = TypeVar("T")
 DEVICE_COOKIE = "__Host-backline-device"
 #: Checks allowed to wait for an argon2 turn, per slot; beyond that, 503 at once.
 WAITING_PER_SLOT = 8
+#: Untrusted checks one address (an IPv6 /64) may have waiting for a turn: without
+#: it one stranger's burst filled the whole queue, and every new browser got 503.
+WAITING_PER_ADDRESS = 1
 #: How many of an address's tries at a session code count as "first tries".
 FIRST_TRIES_PER_ADDRESS = 2
+#: Keys for device cookies and for signed-in users re-entering a secret: neither has
+#: a relay-wide budget that bounds its live keys, so a fixed ceiling (a relay's users
+#: and the browsers they use within a window). Past it, new keys share the strict
+#: overflow entry (:mod:`backline.relay.ratelimit`).
+DEVICE_KEYS = 10_000
+USER_KEYS = 10_000
+#: No table larger than this, whatever the settings (about 15 MiB at 20 failures).
+MAX_KEYS = 50_000
+#: Slack over a relay-wide budget: the tables' windows start a few microseconds apart.
+KEY_MARGIN = 64
+
+
+def limiters(c: RelayConfig) -> dict[str, AttemptLimiter]:
+    """Every attempt table a relay holds, each sized to what it can legitimately need.
+
+    A table whose every live key is also counted in a relay-wide budget (a failure
+    there, or an attempt in flight) never holds more live keys than that budget: the
+    per-account and per-address sign-in tables hold at most ``login_failures_global``
+    (an untrusted attempt reserves all three or none), the per-address code table at
+    most what the two code lanes let through in one ``session_code_window_s``. Their
+    ceilings follow from the settings, so the overflow entry is only a safety net
+    there. Devices and users have fixed ceilings (:data:`DEVICE_KEYS`,
+    :data:`USER_KEYS`); relay-wide budgets are one key."""
+    def bounded(n: int) -> int:
+        return min(MAX_KEYS, n + KEY_MARGIN)
+
+    code_windows = -(-c.session_code_window_s // c.session_code_global_window_s)
+    code_lanes = c.session_code_first_tries_global + c.session_code_failures_global
+    return {
+        "login_account": AttemptLimiter(c.login_failures_per_account, c.login_window_s,
+                                        bounded(c.login_failures_global)),
+        "login_address": AttemptLimiter(c.login_failures_per_address, c.login_window_s,
+                                        bounded(c.login_failures_global)),
+        "login_relay": AttemptLimiter(c.login_failures_global, c.login_window_s, 1),
+        "login_device": AttemptLimiter(c.login_device_failures, c.login_window_s,
+                                       DEVICE_KEYS),
+        # Signed-in users re-entering their password or a code: per user.
+        "reauth_user": AttemptLimiter(c.login_failures_per_account, c.login_window_s,
+                                      USER_KEYS),
+        "code_address": AttemptLimiter(c.session_code_failures_per_address,
+                                       c.session_code_window_s,
+                                       bounded(code_lanes * code_windows)),
+        "code_first_tries": AttemptLimiter(c.session_code_first_tries_global,
+                                           c.session_code_global_window_s, 1),
+        "code_repeat": AttemptLimiter(c.session_code_failures_global,
+                                      c.session_code_global_window_s, 1),
+    }
 
 
 class Busy(Exception):
-    """No argon2 turn within the wait: the check was not evaluated."""
+    """No argon2 turn within the wait: the check was not evaluated. ``reason``:
+    ``busy`` (queue full or wait over) or ``address_busy`` (the address already has
+    :data:`WAITING_PER_ADDRESS` checks waiting)."""
+
+    def __init__(self, reason: str = "busy") -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Argon2Gate:
@@ -67,7 +125,10 @@ class Argon2Gate:
     A check waits for a turn at most ``wait_s``, behind at most ``max_waiting``
     others; past either it is refused (:class:`Busy`) rather than queued without
     bound. Checks of known devices (``trusted``) have their own queue, served first: a
-    flood of strangers' guesses across many accounts cannot starve the owners.
+    flood of strangers' guesses across many accounts cannot starve the owners. In the
+    other queue, one ``owner`` (an address) may have at most
+    :data:`WAITING_PER_ADDRESS` checks waiting, so filling it takes as many addresses
+    as it has places.
 
     A turn is given back when the *thread* finishes, not when the awaiting request
     does: a client that disconnects mid-check cannot free a turn while its hash still
@@ -81,14 +142,19 @@ class Argon2Gate:
         self._queues: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (
             deque(), deque())  # trusted first, then the rest
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="argon2")
+        self._waiting: dict[str, int] = {}  # owner -> its checks waiting
 
-    async def _acquire(self, trusted: bool) -> None:
+    async def _acquire(self, trusted: bool, owner: str | None) -> None:
         if self._free > 0 and not any(self._queues):
             self._free -= 1
             return
         queue = self._queues[0 if trusted else 1]
         if len(queue) >= self.max_waiting:
             raise Busy
+        if owner is not None:
+            if self._waiting.get(owner, 0) >= WAITING_PER_ADDRESS:
+                raise Busy("address_busy")
+            self._waiting[owner] = self._waiting.get(owner, 0) + 1
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue.append(turn)
         try:
@@ -100,6 +166,11 @@ class Argon2Gate:
                 turn.cancel()
                 queue.remove(turn)
             raise
+        finally:
+            if owner is not None:
+                left = self._waiting.pop(owner) - 1
+                if left:
+                    self._waiting[owner] = left
         if not turn.done():
             turn.cancel()
             queue.remove(turn)
@@ -114,8 +185,11 @@ class Argon2Gate:
                     return
         self._free += 1
 
-    async def run(self, fn: Callable[..., T], *args: Any, trusted: bool = False) -> T:
-        await self._acquire(trusted)
+    async def run(self, fn: Callable[..., T], *args: Any, trusted: bool = False,
+                  owner: str | None = None) -> T:
+        """``fn(*args)`` in an argon2 thread once a turn is free; ``owner`` (untrusted
+        checks: the address key) is held to :data:`WAITING_PER_ADDRESS` waiting."""
+        await self._acquire(trusted, None if trusted else owner)
         try:
             future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
         except BaseException:
@@ -161,12 +235,12 @@ class AuthLimits:
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
         c = relay.config
-        self.by_account = AttemptLimiter(c.login_failures_per_account, c.login_window_s)
-        self.by_address = AttemptLimiter(c.login_failures_per_address, c.login_window_s)
-        self.untrusted = AttemptLimiter(c.login_failures_global, c.login_window_s)
-        self.by_device = AttemptLimiter(c.login_device_failures, c.login_window_s)
-        # Signed-in users re-entering their password or a code: per user.
-        self.by_user = AttemptLimiter(c.login_failures_per_account, c.login_window_s)
+        tables = limiters(c)
+        self.by_account = tables["login_account"]
+        self.by_address = tables["login_address"]
+        self.untrusted = tables["login_relay"]
+        self.by_device = tables["login_device"]
+        self.by_user = tables["reauth_user"]
         self.argon2 = Argon2Gate(c.argon2_concurrency, c.argon2_wait_s)
         self._devices = URLSafeTimedSerializer(relay.cookie_secret, salt="backline-device")
 
@@ -181,14 +255,15 @@ class AuthLimits:
             raise _busy(audited=False) from None
 
     async def _password(self, kind: str, username: str, password: str,
-                        trusted: bool = False) -> users.User | None:
+                        trusted: bool = False, owner: str | None = None
+                        ) -> users.User | None:
         counter, engine = self.relay.metrics.auth_checks.labels(kind), self.relay.engine
 
         def check() -> users.User | None:  # counted once it really runs
             counter.inc()
             return users.verify_password(engine, username, password)
 
-        return await self.argon2.run(check, trusted=trusted)
+        return await self.argon2.run(check, trusted=trusted, owner=owner)
 
     def _totp(self, user: users.User, code: str) -> bool:
         self.relay.metrics.auth_checks.labels("totp").inc()
@@ -217,9 +292,14 @@ class AuthLimits:
         outcome = "released"
         try:
             try:
-                user = await self._password("password", username, password, trusted)
-            except Busy:
-                self._refuse_login(address, username, "busy")
+                user = await self._password("password", username, password, trusted,
+                                            owner=address_key(address))
+            except Busy as busy:
+                if busy.reason == "address_busy":
+                    # Its own address's excess: counted against the address (never the
+                    # account), so a burst from one address soon meets its 429.
+                    self.by_address.fail(address_key(address))
+                self._refuse_login(address, username, busy.reason)
                 raise _busy() from None
             reason = "" if user else "bad_password"
             if user and user.totp_enabled:
@@ -239,7 +319,15 @@ class AuthLimits:
                                 reason=limit, address=address)
 
     def device_of(self, conn: HTTPConnection, username: str) -> str | None:
-        """The id of the valid device cookie ``conn`` holds for ``username``, if any."""
+        """The id of the valid device cookie ``conn`` holds for ``username``, if any.
+
+        Valid means signed by this relay, younger than ``login_device_days``, and bound
+        to the account as it is *now*: the user's id and creation time (a username
+        deleted and created again is another user, even where SQLite reuses the id) and
+        credential epoch (increased by a password change or reset and by disabling the
+        user), and the user not disabled. Anything else counts as no cookie at all. The
+        database is read only for a cookie whose signature holds, so strangers' requests
+        cost nothing more."""
         raw = conn.cookies.get(DEVICE_COOKIE)
         if not raw or len(raw) > 512:
             return None
@@ -247,16 +335,25 @@ class AuthLimits:
             data = self._devices.loads(raw, max_age=self.relay.config.login_device_days * 86400)
         except BadSignature:
             return None
-        if not isinstance(data, dict) or data.get("u") != username:
+        if not isinstance(data, dict):
             return None
-        device = data.get("d")
-        return device if isinstance(device, str) and len(device) <= 64 else None
+        device, bound = data.get("d"), (data.get("i"), data.get("c"), data.get("e"))
+        if not (isinstance(device, str) and len(device) <= 64):
+            return None
+        user = users.get_user(self.relay.engine, username=username)
+        if user is None or user.disabled \
+                or bound != (user.id, user.created_at, user.credential_epoch):
+            return None
+        return device
 
-    def device_cookie(self, conn: HTTPConnection, username: str) -> str:
-        """The ``Set-Cookie`` value that makes this browser a known device of
-        ``username`` (its id kept when it already was one)."""
-        device = self.device_of(conn, username) or secrets.token_urlsafe(16)
-        value = self._devices.dumps({"u": username, "d": device, "t": int(time.time())})
+    def device_cookie(self, conn: HTTPConnection, user: users.User) -> str:
+        """The ``Set-Cookie`` value that makes this browser a known device of ``user``
+        at its current credential epoch (its device id kept when it already was one).
+        ``user`` must be read after any change of its epoch (a password change)."""
+        device = self.device_of(conn, user.username) or secrets.token_urlsafe(16)
+        value = self._devices.dumps({"i": user.id, "c": user.created_at,
+                                     "e": user.credential_epoch, "d": device,
+                                     "t": int(time.time())})
         max_age = int(self.relay.config.login_device_days * 86400)
         return (f"{DEVICE_COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; Secure; "
                 "SameSite=Strict")
@@ -346,13 +443,10 @@ class JoinCodeLimits:
     """
 
     def __init__(self, config: RelayConfig) -> None:
-        c = config
-        self.by_address = AttemptLimiter(c.session_code_failures_per_address,
-                                         c.session_code_window_s)
-        self.first = AttemptLimiter(c.session_code_first_tries_global,
-                                    c.session_code_global_window_s)
-        self.repeat = AttemptLimiter(c.session_code_failures_global,
-                                     c.session_code_global_window_s)
+        tables = limiters(config)
+        self.by_address = tables["code_address"]
+        self.first = tables["code_first_tries"]
+        self.repeat = tables["code_repeat"]
 
     def _lane(self, key: str) -> tuple[AttemptLimiter, str]:
         if self.by_address.used(key) < FIRST_TRIES_PER_ADDRESS:
@@ -378,8 +472,11 @@ class JoinCodeLimits:
         return attempt
 
     def fail(self, address: str) -> None:
-        """Count a malformed join request as a wrong code."""
-        key = address_key(address)
-        lane, _ = self._lane(key)
-        self.by_address.fail(key)
-        lane.fail("*")
+        """Count a malformed join request as a wrong code, within the limits like any
+        other: when they are full it is refused anyway, and counting it past them
+        would let malformed requests from many addresses fill the per-address table
+        beyond what the lanes bound (see :func:`limiters`)."""
+        try:
+            self.reserve(address).settle("failed")
+        except CodeRateLimited:
+            pass

@@ -19,31 +19,43 @@ flood of fresh keys gets one budget between them, and a locked key stays locked.
 
 In memory per relay node: an attacker spreading guesses across nodes gets at most
 one budget per node, which the per-account limit keeps small.
+
+**Small entries.** An entry is a ``__slots__`` object with its failure times in an
+``array('d')`` of at most ``limit`` doubles, in a plain ``dict`` kept in touch order:
+about 200 bytes plus 8 per failure and the key (a ``deque`` and an ``OrderedDict``
+cost about 1 KiB an entry). Each table's ``max_keys`` is what it can legitimately
+hold (:mod:`backline.relay.auth_limits`), so all of them together stay within a few
+MiB; ``tests/test_limiter_memory.py`` measures it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
-from collections import OrderedDict, deque
+from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 #: The key every new key shares while the table is full of live entries.
 OVERFLOW_KEY = "\x00overflow"
 
 
-@dataclass
 class _Entry:
-    failures: deque[float] = field(default_factory=deque)
-    pending: int = 0
-    touched: float = 0.0
+    """One key: failure times inside the window (oldest first, at most ``limit``),
+    attempts in flight, and when it was last touched."""
+
+    __slots__ = ("failures", "pending", "touched")
+
+    def __init__(self) -> None:
+        self.failures = array("d")
+        self.pending = 0
+        self.touched = 0.0
 
 
 class AttemptLimiter:
-    """At most ``limit`` failed-or-in-flight attempts per key within ``window_s``."""
+    """At most ``limit`` failed-or-in-flight attempts per key within ``window_s``, for
+    at most ``max_keys`` keys (then new keys share :data:`OVERFLOW_KEY`)."""
 
-    def __init__(self, limit: int, window_s: float, max_keys: int = 100_000,
+    def __init__(self, limit: int, window_s: float, max_keys: int = 10_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if limit < 1 or window_s <= 0 or max_keys < 1:
             raise ValueError("limit, window_s and max_keys must be positive")
@@ -51,16 +63,21 @@ class AttemptLimiter:
         self.window_s = window_s
         self.max_keys = max_keys
         self._clock = clock
-        # Ordered by last touch, oldest first, so expired entries are found at the front.
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        # In touch order, oldest first (re-inserted on each touch), so expired entries
+        # are found at the front.
+        self._entries: dict[str, _Entry] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def _live(self, entry: _Entry, now: float) -> bool:
-        q = entry.failures
-        while q and q[0] <= now - self.window_s:
-            q.popleft()
+        q, cut, expired = entry.failures, now - self.window_s, 0
+        for t in q:
+            if t > cut:
+                break
+            expired += 1
+        if expired:
+            del q[:expired]
         return bool(q) or entry.pending > 0
 
     def _slot(self, key: str) -> str:
@@ -84,11 +101,11 @@ class AttemptLimiter:
             del self._entries[key]
 
     def _entry(self, key: str, now: float) -> _Entry:
-        entry = self._entries.get(key)
+        entry = self._entries.pop(key, None)
         if entry is None:
-            entry = self._entries[key] = _Entry()
+            entry = _Entry()
         entry.touched = now
-        self._entries.move_to_end(key)
+        self._entries[key] = entry  # to the end: the most recently touched
         return entry
 
     def retry_after(self, key: str) -> float:
@@ -127,10 +144,10 @@ class AttemptLimiter:
         entry.pending = max(0, entry.pending - 1)
         if failed:
             entry.failures.append(now)
-            while len(entry.failures) > self.limit:
-                entry.failures.popleft()
+            if len(entry.failures) > self.limit:
+                del entry.failures[:len(entry.failures) - self.limit]
         elif clear and slot != OVERFLOW_KEY:
-            entry.failures.clear()
+            del entry.failures[:]
         if not self._live(entry, now):
             del self._entries[slot]
 

@@ -20,6 +20,10 @@ users = sa.Table(
     sa.Column("totp_required", sa.Boolean, nullable=False, default=False),
     sa.Column("disabled", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    # Increased by a password change or reset and by disabling the user: device
+    # cookies carry it, so those issued before stop counting (migration 0005).
+    sa.Column("credential_epoch", sa.Integer, nullable=False, default=0,
+              server_default="0"),
 )
 
 web_sessions = sa.Table(

@@ -43,6 +43,12 @@ class User:
     totp_enabled: bool
     totp_required: bool
     disabled: bool
+    #: Increased by a password change or reset and by disabling the user (device
+    #: cookies are bound to it).
+    credential_epoch: int = 0
+    #: When the account was created: with the id, what tells a username deleted and
+    #: created again apart (SQLite may give the new row the old row's id).
+    created_at: float = 0.0
 
     @property
     def sees_all_agents(self) -> bool:
@@ -59,7 +65,8 @@ def _user(row: Any) -> User:
     return User(id=row.id, username=row.username, role=row.role,
                 must_change_password=bool(row.must_change_password),
                 totp_enabled=bool(row.totp_secret), totp_required=bool(row.totp_required),
-                disabled=bool(row.disabled))
+                disabled=bool(row.disabled), credential_epoch=int(row.credential_epoch or 0),
+                created_at=float(row.created_at))
 
 
 def generate_password() -> str:
@@ -118,8 +125,11 @@ def update_user(engine: sa.Engine, user_id: int, **changes: Any) -> User:
         raise UserError(f"only {', '.join(sorted(allowed))} can be changed here")
     if "role" in changes and changes["role"] not in ROLES:
         raise UserError(f"role must be one of {', '.join(ROLES)}")
+    values = dict(changes)
+    if changes.get("disabled"):  # the user's device cookies stop counting
+        values["credential_epoch"] = users.c.credential_epoch + 1
     with writing(engine) as conn:
-        done = conn.execute(users.update().where(users.c.id == user_id).values(**changes))
+        done = conn.execute(users.update().where(users.c.id == user_id).values(**values))
         if done.rowcount == 0:
             raise UserError("no such user")
     user = get_user(engine, user_id=user_id)
@@ -147,10 +157,14 @@ def verify_password(engine: sa.Engine, username: str, password: str) -> User | N
 
 def set_password(engine: sa.Engine, user_id: int, password: str,
                  must_change: bool = False) -> None:
+    """Replace the password (a change or a reset). The credential epoch goes up with
+    it: device cookies issued for the old password no longer give a sign-in lane of
+    their own (the old password may be what leaked)."""
     check_password_policy(password)
     with writing(engine) as conn:
         conn.execute(users.update().where(users.c.id == user_id).values(
-            password_hash=_hasher.hash(password), must_change_password=must_change))
+            password_hash=_hasher.hash(password), must_change_password=must_change,
+            credential_epoch=users.c.credential_epoch + 1))
 
 
 # --- TOTP --------------------------------------------------------------------------
