@@ -29,7 +29,6 @@ protocol (HTTP, WebSocket, control socket) is current by then.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 import ssl
@@ -41,13 +40,11 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from backline.relay import conn_limits
 from backline.relay.conn_limits import Conn, Gate
+from backline.relay.tls_socket import GatedListener
 
 log = logging.getLogger("backline.relay.conn_http")
 
-ACCEPTS_PER_WAKE = 64
-ACCEPT_PAUSE_S = 1.0
 SHUTDOWN_TIMEOUT_S = 5.0
-_ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 _HEAD, _BODY, _APP, _WS = "head", "body", "app", "ws"
 
@@ -227,49 +224,24 @@ class Guarded(asyncio.Protocol):
         self._transport.set_write_buffer_limits(high, low)
 
 
-class LoopListener:
+class LoopListener(GatedListener):
     """Accepts on ``sockets``, reserves each connection's slot in ``gate``, then runs
-    TLS (when ``context`` is set) with the event loop's own implementation.
-
-    Offers what uvicorn needs of an ``asyncio.Server``: ``sockets``, ``close`` and
-    ``wait_closed``."""
+    TLS (when ``context`` is set) with the event loop's own implementation."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket],
                  context: ssl.SSLContext | None,
                  protocol_factory: Callable[[], asyncio.Protocol], gate: Gate) -> None:
-        self.loop = loop
-        self.sockets = sockets
         self.context = context
         self.protocol_factory = protocol_factory
-        self.gate = gate
+        self.gate: Gate = gate
         self.starting: set[asyncio.Task[None]] = set()
-        self._closed = False
-        for sock in sockets:
-            sock.setblocking(False)
-            loop.add_reader(sock.fileno(), self._accept, sock)
+        super().__init__(loop, sockets, gate)
 
-    def _accept(self, listening: socket.socket) -> None:
-        for _ in range(ACCEPTS_PER_WAKE):
-            try:
-                sock, peer = listening.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
-            except OSError as exc:
-                if exc.errno in _ACCEPT_RESOURCE_ERRORS:
-                    log.error("accepting connections paused for %.0f s: %s",
-                              ACCEPT_PAUSE_S, exc)
-                    self.loop.remove_reader(listening.fileno())
-                    self.loop.call_later(ACCEPT_PAUSE_S, self._resume_accept, listening)
-                    return
-                log.debug("accept failed: %r", exc)
-                continue
-            conn = self.gate.admit(str(peer[0]) if isinstance(peer, tuple) else "unknown")
-            if conn is None:
-                sock.close()
-                continue
-            task = self.loop.create_task(self._start(sock, conn))
-            self.starting.add(task)
-            task.add_done_callback(self.starting.discard)
+    def _started(self, sock: socket.socket, slot: Conn | None) -> None:
+        assert slot is not None  # this listener always has a gate
+        task = self.loop.create_task(self._start(sock, slot))
+        self.starting.add(task)
+        task.add_done_callback(self.starting.discard)
 
     async def _start(self, sock: socket.socket, conn: Conn) -> None:
         kw: dict[str, Any] = {}
@@ -294,20 +266,7 @@ class LoopListener:
             conn.closed()
             sock.close()
 
-    def _resume_accept(self, listening: socket.socket) -> None:
-        if not self._closed:
-            self.loop.add_reader(listening.fileno(), self._accept, listening)
-
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for sock in self.sockets:
-            if sock.fileno() >= 0:
-                self.loop.remove_reader(sock.fileno())
-                sock.close()
-        for task in list(self.starting):
-            task.cancel()
-
-    async def wait_closed(self) -> None:
-        return None
+        if self._stop_listening():
+            for task in list(self.starting):
+                task.cancel()

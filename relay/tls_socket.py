@@ -467,24 +467,21 @@ class _Handshake:
             self.conn.closed()
 
 
-class TLSListener:
-    """Listening sockets whose connections get TLS via :class:`TLSTransport`.
+class GatedListener:
+    """What both TLS engines' listeners share: accept up to :data:`ACCEPTS_PER_WAKE`
+    connections a wake-up, pause accepting for a moment when descriptors or memory run
+    out (the backlog keeps the waiting clients) instead of spinning, and reserve each
+    connection's slot in ``gate`` (relay/conn_limits.py) *before* its TLS handshake, the
+    slow step a stranger controls. :meth:`_started` takes it from there.
 
     Offers what uvicorn needs of an ``asyncio.Server``: ``sockets``, ``close`` and
     ``wait_closed``."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket],
-                 context: ssl.SSLContext, protocol_factory: Callable[[], asyncio.Protocol],
-                 handshake_timeout: float = 15.0, gate: Gate | None = None) -> None:
+                 gate: Gate | None) -> None:
         self.loop = loop
-        # Counts and caps connections that have not authenticated (relay/conn_limits.py);
-        # a slot is taken here, before the handshake, the slow step a stranger controls.
-        self.gate = gate
         self.sockets = sockets
-        self.context = context
-        self.protocol_factory = protocol_factory
-        self.handshake_timeout = handshake_timeout
-        self.handshakes: set[_Handshake] = set()
+        self.gate = gate
         self._closed = False
         for sock in sockets:
             sock.setblocking(False)
@@ -493,13 +490,11 @@ class TLSListener:
     def _accept(self, listening: socket.socket) -> None:
         for _ in range(ACCEPTS_PER_WAKE):
             try:
-                conn, peer = listening.accept()
+                sock, peer = listening.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
                 if exc.errno in _ACCEPT_RESOURCE_ERRORS:
-                    # Out of descriptors or memory: stop accepting for a moment rather
-                    # than spin; the backlog keeps the waiting clients.
                     log.error("accepting connections paused for %.0f s: %s",
                               ACCEPT_PAUSE_S, exc)
                     self.loop.remove_reader(listening.fileno())
@@ -513,37 +508,66 @@ class TLSListener:
             if self.gate is not None:
                 slot = self.gate.admit(str(peer[0]) if isinstance(peer, tuple) else "unknown")
                 if slot is None:
-                    conn.close()  # refused (counted and audited by the gate)
+                    sock.close()  # refused (counted and audited by the gate)
                     continue
-            try:
-                conn.setblocking(False)
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                tls = self.context.wrap_socket(conn, server_side=True,
-                                               do_handshake_on_connect=False)
-            except (OSError, ssl.SSLError) as exc:
-                log.debug("dropped a connection before its handshake: %r", exc)
-                conn.close()
-                if slot is not None:
-                    slot.closed()
-                continue
-            _Handshake(self, tls, slot)
+            self._started(sock, slot)
+
+    def _started(self, sock: socket.socket, slot: Conn | None) -> None:
+        """Run the handshake of an accepted, admitted connection."""
+        raise NotImplementedError
 
     def _resume_accept(self, listening: socket.socket) -> None:
         if not self._closed:
             self.loop.add_reader(listening.fileno(), self._accept, listening)
 
-    def close(self) -> None:
+    def _stop_listening(self) -> bool:
+        """Stop accepting; ``False`` when that was done already."""
         if self._closed:
-            return
+            return False
         self._closed = True
         for sock in self.sockets:
-            self.loop.remove_reader(sock.fileno())
-            sock.close()
-        for handshake in list(self.handshakes):
-            handshake.fail("relay shutting down")
+            if sock.fileno() >= 0:
+                self.loop.remove_reader(sock.fileno())
+                sock.close()
+        return True
+
+    def close(self) -> None:
+        self._stop_listening()
 
     async def wait_closed(self) -> None:
         return None
+
+
+class TLSListener(GatedListener):
+    """Listening sockets whose connections get TLS via :class:`TLSTransport`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket],
+                 context: ssl.SSLContext, protocol_factory: Callable[[], asyncio.Protocol],
+                 handshake_timeout: float = 15.0, gate: Gate | None = None) -> None:
+        self.context = context
+        self.protocol_factory = protocol_factory
+        self.handshake_timeout = handshake_timeout
+        self.handshakes: set[_Handshake] = set()
+        super().__init__(loop, sockets, gate)
+
+    def _started(self, sock: socket.socket, slot: Conn | None) -> None:
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tls = self.context.wrap_socket(sock, server_side=True,
+                                           do_handshake_on_connect=False)
+        except (OSError, ssl.SSLError) as exc:
+            log.debug("dropped a connection before its handshake: %r", exc)
+            sock.close()
+            if slot is not None:
+                slot.closed()
+            return
+        _Handshake(self, tls, slot)
+
+    def close(self) -> None:
+        if self._stop_listening():
+            for handshake in list(self.handshakes):
+                handshake.fail("relay shutting down")
 
 
 def _safe(get: Callable[[], Any]) -> Any:

@@ -294,3 +294,15 @@ def browser_socket(relay: RelayProcess, api: Api, path: str) -> Iterator[Any]:
                  open_timeout=10,
                  additional_headers={"Origin": relay.url, "Cookie": cookie}) as ws:
         yield ws
+
+
+def served(relay: RelayProcess) -> tuple[str, str]:
+    """(certificate SHA-256, SPKI pin) of what the relay serves to a new connection."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", relay.port), 5) as raw, \
+            ctx.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True) or b""
+    from backline.common.tlspin import cert_fingerprint, spki_pin_der
+
+    return cert_fingerprint(der), spki_pin_der(der)

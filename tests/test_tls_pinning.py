@@ -17,7 +17,6 @@ import datetime as dt
 import ipaddress
 import json
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -30,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from backline.common import enrollment
-from backline.common.tlspin import cert_fingerprint, spki_pin_der
+from backline.common.tlspin import spki_pin_der
 from backline.relay import datadir
 from tests.harness import (
     AGENT,
@@ -38,26 +37,9 @@ from tests.harness import (
     RelayProcess,
     audit_actions,
     free_port,
+    served,
     wait_for,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-SSLYZE_PYTHON = ROOT / ".venv-sslyze" / "bin" / "python"
-INTERMEDIATE_TLS12 = {
-    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
-    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
-}
-
-
-def served(relay: RelayProcess) -> tuple[str, str]:
-    """(certificate SHA-256, SPKI pin) of what the relay serves to a new connection."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", relay.port), 5) as raw, \
-            ctx.wrap_socket(raw) as tls:
-        der = tls.getpeercert(binary_form=True) or b""
-    return cert_fingerprint(der), spki_pin_der(der)
 
 
 def state(agent: AgentProcess) -> dict[str, object]:

@@ -23,9 +23,8 @@ import pytest
 from cryptography import x509
 
 from backline.common import enrollment, tlspin
-from backline.common.tlspin import cert_fingerprint, spki_pin_der
 from backline.relay import datadir
-from tests.harness import RelayProcess, audit_actions, wait_for
+from tests.harness import RelayProcess, audit_actions, served, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SSLYZE_PYTHON = ROOT / ".venv-sslyze" / "bin" / "python"
@@ -34,16 +33,6 @@ INTERMEDIATE_TLS12 = {
     "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
     "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
 }
-
-
-def served(relay: RelayProcess) -> tuple[str, str]:
-    """(certificate SHA-256, SPKI pin) of what the relay serves to a new connection."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", relay.port), 5) as raw, \
-            ctx.wrap_socket(raw) as tls:
-        der = tls.getpeercert(binary_form=True) or b""
-    return cert_fingerprint(der), spki_pin_der(der)
 
 
 @pytest.mark.parametrize("engine", ["socket", "loop"])
