@@ -152,3 +152,31 @@ def test_a_deadline_hangs_up_reports_and_moves_without_new_timers() -> None:
         assert other.transport.aborted == 0  # type: ignore[union-attr]
 
     asyncio.run(main())
+
+
+def test_a_mass_expiry_hangs_up_in_batches_with_io_between() -> None:
+    """Two thousand connections admitted together expire together: they are hung up
+    EXPIRE_PER_TURN a turn of the loop, so a ready socket (here: a callback scheduled
+    meanwhile, as I/O would be) is served between batches, not after all of them."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        g = Gate(Limits(5000, 5000), loop)
+        transports = []
+        deadline = loop.time() + 0.05
+        for _ in range(2000):
+            conn = g.admit("192.0.2.10")
+            assert conn is not None
+            conn.transport = t = FakeTransport()
+            transports.append(t)
+            conn.deadline_at(deadline, conn_limits.REQUEST_HEAD)
+        aborted_when_served: list[int] = []
+        # Ready just after the deadlines, as a socket would be: served at the next turn.
+        loop.call_at(deadline + 0.0005, lambda: aborted_when_served.append(
+            sum(t.aborted for t in transports)))
+        await asyncio.sleep(0.3)
+        assert all(t.aborted == 1 for t in transports)
+        assert aborted_when_served and aborted_when_served[0] < 2000 // 2
+        assert g.timeouts == {"request_head": 2000}
+
+    asyncio.run(main())
