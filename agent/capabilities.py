@@ -104,7 +104,7 @@ async def diagnostics(process: Any, ctx: SessionContext) -> int | None:
     from backline.agent.diagnostics import netcheck
     from backline.agent.diagnostics.config import ConfigError, DiagnosticsConfig, load_config
     from backline.agent.diagnostics.engine import serve_subsystem
-    from backline.agent.diagnostics.request import RequestError, parse_request
+    from backline.common.diagnostics.request import RequestError, parse_request
 
     try:
         request = parse_request(await read_request(process))
@@ -138,7 +138,7 @@ async def read_request(process: Any, limit: int | None = None) -> str:
     or is not text."""
     import asyncio
 
-    from backline.agent.diagnostics.request import MAX_REQUEST_BYTES, RequestError
+    from backline.common.diagnostics.request import MAX_REQUEST_BYTES, RequestError
 
     most = MAX_REQUEST_BYTES if limit is None else limit
     parts: list[str] = []

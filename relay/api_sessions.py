@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from backline.agent.diagnostics.request import DiagnosticsRequest, RequestError, parse_sections
+from backline.common.diagnostics.request import DiagnosticsRequest, RequestError, parse_sections
 from backline.common.protocol import CAPABILITY_RE
 from backline.relay import agents
 from backline.relay import api_models as m

@@ -12,7 +12,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-from backline.agent.diagnostics.schema import SEVERITIES, ReportError, report_from_lines
+from backline.common.diagnostics.schema import SEVERITIES, ReportError, report_from_lines
 from backline.relay.db import writing
 from backline.relay.schema import diagnostics_reports
 

@@ -28,8 +28,8 @@ from backline.agent.diagnostics.config import (
     load_config,
     parse_endpoint,
 )
-from backline.agent.diagnostics.schema import SECTIONS, STATUSES, field_problems, to_json
 from backline.common import protocol
+from backline.common.diagnostics.schema import SECTIONS, STATUSES, field_problems, to_json
 from backline.common.tlspin import spki_pin_der
 from tests.harness import AGENT, free_port, staged_diagnostics
 

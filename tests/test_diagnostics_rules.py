@@ -14,7 +14,7 @@ import pytest
 from backline.agent.diagnostics import rules
 from backline.agent.diagnostics.config import DEFAULT_THRESHOLDS
 from backline.agent.diagnostics.rules import RuleError, evaluate, load_rules, parse_file
-from backline.agent.diagnostics.schema import (
+from backline.common.diagnostics.schema import (
     FIELDS,
     SECTIONS,
     Report,

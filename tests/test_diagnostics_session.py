@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 
 from backline.agent.diagnostics.engine import report_from_lines
-from backline.agent.diagnostics.schema import SECTIONS
+from backline.common.diagnostics.schema import SECTIONS
 from tests.harness import (
     AgentProcess,
     Api,

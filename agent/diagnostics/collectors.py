@@ -25,8 +25,8 @@ import psutil
 
 from backline.agent.diagnostics.config import DiagnosticsConfig
 from backline.agent.diagnostics.runner import in_thread
-from backline.agent.diagnostics.schema import CHEAP_SECTIONS, clean, number
 from backline.common import __version__
+from backline.common.diagnostics.schema import CHEAP_SECTIONS, clean, number
 
 Result = tuple[dict[str, Any], str]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from backline.agent.diagnostics.config import ENV_CONFIG, ConfigError, load_config
 from backline.agent.diagnostics.engine import collect
 from backline.agent.diagnostics.render import render_text
-from backline.agent.diagnostics.schema import to_json
+from backline.common.diagnostics.schema import to_json
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

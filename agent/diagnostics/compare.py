@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backline.agent.diagnostics.schema import Report
+from backline.common.diagnostics.schema import Report
 
 # The field that names an item, per list; lists not named here are keyed by position.
 ITEM_KEYS = {"mounts": "mountpoint", "interfaces": "name", "routes": "destination",

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backline.agent.diagnostics.schema import SECTIONS
+from backline.common.diagnostics.schema import SECTIONS
 
 ENV_CONFIG = "BACKLINE_AGENT_CONFIG"
 CONFIG_NAME = "agent.toml"

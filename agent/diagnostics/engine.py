@@ -32,7 +32,7 @@ from backline.agent.diagnostics.collectors import (
 from backline.agent.diagnostics.config import DiagnosticsConfig
 from backline.agent.diagnostics.rules import evaluate
 from backline.agent.diagnostics.runner import StillStuck
-from backline.agent.diagnostics.schema import (
+from backline.common.diagnostics.schema import (
     SCHEMA_ID,
     SCHEMA_VERSION,
     SECTIONS,

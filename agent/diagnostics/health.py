@@ -19,8 +19,8 @@ from typing import Any
 from backline.agent.diagnostics import netcheck
 from backline.agent.diagnostics.config import ConfigError, DiagnosticsConfig, load_config
 from backline.agent.diagnostics.engine import collect
-from backline.agent.diagnostics.schema import CHEAP_SECTIONS
 from backline.common import protocol
+from backline.common.diagnostics.schema import CHEAP_SECTIONS
 
 log = logging.getLogger("backline.agent.health")
 

@@ -24,8 +24,8 @@ import psutil
 from backline.agent.diagnostics.collectors import ClockReference, Context, Result
 from backline.agent.diagnostics.config import Endpoint, parse_endpoint
 from backline.agent.diagnostics.runner import in_thread, run_command, which
-from backline.agent.diagnostics.schema import clean, number
 from backline.common import __version__
+from backline.common.diagnostics.schema import clean, number
 from backline.common.tlspin import client_context, pin_matches
 
 MAX_INTERFACES = 32

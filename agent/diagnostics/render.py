@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import textwrap
 
-from backline.agent.diagnostics.schema import Report
+from backline.common.diagnostics.schema import Report
 
 WIDTH = 100
 _LABEL = {"critical": "CRITICAL", "warning": "WARNING", "info": "INFO"}

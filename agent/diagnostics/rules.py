@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from backline.agent.diagnostics.config import DEFAULT_THRESHOLDS
-from backline.agent.diagnostics.schema import (
+from backline.common.diagnostics.schema import (
     CHEAP_SECTIONS,
     FIELDS,
     MAX_EVIDENCE,

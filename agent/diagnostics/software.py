@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from backline.agent.diagnostics.collectors import Context, Result, Unavailable
 from backline.agent.diagnostics.runner import in_thread, run_command, which
-from backline.agent.diagnostics.schema import clean
+from backline.common.diagnostics.schema import clean
 
 MAX_LOG_LINES = 50
 MAX_SERVICES = 50

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from backline.agent.diagnostics.schema import SECTIONS
+from backline.common.diagnostics.schema import SECTIONS
 
 REQUEST_VERSION = 1
 #: A request is a few names; anything longer is not one.
