@@ -306,3 +306,22 @@ def served(relay: RelayProcess) -> tuple[str, str]:
     from backline.common.tlspin import cert_fingerprint, spki_pin_der
 
     return cert_fingerprint(der), spki_pin_der(der)
+
+
+def send_upgrade(sock: ssl.SSLSocket, path: str, host: str = "relay", extra: str = ""
+                 ) -> tuple[bytes, bytes]:
+    """Send a raw WebSocket upgrade of ``path`` on ``sock``; the answer's status line
+    and headers, and whatever came after them."""
+    import base64
+
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\n{extra}\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, head
+        head += chunk
+    response, _, rest = head.partition(b"\r\n\r\n")
+    return response, rest

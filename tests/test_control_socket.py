@@ -22,7 +22,7 @@ from websockets.sync.client import connect
 
 from backline.relay import wsframes
 from backline.relay.wsframes import FrameError, FrameReader
-from tests.harness import AgentProcess, Api, RelayProcess, bystander
+from tests.harness import AgentProcess, Api, RelayProcess, bystander, send_upgrade
 
 
 def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0,
@@ -163,16 +163,7 @@ def raw_upgrade(relay: RelayProcess, extra: str = "") -> tuple[ssl.SSLSocket, by
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     sock = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=10))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /agent/connect HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                  f"Sec-WebSocket-Key: {key}\r\n{extra}\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        assert chunk, head
-        head += chunk
-    response, _, rest = head.partition(b"\r\n\r\n")
+    response, rest = send_upgrade(sock, "/agent/connect", host, extra)
     return sock, response + b"\r\n\r\n" + rest
 
 

@@ -27,7 +27,7 @@ from backline.common import keys, protocol
 from backline.relay import ws_limits, wsframes
 from backline.relay.datadir import pem_fingerprint
 from backline.relay.wsframes import FrameReader
-from tests.harness import AgentProcess, RelayProcess, audit_actions, wait_for
+from tests.harness import AgentProcess, RelayProcess, audit_actions, send_upgrade, wait_for
 from tests.test_control_socket import _Sink, client_frame
 
 TEXT, BINARY, CONT = wsframes.OP_TEXT, wsframes.OP_BINARY, wsframes.OP_CONT
@@ -214,16 +214,7 @@ def upgrade(relay: RelayProcess, path: str, source: str | None = None, extra: st
             ) -> tuple[ssl.SSLSocket, bytes]:
     """A raw WebSocket upgrade; the socket and what came after the 101's headers."""
     sock = tls_socket(relay, source)
-    key = "dGhlIHNhbXBsZSBub25jZQ=="
-    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                  f"Sec-WebSocket-Key: {key}\r\n{extra}\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        assert chunk, head
-        head += chunk
-    response, _, rest = head.partition(b"\r\n\r\n")
+    response, rest = send_upgrade(sock, path, extra=extra)
     assert response.startswith(b"HTTP/1.1 101 "), response
     # The size guard is a wsproto extension in name only: never agreed, even if offered.
     assert b"sec-websocket-extensions" not in response.lower(), response
