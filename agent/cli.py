@@ -14,17 +14,19 @@ from backline.agent import session_commands
 from backline.agent.control import run_forever
 from backline.agent.diagnostics import command as diagnose_command
 from backline.agent.enroll import EnrollError, enroll
+
+# Distinct exit codes, so scripts can tell failures apart (one table: agent/exit_codes.py).
+from backline.agent.exit_codes import (
+    EXIT_NOT_ENROLLED,
+    EXIT_PIN,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
 from backline.agent.link import RelayUnreachable
 from backline.agent.state import StateDir, default_state_dir
 from backline.common import __version__
 from backline.common.tlspin import PinMismatch, format_fingerprint
-
-# Distinct exit codes, so scripts can tell failures apart.
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_PIN = 4
-EXIT_REFUSED = 5
-EXIT_NOT_ENROLLED = 6
 
 
 def _parser() -> argparse.ArgumentParser:

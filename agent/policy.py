@@ -31,20 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backline.common.protocol import CAPABILITY_RE
+from backline.common.capabilities import CAPABILITY_RE, DEFAULT_DECISIONS
 
 ENV_POLICY = "BACKLINE_AGENT_POLICY"
 POLICY_NAME = "policy.toml"
 SYSTEM_POLICY = Path("/etc/backline/policy.toml")
 DECISIONS = ("allow", "ask", "deny")
-DEFAULTS: dict[str, str] = {
-    "info": "allow",
-    "diagnostics": "allow",
-    "shell": "deny",
-    "fix": "ask",
-    "cobrowse": "ask",
-    "sftp": "deny",
-}
+#: A capability the file does not name gets its default (common/capabilities.py).
+DEFAULTS: dict[str, str] = dict(DEFAULT_DECISIONS)
 DEFAULT_ASK_TIMEOUT_S = 60.0
 
 

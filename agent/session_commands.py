@@ -25,12 +25,14 @@ from backline.common.tlspin import BadPin, PinMismatch, Trust, public_ca_name
 
 log = logging.getLogger("backline.agent")
 
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_PIN = 4
-EXIT_REFUSED = 5
-EXIT_NOT_RUNNING = 6
-EXIT_DECLINED = 7
+from backline.agent.exit_codes import (  # noqa: E402
+    EXIT_DECLINED,
+    EXIT_NOT_RUNNING,
+    EXIT_PIN,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -26,12 +26,13 @@ import asyncssh
 
 from backline.agent.capabilities import Registry, SessionContext
 from backline.agent.consent import Asker, question
+from backline.common.capabilities import ChannelExit
 from backline.common.wstunnel import ABORT_FLUSH_S, SSH_WINDOW, WebSocketTunnel
 
 log = logging.getLogger("backline.agent.ssh")
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
-EXIT_REFUSED = 77  # EX_NOPERM: the channel opened, then the customer or policy said no
+EXIT_REFUSED = ChannelExit.REFUSED
 LOGIN_TIMEOUT_S = 15
 CUSTOMER_ENDED = "ended by the customer"
 END_GRACE_S = 2.0
@@ -192,7 +193,7 @@ class AgentSSHServer(asyncssh.SSHServer):
         started = time.perf_counter()
         status = 1
         try:
-            result = await cap.handler(process, self.ctx)
+            result = await cap.load()(process, self.ctx)
             status = 0 if result is None else int(result)
         except (asyncssh.Error, ConnectionError, BrokenPipeError) as exc:
             log.info("channel %s ended early: %s", name, exc)

@@ -37,6 +37,7 @@ import asyncssh
 import sqlalchemy as sa
 
 from backline.common import protocol, sessioncode
+from backline.common.capabilities import DEFAULT_GRANTS, KNOWN, ChannelExit
 from backline.common.wstunnel import ABORT_FLUSH_S, SSH_WINDOW, WebSocketTunnel
 from backline.relay.auth_limits import JoinCodeLimits
 from backline.relay.db import writing
@@ -49,10 +50,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("backline.relay.sessions")
 
 # What a session may be allowed to do; the agent's policy decides what it does.
-CAPABILITIES = ("info", "diagnostics", "fix", "cobrowse", "sftp", "shell")
-DEFAULT_CAPABILITIES = ("info", "diagnostics", "fix", "cobrowse")
+CAPABILITIES = KNOWN
+DEFAULT_CAPABILITIES = DEFAULT_GRANTS
 OPEN_STATES = ("consent", "dialing", "ready")
-EXIT_REFUSED = 77  # the agent's "opened, then refused" exit status
+EXIT_REFUSED = ChannelExit.REFUSED  # the agent's "opened, then refused" exit status
 MAX_OUTPUT = 8 * 1024 * 1024
 MAX_STDERR = 16 * 1024
 SSH_TIMEOUT_S = 10.0

@@ -15,7 +15,8 @@ import asyncssh
 import pytest
 
 from backline.agent.activity import ActivityLog
-from backline.agent.capabilities import Registry, SessionContext, info
+from backline.agent.capabilities import Registry, SessionContext
+from backline.agent.capabilities.info import run as info
 from backline.agent.consent import Answer
 from backline.agent.policy import Policy, from_table
 from backline.agent.sshserver import EXIT_REFUSED, ServerSettings, serve
@@ -231,7 +232,7 @@ async def test_passwords_and_keyboard_interactive_are_not_offered(tmp_path: Path
 @run_async
 async def test_diagnostics_request_is_validated_by_the_agent(tmp_path: Path) -> None:
     """The relay validates the request too; the agent must not rely on that."""
-    from backline.agent.capabilities import diagnostics
+    from backline.agent.capabilities.diagnostics import run as diagnostics
 
     kit = Kit(tmp_path, policy=from_table({"capabilities": {"diagnostics": "allow"}}))
     kit.registry.register("diagnostics", diagnostics)

@@ -1,4 +1,4 @@
-"""Capabilities: what a technician can do on this machine, one SSH subsystem each.
+"""What every capability room on the agent shares: the session context and the registry.
 
 A capability is a name (``info``, ``diagnostics``, ``fix``, ...) and an async handler
 that gets the asyncssh server process of its channel (text, UTF-8: ``process.stdout
@@ -7,26 +7,25 @@ that gets the asyncssh server process of its channel (text, UTF-8: ``process.std
 calls ``process.exit()`` itself. It runs only after the local policy said yes
 (:mod:`backline.agent.sshserver` makes sure of that), so handlers never check policy.
 
-Other parts of the agent add theirs with :meth:`Registry.register`; the built-in
-``info`` keeps the session machinery testable on its own.
+Each capability is one module of this package (``info.py``, ``diagnostics.py``, ...).
+The registry knows them by name and imports a module only when a session first opens
+its channel, so an idle agent holds none of their machinery (the diagnostics
+collectors, later a browser driver). Tests and extensions add handlers of their own
+with :meth:`Registry.register`.
 """
 
 from __future__ import annotations
 
-import json
-import platform
-import sys
-import time
+import asyncio
+import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from backline.agent.activity import ActivityLog
-from backline.agent.facts import gather
 from backline.agent.policy import Policy
-from backline.common import __version__
-from backline.common.protocol import CAPABILITY_RE
+from backline.common.capabilities import CAPABILITY_RE, ChannelExit
 
 
 @dataclass(frozen=True)
@@ -49,11 +48,20 @@ class SessionContext:
 Handler = Callable[[Any, SessionContext], Awaitable[int | None]]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Capability:
+    """A name and its handler; ``target`` (``module:function``) is imported on first use."""
+
     name: str
-    handler: Handler
+    handler: Handler | None = None
     summary: str = ""
+    target: str = ""
+
+    def load(self) -> Handler:
+        if self.handler is None:
+            module, _, attr = self.target.partition(":")
+            self.handler = getattr(importlib.import_module(module), attr)
+        return self.handler
 
 
 class Registry:
@@ -68,6 +76,12 @@ class Registry:
             raise ValueError(f"capability {name!r} is already registered")
         self._by_name[name] = Capability(name, handler, summary)
 
+    def register_lazy(self, name: str, target: str, summary: str = "") -> None:
+        """Register ``module:function``, imported the first time a channel needs it."""
+        if not CAPABILITY_RE.fullmatch(name):
+            raise ValueError(f"{name!r} is not a capability name (short, lowercase)")
+        self._by_name[name] = Capability(name, None, summary, target)
+
     def get(self, name: str) -> Capability | None:
         return self._by_name.get(name)
 
@@ -78,55 +92,7 @@ class Registry:
         return name in self._by_name
 
 
-# --- built-ins ---------------------------------------------------------------------
-
-
-async def info(process: Any, ctx: SessionContext) -> int:
-    """One JSON object about this agent and session; reads nothing private."""
-    body = {
-        "agent": {**gather(), "version": __version__, "python": platform.python_version(),
-                  "platform": sys.platform},
-        "session": {"id": ctx.session_id, "principal": ctx.principal, "mode": ctx.mode,
-                    "technician": ctx.technician, "capabilities": list(ctx.capabilities)},
-        "policy": {"source": ctx.policy.source, "capabilities": ctx.policy.summary()},
-        "time": round(time.time(), 3),
-    }
-    process.stdout.write(json.dumps(body, ensure_ascii=False) + "\n")
-    await process.stdout.drain()
-    return 0
-
-
-async def diagnostics(process: Any, ctx: SessionContext) -> int | None:
-    """The diagnostics report as JSON lines (``agent/diagnostics``), streamed.
-
-    The relay first sends a small request (which sections) and closes its side; a
-    request this agent cannot honour gets one ``error`` line and exit status 2."""
-    from backline.agent.diagnostics import netcheck
-    from backline.agent.diagnostics.config import ConfigError, DiagnosticsConfig, load_config
-    from backline.agent.diagnostics.engine import serve_subsystem
-    from backline.common.diagnostics.request import RequestError, parse_request
-
-    try:
-        request = parse_request(await read_request(process))
-    except RequestError as exc:
-        ctx.log.record("diagnostics.bad_request", session_id=ctx.session_id,
-                       detail=str(exc)[:300])
-        process.stdout.write(json.dumps({"type": "error", "error": "bad_request",
-                                         "detail": str(exc)}) + "\n")
-        await process.stdout.drain()
-        return EXIT_BAD_REQUEST
-    try:
-        config = load_config(ctx.state_root)
-    except ConfigError as exc:
-        ctx.log.record("diagnostics.config_error", session_id=ctx.session_id,
-                       detail=str(exc)[:300])
-        config = DiagnosticsConfig()
-    await serve_subsystem(process, config, clock=netcheck.relay_clock(),
-                          only=request.sections)
-    return None
-
-
-EXIT_BAD_REQUEST = 2
+EXIT_BAD_REQUEST = ChannelExit.BAD_REQUEST
 #: How long the agent waits for the request (the relay sends it at once).
 REQUEST_WAIT_S = 10.0
 
@@ -136,8 +102,6 @@ async def read_request(process: Any, limit: int | None = None) -> str:
 
     Raises ``RequestError`` when the request is too large, does not arrive in time,
     or is not text."""
-    import asyncio
-
     from backline.common.diagnostics.request import MAX_REQUEST_BYTES, RequestError
 
     most = MAX_REQUEST_BYTES if limit is None else limit
@@ -157,16 +121,3 @@ async def read_request(process: Any, limit: int | None = None) -> str:
     except UnicodeDecodeError:
         raise RequestError("the request is not UTF-8 text") from None
     raise RequestError(f"the request is larger than {most} bytes")
-
-
-def builtin_registry() -> Registry:
-    registry = Registry()
-    registry.register("info", info, "who this agent is and what its policy allows")
-    try:
-        from backline.agent.diagnostics import engine  # noqa: F401 - present?
-    except ImportError:
-        pass
-    else:
-        registry.register("diagnostics", diagnostics,
-                          "what is wrong with this machine (JSON lines, streamed)")
-    return registry

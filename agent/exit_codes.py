@@ -1,0 +1,11 @@
+"""Exit statuses of the ``backline-agent`` command line (not of capability channels,
+whose statuses are :class:`backline.common.capabilities.ChannelExit`)."""
+
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_PIN = 4
+#: The relay (or the customer) refused what the command asked.
+EXIT_REFUSED = 5
+EXIT_NOT_ENROLLED = 6
+EXIT_NOT_RUNNING = 6
+EXIT_DECLINED = 7
