@@ -249,7 +249,7 @@ def _variant_config(name: str) -> None:
     """Patch the relay's uvicorn settings for one experiment (never used by default)."""
     import uvicorn
 
-    from backline.relay import server
+    from backline.relay.net import server
 
     original = server.uvicorn_config
     changes: dict[str, Any] = {}

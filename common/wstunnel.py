@@ -13,7 +13,7 @@ applies back-pressure the asyncio way: past ``high_water`` buffered bytes it cal
 the protocol's ``pause_writing()``, below ``low_water`` ``resume_writing()``, while
 the WebSocket's own send waits for the socket to drain.
 
-One caveat, measured in tests/test_wstunnel.py: asyncssh 2.24's connection object
+One caveat, measured in tests/unit/test_wstunnel.py: asyncssh 2.24's connection object
 treats ``pause_writing()`` as a no-op. What really bounds the bytes queued in a
 tunnel is SSH's flow control: a sender may not have more in flight on a channel than
 the window its peer advertised. Both ends therefore set the window explicitly

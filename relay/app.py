@@ -17,12 +17,15 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backline.relay import api, api_sessions, openapi, reports, tls_identity
-from backline.relay.console_socket import live_endpoint
+from backline.relay import tls_identity
+from backline.relay.api import openapi, reports
+from backline.relay.api import resources as api
+from backline.relay.api import sessions as api_sessions
+from backline.relay.api.live_socket import live_endpoint
 from backline.relay.control import connect_endpoint, enroll_endpoint
 from backline.relay.datadir import CERT_WARN_DAYS
 from backline.relay.logfmt import frames_only
-from backline.relay.session_sockets import join_endpoint, tunnel_endpoint
+from backline.relay.sessions.sockets import join_endpoint, tunnel_endpoint
 from backline.relay.state import Relay
 from backline.relay.webauth import allowed_origins
 

@@ -116,8 +116,8 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
 ) -> None:
     """Run the relay (initialising it on first start)."""
-    from backline.relay.server import listen
-    from backline.relay.server import serve as run_server
+    from backline.relay.net.server import listen
+    from backline.relay.net.server import serve as run_server
 
     cfg = _load(data_dir, config, listen_host=host, listen_port=port)
     # Listen before anything slow (the launcher has usually bound already, before the

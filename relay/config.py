@@ -97,7 +97,7 @@ class RelayConfig:
     # /agent/join) may stay silent before its first message; then it is closed, audited.
     agent_first_frame_timeout_s: float = 10.0
     event_loop: str = "auto"
-    # Who runs TLS: "socket" (OpenSSL on the socket, relay/tls_socket.py: about half
+    # Who runs TLS: "socket" (OpenSSL on the socket, relay/net/tls_socket.py: about half
     # the CPU per heartbeat) or "loop" (the event loop's own TLS, as uvicorn does it).
     tls_engine: str = "socket"
     # Connections that have not authenticated (docs/operator-guide.md, "Connection

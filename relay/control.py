@@ -19,10 +19,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from backline.common import keys, protocol
 from backline.common.protocol import ProtocolError
-from backline.relay import agents, conn_limits, tokens
+from backline.relay import agents, tokens
 from backline.relay.agents import Connected
-from backline.relay.control_socket import LeanSocket
 from backline.relay.db import writing
+from backline.relay.net import conn_limits
+from backline.relay.net.control_socket import LeanSocket
 from backline.relay.state import Relay
 from backline.relay.webauth import client_address
 

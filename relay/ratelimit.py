@@ -25,7 +25,7 @@ one budget per node, which the per-account limit keeps small.
 about 200 bytes plus 8 per failure and the key (a ``deque`` and an ``OrderedDict``
 cost about 1 KiB an entry). Each table's ``max_keys`` is what it can legitimately
 hold (:mod:`backline.relay.auth_limits`), so all of them together stay within a few
-MiB; ``tests/test_limiter_memory.py`` measures it.
+MiB; ``tests/unit/test_limiter_memory.py`` measures it.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from backline.relay.config import RelayConfig
 from backline.relay.datadir import DataDir
 from backline.relay.db import make_engine, migrate
 from backline.relay.live import LiveBus
-from backline.relay.sessions import SessionManager
+from backline.relay.sessions.manager import SessionManager
 from backline.relay.tls_identity import TlsIdentity
 from backline.relay.webhooks import WebhookSender
 

@@ -20,8 +20,9 @@ import sqlalchemy as sa
 from itsdangerous import BadSignature, URLSafeSerializer
 from starlette.requests import HTTPConnection
 
-from backline.relay import conn_limits, tokens, users
+from backline.relay import tokens, users
 from backline.relay.db import writing
+from backline.relay.net import conn_limits
 from backline.relay.roles import ROLE_PERMISSIONS
 from backline.relay.schema import web_sessions
 

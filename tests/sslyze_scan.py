@@ -1,6 +1,6 @@
 """Scan one TLS server with sslyze and print the verdict as one JSON object.
 
-Run by tests/test_tls_policy.py with ``.venv-sslyze/bin/python`` (scripts/setup makes
+Run by tests/integration/test_tls_policy.py with ``.venv-sslyze/bin/python`` (scripts/setup makes
 that venv): sslyze pins its own ``cryptography`` and ``pydantic``, which conflict with
 the project's, so it cannot live in ``.venv``. Usage: ``sslyze_scan.py HOST PORT
 [CA_FILE]``: a self-signed relay is its own trust anchor (agents trust it by its key

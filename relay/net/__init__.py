@@ -1,0 +1,1 @@
+"""The relay's transport engine (filled in below)."""

@@ -1,0 +1,1 @@
+"""Live sessions: states, the manager, the tunnel, channels and session codes."""

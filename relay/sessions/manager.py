@@ -1,0 +1,785 @@
+"""Support sessions on the relay: open, dial, SSH over the tunnel, channels, close.
+
+A session is a row in ``support_sessions`` (what the console lists and auditors
+read) and, while it is open, a :class:`LiveSession` on the node that holds its SSH
+connection. The life of a managed session:
+
+1. a technician opens it (API): the relay writes the row, makes a one-time tunnel
+   token and sends ``dial`` on the agent's control socket;
+2. the agent opens ``/agent/tunnel/{id}`` and sends the token; the relay runs an SSH
+   *client* over that WebSocket, checking the agent's host key against the key it
+   enrolled with and presenting a fresh certificate from the relay CA (key id = the
+   technician, principal = the agent, all extensions off but what the session needs);
+3. SSH ready: the technician runs capabilities, one SSH channel each;
+4. it ends when the technician closes it, the customer ends it, it idles out or
+   reaches its maximum length, the tunnel is lost, or the relay stops.
+
+An attended session starts from a code instead (``create_code``); the customer's
+``backline-agent join`` redeems it on ``/agent/join`` and, once they accept, the
+same dial-tunnel-SSH path follows. Every step, refusal and channel is audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+import sqlalchemy as sa
+
+from backline.common import protocol, sessioncode
+from backline.common.capabilities import DEFAULT_GRANTS, KNOWN, ChannelExit
+from backline.common.wstunnel import ABORT_FLUSH_S, SSH_WINDOW, WebSocketTunnel
+from backline.relay.auth_limits import JoinCodeLimits
+from backline.relay.db import writing
+from backline.relay.schema import support_sessions
+from backline.relay.sshca import RelayCA, host_key_from_raw
+
+if TYPE_CHECKING:
+    from backline.relay.state import Relay
+
+log = logging.getLogger("backline.relay.sessions.manager")
+
+# What a session may be allowed to do; the agent's policy decides what it does.
+CAPABILITIES = KNOWN
+DEFAULT_CAPABILITIES = DEFAULT_GRANTS
+OPEN_STATES = ("consent", "dialing", "ready")
+EXIT_REFUSED = ChannelExit.REFUSED  # the agent's "opened, then refused" exit status
+MAX_OUTPUT = 8 * 1024 * 1024
+MAX_STDERR = 16 * 1024
+SSH_TIMEOUT_S = 10.0
+CLOSE_SHUTDOWN = 1012
+
+
+class SessionError(Exception):
+    """A refusal or failure with an HTTP status, a stable code and a sentence.
+
+    ``audited`` when it was recorded where it arose (``session.channel.refused`` /
+    ``.failed``, with the capability and agent): the API then does not record it again.
+    """
+
+    def __init__(self, status: int, code: str, detail: str, audited: bool = False) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.audited = audited
+
+
+class CodeRefused(Exception):
+    """A session code that does not open anything; ``reason`` is for the audit only."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _speaker(principal: str) -> str:
+    """The audit actor of a session principal: an enrolled agent, or an attended one."""
+    return f"agent:{principal}" if principal.startswith("ag_") else f"customer:{principal}"
+
+
+def new_session_id() -> str:
+    return "ss_" + secrets.token_urlsafe(15)
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(eq=False)
+class LiveSession:
+    id: str
+    mode: str
+    principal: str
+    group_id: int | None
+    technician: str
+    opened_by: str
+    reason: str
+    ticket: str
+    capabilities: tuple[str, ...]
+    host_key: asyncssh.SSHKey
+    valid_until: float
+    opened_at: float = field(default_factory=time.time)
+    state: str = "dialing"
+    token_hash: str = ""
+    ssh: asyncssh.SSHClientConnection | None = None
+    tunnel: WebSocketTunnel | None = None
+    notify: Callable[[str], Awaitable[Any]] | None = None
+    last_activity: float = field(default_factory=time.monotonic)
+    active_channels: int = 0
+    channels: int = 0
+    ready_at: float | None = None
+    cert_serial: int | None = None
+    closing: bool = False
+    lost: BaseException | None = None
+    remote_address: str = ""
+    ready: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        # Nobody may await an attended session's readiness: never warn about it.
+        self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+
+class _Client(asyncssh.SSHClient):
+    """Remembers why the agent's side ended the connection."""
+
+    def __init__(self, session: LiveSession) -> None:
+        self.session = session
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.lost = exc
+
+
+class SessionManager:
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        cfg = relay.config
+        self.ca = RelayCA(relay.datadir.ca_key)
+        self.codes = JoinCodeLimits(cfg)
+        self._live: dict[str, LiveSession] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        relay.metrics.sessions.set_function(lambda: len(self._live))
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def get(self, session_id: str) -> LiveSession | None:
+        return self._live.get(session_id)
+
+    def live(self) -> list[LiveSession]:
+        return list(self._live.values())
+
+    # --- the database ------------------------------------------------------------------
+
+    def _update(self, session_id: str, **values: Any) -> None:
+        with writing(self.relay.engine) as conn:
+            conn.execute(support_sessions.update()
+                         .where(support_sessions.c.id == session_id).values(**values))
+
+    def row(self, session_id: str) -> dict[str, Any] | None:
+        with self.relay.engine.connect() as conn:
+            r = conn.execute(sa.select(support_sessions).where(
+                support_sessions.c.id == session_id[:64])).mappings().first()
+        return self.public(r) if r else None
+
+    def rows(self, *, state: str | None = None, agent_id: str | None = None,
+             limit: int = 100, group_ids: set[int] | None = None,
+             technician: str = "") -> list[dict[str, Any]]:
+        """Newest first. With ``group_ids`` (a technician's grants), only sessions on
+        those groups' agents or opened by ``technician``."""
+        q = sa.select(support_sessions).order_by(support_sessions.c.created_at.desc()).limit(limit)
+        if group_ids is not None:
+            q = q.where(sa.or_(support_sessions.c.group_id.in_(group_ids or {-1}),
+                               support_sessions.c.technician == technician))
+        if agent_id:
+            q = q.where(support_sessions.c.agent_id == agent_id)
+        if state == "open":
+            q = q.where(support_sessions.c.state.in_(OPEN_STATES))
+        elif state:
+            q = q.where(support_sessions.c.state == state)
+        with self.relay.engine.connect() as conn:
+            return [self.public(r) for r in conn.execute(q).mappings()]
+
+    def public(self, r: Any) -> dict[str, Any]:
+        state = r["state"]
+        if state == "waiting" and (r["code_expires_at"] or 0) <= time.time():
+            state = "expired"
+        live = self._live.get(r["id"])
+        setup_ms = (round((r["ready_at"] - r["opened_at"]) * 1000, 1)
+                    if r["ready_at"] and r["opened_at"] else None)
+        return {
+            "id": r["id"], "mode": r["mode"], "agent_id": r["agent_id"],
+            "group_id": r["group_id"], "technician": r["technician"],
+            "reason": r["reason"], "ticket": r["ticket"],
+            "capabilities": [c for c in r["capabilities"].split(",") if c],
+            "state": state, "created_at": r["created_at"], "opened_at": r["opened_at"],
+            "ready_at": r["ready_at"], "closed_at": r["closed_at"],
+            "close_reason": r["close_reason"], "setup_ms": setup_ms,
+            "code_expires_at": r["code_expires_at"] if r["mode"] == "attended" else None,
+            "remote_hostname": r["remote_hostname"], "remote_address": r["remote_address"],
+            "channels": live.channels if live else None,
+        }
+
+    def _close_stale(self) -> None:
+        """Sessions this node held when it stopped without closing them (a crash).
+
+        Only the serving process may do this (from :meth:`reaper`): command-line tools
+        open the same relay state while the server runs."""
+        now = time.time()
+        node = self.relay.origin
+        with writing(self.relay.engine) as conn:
+            stale = [r.id for r in conn.execute(sa.select(support_sessions.c.id).where(
+                support_sessions.c.node == node, support_sessions.c.state.in_(OPEN_STATES)))]
+            if stale:
+                conn.execute(support_sessions.update()
+                             .where(support_sessions.c.id.in_(stale))
+                             .values(state="closed", closed_at=now, close_reason="relay_restart"))
+        for session_id in stale:
+            self.relay.record("system", "session.end", f"session:{session_id}",
+                              reason="relay_restart")
+
+    # --- events --------------------------------------------------------------------
+
+    def _event(self, kind: str, session: LiveSession, **details: Any) -> None:
+        row = self.row(session.id)
+        self.relay.bus.publish({"type": "session", "event": kind, "group_id": session.group_id,
+                                "technician": session.technician, "session": row})
+        webhooks = getattr(self.relay, "webhooks", None)
+        if webhooks is not None and row is not None:
+            with contextlib.suppress(Exception):
+                webhooks.submit(f"session.{kind}", {"session": row, **details})
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- opening -------------------------------------------------------------------
+
+    def _new_live(self, *, mode: str, principal: str, group_id: int | None, technician: str,
+                  opened_by: str, reason: str, ticket: str, capabilities: tuple[str, ...],
+                  host_key_raw: bytes, session_id: str | None = None) -> LiveSession:
+        now = time.time()
+        session = LiveSession(
+            id=session_id or new_session_id(), mode=mode, principal=principal,
+            group_id=group_id, technician=technician, opened_by=opened_by, reason=reason,
+            ticket=ticket, capabilities=capabilities, host_key=host_key_from_raw(host_key_raw),
+            valid_until=now + self.relay.config.session_max_hours * 3600, opened_at=now)
+        self._live[session.id] = session
+        return session
+
+    def _dial_message(self, session: LiveSession) -> str:
+        token = secrets.token_urlsafe(32)
+        session.token_hash = _token_hash(token)
+        session.state = "dialing"
+        url = self.relay.origin.replace("https://", "wss://", 1) + f"/agent/tunnel/{session.id}"
+        return protocol.encode("dial", session_id=session.id, url=url, token=token,
+                               technician=session.technician, reason=session.reason,
+                               ticket=session.ticket, capabilities=list(session.capabilities))
+
+    async def open_managed(self, agent: dict[str, Any], host_key_raw: bytes, technician: str,
+                           actor: str, reason: str, ticket: str,
+                           capabilities: tuple[str, ...], address: str) -> dict[str, Any]:
+        """Dial the agent and wait (bounded) until SSH is ready; the session's row."""
+        conn = self.relay.presence.get(agent["id"])
+        if conn is None:
+            raise SessionError(409, "offline", "the agent is offline")
+        session = self._new_live(mode="managed", principal=agent["id"],
+                                 group_id=agent["group_id"], technician=technician,
+                                 opened_by=actor, reason=reason, ticket=ticket,
+                                 capabilities=capabilities, host_key_raw=host_key_raw)
+        with writing(self.relay.engine) as db:
+            db.execute(support_sessions.insert().values(
+                id=session.id, mode="managed", agent_id=agent["id"], group_id=agent["group_id"],
+                technician=technician, opened_by=actor, reason=reason, ticket=ticket,
+                capabilities=",".join(capabilities), state="dialing", node=self.relay.origin,
+                created_at=session.opened_at, opened_at=session.opened_at))
+        self.relay.record(actor, "session.open", f"session:{session.id}", agent=agent["id"],
+                          mode="managed", reason=reason, ticket=ticket,
+                          capabilities=list(capabilities), address=address)
+        session.notify = conn.send
+        try:
+            await conn.send(self._dial_message(session))
+        except Exception as exc:
+            await self.close(session, "dial_failed", f"control socket: {type(exc).__name__}")
+        return await self.wait_ready(session)
+
+    async def wait_ready(self, session: LiveSession) -> dict[str, Any]:
+        timeout = self.relay.config.session_open_timeout_s
+        try:
+            await asyncio.wait_for(asyncio.shield(session.ready), timeout)
+        except TimeoutError:
+            await self.close(session, "dial_timeout", f"no SSH session within {timeout:g} s")
+            raise SessionError(504, "timeout", f"the agent did not open the session within "
+                                               f"{timeout:g} s") from None
+        except SessionError:
+            raise
+        row = self.row(session.id)
+        assert row is not None
+        return row
+
+    def from_agent(self, principal: str, msg: dict[str, Any]) -> None:
+        """``dial_failed`` or ``session_ended`` from the agent's control (or join) socket;
+        an agent speaks only for its own sessions."""
+        session = self._live.get(msg["session_id"])
+        if session is not None and session.principal != principal:
+            # An agent naming another's session: hostile, and repeatable at will.
+            self.relay.metrics.errors.labels("session_not_its_own").inc()
+            self.relay.record_flood(principal, _speaker(principal), "session.agent.refused",
+                                    f"session:{session.id}", reason="not_its_session",
+                                    message=msg["type"])
+            return
+        if session is None or session.closing:
+            return  # already over (a message crossing the close): nothing to do
+        if msg["type"] == "dial_failed" and session.state == "dialing":
+            self._spawn(self.close(session, "dial_failed", msg["reason"][:300],
+                                   f"agent:{principal}"))
+        elif msg["type"] == "session_ended":
+            who = (f"agent:{principal}" if session.mode == "managed"
+                   else f"customer@{session.remote_address}")
+            self._spawn(self.close(session, msg["reason"], "the agent's side ended it", who))
+
+    # --- the tunnel ----------------------------------------------------------------
+
+    def claim_tunnel(self, session_id: str, token: str) -> LiveSession:
+        """The session a tunnel's first frame names, if its one-time token is right."""
+        session = self._live.get(session_id)
+        if (session is None or session.state != "dialing" or not session.token_hash
+                or not hmac.compare_digest(_token_hash(token), session.token_hash)):
+            raise SessionError(401, "bad_token", "no session is waiting for this tunnel")
+        session.token_hash = ""  # one use
+        return session
+
+    async def run_tunnel(self, session: LiveSession, ws: Any, address: str) -> None:
+        """Run the SSH client over a claimed tunnel until the session ends."""
+        tunnel = WebSocketTunnel(ws)
+        session.tunnel = tunnel
+        creds = self.ca.issue(session.technician, session.principal, session.opened_at,
+                              session.valid_until, pty="shell" in session.capabilities)
+        session.cert_serial = creds.serial
+        try:
+            ssh = await asyncio.wait_for(asyncssh.connect(
+                session.principal, 22, tunnel=tunnel, client_factory=lambda: _Client(session),
+                username=session.principal, known_hosts=([session.host_key], [], []),
+                client_keys=[(creds.key, creds.certificate)], agent_path=None, config=None,
+                gss_host=None, preferred_auth="publickey", x509_trusted_certs=None,
+                keepalive_interval=30, keepalive_count_max=3, encoding=None, window=SSH_WINDOW,
+                login_timeout=SSH_TIMEOUT_S, connect_timeout=SSH_TIMEOUT_S), SSH_TIMEOUT_S)
+        except (asyncssh.Error, OSError, TimeoutError, ValueError) as exc:
+            tunnel.close()
+            detail = f"{type(exc).__name__}: {exc}"[:300]
+            log.warning("session %s: SSH over the tunnel failed: %s", session.id, detail)
+            await self.close(session, "ssh_failed", detail, f"agent:{session.principal}")
+            return
+        if session.closing:  # closed while SSH was starting
+            ssh.close()
+            return
+        session.ssh = ssh
+        session.state = "ready"
+        session.ready_at = time.time()
+        session.touch()
+        self._update(session.id, state="ready", ready_at=session.ready_at)
+        setup_ms = round((session.ready_at - session.opened_at) * 1000, 1)
+        self.relay.record(f"user:{session.technician}", "session.start", f"session:{session.id}",
+                          agent=session.principal, mode=session.mode, setup_ms=setup_ms,
+                          cert_serial=str(creds.serial), cert_valid_before=creds.valid_before,
+                          tunnel_address=address)
+        self._event("start", session)
+        if not session.ready.done():
+            session.ready.set_result(None)
+        await ssh.wait_closed()
+        with contextlib.suppress(TimeoutError):  # let our goodbye reach the agent
+            await asyncio.wait_for(tunnel.wait_closed(), ABORT_FLUSH_S + 1)
+        if not session.closing:
+            code, detail = self._why_lost(session, tunnel)
+            actor = f"agent:{session.principal}" if code == "customer" else "system"
+            await self.close(session, code, detail, actor)
+
+    def _why_lost(self, session: LiveSession, tunnel: WebSocketTunnel) -> tuple[str, str]:
+        """Why SSH ended when nobody on this side ended it. (An agent ending a session
+        deliberately says so first with ``session_ended``; asyncssh reports a polite
+        SSH disconnect as a clean close and drops its reason text.)"""
+        exc = session.lost
+        if tunnel.close_code == CLOSE_SHUTDOWN or self.relay.stopping:
+            return "relay_shutdown", "the relay is shutting down"
+        if exc is None:
+            return "agent_closed", "the agent closed the connection"
+        if isinstance(exc, asyncssh.DisconnectError):
+            return "agent_closed", exc.reason[:200]
+        return "tunnel_lost", type(exc).__name__
+
+    # --- closing -------------------------------------------------------------------
+
+    async def close(self, session: LiveSession, reason: str, detail: str = "",
+                    actor: str = "system") -> None:
+        """End a session (idempotent): tell the agent, close SSH, record, audit."""
+        if session.closing:
+            await session.closed.wait()
+            return
+        session.closing = True
+        was_ready = session.state == "ready"
+        session.state = "closed"
+        if not session.ready.done():
+            session.ready.set_exception(SessionError(502, reason, detail or reason))
+        if session.notify is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(session.notify(protocol.encode(
+                    "session_end", session_id=session.id, reason=reason)), 2)
+        if session.ssh is not None:
+            session.ssh.disconnect(asyncssh.DISC_BY_APPLICATION, f"session closed: {reason}")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(session.ssh.wait_closed(), 5)
+        elif session.tunnel is not None:
+            session.tunnel.close()
+        self._live.pop(session.id, None)
+        now = time.time()
+        self._update(session.id, state="closed", closed_at=now, close_reason=reason[:256])
+        details: dict[str, Any] = {"reason": reason, "agent": session.principal,
+                                   "mode": session.mode, "channels": session.channels,
+                                   "duration_s": round(now - session.opened_at, 3)}
+        if detail and detail != reason:
+            details["detail"] = detail[:300]
+        action = "session.end" if was_ready else "session.open.failed"
+        self.relay.record(actor, action, f"session:{session.id}", **details)
+        self._event("end", session, reason=reason)
+        session.closed.set()
+
+    async def close_matching(self, reason: str, actor: str, *, agent_id: str | None = None,
+                             technician: str | None = None, group_id: int | None = None
+                             ) -> int:
+        """End the live sessions that match every filter given (an agent revoked, a
+        technician disabled or no longer granted the group): access withdrawn is
+        withdrawn now, not at the next idle-out."""
+        victims = [s for s in self._live.values()
+                   if (agent_id is None or s.principal == agent_id)
+                   and (technician is None or s.technician == technician)
+                   and (group_id is None or s.group_id == group_id)]
+        await asyncio.gather(*(self.close(s, reason, actor=actor) for s in victims),
+                             return_exceptions=True)
+        return len(victims)
+
+    async def close_all(self, reason: str) -> None:
+        sessions = list(self._live.values())
+        if sessions:
+            await asyncio.gather(*(self.close(s, reason) for s in sessions),
+                                 return_exceptions=True)
+
+    async def reaper(self) -> None:
+        """At server start, close what a crash left open; then idle-out and
+        maximum-length checks, on a timer."""
+        self._close_stale()
+        cfg = self.relay.config
+        idle_s = cfg.session_idle_minutes * 60
+        every = max(0.25, min(30.0, idle_s / 4))
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            for session in list(self._live.values()):
+                if session.closing:
+                    continue
+                if time.time() >= session.valid_until:
+                    self._spawn(self.close(session, "max_duration"))
+                elif (session.state == "ready" and session.active_channels == 0
+                      and now - session.last_activity >= idle_s):
+                    self._spawn(self.close(session, "idle",
+                                           f"idle for {cfg.session_idle_minutes:g} min"))
+
+    # --- channels ------------------------------------------------------------------
+
+    def _ready(self, session: LiveSession, capability: str, actor: str
+               ) -> asyncssh.SSHClientConnection:
+        if session.state != "ready" or session.ssh is None:
+            raise SessionError(409, "not_ready", "the session is not open")
+        if capability not in session.capabilities:
+            self._refused(session, capability, actor, "not_in_session")
+            raise SessionError(403, "not_in_session",
+                               f"{capability!r} is not one of this session's capabilities",
+                               audited=True)
+        return session.ssh
+
+    def _refused(self, session: LiveSession, capability: str, actor: str, reason: str,
+                 detail: str = "") -> None:
+        self.relay.metrics.errors.labels("session_channel_refused").inc()
+        extra = {"detail": detail[:200]} if detail else {}
+        self.relay.record(actor, "session.channel.refused", f"session:{session.id}",
+                          capability=capability, reason=reason, agent=session.principal,
+                          **extra)
+
+    async def open_channel(self, session: LiveSession, capability: str, actor: str,
+                           request: bytes | None = None) -> asyncssh.SSHClientProcess[bytes]:
+        """One SSH channel for ``capability``; ``request``, when given, is written to it
+        and its input closed (the diagnostics subsystem waits for its request)."""
+        ssh = self._ready(session, capability, actor)
+        session.touch()
+        try:
+            proc = await ssh.create_process(subsystem=capability, encoding=None)
+            if request is not None:
+                proc.stdin.write(request)
+                proc.stdin.write_eof()
+            return proc
+        except asyncssh.ChannelOpenError as exc:
+            self._refused(session, capability, actor, "refused_by_agent", exc.reason)
+            raise SessionError(403, "refused_by_agent",
+                               f"the agent refused {capability!r} (its local policy does not "
+                               "allow it, or it does not offer it)", audited=True) from None
+        except (asyncssh.Error, OSError) as exc:
+            self.channel_failed(session, capability, actor, "channel_failed",
+                                f"{type(exc).__name__}: {exc}"[:200])
+            raise SessionError(502, "channel_failed", f"could not open a channel: {exc}",
+                               audited=True) from None
+
+    def channel_failed(self, session: LiveSession, capability: str, actor: str,
+                        reason: str, detail: str) -> None:
+        self.relay.metrics.errors.labels(f"session_channel_{reason}").inc()
+        self.relay.record(actor, "session.channel.failed", f"session:{session.id}",
+                          capability=capability, agent=session.principal, reason=reason,
+                          detail=detail)
+
+    def refusal_of(self, session: LiveSession, capability: str, actor: str,
+                   stderr: bytes) -> SessionError:
+        """An exit status 77 turned into the refusal the agent reported."""
+        try:
+            why = str(json.loads(stderr.decode().splitlines()[0]).get("refused", ""))[:64]
+        except (ValueError, IndexError, AttributeError, UnicodeDecodeError):
+            why = "refused"
+        self._refused(session, capability, actor, f"agent_{why}" if why else "agent_refused")
+        status = "refused_by_customer" if why == "customer_declined" else "refused_by_agent"
+        return SessionError(403, status, f"the agent refused {capability!r} ({why})",
+                            audited=True)
+
+    async def run_capability(self, session: LiveSession, capability: str, actor: str,
+                             timeout: float = 120.0, request: bytes | None = None
+                             ) -> dict[str, Any]:
+        """Run one capability to completion; its output, bounded, and its hash.
+
+        Output past :data:`MAX_OUTPUT` is cut there: the channel is closed at once and
+        the answer is marked (``truncated``, ``bytes_kept``, ``bytes_dropped``: what
+        arrived past the bound before the close; the agent sent no more). Waiting for
+        the end instead (as this did) waits for ever: once the relay stops reading, SSH
+        flow control stops the agent, so its output never ends and the request timed
+        out after two minutes. An agent that goes away mid-channel is ``agent_gone``
+        (502), audited, and its session closed."""
+        started = time.perf_counter()
+        proc = await self.open_channel(session, capability, actor, request)
+        session.active_channels += 1
+        session.channels += 1
+        try:
+            async with asyncio.timeout(timeout):
+                out, dropped, err = await _collect(proc)
+        except TimeoutError:
+            proc.close()
+            self.channel_failed(session, capability, actor, "timeout",
+                                 f"did not finish within {timeout:g} s")
+            raise SessionError(504, "timeout", f"{capability} did not finish within "
+                                               f"{timeout:g} s", audited=True) from None
+        except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
+            proc.close()
+            detail = f"{type(exc).__name__}: {exc}"[:200]
+            self.channel_failed(session, capability, actor, "agent_gone", detail)
+            if session.ssh is None or session.ssh.is_closed() or session.lost is not None:
+                self._spawn(self.close(session, "agent_gone", detail))
+            raise SessionError(502, "agent_gone", f"the agent went away during {capability} "
+                                                  f"({type(exc).__name__})",
+                               audited=True) from None
+        finally:
+            session.active_channels -= 1
+            session.touch()
+        truncated = dropped > 0
+        status = proc.exit_status
+        if status == EXIT_REFUSED and not truncated:
+            raise self.refusal_of(session, capability, actor, err)
+        duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        digest = hashlib.sha256(out).hexdigest()
+        cut = {"limit": MAX_OUTPUT, "bytes_kept": len(out), "bytes_dropped": dropped}
+        self.relay.record(actor, "session.channel", f"session:{session.id}",
+                          capability=capability, agent=session.principal, exit_status=status,
+                          bytes=len(out), sha256=digest, duration_ms=duration_ms,
+                          truncated=truncated, **(cut if truncated else {}))
+        result = {"capability": capability, "exit_status": status, "duration_ms": duration_ms,
+                  "bytes": len(out), "sha256": digest, "truncated": truncated,
+                  **(cut if truncated else {}), **parse_output(out)}
+        if capability == "diagnostics" and status == 0 and not truncated:
+            result["report"] = self.keep_report(session, actor, out)
+        return result
+
+    def keep_report(self, session: LiveSession, actor: str, raw: bytes) -> str | None:
+        """Store a finished diagnostics run of a managed session; the report's id.
+
+        Attended sessions have no enrolled agent to file it under: the console keeps
+        the report it streamed, and the audit trail keeps the hash of what was sent."""
+        if session.mode != "managed":
+            return None
+        from backline.relay import report_store
+
+        row = report_store.store(self.relay, session.principal, session.id,
+                                 session.technician, actor, raw)
+        return row["id"] if row else None
+
+    # --- attended codes --------------------------------------------------------------
+
+    def _code_hash(self, digits: str) -> str:
+        return hmac.new(self.relay.cookie_secret.encode(), b"session-code:" + digits.encode(),
+                        hashlib.sha256).hexdigest()
+
+    def create_code(self, technician: str, actor: str, reason: str, ticket: str,
+                    capabilities: tuple[str, ...], address: str) -> dict[str, Any]:
+        now = time.time()
+        expires = now + self.relay.config.session_code_minutes * 60
+        session_id = new_session_id()
+        with writing(self.relay.engine) as conn:
+            for _ in range(10):  # a clash with a live code is one in millions; try again
+                digits = sessioncode.generate()
+                code_hash = self._code_hash(digits)
+                clash = conn.execute(sa.select(support_sessions.c.id).where(
+                    support_sessions.c.code_hash == code_hash,
+                    support_sessions.c.state == "waiting")).first()
+                if clash is None:
+                    break
+            conn.execute(support_sessions.insert().values(
+                id=session_id, mode="attended", technician=technician, opened_by=actor,
+                reason=reason, ticket=ticket, capabilities=",".join(capabilities),
+                state="waiting", node=self.relay.origin, created_at=now, code_hash=code_hash,
+                code_expires_at=expires))
+        self.relay.record(actor, "session.code.create", f"session:{session_id}",
+                          reason=reason, ticket=ticket, capabilities=list(capabilities),
+                          expires_at=round(expires, 3), address=address)
+        shown = sessioncode.display(digits)
+        return {"session_id": session_id, "code": shown, "expires_at": round(expires, 3),
+                "command": join_command(self.relay.origin, self.relay.token_pins[0], shown)}
+
+    def code_retry_after(self, address: str) -> tuple[float, str]:
+        """Seconds until ``address`` may try a code, and the limit (see
+        :meth:`JoinCodeLimits.retry_after`); reserved for real by :meth:`redeem_code`."""
+        return self.codes.retry_after(address)
+
+    def code_failed(self, address: str) -> None:
+        """Count a malformed join request from ``address`` as a wrong code."""
+        self.codes.fail(address)
+
+    def redeem_code(self, digits: str, address: str, hostname: str,
+                    host_key_raw: bytes) -> LiveSession:
+        """Use a code (once, atomically, across nodes); the attended session it opens.
+
+        The attempt is reserved in the code limits first (raising ``CodeRateLimited``
+        past one), and settled after the lookup: a wrong, used or expired code stays
+        counted."""
+        attempt = self.codes.reserve(address)
+        failed = True
+        try:
+            self.relay.metrics.auth_checks.labels("join_code").inc()
+            session = self._redeem(digits, address, hostname, host_key_raw)
+            failed = False
+            return session
+        finally:
+            attempt.settle("failed" if failed else "succeeded")
+
+    def _redeem(self, digits: str, address: str, hostname: str,
+                host_key_raw: bytes) -> LiveSession:
+        code_hash = self._code_hash(digits)
+        now = time.time()
+        principal = "at_" + secrets.token_urlsafe(15)
+        with writing(self.relay.engine) as conn:
+            row = conn.execute(sa.select(support_sessions).where(
+                support_sessions.c.code_hash == code_hash,
+                support_sessions.c.state == "waiting")).mappings().first()
+            if row is None:
+                used = conn.execute(sa.select(support_sessions.c.id).where(
+                    support_sessions.c.code_hash == code_hash)).first()
+                raise CodeRefused("code_used" if used else "code_unknown")
+            if row["code_expires_at"] <= now:
+                raise CodeRefused("code_expired")
+            done = conn.execute(support_sessions.update().where(
+                support_sessions.c.id == row["id"], support_sessions.c.state == "waiting"
+            ).values(state="consent", agent_id=principal, opened_at=now,
+                     remote_hostname=hostname[:256], remote_address=address[:64]))
+            if done.rowcount != 1:
+                raise CodeRefused("code_used")
+        capabilities = tuple(c for c in row["capabilities"].split(",") if c)
+        session = self._new_live(mode="attended", principal=principal, group_id=None,
+                                 technician=row["technician"], opened_by=row["opened_by"],
+                                 reason=row["reason"], ticket=row["ticket"],
+                                 capabilities=capabilities, host_key_raw=host_key_raw,
+                                 session_id=row["id"])
+        session.state = "consent"
+        session.remote_address = address
+        return session
+
+    def withdraw_code(self, session_id: str) -> bool:
+        """Cancel a code nobody has used yet."""
+        with writing(self.relay.engine) as conn:
+            done = conn.execute(support_sessions.update().where(
+                support_sessions.c.id == session_id, support_sessions.c.state == "waiting"
+            ).values(state="closed", closed_at=time.time(), close_reason="withdrawn"))
+        return bool(done.rowcount == 1)
+
+    def accepted(self, session: LiveSession, notify: Callable[[str], Awaitable[Any]]) -> str:
+        """The customer said yes: the ``dial`` to send on the join socket."""
+        session.notify = notify
+        self._update(session.id, state="dialing")
+        return self._dial_message(session)
+
+
+CLOSE_WAIT_S = 2.0
+
+
+async def _collect(proc: asyncssh.SSHClientProcess[bytes]) -> tuple[bytes, int, bytes]:
+    """A channel's ``(stdout, bytes dropped past the bound, stderr)``.
+
+    stderr is read alongside (bounded, the rest discarded) so that neither stream can
+    stall the other through the channel's shared window. When stdout passes the bound
+    the channel is closed at once and stderr is given up; the close is waited for only
+    briefly (the agent's side may be slow to notice)."""
+    errors = asyncio.ensure_future(read_bounded(proc.stderr, MAX_STDERR, drain=True))
+    try:
+        out, dropped = await read_bounded(proc.stdout, MAX_OUTPUT)
+        if dropped:
+            proc.close()
+            errors.cancel()
+            with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+                await asyncio.wait_for(proc.wait_closed(), CLOSE_WAIT_S)
+            return out, dropped, b""
+        err, _ = await errors
+        await proc.wait_closed()
+        return out, 0, err
+    finally:
+        if not errors.done():
+            errors.cancel()
+        with contextlib.suppress(BaseException):
+            await errors
+
+
+async def read_bounded(stream: asyncssh.SSHReader[bytes], limit: int, drain: bool = False
+                       ) -> tuple[bytes, int]:
+    """The first ``limit`` bytes up to EOF, and how many more arrived past them (0: the
+    whole output). It stops at the first byte past ``limit`` unless ``drain``, which
+    reads on to EOF and discards the rest (for stderr, which must not stall stdout)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        data = await stream.read(65536)
+        if not data:
+            return b"".join(chunks)[:limit], max(0, size - limit)
+        if size < limit:
+            chunks.append(data)
+        size += len(data)
+        if size > limit and not drain:
+            return b"".join(chunks)[:limit], size - limit
+
+
+def parse_output(out: bytes) -> dict[str, Any]:
+    """A capability's output for the API: one JSON value, JSON lines, or text. It is
+    the agent's word: returned as data, never interpreted."""
+    try:
+        text = out.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"format": "binary", "output": None}
+    try:
+        return {"format": "json", "output": json.loads(text)}
+    except ValueError:
+        pass
+    try:
+        return {"format": "jsonl",
+                "output": [json.loads(line) for line in text.splitlines() if line.strip()]}
+    except ValueError:
+        return {"format": "text", "output": text}
+
+
+def join_command(origin: str, pin: str, code: str) -> str:
+    """What the customer types: the relay's URL and key pin travel with the code, so the
+    agent trusts exactly this relay without an enrollment."""
+    return f"backline-agent join --relay {origin} --pin {pin} {code}"
