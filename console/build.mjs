@@ -16,6 +16,13 @@ await build({
   legalComments: "linked",
   logLevel: "warning",
 });
-await writeFile("dist/assets/app.css", await readFile("src/styles.css"));
+// One stylesheet: xterm.js's and asciinema-player's CSS (from node_modules) and ours.
+await build({
+  entryPoints: { app: "src/app.css" },
+  bundle: true,
+  minify: true,
+  outdir: "dist/assets",
+  logLevel: "warning",
+});
 await writeFile("dist/index.html", await readFile("src/index.html"));
 console.log("console: built dist/");

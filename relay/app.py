@@ -33,7 +33,10 @@ log = logging.getLogger("backline.relay.http")
 
 CONSOLE_DIST = Path(__file__).resolve().parent.parent / "console" / "dist"
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+# 'wasm-unsafe-eval' lets the console compile WebAssembly (asciinema-player's terminal
+# emulator, bundled in app.js); it allows no string-to-code eval of JavaScript.
+CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
+       "img-src 'self' data:; "
        "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
        "form-action 'self'; frame-ancestors 'none'")
 SECURITY_HEADERS = [
