@@ -24,7 +24,8 @@ def test_console_default_grants_match_the_relay() -> None:
 
 
 def test_console_opt_in_capabilities_are_known_and_not_default() -> None:
-    line = next(x for x in GRANTS_JS.read_text().splitlines() if x.startswith("export const OPT_IN"))
+    lines = GRANTS_JS.read_text().splitlines()
+    line = next(x for x in lines if x.startswith("export const OPT_IN"))
     opt_in = re.findall(r'\["([a-z]+)", "', line)
     assert opt_in == ["shell"]
     assert all(name in KNOWN and name not in DEFAULT_GRANTS for name in opt_in)

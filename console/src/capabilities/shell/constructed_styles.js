@@ -1,11 +1,12 @@
 // xterm.js 6 writes its theme, cell size and scrollbar CSS into <style> elements it
-// creates itself. The console runs under `style-src 'self'`, which refuses inline
-// <style> blocks (and reports each as a CSP violation), so the terminal would render
-// without its colours and row layout. Rather than weaken the policy for every page,
-// the <style> elements the page's scripts create get a constructed stylesheet
-// (CSSOM, adopted by the document) that takes their text instead: the element stays
-// empty, the rules apply, and removing the element drops its sheet. lit-html and
-// asciinema-player create no <style> elements, so in practice only xterm's pass here.
+// creates itself (all it does with them: set textContent, remove()). The console runs
+// under `style-src 'self'`, which refuses inline <style> blocks, even empty ones, and
+// reports each as a CSP violation, so the terminal would render without its colours
+// and row layout. Rather than weaken the policy for every page, document.createElement
+// ("style") hands out an inert stand-in instead (a <template>: never rendered, never
+// parsed as CSS) whose text goes to a constructed stylesheet adopted by the document
+// (CSSOM, which style-src does not govern); removing the stand-in drops its sheet.
+// lit-html and asciinema-player create no <style> elements, so only xterm's pass here.
 
 let installed = false;
 
@@ -14,15 +15,15 @@ export function installConstructedStyles(doc = document) {
   installed = true;
   const create = doc.createElement.bind(doc);
   doc.createElement = function createElement(name, options) {
-    const el = create(name, options);
-    if (String(name).toLowerCase() === "style") adopt(doc, el);
-    return el;
+    if (String(name).toLowerCase() !== "style") return create(name, options);
+    return standIn(doc, create("template"));
   };
 }
 
-function adopt(doc, el) {
+function standIn(doc, el) {
   const sheet = new CSSStyleSheet();
   let text = "";
+  el.dataset.constructedStyle = "";
   doc.adoptedStyleSheets = [...doc.adoptedStyleSheets, sheet];
   Object.defineProperty(el, "textContent", {
     configurable: true,
@@ -37,4 +38,5 @@ function adopt(doc, el) {
     doc.adoptedStyleSheets = doc.adoptedStyleSheets.filter((s) => s !== sheet);
     remove();
   };
+  return el;
 }

@@ -91,7 +91,7 @@ function statusView(t) {
   return html`<div class="term-bar" role="group" aria-label="Terminal status">
     <span id="term-state" class="conn ${t.state}" role="status" aria-live="polite">${STATE_TEXT[t.state] || t.state}${
       t.state === "ended" && t.exitStatus !== null ? ` (exit status ${t.exitStatus})` : ""}</span>
-    ${t.role ? html`<span id="term-role" class="role ${t.role}">${t.role === "control"
+    ${t.role && live ? html`<span id="term-role" class="role ${t.role}">${t.role === "control"
       ? "You have control" : "View only (another technician has control)"}</span>` : nothing}
     ${t.recorded === true ? html`<span id="term-recorded" class="badge recorded"
         title="Everything shown in this terminal is recorded on the relay">● Recorded</span>`
@@ -187,6 +187,7 @@ function replayView() {
         ${SPEEDS.map((v) => html`<option value=${v} ?selected=${v === r.speed}>${v}×</option>`)}</select></label>
       <form class="inline" @submit=${seek}><label>Go to second <input name="at" type="number" min="0"
         step="0.5" value="0"></label><button type="submit">Go</button></form>
+      <button type="button" @click=${() => r.seek("100%")}>Go to the end</button>
       <button type="button" @click=${() => { r.dispose(); s.replay = null; redraw(); }}>Close replay</button>
     </div>
     ${r.state === "loading" ? html`<p class="muted">Loading the recording…</p>` : nothing}

@@ -75,8 +75,12 @@ export class Replay {
     this.onChange();
   }
 
-  seek(seconds) {
-    if (this.player && Number.isFinite(seconds)) this.player.seek(Math.max(0, seconds));
+  // A number of seconds, or "100%" for the end.
+  seek(where) {
+    if (!this.player) return;
+    const target = where === "100%" ? where : Math.max(0, Number(where));
+    if (target !== "100%" && !Number.isFinite(target)) return;
+    this.player.seek(target).catch(() => {});
   }
 
   dispose() {
