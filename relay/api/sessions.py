@@ -155,7 +155,7 @@ async def close_session(request: Request, relay: Relay, who: Principal, *,
     live = relay.sessions.get(row["id"])
     if live is not None:
         await relay.sessions.close(live, "technician", actor=who.actor)
-    elif row["state"] == "waiting" and relay.sessions.withdraw_code(row["id"]):
+    elif row["state"] == "waiting" and relay.sessions.codes.withdraw(row["id"]):
         relay.record(who.actor, "session.code.withdraw", f"session:{row['id']}",
                      address=who.address)
     elif row["state"] != "closed" and row["state"] != "expired":
@@ -213,7 +213,7 @@ async def create_session_code(request: Request, relay: Relay, who: Principal, *,
                               body: m.SessionOpen) -> Response:
     """Make an attended-session code (single use, short-lived) and the exact command
     the customer runs. Body: ``{reason, ticket, capabilities}`` (all optional)."""
-    result = relay.sessions.create_code(
+    result = relay.sessions.codes.create(
         who.user.username, who.actor, _text(body.reason, "reason"),
         _text(body.ticket, "ticket"), _capabilities(body.capabilities), who.address)
     return reply(m.SessionCode, result, status=201)
