@@ -186,6 +186,14 @@ async def console_index(request: Request) -> Response:
                         "built. Run the README's set-up command.</p>")
 
 
+#: Every WebSocket a browser can reach; each is admitted by
+#: :func:`backline.relay.api.browser_socket.admit` (tests/unit/test_browser_socket_gate.py).
+BROWSER_SOCKETS: list[WebSocketRoute] = [
+    WebSocketRoute("/api/v1/live", live_endpoint),
+    *api_sessions.SOCKETS,
+]
+
+
 def build_app(relay: Relay) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -206,8 +214,7 @@ def build_app(relay: Relay) -> Starlette:
         *api.ROUTES,
         *api_sessions.ROUTES,
         *reports.ROUTES,
-        WebSocketRoute("/api/v1/live", live_endpoint),
-        *api_sessions.SOCKETS,
+        *BROWSER_SOCKETS,
         WebSocketRoute("/agent/enroll", enroll_endpoint),
         WebSocketRoute("/agent/connect", connect_endpoint),
         WebSocketRoute("/agent/tunnel/{session_id}", tunnel_endpoint),
