@@ -219,6 +219,7 @@ register({
       ${statusView(t)}
       ${t?.error ? html`<p class="error" role="alert" id="term-error">${t.error}</p>` : nothing}
       ${s.notice ? html`<p class="notice" role="status">${s.notice}</p>` : nothing}
+      ${t?.notice ? html`<p class="notice" role="status" id="term-notice">${t.notice}</p>` : nothing}
       ${t ? t.host : nothing}
       ${grantView(t)}
       ${joinView(ctx)}

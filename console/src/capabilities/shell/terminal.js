@@ -23,11 +23,18 @@ const MAX_COLS = 500;
 const MAX_ROWS = 200;
 const RESIZE_DEBOUNCE_MS = 80;
 
+const REFUSED = "Refused: the customer's agent does not allow a terminal in this session.";
 const ERRORS = {
-  refused: "Refused: the customer's agent does not allow a terminal in this session.",
+  refused: REFUSED,
+  refused_by_agent: REFUSED,
+  refused_by_customer: "Refused: the customer said no to a terminal.",
   agent_gone: "The customer's agent went away: the terminal has ended.",
   recording_failed: "The recording could not be written, so the relay ended the terminal "
     + "(nothing unrecorded happens while recording is on).",
+  too_slow: "This console fell too far behind the terminal's output and was disconnected.",
+  no_such_terminal: "There is no such terminal open in this session.",
+  too_many_viewers: "That terminal has as many consoles watching as it allows.",
+  not_in_session: "Refused: this session was not granted a terminal.",
 };
 
 const CLOSE_CODES = {
@@ -60,6 +67,7 @@ export class TerminalView {
     this.exitStatus = null;
     this.recording = null;
     this.error = "";
+    this.notice = "";
     this.rendered = 0;
     this.acked = 0;
     this.pendingWrites = 0;
@@ -148,6 +156,10 @@ export class TerminalView {
     } else if (msg.type === "exit") {
       const status = Number.isInteger(msg.exit_status) ? msg.exit_status : null;
       this.set({ state: "ended", exitStatus: status, recording: msg.recording || null });
+    } else if (msg.type === "refused") {
+      // A request of ours the relay turned down (handing control to someone who is
+      // not watching); the terminal goes on.
+      this.set({ notice: typeof msg.detail === "string" ? msg.detail.slice(0, 300) : "Refused." });
     } else if (msg.type === "error") {
       const code = String(msg.error || "error");
       const detail = typeof msg.detail === "string" ? msg.detail.slice(0, 300) : "";
