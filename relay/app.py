@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backline.relay import tls_identity
-from backline.relay.api import openapi, reports
+from backline.relay.api import openapi, recordings, reports
 from backline.relay.api import resources as api
 from backline.relay.api import sessions as api_sessions
 from backline.relay.api.live_socket import live_endpoint
@@ -214,6 +214,7 @@ def build_app(relay: Relay) -> Starlette:
         *api.ROUTES,
         *api_sessions.ROUTES,
         *reports.ROUTES,
+        *recordings.ROUTES,
         *BROWSER_SOCKETS,
         WebSocketRoute("/agent/enroll", enroll_endpoint),
         WebSocketRoute("/agent/connect", connect_endpoint),

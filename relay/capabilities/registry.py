@@ -1,0 +1,34 @@
+"""Capability name -> its room's :class:`~backline.relay.capabilities.base.ChannelSpec`.
+
+Rooms are imported on first use (as the agent's are), so the registry can name them
+without the rooms importing one another. A capability with no room of its own (its
+output answered as it comes, no request, nothing kept) gets :func:`~.base.plain`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from backline.common.capabilities import spec as common_spec
+from backline.relay.capabilities.base import ChannelSpec, plain
+
+ROOMS = {
+    "info": "backline.relay.capabilities.info",
+    "diagnostics": "backline.relay.capabilities.diagnostics",
+    "shell": "backline.relay.capabilities.shell",
+}
+
+_loaded: dict[str, ChannelSpec] = {}
+
+
+def spec_for(capability: str) -> ChannelSpec:
+    found = _loaded.get(capability)
+    if found is None:
+        module = ROOMS.get(capability)
+        if module is not None:
+            found = importlib.import_module(module).SPEC
+        else:
+            known = common_spec(capability)
+            found = plain(capability, known.summary if known else "")
+        _loaded[capability] = found
+    return found
