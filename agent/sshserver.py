@@ -28,6 +28,7 @@ from typing import Any
 
 import asyncssh
 
+from backline.agent.activity import CUSTOMER_ENDED
 from backline.agent.capabilities import Registry, SessionContext
 from backline.agent.consent import Asker, Held, question
 from backline.common.capabilities import ChannelExit
@@ -36,9 +37,10 @@ from backline.common.wstunnel import ABORT_FLUSH_S, SSH_WINDOW, WebSocketTunnel
 log = logging.getLogger("backline.agent.ssh")
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
+__all__ = ["CUSTOMER_ENDED", "EXIT_REFUSED", "ServerSettings", "serve"]
+
 EXIT_REFUSED = ChannelExit.REFUSED
 LOGIN_TIMEOUT_S = 15
-CUSTOMER_ENDED = "ended by the customer"
 END_GRACE_S = 2.0
 #: What a pty request may ask for (the relay's contract: 1..500 x 1..200).
 TERM_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
