@@ -45,7 +45,9 @@ class Watched:
     def _console(self, msg: Any) -> None:
         text = msg.text
         if "Content Security Policy" in text or "Content-Security-Policy" in text:
-            self.problems.append(f"CSP violation: {text}")
+            at = msg.location or {}
+            where = ":".join(str(at.get(k, "?")) for k in ("url", "lineNumber", "columnNumber"))
+            self.problems.append(f"CSP violation: {text} (at {where})")
 
     def check(self) -> None:
         assert not self.problems, self.problems

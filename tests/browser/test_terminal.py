@@ -223,13 +223,15 @@ def test_terminal_refused_by_policy_is_shown_and_audited(page: Watched, site: Re
 
 
 # Output a hostile machine might send: a title with HTML, an OSC 52 clipboard write and
-# an OSC 8 javascript: link, the alternate screen, absurd CSI parameters, C1 controls,
+# an OSC 8 javascript: link, the alternate screen, 24-bit colour (which xterm.js sets as
+# style attributes: see csp_shims.js), absurd CSI parameters, C1 controls,
 # invalid and cut UTF-8. Nothing that asks the terminal to answer (an answer would be
 # typed into the shell).
 GARBAGE = (
     r"printf '\033]0;<img src=x onerror=alert(1)>\007\033]52;c;ZWNobyBwd25lZA==\007"
     r"\033]8;;javascript:alert(2)\033\\link\033]8;;\033\\"
     r"\033[?1049h\033[31;1;4;5;7mRED\033[99999999999;99999999999H\033[?1049l"
+    r"\033[38;2;255;100;0;48;2;0;0;255mTRUECOLOUR\033[0m"
     r"\033[999999999999999999999999m\033[?9999999h\033(0lqk\033(B\016x\017"
     r"\302\2331;33m\302\2350;c1-title\007\302\233m\n'"
 )

@@ -13,7 +13,7 @@
 
 import { Terminal } from "@xterm/xterm";
 import { FitAddon } from "@xterm/addon-fit";
-import { installConstructedStyles } from "./constructed_styles.js";
+import { installCspShims } from "./csp_shims.js";
 import { streamUrl } from "../socket.js";
 
 // The contract asks for an ack at least every 64 KiB rendered; half that keeps the
@@ -77,7 +77,7 @@ export class TerminalView {
     this.ws = null;
     this.resizeTimer = null;
     this.encoder = new TextEncoder();
-    installConstructedStyles();
+    installCspShims();
     this.term = new Terminal({
       cursorBlink: true,
       scrollback: 5000,
