@@ -11,6 +11,10 @@ await build({
   minify: true,
   sourcemap: true,
   format: "esm",
+  // The terminal (xterm.js) and the player (asciinema-player) are imported on first use:
+  // they go into chunks of their own, loaded from /assets/ like app.js.
+  splitting: true,
+  chunkNames: "chunks/[name]-[hash]",
   target: ["chrome110", "firefox115", "safari16"],
   outdir: "dist/assets",
   legalComments: "linked",

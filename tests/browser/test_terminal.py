@@ -133,6 +133,9 @@ def test_terminal_types_resizes_closes_and_replays(clipboard_page: Watched, site
     sign_in(p, technician, TECH_PASSWORD)
     session_id = open_session_with_terminal(p, shell_agent)
     expect(p.locator("#no-recordings")).to_be_visible()
+    # The info panel tells beforehand what the agent's policy allows.
+    p.get_by_role("button", name="Ask the agent").click()
+    expect(p.locator("table.policy tr[data-capability='shell']")).to_contain_text("allow")
     open_terminal(p)
     expect(p.locator("#term-recorded")).to_have_text("● Recorded")
     expect(p.locator("#term-role")).to_have_text("You have control")

@@ -5,8 +5,12 @@
 import { html, nothing } from "lit-html";
 import { when } from "../../format.js";
 import { register } from "../registry.js";
-import { TerminalView } from "./terminal.js";
-import { listRecordings, PLAY_LIMIT_BYTES, recordingUrl, Replay, SPEEDS } from "./replay.js";
+import { listRecordings, PLAY_LIMIT_BYTES, recordingUrl, SPEEDS } from "./recordings.js";
+
+// xterm.js and asciinema-player are most of the console's code: they are loaded when a
+// terminal is first opened or a recording first played, not with every page.
+const loadTerminal = () => import("./terminal.js");
+const loadReplay = () => import("./replay.js");
 
 const STATE_TEXT = {
   connecting: "Connecting…",
@@ -19,15 +23,29 @@ const STATE_TEXT = {
 };
 
 const fresh = () => ({
-  sessionId: null, term: null, notice: "",
+  sessionId: null, term: null, opening: false, notice: "",
   recordings: null, recordingsError: "", replay: null,
 });
 let s = fresh();
 let redraw = () => {};
 
-function openTerminal(ctx, join = null) {
+async function openTerminal(ctx, join = null) {
   s.term?.dispose();
+  s.term = null;
   s.notice = "";
+  s.opening = true;
+  ctx.refresh();
+  let TerminalView;
+  try {
+    ({ TerminalView } = await loadTerminal());
+  } catch (err) {
+    s.notice = `The terminal could not be loaded: ${err.message}`;
+    return;
+  } finally {
+    s.opening = false;
+    redraw();
+  }
+  if (s.sessionId !== ctx.session.id) return; // the page moved on meanwhile
   const term = new TerminalView({
     sessionId: ctx.session.id, join,
     onChange: () => {
@@ -62,8 +80,17 @@ async function reloadRecordings(sessionId, expectNew = false) {
   redraw();
 }
 
-function play(rec) {
+async function play(rec) {
   s.replay?.dispose();
+  s.replay = null;
+  let Replay;
+  try {
+    ({ Replay } = await loadReplay());
+  } catch (err) {
+    s.notice = `The player could not be loaded: ${err.message}`;
+    redraw();
+    return;
+  }
   s.replay = new Replay(rec, () => redraw());
   redraw();
   s.replay.load();
@@ -110,7 +137,7 @@ function controlsView(ctx, t) {
   return html`<p class="actions">
     ${live ? html`<button type="button" @click=${() => t.close()}>Close terminal</button>`
       : html`<button type="button" @click=${() => openTerminal(ctx)}
-          ?disabled=${!ctx.ready || !ctx.mayUse}>Open terminal</button>`}
+          ?disabled=${!ctx.ready || !ctx.mayUse || s.opening}>Open terminal</button>`}
     ${t ? html`<button type="button" @click=${copy} ?disabled=${!t}>Copy</button>
       <button type="button" @click=${paste} ?disabled=${!canType}>Paste</button>` : nothing}
   </p>`;

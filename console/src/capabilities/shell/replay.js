@@ -5,21 +5,7 @@
 // player at the current position) is not another playback in the trail.
 
 import * as AsciinemaPlayer from "asciinema-player";
-import { get } from "../../api.js";
-
-// A recording is parsed whole in the page; past this the console offers the file
-// instead of freezing the tab (a flood such as `yes | head -c 1G` records ~1 GiB).
-export const PLAY_LIMIT_BYTES = 64 * 1024 * 1024;
-export const SPEEDS = [0.5, 1, 2, 4, 8];
-
-export async function listRecordings(sessionId) {
-  const body = await get(`/sessions/${encodeURIComponent(sessionId)}/recordings`);
-  return Array.isArray(body?.recordings) ? body.recordings : [];
-}
-
-export function recordingUrl(id) {
-  return `/api/v1/recordings/${encodeURIComponent(id)}`;
-}
+import { recordingUrl, SPEEDS } from "./recordings.js";
 
 export class Replay {
   constructor(recording, onChange) {
