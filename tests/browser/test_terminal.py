@@ -208,7 +208,8 @@ def test_terminal_refused_by_policy_is_shown_and_audited(page: Watched, site: Re
         session_id = open_session_with_terminal(p, agent)
         p.get_by_role("button", name="Open terminal").click()
         expect(p.locator("#term-error")).to_contain_text("Refused")
-        expect(p.locator("#term-state")).to_have_text("Ended")
+        expect(p.locator("#term-state")).to_have_text("Refused")
+        expect(p.locator(".terminal-host")).to_be_hidden()  # no screen that never was
         expect(p.get_by_role("button", name="Open terminal")).to_be_enabled()
         shot(p, "terminal-refused")
         refused = wait_for(lambda: [

@@ -20,6 +20,7 @@ const STATE_TEXT = {
   closed: "Closed",
   ended: "Ended",
   failed: "Ended",
+  refused: "Refused",
 };
 
 const fresh = () => ({
@@ -49,7 +50,7 @@ async function openTerminal(ctx, join = null) {
   const term = new TerminalView({
     sessionId: ctx.session.id, join,
     onChange: () => {
-      if (["ended", "failed", "closed"].includes(term.state) && !term.recordingsReloaded) {
+      if (["ended", "failed", "closed"].includes(term.state) && term.opened && !term.recordingsReloaded) {
         term.recordingsReloaded = true;
         reloadRecordings(ctx.session.id, true);
       }

@@ -58,7 +58,8 @@ export class TerminalView {
     this.sessionId = sessionId;
     this.onChange = onChange;
     this.join = join;
-    // connecting -> waiting (socket up, agent asked) -> open -> ended | failed | closed
+    // connecting -> waiting (socket up, agent asked) -> open -> ended | failed | closed;
+    // refused instead of open when the agent or the customer says no
     this.state = "connecting";
     this.role = null;
     this.recorded = null;
@@ -68,6 +69,7 @@ export class TerminalView {
     this.recording = null;
     this.error = "";
     this.notice = "";
+    this.opened = false; // the relay said ready: there is a screen worth showing
     this.rendered = 0;
     this.acked = 0;
     this.pendingWrites = 0;
@@ -127,6 +129,7 @@ export class TerminalView {
   set(fields) {
     Object.assign(this, fields);
     this.host.dataset.state = this.state;
+    this.host.hidden = !this.opened && !["connecting", "waiting"].includes(this.state);
     this.term.options.disableStdin = !(this.state === "open" && this.role === "control");
     this.onChange();
   }
@@ -141,7 +144,7 @@ export class TerminalView {
     if (!msg || typeof msg !== "object") return;
     if (msg.type === "ready") {
       this.set({
-        state: "open", role: msg.role === "control" ? "control" : "view",
+        state: "open", opened: true, role: msg.role === "control" ? "control" : "view",
         recorded: msg.recorded === true, keystrokesRecorded: msg.keystrokes_recorded === true,
         terminalId: typeof msg.terminal === "string" ? msg.terminal : null,
       });
@@ -165,7 +168,7 @@ export class TerminalView {
       const detail = typeof msg.detail === "string" ? msg.detail.slice(0, 300) : "";
       const error = ERRORS[code] ? `${ERRORS[code]}${detail && code !== "recording_failed" ? ` (${detail})` : ""}`
         : `The terminal ended: ${code}${detail ? ` (${detail})` : ""}.`;
-      this.set({ state: "failed", error, errorCode: code });
+      this.set({ state: code.startsWith("refused") ? "refused" : "failed", error, errorCode: code });
     }
   }
 
@@ -245,7 +248,7 @@ export class TerminalView {
 
   closed(ev) {
     clearTimeout(this.resizeTimer);
-    if (this.state === "ended" || this.state === "failed") {
+    if (["ended", "failed", "refused"].includes(this.state)) {
       this.set({});
       return;
     }
