@@ -6,7 +6,9 @@ flood. The page is watched for dialogs, CSP violations and script errors through
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -222,6 +224,51 @@ def test_terminal_refused_by_policy_is_shown_and_audited(page: Watched, site: Re
             and e.get("event") == "channel.refused" and e.get("capability") == "shell"
         ], 15, "the agent's own record of the refusal")
         assert local[0]["reason"] == "policy_deny", local
+    finally:
+        agent.stop()
+
+
+ASK_SCRIPT = """#!/bin/sh
+# The customer's consent program: says yes, then stays as the indicator of the live
+# terminal until the agent ends it or the customer closes it (the test kills it).
+printf '%s\\n' "$*" > "{dir}/question.txt"
+printf '%s|%s|%s\\n' "$BACKLINE_TECHNICIAN" "$BACKLINE_CAPABILITY" "$BACKLINE_REASON" \\
+  > "{dir}/env.txt"
+echo $$ > "{dir}/indicator.pid"
+echo yes
+exec sleep 600
+"""
+
+
+def test_terminal_asked_of_the_customer_who_then_ends_it(page: Watched, site: RelayProcess,
+                                                        technician: str,
+                                                        tmp_path: Path) -> None:
+    """Policy `ask`: the customer's consent program (a subprocess) is asked who wants a
+    terminal and why, says yes and stays open as the indicator; the technician types;
+    the customer closes the indicator and the terminal ends at once, in the console
+    too."""
+    consent = tmp_path / "consent"
+    consent.mkdir()
+    script = consent / "ask.sh"
+    script.write_text(ASK_SCRIPT.format(dir=consent))
+    script.chmod(0o755)
+    policy = NO_SHELL + f'shell = "ask"\n\n[ask]\ntimeout_s = 30\ncommand = ["{script}"]\n'
+    agent = start_agent(site, tmp_path, "ask-box", policy)
+    try:
+        p = page.page
+        sign_in(p, technician, TECH_PASSWORD)
+        open_session_with_terminal(p, agent)
+        open_terminal(p)
+        asked = (consent / "env.txt").read_text().strip()
+        assert asked == f"{technician}|shell|printer queue stuck", asked
+        assert technician in (consent / "question.txt").read_text()
+        type_line(p, "echo asked-$((2*2))")
+        wait_line(p, ROWS, "asked-4")
+        pid = int((consent / "indicator.pid").read_text())
+        os.kill(pid, signal.SIGTERM)  # the customer closes the indicator
+        expect(p.locator("#term-state")).to_have_text(
+            "Ended (exit status 77: the customer's side ended it)")
+        expect(p.get_by_role("button", name="Open terminal")).to_be_enabled()
     finally:
         agent.stop()
 

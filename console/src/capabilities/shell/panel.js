@@ -23,6 +23,10 @@ const STATE_TEXT = {
   refused: "Refused",
 };
 
+// ChannelExit.REFUSED (common/capabilities.py): what the agent ends a channel with when
+// its policy or the customer says no, also midway (the customer closed the indicator).
+const REFUSED_EXIT = 77;
+
 const fresh = () => ({
   sessionId: null, term: null, opening: false, notice: "",
   recordings: null, recordingsError: "", replay: null,
@@ -118,7 +122,8 @@ function statusView(t) {
   const live = ["open", "waiting", "connecting", "closing"].includes(t.state);
   return html`<div class="term-bar" role="group" aria-label="Terminal status">
     <span id="term-state" class="conn ${t.state}" role="status" aria-live="polite">${STATE_TEXT[t.state] || t.state}${
-      t.state === "ended" && t.exitStatus !== null ? ` (exit status ${t.exitStatus})` : ""}</span>
+      t.state === "ended" && t.exitStatus !== null ? ` (exit status ${t.exitStatus}${
+        t.exitStatus === REFUSED_EXIT ? ": the customer's side ended it" : ""})` : ""}</span>
     ${t.role && live ? html`<span id="term-role" class="role ${t.role}">${t.role === "control"
       ? "You have control" : "View only (another technician has control)"}</span>` : nothing}
     ${t.recorded === true ? html`<span id="term-recorded" class="badge recorded"
