@@ -109,12 +109,12 @@ def test_echo_resize_exit_and_the_recording_replays(world: World) -> None:
             assert ready["keystrokes_recorded"] is False
             assert (ready["cols"], ready["rows"]) == (100, 30)
             term.type("echo $((6*7))\r")
-            term.output(b"\r\n42\r\n")
+            term.line(b"42")
             term.type("stty size\r")
-            term.output(b"30 100\r\n")
+            term.line(b"30 100")
             term.resize(120, 40)
             term.type("stty size\r")
-            term.output(b"40 120\r\n")
+            term.line(b"40 120")
             term.type("exit\r")
             done = term.message("exit")
         assert done["exit_status"] == 0, done
@@ -215,7 +215,7 @@ def test_a_second_viewer_sees_but_types_only_when_given_control(world: World) ->
             owner = TerminalClient(ws1)
             ready = owner.message("ready")
             owner.type("echo one$((1+1))\r")
-            owner.output(b"one2\r\n")
+            owner.line(b"one2")
             path = stream(session["id"], f"terminal={ready['terminal']}")
             with browser_socket(relay, watcher, path) as ws2:
                 viewer = TerminalClient(ws2)
@@ -224,21 +224,21 @@ def test_a_second_viewer_sees_but_types_only_when_given_control(world: World) ->
                 viewer.type("echo viewer$((2+2))\r")  # dropped
                 viewer.resize(20, 5)  # dropped too
                 owner.type("echo mark$((3+3))\r")
-                owner.output(b"mark6\r\n")
-                viewer.output(b"mark6\r\n")
+                owner.line(b"mark6")
+                viewer.line(b"mark6")
                 assert b"viewer4" not in owner.out and b"viewer" not in owner.out
                 owner.type("stty size\r")
-                owner.output(b"30 100\r\n")
+                owner.line(b"30 100")
                 owner.send(type="grant", to="watcher")
                 assert owner.message("role")["role"] == "view"
                 assert viewer.message("role")["role"] == "control"
                 viewer.type("echo granted$((2+3))\r")
-                viewer.output(b"granted5\r\n")
-                owner.output(b"granted5\r\n")
+                viewer.line(b"granted5")
+                owner.line(b"granted5")
                 owner.type("echo owner$((4+4))\r")  # no longer the controller: dropped
                 viewer.type("echo after$((5+5))\r")
-                viewer.output(b"after10\r\n")
-                owner.output(b"after10\r\n")
+                viewer.line(b"after10")
+                owner.line(b"after10")
                 assert b"owner8" not in viewer.out
                 viewer.type("exit\r")
                 assert viewer.message("exit")["exit_status"] == 0
