@@ -18,10 +18,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backline.relay import tls_identity
-from backline.relay.api import openapi, recordings, reports
-from backline.relay.api import resources as api
+from backline.relay.api import openapi
 from backline.relay.api import sessions as api_sessions
 from backline.relay.api.live_socket import live_endpoint
+from backline.relay.api.routes import ROUTES as API_ROUTES
 from backline.relay.control import connect_endpoint, enroll_endpoint
 from backline.relay.datadir import CERT_WARN_DAYS
 from backline.relay.logfmt import frames_only
@@ -211,10 +211,7 @@ def build_app(relay: Relay) -> Starlette:
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
         Route("/api/v1/openapi.json", openapi.endpoint),
         Route("/agent/pins", tls_identity.pins_endpoint),
-        *api.ROUTES,
-        *api_sessions.ROUTES,
-        *reports.ROUTES,
-        *recordings.ROUTES,
+        *API_ROUTES,
         *BROWSER_SOCKETS,
         WebSocketRoute("/agent/enroll", enroll_endpoint),
         WebSocketRoute("/agent/connect", connect_endpoint),

@@ -4,6 +4,7 @@ binary frames out and in, JSON control frames, and acknowledgements as it render
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -96,3 +97,9 @@ class TerminalClient:
 
     def output(self, needle: bytes, timeout: float = 20) -> None:
         self.until(lambda: needle in self.out, timeout, f"{needle!r} in the output")
+
+    def line(self, text: bytes, timeout: float = 20) -> None:
+        """``text`` as a whole line of output (what a command printed, not its echo;
+        shells may put escapes such as bracketed-paste toggles before it)."""
+        pattern = re.compile(rb"[\r\n]" + re.escape(text) + rb"\r\n")
+        self.until(lambda: pattern.search(self.out), timeout, f"the line {text!r}")

@@ -24,9 +24,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from backline.common.protocol import CAPABILITY_RE
 from backline.relay import agents
 from backline.relay.api import models as m
+from backline.relay.api.agents import agent_by_id, visible_group_ids
 from backline.relay.api.browser_socket import admit
 from backline.relay.api.edge import endpoint, reply, validated
-from backline.relay.api.resources import agent_by_id, visible_group_ids
 from backline.relay.capabilities.base import Transport
 from backline.relay.sessions.manager import (
     CAPABILITIES,

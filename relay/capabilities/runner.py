@@ -34,19 +34,22 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncssh
 
 from backline.common.capabilities import ChannelExit
 from backline.relay.capabilities import registry
 from backline.relay.capabilities.base import ChannelSpec, KeptContext, RequestRefused, Transport
-from backline.relay.sessions.manager import LiveSession, SessionError
+from backline.relay.ports import Configured, Counters, Recorder, Stored
+from backline.relay.sessions.session import LiveSession, SessionError
+from backline.relay.sessions.states import State
 
 if TYPE_CHECKING:
     from starlette.websockets import WebSocket
 
-    from backline.relay.state import Relay
+    from backline.relay.blobs import BlobStore
+    from backline.relay.sessions.manager import SessionManager
 
 log = logging.getLogger("backline.relay.capabilities.runner")
 
@@ -87,17 +90,26 @@ class Channel:
         return round((time.perf_counter() - self.started) * 1000, 1)
 
 
+class ChannelHost(Recorder, Configured, Stored, Counters, Protocol):
+    """What the channel runner uses of the relay: the audit trail, the error counters,
+    the sessions (to close one whose agent went away), and for what is kept the
+    database, the blob store and ``config.record_keystrokes``."""
+
+    @property
+    def blobs(self) -> BlobStore: ...
+
+    @property
+    def sessions(self) -> SessionManager: ...
+
+
 class ChannelRunner:
-    """Opens, runs, bounds, audits and keeps every capability channel of the relay.
+    """Opens, runs, bounds, audits and keeps every capability channel of the relay."""
 
-    It uses of the relay: ``record`` (audit), ``metrics.errors``, ``sessions`` (to close
-    a session whose agent went away), and for what is kept ``engine``, ``blobs`` and
-    ``config.record_keystrokes``."""
-
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: ChannelHost) -> None:
         self.relay = relay
         #: Open terminals by id (viewers join them), see shell.py.
         self.terminals: dict[str, Any] = {}
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     # --- what is asked -------------------------------------------------------------
 
@@ -151,8 +163,10 @@ class ChannelRunner:
         self.failed(session, ch.capability, ch.actor, "agent_gone", detail)
         if (close or session.ssh is None or session.ssh.is_closed()
                 or session.lost is not None) and not session.closing:
-            self.relay.sessions._spawn(self.relay.sessions.close(session, "agent_gone",
-                                                                 detail))
+            task = asyncio.ensure_future(self.relay.sessions.close(session, "agent_gone",
+                                                                   detail))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return SessionError(502, "agent_gone", f"the agent went away during {ch.capability} "
                                                f"({type(exc).__name__})", audited=True)
 
@@ -160,7 +174,7 @@ class ChannelRunner:
 
     def _ready(self, session: LiveSession, capability: str, actor: str
                ) -> asyncssh.SSHClientConnection:
-        if session.state != "ready" or session.ssh is None:
+        if session.state != State.READY or session.ssh is None:
             raise SessionError(409, "not_ready", "the session is not open")
         if capability not in session.capabilities:
             self.refused(session, capability, actor, "not_in_session")

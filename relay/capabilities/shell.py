@@ -40,7 +40,7 @@ from backline.relay.capabilities import recording
 from backline.relay.capabilities.base import ChannelSpec, Transport, no_request
 from backline.relay.capabilities.recording import Recorder, RecordingFailed
 from backline.relay.capabilities.runner import TERM_TYPES, Pty
-from backline.relay.sessions.manager import LiveSession, SessionError
+from backline.relay.sessions.session import LiveSession, SessionError
 
 if TYPE_CHECKING:
     from starlette.websockets import WebSocket

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -25,16 +26,19 @@ from backline.relay.sessions.session import CodeRefused, LiveSession, new_sessio
 from backline.relay.sessions.states import State
 
 if TYPE_CHECKING:
-    from backline.relay.sessions.manager import SessionManager
+    from backline.relay.sessions.host import SessionHost
+
+#: Makes the live session of a redeemed code (``SessionManager._new_live``).
+NewLive = Callable[..., LiveSession]
 
 __all__ = ["SessionCodes", "join_command"]
 
 
 class SessionCodes:
-    def __init__(self, manager: SessionManager) -> None:
-        self.manager = manager
-        self.relay = manager.relay
-        self.limits = JoinCodeLimits(manager.relay.config)
+    def __init__(self, relay: SessionHost, new_live: NewLive) -> None:
+        self.relay = relay
+        self.new_live = new_live
+        self.limits = JoinCodeLimits(relay.config)
 
     def code_hash(self, digits: str) -> str:
         return hmac.new(self.relay.cookie_secret.encode(), b"session-code:" + digits.encode(),
@@ -114,7 +118,7 @@ class SessionCodes:
             if done.rowcount != 1:
                 raise CodeRefused("code_used")
         capabilities = tuple(c for c in row["capabilities"].split(",") if c)
-        session = self.manager._new_live(mode="attended", principal=principal, group_id=None,
+        session = self.new_live(mode="attended", principal=principal, group_id=None,
                                  technician=row["technician"], opened_by=row["opened_by"],
                                  reason=row["reason"], ticket=row["ticket"],
                                  capabilities=capabilities, host_key_raw=host_key_raw,

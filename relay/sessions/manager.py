@@ -53,7 +53,7 @@ from backline.relay.sessions.tunnel import TunnelClient
 from backline.relay.sshca import RelayCA, host_key_from_raw
 
 if TYPE_CHECKING:
-    from backline.relay.state import Relay
+    from backline.relay.sessions.host import SessionHost
 
 log = logging.getLogger("backline.relay.sessions")
 
@@ -65,10 +65,10 @@ CLOSE_SHUTDOWN = 1012
 
 
 class SessionManager:
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: SessionHost) -> None:
         self.relay = relay
         self.ca = RelayCA(relay.datadir.ca_key)
-        self.codes = SessionCodes(self)
+        self.codes = SessionCodes(relay, self._new_live)
         self._live: dict[str, LiveSession] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         relay.metrics.sessions.set_function(lambda: len(self._live))
@@ -158,8 +158,8 @@ class SessionManager:
         row = self.row(session.id)
         self.relay.bus.publish({"type": "session", "event": kind, "group_id": session.group_id,
                                 "technician": session.technician, "session": row})
-        webhooks = getattr(self.relay, "webhooks", None)
-        if webhooks is not None and row is not None:
+        webhooks = self.relay.webhooks
+        if row is not None:
             with contextlib.suppress(Exception):
                 webhooks.submit(f"session.{kind}", {"session": row, **details})
 
