@@ -121,7 +121,9 @@ function statusView(t) {
   if (!t) return nothing;
   const live = ["open", "waiting", "connecting", "closing"].includes(t.state);
   return html`<div class="term-bar" role="group" aria-label="Terminal status">
-    <span id="term-state" class="conn ${t.state}" role="status" aria-live="polite">${STATE_TEXT[t.state] || t.state}${
+    <span id="term-state" class="conn ${t.state}" role="status" aria-live="polite">${
+      t.state === "open" && !t.shellSpoke ? "Connected, waiting for the shell (the customer may be asked)…"
+        : STATE_TEXT[t.state] || t.state}${
       t.state === "ended" && t.exitStatus !== null ? ` (exit status ${t.exitStatus}${
         t.exitStatus === REFUSED_EXIT ? ": the customer's side ended it" : ""})` : ""}</span>
     ${t.role && live ? html`<span id="term-role" class="role ${t.role}">${t.role === "control"

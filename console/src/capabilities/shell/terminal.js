@@ -19,6 +19,11 @@ import { streamUrl } from "../socket.js";
 // The contract asks for an ack at least every 64 KiB rendered; half that keeps the
 // relay's 256 KiB window from running dry while xterm is still parsing.
 const ACK_EVERY = 32 * 1024;
+// The relay takes keystroke frames of at most 64 KiB and ends a terminal whose shell
+// leaves more than 256 KiB of input untaken: a paste goes out in 16 KiB frames, and
+// one larger than MAX_PASTE is not sent at all (said on the panel).
+const INPUT_FRAME = 16 * 1024;
+export const MAX_PASTE = 128 * 1024;
 const MAX_COLS = 500;
 const MAX_ROWS = 200;
 const RESIZE_DEBOUNCE_MS = 80;
@@ -70,6 +75,9 @@ export class TerminalView {
     this.error = "";
     this.notice = "";
     this.opened = false; // the relay said ready: there is a screen worth showing
+    // With `ask`, ready comes before the customer is asked: the first output (the
+    // shell's prompt) is what says the shell runs.
+    this.shellSpoke = false;
     this.rendered = 0;
     this.acked = 0;
     this.pendingWrites = 0;
@@ -173,6 +181,7 @@ export class TerminalView {
   }
 
   output(bytes) {
+    if (!this.shellSpoke) this.set({ shellSpoke: true });
     this.pendingWrites += 1;
     this.term.write(bytes, () => {
       this.pendingWrites -= 1;
@@ -189,7 +198,15 @@ export class TerminalView {
 
   send(bytes) {
     if (this.state !== "open" || this.role !== "control") return;
-    if (this.ws?.readyState === WebSocket.OPEN && bytes.length) this.ws.send(bytes);
+    if (this.ws?.readyState !== WebSocket.OPEN || !bytes.length) return;
+    if (bytes.length > MAX_PASTE) {
+      this.set({ notice: `Not sent: ${Math.ceil(bytes.length / 1024)} KiB at once is more than `
+        + `the terminal takes (${MAX_PASTE / 1024} KiB); paste it in parts.` });
+      return;
+    }
+    for (let at = 0; at < bytes.length; at += INPUT_FRAME) {
+      this.ws.send(bytes.subarray(at, at + INPUT_FRAME));
+    }
   }
 
   paste(text) {
