@@ -28,7 +28,7 @@ from tests.harness import AgentProcess, RelayProcess, audit_actions, wait_for
 pytestmark = pytest.mark.skipif(not CHROMIUM_PRESENT, reason=SKIP_REASON)
 
 if CHROMIUM_PRESENT:
-    from playwright.sync_api import Page, expect
+    from playwright.sync_api import Browser, Page, expect
 
 ALLOW_SHELL = '[capabilities]\ninfo = "allow"\ndiagnostics = "allow"\nshell = "allow"\n'
 # The default policy says nothing of the shell: it is denied.
@@ -242,6 +242,54 @@ def test_terminal_refused_by_policy_is_shown_and_audited(page: Watched, site: Re
         assert local[0]["reason"] == "policy_deny", local
     finally:
         agent.stop()
+
+
+def test_a_colleague_watches_and_types_only_once_given_control(
+        browser: Browser, page: Watched, site: RelayProcess, technician: str,
+        shell_agent: AgentProcess) -> None:
+    """A second console on the same terminal sees the output, cannot type, and can
+    once the technician hands control over."""
+    new_user(site, "vera", "technician", "vera's password 12")
+    site.cli("group", "grant", "default", "vera")
+    p = page.page
+    sign_in(p, technician, TECH_PASSWORD)
+    open_session_with_terminal(p, shell_agent)
+    session_url = p.url
+    open_terminal(p)
+    terminal_id = p.locator("#term-id").inner_text()
+    context = browser.new_context(ignore_https_errors=True, base_url=site.url,
+                                  viewport={"width": 1200, "height": 900})
+    colleague = Watched(context.new_page())
+    try:
+        q = colleague.page
+        sign_in(q, "vera", "vera's password 12")
+        expect(q.locator("#live-status")).to_have_text("Live")
+        q.goto(session_url)
+        expect(q.get_by_role("button", name="Open terminal")).to_be_disabled()  # not hers
+        q.get_by_text("Watch a terminal a colleague opened").click()
+        q.get_by_role("form", name="Join a terminal").get_by_label("Terminal").fill(terminal_id)
+        q.get_by_role("button", name="Watch").click()
+        expect(q.locator("#term-role")).to_have_text(
+            "View only (another technician has control)")
+        type_line(p, "echo seen-$((7*8))")
+        wait_line(q, ROWS, "seen-56")
+        type_line(q, "echo typed-by-viewer")  # xterm takes no input in view-only mode
+        type_line(p, "echo still-$((9*9))")
+        wait_line(q, ROWS, "still-81")
+        assert not has_line(q, ROWS, ".*typed-by-viewer.*")
+        assert not has_line(p, ROWS, ".*typed-by-viewer.*")
+
+        hand = p.get_by_role("form", name="Hand control")
+        hand.get_by_label("Hand control to").fill("vera")
+        hand.get_by_role("button", name="Hand over").click()
+        expect(q.locator("#term-role")).to_have_text("You have control")
+        expect(p.locator("#term-role")).to_have_text("View only (another technician has control)")
+        type_line(q, "echo viewer-$((8*8))")
+        wait_line(p, ROWS, "viewer-64")
+        wait_line(q, ROWS, "viewer-64")
+    finally:
+        context.close()
+    colleague.check()
 
 
 ASK_SCRIPT = """#!/bin/sh

@@ -7,9 +7,9 @@
 const panels = new Map();
 
 // A panel: {name, title, view(ctx), reset?()}. ctx is {app, session, ready,
-// mayUse, refresh}: `ready` when the session's SSH is up, `mayUse` when the signed-in
-// user may run capabilities in it (agents:write and being its technician; the relay
-// checks again).
+// mayUse, mayWatch, refresh}: `ready` when the session's SSH is up, `mayUse` when the
+// signed-in user may run capabilities in it (agents:write and being its technician),
+// `mayWatch` when they may watch what runs (agents:write); the relay checks again.
 export function register(panel) {
   if (!panel?.name || typeof panel.view !== "function") throw new Error("a panel needs a name and a view");
   if (panels.has(panel.name)) throw new Error(`panel ${panel.name} registered twice`);

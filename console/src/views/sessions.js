@@ -128,6 +128,8 @@ export function sessionView(app, id) {
   const ctx = {
     app, session: s, ready: open, refresh: () => app.refresh(),
     mayUse: app.can("agents:write") && s.technician === app.me?.user?.username,
+    // Watching what the session's technician does needs only to see the session.
+    mayWatch: app.can("agents:write"),
   };
   const panels = panelsFor(s.capabilities);
   const closable = ["dialing", "waiting", "consent", "ready"].includes(s.state);

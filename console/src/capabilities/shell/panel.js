@@ -161,7 +161,7 @@ function joinView(ctx) {
   return html`<details class="join"><summary>Watch a terminal a colleague opened</summary>
     <form class="inline" @submit=${submit} aria-label="Join a terminal">
       <label>Terminal <input name="terminal" maxlength="64" pattern="[A-Za-z0-9_-]+" required></label>
-      <button type="submit" ?disabled=${!ctx.ready || !ctx.mayUse}>Watch</button>
+      <button type="submit" ?disabled=${!ctx.ready || !ctx.mayWatch}>Watch</button>
     </form></details>`;
 }
 
