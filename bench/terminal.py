@@ -373,6 +373,7 @@ def main() -> None:
         agent.stop()
         relay.stop()
 
+    result["sizes"] = {"throughput": args.throughput_bytes, "flood": args.flood_bytes}
     result.update({
         "echoes": args.echoes,
         "echo_direct_p50_ms": pct(direct_ms, 50), "echo_direct_p99_ms": pct(direct_ms, 99),
