@@ -238,6 +238,8 @@ class Terminal:
                     break
                 self.hang_up(who)
         finally:
+            if end is None and self.ch.session.closing:
+                closed_by = "session_closed"
             pump.cancel()
             for v in self.viewers:
                 if v.listening is not None:
@@ -265,6 +267,8 @@ class Terminal:
             try:
                 data = await stdout.read(min(CHUNK, WINDOW - controller.unacked()))
             except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
+                if self.ch.session.closing:
+                    return  # the session is being closed: the terminal ends with it
                 raise self.runner.agent_gone(self.ch, exc) from None
             if not data:
                 return
