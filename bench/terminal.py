@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -307,6 +308,8 @@ def main() -> None:
         serve_direct(*args.serve_direct)
         return
     tput, flood = size(args.throughput_bytes), size(args.flood_bytes)
+    # Stopped with SIGTERM, it still stops the relay, the agent and the direct server.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     root = Path(tempfile.mkdtemp(prefix="backline-terminal-bench-"))
     relay = RelayProcess(root, {"BACKLINE_LOG_LEVEL": "warning"}).start()
@@ -373,6 +376,7 @@ def main() -> None:
         agent.stop()
         relay.stop()
 
+    result["sizes"] = {"throughput": args.throughput_bytes, "flood": args.flood_bytes}
     result.update({
         "echoes": args.echoes,
         "echo_direct_p50_ms": pct(direct_ms, 50), "echo_direct_p99_ms": pct(direct_ms, 99),

@@ -32,6 +32,10 @@ class Transport(enum.Enum):
     DUPLEX = "duplex"
 
 
+class RecordingFailed(Exception):
+    """A channel's recording could not be written (a full disk, a failing device)."""
+
+
 class RequestRefused(ValueError):
     """What the technician asked of a capability cannot be asked: a 400 with a code."""
 
@@ -39,6 +43,19 @@ class RequestRefused(ValueError):
         super().__init__(detail)
         self.code = code
         self.detail = detail
+
+
+#: The terminal types a pty channel may ask for (the console picks one with ``?term=``).
+TERM_TYPES = ("xterm-256color", "xterm", "vt100", "linux", "screen-256color")
+
+
+@dataclass(frozen=True)
+class Pty:
+    """A pty request: terminal type and size (columns x rows)."""
+
+    term: str
+    cols: int
+    rows: int
 
 
 @dataclass(frozen=True)

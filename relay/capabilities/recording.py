@@ -30,14 +30,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from backline.relay.blobs import BlobStore, BlobWriter
+from backline.relay.capabilities.base import RecordingFailed
 from backline.relay.db import writing
 from backline.relay.schema import recordings
 
 MEDIA_TYPE = "application/x-asciicast"
-
-
-class RecordingFailed(Exception):
-    """The recording could not be written (a full disk, a failing device)."""
+__all__ = ["MEDIA_TYPE", "Recorder", "RecordingFailed", "Stored", "by_id", "load",
+           "new_recorder", "of_session", "save"]
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 import asyncssh
 
 from backline.common.capabilities import ChannelExit
-from backline.relay.capabilities import registry
-from backline.relay.capabilities.base import ChannelSpec, KeptContext, RequestRefused, Transport
+from backline.relay.capabilities import recording, spec_for
+from backline.relay.capabilities.base import (
+    ChannelSpec,
+    KeptContext,
+    Pty,
+    RecordingFailed,
+    RequestRefused,
+    Transport,
+)
 from backline.relay.ports import Configured, Counters, Recorder, Stored
 from backline.relay.sessions.session import LiveSession, SessionError
 from backline.relay.sessions.states import State
@@ -61,17 +68,6 @@ MAX_STDERR = 16 * 1024
 MAX_STREAM_LINE = 1024 * 1024
 MAX_STREAM_BYTES = 64 * 1024 * 1024
 CLOSE_WAIT_S = 2.0
-#: What a pty channel asks for (see SHELL_CONTRACT.md).
-TERM_TYPES = ("xterm-256color", "xterm", "vt100", "linux", "screen-256color")
-
-
-@dataclass(frozen=True)
-class Pty:
-    term: str
-    cols: int
-    rows: int
-
-
 @dataclass
 class Channel:
     """One open channel and who it runs for; see :meth:`ChannelRunner.channel`."""
@@ -114,7 +110,7 @@ class ChannelRunner:
     # --- what is asked -------------------------------------------------------------
 
     def spec(self, capability: str) -> ChannelSpec:
-        return registry.spec_for(capability)
+        return spec_for(capability)
 
     def request(self, session: LiveSession, capability: str, actor: str,
                 asked: Mapping[str, Any]) -> bytes | None:
@@ -229,6 +225,35 @@ class ChannelRunner:
                           exit_status=exit_status, bytes=size, sha256=sha256,
                           duration_ms=duration_ms, **extra)
         return duration_ms
+
+    # --- recordings ------------------------------------------------------------------
+
+    def start_recording(self, session: LiveSession, capability: str, actor: str, pty: Pty,
+                        title: str = "") -> recording.Recorder:
+        """A new asciicast for a terminal about to open; a 503 ``recording_failed``
+        (audited) when it cannot be started: no terminal runs unrecorded."""
+        try:
+            return recording.new_recorder(self.relay.blobs, pty.cols, pty.rows, pty.term,
+                                          bool(self.relay.config.record_keystrokes), title)
+        except RecordingFailed as exc:
+            self.failed(session, capability, actor, "recording_failed", str(exc))
+            raise SessionError(503, "recording_failed", "the recording cannot be started, "
+                                                        "so no terminal is opened",
+                               audited=True) from None
+
+    def keep_recording(self, ch: Channel, rec: recording.Recorder) -> recording.Stored:
+        """Name a finished recording, file it under the session, audit it
+        (``recording.stored``); ``RecordingFailed`` when its end cannot be written."""
+        digest, size, duration = rec.finish()
+        s = ch.session
+        stored = recording.save(self.relay.engine, session_id=s.id, capability=ch.capability,
+                                agent_id=s.principal, technician=s.technician,
+                                started_at=rec.started_at, duration_s=duration, size=size,
+                                sha256=digest, keystrokes=rec.keystrokes)
+        self.relay.record(ch.actor, "recording.stored", f"session:{s.id}",
+                          recording=stored.id, capability=ch.capability, sha256=digest,
+                          bytes=size, duration_s=duration, keystrokes=rec.keystrokes)
+        return stored
 
     def keep(self, ch: Channel, raw: bytes) -> str | None:
         """What the capability's room keeps of a whole, successful output."""

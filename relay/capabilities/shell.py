@@ -15,7 +15,9 @@ encoding) and bridges it to a binary WebSocket (the protocol is SHELL_CONTRACT.m
   keystrokes are dropped (audited once) until the controller grants them control.
 - Every byte of output (and every resize, and keystrokes when the relay's config says
   ``record_keystrokes``) is written to the recording before it goes on; when the
-  recording cannot be written the channel ends (``recording_failed``, audited).
+  recording cannot be written the channel ends (``recording_failed``, audited). The
+  recording is started and kept by the channel runner (``start_recording``,
+  ``keep_recording``): the one place where recording hooks in.
 
 Console messages are validated (pydantic) and bounded before anything is done with
 them; a malformed one ends the terminal with ``bad_message``.
@@ -36,15 +38,20 @@ import asyncssh
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from backline.common.capabilities import ChannelExit
-from backline.relay.capabilities import recording
-from backline.relay.capabilities.base import ChannelSpec, Transport, no_request
-from backline.relay.capabilities.recording import Recorder, RecordingFailed
-from backline.relay.capabilities.runner import TERM_TYPES, Pty
+from backline.relay.capabilities.base import (
+    TERM_TYPES,
+    ChannelSpec,
+    Pty,
+    RecordingFailed,
+    Transport,
+    no_request,
+)
 from backline.relay.sessions.session import LiveSession, SessionError
 
 if TYPE_CHECKING:
     from starlette.websockets import WebSocket
 
+    from backline.relay.capabilities.recording import Recorder
     from backline.relay.capabilities.runner import Channel, ChannelRunner
 
 log = logging.getLogger("backline.relay.capabilities.shell")
@@ -238,6 +245,8 @@ class Terminal:
                     break
                 self.hang_up(who)
         finally:
+            if end is None and self.ch.session.closing:
+                closed_by = "session_closed"
             pump.cancel()
             for v in self.viewers:
                 if v.listening is not None:
@@ -265,6 +274,8 @@ class Terminal:
             try:
                 data = await stdout.read(min(CHUNK, WINDOW - controller.unacked()))
             except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
+                if self.ch.session.closing:
+                    return  # the session is being closed: the terminal ends with it
                 raise self.runner.agent_gone(self.ch, exc) from None
             if not data:
                 return
@@ -413,22 +424,15 @@ class Terminal:
             self.tell_all("error", error=refusal.code, detail=refusal.detail)
             return
         try:
-            digest, size, duration = self.recorder.finish()
+            stored = runner.keep_recording(ch, self.recorder)
         except RecordingFailed as exc:
             runner.failed(session, "shell", ch.actor, "recording_failed", str(exc),
                           terminal=self.id, bytes=self.output_bytes)
             self.tell_all("error", error="recording_failed",
                           detail="the recording could not be completed")
             return
-        stored = recording.save(runner.relay.engine, session_id=session.id, capability="shell",
-                                agent_id=session.principal, technician=session.technician,
-                                started_at=self.recorder.started_at, duration_s=duration,
-                                size=size, sha256=digest, keystrokes=self.recorder.keystrokes)
-        runner.relay.record(ch.actor, "recording.stored", f"session:{session.id}",
-                            recording=stored.id, capability="shell", sha256=digest, bytes=size,
-                            duration_s=duration, keystrokes=self.recorder.keystrokes)
-        runner.finished(ch, status, self.output_bytes, digest, terminal=self.id,
-                        recording=stored.id, recording_bytes=size, closed_by=closed_by)
+        runner.finished(ch, status, self.output_bytes, stored.sha256, terminal=self.id,
+                        recording=stored.id, recording_bytes=stored.bytes, closed_by=closed_by)
         self.tell_all("exit", exit_status=status, recording=stored.public())
 
 
@@ -455,16 +459,7 @@ async def open_terminal(runner: ChannelRunner, ws: WebSocket, session: LiveSessi
                         username: str, actor: str, pty: Pty) -> None:
     """Open a terminal for the controlling console on an accepted ``ws`` and run it to
     its end. ``SessionError`` when it does not open (not yet said on the socket)."""
-    relay = runner.relay
-    keystrokes = bool(relay.config.record_keystrokes)
-    try:
-        rec = recording.new_recorder(relay.blobs, pty.cols, pty.rows, pty.term, keystrokes,
-                                     title=f"{session.id} {username}")
-    except RecordingFailed as exc:
-        runner.failed(session, "shell", actor, "recording_failed", str(exc))
-        raise SessionError(503, "recording_failed", "the recording cannot be started, so "
-                                                    "no terminal is opened", audited=True
-                           ) from None
+    rec = runner.start_recording(session, "shell", actor, pty, title=f"{session.id} {username}")
     try:
         async with runner.channel(session, "shell", actor, pty=pty) as ch:
             term = Terminal("tm_" + secrets.token_urlsafe(9), runner, ch, rec, pty.cols,

@@ -179,6 +179,26 @@ def test_output_passes_as_bytes_and_bad_messages_are_refused(world: World) -> No
         admin.request("DELETE", f"/api/v1/sessions/{session['id']}")
 
 
+def test_closing_the_session_ends_the_terminal_and_keeps_its_recording(world: World) -> None:
+    relay, admin = world.relay, world.admin
+    session = shell_session(world)
+    with browser_socket(relay, admin, stream(session["id"])) as ws:
+        term = TerminalClient(ws)
+        term.message("ready")
+        term.type("echo open$((2*21))\r")
+        term.line(b"open42")
+        closed = admin.request("DELETE", f"/api/v1/sessions/{session['id']}")
+        assert closed.status_code == 200 and closed.json()["state"] == "closed"
+        done = term.message("exit")
+    assert done["recording"]["id"], done
+    channel = [e for e in trail(relay, session["id"], "session.channel")
+               if e["details"]["capability"] == "shell"]
+    assert channel[-1]["details"]["closed_by"] == "session_closed"
+    assert not trail(relay, session["id"], "session.channel.failed")
+    assert [e["details"]["reason"] for e in trail(relay, session["id"], "session.end")] == [
+        "technician"]
+
+
 def test_policy_deny_is_refused_and_audited_on_both_sides(world: World) -> None:
     relay, admin = world.relay, world.admin
     denied = start_shell_agent(world.root, relay, admin, "term-deny", policy=DENY)
