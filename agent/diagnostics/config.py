@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backline.common.diagnostics.schema import SECTIONS
+# The report schema (and what it pulls in) is imported only to check ``disabled``:
+# the idle agent reads this file for the health check's interval alone.
 
 ENV_CONFIG = "BACKLINE_AGENT_CONFIG"
 CONFIG_NAME = "agent.toml"
@@ -146,6 +147,8 @@ def from_tables(table: Mapping[str, Any], source: str = "defaults") -> Diagnosti
         cfg.thresholds[key] = float(value)
     for endpoint in cfg.endpoints:
         parse_endpoint(endpoint)  # raises ConfigError for a malformed one
+    from backline.common.diagnostics.schema import SECTIONS
+
     unknown = set(cfg.disabled) - set(SECTIONS)
     if unknown:
         raise ConfigError(f"{source}: diagnostics.disabled names unknown collectors "
