@@ -147,12 +147,8 @@ def from_tables(table: Mapping[str, Any], source: str = "defaults") -> Diagnosti
         cfg.thresholds[key] = float(value)
     for endpoint in cfg.endpoints:
         parse_endpoint(endpoint)  # raises ConfigError for a malformed one
-    from backline.common.diagnostics.schema import SECTIONS
-
-    unknown = set(cfg.disabled) - set(SECTIONS)
-    if unknown:
-        raise ConfigError(f"{source}: diagnostics.disabled names unknown collectors "
-                          f"{sorted(unknown)} (known: {', '.join(SECTIONS)})")
+    if cfg.disabled:
+        _check_disabled(cfg.disabled, source)
     if cfg.network_timeout_s > cfg.timeout_s:
         cfg.network_timeout_s = cfg.timeout_s * 0.8
     return cfg
@@ -217,3 +213,12 @@ def parse_endpoint(text: str, pin: str | None = None) -> Endpoint:
             or not 0 < int(port_text) < 65536):
         raise ConfigError(f"endpoint {raw!r}: expected host:port or an http(s) URL")
     return Endpoint(raw, "tcp", host, int(port_text), "/", pin)
+
+
+def _check_disabled(disabled: Any, source: str) -> None:
+    from backline.common.diagnostics.schema import SECTIONS
+
+    unknown = set(disabled) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"{source}: diagnostics.disabled names unknown collectors "
+                          f"{sorted(unknown)} (known: {', '.join(SECTIONS)})")
