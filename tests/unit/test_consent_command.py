@@ -68,6 +68,21 @@ async def test_no_silence_and_broken_programs_mean_no() -> None:
     assert (missing.allowed, missing.how) == (False, "no_way_to_ask")
 
 
+@run_async
+async def test_on_the_join_terminal_the_indicator_is_two_lines() -> None:
+    import io
+
+    from backline.agent.consent import TerminalAsker
+
+    out = io.StringIO()
+    asker = TerminalAsker(stdin=io.StringIO("y\n"), out=out)
+    answer = await asker.ask_and_hold("May alice open a terminal?", 10, ctx(), "shell")
+    assert answer.allowed and answer.held is not None
+    assert "shell open for alice" in out.getvalue()
+    await answer.held.close()
+    assert out.getvalue().endswith("[backline] shell closed.\n")
+
+
 def test_the_question_says_who_what_and_why() -> None:
     assert question("alice", "shell", "printer jams", "T-7") == (
         "Technician alice asks to open a terminal on this machine, where they can run any "
