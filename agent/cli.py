@@ -34,8 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         "this machine. It does nothing the local policy does not allow."))
     p.add_argument("--version", action="version", version=f"backline-agent {__version__}")
     p.add_argument("--state-dir", type=Path, default=None,
-                   help="where the agent keeps its key and pinned relay "
-                        f"(default: ${'BACKLINE_AGENT_STATE_DIR'} or {default_state_dir()})")
+                   help="where the agent keeps its key and pinned relay (default: "
+                        "$BACKLINE_AGENT_STATE_DIR, else the user data directory: "
+                        "~/.local/share/backline-agent on Linux)")
     p.add_argument("--log-level", default=os.environ.get("BACKLINE_AGENT_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True)

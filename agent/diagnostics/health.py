@@ -30,7 +30,6 @@ from typing import Any
 from backline.agent.diagnostics import relaytime
 from backline.agent.diagnostics.config import ConfigError, DiagnosticsConfig, load_config
 from backline.common import protocol
-from backline.common.diagnostics.schema import CHEAP_SECTIONS
 
 log = logging.getLogger("backline.agent.health")
 
@@ -44,6 +43,7 @@ CHILD_MAX_OUTPUT = 64 * 1024
 async def check_health(config: DiagnosticsConfig) -> list[dict[str, str]]:
     """The current alerts: ``[{id, severity, message}]``, most severe first."""
     from backline.agent.diagnostics.engine import collect  # the collectors, psutil
+    from backline.common.diagnostics.schema import CHEAP_SECTIONS
 
     report = await collect(config, only=CHEAP_SECTIONS, network=False, cheap_rules=True)
     alerts = [{"id": f.rule_id, "severity": f.severity, "message": f.summary[:512]}

@@ -100,11 +100,15 @@ SHELL = ("shell",)
 async def test_a_login_shell_in_a_pty_echoes_resizes_and_exits_with_its_status(
         tmp_path: Path) -> None:
     kit = shell_kit(tmp_path)
+    made: list[Any] = []
+    settings = kit.settings
+    kit.settings = lambda capabilities=SHELL: made.append(settings(capabilities)) or made[-1]  # type: ignore[method-assign]
     conn, server = await connect(kit, [pty_cert(kit)], capabilities=SHELL)
     async with conn:
         proc = await open_shell(conn, 80, 24)
         proc.stdin.write(b"echo $((6*7))\n")
         assert b"42\r\n" in await until(proc, b"42\r\n")
+        assert dict(made[0].in_use) == {"shell": 1}  # what `backline-agent sessions` shows
         # (Quotes split the markers, so the terminal's echo of the line never matches.)
         proc.stdin.write(b'echo size=$(stty size) term=$TERM login=$0 home=$HOME "E""ND"\n')
         seen = await until(proc, b"END")
@@ -119,6 +123,7 @@ async def test_a_login_shell_in_a_pty_echoes_resizes_and_exits_with_its_status(
         await asyncio.wait_for(proc.wait_closed(), 15)
         assert proc.exit_status == 3
     await asyncio.wait_for(server, 10)
+    assert dict(made[0].in_use) == {}
     events = [e for e in kit.log.read() if e["event"].startswith(("shell.", "channel."))]
     start = next(e for e in events if e["event"] == "shell.start")
     assert start["account"] == me.pw_name and start["term"] == "xterm-256color"
