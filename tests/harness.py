@@ -78,8 +78,9 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float =
 
 class RelayProcess:
     def __init__(self, root: Path, extra_env: dict[str, str] | None = None,
-                 nofile: int | None = None) -> None:
+                 nofile: int | None = None, exe: str = RELAY) -> None:
         self.root = root
+        self.exe = exe  # the backline-relay to run (another install's, for the wheel test)
         self.nofile = nofile  # RLIMIT_NOFILE (soft and hard) of the relay, when set
         self.data_dir = root / "relay"
         self.port = free_port()
@@ -95,13 +96,13 @@ class RelayProcess:
 
     def cli(self, *args: str, check: bool = True, input: str | None = None
             ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([RELAY, *args], env=self.env, capture_output=True, text=True,
+        return subprocess.run([self.exe, *args], env=self.env, capture_output=True, text=True,
                               check=check, input=input, timeout=60)
 
     def start(self) -> RelayProcess:
         self.starts += 1
         log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([RELAY, "serve"], env=self.env, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([self.exe, "serve"], env=self.env, stdout=subprocess.PIPE,
                                      stderr=log, text=True,
                                      preexec_fn=self._limit if self.nofile else None)
         assert self.proc.stdout is not None
