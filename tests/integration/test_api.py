@@ -25,7 +25,6 @@ from tests.harness import (
     audit_actions,
 )
 
-
 #: The relay of the test uses the ``database`` fixture's: SQLite, then PostgreSQL.
 on_each_database = pytest.mark.usefixtures("database")
 
