@@ -300,3 +300,16 @@ def test_text_at_its_bounds_and_with_nul_is_stored(tmp_path: Path, relay: RelayP
     refused = [e for e in audit_actions(relay) if e["action"] == "request.refused"]
     assert refused[-1]["target"] == "/api/v1/nothing\ufffdhere"
     assert relay.cli("audit", "verify").returncode == 0
+
+
+@on_each_database
+def test_ids_beyond_the_id_columns_are_not_found(relay: RelayProcess, admin: Api) -> None:
+    """User and group ids are INTEGER columns (32 bits in PostgreSQL): a larger id in a
+    path names nothing, in both databases (PostgreSQL answered 500, out of range)."""
+    for big in (2**31, 2**63 - 1):
+        r = admin.request("PATCH", f"/api/v1/users/{big}", json={"disabled": True})
+        assert r.status_code == 404 and r.json()["error"] == "not_found", r.text
+        r = admin.request("PUT", f"/api/v1/groups/{big}/grants/admin")
+        assert r.status_code == 404, r.text
+    r = admin.request("PATCH", f"/api/v1/users/{2**31 - 1}", json={"disabled": True})
+    assert r.status_code == 404 and r.json()["error"] == "not_found", r.text
