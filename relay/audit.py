@@ -27,6 +27,8 @@ from backline.relay.schema import audit_checkpoints, audit_events, audit_head
 GENESIS = "0" * 64
 CHECKPOINT_CONTEXT = b"backline/audit-checkpoint/v1"
 MAX_DETAIL_BYTES = 16 * 1024
+#: The largest ``seq`` the column holds (INTEGER: 32 bits in PostgreSQL).
+SEQ_MAX = 2**31 - 1
 
 
 def canonical(obj: Any) -> str:
@@ -190,7 +192,9 @@ class AuditLog:
             q = q.where(audit_events.c.time >= since)
         if until is not None:
             q = q.where(audit_events.c.time < until)
-        if before_seq is not None:
+        if before_seq is not None and before_seq <= SEQ_MAX:
+            # Beyond the INTEGER column every seq is before it (and PostgreSQL refused
+            # the comparison: integer out of range, a 500 where SQLite answered).
             q = q.where(audit_events.c.seq < before_seq)
         with self.engine.connect() as conn:
             rows = conn.execute(q).mappings().all()
