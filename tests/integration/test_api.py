@@ -62,7 +62,6 @@ def test_totp_enrolment_and_login(relay: RelayProcess, admin: Api) -> None:
     assert reasons == ["totp_missing", "bad_totp", "bad_totp", "bad_totp"]
 
 
-@on_each_database
 def test_session_cookie_flags_logout_and_me(relay: RelayProcess, admin: Api) -> None:
     api = Api(relay)
     r = api.login("admin", ADMIN_PASSWORD)
@@ -177,7 +176,6 @@ def test_health_ready_metrics_openapi_and_headers(relay: RelayProcess, admin: Ap
     assert r.headers["x-frame-options"] == "DENY"
 
 
-@on_each_database
 def test_agent_ping_over_control_socket(tmp_path: Path, relay: RelayProcess,
                                         admin: Api) -> None:
     from tests.harness import wait_for
@@ -252,7 +250,6 @@ def test_idle_sessions_expire(tmp_path: Path) -> None:
         relay.stop()
 
 
-@on_each_database
 def test_live_socket_shows_technicians_only_their_groups(tmp_path: Path, relay: RelayProcess,
                                                          admin: Api) -> None:
     relay.cli("group", "create", "hidden")
