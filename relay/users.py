@@ -6,6 +6,7 @@ it comes from ``backline-relay init`` (a one-time password) or ``user create``.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import re
 import secrets
@@ -27,7 +28,15 @@ GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
 MIN_PASSWORD = 12
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended costs
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """What an unknown username's password is checked against, so that "no such user"
+    costs the same argon2 work as a wrong password. Made on first use, not at import:
+    every ``backline-relay`` command imports this module, and one argon2 hash is a
+    quarter of a second of CPU."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 class UserError(ValueError):
@@ -141,7 +150,7 @@ def verify_password(engine: sa.Engine, username: str, password: str) -> User | N
     """The user if the password is right. Unknown users cost the same time as known ones."""
     with engine.connect() as conn:
         row = conn.execute(sa.select(users).where(users.c.username == username)).first()
-    stored = row.password_hash if row else _DUMMY_HASH
+    stored = row.password_hash if row else _dummy_hash()
     try:
         _hasher.verify(stored, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
