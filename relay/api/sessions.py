@@ -210,15 +210,25 @@ async def stream_endpoint(ws: WebSocket) -> None:
             raise ApiError(400, "bad_field", "not a capability name")
         if (watching is not None
                 and relay.channels.spec(capability).transport is not Transport.DUPLEX):
-            raise ApiError(400, "bad_field", f"terminal= is only for a terminal; "
-                                             f"{capability} is not one")
+            # Only a terminal is watched: the relaxed (see, not use) check below must
+            # never let another capability run. Said in words: a client's mistake.
+            err = ApiError(400, "bad_field", f"terminal= is only for a terminal; "
+                                             f"{capability} is not one",
+                           action="session.stream.refused", capability=capability)
+            err.principal = who
+            audit_refusal(relay, ws, err)
+            await ws.accept()
+            with contextlib.suppress(Exception):
+                await ws.send_text(json.dumps({"type": "error", "error": err.code,
+                                               "detail": err.detail}))
+                await ws.close(4400)
+            return
         # Watching a terminal needs only to see the session; running anything, to use it.
         live = _live(relay, session_for(ws, relay, who, use=watching is None))
     except ApiError as err:
         err.principal = who
         audit_refusal(relay, ws, err)
-        await ws.close(4403 if err.status == 403 else 4400 + err.status % 100,
-                       reason=f"{err.code}: {err.detail}"[:120])
+        await ws.close(4403 if err.status == 403 else 4400 + err.status % 100)
         return
     await ws.accept()
     try:

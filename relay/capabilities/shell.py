@@ -397,10 +397,10 @@ class Terminal:
                 elif text is not None:
                     self.command(viewer, parse_message(text))
             except BadMessage as exc:
+                if viewer.role == "control":  # audited once, by finish(), with the recording
+                    raise Ended("bad_message", str(exc)) from None
                 self.runner.failed(self.ch.session, "shell", viewer.actor, "bad_message",
                                    str(exc), terminal=self.id)
-                if viewer.role == "control":
-                    raise Ended("bad_message", str(exc)) from None
                 self.hang_up(viewer, "bad_message", str(exc))
                 return
 
