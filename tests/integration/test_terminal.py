@@ -513,22 +513,22 @@ def test_a_console_that_acks_without_reading_does_not_grow_the_relay(world: Worl
             term.type("yes | head -c 1G\r")
             claimed = term.received
             time.sleep(1)  # the flood is under way, a window of it on its way here
-            deadline = time.monotonic() + 15
+            deadline = time.monotonic() + 10
             try:
                 while time.monotonic() < deadline:
-                    # "rendered" at 32 KiB a step, never read: slower than the flood, so
-                    # a relay that counted queued bytes would take every ack and
-                    # buffer the flood for this console
+                    # "rendered" at 32 KiB a step (~3 MiB/s), never read: slower than
+                    # the flood, so a relay that counted queued bytes would take every
+                    # ack and buffer the flood for this console
                     claimed += 32 * 1024
                     term.send(type="ack", bytes=claimed)
-                    time.sleep(0.002)
+                    time.sleep(0.01)
                     peak = max(peak, rss_kib(relay.proc.pid))
             except ConnectionClosed:
                 pass  # dropped: the relay refused the ack and ended the terminal
             growth_mib = (peak - before) / 1024
         print(f"\nhostile acks: claimed {claimed / MiB:.0f} MiB, relay RSS "
               f"{before / 1024:.1f} -> peak {peak / 1024:.1f} MiB (+{growth_mib:.1f} MiB)")
-        assert growth_mib < 50, f"the relay grew {growth_mib:.1f} MiB"
+        assert growth_mib < 25, f"the relay grew {growth_mib:.1f} MiB"
         wait = time.monotonic() + 30
         while time.monotonic() < wait:
             failed = trail(relay, session["id"], "session.channel.failed")
