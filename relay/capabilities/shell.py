@@ -2,20 +2,24 @@
 
 The agent runs a login shell in a pty (its policy decides, default ``deny``); the relay
 opens the channel with a pty request (``term_type``, ``term_size``, bytes, no
-encoding) and bridges it to a binary WebSocket (the protocol is SHELL_CONTRACT.md):
+encoding) and bridges it to a binary WebSocket (the protocol is in docs/sessions.md,
+"The terminal, relay side"):
 
 - Flow control end to end: the relay reads the SSH channel only while the controller
   has room in its window (:data:`WINDOW` of output it has not acknowledged with
   ``{"type": "ack"}``). While it does not read, asyncssh stops reading the channel
   once its buffer reaches the channel's window, SSH stops the agent, and the agent's
-  pty stops the program: a flood is held back at its source, and the relay holds at
-  most a window per viewer and one SSH window per terminal. A viewer that falls a
-  window behind is dropped with an error, never buffered for.
+  pty stops the program: a flood is held back at its source. An ack counts only
+  output the console's socket took (``delivered``), and each console's queue is
+  bounded by bytes (:data:`MAX_QUEUED`, text frames included): a console that does
+  not read, or a viewer a window behind, is hung up (``too_slow``), never buffered
+  for. Resizes and grants are rate-limited. Viewers that left are forgotten.
 - One controller types and resizes; viewers (``&terminal=ID``) see the output, their
   keystrokes are dropped (audited once) until the controller grants them control.
 - Every byte of output (and every resize, and keystrokes when the relay's config says
   ``record_keystrokes``) is written to the recording before it goes on; when the
-  recording cannot be written the channel ends (``recording_failed``, audited). The
+  recording cannot be written the channel ends (``recording_failed``, audited). On
+  every other end, normal or not, the recording is kept (see :meth:`Terminal.finish`). The
   recording is started and kept by the channel runner (``start_recording``,
   ``keep_recording``): the one place where recording hooks in.
 

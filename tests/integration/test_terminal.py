@@ -1,6 +1,6 @@
 """The terminal (``shell``), with real processes: a relay, an agent with a pty shell
 (tests/shell_agent.py: the agent's own when it has one), and a real WebSocket client
-speaking the console's side of SHELL_CONTRACT.md (tests/terminal_client.py).
+speaking the console's side of the terminal protocol (docs/sessions.md) (tests/terminal_client.py).
 
 What is proved: a command runs and its output comes back; resizes reach the pty;
 the agent's ``deny`` is refused and audited on both sides; every terminal is
