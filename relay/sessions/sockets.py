@@ -161,6 +161,9 @@ async def _attend(ws: WebSocket, relay: Relay, session: LiveSession, customer: s
         relay.record(customer, "session.join.declined", f"session:{session.id}")
         await relay.sessions.close(session, "declined", "the customer said no", customer)
         return
+    if session.closing:  # the technician closed it while the customer was deciding
+        await _refuse(ws, "session_closed", "the technician closed this session", 1000)
+        return
     relay.record(customer, "session.join.accepted", f"session:{session.id}")
     await ws.send_text(relay.sessions.accepted(session, ws.send_text))
     ended = asyncio.ensure_future(session.closed.wait())

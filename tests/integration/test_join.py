@@ -320,3 +320,29 @@ def _watch_start(join: JoinProcess, code: dict[str, Any], ann_live: Any, bob_liv
     assert start["session"]["id"] == code["session_id"]
     assert start["session"]["state"] == "ready" and start["group_id"] is None
     assert session_events(bob_live, 2) == []
+
+
+def test_a_yes_after_the_technician_closed_the_session_opens_nothing(
+        tmp_path: Path, relay: RelayProcess, admin: Api) -> None:
+    """The technician closes the session while the customer is still deciding; the
+    customer's late "yes" must not move a closed session back to dialing (the state
+    table refuses that move: before, the join socket's handler died on it)."""
+    home = tmp_path / "customer"
+    home.mkdir()
+    code = make_code(admin, reason="late yes")
+    join = JoinProcess(code["command"], home)
+    try:
+        join.wait_for("Allow? [y/N]")
+        r = admin.request("DELETE", f"/api/v1/sessions/{code['session_id']}")
+        assert r.status_code == 200 and r.json()["state"] == "closed", r.text
+        join.answer("y")
+        assert join.wait() != 0
+        assert "the technician closed this session" in join.output + join.stderr()
+    finally:
+        join.kill()
+    assert session_state(admin, code["session_id"])["state"] == "closed"
+    assert "BadTransition" not in relay.log()
+    assert "Exception in ASGI application" not in relay.log()
+    actions = [e["action"] for e in audit_actions(relay)
+               if e["target"] == f"session:{code['session_id']}"]
+    assert "session.join.accepted" not in actions and "session.start" not in actions
