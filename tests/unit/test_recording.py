@@ -229,3 +229,55 @@ def test_resize_and_grant_spam_is_bounded(tmp_path: Path) -> None:
         await _settle()
 
     asyncio.run(go())
+
+
+def test_a_recording_the_database_does_not_take_is_said_not_raised(tmp_path: Path) -> None:
+    """A database error filing the recording is :class:`RecordingNotFiled` (the blob
+    kept, its hash known), which the terminal audits and still ends with ``exit``."""
+    import sqlalchemy as sa
+
+    from backline.relay.capabilities.base import RecordingNotFiled
+    from backline.relay.capabilities.runner import ChannelRunner
+
+    blobs = BlobStore(tmp_path)
+    trail = _Trail()
+    relay = SimpleNamespace(engine=sa.create_engine("sqlite://"), record=trail.record)  # no tables
+    runner = ChannelRunner(relay)  # type: ignore[arg-type]
+    session = SimpleNamespace(id="se_x", principal="ag_x", technician="t")
+    ch = SimpleNamespace(session=session, capability="shell", actor="user:t")
+    rec = new_recorder(blobs, 80, 24, "xterm", keystrokes=False)
+    rec.output(b"done\r\n")
+    with pytest.raises(RecordingNotFiled) as caught:
+        runner.keep_recording(ch, rec)  # type: ignore[arg-type]
+    assert blobs.get(caught.value.sha256)  # the blob is kept, named by its hash
+
+    async def go() -> list[str | bytes]:
+        term, _ = _terminal(tmp_path)
+        failures: list[tuple[str, dict[str, object]]] = []
+
+        def keep(ch: object, rec: object) -> None:
+            raise RecordingNotFiled("ab" * 32, 10, "OperationalError")
+
+        term.runner.keep_recording = keep  # type: ignore[attr-defined]
+        term.runner.failed = (  # type: ignore[attr-defined]
+            lambda s, c, a, reason, detail, **kw: failures.append((reason, kw)))
+        term.ch.proc.close = lambda: None  # type: ignore[attr-defined]
+        term.ch.proc.exit_status = 0  # type: ignore[attr-defined]
+
+        async def closed() -> None:
+            return None
+
+        term.ch.proc.wait_closed = closed  # type: ignore[attr-defined]
+        sock = _Socket()
+        v = shell.Viewer(sock, "a", "user:a", "control")  # type: ignore[arg-type]
+        term.add(v)
+        await term.finish(None, "agent")
+        await _settle()
+        assert [(r, kw["sha256"]) for r, kw in failures] == [("recording_not_filed", "ab" * 32)]
+        term.hang_up(v)
+        await _settle()
+        return sock.frames
+
+    frames = asyncio.run(go())
+    said = [json.loads(f) for f in frames if isinstance(f, str)]
+    assert said[-1]["type"] == "exit" and said[-1]["error"] == "recording_not_filed", said
