@@ -463,9 +463,10 @@ def test_terminal_is_only_for_a_terminal_and_only_in_its_own_session(world: Worl
         admin.request("DELETE", f"/api/v1/sessions/{other['id']}")
 
 
-def test_a_disabled_technician_is_hung_up_from_terminals_they_watch(world: World) -> None:
+def test_withdrawn_access_hangs_up_terminals_they_watch(world: World) -> None:
     relay, admin = world.relay, world.admin
     onlooker = make_user(admin, relay, "onlooker", "technician", ("default",))
+    bystander = make_user(admin, relay, "bystander", "technician", ("default",))
     session = shell_session(world)
     try:
         with browser_socket(relay, admin, stream(session["id"])) as ws1:
@@ -482,15 +483,26 @@ def test_a_disabled_technician_is_hung_up_from_terminals_they_watch(world: World
                 said = viewer.message("error")
                 assert said["error"] == "technician_disabled", said
                 viewer.until(lambda: viewer.closed, 10, "the hang-up")
+            with browser_socket(relay, bystander, path) as ws3:
+                other = TerminalClient(ws3)
+                other.message("ready")
+                gid = next(g["id"] for g in admin.get("/api/v1/groups").json()["groups"]
+                           if g["name"] == "default")
+                assert admin.request("DELETE", f"/api/v1/groups/{gid}/grants/bystander"
+                                     ).status_code == 200
+                said = other.message("error")
+                assert said["error"] == "grant_withdrawn", said
+                other.until(lambda: other.closed, 10, "the hang-up")
             owner.type("echo still$((3*3))\r")  # the owner's terminal goes on
             owner.line(b"still9")
             owner.type("exit\r")
             assert owner.message("exit")["exit_status"] == 0
         dropped = trail(relay, session["id"], "terminal.viewer.dropped")
         assert [(e["details"]["user"], e["details"]["reason"]) for e in dropped] == [
-            ("onlooker", "technician_disabled")]
+            ("onlooker", "technician_disabled"), ("bystander", "grant_withdrawn")]
     finally:
         onlooker.close()
+        bystander.close()
         admin.request("DELETE", f"/api/v1/sessions/{session['id']}")
 
 
