@@ -139,6 +139,9 @@ class Viewer:
     #: ``acked <= delivered <= sent``.
     sent: int = 0
     delivered: int = 0
+    #: The output frame its socket is writing now: a console may have it (and ack it)
+    #: before the write returns here.
+    in_flight: int = 0
     acked: int = 0
     #: What is in its queue now (output and text), bounded by :data:`MAX_QUEUED`.
     queued: int = 0
@@ -434,7 +437,7 @@ class Terminal:
 
     def command(self, viewer: Viewer, msg: Resize | Ack | Grant) -> None:
         if isinstance(msg, Ack):
-            if msg.bytes < viewer.acked or msg.bytes > viewer.delivered:
+            if msg.bytes < viewer.acked or msg.bytes > viewer.delivered + viewer.in_flight:
                 raise BadMessage("ack: more than was delivered, or less than acknowledged")
             viewer.acked = msg.bytes
             if viewer.unacked() < WINDOW:
@@ -484,8 +487,10 @@ class Terminal:
                 if item is None:
                     break
                 if isinstance(item, bytes):
+                    viewer.in_flight = len(item)
                     await viewer.ws.send_bytes(item)
-                    viewer.delivered += len(item)  # only now may it be acknowledged
+                    viewer.delivered += len(item)  # only now is it counted as delivered
+                    viewer.in_flight = 0
                 else:
                     await viewer.ws.send_text(item)
                 viewer.queued -= len(item)

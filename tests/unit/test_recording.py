@@ -180,15 +180,19 @@ def test_viewers_that_left_are_forgotten(tmp_path: Path) -> None:
 def test_an_ack_counts_only_what_the_socket_took(tmp_path: Path) -> None:
     async def go() -> None:
         term, _ = _terminal(tmp_path)
-        v = shell.Viewer(_Socket(block=True), "a", "user:a", "control")  # type: ignore[arg-type]
+        sock = _Socket()
+        v = shell.Viewer(sock, "a", "user:a", "control")  # type: ignore[arg-type]
         term.add(v)
+        await _settle()  # "ready" is sent; from now on the console does not read
+        sock.block = True
+        for _ in range(3):  # queued; the socket does not read: one frame in its write
+            v.sent += 1000
+            term._send(v, b"x" * 1000)
         await _settle()
-        v.sent += 1000
-        term._send(v, b"x" * 1000)  # queued, never delivered: the socket does not read
-        await _settle()
-        assert v.delivered == 0
+        assert (v.delivered, v.in_flight) == (0, 1000)
+        term.command(v, Ack(type="ack", bytes=1000))  # the frame being written: may be
         with pytest.raises(BadMessage, match="delivered"):
-            term.command(v, Ack(type="ack", bytes=1000))
+            term.command(v, Ack(type="ack", bytes=2000))  # queued, not delivered
 
     asyncio.run(go())
 
