@@ -3,7 +3,8 @@ and its memory during a flood.
 
 Starts a real relay and a real enrolled agent on loopback (the agent's own ``shell``:
 a login shell in a pty), opens a session and a terminal the way the console does (a
-WebSocket speaking SHELL_CONTRACT.md, acknowledging output as it reads it), then:
+WebSocket speaking the terminal protocol of docs/sessions.md, acknowledging output
+as it reads it), then:
 
 1. **echo**: ``--echoes`` single keystrokes, each timed from send to its echo, through
    the relay; and the same straight to the agent's SSH server (the agent's own
@@ -376,7 +377,14 @@ def main() -> None:
         agent.stop()
         relay.stop()
 
-    result["sizes"] = {"throughput": args.throughput_bytes, "flood": args.flood_bytes}
+    # What each command was asked to write; the bytes measured at the console
+    # (``*_bytes``) are more: the pty turns each "\n" into "\r\n" (``yes`` writes
+    # "y\n", so a 64M flood arrives as 96 MiB).
+    result["sizes"] = {"throughput_command": f"head -c {args.throughput_bytes} /dev/zero | base64",
+                       "flood_command": f"yes | head -c {args.flood_bytes}",
+                       "throughput_received_mib": round(result["throughput_bytes"] / 2**20, 1),
+                       "flood_received_mib": round(result["flood_bytes"] / 2**20, 1),
+                       "note": "received bytes include the pty's \\n -> \\r\\n"}
     result.update({
         "echoes": args.echoes,
         "echo_direct_p50_ms": pct(direct_ms, 50), "echo_direct_p99_ms": pct(direct_ms, 99),

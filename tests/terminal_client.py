@@ -1,5 +1,6 @@
-"""A console's side of the terminal socket (SHELL_CONTRACT.md), for tests and benches:
-binary frames out and in, JSON control frames, and acknowledgements as it renders."""
+"""A console's side of the terminal socket (the protocol is in docs/sessions.md), for
+tests and benches: binary frames out and in, JSON control frames, and acknowledgements
+as it renders."""
 
 from __future__ import annotations
 

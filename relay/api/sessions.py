@@ -192,7 +192,7 @@ async def stream_endpoint(ws: WebSocket) -> None:
     """``/api/v1/sessions/{id}/stream/{capability}``: a capability's channel on a
     browser socket. Most capabilities: their output line by line, as ``{"type":
     "line", "line": ...}`` then ``{"type": "exit", ...}``. A terminal (``shell``):
-    the duplex protocol of SHELL_CONTRACT.md (``?cols=&rows=&term=``, or
+    the duplex protocol of docs/sessions.md ("The terminal") (``?cols=&rows=&term=``, or
     ``?terminal=ID`` to watch one that is open). The channel is the one runner's
     (:mod:`backline.relay.capabilities.runner`).
 
@@ -208,7 +208,22 @@ async def stream_endpoint(ws: WebSocket) -> None:
     try:
         if not CAPABILITY_RE.fullmatch(capability):
             raise ApiError(400, "bad_field", "not a capability name")
-        # Watching a terminal needs only to see the session; running one, to use it.
+        if (watching is not None
+                and relay.channels.spec(capability).transport is not Transport.DUPLEX):
+            # Only a terminal is watched: the relaxed (see, not use) check below must
+            # never let another capability run. Said in words: a client's mistake.
+            err = ApiError(400, "bad_field", f"terminal= is only for a terminal; "
+                                             f"{capability} is not one",
+                           action="session.stream.refused", capability=capability)
+            err.principal = who
+            audit_refusal(relay, ws, err)
+            await ws.accept()
+            with contextlib.suppress(Exception):
+                await ws.send_text(json.dumps({"type": "error", "error": err.code,
+                                               "detail": err.detail}))
+                await ws.close(4400)
+            return
+        # Watching a terminal needs only to see the session; running anything, to use it.
         live = _live(relay, session_for(ws, relay, who, use=watching is None))
     except ApiError as err:
         err.principal = who

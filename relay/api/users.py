@@ -82,6 +82,7 @@ async def ungrant_group(request: Request, relay: Relay, who: Principal, *,
                  address=who.address)
     await relay.sessions.close_matching("grant_withdrawn", who.actor,
                                         technician=user.username, group_id=gid)
+    relay.channels.hang_up_user(user.username, "grant_withdrawn", who.actor, group_id=gid)
     return reply(Ok, {})
 
 
@@ -131,6 +132,7 @@ async def patch_user(request: Request, relay: Relay, who: Principal, *, path: m.
     if changes.get("disabled"):
         await relay.sessions.close_matching("technician_disabled", who.actor,
                                             technician=user.username)
+        relay.channels.hang_up_user(user.username, "technician_disabled", who.actor)
     return reply(m.UserOne, {"user": user.public()})
 
 

@@ -36,6 +36,14 @@ class RecordingFailed(Exception):
     """A channel's recording could not be written (a full disk, a failing device)."""
 
 
+class RecordingNotFiled(Exception):
+    """The recording's blob is written (``sha256``) but its row could not be saved."""
+
+    def __init__(self, sha256: str, size: int, detail: str) -> None:
+        super().__init__(detail)
+        self.sha256, self.size, self.detail = sha256, size, detail
+
+
 class RequestRefused(ValueError):
     """What the technician asked of a capability cannot be asked: a 400 with a code."""
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncssh
+import sqlalchemy as sa
 
 from backline.common.capabilities import ChannelExit
 from backline.relay.capabilities import recording, spec_for
@@ -45,6 +46,7 @@ from backline.relay.capabilities.base import (
     KeptContext,
     Pty,
     RecordingFailed,
+    RecordingNotFiled,
     RequestRefused,
     Transport,
 )
@@ -151,12 +153,14 @@ class ChannelRunner:
         return SessionError(403, status, f"the agent refused {capability!r} ({why})",
                             audited=True)
 
-    def agent_gone(self, ch: Channel, exc: BaseException, close: bool = False) -> SessionError:
-        """The agent went away in the middle of a channel: audited, and the session
-        closed when its SSH connection is gone too (always, with ``close``)."""
+    def agent_gone(self, ch: Channel, exc: BaseException, close: bool = False,
+                   **extra: Any) -> SessionError:
+        """The agent went away in the middle of a channel: audited (with ``extra``, e.g.
+        the recording kept), and the session closed when its SSH connection is gone too
+        (always, with ``close``)."""
         session = ch.session
         detail = f"{type(exc).__name__}: {exc}"[:200]
-        self.failed(session, ch.capability, ch.actor, "agent_gone", detail)
+        self.failed(session, ch.capability, ch.actor, "agent_gone", detail, **extra)
         if (close or session.ssh is None or session.ssh.is_closed()
                 or session.lost is not None) and not session.closing:
             task = asyncio.ensure_future(self.relay.sessions.close(session, "agent_gone",
@@ -243,17 +247,36 @@ class ChannelRunner:
 
     def keep_recording(self, ch: Channel, rec: recording.Recorder) -> recording.Stored:
         """Name a finished recording, file it under the session, audit it
-        (``recording.stored``); ``RecordingFailed`` when its end cannot be written."""
+        (``recording.stored``); ``RecordingFailed`` when its end cannot be written,
+        :class:`RecordingNotFiled` (the blob is kept, named by its hash) when the
+        database does not take its row."""
         digest, size, duration = rec.finish()
         s = ch.session
-        stored = recording.save(self.relay.engine, session_id=s.id, capability=ch.capability,
-                                agent_id=s.principal, technician=s.technician,
-                                started_at=rec.started_at, duration_s=duration, size=size,
-                                sha256=digest, keystrokes=rec.keystrokes)
+        try:
+            stored = recording.save(self.relay.engine, session_id=s.id,
+                                    capability=ch.capability, agent_id=s.principal,
+                                    technician=s.technician, started_at=rec.started_at,
+                                    duration_s=duration, size=size, sha256=digest,
+                                    keystrokes=rec.keystrokes)
+        except sa.exc.SQLAlchemyError as exc:
+            log.error("recording %s of session %s not filed: %r", digest, s.id, exc)
+            raise RecordingNotFiled(digest, size, f"{type(exc).__name__}") from exc
         self.relay.record(ch.actor, "recording.stored", f"session:{s.id}",
                           recording=stored.id, capability=ch.capability, sha256=digest,
                           bytes=size, duration_s=duration, keystrokes=rec.keystrokes)
         return stored
+
+    def hang_up_user(self, username: str, reason: str, actor: str,
+                     group_id: int | None = None) -> int:
+        """Hang up every terminal console of ``username`` (in sessions of ``group_id``
+        when given): access withdrawn is withdrawn from watching too, not only from the
+        sessions the technician opened. How many were hung up."""
+        count = 0
+        for term in list(self.terminals.values()):
+            if group_id is not None and term.ch.session.group_id != group_id:
+                continue
+            count += term.hang_up_user(username, reason, actor)
+        return count
 
     def keep(self, ch: Channel, raw: bytes) -> str | None:
         """What the capability's room keeps of a whole, successful output."""

@@ -2,20 +2,24 @@
 
 The agent runs a login shell in a pty (its policy decides, default ``deny``); the relay
 opens the channel with a pty request (``term_type``, ``term_size``, bytes, no
-encoding) and bridges it to a binary WebSocket (the protocol is SHELL_CONTRACT.md):
+encoding) and bridges it to a binary WebSocket (the protocol is in docs/sessions.md,
+"The terminal, relay side"):
 
 - Flow control end to end: the relay reads the SSH channel only while the controller
   has room in its window (:data:`WINDOW` of output it has not acknowledged with
   ``{"type": "ack"}``). While it does not read, asyncssh stops reading the channel
   once its buffer reaches the channel's window, SSH stops the agent, and the agent's
-  pty stops the program: a flood is held back at its source, and the relay holds at
-  most a window per viewer and one SSH window per terminal. A viewer that falls a
-  window behind is dropped with an error, never buffered for.
+  pty stops the program: a flood is held back at its source. An ack counts only
+  output the console's socket took (``delivered``), and each console's queue is
+  bounded by bytes (:data:`MAX_QUEUED`, text frames included): a console that does
+  not read, or a viewer a window behind, is hung up (``too_slow``), never buffered
+  for. Resizes and grants are rate-limited. Viewers that left are forgotten.
 - One controller types and resizes; viewers (``&terminal=ID``) see the output, their
   keystrokes are dropped (audited once) until the controller grants them control.
 - Every byte of output (and every resize, and keystrokes when the relay's config says
   ``record_keystrokes``) is written to the recording before it goes on; when the
-  recording cannot be written the channel ends (``recording_failed``, audited). The
+  recording cannot be written the channel ends (``recording_failed``, audited). On
+  every other end, normal or not, the recording is kept (see :meth:`Terminal.finish`). The
   recording is started and kept by the channel runner (``start_recording``,
   ``keep_recording``): the one place where recording hooks in.
 
@@ -30,6 +34,7 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -43,6 +48,7 @@ from backline.relay.capabilities.base import (
     ChannelSpec,
     Pty,
     RecordingFailed,
+    RecordingNotFiled,
     Transport,
     no_request,
 )
@@ -70,6 +76,14 @@ MAX_TEXT_FRAME = 512
 MAX_PENDING_INPUT = 256 * 1024
 MAX_COLS, MAX_ROWS = 500, 200
 MAX_VIEWERS = 8
+#: What may wait in one console's queue (output and text), past which it is hung up
+#: (``too_slow``): a window of output and room for the text frames around it.
+MAX_QUEUED = WINDOW + 64 * 1024
+#: Resizes and grants a controller may send: a burst, then so many a second; past it
+#: they are dropped (audited once), so a spamming console grows neither the queues
+#: nor the recording.
+COMMAND_BURST = 20
+COMMANDS_PER_S = 10.0
 
 
 class _Message(BaseModel):
@@ -121,8 +135,20 @@ class Viewer:
     username: str
     actor: str
     role: str  # control | view
+    #: Output bytes queued for it, delivered (its socket took them), acknowledged:
+    #: ``acked <= delivered <= sent``.
     sent: int = 0
+    delivered: int = 0
+    #: The output frame its socket is writing now: a console may have it (and ack it)
+    #: before the write returns here.
+    in_flight: int = 0
     acked: int = 0
+    #: What is in its queue now (output and text), bounded by :data:`MAX_QUEUED`.
+    queued: int = 0
+    #: Resize/grant budget (a token bucket, see :data:`COMMAND_BURST`).
+    tokens: float = COMMAND_BURST
+    tokens_at: float = field(default_factory=time.monotonic)
+    commands_dropped: bool = False
     queue: asyncio.Queue[bytes | str | None] = field(default_factory=asyncio.Queue)
     room: asyncio.Event = field(default_factory=asyncio.Event)
     input_dropped: bool = False
@@ -134,7 +160,31 @@ class Viewer:
         self.room.set()
 
     def unacked(self) -> int:
+        """Output queued or delivered and not acknowledged: what the window bounds."""
         return self.sent - self.acked
+
+    def may_command(self) -> bool:
+        """One resize or grant from this console's budget (False: over it)."""
+        now = time.monotonic()
+        self.tokens = min(COMMAND_BURST, self.tokens + (now - self.tokens_at) * COMMANDS_PER_S)
+        self.tokens_at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+def _size(item: bytes | str | None) -> int:
+    return 0 if item is None else len(item)
+
+
+class AgentGone(Exception):
+    """The channel failed under the pump: audited by :meth:`Terminal.finish` (after the
+    recording is kept, so the failure names it)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
 
 
 class Ended(Exception):
@@ -175,8 +225,17 @@ class Terminal:
     # --- to the consoles -----------------------------------------------------------
 
     def _send(self, viewer: Viewer, item: bytes | str | None) -> None:
-        if not viewer.gone:
-            viewer.queue.put_nowait(item)
+        """Queue one frame; a console whose queue would pass :data:`MAX_QUEUED` is hung
+        up (``too_slow``) instead: the relay never buffers for a console that does not
+        read."""
+        if viewer.gone:
+            return
+        if item is not None and viewer.queued + len(item) > MAX_QUEUED:
+            self.hang_up(viewer, "too_slow", "this console fell too far behind the terminal",
+                         over=True)
+            return
+        viewer.queued += _size(item)
+        viewer.queue.put_nowait(item)
 
     def tell(self, viewer: Viewer, kind: str, **fields: Any) -> None:
         self._send(viewer, json.dumps({"type": kind, **fields}))
@@ -189,21 +248,48 @@ class Terminal:
         self.tell(viewer, "ready", terminal=self.id, role=viewer.role, recorded=True,
                   keystrokes_recorded=self.recorder.keystrokes, cols=self.cols, rows=self.rows)
 
-    def hang_up(self, viewer: Viewer, code: str = "", detail: str = "") -> None:
-        """Say why (if there is a why) and hang up one console; the terminal goes on."""
+    def hang_up(self, viewer: Viewer, code: str = "", detail: str = "",
+                over: bool = False) -> None:
+        """Say why (if there is a why) and hang up one console; the terminal goes on
+        (unless it was the controller: then :meth:`run` ends it). ``over``: its queue
+        is full, the error frame goes past the bound (one small frame, then none)."""
         if viewer.gone:
             return
         if code:
-            self.tell(viewer, "error", error=code, detail=detail)
-        self._send(viewer, None)
+            frame = json.dumps({"type": "error", "error": code, "detail": detail})
+            viewer.queued += len(frame)
+            viewer.queue.put_nowait(frame)
+            if code == "too_slow":
+                self.runner.relay.record(viewer.actor, "terminal.viewer.dropped",
+                                         f"session:{self.ch.session.id}", terminal=self.id,
+                                         reason=code, role=viewer.role)
+        viewer.queue.put_nowait(None)
         viewer.gone = True
         viewer.room.set()
+        self.events.put_nowait((viewer, None))
+
+    def hang_up_user(self, username: str, reason: str, actor: str) -> int:
+        """Hang up every console of ``username`` (access withdrawn), audited."""
+        mine = [v for v in self.viewers if v.username == username and not v.gone]
+        for v in mine:
+            self.runner.relay.record(actor, "terminal.viewer.dropped",
+                                     f"session:{self.ch.session.id}", terminal=self.id,
+                                     reason=reason, user=username, role=v.role)
+            self.hang_up(v, reason, "your access to this session was withdrawn")
+        return len(mine)
 
     def add(self, viewer: Viewer) -> None:
         self.viewers.append(viewer)
         self.ready(viewer)
         viewer.sending = asyncio.ensure_future(self.sender(viewer))
         viewer.listening = asyncio.ensure_future(self._reported(viewer, self.listen(viewer)))
+
+    def prune(self, viewer: Viewer) -> None:
+        """Forget a console whose sender ended (the list stays bounded)."""
+        if viewer in self.viewers and not self.ended.is_set():
+            self.viewers.remove(viewer)
+            if viewer.listening is not None:
+                viewer.listening.cancel()
 
     async def _reported(self, viewer: Viewer | None, work: Any) -> None:
         try:
@@ -230,9 +316,11 @@ class Terminal:
                 if who is None:
                     if isinstance(exc, Ended):
                         end = exc
-                    elif isinstance(exc, SessionError):  # agent_gone, audited already
-                        end = Ended(exc.code, "the agent went away during shell")
-                        end.audited = True  # type: ignore[attr-defined]
+                        if exc.code is None:  # the controlling console went away
+                            closed_by = "console"
+                    elif isinstance(exc, AgentGone):
+                        end = Ended("agent_gone", "the agent went away during shell")
+                        end.cause = exc.cause  # type: ignore[attr-defined]
                     elif exc is not None:
                         log.error("terminal %s: the pump failed: %r", self.id, exc)
                         end = Ended("channel_failed", type(exc).__name__)
@@ -276,7 +364,7 @@ class Terminal:
             except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
                 if self.ch.session.closing:
                     return  # the session is being closed: the terminal ends with it
-                raise self.runner.agent_gone(self.ch, exc) from None
+                raise AgentGone(exc) from None
             if not data:
                 return
             self.record(self.recorder.output, data)
@@ -287,7 +375,7 @@ class Terminal:
                     continue
                 if v is not controller and v.unacked() + len(data) > WINDOW:
                     self.hang_up(v, "too_slow", "this console fell too far behind the "
-                                                "terminal")
+                                                "terminal", over=True)
                     continue
                 v.sent += len(data)
                 self._send(v, data)
@@ -316,10 +404,10 @@ class Terminal:
                 elif text is not None:
                     self.command(viewer, parse_message(text))
             except BadMessage as exc:
+                if viewer.role == "control":  # audited once, by finish(), with the recording
+                    raise Ended("bad_message", str(exc)) from None
                 self.runner.failed(self.ch.session, "shell", viewer.actor, "bad_message",
                                    str(exc), terminal=self.id)
-                if viewer.role == "control":
-                    raise Ended("bad_message", str(exc)) from None
                 self.hang_up(viewer, "bad_message", str(exc))
                 return
 
@@ -349,8 +437,8 @@ class Terminal:
 
     def command(self, viewer: Viewer, msg: Resize | Ack | Grant) -> None:
         if isinstance(msg, Ack):
-            if msg.bytes < viewer.acked or msg.bytes > viewer.sent:
-                raise BadMessage("ack: more than was sent, or less than acknowledged")
+            if msg.bytes < viewer.acked or msg.bytes > viewer.delivered + viewer.in_flight:
+                raise BadMessage("ack: more than was delivered, or less than acknowledged")
             viewer.acked = msg.bytes
             if viewer.unacked() < WINDOW:
                 viewer.room.set()
@@ -358,7 +446,16 @@ class Terminal:
         if viewer.role != "control":
             self.dropped_input(viewer, msg.type)
             return
+        if not viewer.may_command():
+            if not viewer.commands_dropped:
+                viewer.commands_dropped = True
+                self.runner.relay.record(viewer.actor, "terminal.input.dropped",
+                                         f"session:{self.ch.session.id}", terminal=self.id,
+                                         what=msg.type, reason="rate_limited")
+            return
         if isinstance(msg, Resize):
+            if (msg.cols, msg.rows) == (self.cols, self.rows):
+                return  # no change: nothing to record or say
             self.record(self.recorder.resize, msg.cols, msg.rows)
             self.cols, self.rows = msg.cols, msg.rows
             with contextlib.suppress(asyncssh.Error, OSError):
@@ -390,46 +487,82 @@ class Terminal:
                 if item is None:
                     break
                 if isinstance(item, bytes):
+                    viewer.in_flight = len(item)
                     await viewer.ws.send_bytes(item)
+                    viewer.delivered += len(item)  # only now is it counted as delivered
+                    viewer.in_flight = 0
                 else:
                     await viewer.ws.send_text(item)
-        viewer.gone = True
+                viewer.queued -= len(item)
+        was_gone, viewer.gone = viewer.gone, True
         viewer.room.set()
         with contextlib.suppress(Exception):
             await viewer.ws.close(1000)
+        if not was_gone:
+            self.events.put_nowait((viewer, None))  # its socket failed: run() hears it
+        self.prune(viewer)
 
     # --- the end -------------------------------------------------------------------
 
     async def finish(self, end: Ended | None, closed_by: str) -> None:
-        """Say how the terminal ended, keep its recording, audit it once."""
+        """Say how the terminal ended, keep its recording, audit it once.
+
+        The recording is kept on every end but ``recording_failed`` (its blob could not
+        be written): a console that ends its terminal with a bad message, or an agent
+        that goes away, does not erase the record of what was done; the failure's audit
+        event names the recording and its SHA-256."""
         runner, ch, proc = self.runner, self.ch, self.proc
         session = ch.session
-        if end is not None and end.code is not None:
+        failure = end.code if end is not None else None
+        if end is not None:  # the console went, or something ended it: close the channel
             proc.close()
-            if not getattr(end, "audited", False):
-                runner.failed(session, "shell", ch.actor, end.code, end.detail,
-                              terminal=self.id, bytes=self.output_bytes)
-            self.tell_all("error", error=end.code, detail=end.detail)
-            return
-        if end is not None:  # the console went: close the channel
-            proc.close()
-        with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
-            await asyncio.wait_for(proc.wait_closed(), 5)
-        status = proc.exit_status
-        if status == ChannelExit.REFUSED and self.output_bytes == 0:
+        if failure is None:
+            with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+                await asyncio.wait_for(proc.wait_closed(), 5)
+        status = proc.exit_status if failure is None else None
+        if failure is None and status == ChannelExit.REFUSED and self.output_bytes == 0:
             err = b""
             with contextlib.suppress(Exception):
                 err = await asyncio.wait_for(proc.stderr.read(4096), 2)
             refusal = runner.refusal_of(session, "shell", ch.actor, err)
             self.tell_all("error", error=refusal.code, detail=refusal.detail)
             return
+        assert end is not None or failure is None
+        if failure == "recording_failed":
+            assert end is not None
+            runner.failed(session, "shell", ch.actor, failure, end.detail,
+                          terminal=self.id, bytes=self.output_bytes)
+            self.tell_all("error", error=failure, detail=end.detail)
+            return
         try:
             stored = runner.keep_recording(ch, self.recorder)
+        except RecordingNotFiled as exc:  # written, not filed: said, audited, still ends
+            runner.failed(session, "shell", ch.actor, "recording_not_filed", exc.detail,
+                          terminal=self.id, bytes=self.output_bytes, sha256=exc.sha256,
+                          recording_bytes=exc.size, **({"after": failure} if failure else {}))
+            if failure is not None and end is not None:
+                self.tell_all("error", error=failure, detail=end.detail)
+            else:
+                self.tell_all("exit", exit_status=status, recording=None,
+                              error="recording_not_filed")
+            return
         except RecordingFailed as exc:
             runner.failed(session, "shell", ch.actor, "recording_failed", str(exc),
-                          terminal=self.id, bytes=self.output_bytes)
+                          terminal=self.id, bytes=self.output_bytes,
+                          **({"after": failure} if failure else {}))
             self.tell_all("error", error="recording_failed",
                           detail="the recording could not be completed")
+            return
+        if end is not None and failure is not None:
+            kept = {"terminal": self.id, "bytes": self.output_bytes,
+                    "recording": stored.id, "sha256": stored.sha256}
+            cause = getattr(end, "cause", None)
+            if cause is not None:  # agent_gone: audited (and the session closed) there
+                runner.agent_gone(ch, cause, **kept)
+            else:
+                runner.failed(session, "shell", ch.actor, failure, end.detail, **kept)
+            self.tell_all("error", error=failure, detail=end.detail,
+                          recording=stored.public())
             return
         runner.finished(ch, status, self.output_bytes, stored.sha256, terminal=self.id,
                         recording=stored.id, recording_bytes=stored.bytes, closed_by=closed_by)

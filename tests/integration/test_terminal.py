@@ -1,6 +1,6 @@
 """The terminal (``shell``), with real processes: a relay, an agent with a pty shell
 (tests/shell_agent.py: the agent's own when it has one), and a real WebSocket client
-speaking the console's side of SHELL_CONTRACT.md (tests/terminal_client.py).
+speaking the console's side of the terminal protocol (docs/sessions.md) (tests/terminal_client.py).
 
 What is proved: a command runs and its output comes back; resizes reach the pty;
 the agent's ``deny`` is refused and audited on both sides; every terminal is
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.harness import (
     AgentProcess,
@@ -172,9 +173,17 @@ def test_output_passes_as_bytes_and_bad_messages_are_refused(world: World) -> No
         with browser_socket(relay, admin, stream(session["id"], "cols=9999&rows=1")) as ws:
             refused = json.loads(ws.recv(10))
         assert refused["type"] == "error" and refused["error"] == "bad_field", refused
-        # The garbage is in the recording as text a player can show (U+FFFD for bad bytes).
+        # A bad message ends the terminal but does not erase what was done in it: the
+        # recording is kept, and the failure's event names it and its SHA-256.
+        assert said["recording"]["id"].startswith("rc_"), said
         rows = admin.get(f"/api/v1/sessions/{session['id']}/recordings").json()["recordings"]
-        assert rows == [], "a terminal ended by a bad message keeps no recording"
+        assert [(r["id"], r["sha256"]) for r in rows] == [
+            (said["recording"]["id"], said["recording"]["sha256"])]
+        assert failed[-1]["details"]["recording"] == rows[0]["id"]
+        assert failed[-1]["details"]["sha256"] == rows[0]["sha256"]
+        played = admin.get(f"/api/v1/recordings/{rows[0]['id']}")
+        assert hashlib.sha256(played.content).hexdigest() == rows[0]["sha256"]
+        assert "\ufffd" in played.content.decode(), "bad bytes are U+FFFD in the recording"
     finally:
         admin.request("DELETE", f"/api/v1/sessions/{session['id']}")
 
@@ -384,3 +393,161 @@ def test_a_recording_that_cannot_be_written_ends_the_terminal(tmp_path: Path) ->
         agent.stop()
         admin.close()
         relay.stop()
+
+
+def test_a_terminal_whose_agent_is_killed_keeps_its_recording(world: World) -> None:
+    relay, admin = world.relay, world.admin
+    doomed = start_shell_agent(world.root, relay, admin, "term-doomed")
+    try:
+        session = open_session(admin, doomed.agent_id, capabilities=["shell"])
+        with browser_socket(relay, admin, stream(session["id"])) as ws:
+            term = TerminalClient(ws)
+            term.message("ready")
+            term.type("echo before$((6*6))\r")
+            term.line(b"before36")
+            assert doomed.proc is not None
+            doomed.proc.kill()
+            doomed.proc.wait(10)
+            said = term.message("error", timeout=60)
+        assert said["error"] == "agent_gone", said
+        rows = admin.get(f"/api/v1/sessions/{session['id']}/recordings").json()["recordings"]
+        assert len(rows) == 1, rows
+        failed = [e for e in trail(relay, session["id"], "session.channel.failed")
+                  if e["details"]["reason"] == "agent_gone"]
+        assert [(e["details"]["recording"], e["details"]["sha256"]) for e in failed] == [
+            (rows[0]["id"], rows[0]["sha256"])]
+        played = admin.get(f"/api/v1/recordings/{rows[0]['id']}")
+        assert hashlib.sha256(played.content).hexdigest() == rows[0]["sha256"]
+        assert "before36" in played.content.decode()
+    finally:
+        doomed.stop()
+
+
+def test_terminal_is_only_for_a_terminal_and_only_in_its_own_session(world: World) -> None:
+    """A technician who may only see a session cannot run a capability in it by adding
+    ``terminal=`` to the stream socket, nor join another session's terminal."""
+    relay, admin = world.relay, world.admin
+    peeker = make_user(admin, relay, "peeker", "technician", ("default",))
+    session = shell_session(world)
+    other = shell_session(world)
+    try:
+        with browser_socket(relay, admin, stream(session["id"])) as ws1:
+            owner = TerminalClient(ws1)
+            ready = owner.message("ready")
+            for capability in ("info", "diagnostics"):
+                path = (f"/api/v1/sessions/{session['id']}/stream/{capability}"
+                        f"?terminal={ready['terminal']}")
+                with browser_socket(relay, peeker, path) as ws:
+                    said = json.loads(ws.recv(10))
+                    with pytest.raises(ConnectionClosed) as closed:
+                        ws.recv(10)
+                assert said["error"] == "bad_field" and "terminal" in said["detail"], said
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
+            refused = [e for e in audit_actions(relay) if e["action"] == "session.stream.refused"
+                       and e["actor"] == "user:peeker"]
+            assert len(refused) == 2 and all(e["details"]["reason"] == "bad_field"
+                                              for e in refused), refused
+            assert not [e for e in trail(relay, session["id"], "session.channel")
+                        if e["actor"] == "user:peeker"], "nothing ran for the peeker"
+            # Another session's terminal is not joinable from this one.
+            with browser_socket(relay, admin, stream(other["id"],
+                                                     f"terminal={ready['terminal']}")) as ws:
+                said = json.loads(ws.recv(10))
+            assert said == {"type": "error", "error": "no_such_terminal",
+                            "detail": "no such terminal is open in this session"}, said
+            owner.type("exit\r")
+            assert owner.message("exit")["exit_status"] == 0
+    finally:
+        peeker.close()
+        admin.request("DELETE", f"/api/v1/sessions/{session['id']}")
+        admin.request("DELETE", f"/api/v1/sessions/{other['id']}")
+
+
+def test_withdrawn_access_hangs_up_terminals_they_watch(world: World) -> None:
+    relay, admin = world.relay, world.admin
+    onlooker = make_user(admin, relay, "onlooker", "technician", ("default",))
+    bystander = make_user(admin, relay, "bystander", "technician", ("default",))
+    session = shell_session(world)
+    try:
+        with browser_socket(relay, admin, stream(session["id"])) as ws1:
+            owner = TerminalClient(ws1)
+            ready = owner.message("ready")
+            path = stream(session["id"], f"terminal={ready['terminal']}")
+            with browser_socket(relay, onlooker, path) as ws2:
+                viewer = TerminalClient(ws2)
+                viewer.message("ready")
+                uid = next(u["id"] for u in admin.get("/api/v1/users").json()["users"]
+                           if u["username"] == "onlooker")
+                assert admin.request("PATCH", f"/api/v1/users/{uid}",
+                                     json={"disabled": True}).status_code == 200
+                said = viewer.message("error")
+                assert said["error"] == "technician_disabled", said
+                viewer.until(lambda: viewer.closed, 10, "the hang-up")
+            with browser_socket(relay, bystander, path) as ws3:
+                other = TerminalClient(ws3)
+                other.message("ready")
+                gid = next(g["id"] for g in admin.get("/api/v1/groups").json()["groups"]
+                           if g["name"] == "default")
+                assert admin.request("DELETE", f"/api/v1/groups/{gid}/grants/bystander"
+                                     ).status_code == 200
+                said = other.message("error")
+                assert said["error"] == "grant_withdrawn", said
+                other.until(lambda: other.closed, 10, "the hang-up")
+            owner.type("echo still$((3*3))\r")  # the owner's terminal goes on
+            owner.line(b"still9")
+            owner.type("exit\r")
+            assert owner.message("exit")["exit_status"] == 0
+        dropped = trail(relay, session["id"], "terminal.viewer.dropped")
+        assert [(e["details"]["user"], e["details"]["reason"]) for e in dropped] == [
+            ("onlooker", "technician_disabled"), ("bystander", "grant_withdrawn")]
+    finally:
+        onlooker.close()
+        bystander.close()
+        admin.request("DELETE", f"/api/v1/sessions/{session['id']}")
+
+
+def test_a_console_that_acks_without_reading_does_not_grow_the_relay(world: World) -> None:
+    """A hostile console starts a flood, then never reads its socket but acknowledges
+    output as fast as it likes. Acks count only what its socket took, so the relay
+    refuses acks past that (the terminal ends, ``bad_message``), and what waits for the
+    console is bounded: the relay's memory stays flat either way."""
+    relay, admin = world.relay, world.admin
+    assert relay.proc is not None
+    session = shell_session(world)
+    try:
+        with browser_socket(relay, admin, stream(session["id"])) as ws:
+            term = TerminalClient(ws)
+            term.message("ready")
+            term.type("echo warm$((1+2))\r")
+            term.line(b"warm3")
+            before = rss_kib(relay.proc.pid)
+            peak = before
+            term.type("yes | head -c 1G\r")
+            claimed = term.received
+            time.sleep(1)  # the flood is under way, a window of it on its way here
+            deadline = time.monotonic() + 10
+            try:
+                while time.monotonic() < deadline:
+                    # "rendered" at 32 KiB a step (~3 MiB/s), never read: slower than
+                    # the flood, so a relay that counted queued bytes would take every
+                    # ack and buffer the flood for this console
+                    claimed += 32 * 1024
+                    term.send(type="ack", bytes=claimed)
+                    time.sleep(0.01)
+                    peak = max(peak, rss_kib(relay.proc.pid))
+            except ConnectionClosed:
+                pass  # dropped: the relay refused the ack and ended the terminal
+            growth_mib = (peak - before) / 1024
+        print(f"\nhostile acks: claimed {claimed / MiB:.0f} MiB, relay RSS "
+              f"{before / 1024:.1f} -> peak {peak / 1024:.1f} MiB (+{growth_mib:.1f} MiB)")
+        assert growth_mib < 25, f"the relay grew {growth_mib:.1f} MiB"
+        wait = time.monotonic() + 30
+        while time.monotonic() < wait:
+            failed = trail(relay, session["id"], "session.channel.failed")
+            if failed:
+                break
+            time.sleep(0.5)
+        assert [e["details"]["reason"] for e in failed] == ["bad_message"], failed
+        assert "delivered" in failed[0]["details"]["detail"]
+    finally:
+        admin.request("DELETE", f"/api/v1/sessions/{session['id']}")

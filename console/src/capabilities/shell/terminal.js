@@ -1,6 +1,6 @@
 // One terminal: an xterm.js screen bridged to the relay's terminal WebSocket
 // (/api/v1/sessions/{id}/stream/shell), speaking the wire contract in
-// SHELL_CONTRACT.md (docs/console.md sums it up):
+// docs/sessions.md, "The terminal, relay side" (docs/console.md sums it up):
 // - output arrives as binary frames and is written to xterm as bytes
 //   (write(Uint8Array)): xterm decodes UTF-8 itself, copes with a sequence cut between
 //   frames, and shows invalid bytes as U+FFFD; escape sequences are parsed by its
