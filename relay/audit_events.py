@@ -40,6 +40,7 @@ import os
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, get_args
 
 log = logging.getLogger("backline.relay.audit")
@@ -63,6 +64,11 @@ class Field:
     meaning: str
     required: bool
 
+    @cached_property
+    def classes(self) -> tuple[type, ...]:
+        """``type`` as a tuple (``isinstance`` is quicker with one than with a union)."""
+        return get_args(self.type) if isinstance(self.type, types.UnionType) else (self.type,)
+
 
 @dataclass(frozen=True)
 class Event:
@@ -74,8 +80,13 @@ class Event:
     #: Recorded through ``record_flood``: aggregated rows of it may appear.
     flood: bool = False
 
-    def field(self, name: str) -> Field | None:
-        return next((f for f in self.fields if f.name == name), None)
+    @cached_property
+    def by_name(self) -> dict[str, Field]:
+        return {f.name: f for f in self.fields}
+
+    @cached_property
+    def required(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields if f.required)
 
 
 def need(name: str, type_: Any, meaning: str) -> Field:
@@ -152,6 +163,9 @@ FLOOD_SUMMARY = (
     need("reasons", dict, "their `reason`s and how often each came (at most 10 kept)"),
     need("addresses", dict, "their `address`es and how often each came (at most 10 kept)"),
 )
+
+#: The summary as an event (not in the catalogue), for the check.
+_SUMMARY = Event("", "", "", "", FLOOD_SUMMARY, flood=True)
 
 AUTH = group("auth", "Signing in and out, passwords, second factors, API tokens in use, "
                      "and the console's live socket.")
@@ -434,20 +448,25 @@ def problems(action: str, details: Mapping[str, Any], *, flooding: bool = False)
     wrong: list[str] = []
     if flooding and not spec.flood:
         wrong.append("recorded through record_flood but not declared flood=True")
-    fields = spec.fields
+    declared, required = spec.by_name, spec.required
     if details.get("aggregated") is True:
         if not spec.flood:
             wrong.append("an aggregated row of an action not declared flood=True")
-        fields = FLOOD_SUMMARY
-    declared = {f.name: f for f in fields}
-    undeclared = sorted(k for k in details if k not in declared and k != MARKER)
+        declared, required = _SUMMARY.by_name, _SUMMARY.required
+    undeclared: list[str] = []
+    mistyped: list[str] = []
+    for name, value in details.items():
+        spec_field = declared.get(name)
+        if spec_field is None:
+            if name != MARKER:
+                undeclared.append(name)
+        elif not isinstance(value, spec_field.classes):
+            mistyped.append(f"{name} is {type(value).__name__}")
     if undeclared:
-        wrong.append(f"undeclared fields: {', '.join(undeclared)}")
-    missing = [f.name for f in fields if f.required and f.name not in details]
+        wrong.append(f"undeclared fields: {', '.join(sorted(undeclared))}")
+    missing = [name for name in required if name not in details]
     if missing:
         wrong.append(f"missing fields: {', '.join(missing)}")
-    mistyped = [f"{name} is {type(value).__name__}" for name, value in details.items()
-                if name in declared and not isinstance(value, declared[name].type)]
     if mistyped:
         wrong.append(f"wrong types: {', '.join(mistyped)}")
     return wrong

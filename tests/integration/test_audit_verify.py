@@ -149,10 +149,11 @@ def test_batched_events_keep_their_order(tmp_path: Path) -> None:
     relay = open_relay(config.load(overrides={"data_dir": tmp_path / "r"}, environ={}))
 
     async def scenario() -> None:
-        relay.record_soon("agent:a", "agent.connect", "agent:a")
-        relay.record_soon("agent:b", "agent.connect", "agent:b")
-        relay.record("user:x", "auth.login", "user:x")
-        relay.record_soon("agent:a", "agent.disconnect", "agent:a")
+        at = {"address": "192.0.2.1"}  # events as the catalogue declares them
+        relay.record_soon("agent:a", "agent.connect", "agent:a", version="1", **at)
+        relay.record_soon("agent:b", "agent.connect", "agent:b", version="1", **at)
+        relay.record("user:x", "auth.login", "user:x", totp=False, **at)
+        relay.record_soon("agent:a", "agent.disconnect", "agent:a", reason="closed", **at)
         await asyncio.sleep(0)  # the next turn writes the batch
         await asyncio.sleep(0)
 
