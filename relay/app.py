@@ -18,10 +18,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backline.relay import tls_identity
-from backline.relay.api import openapi, reports
-from backline.relay.api import resources as api
+from backline.relay.api import openapi
 from backline.relay.api import sessions as api_sessions
 from backline.relay.api.live_socket import live_endpoint
+from backline.relay.api.routes import ROUTES as API_ROUTES
 from backline.relay.control import connect_endpoint, enroll_endpoint
 from backline.relay.datadir import CERT_WARN_DAYS
 from backline.relay.logfmt import frames_only
@@ -183,6 +183,14 @@ async def console_index(request: Request) -> Response:
                         "built. Run the README's set-up command.</p>")
 
 
+#: Every WebSocket a browser can reach; each is admitted by
+#: :func:`backline.relay.api.browser_socket.admit` (tests/unit/test_browser_socket_gate.py).
+BROWSER_SOCKETS: list[WebSocketRoute] = [
+    WebSocketRoute("/api/v1/live", live_endpoint),
+    *api_sessions.SOCKETS,
+]
+
+
 def build_app(relay: Relay) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -200,11 +208,8 @@ def build_app(relay: Relay) -> Starlette:
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
         Route("/api/v1/openapi.json", openapi.endpoint),
         Route("/agent/pins", tls_identity.pins_endpoint),
-        *api.ROUTES,
-        *api_sessions.ROUTES,
-        *reports.ROUTES,
-        WebSocketRoute("/api/v1/live", live_endpoint),
-        *api_sessions.SOCKETS,
+        *API_ROUTES,
+        *BROWSER_SOCKETS,
         WebSocketRoute("/agent/enroll", enroll_endpoint),
         WebSocketRoute("/agent/connect", connect_endpoint),
         WebSocketRoute("/agent/tunnel/{session_id}", tunnel_endpoint),

@@ -49,7 +49,12 @@ from backline.relay.ratelimit import AttemptLimiter, address_key
 from backline.relay.webauth import ApiError, Principal, client_address
 
 if TYPE_CHECKING:
-    from backline.relay.state import Relay
+    from backline.relay.ports import Configured, Counters, Recorder, Stored
+
+    class Relay(Recorder, Configured, Stored, Counters):
+        """What the attempt limiter uses of the relay."""
+
+        cookie_secret: str
 
 T = TypeVar("T")
 DEVICE_COOKIE = "__Host-backline-device"

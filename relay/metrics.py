@@ -10,7 +10,18 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from backline.relay.state import Relay
+    from typing import Protocol
+
+    from backline.relay.agents import Presence
+    from backline.relay.live import LiveBus
+    from backline.relay.tls_identity import TlsIdentity
+
+    class Relay(Protocol):
+        """What the gauges read, at scrape time."""
+
+        presence: Presence
+        bus: LiveBus
+        tls_identity: TlsIdentity | None
 
 
 #: ``kind`` of ``backline_auth_checks_total``: sign-in passwords, TOTP codes (sign-in,

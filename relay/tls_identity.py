@@ -40,7 +40,22 @@ from backline.relay.config import RelayConfig
 from backline.relay.datadir import DataDir
 
 if TYPE_CHECKING:
-    from backline.relay.state import Relay
+    from typing import Any, Protocol
+
+    from backline.relay.pinset_serial import Announcement
+
+    class Relay(Protocol):
+        """What the pins answer and the reloader use of the relay."""
+
+        config: RelayConfig
+        datadir: DataDir
+        tls_identity: TlsIdentity | None
+        pins: tuple[str, ...]
+        pin_announcement: Announcement | None
+
+        def set_tls_identity(self, identity: TlsIdentity) -> None: ...
+
+        def record(self, actor: str, action: str, target: str = "", **details: Any) -> None: ...
 
 log = logging.getLogger("backline.relay.tls")
 #: Mozilla's profiles' ``maximum_certificate_lifespan``.

@@ -27,7 +27,12 @@ from backline.relay.roles import ROLE_PERMISSIONS
 from backline.relay.schema import web_sessions
 
 if TYPE_CHECKING:
-    from backline.relay.state import Relay
+    from backline.relay.ports import Configured, Counters, Recorder, Stored
+
+    class Relay(Recorder, Configured, Stored, Counters):
+        """What sign-in and web sessions use of the relay."""
+
+        cookie_secret: str
 
 COOKIE = "__Host-backline"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -38,7 +38,6 @@ from backline.common import __version__
 
 if TYPE_CHECKING:
     from backline.relay.config import RelayConfig
-    from backline.relay.state import Relay
 
 log = logging.getLogger("backline.relay.webhooks")
 
@@ -268,15 +267,3 @@ class WebhookSender:
         else:
             self._health.pop(agent_id, None)
         return current != before
-
-
-def notify(relay: Relay, event_type: str, payload: dict[str, Any]) -> bool:
-    """Send one event to the configured webhook, if any; never blocks, never raises
-    for delivery problems (those are retried, then logged and audited)."""
-    return relay.webhooks.submit(event_type, payload)
-
-
-def notify_health(relay: Relay, agent_id: str, group_id: Any, alerts: list[dict[str, str]]
-                  ) -> bool:
-    """See :meth:`WebhookSender.agent_health`."""
-    return relay.webhooks.agent_health(agent_id, group_id, alerts)

@@ -1,7 +1,7 @@
 """``/api/v1/live``: the console's WebSocket for live agent presence and audit events.
 
-Browsers can reach it, so it checks ``Origin`` (cross-site WebSocket hijacking)
-and the session cookie before accepting, and shows each person only what they
+Browsers can reach it, so it is admitted by :mod:`backline.relay.api.browser_socket`
+(Origin, sign-in, TOTP) before accepting, and shows each person only what they
 may see through the REST API.
 """
 
@@ -15,37 +15,16 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from backline.relay import users
+from backline.relay.api.browser_socket import admit
 from backline.relay.state import Relay
-from backline.relay.webauth import (
-    ApiError,
-    audit_refusal,
-    authenticate,
-    client_address,
-    needs_totp_enrolment,
-)
 
 KEEPALIVE_S = 25.0
 
 
 async def live_endpoint(ws: WebSocket) -> None:
     relay: Relay = ws.app.state.relay
-    address = client_address(ws)
-    try:
-        principal = authenticate(relay, ws)
-    except ApiError as err:
-        audit_refusal(relay, ws, err)
-        await ws.close(4401)
-        return
-    # A foreign Origin never gets here: SecurityMiddleware refuses it for every socket.
-    if principal is None or principal.user.must_change_password:
-        relay.record_flood(address, f"anonymous@{address}", "live.refused", "/api/v1/live",
-                           reason="unauthenticated", address=address)
-        await ws.close(4401)
-        return
-    if needs_totp_enrolment(relay, principal.user):
-        relay.record(principal.actor, "live.refused", "/api/v1/live",
-                     reason="totp_enrolment_required", address=address)
-        await ws.close(4403)
+    principal = await admit(ws, refused_action="live.refused")
+    if principal is None:
         return
     groups = users.granted_group_ids(relay.engine, principal.user)
     reads_audit = principal.can("audit:read")

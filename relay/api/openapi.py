@@ -48,11 +48,9 @@ STATUS_TEXT = {
 
 
 def _routes() -> list[Any]:
-    from backline.relay.api import reports
-    from backline.relay.api import resources as api
-    from backline.relay.api import sessions as api_sessions
+    from backline.relay.api.routes import ROUTES
 
-    return [*api.ROUTES, *api_sessions.ROUTES, *reports.ROUTES]
+    return list(ROUTES)
 
 
 def refusals(op: Operation, method: str, path: str) -> set[int]:

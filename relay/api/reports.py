@@ -12,8 +12,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from backline.relay.api import models as m
+from backline.relay.api.agents import agent_by_id
 from backline.relay.api.edge import endpoint, reply
-from backline.relay.api.resources import agent_by_id
 from backline.relay.report_store import load
 from backline.relay.schema import diagnostics_reports
 from backline.relay.state import Relay

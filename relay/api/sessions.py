@@ -29,8 +29,9 @@ from backline.common.diagnostics.request import DiagnosticsRequest, RequestError
 from backline.common.protocol import CAPABILITY_RE
 from backline.relay import agents
 from backline.relay.api import models as m
+from backline.relay.api.agents import agent_by_id, visible_group_ids
+from backline.relay.api.browser_socket import admit
 from backline.relay.api.edge import endpoint, reply, validated
-from backline.relay.api.resources import agent_by_id, visible_group_ids
 from backline.relay.sessions.manager import (
     CAPABILITIES,
     DEFAULT_CAPABILITIES,
@@ -43,9 +44,6 @@ from backline.relay.webauth import (
     ApiError,
     Principal,
     audit_refusal,
-    authenticate,
-    client_address,
-    needs_totp_enrolment,
 )
 
 MAX_STREAM_LINE = 1024 * 1024
@@ -157,7 +155,7 @@ async def close_session(request: Request, relay: Relay, who: Principal, *,
     live = relay.sessions.get(row["id"])
     if live is not None:
         await relay.sessions.close(live, "technician", actor=who.actor)
-    elif row["state"] == "waiting" and relay.sessions.withdraw_code(row["id"]):
+    elif row["state"] == "waiting" and relay.sessions.codes.withdraw(row["id"]):
         relay.record(who.actor, "session.code.withdraw", f"session:{row['id']}",
                      address=who.address)
     elif row["state"] != "closed" and row["state"] != "expired":
@@ -215,7 +213,7 @@ async def create_session_code(request: Request, relay: Relay, who: Principal, *,
                               body: m.SessionOpen) -> Response:
     """Make an attended-session code (single use, short-lived) and the exact command
     the customer runs. Body: ``{reason, ticket, capabilities}`` (all optional)."""
-    result = relay.sessions.create_code(
+    result = relay.sessions.codes.create(
         who.user.username, who.actor, _text(body.reason, "reason"),
         _text(body.ticket, "ticket"), _capabilities(body.capabilities), who.address)
     return reply(m.SessionCode, result, status=201)
@@ -228,34 +226,15 @@ async def stream_endpoint(ws: WebSocket) -> None:
     """``/api/v1/sessions/{id}/stream/{capability}``: a capability's output, line by
     line, as ``{"type": "line", "line": ...}`` then ``{"type": "exit", ...}``.
 
-    Browsers can reach it: ``Origin`` (by :class:`backline.relay.app.SecurityMiddleware`)
-    and the session cookie are checked before accepting (cross-site WebSocket
-    hijacking), exactly like ``/api/v1/live``."""
+    Browsers can reach it: it is admitted by :mod:`backline.relay.api.browser_socket`
+    (Origin, sign-in, TOTP, ``agents:write``) before accepting, like every browser
+    socket."""
     relay: Relay = ws.app.state.relay
-    address = client_address(ws)
-    path = ws.url.path
-    try:
-        who = authenticate(relay, ws)
-    except ApiError as err:
-        audit_refusal(relay, ws, err)
-        await ws.close(4401)
-        return
-    # A foreign Origin never gets here: SecurityMiddleware refuses it for every socket.
-    if who is None or who.user.must_change_password:
-        relay.record_flood(address, f"anonymous@{address}", "session.stream.refused",
-                           path[:256], reason="unauthenticated", address=address)
-        await ws.close(4401)
-        return
-    if needs_totp_enrolment(relay, who.user):
-        relay.record(who.actor, "session.stream.refused", path,
-                     reason="totp_enrolment_required", address=address)
-        await ws.close(4403)
+    who = await admit(ws, refused_action="session.stream.refused", permission="agents:write")
+    if who is None:
         return
     capability = ws.path_params["capability"]
     try:
-        if not who.can("agents:write"):
-            raise ApiError(403, "forbidden", "agents:write is needed",
-                           action="session.stream.refused")
         if not CAPABILITY_RE.fullmatch(capability):
             raise ApiError(400, "bad_field", "not a capability name")
         live = _live(relay, session_for(ws, relay, who, use=True))

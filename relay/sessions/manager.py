@@ -30,29 +30,37 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
 import sqlalchemy as sa
 
-from backline.common import protocol, sessioncode
+from backline.common import protocol
 from backline.common.capabilities import DEFAULT_GRANTS, KNOWN, ChannelExit
 from backline.common.wstunnel import ABORT_FLUSH_S, SSH_WINDOW, WebSocketTunnel
-from backline.relay.auth_limits import JoinCodeLimits
 from backline.relay.db import writing
 from backline.relay.schema import support_sessions
+from backline.relay.sessions import states
+from backline.relay.sessions.codes import SessionCodes
+from backline.relay.sessions.session import (
+    LiveSession,
+    SessionError,
+    new_session_id,
+    speaker,
+    token_hash,
+)
+from backline.relay.sessions.states import State
+from backline.relay.sessions.tunnel import TunnelClient
 from backline.relay.sshca import RelayCA, host_key_from_raw
 
 if TYPE_CHECKING:
-    from backline.relay.state import Relay
+    from backline.relay.sessions.host import SessionHost
 
-log = logging.getLogger("backline.relay.sessions.manager")
+log = logging.getLogger("backline.relay.sessions")
 
 # What a session may be allowed to do; the agent's policy decides what it does.
 CAPABILITIES = KNOWN
 DEFAULT_CAPABILITIES = DEFAULT_GRANTS
-OPEN_STATES = ("consent", "dialing", "ready")
 EXIT_REFUSED = ChannelExit.REFUSED  # the agent's "opened, then refused" exit status
 MAX_OUTPUT = 8 * 1024 * 1024
 MAX_STDERR = 16 * 1024
@@ -60,97 +68,11 @@ SSH_TIMEOUT_S = 10.0
 CLOSE_SHUTDOWN = 1012
 
 
-class SessionError(Exception):
-    """A refusal or failure with an HTTP status, a stable code and a sentence.
-
-    ``audited`` when it was recorded where it arose (``session.channel.refused`` /
-    ``.failed``, with the capability and agent): the API then does not record it again.
-    """
-
-    def __init__(self, status: int, code: str, detail: str, audited: bool = False) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.audited = audited
-
-
-class CodeRefused(Exception):
-    """A session code that does not open anything; ``reason`` is for the audit only."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def _speaker(principal: str) -> str:
-    """The audit actor of a session principal: an enrolled agent, or an attended one."""
-    return f"agent:{principal}" if principal.startswith("ag_") else f"customer:{principal}"
-
-
-def new_session_id() -> str:
-    return "ss_" + secrets.token_urlsafe(15)
-
-
-def _token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-@dataclass(eq=False)
-class LiveSession:
-    id: str
-    mode: str
-    principal: str
-    group_id: int | None
-    technician: str
-    opened_by: str
-    reason: str
-    ticket: str
-    capabilities: tuple[str, ...]
-    host_key: asyncssh.SSHKey
-    valid_until: float
-    opened_at: float = field(default_factory=time.time)
-    state: str = "dialing"
-    token_hash: str = ""
-    ssh: asyncssh.SSHClientConnection | None = None
-    tunnel: WebSocketTunnel | None = None
-    notify: Callable[[str], Awaitable[Any]] | None = None
-    last_activity: float = field(default_factory=time.monotonic)
-    active_channels: int = 0
-    channels: int = 0
-    ready_at: float | None = None
-    cert_serial: int | None = None
-    closing: bool = False
-    lost: BaseException | None = None
-    remote_address: str = ""
-    ready: asyncio.Future[None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future())
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __post_init__(self) -> None:
-        # Nobody may await an attended session's readiness: never warn about it.
-        self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
-
-    def touch(self) -> None:
-        self.last_activity = time.monotonic()
-
-
-class _Client(asyncssh.SSHClient):
-    """Remembers why the agent's side ended the connection."""
-
-    def __init__(self, session: LiveSession) -> None:
-        self.session = session
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.session.lost = exc
-
-
 class SessionManager:
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: SessionHost) -> None:
         self.relay = relay
-        cfg = relay.config
         self.ca = RelayCA(relay.datadir.ca_key)
-        self.codes = JoinCodeLimits(cfg)
+        self.codes = SessionCodes(relay, self._new_live)
         self._live: dict[str, LiveSession] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         relay.metrics.sessions.set_function(lambda: len(self._live))
@@ -189,7 +111,7 @@ class SessionManager:
         if agent_id:
             q = q.where(support_sessions.c.agent_id == agent_id)
         if state == "open":
-            q = q.where(support_sessions.c.state.in_(OPEN_STATES))
+            q = q.where(support_sessions.c.state.in_(states.OPEN))
         elif state:
             q = q.where(support_sessions.c.state == state)
         with self.relay.engine.connect() as conn:
@@ -197,7 +119,7 @@ class SessionManager:
 
     def public(self, r: Any) -> dict[str, Any]:
         state = r["state"]
-        if state == "waiting" and (r["code_expires_at"] or 0) <= time.time():
+        if state == State.WAITING and (r["code_expires_at"] or 0) <= time.time():
             state = "expired"
         live = self._live.get(r["id"])
         setup_ms = (round((r["ready_at"] - r["opened_at"]) * 1000, 1)
@@ -224,11 +146,12 @@ class SessionManager:
         node = self.relay.origin
         with writing(self.relay.engine) as conn:
             stale = [r.id for r in conn.execute(sa.select(support_sessions.c.id).where(
-                support_sessions.c.node == node, support_sessions.c.state.in_(OPEN_STATES)))]
+                support_sessions.c.node == node, support_sessions.c.state.in_(states.OPEN)))]
             if stale:
                 conn.execute(support_sessions.update()
                              .where(support_sessions.c.id.in_(stale))
-                             .values(state="closed", closed_at=now, close_reason="relay_restart"))
+                             .values(state=State.CLOSED,  # from any of states.OPEN
+                                     closed_at=now, close_reason="relay_restart"))
         for session_id in stale:
             self.relay.record("system", "session.end", f"session:{session_id}",
                               reason="relay_restart")
@@ -239,8 +162,8 @@ class SessionManager:
         row = self.row(session.id)
         self.relay.bus.publish({"type": "session", "event": kind, "group_id": session.group_id,
                                 "technician": session.technician, "session": row})
-        webhooks = getattr(self.relay, "webhooks", None)
-        if webhooks is not None and row is not None:
+        webhooks = self.relay.webhooks
+        if row is not None:
             with contextlib.suppress(Exception):
                 webhooks.submit(f"session.{kind}", {"session": row, **details})
 
@@ -253,20 +176,21 @@ class SessionManager:
 
     def _new_live(self, *, mode: str, principal: str, group_id: int | None, technician: str,
                   opened_by: str, reason: str, ticket: str, capabilities: tuple[str, ...],
-                  host_key_raw: bytes, session_id: str | None = None) -> LiveSession:
+                  host_key_raw: bytes, session_id: str | None = None,
+                  state: State = State.DIALING) -> LiveSession:
         now = time.time()
         session = LiveSession(
             id=session_id or new_session_id(), mode=mode, principal=principal,
             group_id=group_id, technician=technician, opened_by=opened_by, reason=reason,
             ticket=ticket, capabilities=capabilities, host_key=host_key_from_raw(host_key_raw),
-            valid_until=now + self.relay.config.session_max_hours * 3600, opened_at=now)
+            valid_until=now + self.relay.config.session_max_hours * 3600, opened_at=now,
+            state=state)
         self._live[session.id] = session
         return session
 
     def _dial_message(self, session: LiveSession) -> str:
         token = secrets.token_urlsafe(32)
-        session.token_hash = _token_hash(token)
-        session.state = "dialing"
+        session.token_hash = token_hash(token)
         url = self.relay.origin.replace("https://", "wss://", 1) + f"/agent/tunnel/{session.id}"
         return protocol.encode("dial", session_id=session.id, url=url, token=token,
                                technician=session.technician, reason=session.reason,
@@ -287,7 +211,7 @@ class SessionManager:
             db.execute(support_sessions.insert().values(
                 id=session.id, mode="managed", agent_id=agent["id"], group_id=agent["group_id"],
                 technician=technician, opened_by=actor, reason=reason, ticket=ticket,
-                capabilities=",".join(capabilities), state="dialing", node=self.relay.origin,
+                capabilities=",".join(capabilities), state=session.state, node=self.relay.origin,
                 created_at=session.opened_at, opened_at=session.opened_at))
         self.relay.record(actor, "session.open", f"session:{session.id}", agent=agent["id"],
                           mode="managed", reason=reason, ticket=ticket,
@@ -320,13 +244,13 @@ class SessionManager:
         if session is not None and session.principal != principal:
             # An agent naming another's session: hostile, and repeatable at will.
             self.relay.metrics.errors.labels("session_not_its_own").inc()
-            self.relay.record_flood(principal, _speaker(principal), "session.agent.refused",
+            self.relay.record_flood(principal, speaker(principal), "session.agent.refused",
                                     f"session:{session.id}", reason="not_its_session",
                                     message=msg["type"])
             return
         if session is None or session.closing:
             return  # already over (a message crossing the close): nothing to do
-        if msg["type"] == "dial_failed" and session.state == "dialing":
+        if msg["type"] == "dial_failed" and session.state == State.DIALING:
             self._spawn(self.close(session, "dial_failed", msg["reason"][:300],
                                    f"agent:{principal}"))
         elif msg["type"] == "session_ended":
@@ -339,8 +263,8 @@ class SessionManager:
     def claim_tunnel(self, session_id: str, token: str) -> LiveSession:
         """The session a tunnel's first frame names, if its one-time token is right."""
         session = self._live.get(session_id)
-        if (session is None or session.state != "dialing" or not session.token_hash
-                or not hmac.compare_digest(_token_hash(token), session.token_hash)):
+        if (session is None or session.state != State.DIALING or not session.token_hash
+                or not hmac.compare_digest(token_hash(token), session.token_hash)):
             raise SessionError(401, "bad_token", "no session is waiting for this tunnel")
         session.token_hash = ""  # one use
         return session
@@ -354,7 +278,7 @@ class SessionManager:
         session.cert_serial = creds.serial
         try:
             ssh = await asyncio.wait_for(asyncssh.connect(
-                session.principal, 22, tunnel=tunnel, client_factory=lambda: _Client(session),
+                session.principal, 22, tunnel=tunnel, client_factory=lambda: TunnelClient(session),
                 username=session.principal, known_hosts=([session.host_key], [], []),
                 client_keys=[(creds.key, creds.certificate)], agent_path=None, config=None,
                 gss_host=None, preferred_auth="publickey", x509_trusted_certs=None,
@@ -370,10 +294,10 @@ class SessionManager:
             ssh.close()
             return
         session.ssh = ssh
-        session.state = "ready"
+        session.state = State.READY
         session.ready_at = time.time()
         session.touch()
-        self._update(session.id, state="ready", ready_at=session.ready_at)
+        self._update(session.id, state=session.state, ready_at=session.ready_at)
         setup_ms = round((session.ready_at - session.opened_at) * 1000, 1)
         self.relay.record(f"user:{session.technician}", "session.start", f"session:{session.id}",
                           agent=session.principal, mode=session.mode, setup_ms=setup_ms,
@@ -412,8 +336,8 @@ class SessionManager:
             await session.closed.wait()
             return
         session.closing = True
-        was_ready = session.state == "ready"
-        session.state = "closed"
+        was_ready = session.state == State.READY
+        session.state = State.CLOSED
         if not session.ready.done():
             session.ready.set_exception(SessionError(502, reason, detail or reason))
         if session.notify is not None:
@@ -428,7 +352,7 @@ class SessionManager:
             session.tunnel.close()
         self._live.pop(session.id, None)
         now = time.time()
-        self._update(session.id, state="closed", closed_at=now, close_reason=reason[:256])
+        self._update(session.id, state=session.state, closed_at=now, close_reason=reason[:256])
         details: dict[str, Any] = {"reason": reason, "agent": session.principal,
                                    "mode": session.mode, "channels": session.channels,
                                    "duration_s": round(now - session.opened_at, 3)}
@@ -474,7 +398,7 @@ class SessionManager:
                     continue
                 if time.time() >= session.valid_until:
                     self._spawn(self.close(session, "max_duration"))
-                elif (session.state == "ready" and session.active_channels == 0
+                elif (session.state == State.READY and session.active_channels == 0
                       and now - session.last_activity >= idle_s):
                     self._spawn(self.close(session, "idle",
                                            f"idle for {cfg.session_idle_minutes:g} min"))
@@ -483,7 +407,7 @@ class SessionManager:
 
     def _ready(self, session: LiveSession, capability: str, actor: str
                ) -> asyncssh.SSHClientConnection:
-        if session.state != "ready" or session.ssh is None:
+        if session.state != State.READY or session.ssh is None:
             raise SessionError(409, "not_ready", "the session is not open")
         if capability not in session.capabilities:
             self._refused(session, capability, actor, "not_in_session")
@@ -610,107 +534,11 @@ class SessionManager:
                                  session.technician, actor, raw)
         return row["id"] if row else None
 
-    # --- attended codes --------------------------------------------------------------
-
-    def _code_hash(self, digits: str) -> str:
-        return hmac.new(self.relay.cookie_secret.encode(), b"session-code:" + digits.encode(),
-                        hashlib.sha256).hexdigest()
-
-    def create_code(self, technician: str, actor: str, reason: str, ticket: str,
-                    capabilities: tuple[str, ...], address: str) -> dict[str, Any]:
-        now = time.time()
-        expires = now + self.relay.config.session_code_minutes * 60
-        session_id = new_session_id()
-        with writing(self.relay.engine) as conn:
-            for _ in range(10):  # a clash with a live code is one in millions; try again
-                digits = sessioncode.generate()
-                code_hash = self._code_hash(digits)
-                clash = conn.execute(sa.select(support_sessions.c.id).where(
-                    support_sessions.c.code_hash == code_hash,
-                    support_sessions.c.state == "waiting")).first()
-                if clash is None:
-                    break
-            conn.execute(support_sessions.insert().values(
-                id=session_id, mode="attended", technician=technician, opened_by=actor,
-                reason=reason, ticket=ticket, capabilities=",".join(capabilities),
-                state="waiting", node=self.relay.origin, created_at=now, code_hash=code_hash,
-                code_expires_at=expires))
-        self.relay.record(actor, "session.code.create", f"session:{session_id}",
-                          reason=reason, ticket=ticket, capabilities=list(capabilities),
-                          expires_at=round(expires, 3), address=address)
-        shown = sessioncode.display(digits)
-        return {"session_id": session_id, "code": shown, "expires_at": round(expires, 3),
-                "command": join_command(self.relay.origin, self.relay.token_pins[0], shown)}
-
-    def code_retry_after(self, address: str) -> tuple[float, str]:
-        """Seconds until ``address`` may try a code, and the limit (see
-        :meth:`JoinCodeLimits.retry_after`); reserved for real by :meth:`redeem_code`."""
-        return self.codes.retry_after(address)
-
-    def code_failed(self, address: str) -> None:
-        """Count a malformed join request from ``address`` as a wrong code."""
-        self.codes.fail(address)
-
-    def redeem_code(self, digits: str, address: str, hostname: str,
-                    host_key_raw: bytes) -> LiveSession:
-        """Use a code (once, atomically, across nodes); the attended session it opens.
-
-        The attempt is reserved in the code limits first (raising ``CodeRateLimited``
-        past one), and settled after the lookup: a wrong, used or expired code stays
-        counted."""
-        attempt = self.codes.reserve(address)
-        failed = True
-        try:
-            self.relay.metrics.auth_checks.labels("join_code").inc()
-            session = self._redeem(digits, address, hostname, host_key_raw)
-            failed = False
-            return session
-        finally:
-            attempt.settle("failed" if failed else "succeeded")
-
-    def _redeem(self, digits: str, address: str, hostname: str,
-                host_key_raw: bytes) -> LiveSession:
-        code_hash = self._code_hash(digits)
-        now = time.time()
-        principal = "at_" + secrets.token_urlsafe(15)
-        with writing(self.relay.engine) as conn:
-            row = conn.execute(sa.select(support_sessions).where(
-                support_sessions.c.code_hash == code_hash,
-                support_sessions.c.state == "waiting")).mappings().first()
-            if row is None:
-                used = conn.execute(sa.select(support_sessions.c.id).where(
-                    support_sessions.c.code_hash == code_hash)).first()
-                raise CodeRefused("code_used" if used else "code_unknown")
-            if row["code_expires_at"] <= now:
-                raise CodeRefused("code_expired")
-            done = conn.execute(support_sessions.update().where(
-                support_sessions.c.id == row["id"], support_sessions.c.state == "waiting"
-            ).values(state="consent", agent_id=principal, opened_at=now,
-                     remote_hostname=hostname[:256], remote_address=address[:64]))
-            if done.rowcount != 1:
-                raise CodeRefused("code_used")
-        capabilities = tuple(c for c in row["capabilities"].split(",") if c)
-        session = self._new_live(mode="attended", principal=principal, group_id=None,
-                                 technician=row["technician"], opened_by=row["opened_by"],
-                                 reason=row["reason"], ticket=row["ticket"],
-                                 capabilities=capabilities, host_key_raw=host_key_raw,
-                                 session_id=row["id"])
-        session.state = "consent"
-        session.remote_address = address
-        return session
-
-    def withdraw_code(self, session_id: str) -> bool:
-        """Cancel a code nobody has used yet."""
-        with writing(self.relay.engine) as conn:
-            done = conn.execute(support_sessions.update().where(
-                support_sessions.c.id == session_id, support_sessions.c.state == "waiting"
-            ).values(state="closed", closed_at=time.time(), close_reason="withdrawn"))
-        return bool(done.rowcount == 1)
-
     def accepted(self, session: LiveSession, notify: Callable[[str], Awaitable[Any]]) -> str:
         """The customer said yes: the ``dial`` to send on the join socket."""
         session.notify = notify
-        self._update(session.id, state="dialing")
+        session.state = State.DIALING
+        self._update(session.id, state=session.state)
         return self._dial_message(session)
 
 
@@ -777,9 +605,3 @@ def parse_output(out: bytes) -> dict[str, Any]:
                 "output": [json.loads(line) for line in text.splitlines() if line.strip()]}
     except ValueError:
         return {"format": "text", "output": text}
-
-
-def join_command(origin: str, pin: str, code: str) -> str:
-    """What the customer types: the relay's URL and key pin travel with the code, so the
-    agent trusts exactly this relay without an enrollment."""
-    return f"backline-agent join --relay {origin} --pin {pin} {code}"

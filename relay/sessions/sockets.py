@@ -34,14 +34,14 @@ from backline.relay.control import (
 )
 from backline.relay.net import conn_limits
 from backline.relay.ratelimit import address_key
-from backline.relay.sessions.manager import CodeRefused, LiveSession, SessionError
+from backline.relay.sessions.session import CodeRefused, LiveSession, SessionError
 from backline.relay.state import Relay
 from backline.relay.webauth import client_address
 
 CONSENT_TIMEOUT_S = 150.0  # the agent gives the customer 120 s
 CLOSE_RATE_LIMITED = 4429
 
-log = logging.getLogger("backline.relay.sessions.manager")
+log = logging.getLogger("backline.relay.sessions")
 
 
 async def _refuse(ws: WebSocket, code: str, message: str, close_code: int) -> None:
@@ -83,7 +83,7 @@ async def join_endpoint(ws: WebSocket) -> None:
     actor = f"anonymous@{address}"
     source = address_key(address)
     await ws.accept()
-    wait, limit = sessions.code_retry_after(address)  # early, cheap; reserved below
+    wait, limit = sessions.codes.retry_after(address)  # early, cheap; reserved below
     if wait > 0:
         await _code_rate_limited(ws, relay, actor, address, limit, wait)
         return
@@ -96,14 +96,14 @@ async def join_endpoint(ws: WebSocket) -> None:
         if len(key) != 32:
             raise ProtocolError("bad_field", "join: public_key is not an Ed25519 key")
     except ProtocolError as err:
-        sessions.code_failed(address)
+        sessions.codes.failed(address)
         relay.metrics.errors.labels(err.code).inc()
         relay.record_flood(source, actor, "session.join.refused", "session-code",
                            reason=err.code, address=address)
         await _refuse(ws, err.code, err.message, CLOSE_PROTOCOL)
         return
     try:
-        session = sessions.redeem_code(msg["code"], address, msg["hostname"], key)
+        session = sessions.codes.redeem(msg["code"], address, msg["hostname"], key)
     except CodeRateLimited as limited:
         await _code_rate_limited(ws, relay, actor, address, limited.limit,
                                  limited.retry_after)
