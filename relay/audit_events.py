@@ -141,6 +141,15 @@ API_REFUSAL = (
     need("method", str, "the HTTP method, or `WEBSOCKET`"),
     ADDRESS,
 )
+#: Every refusal of a browser socket's gate (relay/api/browser_socket.py ``admit``): a
+#: socket's ``<name>.refused`` action is declared with these, ``flood=True``.
+BROWSER_SOCKET_REFUSAL = (
+    need("reason", str, "`bad_origin`, `unauthenticated`, `totp_enrolment_required`, "
+                        "`forbidden` (a permission missing)"),
+    ADDRESS,
+    may("origin", str, "the foreign Origin sent (`bad_origin`)"),
+    may("method", str, "`WEBSOCKET` (`forbidden`)"),
+)
 AGENT_ID = need("agent", str, "the agent's id")
 CAPABILITY = need("capability", str, "the capability's name (`info`, `diagnostics`...)")
 
@@ -215,9 +224,7 @@ event("api_token.use", AUTH, "a request or socket authenticated with an API toke
 event("api_token.refused", AUTH, "a bearer token was refused (unknown, forged, expired, "
       "revoked, outside its CIDRs, or its owner disabled)", PATH, *API_REFUSAL, flood=True)
 event("live.refused", AUTH, "the console's live-updates socket (`/api/v1/live`) was refused",
-      "`/api/v1/live`",
-      need("reason", str, "`unauthenticated` or `totp_enrolment_required`"), ADDRESS,
-      flood=True)
+      "`/api/v1/live`", *BROWSER_SOCKET_REFUSAL, flood=True)
 
 # --- users --------------------------------------------------------------------------
 
@@ -366,10 +373,8 @@ event("session.channel.refused", CHANNELS, "a capability's channel was refused (
 event("session.channel.failed", CHANNELS, "a capability's channel failed (could not open, "
       "timed out, the agent went away)", SESSION, CAPABILITY, AGENT_ID, REASON, DETAIL)
 event("session.stream.refused", CHANNELS, "the console's stream socket for a capability was "
-      "refused", "the socket's path",
-      need("reason", str, "`unauthenticated`, `totp_enrolment_required`, or the error code"),
-      may("method", str, "`WEBSOCKET`, when refused after authenticating"), ADDRESS,
-      flood=True)
+      "refused at the browser-socket gate", "the socket's path",
+      *BROWSER_SOCKET_REFUSAL, flood=True)
 event("diagnostics.report", CHANNELS, "a finished diagnostics run was kept as a report",
       AGENT, need("report", str, "the report's id"), need("session", str, "the session's id"),
       need("sha256", str, "the SHA-256 of the kept stream"),

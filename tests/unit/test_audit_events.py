@@ -72,8 +72,8 @@ def recorded_actions() -> tuple[dict[str, list[str]], list[str]]:
                     if len(node.args) > index:
                         for e in _strings(node.args[index]):
                             note(e, where, True)
-                for kw in node.keywords:
-                    if kw.arg == "action":
+                for kw in node.keywords:  # action=..., refused_action=...
+                    if kw.arg is not None and kw.arg.endswith("action"):
                         for e in _strings(kw.value):
                             note(e, where, True)
             elif isinstance(node, ast.Assign | ast.AnnAssign):
