@@ -17,9 +17,11 @@ Adding an action is one declaration in its group below, e.g.::
 ``need`` is a field always present, ``may`` one that can be absent; the type is what
 ``isinstance`` checks (``int | None``: present, maybe null; a number is ``NUMBER``);
 ``flood=True`` when it is recorded through ``record_flood``, so that its trail may also
-hold aggregated rows (:data:`FLOOD_SUMMARY`). Shared fields (``ADDRESS``,
-``API_REFUSAL``) keep declarations short; refusals answered through
-:class:`~backline.relay.webauth.ApiError` carry ``API_REFUSAL``. Build actions from
+hold aggregated rows (:data:`FLOOD_SUMMARY`). A new field of an existing action is one
+``may(...)`` (or ``need(...)``) line in its declaration. Shared fields keep declarations
+short: refusals answered through :class:`~backline.relay.webauth.ApiError` carry
+``*API_REFUSAL``, a browser socket's ``<name>.refused`` (the gate,
+relay/api/browser_socket.py) carries ``*BROWSER_SOCKET_REFUSAL``. Build actions from
 literals (``"a.refused" if x else "b.refused"``), never f-strings: the unit test can read
 literals, and a reader can grep them.
 
