@@ -22,6 +22,8 @@ from typing import Any
 log = logging.getLogger("backline.agent.activity")
 
 ACTIVITY_NAME = "activity.jsonl"
+#: Why a session ended when the customer ended it (the log's and the relay's words).
+CUSTOMER_ENDED = "ended by the customer"
 MAX_BYTES = 5 * 1024 * 1024  # then activity.jsonl.1 takes over; one old file is kept
 
 

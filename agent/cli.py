@@ -11,9 +11,7 @@ import sys
 from pathlib import Path
 
 from backline.agent import session_commands
-from backline.agent.control import run_forever
 from backline.agent.diagnostics import command as diagnose_command
-from backline.agent.enroll import EnrollError, enroll
 
 # Distinct exit codes, so scripts can tell failures apart (one table: agent/exit_codes.py).
 from backline.agent.exit_codes import (
@@ -23,10 +21,11 @@ from backline.agent.exit_codes import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
 )
-from backline.agent.link import RelayUnreachable
 from backline.agent.state import StateDir, default_state_dir
 from backline.common import __version__
-from backline.common.tlspin import PinMismatch, format_fingerprint
+
+# The commands' machinery (the agent's connection, enrollment, diagnostics, SSH) is
+# imported by the command that needs it: `backline-agent run` stays small while idle.
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,8 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         "this machine. It does nothing the local policy does not allow."))
     p.add_argument("--version", action="version", version=f"backline-agent {__version__}")
     p.add_argument("--state-dir", type=Path, default=None,
-                   help="where the agent keeps its key and pinned relay "
-                        f"(default: ${'BACKLINE_AGENT_STATE_DIR'} or {default_state_dir()})")
+                   help="where the agent keeps its key and pinned relay (default: "
+                        "$BACKLINE_AGENT_STATE_DIR, else the user data directory: "
+                        "~/.local/share/backline-agent on Linux)")
     p.add_argument("--log-level", default=os.environ.get("BACKLINE_AGENT_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True)
@@ -66,6 +66,10 @@ def _fail(code: int, message: str) -> int:
 
 
 def cmd_enroll(state: StateDir, args: argparse.Namespace) -> int:
+    from backline.agent.enroll import EnrollError, enroll
+    from backline.agent.link import RelayUnreachable
+    from backline.common.tlspin import PinMismatch
+
     if state.is_enrolled() and not args.force:
         return _fail(EXIT_USAGE, f"already enrolled (state in {state.root}); "
                                  "use --force to enroll again")
@@ -91,6 +95,8 @@ def cmd_enroll(state: StateDir, args: argparse.Namespace) -> int:
 
 
 def cmd_status(state: StateDir) -> int:
+    from backline.common.tlspin import format_fingerprint
+
     if not state.is_enrolled():
         print(f"not enrolled (state dir {state.root})")
         return EXIT_NOT_ENROLLED
@@ -138,11 +144,17 @@ def main(argv: list[str] | None = None) -> int:
         return session_commands.cmd_policy(state, args)
     if args.command == "end-sessions":
         return session_commands.cmd_end_sessions(state)
+    if args.command == "sessions":
+        return session_commands.cmd_sessions(state, args)
+    if args.command == "end":
+        return session_commands.cmd_end(state, args)
     if not state.is_enrolled():
         return _fail(EXIT_NOT_ENROLLED, f"not enrolled (state dir {state.root}); "
                                         "run `backline-agent enroll TOKEN` first")
     if session_commands.check_policy(state, args.policy):
         return EXIT_USAGE
+    from backline.agent.control import run_forever
+
     run_forever(state, args.policy)
     return 0
 

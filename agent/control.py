@@ -24,6 +24,7 @@ from backline.agent import pinsync
 from backline.agent.diagnostics.health import health_loop
 from backline.agent.facts import heartbeat_stats
 from backline.agent.link import RelayUnreachable, open_trusted
+from backline.agent.localcontrol import LocalControl
 from backline.agent.sessions import SessionRunner
 from backline.agent.state import Enrollment, StateDir
 from backline.common import __version__, keys, protocol
@@ -188,7 +189,9 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
         enrollment = await pinsync.sync(state, enrollment)
         runner.enrollment = enrollment
 
-    end_signal = getattr(signal, "SIGUSR1", None)  # `backline-agent end-sessions`
+    local = LocalControl(state.root, runner, runner.log)  # `sessions`, `end ID`
+    await local.start()
+    end_signal = getattr(signal, "SIGUSR1", None)  # `end-sessions` without the socket
     if end_signal is not None:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(end_signal, runner.end_all)
@@ -243,6 +246,7 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
             pass
     if syncing is not None:
         syncing.cancel()
+    await local.close()
     await runner.close()
     state.write_status("stopped", relay=enrollment.relay_url, agent_id=enrollment.agent_id)
     log.info("stopped")

@@ -13,6 +13,18 @@ opens is checked here first. The file belongs to the customer's administrator::
 
     [ask]
     timeout_s = 60      # how long the customer has to answer; no answer means no
+    # command = ["/usr/local/bin/ask-customer"]   # your own consent program (below)
+
+    [shell]
+    # account = "support"   # the terminal runs as this account (the agent must run
+    #                       # as root); default: the agent's own user
+
+``[ask] command``: a program that asks instead of the built-in dialog. It gets the
+question as its last argument (and ``BACKLINE_TECHNICIAN``, ``BACKLINE_CAPABILITY``,
+``BACKLINE_REASON``, ``BACKLINE_TICKET`` in its environment); exit status 0 or a first
+line ``yes`` means yes, anything else no. One that says ``yes`` and keeps running is
+the indicator while the channel lives: the agent ends it when the channel ends, and
+its exiting first ends the channel (the customer closed it).
 
 Where it is read from: ``--policy``, else ``$BACKLINE_AGENT_POLICY``, else
 ``policy.toml`` in the agent's state directory, else ``/etc/backline/policy.toml``,
@@ -25,6 +37,7 @@ silent fallback: a typo must not quietly grant more than the administrator meant
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +53,8 @@ DECISIONS = ("allow", "ask", "deny")
 #: A capability the file does not name gets its default (common/capabilities.py).
 DEFAULTS: dict[str, str] = dict(DEFAULT_DECISIONS)
 DEFAULT_ASK_TIMEOUT_S = 60.0
+#: What a POSIX user name looks like (useradd's rule, a little wider).
+ACCOUNT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
 
 
 class PolicyError(ValueError):
@@ -51,6 +66,10 @@ class Policy:
     capabilities: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULTS))
     ask_timeout_s: float = DEFAULT_ASK_TIMEOUT_S
     source: str = "defaults"
+    #: ``[shell] account``: the account the terminal runs as ("" = the agent's own).
+    shell_account: str = ""
+    #: ``[ask] command``: the consent program, argv (empty = the built-in dialog).
+    ask_command: tuple[str, ...] = ()
 
     def decision(self, capability: str) -> str:
         """``allow``, ``ask`` or ``deny``; unknown capabilities are denied."""
@@ -95,14 +114,15 @@ def load_policy(state_root: Path | None = None, explicit: Path | None = None,
 
 
 def from_table(table: Mapping[str, Any], source: str = "defaults") -> Policy:
-    unknown = set(table) - {"capabilities", "ask"}
+    unknown = set(table) - {"capabilities", "ask", "shell"}
     if unknown:
         raise PolicyError(f"{source}: unknown table(s) {sorted(unknown)} "
-                          "(known: [capabilities], [ask])")
+                          "(known: [capabilities], [ask], [shell])")
     caps = table.get("capabilities", {})
     ask = table.get("ask", {})
-    if not isinstance(caps, dict) or not isinstance(ask, dict):
-        raise PolicyError(f"{source}: [capabilities] and [ask] must be tables")
+    shell = table.get("shell", {})
+    if not isinstance(caps, dict) or not isinstance(ask, dict) or not isinstance(shell, dict):
+        raise PolicyError(f"{source}: [capabilities], [ask] and [shell] must be tables")
     decisions = dict(DEFAULTS)
     for name, value in caps.items():
         if not CAPABILITY_RE.fullmatch(name):
@@ -112,9 +132,19 @@ def from_table(table: Mapping[str, Any], source: str = "defaults") -> Policy:
                               f"{', '.join(DECISIONS)}, not {value!r}")
         decisions[name] = value
     timeout = ask.get("timeout_s", DEFAULT_ASK_TIMEOUT_S)
-    if set(ask) - {"timeout_s"}:
-        raise PolicyError(f"{source}: [ask] knows only timeout_s")
+    if set(ask) - {"timeout_s", "command"}:
+        raise PolicyError(f"{source}: [ask] knows only timeout_s and command")
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
             1 <= timeout <= 3600):
         raise PolicyError(f"{source}: ask.timeout_s must be a number of seconds from 1 to 3600")
-    return Policy(decisions, float(timeout), source)
+    command = ask.get("command", [])
+    if not isinstance(command, list) or len(command) > 32 or not all(
+            isinstance(a, str) and a and "\0" not in a for a in command):
+        raise PolicyError(f"{source}: ask.command must be a list of strings (the program "
+                          "and its arguments)")
+    if set(shell) - {"account"}:
+        raise PolicyError(f"{source}: [shell] knows only account")
+    account = shell.get("account", "")
+    if not isinstance(account, str) or not ACCOUNT_RE.fullmatch(account or "x"):
+        raise PolicyError(f"{source}: shell.account must be a user name of this machine")
+    return Policy(decisions, float(timeout), source, account, tuple(command))

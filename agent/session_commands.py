@@ -1,4 +1,5 @@
-"""The session-related commands of ``backline-agent``: ``join``, ``policy``, ``end-sessions``.
+"""The session-related commands of ``backline-agent``: ``join``, ``policy``, ``sessions``,
+``end ID`` and ``end-sessions``.
 
 Kept apart from :mod:`backline.agent.cli` so that file stays a short table of
 commands; each function here returns the process exit status.
@@ -7,21 +8,20 @@ commands; each function here returns the process exit status.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from websockets.exceptions import WebSocketException
-
-from backline.agent.enroll import public_ca_refusal
-from backline.agent.join import JoinError, run_join
-from backline.agent.link import RelayUnreachable
 from backline.agent.policy import ENV_POLICY, PolicyError, load_policy
 from backline.agent.state import StateDir
-from backline.common.protocol import ProtocolError
-from backline.common.tlspin import BadPin, PinMismatch, Trust, public_ca_name
+
+if TYPE_CHECKING:
+    from backline.common.tlspin import Trust
 
 log = logging.getLogger("backline.agent")
 
@@ -55,6 +55,15 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     policy_option(j)
     p = sub.add_parser("policy", help="show what this machine's policy allows technicians")
     policy_option(p)
+    s = sub.add_parser("sessions", help="list the live support sessions of the running agent",
+                       description="The support sessions the running agent holds now: "
+                                   "who, what they are using, since when. End one with "
+                                   "`backline-agent end ID`.")
+    s.add_argument("--json", action="store_true", help="print them as JSON")
+    e = sub.add_parser("end", help="end one support session at once",
+                       description="End one live support session (see `backline-agent "
+                                   "sessions`): its terminal and every channel close now.")
+    e.add_argument("id", help="the session id, ss_...")
     sub.add_parser("end-sessions", help="end every support session the running agent holds")
 
 
@@ -91,6 +100,13 @@ def cmd_policy(state: StateDir, args: argparse.Namespace) -> int:
 
 
 def cmd_join(state: StateDir, args: argparse.Namespace) -> int:
+    from websockets.exceptions import WebSocketException
+
+    from backline.agent.join import JoinError, run_join
+    from backline.agent.link import RelayUnreachable
+    from backline.common.protocol import ProtocolError
+    from backline.common.tlspin import BadPin, PinMismatch
+
     try:
         # An attended session reads a policy only when one is named or installed.
         policy = load_policy(None, args.policy)
@@ -126,6 +142,9 @@ def trust_from_args(pins: str | list[str], ca_file: Path | None,
                     allow_public_ca: bool = False) -> Trust:
     """The trust named on the command line; with a CA file, its key must be pinned, and
     it must not be a public CA (unless ``allow_public_ca``: then with a warning)."""
+    from backline.agent.enroll import public_ca_refusal
+    from backline.common.tlspin import Trust, public_ca_name
+
     ca_pem = ca_file.read_text() if ca_file else ""
     trust = Trust.of(pins, ca_pem)
     if ca_pem and trust.ca_pin not in trust.pins:
@@ -138,7 +157,62 @@ def trust_from_args(pins: str | list[str], ca_file: Path | None,
     return trust
 
 
+def cmd_sessions(state: StateDir, args: argparse.Namespace) -> int:
+    from backline.agent.localcontrol import LocalError, request
+
+    try:
+        answer = request(state.root, {"op": "sessions"})
+    except LocalError as exc:
+        return _fail(EXIT_NOT_RUNNING, str(exc))
+    if not answer.get("ok"):
+        return _fail(EXIT_REFUSED, f"the agent refused: {answer.get('detail', '')}")
+    sessions = answer.get("sessions", [])
+    if args.json:
+        print(json.dumps(sessions, indent=2))
+        return 0
+    if not sessions:
+        print("no live support sessions")
+        return 0
+    print(f"{'ID':<30} {'TECHNICIAN':<20} {'IN USE':<20} {'SINCE':<20} REASON")
+    for s in sessions:
+        since = dt.datetime.fromtimestamp(float(s["since"])).isoformat(timespec="seconds")
+        why = s["reason"] + (f" [{s['ticket']}]" if s["ticket"] else "")
+        print(f"{_show(s['id'], 30):<30} {_show(s['technician'], 20):<20} "
+              f"{_show(', '.join(s['in_use']) or '-', 20):<20} {since:<20} {_show(why, 60)}")
+    return 0
+
+
+def _show(text: str, width: int) -> str:
+    """Relay-supplied text on the customer's terminal: printable only, cut to fit."""
+    clean = "".join(ch for ch in str(text) if ch.isprintable())
+    return clean if len(clean) <= width else clean[: width - 1] + "…"
+
+
+def cmd_end(state: StateDir, args: argparse.Namespace) -> int:
+    from backline.agent.localcontrol import LocalError, request
+
+    try:
+        answer = request(state.root, {"op": "end", "id": args.id})
+    except LocalError as exc:
+        return _fail(EXIT_NOT_RUNNING, str(exc))
+    if not answer.get("ok"):
+        code = EXIT_USAGE if answer.get("error") in ("no_such_session", "malformed") \
+            else EXIT_REFUSED
+        return _fail(code, str(answer.get("detail") or answer.get("error")))
+    print(f"ended session {args.id}")
+    return 0
+
+
 def cmd_end_sessions(state: StateDir) -> int:
+    from backline.agent.localcontrol import LocalError, request
+
+    try:
+        answer = request(state.root, {"op": "end_all"})
+        if answer.get("ok"):
+            print(f"ended {answer.get('ended', 0)} support session(s)")
+            return 0
+    except LocalError:
+        pass  # an agent from before the control socket: signal it
     status = state.read_status()
     try:
         pid = int(status["pid"]) if status and status.get("state") != "stopped" else 0

@@ -4,8 +4,11 @@ For each ``dial`` the agent opens a second WebSocket to the relay's tunnel URL (
 pinned to the certificate it pinned at enrollment), sends the one-time token as the
 first frame, and runs its SSH server over the rest (:mod:`backline.agent.sshserver`).
 Sessions outlive control-socket reconnects; they end when the relay closes them,
-when the customer ends them (``backline-agent end-sessions``, i.e. SIGUSR1) or when
-the agent stops.
+when the customer ends them (``backline-agent end ID`` or ``end-sessions``, through
+the local control socket, :mod:`backline.agent.localcontrol`) or when the agent stops.
+
+The SSH machinery (asyncssh, the SSH server) is imported at the first ``dial``: an
+agent nobody is helping holds none of it.
 """
 
 from __future__ import annotations
@@ -13,24 +16,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import asyncssh
 from websockets.exceptions import WebSocketException
 
-from backline.agent.activity import ACTIVITY_NAME, ActivityLog
+from backline.agent.activity import ACTIVITY_NAME, CUSTOMER_ENDED, ActivityLog
 from backline.agent.capabilities import Registry, SessionContext, builtin_registry
 from backline.agent.consent import Asker, default_asker
 from backline.agent.link import RelayUnreachable, open_pinned
 from backline.agent.policy import PolicyError, load_policy
-from backline.agent.sshserver import CUSTOMER_ENDED, ServerSettings, serve
 from backline.agent.state import Enrollment, StateDir
 from backline.common import protocol
 from backline.common.tlspin import PinMismatch, Trust
-from backline.common.wstunnel import TunnelError, WebSocketTunnel
+
+if TYPE_CHECKING:
+    from backline.agent.sshserver import ServerSettings
 
 log = logging.getLogger("backline.agent.sessions")
 
@@ -60,9 +66,30 @@ async def open_tunnel_and_serve(url: str, trust: Trust | str, token: str,
                                 timeout: float = 10.0) -> str:
     """Open the tunnel WebSocket, authenticate it with the token, serve SSH; return why
     the session ended."""
+    from backline.agent.sshserver import serve
+    from backline.common.wstunnel import WebSocketTunnel
+
     async with open_pinned(url, trust, timeout) as ws:
         await ws.send(protocol.encode("tunnel", token=token))
         return await serve(WebSocketTunnel(ws), settings, stop, stop_reason, on_stop)
+
+
+@dataclass
+class Live:
+    """What the customer sees of one session (``backline-agent sessions``)."""
+
+    session_id: str
+    technician: str
+    since: float
+    reason: str = ""
+    ticket: str = ""
+    #: Capabilities whose channels are open now (the SSH server keeps it current).
+    in_use: Counter[str] = field(default_factory=Counter)
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.session_id, "technician": self.technician,
+                "since": round(self.since, 3), "reason": self.reason, "ticket": self.ticket,
+                "in_use": sorted(self.in_use)}
 
 
 class SessionRunner:
@@ -71,10 +98,11 @@ class SessionRunner:
         self.state = state
         self.enrollment = enrollment
         self.registry = registry or builtin_registry()
-        self.asker = asker or default_asker()
+        self._asker = asker
         self.policy_file = policy_file
         self.log = ActivityLog(state.root / ACTIVITY_NAME)
-        self.host_key = asyncssh.import_private_key(state.key_path.read_bytes())
+        self._host_key: Any = None  # read at the first dial, with asyncssh
+        self.live: dict[str, Live] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, asyncio.Event] = {}
         self._why: dict[str, str] = {}  # why a session is being ended from this side
@@ -95,6 +123,7 @@ class SessionRunner:
         task.add_done_callback(lambda _t: self._forget(session_id))
 
     def _forget(self, session_id: str) -> None:
+        self.live.pop(session_id, None)
         self._tasks.pop(session_id, None)
         self._stops.pop(session_id, None)
         self._why.pop(session_id, None)
@@ -111,11 +140,42 @@ class SessionRunner:
 
     def end_all(self, reason: str = CUSTOMER_ENDED, code: str = "customer") -> None:
         """The customer (``end-sessions``) or the agent stopping ends every session."""
-        for session_id, stop in list(self._stops.items()):
-            self.log.record("session.end_requested", session_id=session_id, reason=reason)
-            self._why.setdefault(session_id, reason)
-            self._tell.setdefault(session_id, code)
-            stop.set()
+        for session_id in list(self._stops):
+            self.end_here(session_id, reason, code)
+
+    def end_here(self, session_id: str, reason: str = CUSTOMER_ENDED,
+                 code: str = "customer") -> bool:
+        """End one session from this side (``backline-agent end ID``); False if unknown."""
+        stop = self._stops.get(session_id)
+        if stop is None:
+            return False
+        self.log.record("session.end_requested", session_id=session_id, reason=reason)
+        self._why.setdefault(session_id, reason)
+        self._tell.setdefault(session_id, code)
+        stop.set()
+        return True
+
+    def sessions(self) -> list[dict[str, Any]]:
+        return [live.describe() for live in sorted(self.live.values(), key=lambda s: s.since)]
+
+    @property
+    def asker(self) -> Asker:
+        if self._asker is None:
+            self._asker = default_asker()
+        return self._asker
+
+    def _settings(self, ctx: SessionContext, policy_command: tuple[str, ...],
+                  live: Live) -> ServerSettings:
+        import asyncssh
+
+        from backline.agent.sshserver import ServerSettings
+
+        if self._host_key is None:
+            self._host_key = asyncssh.import_private_key(self.state.key_path.read_bytes())
+        asker = default_asker(policy_command) if policy_command else self.asker
+        return ServerSettings(session=ctx, registry=self.registry, host_key=self._host_key,
+                              ca_public_key=self.enrollment.ca_public_key, asker=asker,
+                              in_use=live.in_use)
 
     async def close(self, reason: str = "agent stopping", timeout: float = 5.0) -> None:
         self.end_all(reason, "agent_stopping")
@@ -126,6 +186,10 @@ class SessionRunner:
                 task.cancel()
 
     async def _run(self, msg: dict[str, Any], send: Send, stop: asyncio.Event) -> None:
+        import asyncssh
+
+        from backline.common.wstunnel import TunnelError
+
         session_id = msg["session_id"]
         technician = msg["technician"]
         try:
@@ -141,10 +205,9 @@ class SessionRunner:
                 technician=technician, mode="managed", policy=policy, log=self.log,
                 state_root=self.state.root, reason=msg["reason"], ticket=msg["ticket"],
                 capabilities=tuple(msg["capabilities"]))
-            settings = ServerSettings(session=ctx, registry=self.registry,
-                                      host_key=self.host_key,
-                                      ca_public_key=self.enrollment.ca_public_key,
-                                      asker=self.asker)
+            live = Live(session_id, technician, time.time(), msg["reason"], msg["ticket"])
+            self.live[session_id] = live
+            settings = self._settings(ctx, policy.ask_command, live)
             self.log.record("session.dial", session_id=session_id, technician=technician,
                             reason=msg["reason"] or None, ticket=msg["ticket"] or None)
             async def tell_relay() -> None:

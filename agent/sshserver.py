@@ -3,10 +3,12 @@
 It accepts exactly one kind of client: one holding a user certificate signed by the
 relay CA this agent pinned, naming this agent as a principal, within its validity.
 No passwords, no keyboard-interactive, no plain keys, no other CA; no port, agent,
-X11, UNIX-socket or TUN/TAP forwarding; no shell or exec; no pty. What remains is
+X11, UNIX-socket or TUN/TAP forwarding; no shell or exec. What remains is
 subsystems, one per capability, each screened by the local policy before any work:
 ``deny`` (and anything unknown or outside the session's scope) refuses the channel
 request itself, ``ask`` asks the customer first, and only then does a handler run.
+A pty is accepted (bounded type and size) only for a terminal capability (``shell``),
+which needs one; its channel then carries bytes, every other channel UTF-8 text.
 
 Every refusal and every channel is written to the agent's own activity log.
 """
@@ -17,25 +19,32 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncssh
 
+from backline.agent.activity import CUSTOMER_ENDED
 from backline.agent.capabilities import Registry, SessionContext
-from backline.agent.consent import Asker, question
+from backline.agent.consent import Asker, Held, question
 from backline.common.capabilities import ChannelExit
 from backline.common.wstunnel import ABORT_FLUSH_S, SSH_WINDOW, WebSocketTunnel
 
 log = logging.getLogger("backline.agent.ssh")
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
+__all__ = ["CUSTOMER_ENDED", "EXIT_REFUSED", "ServerSettings", "serve"]
+
 EXIT_REFUSED = ChannelExit.REFUSED
 LOGIN_TIMEOUT_S = 15
-CUSTOMER_ENDED = "ended by the customer"
 END_GRACE_S = 2.0
+#: What a pty request may ask for (the relay's contract: 1..500 x 1..200).
+TERM_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+MAX_COLS, MAX_ROWS = 500, 200
 
 
 @dataclass
@@ -46,6 +55,9 @@ class ServerSettings:
     ca_public_key: str  # OpenSSH "ssh-ed25519 AAAA..." line
     asker: Asker
     login_timeout_s: float = LOGIN_TIMEOUT_S
+    #: Capabilities whose channels are open now, and how many of each
+    #: (``backline-agent sessions`` shows them).
+    in_use: Counter[str] = field(default_factory=Counter)
 
 
 def authorized_keys(ca_public_key: str, principal: str) -> asyncssh.SSHAuthorizedKeys:
@@ -174,40 +186,77 @@ class AgentSSHServer(asyncssh.SSHServer):
             return
         decision = self.ctx.policy.decision(name)
         how = "policy_allow"
+        held: Held | None = None
         if decision == "ask":
-            answer = await self.s.asker.ask(
-                question(self.ctx.technician, name, self.ctx.reason), self.ctx.policy.ask_timeout_s)
+            words = question(self.ctx.technician, name, self.ctx.reason, self.ctx.ticket,
+                             self.ctx.policy.shell_account if cap.terminal else "")
+            hold = getattr(self.s.asker, "ask_and_hold", None)
+            if cap.terminal and hold is not None:
+                answer = await hold(words, self.ctx.policy.ask_timeout_s, self.ctx, name)
+            else:
+                answer = await self.s.asker.ask(words, self.ctx.policy.ask_timeout_s)
             if not answer.allowed:
                 self._refuse(name, answer.how, "the customer was asked" if answer.how !=
                              "no_way_to_ask" else "ask, with no way to ask the customer",
                              decision="ask")
-                process.stderr.write(json.dumps({"refused": answer.how, "capability": name})
-                                     + "\n")
+                line = json.dumps({"refused": answer.how, "capability": name}) + "\n"
+                process.stderr.write(line.encode() if cap.terminal else line)
                 process.exit(EXIT_REFUSED)
                 return
             how = answer.how
+            held = answer.held
         self.channels += 1
+        self.s.in_use[name] += 1
         self.ctx.log.record("channel.start", session_id=self.ctx.session_id,
                             technician=self.ctx.technician, capability=name,
                             decision=decision, how=how)
         started = time.perf_counter()
         status = 1
         try:
-            result = await cap.load()(process, self.ctx)
+            result = await self._run_handler(cap.load(), process, held, name)
             status = 0 if result is None else int(result)
         except (asyncssh.Error, ConnectionError, BrokenPipeError) as exc:
             log.info("channel %s ended early: %s", name, exc)
         except Exception:
             log.exception("capability %s failed", name)
         finally:
+            self.s.in_use[name] -= 1
+            if self.s.in_use[name] <= 0:
+                del self.s.in_use[name]
+            if held is not None:
+                await held.close()
             self.ctx.log.record("channel.end", session_id=self.ctx.session_id,
                                 technician=self.ctx.technician, capability=name,
                                 exit_status=status,
                                 duration_ms=round((time.perf_counter() - started) * 1000, 1))
         process.exit(status)
 
+    async def _run_handler(self, handler: Any, process: asyncssh.SSHServerProcess[Any],
+                           held: Held | None, name: str) -> int | None:
+        """The handler; while the customer's indicator (``held``) is open, its closing
+        ends the channel at once."""
+        if held is None:
+            return await handler(process, self.ctx)  # type: ignore[no-any-return]
+        work = asyncio.ensure_future(handler(process, self.ctx))
+        ended = asyncio.ensure_future(held.ended.wait())
+        try:
+            await asyncio.wait({work, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+        if not work.done():
+            self._refuse(name, "customer_ended", "the customer closed the indicator",
+                         decision="ask")
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            line = json.dumps({"refused": "customer_ended", "capability": name}) + "\n"
+            with contextlib.suppress(OSError, asyncssh.Error):
+                process.stderr.write(line.encode())
+            return int(EXIT_REFUSED)
+        return work.result()  # type: ignore[no-any-return]
+
     def _refuse(self, what: str, reason: str, detail: str, decision: str | None = None) -> None:
-        self.ctx.log.record("channel.refused" if what not in ("auth", "forwarding")
+        self.ctx.log.record("channel.refused" if what not in ("auth", "forwarding", "pty")
                             else f"{what}.refused", session_id=self.ctx.session_id,
                             technician=self.ctx.technician, capability=what, decision=decision,
                             reason=reason, detail=detail)
@@ -219,6 +268,20 @@ class CapabilityProcess(asyncssh.SSHServerProcess[str]):
     def __init__(self, server: AgentSSHServer) -> None:
         super().__init__(self._run, None, 0, False)
         self._server = server
+        self._pty = False
+
+    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
+                      term_modes: Any) -> bool:
+        """Accepted when its type and size are sane; only a terminal capability may then
+        follow (:meth:`subsystem_requested`)."""
+        cols, rows = term_size[0], term_size[1]
+        if not TERM_TYPE_RE.fullmatch(term_type) or not (
+                1 <= cols <= MAX_COLS and 1 <= rows <= MAX_ROWS):
+            self._server._refuse("pty", "bad_pty", f"a pty of type {term_type[:64]!r}, "
+                                 f"{cols}x{rows} (allowed: 1..{MAX_COLS} x 1..{MAX_ROWS})")
+            return False
+        self._pty = True
+        return True
 
     def shell_requested(self) -> bool:
         self._server._refuse("shell", "not_offered", "an interactive shell")
@@ -229,7 +292,21 @@ class CapabilityProcess(asyncssh.SSHServerProcess[str]):
         return False
 
     def subsystem_requested(self, subsystem: str) -> bool:
-        return self._server.screen(subsystem)
+        if not self._server.screen(subsystem):
+            return False
+        cap = self._server.s.registry.get(subsystem)
+        terminal = cap is not None and cap.terminal
+        if terminal and not self._pty:
+            self._server._refuse(subsystem, "needs_pty", "a terminal without a pty request")
+            return False
+        if self._pty and not terminal:
+            self._server._refuse(subsystem, "pty_not_offered", "a pty for a capability that "
+                                 "is not a terminal")
+            return False
+        if terminal:  # a terminal's bytes are not text (as asyncssh does for SFTP)
+            self._chan.set_encoding(None)
+            self._encoding = None
+        return True
 
     async def _run(self, process: asyncssh.SSHServerProcess[str]) -> None:
         await self._server.run_channel(process)
@@ -243,7 +320,7 @@ def server_options(settings: ServerSettings) -> dict[str, Any]:
                                                   settings.session.principal),
         "password_auth": False, "kbdint_auth": False, "host_based_auth": False,
         "public_key_auth": True, "gss_host": None,
-        "agent_forwarding": False, "x11_forwarding": False, "allow_pty": False,
+        "agent_forwarding": False, "x11_forwarding": False, "allow_pty": True,
         "allow_scp": False, "sftp_factory": None, "line_editor": False,
         "config": None, "login_timeout": settings.login_timeout_s,
         "keepalive_interval": 30, "keepalive_count_max": 3,

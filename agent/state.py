@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import platformdirs
-
 from backline.common import keys
 from backline.common.tlspin import PeerMatch, Trust
 
@@ -25,6 +23,8 @@ def default_state_dir() -> Path:
     env = os.environ.get(ENV_STATE_DIR)
     if env:
         return Path(env).expanduser()
+    import platformdirs  # only when no directory was named
+
     return Path(platformdirs.user_data_dir("backline-agent", appauthor=False))
 
 

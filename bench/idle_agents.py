@@ -249,9 +249,10 @@ def _variant_config(name: str) -> None:
     """Patch the relay's uvicorn settings for one experiment (never used by default)."""
     import uvicorn
 
+    from backline.relay import serve
     from backline.relay.net import server
 
-    original = server.uvicorn_config
+    original = serve.uvicorn_config
     changes: dict[str, Any] = {}
     after_load: list[Any] = []
     for part in name.split("+"):
@@ -303,7 +304,7 @@ def _variant_config(name: str) -> None:
                 fn(cfg)
         return cfg
 
-    server.uvicorn_config = patched  # type: ignore[assignment]
+    serve.uvicorn_config = patched  # type: ignore[assignment]
 
 
 def _lean_ws_protocol() -> type:

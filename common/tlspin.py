@@ -13,6 +13,10 @@ digits). Such pins are still accepted, as "legacy" pins: an agent whose state ho
 one records the key's pin at its next connection that matches it (agent/control.py).
 
 Nothing secret is sent before the check has passed.
+
+The usual check (an SPKI pin, no CA) reads the key straight from the certificate's DER
+(:func:`raw_spki`), without loading cryptography's X.509 machinery, so an idle agent
+does not hold it; anything else (a CA, a legacy pin, no match) takes the full path.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ import ssl
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+if TYPE_CHECKING:
+    from cryptography import x509
 
 SPKI_PREFIX = "sha256//"
 _HEX_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -64,13 +69,48 @@ def cert_fingerprint(der: bytes) -> str:
 
 def spki_pin_of(cert: x509.Certificate) -> str:
     """The ``sha256//`` pin of a certificate's public key."""
+    from cryptography.hazmat.primitives import serialization
+
     spki = cert.public_key().public_bytes(serialization.Encoding.DER,
                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return _pin(spki)
+
+
+def _pin(spki: bytes) -> str:
     return SPKI_PREFIX + base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
 def spki_pin_der(der: bytes) -> str:
+    from cryptography import x509
+
     return spki_pin_of(x509.load_der_x509_certificate(der))
+
+
+def _der_item(buf: bytes, pos: int, tag: int) -> tuple[int, int]:
+    """The content (start, end) of the DER item at ``pos``, which must carry ``tag``."""
+    if pos + 2 > len(buf) or buf[pos] != tag:
+        raise ValueError("unexpected DER item")
+    length, pos = buf[pos + 1], pos + 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 1 <= count <= 4 or pos + count > len(buf):
+            raise ValueError("bad DER length")
+        length, pos = int.from_bytes(buf[pos:pos + count], "big"), pos + count
+    if pos + length > len(buf):
+        raise ValueError("DER item runs past its end")
+    return pos, pos + length
+
+
+def raw_spki(der: bytes) -> bytes:
+    """The SubjectPublicKeyInfo of a DER certificate, as its bytes stand (RFC 5280:
+    tbsCertificate = [0] version, serial, signature, issuer, validity, subject, SPKI)."""
+    start, _ = _der_item(der, 0, 0x30)  # Certificate
+    pos, _ = _der_item(der, start, 0x30)  # tbsCertificate
+    if pos < len(der) and der[pos] == 0xA0:  # [0] EXPLICIT version
+        pos = _der_item(der, pos, 0xA0)[1]
+    for tag in (0x02, 0x30, 0x30, 0x30, 0x30):  # serial, signature, issuer, validity, subject
+        pos = _der_item(der, pos, tag)[1]
+    return der[pos:_der_item(der, pos, 0x30)[1]]
 
 
 def normalise(fingerprint: str) -> str:
@@ -147,6 +187,8 @@ class Trust:
 
     @property
     def ca_pin(self) -> str:
+        from cryptography import x509
+
         return spki_pin_of(x509.load_pem_x509_certificate(self.ca_pem.encode()))
 
     def context(self) -> ssl.SSLContext:
@@ -172,6 +214,14 @@ class Trust:
         """As :meth:`check`, on the peer's DER certificate (with ``ca_pem``, only after
         OpenSSL verified the chain)."""
         leaf = cert_fingerprint(der)
+        if not self.ca_pem:  # the usual case, without loading X.509 (see the docstring)
+            try:
+                raw = _pin(raw_spki(der))
+            except ValueError:
+                raw = ""
+            for pin in self.pins:
+                if raw and is_spki(pin) and hmac.compare_digest(pin, raw):
+                    return PeerMatch(pin, raw, leaf, legacy=False)
         try:
             spki = spki_pin_der(der)
         except ValueError:
@@ -202,6 +252,9 @@ def system_trust_pins() -> frozenset[str]:
 
 
 def _system_trust_pins() -> frozenset[str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     ders = list(ssl.create_default_context().get_ca_certs(binary_form=True))
     paths = ssl.get_default_verify_paths()
     for name in dict.fromkeys(filter(None, [paths.cafile, paths.openssl_cafile,
@@ -227,6 +280,8 @@ def public_ca_name(ca_pem: str) -> str:
     relay's name, to anyone able to get one (a domain-validated certificate is
     enough): that is not a pin. Raises ``ValueError`` for text that is no PEM
     certificate."""
+    from cryptography import x509
+
     cert = x509.load_pem_x509_certificate(ca_pem.encode())
     if spki_pin_of(cert) not in system_trust_pins():
         return ""

@@ -11,11 +11,22 @@ await build({
   minify: true,
   sourcemap: true,
   format: "esm",
+  // The terminal (xterm.js) and the player (asciinema-player) are imported on first use:
+  // they go into chunks of their own, loaded from /assets/ like app.js.
+  splitting: true,
+  chunkNames: "chunks/[name]-[hash]",
   target: ["chrome110", "firefox115", "safari16"],
   outdir: "dist/assets",
   legalComments: "linked",
   logLevel: "warning",
 });
-await writeFile("dist/assets/app.css", await readFile("src/styles.css"));
+// One stylesheet: xterm.js's and asciinema-player's CSS (from node_modules) and ours.
+await build({
+  entryPoints: { app: "src/app.css" },
+  bundle: true,
+  minify: true,
+  outdir: "dist/assets",
+  logLevel: "warning",
+});
 await writeFile("dist/index.html", await readFile("src/index.html"));
 console.log("console: built dist/");

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backline.relay import tls_identity
+from backline.relay import console_assets, tls_identity
 from backline.relay.api import openapi
 from backline.relay.api import sessions as api_sessions
 from backline.relay.api.live_socket import live_endpoint
@@ -31,9 +31,10 @@ from backline.relay.webauth import allowed_origins
 
 log = logging.getLogger("backline.relay.http")
 
-CONSOLE_DIST = Path(__file__).resolve().parent.parent / "console" / "dist"
-
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+# 'wasm-unsafe-eval' lets the console compile WebAssembly (asciinema-player's terminal
+# emulator, bundled in app.js); it allows no string-to-code eval of JavaScript.
+CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
+       "img-src 'self' data:; "
        "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
        "form-action 'self'; frame-ancestors 'none'")
 SECURITY_HEADERS = [
@@ -175,12 +176,15 @@ async def metrics(request: Request) -> Response:
     return Response(relay.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
-async def console_index(request: Request) -> Response:
-    index = CONSOLE_DIST / "index.html"
-    if index.exists():
-        return FileResponse(index)
-    return HTMLResponse("<!doctype html><title>Backline</title><p>The console assets are not "
-                        "built. Run the README's set-up command.</p>")
+def console_index(dist: Path | None) -> Callable[[Request], Awaitable[Response]]:
+    """``/``: the console's page, or the page that says its assets are missing (503:
+    the relay is up, the console is not there)."""
+    async def index(request: Request) -> Response:
+        if dist is None:
+            return HTMLResponse(console_assets.MISSING_PAGE, status_code=503)
+        return FileResponse(dist / "index.html")
+
+    return index
 
 
 #: Every WebSocket a browser can reach; each is admitted by
@@ -192,6 +196,8 @@ BROWSER_SOCKETS: list[WebSocketRoute] = [
 
 
 def build_app(relay: Relay) -> Starlette:
+    dist = console_assets.find()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         await relay.start_background()
@@ -214,10 +220,10 @@ def build_app(relay: Relay) -> Starlette:
         WebSocketRoute("/agent/connect", connect_endpoint),
         WebSocketRoute("/agent/tunnel/{session_id}", tunnel_endpoint),
         WebSocketRoute("/agent/join", join_endpoint),
-        Route("/", console_index),
+        Route("/", console_index(dist)),
     ]
-    if (CONSOLE_DIST / "assets").is_dir():
-        routes.append(Mount("/assets", StaticFiles(directory=CONSOLE_DIST / "assets")))
+    if dist is not None and (dist / "assets").is_dir():
+        routes.append(Mount("/assets", StaticFiles(directory=dist / "assets")))
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_refusal})
     # No trailing-slash redirects: Starlette builds them from the request's Host header

@@ -365,7 +365,12 @@ event("session.channel", CHANNELS, "a capability's channel finished (run to the 
       may("limit", int, "the limit it was cut at"),
       may("bytes_kept", int, "bytes kept when cut"),
       may("bytes_dropped", int, "bytes that arrived past the limit before the close"),
-      may("streamed", bool, "run through the console's stream socket (not REST)"))
+      may("streamed", bool, "run through the console's stream socket (not REST)"),
+      may("terminal", str, "the terminal's id (`shell`)"),
+      may("recording", str, "the id of its recording (`shell`)"),
+      may("recording_bytes", int, "the size of that recording (`shell`)"),
+      may("closed_by", str, "who ended the terminal: `agent`, `console`, `session_closed` "
+                            "(`shell`)"))
 event("session.channel.refused", CHANNELS, "a capability's channel was refused (not in the "
       "session, a bad request, refused by the agent's policy or the customer)", SESSION,
       CAPABILITY, REASON, may("agent", str, "the agent's id"),
@@ -373,7 +378,31 @@ event("session.channel.refused", CHANNELS, "a capability's channel was refused (
       may("method", str, "the HTTP method, or `WEBSOCKET` (a bad request)"),
       may("address", str, "the client's IP address (a bad request)"))
 event("session.channel.failed", CHANNELS, "a capability's channel failed (could not open, "
-      "timed out, the agent went away)", SESSION, CAPABILITY, AGENT_ID, REASON, DETAIL)
+      "timed out, the agent went away, its recording could not be written, a bad message "
+      "on a terminal)", SESSION, CAPABILITY, AGENT_ID, REASON, DETAIL,
+      may("terminal", str, "the terminal's id (`shell`)"),
+      may("bytes", int, "output bytes relayed before it ended (`shell`)"))
+event("recording.stored", CHANNELS, "a terminal's recording (asciicast v2) was kept as a "
+      "blob", SESSION, need("recording", str, "the recording's id"), CAPABILITY,
+      need("sha256", str, "the SHA-256 of the asciicast file"),
+      need("bytes", int, "its size"), need("duration_s", NUMBER, "how long it lasted"),
+      need("keystrokes", bool, "whether input was recorded too (`record_keystrokes`)"))
+event("recording.played", CHANNELS, "a recording was fetched to be replayed in the console",
+      "`recording:ID`", need("session", str, "the session's id"),
+      need("sha256", str, "the SHA-256 it was checked against"),
+      need("bytes", int, "its size"), ADDRESS)
+event("recording.refused", CHANNELS, "fetching a recording was refused (a session the user "
+      "may not see) or failed (the stored file is damaged)", "`recording:ID`", *API_REFUSAL)
+event("terminal.join", CHANNELS, "another console joined an open terminal (as a viewer)",
+      SESSION, need("terminal", str, "the terminal's id"),
+      need("role", str, "`view` (typing needs control)"))
+event("terminal.control", CHANNELS, "the console in control of a terminal handed it to "
+      "another", SESSION, need("terminal", str, "the terminal's id"),
+      need("to", str, "the username given control"), need("by", str, "who gave it"))
+event("terminal.input.dropped", CHANNELS, "a view-only console typed, resized or granted; "
+      "dropped (audited once per console)", SESSION,
+      need("terminal", str, "the terminal's id"), need("what", str, "what it sent"),
+      need("reason", str, "`view_only`"))
 event("session.stream.refused", CHANNELS, "the console's stream socket for a capability was "
       "refused at the browser-socket gate", "the socket's path",
       *BROWSER_SOCKET_REFUSAL, flood=True)

@@ -118,14 +118,14 @@ def serve(
 ) -> None:
     """Run the relay (initialising it on first start)."""
     from backline.relay.net.server import listen
-    from backline.relay.net.server import serve as run_server
+    from backline.relay.serve import serve as run_server
 
     cfg = _load(data_dir, config, listen_host=host, listen_port=port)
     # Listen before anything slow (the launcher has usually bound already, before the
     # imports; see listening.py): after a restart, agents that arrive while the relay
     # starts wait in the backlog instead of being refused and backing off.
     try:
-        sockets = listen(cfg)
+        sockets = listen(cfg.listen_host, cfg.listen_port)
     except OSError as exc:
         err.print(f"[red]cannot listen on {cfg.listen_host}:{cfg.listen_port}:[/] "
                   f"{exc.strerror or exc}")

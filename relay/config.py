@@ -116,6 +116,9 @@ class RelayConfig:
     session_idle_minutes: float = 15.0
     session_max_hours: float = 8.0
     session_open_timeout_s: float = 15.0
+    # Terminal recordings (asciicast) keep output and resizes; keystrokes only when
+    # this says so: they carry passwords (docs/operator-guide.md).
+    record_keystrokes: bool = False
     # Attended-session codes: life, and wrong guesses allowed per address and in total.
     session_code_minutes: float = 10.0
     session_code_failures_per_address: int = 5

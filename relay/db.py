@@ -64,7 +64,7 @@ def writing(engine: sa.Engine) -> Iterator[sa.Connection]:
 
 
 #: The newest migration in ``relay/migrations/versions`` (a test holds them equal).
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 
 def alembic_config(connection: sa.Connection | None = None) -> AlembicConfig:

@@ -180,3 +180,20 @@ diagnostics_reports = sa.Table(
     sa.Column("worst", sa.String(16), nullable=False),
     sa.Index("ix_reports_agent_time", "agent_id", "created_at"),
 )
+
+# A terminal's recording (asciicast v2): the file is a blob named by its SHA-256, the
+# hash the audit trail records when the channel ends (migration 0006).
+recordings = sa.Table(
+    "recordings", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("session_id", sa.String(64), nullable=False),
+    sa.Column("capability", sa.String(32), nullable=False),
+    sa.Column("agent_id", sa.String(64), nullable=False),
+    sa.Column("technician", sa.String(64), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("duration_s", sa.Float, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("keystrokes", sa.Boolean, nullable=False, default=False),
+    sa.Index("ix_recordings_session", "session_id", "started_at"),
+)

@@ -19,6 +19,7 @@ from backline.relay.audit import AuditLog
 from backline.relay.audit_floods import FloodAggregator
 from backline.relay.auth_limits import AuthLimits
 from backline.relay.blobs import BlobStore
+from backline.relay.capabilities.runner import ChannelRunner
 from backline.relay.config import RelayConfig
 from backline.relay.datadir import DataDir
 from backline.relay.db import make_engine, migrate
@@ -45,6 +46,7 @@ class Relay:
     auth: AuthLimits = field(init=False)
     metrics: metrics.RelayMetrics = field(init=False)
     sessions: SessionManager = field(init=False)
+    channels: ChannelRunner = field(init=False)
     webhooks: WebhookSender = field(init=False)
     blobs: BlobStore = field(init=False)
     floods: FloodAggregator = field(init=False)
@@ -68,6 +70,7 @@ class Relay:
         self.floods = FloodAggregator(self._append, window_s=c.audit_flood_window_s)
         self.audit.listeners.append(self.bus.publish_audit)
         self.sessions = SessionManager(self)
+        self.channels = ChannelRunner(self)
         self.blobs = BlobStore(self.datadir.root / "blobs")
         self.webhooks = WebhookSender.from_config(
             c, self.record, lambda agent_id: get_agent(self.engine, self.presence, agent_id))

@@ -13,6 +13,38 @@ os.environ["BACKLINE_AUDIT_STRICT"] = "1"
 
 from tests.harness import Api, RelayProcess, admin_api
 
+#: The files whose tests took longest in a run of the whole suite (``--durations=60``,
+#: 4 xdist workers, 2026-12-01), slowest first. They are handed out first, so that no
+#: long file starts last and keeps the run going after the other workers are done
+#: (``--dist loadfile`` gives out files in collection order).
+SLOW_FIRST = [
+    "tests/browser/test_console.py",
+    "tests/integration/test_sessions.py",
+    "tests/integration/test_tls_pinning.py",
+    "tests/integration/test_hostile.py",
+    "tests/integration/test_hostile_refusals.py",
+    "tests/integration/test_slow_clients.py",
+    "tests/integration/test_api.py",
+    "tests/integration/test_openapi_fuzz.py",
+    "tests/integration/test_api_edge.py",
+    "tests/unit/test_wsframes_differential.py",
+]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slowest files first (:data:`SLOW_FIRST`); a file's own order is kept."""
+    rank = {path: i for i, path in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    """Bytes parameters (WebSocket frames, mostly) are named by their first two bytes and
+    their length, not by all of them: a client frame carries a random mask key, and
+    pytest-xdist needs every worker to collect the same test names."""
+    if isinstance(val, bytes | bytearray):
+        return f"{bytes(val[:2]).hex()}-{len(val)}B"
+    return None
+
 
 @pytest.fixture
 def relay(tmp_path: Path) -> Iterator[RelayProcess]:

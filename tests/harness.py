@@ -27,10 +27,38 @@ RELAY = str(BIN / "backline-relay")
 AGENT = str(BIN / "backline-agent")
 
 
+#: Ports handed out by :func:`free_port`: below Linux's ephemeral range (32768-60999 by
+#: default), which the kernel draws from for every ``bind(0)`` and every outgoing
+#: connection on the machine. A port from there, free when asked for, could be taken
+#: by anyone's client socket before the relay bound it.
+PORTS_FROM, PORTS_TO = 20000, 32000
+_next_port: int | None = None
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nobody listens on now, and that no other test of this run (nor
+    of a parallel pytest-xdist worker) will be given: each worker walks its own slice
+    of :data:`PORTS_FROM`-:data:`PORTS_TO`, from an offset that differs between
+    processes (several runs on one machine), skipping ports that are bound."""
+    global _next_port
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    slices = 8
+    size = (PORTS_TO - PORTS_FROM) // slices
+    base = PORTS_FROM + (index % slices) * size
+    if _next_port is None:
+        _next_port = os.getpid() % size
+    for _ in range(size):
+        port = base + _next_port % size
+        _next_port += 1
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the relay binds
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port in {base}-{base + size - 1}")
 
 
 def run_on_loop(loop_name: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -78,8 +106,9 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float =
 
 class RelayProcess:
     def __init__(self, root: Path, extra_env: dict[str, str] | None = None,
-                 nofile: int | None = None) -> None:
+                 nofile: int | None = None, exe: str = RELAY) -> None:
         self.root = root
+        self.exe = exe  # the backline-relay to run (another install's, for the wheel test)
         self.nofile = nofile  # RLIMIT_NOFILE (soft and hard) of the relay, when set
         self.data_dir = root / "relay"
         self.port = free_port()
@@ -95,13 +124,13 @@ class RelayProcess:
 
     def cli(self, *args: str, check: bool = True, input: str | None = None
             ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([RELAY, *args], env=self.env, capture_output=True, text=True,
+        return subprocess.run([self.exe, *args], env=self.env, capture_output=True, text=True,
                               check=check, input=input, timeout=60)
 
     def start(self) -> RelayProcess:
         self.starts += 1
         log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([RELAY, "serve"], env=self.env, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([self.exe, "serve"], env=self.env, stdout=subprocess.PIPE,
                                      stderr=log, text=True,
                                      preexec_fn=self._limit if self.nofile else None)
         assert self.proc.stdout is not None

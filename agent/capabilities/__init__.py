@@ -19,19 +19,23 @@ from backline.agent.capabilities.base import (
 )
 from backline.common.capabilities import spec
 
-__all__ = ["EXIT_BAD_REQUEST", "Capability", "Handler", "Registry", "SessionContext",
-           "builtin_registry", "read_request"]
+__all__ = ["BUILTIN", "EXIT_BAD_REQUEST", "TERMINALS", "Capability", "Handler", "Registry",
+           "SessionContext", "builtin_registry", "read_request"]
 
 #: The capability rooms this agent ships: name -> handler, imported on first use.
 BUILTIN = {
     "info": "backline.agent.capabilities.info:run",
     "diagnostics": "backline.agent.capabilities.diagnostics:run",
+    "shell": "backline.agent.capabilities.shell:run",
 }
+#: Those of them that are terminals: bytes on the channel, and a pty request required.
+TERMINALS = frozenset({"shell"})
 
 
 def builtin_registry() -> Registry:
     registry = Registry()
     for name, target in BUILTIN.items():
         known = spec(name)
-        registry.register_lazy(name, target, known.summary if known else "")
+        registry.register_lazy(name, target, known.summary if known else "",
+                               terminal=name in TERMINALS)
     return registry

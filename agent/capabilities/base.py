@@ -56,6 +56,9 @@ class Capability:
     handler: Handler | None = None
     summary: str = ""
     target: str = ""
+    #: A terminal: its channel carries bytes (no encoding) and must come with a pty
+    #: request; every other capability is text and refuses a pty.
+    terminal: bool = False
 
     def load(self) -> Handler:
         if self.handler is None:
@@ -69,18 +72,19 @@ class Registry:
         self._by_name: dict[str, Capability] = {}
 
     def register(self, name: str, handler: Handler, summary: str = "",
-                 replace: bool = False) -> None:
+                 replace: bool = False, terminal: bool = False) -> None:
         if not CAPABILITY_RE.fullmatch(name):
             raise ValueError(f"{name!r} is not a capability name (short, lowercase)")
         if name in self._by_name and not replace:
             raise ValueError(f"capability {name!r} is already registered")
-        self._by_name[name] = Capability(name, handler, summary)
+        self._by_name[name] = Capability(name, handler, summary, terminal=terminal)
 
-    def register_lazy(self, name: str, target: str, summary: str = "") -> None:
+    def register_lazy(self, name: str, target: str, summary: str = "",
+                      terminal: bool = False) -> None:
         """Register ``module:function``, imported the first time a channel needs it."""
         if not CAPABILITY_RE.fullmatch(name):
             raise ValueError(f"{name!r} is not a capability name (short, lowercase)")
-        self._by_name[name] = Capability(name, None, summary, target)
+        self._by_name[name] = Capability(name, None, summary, target, terminal)
 
     def get(self, name: str) -> Capability | None:
         return self._by_name.get(name)

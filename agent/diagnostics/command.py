@@ -13,9 +13,6 @@ import sys
 from pathlib import Path
 
 from backline.agent.diagnostics.config import ENV_CONFIG, ConfigError, load_config
-from backline.agent.diagnostics.engine import collect
-from backline.agent.diagnostics.render import render_text
-from backline.common.diagnostics.schema import to_json
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,6 +26,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_diagnose(state_root: Path, args: argparse.Namespace) -> int:
+    from backline.agent.diagnostics.engine import collect  # the collectors: only here
+    from backline.agent.diagnostics.render import render_text
+    from backline.common.diagnostics.schema import to_json
+
     try:
         config = load_config(state_root, args.config)
     except ConfigError as exc:

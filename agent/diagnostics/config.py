@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backline.common.diagnostics.schema import SECTIONS
+# The report schema (and what it pulls in) is imported only to check ``disabled``:
+# the idle agent reads this file for the health check's interval alone.
 
 ENV_CONFIG = "BACKLINE_AGENT_CONFIG"
 CONFIG_NAME = "agent.toml"
@@ -146,10 +147,8 @@ def from_tables(table: Mapping[str, Any], source: str = "defaults") -> Diagnosti
         cfg.thresholds[key] = float(value)
     for endpoint in cfg.endpoints:
         parse_endpoint(endpoint)  # raises ConfigError for a malformed one
-    unknown = set(cfg.disabled) - set(SECTIONS)
-    if unknown:
-        raise ConfigError(f"{source}: diagnostics.disabled names unknown collectors "
-                          f"{sorted(unknown)} (known: {', '.join(SECTIONS)})")
+    if cfg.disabled:
+        _check_disabled(cfg.disabled, source)
     if cfg.network_timeout_s > cfg.timeout_s:
         cfg.network_timeout_s = cfg.timeout_s * 0.8
     return cfg
@@ -214,3 +213,12 @@ def parse_endpoint(text: str, pin: str | None = None) -> Endpoint:
             or not 0 < int(port_text) < 65536):
         raise ConfigError(f"endpoint {raw!r}: expected host:port or an http(s) URL")
     return Endpoint(raw, "tcp", host, int(port_text), "/", pin)
+
+
+def _check_disabled(disabled: Any, source: str) -> None:
+    from backline.common.diagnostics.schema import SECTIONS
+
+    unknown = set(disabled) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"{source}: diagnostics.disabled names unknown collectors "
+                          f"{sorted(unknown)} (known: {', '.join(SECTIONS)})")

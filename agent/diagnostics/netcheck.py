@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 
+from backline.agent.diagnostics import relaytime
 from backline.agent.diagnostics.collectors import ClockReference, Context, Result
 from backline.agent.diagnostics.config import Endpoint, parse_endpoint
 from backline.agent.diagnostics.runner import in_thread, run_command, which
@@ -34,17 +35,14 @@ MAX_ADDRESSES = 8
 
 # --- relay clock, as heard on the control socket -------------------------------------
 
-_relay_clock: ClockReference | None = None
-
-
 def remember_relay_time(relay_time: float) -> None:
     """Called when a control message carries ``relay_time``; later runs use it."""
-    global _relay_clock
-    _relay_clock = ClockReference.now(relay_time)
+    relaytime.remember(relay_time)
 
 
 def relay_clock() -> ClockReference | None:
-    return _relay_clock
+    seen = relaytime.seen()
+    return None if seen is None else ClockReference(*seen)
 
 
 # --- interfaces and routes -----------------------------------------------------------

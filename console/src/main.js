@@ -11,7 +11,7 @@ import { agentView } from "./views/agent.js";
 import { adminView } from "./views/admin.js";
 import { auditView } from "./views/audit.js";
 import { accountView } from "./views/account.js";
-import { sessionView, sessionsView } from "./views/sessions.js";
+import { leaveSession, sessionView, sessionsView } from "./views/sessions.js";
 import { reportsView } from "./views/reports.js";
 
 const root = document.getElementById("app");
@@ -31,6 +31,7 @@ export const app = {
   async signedIn(me) {
     app.me = me;
     setCsrf(me.csrf_token);
+    rememberSignedIn(true);
     app.notice = "";
     if (needsAccountSetup()) {
       location.hash = "#/account";
@@ -45,16 +46,44 @@ export const app = {
     app.me = null;
     setCsrf("");
     stopLive();
+    leaveSession();
     app.notice = reason || (wasIn ? "You were signed out. Please sign in again." : "");
     draw();
   },
 };
 
+// Whether this browser was signed in and did not sign out: then a refused request
+// means the session ended (expired, revoked, the password reset) and the sign-in page
+// says so, also after a reload, until someone signs in again. A first visit, or one
+// after "Sign out", was never or is no longer signed in: it says nothing of the kind. Only a flag is kept (the
+// session cookie itself is HttpOnly and invisible to the page).
+const SIGNED_IN_KEY = "backline.signed-in";
+
+function rememberSignedIn(yes) {
+  try {
+    if (yes) localStorage.setItem(SIGNED_IN_KEY, "1");
+    else localStorage.removeItem(SIGNED_IN_KEY);
+  } catch {
+    /* storage disabled: only an in-page session can be noticed ending */
+  }
+}
+
+function wasSignedIn() {
+  try {
+    return localStorage.getItem(SIGNED_IN_KEY) === "1";
+  } catch {
+    return false;
+  }
+}
+
 function needsAccountSetup() {
   return app.me && (app.me.user.must_change_password || app.me.totp_enrolment_required);
 }
 
-onSignedOut(() => app.signedOut("You were signed out (your session ended). Please sign in again."));
+// Any refused request (401) lands here, the first /auth/me of a visit included: only
+// a session that existed, in this page or before a reload, is said to have ended.
+onSignedOut(() => app.signedOut(app.me || wasSignedIn()
+  ? "You were signed out (your session ended). Please sign in again." : ""));
 onLiveState(() => drawHeader());
 
 function route() {
@@ -100,6 +129,7 @@ async function logout() {
   } catch {
     /* already signed out */
   }
+  rememberSignedIn(false);
   app.signedOut("You signed out.");
 }
 
@@ -138,14 +168,16 @@ function draw() {
 
 window.addEventListener("hashchange", () => {
   app.visit += 1;
+  if (route().name !== "session") leaveSession();
   draw();
 });
 
 async function boot() {
   try {
     await app.signedIn(await get("/auth/me"));
-  } catch {
+  } catch (err) {
     app.me = null;
+    if (err.status === 0) app.notice = err.message; // the relay is unreachable, say so
     draw();
   }
 }

@@ -8,6 +8,7 @@ shows. Usernames follow :data:`backline.relay.users.USERNAME_RE`, group names
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, ConfigDict, Field
@@ -23,6 +24,7 @@ GROUP_NAME = r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$"
 TOTP = r"^[0-9]{6}$"
 #: An id the relay made (``ag_…``, ``ss_…``, ``et_…``, hex): URL-safe, bounded.
 OPAQUE_ID = r"^[A-Za-z0-9_.-]{1,64}$"
+OPAQUE_RE = re.compile(OPAQUE_ID)
 
 def _tidy(lower: bool) -> BeforeValidator:
     """Names are taken as people type them: spaces around them dropped (and usernames
@@ -430,3 +432,25 @@ class Reports(Reply):
 
 class Report(ReportRow):
     report: dict[str, Any]
+
+
+# --- recordings --------------------------------------------------------------------
+
+
+class RecordingPath(Params):
+    recording_id: OpaqueId
+
+
+class RecordingRow(Reply):
+    id: str
+    capability: str
+    started_at: float
+    duration_s: float
+    bytes: int
+    sha256: str
+    technician: str
+    keystrokes: bool
+
+
+class Recordings(Reply):
+    recordings: list[RecordingRow]

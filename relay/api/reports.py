@@ -1,7 +1,8 @@
 """The reports API: the diagnostics reports of an agent, listed and fetched.
 
-Storing them is ``report_store``'s job (the session manager calls it when a
-diagnostics channel ends); reading one checks the caller's grant on the agent.
+Storing them is the diagnostics room's job (``relay/capabilities/diagnostics.py``,
+which the channel runner calls when a diagnostics channel ends); reading one checks
+the caller's grant on the agent.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from starlette.routing import Route
 from backline.relay.api import models as m
 from backline.relay.api.agents import agent_by_id
 from backline.relay.api.edge import endpoint, reply
-from backline.relay.report_store import load
+from backline.relay.capabilities.diagnostics import load
 from backline.relay.schema import diagnostics_reports
 from backline.relay.state import Relay
 from backline.relay.webauth import ApiError, Principal
@@ -46,7 +47,7 @@ async def get_report(request: Request, relay: Relay, who: Principal, *,
         raise ApiError(404, "not_found", "no such report")
     agent_by_id(relay, who, row["agent_id"], acting=False)
     try:
-        report = load(relay, dict(row))
+        report = load(relay.blobs, dict(row))
     except (OSError, ValueError) as exc:
         raise ApiError(500, "damaged", f"the stored report cannot be read: {exc}") from None
     return reply(m.Report, {**dict(row), "report": report},

@@ -15,11 +15,13 @@ from backline.relay.api import (
     audit,
     auth,
     enroll_tokens,
+    recordings,
     reports,
     sessions,
     users,
 )
 
-RESOURCES = (auth, agents, users, enroll_tokens, api_tokens, audit, sessions, reports)
+RESOURCES = (auth, agents, users, enroll_tokens, api_tokens, audit, sessions, reports,
+             recordings)
 
 ROUTES: list[Route] = [route for module in RESOURCES for route in module.ROUTES]

@@ -12,30 +12,25 @@ Who may do what:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import hashlib
 import json
-import time
 from typing import Any
 
-import asyncssh
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from backline.common.diagnostics.request import DiagnosticsRequest, RequestError, parse_sections
 from backline.common.protocol import CAPABILITY_RE
 from backline.relay import agents
 from backline.relay.api import models as m
 from backline.relay.api.agents import agent_by_id, visible_group_ids
 from backline.relay.api.browser_socket import admit
 from backline.relay.api.edge import endpoint, reply, validated
+from backline.relay.capabilities.base import Transport
 from backline.relay.sessions.manager import (
     CAPABILITIES,
     DEFAULT_CAPABILITIES,
-    EXIT_REFUSED,
     LiveSession,
     SessionError,
 )
@@ -45,9 +40,6 @@ from backline.relay.webauth import (
     Principal,
     audit_refusal,
 )
-
-MAX_STREAM_LINE = 1024 * 1024
-MAX_STREAM_BYTES = 64 * 1024 * 1024
 
 
 def _api_error(err: SessionError) -> ApiError:
@@ -163,30 +155,6 @@ async def close_session(request: Request, relay: Relay, who: Principal, *,
     return reply(m.Session, relay.sessions.row(row["id"]))
 
 
-def _channel_request(capability: str, data: m.ChannelRequest) -> bytes | None:
-    """What is written to the channel before its input is closed: the diagnostics
-    request (``{"sections": [...]}``, all when absent), nothing for the others."""
-    if capability != "diagnostics":
-        if data.model_fields_set:
-            raise ApiError(400, "bad_field", f"{capability} takes no request body")
-        return None
-    try:
-        return DiagnosticsRequest(parse_sections(data.sections)).encode()
-    except RequestError as exc:
-        raise ApiError(400, "bad_request", str(exc)) from None
-
-
-def _checked_request(relay: Relay, who: Principal, live: LiveSession, capability: str,
-                     data: m.ChannelRequest) -> bytes | None:
-    """The channel's request, or its refusal audited as ``session.channel.refused``."""
-    try:
-        return _channel_request(capability, data)
-    except ApiError as err:
-        err.action, err.target = "session.channel.refused", f"session:{live.id}"
-        err.details.update(capability=capability, detail=err.detail[:200])
-        raise
-
-
 @endpoint("agents:write", path=m.ChannelPath, noun="session", body=m.ChannelRequest,
           answers={200: m.ChannelResult}, refuses=(409, 502, 504))
 async def run_channel(request: Request, relay: Relay, who: Principal, *,
@@ -199,10 +167,8 @@ async def run_channel(request: Request, relay: Relay, who: Principal, *,
     if not CAPABILITY_RE.fullmatch(capability):
         raise ApiError(400, "bad_field", "not a capability name")
     live = _live(relay, session_for(request, relay, who, use=True))
-    wanted = _checked_request(relay, who, live, capability, body)
     try:
-        result = await relay.sessions.run_capability(live, capability, who.actor,
-                                                     request=wanted)
+        result = await relay.channels.run(live, capability, who.actor, body.model_dump())
     except SessionError as err:
         raise _api_error(err) from None
     return reply(m.ChannelResult, result)
@@ -223,8 +189,12 @@ async def create_session_code(request: Request, relay: Relay, who: Principal, *,
 
 
 async def stream_endpoint(ws: WebSocket) -> None:
-    """``/api/v1/sessions/{id}/stream/{capability}``: a capability's output, line by
-    line, as ``{"type": "line", "line": ...}`` then ``{"type": "exit", ...}``.
+    """``/api/v1/sessions/{id}/stream/{capability}``: a capability's channel on a
+    browser socket. Most capabilities: their output line by line, as ``{"type":
+    "line", "line": ...}`` then ``{"type": "exit", ...}``. A terminal (``shell``):
+    the duplex protocol of SHELL_CONTRACT.md (``?cols=&rows=&term=``, or
+    ``?terminal=ID`` to watch one that is open). The channel is the one runner's
+    (:mod:`backline.relay.capabilities.runner`).
 
     Browsers can reach it: it is admitted by :mod:`backline.relay.api.browser_socket`
     (Origin, sign-in, TOTP, ``agents:write``) before accepting, like every browser
@@ -234,10 +204,12 @@ async def stream_endpoint(ws: WebSocket) -> None:
     if who is None:
         return
     capability = ws.path_params["capability"]
+    watching = ws.query_params.get("terminal")
     try:
         if not CAPABILITY_RE.fullmatch(capability):
             raise ApiError(400, "bad_field", "not a capability name")
-        live = _live(relay, session_for(ws, relay, who, use=True))
+        # Watching a terminal needs only to see the session; running one, to use it.
+        live = _live(relay, session_for(ws, relay, who, use=watching is None))
     except ApiError as err:
         err.principal = who
         audit_refusal(relay, ws, err)
@@ -245,18 +217,16 @@ async def stream_endpoint(ws: WebSocket) -> None:
         return
     await ws.accept()
     try:
-        wanted = ws.query_params.get("sections")
         try:
-            asked = {} if wanted is None else {"sections": wanted.split(",")[:64]}
-            request = _checked_request(relay, who, live, capability,
-                                       validated(m.ChannelRequest, asked, "parameter"))
-        except ApiError as err:  # said in words: the page shows it
-            err.principal = who
-            audit_refusal(relay, ws, err)
+            await _serve(ws, relay, live, capability, who, watching)
+        except SessionError as err:  # audited once, where it arose or here; said in words
+            refusal = _api_error(err)
+            refusal.principal = who
+            refusal.action, refusal.target = "session.channel.refused", f"session:{live.id}"
+            refusal.details.update(capability=capability, detail=err.detail[:200])
+            audit_refusal(relay, ws, refusal)
             await ws.send_text(json.dumps({"type": "error", "error": err.code,
                                            "detail": err.detail}))
-            return
-        await _stream(ws, relay, live, capability, who, request)
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
@@ -264,96 +234,30 @@ async def stream_endpoint(ws: WebSocket) -> None:
             await ws.close(1000)
 
 
-async def _stream(ws: WebSocket, relay: Relay, live: LiveSession, capability: str,
-                  who: Principal, request: bytes | None) -> None:
-    started = time.perf_counter()
-    try:
-        proc = await relay.sessions.open_channel(live, capability, who.actor, request)
-    except SessionError as err:  # audited once, as the REST path does (unless it was)
-        refusal = _api_error(err)
-        refusal.principal = who
-        audit_refusal(relay, ws, refusal)
-        await ws.send_text(json.dumps({"type": "error", "error": err.code,
-                                       "detail": err.detail}))
+async def _serve(ws: WebSocket, relay: Relay, live: LiveSession, capability: str,
+                 who: Principal, watching: str | None) -> None:
+    """The channel a stream socket asked for, by its room's transport."""
+    spec = relay.channels.spec(capability)
+    if spec.transport is Transport.DUPLEX:
+        from backline.relay.capabilities import shell
+
+        if watching is not None:
+            if not m.OPAQUE_RE.fullmatch(watching):
+                raise SessionError(400, "bad_field", "terminal is a terminal's id")
+            await shell.join_terminal(relay.channels, ws, live, watching,
+                                      who.user.username, who.actor)
+        else:
+            await shell.open_terminal(relay.channels, ws, live, who.user.username,
+                                      who.actor, shell.pty_of(ws.query_params))
         return
-    live.active_channels += 1
-    live.channels += 1
-    digest = hashlib.sha256()
-    size = 0
-    kept: list[bytes] | None = [] if capability == "diagnostics" else None
-    gone = asyncio.ensure_future(_until_disconnect(ws))
+    wanted = ws.query_params.get("sections")
     try:
-        while True:
-            reading = asyncio.ensure_future(proc.stdout.readline())
-            done, _ = await asyncio.wait({reading, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if reading not in done:
-                reading.cancel()
-                proc.close()
-                return
-            try:
-                line = reading.result()
-            except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
-                await _agent_gone(ws, relay, live, capability, who, exc)
-                return
-            if not line:
-                break
-            digest.update(line)
-            size += len(line)
-            if kept is not None:
-                kept.append(line)
-            live.touch()
-            if len(line) > MAX_STREAM_LINE or size > MAX_STREAM_BYTES:
-                proc.close()  # cut here, said and audited (finding 6)
-                relay.record(who.actor, "session.channel", f"session:{live.id}",
-                             capability=capability, agent=live.principal, exit_status=None,
-                             bytes=size, sha256=digest.hexdigest(), streamed=True,
-                             truncated=True, limit=MAX_STREAM_BYTES)
-                await ws.send_text(json.dumps({"type": "error", "error": "too_large",
-                                               "detail": "the output is too large to stream",
-                                               "truncated": True, "bytes": size}))
-                return
-            await ws.send_text(json.dumps({"type": "line",
-                                           "line": line.decode("utf-8", "replace")},
-                                          ensure_ascii=False))
-        await asyncio.wait_for(proc.wait_closed(), 10)
-        err = await proc.stderr.read(16 * 1024) if proc.exit_status == EXIT_REFUSED else b""
-    finally:
-        gone.cancel()
-        live.active_channels -= 1
-        live.touch()
-    if proc.exit_status == EXIT_REFUSED:
-        refusal = relay.sessions.refusal_of(live, capability, who.actor, err)
-        await ws.send_text(json.dumps({"type": "error", "error": refusal.code,
-                                       "detail": refusal.detail}))
-        return
-    duration_ms = round((time.perf_counter() - started) * 1000, 1)
-    relay.record(who.actor, "session.channel", f"session:{live.id}", capability=capability,
-                 agent=live.principal, exit_status=proc.exit_status, bytes=size,
-                 sha256=digest.hexdigest(), duration_ms=duration_ms, streamed=True)
-    report = None
-    if kept is not None and proc.exit_status == 0:
-        report = relay.sessions.keep_report(live, who.actor, b"".join(kept))
-    await ws.send_text(json.dumps({"type": "exit", "exit_status": proc.exit_status,
-                                   "bytes": size, "sha256": digest.hexdigest(),
-                                   "duration_ms": duration_ms, "report": report}))
-
-
-async def _agent_gone(ws: WebSocket, relay: Relay, live: LiveSession, capability: str,
-                      who: Principal, exc: BaseException) -> None:
-    """The agent went away in the middle of a streamed channel: said, audited, and the
-    session closed (its tunnel is gone)."""
-    detail = f"{type(exc).__name__}: {exc}"[:200]
-    relay.sessions.channel_failed(live, capability, who.actor, "agent_gone", detail)
-    await ws.send_text(json.dumps({"type": "error", "error": "agent_gone",
-                                   "detail": f"the agent went away during {capability}"}))
-    if not live.closing:
-        await relay.sessions.close(live, "agent_gone", detail)
-
-
-async def _until_disconnect(ws: WebSocket) -> None:
-    with contextlib.suppress(Exception):
-        while (await ws.receive())["type"] != "websocket.disconnect":
-            pass
+        asked = {} if wanted is None else {"sections": wanted.split(",")[:64]}
+        validated(m.ChannelRequest, asked, "parameter")
+    except ApiError as err:
+        raise SessionError(err.status, err.code, err.detail) from None
+    request = relay.channels.request(live, capability, who.actor, asked)
+    await relay.channels.stream_lines(ws, live, capability, who.actor, request)
 
 
 ROUTES = [

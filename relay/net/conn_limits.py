@@ -253,7 +253,7 @@ class Gate:
         self.timeouts: dict[str, int] = {}
         self._refused_metric: Any = None
         self._timeout_metric: Any = None
-        self._children: dict[tuple[str, str], Any] = {}  # labelled counters, looked up once
+        self._children: dict[tuple[Any, str], Any] = {}  # labelled counters, looked up once
         self._expiring: deque[Conn] = deque()
         self._draining = False
         if registry is not None:
@@ -352,9 +352,9 @@ class Gate:
     def _count(self, metric: Any, label: str) -> None:
         if metric is None:
             return
-        child = self._children.get((metric._name, label))
+        child = self._children.get((metric, label))  # by identity: one metric, its label
         if child is None:
-            child = self._children[(metric._name, label)] = metric.labels(label)
+            child = self._children[(metric, label)] = metric.labels(label)
         child.inc()
 
     def _report(self, kind: str, address: str, reason: str) -> None:

@@ -1,4 +1,4 @@
-"""Running the relay under uvicorn, tuned for many idle agent sockets.
+"""uvicorn, bounded and tuned for many idle agent sockets: the transport half of serving.
 
 The choices (measured in ``bench/idle_agents``; see docs/benchmarks.md):
 - ``wsproto`` for WebSockets: the smallest per-connection state of uvicorn's options;
@@ -14,6 +14,12 @@ The choices (measured in ``bench/idle_agents``; see docs/benchmarks.md):
   itself, so each takes its slot under the unauthenticated-connection caps before its
   handshake, and HTTP reads have deadlines (:mod:`backline.relay.net.conn_limits`,
   :mod:`backline.relay.net.conn_http`).
+
+What knows the relay (its app, its audit trail, its certificate reloader) is in
+:mod:`backline.relay.serve`, which hands this module only what the transport needs:
+the limits, where refusals are reported, the metrics registry, and callbacks for
+stopping and for reloading the certificate. So the engine imports nothing of the
+relay's business (an import-linter contract in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ from __future__ import annotations
 import asyncio.sslproto
 import importlib.util
 import logging
-import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import uvicorn
 from starlette.requests import ClientDisconnect
@@ -31,17 +38,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from uvicorn.config import STARTUP_FAILURE
 
-from backline.relay import logfmt
-from backline.relay.app import build_app
-from backline.relay.audit_floods import FloodAggregator
-from backline.relay.config import RelayConfig
-from backline.relay.control import connect_endpoint
 from backline.relay.net import conn_limits, listening, tls_policy
-from backline.relay.net.conn_http import BoundedH11Protocol, LoopListener
-from backline.relay.net.control_socket import protocol_class
+from backline.relay.net.conn_http import LoopListener
 from backline.relay.net.tls_socket import TLSListener
-from backline.relay.state import Relay
-from backline.relay.tls_identity import TlsReloader
+
+log = logging.getLogger("backline.relay")
 
 TLS_READ_BUFFER = 16 * 1024
 WS_MAX_FRAME = 1024 * 1024
@@ -59,7 +60,7 @@ def shrink_asyncio_tls_buffer() -> None:
 
 
 class AgentSocketShortcut:
-    """Hand agents' control sockets straight to :func:`connect_endpoint`.
+    """Hand agents' control sockets straight to their ``endpoint``.
 
     A control socket lives for days and one relay holds ten thousand. Under the full
     Starlette stack (error and security middleware, the exception wrapper twice, the
@@ -74,15 +75,17 @@ class AgentSocketShortcut:
 
     PATH = "/agent/connect"
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp,
+                 endpoint: Callable[[WebSocket], Awaitable[None]]) -> None:
         self.app = app
+        self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] == "websocket" and scope["path"] == self.PATH
                 and not scope.get("root_path")
                 and not any(name == b"origin" for name, _ in scope["headers"])):
             scope["app"] = self.app  # what Starlette sets; the endpoint finds the relay there
-            await connect_endpoint(WebSocket(scope, receive=receive, send=send))
+            await self.endpoint(WebSocket(scope, receive=receive, send=send))
             return
         try:
             await self.app(scope, receive, send)
@@ -91,42 +94,6 @@ class AgentSocketShortcut:
             # its request was being read: nobody to answer, and not a server error to
             # log with a traceback, which a trickling attacker could repeat at will.
             return
-
-
-def uvicorn_config(relay: Relay) -> uvicorn.Config:
-    cfg = relay.config
-    loop = choose_loop(cfg.event_loop)
-    if loop == "asyncio":
-        shrink_asyncio_tls_buffer()
-    tls: dict[str, str] = {}
-    if cfg.tls == "self-signed":
-        tls = {"ssl_certfile": str(relay.datadir.tls_cert),
-               "ssl_keyfile": str(relay.datadir.tls_key)}
-    elif cfg.tls == "files":
-        tls = {"ssl_certfile": cfg.tls_cert_file, "ssl_keyfile": cfg.tls_key_file}
-    app = build_app(relay)
-    return uvicorn.Config(
-        AgentSocketShortcut(app),
-        host=cfg.listen_host,
-        port=cfg.listen_port,
-        loop=loop,
-        http=BoundedH11Protocol,
-        timeout_keep_alive=cfg.keepalive_timeout_s,  # type: ignore[arg-type]
-        ws=protocol_class(app, connect_endpoint),
-        ws_per_message_deflate=False,
-        ws_ping_interval=None,
-        ws_ping_timeout=None,
-        ws_max_size=WS_MAX_FRAME,
-        backlog=listening.BACKLOG,
-        proxy_headers=bool(cfg.trusted_proxies),
-        forwarded_allow_ips=cfg.trusted_proxies or None,
-        log_level=cfg.log_level,
-        log_config=logfmt.uvicorn_log_config(),
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=5,
-        **tls,  # type: ignore[arg-type]
-    )
 
 
 def with_tls_policy(config: uvicorn.Config) -> uvicorn.Config:
@@ -140,11 +107,18 @@ def with_tls_policy(config: uvicorn.Config) -> uvicorn.Config:
     return config
 
 
-def listen(cfg: RelayConfig) -> list[socket.socket]:
+def listen(host: str, port: int) -> list[socket.socket]:
     """The relay's listening sockets: those bound before the relay was imported
     (:func:`listening.prebind`) if they are for this address, else new ones."""
-    early = listening.take(cfg.listen_host, cfg.listen_port)
-    return early if early is not None else listening.bind(cfg.listen_host, cfg.listen_port)
+    early = listening.take(host, port)
+    return early if early is not None else listening.bind(host, port)
+
+
+class Reloader(Protocol):
+    """Something to start on the running loop once the server has started (the
+    relay's certificate reloader: SIGHUP, changed files)."""
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None: ...
 
 
 class BoundedServer(uvicorn.Server):
@@ -154,30 +128,41 @@ class BoundedServer(uvicorn.Server):
     "socket") or by the event loop (:class:`LoopListener`, engine "loop"; also plain
     HTTP behind a TLS-ending proxy). Everything above the transport is uvicorn's own:
     its HTTP and WebSocket protocols, lifespan, connection tracking and graceful
-    shutdown."""
+    shutdown.
 
-    def __init__(self, config: uvicorn.Config, relay: Relay | None = None,
-                 engine: str = "socket") -> None:
+    What it is told, rather than finding out from the relay: the ``limits``; the
+    ``reporter`` of refused and timed-out connections and the metrics ``registry``
+    (both for the gate); ``on_stopping``, called when shutdown begins (before the
+    connections close, so that what they record says the shutdown ended them);
+    ``before_lifespan_shutdown``, called before the app's own shutdown (to flush what
+    the reporter holds); and the ``reloader`` to start once serving."""
+
+    def __init__(self, config: uvicorn.Config, *, engine: str = "socket",
+                 limits: conn_limits.Limits | None = None,
+                 reporter: conn_limits.Reporter | None = None, registry: Any = None,
+                 on_stopping: Callable[[], None] | None = None,
+                 before_lifespan_shutdown: Callable[[], None] | None = None,
+                 reloader: Reloader | None = None) -> None:
         super().__init__(config)
-        self.relay = relay
         self.engine = engine
+        self.limits = limits
+        self.reporter = reporter
+        self.registry = registry
+        self.on_stopping = on_stopping
+        self.before_lifespan_shutdown = before_lifespan_shutdown
+        self.reloader = reloader
         self.gate: conn_limits.Gate | None = None
-        self.floods: FloodAggregator | None = None
-        #: Loads a rotated certificate on SIGHUP (or changed files) once started.
-        self.reloader: TlsReloader | None = None
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Tell the relay it is stopping first: the agents' sockets it then closes are
-        recorded as ended by the shutdown, not as closed by the agent."""
-        if self.relay is not None:
-            self.relay.stopping = True
+        if self.on_stopping is not None:
+            self.on_stopping()
         await super().shutdown(sockets=sockets)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """As uvicorn's, on the listening ``sockets`` from :func:`listen`."""
         config = self.config
-        relay = self.relay
-        if sockets is None or relay is None:
+        limits = self.limits
+        if sockets is None or limits is None:
             await super().startup(sockets=sockets)
             return
         await self.lifespan.startup()
@@ -190,23 +175,16 @@ class BoundedServer(uvicorn.Server):
                 app_state=self.lifespan.state)
 
         loop = asyncio.get_running_loop()
-        limits = conn_limits.Limits.from_config(relay.config)
-        # Refusals and timeouts come by the thousand in an attack: aggregated as every
-        # flood (the first 5 per address a minute, then one summary), and the rows that
-        # are written go out with the others of their loop turn in one transaction
-        # (``record_soon``), not one commit each on the accept path: a commit each
-        # stalled the loop, and /healthz with it, for the first seconds of an attack.
-        self.floods = floods = FloodAggregator(relay.record_soon)
-        self.gate = gate = conn_limits.Gate(
-            limits, loop, conn_limits.flood_reporter(floods.record), relay.metrics.registry)
-        lifespan_shutdown = self.lifespan.shutdown
+        self.gate = gate = conn_limits.Gate(limits, loop, self.reporter, self.registry)
+        before, lifespan_shutdown = self.before_lifespan_shutdown, self.lifespan.shutdown
 
         async def shutdown() -> None:
-            floods.flush_all()  # before the relay's own last events and its seal
+            if before is not None:
+                before()
             await lifespan_shutdown()
 
         self.lifespan.shutdown = shutdown  # type: ignore[method-assign]
-        logging.getLogger("backline.relay").info(
+        log.info(
             "connection limits: %d unauthenticated connections, %d per address "
             "(RLIMIT_NOFILE %d); request head %.1f s, TLS handshake %.1f s",
             limits.max_unauthenticated, limits.max_unauthenticated_per_address,
@@ -222,17 +200,3 @@ class BoundedServer(uvicorn.Server):
         self.started = True
         if self.reloader is not None:
             self.reloader.install(loop)
-
-
-SocketTLSServer = BoundedServer  # the name it had when only the socket engine used it
-
-
-def serve(relay: Relay, sockets: list[socket.socket]) -> None:
-    """Serve until stopped, on the listening ``sockets`` from :func:`listen`."""
-    logfmt.configure(relay.config.log_level, relay.config.log_format)
-    config = with_tls_policy(uvicorn_config(relay))
-    server = BoundedServer(config, relay, relay.config.tls_engine)
-    server.reloader = TlsReloader(relay, config.ssl)
-    if hasattr(signal, "SIGHUP"):  # until the reloader takes it: not the default, an exit
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    server.run(sockets=sockets)

@@ -10,7 +10,8 @@ connection. The life of a managed session:
    *client* over that WebSocket, checking the agent's host key against the key it
    enrolled with and presenting a fresh certificate from the relay CA (key id = the
    technician, principal = the agent, all extensions off but what the session needs);
-3. SSH ready: the technician runs capabilities, one SSH channel each;
+3. SSH ready: the technician runs capabilities, one SSH channel each (run by
+   :mod:`backline.relay.capabilities.runner`);
 4. it ends when the technician closes it, the customer ends it, it idles out or
    reaches its maximum length, the tunnel is lost, or the relay stops.
 
@@ -23,9 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
-import json
 import logging
 import secrets
 import time
@@ -36,7 +35,7 @@ import asyncssh
 import sqlalchemy as sa
 
 from backline.common import protocol
-from backline.common.capabilities import DEFAULT_GRANTS, KNOWN, ChannelExit
+from backline.common.capabilities import DEFAULT_GRANTS, KNOWN
 from backline.common.wstunnel import ABORT_FLUSH_S, SSH_WINDOW, WebSocketTunnel
 from backline.relay.db import writing
 from backline.relay.schema import support_sessions
@@ -61,9 +60,6 @@ log = logging.getLogger("backline.relay.sessions")
 # What a session may be allowed to do; the agent's policy decides what it does.
 CAPABILITIES = KNOWN
 DEFAULT_CAPABILITIES = DEFAULT_GRANTS
-EXIT_REFUSED = ChannelExit.REFUSED  # the agent's "opened, then refused" exit status
-MAX_OUTPUT = 8 * 1024 * 1024
-MAX_STDERR = 16 * 1024
 SSH_TIMEOUT_S = 10.0
 CLOSE_SHUTDOWN = 1012
 
@@ -403,136 +399,10 @@ class SessionManager:
                     self._spawn(self.close(session, "idle",
                                            f"idle for {cfg.session_idle_minutes:g} min"))
 
-    # --- channels ------------------------------------------------------------------
-
-    def _ready(self, session: LiveSession, capability: str, actor: str
-               ) -> asyncssh.SSHClientConnection:
-        if session.state != State.READY or session.ssh is None:
-            raise SessionError(409, "not_ready", "the session is not open")
-        if capability not in session.capabilities:
-            self._refused(session, capability, actor, "not_in_session")
-            raise SessionError(403, "not_in_session",
-                               f"{capability!r} is not one of this session's capabilities",
-                               audited=True)
-        return session.ssh
-
-    def _refused(self, session: LiveSession, capability: str, actor: str, reason: str,
-                 detail: str = "") -> None:
-        self.relay.metrics.errors.labels("session_channel_refused").inc()
-        extra = {"detail": detail[:200]} if detail else {}
-        self.relay.record(actor, "session.channel.refused", f"session:{session.id}",
-                          capability=capability, reason=reason, agent=session.principal,
-                          **extra)
-
-    async def open_channel(self, session: LiveSession, capability: str, actor: str,
-                           request: bytes | None = None) -> asyncssh.SSHClientProcess[bytes]:
-        """One SSH channel for ``capability``; ``request``, when given, is written to it
-        and its input closed (the diagnostics subsystem waits for its request)."""
-        ssh = self._ready(session, capability, actor)
-        session.touch()
-        try:
-            proc = await ssh.create_process(subsystem=capability, encoding=None)
-            if request is not None:
-                proc.stdin.write(request)
-                proc.stdin.write_eof()
-            return proc
-        except asyncssh.ChannelOpenError as exc:
-            self._refused(session, capability, actor, "refused_by_agent", exc.reason)
-            raise SessionError(403, "refused_by_agent",
-                               f"the agent refused {capability!r} (its local policy does not "
-                               "allow it, or it does not offer it)", audited=True) from None
-        except (asyncssh.Error, OSError) as exc:
-            self.channel_failed(session, capability, actor, "channel_failed",
-                                f"{type(exc).__name__}: {exc}"[:200])
-            raise SessionError(502, "channel_failed", f"could not open a channel: {exc}",
-                               audited=True) from None
-
-    def channel_failed(self, session: LiveSession, capability: str, actor: str,
-                        reason: str, detail: str) -> None:
-        self.relay.metrics.errors.labels(f"session_channel_{reason}").inc()
-        self.relay.record(actor, "session.channel.failed", f"session:{session.id}",
-                          capability=capability, agent=session.principal, reason=reason,
-                          detail=detail)
-
-    def refusal_of(self, session: LiveSession, capability: str, actor: str,
-                   stderr: bytes) -> SessionError:
-        """An exit status 77 turned into the refusal the agent reported."""
-        try:
-            why = str(json.loads(stderr.decode().splitlines()[0]).get("refused", ""))[:64]
-        except (ValueError, IndexError, AttributeError, UnicodeDecodeError):
-            why = "refused"
-        self._refused(session, capability, actor, f"agent_{why}" if why else "agent_refused")
-        status = "refused_by_customer" if why == "customer_declined" else "refused_by_agent"
-        return SessionError(403, status, f"the agent refused {capability!r} ({why})",
-                            audited=True)
-
-    async def run_capability(self, session: LiveSession, capability: str, actor: str,
-                             timeout: float = 120.0, request: bytes | None = None
-                             ) -> dict[str, Any]:
-        """Run one capability to completion; its output, bounded, and its hash.
-
-        Output past :data:`MAX_OUTPUT` is cut there: the channel is closed at once and
-        the answer is marked (``truncated``, ``bytes_kept``, ``bytes_dropped``: what
-        arrived past the bound before the close; the agent sent no more). Waiting for
-        the end instead (as this did) waits for ever: once the relay stops reading, SSH
-        flow control stops the agent, so its output never ends and the request timed
-        out after two minutes. An agent that goes away mid-channel is ``agent_gone``
-        (502), audited, and its session closed."""
-        started = time.perf_counter()
-        proc = await self.open_channel(session, capability, actor, request)
-        session.active_channels += 1
-        session.channels += 1
-        try:
-            async with asyncio.timeout(timeout):
-                out, dropped, err = await _collect(proc)
-        except TimeoutError:
-            proc.close()
-            self.channel_failed(session, capability, actor, "timeout",
-                                 f"did not finish within {timeout:g} s")
-            raise SessionError(504, "timeout", f"{capability} did not finish within "
-                                               f"{timeout:g} s", audited=True) from None
-        except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
-            proc.close()
-            detail = f"{type(exc).__name__}: {exc}"[:200]
-            self.channel_failed(session, capability, actor, "agent_gone", detail)
-            if session.ssh is None or session.ssh.is_closed() or session.lost is not None:
-                self._spawn(self.close(session, "agent_gone", detail))
-            raise SessionError(502, "agent_gone", f"the agent went away during {capability} "
-                                                  f"({type(exc).__name__})",
-                               audited=True) from None
-        finally:
-            session.active_channels -= 1
-            session.touch()
-        truncated = dropped > 0
-        status = proc.exit_status
-        if status == EXIT_REFUSED and not truncated:
-            raise self.refusal_of(session, capability, actor, err)
-        duration_ms = round((time.perf_counter() - started) * 1000, 1)
-        digest = hashlib.sha256(out).hexdigest()
-        cut = {"limit": MAX_OUTPUT, "bytes_kept": len(out), "bytes_dropped": dropped}
-        self.relay.record(actor, "session.channel", f"session:{session.id}",
-                          capability=capability, agent=session.principal, exit_status=status,
-                          bytes=len(out), sha256=digest, duration_ms=duration_ms,
-                          truncated=truncated, **(cut if truncated else {}))
-        result = {"capability": capability, "exit_status": status, "duration_ms": duration_ms,
-                  "bytes": len(out), "sha256": digest, "truncated": truncated,
-                  **(cut if truncated else {}), **parse_output(out)}
-        if capability == "diagnostics" and status == 0 and not truncated:
-            result["report"] = self.keep_report(session, actor, out)
-        return result
-
-    def keep_report(self, session: LiveSession, actor: str, raw: bytes) -> str | None:
-        """Store a finished diagnostics run of a managed session; the report's id.
-
-        Attended sessions have no enrolled agent to file it under: the console keeps
-        the report it streamed, and the audit trail keeps the hash of what was sent."""
-        if session.mode != "managed":
-            return None
-        from backline.relay import report_store
-
-        row = report_store.store(self.relay, session.principal, session.id,
-                                 session.technician, actor, raw)
-        return row["id"] if row else None
+    # --- channels ----------------------------------------------------------------
+    # Opening, running, bounding, auditing and recording channels is the one channel
+    # runner's job (backline.relay.capabilities.runner); the manager holds the SSH
+    # connection they run on.
 
     def accepted(self, session: LiveSession, notify: Callable[[str], Awaitable[Any]]) -> str:
         """The customer said yes: the ``dial`` to send on the join socket."""
@@ -542,66 +412,3 @@ class SessionManager:
         return self._dial_message(session)
 
 
-CLOSE_WAIT_S = 2.0
-
-
-async def _collect(proc: asyncssh.SSHClientProcess[bytes]) -> tuple[bytes, int, bytes]:
-    """A channel's ``(stdout, bytes dropped past the bound, stderr)``.
-
-    stderr is read alongside (bounded, the rest discarded) so that neither stream can
-    stall the other through the channel's shared window. When stdout passes the bound
-    the channel is closed at once and stderr is given up; the close is waited for only
-    briefly (the agent's side may be slow to notice)."""
-    errors = asyncio.ensure_future(read_bounded(proc.stderr, MAX_STDERR, drain=True))
-    try:
-        out, dropped = await read_bounded(proc.stdout, MAX_OUTPUT)
-        if dropped:
-            proc.close()
-            errors.cancel()
-            with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
-                await asyncio.wait_for(proc.wait_closed(), CLOSE_WAIT_S)
-            return out, dropped, b""
-        err, _ = await errors
-        await proc.wait_closed()
-        return out, 0, err
-    finally:
-        if not errors.done():
-            errors.cancel()
-        with contextlib.suppress(BaseException):
-            await errors
-
-
-async def read_bounded(stream: asyncssh.SSHReader[bytes], limit: int, drain: bool = False
-                       ) -> tuple[bytes, int]:
-    """The first ``limit`` bytes up to EOF, and how many more arrived past them (0: the
-    whole output). It stops at the first byte past ``limit`` unless ``drain``, which
-    reads on to EOF and discards the rest (for stderr, which must not stall stdout)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        data = await stream.read(65536)
-        if not data:
-            return b"".join(chunks)[:limit], max(0, size - limit)
-        if size < limit:
-            chunks.append(data)
-        size += len(data)
-        if size > limit and not drain:
-            return b"".join(chunks)[:limit], size - limit
-
-
-def parse_output(out: bytes) -> dict[str, Any]:
-    """A capability's output for the API: one JSON value, JSON lines, or text. It is
-    the agent's word: returned as data, never interpreted."""
-    try:
-        text = out.decode("utf-8")
-    except UnicodeDecodeError:
-        return {"format": "binary", "output": None}
-    try:
-        return {"format": "json", "output": json.loads(text)}
-    except ValueError:
-        pass
-    try:
-        return {"format": "jsonl",
-                "output": [json.loads(line) for line in text.splitlines() if line.strip()]}
-    except ValueError:
-        return {"format": "text", "output": text}

@@ -5,124 +5,37 @@ violations: either fails the test."""
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyotp
 import pytest
 
+from tests.browser.helpers import (
+    CHROMIUM_PRESENT,
+    SKIP_REASON,
+    Watched,
+    nav,
+    new_user,
+    shot,
+    sign_in,
+)
 from tests.harness import (
     ADMIN_PASSWORD,
     AGENT,
     AgentProcess,
     Api,
     RelayProcess,
-    admin_api,
 )
 from tests.integration.test_api import wrong_code
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(os.environ.get("BACKLINE_ARTIFACTS", Path(__file__).parent / "artifacts"))
+pytestmark = pytest.mark.skipif(not CHROMIUM_PRESENT, reason=SKIP_REASON)
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(),
-    reason="BROWSER TESTS SKIPPED: Debian's chromium is not installed (scripts/test installs "
-           "it when run as root)")
-
-if Path(CHROMIUM).exists():
-    from playwright.sync_api import Browser, Page, expect, sync_playwright
-
-    # Generous: CI machines have two cores shared with a relay and agents.
-    expect.set_options(timeout=15_000)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    # Playwright gives every launch a fresh, temporary --user-data-dir of its own.
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--disable-quic"])
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    relay = RelayProcess(tmp_path_factory.mktemp("console")).start()
-    api = admin_api(relay)
-    api.close()
-    try:
-        yield relay
-    finally:
-        relay.stop()
-
-
-class Watched:
-    """A page whose dialogs and CSP violations are collected, to fail the test."""
-
-    def __init__(self, page: Page) -> None:
-        self.page = page
-        self.problems: list[str] = []
-        page.on("dialog", self._dialog)
-        page.on("console", self._console)
-        page.on("pageerror", lambda exc: self.problems.append(f"page error: {exc}"))
-
-    def _dialog(self, dialog: Any) -> None:
-        self.problems.append(f"dialog {dialog.type}: {dialog.message}")
-        dialog.dismiss()
-
-    def _console(self, msg: Any) -> None:
-        text = msg.text
-        if "Content Security Policy" in text or "Content-Security-Policy" in text:
-            self.problems.append(f"CSP violation: {text}")
-
-    def check(self) -> None:
-        assert not self.problems, self.problems
-
-
-@pytest.fixture
-def page(browser: Browser, site: RelayProcess) -> Iterator[Watched]:
-    context = browser.new_context(ignore_https_errors=True, base_url=site.url,
-                                  viewport={"width": 1440, "height": 900})
-    watched = Watched(context.new_page())
-    try:
-        yield watched
-    finally:
-        context.close()
-    watched.check()
-
-
-def sign_in(page: Page, username: str, password: str, totp: str | None = None) -> None:
-    page.goto("/")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(password)
-    if totp:
-        page.get_by_label("Authenticator code").fill(totp)
-    page.get_by_role("button", name="Sign in").click()
-
-
-def nav(page: Page, name: str) -> None:
-    page.get_by_role("navigation", name="Main").get_by_role("link", name=name).click()
-
-
-def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-def new_user(site: RelayProcess, username: str, role: str, password: str) -> None:
-    site.cli("user", "create", username, "--role", role, "--password-stdin",
-             input=password + "\n")
+if CHROMIUM_PRESENT:
+    from playwright.sync_api import expect
 
 
 # --- the tests -----------------------------------------------------------------------
@@ -163,13 +76,51 @@ def test_login_with_totp_enrolment(page: Watched, site: RelayProcess) -> None:
     expect(p.get_by_role("alert")).to_contain_text("needs your password and a current code")
 
 
-def test_signed_out_when_session_ends(page: Watched, site: RelayProcess) -> None:
+SESSION_ENDED = "You were signed out (your session ended)"
+
+
+def test_first_visit_says_nothing_about_being_signed_out(page: Watched) -> None:
+    """Nobody signed in in this browser yet: the sign-in page greets without claiming
+    a session ended (the first /auth/me is refused as every signed-out call is)."""
     p = page.page
+    with p.expect_response(lambda r: r.url.endswith("/api/v1/auth/me")) as me:
+        p.goto("/")
+    assert me.value.status == 401
+    expect(p.get_by_role("heading", name="Sign in to Backline")).to_be_visible()
+    expect(p.locator(".login .notice")).to_have_count(0)
+    expect(p.get_by_text("signed out")).to_have_count(0)
+    p.reload()
+    expect(p.get_by_role("heading", name="Sign in to Backline")).to_be_visible()
+    expect(p.get_by_text("signed out")).to_have_count(0)
+
+
+def test_signed_out_when_session_ends(page: Watched, site: RelayProcess) -> None:
+    """The session really ends on the relay (an admin resets the user's password,
+    which ends their sessions): the page says so at the next request, and again after
+    a reload; signing out oneself says that instead, and a reload after it nothing."""
+    new_user(site, "eve", "technician", "eve's password 123")
+    p = page.page
+    sign_in(p, "eve", "eve's password 123")
+    expect(p.locator("#live-status")).to_have_text("Live")
+    site.cli("user", "reset-password", "eve")
+    nav(p, "Sessions")
+    expect(p.get_by_text(SESSION_ENDED)).to_be_visible()
+    p.reload()
+    expect(p.get_by_text(SESSION_ENDED)).to_be_visible()
+
     sign_in(p, "admin", ADMIN_PASSWORD)
     expect(p.locator("#live-status")).to_have_text("Live")
-    p.context.clear_cookies()
+    p.context.clear_cookies()  # the cookie is gone (expired): the same message
     nav(p, "Audit")
-    expect(p.get_by_text("You were signed out")).to_be_visible()
+    expect(p.get_by_text(SESSION_ENDED)).to_be_visible()
+
+    sign_in(p, "admin", ADMIN_PASSWORD)
+    expect(p.locator("#live-status")).to_have_text("Live")
+    p.get_by_role("button", name="Sign out").click()
+    expect(p.get_by_text("You signed out.")).to_be_visible()
+    p.reload()
+    expect(p.get_by_role("heading", name="Sign in to Backline")).to_be_visible()
+    expect(p.get_by_text("signed out")).to_have_count(0)
 
 
 def test_agent_goes_online_and_offline_live(page: Watched, site: RelayProcess,

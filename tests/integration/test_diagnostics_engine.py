@@ -29,7 +29,13 @@ from backline.agent.diagnostics.config import (
     parse_endpoint,
 )
 from backline.common import protocol
-from backline.common.diagnostics.schema import SECTIONS, STATUSES, field_problems, to_json
+from backline.common.diagnostics.schema import (
+    CHEAP_SECTIONS,
+    SECTIONS,
+    STATUSES,
+    field_problems,
+    to_json,
+)
 from backline.common.tlspin import spki_pin_der
 from tests.harness import AGENT, free_port, staged_diagnostics
 
@@ -337,9 +343,9 @@ def test_health_loop_sends_alerts_when_they_change(tmp_path: Path) -> None:
 
 def test_health_check_reads_only_cheap_sections() -> None:
     report = asyncio.run(engine.collect(staged_config(**MACHINE_LOAD_QUIET),
-                                        only=health.CHEAP_SECTIONS,
+                                        only=CHEAP_SECTIONS,
                                         network=False, cheap_rules=True))
-    assert {s.name for s in report.sections} <= health.CHEAP_SECTIONS
+    assert {s.name for s in report.sections} <= CHEAP_SECTIONS
     assert {f.rule_id for f in report.findings} == {"disk-almost-full"}
 
 

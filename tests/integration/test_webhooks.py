@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from backline.relay import config as relay_config
-from backline.relay.webhooks import WebhookSender, notify, verify
+from backline.relay.webhooks import WebhookSender, verify
 
 SECRET = "s3cret-for-tests-0123456789"
 
@@ -235,7 +235,7 @@ def test_config_validates_and_hides_the_secret(tmp_path: Path) -> None:
         relay_config.load(environ={**env, "BACKLINE_WEBHOOK_URL": "ftp://x/"})
 
 
-def test_relay_notify_goes_through_the_relays_sender(tmp_path: Path) -> None:
+def test_the_relays_sender_delivers_signed_events(tmp_path: Path) -> None:
     from backline.relay.state import open_relay
 
     with Receiver([]) as rx:
@@ -245,8 +245,8 @@ def test_relay_notify_goes_through_the_relays_sender(tmp_path: Path) -> None:
         relay = open_relay(cfg)
 
         async def run() -> None:
-            assert notify(relay, "session.start", {"session_id": "se_1", "agent_id": "ag_1",
-                                                   "technician": "ann"})
+            assert relay.webhooks.submit("session.start", {"session_id": "se_1", "agent_id": "ag_1",
+                                                          "technician": "ann"})
             await relay.stop_background()  # flushes the queue
 
         asyncio.run(run())

@@ -166,12 +166,13 @@ function enrollSection(app) {
     <h2 id="enroll-title">Enrollment tokens</h2>
     ${errorOf("enroll")}
     ${canWrite ? html`<form class="inline" @submit=${create} aria-label="Create an enrollment token">
-      <label>Group <select name="group">${s.groups.map((g) => html`<option>${g.name}</option>`)}</select></label>
+      <label>Group <select name="group" required>${s.groups.map((g) => html`<option value=${g.name}>${g.name}</option>`)}</select></label>
       <label>Uses <input name="uses" type="number" min="1" max="100000" value="1" required></label>
       <label>Valid for <select name="ttl"><option value="1h">1 hour</option>
         <option value="24h">1 day</option><option value="7d">7 days</option>
         <option value="30m">30 minutes</option></select></label>
-      <button type="submit">Create token</button></form>` : nothing}
+      <!-- a token needs a group: not before the groups are loaded -->
+      <button type="submit" ?disabled=${s.groups.length === 0}>Create token</button></form>` : nothing}
     ${s.made.enroll ? html`<div class="notice" role="status">
       <p>Run this on the customer's machine (shown once):</p>
       <pre class="command" id="enroll-command">${s.made.enroll.command}</pre>

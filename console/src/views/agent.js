@@ -6,6 +6,7 @@ import { onLive } from "../live.js";
 import { when } from "../format.js";
 import { healthBadge } from "./agents.js";
 import { openSession } from "./sessions.js";
+import { grantsFrom, OPT_IN } from "../capabilities/grants.js";
 
 const state = { id: null, agent: null, error: "", message: "", stale: false };
 let appRef = null;
@@ -83,12 +84,13 @@ export function agentView(app, id) {
   };
   const startSession = async (ev) => {
     ev.preventDefault();
-    const d = Object.fromEntries(new FormData(ev.target).entries());
+    const form = new FormData(ev.target);
+    const d = Object.fromEntries(form.entries());
     state.opening = true;
     state.message = "";
     app.refresh();
     try {
-      await openSession(a.id, d.reason, d.ticket);
+      await openSession(a.id, d.reason, d.ticket, grantsFrom(form));
     } catch (err) {
       state.message = `Could not open a session: ${err.message}`;
     }
@@ -132,6 +134,8 @@ export function agentView(app, id) {
             <form class="inline" @submit=${startSession} aria-label="Open a support session">
               <label>Reason <input name="reason" maxlength="512" placeholder="what the customer reported"></label>
               <label>Ticket <input name="ticket" maxlength="128" placeholder="HD-1234"></label>
+              ${OPT_IN.map(([name, label]) => html`<label class="check"><input type="checkbox"
+                name="cap-${name}"> ${label}</label>`)}
               <button type="submit" ?disabled=${!a.online || state.opening}>
                 ${state.opening ? "Connecting…" : "Open session"}</button>
             </form>

@@ -1,11 +1,12 @@
 // Support sessions: the list, attended-session codes, and one session's page with
-// live diagnostics (each section shown the moment it arrives).
+// the panels of the capabilities it was granted (console/src/capabilities/).
 
 import { html, nothing } from "lit-html";
 import { onLive } from "../live.js";
 import { del, get, post, query } from "../api.js";
 import { ago, when } from "../format.js";
-import { downloadJson, findingsView, sectionsView } from "./report.js";
+import { panelsFor, resetPanels } from "../capabilities/index.js";
+import { grantsFrom, OPT_IN } from "../capabilities/grants.js";
 
 const list = { visit: -1, rows: null, error: "", code: null, codeError: "" };
 let appRef = null;
@@ -28,9 +29,12 @@ export function sessionsView(app) {
   }
   const makeCode = async (ev) => {
     ev.preventDefault();
-    const d = Object.fromEntries(new FormData(ev.target).entries());
+    const form = new FormData(ev.target);
+    const d = Object.fromEntries(form.entries());
     try {
-      list.code = await post("/session-codes", { reason: d.reason, ticket: d.ticket });
+      list.code = await post("/session-codes", {
+        reason: d.reason, ticket: d.ticket, capabilities: grantsFrom(form),
+      });
       list.codeError = "";
       loadList();
     } catch (err) {
@@ -60,6 +64,8 @@ export function sessionsView(app) {
       <strong>Attended session</strong>
       <label>Reason <input name="reason" maxlength="512" placeholder="printer will not print"></label>
       <label>Ticket <input name="ticket" maxlength="128" placeholder="HD-1234"></label>
+      ${OPT_IN.map(([name, label]) => html`<label class="check"><input type="checkbox"
+        name="cap-${name}"> ${label}</label>`)}
       <button type="submit">Make a session code</button>
     </form>` : nothing}
     ${list.codeError ? html`<p class="error" role="alert">${list.codeError}</p>` : nothing}
@@ -76,7 +82,7 @@ export function sessionsView(app) {
 
 // --- one session ---------------------------------------------------------------------
 
-const one = { id: null, row: null, error: "", run: null, message: "", hostname: "" };
+const one = { id: null, row: null, error: "", message: "", hostname: "" };
 
 // The relay pushes every change of a session you may see: the page follows the
 // customer joining, consenting and ending without a reload.
@@ -105,96 +111,10 @@ async function loadSession(id) {
   appRef?.refresh();
 }
 
-function runDiagnostics() {
-  const run = {
-    state: "running", begin: null, sections: [], findings: null, error: "",
-    startedAt: performance.now(), firstMs: null, totalMs: null, exit: null,
-  };
-  one.run = run;
-  appRef.refresh();
-  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/v1/sessions/${encodeURIComponent(one.id)}/stream/diagnostics`;
-  const ws = new WebSocket(url);
-  ws.addEventListener("message", (ev) => {
-    let msg;
-    try {
-      msg = JSON.parse(ev.data);
-    } catch {
-      return;
-    }
-    if (msg.type === "line") {
-      let line;
-      try {
-        line = JSON.parse(msg.line);
-      } catch {
-        return;
-      }
-      if (line.type === "begin") run.begin = line;
-      else if (line.type === "section") {
-        if (run.firstMs === null) run.firstMs = Math.round(performance.now() - run.startedAt);
-        run.sections.push(line.section);
-      } else if (line.type === "end") {
-        run.findings = line.findings;
-        run.end = line;
-      }
-    } else if (msg.type === "exit") {
-      run.exit = msg;
-      run.state = run.findings ? "done" : "error";
-      if (!run.findings) run.error = "The agent ended the run without a report.";
-      run.totalMs = Math.round(performance.now() - run.startedAt);
-    } else if (msg.type === "error") {
-      run.state = "error";
-      run.error = msg.detail || msg.error;
-    }
-    appRef.refresh();
-  });
-  ws.addEventListener("close", (ev) => {
-    if (run.state === "running") {
-      run.state = "error";
-      run.error = ev.code === 4403 ? "Refused: you may not run diagnostics in this session."
-        : `The connection closed before the report was complete (code ${ev.code}).`;
-      appRef.refresh();
-    }
-  });
-}
-
-export function reportOf(run) {
-  const order = run.begin?.sections || [];
-  const sections = [...run.sections].sort((a, b) => order.indexOf(a.name) - order.indexOf(b.name));
-  return {
-    schema: run.begin?.schema, schema_version: run.begin?.schema_version,
-    agent: run.begin?.agent, started_at: run.begin?.started_at,
-    finished_at: run.end?.finished_at, duration_ms: run.end?.duration_ms,
-    thresholds: run.begin?.thresholds, findings: run.findings || [], sections,
-    sha256: run.exit?.sha256,
-  };
-}
-
-function runView(run) {
-  if (!run) return nothing;
-  const total = run.begin?.sections?.length || 0;
-  const done = run.sections.length;
-  return html`<div class="run card" aria-live="polite">
-    <h2>Diagnostics</h2>
-    <p class="progress" id="diag-progress">${run.state === "running"
-      ? html`<progress max=${total || 1} value=${done}></progress> ${done} of ${total || "?"} sections…`
-      : run.state === "done" ? html`Finished: ${done} sections in ${run.totalMs} ms
-          (first section after ${run.firstMs} ms).`
-      : nothing}</p>
-    ${run.error ? html`<p class="error" role="alert">${run.error}</p>` : nothing}
-    ${run.findings ? html`<h3>Findings</h3>${findingsView(run.findings)}
-      <p><button type="button" @click=${() => downloadJson(
-        `backline-report-${(run.begin?.agent?.hostname || "agent").replace(/[^A-Za-z0-9._-]/g, "_")}-${new Date().toISOString().slice(0, 19).replace(/:/g, "")}.json`,
-        reportOf(run))}>Download report</button>
-        ${one.row?.agent_id ? html`<a href="#/reports/${encodeURIComponent(one.row.agent_id)}">Compare reports of this agent</a>` : nothing}
-        ${run.exit?.report ? html`<span class="muted" id="report-saved">Kept on the relay as <code>${run.exit.report}</code>.</span>` : nothing}</p>` : nothing}
-    <h3>Sections</h3>${sectionsView(reportOf(run).sections)}
-  </div>`;
-}
-
 export function sessionView(app, id) {
   appRef = app;
   if (one.id !== id) {
-    one.run = null;
+    resetPanels();
     one.row = null;
     one.hostname = "";
     one.message = "";
@@ -205,6 +125,13 @@ export function sessionView(app, id) {
   if (!s) return html`<p class="muted">Loading session…</p>`;
   // "ready": SSH is up; dialing, waiting (attended code) and consent come before it.
   const open = s.state === "ready";
+  const ctx = {
+    app, session: s, ready: open, refresh: () => app.refresh(),
+    mayUse: app.can("agents:write") && s.technician === app.me?.user?.username,
+    // Watching what the session's technician does needs only to see the session.
+    mayWatch: app.can("agents:write"),
+  };
+  const panels = panelsFor(s.capabilities);
   const closable = ["dialing", "waiting", "consent", "ready"].includes(s.state);
   const close = async () => {
     try {
@@ -226,22 +153,31 @@ export function sessionView(app, id) {
       <dt>Mode</dt><dd>${s.mode}</dd>
       <dt>Reason</dt><dd>${s.reason || "—"}</dd><dt>Ticket</dt><dd>${s.ticket || "—"}</dd>
       <dt>Opened</dt><dd>${when(s.opened_at)}</dd>
+      <dt>Granted</dt><dd id="session-capabilities">${(s.capabilities || []).join(", ") || "—"}</dd>
       <dt>Set-up</dt><dd>${s.setup_ms != null ? `${s.setup_ms} ms` : "—"}</dd>
       ${s.closed_at ? html`<dt>Closed</dt><dd>${when(s.closed_at)} (${s.close_reason})</dd>` : nothing}
     </dl>
     <p class="actions">
-      <button type="button" @click=${runDiagnostics}
-        ?disabled=${!open || one.run?.state === "running" || !app.can("agents:write")}>Run diagnostics</button>
       ${closable ? html`<button type="button" class="danger" @click=${close}>Close session</button>` : nothing}
       ${["dialing", "waiting", "consent"].includes(s.state) ? html`<button type="button" @click=${() => loadSession(s.id)}>Refresh</button>` : nothing}
     </p>
     ${one.message ? html`<p class="notice" role="status">${one.message}</p>` : nothing}
-    ${runView(one.run)}
+    ${panels.length ? panels.map((p) => p.view(ctx)) : html`<p class="muted">No capability of this
+      session has a panel in this console.</p>`}
   </section>`;
 }
 
-export async function openSession(agentId, reason, ticket) {
-  const row = await post(`/agents/${encodeURIComponent(agentId)}/sessions`, { reason, ticket });
+// Leaving the session page closes what its panels hold open (a terminal, a replay):
+// nothing keeps running on a page nobody sees.
+export function leaveSession() {
+  if (one.id === null) return;
+  resetPanels();
+  one.id = null;
+  one.row = null;
+}
+
+export async function openSession(agentId, reason, ticket, capabilities) {
+  const row = await post(`/agents/${encodeURIComponent(agentId)}/sessions`, { reason, ticket, capabilities });
   location.hash = `#/session/${encodeURIComponent(row.id)}`;
   return row;
 }

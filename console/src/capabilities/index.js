@@ -1,0 +1,8 @@
+// Every capability panel the console has, registered in the order the session page
+// shows them. One import per capability: see ./registry.js.
+
+import "./info.js";
+import "./diagnostics.js";
+import "./shell/panel.js";
+
+export { panelsFor, resetPanels } from "./registry.js";

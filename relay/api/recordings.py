@@ -1,0 +1,67 @@
+"""The recordings API: a session's terminal recordings, listed and played back.
+
+Recording is the terminal room's job (``relay/capabilities/shell.py``, through the
+channel runner); this serves what it kept. Whoever may see the session may list and
+play its recordings; every fetch for playback is the audit event ``recording.played``
+(who, which recording, which session), and the file is checked against the SHA-256
+the audit trail recorded before a byte of it is served.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from backline.relay.api import models as m
+from backline.relay.api.edge import endpoint, reply
+from backline.relay.api.sessions import may_see, session_for
+from backline.relay.capabilities import recording
+from backline.relay.state import Relay
+from backline.relay.webauth import ApiError, Principal
+
+_FIELDS = ("id", "capability", "started_at", "duration_s", "bytes", "sha256", "technician",
+           "keystrokes")
+
+
+@endpoint("agents:read", path=m.SessionPath, noun="session", answers={200: m.Recordings})
+async def list_recordings(request: Request, relay: Relay, who: Principal, *,
+                          path: m.SessionPath) -> Response:
+    """The recordings of one session (its terminals), oldest first."""
+    row = session_for(request, relay, who)
+    rows = recording.of_session(relay.engine, row["id"])
+    return reply(m.Recordings, {"recordings": [{k: r[k] for k in _FIELDS} for r in rows]})
+
+
+@endpoint("agents:read", path=m.RecordingPath, noun="recording",
+          answers={200: recording.MEDIA_TYPE}, refuses=(500,))
+async def get_recording(request: Request, relay: Relay, who: Principal, *,
+                        path: m.RecordingPath) -> Response:
+    """One recording as an asciicast v2 file, checked against its SHA-256; each fetch
+    is audited (``recording.played``)."""
+    row = recording.by_id(relay.engine, path.recording_id)
+    if row is None:
+        raise ApiError(404, "not_found", "no such recording")
+    session = relay.sessions.row(row["session_id"])
+    if session is None or not may_see(relay, who, session):
+        raise ApiError(404, "not_found", "no such recording",
+                       action="recording.refused", target=f"recording:{row['id']}",
+                       reason="not_visible")
+    try:
+        data = recording.load(relay.blobs, row)
+    except (OSError, ValueError) as exc:
+        raise ApiError(500, "damaged", f"the stored recording cannot be read: {exc}",
+                       action="recording.refused", target=f"recording:{row['id']}"
+                       ) from None
+    relay.record(who.actor, "recording.played", f"recording:{row['id']}",
+                 session=row["session_id"], sha256=row["sha256"], bytes=len(data),
+                 address=who.address)
+    return Response(data, media_type=recording.MEDIA_TYPE, headers={
+        "content-disposition": f'inline; filename="backline-{row["id"]}.cast"',
+        "x-content-sha256": row["sha256"], "cache-control": "no-store"})
+
+
+ROUTES = [
+    Route("/api/v1/sessions/{session_id}/recordings", list_recordings, methods=["GET"]),
+    Route("/api/v1/recordings/{recording_id}", get_recording, methods=["GET"]),
+]

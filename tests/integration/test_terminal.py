@@ -1,0 +1,386 @@
+"""The terminal (``shell``), with real processes: a relay, an agent with a pty shell
+(tests/shell_agent.py: the agent's own when it has one), and a real WebSocket client
+speaking the console's side of SHELL_CONTRACT.md (tests/terminal_client.py).
+
+What is proved: a command runs and its output comes back; resizes reach the pty;
+the agent's ``deny`` is refused and audited on both sides; every terminal is
+recorded (asciicast, SHA-256 in the audit trail, replayable through the API, the
+playback audited); output is passed on as the bytes it is (invalid UTF-8, escape
+garbage); a second console watches but cannot type until given control; a flood
+does not grow the relay's memory; a recording that cannot be written ends the
+terminal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import (
+    AgentProcess,
+    Api,
+    RelayProcess,
+    admin_api,
+    audit_actions,
+    browser_socket,
+)
+from tests.integration.test_sessions import activity, make_user, open_session, start_agent
+from tests.terminal_client import TerminalClient
+
+REPO = Path(__file__).resolve().parents[2]
+ALLOW = '[capabilities]\ninfo = "allow"\nshell = "allow"\n'
+DENY = '[capabilities]\ninfo = "allow"\nshell = "deny"\n'
+MiB = 1024 * 1024
+
+
+class ShellAgent(AgentProcess):
+    """:class:`AgentProcess`, started as ``python -m tests.shell_agent``."""
+
+    def start(self) -> ShellAgent:
+        log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.shell_agent", "--state-dir", str(self.state_dir),
+             "run"], stdout=log, stderr=subprocess.STDOUT, text=True, cwd=str(REPO))
+        return self
+
+
+@dataclass
+class World:
+    root: Path
+    relay: RelayProcess
+    admin: Api
+    agent: AgentProcess
+
+
+def start_shell_agent(root: Path, relay: RelayProcess, admin: Api, name: str,
+                      policy: str = ALLOW) -> AgentProcess:
+    return start_agent(root, relay, admin, name, policy=policy,
+                       agent=ShellAgent(root, name))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("terminal")
+    relay = RelayProcess(root).start()
+    admin = admin_api(relay)
+    agent = None
+    try:
+        agent = start_shell_agent(root, relay, admin, "term-1")
+        yield World(root, relay, admin, agent)
+    finally:
+        if agent is not None:
+            agent.stop()
+        admin.close()
+        relay.stop()
+
+
+def stream(session_id: str, query: str = "cols=100&rows=30") -> str:
+    return f"/api/v1/sessions/{session_id}/stream/shell?{query}"
+
+
+def trail(relay: RelayProcess, session_id: str, action: str) -> list[dict[str, Any]]:
+    return [e for e in audit_actions(relay) if e["action"] == action
+            and e["target"] == f"session:{session_id}"]
+
+
+def shell_session(world: World) -> dict[str, Any]:
+    return open_session(world.admin, world.agent.agent_id, capabilities=["info", "shell"])
+
+
+def test_echo_resize_exit_and_the_recording_replays(world: World) -> None:
+    relay, admin = world.relay, world.admin
+    session = shell_session(world)
+    try:
+        with browser_socket(relay, admin, stream(session["id"])) as ws:
+            term = TerminalClient(ws)
+            ready = term.message("ready")
+            assert ready["role"] == "control" and ready["recorded"] is True
+            assert ready["keystrokes_recorded"] is False
+            assert (ready["cols"], ready["rows"]) == (100, 30)
+            term.type("echo $((6*7))\r")
+            term.line(b"42")
+            term.type("stty size\r")
+            term.line(b"30 100")
+            term.resize(120, 40)
+            term.type("stty size\r")
+            term.line(b"40 120")
+            term.type("exit\r")
+            done = term.message("exit")
+        assert done["exit_status"] == 0, done
+        rec = done["recording"]
+        assert rec["id"].startswith("rc_") and len(rec["sha256"]) == 64 and rec["bytes"] > 0
+
+        channel = [e for e in trail(relay, session["id"], "session.channel")
+                   if e["details"]["capability"] == "shell"]
+        assert len(channel) == 1 and channel[0]["details"]["exit_status"] == 0
+        assert channel[0]["details"]["sha256"] == rec["sha256"]
+        assert channel[0]["details"]["recording"] == rec["id"]
+        stored = trail(relay, session["id"], "recording.stored")
+        assert [(e["details"]["recording"], e["details"]["sha256"]) for e in stored] == [
+            (rec["id"], rec["sha256"])]
+
+        listed = admin.get(f"/api/v1/sessions/{session['id']}/recordings").json()
+        assert [(r["id"], r["sha256"], r["bytes"]) for r in listed["recordings"]] == [
+            (rec["id"], rec["sha256"], rec["bytes"])]
+        played = admin.get(f"/api/v1/recordings/{rec['id']}")
+        assert played.status_code == 200, played.text
+        assert played.headers["content-type"].startswith("application/x-asciicast")
+        assert hashlib.sha256(played.content).hexdigest() == rec["sha256"]
+        lines = played.content.decode().splitlines()
+        header = json.loads(lines[0])
+        assert header["version"] == 2 and (header["width"], header["height"]) == (100, 30)
+        events = [json.loads(line) for line in lines[1:]]
+        assert {e[1] for e in events} <= {"o", "r"}, "keystrokes are off by default"
+        assert "42" in "".join(e[2] for e in events if e[1] == "o")
+        assert [e[2] for e in events if e[1] == "r"] == ["120x40"]
+        times = [e[0] for e in events]
+        assert times == sorted(times)
+        replays = [e for e in audit_actions(relay) if e["action"] == "recording.played"]
+        assert replays[-1]["target"] == f"recording:{rec['id']}"
+        assert replays[-1]["details"]["session"] == session["id"]
+        assert replays[-1]["actor"] == "user:admin"
+    finally:
+        admin.request("DELETE", f"/api/v1/sessions/{session['id']}")
+
+
+def test_output_passes_as_bytes_and_bad_messages_are_refused(world: World) -> None:
+    relay, admin = world.relay, world.admin
+    session = shell_session(world)
+    garbage = b"\xff\xfe\x1b[999;999H\x1b]0;\x07\xc0\x80\xe2\x82"
+    try:
+        with browser_socket(relay, admin, stream(session["id"])) as ws:
+            term = TerminalClient(ws)
+            term.message("ready")
+            term.type("printf 'A\\377\\376\\033[999;999H\\033]0;\\007\\300\\200\\342\\202Z'\r")
+            term.output(b"A" + garbage + b"Z")
+            term.send(type="resize", cols=0, rows=10)  # out of bounds: ends it, audited
+            said = term.message("error")
+        assert said["error"] == "bad_message" and "cols" in said["detail"], said
+        failed = trail(relay, session["id"], "session.channel.failed")
+        assert failed[-1]["details"]["reason"] == "bad_message"
+        with browser_socket(relay, admin, stream(session["id"], "cols=9999&rows=1")) as ws:
+            refused = json.loads(ws.recv(10))
+        assert refused["type"] == "error" and refused["error"] == "bad_field", refused
+        # The garbage is in the recording as text a player can show (U+FFFD for bad bytes).
+        rows = admin.get(f"/api/v1/sessions/{session['id']}/recordings").json()["recordings"]
+        assert rows == [], "a terminal ended by a bad message keeps no recording"
+    finally:
+        admin.request("DELETE", f"/api/v1/sessions/{session['id']}")
+
+
+def test_closing_the_session_ends_the_terminal_and_keeps_its_recording(world: World) -> None:
+    relay, admin = world.relay, world.admin
+    session = shell_session(world)
+    with browser_socket(relay, admin, stream(session["id"])) as ws:
+        term = TerminalClient(ws)
+        term.message("ready")
+        term.type("echo open$((2*21))\r")
+        term.line(b"open42")
+        closed = admin.request("DELETE", f"/api/v1/sessions/{session['id']}")
+        assert closed.status_code == 200 and closed.json()["state"] == "closed"
+        done = term.message("exit")
+    assert done["recording"]["id"], done
+    channel = [e for e in trail(relay, session["id"], "session.channel")
+               if e["details"]["capability"] == "shell"]
+    assert channel[-1]["details"]["closed_by"] == "session_closed"
+    assert not trail(relay, session["id"], "session.channel.failed")
+    assert [e["details"]["reason"] for e in trail(relay, session["id"], "session.end")] == [
+        "technician"]
+
+
+def test_policy_deny_is_refused_and_audited_on_both_sides(world: World) -> None:
+    relay, admin = world.relay, world.admin
+    denied = start_shell_agent(world.root, relay, admin, "term-deny", policy=DENY)
+    try:
+        session = open_session(admin, denied.agent_id, capabilities=["info", "shell"])
+        with browser_socket(relay, admin, stream(session["id"])) as ws:
+            said = json.loads(ws.recv(20))
+        assert said["type"] == "error" and said["error"] == "refused_by_agent", said
+        refused = trail(relay, session["id"], "session.channel.refused")
+        assert [(e["details"]["capability"], e["details"]["reason"]) for e in refused] == [
+            ("shell", "refused_by_agent")]
+        local = [e for e in activity(denied) if e.get("session_id") == session["id"]
+                 and e["event"] == "channel.refused"]
+        assert [(e["capability"], e["reason"]) for e in local] == [("shell", "policy_deny")]
+        assert admin.get(f"/api/v1/sessions/{session['id']}/recordings"
+                         ).json()["recordings"] == []
+        # A session not granted the shell refuses it before the agent is asked.
+        plain = open_session(admin, world.agent.agent_id, capabilities=["info"])
+        with browser_socket(relay, admin, stream(plain["id"])) as ws:
+            said = json.loads(ws.recv(20))
+        assert said["error"] == "not_in_session", said
+        admin.request("DELETE", f"/api/v1/sessions/{plain['id']}")
+        admin.request("DELETE", f"/api/v1/sessions/{session['id']}")
+    finally:
+        denied.stop()
+
+
+def test_a_second_viewer_sees_but_types_only_when_given_control(world: World) -> None:
+    relay, admin = world.relay, world.admin
+    watcher = make_user(admin, relay, "watcher", "technician", ("default",))
+    session = shell_session(world)
+    try:
+        with browser_socket(relay, admin, stream(session["id"])) as ws1:
+            owner = TerminalClient(ws1)
+            ready = owner.message("ready")
+            owner.type("echo one$((1+1))\r")
+            owner.line(b"one2")
+            path = stream(session["id"], f"terminal={ready['terminal']}")
+            with browser_socket(relay, watcher, path) as ws2:
+                viewer = TerminalClient(ws2)
+                seen = viewer.message("ready")
+                assert seen["role"] == "view" and seen["terminal"] == ready["terminal"]
+                viewer.type("echo viewer$((2+2))\r")  # dropped
+                viewer.resize(20, 5)  # dropped too
+                owner.type("echo mark$((3+3))\r")
+                owner.line(b"mark6")
+                viewer.line(b"mark6")
+                assert b"viewer4" not in owner.out and b"viewer" not in owner.out
+                owner.type("stty size\r")
+                owner.line(b"30 100")
+                owner.send(type="grant", to="watcher")
+                assert owner.message("role")["role"] == "view"
+                assert viewer.message("role")["role"] == "control"
+                viewer.type("echo granted$((2+3))\r")
+                viewer.line(b"granted5")
+                owner.line(b"granted5")
+                owner.type("echo owner$((4+4))\r")  # no longer the controller: dropped
+                viewer.type("echo after$((5+5))\r")
+                viewer.line(b"after10")
+                owner.line(b"after10")
+                assert b"owner8" not in viewer.out
+                viewer.type("exit\r")
+                assert viewer.message("exit")["exit_status"] == 0
+                assert owner.message("exit")["recording"]["id"]
+        dropped = trail(relay, session["id"], "terminal.input.dropped")
+        assert [(e["actor"], e["details"]["what"]) for e in dropped] == [
+            ("user:watcher", "keystrokes"), ("user:admin", "keystrokes")]
+        assert [e["details"]["to"] for e in trail(relay, session["id"], "terminal.control")
+                ] == ["watcher"]
+        joined = trail(relay, session["id"], "terminal.join")
+        assert [e["actor"] for e in joined] == ["user:watcher"]
+    finally:
+        watcher.close()
+        admin.request("DELETE", f"/api/v1/sessions/{session['id']}")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_flood_does_not_grow_the_relay(world: World) -> None:
+    """``yes | head -c 1G`` with a console that reads, then stops reading for a while
+    (as a busy browser tab does), then reads on. With flow control the agent's pty
+    holds the flood back: the relay keeps at most a window. Without it the relay would
+    buffer everything the agent wrote while the console was not reading. The flood is
+    interrupted (^C) once 96 MiB came through (the whole GiB takes minutes on a shared
+    machine; ``bench/terminal.py`` runs it to the end), and the terminal answers."""
+    relay, admin = world.relay, world.admin
+    assert relay.proc is not None
+    session = shell_session(world)
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        assert relay.proc is not None
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_kib(relay.proc.pid))
+            stop.wait(0.05)
+
+    try:
+        with browser_socket(relay, admin, stream(session["id"])) as ws:
+            term = TerminalClient(ws, keep=False)
+            tail = bytearray()
+
+            def keep_tail(data: bytes) -> None:
+                tail.extend(data)
+                del tail[:-4096]
+
+            term.on_output = keep_tail
+            term.message("ready")
+            term.type("echo warm$((1+1))\r")
+            term.until(lambda: b"warm2" in tail, 20, "the shell")
+            before = rss_kib(relay.proc.pid)
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            try:
+                term.type("yes | head -c 1G\r")
+                term.until(lambda: term.received > 32 * MiB, 240, "32 MiB of flood")
+                time.sleep(5)  # the console stops reading; the flood does not stop
+                paused_at = term.received
+                term.until(lambda: term.received > 96 * MiB, 240, "96 MiB of flood")
+                term.type(b"\x03")
+                term.type("echo still$((9*9))\r")
+                term.until(lambda: b"still81" in tail, 60, "an answer after the flood")
+            finally:
+                stop.set()
+                sampler.join()
+        growth_mib = (peak[0] - before) / 1024
+        print(f"\nflood: {term.received / MiB:.0f} MiB received ({paused_at / MiB:.0f} MiB "
+              f"at the pause), relay RSS {before / 1024:.1f} -> peak {peak[0] / 1024:.1f} MiB "
+              f"(+{growth_mib:.1f} MiB)")
+        assert growth_mib < 50, f"the relay grew {growth_mib:.1f} MiB during the flood"
+    finally:
+        admin.request("DELETE", f"/api/v1/sessions/{session['id']}")
+
+
+class FileSizeLimitedRelay(RelayProcess):
+    """A relay whose files cannot grow past ``limit`` bytes (RLIMIT_FSIZE): a write past
+    it fails in the kernel with EFBIG, the way a full disk fails one with ENOSPC.
+    (Python ignores SIGXFSZ, so the write fails instead of killing the process.)"""
+
+    limit = 6 * MiB
+
+    def start(self) -> RelayProcess:
+        self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return super().start()
+
+    def _limit(self) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, self.limit))
+
+
+def test_a_recording_that_cannot_be_written_ends_the_terminal(tmp_path: Path) -> None:
+    relay = FileSizeLimitedRelay(tmp_path).start()
+    admin = admin_api(relay)
+    agent = start_shell_agent(tmp_path, relay, admin, "term-full")
+    try:
+        session = open_session(admin, agent.agent_id, capabilities=["shell"])
+        with browser_socket(relay, admin, stream(session["id"])) as ws:
+            term = TerminalClient(ws, keep=False)
+            term.message("ready")
+            term.type("head -c 20000000 /dev/zero | od -v; echo never$((7*7))\r")
+            said = term.message("error", timeout=120)
+            while term.step(1):
+                pass
+        assert said["error"] == "recording_failed", said
+        assert term.received < 7 * MiB, "output went on past what the recording could take"
+        failed = trail(relay, session["id"], "session.channel.failed")
+        assert [e["details"]["reason"] for e in failed] == ["recording_failed"]
+        assert "EFBIG" in failed[0]["details"]["detail"] or "too large" in failed[0][
+            "details"]["detail"]
+        assert admin.get(f"/api/v1/sessions/{session['id']}/recordings"
+                         ).json()["recordings"] == []
+        leftovers = list((relay.data_dir / "blobs" / "tmp").glob("*.part"))
+        assert leftovers == [], "the failed recording's partial file is removed"
+        # The session is still there for what does not need a recording.
+        assert admin.get(f"/api/v1/sessions/{session['id']}").json()["state"] == "ready"
+        admin.request("DELETE", f"/api/v1/sessions/{session['id']}")
+        assert relay.healthy()
+    finally:
+        agent.stop()
+        admin.close()
+        relay.stop()
