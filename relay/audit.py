@@ -21,12 +21,14 @@ import sqlalchemy as sa
 
 from backline.common import keys
 from backline.common.protocol import b64d, b64e
-from backline.relay.db import writing
+from backline.relay.db import insert_if_absent, storable, writing
 from backline.relay.schema import audit_checkpoints, audit_events, audit_head
 
 GENESIS = "0" * 64
 CHECKPOINT_CONTEXT = b"backline/audit-checkpoint/v1"
 MAX_DETAIL_BYTES = 16 * 1024
+#: The largest ``seq`` the column holds (INTEGER: 32 bits in PostgreSQL).
+SEQ_MAX = 2**31 - 1
 
 
 def canonical(obj: Any) -> str:
@@ -66,7 +68,25 @@ class VerifyResult:
 
 
 def _clip(text: str, limit: int = 256) -> str:
+    """``text`` as its column stores it (:func:`storable`, at most ``limit`` characters):
+    the hash is over what is stored, or ``audit verify`` would call it altered."""
+    text = storable(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _lock_head(conn: sa.Connection) -> Any:
+    """The chain head, locked until the commit (``FOR UPDATE``; SQLite's writers are
+    serialised by ``BEGIN IMMEDIATE`` already). The first append creates the row: two
+    PostgreSQL writers (nodes, or a command and the server) can both find it missing,
+    so it is inserted with ``ON CONFLICT DO NOTHING`` and then locked, rather than
+    inserted with the first event, which made the second writer's insert fail."""
+    locked = (sa.select(audit_head.c.seq, audit_head.c.hash)
+              .where(audit_head.c.id == 1).with_for_update())
+    head = conn.execute(locked).first()
+    if head is None:
+        conn.execute(insert_if_absent(conn, audit_head).values(id=1, seq=0, hash=GENESIS))
+        head = conn.execute(locked).first()
+    return head
 
 
 class AuditLog:
@@ -96,13 +116,10 @@ class AuditLog:
         an import) instead of one per event. Checkpoints fall where they are due."""
         rows = []
         with self._lock, writing(self.engine) as conn:
-            head = conn.execute(
-                sa.select(audit_head.c.seq, audit_head.c.hash)
-                .where(audit_head.c.id == 1).with_for_update()
-            ).first()
-            seq, digest = (head.seq, head.hash) if head else (0, GENESIS)
+            head = _lock_head(conn)
+            seq, digest = head.seq, head.hash
             for actor, action, target, details in items:
-                detail_text = canonical(details or {})
+                detail_text = storable(canonical(details or {}))
                 if len(detail_text.encode()) > MAX_DETAIL_BYTES:
                     detail_text = canonical({"truncated": True, "preview": detail_text[:1024]})
                 prev_hash, seq, at = digest, seq + 1, round(time.time(), 6)
@@ -117,11 +134,8 @@ class AuditLog:
             if not rows:
                 return []
             conn.execute(audit_events.insert(), rows)
-            if head:
-                conn.execute(audit_head.update().where(audit_head.c.id == 1)
-                             .values(seq=seq, hash=digest))
-            else:
-                conn.execute(audit_head.insert().values(id=1, seq=seq, hash=digest))
+            conn.execute(audit_head.update().where(audit_head.c.id == 1)
+                         .values(seq=seq, hash=digest))
             if (seq % self.checkpoint_every
                     and time.time() - self._last_checkpoint_time >= self.checkpoint_seconds):
                 self._write_checkpoint(conn, seq, digest)
@@ -142,7 +156,7 @@ class AuditLog:
     def checkpoint(self) -> int | None:
         with self._lock, writing(self.engine) as conn:
             head = conn.execute(sa.select(audit_head).with_for_update()).first()
-            if head is None:
+            if head is None or head.seq == 0:
                 return None
             last = conn.execute(sa.select(sa.func.max(audit_checkpoints.c.seq))).scalar()
             if last == head.seq:
@@ -169,14 +183,18 @@ class AuditLog:
         if actor:
             q = q.where(audit_events.c.actor == actor)
         if action:
-            q = q.where(audit_events.c.action.startswith(action, autoescape=True))
+            # A prefix, case-sensitive in both databases: SQLite's LIKE ignores ASCII
+            # case ("AUTH." matched "auth.login" there and nothing in PostgreSQL).
+            q = q.where(sa.func.substr(audit_events.c.action, 1, len(action)) == action)
         if target:
             q = q.where(audit_events.c.target == target)
         if since is not None:
             q = q.where(audit_events.c.time >= since)
         if until is not None:
             q = q.where(audit_events.c.time < until)
-        if before_seq is not None:
+        if before_seq is not None and before_seq <= SEQ_MAX:
+            # Beyond the INTEGER column every seq is before it (and PostgreSQL refused
+            # the comparison: integer out of range, a 500 where SQLite answered).
             q = q.where(audit_events.c.seq < before_seq)
         with self.engine.connect() as conn:
             rows = conn.execute(q).mappings().all()

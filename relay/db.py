@@ -7,6 +7,7 @@ revision and is safe to run on every start.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,10 +49,39 @@ def make_engine(url: str) -> sa.Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    for short in ("postgresql://", "postgres://"):
+        if url.startswith(short):
+            url = "postgresql+psycopg://" + url[len(short):]
     return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
                             hide_parameters=True)
+
+
+#: What neither database keeps as text: NUL (PostgreSQL refuses it in any text value,
+#: SQLite keeps it) and lone surrogates (no UTF-8 encoding; both refuse them).
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """``text`` as both databases keep it: NUL and lone surrogates become U+FFFD.
+
+    They arrive in network input (a hostname an agent reports, a session's reason, a
+    request path in the audit trail); stored as given, PostgreSQL refused the whole
+    write (a 500, and an audit event lost) where SQLite took it. The string columns
+    (:class:`backline.relay.schema.Str`) pass every value through this, and the audit
+    trail does before hashing, so what is hashed is what is stored."""
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
+def insert_if_absent(conn: sa.Connection, table: sa.Table) -> Any:
+    """An INSERT that does nothing when the row's key is taken (``ON CONFLICT DO
+    NOTHING``, in either dialect): for a row two writers may both create first."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
 
 
 @contextmanager
@@ -65,6 +95,10 @@ def writing(engine: sa.Engine) -> Iterator[sa.Connection]:
 
 #: The newest migration in ``relay/migrations/versions`` (a test holds them equal).
 HEAD_REVISION = "0006"
+
+#: The PostgreSQL advisory lock (per database) a migrating relay holds, so several
+#: nodes starting at once migrate one after the other, not over each other.
+MIGRATION_LOCK = 0x6261636B6C696E65  # "backline"
 
 
 def alembic_config(connection: sa.Connection | None = None) -> AlembicConfig:
@@ -94,4 +128,11 @@ def migrate(engine: sa.Engine) -> None:
     from alembic import command
 
     with writing(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            # SQLite's BEGIN IMMEDIATE serialises migrating processes; PostgreSQL's
+            # DDL does not: of three started at once on an empty database, one or two
+            # failed (duplicate key in pg_type: the same table created twice). Held
+            # to the commit; who waited finds the schema at head and does nothing.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                         {"key": MIGRATION_LOCK})
         command.upgrade(alembic_config(conn), "head")

@@ -2,19 +2,41 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 
+from backline.relay.db import storable
+
 metadata = sa.MetaData()
+
+
+class Str(sa.types.TypeDecorator[str]):
+    """VARCHAR(n) that keeps any ``str`` the same way in SQLite and PostgreSQL
+    (:func:`backline.relay.db.storable`). In the database it is a plain VARCHAR:
+    migrations write ``sa.String``."""
+
+    impl = sa.String
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        return storable(value) if isinstance(value, str) else value
+
+
+class LongStr(Str):
+    """TEXT, likewise."""
+
+    impl = sa.Text
 
 users = sa.Table(
     "users", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("username", sa.String(64), nullable=False, unique=True),
-    sa.Column("role", sa.String(16), nullable=False),
-    sa.Column("password_hash", sa.String(255), nullable=False),
+    sa.Column("username", Str(64), nullable=False, unique=True),
+    sa.Column("role", Str(16), nullable=False),
+    sa.Column("password_hash", Str(255), nullable=False),
     sa.Column("must_change_password", sa.Boolean, nullable=False, default=False),
-    sa.Column("totp_secret", sa.String(64)),
-    sa.Column("totp_pending", sa.String(64)),
+    sa.Column("totp_secret", Str(64)),
+    sa.Column("totp_pending", Str(64)),
     # The last TOTP time step accepted (a code is accepted once; migration 0004).
     sa.Column("totp_last_step", sa.BigInteger),
     sa.Column("totp_required", sa.Boolean, nullable=False, default=False),
@@ -28,21 +50,21 @@ users = sa.Table(
 
 web_sessions = sa.Table(
     "web_sessions", metadata,
-    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("id_hash", Str(64), primary_key=True),
     sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"),
               nullable=False),
-    sa.Column("csrf_token", sa.String(64), nullable=False),
+    sa.Column("csrf_token", Str(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("last_seen", sa.Float, nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
-    sa.Column("address", sa.String(64), nullable=False),
+    sa.Column("address", Str(64), nullable=False),
 )
 
 groups = sa.Table(
     "groups", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("name", sa.String(128), nullable=False, unique=True),
-    sa.Column("description", sa.String(512), nullable=False, default=""),
+    sa.Column("name", Str(128), nullable=False, unique=True),
+    sa.Column("description", Str(512), nullable=False, default=""),
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
@@ -56,45 +78,45 @@ grants = sa.Table(
 
 agents = sa.Table(
     "agents", metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("id", Str(64), primary_key=True),
     sa.Column("group_id", sa.Integer, sa.ForeignKey("groups.id"), nullable=False),
     sa.Column("public_key", sa.LargeBinary(32), nullable=False),
-    sa.Column("hostname", sa.String(256), nullable=False),
-    sa.Column("os", sa.String(256), nullable=False),
-    sa.Column("os_version", sa.String(256), nullable=False),
-    sa.Column("arch", sa.String(256), nullable=False),
-    sa.Column("version", sa.String(256), nullable=False),
-    sa.Column("label", sa.String(256), nullable=False, default=""),
+    sa.Column("hostname", Str(256), nullable=False),
+    sa.Column("os", Str(256), nullable=False),
+    sa.Column("os_version", Str(256), nullable=False),
+    sa.Column("arch", Str(256), nullable=False),
+    sa.Column("version", Str(256), nullable=False),
+    sa.Column("label", Str(256), nullable=False, default=""),
     sa.Column("enrolled_at", sa.Float, nullable=False),
-    sa.Column("enroll_token_id", sa.String(64), nullable=False),
+    sa.Column("enroll_token_id", Str(64), nullable=False),
     sa.Column("last_seen", sa.Float),
-    sa.Column("last_address", sa.String(64)),
-    sa.Column("health", sa.Text, nullable=False, default="[]"),
+    sa.Column("last_address", Str(64)),
+    sa.Column("health", LongStr, nullable=False, default="[]"),
     sa.Column("revoked_at", sa.Float),
 )
 
 enroll_tokens = sa.Table(
     "enroll_tokens", metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("id", Str(64), primary_key=True),
+    sa.Column("secret_hash", Str(64), nullable=False),
     sa.Column("group_id", sa.Integer, sa.ForeignKey("groups.id"), nullable=False),
     sa.Column("max_uses", sa.Integer, nullable=False),
     sa.Column("uses", sa.Integer, nullable=False, default=0),
     sa.Column("expires_at", sa.Float, nullable=False),
     sa.Column("revoked_at", sa.Float),
-    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.Column("created_by", Str(128), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
 api_tokens = sa.Table(
     "api_tokens", metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("id", Str(64), primary_key=True),
+    sa.Column("name", Str(128), nullable=False),
     sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"),
               nullable=False),
-    sa.Column("secret_hash", sa.String(64), nullable=False),
-    sa.Column("scopes", sa.String(512), nullable=False),
-    sa.Column("allowed_cidrs", sa.String(1024), nullable=False, default=""),
+    sa.Column("secret_hash", Str(64), nullable=False),
+    sa.Column("scopes", Str(512), nullable=False),
+    sa.Column("allowed_cidrs", Str(1024), nullable=False, default=""),
     sa.Column("expires_at", sa.Float, nullable=False),
     sa.Column("revoked_at", sa.Float),
     sa.Column("created_at", sa.Float, nullable=False),
@@ -105,12 +127,12 @@ audit_events = sa.Table(
     "audit_events", metadata,
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("time", sa.Float, nullable=False),
-    sa.Column("actor", sa.String(256), nullable=False),
-    sa.Column("action", sa.String(128), nullable=False),
-    sa.Column("target", sa.String(256), nullable=False),
-    sa.Column("details", sa.Text, nullable=False),
-    sa.Column("prev_hash", sa.String(64), nullable=False),
-    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("actor", Str(256), nullable=False),
+    sa.Column("action", Str(128), nullable=False),
+    sa.Column("target", Str(256), nullable=False),
+    sa.Column("details", LongStr, nullable=False),
+    sa.Column("prev_hash", Str(64), nullable=False),
+    sa.Column("hash", Str(64), nullable=False),
     sa.Index("ix_audit_actor_seq", "actor", "seq"),
     sa.Index("ix_audit_action_seq", "action", "seq"),
     sa.Index("ix_audit_target_seq", "target", "seq"),
@@ -123,16 +145,16 @@ audit_head = sa.Table(
     "audit_head", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("seq", sa.Integer, nullable=False),
-    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("hash", Str(64), nullable=False),
 )
 
 audit_checkpoints = sa.Table(
     "audit_checkpoints", metadata,
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("hash", Str(64), nullable=False),
     sa.Column("time", sa.Float, nullable=False),
-    sa.Column("key_id", sa.String(64), nullable=False),
-    sa.Column("signature", sa.String(128), nullable=False),
+    sa.Column("key_id", Str(64), nullable=False),
+    sa.Column("signature", Str(128), nullable=False),
 )
 
 # Support sessions: managed (opened on an enrolled agent) or attended (a one-time
@@ -140,26 +162,26 @@ audit_checkpoints = sa.Table(
 # HMAC; `node` is the relay URL that holds the live SSH connection.
 support_sessions = sa.Table(
     "support_sessions", metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("mode", sa.String(16), nullable=False),
-    sa.Column("agent_id", sa.String(64)),
+    sa.Column("id", Str(64), primary_key=True),
+    sa.Column("mode", Str(16), nullable=False),
+    sa.Column("agent_id", Str(64)),
     sa.Column("group_id", sa.Integer),
-    sa.Column("technician", sa.String(64), nullable=False),
-    sa.Column("opened_by", sa.String(256), nullable=False),
-    sa.Column("reason", sa.String(512), nullable=False, default=""),
-    sa.Column("ticket", sa.String(128), nullable=False, default=""),
-    sa.Column("capabilities", sa.String(512), nullable=False, default=""),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("node", sa.String(256), nullable=False, default=""),
+    sa.Column("technician", Str(64), nullable=False),
+    sa.Column("opened_by", Str(256), nullable=False),
+    sa.Column("reason", Str(512), nullable=False, default=""),
+    sa.Column("ticket", Str(128), nullable=False, default=""),
+    sa.Column("capabilities", Str(512), nullable=False, default=""),
+    sa.Column("state", Str(16), nullable=False),
+    sa.Column("node", Str(256), nullable=False, default=""),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("opened_at", sa.Float),
     sa.Column("ready_at", sa.Float),
     sa.Column("closed_at", sa.Float),
-    sa.Column("close_reason", sa.String(256)),
-    sa.Column("code_hash", sa.String(64)),
+    sa.Column("close_reason", Str(256)),
+    sa.Column("code_hash", Str(64)),
     sa.Column("code_expires_at", sa.Float),
-    sa.Column("remote_hostname", sa.String(256)),
-    sa.Column("remote_address", sa.String(64)),
+    sa.Column("remote_hostname", Str(256)),
+    sa.Column("remote_address", Str(64)),
     sa.Index("ix_support_sessions_state", "state"),
     sa.Index("ix_support_sessions_agent", "agent_id", "created_at"),
     sa.Index("ix_support_sessions_code", "code_hash"),
@@ -169,15 +191,15 @@ support_sessions = sa.Table(
 # SHA-256, the same hash the audit trail records for the channel.
 diagnostics_reports = sa.Table(
     "diagnostics_reports", metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("agent_id", sa.String(64), nullable=False),
-    sa.Column("session_id", sa.String(64), nullable=False),
-    sa.Column("technician", sa.String(64), nullable=False),
+    sa.Column("id", Str(64), primary_key=True),
+    sa.Column("agent_id", Str(64), nullable=False),
+    sa.Column("session_id", Str(64), nullable=False),
+    sa.Column("technician", Str(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("sha256", Str(64), nullable=False),
     sa.Column("size", sa.Integer, nullable=False),
     sa.Column("findings", sa.Integer, nullable=False),
-    sa.Column("worst", sa.String(16), nullable=False),
+    sa.Column("worst", Str(16), nullable=False),
     sa.Index("ix_reports_agent_time", "agent_id", "created_at"),
 )
 
@@ -185,15 +207,15 @@ diagnostics_reports = sa.Table(
 # hash the audit trail records when the channel ends (migration 0006).
 recordings = sa.Table(
     "recordings", metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("session_id", sa.String(64), nullable=False),
-    sa.Column("capability", sa.String(32), nullable=False),
-    sa.Column("agent_id", sa.String(64), nullable=False),
-    sa.Column("technician", sa.String(64), nullable=False),
+    sa.Column("id", Str(64), primary_key=True),
+    sa.Column("session_id", Str(64), nullable=False),
+    sa.Column("capability", Str(32), nullable=False),
+    sa.Column("agent_id", Str(64), nullable=False),
+    sa.Column("technician", Str(64), nullable=False),
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("duration_s", sa.Float, nullable=False),
     sa.Column("bytes", sa.BigInteger, nullable=False),
-    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("sha256", Str(64), nullable=False),
     sa.Column("keystrokes", sa.Boolean, nullable=False, default=False),
     sa.Index("ix_recordings_session", "session_id", "started_at"),
 )

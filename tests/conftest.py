@@ -1,17 +1,25 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.databases import (
+    BACKENDS,
+    POSTGRES_REQUIRED,
+    TestDatabase,
+    postgres_missing,
+    postgres_schema,
+)
+from tests.harness import Api, RelayProcess, admin_api
+
 # Every audit event must match relay/audit_events.py: in the tests (and in the relay
 # processes they start, which inherit this) a mismatch raises instead of being written
 # marked, and RelayProcess.stop fails on a violation the relay only logged.
 os.environ["BACKLINE_AUDIT_STRICT"] = "1"
-
-from tests.harness import Api, RelayProcess, admin_api
 
 #: The files whose tests took longest in a run of the whole suite (``--durations=60``,
 #: 4 xdist workers, 2026-12-01), slowest first. They are handed out first, so that no
@@ -46,9 +54,47 @@ def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str)
     return None
 
 
+class PostgresNotTested(UserWarning):
+    """PostgreSQL variants of the store tests were skipped: nothing proved them."""
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request: pytest.FixtureRequest) -> Iterator[TestDatabase]:
+    """The relay's database, once per backend: a test that asks for it (or is marked
+    ``usefixtures("database")``) runs on SQLite and on PostgreSQL, and the ``relay``
+    fixture below then uses it. Only tests that exercise the store should."""
+    if request.param == "sqlite":
+        yield TestDatabase("sqlite")
+        return
+    missing = postgres_missing()
+    if missing:
+        if POSTGRES_REQUIRED:
+            pytest.fail(f"BACKLINE_TEST_POSTGRES=require but {missing}")
+        warnings.warn(PostgresNotTested(f"PostgreSQL NOT TESTED: {missing}"), stacklevel=1)
+        pytest.skip(f"PostgreSQL NOT TESTED: {missing}")
+    with postgres_schema() as db:
+        yield db
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # Counted from the reports: under pytest-xdist the tests run in worker processes and
+    # only their reports reach this one.
+    skipped = [r for r in terminalreporter.stats.get("skipped", [])
+               if "PostgreSQL NOT TESTED" in str(getattr(r, "longrepr", ""))]
+    if skipped:
+        terminalreporter.write_sep("!", "PostgreSQL NOT TESTED", red=True, bold=True)
+        terminalreporter.write_line(
+            f"{len(skipped)} PostgreSQL variant(s) skipped: {postgres_missing()}. "
+            "Start PostgreSQL on 127.0.0.1:5432 (database `test`) or set "
+            "BACKLINE_TEST_POSTGRES_URL; BACKLINE_TEST_POSTGRES=require makes this a failure.",
+            red=True)
+
+
 @pytest.fixture
-def relay(tmp_path: Path) -> Iterator[RelayProcess]:
-    proc = RelayProcess(tmp_path).start()
+def relay(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RelayProcess]:
+    env = (request.getfixturevalue("database").env
+           if "database" in request.fixturenames else {})
+    proc = RelayProcess(tmp_path, env).start()
     try:
         yield proc
     finally:

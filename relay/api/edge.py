@@ -100,8 +100,10 @@ def whole(lo: int, hi: int, description: str = "") -> Any:
                      BeforeValidator(_ascii_whole)]
 
 
-#: A database id: a positive integer that fits SQLite's and PostgreSQL's 64 bits.
-DbId = whole(1, 2**63 - 1)
+#: A database id (a user's, a group's): a positive integer that fits the INTEGER
+#: column, 32 bits in PostgreSQL. Up to 2**63 - 1 before: ids beyond 2**31 - 1 were a
+#: 404 in SQLite and a 500 in PostgreSQL (integer out of range); now a 404 in both.
+DbId = whole(1, 2**31 - 1)
 #: A Unix time in seconds, from a query string.
 UnixTime = Annotated[float, Field(ge=0, le=1e11), BeforeValidator(_ascii_decimal)]
 

@@ -1,4 +1,5 @@
-"""The REST API and live socket against a real relay process."""
+"""The REST API and live socket against a real relay process. The tests that exercise
+the store run on SQLite and on PostgreSQL (``on_each_database``, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from backline.common.tlspin import client_context
+from tests.databases import TestDatabase
 from tests.harness import (
     ADMIN_PASSWORD,
     AgentProcess,
@@ -23,6 +25,9 @@ from tests.harness import (
     audit_actions,
 )
 
+#: The relay of the test uses the ``database`` fixture's: SQLite, then PostgreSQL.
+on_each_database = pytest.mark.usefixtures("database")
+
 
 def wrong_code(totp: pyotp.TOTP) -> str:
     """A code accepted at no step within a minute of now (drift window included)."""
@@ -30,6 +35,7 @@ def wrong_code(totp: pyotp.TOTP) -> str:
     return next(c for c in (f"{n:06d}" for n in range(123456, 10**6)) if c not in near)
 
 
+@on_each_database
 def test_totp_enrolment_and_login(relay: RelayProcess, admin: Api) -> None:
     begun = admin.post("/api/v1/auth/totp/begin").json()
     assert begun["uri"].startswith("otpauth://totp/Backline:admin")
@@ -68,6 +74,7 @@ def test_session_cookie_flags_logout_and_me(relay: RelayProcess, admin: Api) -> 
     assert api.get("/api/v1/auth/me").status_code == 401
 
 
+@on_each_database
 def test_password_change_signs_out_other_sessions(relay: RelayProcess, admin: Api) -> None:
     other = Api(relay)
     assert other.login("admin", ADMIN_PASSWORD).status_code == 200
@@ -81,6 +88,7 @@ def test_password_change_signs_out_other_sessions(relay: RelayProcess, admin: Ap
     other.close()
 
 
+@on_each_database
 def test_auditor_reads_everything_and_changes_nothing(relay: RelayProcess, admin: Api) -> None:
     otp = admin.post("/api/v1/users", json={"username": "audrey", "role": "auditor"}
                      ).json()["one_time_password"]
@@ -103,6 +111,7 @@ def test_auditor_reads_everything_and_changes_nothing(relay: RelayProcess, admin
     assert verify["ok"] and verify["summary"].startswith("OK")
 
 
+@on_each_database
 def test_audit_paging_filters_and_export(relay: RelayProcess, admin: Api) -> None:
     for i in range(7):
         admin.post("/api/v1/groups", json={"name": f"g{i}"})
@@ -207,8 +216,9 @@ def test_files_are_private_and_config_show_hides_secrets(tmp_path: Path,
     assert "listen_port = " + str(relay.port) in shown
 
 
-def test_admins_can_be_required_to_use_totp(tmp_path: Path) -> None:
-    relay = RelayProcess(tmp_path, {"BACKLINE_REQUIRE_TOTP_FOR_ADMINS": "true"}).start()
+def test_admins_can_be_required_to_use_totp(tmp_path: Path, database: TestDatabase) -> None:
+    relay = RelayProcess(tmp_path, {"BACKLINE_REQUIRE_TOTP_FOR_ADMINS": "true",
+                                    **database.env}).start()
     try:
         api = admin_api(relay)
         r = api.get("/api/v1/agents")
@@ -268,3 +278,39 @@ def test_live_socket_shows_technicians_only_their_groups(tmp_path: Path, relay: 
             hidden.stop()
             mine.stop()
     assert first["type"] == "agent" and first["agent_id"] == mine.agent_id
+
+
+@on_each_database
+def test_text_at_its_bounds_and_with_nul_is_stored(tmp_path: Path, relay: RelayProcess,
+                                                   admin: Api) -> None:
+    """What the API lets through fits its column in both databases: the longest value
+    allowed, non-ASCII, and NUL (PostgreSQL refuses it in text: that was a 500 there),
+    kept as U+FFFD. A request path with NUL is audited, and the trail verifies."""
+    agent = AgentProcess(tmp_path, "labelled")
+    assert agent.enroll(relay.token()).returncode == 0
+    label = "\x00" + "é" * 255
+    r = admin.request("PATCH", f"/api/v1/agents/{agent.agent_id}", json={"label": label})
+    assert r.status_code == 200 and r.json()["label"] == "\ufffd" + "é" * 255, r.text
+    r = admin.post("/api/v1/groups", json={"name": "G" * 128, "description": "\x00" * 512})
+    assert r.status_code == 201, r.text
+    shown = [g for g in admin.get("/api/v1/groups").json()["groups"] if g["name"] == "G" * 128]
+    assert shown[0]["description"] == "\ufffd" * 512
+    r = admin.post("/api/v1/api-tokens", json={"name": "ß" * 128, "scopes": ["audit:read"]})
+    assert r.status_code == 201, r.text
+    assert admin.get("/api/v1/nothing%00here").status_code == 404
+    refused = [e for e in audit_actions(relay) if e["action"] == "request.refused"]
+    assert refused[-1]["target"] == "/api/v1/nothing\ufffdhere"
+    assert relay.cli("audit", "verify").returncode == 0
+
+
+@on_each_database
+def test_ids_beyond_the_id_columns_are_not_found(relay: RelayProcess, admin: Api) -> None:
+    """User and group ids are INTEGER columns (32 bits in PostgreSQL): a larger id in a
+    path names nothing, in both databases (PostgreSQL answered 500, out of range)."""
+    for big in (2**31, 2**63 - 1):
+        r = admin.request("PATCH", f"/api/v1/users/{big}", json={"disabled": True})
+        assert r.status_code == 404 and r.json()["error"] == "not_found", r.text
+        r = admin.request("PUT", f"/api/v1/groups/{big}/grants/admin")
+        assert r.status_code == 404, r.text
+    r = admin.request("PATCH", f"/api/v1/users/{2**31 - 1}", json={"disabled": True})
+    assert r.status_code == 404 and r.json()["error"] == "not_found", r.text

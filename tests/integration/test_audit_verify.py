@@ -1,130 +1,149 @@
-"""``backline-relay audit verify`` on a real database file, each tampering in its own
-test: it must fail and name the first broken record."""
+"""``backline-relay audit verify`` on a real database, each tampering in its own test: it
+must fail and name the first broken record. Every test runs on SQLite and on
+PostgreSQL (the ``database`` fixture, tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from backline.relay import config
 from backline.relay.state import open_relay
+from tests.databases import TestDatabase
 from tests.harness import RELAY
 
 EVENTS = 250  # checkpoints are signed at 100 and 200
 
 
+@dataclass
+class Trail:
+    """A relay's data directory with its trail, in either database."""
+
+    path: Path
+    db: TestDatabase
+
+    @property
+    def env(self) -> dict[str, str]:
+        bare = {k: v for k, v in os.environ.items() if not k.startswith("BACKLINE_")}
+        return {**bare, **self.db.env}
+
+
+def open_in(root: Path, db: TestDatabase) -> Any:
+    return open_relay(config.load(overrides={"data_dir": root,
+                                             "database_url": db.url or None}, environ={}))
+
+
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    cfg = config.load(overrides={"data_dir": tmp_path / "relay"}, environ={})
-    relay = open_relay(cfg)
-    for i in range(EVENTS):
-        relay.audit.append(f"user:u{i % 7}", "test.event", f"thing:{i}", {"n": i, "ü": "ß"})
+def data_dir(tmp_path: Path, database: TestDatabase) -> Trail:
+    relay = open_in(tmp_path / "relay", database)
+    # One transaction (checkpoints still fall at 100 and 200): a commit per event costs
+    # a PostgreSQL server's disk flush each.
+    relay.audit.append_many([(f"user:u{i % 7}", "test.event", f"thing:{i}", {"n": i, "ü": "ß"})
+                             for i in range(EVENTS)])
     relay.engine.dispose()
-    return tmp_path / "relay"
+    return Trail(tmp_path / "relay", database)
 
 
-def verify(data_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKLINE_")}
-    return subprocess.run([RELAY, "audit", "verify", "--data-dir", str(data_dir)], env=env,
-                          capture_output=True, text=True, timeout=60)
+def verify(trail: Trail) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([RELAY, "audit", "verify", "--data-dir", str(trail.path)],
+                          env=trail.env, capture_output=True, text=True, timeout=60)
 
 
-def tamper(data_dir: Path, *statements: tuple[str, tuple[object, ...]]) -> None:
-    db = sqlite3.connect(data_dir / "relay.db")
-    with db:
-        for sql, args in statements:
-            db.execute(sql, args)
-    db.close()
+def tamper(trail: Trail, *statements: tuple[str, dict[str, object]]) -> None:
+    """What someone with write access to the database does, in one transaction."""
+    trail.db.execute(trail.path, *statements)
 
 
-def test_intact_trail_verifies_with_its_checkpoint(data_dir: Path) -> None:
+def test_intact_trail_verifies_with_its_checkpoint(data_dir: Trail) -> None:
     r = verify(data_dir)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"OK: {EVENTS} events")
     assert "checkpoint at #200" in r.stdout
 
 
-def test_altered_field_is_named(data_dir: Path) -> None:
+def test_altered_field_is_named(data_dir: Trail) -> None:
     details = json.dumps({"n": 999}, separators=(",", ":"))
-    tamper(data_dir, ("UPDATE audit_events SET details = ? WHERE seq = 137", (details,)))
+    tamper(data_dir, ("UPDATE audit_events SET details = :d WHERE seq = 137", {"d": details}))
     r = verify(data_dir)
     assert r.returncode == 1
     assert "BROKEN at record #137" in r.stderr and "altered" in r.stderr
 
 
-def test_altered_actor_is_named(data_dir: Path) -> None:
-    tamper(data_dir, ("UPDATE audit_events SET actor = 'user:nobody' WHERE seq = 3", ()))
+def test_altered_actor_is_named(data_dir: Trail) -> None:
+    tamper(data_dir, ("UPDATE audit_events SET actor = 'user:nobody' WHERE seq = 3", {}))
     r = verify(data_dir)
     assert r.returncode == 1
     assert "BROKEN at record #3" in r.stderr
 
 
-def test_deleted_event_is_named(data_dir: Path) -> None:
-    tamper(data_dir, ("DELETE FROM audit_events WHERE seq = 42", ()))
+def test_deleted_event_is_named(data_dir: Trail) -> None:
+    tamper(data_dir, ("DELETE FROM audit_events WHERE seq = 42", {}))
     r = verify(data_dir)
     assert r.returncode == 1
     assert "BROKEN at record #42" in r.stderr and "missing" in r.stderr
 
 
-def test_deleted_event_with_renumbering_is_named(data_dir: Path) -> None:
+def test_deleted_event_with_renumbering_is_named(data_dir: Trail) -> None:
     tamper(data_dir,
-           ("DELETE FROM audit_events WHERE seq = 42", ()),
-           ("UPDATE audit_events SET seq = seq - 1 WHERE seq > 42", ()))
+           ("DELETE FROM audit_events WHERE seq = 42", {}),
+           # In two steps: a key is unique at each row's update in PostgreSQL.
+           ("UPDATE audit_events SET seq = 1 - seq WHERE seq > 42", {}),
+           ("UPDATE audit_events SET seq = -seq WHERE seq < 0", {}))
     r = verify(data_dir)
     assert r.returncode == 1
     assert "BROKEN at record #42" in r.stderr
 
 
-def test_swapped_events_are_named(data_dir: Path) -> None:
+def test_swapped_events_are_named(data_dir: Trail) -> None:
     tamper(data_dir,
-           ("UPDATE audit_events SET seq = -1 WHERE seq = 60", ()),
-           ("UPDATE audit_events SET seq = 60 WHERE seq = 61", ()),
-           ("UPDATE audit_events SET seq = 61 WHERE seq = -1", ()))
+           ("UPDATE audit_events SET seq = -1 WHERE seq = 60", {}),
+           ("UPDATE audit_events SET seq = 60 WHERE seq = 61", {}),
+           ("UPDATE audit_events SET seq = 61 WHERE seq = -1", {}))
     r = verify(data_dir)
     assert r.returncode == 1
     assert "BROKEN at record #60" in r.stderr
 
 
-def test_events_cut_off_after_a_checkpoint(data_dir: Path) -> None:
+def test_events_cut_off_after_a_checkpoint(data_dir: Trail) -> None:
     # Remove everything after #150 and make the chain head agree: only the signed
     # checkpoint at #200 still vouches for what was there.
-    db = sqlite3.connect(data_dir / "relay.db")
-    head_hash = db.execute("SELECT hash FROM audit_events WHERE seq = 150").fetchone()[0]
-    db.close()
+    with data_dir.db.engine(data_dir.path).connect() as conn:
+        head_hash = conn.exec_driver_sql(
+            "SELECT hash FROM audit_events WHERE seq = 150").scalar()
     tamper(data_dir,
-           ("DELETE FROM audit_events WHERE seq > 150", ()),
-           ("UPDATE audit_head SET seq = 150, hash = ?", (head_hash,)))
+           ("DELETE FROM audit_events WHERE seq > 150", {}),
+           ("UPDATE audit_head SET seq = 150, hash = :h", {"h": head_hash}))
     r = verify(data_dir)
     assert r.returncode == 1
     assert "BROKEN at record #151" in r.stderr and "cut off" in r.stderr
     assert "#200" in r.stderr
 
 
-def test_tail_cut_off_beyond_last_checkpoint_is_caught_by_head(data_dir: Path) -> None:
-    tamper(data_dir, ("DELETE FROM audit_events WHERE seq > 240", ()))
+def test_tail_cut_off_beyond_last_checkpoint_is_caught_by_head(data_dir: Trail) -> None:
+    tamper(data_dir, ("DELETE FROM audit_events WHERE seq > 240", {}))
     r = verify(data_dir)
     assert r.returncode == 1
     assert "cut off" in r.stderr and "#250" in r.stderr
 
 
-def test_forged_checkpoint_signature(data_dir: Path) -> None:
-    tamper(data_dir, ("UPDATE audit_checkpoints SET hash = ? WHERE seq = 100", ("0" * 64,)))
+def test_forged_checkpoint_signature(data_dir: Trail) -> None:
+    tamper(data_dir, ("UPDATE audit_checkpoints SET hash = :h WHERE seq = 100", {"h": "0" * 64}))
     r = verify(data_dir)
     assert r.returncode == 1
     assert "bad signature" in r.stderr
 
 
-def test_export_events_and_checkpoints_to_files(data_dir: Path, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKLINE_")}
-
+def test_export_events_and_checkpoints_to_files(data_dir: Trail, tmp_path: Path) -> None:
     def export(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([RELAY, "audit", "export", "--data-dir", str(data_dir), *args],
-                              env=env, capture_output=True, text=True, timeout=60)
+        return subprocess.run([RELAY, "audit", "export", "--data-dir", str(data_dir.path),
+                               *args], env=data_dir.env, capture_output=True, text=True,
+                              timeout=60)
 
     r = export("-o", str(tmp_path / "events.jsonl"))
     assert r.returncode == 0 and f"wrote {EVENTS} events" in r.stderr
@@ -141,12 +160,12 @@ def test_export_events_and_checkpoints_to_files(data_dir: Path, tmp_path: Path) 
     assert bad.returncode == 2 and "--since applies to events" in bad.stderr
 
 
-def test_batched_events_keep_their_order(tmp_path: Path) -> None:
+def test_batched_events_keep_their_order(tmp_path: Path, database: TestDatabase) -> None:
     """record_soon batches agents' connects per loop turn; any record() in between
     writes the batch first, so the trail keeps the order things happened in."""
     import asyncio
 
-    relay = open_relay(config.load(overrides={"data_dir": tmp_path / "r"}, environ={}))
+    relay = open_in(tmp_path / "r", database)
 
     async def scenario() -> None:
         at = {"address": "192.0.2.1"}  # events as the catalogue declares them

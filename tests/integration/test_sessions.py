@@ -20,7 +20,17 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from backline.common.tlspin import client_context
-from tests.harness import AgentProcess, Api, RelayProcess, admin_api, audit_actions, wait_for
+from tests.databases import TestDatabase
+from tests.harness import (
+    AgentProcess,
+    Api,
+    RelayProcess,
+    admin_api,
+    audit_actions,
+    free_port,
+    staged_diagnostics,
+    wait_for,
+)
 
 POLICY = """
 [capabilities]
@@ -391,5 +401,45 @@ def test_idle_out_customer_end_and_agent_stop(tmp_path: Path) -> None:
     finally:
         if agent is not None:
             agent.stop()
+        admin.close()
+        relay.stop()
+
+
+# --- the store -------------------------------------------------------------------------
+
+
+def test_a_session_through_a_real_agent_on_each_database(tmp_path: Path,
+                                                         database: TestDatabase) -> None:
+    """The session's whole path on SQLite and on PostgreSQL: its row (reason and ticket at
+    their longest, in non-ASCII), a channel, a diagnostics report kept, the end; then
+    the trail verifies from the command line."""
+    relay = RelayProcess(tmp_path, database.env).start()
+    admin = admin_api(relay)
+    agent = AgentProcess(tmp_path, "pc-store")
+    try:
+        agent.state_dir.mkdir(parents=True)
+        (agent.state_dir / "agent.toml").write_text(staged_diagnostics(free_port()))
+        start_agent(tmp_path, relay, admin, "pc-store", agent=agent,
+                    policy='[capabilities]\ninfo = "allow"\ndiagnostics = "allow"\n')
+        reason, ticket = "é" * 512, "T" * 128
+        session = open_session(admin, agent.agent_id, reason=reason, ticket=ticket)
+        assert session["reason"] == reason and session["ticket"] == ticket
+        assert admin.post(f"/api/v1/sessions/{session['id']}/channels/info").status_code == 200
+        r = admin.post(f"/api/v1/sessions/{session['id']}/channels/diagnostics")
+        assert r.status_code == 200, r.text
+        report_id = r.json()["report"]
+        kept = admin.get(f"/api/v1/reports/{report_id}").json()
+        assert kept["session_id"] == session["id"] and kept["sha256"] == r.json()["sha256"]
+        closed = admin.request("DELETE", f"/api/v1/sessions/{session['id']}").json()
+        assert closed["state"] == "closed" and closed["closed_at"] >= closed["opened_at"]
+        listed = admin.get("/api/v1/sessions", params={"agent": agent.agent_id}).json()
+        assert [s["id"] for s in listed["sessions"]] == [session["id"]]
+        assert [e["action"] for e in events(relay, "session.", session["id"])] == [
+            "session.open", "session.start", "session.channel", "session.channel",
+            "session.end"]
+        verified = relay.cli("audit", "verify")
+        assert verified.returncode == 0 and verified.stdout.startswith("OK"), verified.stderr
+    finally:
+        agent.stop()
         admin.close()
         relay.stop()
