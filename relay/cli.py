@@ -33,7 +33,8 @@ config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True
 user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 group_app = typer.Typer(help="Manage agent groups and grants.", no_args_is_help=True)
 token_app = typer.Typer(help="Manage enrollment tokens.", no_args_is_help=True)
-audit_app = typer.Typer(help="Verify and export the audit trail.", no_args_is_help=True)
+audit_app = typer.Typer(help="Verify and export the audit trail; list its events.",
+                        no_args_is_help=True)
 cert_app = typer.Typer(help="The relay's TLS certificate and the key pins agents trust.",
                        no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -379,6 +380,14 @@ def audit_verify(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     result = relay.audit.verify()
     (out if result.ok else err).print(result.describe(), markup=False)
     raise typer.Exit(0 if result.ok else 1)
+
+
+@audit_app.command("events")
+def audit_events_doc() -> None:
+    """Print every audit action, its meaning and fields, as Markdown (docs/audit-events.md)."""
+    from backline.relay import audit_events
+
+    sys.stdout.write(audit_events.markdown())
 
 
 @audit_app.command("export")

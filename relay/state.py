@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from backline.common import keys
-from backline.relay import metrics, pinset_serial, tls_identity
+from backline.relay import audit_events, metrics, pinset_serial, tls_identity
 from backline.relay.agents import Presence, get_agent
 from backline.relay.audit import AuditLog
 from backline.relay.audit_floods import FloodAggregator
@@ -65,7 +65,9 @@ class Relay:
         c = self.config
         self.auth = AuthLimits(self)
         self.metrics = metrics.RelayMetrics(self)
-        self.floods = FloodAggregator(self.record, window_s=c.audit_flood_window_s)
+        # Summaries are written as declared (audit_events.FLOOD_SUMMARY), unchecked: what
+        # they count was checked when it reached record_flood.
+        self.floods = FloodAggregator(self._append, window_s=c.audit_flood_window_s)
         self.audit.listeners.append(self.bus.publish_audit)
         self.sessions = SessionManager(self)
         self.channels = ChannelRunner(self)
@@ -104,7 +106,11 @@ class Relay:
         return self.config.effective_public_url
 
     def record(self, actor: str, action: str, target: str = "", **details: Any) -> None:
-        """Append an audit event and log it; refusals are logged at warning level."""
+        """Append an audit event and log it; refusals are logged at warning level. The
+        event must be in the catalogue (:mod:`backline.relay.audit_events`)."""
+        self._append(actor, action, target, **audit_events.checked(action, details))
+
+    def _append(self, actor: str, action: str, target: str = "", **details: Any) -> None:
         if self._pending:
             self.flush_records()  # the trail keeps the order things happened in
         self.audit.append(actor, action, target, details)
@@ -116,6 +122,7 @@ class Relay:
         compromised agent can repeat at will): the first few from ``source`` (an
         address, an agent) are written one by one, the rest of the minute as one
         aggregated event (:mod:`backline.relay.audit_floods`)."""
+        details = audit_events.checked(action, details, flooding=True)
         self.floods.record(source, actor, action, target, **details)
 
     def record_soon(self, actor: str, action: str, target: str = "", **details: Any) -> None:
@@ -124,6 +131,7 @@ class Relay:
         :meth:`record`, or on stop). For agents connecting and leaving: in a reconnect
         storm one commit per agent was a fifth of the relay's CPU
         (docs/benchmarks.md, "Idle agents")."""
+        details = audit_events.checked(action, details)
         self._pending.append((actor, action, target, details))
         _log_event(actor, action, target, details)
         if not self._flush_scheduled:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,11 @@ from tests.databases import (
     postgres_schema,
 )
 from tests.harness import Api, RelayProcess, admin_api
+
+# Every audit event must match relay/audit_events.py: in the tests (and in the relay
+# processes they start, which inherit this) a mismatch raises instead of being written
+# marked, and RelayProcess.stop fails on a violation the relay only logged.
+os.environ["BACKLINE_AUDIT_STRICT"] = "1"
 
 #: The files whose tests took longest in a run of the whole suite (``--durations=60``,
 #: 4 xdist workers, 2026-12-01), slowest first. They are handed out first, so that no

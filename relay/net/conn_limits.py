@@ -392,7 +392,8 @@ def flood_reporter(record_flood: Callable[..., Any]) -> Reporter:
 
     def report(kind: str, address: str, reason: str) -> None:
         # One source per IPv6 /64, as the caps count: not a flood of "first five"s.
-        record_flood(address_key(address), f"anonymous@{address}", f"connection.{kind}",
-                     "", reason=reason, address=address)
+        action = "connection.refused" if kind == "refused" else "connection.timeout"
+        record_flood(address_key(address), f"anonymous@{address}", action, "",
+                     reason=reason, address=address)
 
     return report

@@ -168,10 +168,11 @@ def test_batched_events_keep_their_order(tmp_path: Path, database: TestDatabase)
     relay = open_in(tmp_path / "r", database)
 
     async def scenario() -> None:
-        relay.record_soon("agent:a", "agent.connect", "agent:a")
-        relay.record_soon("agent:b", "agent.connect", "agent:b")
-        relay.record("user:x", "auth.login", "user:x")
-        relay.record_soon("agent:a", "agent.disconnect", "agent:a")
+        at = {"address": "192.0.2.1"}  # events as the catalogue declares them
+        relay.record_soon("agent:a", "agent.connect", "agent:a", version="1", **at)
+        relay.record_soon("agent:b", "agent.connect", "agent:b", version="1", **at)
+        relay.record("user:x", "auth.login", "user:x", totp=False, **at)
+        relay.record_soon("agent:a", "agent.disconnect", "agent:a", reason="closed", **at)
         await asyncio.sleep(0)  # the next turn writes the batch
         await asyncio.sleep(0)
 
