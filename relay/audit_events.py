@@ -381,7 +381,11 @@ event("session.channel.failed", CHANNELS, "a capability's channel failed (could 
       "timed out, the agent went away, its recording could not be written, a bad message "
       "on a terminal)", SESSION, CAPABILITY, AGENT_ID, REASON, DETAIL,
       may("terminal", str, "the terminal's id (`shell`)"),
-      may("bytes", int, "output bytes relayed before it ended (`shell`)"))
+      may("bytes", int, "output bytes relayed before it ended (`shell`)"),
+      may("recording", str, "the recording kept of the terminal that failed (`shell`)"),
+      may("sha256", str, "the SHA-256 of that recording"),
+      may("recording_bytes", int, "that recording's size (`recording_not_filed`)"),
+      may("after", str, "what had ended the terminal before the recording failed"))
 event("recording.stored", CHANNELS, "a terminal's recording (asciicast v2) was kept as a "
       "blob", SESSION, need("recording", str, "the recording's id"), CAPABILITY,
       need("sha256", str, "the SHA-256 of the asciicast file"),
@@ -403,6 +407,11 @@ event("terminal.input.dropped", CHANNELS, "a view-only console typed, resized or
       "dropped (audited once per console)", SESSION,
       need("terminal", str, "the terminal's id"), need("what", str, "what it sent"),
       need("reason", str, "`view_only`"))
+event("terminal.viewer.dropped", CHANNELS, "a console was hung up from a terminal: it fell "
+      "a window behind (`too_slow`), or its user's access was withdrawn", SESSION,
+      need("terminal", str, "the terminal's id"), REASON,
+      need("role", str, "`control` or `view`"),
+      may("user", str, "whose access was withdrawn"))
 event("session.stream.refused", CHANNELS, "the console's stream socket for a capability was "
       "refused at the browser-socket gate", "the socket's path",
       *BROWSER_SOCKET_REFUSAL, flood=True)
