@@ -413,8 +413,10 @@ event("terminal.viewer.dropped", CHANNELS, "a console was hung up from a termina
       need("role", str, "`control` or `view`"),
       may("user", str, "whose access was withdrawn"))
 event("session.stream.refused", CHANNELS, "the console's stream socket for a capability was "
-      "refused at the browser-socket gate", "the socket's path",
-      *BROWSER_SOCKET_REFUSAL, flood=True)
+      "refused at the browser-socket gate, or asked something it cannot", "the socket's path",
+      *BROWSER_SOCKET_REFUSAL,
+      may("capability", str, "the capability asked for (e.g. `terminal=` on one that is not "
+          "a terminal)"), flood=True)
 event("diagnostics.report", CHANNELS, "a finished diagnostics run was kept as a report",
       AGENT, need("report", str, "the report's id"), need("session", str, "the session's id"),
       need("sha256", str, "the SHA-256 of the kept stream"),
