@@ -30,7 +30,8 @@ import pytest
 from bench import slow_clients
 from tests.harness import RelayProcess, wait_for
 
-pytestmark = pytest.mark.integration
+# Run by scripts/test after the rest, alone: it is the load (see the marker).
+pytestmark = [pytest.mark.integration, pytest.mark.alone]
 
 DEADLINE_S = 2.0  # every deadline in bench.slow_clients.SETTINGS
 MARGIN_S = 8.0  # a loaded two-core machine (six test runs at once), 2,000 handshakes
