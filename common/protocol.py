@@ -162,7 +162,8 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     # relay -> agent (issue 12): the signed fix revocation list, after ``welcome`` and
     # whenever a revocation is added; only to agents that can take it
     # (:func:`takes_fix_revocations`). ``list_b64``: the list's canonical bytes
-    # (common/fixes/revocation.py ``encode_message``), ``signature``: an armored SSH signature over them.
+    # (common/fixes/revocation.py ``encode_message``), ``signature``: an armored SSH
+    # signature over them.
     "fix_revocations": {"list_b64": _s(MAX_REVOCATIONS_B64, pattern=_STD_B64_RE),
                         "signature": _s(8192)},
 }

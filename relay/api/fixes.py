@@ -288,8 +288,8 @@ async def submit_fix(request: Request, relay: Relay, who: Principal, *,
         manifest = (parse_manifest(body.manifest_toml) if body.manifest_toml is not None
                     else manifest_from_dict(body.manifest or {}))
     except ManifestError as exc:
-        raise ApiError(400, "bad_manifest", str(exc)[:300], action="fix.submit.refused",
-                       detail=str(exc)[:200]) from None
+        raise ApiError(400, "bad_manifest", str(exc)[:300], action="fix.submit.refused"
+                       ) from None
     try:
         v = relay.fixes.submit(manifest, who.user.username, who.actor, "api", **where)
     except FixRefused as exc:

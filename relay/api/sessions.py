@@ -182,7 +182,7 @@ def _may_run(relay: Relay, who: Principal, live: LiveSession, capability: str) -
     if needed is not None and not who.can(needed):
         raise ApiError(403, "forbidden", f"{needed} is needed to run {capability}",
                        action="session.channel.refused", target=f"session:{live.id}",
-                       capability=capability, detail=f"{needed} is needed")
+                       capability=capability)
 
 
 @endpoint("agents:write", body=m.SessionOpen, answers={201: m.SessionCode})
