@@ -335,3 +335,91 @@ def test_bulk_over_a_groups_online_agents(world: World) -> None:
     runs = [e for e in audit_actions(world.relay) if e["action"] == "fix.run.ended"
             and e["details"].get("bulk") == bulk_id]
     assert len(runs) == body["total"]
+
+
+def run_rest(world: World, body: dict[str, Any]) -> dict[str, Any]:
+    session = open_session(world.alice, world.agent.agent_id, reason="hostile test")
+    try:
+        r = world.alice.post(f"/api/v1/sessions/{session['id']}/channels/fix", json=body)
+    finally:
+        world.alice.request("DELETE", f"/api/v1/sessions/{session['id']}")
+    assert r.status_code == 200, r.text
+    result: dict[str, Any] = r.json()
+    return result
+
+
+def refused_by_agent(world: World, result: dict[str, Any]) -> str:
+    refusal = next(x for x in result["output"] if x["type"] == "refused")
+    assert not any(x["type"] == "start" for x in result["output"])
+    t = trail(world.relay, result["run_id"])
+    assert t["fix.run.refused"][0]["details"]["side"] == "agent"
+    assert t["fix.run.refused"][0]["details"]["reason"] == refusal["reason"]
+    return str(refusal["reason"])
+
+
+def forge_approval(world: World, fix_id: str, version: int, signature: str) -> None:
+    """What a compromised relay database can do: say a version is approved."""
+    db = sqlite3.connect(world.relay.data_dir / "relay.db")
+    try:
+        (dig,) = db.execute("SELECT digest FROM fix_versions WHERE fix_id=? AND version=?",
+                            (fix_id, version)).fetchone()
+        db.execute("INSERT INTO fix_signatures (fix_id, version, digest, kind, approver, key, "
+                   "signature, at) VALUES (?, ?, ?, 'relay', 'mallory', 'SHA256:forged', ?, 0)",
+                   (fix_id, version, dig, signature))
+        db.commit()
+    finally:
+        db.close()
+
+
+def test_an_approval_replayed_onto_another_version_is_refused_by_the_agent(world: World
+                                                                           ) -> None:
+    approved(world, manifest_toml("e2e-replay", 1, "echo one"))
+    good = world.alice.get("/api/v1/fixes/e2e-replay/1").json()["signatures"][0]
+    r = world.alice.post("/api/v1/fixes", json={"manifest_toml": manifest_toml(
+        "e2e-replay", 2, "echo two")})
+    assert r.status_code == 201
+    forge_approval(world, "e2e-replay", 2, good)
+    assert refused_by_agent(world, run_rest(world, {"fix": "e2e-replay@2"})) in (
+        "bad_signature", "digest_mismatch")
+
+
+def test_a_signature_by_a_key_the_agent_did_not_pin_is_refused(world: World) -> None:
+    from backline.common.fixes import signing as fix_signing
+    from backline.common.fixes.manifest import canonical_bytes
+
+    text = manifest_toml("e2e-unpinned")
+    assert world.alice.post("/api/v1/fixes", json={"manifest_toml": text}).status_code == 201
+    private, _ = fix_signing.generate_key("mallory")
+    forge_approval(world, "e2e-unpinned", 1,
+                   fix_signing.sign(canonical_bytes(parse_manifest(text)), private))
+    assert refused_by_agent(world, run_rest(world, {"fix": "e2e-unpinned@1"})) == \
+        "unpinned_key"
+
+
+def test_a_fix_for_another_platform_is_refused_by_the_agent(world: World) -> None:
+    approved(world, manifest_toml("e2e-windows", platforms=("windows",)))
+    assert refused_by_agent(world, run_rest(world, {"fix": "e2e-windows@1"})) == "platform"
+
+
+def test_hostile_parameters_reach_the_script_inert(world: World, tmp_path: Path) -> None:
+    marker = tmp_path / "X"
+    text = manifest_toml("e2e-echo", script='printf "%s\\n" "$BACKLINE_PARAM_TEXT"\n',
+                         extra='\n[parameters.TEXT]\ntype = "string"\nrequired = true\n'
+                               'description = "any text"\nmax_length = 200\n')
+    approved(world, text)
+    for value in (f"; touch {marker}", f"$(touch {marker})", f"`touch {marker}`",
+                  f"' ; touch {marker}; '", f"\" && touch {marker} && \""):
+        result = run_rest(world, {"fix": "e2e-echo@1", "params": {"TEXT": value}})
+        assert result["status"] == "ended" and result["exit_status"] == 0, result
+        out = world.alice.get(f"/api/v1/fix-runs/{result['run_id']}/output").content
+        assert out == value.encode() + b"\n"
+        assert not marker.exists()
+    # newlines, NUL, over-long values never reach the agent: the schema refuses them
+    session = open_session(world.alice, world.agent.agent_id, reason="hostile test")
+    try:
+        for value in ("two\nlines", "nul\x00", "x" * 201):
+            r = world.alice.post(f"/api/v1/sessions/{session['id']}/channels/fix",
+                                 json={"fix": "e2e-echo@1", "params": {"TEXT": value}})
+            assert r.status_code == 400, value
+    finally:
+        world.alice.request("DELETE", f"/api/v1/sessions/{session['id']}")
