@@ -48,6 +48,7 @@ class FixService:
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
         self.push = RevocationPush()
+        self._message: tuple[int, str] | None = None
         #: Bulk runs in progress (relay/fixes/bulk.py).
         self.tasks: set[asyncio.Future[Any]] = set()
 
@@ -200,6 +201,13 @@ class FixService:
         return listed, self.key.sign_revocations(listed)
 
     def revocation_message(self) -> str | None:
+        """The control message, signed once per serial (agents reconnecting by the
+        thousand cost a ``max(serial)`` each, not a signature each)."""
+        serial = store.revocation_serial(self.relay.engine)
+        if serial == 0:
+            return None
+        if self._message is not None and self._message[0] == serial:
+            return self._message[1]
         signed = self.revocation_list()
         if signed is None:
             return None
@@ -208,8 +216,10 @@ class FixService:
             log.error("the revocation list (%d entries) no longer fits one control frame; "
                       "agents are not sent it", len(signed[0].entries))
             return None
-        return protocol.encode("fix_revocations", list_b64=body["list_b64"],
-                               signature=body["signature"])
+        message = protocol.encode("fix_revocations", list_b64=body["list_b64"],
+                                  signature=body["signature"])
+        self._message = (signed[0].serial, message)
+        return message
 
     def broadcast_revocations(self) -> int:
         message = self.revocation_message()
@@ -219,7 +229,11 @@ class FixService:
         """After ``welcome``: remember an agent that can take revocations, and send it
         the list."""
         if self.push.connected(agent_id, version, send):
-            message = self.revocation_message()
+            try:
+                message = self.revocation_message()
+            except Exception:  # the agent's connection matters more: it is sent next time
+                log.exception("the revocation list could not be made for %s", agent_id)
+                return
             if message is not None:
                 await send(message)
 
