@@ -269,7 +269,17 @@ def test_revocations_go_only_to_agents_that_take_them() -> None:
     push = RevocationPush()
     assert not push.connected("ag_old", "0.1.0", object())
     assert not push.connected("ag_odd", "not a version", object())
-    assert push.connected("ag_new", "0.2.0", object()) and set(push.takers) == {"ag_new"}
+    class Socket:
+        async def send_text(self, text: str) -> None: ...
+
+    first, second = Socket(), Socket()
+    assert push.connected("ag_new", "0.2.0", first.send_text)
+    assert set(push.takers) == {"ag_new"}
+    push.connected("ag_new", "0.2.0", second.send_text)  # a new socket replaced it
+    push.gone("ag_new", first.send_text)  # the old one closing forgets nothing
+    assert set(push.takers) == {"ag_new"}
+    push.gone("ag_new", second.send_text)
+    assert push.takers == {}
 
 
 # --- the trust agents pin ---------------------------------------------------------------
