@@ -380,7 +380,7 @@ def test_cli_import_list_show_diff_sign_revoke(world: World, tmp_path: Path) -> 
 def test_cli_imports_the_shipped_library(tmp_path: Path) -> None:
     from backline.relay.cli_fix import LIBRARY
 
-    if not LIBRARY.is_dir() or not list(LIBRARY.glob("*.toml")):
+    if not LIBRARY.is_dir() or not list(LIBRARY.rglob("*.toml")):
         pytest.skip("the starter library (relay/fixes/library, fix-library's) is not here "
                     "yet")
     relay = RelayProcess(tmp_path)
