@@ -370,7 +370,7 @@ async def converse(runner: ChannelRunner, session: LiveSession, actor: str, run:
     answer = {"run_id": run.run_id, "status": values["status"], "exit_status": values.get(
         "exit_status"), "verify_passed": run.verify_passed, "refused": run.refused,
         "output_sha256": values.get("output_sha256"), "output_ok": values["output_ok"],
-        "channel_exit": status}
+        "kept_bytes": follower.writer.size, "channel_exit": status}
     if run.finding and run.status == "ended" and "diagnostics" in session.capabilities:
         answer["recheck"] = await recheck(runner, run)
     return answer
@@ -485,7 +485,8 @@ async def answer(runner: ChannelRunner, session: LiveSession, actor: str, who: A
     result = await converse(runner, session, actor, run, request)
     return {"capability": NAME, "exit_status": result["channel_exit"],
             "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-            "bytes": 0, "sha256": result["output_sha256"] or "", "truncated": run.cut,
+            "bytes": result["kept_bytes"], "sha256": result["output_sha256"] or "",
+            "truncated": run.cut,
             "format": "jsonl", "output": run.lines, "report": run.run_id, **result}
 
 
