@@ -423,3 +423,46 @@ def test_hostile_parameters_reach_the_script_inert(world: World, tmp_path: Path)
             assert r.status_code == 400, value
     finally:
         world.alice.request("DELETE", f"/api/v1/sessions/{session['id']}")
+
+
+def rss_kib(pid: int) -> int:
+    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if row.startswith("VmRSS:"):
+            return int(row.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_gigabyte_of_output_is_cut_at_the_cap_and_the_relay_stays_small(world: World
+                                                                          ) -> None:
+    import threading
+
+    approved(world, manifest_toml("e2e-flood", script="head -c 1073741824 /dev/zero\n"
+                                                      "echo after\n"))
+    assert world.relay.proc is not None
+    pid = world.relay.proc.pid
+    before = rss_kib(pid)
+    peak = [before]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            peak[0] = max(peak[0], rss_kib(pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = run_rest(world, {"fix": "e2e-flood@1"})
+    finally:
+        stop.set()
+        sampler.join()
+    cap = 16 * 1024 * 1024
+    end = next(x for x in result["output"] if x["type"] == "end")
+    assert any(x["type"] == "cut" for x in result["output"])
+    assert end["kept_bytes"] == cap and end["output_bytes"] == 2**30 + len("after\n")
+    assert result["output_ok"] is True and result["bytes"] == cap
+    record = world.alice.get(f"/api/v1/fix-runs/{result['run_id']}").json()
+    assert record["kept_bytes"] == cap
+    grew_mib = (peak[0] - before) / 1024
+    print(f"relay RSS {before / 1024:.1f} MiB before, peak {peak[0] / 1024:.1f} MiB "
+          f"(+{grew_mib:.1f} MiB) while 1 GiB was cut at {cap >> 20} MiB")
+    assert grew_mib < 64, grew_mib
