@@ -18,9 +18,12 @@ No I/O here except :func:`load_manifest` and ``*_file`` reading the manifest's f
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import re
+import stat
 import tomllib
 import unicodedata
 from collections.abc import Mapping
@@ -231,6 +234,27 @@ def _script_text(field: str, value: object) -> str:
     return value
 
 
+def _read_regular(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file, never following a last-moment symlink
+    or blocking on a FIFO swapped in after the checks."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size < limit:
+            chunk = os.read(fd, min(65536, limit - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _read_script(field: str, name: object, base_dir: Path | None) -> str:
     """Read ``*_file``: relative to the manifest's folder and, resolved, inside it."""
     if not isinstance(name, str) or not name or "\x00" in name:
@@ -240,6 +264,9 @@ def _read_script(field: str, name: object, base_dir: Path | None) -> str:
     rel = Path(name)
     if rel.is_absolute():
         raise _fail(field, f"must be relative to the manifest's folder, got {ascii(name)[:60]}")
+    lexical = os.path.normpath(rel)
+    if lexical == ".." or lexical.startswith(".." + os.sep):
+        raise _fail(field, f"{ascii(name)[:60]} is outside the manifest's folder")
     base = base_dir.resolve()
     try:
         target = (base / rel).resolve(strict=True)
@@ -247,11 +274,8 @@ def _read_script(field: str, name: object, base_dir: Path | None) -> str:
         raise _fail(field, f"cannot read {ascii(name)[:60]}: no such file") from None
     if not target.is_relative_to(base):
         raise _fail(field, f"{ascii(name)[:60]} is outside the manifest's folder")
-    if not target.is_file():
-        raise _fail(field, f"{ascii(name)[:60]} is not a regular file")
     try:
-        with target.open("rb") as f:
-            data = f.read(MAX_SCRIPT_BYTES + 1)
+        data = _read_regular(target, MAX_SCRIPT_BYTES + 1)
     except OSError as exc:
         raise _fail(field, f"cannot read {ascii(name)[:60]}: {exc.strerror}") from None
     if len(data) > MAX_SCRIPT_BYTES:
@@ -373,6 +397,13 @@ def _param(name: object, spec: object) -> Parameter:
     param = Parameter(name=name, type=ptype, description=description, required=required,
                       default=None, enum=enum, pattern=pattern, min_length=min_length,
                       max_length=max_length, min=lo, max=hi)
+    if enum is not None:
+        bare = Parameter(**{**param.__dict__, "enum": None})
+        for i, item in enumerate(enum):
+            try:
+                check_value(bare, item)
+            except ParamError as exc:
+                raise _fail(f"{field}.enum[{i}]", f"does not validate: {exc.why}") from None
     if spec.get("default") is not None:
         try:
             check_value(param, spec["default"])
@@ -453,8 +484,7 @@ def load_manifest(path: Path | str) -> FixManifest:
     """Read a manifest file; its folder is where ``*_file`` are looked up."""
     p = Path(path)
     try:
-        with p.open("rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        raw = _read_regular(p.resolve(), MAX_MANIFEST_BYTES + 1)
     except OSError as exc:
         raise ManifestError(f"manifest: cannot read {p}: {exc.strerror}") from None
     if len(raw) > MAX_MANIFEST_BYTES:
