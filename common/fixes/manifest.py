@@ -63,6 +63,9 @@ INT_LIMIT = 2**53 - 1
 #: Whole manifest text (TOML) or file read: scripts inline at most 2 x 256 KiB + text.
 MAX_MANIFEST_BYTES = 1024 * 1024
 
+#: LRE RLE PDF LRO RLO, LRI RLI FSI PDI.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
 _TOP_KEYS = frozenset({
     "id", "version", "title", "description", "platforms", "interpreter", "script",
     "script_file", "verify", "verify_file", "timeout_s", "risk", "consent", "rules",
@@ -211,7 +214,17 @@ def _text(field: str, value: object, lo: int, hi: int, *, multiline: bool) -> st
     for ch in value:
         if ch not in allowed and unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
             raise _fail(field, f"contains the control character U+{ord(ch):04X}")
+    _no_bidi(field, value)
     return value
+
+
+def _no_bidi(field: str, value: str) -> None:
+    """Refuse the bidirectional embedding/override/isolate controls ("Trojan Source",
+    CVE-2021-42574): they make a script, title or value read differently from what it is,
+    and an approver must approve what they see."""
+    hit = BIDI_CONTROLS.intersection(value)
+    if hit:
+        raise _fail(field, f"contains the bidirectional control U+{ord(min(hit)):04X}")
 
 
 def _choice(field: str, value: object, choices: tuple[str, ...]) -> str:
@@ -231,6 +244,7 @@ def _script_text(field: str, value: object) -> str:
         raise _fail(field, "is empty")
     if "\x00" in value:
         raise _fail(field, "contains NUL")
+    _no_bidi(field, value)
     return value
 
 

@@ -122,11 +122,15 @@ def _check_key_type(key: asyncssh.SSHKey) -> None:
         raise SigningError(f"RSA keys must have at least {MIN_RSA_BITS} bits")
 
 
-@lru_cache(maxsize=256)
 def pinned_key(line: str) -> PinnedKey:
     """Parse one OpenSSH public key line (``ssh-ed25519 AAAA... comment``)."""
     if not isinstance(line, str) or len(line) > 16384:
         raise SigningError("a pinned key must be one OpenSSH public key line")
+    return _pinned_key(line)
+
+
+@lru_cache(maxsize=256)
+def _pinned_key(line: str) -> PinnedKey:
     text = line.strip()
     match = _KEY_LINE_RE.fullmatch(text)
     if not match or "-cert-" in match.group(1):
@@ -285,10 +289,12 @@ def signer_of(canonical: bytes, armored: str | bytes, trusted: Sequence[str], *,
     """The fingerprint of the pinned key in ``trusted`` that validly signed, else None."""
     if not isinstance(canonical, bytes):
         raise TypeError("canonical must be bytes")
+    if isinstance(trusted, str | bytes):
+        raise SigningError("trusted must be a list of OpenSSH public key lines")
+    pinned = {pinned_key(line).blob for line in trusted}
     status, blob, fp = _verify(canonical, armored, namespace)
     if status != "ok":
         return None
-    pinned = {pinned_key(line).blob for line in trusted}
     return fp if blob in pinned else None
 
 
@@ -305,6 +311,10 @@ class FixTrust:
     required_offline: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("relay_keys", "offline_keys"):
+            if isinstance(getattr(self, name), str | bytes):
+                raise SigningError(f"{name} must be a list of OpenSSH public key lines")
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         for line in (*self.relay_keys, *self.offline_keys):
             pinned_key(line)  # raises SigningError naming the bad line
         if not isinstance(self.required_offline, int) or isinstance(self.required_offline,

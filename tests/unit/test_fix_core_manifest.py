@@ -495,3 +495,19 @@ def test_manifest_is_frozen() -> None:
     with pytest.raises(AttributeError):
         m.script = "rm -rf /"  # type: ignore[misc]
     assert isinstance(copy.deepcopy(m), FixManifest)
+
+
+@pytest.mark.parametrize("field", ["script", "verify", "title", "description"])
+@pytest.mark.parametrize("char", ["\u202e", "\u202a", "\u2066", "\u2069"])
+def test_bidirectional_overrides_are_refused(field: str, char: str) -> None:
+    """Trojan Source: the approver must approve the script as it reads."""
+    d = base()
+    d[field] = f"echo ok # {char}; rm -rf ~ {char}\n".strip() if field == "title" else \
+        f'access="user" # {char}check{char} \n'
+    assert "bidirectional control" in refused(d, field)
+
+
+def test_bidi_in_a_parameter_pattern_is_refused() -> None:
+    d = base()
+    d["parameters"]["SERVICE"]["pattern"] = "^[a-z]+\u202e$"
+    refused(d, "parameters.SERVICE.pattern")

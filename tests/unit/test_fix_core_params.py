@@ -202,3 +202,8 @@ def test_params_from_text() -> None:
                 {"NOPE": "1"}, {"COUNT": "1" * 20}):
         with pytest.raises(ParamError):
             params_from_text(M, bad)
+
+
+@pytest.mark.parametrize("char", ["\u202e", "\u2067"])
+def test_bidirectional_overrides_in_values(char: str) -> None:
+    assert "bidirectional control" in str(refused("FREE", FREE=f"txt.{char}exe"))

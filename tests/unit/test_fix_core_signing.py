@@ -404,3 +404,17 @@ def test_offline_signature_by_an_unpinned_key_does_not_count(keys: dict[str, Key
 def test_check_signatures_takes_canonical_bytes_too(keys: dict[str, Key]) -> None:
     relay = keys["relay"]
     assert check_signatures(C1, [sign(C1, relay.private)], FixTrust((relay.public,))).ok
+
+
+def test_trust_lists_must_be_lists_of_lines(keys: dict[str, Key]) -> None:
+    relay = keys["relay"]
+    with pytest.raises(SigningError, match="relay_keys must be a list"):
+        FixTrust(relay.public)  # type: ignore[arg-type]
+    with pytest.raises(SigningError, match="offline_keys must be a list"):
+        FixTrust((relay.public,), relay.public)  # type: ignore[arg-type]
+    with pytest.raises(SigningError):
+        FixTrust(([relay.public],))  # type: ignore[arg-type]
+    with pytest.raises(SigningError, match="trusted must be a list"):
+        signer_of(C1, sign(C1, relay.private), relay.public)
+    trust = FixTrust([relay.public])  # type: ignore[arg-type]
+    assert trust.relay_keys == (relay.public,) and hash(trust)
