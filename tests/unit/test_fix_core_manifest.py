@@ -511,3 +511,11 @@ def test_bidi_in_a_parameter_pattern_is_refused() -> None:
     d = base()
     d["parameters"]["SERVICE"]["pattern"] = "^[a-z]+\u202e$"
     refused(d, "parameters.SERVICE.pattern")
+
+
+def test_huge_integers_are_refused_without_printing_them() -> None:
+    d = base()
+    d["version"] = 10**5000
+    assert "a huge number" in refused(d, "version")
+    with pytest.raises(ManifestError, match=r"^manifest: not valid TOML"):
+        parse_manifest(GOLDEN_TOML.replace("version = 3", "version = " + "9" * 5000))
