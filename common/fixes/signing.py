@@ -155,6 +155,8 @@ def fingerprint(public_key_line: str) -> str:
 def public_line(private_key_openssh: bytes | str, passphrase: str | bytes | None = None,
                 comment: str | None = None) -> str:
     """The OpenSSH public line of a private key (what agents and policies pin)."""
+    if comment is not None and (not comment.isprintable() or len(comment) > 200):
+        raise SigningError("a key comment must be one printable line of at most 200")
     key = _private(private_key_openssh, passphrase)
     line = key.export_public_key("openssh").decode("ascii").split()
     parts = line[:2] + ([comment] if comment else [])
@@ -189,6 +191,8 @@ def sign(canonical: bytes, private_key_openssh: bytes | str,
     if not isinstance(canonical, bytes):
         # asyncssh reads a *file* named by a str: never let text through by mistake.
         raise TypeError("canonical must be bytes")
+    if not isinstance(namespace, str) or not namespace.startswith("backline-"):
+        raise SigningError("a Backline signature's namespace starts with backline-")
     key = _private(private_key_openssh, passphrase)
     armored = _asyncssh().create_sshsig(key, canonical, namespace=namespace,
                                         hash_name="sha512")

@@ -418,3 +418,24 @@ def test_trust_lists_must_be_lists_of_lines(keys: dict[str, Key]) -> None:
         signer_of(C1, sign(C1, relay.private), relay.public)
     trust = FixTrust([relay.public])  # type: ignore[arg-type]
     assert trust.relay_keys == (relay.public,) and hash(trust)
+
+
+def test_keys_made_by_common_keys_sign_too() -> None:
+    """The relay's existing key code (cryptography) writes keys asyncssh reads."""
+    from cryptography.hazmat.primitives import serialization
+
+    from backline.common import keys as ckeys
+
+    key = ckeys.generate()
+    pub = ckeys.public_openssh(key)
+    for fmt in (serialization.PrivateFormat.OpenSSH, serialization.PrivateFormat.PKCS8):
+        pem = key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
+        assert signer_of(C1, sign(C1, pem), [pub]) == fingerprint(pub)
+        assert public_line(pem) == pub
+
+
+def test_namespace_and_comment_guards(keys: dict[str, Key]) -> None:
+    with pytest.raises(SigningError, match="namespace"):
+        sign(C1, keys["relay"].private, namespace="git")
+    with pytest.raises(SigningError, match="comment"):
+        public_line(keys["relay"].private, comment="two\nlines")
