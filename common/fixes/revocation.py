@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from backline.common import protocol
 from backline.common.fixes import signing
 from backline.common.fixes.manifest import ID_RE, MAX_VERSION, FixManifest
 from backline.common.fixes.manifest import digest as manifest_digest
@@ -30,12 +31,16 @@ from backline.common.fixes.manifest import digest as manifest_digest
 CONTEXT = b"backline fix revocations v1\n"
 NAMESPACE = "backline-fix-revocation"
 MAX_SERIAL = 2**53 - 1
-MAX_ENTRIES = 10000
-MAX_REASON = 500
-#: 10000 entries of ~300 bytes each, with room; also bounds a control message.
-MAX_LIST_BYTES = 4 * 1024 * 1024
+MAX_ENTRIES = 1000
+MAX_REASON = 200
+#: The list travels in ONE control frame (common/protocol.py: 64 KiB of JSON): 44 KiB of
+#: canonical bytes is 60,076 characters of base64, which leaves room for the signature
+#: (306 characters armored for ed25519, 2951 for RSA-8192) and the message's keys. An
+#: entry with a short reason is ~130 bytes: some 300 entries fit.
+MAX_LIST_BYTES = 44 * 1024
 MAX_AT = 2.0**34  # seconds since the epoch: far beyond any real date
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_B64_RE = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")
 MESSAGE_TYPE = "fix_revocations"
 
 
@@ -109,10 +114,17 @@ def make(serial: int, entries: Sequence[Revoked]) -> RevocationList:
     if not isinstance(serial, int) or isinstance(serial, bool) or not (
             0 <= serial <= MAX_SERIAL):
         raise RevocationError("revocation serial: must be an integer 0 to 2**53-1")
+    if len(entries) > MAX_ENTRIES * 2:
+        raise RevocationError(f"revocation list: more than {MAX_ENTRIES} entries")
     checked = _normal([entry(e.id, e.version, e.digest, e.reason, e.at) for e in entries])
     if len(checked) > MAX_ENTRIES:
         raise RevocationError(f"revocation list: more than {MAX_ENTRIES} entries")
-    return RevocationList(serial, checked)
+    rl = RevocationList(serial, checked)
+    size = len(canonical_bytes(rl))
+    if size > MAX_LIST_BYTES:
+        raise RevocationError(f"revocation list: {size} bytes, more than {MAX_LIST_BYTES} "
+                              f"(what one control frame carries)")
+    return rl
 
 
 def list_from_dict(d: Mapping[str, Any]) -> RevocationList:
@@ -214,10 +226,13 @@ def add(rl: RevocationList, new: Revoked) -> RevocationList:
 
 
 def encode_message(rl: RevocationList, signature: str) -> dict[str, str]:
-    """The control message relay -> agent: ``{"type", "list_b64", "signature"}``."""
-    return {"type": MESSAGE_TYPE,
-            "list_b64": base64.b64encode(canonical_bytes(rl)).decode("ascii"),
-            "signature": signature}
+    """The control message relay -> agent: ``{"type", "list_b64", "signature"}``
+    (``list_b64``: unpadded base64url, the protocol's convention, ``protocol.b64e``)."""
+    msg = {"type": MESSAGE_TYPE, "list_b64": protocol.b64e(canonical_bytes(rl)),
+           "signature": signature}
+    if len(json.dumps(msg)) > protocol.MAX_FRAME_BYTES - 256:
+        raise RevocationError("revocation message: does not fit in one control frame")
+    return msg
 
 
 def decode_message(msg: Mapping[str, Any]) -> tuple[RevocationList, str]:
@@ -229,8 +244,16 @@ def decode_message(msg: Mapping[str, Any]) -> tuple[RevocationList, str]:
         raise RevocationError("revocation message: list_b64 and signature must be text")
     if len(b64) > MAX_LIST_BYTES * 4 // 3 + 4 or len(sig) > signing.MAX_ARMOR:
         raise RevocationError("revocation message: too large")
+    return from_canonical(b64decode(b64)), sig
+
+
+def b64decode(text: str) -> bytes:
+    """Base64url (padded or not: the protocol's way) or standard base64, strictly."""
+    urlsafe, standard = "-" in text or "_" in text, "+" in text or "/" in text
+    if not _B64_RE.fullmatch(text) or (urlsafe and standard):
+        raise RevocationError("not base64")
+    bare = text.rstrip("=").replace("-", "+").replace("_", "/")
     try:
-        data = base64.b64decode(b64, validate=True)
+        return base64.b64decode(bare + "=" * (-len(bare) % 4), validate=True)
     except (binascii.Error, ValueError):
-        raise RevocationError("revocation message: list_b64 is not base64") from None
-    return from_canonical(data), sig
+        raise RevocationError("not base64") from None

@@ -12,6 +12,7 @@ import pytest
 from backline.common import keys
 from backline.common.fixes import generate_key
 from backline.common.fixes import trustdoc as td
+from backline.common.fixes.revocation import b64decode as rv_b64decode
 
 AUDIT = keys.generate()
 AUDIT_PUB = keys.public_raw(AUDIT)
@@ -42,7 +43,7 @@ def test_forged_or_foreign_documents() -> None:
 
 def test_tampered_and_malformed() -> None:
     doc = td.document(AUDIT, 1, [FIX1])
-    data = base64.b64decode(doc["payload_b64"]).replace(b'"serial":1', b'"serial":9')
+    data = rv_b64decode(doc["payload_b64"]).replace(b'"serial":1', b'"serial":9')
     with pytest.raises(td.TrustDocError, match="not signed"):
         td.read({**doc, "payload_b64": base64.b64encode(data).decode()}, AUDIT_PUB)
     loose = td.CONTEXT + json.dumps({"fix_keys": [FIX1], "relay": keys.fingerprint(AUDIT_PUB),
@@ -64,3 +65,9 @@ def test_tampered_and_malformed() -> None:
 def test_payload_bounds(serial: int, lines: list[str]) -> None:
     with pytest.raises(td.TrustDocError):
         td.payload(AUDIT_PUB, serial, lines)
+
+
+def test_served_in_the_protocols_base64url() -> None:
+    doc = td.document(AUDIT, 1, [FIX1])
+    assert "=" not in doc["payload_b64"] + doc["signature_b64"]
+    assert "+" not in doc["payload_b64"] and "/" not in doc["payload_b64"]
