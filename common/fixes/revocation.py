@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backline.common import protocol
 from backline.common.fixes import signing
 from backline.common.fixes.manifest import ID_RE, MAX_VERSION, FixManifest
 from backline.common.fixes.manifest import digest as manifest_digest
@@ -31,13 +30,13 @@ from backline.common.fixes.manifest import digest as manifest_digest
 CONTEXT = b"backline fix revocations v1\n"
 NAMESPACE = "backline-fix-revocation"
 MAX_SERIAL = 2**53 - 1
-MAX_ENTRIES = 1000
-MAX_REASON = 200
-#: The list travels in ONE control frame (common/protocol.py: 64 KiB of JSON): 44 KiB of
-#: canonical bytes is 60,076 characters of base64, which leaves room for the signature
-#: (306 characters armored for ed25519, 2951 for RSA-8192) and the message's keys. An
-#: entry with a short reason is ~130 bytes: some 300 entries fit.
-MAX_LIST_BYTES = 44 * 1024
+MAX_ENTRIES = 10000
+MAX_REASON = 500
+#: The list travels in ONE control frame (common/protocol.py: 64 KiB of JSON, where the
+#: relay's schema bounds ``list_b64`` to 56 KiB of base64 = 43008 bytes): an agent
+#: refuses canonical bytes over this; a relay checks :func:`fits_one_frame` and must not
+#: send a longer list (it would need another way to carry it, e.g. an HTTP fetch).
+MAX_LIST_BYTES = 43008
 MAX_AT = 2.0**34  # seconds since the epoch: far beyond any real date
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _B64_RE = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")
@@ -119,12 +118,13 @@ def make(serial: int, entries: Sequence[Revoked]) -> RevocationList:
     checked = _normal([entry(e.id, e.version, e.digest, e.reason, e.at) for e in entries])
     if len(checked) > MAX_ENTRIES:
         raise RevocationError(f"revocation list: more than {MAX_ENTRIES} entries")
-    rl = RevocationList(serial, checked)
-    size = len(canonical_bytes(rl))
-    if size > MAX_LIST_BYTES:
-        raise RevocationError(f"revocation list: {size} bytes, more than {MAX_LIST_BYTES} "
-                              f"(what one control frame carries)")
-    return rl
+    return RevocationList(serial, checked)
+
+
+def fits_one_frame(rl: RevocationList) -> bool:
+    """Whether agents accept ``rl`` in one control message (canonical bytes at most
+    :data:`MAX_LIST_BYTES`)."""
+    return len(canonical_bytes(rl)) <= MAX_LIST_BYTES
 
 
 def list_from_dict(d: Mapping[str, Any]) -> RevocationList:
@@ -227,12 +227,11 @@ def add(rl: RevocationList, new: Revoked) -> RevocationList:
 
 def encode_message(rl: RevocationList, signature: str) -> dict[str, str]:
     """The control message relay -> agent: ``{"type", "list_b64", "signature"}``
-    (``list_b64``: unpadded base64url, the protocol's convention, ``protocol.b64e``)."""
-    msg = {"type": MESSAGE_TYPE, "list_b64": protocol.b64e(canonical_bytes(rl)),
-           "signature": signature}
-    if len(json.dumps(msg)) > protocol.MAX_FRAME_BYTES - 256:
-        raise RevocationError("revocation message: does not fit in one control frame")
-    return msg
+    (``list_b64``: standard, padded base64 — what the first API made and the relay's
+    and agent's code read; :func:`b64decode` reads base64url too)."""
+    return {"type": MESSAGE_TYPE,
+            "list_b64": base64.b64encode(canonical_bytes(rl)).decode("ascii"),
+            "signature": signature}
 
 
 def decode_message(msg: Mapping[str, Any]) -> tuple[RevocationList, str]:
@@ -242,7 +241,7 @@ def decode_message(msg: Mapping[str, Any]) -> tuple[RevocationList, str]:
     b64, sig = msg.get("list_b64"), msg.get("signature")
     if not isinstance(b64, str) or not isinstance(sig, str):
         raise RevocationError("revocation message: list_b64 and signature must be text")
-    if len(b64) > MAX_LIST_BYTES * 4 // 3 + 4 or len(sig) > signing.MAX_ARMOR:
+    if len(b64) > (MAX_LIST_BYTES + 2) // 3 * 4 or len(sig) > signing.MAX_ARMOR:
         raise RevocationError("revocation message: too large")
     return from_canonical(b64decode(b64)), sig
 
