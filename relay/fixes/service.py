@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from backline.common import protocol
 from backline.common.fixes import revocation as fix_revocation
 from backline.common.fixes import signing as fix_signing
+from backline.common.fixes import trustdoc
 from backline.common.fixes.manifest import FixManifest, ManifestError, canonical_bytes, digest
 from backline.relay.fixes import signing, store, trust
 from backline.relay.fixes.push import RevocationPush
@@ -63,11 +64,13 @@ class FixService:
         return signing.load(path)
 
     def public_keys(self) -> list[str]:
-        """What agents pin: ``fix_keys`` in ``enrolled`` and in the trust document."""
-        return [self.key.public_line]
+        """What agents pin: ``fix_keys`` in ``enrolled`` and in the trust document (the
+        same lines, normalised as the trust document writes them)."""
+        return [fix_signing.pinned_key(self.key.public_line).line]
 
     def trust_document(self) -> dict[str, str]:
-        return trust.document(self.relay.audit.signing_key, 1, self.public_keys())
+        return trustdoc.document(self.relay.audit.signing_key, trust.SERIAL,
+                                 self.public_keys())
 
     @property
     def offline_keys(self) -> list[str]:

@@ -19,8 +19,13 @@ import pytest
 from backline.common import keys, protocol
 from backline.common.fixes import revocation as fix_revocation
 from backline.common.fixes import signing as fix_signing
-from backline.common.fixes.manifest import canonical_bytes, digest, parse_manifest
-from backline.relay.fixes import trust
+from backline.common.fixes import trustdoc
+from backline.common.fixes.manifest import (
+    canonical_bytes,
+    digest,
+    manifest_from_dict,
+    parse_manifest,
+)
 from tests.harness import AgentProcess, Api, RelayProcess, admin_api, audit_actions
 from tests.integration.test_sessions import make_user, open_session, start_agent
 
@@ -79,9 +84,7 @@ def events(relay: RelayProcess, action: str) -> list[dict[str, Any]]:
 def fix_public_line(relay: RelayProcess) -> str:
     doc = httpx.get(relay.url + "/agent/fix-trust", verify=relay.tls()).json()
     audit_public = keys.public_raw(keys.load_private(relay.data_dir / "audit_key.pem"))
-    verified = trust.verify(audit_public, doc)
-    assert verified is not None
-    return verified[1][0]
+    return trustdoc.read(doc, audit_public).fix_keys[0]
 
 
 # --- the catalogue --------------------------------------------------------------------
@@ -289,15 +292,17 @@ def test_fix_trust_document_and_enrolled_fix_keys(world: World) -> None:
     relay = world.relay
     doc = httpx.get(relay.url + "/agent/fix-trust", verify=relay.tls()).json()
     audit_public = keys.public_raw(keys.load_private(relay.data_dir / "audit_key.pem"))
-    verified = trust.verify(audit_public, doc)
-    assert verified is not None
-    serial, fix_keys = verified
-    assert serial >= 1 and len(fix_keys) == 1 and fix_keys[0].startswith("ssh-ed25519 ")
+    read = trustdoc.read(doc, audit_public)
+    fix_keys = list(read.fix_keys)
+    assert read.serial >= 1 and len(fix_keys) == 1 and fix_keys[0].startswith("ssh-ed25519 ")
     # tampered: another key slipped into the payload is not signed
     payload = protocol.b64d(doc["payload_b64"]).replace(b'"fix_keys":["', b'"fix_keys":["x')
-    assert trust.verify(audit_public, {**doc, "payload_b64": protocol.b64e(payload)}) is None
-    other = keys.public_raw(keys.generate())
-    assert trust.verify(other, doc) is None
+    with pytest.raises(trustdoc.TrustDocError):
+        trustdoc.read({**doc, "payload_b64": protocol.b64e(payload)}, audit_public)
+    with pytest.raises(trustdoc.TrustDocError):
+        trustdoc.read(doc, keys.public_raw(keys.generate()))
+    with pytest.raises(trustdoc.TrustDocError):  # nothing newer than what an agent holds
+        trustdoc.read(doc, audit_public, kept_serial=read.serial)
     # an agent enrolling now pins the same key from `enrolled`
     agent = AgentProcess(world.root, "pc-trust")
     assert agent.enroll(relay.token()).returncode == 0
@@ -362,6 +367,23 @@ def test_cli_import_list_show_diff_sign_revoke(world: World, tmp_path: Path) -> 
     out = tmp_path / "sig.txt"
     relay.cli("fix", "sign", "--key", str(key_file), "cli-a@2", "--out", str(out))
     assert out.read_text().startswith("-----BEGIN SSH SIGNATURE-----")
+    # a passphrase-protected key (bcrypt, pinned in the relay extra, opens it)
+    import asyncssh
+
+    protected = asyncssh.generate_private_key("ssh-ed25519", comment="protected")
+    locked = tmp_path / "locked_key"
+    locked.write_bytes(protected.export_private_key("openssh", passphrase="s3cret pass"))
+    sig_file = tmp_path / "locked.sig"
+    r = relay.cli("fix", "sign", "--key", str(locked), "--passphrase-stdin", "cli-a@1",
+                  "--out", str(sig_file), input="s3cret pass\n")
+    assert r.returncode == 0, r.stderr
+    v1 = world.alice.get("/api/v1/fixes/cli-a/1").json()["manifest"]
+    canonical = canonical_bytes(manifest_from_dict(v1))
+    public = protected.export_public_key("openssh").decode().strip()
+    assert fix_signing.signer_of(canonical, sig_file.read_text(), [public]) is not None
+    wrong = relay.cli("fix", "sign", "--key", str(locked), "--passphrase-stdin", "cli-a@1",
+                      "--out", str(tmp_path / "x.sig"), input="wrong\n", check=False)
+    assert wrong.returncode == 1 and "cannot sign" in wrong.stderr
     # a key the relay does not know is refused, and audited
     stranger = tmp_path / "stranger"
     stranger.write_bytes(fix_signing.generate_key("s")[0])

@@ -242,11 +242,11 @@ def test_one_byte_changed_in_the_relays_database_is_refused_by_the_agent(world: 
     assert requested["digest"] == expected and requested["sent_digest"] != expected
 
 
-@pytest.mark.skipif(not protocol.takes_fix_revocations(__version__),
-                    reason=f"agents of version {__version__} are not sent fix_revocations "
-                           f"(FIX_REVOCATIONS_SINCE={protocol.FIX_REVOCATIONS_SINCE})")
 def test_a_revoked_version_stays_refused_by_the_agent_when_the_relay_forgets(world: World
                                                                                ) -> None:
+    # this release's agents are sent the list (an older agent would refuse the type)
+    assert protocol.takes_fix_revocations(__version__), (__version__,
+                                                        protocol.FIX_REVOCATIONS_SINCE)
     approved(world, manifest_toml("e2e-revoked"))
     r = world.bob.post("/api/v1/fixes/e2e-revoked/1/revoke", json={"reason": "bad"})
     assert r.status_code == 200
@@ -466,3 +466,37 @@ def test_a_gigabyte_of_output_is_cut_at_the_cap_and_the_relay_stays_small(world:
     print(f"relay RSS {before / 1024:.1f} MiB before, peak {peak[0] / 1024:.1f} MiB "
           f"(+{grew_mib:.1f} MiB) while 1 GiB was cut at {cap >> 20} MiB")
     assert grew_mib < 64, grew_mib
+
+
+def test_an_agent_enrolled_without_fix_keys_learns_them_from_fix_trust(world: World) -> None:
+    """An agent enrolled before the relay had a fix key (its enrollment has none) learns
+    it from the signed GET /agent/fix-trust, and then runs an approved fix."""
+    relay = world.relay
+    agent = AgentProcess(world.root, "pc-old")
+    assert agent.enroll(relay.token()).returncode == 0
+    path = agent.state_dir / "enrollment.json"
+    enrolled = json.loads(path.read_text())
+    pinned = enrolled["fix_keys"]
+    assert pinned
+    enrolled["fix_keys"] = []
+    enrolled.pop("fix_keys_serial", None)
+    path.write_text(json.dumps(enrolled))
+    (agent.state_dir / "policy.toml").write_text(POLICY)
+    agent.start()
+    try:
+        wait_for(lambda: json.loads(path.read_text()).get("fix_keys") == pinned, 30,
+                 "the agent to learn the fix keys from /agent/fix-trust")
+        assert json.loads(path.read_text()).get("fix_keys_serial", 1) >= 1
+        approved(world, manifest_toml("e2e-learned", script="echo learned"))
+        wait_for(lambda: world.admin.get(f"/api/v1/agents/{agent.agent_id}").json()[
+            "online"], 20, "pc-old online")
+        session = open_session(world.alice, agent.agent_id, reason="trust test")
+        try:
+            r = world.alice.post(f"/api/v1/sessions/{session['id']}/channels/fix",
+                                 json={"fix": "e2e-learned@1"})
+        finally:
+            world.alice.request("DELETE", f"/api/v1/sessions/{session['id']}")
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "ended" and r.json()["exit_status"] == 0, r.json()
+    finally:
+        agent.stop()
