@@ -87,7 +87,8 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "group": _s(128),
         "ca_public_key": _s(4096),
         "audit_public_key": _s(4096),
-        "fix_keys": Field(list),
+        # The relay's fix-approval keys (OpenSSH lines); absent from relays before fixes.
+        "fix_keys": Field(list, required=False),
         "control_url": _s(2048),
         "heartbeat_s": Field(int),
     },
@@ -145,10 +146,14 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     },
     # agent -> relay: the customer's answer.
     "consent": {"answer": _s(3, pattern=re.compile(r"^(yes|no)$"))},
+    # relay -> agent, after welcome and whenever a fix is revoked: the relay's signed
+    # revocation list (common/fixes/revocation.py): its canonical bytes in base64, and
+    # the armored SSH signature of a relay fix key over them (agent/fixes/revocations.py).
+    "fix_revocations": {"list_b64": _s(48 * 1024), "signature": _s(4096)},
 }
 
 RELAY_TO_AGENT = frozenset({"challenge", "welcome", "hb_ack", "ping", "error", "enrolled",
-                            "dial", "session_end", "join_offer"})
+                            "dial", "session_end", "join_offer", "fix_revocations"})
 AGENT_TO_RELAY = frozenset({"auth", "hb", "pong", "health", "enroll", "dial_failed",
                             "session_ended", "tunnel", "join", "consent"})
 
@@ -333,7 +338,7 @@ def validate(msg: Any) -> None:
             raise ProtocolError("bad_field", f"{msg_type}: {name} is malformed")
     if msg_type == "health":
         _check_alerts(msg["alerts"])
-    if msg_type == "enrolled":
+    if msg_type == "enrolled" and "fix_keys" in msg:
         fix_keys = msg["fix_keys"]
         if len(fix_keys) > 16 or not all(isinstance(k, str) and len(k) <= 4096 for k in fix_keys):
             raise ProtocolError("bad_field", "enrolled: fix_keys is malformed")
