@@ -24,6 +24,8 @@ import json
 import time
 from typing import Any
 
+import asyncssh
+
 from backline.agent.capabilities.base import SessionContext
 from backline.common.capabilities import ChannelExit
 
@@ -112,8 +114,8 @@ async def run(process: Any, ctx: SessionContext) -> int:
     except TimeoutError:
         return await refuse("bad_request", f"no request line within {REQUEST_WAIT_S:g} s",
                             status=ChannelExit.BAD_REQUEST)
-    except UnicodeDecodeError:
-        return await refuse("bad_request", "the request is not UTF-8",
+    except (UnicodeDecodeError, asyncssh.ProtocolError):  # asyncssh decodes the channel
+        return await refuse("bad_request", "the request is not UTF-8 text",
                             status=ChannelExit.BAD_REQUEST)
     except checks.Refusal as exc:
         return await refuse(exc.reason, exc.detail, status=ChannelExit.BAD_REQUEST)
