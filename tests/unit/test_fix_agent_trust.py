@@ -285,3 +285,55 @@ def test_the_question_names_who_what_risk_parameters_and_why() -> None:
     assert checks.needs_consent(fix(consent=True), "allow", FixPolicy(decision="allow"))
     assert checks.needs_consent(fix(), "ask", FixPolicy(decision="allow"))
     assert checks.needs_consent(fix(), "allow", FixPolicy(decision="ask"))
+
+
+def test_the_control_message_is_bounded_and_handled_without_ending_the_socket(tmp_path: Path
+                                                                               ) -> None:
+    from backline.agent import control
+
+    relay = Signer()
+    state = enrolled(tmp_path, [relay.public])
+    m = fix()
+    body = relay.revocations(1, m)
+    frame = protocol.encode("fix_revocations", **body)
+    msg = protocol.parse_relay_message(frame)
+    from backline.agent.activity import ActivityLog
+
+    class Runner:
+        enrollment = state.load_enrollment()
+        log = ActivityLog(tmp_path / "activity.jsonl")
+
+    def events() -> list[str]:
+        return [e["event"] for e in Runner.log.read()]
+
+    control._fix_revocations(state, Runner.enrollment, msg, Runner())  # type: ignore[arg-type]
+    assert events() == ["fix.revocations.adopted"]
+    assert refused(state, m, [relay.sign(m)]) == "revoked"
+    control._fix_revocations(state, Runner.enrollment, {"list_b64": "x", "signature": 5},
+                             Runner())  # type: ignore[arg-type]
+    assert events()[-1] == "fix.revocations.refused"
+    for bad in ({**body, "extra": 1}, {"list_b64": "x" * (49 * 1024), "signature": "s"},
+                {"list_b64": "x"}):
+        with pytest.raises(protocol.ProtocolError):
+            protocol.decode(json.dumps({"v": 1, "type": "fix_revocations", **bad}))
+
+
+def test_a_stale_list_pushed_at_each_reconnection_loads_no_signature_machinery(
+        tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    relay = Signer()
+    state = enrolled(tmp_path, [relay.public])
+    body = relay.revocations(1, fix())
+    revocations.receive(state.root, body, (relay.public,))
+    probe = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from backline.agent.fixes import revocations\n"
+        f"r = revocations.receive(Path({str(state.root)!r}),\n"
+        f"                        json.loads({json.dumps(body)!r}), ())\n"
+        "print(r.outcome, 'asyncssh' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.split() == ["stale", "False"], done.stderr
