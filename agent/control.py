@@ -203,10 +203,13 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
         nonlocal enrollment
         enrollment = await pinsync.sync(state, enrollment)
         runner.enrollment = enrollment
-        from backline.agent.fixes import trust as fix_trust  # the relay's fix keys, signed
+        from backline.agent.fixes import revocations, trust  # the relay's fix keys, signed
 
-        enrollment = await fix_trust.sync(state, enrollment)
+        before = enrollment.fix_keys
+        enrollment = await trust.sync(state, enrollment)
         runner.enrollment = enrollment
+        if enrollment.fix_keys != before:  # a list pushed before we knew the keys
+            revocations.retry_pending(state.root, tuple(enrollment.fix_keys), runner.log)
 
     local = LocalControl(state.root, runner, runner.log)  # `sessions`, `end ID`
     await local.start()

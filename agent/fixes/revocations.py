@@ -14,12 +14,19 @@ the machine's administrator (:class:`KeptListError`).
 A pushed list whose serial is not greater than the kept one is dropped before its
 signature is checked: the same list, pushed at every reconnection, costs nothing (no
 SSH-signature machinery is loaded into an idle agent for it).
+
+A list no pinned key verifies is kept aside (``fix_revocations.pending.json``, the
+latest one only, bounded like the control frame it came in): an agent enrolled before
+its relay had a fix key learns that key from ``GET /agent/fix-trust`` only after the
+relay's first push, and then tries the pending list again (:func:`retry_pending`)
+instead of missing revocations until the next one.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -32,6 +39,8 @@ from backline.common import keys
 log = logging.getLogger("backline.agent.fixes")
 
 FILE_NAME = "fix_revocations.json"
+PENDING_NAME = "fix_revocations.pending.json"
+MAX_PENDING_BYTES = 64 * 1024
 CONTEXT = b"backline fix revocations v1\n"
 
 
@@ -137,6 +146,7 @@ def receive(state_root: Path, msg: dict[str, Any], relay_keys: tuple[str, ...],
     if why == "stale_serial":
         return Received("stale", new.serial)
     if why is not None:
+        _keep_pending(state_root, msg)
         return refused(f"{why}: not signed by a relay fix key this agent pinned", new.serial)
     merged = merge(kept, new, signature, relay_keys)
     try:
@@ -144,9 +154,39 @@ def receive(state_root: Path, msg: dict[str, Any], relay_keys: tuple[str, ...],
     except OSError as exc:
         return refused(f"cannot write {path_in(state_root)}: {exc.strerror or exc}",
                        new.serial)
+    with contextlib.suppress(OSError):
+        (state_root / PENDING_NAME).unlink(missing_ok=True)
     if activity is not None:
         activity.record("fix.revocations.adopted", serial=merged.serial,
                         entries=len(merged.entries))
     log.info("revocation list serial %d adopted (%d revoked versions)", merged.serial,
              len(merged.entries))
     return Received("adopted", merged.serial)
+
+
+def _keep_pending(state_root: Path, msg: dict[str, Any]) -> None:
+    body = {"list_b64": msg.get("list_b64"), "signature": msg.get("signature")}
+    data = json.dumps(body).encode()
+    if len(data) <= MAX_PENDING_BYTES:
+        with contextlib.suppress(OSError):
+            keys.write_private_file(state_root / PENDING_NAME, data)
+
+
+def retry_pending(state_root: Path, relay_keys: tuple[str, ...],
+                  activity: ActivityLog | None = None) -> Received | None:
+    """After the relay's fix keys changed: the list kept aside, tried again."""
+    path = state_root / PENDING_NAME
+    try:
+        if path.stat().st_size > MAX_PENDING_BYTES:
+            path.unlink()
+            return None
+        msg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(msg, dict):
+        return None
+    result = receive(state_root, msg, relay_keys, activity)
+    if result.outcome != "refused":
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+    return result
