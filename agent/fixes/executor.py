@@ -174,7 +174,11 @@ async def _emit(on_event: OnEvent, event: Event) -> None:
 
 
 class _Output:
-    """Counts, keeps up to the cap, hashes what it keeps, emits ``output``/``cut``."""
+    """Counts, keeps up to the cap, hashes what it keeps, emits ``output``/``cut``.
+
+    stdout and stderr are read concurrently; one lock makes each chunk's events go out
+    whole and in the order they were hashed, so the SHA-256 of the kept bytes in the
+    order the ``output`` events carry them is ``output_sha256``."""
 
     def __init__(self, cap: int, on_event: OnEvent | None) -> None:
         self.cap = cap
@@ -184,27 +188,26 @@ class _Output:
         self.sha = hashlib.sha256()
         self.cut = False
         self.buffer = bytearray()  # only without on_event (the verify script)
+        self._lock = asyncio.Lock()
 
     async def add(self, fd: int, data: bytes) -> None:
-        self.seen += len(data)
-        room = self.cap - self.kept
-        if room > 0:
-            keep = data[:room]
-            self.kept += len(keep)
-            self.sha.update(keep)
-            if self.on_event is None:
-                self.buffer.extend(keep)
-            else:
-                for i in range(0, len(keep), CHUNK):
-                    piece = keep[i:i + CHUNK]
+        async with self._lock:
+            self.seen += len(data)
+            room = self.cap - self.kept
+            keep = data[:max(room, 0)]
+            for i in range(0, len(keep), CHUNK):
+                piece = keep[i:i + CHUNK]
+                self.kept += len(piece)
+                self.sha.update(piece)
+                if self.on_event is None:
+                    self.buffer.extend(piece)
+                else:
                     await _emit(self.on_event, {"type": "output", "fd": fd,
                                                 "b64": base64.b64encode(piece).decode()})
-            if len(keep) == len(data):
-                return
-        if not self.cut:
-            self.cut = True
-            if self.on_event is not None:
-                await _emit(self.on_event, {"type": "cut", "kept_bytes": self.kept})
+            if len(keep) < len(data) and not self.cut:
+                self.cut = True
+                if self.on_event is not None:
+                    await _emit(self.on_event, {"type": "cut", "kept_bytes": self.kept})
 
 
 async def _pump(stream: asyncio.StreamReader, fd: int, out: _Output) -> None:

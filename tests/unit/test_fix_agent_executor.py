@@ -256,3 +256,21 @@ async def test_a_reader_that_fails_ends_the_run_and_its_tree() -> None:
     assert session_members(pids[0]) == []
     assert not alive(pids[0])
     assert os.getpid()  # the test process itself is fine
+
+
+@run_async
+async def test_interleaved_streams_hash_in_the_order_the_events_carry_them() -> None:
+    events = Events()
+    script = ("head -c 3000000 /dev/urandom | base64 &\n"
+              "head -c 3000000 /dev/urandom | base64 >&2 &\nwait\n")
+
+    async def slow_channel(event: dict[str, Any]) -> None:
+        await asyncio.sleep(0)  # a drain that waits, as SSH's does
+        await events(event)
+
+    result = await run_fix(manifest(script), {}, 3_500_000, slow_channel)
+    carried = events.output()
+    assert len(carried) == result.kept_bytes == 3_500_000
+    assert {e["fd"] for e in events.all if e["type"] == "output"} == {1, 2}
+    assert hashlib.sha256(carried).hexdigest() == result.output_sha256
+    assert result.output_bytes > result.kept_bytes and events.one("cut")
