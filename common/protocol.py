@@ -24,6 +24,19 @@ from backline.common import keys
 
 VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024
+#: A revocation list must fit one control frame with room to spare.
+MAX_REVOCATIONS_B64 = 56 * 1024
+#: The first agent version that takes ``fix_revocations``: an older agent refuses a
+#: message type it does not know (and would drop its control socket, again and again),
+#: so the relay sends it only to agents whose ``auth`` says this version or later.
+FIX_REVOCATIONS_SINCE = (0, 2, 0)
+
+
+def takes_fix_revocations(version: str) -> bool:
+    """Whether an agent of ``version`` (``auth.version``, e.g. ``0.2.0``) knows
+    ``fix_revocations``; an unparsable version is taken as too old."""
+    match = re.match(r"^(\d{1,6})\.(\d{1,6})\.(\d{1,6})", version)
+    return match is not None and tuple(int(g) for g in match.groups()) >= FIX_REVOCATIONS_SINCE
 NONCE_BYTES = 32
 AUTH_CONTEXT = b"backline/control-auth/v1"
 ENROLL_CONTEXT = b"backline/enroll/v1"
@@ -36,6 +49,7 @@ SESSION_ID_RE = re.compile(r"^ss_[A-Za-z0-9_-]{10,40}$")
 CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 SESSION_CODE_RE = re.compile(r"^[0-9]{9}$")
 _B64_RE = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
+_STD_B64_RE = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")  # standard base64 (fix revocations)
 MAX_CAPABILITIES = 16
 
 
@@ -146,10 +160,13 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     },
     # agent -> relay: the customer's answer.
     "consent": {"answer": _s(3, pattern=re.compile(r"^(yes|no)$"))},
-    # relay -> agent, after welcome and whenever a fix is revoked: the relay's signed
-    # revocation list (common/fixes/revocation.py): its canonical bytes in base64, and
-    # the armored SSH signature of a relay fix key over them (agent/fixes/revocations.py).
-    "fix_revocations": {"list_b64": _s(48 * 1024), "signature": _s(4096)},
+    # relay -> agent (issue 12): the signed fix revocation list, after ``welcome`` and
+    # whenever a revocation is added; only to agents that can take it
+    # (:func:`takes_fix_revocations`). ``list_b64``: the list's canonical bytes
+    # (common/fixes/revocation.py ``encode_message``), ``signature``: an armored SSH
+    # signature over them.
+    "fix_revocations": {"list_b64": _s(MAX_REVOCATIONS_B64, pattern=_STD_B64_RE),
+                        "signature": _s(8192)},
 }
 
 RELAY_TO_AGENT = frozenset({"challenge", "welcome", "hb_ack", "ping", "error", "enrolled",

@@ -312,7 +312,7 @@ def test_the_control_message_is_bounded_and_handled_without_ending_the_socket(tm
     control._fix_revocations(state, Runner.enrollment, {"list_b64": "x", "signature": 5},
                              Runner())  # type: ignore[arg-type]
     assert events()[-1] == "fix.revocations.refused"
-    for bad in ({**body, "extra": 1}, {"list_b64": "x" * (49 * 1024), "signature": "s"},
+    for bad in ({**body, "extra": 1}, {"list_b64": "x" * (57 * 1024), "signature": "s"},
                 {"list_b64": "x"}):
         with pytest.raises(protocol.ProtocolError):
             protocol.decode(json.dumps({"v": 1, "type": "fix_revocations", **bad}))
