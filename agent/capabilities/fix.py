@@ -80,7 +80,7 @@ async def _watch_cancel(process: Any, rest: str, cancel: asyncio.Event) -> None:
                 cancel.set()
                 return
             buffer += chunk
-    except (OSError, UnicodeDecodeError, Exception):  # a broken channel is a cancel
+    except Exception:  # a broken channel (asyncssh, OSError, a decode error) is a cancel
         cancel.set()
 
 
