@@ -167,6 +167,7 @@ async def run(process: Any, ctx: SessionContext) -> int:
         if ctx.state_root is not None:
             with contextlib.suppress(OSError):
                 cache.store(ctx.state_root, m, request.signatures, "run")
+        await asyncio.sleep(0)  # a cancel that came with the request is seen first
         ctx.log.record("fix.started", **record, params=sorted(checked.env))
         started = time.perf_counter()
         try:

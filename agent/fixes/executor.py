@@ -357,6 +357,12 @@ async def run_fix(manifest: Any, env_params: Mapping[str, str], max_output: int,
         raise FixRunError(f"no {manifest.interpreter} interpreter on this machine")
     if not 0 <= max_output <= MAX_OUTPUT_LIMIT:
         raise ValueError("max_output out of range")
+    if cancel is not None and cancel.is_set():  # cancelled before it started: never start
+        empty = hashlib.sha256().hexdigest()
+        await _emit(on_event, {"type": "end", "exit_status": None, "signal": None,
+                               "timed_out": False, "cancelled": True, "duration_ms": 0,
+                               "output_bytes": 0, "kept_bytes": 0, "output_sha256": empty})
+        return RunResult(None, None, False, True, 0, 0, 0, empty)
     suffix = SUFFIX.get(manifest.interpreter, "")
     try:
         folder = tempfile.mkdtemp(prefix="backline-fix-")  # 0700, owned by the agent

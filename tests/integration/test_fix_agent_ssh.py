@@ -336,6 +336,39 @@ async def test_cancel_and_channel_close_end_the_run(tmp_path: Path) -> None:
         # the relay closing its input is a cancel too
         ch = await fix_channel(conn, agent.request(m), keep_open=False)
         assert ch.one("end")["cancelled"] is True
+        # a cancel written with the request: the script never starts
+        ch = await fix_channel(conn, json.dumps(agent.request(m)) + '\n{"type":"cancel"}\n')
+        assert [x["type"] for x in ch.lines] == ["checked", "end"]
+        assert ch.one("end")["cancelled"] is True and ch.one("end")["output_bytes"] == 0
+
+
+@run_async
+async def test_the_consent_program_of_the_policy_is_asked_and_a_push_is_cached(
+        tmp_path: Path) -> None:
+    from backline.agent.consent import CommandAsker
+
+    asked = tmp_path / "asked.txt"
+    program = tmp_path / "ask.sh"
+    program.write_text(f'#!/bin/sh\nprintf "%s" "$1" > {asked}\necho yes\n')
+    program.chmod(0o700)
+    agent = Agent(tmp_path)
+    agent.customer = CommandAsker([str(program)])  # type: ignore[assignment]
+    m = fix(id="pushed-fix", consent=True)
+    conn, _ = await agent.connect()
+    async with conn:
+        ch = await fix_channel(conn, agent.request(m, params={"NAME": "Eve"}))
+        assert ch.status == 0 and "consent" in ch.kinds()
+        assert asked.read_text() == (
+            'Technician alice asks to run the approved fix "Say hello" (pushed-fix@1, '
+            "risk low) with NAME=Eve (slow DNS) [ticket T-7]. Allow?")
+        # The relay pushing a fix for self-service: checked the same way, kept, not run.
+        other = fix(id="later-fix")
+        ch = await fix_channel(conn, agent.request(other, cache=True))
+        assert [x["type"] for x in ch.lines] == ["checked", "cached"] and ch.status == 0
+        ch = await fix_channel(conn, agent.request(fix(id="forged-fix"), [], cache=True))
+        assert ch.lines[0]["reason"] == "unsigned"
+    kept = {c.fix_id: c.source for c in cache.entries(agent.state.root)}
+    assert kept == {"pushed-fix": "run", "later-fix": "pushed"}
 
 
 def rss_kib() -> int:
