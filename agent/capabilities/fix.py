@@ -134,8 +134,10 @@ async def run(process: Any, ctx: SessionContext) -> int:
               "run_id": request.run_id or None}
     await send({"type": "checked", "digest": checked.digest, "signers": list(checked.signers)})
     if request.cache_only:
-        kept = ctx.state_root is not None and cache.store(ctx.state_root, m,
-                                                          request.signatures, "pushed")
+        kept = False
+        if ctx.state_root is not None:
+            with contextlib.suppress(OSError):  # a full disk: said so, not a crash
+                kept = cache.store(ctx.state_root, m, request.signatures, "pushed")
         ctx.log.record("fix.cached", **record, kept=kept)
         await send({"type": "cached", "kept": bool(kept)})
         return 0
