@@ -98,3 +98,23 @@ def test_diagnose_offers_the_cached_fixes_for_its_findings(tmp_path: Path) -> No
     assert suggestions(state.root, set()) == []
     revocations.receive(state.root, relay.revocations(1, m), (relay.public,))
     assert suggestions(state.root, {"dns.resolver_slow"}) == []  # revoked: not offered
+
+
+def test_the_diagnose_command_offers_a_cached_fix_for_its_finding(tmp_path: Path) -> None:
+    import os
+
+    from tests.harness import free_port, staged_diagnostics
+
+    relay = Signer()
+    state = enrolled(tmp_path / "state", [relay.public])
+    m = fix(id="clear-old-files", title="Clear old files", rules=["disk-almost-full"])
+    cache.store(state.root, m, [relay.sign(m)])
+    config = tmp_path / "staged.toml"
+    config.write_text(staged_diagnostics(free_port()))
+    done = subprocess.run([AGENT, "--state-dir", str(state.root), "diagnose", "--config",
+                           str(config)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ})
+    assert done.returncode == 0, done.stderr
+    assert "Approved fixes you can run yourself:" in done.stdout
+    assert ("Clear old files (for disk-almost-full): backline-agent fix run clear-old-files "
+            "--version 1") in done.stdout
