@@ -157,9 +157,9 @@ def _fix_revocations(state: StateDir, enrollment: Enrollment, msg: dict[str, obj
     """The relay's signed revocation list: merged into the kept one (agent/fixes/)."""
     from backline.agent.fixes import revocations
 
-    try:
-        revocations.receive(state.root, msg, tuple(enrollment.fix_keys),
-                            runner.log if runner is not None else None)
+    try:  # checked in a child process, in the background (agent/fixes/child.py)
+        revocations.schedule(state.root, msg, tuple(enrollment.fix_keys),
+                             runner.log if runner is not None else None)
     except Exception:  # a bad list must never end the control connection
         log.exception("the relay's revocation list could not be processed")
 
@@ -209,7 +209,8 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
         enrollment = await trust.sync(state, enrollment)
         runner.enrollment = enrollment
         if enrollment.fix_keys != before:  # a list pushed before we knew the keys
-            revocations.retry_pending(state.root, tuple(enrollment.fix_keys), runner.log)
+            await revocations.retry_pending_in_child(state.root, tuple(enrollment.fix_keys),
+                                                     runner.log)
 
     local = LocalControl(state.root, runner, runner.log)  # `sessions`, `end ID`
     await local.start()

@@ -168,10 +168,15 @@ async def sync(state: StateDir, enrollment: Enrollment) -> Enrollment:
         log.debug("could not learn the relay's fix keys: %s", exc)
         return enrollment
     audit_public = audit_key(enrollment)
-    try:
-        serial, fix_keys = verify_document(answer, audit_public)
+    from backline.agent.fixes.child import FixChildFailed, verify_fix_trust
+
+    try:  # the signature is checked in a child: the idle agent loads no cryptography
+        serial, fix_keys = await verify_fix_trust(answer, audit_public)
     except FixTrustError as exc:
         log.warning("the relay's fix-trust answer is ignored: %s", exc)
+        return enrollment
+    except (FixChildFailed, ValueError) as exc:
+        log.warning("the relay's fix-trust answer could not be checked: %s", exc)
         return enrollment
     if serial <= enrollment.fix_keys_serial:
         if serial < enrollment.fix_keys_serial:
