@@ -139,17 +139,16 @@ def test_the_signed_fix_trust_document_is_adopted_only_when_newer(tmp_path: Path
     e = state.load_enrollment()
     answer = trust.sign(audit, 3, [relay.public])
     assert trust.verify_document(answer, trust.audit_key(e)) == (3, [relay.public])
-    # URL-safe unpadded base64 is read too
-    urlsafe = {k: base64.urlsafe_b64encode(base64.b64decode(v)).decode().rstrip("=")
-               for k, v in answer.items()}
-    assert trust.verify_document(urlsafe, trust.audit_key(e)) == (3, [relay.public])
+    # standard padded base64 is read too (the relay serves unpadded base64url)
+    standard = {k: base64.b64encode(protocol.b64d(v)).decode() for k, v in answer.items()}
+    assert trust.verify_document(standard, trust.audit_key(e)) == (3, [relay.public])
     other_audit = keys.generate()
     forged = trust.sign(other_audit, 9, [rotated.public])
     with pytest.raises(trust.FixTrustError, match="audit key"):
         trust.verify_document(forged, trust.audit_key(e))
     tampered = dict(answer)
-    data = base64.b64decode(answer["payload_b64"]).replace(b'"serial":3', b'"serial":4')
-    tampered["payload_b64"] = base64.b64encode(data).decode()
+    data = protocol.b64d(answer["payload_b64"]).replace(b'"serial":3', b'"serial":4')
+    tampered["payload_b64"] = protocol.b64e(data)
     with pytest.raises(trust.FixTrustError):
         trust.verify_document(tampered, trust.audit_key(e))
     with pytest.raises(trust.FixTrustError):
