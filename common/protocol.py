@@ -101,7 +101,8 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "group": _s(128),
         "ca_public_key": _s(4096),
         "audit_public_key": _s(4096),
-        "fix_keys": Field(list),
+        # The relay's fix-approval keys (OpenSSH lines); absent from relays before fixes.
+        "fix_keys": Field(list, required=False),
         "control_url": _s(2048),
         "heartbeat_s": Field(int),
     },
@@ -354,7 +355,7 @@ def validate(msg: Any) -> None:
             raise ProtocolError("bad_field", f"{msg_type}: {name} is malformed")
     if msg_type == "health":
         _check_alerts(msg["alerts"])
-    if msg_type == "enrolled":
+    if msg_type == "enrolled" and "fix_keys" in msg:
         fix_keys = msg["fix_keys"]
         if len(fix_keys) > 16 or not all(isinstance(k, str) and len(k) <= 4096 for k in fix_keys):
             raise ProtocolError("bad_field", "enrolled: fix_keys is malformed")
