@@ -398,6 +398,10 @@ async def _follow(runner: ChannelRunner, ch: Channel, follower: Follower,
                     line = reading.result()
                 except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
                     follower.run.error = "agent_gone"
+                    runner.relay.record(run.actor, "fix.run.failed",
+                                        f"session:{run.session.id}", **run.common(),
+                                        reason="agent_gone",
+                                        detail=f"{type(exc).__name__}: {exc}"[:200])
                     raise runner.agent_gone(ch, exc) from None
                 if not line:
                     break
