@@ -331,7 +331,12 @@ def test_bulk_over_a_groups_online_agents(world: World) -> None:
         assert ours[agent.agent_id]["status"] == "ended", ours[agent.agent_id]
         assert ours[agent.agent_id]["exit_status"] == 0
     actions = [e for e in audit_actions(world.relay) if e["target"] == f"fix_bulk:{bulk_id}"]
-    assert [e["action"] for e in actions] == ["fix.bulk.started", "fix.bulk.ended"]
+    assert actions[0]["action"] == "fix.bulk.started" and actions[-1]["action"] == \
+        "fix.bulk.ended"
+    per_agent = [e for e in actions if e["action"] == "fix.bulk.agent"]
+    assert sorted(e["details"]["agent"] for e in per_agent) == sorted(ours)  # one each
+    assert all(e["details"]["ok"] for e in per_agent
+               if e["details"]["agent"] in (world.agent.agent_id, world.second.agent_id))
     runs = [e for e in audit_actions(world.relay) if e["action"] == "fix.run.ended"
             and e["details"].get("bulk") == bulk_id]
     assert len(runs) == body["total"]
