@@ -16,9 +16,9 @@ case "$real/" in
 esac
 minutes=$((age * 1440))
 rotated() {
-    find "$real" -xdev -type f -mmin +"$minutes" \( \
-        -regex '.*\.[0-9][0-9]?\(\.\(gz\|xz\|bz2\|zst\)\)?' -o \
-        -regex '.*-[0-9]\{8\}\(\.\(gz\|xz\|bz2\|zst\)\)?' -o \
+    find "$real" -regextype posix-extended -xdev -type f -mmin +"$minutes" \( \
+        -regex '.*\.[0-9]{1,2}(\.(gz|xz|bz2|zst))?' -o \
+        -regex '.*-[0-9]{8}(\.(gz|xz|bz2|zst))?' -o \
         -name '*.old' -o -name '*.gz' -o -name '*.xz' -o -name '*.bz2' -o -name '*.zst' \) "$@"
 }
 summary="$(rotated -printf '%s\n' 2>/dev/null | awk '{n++; s+=$1} END {printf "%d %d", n, s}')"
