@@ -18,9 +18,12 @@ No I/O here except :func:`load_manifest` and ``*_file`` reading the manifest's f
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import re
+import stat
 import tomllib
 import unicodedata
 from collections.abc import Mapping
@@ -59,6 +62,9 @@ HARD_MAX_LENGTH = 4096
 INT_LIMIT = 2**53 - 1
 #: Whole manifest text (TOML) or file read: scripts inline at most 2 x 256 KiB + text.
 MAX_MANIFEST_BYTES = 1024 * 1024
+
+#: LRE RLE PDF LRO RLO, LRI RLI FSI PDI.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 _TOP_KEYS = frozenset({
     "id", "version", "title", "description", "platforms", "interpreter", "script",
@@ -176,7 +182,8 @@ def _int(field: str, value: object, lo: int, hi: int) -> int:
         raise _fail(field, f"must be an integer, not {type(value).__name__}")
     assert isinstance(value, int)
     if not lo <= value <= hi:
-        raise _fail(field, f"must be between {lo} and {hi}, got {value}")
+        shown = str(value) if abs(value) <= 10**30 else "a huge number"
+        raise _fail(field, f"must be between {lo} and {hi}, got {shown}")
     return value
 
 
@@ -208,12 +215,22 @@ def _text(field: str, value: object, lo: int, hi: int, *, multiline: bool) -> st
     for ch in value:
         if ch not in allowed and unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
             raise _fail(field, f"contains the control character U+{ord(ch):04X}")
+    _no_bidi(field, value)
     return value
+
+
+def _no_bidi(field: str, value: str) -> None:
+    """Refuse the bidirectional embedding/override/isolate controls ("Trojan Source",
+    CVE-2021-42574): they make a script, title or value read differently from what it is,
+    and an approver must approve what they see."""
+    hit = BIDI_CONTROLS.intersection(value)
+    if hit:
+        raise _fail(field, f"contains the bidirectional control U+{ord(min(hit)):04X}")
 
 
 def _choice(field: str, value: object, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
-        shown = ascii(value)[:40] if isinstance(value, str) else type(value).__name__
+        shown = ascii(value[:40]) if isinstance(value, str) else type(value).__name__
         raise _fail(field, f"must be one of {', '.join(choices)}, got {shown}")
     return value
 
@@ -228,7 +245,29 @@ def _script_text(field: str, value: object) -> str:
         raise _fail(field, "is empty")
     if "\x00" in value:
         raise _fail(field, "contains NUL")
+    _no_bidi(field, value)
     return value
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file, never following a last-moment symlink
+    or blocking on a FIFO swapped in after the checks."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size < limit:
+            chunk = os.read(fd, min(65536, limit - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _read_script(field: str, name: object, base_dir: Path | None) -> str:
@@ -239,27 +278,27 @@ def _read_script(field: str, name: object, base_dir: Path | None) -> str:
         raise _fail(field, "needs the manifest's folder; inline the script instead")
     rel = Path(name)
     if rel.is_absolute():
-        raise _fail(field, f"must be relative to the manifest's folder, got {ascii(name)[:60]}")
+        raise _fail(field, f"must be relative to the manifest's folder, got {name[:60]!a}")
+    lexical = os.path.normpath(rel)
+    if lexical == ".." or lexical.startswith(".." + os.sep):
+        raise _fail(field, f"{name[:60]!a} is outside the manifest's folder")
     base = base_dir.resolve()
     try:
         target = (base / rel).resolve(strict=True)
     except (OSError, RuntimeError):
-        raise _fail(field, f"cannot read {ascii(name)[:60]}: no such file") from None
+        raise _fail(field, f"cannot read {name[:60]!a}: no such file") from None
     if not target.is_relative_to(base):
-        raise _fail(field, f"{ascii(name)[:60]} is outside the manifest's folder")
-    if not target.is_file():
-        raise _fail(field, f"{ascii(name)[:60]} is not a regular file")
+        raise _fail(field, f"{name[:60]!a} is outside the manifest's folder")
     try:
-        with target.open("rb") as f:
-            data = f.read(MAX_SCRIPT_BYTES + 1)
+        data = _read_regular(target, MAX_SCRIPT_BYTES + 1)
     except OSError as exc:
-        raise _fail(field, f"cannot read {ascii(name)[:60]}: {exc.strerror}") from None
+        raise _fail(field, f"cannot read {name[:60]!a}: {exc.strerror}") from None
     if len(data) > MAX_SCRIPT_BYTES:
-        raise _fail(field, f"{ascii(name)[:60]} is more than {MAX_SCRIPT_BYTES} bytes (256 KiB)")
+        raise _fail(field, f"{name[:60]!a} is more than {MAX_SCRIPT_BYTES} bytes (256 KiB)")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise _fail(field, f"{ascii(name)[:60]} is not valid UTF-8") from None
+        raise _fail(field, f"{name[:60]!a} is not valid UTF-8") from None
     return _script_text(field, text)
 
 
@@ -291,7 +330,7 @@ def _string_list(field: str, value: object, *, item_re: re.Pattern[str] | None,
         if choices is not None:
             out.append(_choice(where, item, choices))
         elif not isinstance(item, str) or item_re is None or not item_re.fullmatch(item):
-            shown = ascii(item)[:40] if isinstance(item, str) else type(item).__name__
+            shown = ascii(item[:40]) if isinstance(item, str) else type(item).__name__
             raise _fail(where, f"must match {item_re.pattern if item_re else ''}, got {shown}")
         else:
             out.append(item)
@@ -304,14 +343,14 @@ def _string_list(field: str, value: object, *, item_re: re.Pattern[str] | None,
 
 def _param(name: object, spec: object) -> Parameter:
     if not isinstance(name, str) or not PARAM_NAME_RE.fullmatch(name):
-        shown = ascii(name)[:40] if isinstance(name, str) else type(name).__name__
+        shown = ascii(name[:40]) if isinstance(name, str) else type(name).__name__
         raise _fail("parameters", f"name {shown} must match {PARAM_NAME_RE.pattern}")
     field = f"parameters.{name}"
     if not isinstance(spec, Mapping):
         raise _fail(field, "must be a table")
     unknown = sorted(str(k) for k in spec if k not in _PARAM_KEYS)
     if unknown:
-        raise _fail(field, f"unknown key {ascii(unknown[0])[:40]}")
+        raise _fail(field, f"unknown key {unknown[0][:40]!a}")
     if "type" not in spec:
         raise _fail(f"{field}.type", "missing: string, integer or boolean")
     ptype = _choice(f"{field}.type", spec["type"], PARAM_TYPES)
@@ -373,6 +412,13 @@ def _param(name: object, spec: object) -> Parameter:
     param = Parameter(name=name, type=ptype, description=description, required=required,
                       default=None, enum=enum, pattern=pattern, min_length=min_length,
                       max_length=max_length, min=lo, max=hi)
+    if enum is not None:
+        bare = Parameter(**{**param.__dict__, "enum": None})
+        for i, item in enumerate(enum):
+            try:
+                check_value(bare, item)
+            except ParamError as exc:
+                raise _fail(f"{field}.enum[{i}]", f"does not validate: {exc.why}") from None
     if spec.get("default") is not None:
         try:
             check_value(param, spec["default"])
@@ -399,13 +445,13 @@ def _build(d: Mapping[str, Any], base_dir: Path | None) -> FixManifest:
         raise ManifestError("manifest: must be a table (JSON object)")
     unknown = sorted(str(k) for k in d if k not in _TOP_KEYS)
     if unknown:
-        raise ManifestError(f"{ascii(unknown[0])[:40]}: unknown field")
+        raise ManifestError(f"{unknown[0][:40]!a}: unknown field")
     for key in ("id", "version", "title", "platforms", "interpreter", "timeout_s", "risk"):
         if key not in d:
             raise _fail(key, "missing")
     ident = d["id"]
     if not isinstance(ident, str) or not ID_RE.fullmatch(ident):
-        shown = ascii(ident)[:60] if isinstance(ident, str) else type(ident).__name__
+        shown = ascii(ident[:60]) if isinstance(ident, str) else type(ident).__name__
         raise _fail("id", f"must match ^{ID_RE.pattern}$, got {shown}")
     return FixManifest(
         id=ident,
@@ -435,7 +481,7 @@ def parse_manifest(text: str, base_dir: Path | None = None) -> FixManifest:
         raise ManifestError(f"manifest: more than {MAX_MANIFEST_BYTES} bytes")
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer of over 4300 digits
         raise ManifestError(f"manifest: not valid TOML: {exc}") from None
     return _build(data, base_dir)
 
@@ -453,8 +499,7 @@ def load_manifest(path: Path | str) -> FixManifest:
     """Read a manifest file; its folder is where ``*_file`` are looked up."""
     p = Path(path)
     try:
-        with p.open("rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        raw = _read_regular(p.resolve(), MAX_MANIFEST_BYTES + 1)
     except OSError as exc:
         raise ManifestError(f"manifest: cannot read {p}: {exc.strerror}") from None
     if len(raw) > MAX_MANIFEST_BYTES:

@@ -9,7 +9,8 @@ Why so strict on types: the same approval covers every run; a value of the wrong
 (``"1"`` for an integer, ``1`` for a boolean) is refused rather than guessed at, so what
 the customer consented to is what the script sees. Strings never carry NUL or a control
 character other than TAB (no newline: a value cannot forge a line in a log, a prompt or
-a ``read`` loop), and must be valid UTF-8 (a ``str`` holding a lone surrogate is refused).
+a ``read`` loop) nor a bidirectional override (it would read differently in the consent
+prompt than it is), and must be valid UTF-8 (a ``str`` holding a lone surrogate is refused).
 
 Errors name the parameter and never echo more than 40 characters of a value.
 """
@@ -30,6 +31,8 @@ ENV_PREFIX = "BACKLINE_PARAM_"
 INT64 = 2**63 - 1
 EXCERPT = 40
 _NAME_RE = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
+#: Same set as manifest.BIDI_CONTROLS (kept here: manifest imports this module).
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 class ParamError(ValueError):
@@ -64,6 +67,8 @@ def _check_string(p: Parameter, value: str) -> str:
             raise ParamError(p.name, "contains NUL")
         if ch != "\t" and unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
             raise ParamError(p.name, f"contains the control character U+{ord(ch):04X}")
+        if ch in _BIDI:
+            raise ParamError(p.name, f"contains the bidirectional control U+{ord(ch):04X}")
     lo = p.min_length or 0
     hi = p.max_length if p.max_length is not None else 256
     if not lo <= len(value) <= hi:

@@ -5,6 +5,9 @@ sign``/``-Y verify`` make and check, so an offline approver can sign with the ke
 already hold, on a machine that never runs Backline, and anyone can re-check an approval
 without our code. ``asyncssh.create_sshsig`` makes them here.
 
+Why asyncssh is imported on first use: importing it costs an idle agent ~0.2 s and tens
+of MB; an agent that never runs a fix never pays that.
+
 Why our own parser for checking: ``asyncssh.validate_sshsig`` verifies under whatever
 namespace the signature itself names, reads a *file* when given a ``str``, and accepts
 certificates. Here the namespace must be exactly ours (``backline-fix``: a signature
@@ -28,12 +31,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-
-import asyncssh
-from asyncssh.packet import PacketDecodeError, SSHPacket, String
-from asyncssh.public_key import decode_ssh_public_key
+from typing import TYPE_CHECKING, Any
 
 from backline.common.fixes.manifest import FixManifest, canonical_bytes
+
+if TYPE_CHECKING:
+    import asyncssh
 
 NAMESPACE = "backline-fix"
 MAGIC = b"SSHSIG"
@@ -59,6 +62,40 @@ class SigningError(ValueError):
     """A key or signature that cannot be used; the message says which and why."""
 
 
+def _asyncssh() -> Any:
+    import asyncssh
+
+    return asyncssh
+
+
+class _Wire:
+    """Reads SSH wire encoding (RFC 4251 uint32 and length-prefixed strings), bounded."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise ValueError("truncated")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def uint32(self) -> int:
+        return int.from_bytes(self.take(4), "big")
+
+    def string(self) -> bytes:
+        return self.take(self.uint32())
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise ValueError("trailing bytes")
+
+
+def _string(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
 # -- keys -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -71,10 +108,10 @@ class PinnedKey:
 
 
 def _rsa_bits(blob: bytes) -> int:
-    packet = SSHPacket(blob)
-    packet.get_string()  # "ssh-rsa"
-    packet.get_mpint()   # e
-    return packet.get_mpint().bit_length()
+    wire = _Wire(blob)
+    wire.string()  # "ssh-rsa"
+    wire.string()  # e
+    return int.from_bytes(wire.string(), "big").bit_length()
 
 
 def _check_key_type(key: asyncssh.SSHKey) -> None:
@@ -85,18 +122,23 @@ def _check_key_type(key: asyncssh.SSHKey) -> None:
         raise SigningError(f"RSA keys must have at least {MIN_RSA_BITS} bits")
 
 
-@lru_cache(maxsize=256)
 def pinned_key(line: str) -> PinnedKey:
     """Parse one OpenSSH public key line (``ssh-ed25519 AAAA... comment``)."""
     if not isinstance(line, str) or len(line) > 16384:
         raise SigningError("a pinned key must be one OpenSSH public key line")
+    return _pinned_key(line)
+
+
+@lru_cache(maxsize=256)
+def _pinned_key(line: str) -> PinnedKey:
     text = line.strip()
     match = _KEY_LINE_RE.fullmatch(text)
     if not match or "-cert-" in match.group(1):
         raise SigningError(f"not an OpenSSH public key line: {text[:40]!a}")
+    ssh = _asyncssh()
     try:
-        key = asyncssh.import_public_key(f"{match.group(1)} {match.group(2)}")
-    except (asyncssh.KeyImportError, ValueError, binascii.Error):
+        key = ssh.import_public_key(f"{match.group(1)} {match.group(2)}")
+    except (ssh.KeyImportError, ValueError, binascii.Error):
         raise SigningError(f"not a valid public key: {text[:40]!a}") from None
     _check_key_type(key)
     if key.get_algorithm() != match.group(1):
@@ -113,6 +155,8 @@ def fingerprint(public_key_line: str) -> str:
 def public_line(private_key_openssh: bytes | str, passphrase: str | bytes | None = None,
                 comment: str | None = None) -> str:
     """The OpenSSH public line of a private key (what agents and policies pin)."""
+    if comment is not None and (not comment.isprintable() or len(comment) > 200):
+        raise SigningError("a key comment must be one printable line of at most 200")
     key = _private(private_key_openssh, passphrase)
     line = key.export_public_key("openssh").decode("ascii").split()
     parts = line[:2] + ([comment] if comment else [])
@@ -121,12 +165,12 @@ def public_line(private_key_openssh: bytes | str, passphrase: str | bytes | None
 
 def _private(private_key_openssh: bytes | str,
              passphrase: str | bytes | None) -> asyncssh.SSHKey:
+    ssh = _asyncssh()
     try:
-        key = asyncssh.import_private_key(private_key_openssh, passphrase)
-    except asyncssh.KeyEncryptionError:
-        raise SigningError("cannot decrypt the private key (wrong or missing passphrase)"
-                           ) from None
-    except (asyncssh.KeyImportError, ValueError, TypeError):
+        key = ssh.import_private_key(private_key_openssh, passphrase)
+    except ssh.KeyEncryptionError as exc:
+        raise SigningError(f"cannot decrypt the private key: {exc}") from None
+    except (ssh.KeyImportError, ValueError, TypeError):
         raise SigningError("not a usable private key (OpenSSH format expected)") from None
     _check_key_type(key)
     return key
@@ -134,7 +178,7 @@ def _private(private_key_openssh: bytes | str,
 
 def generate_key(comment: str = "") -> tuple[bytes, str]:
     """A new ed25519 key: (OpenSSH private key bytes, public line)."""
-    key = asyncssh.generate_private_key("ssh-ed25519", comment=comment or None)
+    key = _asyncssh().generate_private_key("ssh-ed25519", comment=comment or None)
     return key.export_private_key("openssh"), public_line(
         key.export_private_key("openssh"), comment=comment or None)
 
@@ -147,9 +191,11 @@ def sign(canonical: bytes, private_key_openssh: bytes | str,
     if not isinstance(canonical, bytes):
         # asyncssh reads a *file* named by a str: never let text through by mistake.
         raise TypeError("canonical must be bytes")
+    if not isinstance(namespace, str) or not namespace.startswith("backline-"):
+        raise SigningError("a Backline signature's namespace starts with backline-")
     key = _private(private_key_openssh, passphrase)
-    armored = asyncssh.create_sshsig(key, canonical, namespace=namespace,
-                                     hash_name="sha512")
+    armored = _asyncssh().create_sshsig(key, canonical, namespace=namespace,
+                                        hash_name="sha512")
     return armored.decode("ascii")
 
 
@@ -186,16 +232,16 @@ def _parse(armored: str | bytes) -> _Parsed | None:
     if raw is None:
         return None
     try:
-        packet = SSHPacket(raw)
-        if packet.get_bytes(6) != MAGIC or packet.get_uint32() != 1:
+        wire = _Wire(raw)
+        if wire.take(6) != MAGIC or wire.uint32() != 1:
             return None
-        blob = packet.get_string()
-        namespace = packet.get_string()
-        reserved = packet.get_string()
-        hash_name = packet.get_string()
-        signature = packet.get_string()
-        packet.check_end()
-    except PacketDecodeError:
+        blob = wire.string()
+        namespace = wire.string()
+        reserved = wire.string()
+        hash_name = wire.string()
+        signature = wire.string()
+        wire.end()
+    except ValueError:
         return None
     if reserved or hash_name not in HASHES:
         return None
@@ -208,7 +254,8 @@ def _parse(armored: str | bytes) -> _Parsed | None:
 
 def _signed_data(canonical: bytes, p: _Parsed) -> bytes:
     h = HASHES[p.hash_name](canonical).digest()
-    return MAGIC + String(p.namespace) + String(b"") + String(p.hash_name) + String(h)
+    return (MAGIC + _string(p.namespace.encode("utf-8")) + _string(b"")
+            + _string(p.hash_name) + _string(h))
 
 
 def _verify(canonical: bytes, armored: str | bytes, namespace: str
@@ -217,15 +264,22 @@ def _verify(canonical: bytes, armored: str | bytes, namespace: str
     p = _parse(armored)
     if p is None or p.namespace != namespace:
         return "bad", None, None
+    ssh = _asyncssh()
     try:
-        key = decode_ssh_public_key(p.blob)
+        alg_name = _Wire(p.blob).string().decode("ascii")
+        if alg_name not in KEY_TYPES:  # certificates too: plain keys only
+            return "bad", None, None
+        key = ssh.import_public_key(
+            f"{alg_name} {base64.b64encode(p.blob).decode('ascii')}")
         _check_key_type(key)
-    except (asyncssh.KeyImportError, SigningError, PacketDecodeError, ValueError):
+        if key.public_data != p.blob:
+            return "bad", None, None
+    except (ssh.KeyImportError, SigningError, ValueError, UnicodeDecodeError):
         return "bad", None, None
     if key.get_algorithm() == "ssh-rsa":
         try:
-            alg = SSHPacket(p.signature).get_string()
-        except PacketDecodeError:
+            alg = _Wire(p.signature).string()
+        except ValueError:
             return "bad", None, None
         if alg not in (b"rsa-sha2-256", b"rsa-sha2-512"):
             return "bad", None, None
@@ -239,10 +293,12 @@ def signer_of(canonical: bytes, armored: str | bytes, trusted: Sequence[str], *,
     """The fingerprint of the pinned key in ``trusted`` that validly signed, else None."""
     if not isinstance(canonical, bytes):
         raise TypeError("canonical must be bytes")
+    if isinstance(trusted, str | bytes):
+        raise SigningError("trusted must be a list of OpenSSH public key lines")
+    pinned = {pinned_key(line).blob for line in trusted}
     status, blob, fp = _verify(canonical, armored, namespace)
     if status != "ok":
         return None
-    pinned = {pinned_key(line).blob for line in trusted}
     return fp if blob in pinned else None
 
 
@@ -259,6 +315,10 @@ class FixTrust:
     required_offline: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("relay_keys", "offline_keys"):
+            if isinstance(getattr(self, name), str | bytes):
+                raise SigningError(f"{name} must be a list of OpenSSH public key lines")
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         for line in (*self.relay_keys, *self.offline_keys):
             pinned_key(line)  # raises SigningError naming the bad line
         if not isinstance(self.required_offline, int) or isinstance(self.required_offline,
