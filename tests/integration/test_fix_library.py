@@ -82,6 +82,11 @@ EXERCISED = {
 }
 
 
+def _executor_present() -> bool:
+    return importlib.util.find_spec("backline.agent.fixes") is not None and \
+        importlib.util.find_spec("backline.agent.fixes.executor") is not None
+
+
 def manifests() -> dict[str, FixManifest]:
     return {p.parent.name: load_manifest(p) for p in sorted(LIBRARY.glob("*/*.toml"))}
 
@@ -179,9 +184,11 @@ def _child(spec: dict[str, Any]) -> None:
             subprocess.run(["mount", "-t", "tmpfs", "-o", f"{args[1]},size=1m", "tmpfs",
                             args[0]], check=True)
     m = load_manifest(spec["manifest"])
-    env_params = validate_params(m, spec["params"])
-    if importlib.util.find_spec("backline.agent.fixes") and \
-            importlib.util.find_spec("backline.agent.fixes.executor"):
+    if spec.get("raw"):  # the schema bypassed: what the script's own checks must catch
+        env_params = {f"BACKLINE_PARAM_{k}": str(v) for k, v in spec["params"].items()}
+    else:
+        env_params = validate_params(m, spec["params"])
+    if _executor_present():
         result = asyncio.run(_run_with_executor(m, env_params))
     else:
         result = _run_like_the_agent(m, env_params)
@@ -202,10 +209,11 @@ def _namespace_prefix() -> list[str]:
 
 
 def run(fix_id: str, params: Mapping[str, object] | None = None,
-        mounts: list[tuple[str, ...]] | None = None) -> Ran:
-    """Run one shipped fix (in a private mount namespace when ``mounts`` is given)."""
+        mounts: list[tuple[str, ...]] | None = None, *, raw: bool = False) -> Ran:
+    """Run one shipped fix (in a private mount namespace when ``mounts`` is given);
+    ``raw`` hands the values to the script as they are, without the schema."""
     spec = {"manifest": str(LIBRARY / fix_id / f"{fix_id}.toml"), "params": dict(params or {}),
-            "mounts": [list(m) for m in mounts or []]}
+            "mounts": [list(m) for m in mounts or []], "raw": raw}
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
     if mounts:
         argv = [*_namespace_prefix(), *argv]
@@ -420,6 +428,7 @@ def test_clean_temp_files_deletes_only_old_files_of_the_folder(tmp_dir: Path,
     _age(tmp_dir / "pipe", 10)
 
     ran = run("clean-temp-files", {"FOLDER": str(tmp_dir), "AGE_DAYS": 7})
+    assert ran.runner == ("executor" if _executor_present() else "local")
     assert ran.exit_status == OK, ran.output
     assert ran.verify_passed, ran.verify_output
     assert "deleting 3 files" in ran.output
@@ -898,6 +907,40 @@ def test_hostile_text_a_pattern_allows_reaches_the_script_as_data(tmp_dir: Path)
                 with pytest.raises(ParamError):
                     check_value(p, payload)
     assert not (tmp_dir / "X").exists()
+
+
+#: Values each script must refuse by itself (exit 64) when the schema is bypassed, as
+#: when a relay or an agent bug let one through: defence in depth.
+BYPASS = {
+    "clean-package-cache": {"MANAGER": "apt; touch {x}"},
+    "clean-rotated-logs": {"FOLDER": "/etc"},
+    "clean-temp-files": {"FOLDER": "/etc"},
+    "find-large-files": {"FOLDER": "$(touch {x})"},
+    "flush-dns-cache": {"RESOLVER": "`touch {x}`"},
+    "free-inodes": {"FOLDER": "/home"},
+    "remount-rw": {"MOUNTPOINT": "/tmp/$(touch {x})"},
+    "renew-dhcp-lease": {"INTERFACE": "-r"},
+    "restart-agent": {"UNIT": "sshd.service"},
+    "restart-service": {"SERVICE": "--force"},
+    "set-dns-servers": {"SERVERS": "1.1.1.1;touch {x}"},
+    "set-proxy": {"PROXY_URL": 'http://p"; touch {x}; "'},
+    "stop-runaway-process": {"NAME": "*"},
+    "sync-clock": {"SERVER": "-b"},
+    "vacuum-journal": {"MAX_SIZE_MB": "1$(touch {x})"},
+}
+
+
+def test_each_script_refuses_what_its_schema_would_have(tmp_dir: Path) -> None:
+    marker = tmp_dir / "X"
+    linux = {m.id for m in manifests().values() if "linux" in m.platforms}
+    assert set(BYPASS) == linux - {"clear-proxy-settings"}  # it takes no parameter
+    for fix_id, params in BYPASS.items():
+        values = {k: v.format(x=marker) for k, v in params.items()}
+        refused_by_schema(fix_id, **values)
+        ran = run(fix_id, values, raw=True)
+        assert ran.exit_status == REFUSED, (fix_id, ran.output)
+        assert "refused" in ran.output, (fix_id, ran.output)
+    assert not marker.exists(), "a parameter was executed"
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:
