@@ -57,7 +57,16 @@ ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "relay" / "fixes" / "library"
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-OK, FAILED, REFUSED, NO_TARGET, UNAVAILABLE = 0, 1, 64, 66, 69
+OK, FAILED, REFUSED, NO_TARGET, UNAVAILABLE, NEEDS_ROOT = 0, 1, 64, 66, 69, 77
+#: The fixes that change system state check first that they run as root.
+NEED_ROOT = {"clean-package-cache", "clear-proxy-settings", "remount-rw", "renew-dhcp-lease",
+             "restart-agent", "restart-service", "set-dns-servers", "set-proxy", "sync-clock",
+             "vacuum-journal"}
+
+
+def as_root(status: int) -> int:
+    """``status``, or 77 when these tests run as another user (outside a namespace)."""
+    return status if os.geteuid() == 0 else NEEDS_ROOT
 
 #: For each shipped Linux fix, what the tests below run (kept true by
 #: test_every_linux_fix_is_exercised; docs/fixes.md shows the same).
@@ -209,14 +218,21 @@ def _namespace_prefix() -> list[str]:
 
 
 def run(fix_id: str, params: Mapping[str, object] | None = None,
-        mounts: list[tuple[str, ...]] | None = None, *, raw: bool = False) -> Ran:
+        mounts: list[tuple[str, ...]] | None = None, *, raw: bool = False,
+        as_nobody: bool = False) -> Ran:
     """Run one shipped fix (in a private mount namespace when ``mounts`` is given);
-    ``raw`` hands the values to the script as they are, without the schema."""
+    ``raw`` hands the values to the script as they are, without the schema;
+    ``as_nobody`` runs it as the unprivileged user nobody."""
     spec = {"manifest": str(LIBRARY / fix_id / f"{fix_id}.toml"), "params": dict(params or {}),
             "mounts": [list(m) for m in mounts or []], "raw": raw}
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
     if mounts:
         argv = [*_namespace_prefix(), *argv]
+    if as_nobody and os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("setpriv (util-linux) is needed to drop to nobody")
+        argv = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, f"runner failed: {done.stdout[-2000:]}{done.stderr[-3000:]}"
     result = Ran(**json.loads(done.stdout.strip().splitlines()[-1]))
@@ -371,6 +387,14 @@ def test_scripts_read_parameters_only_from_the_environment_and_never_eval() -> N
             assert used <= declared, f"{m.id} {label} reads undeclared {used - declared}"
             if label == "script":
                 assert used == declared, f"{m.id} never reads {declared - used}"
+
+
+def test_the_fixes_that_need_root_check_for_it_first() -> None:
+    for m in manifests().values():
+        if "linux" in m.platforms:
+            checks = 'if [ "$(id -u)" -ne 0 ]; then' in m.script
+            assert checks == (m.id in NEED_ROOT), m.id
+            assert ("77 needs root" in m.description) == (m.id in NEED_ROOT), m.id
 
 
 def test_every_shell_script_parses() -> None:
@@ -664,7 +688,9 @@ def test_restart_service_without_a_service_manager_says_so() -> None:
     if _systemd_runs():
         pytest.skip("systemd runs here")
     ran = run("restart-service", {"SERVICE": "blfix-no-such-service"})
-    assert ran.exit_status == UNAVAILABLE, ran.output
+    assert ran.exit_status == as_root(UNAVAILABLE), ran.output
+    if os.geteuid() != 0:
+        return
     assert "systemd is not the init system here" in ran.output
     assert ran.verify_passed is False
 
@@ -729,8 +755,10 @@ def test_sync_clock_where_no_time_sync_runs() -> None:
                               for t in ("chronyc", "ntpdate", "sntp")):
         pytest.skip("a time synchronisation tool is present: not stepping this clock")
     ran = run("sync-clock")
-    assert ran.exit_status == UNAVAILABLE, ran.output
-    assert "no time synchronisation here" in ran.output and ran.verify_passed is False
+    assert ran.exit_status == as_root(UNAVAILABLE), ran.output
+    assert ran.verify_passed is False
+    if os.geteuid() == 0:
+        assert "no time synchronisation here" in ran.output
     for server in ("-p1 evil", "pool.ntp.org; date -s 2000", "$(touch X)", "a b"):
         refused_by_schema("sync-clock", SERVER=server)
 
@@ -747,7 +775,8 @@ def test_renew_dhcp_lease_refuses_fake_and_loopback_interfaces() -> None:
     if real and not any(shutil.which(c, path=SAFE_PATH) for c in clients) \
             and not Path("/run/systemd/netif").exists():
         ran = run("renew-dhcp-lease", {"INTERFACE": real[0]})
-        assert ran.exit_status == UNAVAILABLE and "no DHCP client here" in ran.output
+        assert ran.exit_status == as_root(UNAVAILABLE), ran.output
+        assert os.geteuid() != 0 or "no DHCP client here" in ran.output
 
 
 def _etc(tmp_dir: Path, files: Mapping[str, str]) -> Path:
@@ -907,6 +936,33 @@ def test_hostile_text_a_pattern_allows_reaches_the_script_as_data(tmp_dir: Path)
                 with pytest.raises(ParamError):
                     check_value(p, payload)
     assert not (tmp_dir / "X").exists()
+
+
+def test_fixes_that_change_the_system_say_they_need_root(tmp_dir: Path) -> None:
+    """Run as nobody (as an agent would under a hardened unit: docs/fixes.md), each
+    fix that changes system state says so and exits 77 before it touches anything."""
+    interface = next((p.name for p in Path("/sys/class/net").iterdir() if p.name != "lo"), None)
+    params: dict[str, dict[str, object]] = {
+        "clean-package-cache": {}, "clear-proxy-settings": {}, "restart-agent": {},
+        "restart-service": {"SERVICE": "cron"}, "set-dns-servers": {"SERVERS": "1.1.1.1"},
+        "set-proxy": {"PROXY_URL": "http://proxy:3128"}, "sync-clock": {},
+        "vacuum-journal": {},
+    }
+    if interface:
+        params["renew-dhcp-lease"] = {"INTERFACE": interface}
+    if not any(shutil.which(t, path=SAFE_PATH) for t in ("apt-get", "dnf", "yum", "zypper",
+                                                          "pacman", "apk")):
+        del params["clean-package-cache"]  # 69 comes first: nothing to clean with
+    if shutil.which("journalctl", path=SAFE_PATH) is None or not (
+            Path("/var/log/journal").is_dir() or Path("/run/log/journal").is_dir()):
+        del params["vacuum-journal"]
+    if not _systemd_runs():
+        del params["restart-agent"]  # 69 comes first: no systemd to restart it with
+    # remount-rw asks only when there is a read-only mount to change: nobody cannot make one
+    assert set(params) <= NEED_ROOT
+    for fix_id, values in params.items():
+        ran = run(fix_id, values, as_nobody=True)
+        assert ran.exit_status == NEEDS_ROOT and "needs root" in ran.output, (fix_id, ran.output)
 
 
 #: Values each script must refuse by itself (exit 64) when the schema is bypassed, as

@@ -9,6 +9,10 @@ fi
 if [ "$iface" = lo ] || [ "$(cat "/sys/class/net/$iface/type" 2>/dev/null)" = 772 ]; then
     echo "refused: $iface is the loopback interface, it has no DHCP lease" >&2; exit 64
 fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "needs root: this fix changes system state and runs as $(id -un 2>/dev/null || id -u)" >&2
+    exit 77
+fi
 has() { command -v "$1" >/dev/null 2>&1; }
 runs() {
     for comm in /proc/[0-9]*/comm; do

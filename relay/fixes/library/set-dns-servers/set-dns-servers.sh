@@ -17,6 +17,10 @@ for s in $servers; do
 done
 if [ "$n" -lt 1 ] || [ "$n" -gt 3 ]; then echo "refused: give one to three servers" >&2; exit 64; fi
 
+if [ "$(id -u)" -ne 0 ]; then
+    echo "needs root: this fix changes system state and runs as $(id -un 2>/dev/null || id -u)" >&2
+    exit 77
+fi
 conf=/etc/resolv.conf
 link="$(readlink -- "$conf" 2>/dev/null || true)"
 case "$link" in
