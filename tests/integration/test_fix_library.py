@@ -450,6 +450,15 @@ def test_clean_temp_files_deletes_only_old_files_of_the_folder(tmp_dir: Path,
     _age(link, 10)
     os.mkfifo(tmp_dir / "pipe")
     _age(tmp_dir / "pipe", 10)
+    xlock = tmp_dir / ".X0-lock"
+    xlock.write_text("1234")
+    _age(xlock, 30)
+    read = tmp_dir / "still-read.db"
+    read.write_text("in use")
+    _age(read, 30)
+    os.utime(read, (time.time() - 3600, time.time() - 30 * 86400))  # read an hour ago
+    (tmp_dir / "emptied").mkdir()
+    _age(tmp_dir / "emptied", 10)
 
     ran = run("clean-temp-files", {"FOLDER": str(tmp_dir), "AGE_DAYS": 7})
     assert ran.runner == ("executor" if _executor_present() else "local")
@@ -457,7 +466,8 @@ def test_clean_temp_files_deletes_only_old_files_of_the_folder(tmp_dir: Path,
     assert ran.verify_passed, ran.verify_output
     assert "deleting 3 files" in ran.output
     assert not any(p.exists() for p in old) and not link.is_symlink()
-    assert fresh.exists() and (tmp_dir / "pipe").exists()
+    assert fresh.exists() and (tmp_dir / "pipe").exists() and xlock.exists() and read.exists()
+    assert not (tmp_dir / "emptied").exists(), "an old empty folder is left"
     assert target.read_text() == "not ours", "the link was followed"
 
 

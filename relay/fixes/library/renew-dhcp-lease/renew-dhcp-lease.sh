@@ -38,9 +38,13 @@ if has dhcpcd && runs dhcpcd; then
     echo "dhcpcd -n $iface failed" >&2; exit 1
 fi
 if has dhclient; then
+    # Release and request run in a session of their own: a cancel, or the support
+    # session dropping when the lease is released, ends this script's session, and
+    # must not leave the interface between the two without any lease.
     echo "dhclient: releasing and requesting a lease on $iface"
-    dhclient -r "$iface" 2>/dev/null
-    dhclient -1 "$iface" && exit 0
+    setsid sh -c 'dhclient -r "$1" 2>/dev/null; exec dhclient -1 "$1"' sh "$iface" \
+        </dev/null &
+    if wait "$!"; then exit 0; fi
     echo "dhclient could not get a lease on $iface" >&2; exit 1
 fi
 if has udhcpc; then
