@@ -281,6 +281,13 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
                 proc.wait(timeout=5)
 
 
+def _wait_for(path: Path, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+
+
 def _age(path: Path, days: float) -> None:
     then = time.time() - days * 86400
     os.utime(path, (then, then), follow_symlinks=False)
@@ -630,10 +637,11 @@ def test_stop_runaway_process_stops_every_process_of_that_name(
 def test_stop_runaway_process_escalates_to_sigkill(
         tmp_dir: Path, processes: list[subprocess.Popen[bytes]]) -> None:
     name = f"blfixt{os.getpid() % 100000}"
+    ready = tmp_dir / "ready"
     stubborn = _throwaway(tmp_dir, name, "dash", "-c",
-                          "trap '' TERM INT; while :; do sleep 0.1; done")
+                          f"trap '' TERM INT; touch {ready}; while :; do sleep 0.1; done")
     processes.append(stubborn)
-    time.sleep(0.3)
+    _wait_for(ready)
     kept = run("stop-runaway-process", {"NAME": name, "GRACE_S": 1, "FORCE": False})
     assert kept.exit_status == FAILED and stubborn.poll() is None, kept.output
     assert kept.verify_passed is False
@@ -661,7 +669,12 @@ INIT_SCRIPT = """#!/bin/sh
 # a throwaway SysV service for the restart-service test
 PIDFILE={pidfile}
 case "$1" in
-    start) setsid sleep 3600 </dev/null >/dev/null 2>&1 & echo $! > "$PIDFILE" ;;
+    start) setsid sleep 3600 </dev/null >/dev/null 2>&1 &
+           pid=$!
+           # like a real daemon's start: return once it has left this session (the
+           # agent ends the fix's whole session when the fix exits)
+           while [ "$(cut -d ' ' -f 6 /proc/$pid/stat 2>/dev/null)" != "$pid" ]; do sleep 0.02; done
+           echo "$pid" > "$PIDFILE" ;;
     stop) [ -f "$PIDFILE" ] && kill "$(cat "$PIDFILE")" 2>/dev/null; rm -f "$PIDFILE" ;;
     restart) "$0" stop; "$0" start ;;
     status) [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null ;;
@@ -733,19 +746,18 @@ def test_flush_dns_cache_signals_the_dnsmasq_that_runs(
     dnsmasq(8) is told to clear its cache): the fix finds it by name and signals it."""
     if _comm_pids("dnsmasq"):
         pytest.skip("a real dnsmasq runs here")
-    marker = tmp_dir / "hup"
+    marker, ready = tmp_dir / "hup", tmp_dir / "ready"
     processes.append(_throwaway(tmp_dir, "dnsmasq", "dash", "-c",
-                                f"trap 'echo hup >> {marker}' HUP; "
+                                f"trap 'echo hup >> {marker}' HUP; touch {ready}; "
                                 "while :; do sleep 0.1; done"))
-    deadline = time.monotonic() + 5
-    while not _comm_pids("dnsmasq") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_for(ready)
     ran = run("flush-dns-cache", {"RESOLVER": "dnsmasq"})
     assert ran.exit_status == OK, ran.output
     assert ran.verify_passed, ran.verify_output
+    _wait_for(marker)
     deadline = time.monotonic() + 5
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while not marker.read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert marker.read_text() == "hup\n"
     assert processes[-1].poll() is None, "the resolver must survive its flush"
 
