@@ -60,8 +60,8 @@ SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 OK, FAILED, REFUSED, NO_TARGET, UNAVAILABLE, NEEDS_ROOT = 0, 1, 64, 66, 69, 77
 #: The fixes that change system state check first that they run as root.
 NEED_ROOT = {"clean-package-cache", "clear-proxy-settings", "remount-rw", "renew-dhcp-lease",
-             "restart-agent", "restart-service", "set-dns-servers", "set-proxy", "sync-clock",
-             "vacuum-journal"}
+             "restart-agent", "restart-service", "rotate-logs", "set-dns-servers", "set-proxy",
+             "sync-clock", "vacuum-journal"}
 
 
 def as_root(status: int) -> int:
@@ -81,6 +81,8 @@ EXERCISED = {
     "remount-rw": "real: a read-only tmpfs in a private namespace",
     "renew-dhcp-lease": "refusals only: fake interface (66), loopback (64), no DHCP client (69)",
     "restart-agent": "69 path only (systemd is not PID 1 here)",
+    "rotate-logs": "real: logrotate -f with bind-mounted config, state and /var/log",
+    "show-service-log": "real: a bind-mounted /var/log/syslog (no journal entries here)",
     "restart-service": "real: a throwaway SysV service on a bind-mounted /etc/init.d; "
                        "the systemd path is not available here (69)",
     "set-dns-servers": "real: a bind-mounted /etc (plain file and resolved drop-in)",
@@ -379,7 +381,8 @@ def test_scripts_read_parameters_only_from_the_environment_and_never_eval() -> N
             for number, line in enumerate(text.splitlines(), 1):
                 where = f"{m.id} {label} line {number}: {line.strip()}"
                 if m.interpreter == "sh":
-                    assert not re.search(r"(^|[;&|(\s])(eval|source)\s", line), where
+                    code = "" if line.lstrip().startswith("#") else line
+                    assert not re.search(r"(^|[;&|(\s])(eval|source|\.)\s", code), where
                     if "BACKLINE_PARAM_" in line:
                         match = sh_read.match(line)
                         assert match, f"not a quoted read of a parameter: {where}"
@@ -601,6 +604,50 @@ def test_vacuum_journal_on_a_bind_mounted_journal(tmp_dir: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == [names[2]]
     refused_by_schema("vacuum-journal", MAX_SIZE_MB=0)
     refused_by_schema("vacuum-journal", MAX_SIZE_MB="1; rm -rf /")
+
+
+def test_rotate_logs_runs_logrotate_on_bind_mounted_config_and_logs(tmp_dir: Path) -> None:
+    if shutil.which("logrotate", path=SAFE_PATH) is None:
+        pytest.skip("logrotate is not installed here")
+    if not Path("/etc/logrotate.conf").is_file() or not Path("/etc/logrotate.d").is_dir():
+        pytest.skip("no /etc/logrotate.conf and /etc/logrotate.d to bind over")
+    logs, confd, state = tmp_dir / "log", tmp_dir / "logrotate.d", tmp_dir / "state"
+    for folder in (logs, confd, state):
+        folder.mkdir(mode=0o755)
+    (logs / "blfix.log").write_text("a line\n" * 1000)
+    (confd / "blfix").write_text("/var/log/blfix.log {\n  rotate 2\n  missingok\n"
+                                 "  compress\n  create 0640 root root\n}\n")
+    conf = tmp_dir / "logrotate.conf"
+    conf.write_text("include /etc/logrotate.d\n")
+    mounts = [("bind", str(conf), "/etc/logrotate.conf"), ("bind", str(confd), "/etc/logrotate.d"),
+              ("bind", str(logs), "/var/log")]
+    if Path("/var/lib/logrotate").is_dir():
+        mounts.append(("bind", str(state), "/var/lib/logrotate"))
+    else:
+        pytest.skip("no /var/lib/logrotate to bind over")
+    ran = run("rotate-logs", {"FORCE": True}, mounts)
+    assert ran.exit_status == OK, ran.output
+    assert ran.verify_passed, ran.verify_output
+    assert (logs / "blfix.log.1.gz").exists() and (logs / "blfix.log").stat().st_size == 0
+    assert (state / "status").exists()
+
+
+def test_show_service_log_prints_the_lines_naming_the_service(tmp_dir: Path) -> None:
+    logs = tmp_dir / "log"
+    logs.mkdir()
+    (logs / "syslog").write_text("".join(
+        f"Dec  1 10:00:{n:02d} host blfix-demo[42]: line {n}\n"
+        f"Dec  1 10:00:{n:02d} host xblfix-demox[43]: other {n}\n" for n in range(20)))
+    mounts = [("bind", str(logs), "/var/log")]
+    ran = run("show-service-log", {"SERVICE": "blfix-demo", "LINES": 5}, mounts)
+    assert ran.exit_status == OK, ran.output
+    assert ran.verify_passed, ran.verify_output
+    shown = [line for line in ran.output.splitlines() if "blfix" in line and "syslog" not in line]
+    assert shown == [f"Dec  1 10:00:{n:02d} host blfix-demo[42]: line {n}" for n in range(15, 20)]
+    ran = run("show-service-log", {"SERVICE": "blfix-none"}, mounts)
+    assert ran.exit_status == NO_TARGET and ran.verify_passed is False
+    for name in ("-e.", "a|b", "$(id)", "x" * 129):
+        refused_by_schema("show-service-log", SERVICE=name)
 
 
 # --- processes and services ------------------------------------------------------------
@@ -968,8 +1015,11 @@ def test_fixes_that_change_the_system_say_they_need_root(tmp_dir: Path) -> None:
         "clean-package-cache": {}, "clear-proxy-settings": {}, "restart-agent": {},
         "restart-service": {"SERVICE": "cron"}, "set-dns-servers": {"SERVERS": "1.1.1.1"},
         "set-proxy": {"PROXY_URL": "http://proxy:3128"}, "sync-clock": {},
-        "vacuum-journal": {},
+        "vacuum-journal": {}, "rotate-logs": {},
     }
+    if shutil.which("logrotate", path=SAFE_PATH) is None or \
+            not Path("/etc/logrotate.conf").is_file():
+        del params["rotate-logs"]
     if interface:
         params["renew-dhcp-lease"] = {"INTERFACE": interface}
     if not any(shutil.which(t, path=SAFE_PATH) for t in ("apt-get", "dnf", "yum", "zypper",
@@ -1000,6 +1050,8 @@ BYPASS = {
     "renew-dhcp-lease": {"INTERFACE": "-r"},
     "restart-agent": {"UNIT": "sshd.service"},
     "restart-service": {"SERVICE": "--force"},
+    "rotate-logs": {"FORCE": "$(touch {x})"},
+    "show-service-log": {"SERVICE": "-e."},
     "set-dns-servers": {"SERVERS": "1.1.1.1;touch {x}"},
     "set-proxy": {"PROXY_URL": 'http://p"; touch {x}; "'},
     "stop-runaway-process": {"NAME": "*"},
