@@ -9,10 +9,13 @@ from backline.common.fixes.manifest import (
     Parameter,
     as_dict,
     canonical_bytes,
+    diff_text,
     digest,
     load_manifest,
     manifest_from_dict,
     parse_manifest,
+    runs_on,
+    to_toml,
 )
 from backline.common.fixes.params import ParamError, params_from_text, validate_params
 from backline.common.fixes.revocation import (
@@ -50,6 +53,7 @@ __all__ = [
     "as_dict",
     "canonical_bytes",
     "check_signatures",
+    "diff_text",
     "digest",
     "fingerprint",
     "generate_key",
@@ -60,7 +64,9 @@ __all__ = [
     "params_from_text",
     "parse_manifest",
     "public_line",
+    "runs_on",
     "sign",
     "signer_of",
+    "to_toml",
     "validate_params",
 ]

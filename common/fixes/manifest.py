@@ -541,3 +541,64 @@ def digest(m: FixManifest) -> str:
 def as_dict(m: FixManifest) -> dict[str, Any]:
     """Function form of :meth:`FixManifest.as_dict`."""
     return m.as_dict()
+
+
+# -- platform, text form, diff ----------------------------------------------------------
+
+#: ``sys.platform`` -> manifest platform name.
+PLATFORM_OF = {"linux": "linux", "darwin": "macos", "win32": "windows"}
+
+
+def runs_on(m: FixManifest, sys_platform: str) -> bool:
+    """Whether ``m`` is for the platform ``sys_platform`` names (``sys.platform``)."""
+    return PLATFORM_OF.get(sys_platform) in m.platforms
+
+
+def _toml_string(text: str, multiline: bool = False) -> str:
+    """A TOML string that reads back as ``text`` (a script as a readable literal block
+    when it can be one, else a basic string with escapes)."""
+    if multiline and "'''" not in text and not text.endswith("'") and all(
+            ch in "\n\t" or unicodedata.category(ch) != "Cc" for ch in text):
+        return "'''\n" + text + "'''"
+    # JSON's escapes are TOML's too; TOML also wants DEL escaped.
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+
+
+def to_toml(m: FixManifest) -> str:
+    """The manifest as TOML with its scripts inline: what ``fix show`` prints and diffs
+    compare. :func:`parse_manifest` reads it back to an equal manifest."""
+    out = [f"id = {_toml_string(m.id)}", f"version = {m.version}",
+           f"title = {_toml_string(m.title)}",
+           f"description = {_toml_string(m.description)}",
+           f"platforms = {_toml_value(list(m.platforms))}",
+           f"interpreter = {_toml_string(m.interpreter)}",
+           f"timeout_s = {m.timeout_s}", f"risk = {_toml_string(m.risk)}",
+           f"consent = {_toml_value(m.consent)}", f"rules = {_toml_value(list(m.rules))}",
+           f"script = {_toml_string(m.script, multiline=True)}"]
+    if m.verify is not None:
+        out.append(f"verify = {_toml_string(m.verify, multiline=True)}")
+    for p in m.parameters:
+        out.append(f"\n[parameters.{p.name}]")
+        out.extend(f"{key} = {_toml_value(value)}" for key, value in p.as_dict().items())
+    return "\n".join(out) + "\n"
+
+
+def diff_text(old: FixManifest, new: FixManifest) -> str:
+    """A unified diff of two versions' :func:`to_toml` (scripts included), digests on top."""
+    import difflib
+
+    lines = difflib.unified_diff(to_toml(old).splitlines(keepends=True),
+                                 to_toml(new).splitlines(keepends=True),
+                                 fromfile=f"{old.ref} {digest(old)}",
+                                 tofile=f"{new.ref} {digest(new)}")
+    return "".join(lines)

@@ -32,10 +32,14 @@ NAMESPACE = "backline-fix-revocation"
 MAX_SERIAL = 2**53 - 1
 MAX_ENTRIES = 10000
 MAX_REASON = 500
-#: 10000 entries of ~300 bytes each, with room; also bounds a control message.
-MAX_LIST_BYTES = 4 * 1024 * 1024
+#: The list travels in ONE control frame (common/protocol.py: 64 KiB of JSON, where the
+#: relay's schema bounds ``list_b64`` to 56 KiB of base64 = 43008 bytes): an agent
+#: refuses canonical bytes over this; a relay checks :func:`fits_one_frame` and must not
+#: send a longer list (it would need another way to carry it, e.g. an HTTP fetch).
+MAX_LIST_BYTES = 43008
 MAX_AT = 2.0**34  # seconds since the epoch: far beyond any real date
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_B64_RE = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")
 MESSAGE_TYPE = "fix_revocations"
 
 
@@ -109,10 +113,18 @@ def make(serial: int, entries: Sequence[Revoked]) -> RevocationList:
     if not isinstance(serial, int) or isinstance(serial, bool) or not (
             0 <= serial <= MAX_SERIAL):
         raise RevocationError("revocation serial: must be an integer 0 to 2**53-1")
+    if len(entries) > MAX_ENTRIES * 2:
+        raise RevocationError(f"revocation list: more than {MAX_ENTRIES} entries")
     checked = _normal([entry(e.id, e.version, e.digest, e.reason, e.at) for e in entries])
     if len(checked) > MAX_ENTRIES:
         raise RevocationError(f"revocation list: more than {MAX_ENTRIES} entries")
     return RevocationList(serial, checked)
+
+
+def fits_one_frame(rl: RevocationList) -> bool:
+    """Whether agents accept ``rl`` in one control message (canonical bytes at most
+    :data:`MAX_LIST_BYTES`)."""
+    return len(canonical_bytes(rl)) <= MAX_LIST_BYTES
 
 
 def list_from_dict(d: Mapping[str, Any]) -> RevocationList:
@@ -214,7 +226,9 @@ def add(rl: RevocationList, new: Revoked) -> RevocationList:
 
 
 def encode_message(rl: RevocationList, signature: str) -> dict[str, str]:
-    """The control message relay -> agent: ``{"type", "list_b64", "signature"}``."""
+    """The control message relay -> agent: ``{"type", "list_b64", "signature"}``
+    (``list_b64``: standard, padded base64 — what the first API made and the relay's
+    and agent's code read; :func:`b64decode` reads base64url too)."""
     return {"type": MESSAGE_TYPE,
             "list_b64": base64.b64encode(canonical_bytes(rl)).decode("ascii"),
             "signature": signature}
@@ -227,10 +241,18 @@ def decode_message(msg: Mapping[str, Any]) -> tuple[RevocationList, str]:
     b64, sig = msg.get("list_b64"), msg.get("signature")
     if not isinstance(b64, str) or not isinstance(sig, str):
         raise RevocationError("revocation message: list_b64 and signature must be text")
-    if len(b64) > MAX_LIST_BYTES * 4 // 3 + 4 or len(sig) > signing.MAX_ARMOR:
+    if len(b64) > (MAX_LIST_BYTES + 2) // 3 * 4 or len(sig) > signing.MAX_ARMOR:
         raise RevocationError("revocation message: too large")
+    return from_canonical(b64decode(b64)), sig
+
+
+def b64decode(text: str) -> bytes:
+    """Base64url (padded or not: the protocol's way) or standard base64, strictly."""
+    urlsafe, standard = "-" in text or "_" in text, "+" in text or "/" in text
+    if not _B64_RE.fullmatch(text) or (urlsafe and standard):
+        raise RevocationError("not base64")
+    bare = text.rstrip("=").replace("-", "+").replace("_", "/")
     try:
-        data = base64.b64decode(b64, validate=True)
+        return base64.b64decode(bare + "=" * (-len(bare) % 4), validate=True)
     except (binascii.Error, ValueError):
-        raise RevocationError("revocation message: list_b64 is not base64") from None
-    return from_canonical(data), sig
+        raise RevocationError("not base64") from None

@@ -1,6 +1,7 @@
 """The signed fix-trust document: how an agent enrolled before fix keys existed (or after a
 relay rotated its fix key) learns the relay's fix-approval key(s) — ``GET
-/agent/fix-trust`` -> ``{"payload_b64", "signature_b64"}``.
+/agent/fix-trust`` -> ``{"payload_b64", "signature_b64"}`` (unpadded base64url, the
+protocol's convention; standard base64 is read too).
 
 Why signed by the audit key, like the TLS pin set (common/pinset.py): the agent pinned
 that key at enrollment and it never sits on a TLS proxy, so whoever can answer on the
@@ -15,14 +16,13 @@ Offline approver keys are never in it: they live only in the agent's local polic
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backline.common import keys
+from backline.common import keys, protocol
+from backline.common.fixes.revocation import RevocationError, b64decode
 from backline.common.fixes.signing import SigningError, pinned_key
 
 CONTEXT = b"backline fix trust v1\n"
@@ -52,10 +52,10 @@ def payload(audit_public: bytes, serial: int, fix_keys: Sequence[str]) -> bytes:
     lines = []
     for line in fix_keys:
         try:
-            lines.append(" ".join(pinned_key(line).line.split()[:2]))
+            lines.append(pinned_key(line).line)
         except SigningError as exc:
             raise TrustDocError(f"fix trust: {exc}") from None
-    if len(set(lines)) != len(lines):
+    if len({pinned_key(line).blob for line in lines}) != len(lines):
         raise TrustDocError("fix trust: duplicate fix keys")
     body = {"fix_keys": lines, "relay": keys.fingerprint(audit_public), "serial": serial}
     return CONTEXT + json.dumps(body, sort_keys=True, separators=(",", ":"),
@@ -66,8 +66,8 @@ def document(audit_key: keys.PrivateKey, serial: int, fix_keys: Sequence[str]
              ) -> dict[str, str]:
     """What the relay serves on ``GET /agent/fix-trust``."""
     data = payload(keys.public_raw(audit_key), serial, fix_keys)
-    return {"payload_b64": base64.b64encode(data).decode("ascii"),
-            "signature_b64": base64.b64encode(audit_key.sign(data)).decode("ascii")}
+    return {"payload_b64": protocol.b64e(data), "signature_b64": protocol.b64e(
+        audit_key.sign(data))}
 
 
 def read(doc: Mapping[str, Any], audit_public: bytes, kept_serial: int = 0) -> FixTrustDoc:
@@ -80,9 +80,8 @@ def read(doc: Mapping[str, Any], audit_public: bytes, kept_serial: int = 0) -> F
             or len(s64) > 128:
         raise TrustDocError("fix trust: payload_b64 and signature_b64 must be short text")
     try:
-        data = base64.b64decode(p64, validate=True)
-        signature = base64.b64decode(s64, validate=True)
-    except (binascii.Error, ValueError):
+        data, signature = b64decode(p64), b64decode(s64)
+    except RevocationError:
         raise TrustDocError("fix trust: not base64") from None
     if not keys.verify(audit_public, signature, data):
         raise TrustDocError("fix trust: not signed by the relay's audit key")

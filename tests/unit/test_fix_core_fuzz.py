@@ -22,6 +22,7 @@ from backline.common.fixes import (
     validate_params,
 )
 from backline.common.fixes import revocation as rv
+from backline.common.fixes.manifest import to_toml
 
 BASE: dict[str, Any] = {
     "id": "fuzz-fix", "version": 1, "title": "Fuzz", "platforms": ["linux"],
@@ -59,6 +60,18 @@ def test_manifest_from_dict_accepts_or_names_a_field(over: dict[str, Any],
     wire = json.loads(json.dumps(m.as_dict()))
     again = manifest_from_dict(wire)
     assert again == m and digest(again) == digest(m)
+    assert parse_manifest(to_toml(m)) == m
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1, max_size=200).filter(lambda t: t.strip() and "\x00" not in t),
+       st.text(max_size=100))
+def test_to_toml_round_trips_any_script_text(script: str, description: str) -> None:
+    try:
+        m = manifest_from_dict({**BASE, "script": script, "description": description})
+    except ManifestError:
+        return
+    assert parse_manifest(to_toml(m)) == m
 
 
 @settings(max_examples=150, deadline=None)

@@ -519,3 +519,30 @@ def test_huge_integers_are_refused_without_printing_them() -> None:
     assert "a huge number" in refused(d, "version")
     with pytest.raises(ManifestError, match=r"^manifest: not valid TOML"):
         parse_manifest(GOLDEN_TOML.replace("version = 3", "version = " + "9" * 5000))
+
+
+@pytest.mark.parametrize("script", [
+    "echo '''\n", "echo hi'", "a\r\nb\r\n", "del \x7f here\n", "tab\there\n", "no newline",
+    'quote " and \\ backslash\n', "ünïcödé ☕ 𝄞\n", "\x1b[31mred\n", "'''",
+])
+def test_to_toml_round_trips(script: str) -> None:
+    from backline.common.fixes.manifest import to_toml
+
+    d = base()
+    d["script"] = script
+    d["description"] = "two\nlines \"quoted\""
+    m = manifest_from_dict(d)
+    assert parse_manifest(to_toml(m)) == m
+
+
+def test_diff_text_and_runs_on() -> None:
+    from backline.common.fixes.manifest import diff_text, runs_on
+
+    m = parse_manifest(GOLDEN_TOML)
+    m2 = manifest_from_dict({**m.as_dict(), "version": 4, "script": "echo changed\n"})
+    diff = diff_text(m, m2)
+    assert diff.startswith(f"--- restart-service@3 {GOLDEN_DIGEST}\n+++ restart-service@4 ")
+    assert "-systemctl restart" in diff and "+echo changed" in diff
+    assert diff_text(m, m) == ""
+    assert runs_on(m, "linux") and runs_on(m, "darwin") and not runs_on(m, "win32")
+    assert not runs_on(m, "freebsd14")

@@ -140,7 +140,7 @@ def test_ssh_keygen_verifies_a_revocation_list(tmp_path: Path) -> None:
     b"backline fix revocations v1\n{\"entries\":[{}],\"serial\":1}",
     b"backline fix revocations v1\nnot json",
     b"backline fix revocations v1\n\xff",
-    b"backline fix revocations v1\n" + b" " * (4 * 1024 * 1024),
+    b"backline fix revocations v1\n" + b" " * 43008,
 ])
 def test_from_canonical_is_strict(data: bytes) -> None:
     with pytest.raises(rv.RevocationError):
@@ -177,6 +177,32 @@ def test_list_bounds() -> None:
         rv.make(1, many)
 
 
+def test_what_fits_one_control_frame() -> None:
+    """The relay checks fits_one_frame before it sends; agents refuse anything longer."""
+    from backline.common import protocol
+
+    entries: list[rv.Revoked] = []
+    i = 1
+    while True:
+        # the longest id, a reason of 200 characters that each escape to 6 bytes
+        candidate = [*entries, rv.entry("f" * 48, i, "sha256:" + f"{i:064x}", "é" * 200,
+                                        1_700_000_000.123)]
+        if not rv.fits_one_frame(rv.make(1, candidate)):
+            break
+        entries, i = candidate, i + 1
+    rl = rv.make(1, entries)
+    msg = rv.encode_message(rl, rv.sign(rl, RELAY_PRIV))
+    # as a frame: {"v": 1, "type": ..., fields} (protocol.encode once the type is declared)
+    frame = json.dumps({"v": protocol.VERSION, **msg})
+    assert len(rl.entries) >= 25 and len(frame.encode()) <= protocol.MAX_FRAME_BYTES
+    assert len(msg["list_b64"]) <= 56 * 1024  # the relay's schema bound for list_b64
+    assert rv.decode_message(msg)[0] == rl
+    too_long = rv.make(1, candidate)
+    big = rv.encode_message(too_long, rv.sign(too_long, RELAY_PRIV))
+    with pytest.raises(rv.RevocationError):
+        rv.decode_message(big)
+
+
 def test_state_file_round_trip() -> None:
     kept = merge(None, *signed(3, revoke(), revoke(M2)), [RELAY_PUB])
     again = rv.list_from_dict(json.loads(json.dumps(kept.as_dict())))
@@ -191,6 +217,12 @@ def test_control_message_round_trip_and_bounds() -> None:
     rl, sig = signed(4, revoke())
     msg = rv.encode_message(rl, sig)
     assert msg["type"] == "fix_revocations"
+    # standard padded base64 (what the relay's protocol schema and the agent expect)...
+    assert msg["list_b64"] == base64.b64encode(rv.canonical_bytes(rl)).decode()
+    # ...and base64url, padded or not, is read too
+    url = base64.urlsafe_b64encode(rv.canonical_bytes(rl)).decode()
+    for text in (url, url.rstrip("=")):
+        assert rv.decode_message({**msg, "list_b64": text})[0] == rl
     got, got_sig = rv.decode_message(json.loads(json.dumps(msg)))
     assert got == rl and got_sig == sig
     assert merge(None, got, got_sig, [RELAY_PUB]).serial == 4
@@ -198,7 +230,8 @@ def test_control_message_round_trip_and_bounds() -> None:
                 {**msg, "list_b64": 5}, {**msg, "signature": None},
                 {**msg, "signature": "x" * 9000},
                 {**msg, "list_b64": "A" * (6 * 1024 * 1024)},
-                {**msg, "list_b64": base64.b64encode(b"not a list").decode()}):
+                {**msg, "list_b64": base64.b64encode(b"not a list").decode()},
+                {**msg, "list_b64": "ab+c-d=="}, {**msg, "list_b64": "abc d"}):
         with pytest.raises(rv.RevocationError):
             rv.decode_message(bad)
 

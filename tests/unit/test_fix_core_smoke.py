@@ -34,3 +34,15 @@ def test_round_trip_sign_check_revoke() -> None:
     rl = revocation.make(1, [revocation.entry(m.id, m.version, fixes.digest(m), "bad", 1.0)])
     kept = fixes.merge(None, rl, revocation.sign(rl, priv), [pub])
     assert fixes.is_revoked(kept, m)
+
+
+def test_importing_the_package_does_not_load_asyncssh() -> None:
+    """An idle agent imports common/fixes; asyncssh (measured 27 MiB) waits for a fix."""
+    import subprocess
+    import sys
+
+    code = ("import sys, backline.common.fixes, backline.common.fixes.revocation, "
+            "backline.common.fixes.trustdoc; print('asyncssh' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert out.strip() == "False"

@@ -12,6 +12,7 @@ import pytest
 from backline.common import keys
 from backline.common.fixes import generate_key
 from backline.common.fixes import trustdoc as td
+from backline.common.fixes.revocation import b64decode as rv_b64decode
 
 AUDIT = keys.generate()
 AUDIT_PUB = keys.public_raw(AUDIT)
@@ -23,7 +24,7 @@ def test_round_trip_and_serial() -> None:
     doc = td.document(AUDIT, 3, [FIX1, FIX2])
     got = td.read(json.loads(json.dumps(doc)), AUDIT_PUB, kept_serial=2)
     assert got.serial == 3
-    assert got.fix_keys == tuple(" ".join(k.split()[:2]) for k in (FIX1, FIX2))
+    assert got.fix_keys == (FIX1, FIX2)
     with pytest.raises(td.TrustDocError, match="replay"):
         td.read(doc, AUDIT_PUB, kept_serial=3)
 
@@ -42,7 +43,7 @@ def test_forged_or_foreign_documents() -> None:
 
 def test_tampered_and_malformed() -> None:
     doc = td.document(AUDIT, 1, [FIX1])
-    data = base64.b64decode(doc["payload_b64"]).replace(b'"serial":1', b'"serial":9')
+    data = rv_b64decode(doc["payload_b64"]).replace(b'"serial":1', b'"serial":9')
     with pytest.raises(td.TrustDocError, match="not signed"):
         td.read({**doc, "payload_b64": base64.b64encode(data).decode()}, AUDIT_PUB)
     loose = td.CONTEXT + json.dumps({"fix_keys": [FIX1], "relay": keys.fingerprint(AUDIT_PUB),
@@ -59,8 +60,15 @@ def test_tampered_and_malformed() -> None:
 
 @pytest.mark.parametrize(("serial", "lines"), [
     (0, [FIX1]), (2**53, [FIX1]), (True, [FIX1]), (1, []), (1, [FIX1] * 2),
+    (1, [FIX1, FIX1 + " same key"]),
     (1, ["not a key"]), (1, [FIX1] + [generate_key()[1] for _ in range(8)]), (1, FIX1),
 ])
 def test_payload_bounds(serial: int, lines: list[str]) -> None:
     with pytest.raises(td.TrustDocError):
         td.payload(AUDIT_PUB, serial, lines)
+
+
+def test_served_in_the_protocols_base64url() -> None:
+    doc = td.document(AUDIT, 1, [FIX1])
+    assert "=" not in doc["payload_b64"] + doc["signature_b64"]
+    assert "+" not in doc["payload_b64"] and "/" not in doc["payload_b64"]
