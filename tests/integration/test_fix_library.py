@@ -9,20 +9,22 @@ executor ``backline.agent.fixes.executor.run_fix`` when that module is present, 
 with :func:`_run_like_the_agent`, which keeps to the same contract (interpreter from
 the fixed PATH, environment limited to the listed variables and BACKLINE_PARAM_*,
 private 0700 folder as cwd, HOME and TMPDIR, a session of its own, stdin /dev/null,
-the whole session killed at the timeout and once the script has exited).
+its process group killed at the timeout and once the script has exited; the executor
+kills every member of the session).
 
 Safe targets: a folder under /tmp, processes the test starts, a tmpfs it mounts. Fixes
 whose target is a fixed system path (/etc/environment, /etc/resolv.conf, /var/log,
-/var/cache/apt, /var/log/journal, /etc/init.d) run in a private mount namespace
-(``unshare -m``) in which the child first bind-mounts a folder of the test over that
-path: the real script writes its real path, and the machine's own file is never
-touched. Fixes for a tool this container does not have (systemd as init, chrony,
-journald, a DHCP client, a DNS cache) are run too, and must fail the way their manifest
-says: a clear message and exit status 69. :data:`EXERCISED` says, for each Linux fix,
+/var/cache/apt, /var/log/journal, /etc/init.d, /etc/logrotate.conf) run in a private
+mount namespace (``unshare -m``) in which the child first bind-mounts a folder or file
+of the test over that path: the real script acts on its real path, and the machine's
+own file is never touched. Fixes for a tool this container does not have (systemd as
+init, chrony, journald, a DHCP client, a DNS cache) are run too, and must fail the way
+their manifest says: a clear message and exit status 69. :data:`EXERCISED` says, for each Linux fix,
 which of these paths the tests take; docs/fixes.md repeats it.
 
 Exit statuses every library script uses: 0 done, 1 the action failed, 64 a parameter
-refused by the script, 66 no such target, 69 the tool is not available here.
+refused by the script, 66 no such target, 69 the tool is not available here, 77 the fix
+needs root (checked by running those fixes as nobody).
 """
 
 from __future__ import annotations
