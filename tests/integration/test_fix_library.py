@@ -926,6 +926,9 @@ def test_set_dns_servers_rewrites_a_bind_mounted_resolv_conf(tmp_dir: Path) -> N
     assert lines[1:] == ["nameserver 9.9.9.9", "nameserver 2620:fe::fe", "search example.com",
                          "options ndots:2"]
     assert (etc / "resolv.conf.backline-old").read_text() == old
+    again = run("set-dns-servers", {"SERVERS": "1.1.1.1"}, _over_etc(etc))
+    assert again.exit_status == OK and again.verify_passed, again.output
+    assert (etc / "resolv.conf.backline-old").read_text() == old, "the first backup is kept"
 
 
 def test_set_dns_servers_with_resolved_or_network_manager(tmp_dir: Path) -> None:
