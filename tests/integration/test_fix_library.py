@@ -285,7 +285,7 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
                 proc.wait(timeout=5)
 
 
-def _wait_for(path: Path, timeout: float = 10) -> None:
+def _wait_for(path: Path, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         assert time.monotonic() < deadline, f"{path} did not appear"
@@ -670,14 +670,14 @@ def test_stop_runaway_process_stops_every_process_of_that_name(
     processes += [_throwaway(tmp_dir, name, "sleep", "600") for _ in range(2)]
     bystander = _throwaway(tmp_dir, name + "x", "sleep", "600")
     processes.append(bystander)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while len(_comm_pids(name)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     ran = run("stop-runaway-process", {"NAME": name, "GRACE_S": 5})
     assert ran.exit_status == OK, ran.output
     assert ran.verify_passed, ran.verify_output
     for proc in processes[:2]:
-        assert proc.wait(timeout=5) == -signal.SIGTERM
+        assert proc.wait(timeout=15) == -signal.SIGTERM
     assert bystander.poll() is None, "a process with a longer name was stopped too"
     again = run("stop-runaway-process", {"NAME": name})
     assert again.exit_status == NO_TARGET and again.verify_passed
@@ -697,7 +697,7 @@ def test_stop_runaway_process_escalates_to_sigkill(
     ran = run("stop-runaway-process", {"NAME": name, "GRACE_S": 1})
     assert ran.exit_status == OK and "SIGKILL" in ran.output, ran.output
     assert ran.verify_passed, ran.verify_output
-    assert stubborn.wait(timeout=5) == -signal.SIGKILL
+    assert stubborn.wait(timeout=15) == -signal.SIGKILL
 
 
 def test_stop_runaway_process_refuses_shells_patterns_and_options(
@@ -804,7 +804,7 @@ def test_flush_dns_cache_signals_the_dnsmasq_that_runs(
     assert ran.exit_status == OK, ran.output
     assert ran.verify_passed, ran.verify_output
     _wait_for(marker)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while not marker.read_text() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert marker.read_text() == "hup\n"
