@@ -75,6 +75,7 @@ def as_root(status: int) -> int:
 EXERCISED = {
     "clean-package-cache": "real: apt-get clean on a bind-mounted /var/cache/apt",
     "clean-rotated-logs": "real: a bind-mounted /var/log",
+    "check-filesystem": "real: a loop-mounted ext4 image, clean and with errors recorded",
     "clean-temp-files": "real: a folder under /tmp",
     "clear-proxy-settings": "real: a bind-mounted /etc",
     "find-large-files": "real: a folder under /tmp",
@@ -193,6 +194,8 @@ def _child(spec: dict[str, Any]) -> None:
     for kind, *args in spec["mounts"]:
         if kind == "bind":
             subprocess.run(["mount", "--rbind", args[0], args[1]], check=True)
+        elif kind == "loop":
+            subprocess.run(["mount", "-o", "loop", args[0], args[1]], check=True)
         elif kind == "tmpfs":
             subprocess.run(["mount", "-t", "tmpfs", "-o", f"{args[1]},size=1m", "tmpfs",
                             args[0]], check=True)
@@ -977,6 +980,34 @@ def test_remount_rw_refuses_what_is_not_a_writable_mount(tmp_dir: Path) -> None:
         refused_by_schema("remount-rw", MOUNTPOINT=path)
 
 
+def test_check_filesystem_reads_the_state_of_a_loop_mounted_ext4(tmp_dir: Path) -> None:
+    if not (shutil.which("mkfs.ext4", path=SAFE_PATH) and shutil.which("tune2fs", path=SAFE_PATH)):
+        pytest.skip("e2fsprogs is not installed here")
+    image, mnt = tmp_dir / "fs.img", tmp_dir / "mnt"
+    mnt.mkdir()
+    with image.open("wb") as fh:
+        fh.truncate(8 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, timeout=60)
+    mounts = [("loop", str(image), str(mnt))]
+    probe = subprocess.run([*_namespace_prefix(), "mount", "-o", "loop", str(image), str(mnt)],
+                           capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"no loop mounts here: {probe.stderr[:200]}")
+    ran = run("check-filesystem", {"MOUNTPOINT": str(mnt)}, mounts)
+    assert ran.exit_status == OK, ran.output
+    assert ran.verify_passed, ran.verify_output
+    assert "Filesystem state:         clean" in ran.output and "(ext4)" in ran.output
+    # the flag the kernel sets when it finds an error ("clean with errors")
+    subprocess.run(["tune2fs", "-E", "force_fsck", str(image)], check=True,
+                   capture_output=True, timeout=60)
+    ran = run("check-filesystem", {"MOUNTPOINT": str(mnt)}, mounts)
+    assert ran.exit_status == FAILED and "records errors" in ran.output, ran.output
+    assert ran.verify_passed is False
+    assert run("check-filesystem", {"MOUNTPOINT": str(tmp_dir)}).exit_status == NO_TARGET
+    for path in ("relative", "/a b", "/x;reboot", "/$(id)"):
+        refused_by_schema("check-filesystem", MOUNTPOINT=path)
+
+
 def test_find_large_files_lists_the_big_ones_and_changes_nothing(tmp_dir: Path) -> None:
     big = tmp_dir / "sub" / "big.iso"
     big.parent.mkdir()
@@ -1045,6 +1076,7 @@ def test_fixes_that_change_the_system_say_they_need_root(tmp_dir: Path) -> None:
 #: Values each script must refuse by itself (exit 64) when the schema is bypassed, as
 #: when a relay or an agent bug let one through: defence in depth.
 BYPASS = {
+    "check-filesystem": {"MOUNTPOINT": "/tmp/a b"},
     "clean-package-cache": {"MANAGER": "apt; touch {x}"},
     "clean-rotated-logs": {"FOLDER": "/etc"},
     "clean-temp-files": {"FOLDER": "/etc"},
