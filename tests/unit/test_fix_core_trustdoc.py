@@ -62,7 +62,8 @@ def test_tampered_and_malformed() -> None:
     (0, [FIX1]), (2**53, [FIX1]), (True, [FIX1]), (1, []), (1, [FIX1] * 2),
     (1, [FIX1, FIX1 + " same key"]),
     (1, ["not a key"]), (1, [FIX1] + [generate_key()[1] for _ in range(8)]), (1, FIX1),
-])
+], ids=["serial-0", "serial-too-big", "serial-bool", "no-keys", "duplicate", "same-key-renamed",
+        "not-a-key", "too-many", "a-bare-string"])
 def test_payload_bounds(serial: int, lines: list[str]) -> None:
     with pytest.raises(td.TrustDocError):
         td.payload(AUDIT_PUB, serial, lines)
