@@ -197,6 +197,7 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(end_signal, runner.end_all)
     attempt = 0
+    unusable: keychild.KeyUnusable | None = None
     while not stop.is_set():
         error = ""
         connected_at = None
@@ -218,6 +219,10 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
 
                 await session(ws, enrollment, sign, state, stop, runner, quirks, bound,
                               welcomed)
+        except keychild.KeyUnusable as exc:  # gone since the start: stop, as at the start
+            log.error("%s", exc)
+            unusable = exc
+            break
         except PinMismatch as exc:
             error = str(exc)
             log.error("%s", exc)
@@ -249,8 +254,11 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
         syncing.cancel()
     await local.close()
     await runner.close()
-    state.write_status("stopped", relay=enrollment.relay_url, agent_id=enrollment.agent_id)
+    state.write_status("stopped", relay=enrollment.relay_url, agent_id=enrollment.agent_id,
+                       **({"last_error": str(unusable)[:500]} if unusable else {}))
     log.info("stopped")
+    if unusable is not None:
+        raise unusable
 
 
 def run_forever(state: StateDir, policy_file: Path | None = None) -> None:
