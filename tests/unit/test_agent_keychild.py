@@ -151,3 +151,15 @@ def test_backline_agent_run_with_an_unusable_key_says_so_and_stops(tmp_path: Pat
     assert "identity key" in r.stderr and "cannot be used" in r.stderr
     assert "enroll --force" in r.stderr and "Traceback" not in r.stderr
     assert state.read_status() is None  # it never went on to connect
+
+
+def test_the_running_agents_modules_do_not_import_cryptography() -> None:
+    """What ``backline-agent run`` imports before its first connection (a fresh
+    interpreter, so no other test's imports hide one): no cryptography."""
+    probe = ("import sys, backline.agent.cli, backline.agent.control, backline.agent.pinsync;"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('cryptography', 'asyncssh', 'psutil')))")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]"
