@@ -26,7 +26,14 @@ from backline.common.fixes.manifest import (
     manifest_from_dict,
     parse_manifest,
 )
-from tests.harness import AgentProcess, Api, RelayProcess, admin_api, audit_actions
+from tests.harness import (
+    AgentProcess,
+    Api,
+    RelayProcess,
+    admin_api,
+    audit_actions,
+    browser_socket,
+)
 from tests.integration.test_sessions import make_user, open_session, start_agent
 
 
@@ -484,6 +491,15 @@ def test_runs_the_relay_refuses_before_sending(world: World) -> None:
                               ).status_code == 400, body
         r = alice.post(f"/api/v1/sessions/{sid}/channels/fix", json={"fix": "nope-nope@1"})
         assert r.status_code == 404
+        # the stream socket: its first frame is the ask, checked the same way
+        for first in ("not json", b"\x00binary", json.dumps([1, 2]), "x" * 70000,
+                      json.dumps({"fix": "run-gate@1", "params": {"FOLDER": "; rm -rf /"}}),
+                      json.dumps({"fix": "run-gate@1", "extra": True})):
+            with browser_socket(relay, alice, f"/api/v1/sessions/{sid}/stream/fix") as ws:
+                ws.send(first)
+                answer = json.loads(ws.recv(timeout=20))
+                assert answer["type"] == "error", (first[:20], answer)
+                assert answer["error"] in ("bad_request", "params", "bad_field"), answer
         refusals = [e for e in events(relay, "fix.run.refused")
                     if e["details"].get("side") == "relay"]
         reasons = {e["details"]["reason"] for e in refusals}
