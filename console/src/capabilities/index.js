@@ -4,5 +4,6 @@
 import "./info.js";
 import "./diagnostics.js";
 import "./shell/panel.js";
+import "./cobrowse.js";
 
 export { panelsFor, resetPanels } from "./registry.js";
