@@ -667,9 +667,13 @@ class Room:
                           detail="the recording could not be completed")
             return
         if end.code is not None:
-            runner.failed(self.session, "cobrowse", ch.actor, end.code, end.detail,
-                          bytes=self.agent_bytes, recording=stored.id,
-                          sha256=stored.sha256, **counts)
+            kept = {"bytes": self.agent_bytes, "recording": stored.id,
+                    "sha256": stored.sha256, **counts}
+            if end.code == "agent_gone" and end.__cause__ is not None:
+                runner.agent_gone(ch, end.__cause__, **kept)  # audited, the session closed
+            else:
+                runner.failed(self.session, "cobrowse", ch.actor, end.code, end.detail,
+                              **kept)
             self.tell_all("error", error=end.code, detail=end.detail,
                           recording=stored.public())
             return

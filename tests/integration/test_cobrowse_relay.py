@@ -383,3 +383,26 @@ def test_the_customer_saying_no_is_a_refusal_audited(world: World) -> None:
             assert err["type"] == "error" and err["error"] == "no_cobrowse"
     finally:
         admin.request("DELETE", f"/api/v1/sessions/{sid}")
+
+
+def test_closing_the_session_ends_the_cobrowse_and_keeps_its_recording(world: World) -> None:
+    relay, admin, agent = world.relay, world.admin, world.agent
+    session = open_session(admin, agent.agent_id, capabilities=["cobrowse"])
+    sid = session["id"]
+    with browser_socket(relay, admin, stream(sid)) as ws:
+        tech = Console(ws)
+        tech.send(type="start", url=None)
+        tech.message("ready")
+        tech.agent("rrweb")
+        closed = admin.request("DELETE", f"/api/v1/sessions/{sid}")
+        assert closed.status_code == 200, closed.text
+        end = tech.until(lambda f: f["type"] in ("exit", "error"), 30, "the end")
+        assert end.get("recording", {}).get("id"), end
+    channel = wait_for(lambda: [e for e in trail(relay, sid, "session.channel")
+                                if e["details"].get("capability") == "cobrowse"
+                                and e["action"] in ("session.channel",
+                                                    "session.channel.failed")], 20,
+                       "the channel audited")
+    details = channel[-1]["details"]
+    assert details["recording"] == end["recording"]["id"]
+    assert details["sha256"] == end["recording"]["sha256"]
