@@ -377,6 +377,13 @@ def test_the_customer_saying_no_is_a_refusal_audited(world: World) -> None:
         consent = trail(relay, sid, "cobrowse.consent")
         assert consent[-1]["details"] == {**consent[-1]["details"], "what": "view",
                                           "answer": "no"}
+        # watch=1 is for a co-browse only: it never lets a watcher run another capability.
+        with browser_socket(relay, world.watcher,
+                            f"/api/v1/sessions/{sid}/stream/info?watch=1") as ws:
+            err = json.loads(ws.recv(timeout=20))
+            assert err["type"] == "error" and err["error"] == "bad_field"
+        assert [e for e in audit_actions(relay) if e["action"] == "session.stream.refused"
+                and e["actor"] == "user:supervisor"]
         # Watching when nothing is open: a clear 404 on the socket.
         with browser_socket(relay, world.watcher, stream(sid, "watch=1")) as ws:
             err = json.loads(ws.recv(timeout=20))
