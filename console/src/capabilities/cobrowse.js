@@ -2,7 +2,7 @@
 // Replayer, loaded on first use) and guided only when the customer grants control in
 // the agent's own window. The consent and control status is always shown while a
 // co-browse is open; "Ask for control", "Propose URL" and the screencast switch are the
-// technician's; a colleague watches with "Watch" (the relay's ?watch=1: sees, never
+// technician's; a colleague watches with "Observe the co-browse" (the relay's ?watch=1: sees, never
 // sends). Below: the session's co-browse recordings, replayed with speed and seek.
 
 import { html, nothing } from "lit-html";
@@ -109,7 +109,7 @@ function startView(ctx) {
       <label>Why <input name="reason" maxlength="200"></label>
       <button type="submit" ?disabled=${!ctx.ready || !ctx.mayUse}>Start co-browse</button>
       <button type="button" id="cobrowse-watch" @click=${() => open(ctx, true, null)}
-        ?disabled=${!ctx.ready || !ctx.mayWatch}>Watch</button>
+        ?disabled=${!ctx.ready || !ctx.mayWatch}>Observe the co-browse</button>
     </form>`;
 }
 
