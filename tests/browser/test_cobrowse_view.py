@@ -6,9 +6,10 @@ What is proved: the live view (rrweb's Replayer, bundled) renders the stand-in's
 snapshot and its later mutations, scaled into a narrow panel; a click on the view
 sends nothing before control is granted and, after "Ask for control" and the grant,
 goes to the agent mapped through the scale to the page's CSS pixels; releasing stops
-it; the status of consent and control is shown; the recording replays from the
-session page with speed and seek. The page is watched for CSP violations and script
-errors throughout (the console's strict policy stays as it is)."""
+it; the status of consent and control is shown; screencast frames are shown as
+images; the recording replays from the session page with speed and seek. The page is
+watched for CSP violations and script errors throughout (the console's strict policy
+stays as it is)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ _TEXT = """(id) => {
 def standin(site: RelayProcess, tmp_path: Path) -> Iterator[StandInAgent]:
     new_user(site, TECH, "technician", TECH_PASSWORD)
     site.cli("group", "grant", "default", TECH)
-    agent = StandInAgent(tmp_path, "cb-browser")
+    agent = StandInAgent(tmp_path, "cb-browser", frames=2, frame_kib=4)
     assert agent.enroll(site.token()).returncode == 0
     (agent.state_dir / "policy.toml").write_text(POLICY)
     agent.start()
@@ -134,6 +135,12 @@ def test_live_view_renders_and_input_goes_only_with_control(page: Watched,
     p.mouse.click(where["screenX"], where["screenY"])
     time.sleep(1.0)
     assert len(inputs(standin)) == before
+    # Screencast frames, when the agent sends them, are shown as images.
+    p.locator("#cobrowse-screencast").check()
+    expect(p.locator("#cobrowse-frame")).to_have_attribute(
+        "src", re.compile(r"^data:image/jpeg;base64,[A-Za-z0-9+/=]{4096}$"), timeout=20_000)
+    expect(p.locator("#cobrowse-hidden")).to_contain_text("password fields")
+    assert {"type": "screencast", "on": True} in standin.received()
     # The end, and the recording replayed with speed and seek.
     p.get_by_role("button", name="End co-browse").click()
     expect(p.locator("#cobrowse-state")).to_have_text("Ended", timeout=20_000)

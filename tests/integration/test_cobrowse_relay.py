@@ -49,14 +49,16 @@ FRAMES, FRAME_KIB = 40, 512
 class StandInAgent(AgentProcess):
     """:class:`AgentProcess`, started as ``python -m tests.cobrowse_standin``."""
 
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(self, root: Path, name: str, frames: int = FRAMES,
+                 frame_kib: int = FRAME_KIB) -> None:
         super().__init__(root, name)
         self.lines_log = root / f"{name}.cobrowse.jsonl"
+        self.frames, self.frame_kib = frames, frame_kib
 
     def start(self) -> StandInAgent:
         log = open(self.log_path, "a")
         env = {**os.environ, "STANDIN_LOG": str(self.lines_log), "STANDIN_TICK": "0.5",
-               "STANDIN_FRAMES": str(FRAMES), "STANDIN_FRAME_KIB": str(FRAME_KIB)}
+               "STANDIN_FRAMES": str(self.frames), "STANDIN_FRAME_KIB": str(self.frame_kib)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.cobrowse_standin", "--state-dir",
              str(self.state_dir), "run"], stdout=log, stderr=subprocess.STDOUT, text=True,
