@@ -9,7 +9,8 @@ What it does, after the relay's ``start`` line:
 - a ``start`` whose reason is ``standin:refuse``: ``consent view no``, the refusal on
   stderr, exit 77;
 - otherwise ``consent view yes``, ``nav`` to the start URL, one rrweb batch (Meta and a
-  FullSnapshot of a small page: a heading, a text ``#ticker`` and a button), one line
+  FullSnapshot of a small page: a heading styled by a ``<style>``, a text ``#ticker``
+  with a ``style`` attribute, and a button), one line
   that is not the contract's (``{"type":"bogus"}``: the relay must drop it), then every
   ``STANDIN_TICK`` seconds (default 1) an rrweb text mutation of ``#ticker``
   ("tick N");
@@ -51,11 +52,15 @@ def snapshot(url: str) -> list[dict[str, Any]]:
     node = {"type": 0, "id": 1, "childNodes": [
         {"type": 1, "id": 2, "name": "html", "publicId": "", "systemId": ""},
         {"type": 2, "id": 3, "tagName": "html", "attributes": {}, "childNodes": [
-            {"type": 2, "id": 4, "tagName": "head", "attributes": {}, "childNodes": []},
+            {"type": 2, "id": 4, "tagName": "head", "attributes": {}, "childNodes": [
+                {"type": 2, "id": 12, "tagName": "style",
+                 "attributes": {"_cssText": "#title { color: rgb(0, 128, 0); }"},
+                 "childNodes": []}]},
             {"type": 2, "id": 5, "tagName": "body", "attributes": {}, "childNodes": [
                 {"type": 2, "id": 6, "tagName": "h1", "attributes": {"id": "title"},
                  "childNodes": [{"type": 3, "id": 7, "textContent": "Stand-in page"}]},
-                {"type": 2, "id": 8, "tagName": "p", "attributes": {"id": "ticker"},
+                {"type": 2, "id": 8, "tagName": "p",
+                 "attributes": {"id": "ticker", "style": "font-weight: 700;"},
                  "childNodes": [{"type": 3, "id": TICKER_TEXT_ID,
                                  "textContent": "tick 0"}]},
                 {"type": 2, "id": BUTTON_ID, "tagName": "button",

@@ -3,7 +3,8 @@
 lines, no browser on the agent's side: the agent's real room is built separately).
 
 What is proved: the live view (rrweb's Replayer, bundled) renders the stand-in's
-snapshot and its later mutations, scaled into a narrow panel; a click on the view
+snapshot (its <style> and style attributes applied under the console's strict CSP) and
+its later mutations, scaled into a narrow panel; a click on the view
 sends nothing before control is granted and, after "Ask for control" and the grant,
 goes to the agent mapped through the scale to the page's CSS pixels; releasing stops
 it; the status of consent and control is shown; screencast frames are shown as
@@ -103,6 +104,15 @@ def test_live_view_renders_and_input_goes_only_with_control(page: Watched,
     assert first is not None and re.fullmatch(r"tick \d+", first)
     p.wait_for_function(f"() => {{ const t = ({_TEXT})('ticker'); return t && t !== {first!r}; }}",
                         timeout=20_000)
+    # The page's <style> and style="" apply, through CSSOM (no CSP violation: the page
+    # is watched for them).
+    styled = p.evaluate("""() => {
+      const d = document.querySelector('#cobrowse-live iframe').contentDocument;
+      const w = d.defaultView;
+      return [w.getComputedStyle(d.getElementById('title')).color,
+              w.getComputedStyle(d.getElementById('ticker')).fontWeight];
+    }""")
+    assert styled == ["rgb(0, 128, 0)", "700"], styled
     where = button(p)
     assert 0.5 < where["scale"] < 1, where  # scaled to the panel
     # Before the grant: a click sends nothing (only the bare pointer may go).
