@@ -361,7 +361,9 @@ export class LiveView {
       const k = String(ev.key || "").slice(0, 32);
       if (!k) return;
       const code = /^[A-Za-z0-9]{0,32}$/.test(ev.code || "") ? ev.code : "";
-      const text = kind === "keyDown" && [...k].length === 1 ? k : "";
+      // What the key types: a character, or a carriage return for Enter (so that a form
+      // submits as it would under the customer's own keyboard).
+      const text = kind !== "keyDown" ? "" : [...k].length === 1 ? k : k === "Enter" ? "\r" : "";
       this.input({ kind: "key", event: kind, key: k, code, text });
     };
     o.addEventListener("keydown", key("keyDown"));
