@@ -136,6 +136,15 @@ def test_live_view_renders_and_input_goes_only_with_control(page: Watched,
     assert pressed[0]["button"] == "left" and pressed[0]["clicks"] == 1
     assert abs(pressed[0]["x"] - where["x"]) <= 2 and abs(pressed[0]["y"] - where["y"]) <= 2, (
         pressed[0], where)
+    # Typing reaches the agent too (the view has the focus since the click).
+    p.keyboard.type("ok")
+    deadline = time.monotonic() + 15
+    typed: list[str] = []
+    while time.monotonic() < deadline and typed != ["o", "k"]:
+        time.sleep(0.2)
+        typed = [m["text"] for m in inputs(standin)
+                 if m.get("kind") == "key" and m.get("event") == "keyDown"]
+    assert typed == ["o", "k"], inputs(standin)[-6:]
     shot(p, "cobrowse-live")
     # Released: input stops at once.
     p.get_by_role("button", name="Release control").click()
