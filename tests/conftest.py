@@ -14,7 +14,7 @@ from tests.databases import (
     postgres_missing,
     postgres_schema,
 )
-from tests.harness import Api, RelayProcess, admin_api
+from tests.harness import Api, RelayProcess, admin_api, relay_template
 
 # Every audit event must match relay/audit_events.py: in the tests (and in the relay
 # processes they start, which inherit this) a mismatch raises instead of being written
@@ -90,11 +90,23 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             red=True)
 
 
+@pytest.fixture(scope="session")
+def initialised_relay(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A relay data directory after its first start and the admin's first sign-in, made
+    once per test process (tests.harness.relay_template says why)."""
+    return relay_template(tmp_path_factory.mktemp("relay-template"))
+
+
 @pytest.fixture
 def relay(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RelayProcess]:
+    """A relay of its own for the test, on SQLite in its data directory, or on each
+    backend for a test that asks for ``database``. On SQLite it starts from a copy of
+    :func:`initialised_relay` (its admin's password is ``ADMIN_PASSWORD`` already); on
+    PostgreSQL it initialises itself."""
     env = (request.getfixturevalue("database").env
            if "database" in request.fixturenames else {})
-    proc = RelayProcess(tmp_path, env).start()
+    template = None if env else request.getfixturevalue("initialised_relay")
+    proc = RelayProcess(tmp_path, env, template=template).start()
     try:
         yield proc
     finally:
