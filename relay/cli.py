@@ -74,7 +74,7 @@ def _load(data_dir: Path | None, config_file: Path | None, **overrides: object
 
 
 def _open(data_dir: Path | None, config_file: Path | None, **overrides: object) -> Relay:
-    # Imported here: the whole relay is two thirds of a command's start (relay/store.py)
+    # Imported here, not at the top: commands that need only the store skip it (relay/store.py)
     from backline.relay.state import open_relay
 
     return open_relay(_load(data_dir, config_file, **overrides))

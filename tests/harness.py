@@ -307,9 +307,9 @@ def relay_template(root: Path) -> Path:
     Why: the first start migrates an empty database, makes the keys and certificate and
     hashes the one-time password; the first sign-in replaces it (two more argon2
     runs). Started from a copy (2 ms), a relay took 0.6 s of CPU to a signed-in admin
-    instead of 1.2 s (measured 2026-12-01, on the shared 2-core machine), and tests
-    start over a hundred relays. tests/conftest.py's ``relay`` fixture starts from one
-    made once per test process. Relays started from one copy share its keys and
+    instead of 1.2 s (measured 2026-12-01, on the shared 2-core machine).
+    tests/conftest.py's ``relay`` fixture (78 of the 611 tests of scripts/test's first
+    run) starts from one made once per test process. Relays started from one copy share its keys and
     certificate: a test about a relay's own keys starts it without. Every relay started
     without a template (all but the ``relay`` fixture's) still does the first start and
     sign-in for real."""
