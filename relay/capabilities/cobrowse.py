@@ -374,7 +374,7 @@ class Room:
             frame = json.dumps({"type": "error", "error": code, "detail": detail})
             viewer.queued += len(frame)
             viewer.queue.put_nowait(frame)
-            if code != "bad_message":
+            if code == "too_slow":  # access withdrawn: audited by hang_up_user
                 self.audit(viewer.actor, "cobrowse.viewer.dropped", reason=code,
                            role=viewer.role)
         viewer.queue.put_nowait(None)
@@ -387,7 +387,6 @@ class Room:
         for v in mine:
             self.audit(actor, "cobrowse.viewer.dropped", reason=reason, role=v.role,
                        user=username)
-            v.audited.add("dropped")
             self.hang_up(v, reason, "your access to this session was withdrawn")
         return len(mine)
 

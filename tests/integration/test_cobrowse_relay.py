@@ -10,8 +10,9 @@ reach the agent; input goes on only after the agent says control is granted; hos
 frames (binary, not JSON, unknown types and fields, out-of-range numbers, too large)
 are refused to that console, audited, and never reach the agent; the recording is a
 blob of the agent's lines whose SHA-256 is audited and served back checked; a watcher
-that does not read is dropped while the technician gets every line; a customer who
-says no to viewing is a refusal, audited.
+that does not read is dropped while the technician gets every line; a watcher whose
+access is withdrawn is hung up; closing the session ends the co-browse and keeps its
+recording; a customer who says no to viewing is a refusal, audited.
 """
 
 from __future__ import annotations
@@ -415,3 +416,33 @@ def test_closing_the_session_ends_the_cobrowse_and_keeps_its_recording(world: Wo
     details = channel[-1]["details"]
     assert details["recording"] == end["recording"]["id"]
     assert details["sha256"] == end["recording"]["sha256"]
+
+
+def test_withdrawn_access_hangs_up_a_watcher(world: World) -> None:
+    relay, admin, agent = world.relay, world.admin, world.agent
+    onlooker = make_user(admin, relay, "onlooker", "technician", ("default",))
+    session = open_session(admin, agent.agent_id, capabilities=["cobrowse"])
+    sid = session["id"]
+    try:
+        with browser_socket(relay, admin, stream(sid)) as ws1:
+            tech = Console(ws1)
+            tech.send(type="start", url=None)
+            tech.message("ready")
+            with browser_socket(relay, onlooker, stream(sid, "watch=1")) as ws2:
+                watcher = Console(ws2)
+                watcher.message("ready")
+                gid = next(g["id"] for g in admin.get("/api/v1/groups").json()["groups"]
+                           if g["name"] == "default")
+                assert admin.request("DELETE", f"/api/v1/groups/{gid}/grants/onlooker"
+                                     ).status_code == 200
+                said = watcher.message("error")
+                assert said["error"] == "grant_withdrawn", said
+            tech.agent("rrweb")  # the technician's co-browse goes on
+            tech.send(type="end")
+            tech.message("exit")
+        dropped = trail(relay, sid, "cobrowse.viewer.dropped")
+        assert [(e["details"]["user"], e["details"]["reason"], e["details"]["role"])
+                for e in dropped] == [("onlooker", "grant_withdrawn", "watch")]
+    finally:
+        onlooker.close()
+        admin.request("DELETE", f"/api/v1/sessions/{sid}")
