@@ -172,7 +172,8 @@ function runView() {
   const end = r.end;
   return html`<div class="fix-run run" aria-live="polite" data-state=${r.state}>
     <div class="term-bar">
-      <span id="fix-state" class="conn ${r.state}" role="status">${STATE_TEXT[r.state] || r.state}${
+      <span id="fix-state" class="conn ${r.state}" role="status">${r.state === "checking" && r.checked
+        ? "Checked by the agent: waiting for the start (the customer may be asked)…" : STATE_TEXT[r.state] || r.state}${
         r.state === "running" && r.cancelRequested ? " (cancelling…)" : ""}</span>
       ${r.live ? html`<button type="button" class="danger" id="fix-cancel" ?disabled=${r.cancelRequested}
         @click=${() => r.cancel()}>Cancel</button>` : nothing}
@@ -193,9 +194,10 @@ function runView() {
         ? "Verify passed: the fix's own check says it worked."
         : `Verify failed (exit status ${r.verify.exit_status}): the fix's own check says it did not work.`}</p>
       ${r.verify.text ? html`<pre class="evidence">${r.verify.text}</pre>` : nothing}</div>` : nothing}
-    ${r.finding && end ? html`<p id="fix-recheck" class=${r.recheck?.cleared ? "verify ok" : "verify broken"}>${
+    ${r.finding && end ? html`<p id="fix-recheck" class=${r.recheck?.cleared ? "verify ok" : r.recheck?.cleared === false ? "verify broken" : "muted"}>${
       !r.recheck ? html`<span class="muted">Checking the finding <code>${r.finding}</code> again…</span>`
         : r.recheck.missing ? "The relay did not say whether the finding cleared."
+        : r.recheck.cleared === null ? "The relay could not tell whether the finding cleared (its diagnostics did not run again)."
         : r.recheck.cleared ? html`Cleared: the finding <code>${r.finding}</code> is gone.`
         : html`Not cleared: the finding <code>${r.finding}</code> is still there.`}</p>` : nothing}
   </div>`;

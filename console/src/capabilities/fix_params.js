@@ -14,7 +14,7 @@ export function paramList(manifest) {
   const list = Array.isArray(raw)
     ? raw.map((p) => ({ ...p }))
     : Object.entries(raw).map(([name, p]) => ({ ...p, name }));
-  return list.filter((p) => typeof p?.name === "string").sort((a, b) => a.name.localeCompare(b.name));
+  return list.filter((p) => typeof p?.name === "string"); // in the order the author wrote them
 }
 
 // Python's re and JavaScript's RegExp agree on the patterns a fix sensibly uses

@@ -149,7 +149,10 @@ export class FixRun {
         this.exit = msg;
         this.flush();
         if (this.live) {
-          if (msg.exit_status === 77) {
+          if (typeof msg.refused === "string" && msg.refused) {
+            this.state = "refused";
+            this.error = this.error || refusalText(msg.refused, "");
+          } else if (msg.exit_status === 77 && !this.end) {
             this.state = "refused";
             this.error = this.error || "Refused by the customer's agent.";
           } else if (!this.end) {
@@ -159,7 +162,8 @@ export class FixRun {
         }
         break;
       case "recheck":
-        this.recheck = { cleared: msg.cleared === true, finding: msg.finding };
+        // cleared: true, false, or null when the relay could not tell
+        this.recheck = { cleared: typeof msg.cleared === "boolean" ? msg.cleared : null, finding: msg.finding };
         break;
       case "error":
         this.flush();
