@@ -243,6 +243,31 @@ def test_a_run_the_agent_refuses_is_said_in_words(page: Watched, site: RelayProc
         agent.stop()
 
 
+# Past the relay's default cap (16 MiB): the agent keeps the first 16 MiB, counts the rest.
+CAP = 16 * 1024 * 1024
+FLOOD_SCRIPT = "echo flood-start\nhead -c 17000000 /dev/zero | tr '\\0' x\necho\necho flood-end\n"
+
+
+def test_output_past_the_cap_shows_the_cut_marker_and_the_page_stays_bounded(
+        page: Watched, site: RelayProcess, diag_agent: AgentProcess) -> None:
+    """17 MB of output: the agent cuts it at the cap and says so once; the panel shows
+    a visible marker where it was cut and the end report's counts; the page keeps only
+    its own bounded share of the text."""
+    approved(site, manifest("flood-test", FLOOD_SCRIPT))
+    p = page.page
+    sign_in(p, TECH, TECH_PASSWORD)
+    open_session(p, diag_agent)
+    p.locator("#fix-pick").select_option("flood-test")
+    p.get_by_role("button", name="Run fix", exact=True).click()
+    expect(p.locator("#fix-end")).to_contain_text("Ended with exit status 0", timeout=120_000)
+    expect(p.locator("#fix-cut")).to_have_text(f"Output cut at {CAP} bytes")
+    expect(p.locator("#fix-output .cut-marker")).to_contain_text("output cut here")
+    expect(p.locator("#fix-end")).to_contain_text(f"{CAP} kept")
+    shown = p.evaluate("() => document.querySelector('#fix-output').textContent.length")
+    assert shown < 2 * 1024 * 1024 + 1000, shown
+    expect(p.locator("#fix-output")).to_contain_text("flood-start")
+
+
 def test_a_bulk_run_over_two_agents_shows_both_results(page: Watched, site: RelayProcess,
                                                        people: None, tmp_path: Path) -> None:
     """Acceptance 4: one approved fix on every online agent of a group, from the Fixes

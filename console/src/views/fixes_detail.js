@@ -113,11 +113,24 @@ function approveControls(app, ver) {
     act(() => post(`/fixes/${encodeURIComponent(d.id)}/${d.version}/revoke`, { reason }),
       `Revoked version ${d.version}: agents are told, and refuse it from now on.`);
   };
+  const addSignature = (ev) => {
+    ev.preventDefault();
+    const signature = String(new FormData(ev.target).get("signature") || "").trim();
+    act(() => post(`/fixes/${encodeURIComponent(d.id)}/${d.version}/signatures`, { signature }),
+      `Added the offline signature to version ${d.version}.`);
+  };
   return html`<div class="approval actions">
     ${ver.status === "submitted" && !revoked ? html`<button type="button" id="approve-button"
         ?disabled=${own} aria-describedby=${own ? "approve-reason" : nothing} @click=${approve}>Approve version ${d.version}</button>
       ${own ? html`<span class="muted" id="approve-reason">You submitted this version: a different person
         must approve it (four eyes).</span>` : nothing}` : nothing}
+    ${!revoked ? html`<details class="offline-signature"><summary>Add an offline approver's signature</summary>
+      <form class="stack" aria-label="Add an offline signature" @submit=${addSignature}>
+        <label for="fix-signature">Signature (armored SSH signature, namespace backline-fix, made with
+          <code>backline-relay fix sign --key FILE ${d.id}@${d.version}</code> or <code>ssh-keygen -Y sign</code>)
+          <textarea id="fix-signature" name="signature" rows="6" cols="72" spellcheck="false" maxlength="8192"
+            required></textarea></label>
+        <button type="submit">Add signature</button></form></details>` : nothing}
     ${!revoked ? html`<form class="inline" aria-label="Revoke this version" @submit=${revoke}>
       <label>Reason for revoking <input name="reason" maxlength="500" required placeholder="why it must not run"></label>
       <button type="submit" class="danger">Revoke version ${d.version}</button></form>` : nothing}
