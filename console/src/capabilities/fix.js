@@ -34,6 +34,7 @@ async function loadCatalogue() {
 const approved = (v) => v.status === "approved";
 
 async function pickFix(id, version = null) {
+  if (s.run && !s.run.live) s.run = null; // the last run's output goes with its fix
   s.fixId = id;
   s.versions = null;
   s.version = null;
@@ -123,6 +124,7 @@ function pickerView(ctx) {
         @change=${(e) => pickVersion(s.fixId, Number(e.target.value))}>
       ${s.versions.map((v) => html`<option value=${v.version} ?selected=${v.version === s.version}>${v.version} (approved)</option>`)}
     </select></label>` : nothing}
+    <button type="button" class="small" ?disabled=${busy} @click=${loadCatalogue}>Reload the list</button>
   </form>`;
 }
 
