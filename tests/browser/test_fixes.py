@@ -325,7 +325,8 @@ def test_author_submits_a_different_person_approves_then_diff_and_revoke(
     form.get_by_role("button", name="Submit for approval").click()
     expect(p.locator("#submit-error")).to_contain_text("version")
 
-    p.locator("#submitted").get_by_role("link").click()
+    catalogue = p.get_by_role("table", name="Catalogue")
+    catalogue.get_by_role("link", name="Test fix authored-test").click()
     expect(p.locator("#fix-version")).to_contain_text("authored-test@1")
     expect(p.locator("#fix-author")).to_have_text("admin")
     expect(p.locator("#approve-button")).to_be_disabled()
