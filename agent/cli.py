@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from backline.agent import session_commands
+from backline.agent import fix_cli, session_commands
 from backline.agent.diagnostics import command as diagnose_command
 
 # Distinct exit codes, so scripts can tell failures apart (one table: agent/exit_codes.py).
@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     session_commands.policy_option(r)
     sub.add_parser("status", help="show enrollment and connection state")
     diagnose_command.add_parser(sub)
+    fix_cli.add_parser(sub)
     session_commands.add_parsers(sub)
     return p
 
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_status(state)
     if args.command == "diagnose":
         return diagnose_command.cmd_diagnose(state.root, args)
+    if args.command == "fix":
+        return fix_cli.cmd_fix(state, args)
     if args.command == "join":
         return session_commands.cmd_join(state, args)
     if args.command == "policy":

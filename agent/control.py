@@ -136,6 +136,9 @@ async def session(ws: ClientConnection, enrollment: Enrollment, key: keys.Privat
                 runner.dial(msg, ws.send)
             elif kind == "session_end" and runner is not None:
                 runner.end(msg["session_id"], msg["reason"])
+            elif kind == "fix_revocations":
+                _fix_revocations(state, runner.enrollment if runner else enrollment, msg,
+                                 runner)
             elif kind == "error" and quirks.hb_ack and protocol.refuses_hb_ack(msg):
                 quirks.hb_ack = False
                 log.warning("the relay is older than this agent and refuses 'ack' in "
@@ -147,6 +150,18 @@ async def session(ws: ClientConnection, enrollment: Enrollment, key: keys.Privat
         beat.cancel()
         health.cancel()
         stopping.cancel()
+
+
+def _fix_revocations(state: StateDir, enrollment: Enrollment, msg: dict[str, object],
+                     runner: SessionRunner | None) -> None:
+    """The relay's signed revocation list: merged into the kept one (agent/fixes/)."""
+    from backline.agent.fixes import revocations
+
+    try:
+        revocations.receive(state.root, msg, tuple(enrollment.fix_keys),
+                            runner.log if runner is not None else None)
+    except Exception:  # a bad list must never end the control connection
+        log.exception("the relay's revocation list could not be processed")
 
 
 def _migrate(state: StateDir, enrollment: Enrollment, seen: PeerMatch) -> Enrollment:
@@ -188,6 +203,13 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
         nonlocal enrollment
         enrollment = await pinsync.sync(state, enrollment)
         runner.enrollment = enrollment
+        from backline.agent.fixes import revocations, trust  # the relay's fix keys, signed
+
+        before = enrollment.fix_keys
+        enrollment = await trust.sync(state, enrollment)
+        runner.enrollment = enrollment
+        if enrollment.fix_keys != before:  # a list pushed before we knew the keys
+            revocations.retry_pending(state.root, tuple(enrollment.fix_keys), runner.log)
 
     local = LocalControl(state.root, runner, runner.log)  # `sessions`, `end ID`
     await local.start()

@@ -98,6 +98,8 @@ async def enroll(token_text: str, state: StateDir, hostname: str | None = None,
         pins_serial=0 if match.legacy else token.serial,
         control_url=msg["control_url"], group=msg["group"],
         ca_public_key=msg["ca_public_key"], audit_public_key=msg["audit_public_key"],
-        fix_keys=list(msg["fix_keys"]), heartbeat_s=msg["heartbeat_s"])
+        # A relay from before approved fixes sends no fix keys: fixes are refused until
+        # it announces them (GET /agent/fix-trust, agent/fixes/trust.py).
+        fix_keys=list(msg.get("fix_keys", [])), heartbeat_s=msg["heartbeat_s"])
     state.save_enrollment(key, result)
     return result

@@ -9,3 +9,6 @@ EXIT_REFUSED = 5
 EXIT_NOT_ENROLLED = 6
 EXIT_NOT_RUNNING = 6
 EXIT_DECLINED = 7
+#: ``backline-agent fix run``: the fix ran and did not work (its exit status, its
+#: timeout or its verify script said so).
+EXIT_FIX_FAILED = 8

@@ -19,6 +19,18 @@ opens is checked here first. The file belongs to the customer's administrator::
     # account = "support"   # the terminal runs as this account (the agent must run
     #                       # as root); default: the agent's own user
 
+    [fix]                   # approved fixes (docs/fixes-agent.md)
+    decision = "ask"        # allow: run approved fixes without asking (unless the fix
+    #                       # itself asks for consent); ask: always ask; deny: none
+    # offline_keys = ["ssh-ed25519 AAAA... approver@example"]  # approver keys the
+    #                       # relay never holds
+    # required_offline = 1  # how many of them must have signed a fix (default 0)
+    # allowed_ids = ["dns-flush"]   # only these fixes (empty: any approved fix)
+
+``[fix]`` is set only here, never by the relay: a relay that is compromised holds its
+own fix key at most, and an agent whose policy asks for offline signatures refuses
+whatever that key alone signed.
+
 ``[ask] command``: a program that asks instead of the built-in dialog. It gets the
 question as its last argument (and ``BACKLINE_TECHNICIAN``, ``BACKLINE_CAPABILITY``,
 ``BACKLINE_REASON``, ``BACKLINE_TICKET`` in its environment); exit status 0 or a first
@@ -55,6 +67,27 @@ DEFAULTS: dict[str, str] = dict(DEFAULT_DECISIONS)
 DEFAULT_ASK_TIMEOUT_S = 60.0
 #: What a POSIX user name looks like (useradd's rule, a little wider).
 ACCOUNT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+#: An OpenSSH public key line (the type and base64 checked here; the key itself is
+#: parsed when a fix is checked, with asyncssh, which an idle agent does not load).
+SSH_KEY_RE = re.compile(r"(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|ssh-rsa|"
+                        r"sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/]+={0,3}( [ -~]{0,200})?")
+FIX_ID_RE = re.compile(r"[a-z][a-z0-9-]{1,47}")
+MAX_OFFLINE_KEYS = 32
+MAX_ALLOWED_IDS = 1024
+
+
+@dataclass(frozen=True)
+class FixPolicy:
+    """``[fix]``: what this machine's administrator allows of approved fixes."""
+
+    decision: str = "ask"
+    offline_keys: tuple[str, ...] = ()
+    required_offline: int = 0
+    #: Only these fix ids may run (empty: any approved fix).
+    allowed_ids: tuple[str, ...] = ()
+
+    def allows(self, fix_id: str) -> bool:
+        return self.decision != "deny" and (not self.allowed_ids or fix_id in self.allowed_ids)
 
 
 class PolicyError(ValueError):
@@ -70,6 +103,8 @@ class Policy:
     shell_account: str = ""
     #: ``[ask] command``: the consent program, argv (empty = the built-in dialog).
     ask_command: tuple[str, ...] = ()
+    #: ``[fix]``: approved fixes.
+    fix: FixPolicy = field(default_factory=FixPolicy)
 
     def decision(self, capability: str) -> str:
         """``allow``, ``ask`` or ``deny``; unknown capabilities are denied."""
@@ -114,10 +149,10 @@ def load_policy(state_root: Path | None = None, explicit: Path | None = None,
 
 
 def from_table(table: Mapping[str, Any], source: str = "defaults") -> Policy:
-    unknown = set(table) - {"capabilities", "ask", "shell"}
+    unknown = set(table) - {"capabilities", "ask", "shell", "fix"}
     if unknown:
         raise PolicyError(f"{source}: unknown table(s) {sorted(unknown)} "
-                          "(known: [capabilities], [ask], [shell])")
+                          "(known: [capabilities], [ask], [shell], [fix])")
     caps = table.get("capabilities", {})
     ask = table.get("ask", {})
     shell = table.get("shell", {})
@@ -147,4 +182,33 @@ def from_table(table: Mapping[str, Any], source: str = "defaults") -> Policy:
     account = shell.get("account", "")
     if not isinstance(account, str) or not ACCOUNT_RE.fullmatch(account or "x"):
         raise PolicyError(f"{source}: shell.account must be a user name of this machine")
-    return Policy(decisions, float(timeout), source, account, tuple(command))
+    return Policy(decisions, float(timeout), source, account, tuple(command),
+                  fix_policy(table.get("fix", {}), source))
+
+
+def fix_policy(fix: Any, source: str) -> FixPolicy:
+    """``[fix]``, checked: a typo in it is an error, never a silent grant."""
+    if not isinstance(fix, dict):
+        raise PolicyError(f"{source}: [fix] must be a table")
+    if set(fix) - {"decision", "offline_keys", "required_offline", "allowed_ids"}:
+        raise PolicyError(f"{source}: [fix] knows only decision, offline_keys, "
+                          "required_offline and allowed_ids")
+    decision = fix.get("decision", "ask")
+    if decision not in DECISIONS:
+        raise PolicyError(f"{source}: fix.decision must be one of {', '.join(DECISIONS)}, "
+                          f"not {decision!r}")
+    keys = fix.get("offline_keys", [])
+    if (not isinstance(keys, list) or len(keys) > MAX_OFFLINE_KEYS
+            or not all(isinstance(k, str) and SSH_KEY_RE.fullmatch(k.strip()) for k in keys)):
+        raise PolicyError(f"{source}: fix.offline_keys must be a list of up to "
+                          f"{MAX_OFFLINE_KEYS} OpenSSH public key lines (\"ssh-ed25519 AAAA...\")")
+    required = fix.get("required_offline", 0)
+    if isinstance(required, bool) or not isinstance(required, int) or not (
+            0 <= required <= len(keys)):
+        raise PolicyError(f"{source}: fix.required_offline must be a whole number from 0 to "
+                          f"the number of offline_keys ({len(keys)})")
+    ids = fix.get("allowed_ids", [])
+    if (not isinstance(ids, list) or len(ids) > MAX_ALLOWED_IDS
+            or not all(isinstance(i, str) and FIX_ID_RE.fullmatch(i) for i in ids)):
+        raise PolicyError(f"{source}: fix.allowed_ids must be a list of fix ids")
+    return FixPolicy(decision, tuple(k.strip() for k in keys), required, tuple(ids))

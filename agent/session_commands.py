@@ -96,6 +96,10 @@ def cmd_policy(state: StateDir, args: argparse.Namespace) -> int:
     for name, decision in policy.summary().items():
         print(f"  {name:<12} {decision}")
     print(f"  (ask waits {policy.ask_timeout_s:g} s for an answer; anything unlisted: deny)")
+    fix = policy.fix
+    print(f"fixes: {fix.decision}; {len(fix.offline_keys)} offline approver key(s), "
+          f"{fix.required_offline} required; "
+          + (f"only {', '.join(fix.allowed_ids)}" if fix.allowed_ids else "any approved fix"))
     return 0
 
 

@@ -187,7 +187,10 @@ class AgentSSHServer(asyncssh.SSHServer):
         decision = self.ctx.policy.decision(name)
         how = "policy_allow"
         held: Held | None = None
-        if decision == "ask":
+        if decision == "ask" and cap.asks_itself:
+            # The room checks first, then asks with what it checked (docs/capabilities.md).
+            how = "asked_by_room"
+        elif decision == "ask":
             words = question(self.ctx.technician, name, self.ctx.reason, self.ctx.ticket,
                              self.ctx.policy.shell_account if cap.terminal else "")
             hold = getattr(self.s.asker, "ask_and_hold", None)
@@ -205,6 +208,8 @@ class AgentSSHServer(asyncssh.SSHServer):
                 return
             how = answer.how
             held = answer.held
+        if cap.asks_itself:
+            self.ctx.extra.setdefault("asker", self.s.asker)
         self.channels += 1
         self.s.in_use[name] += 1
         self.ctx.log.record("channel.start", session_id=self.ctx.session_id,

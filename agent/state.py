@@ -54,7 +54,11 @@ class Enrollment:
     #: With ``ca_pem``: the relay (in its signed pin set) said it ends TLS itself, so
     #: the handshake binds the served certificate's key, not the CA's pin.
     bind_leaf: bool = False
+    #: The relay's fix-approval keys (OpenSSH public key lines): from ``enrolled``, or
+    #: for agents enrolled earlier from the relay's signed ``GET /agent/fix-trust``
+    #: (agent/fixes/trust.py), whose serial ``fix_keys_serial`` is (0: the token's).
     fix_keys: list[str] = field(default_factory=list)
+    fix_keys_serial: int = 0
     heartbeat_s: int = 30
     enrolled_at: float = field(default_factory=time.time)
 
@@ -117,6 +121,14 @@ class StateDir:
         updated = replace(enrollment, fingerprint="", pins=list(pins),
                           pins_serial=enrollment.pins_serial if serial is None else serial,
                           bind_leaf=enrollment.bind_leaf if bind_leaf is None else bind_leaf)
+        self._write_json(self.enrollment_path, asdict(updated))
+        return updated
+
+    def update_fix_keys(self, enrollment: Enrollment, fix_keys: list[str],
+                        serial: int) -> Enrollment:
+        """Record the relay's fix keys and the serial of the signed document they came
+        from, in one atomic write."""
+        updated = replace(enrollment, fix_keys=list(fix_keys), fix_keys_serial=serial)
         self._write_json(self.enrollment_path, asdict(updated))
         return updated
 

@@ -24,6 +24,19 @@ from backline.common import keys
 
 VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024
+#: A revocation list must fit one control frame with room to spare.
+MAX_REVOCATIONS_B64 = 56 * 1024
+#: The first agent version that takes ``fix_revocations``: an older agent refuses a
+#: message type it does not know (and would drop its control socket, again and again),
+#: so the relay sends it only to agents whose ``auth`` says this version or later.
+FIX_REVOCATIONS_SINCE = (0, 2, 0)
+
+
+def takes_fix_revocations(version: str) -> bool:
+    """Whether an agent of ``version`` (``auth.version``, e.g. ``0.2.0``) knows
+    ``fix_revocations``; an unparsable version is taken as too old."""
+    match = re.match(r"^(\d{1,6})\.(\d{1,6})\.(\d{1,6})", version)
+    return match is not None and tuple(int(g) for g in match.groups()) >= FIX_REVOCATIONS_SINCE
 NONCE_BYTES = 32
 AUTH_CONTEXT = b"backline/control-auth/v1"
 ENROLL_CONTEXT = b"backline/enroll/v1"
@@ -36,6 +49,7 @@ SESSION_ID_RE = re.compile(r"^ss_[A-Za-z0-9_-]{10,40}$")
 CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 SESSION_CODE_RE = re.compile(r"^[0-9]{9}$")
 _B64_RE = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
+_STD_B64_RE = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")  # standard base64 (fix revocations)
 MAX_CAPABILITIES = 16
 
 
@@ -87,7 +101,8 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "group": _s(128),
         "ca_public_key": _s(4096),
         "audit_public_key": _s(4096),
-        "fix_keys": Field(list),
+        # The relay's fix-approval keys (OpenSSH lines); absent from relays before fixes.
+        "fix_keys": Field(list, required=False),
         "control_url": _s(2048),
         "heartbeat_s": Field(int),
     },
@@ -145,10 +160,17 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     },
     # agent -> relay: the customer's answer.
     "consent": {"answer": _s(3, pattern=re.compile(r"^(yes|no)$"))},
+    # relay -> agent (issue 12): the signed fix revocation list, after ``welcome`` and
+    # whenever a revocation is added; only to agents that can take it
+    # (:func:`takes_fix_revocations`). ``list_b64``: the list's canonical bytes
+    # (common/fixes/revocation.py ``encode_message``), ``signature``: an armored SSH
+    # signature over them.
+    "fix_revocations": {"list_b64": _s(MAX_REVOCATIONS_B64, pattern=_STD_B64_RE),
+                        "signature": _s(8192)},
 }
 
 RELAY_TO_AGENT = frozenset({"challenge", "welcome", "hb_ack", "ping", "error", "enrolled",
-                            "dial", "session_end", "join_offer"})
+                            "dial", "session_end", "join_offer", "fix_revocations"})
 AGENT_TO_RELAY = frozenset({"auth", "hb", "pong", "health", "enroll", "dial_failed",
                             "session_ended", "tunnel", "join", "consent"})
 
@@ -333,7 +355,7 @@ def validate(msg: Any) -> None:
             raise ProtocolError("bad_field", f"{msg_type}: {name} is malformed")
     if msg_type == "health":
         _check_alerts(msg["alerts"])
-    if msg_type == "enrolled":
+    if msg_type == "enrolled" and "fix_keys" in msg:
         fix_keys = msg["fix_keys"]
         if len(fix_keys) > 16 or not all(isinstance(k, str) and len(k) <= 4096 for k in fix_keys):
             raise ProtocolError("bad_field", "enrolled: fix_keys is malformed")

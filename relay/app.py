@@ -24,6 +24,7 @@ from backline.relay.api.live_socket import live_endpoint
 from backline.relay.api.routes import ROUTES as API_ROUTES
 from backline.relay.control import connect_endpoint, enroll_endpoint
 from backline.relay.datadir import CERT_WARN_DAYS
+from backline.relay.fixes.trust import fix_trust_endpoint
 from backline.relay.logfmt import frames_only
 from backline.relay.sessions.sockets import join_endpoint, tunnel_endpoint
 from backline.relay.state import Relay
@@ -214,6 +215,7 @@ def build_app(relay: Relay) -> Starlette:
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
         Route("/api/v1/openapi.json", openapi.endpoint),
         Route("/agent/pins", tls_identity.pins_endpoint),
+        Route("/agent/fix-trust", fix_trust_endpoint),
         *API_ROUTES,
         *BROWSER_SOCKETS,
         WebSocketRoute("/agent/enroll", enroll_endpoint),

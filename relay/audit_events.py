@@ -188,6 +188,9 @@ SESSIONS = group("sessions", "Support sessions: opening, attended-session codes,
                              "customer's consent, the tunnel, closing.")
 CHANNELS = group("channels", "What runs inside a session: one SSH channel per capability, "
                              "and what is kept of it.")
+FIXES = group("fixes", "Approved fixes (docs/fixes-relay.md): the catalogue, four-eyes "
+                       "approval, signatures, revocations, and every run, each with the "
+                       "manifest's `digest`.")
 AUDIT = group("audit", "Reading the trail itself.")
 SYSTEM = group("system", "The relay process: set-up, start and stop, TLS, webhooks.")
 FLOODS = group("floods", "Refusals at the edge that anyone can repeat at will (connections, "
@@ -426,6 +429,98 @@ event("diagnostics.report.refused", CHANNELS, "a diagnostics stream was not kept
       "or not a whole report)", AGENT, need("session", str, "the session's id"),
       need("reason", str, "`too_large` or `malformed`"),
       may("bytes", int, "its size (too large)"), may("error", str, "what was malformed"))
+
+# --- fixes --------------------------------------------------------------------------
+
+FIX = "`fix:ID@VERSION`"
+DIGEST = need("digest", str, "the manifest's digest (`sha256:...` of its canonical bytes): "
+                             "exactly which version")
+FIX_WHERE = (may("address", str, "the client's IP address; absent when done with "
+                                 "`backline-relay` on the relay's host"),
+             may("method", str, "the HTTP method (`POST`), absent from the CLI"))
+FIX_REFUSAL = (REASON, may("digest", str, "the manifest's digest, when there is one"),
+               may("detail", str, "what was wrong, in words"), *FIX_WHERE)
+RUN = need("run", str, "the run's id (`fr_...`, `GET /api/v1/fix-runs/{id}`)")
+RUN_FIELDS = (DIGEST, RUN, need("session", str, "the session it runs in"), AGENT_ID)
+
+event("fix.submitted", FIXES, "a new fix version was submitted (it needs an approval)", FIX,
+      DIGEST, need("author", str, "who submitted it (the only one who may not approve it)"),
+      need("source", str, "`api`, `cli` or `library` (the shipped starter library)"),
+      need("risk", str, "`low`, `medium` or `high`"), *FIX_WHERE)
+event("fix.submit.refused", FIXES, "a fix version was not taken (it exists: versions are "
+      "immutable; or its manifest is invalid)", FIX, *FIX_REFUSAL)
+event("fix.approved", FIXES, "an approver who is not the author approved one version: the "
+      "relay signed its canonical bytes with its fix key", FIX, DIGEST,
+      need("approver", str, "who approved"), need("author", str, "who submitted it"),
+      need("key", str, "the fix key's fingerprint (`SHA256:...`)"), *FIX_WHERE)
+event("fix.approve.refused", FIXES, "an approval was refused (`self_approval`: the author "
+      "approving their own version; `revoked`, `already_approved`, `damaged`)", FIX,
+      *FIX_REFUSAL, may("approver", str, "who asked"), may("author", str, "who submitted it"))
+event("fix.signature.added", FIXES, "an offline approver's signature (a key the relay never "
+      "holds, one of `fix_offline_keys`) was added to a version", FIX, DIGEST,
+      need("key", str, "the signer's fingerprint"), need("kind", str, "`offline`"),
+      *FIX_WHERE)
+event("fix.signature.refused", FIXES, "an offline signature was refused (not by a configured "
+      "key, not over this version, malformed, a duplicate)", FIX, *FIX_REFUSAL)
+event("fix.revoked", FIXES, "a version was revoked (never lifted); the signed list was sent "
+      "to the agents that take it", FIX, DIGEST,
+      need("serial", int, "the revocation list's new serial"),
+      need("why", str, "the reason given"),
+      need("agents_sent", int, "online agents the new list was sent to"), *FIX_WHERE)
+event("fix.revoke.refused", FIXES, "a revocation was refused (revoked already)", FIX,
+      *FIX_REFUSAL)
+event("fix.run.requested", FIXES, "a technician asked for a fix to run on an agent (the "
+      "request was sent to it)", SESSION, *RUN_FIELDS, need("fix", str, "`ID@VERSION`"),
+      need("params", list, "the names of the parameters given (their values are in the run "
+                           "record)"),
+      may("finding", str, "the diagnostics rule it was run for"),
+      may("bulk", str, "the bulk run it is part of"),
+      may("sent_digest", str, "the digest of what was sent, when it differs from `digest` "
+                            "(the stored manifest no longer matches its approval)"))
+event("fix.run.refused", FIXES, "a fix run was refused, by the relay (not approved, revoked, "
+      "bad parameters, no `fixes:run`) or by the agent (`side`: `agent`; its reason: "
+      "`bad_signature`, `digest_mismatch`, `revoked`, `platform`, `params`, `consent`, "
+      "`policy`...)", SESSION, REASON, need("side", str, "`relay` or `agent`"),
+      may("digest", str, "the manifest's digest"), may("run", str, "the run's id"),
+      may("agent", str, "the agent's id"), may("fix", str, "`ID@VERSION` asked for"),
+      may("detail", str, "what was wrong, in words"), may("bulk", str, "the bulk run"),
+      *FIX_WHERE)
+event("fix.run.consent", FIXES, "the customer answered the agent's consent prompt", SESSION,
+      *RUN_FIELDS, need("answer", str, "`yes`"))
+event("fix.run.started", FIXES, "the agent started the fix script", SESSION, *RUN_FIELDS,
+      may("pid", int, "the script's process id on the agent"))
+event("fix.run.ended", FIXES, "a fix run ended: what ran, how it ended, and the kept output",
+      SESSION, *RUN_FIELDS,
+      need("exit_status", int | None, "the script's exit status (null: killed by a signal)"),
+      need("output_sha256", str, "the SHA-256 of the kept raw output, as the agent reported "
+                                 "it"),
+      need("kept_bytes", int, "output bytes kept (at most the cap)"),
+      need("output_bytes", int, "output bytes the script wrote in all"),
+      need("verify_passed", bool | None, "the verify script's verdict (null: none)"),
+      need("duration_ms", NUMBER, "how long it ran, as the agent measured it"),
+      need("output_ok", bool, "whether the output the relay kept has the agent's SHA-256"),
+      may("signal", str, "the signal that ended it"), may("timed_out", bool, "killed at its "
+                                                                              "timeout"),
+      may("cancelled", bool, "cancelled"), may("cut", bool, "output cut at the cap"),
+      may("blob", str, "the SHA-256 naming the kept output blob"),
+      may("bulk", str, "the bulk run it is part of"))
+event("fix.run.cancelled", FIXES, "a technician cancelled a running fix", SESSION,
+      *RUN_FIELDS)
+event("fix.run.failed", FIXES, "a fix run failed on the relay's side (`agent_gone`, "
+      "`protocol`: an agent line that breaks the contract, `output_mismatch`: the kept "
+      "output does not have the agent's SHA-256, `timeout`)", SESSION, *RUN_FIELDS, REASON,
+      DETAIL)
+event("fix.run.recheck", FIXES, "after a run from a finding, its diagnostics were run again",
+      SESSION, *RUN_FIELDS, need("finding", str, "the rule"),
+      need("cleared", bool | None, "whether the finding is gone (null: could not tell)"))
+event("fix.bulk.started", FIXES, "a bulk run of one approved version over a group's online "
+      "agents began", "`fix_bulk:ID`", DIGEST, need("fix", str, "`ID@VERSION`"),
+      need("group", str, "the group"), need("total", int, "online agents it runs on"),
+      need("concurrency", int, "how many at once"), *FIX_WHERE)
+event("fix.bulk.ended", FIXES, "a bulk run ended (one `fix.run.*` trail per agent)",
+      "`fix_bulk:ID`", DIGEST, need("total", int, "agents"),
+      need("ok", int, "runs that ended with exit status 0 (and verify, if any, passed)"),
+      need("failed", int, "the others"), need("duration_ms", NUMBER, "how long it took"))
 
 # --- audit --------------------------------------------------------------------------
 

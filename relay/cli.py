@@ -23,6 +23,7 @@ from backline.common.enrollment import EnrollmentToken
 from backline.common.tlspin import format_fingerprint
 from backline.relay import config as config_mod
 from backline.relay import tokens, users
+from backline.relay.cli_fix import fix_app
 from backline.relay.datadir import CERT_WARN_DAYS
 from backline.relay.roles import ROLES
 from backline.relay.state import Relay, open_relay
@@ -43,6 +44,7 @@ app.add_typer(group_app, name="group")
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(cert_app, name="cert")
+app.add_typer(fix_app, name="fix")  # relay/cli_fix.py
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -133,6 +133,11 @@ class RelayConfig:
     webhook_secret: str = ""
     # Event types to send (``session.*`` matches a prefix); empty means all.
     webhook_events: list[str] = field(default_factory=list)
+    # Offline fix-approver keys (OpenSSH public key lines, "ssh-ed25519 AAAA... name"):
+    # the only keys whose signatures `POST /fixes/{id}/{v}/signatures` and
+    # `backline-relay fix sign` accept (docs/fixes-relay.md). Agents decide themselves
+    # which offline keys they require, in their local policy.
+    fix_offline_keys: list[str] = field(default_factory=list)
 
     @property
     def effective_public_url(self) -> str:
@@ -163,6 +168,11 @@ class RelayConfig:
                 raise ConfigError(f"tls_pins: {pin!r} is not an SPKI pin (sha256// and 44 "
                                   "base64 characters; docs/operator-guide.md shows how to "
                                   "compute one)")
+        for line in self.fix_offline_keys:
+            if not re.fullmatch(r"(ssh-ed25519|ecdsa-sha2-nistp256|ssh-rsa) [A-Za-z0-9+/=]{16,2048}"
+                                r"( [^\x00-\x1f]{0,200})?", line.strip()):
+                raise ConfigError(f"fix_offline_keys: {line[:60]!r} is not an OpenSSH public "
+                                  "key line (ssh-ed25519 AAAA... name)")
         if self.tls_ca_file and not Path(self.tls_ca_file).is_file():
             raise ConfigError(f"tls_ca_file {self.tls_ca_file!r} is not a file")
         public = public_ca(self.tls_ca_file) if self.tls_ca_file else ""

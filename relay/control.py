@@ -154,7 +154,8 @@ async def enroll_endpoint(ws: WebSocket) -> None:
     await ws.send_text(protocol.encode(
         "enrolled", agent_id=agent_id, group=agent["group"],
         ca_public_key=relay.ca_public_key,
-        audit_public_key=protocol.b64e(relay.audit.public_key), fix_keys=[],
+        audit_public_key=protocol.b64e(relay.audit.public_key),
+        fix_keys=relay.fixes.public_keys(),
         control_url=relay.origin.replace("https://", "wss://", 1) + "/agent/connect",
         heartbeat_s=relay.config.heartbeat_s))
     await ws.close(1000)
@@ -185,6 +186,7 @@ async def connect_endpoint(ws: WebSocket) -> None:
         await ws.send_text(protocol.encode("welcome", agent_id=agent_id,
                                            heartbeat_s=relay.config.heartbeat_s,
                                            relay_time=round(time.time(), 3)))
+        await relay.fixes.agent_connected(agent_id, version, ws.send_text)
         if isinstance(ws, LeanSocket):
             reason = await _CallbackServer(ws, relay, conn).run()
         else:
@@ -197,6 +199,7 @@ async def connect_endpoint(ws: WebSocket) -> None:
                       f"agent:{agent_id}", "agent.protocol_error", f"agent:{agent_id}",
                       address=address)
     finally:
+        relay.fixes.push.gone(agent_id, ws.send_text)
         current = relay.presence.remove(conn)  # False: a newer socket replaced this one
         if current:
             agents.update_agent(relay.engine, agent_id, last_seen=conn.last_seen,

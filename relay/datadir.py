@@ -7,6 +7,9 @@ Created on first start, with every secret file mode 0600 and the folder 0700:
 - ``ca_key``: the relay CA (OpenSSH Ed25519) that signs technicians' SSH certificates;
 - ``audit_key.pem``: the Ed25519 key that signs audit checkpoints;
 - ``cookie_secret``: signs browser session cookies;
+- ``fix_key``: the online fix-approval key (OpenSSH Ed25519): an approval signs a fix
+  version's canonical bytes with it, agents pin its public half (relay/fixes/signing.py).
+  Made at init, and on the first start of a data directory made before it existed;
 - ``tls_pinset.json``: the pin set last announced to agents and its serial, raised at
   each change (relay/pinset_serial.py).
 """
@@ -62,6 +65,10 @@ class DataDir:
         return self.root / "tls_pinset.json"
 
     @property
+    def fix_key(self) -> Path:
+        return self.root / "fix_key"
+
+    @property
     def cookie_secret(self) -> Path:
         return self.root / "cookie_secret"
 
@@ -89,6 +96,9 @@ class DataDir:
         if not self.audit_key.exists():
             keys.save_private(keys.generate(), self.audit_key)
             made.append("audit signing key")
+        if not self.fix_key.exists():
+            keys.save_private(keys.generate(), self.fix_key, openssh=True)
+            made.append("fix-approval key")
         if not self.cookie_secret.exists():
             keys.write_private_file(self.cookie_secret, secrets.token_urlsafe(48).encode())
             made.append("cookie secret")

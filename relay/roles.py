@@ -7,16 +7,21 @@ ROLES = ("admin", "technician", "approver", "auditor")
 PERMISSIONS = frozenset({
     "agents:read", "agents:write", "audit:read", "enroll:read", "enroll:write",
     "groups:read", "groups:write", "users:read", "users:write", "apitokens:write",
+    # Approved fixes (issue 12): reading the catalogue, authoring a version, approving
+    # one (never one's own: relay/fixes/approval.py), running one in a session.
+    "fixes:read", "fixes:author", "fixes:approve", "fixes:run",
 })
 
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "admin": PERMISSIONS,
     "technician": frozenset({"agents:read", "agents:write", "enroll:read", "enroll:write",
-                             "groups:read", "apitokens:write"}),
-    "approver": frozenset({"agents:read", "groups:read", "apitokens:write"}),
+                             "groups:read", "apitokens:write", "fixes:read", "fixes:author",
+                             "fixes:run"}),
+    "approver": frozenset({"agents:read", "groups:read", "apitokens:write", "fixes:read",
+                           "fixes:approve"}),
     # Auditors read everything and change nothing.
     "auditor": frozenset({"agents:read", "audit:read", "enroll:read", "groups:read",
-                          "users:read"}),
+                          "users:read", "fixes:read"}),
 }
 
 # What an API token may carry at most. Managing users, groups or other tokens is

@@ -219,3 +219,116 @@ recordings = sa.Table(
     sa.Column("keystrokes", sa.Boolean, nullable=False, default=False),
     sa.Index("ix_recordings_session", "session_id", "started_at"),
 )
+
+# --- approved fixes (issue 12; relay/fixes/store.py, migration 0007) ---------------
+# One row per submitted version of a fix. Never updated, never deleted: a version is
+# immutable once submitted (the primary key refuses a second one), so the history of
+# what each version was is never lost. ``manifest`` is FixManifest.as_dict() as JSON,
+# script texts included: what travels to the agent.
+fix_versions = sa.Table(
+    "fix_versions", metadata,
+    sa.Column("fix_id", Str(48), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("digest", Str(80), nullable=False),
+    sa.Column("title", Str(128), nullable=False),
+    sa.Column("risk", Str(16), nullable=False),
+    sa.Column("manifest", LongStr, nullable=False),
+    sa.Column("author", Str(64), nullable=False),
+    sa.Column("submitted_at", sa.Float, nullable=False),
+    sa.Index("ix_fix_versions_digest", "digest"),
+)
+
+# A signature over one version's canonical bytes: ``relay`` (an approval: the relay's
+# fix key, signed when an approver who is not the author approved) or ``offline`` (an
+# approver key the relay never holds, checked against config ``fix_offline_keys``).
+fix_signatures = sa.Table(
+    "fix_signatures", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("fix_id", Str(48), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("digest", Str(80), nullable=False),
+    sa.Column("kind", Str(16), nullable=False),
+    sa.Column("approver", Str(64), nullable=False),
+    sa.Column("key", Str(128), nullable=False),
+    sa.Column("signature", LongStr, nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.UniqueConstraint("fix_id", "version", "key", name="uq_fix_signatures_key"),
+    sa.Index("ix_fix_signatures_version", "fix_id", "version"),
+)
+
+# The revocation list: one row per revoked version; the serial of the list agents are
+# sent is the highest ``serial`` (a revocation is never lifted).
+fix_revocations = sa.Table(
+    "fix_revocations", metadata,
+    sa.Column("serial", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("fix_id", Str(48), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("digest", Str(80), nullable=False),
+    sa.Column("reason", Str(512), nullable=False),
+    sa.Column("revoked_by", Str(64), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.UniqueConstraint("fix_id", "version", name="uq_fix_revocations_version"),
+)
+
+# One run of a fix on one agent: what ran (digest, params), how it ended, and the kept
+# output (a blob named by its SHA-256, equal to the agent's ``output_sha256``).
+fix_runs = sa.Table(
+    "fix_runs", metadata,
+    sa.Column("id", Str(64), primary_key=True),
+    sa.Column("fix_id", Str(48), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("digest", Str(80), nullable=False),
+    sa.Column("session_id", Str(64), nullable=False),
+    sa.Column("agent_id", Str(64), nullable=False),
+    sa.Column("technician", Str(64), nullable=False),
+    sa.Column("params", LongStr, nullable=False),
+    sa.Column("finding", Str(128)),
+    sa.Column("bulk_id", Str(64)),
+    sa.Column("status", Str(32), nullable=False),
+    sa.Column("refused_reason", Str(64)),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("exit_status", sa.Integer),
+    sa.Column("signal", Str(32)),
+    sa.Column("timed_out", sa.Boolean),
+    sa.Column("cancelled", sa.Boolean),
+    sa.Column("duration_ms", sa.Float),
+    sa.Column("output_bytes", sa.BigInteger),
+    sa.Column("kept_bytes", sa.BigInteger),
+    sa.Column("output_sha256", Str(64)),
+    sa.Column("output_ok", sa.Boolean),
+    sa.Column("verify_passed", sa.Boolean),
+    sa.Column("cleared", sa.Boolean),
+    sa.Index("ix_fix_runs_session", "session_id", "started_at"),
+    sa.Index("ix_fix_runs_agent", "agent_id", "started_at"),
+    sa.Index("ix_fix_runs_fix", "fix_id", "version", "started_at"),
+    sa.Index("ix_fix_runs_bulk", "bulk_id"),
+)
+
+# A bulk run over a group's online agents, and one result row per agent.
+fix_bulks = sa.Table(
+    "fix_bulks", metadata,
+    sa.Column("id", Str(64), primary_key=True),
+    sa.Column("fix_id", Str(48), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("digest", Str(80), nullable=False),
+    sa.Column("group_name", Str(128), nullable=False),
+    sa.Column("requested_by", Str(64), nullable=False),
+    sa.Column("concurrency", sa.Integer, nullable=False),
+    sa.Column("status", Str(16), nullable=False),
+    sa.Column("total", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float),
+)
+
+fix_bulk_results = sa.Table(
+    "fix_bulk_results", metadata,
+    sa.Column("bulk_id", Str(64), primary_key=True),
+    sa.Column("agent_id", Str(64), primary_key=True),
+    sa.Column("hostname", Str(256), nullable=False),
+    sa.Column("status", Str(32), nullable=False),
+    sa.Column("exit_status", sa.Integer),
+    sa.Column("verify_passed", sa.Boolean),
+    sa.Column("run_id", Str(64)),
+    sa.Column("error", Str(256)),
+)

@@ -23,6 +23,7 @@ from backline.relay.capabilities.runner import ChannelRunner
 from backline.relay.config import RelayConfig
 from backline.relay.datadir import DataDir
 from backline.relay.db import make_engine, migrate
+from backline.relay.fixes.service import FixService
 from backline.relay.live import LiveBus
 from backline.relay.sessions.manager import SessionManager
 from backline.relay.tls_identity import TlsIdentity
@@ -50,6 +51,8 @@ class Relay:
     webhooks: WebhookSender = field(init=False)
     blobs: BlobStore = field(init=False)
     floods: FloodAggregator = field(init=False)
+    #: Approved fixes: catalogue, fix key, revocation push (relay/fixes/service.py).
+    fixes: FixService = field(init=False)
     #: SPKI pins agents are told to trust (relay/tls_identity.py), current key first.
     pins: tuple[str, ...] = ()
     tls_identity: TlsIdentity | None = None
@@ -72,6 +75,7 @@ class Relay:
         self.sessions = SessionManager(self)
         self.channels = ChannelRunner(self)
         self.blobs = BlobStore(self.datadir.root / "blobs")
+        self.fixes = FixService(self)
         self.webhooks = WebhookSender.from_config(
             c, self.record, lambda agent_id: get_agent(self.engine, self.presence, agent_id))
 

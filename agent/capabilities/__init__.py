@@ -19,17 +19,20 @@ from backline.agent.capabilities.base import (
 )
 from backline.common.capabilities import spec
 
-__all__ = ["BUILTIN", "EXIT_BAD_REQUEST", "TERMINALS", "Capability", "Handler", "Registry",
-           "SessionContext", "builtin_registry", "read_request"]
+__all__ = ["ASK_THEMSELVES", "BUILTIN", "EXIT_BAD_REQUEST", "TERMINALS", "Capability",
+           "Handler", "Registry", "SessionContext", "builtin_registry", "read_request"]
 
 #: The capability rooms this agent ships: name -> handler, imported on first use.
 BUILTIN = {
     "info": "backline.agent.capabilities.info:run",
     "diagnostics": "backline.agent.capabilities.diagnostics:run",
     "shell": "backline.agent.capabilities.shell:run",
+    "fix": "backline.agent.capabilities.fix:run",
 }
 #: Those of them that are terminals: bytes on the channel, and a pty request required.
 TERMINALS = frozenset({"shell"})
+#: Those that ask the customer themselves, after their own checks (Capability.asks_itself).
+ASK_THEMSELVES = frozenset({"fix"})
 
 
 def builtin_registry() -> Registry:
@@ -37,5 +40,5 @@ def builtin_registry() -> Registry:
     for name, target in BUILTIN.items():
         known = spec(name)
         registry.register_lazy(name, target, known.summary if known else "",
-                               terminal=name in TERMINALS)
+                               terminal=name in TERMINALS, asks_itself=name in ASK_THEMSELVES)
     return registry

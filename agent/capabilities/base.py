@@ -59,6 +59,11 @@ class Capability:
     #: A terminal: its channel carries bytes (no encoding) and must come with a pty
     #: request; every other capability is text and refuses a pty.
     terminal: bool = False
+    #: The room asks the customer itself, after its own checks and with what it
+    #: learnt from them (``fix``: the fix's title, risk and parameters): under ``ask``
+    #: the SSH server then does not ask first, and hands the room the asker as
+    #: ``ctx.extra["asker"]``. Nothing is skipped: the room must ask.
+    asks_itself: bool = False
 
     def load(self) -> Handler:
         if self.handler is None:
@@ -80,11 +85,11 @@ class Registry:
         self._by_name[name] = Capability(name, handler, summary, terminal=terminal)
 
     def register_lazy(self, name: str, target: str, summary: str = "",
-                      terminal: bool = False) -> None:
+                      terminal: bool = False, asks_itself: bool = False) -> None:
         """Register ``module:function``, imported the first time a channel needs it."""
         if not CAPABILITY_RE.fullmatch(name):
             raise ValueError(f"{name!r} is not a capability name (short, lowercase)")
-        self._by_name[name] = Capability(name, None, summary, target, terminal)
+        self._by_name[name] = Capability(name, None, summary, target, terminal, asks_itself)
 
     def get(self, name: str) -> Capability | None:
         return self._by_name.get(name)

@@ -40,4 +40,18 @@ def cmd_diagnose(state_root: Path, args: argparse.Namespace) -> int:
         sys.stdout.write(to_json(report, indent=2) + "\n")
     else:
         sys.stdout.write(render_text(report))
+        _offer_fixes(state_root, {f.rule_id for f in report.findings})
     return 0
+
+
+def _offer_fixes(state_root: Path, rule_ids: set[str]) -> None:
+    """The approved fixes this machine keeps for what was found (agent/fix_cli.py)."""
+    from backline.agent.fix_cli import suggestions
+
+    offered = suggestions(state_root, rule_ids)
+    if offered:
+        sys.stdout.write("\nApproved fixes you can run yourself:\n")
+        for rule, ref, title in offered:
+            fix_id, _, version = ref.partition("@")
+            sys.stdout.write(f"  {title} (for {rule}): backline-agent fix run {fix_id} "
+                             f"--version {version}\n")

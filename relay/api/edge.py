@@ -137,21 +137,22 @@ def _media_type(request: Request) -> str | None:
     return None if raw is None else raw.split(";", 1)[0].strip().lower()
 
 
-async def read_body(request: Request, model: type[Body]) -> Any:
+async def read_body(request: Request, model: type[Body], max_body: int = MAX_BODY) -> Any:
     """The body as ``model``: size bound first, then ``Content-Type: application/json``
     (a cross-site "simple" request can send ``text/plain`` or no type without a
-    preflight), then the model's validation."""
+    preflight), then the model's validation. ``max_body``: a larger bound for the one
+    operation that takes one (a fix manifest with its scripts)."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not _WHOLE.fullmatch(declared) or int(declared) > MAX_BODY):
-        raise ApiError(413, "too_large", f"request bodies are at most {MAX_BODY} bytes")
+    if declared is not None and (not _WHOLE.fullmatch(declared) or int(declared) > max_body):
+        raise ApiError(413, "too_large", f"request bodies are at most {max_body} bytes")
     media = _media_type(request)
     if media is not None and media != JSON:
         raise ApiError(415, "unsupported_media_type", "request bodies are application/json")
     raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
-        if len(raw) > MAX_BODY:
-            raise ApiError(413, "too_large", f"request bodies are at most {MAX_BODY} bytes")
+        if len(raw) > max_body:
+            raise ApiError(413, "too_large", f"request bodies are at most {max_body} bytes")
     if not raw:
         raw += b"{}"
     elif media is None:
@@ -243,7 +244,7 @@ def endpoint(permission: str | None, *, body: type[Body] | None = None,
              query: type[Params] | None = None, path: type[Params] | None = None,
              answers: dict[int, type[Reply] | str] | None = None,
              refuses: tuple[int, ...] = (), noun: str = "item",
-             anonymous: bool = False) -> Callable[[Handler], Endpoint]:
+             anonymous: bool = False, max_body: int = MAX_BODY) -> Callable[[Handler], Endpoint]:
     """Declare an operation. The handler is called as ``handler(request, relay, who,
     body=..., query=..., path=...)`` with the validated models it declared; ``who``
     is ``None`` only for ``anonymous`` operations (sign-in), which check nothing."""
@@ -265,7 +266,7 @@ def endpoint(permission: str | None, *, body: type[Body] | None = None,
                     kwargs["query"] = validated(query, dict(request.query_params),
                                                 "parameter")
                 if body is not None or request.method not in ("GET", "HEAD", "DELETE"):
-                    parsed = await read_body(request, body or NoBody)
+                    parsed = await read_body(request, body or NoBody, max_body)
                     if body is not None:
                         kwargs["body"] = parsed
                 return await handler(request, relay, who, **kwargs)

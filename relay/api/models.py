@@ -378,9 +378,23 @@ class SessionQuery(Params):
     limit: whole(1, 500, "at most 500") = 100
 
 
+#: A fix parameter's value as the API takes it (checked against the fix's schema later).
+FixParamValue = Annotated[str, Field(max_length=4096)] | int | bool
+FixParams = Annotated[dict[Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]{0,31}$",
+                                                max_length=32)], FixParamValue],
+                      Field(max_length=16)]
+
+
 class ChannelRequest(Body):
     sections: Annotated[list[Annotated[str, Field(max_length=64)]],
                         Field(max_length=64)] | None = None
+    # The fix room (relay/capabilities/fix.py): "ID@VERSION", its parameters, and the
+    # diagnostics rule it is run for (re-checked afterwards).
+    fix: Annotated[str, Field(max_length=64, pattern=r"^[a-z][a-z0-9-]{1,47}@[0-9]{1,10}$")
+                   ] | None = None
+    params: FixParams | None = None
+    finding: Annotated[str, Field(max_length=80, pattern=r"^[a-z0-9][a-z0-9._-]{0,79}$")
+                       ] | None = None
 
 
 class ChannelResult(Reply):

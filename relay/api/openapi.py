@@ -29,7 +29,7 @@ _PARAM = re.compile(r"{(\w+)(?::\w+)?}")
 REF = "#/components/schemas/{model}"
 
 STATUS_TEXT = {
-    200: "OK", 201: "Created",
+    200: "OK", 201: "Created", 202: "Accepted (started; ask for its progress)",
     400: "Refused: the request is malformed (bad_json, missing_field, bad_field, ...)",
     401: "Refused: not signed in, or the API token is refused (unauthenticated, token_*, "
          "bad_credentials, totp_required)",

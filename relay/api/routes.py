@@ -15,6 +15,7 @@ from backline.relay.api import (
     audit,
     auth,
     enroll_tokens,
+    fixes,
     recordings,
     reports,
     sessions,
@@ -22,6 +23,6 @@ from backline.relay.api import (
 )
 
 RESOURCES = (auth, agents, users, enroll_tokens, api_tokens, audit, sessions, reports,
-             recordings)
+             recordings, fixes)
 
 ROUTES: list[Route] = [route for module in RESOURCES for route in module.ROUTES]

@@ -167,11 +167,22 @@ async def run_channel(request: Request, relay: Relay, who: Principal, *,
     if not CAPABILITY_RE.fullmatch(capability):
         raise ApiError(400, "bad_field", "not a capability name")
     live = _live(relay, session_for(request, relay, who, use=True))
+    _may_run(relay, who, live, capability)
     try:
-        result = await relay.channels.run(live, capability, who.actor, body.model_dump())
+        result = await relay.channels.run(live, capability, who.actor, body.model_dump(),
+                                          who=who)
     except SessionError as err:
         raise _api_error(err) from None
     return reply(m.ChannelResult, result)
+
+
+def _may_run(relay: Relay, who: Principal, live: LiveSession, capability: str) -> None:
+    """A room that needs a permission beyond ``agents:write`` (``fix``: ``fixes:run``)."""
+    needed = relay.channels.spec(capability).permission
+    if needed is not None and not who.can(needed):
+        raise ApiError(403, "forbidden", f"{needed} is needed to run {capability}",
+                       action="session.channel.refused", target=f"session:{live.id}",
+                       capability=capability)
 
 
 @endpoint("agents:write", body=m.SessionOpen, answers={201: m.SessionCode})
@@ -225,6 +236,7 @@ async def stream_endpoint(ws: WebSocket) -> None:
             return
         # Watching a terminal needs only to see the session; running anything, to use it.
         live = _live(relay, session_for(ws, relay, who, use=watching is None))
+        _may_run(relay, who, live, capability)
     except ApiError as err:
         err.principal = who
         audit_refusal(relay, ws, err)
@@ -253,6 +265,9 @@ async def _serve(ws: WebSocket, relay: Relay, live: LiveSession, capability: str
                  who: Principal, watching: str | None) -> None:
     """The channel a stream socket asked for, by its room's transport."""
     spec = relay.channels.spec(capability)
+    if spec.stream is not None:  # a conversational room reads its own first frame
+        await spec.stream(relay.channels, ws, live, who.actor, who)
+        return
     if spec.transport is Transport.DUPLEX:
         from backline.relay.capabilities import shell
 

@@ -23,6 +23,7 @@ ROOMS = {
     "info": "backline.relay.capabilities.info",
     "diagnostics": "backline.relay.capabilities.diagnostics",
     "shell": "backline.relay.capabilities.shell",
+    "fix": "backline.relay.capabilities.fix",
 }
 
 _loaded: dict[str, ChannelSpec] = {}

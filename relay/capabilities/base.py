@@ -16,12 +16,19 @@ Transports:
 - ``LINES``: the same, for output that is JSON lines meant to be shown as they come;
 - ``DUPLEX``: a pty: bytes both ways over a binary WebSocket with flow control, and a
   recording (:mod:`backline.relay.capabilities.shell`). Only the stream serves it.
+
+A room whose channel is a conversation rather than one request (``fix``: the request,
+then maybe a cancel, with a run record and audit events of its own along the way)
+declares ``answer`` and ``stream``: the runner and the stream socket then hand it the
+channel's life, and it still opens and ends its channel through the runner
+(:meth:`~backline.relay.capabilities.runner.ChannelRunner.channel`, ``finished``). A
+room that needs more than ``agents:write`` names the ``permission``.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +91,14 @@ Keeper = Callable[[Any, KeptContext, bytes], "str | None"]
 RequestBuilder = Callable[[Mapping[str, Any]], "bytes | None"]
 
 
+#: Runs a conversational room's channel for REST: (runner, live session, actor,
+#: principal, what was asked) -> the answer (``ChannelResult``'s fields, and more).
+Answerer = Callable[[Any, Any, str, Any, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+#: Serves a conversational room on an accepted browser socket: (runner, socket, live
+#: session, actor, principal); it reads the client's first frame itself.
+Streamer = Callable[[Any, Any, Any, str, Any], Awaitable[None]]
+
+
 def no_request(capability: str) -> RequestBuilder:
     def build(asked: Mapping[str, Any]) -> bytes | None:
         if any(v is not None for v in asked.values()):
@@ -107,6 +122,11 @@ class ChannelSpec:
     #: Whether the channel is recorded (asciicast) while it runs.
     recorded: bool = False
     summary: str = ""
+    #: A conversational room's own REST run and stream (see the module's docstring).
+    answer: Answerer | None = None
+    stream: Streamer | None = None
+    #: The permission needed beyond ``agents:write`` (``fixes:run``), or None.
+    permission: str | None = None
 
     def request(self, asked: Mapping[str, Any]) -> bytes | None:
         """The channel's request from what the technician asked; ``RequestRefused``

@@ -289,7 +289,8 @@ class ChannelRunner:
     # --- one answer (REST) -----------------------------------------------------------
 
     async def run(self, session: LiveSession, capability: str, actor: str,
-                  asked: Mapping[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+                  asked: Mapping[str, Any], timeout: float = 120.0,
+                  who: Any = None) -> dict[str, Any]:
         """Run one capability to completion; its output, bounded, and its hash.
 
         Output past :data:`MAX_OUTPUT` is cut there: the channel is closed at once and
@@ -302,6 +303,8 @@ class ChannelRunner:
         if spec.transport is Transport.DUPLEX:
             raise SessionError(400, "stream_only", f"{capability} is a terminal: open it "
                                                    "on its stream socket")
+        if spec.answer is not None:  # a conversational room runs its channel itself
+            return await spec.answer(self, session, actor, who, asked)
         request = self.request(session, capability, actor, asked)
         async with self.channel(session, capability, actor, request) as ch:
             proc = ch.proc

@@ -1,0 +1,409 @@
+"""Running one approved fix script, exactly as the issue-12 contract says.
+
+Everything that reaches the script is decided here, not by the relay:
+
+* a private folder (``mkdtemp``: mode 0700) is its working directory, ``HOME`` and
+  ``TMPDIR``, and is removed afterwards;
+* its environment is only ``PATH`` (a fixed system path), ``LANG=C.UTF-8``, ``HOME``,
+  ``TMPDIR``, ``BACKLINE_FIX_ID``, ``BACKLINE_FIX_VERSION``, ``BACKLINE_FIX_DIR`` and
+  the validated ``BACKLINE_PARAM_*`` values: parameters are never spliced into a
+  command line, so ``$(touch X)`` is a string the script receives, nothing more;
+* it runs in a session of its own (``start_new_session``) with stdin ``/dev/null``;
+  at its timeout, at a cancel, and when the script itself has exited, the whole
+  session is ended (SIGTERM, :data:`KILL_GRACE_S`, SIGKILL): a child that forked a
+  grandchild sleeping forever leaves no process behind;
+* output is streamed live as ``output`` events of at most 16 KiB, kept up to
+  ``max_output`` bytes, then one ``cut`` event; everything after is still read (so
+  the script never blocks on a full pipe) but only counted, never held: memory stays
+  bounded by a few read buffers whatever the script prints;
+* the verify script runs afterwards in the same folder and environment (60 s at most,
+  its first 4 KiB kept), unless the run was cancelled.
+
+``on_event`` gets each event as the dict the fix channel sends as one JSON line; it
+may be a coroutine function, awaited before more output is read (back-pressure: a
+slow channel slows the reading, it never grows a buffer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import inspect
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: The most raw bytes in one ``output`` event (before base64).
+CHUNK = 16 * 1024
+#: How much one read of a pipe takes at most.
+READ = 64 * 1024
+KILL_GRACE_S = 2.0
+VERIFY_TIMEOUT_S = 60
+VERIFY_KEEP = 4 * 1024
+DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
+#: The largest ``max_output`` a request may ask for.
+MAX_OUTPUT_LIMIT = 1024 * 1024 * 1024
+PARAM_PREFIX = "BACKLINE_PARAM_"
+
+Event = dict[str, Any]
+OnEvent = Callable[[Event], "Awaitable[None] | None"]
+
+SUFFIX = {"sh": ".sh", "bash": ".sh", "python": ".py", "powershell": ".ps1"}
+
+
+class FixRunError(Exception):
+    """The fix could not even be started (no interpreter, no private folder)."""
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    passed: bool
+    exit_status: int | None
+    output: bytes
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What the ``end`` (and ``verify``) events said."""
+
+    exit_status: int | None
+    signal: str | None
+    timed_out: bool
+    cancelled: bool
+    duration_ms: int
+    output_bytes: int
+    kept_bytes: int
+    output_sha256: str
+    verify: VerifyResult | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return (self.exit_status == 0 and not self.timed_out and not self.cancelled
+                and (self.verify is None or self.verify.passed))
+
+
+def interpreter_argv(interpreter: str) -> list[str] | None:
+    """The program (and its options) that runs a script file of ``interpreter``, looked
+    up on the fixed system path only; ``None`` when this machine has none."""
+    if interpreter == "python":
+        # The agent's own Python, isolated: no PYTHON* variables, no user site, no cwd.
+        return [sys.executable, "-I", "-B"]
+    candidates = {"sh": ("sh",), "bash": ("bash",), "powershell": ("pwsh", "powershell")}
+    for name in candidates.get(interpreter, ()):
+        found = shutil.which(name, path=SAFE_PATH)
+        if found:
+            if interpreter == "powershell":
+                return [found, "-NoLogo", "-NoProfile", "-NonInteractive", "-File"]
+            return [found]
+    return None
+
+
+def fix_environment(manifest: Any, folder: str, env_params: Mapping[str, str]) -> dict[str, str]:
+    """The script's whole environment (nothing of the agent's own leaks in)."""
+    env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "HOME": folder, "TMPDIR": folder,
+           "BACKLINE_FIX_ID": str(manifest.id), "BACKLINE_FIX_VERSION": str(manifest.version),
+           "BACKLINE_FIX_DIR": folder}
+    for name, value in env_params.items():
+        if not name.startswith(PARAM_PREFIX) or "=" in name or "\0" in name or "\0" in value:
+            raise ValueError(f"{name[:60]!r} is not a parameter variable")
+        env[name] = value
+    return env
+
+
+def session_members(sid: int) -> list[int]:
+    """Every process whose session is ``sid`` (Linux ``/proc``; elsewhere none known):
+    a grandchild that left the process group is still in the session."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    members = []
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[-1].split()
+        except OSError:
+            continue
+        if len(fields) > 3 and fields[3] == str(sid).encode() and fields[0] != b"Z":
+            members.append(int(name))
+    return members
+
+
+def _signal_tree(sid: int, sig: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(sid, sig)
+    for pid in session_members(sid):
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
+
+
+async def end_tree(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM to the script's whole session, :data:`KILL_GRACE_S`, then SIGKILL to
+    whatever is left, and reap the script. (Also when the script has exited: what it
+    left running in its session goes with it.)"""
+    sid = proc.pid
+    _signal_tree(sid, signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + KILL_GRACE_S
+    while loop.time() < deadline:
+        if proc.returncode is not None and not session_members(sid):
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(proc.wait()), 0.05)
+    _signal_tree(sid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        await proc.wait()
+
+
+async def _emit(on_event: OnEvent, event: Event) -> None:
+    result = on_event(event)
+    if inspect.isawaitable(result):
+        await result
+
+
+class _Output:
+    """Counts, keeps up to the cap, hashes what it keeps, emits ``output``/``cut``.
+
+    stdout and stderr are read concurrently; one lock makes each chunk's events go out
+    whole and in the order they were hashed, so the SHA-256 of the kept bytes in the
+    order the ``output`` events carry them is ``output_sha256``."""
+
+    def __init__(self, cap: int, on_event: OnEvent | None) -> None:
+        self.cap = cap
+        self.on_event = on_event
+        self.seen = 0
+        self.kept = 0
+        self.sha = hashlib.sha256()
+        self.cut = False
+        self.buffer = bytearray()  # only without on_event (the verify script)
+        self._lock = asyncio.Lock()
+
+    async def add(self, fd: int, data: bytes) -> None:
+        async with self._lock:
+            self.seen += len(data)
+            room = self.cap - self.kept
+            keep = data[:max(room, 0)]
+            for i in range(0, len(keep), CHUNK):
+                piece = keep[i:i + CHUNK]
+                self.kept += len(piece)
+                self.sha.update(piece)
+                if self.on_event is None:
+                    self.buffer.extend(piece)
+                else:
+                    await _emit(self.on_event, {"type": "output", "fd": fd,
+                                                "b64": base64.b64encode(piece).decode()})
+            if len(keep) < len(data) and not self.cut:
+                self.cut = True
+                if self.on_event is not None:
+                    await _emit(self.on_event, {"type": "cut", "kept_bytes": self.kept})
+
+
+async def _pump(stream: asyncio.StreamReader, fd: int, out: _Output) -> None:
+    while True:
+        data = await stream.read(READ)
+        if not data:
+            return
+        await out.add(fd, data)
+
+
+async def _open_reader(fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+    """A bounded reader of the pipe ``fd`` (the transport pauses at 2 x :data:`READ`)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=READ, loop=loop)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader, loop=loop), os.fdopen(fd, "rb", 0))
+    return reader, transport
+
+
+@dataclass
+class _Ran:
+    returncode: int | None
+    timed_out: bool
+    cancelled: bool
+    duration_ms: int
+
+
+async def _run_script(argv: list[str], folder: str, env: dict[str, str], timeout_s: float,
+                      out: _Output, cancel: asyncio.Event | None,
+                      on_start: Callable[[int], Awaitable[None]] | None = None) -> _Ran:
+    started = time.monotonic()
+    # Pipes of our own, not asyncio's: its ``wait()`` would also wait for the pipes to
+    # close, which a grandchild that escaped can hold open forever.
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=folder, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=out_w, stderr=err_w, start_new_session=True, close_fds=True)
+    except OSError as exc:
+        for fd in (out_r, err_r):
+            os.close(fd)
+        raise FixRunError(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    transports: list[asyncio.BaseTransport] = []
+    timed_out = cancelled = False
+    try:
+        stdout, t1 = await _open_reader(out_r)
+        transports.append(t1)
+        stderr, t2 = await _open_reader(err_r)
+        transports.append(t2)
+        if on_start is not None:
+            await on_start(proc.pid)
+        pumps = asyncio.gather(_pump(stdout, 1, out), _pump(stderr, 2, out))
+        waiting = asyncio.ensure_future(proc.wait())
+        cancelling = asyncio.ensure_future(cancel.wait()) if cancel is not None else None
+        try:
+            waiters: set[asyncio.Future[Any]] = {waiting, pumps}
+            if cancelling is not None:
+                waiters.add(cancelling)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout_s
+            while True:
+                done, _ = await asyncio.wait(waiters, timeout=max(0, deadline - loop.time()),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if waiting in done:
+                    break
+                if cancelling is not None and cancelling in done:
+                    cancelled = True
+                    break
+                if pumps in done:
+                    waiters.discard(pumps)
+                    if pumps.exception() is not None:  # whoever read the events is gone
+                        cancelled = True
+                        break
+                    continue  # the script closed its output and goes on
+                timed_out = True
+                break
+            # The script is gone or must go; so must everything it started (its
+            # session), else a background child holding the pipes would keep it alive.
+            await end_tree(proc)
+            await _drain(pumps, out)
+        finally:
+            if cancelling is not None:
+                cancelling.cancel()
+            waiting.cancel()
+            if not pumps.done():
+                pumps.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pumps
+    except BaseException:
+        if proc.returncode is None:
+            _signal_tree(proc.pid, signal.SIGKILL)
+        raise
+    finally:
+        for transport in transports:
+            transport.close()
+    return _Ran(proc.returncode, timed_out, cancelled,
+                round((time.monotonic() - started) * 1000))
+
+
+async def _drain(pumps: asyncio.Future[Any], out: _Output) -> None:
+    """What is still in the pipes, for as long as it keeps coming (a slow channel is
+    waited for); a pipe that stays open with nothing coming is held by a process that
+    left the session, and is given up after :data:`KILL_GRACE_S`."""
+    seen = -1
+    while out.seen != seen:
+        seen = out.seen
+        try:
+            await asyncio.wait_for(asyncio.shield(pumps), KILL_GRACE_S)
+            return
+        except TimeoutError:
+            continue
+
+
+def _status(returncode: int | None) -> tuple[int | None, str | None]:
+    if returncode is None:
+        return None, None
+    if returncode < 0:
+        try:
+            return None, signal.Signals(-returncode).name
+        except ValueError:
+            return None, str(-returncode)
+    return returncode, None
+
+
+def _write_script(folder: str, name: str, text: str) -> str:
+    path = Path(folder) / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+    return str(path)
+
+
+async def run_fix(manifest: Any, env_params: Mapping[str, str], max_output: int,
+                  on_event: OnEvent, cancel: asyncio.Event | None = None) -> RunResult:
+    """Run ``manifest``'s script (and verify script) with ``env_params`` (the mapping
+    ``validate_params`` made), streaming events to ``on_event``: ``start``,
+    ``output``..., ``cut`` (once, if the cap is reached), ``end``, ``verify``.
+
+    The caller has already checked signatures, revocation, platform, policy, params
+    and consent (:mod:`backline.agent.fixes.checks`); this only runs."""
+    argv = interpreter_argv(manifest.interpreter)
+    if argv is None:
+        raise FixRunError(f"no {manifest.interpreter} interpreter on this machine")
+    if not 0 <= max_output <= MAX_OUTPUT_LIMIT:
+        raise ValueError("max_output out of range")
+    if cancel is not None and cancel.is_set():  # cancelled before it started: never start
+        empty = hashlib.sha256().hexdigest()
+        await _emit(on_event, {"type": "end", "exit_status": None, "signal": None,
+                               "timed_out": False, "cancelled": True, "duration_ms": 0,
+                               "output_bytes": 0, "kept_bytes": 0, "output_sha256": empty})
+        return RunResult(None, None, False, True, 0, 0, 0, empty)
+    suffix = SUFFIX.get(manifest.interpreter, "")
+    try:
+        folder = tempfile.mkdtemp(prefix="backline-fix-")  # 0700, owned by the agent
+    except OSError as exc:
+        raise FixRunError(f"cannot make a private folder: {exc.strerror or exc}") from None
+    try:
+        os.chmod(folder, 0o700)
+        env = fix_environment(manifest, folder, env_params)
+        script = _write_script(folder, ".backline-fix" + suffix, manifest.script)
+        out = _Output(max_output, on_event)
+
+        async def started(pid: int) -> None:
+            await _emit(on_event, {"type": "start", "pid": pid})
+
+        ran = await _run_script([*argv, script], folder, env, float(manifest.timeout_s), out,
+                                cancel, started)
+        status, sig = _status(ran.returncode)
+        result = RunResult(status, sig, ran.timed_out, ran.cancelled, ran.duration_ms,
+                           out.seen, out.kept, out.sha.hexdigest())
+        await _emit(on_event, {"type": "end", "exit_status": status, "signal": sig,
+                               "timed_out": ran.timed_out, "cancelled": ran.cancelled,
+                               "duration_ms": ran.duration_ms, "output_bytes": out.seen,
+                               "kept_bytes": out.kept, "output_sha256": out.sha.hexdigest()})
+        verify_text = getattr(manifest, "verify", None)
+        if verify_text and not ran.cancelled and not (cancel is not None and cancel.is_set()):
+            verify = await _verify(argv, folder, env, verify_text, suffix,
+                                   min(VERIFY_TIMEOUT_S, int(manifest.timeout_s)), cancel)
+            result = RunResult(**{**result.__dict__, "verify": verify})
+            await _emit(on_event, {"type": "verify", "passed": verify.passed,
+                                   "exit_status": verify.exit_status,
+                                   "output_b64": base64.b64encode(verify.output).decode()})
+        return result
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _verify(argv: list[str], folder: str, env: dict[str, str], text: str, suffix: str,
+                  timeout_s: int, cancel: asyncio.Event | None) -> VerifyResult:
+    script = _write_script(folder, ".backline-verify" + suffix, text)
+    out = _Output(VERIFY_KEEP, None)
+    ran = await _run_script([*argv, script], folder, env, float(max(1, timeout_s)), out, cancel)
+    status, _ = _status(ran.returncode)
+    passed = status == 0 and not ran.timed_out and not ran.cancelled
+    return VerifyResult(passed, status, bytes(out.buffer))

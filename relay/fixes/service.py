@@ -1,0 +1,227 @@
+"""What the relay does with fixes, checked and audited: the one place for each step.
+
+The REST API (relay/api/fixes.py), the CLI (relay/cli_fix.py) and the fix room
+(relay/capabilities/fix.py) all come here, so four eyes, the digest in every audit
+event and the refusals are the same whoever asks. A refusal is :class:`FixRefused`,
+already audited when raised (``audited`` is then true): callers only say it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from backline.common import protocol
+from backline.common.fixes import revocation as fix_revocation
+from backline.common.fixes import signing as fix_signing
+from backline.common.fixes.manifest import FixManifest, ManifestError, canonical_bytes, digest
+from backline.relay.fixes import signing, store, trust
+from backline.relay.fixes.push import RevocationPush
+
+if TYPE_CHECKING:
+    from backline.relay.state import Relay
+
+log = logging.getLogger("backline.relay.fixes")
+
+#: How the signed revocation list's entries are cut to fit a control frame.
+MAX_PUSHED_REASON = 200
+
+
+class FixRefused(Exception):
+    """A step that cannot be taken: an HTTP status, a stable code, a sentence."""
+
+    def __init__(self, status: int, code: str, detail: str, audited: bool = True) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.audited = status, code, detail, audited
+
+
+def target(fix_id: str, version: int) -> str:
+    return f"fix:{fix_id}@{version}"
+
+
+class FixService:
+    """The relay's fix catalogue and keys (``relay.fixes``)."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.push = RevocationPush()
+        #: Bulk runs in progress (relay/fixes/bulk.py).
+        self.tasks: set[asyncio.Future[Any]] = set()
+
+    # --- keys ----------------------------------------------------------------------
+
+    @cached_property
+    def key(self) -> signing.FixKey:
+        """The online approval key (made by the data directory if missing)."""
+        path = self.relay.datadir.fix_key
+        if not path.exists():
+            self.relay.datadir.ensure_keys([])
+        return signing.load(path)
+
+    def public_keys(self) -> list[str]:
+        """What agents pin: ``fix_keys`` in ``enrolled`` and in the trust document."""
+        return [self.key.public_line]
+
+    def trust_document(self) -> dict[str, str]:
+        return trust.document(self.relay.audit.signing_key, 1, self.public_keys())
+
+    @property
+    def offline_keys(self) -> list[str]:
+        return [k.strip() for k in self.relay.config.fix_offline_keys]
+
+    # --- the catalogue ------------------------------------------------------------
+
+    def submit(self, manifest: FixManifest, author: str, actor: str, source: str = "api",
+               **where: Any) -> store.Version:
+        try:
+            v = store.submit(self.relay.engine, manifest, author)
+        except store.Immutable as exc:
+            self.relay.record(actor, "fix.submit.refused",
+                              target(manifest.id, manifest.version), reason="immutable",
+                              digest=digest(manifest), detail=str(exc)[:200], **where)
+            raise FixRefused(409, "immutable", str(exc)) from None
+        self.relay.record(actor, "fix.submitted", target(v.fix_id, v.version), digest=v.digest,
+                          author=author, source=source, risk=manifest.risk, **where)
+        return v
+
+    def version(self, fix_id: str, version: int) -> store.Version:
+        try:
+            return store.get_version(self.relay.engine, fix_id, version)
+        except store.NotFound:
+            raise FixRefused(404, "not_found", f"no fix {fix_id}@{version}",
+                             audited=False) from None
+
+    def checked(self, v: store.Version) -> FixManifest:
+        """The stored manifest, parsed, with the digest it was submitted under: what is
+        signed is always what was submitted (a damaged row is never signed)."""
+        try:
+            m = v.parsed()
+        except (ManifestError, KeyError, TypeError, ValueError) as exc:
+            raise FixRefused(500, "damaged", f"{v.fix_id}@{v.version} no longer parses "
+                                             f"({str(exc)[:120]})", audited=False) from None
+        if digest(m) != v.digest:
+            raise FixRefused(500, "damaged", f"{v.fix_id}@{v.version} no longer has the digest "
+                                             "it was submitted under", audited=False)
+        return m
+
+    def approve(self, fix_id: str, version: int, approver: str, actor: str,
+                **where: Any) -> store.Version:
+        """Four eyes: the relay signs a version with its fix key for an approver who is
+        not its author."""
+        v = self.version(fix_id, version)
+        t = target(fix_id, version)
+
+        def refuse(status: int, code: str, detail: str) -> FixRefused:
+            self.relay.record(actor, "fix.approve.refused", t, reason=code, digest=v.digest,
+                              approver=approver, author=v.author, detail=detail[:200], **where)
+            return FixRefused(status, code, detail)
+
+        if approver == v.author:
+            raise refuse(403, "self_approval", "the author of a version cannot approve it; "
+                                               "another approver must")
+        if store.revocation_of(self.relay.engine, fix_id, version) is not None:
+            raise refuse(409, "revoked", f"{fix_id}@{version} is revoked")
+        try:
+            m = self.checked(v)
+        except FixRefused as exc:
+            raise refuse(exc.status, exc.code, exc.detail) from None
+        signature = self.key.sign(canonical_bytes(m))
+        if not store.add_signature(self.relay.engine, v, "relay", approver,
+                                   self.key.fingerprint, signature):
+            raise refuse(409, "already_approved", f"{fix_id}@{version} is approved already")
+        self.relay.record(actor, "fix.approved", t, digest=v.digest, approver=approver,
+                          author=v.author, key=self.key.fingerprint, **where)
+        return v
+
+    def add_signature(self, fix_id: str, version: int, armored: str, by: str, actor: str,
+                      **where: Any) -> str:
+        """An offline approver's signature, accepted only from ``fix_offline_keys``;
+        the signer's fingerprint."""
+        v = self.version(fix_id, version)
+        t = target(fix_id, version)
+
+        def refuse(status: int, code: str, detail: str) -> FixRefused:
+            self.relay.record(actor, "fix.signature.refused", t, reason=code, digest=v.digest,
+                              detail=detail[:200], **where)
+            return FixRefused(status, code, detail)
+
+        try:
+            m = self.checked(v)
+        except FixRefused as exc:
+            raise refuse(exc.status, exc.code, exc.detail) from None
+        if not self.offline_keys:
+            raise refuse(409, "no_offline_keys", "the relay has no offline approver keys "
+                                                 "(config fix_offline_keys)")
+        try:
+            signer = fix_signing.signer_of(canonical_bytes(m), armored, self.offline_keys)
+        except (ValueError, TypeError) as exc:
+            raise refuse(400, "bad_signature", f"not an SSH signature ({str(exc)[:100]})"
+                         ) from None
+        if signer is None:
+            raise refuse(400, "bad_signature", "the signature is not by a configured offline "
+                                               "key over this version's canonical bytes")
+        if not store.add_signature(self.relay.engine, v, "offline", by, signer, armored):
+            raise refuse(409, "already_signed", f"{signer} signed {fix_id}@{version} already")
+        self.relay.record(actor, "fix.signature.added", t, digest=v.digest, key=signer,
+                          kind="offline", **where)
+        return signer
+
+    def revoke(self, fix_id: str, version: int, reason: str, by: str, actor: str,
+               **where: Any) -> int:
+        v = self.version(fix_id, version)
+        serial = store.revoke(self.relay.engine, v, reason, by)
+        if serial is None:
+            self.relay.record(actor, "fix.revoke.refused", target(fix_id, version),
+                              reason="already_revoked", digest=v.digest,
+                              detail="revoked already", **where)
+            raise FixRefused(409, "already_revoked", f"{fix_id}@{version} is revoked already")
+        sent = self.broadcast_revocations()
+        self.relay.record(actor, "fix.revoked", target(fix_id, version), digest=v.digest,
+                          serial=serial, why=reason[:512], agents_sent=sent, **where)
+        return serial
+
+    def signatures_for(self, v: store.Version) -> list[str]:
+        return [s["signature"] for s in store.signatures_of(self.relay.engine, v.fix_id,
+                                                             v.version)]
+
+    # --- revocations ------------------------------------------------------------
+
+    def revocation_list(self) -> tuple[fix_revocation.RevocationList, str] | None:
+        """The whole list, signed by the fix key; None when nothing is revoked."""
+        rows = store.revocations(self.relay.engine)
+        if not rows:
+            return None
+        listed = fix_revocation.make(rows[-1]["serial"], [fix_revocation.entry(
+            r["fix_id"], r["version"], r["digest"], r["reason"][:MAX_PUSHED_REASON],
+            float(r["at"])) for r in rows])
+        return listed, self.key.sign_revocations(listed)
+
+    def revocation_message(self) -> str | None:
+        signed = self.revocation_list()
+        if signed is None:
+            return None
+        body = fix_revocation.encode_message(*signed)
+        if len(body["list_b64"]) > protocol.MAX_REVOCATIONS_B64:
+            log.error("the revocation list (%d entries) no longer fits one control frame; "
+                      "agents are not sent it", len(signed[0].entries))
+            return None
+        return protocol.encode("fix_revocations", list_b64=body["list_b64"],
+                               signature=body["signature"])
+
+    def broadcast_revocations(self) -> int:
+        message = self.revocation_message()
+        return 0 if message is None else self.push.broadcast(message)
+
+    async def agent_connected(self, agent_id: str, version: str, send: Any) -> None:
+        """After ``welcome``: remember an agent that can take revocations, and send it
+        the list."""
+        if self.push.connected(agent_id, version, send):
+            message = self.revocation_message()
+            if message is not None:
+                await send(message)
+
+    def now(self) -> float:
+        return time.time()

@@ -1,0 +1,947 @@
+"""The starter fix library (relay/fixes/library, issue 12 acceptance point 3): every
+shipped manifest parses and is bounded, and every Linux fix runs for real against a
+safe target its parameters point it at, with its verify script judging the result.
+
+How a fix runs here: the way the agent runs it. A child Python process (this file run
+as a script) loads the manifest with ``backline.common.fixes``, validates the
+parameters with ``validate_params`` and runs script and verify script with the agent's
+executor ``backline.agent.fixes.executor.run_fix`` when that module is present, else
+with :func:`_run_like_the_agent`, which keeps to the same contract (interpreter from
+the fixed PATH, environment limited to the listed variables and BACKLINE_PARAM_*,
+private 0700 folder as cwd, HOME and TMPDIR, a session of its own, stdin /dev/null,
+the whole session killed at the timeout and once the script has exited).
+
+Safe targets: a folder under /tmp, processes the test starts, a tmpfs it mounts. Fixes
+whose target is a fixed system path (/etc/environment, /etc/resolv.conf, /var/log,
+/var/cache/apt, /var/log/journal, /etc/init.d) run in a private mount namespace
+(``unshare -m``) in which the child first bind-mounts a folder of the test over that
+path: the real script writes its real path, and the machine's own file is never
+touched. Fixes for a tool this container does not have (systemd as init, chrony,
+journald, a DHCP client, a DNS cache) are run too, and must fail the way their manifest
+says: a clear message and exit status 69. :data:`EXERCISED` says, for each Linux fix,
+which of these paths the tests take; docs/fixes.md repeats it.
+
+Exit statuses every library script uses: 0 done, 1 the action failed, 64 a parameter
+refused by the script, 66 no such target, 69 the tool is not available here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backline.common.fixes import FixManifest, ParamError, load_manifest, validate_params
+from backline.common.fixes.params import check_value
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+LIBRARY = ROOT / "relay" / "fixes" / "library"
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+OK, FAILED, REFUSED, NO_TARGET, UNAVAILABLE = 0, 1, 64, 66, 69
+
+#: For each shipped Linux fix, what the tests below run (kept true by
+#: test_every_linux_fix_is_exercised; docs/fixes.md shows the same).
+EXERCISED = {
+    "clean-package-cache": "real: apt-get clean on a bind-mounted /var/cache/apt",
+    "clean-rotated-logs": "real: a bind-mounted /var/log",
+    "clean-temp-files": "real: a folder under /tmp",
+    "clear-proxy-settings": "real: a bind-mounted /etc",
+    "find-large-files": "real: a folder under /tmp",
+    "flush-dns-cache": "real: SIGHUP to a stand-in dnsmasq process; 69 path (no DNS cache here)",
+    "free-inodes": "real: a folder under /tmp",
+    "remount-rw": "real: a read-only tmpfs in a private namespace",
+    "renew-dhcp-lease": "refusals only: fake interface (66), loopback (64), no DHCP client (69)",
+    "restart-agent": "69 path only (systemd is not PID 1 here)",
+    "restart-service": "real: a throwaway SysV service on a bind-mounted /etc/init.d; "
+                       "the systemd path is not available here (69)",
+    "set-dns-servers": "real: a bind-mounted /etc (plain file and resolved drop-in)",
+    "set-proxy": "real: a bind-mounted /etc",
+    "stop-runaway-process": "real: processes the test starts",
+    "sync-clock": "69 path only (no chrony, timesyncd, ntpdate or sntp here)",
+    "vacuum-journal": "real: journalctl --vacuum-size on a bind-mounted /var/log/journal",
+}
+
+
+def _executor_present() -> bool:
+    return importlib.util.find_spec("backline.agent.fixes") is not None and \
+        importlib.util.find_spec("backline.agent.fixes.executor") is not None
+
+
+def manifests() -> dict[str, FixManifest]:
+    return {p.parent.name: load_manifest(p) for p in sorted(LIBRARY.glob("*/*.toml"))}
+
+
+# --- running a fix the way the agent does ----------------------------------------------
+
+
+@dataclass
+class Ran:
+    runner: str
+    exit_status: int | None
+    timed_out: bool
+    output: str
+    verify_passed: bool | None
+    verify_exit: int | None
+    verify_output: str
+
+
+def _run_like_the_agent(m: FixManifest, env_params: Mapping[str, str]) -> dict[str, Any]:
+    """The contract's run, for when the agent's executor is not there (see the module
+    docstring); stdout and stderr are one stream, as the output events interleave them."""
+    folder = tempfile.mkdtemp(prefix="backline-fix-")
+    os.chmod(folder, 0o700)
+    env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "HOME": folder, "TMPDIR": folder,
+           "BACKLINE_FIX_ID": m.id, "BACKLINE_FIX_VERSION": str(m.version),
+           "BACKLINE_FIX_DIR": folder, **env_params}
+    interpreter = shutil.which({"sh": "sh", "bash": "bash"}[m.interpreter], path=SAFE_PATH)
+    assert interpreter, m.interpreter
+
+    def one(text: str, name: str, timeout: float) -> tuple[int | None, bool, str]:
+        script = Path(folder) / name
+        script.write_text(text, encoding="utf-8")
+        proc = subprocess.Popen([interpreter, str(script)], cwd=folder, env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        timed_out = False
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                out, _ = proc.communicate(timeout=2)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                out, _ = proc.communicate()
+        with contextlib.suppress(ProcessLookupError):  # the session ends with the script
+            os.killpg(proc.pid, signal.SIGKILL)
+        status = proc.returncode if proc.returncode is not None and proc.returncode >= 0 else None
+        return status, timed_out, out.decode("utf-8", "replace")
+
+    try:
+        status, timed_out, output = one(m.script, ".backline-fix.sh", m.timeout_s)
+        verify: tuple[int | None, bool, str] | None = None
+        if m.verify:
+            verify = one(m.verify, ".backline-verify.sh", min(60, m.timeout_s))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"runner": "local", "exit_status": status, "timed_out": timed_out,
+            "output": output,
+            "verify_passed": None if verify is None else verify[0] == 0 and not verify[1],
+            "verify_exit": None if verify is None else verify[0],
+            "verify_output": "" if verify is None else verify[2][:4096]}
+
+
+async def _run_with_executor(m: FixManifest, env_params: Mapping[str, str]) -> dict[str, Any]:
+    from backline.agent.fixes.executor import run_fix  # type: ignore[import-not-found]
+
+    chunks: list[bytes] = []
+    verify: dict[str, Any] = {}
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["type"] == "output":
+            chunks.append(base64.b64decode(event["b64"]))
+        elif event["type"] == "verify":
+            verify.update(event)
+
+    result = await run_fix(m, env_params, 1 << 20, on_event)
+    return {"runner": "executor", "exit_status": result.exit_status,
+            "timed_out": result.timed_out, "output": b"".join(chunks).decode("utf-8", "replace"),
+            "verify_passed": verify.get("passed"), "verify_exit": verify.get("exit_status"),
+            "verify_output": base64.b64decode(verify.get("output_b64", "")).decode(
+                "utf-8", "replace")}
+
+
+def _child(spec: dict[str, Any]) -> None:
+    """Run in a child process: mount what the spec asks (in its private namespace),
+    then run the fix and its verify script, and print the result as one JSON line."""
+    for kind, *args in spec["mounts"]:
+        if kind == "bind":
+            subprocess.run(["mount", "--rbind", args[0], args[1]], check=True)
+        elif kind == "tmpfs":
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"{args[1]},size=1m", "tmpfs",
+                            args[0]], check=True)
+    m = load_manifest(spec["manifest"])
+    if spec.get("raw"):  # the schema bypassed: what the script's own checks must catch
+        env_params = {f"BACKLINE_PARAM_{k}": str(v) for k, v in spec["params"].items()}
+    else:
+        env_params = validate_params(m, spec["params"])
+    if _executor_present():
+        result = asyncio.run(_run_with_executor(m, env_params))
+    else:
+        result = _run_like_the_agent(m, env_params)
+    print(json.dumps(result))
+
+
+def _namespace_prefix() -> list[str]:
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare (util-linux) is needed for a private mount namespace")
+    prefix = [unshare, "--mount", "--propagation", "private"]
+    if os.geteuid() != 0:
+        prefix.insert(1, "--map-root-user")
+    probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"no private mount namespace here: {probe.stderr.decode()[:200]}")
+    return prefix
+
+
+def run(fix_id: str, params: Mapping[str, object] | None = None,
+        mounts: list[tuple[str, ...]] | None = None, *, raw: bool = False) -> Ran:
+    """Run one shipped fix (in a private mount namespace when ``mounts`` is given);
+    ``raw`` hands the values to the script as they are, without the schema."""
+    spec = {"manifest": str(LIBRARY / fix_id / f"{fix_id}.toml"), "params": dict(params or {}),
+            "mounts": [list(m) for m in mounts or []], "raw": raw}
+    argv = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    if mounts:
+        argv = [*_namespace_prefix(), *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, f"runner failed: {done.stdout[-2000:]}{done.stderr[-3000:]}"
+    result = Ran(**json.loads(done.stdout.strip().splitlines()[-1]))
+    return result
+
+
+def refused_by_schema(fix_id: str, **params: object) -> str:
+    """The parameters are refused before anything runs; returns the refusal's text."""
+    m = manifests()[fix_id]
+    with pytest.raises(ParamError) as caught:
+        validate_params(m, params)
+    return str(caught.value)
+
+
+@pytest.fixture
+def tmp_dir() -> Iterator[Path]:
+    """A folder under /tmp itself (the temp-folder fixes only accept /tmp, /var/tmp)."""
+    path = Path(tempfile.mkdtemp(prefix="blfix-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def outside_dir() -> Iterator[Path]:
+    """A folder outside every root the library's deleting fixes accept."""
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else str(ROOT)
+    path = Path(tempfile.mkdtemp(prefix="blfix-outside-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        yield started
+    finally:
+        for proc in started:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+
+
+def _age(path: Path, days: float) -> None:
+    then = time.time() - days * 86400
+    os.utime(path, (then, then), follow_symlinks=False)
+
+
+def _comm_pids(name: str) -> list[int]:
+    pids = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == name:
+                state = (comm.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    pids.append(int(comm.parent.name))
+        except (OSError, IndexError):
+            continue
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (an orphan's zombie waits for PID 1 to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _systemd_runs() -> bool:
+    return Path("/run/systemd/system").is_dir()
+
+
+# --- the library as data --------------------------------------------------------------
+
+
+def test_the_library_holds_at_least_15_fixes_and_every_manifest_parses() -> None:
+    found = manifests()
+    assert len(found) >= 15
+    linux = [m for m in found.values() if "linux" in m.platforms]
+    assert len(linux) >= 15, sorted(m.id for m in linux)
+    assert {"windows", "macos"} <= {p for m in found.values() for p in m.platforms}
+    for folder, m in found.items():
+        assert m.id == folder, f"{folder}/ holds {m.id}"
+        assert list((LIBRARY / folder).glob("*.toml")) == [LIBRARY / folder / f"{m.id}.toml"]
+        assert m.verify, f"{m.id} has no verify script"
+        assert 1 <= m.timeout_s <= 3600
+        assert m.consent or m.risk == "low", f"{m.id}: a {m.risk}-risk fix asks consent"
+        if "linux" in m.platforms:
+            assert m.platforms == ("linux",) and m.interpreter == "sh", m.id
+
+
+def test_every_default_validates_and_every_parameter_is_bounded() -> None:
+    for m in manifests().values():
+        assert len(m.parameters) <= 16
+        for p in m.parameters:
+            assert p.description, f"{m.id}.{p.name} has no description"
+            if p.default is not None:
+                check_value(p, p.default)
+            if p.type == "string":
+                assert p.enum is not None or p.pattern is not None, \
+                    f"{m.id}.{p.name}: a free string parameter needs a pattern or an enum"
+                assert p.max_length is not None and p.max_length <= 1024, f"{m.id}.{p.name}"
+            if p.type == "integer":
+                assert p.min is not None and p.max is not None, f"{m.id}.{p.name}"
+        required = [p.name for p in m.parameters if p.required and p.default is None]
+        if not required:
+            validate_params(m, {})
+
+
+def test_every_rule_a_fix_names_exists_in_the_knowledge_base() -> None:
+    from backline.agent.diagnostics.rules import load_rules
+
+    known = {rule.id for rule in load_rules()}
+    for m in manifests().values():
+        unknown = sorted(set(m.rules) - known)
+        assert not unknown, f"{m.id} names rules no knowledge file defines: {unknown}"
+    # only restart-agent addresses nothing a rule detects (said in its manifest)
+    assert [m.id for m in manifests().values() if not m.rules] == ["restart-agent"]
+
+
+def test_scripts_read_parameters_only_from_the_environment_and_never_eval() -> None:
+    """Every read of a parameter is a quoted assignment from its variable (sh) or a
+    [string] cast of $env: (PowerShell); no eval / Invoke-Expression; every parameter
+    the schema declares is read, and nothing else is."""
+    sh_read = re.compile(r'^\s*[a-z_]+="\$\{BACKLINE_PARAM_([A-Z0-9_]+)(:-[^}"$`\\]*)?\}"\s*$')
+    ps_read = re.compile(r"\[(?:string|int)\]\$env:BACKLINE_PARAM_([A-Z0-9_]+)")
+    for m in manifests().values():
+        declared = {p.name for p in m.parameters}
+        for label, text in (("script", m.script), ("verify", m.verify or "")):
+            used: set[str] = set()
+            for number, line in enumerate(text.splitlines(), 1):
+                where = f"{m.id} {label} line {number}: {line.strip()}"
+                if m.interpreter == "sh":
+                    assert not re.search(r"(^|[;&|(\s])(eval|source)\s", line), where
+                    if "BACKLINE_PARAM_" in line:
+                        match = sh_read.match(line)
+                        assert match, f"not a quoted read of a parameter: {where}"
+                        used.add(match.group(1))
+                else:
+                    assert not re.search(r"Invoke-Expression|\biex\b|\[scriptblock\]", line,
+                                         re.IGNORECASE), where
+                    if "BACKLINE_PARAM_" in line:
+                        names = ps_read.findall(line)
+                        assert names and line.count("BACKLINE_PARAM_") == len(names), where
+                        used.update(names)
+            assert used <= declared, f"{m.id} {label} reads undeclared {used - declared}"
+            if label == "script":
+                assert used == declared, f"{m.id} never reads {declared - used}"
+
+
+def test_every_shell_script_parses() -> None:
+    for m in manifests().values():
+        if m.interpreter != "sh":
+            continue
+        for text in (m.script, m.verify or ""):
+            done = subprocess.run(["sh", "-n"], input=text, capture_output=True, text=True)
+            assert done.returncode == 0, f"{m.id}: {done.stderr}"
+
+
+def test_the_library_ships_in_the_package() -> None:
+    """pyproject's package-data globs cover every library file (test_wheel.py checks
+    the built wheel holds them), and importlib.resources finds the library."""
+    from importlib import resources
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["backline.relay"]
+    covered = {p for pattern in patterns for p in (ROOT / "relay").glob(pattern) if p.is_file()}
+    files = {p for p in LIBRARY.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    assert files and files <= covered, sorted(str(p) for p in files - covered)
+    shipped = resources.files("backline.relay").joinpath("fixes/library")
+    assert {e.name for e in shipped.iterdir()} >= set(manifests())
+
+
+def test_every_linux_fix_is_exercised_and_documented() -> None:
+    linux = {m.id for m in manifests().values() if "linux" in m.platforms}
+    assert linux == set(EXERCISED)
+    doc = (ROOT / "docs" / "fixes.md").read_text()
+    section = doc[doc.index("## Starter library"):]
+    for m in manifests().values():
+        assert f"| `{m.id}` |" in section, f"docs/fixes.md's table lacks {m.id}"
+
+
+# --- temp folders, inodes, logs, package cache, journal --------------------------------
+
+
+def test_clean_temp_files_deletes_only_old_files_of_the_folder(tmp_dir: Path,
+                                                             outside_dir: Path) -> None:
+    (tmp_dir / "deep" / "er").mkdir(parents=True)
+    old = [tmp_dir / "old.txt", tmp_dir / "deep" / "er" / "old.log"]
+    for path in old:
+        path.write_text("x" * 100)
+        _age(path, 10)
+    fresh = tmp_dir / "fresh.txt"
+    fresh.write_text("keep")
+    _age(fresh, 1)
+    target = outside_dir / "target.txt"
+    target.write_text("not ours")
+    _age(target, 30)
+    link = tmp_dir / "old-link"
+    link.symlink_to(target)
+    _age(link, 10)
+    os.mkfifo(tmp_dir / "pipe")
+    _age(tmp_dir / "pipe", 10)
+
+    ran = run("clean-temp-files", {"FOLDER": str(tmp_dir), "AGE_DAYS": 7})
+    assert ran.runner == ("executor" if _executor_present() else "local")
+    assert ran.exit_status == OK, ran.output
+    assert ran.verify_passed, ran.verify_output
+    assert "deleting 3 files" in ran.output
+    assert not any(p.exists() for p in old) and not link.is_symlink()
+    assert fresh.exists() and (tmp_dir / "pipe").exists()
+    assert target.read_text() == "not ours", "the link was followed"
+
+
+def test_clean_temp_files_refuses_folders_outside_tmp(tmp_dir: Path, outside_dir: Path) -> None:
+    for folder in ("/etc", "/tmp/../etc", "/tmp/./x", "/var/tmpx", "tmp", "/tmp/a b",
+                   "/tmp/$(touch X)", "/tmp/x\n/etc"):
+        refused_by_schema("clean-temp-files", FOLDER=folder)
+    victim = outside_dir / "victim.txt"
+    victim.write_text("must stay")
+    _age(victim, 30)
+    escape = tmp_dir / "escape"
+    escape.symlink_to(outside_dir)
+    ran = run("clean-temp-files", {"FOLDER": str(escape), "AGE_DAYS": 1})
+    assert ran.exit_status == REFUSED, ran.output
+    assert "not inside /tmp or /var/tmp" in ran.output
+    assert victim.read_text() == "must stay"
+    assert run("clean-temp-files", {"FOLDER": str(tmp_dir / "nope")}).exit_status == NO_TARGET
+
+
+def test_free_inodes_thins_out_a_folder_of_many_small_files(tmp_dir: Path) -> None:
+    cache = tmp_dir / "sessions"
+    for bucket in range(10):
+        (cache / f"b{bucket}").mkdir(parents=True)
+        for n in range(30):
+            path = cache / f"b{bucket}" / f"sess_{n}"
+            path.write_text("s")
+            _age(path, 5)
+    recent = cache / "b0" / "sess_new"
+    recent.write_text("live session")
+    ran = run("free-inodes", {"FOLDER": str(cache), "AGE_HOURS": 24})
+    assert ran.exit_status == OK, ran.output
+    assert ran.verify_passed, ran.verify_output
+    assert "deleting 300 files" in ran.output and "inode use after" in ran.output
+    assert [p for p in cache.rglob("*") if p.is_file()] == [recent]
+    assert all((cache / f"b{b}").is_dir() for b in range(10)), "folders are kept"
+
+
+def test_free_inodes_refuses_outside_its_roots(tmp_dir: Path, outside_dir: Path) -> None:
+    for folder in ("/var/cache/../../etc", "/var/lib/php", "/home/user", "/var/cache;id"):
+        refused_by_schema("free-inodes", FOLDER=folder)
+    refused_by_schema("free-inodes")  # FOLDER is required
+    refused_by_schema("free-inodes", FOLDER=str(tmp_dir), AGE_HOURS=0)
+    victim = outside_dir / "victim"
+    victim.write_text("x")
+    _age(victim, 30)
+    (tmp_dir / "link").symlink_to(outside_dir)
+    ran = run("free-inodes", {"FOLDER": str(tmp_dir / "link"), "AGE_HOURS": 1})
+    assert ran.exit_status == REFUSED and victim.exists(), ran.output
+
+
+def test_clean_rotated_logs_on_a_bind_mounted_var_log(tmp_dir: Path, outside_dir: Path) -> None:
+    logs = tmp_dir / "log"
+    (logs / "apt").mkdir(parents=True)
+    rotated = ["syslog.1", "syslog.2.gz", "messages-20240101", "apt/history.log.3.xz",
+               "app.log.old"]
+    live = ["syslog", "apt/history.log", "wtmp"]
+    for name in rotated + live:
+        (logs / name).write_text("line\n" * 10)
+        _age(logs / name, 40)
+    (logs / "kern.log.1").write_text("recent")
+    victim = outside_dir / "other.log.1"
+    victim.write_text("x")
+    _age(victim, 40)
+    (logs / "elsewhere").symlink_to(outside_dir)
+    mounts = [("bind", str(logs), "/var/log")]
+
+    ran = run("clean-rotated-logs", {"AGE_DAYS": 14}, mounts)
+    assert ran.exit_status == OK, ran.output
+    assert ran.verify_passed, ran.verify_output
+    assert "deleting 5 rotated log files" in ran.output
+    assert not any((logs / n).exists() for n in rotated)
+    assert all((logs / n).exists() for n in [*live, "kern.log.1"])
+    assert victim.exists(), "find followed a link out of /var/log"
+
+    ran = run("clean-rotated-logs", {"FOLDER": "/var/log/elsewhere"}, mounts)
+    assert ran.exit_status == REFUSED and "not inside /var/log" in ran.output
+    for folder in ("/var/log/../../etc", "/var/logs", "/var/log/$(id)"):
+        refused_by_schema("clean-rotated-logs", FOLDER=folder)
+
+
+def test_clean_package_cache_runs_apt_get_clean_on_a_bind_mounted_cache(tmp_dir: Path) -> None:
+    if shutil.which("apt-get", path=SAFE_PATH) is None:
+        pytest.skip("apt-get is not installed here")
+    cache = tmp_dir / "apt"
+    (cache / "archives" / "partial").mkdir(parents=True)
+    (cache / "archives" / "foo_1.0_amd64.deb").write_bytes(b"\0" * 4096)
+    (cache / "archives" / "partial" / "bar_2.0_all.deb").write_bytes(b"\0" * 100)
+    (cache / "pkgcache.bin").write_bytes(b"\0" * 100)
+    ran = run("clean-package-cache", {"MANAGER": "apt"}, [("bind", str(cache), "/var/cache/apt")])
+    assert ran.exit_status == OK, ran.output
+    assert ran.verify_passed, ran.verify_output
+    assert not list(cache.rglob("*.deb"))
+    assert (cache / "archives" / "partial").is_dir()
+
+
+def test_clean_package_cache_without_the_manager_says_so() -> None:
+    absent = [m for m in ("dnf", "zypper", "pacman", "apk") if shutil.which(m, path=SAFE_PATH)
+              is None]
+    if not absent:
+        pytest.skip("every package manager is installed here")
+    ran = run("clean-package-cache", {"MANAGER": absent[0]})
+    assert ran.exit_status == UNAVAILABLE and "not installed" in ran.output
+    refused_by_schema("clean-package-cache", MANAGER="apt; rm -rf /")
+
+
+def test_vacuum_journal_on_a_bind_mounted_journal(tmp_dir: Path) -> None:
+    if shutil.which("journalctl", path=SAFE_PATH) is None:
+        pytest.skip("journalctl is not installed here")
+    machine = Path("/etc/machine-id").read_text().strip() if Path("/etc/machine-id").exists() \
+        else ""
+    if not re.fullmatch(r"[0-9a-f]{32}", machine):
+        pytest.skip("no /etc/machine-id: journalctl vacuums only the machine's own folder")
+    journal = tmp_dir / "journal"
+    folder = journal / machine
+    folder.mkdir(parents=True)
+    names = [f"system@{'ab' * 16}-{n:016x}-{0x6000000000000 + n:016x}.journal"
+             for n in (1, 2, 3)]
+    for n, name in enumerate(names):  # archived files: journalctl removes by name order
+        (folder / name).write_bytes(os.urandom(2 << 20))
+        _age(folder / name, 30 - n)
+    ran = run("vacuum-journal", {"MAX_SIZE_MB": 3}, [("bind", str(journal), "/var/log/journal")])
+    assert ran.exit_status == OK, ran.output
+    assert ran.verify_passed, ran.verify_output
+    assert sorted(p.name for p in folder.iterdir()) == [names[2]]
+    refused_by_schema("vacuum-journal", MAX_SIZE_MB=0)
+    refused_by_schema("vacuum-journal", MAX_SIZE_MB="1; rm -rf /")
+
+
+# --- processes and services ------------------------------------------------------------
+
+
+def _throwaway(tmp_dir: Path, name: str, program: str, *args: str) -> subprocess.Popen[bytes]:
+    """A process whose command name is ``name``: a copy of a system program."""
+    exe = tmp_dir / name
+    if not exe.exists():
+        shutil.copy2(shutil.which(program, path=SAFE_PATH) or program, exe)
+    return subprocess.Popen([str(exe), *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_stop_runaway_process_stops_every_process_of_that_name(
+        tmp_dir: Path, processes: list[subprocess.Popen[bytes]]) -> None:
+    name = f"blfix{os.getpid() % 100000}"
+    processes += [_throwaway(tmp_dir, name, "sleep", "600") for _ in range(2)]
+    bystander = _throwaway(tmp_dir, name + "x", "sleep", "600")
+    processes.append(bystander)
+    deadline = time.monotonic() + 5
+    while len(_comm_pids(name)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ran = run("stop-runaway-process", {"NAME": name, "GRACE_S": 5})
+    assert ran.exit_status == OK, ran.output
+    assert ran.verify_passed, ran.verify_output
+    for proc in processes[:2]:
+        assert proc.wait(timeout=5) == -signal.SIGTERM
+    assert bystander.poll() is None, "a process with a longer name was stopped too"
+    again = run("stop-runaway-process", {"NAME": name})
+    assert again.exit_status == NO_TARGET and again.verify_passed
+
+
+def test_stop_runaway_process_escalates_to_sigkill(
+        tmp_dir: Path, processes: list[subprocess.Popen[bytes]]) -> None:
+    name = f"blfixt{os.getpid() % 100000}"
+    stubborn = _throwaway(tmp_dir, name, "dash", "-c",
+                          "trap '' TERM INT; while :; do sleep 0.1; done")
+    processes.append(stubborn)
+    time.sleep(0.3)
+    kept = run("stop-runaway-process", {"NAME": name, "GRACE_S": 1, "FORCE": False})
+    assert kept.exit_status == FAILED and stubborn.poll() is None, kept.output
+    assert kept.verify_passed is False
+    ran = run("stop-runaway-process", {"NAME": name, "GRACE_S": 1})
+    assert ran.exit_status == OK and "SIGKILL" in ran.output, ran.output
+    assert ran.verify_passed, ran.verify_output
+    assert stubborn.wait(timeout=5) == -signal.SIGKILL
+
+
+def test_stop_runaway_process_refuses_shells_patterns_and_options(
+        tmp_dir: Path, processes: list[subprocess.Popen[bytes]]) -> None:
+    shell = _throwaway(tmp_dir, "sh", "dash", "-c", "sleep 600")
+    processes.append(shell)
+    for name in ("sh", "bash", "systemd", "sshd", "backline-agent"):
+        ran = run("stop-runaway-process", {"NAME": name, "GRACE_S": 0})
+        assert ran.exit_status == REFUSED, (name, ran.output)
+    assert shell.poll() is None, "a shell was signalled"
+    for name in (".*", "-9", "a b", "sleep;reboot", "x" * 16, "$(id)", ""):
+        refused_by_schema("stop-runaway-process", NAME=name)
+    refused_by_schema("stop-runaway-process", NAME="sleep", SIGNAL="STOP")
+    refused_by_schema("stop-runaway-process", NAME="sleep", FORCE="yes")
+
+
+INIT_SCRIPT = """#!/bin/sh
+# a throwaway SysV service for the restart-service test
+PIDFILE={pidfile}
+case "$1" in
+    start) setsid sleep 3600 </dev/null >/dev/null 2>&1 & echo $! > "$PIDFILE" ;;
+    stop) [ -f "$PIDFILE" ] && kill "$(cat "$PIDFILE")" 2>/dev/null; rm -f "$PIDFILE" ;;
+    restart) "$0" stop; "$0" start ;;
+    status) [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null ;;
+    *) exit 2 ;;
+esac
+"""
+
+
+def test_restart_service_restarts_a_throwaway_sysv_service(tmp_dir: Path) -> None:
+    if _systemd_runs():
+        pytest.skip("systemd runs here: restart-service would use it, not the init script")
+    initd = tmp_dir / "init.d"
+    initd.mkdir()
+    pidfile = tmp_dir / "demo.pid"
+    script = initd / "blfix-demo"
+    script.write_text(INIT_SCRIPT.format(pidfile=pidfile))
+    script.chmod(0o755)
+    subprocess.run([str(script), "start"], check=True, timeout=10)
+    before = int(pidfile.read_text())
+    try:
+        ran = run("restart-service", {"SERVICE": "blfix-demo"},
+                  [("bind", str(initd), "/etc/init.d")])
+        assert ran.exit_status == OK, ran.output
+        assert ran.verify_passed, ran.verify_output
+        assert "systemd is not the init system" in ran.output
+        after = int(pidfile.read_text())
+        assert after != before
+        assert _alive(after) and not _alive(before)
+    finally:
+        subprocess.run([str(script), "stop"], timeout=10)
+
+
+def test_restart_service_without_a_service_manager_says_so() -> None:
+    if _systemd_runs():
+        pytest.skip("systemd runs here")
+    ran = run("restart-service", {"SERVICE": "blfix-no-such-service"})
+    assert ran.exit_status == UNAVAILABLE, ran.output
+    assert "systemd is not the init system here" in ran.output
+    assert ran.verify_passed is False
+
+
+def test_restart_service_refuses_names_that_are_not_services() -> None:
+    for name in ("../../bin/sh", "-H", "cups; reboot", "$(touch X)", "a b", "x\ny", "",
+                 "a" * 129):
+        refused_by_schema("restart-service", SERVICE=name)
+    for name in ("dbus", "systemd-logind.service", "backline-agent"):
+        ran = run("restart-service", {"SERVICE": name})
+        assert ran.exit_status == REFUSED, (name, ran.output)
+
+
+def test_restart_agent_needs_systemd() -> None:
+    if _systemd_runs():
+        pytest.skip("systemd runs here: restarting the agent's unit is not safe in a test")
+    ran = run("restart-agent")
+    assert ran.exit_status == UNAVAILABLE and "restart the agent the way it was started" \
+        in ran.output, ran.output
+    for unit in ("sshd.service", "backline-agent.service; reboot", "backline-agent"):
+        refused_by_schema("restart-agent", UNIT=unit)
+
+
+# --- DNS, time, network, proxy ---------------------------------------------------------
+
+
+def test_flush_dns_cache_signals_the_dnsmasq_that_runs(
+        tmp_dir: Path, processes: list[subprocess.Popen[bytes]]) -> None:
+    """A stand-in for dnsmasq (a shell named dnsmasq that records SIGHUP, which is how
+    dnsmasq(8) is told to clear its cache): the fix finds it by name and signals it."""
+    if _comm_pids("dnsmasq"):
+        pytest.skip("a real dnsmasq runs here")
+    marker = tmp_dir / "hup"
+    processes.append(_throwaway(tmp_dir, "dnsmasq", "dash", "-c",
+                                f"trap 'echo hup >> {marker}' HUP; "
+                                "while :; do sleep 0.1; done"))
+    deadline = time.monotonic() + 5
+    while not _comm_pids("dnsmasq") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ran = run("flush-dns-cache", {"RESOLVER": "dnsmasq"})
+    assert ran.exit_status == OK, ran.output
+    assert ran.verify_passed, ran.verify_output
+    deadline = time.monotonic() + 5
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.read_text() == "hup\n"
+    assert processes[-1].poll() is None, "the resolver must survive its flush"
+
+
+def test_flush_dns_cache_where_no_cache_runs() -> None:
+    if _comm_pids("dnsmasq") or _comm_pids("nscd") or Path("/run/systemd/resolve").exists():
+        pytest.skip("a DNS cache runs here")
+    ran = run("flush-dns-cache")
+    assert ran.exit_status == UNAVAILABLE and "no DNS cache runs here" in ran.output
+    assert ran.verify_passed is False
+    assert run("flush-dns-cache", {"RESOLVER": "nscd"}).exit_status == UNAVAILABLE
+    refused_by_schema("flush-dns-cache", RESOLVER="nscd; rm -rf /")
+
+
+def test_sync_clock_where_no_time_sync_runs() -> None:
+    if _systemd_runs() or any(shutil.which(t, path=SAFE_PATH)
+                              for t in ("chronyc", "ntpdate", "sntp")):
+        pytest.skip("a time synchronisation tool is present: not stepping this clock")
+    ran = run("sync-clock")
+    assert ran.exit_status == UNAVAILABLE, ran.output
+    assert "no time synchronisation here" in ran.output and ran.verify_passed is False
+    for server in ("-p1 evil", "pool.ntp.org; date -s 2000", "$(touch X)", "a b"):
+        refused_by_schema("sync-clock", SERVER=server)
+
+
+def test_renew_dhcp_lease_refuses_fake_and_loopback_interfaces() -> None:
+    ran = run("renew-dhcp-lease", {"INTERFACE": "blfixnope0"})
+    assert ran.exit_status == NO_TARGET and "no such network interface" in ran.output
+    assert ran.verify_passed is False
+    assert run("renew-dhcp-lease", {"INTERFACE": "lo"}).exit_status == REFUSED
+    for name in ("eth0; reboot", "../../x", "..", "-r", "x" * 16, "$(id)"):
+        refused_by_schema("renew-dhcp-lease", INTERFACE=name)
+    clients = ("dhclient", "dhcpcd", "udhcpc", "nmcli")
+    real = [p.name for p in Path("/sys/class/net").iterdir() if p.name != "lo"]
+    if real and not any(shutil.which(c, path=SAFE_PATH) for c in clients) \
+            and not Path("/run/systemd/netif").exists():
+        ran = run("renew-dhcp-lease", {"INTERFACE": real[0]})
+        assert ran.exit_status == UNAVAILABLE and "no DHCP client here" in ran.output
+
+
+def _etc(tmp_dir: Path, files: Mapping[str, str]) -> Path:
+    """A folder to bind over /etc, holding ``files``."""
+    etc = tmp_dir / "etc"
+    etc.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (etc / name).write_text(text)
+    return etc
+
+
+def _over_etc(etc: Path) -> list[tuple[str, ...]]:
+    """Bind ``etc`` over /etc, with the real /etc/alternatives inside it first: on Debian
+    /usr/bin/awk and friends are links through /etc/alternatives."""
+    mounts: list[tuple[str, ...]] = []
+    if Path("/etc/alternatives").is_dir():
+        (etc / "alternatives").mkdir(exist_ok=True)
+        mounts.append(("bind", "/etc/alternatives", str(etc / "alternatives")))
+    return [*mounts, ("bind", str(etc), "/etc")]
+
+
+def _files(etc: Path) -> list[str]:
+    return sorted(p.name for p in etc.iterdir() if p.name != "alternatives")
+
+
+def test_set_proxy_writes_one_block_into_a_bind_mounted_etc(tmp_dir: Path) -> None:
+    etc = _etc(tmp_dir, {"environment": 'PATH="/usr/bin:/bin"\nhttp_proxy=http://old:1\n'})
+    (etc / "environment").chmod(0o644)
+    mounts = _over_etc(etc)
+    params = {"PROXY_URL": "http://proxy.example.com:3128"}
+    for _ in range(2):  # twice: still one block
+        ran = run("set-proxy", params, mounts)
+        assert ran.exit_status == OK, ran.output
+        assert ran.verify_passed, ran.verify_output
+    text = (etc / "environment").read_text()
+    assert text.count("# BEGIN backline proxy") == 1
+    assert 'https_proxy="http://proxy.example.com:3128"' in text
+    assert 'no_proxy="localhost,127.0.0.1,::1"' in text
+    assert "# disabled by the backline set-proxy fix: http_proxy=http://old:1" in text
+    assert text.startswith('PATH="/usr/bin:/bin"\n')
+    assert (etc / "environment").stat().st_mode & 0o777 == 0o644
+    assert _files(etc) == ["environment"], "a temporary file was left"
+
+
+def test_set_proxy_refuses_values_that_could_break_out_of_the_file(tmp_dir: Path) -> None:
+    for url in ('http://x"; touch /tmp/X; "', "http://user:secret@proxy:3128",
+                "ftp://proxy:21", "http://proxy:3128\nLD_PRELOAD=/x.so", "http://$(id)",
+                "http://proxy`id`", "http://proxy:3128 x"):
+        refused_by_schema("set-proxy", PROXY_URL=url)
+    refused_by_schema("set-proxy", PROXY_URL="http://p:1", NO_PROXY='a,"b"')
+    refused_by_schema("set-proxy", PROXY_URL="http://p:1", NO_PROXY="a,$HOME")
+
+
+def test_clear_proxy_settings_on_a_bind_mounted_etc(tmp_dir: Path) -> None:
+    block = ("# BEGIN backline proxy (set-proxy fix; remove with clear-proxy-settings)\n"
+             'http_proxy="http://p:1"\n# END backline proxy\n')
+    etc = _etc(tmp_dir, {"environment": f"LANG=C\n{block}export HTTPS_PROXY=http://x:2\n"})
+    ran = run("clear-proxy-settings", {}, _over_etc(etc))
+    assert ran.exit_status == OK, ran.output
+    assert ran.verify_passed, ran.verify_output
+    text = (etc / "environment").read_text()
+    assert "BEGIN backline" not in text and text.startswith("LANG=C\n")
+    assert "# disabled by the backline clear-proxy-settings fix: export HTTPS_PROXY" in text
+    (etc / "environment").unlink()
+    ran = run("clear-proxy-settings", {}, _over_etc(etc))
+    assert ran.exit_status == OK and ran.verify_passed
+
+
+def test_set_dns_servers_rewrites_a_bind_mounted_resolv_conf(tmp_dir: Path) -> None:
+    old = "nameserver 10.0.0.1\nsearch example.com\noptions ndots:2\n"
+    etc = _etc(tmp_dir, {"resolv.conf": old})
+    ran = run("set-dns-servers", {"SERVERS": "9.9.9.9 2620:fe::fe"}, _over_etc(etc))
+    assert ran.exit_status == OK, ran.output
+    assert ran.verify_passed, ran.verify_output
+    lines = (etc / "resolv.conf").read_text().splitlines()
+    assert lines[1:] == ["nameserver 9.9.9.9", "nameserver 2620:fe::fe", "search example.com",
+                         "options ndots:2"]
+    assert (etc / "resolv.conf.backline-old").read_text() == old
+
+
+def test_set_dns_servers_with_resolved_or_network_manager(tmp_dir: Path) -> None:
+    etc = _etc(tmp_dir, {})
+    (etc / "resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
+    ran = run("set-dns-servers", {"SERVERS": "1.1.1.1"}, _over_etc(etc))
+    assert ran.exit_status == OK and ran.verify_passed, ran.output
+    dropin = etc / "systemd" / "resolved.conf.d" / "50-backline-dns.conf"
+    assert "DNS=1.1.1.1" in dropin.read_text()
+    (etc / "resolv.conf").unlink()
+    (etc / "resolv.conf").write_text("# Generated by NetworkManager\nnameserver 10.0.0.1\n")
+    ran = run("set-dns-servers", {"SERVERS": "1.1.1.1"}, _over_etc(etc))
+    assert ran.exit_status == UNAVAILABLE and "nmcli" in ran.output
+
+
+def test_set_dns_servers_refuses_what_is_not_an_address(tmp_dir: Path) -> None:
+    for servers in ("9.9.9.9; reboot", "1.1.1.1 2.2.2.2 3.3.3.3 4.4.4.4", "dns.google",
+                    "1.1.1.1\nnameserver 6.6.6.6", "*", ""):
+        refused_by_schema("set-dns-servers", SERVERS=servers)
+    etc = _etc(tmp_dir, {"resolv.conf": "nameserver 10.0.0.1\n"})
+    for servers in ("999.1.1.1", "1.2.3", "1::2:::3"):
+        ran = run("set-dns-servers", {"SERVERS": servers}, _over_etc(etc))
+        assert ran.exit_status == REFUSED, (servers, ran.output)
+    assert (etc / "resolv.conf").read_text() == "nameserver 10.0.0.1\n"
+
+
+# --- file systems ----------------------------------------------------------------------
+
+
+def test_remount_rw_on_a_read_only_tmpfs(tmp_dir: Path) -> None:
+    mnt = tmp_dir / "mnt"
+    mnt.mkdir()
+    ran = run("remount-rw", {"MOUNTPOINT": str(mnt)}, [("tmpfs", str(mnt), "ro")])
+    assert ran.exit_status == OK, ran.output
+    assert ran.verify_passed, ran.verify_output
+    assert f"remounting {mnt} (tmpfs) read-write" in ran.output
+    ran = run("remount-rw", {"MOUNTPOINT": str(mnt)}, [("tmpfs", str(mnt), "rw")])
+    assert ran.exit_status == OK and "already read-write" in ran.output and ran.verify_passed
+
+
+def test_remount_rw_refuses_what_is_not_a_writable_mount(tmp_dir: Path) -> None:
+    ran = run("remount-rw", {"MOUNTPOINT": str(tmp_dir)})
+    assert ran.exit_status == NO_TARGET and "not a mount point" in ran.output
+    assert run("remount-rw", {"MOUNTPOINT": "/proc"}).exit_status == REFUSED
+    for path in ("relative", "/a b", "/x;reboot", "/$(id)", "//x", "/x/", "/-o"):
+        refused_by_schema("remount-rw", MOUNTPOINT=path)
+
+
+def test_find_large_files_lists_the_big_ones_and_changes_nothing(tmp_dir: Path) -> None:
+    big = tmp_dir / "sub" / "big.iso"
+    big.parent.mkdir()
+    big.write_bytes(b"\0" * (2 << 20))
+    small = tmp_dir / "small.txt"
+    small.write_text("x")
+    before = sorted(p.name for p in tmp_dir.rglob("*"))
+    ran = run("find-large-files", {"FOLDER": str(tmp_dir), "MIN_SIZE_MB": 1, "COUNT": 5})
+    assert ran.exit_status == OK, ran.output
+    assert ran.verify_passed, ran.verify_output
+    assert str(big) in ran.output and str(small) not in ran.output
+    assert sorted(p.name for p in tmp_dir.rglob("*")) == before
+    assert run("find-large-files", {"FOLDER": str(tmp_dir / "none")}).exit_status == NO_TARGET
+    for folder in ("/tmp/x; rm -rf /", "relative", "/-delete", "/tmp/`id`"):
+        refused_by_schema("find-large-files", FOLDER=folder)
+    refused_by_schema("find-large-files", COUNT=0)
+
+
+# --- parameters reach the scripts inert ------------------------------------------------
+
+
+def test_hostile_text_a_pattern_allows_reaches_the_script_as_data(tmp_dir: Path) -> None:
+    """No schema allows a quote, $, backtick or ;, so hostile text is refused before the
+    script: checked for every string parameter of every fix with an injection payload."""
+    payloads = ["$(touch X)", "`touch X`", "; touch X", "a\nb", "a\x00b", '"; touch X; "']
+    for m in manifests().values():
+        for p in m.parameters:
+            if p.type != "string":
+                continue
+            for payload in payloads:
+                with pytest.raises(ParamError):
+                    check_value(p, payload)
+    assert not (tmp_dir / "X").exists()
+
+
+#: Values each script must refuse by itself (exit 64) when the schema is bypassed, as
+#: when a relay or an agent bug let one through: defence in depth.
+BYPASS = {
+    "clean-package-cache": {"MANAGER": "apt; touch {x}"},
+    "clean-rotated-logs": {"FOLDER": "/etc"},
+    "clean-temp-files": {"FOLDER": "/etc"},
+    "find-large-files": {"FOLDER": "$(touch {x})"},
+    "flush-dns-cache": {"RESOLVER": "`touch {x}`"},
+    "free-inodes": {"FOLDER": "/home"},
+    "remount-rw": {"MOUNTPOINT": "/tmp/$(touch {x})"},
+    "renew-dhcp-lease": {"INTERFACE": "-r"},
+    "restart-agent": {"UNIT": "sshd.service"},
+    "restart-service": {"SERVICE": "--force"},
+    "set-dns-servers": {"SERVERS": "1.1.1.1;touch {x}"},
+    "set-proxy": {"PROXY_URL": 'http://p"; touch {x}; "'},
+    "stop-runaway-process": {"NAME": "*"},
+    "sync-clock": {"SERVER": "-b"},
+    "vacuum-journal": {"MAX_SIZE_MB": "1$(touch {x})"},
+}
+
+
+def test_each_script_refuses_what_its_schema_would_have(tmp_dir: Path) -> None:
+    marker = tmp_dir / "X"
+    linux = {m.id for m in manifests().values() if "linux" in m.platforms}
+    assert set(BYPASS) == linux - {"clear-proxy-settings"}  # it takes no parameter
+    for fix_id, params in BYPASS.items():
+        values = {k: v.format(x=marker) for k, v in params.items()}
+        refused_by_schema(fix_id, **values)
+        ran = run(fix_id, values, raw=True)
+        assert ran.exit_status == REFUSED, (fix_id, ran.output)
+        assert "refused" in ran.output, (fix_id, ran.output)
+    assert not marker.exists(), "a parameter was executed"
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:
+    _child(json.loads(sys.argv[2]))

@@ -1,0 +1,337 @@
+"""Approved fixes end to end, on real processes: a relay, real agents, the SSH tunnel.
+
+Acceptance 1: an author submits, a different approver approves, a technician runs it on
+an agent; the output streams live; the trail holds submit, approve, request, consent,
+start and end with the manifest digest and the output SHA-256; the author approving
+their own version is refused and audited. Acceptance 2 (the relay's part): one byte of
+an approved script changed in the relay's database is refused by the agent and audited
+on the relay; a revoked version the relay's database "forgot" is still refused by an
+agent that was sent the revocation list. Also: cancel, a run from a finding that
+re-checks it, and a bulk run over two agents.
+
+These need the agent's fix room (``backline.agent.capabilities.fix``, fix-agent's). On a
+branch without it the whole module is skipped, loudly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backline.common import __version__, protocol
+from backline.common.diagnostics.schema import report_from_lines
+from backline.common.fixes.manifest import digest, parse_manifest
+from tests.harness import (
+    AgentProcess,
+    Api,
+    RelayProcess,
+    admin_api,
+    audit_actions,
+    browser_socket,
+    wait_for,
+)
+from tests.integration.test_fix_relay import manifest_toml
+from tests.integration.test_sessions import make_user, open_session, start_agent
+
+if importlib.util.find_spec("backline.agent.capabilities.fix") is None:
+    pytest.skip("SKIPPED LOUDLY: the agent's fix room (backline.agent.capabilities.fix, "
+                "fix-agent's branch) is not on this branch; these end-to-end tests of "
+                "issue 12 run once it is merged", allow_module_level=True)
+
+POLICY = """
+[capabilities]
+info = "allow"
+diagnostics = "allow"
+fix = "allow"
+
+[fix]
+decision = "ask"
+
+[ask]
+timeout_s = 20
+command = ["/bin/true"]
+"""
+
+STAGED = "[thresholds]\ndisk_used_pct = 1\ndisk_critical_pct = 100\n"
+
+
+@dataclass
+class World:
+    root: Path
+    relay: RelayProcess
+    admin: Api
+    alice: Api  # technician: authors and runs
+    bob: Api  # approver
+    agent: AgentProcess
+    second: AgentProcess
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("fix-e2e")
+    relay = RelayProcess(root).start()
+    admin = admin_api(relay)
+    alice = make_user(admin, relay, "alice", "technician", ("default",))
+    bob = make_user(admin, relay, "bob", "approver")
+    agents: list[AgentProcess] = []
+    try:
+        for name in ("pc-fix-1", "pc-fix-2"):
+            agent = AgentProcess(root, name)
+            agent.state_dir.mkdir(parents=True, exist_ok=True)
+            (agent.state_dir / "agent.toml").write_text(STAGED)
+            agents.append(start_agent(root, relay, admin, name, policy=POLICY, agent=agent))
+        yield World(root, relay, admin, alice, bob, agents[0], agents[1])
+    finally:
+        for agent in agents:
+            agent.stop()
+        for api in (alice, bob, admin):
+            api.close()
+        relay.stop()
+
+
+def approved(world: World, text: str) -> str:
+    """Submit as alice, approve as bob; the digest."""
+    r = world.alice.post("/api/v1/fixes", json={"manifest_toml": text})
+    assert r.status_code == 201, r.text
+    m = parse_manifest(text)
+    a = world.bob.post(f"/api/v1/fixes/{m.id}/{m.version}/approve", json={})
+    assert a.status_code == 200, a.text
+    return digest(m)
+
+
+def trail(relay: RelayProcess, run_id: str) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for e in audit_actions(relay):
+        if e["details"].get("run") == run_id:
+            out.setdefault(e["action"], []).append(e)
+    return out
+
+
+def stream_run(world: World, sid: str, first: dict[str, Any], cancel_after_start: bool = False,
+               timeout: float = 90) -> list[tuple[float, dict[str, Any]]]:
+    frames: list[tuple[float, dict[str, Any]]] = []
+    with browser_socket(world.relay, world.alice, f"/api/v1/sessions/{sid}/stream/fix") as ws:
+        ws.send(json.dumps(first))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            frame = json.loads(ws.recv(timeout=deadline - time.monotonic()))
+            frames.append((time.monotonic(), frame))
+            if frame["type"] == "line" and cancel_after_start and \
+                    json.loads(frame["line"]).get("type") == "start":
+                ws.send(json.dumps({"type": "cancel"}))
+            if frame["type"] in ("error",):
+                break
+            if frame["type"] == "exit" and not first.get("finding"):
+                break
+            if frame["type"] == "recheck":
+                break
+    return frames
+
+
+def agent_lines(frames: list[tuple[float, dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [json.loads(f["line"]) for _, f in frames if f["type"] == "line"]
+
+
+# --- acceptance 1 -------------------------------------------------------------------------
+
+
+def test_submit_approve_run_stream_and_the_trail(world: World) -> None:
+    script = "echo step one\nsleep 1.5\necho step two >&2\necho done\n"
+    text = manifest_toml("e2e-hello", script=script, consent=True,
+                         extra='verify = "exit 0"\n')
+    r = world.alice.post("/api/v1/fixes", json={"manifest_toml": text})
+    assert r.status_code == 201
+    expected = digest(parse_manifest(text))
+    own = world.alice.post("/api/v1/fixes/e2e-hello/1/approve", json={})
+    assert own.status_code == 403  # a technician holds no fixes:approve at all
+    admin_own = world.admin.post("/api/v1/fixes", json={
+        "manifest_toml": manifest_toml("e2e-admin")})
+    assert admin_own.status_code == 201
+    refused = world.admin.post("/api/v1/fixes/e2e-admin/1/approve", json={})
+    assert refused.status_code == 403 and refused.json()["error"] == "self_approval"
+    assert world.bob.post("/api/v1/fixes/e2e-hello/1/approve", json={}).status_code == 200
+
+    session = open_session(world.alice, world.agent.agent_id, reason="disk full", ticket="T-1")
+    try:
+        frames = stream_run(world, session["id"], {"fix": "e2e-hello@1", "params": {},
+                                                   "finding": None})
+    finally:
+        world.alice.request("DELETE", f"/api/v1/sessions/{session['id']}")
+    kinds = [f["type"] for _, f in frames]
+    assert kinds[0] == "run" and kinds[-1] == "exit", kinds
+    run_id = frames[0][1]["run_id"]
+    lines = agent_lines(frames)
+    types = [x["type"] for x in lines]
+    assert types[0] == "checked" and "consent" in types and "start" in types
+    assert types.index("end") > types.index("start")
+    exit_frame = frames[-1][1]
+    assert exit_frame["status"] == "ended" and exit_frame["exit_status"] == 0
+    assert exit_frame["verify_passed"] is True and exit_frame["output_ok"] is True
+    # live: the first output line reached the browser well before the end
+    first_out = next(t for t, f in frames if f["type"] == "line"
+                     and json.loads(f["line"])["type"] == "output")
+    end_at = next(t for t, f in frames if f["type"] == "line"
+                  and json.loads(f["line"])["type"] == "end")
+    assert end_at - first_out > 1.0
+
+    output = world.alice.get(f"/api/v1/fix-runs/{run_id}/output")
+    assert output.status_code == 200
+    assert b"step one" in output.content and b"step two" in output.content
+    sha = hashlib.sha256(output.content).hexdigest()
+    end = next(x for x in lines if x["type"] == "end")
+    assert end["output_sha256"] == sha
+    record = world.alice.get(f"/api/v1/fix-runs/{run_id}").json()
+    assert record["digest"] == expected and record["output_sha256"] == sha
+    assert record["exit_status"] == 0 and record["verify_passed"] is True
+
+    t = trail(world.relay, run_id)
+    for action in ("fix.run.requested", "fix.run.consent", "fix.run.started",
+                   "fix.run.ended"):
+        assert t.get(action), (action, sorted(t))
+        assert all(e["details"]["digest"] == expected for e in t[action])
+    ended = t["fix.run.ended"][0]["details"]
+    assert ended["output_sha256"] == sha and ended["output_ok"] is True
+    assert ended["verify_passed"] is True and ended["exit_status"] == 0
+    everything = audit_actions(world.relay)
+    assert any(e["action"] == "fix.submitted" and e["details"]["digest"] == expected
+               for e in everything)
+    assert any(e["action"] == "fix.approved" and e["details"]["digest"] == expected
+               and e["details"]["approver"] == "bob" for e in everything)
+    assert any(e["action"] == "fix.approve.refused" and e["target"] == "fix:e2e-admin@1"
+               and e["details"]["reason"] == "self_approval" for e in everything)
+
+
+# --- acceptance 2, the relay's part ---------------------------------------------------
+
+
+def test_one_byte_changed_in_the_relays_database_is_refused_by_the_agent(world: World
+                                                                          ) -> None:
+    expected = approved(world, manifest_toml("e2e-tamper", script="echo harmless"))
+    db = sqlite3.connect(world.relay.data_dir / "relay.db")
+    try:
+        (text,) = db.execute("SELECT manifest FROM fix_versions WHERE fix_id='e2e-tamper'"
+                             ).fetchone()
+        changed = json.dumps({**json.loads(text), "script": "echo harmlesS"}, sort_keys=True)
+        db.execute("UPDATE fix_versions SET manifest=? WHERE fix_id='e2e-tamper'", (changed,))
+        db.commit()
+    finally:
+        db.close()
+    session = open_session(world.alice, world.agent.agent_id, reason="tamper test")
+    try:
+        r = world.alice.post(f"/api/v1/sessions/{session['id']}/channels/fix",
+                             json={"fix": "e2e-tamper@1", "params": {}})
+    finally:
+        world.alice.request("DELETE", f"/api/v1/sessions/{session['id']}")
+    assert r.status_code == 200, r.text
+    result = r.json()
+    refusal = next(x for x in result["output"] if x["type"] == "refused")
+    assert refusal["reason"] in ("digest_mismatch", "bad_signature")
+    assert not any(x["type"] == "start" for x in result["output"])
+    t = trail(world.relay, result["run_id"])
+    assert t["fix.run.refused"][0]["details"]["side"] == "agent"
+    requested = t["fix.run.requested"][0]["details"]
+    assert requested["digest"] == expected and requested["sent_digest"] != expected
+
+
+@pytest.mark.skipif(not protocol.takes_fix_revocations(__version__),
+                    reason=f"agents of version {__version__} are not sent fix_revocations "
+                           f"(FIX_REVOCATIONS_SINCE={protocol.FIX_REVOCATIONS_SINCE})")
+def test_a_revoked_version_stays_refused_by_the_agent_when_the_relay_forgets(world: World
+                                                                               ) -> None:
+    approved(world, manifest_toml("e2e-revoked"))
+    r = world.bob.post("/api/v1/fixes/e2e-revoked/1/revoke", json={"reason": "bad"})
+    assert r.status_code == 200
+    time.sleep(1)  # the push is on its way over the control socket
+    db = sqlite3.connect(world.relay.data_dir / "relay.db")
+    try:
+        db.execute("DELETE FROM fix_revocations WHERE fix_id='e2e-revoked'")
+        db.commit()
+    finally:
+        db.close()
+    session = open_session(world.alice, world.agent.agent_id, reason="revoked test")
+    try:
+        result = world.alice.post(f"/api/v1/sessions/{session['id']}/channels/fix",
+                                  json={"fix": "e2e-revoked@1"}).json()
+    finally:
+        world.alice.request("DELETE", f"/api/v1/sessions/{session['id']}")
+    refusal = next(x for x in result["output"] if x["type"] == "refused")
+    assert refusal["reason"] == "revoked"
+
+
+# --- cancel, recheck, bulk ------------------------------------------------------------
+
+
+def test_cancel_a_long_fix(world: World) -> None:
+    approved(world, manifest_toml("e2e-long", script="echo started\nsleep 60\necho never\n"))
+    session = open_session(world.alice, world.agent.agent_id, reason="cancel test")
+    try:
+        started = time.monotonic()
+        frames = stream_run(world, session["id"], {"fix": "e2e-long@1"},
+                            cancel_after_start=True)
+        assert time.monotonic() - started < 30
+    finally:
+        world.alice.request("DELETE", f"/api/v1/sessions/{session['id']}")
+    end = next(x for x in agent_lines(frames) if x["type"] == "end")
+    assert end["cancelled"] is True
+    t = trail(world.relay, frames[0][1]["run_id"])
+    assert t["fix.run.cancelled"] and t["fix.run.ended"][0]["details"]["cancelled"] is True
+
+
+def test_a_run_from_a_finding_rechecks_it(world: World) -> None:
+    agent = world.agent
+    config = agent.state_dir / "agent.toml"
+    config.write_text(STAGED)
+    session = open_session(world.alice, agent.agent_id, reason="recheck test")
+    try:
+        report = world.alice.post(f"/api/v1/sessions/{session['id']}/channels/diagnostics")
+        assert report.status_code == 200
+        found = {f.rule_id for f in report_from_lines(
+            [json.dumps(x) for x in report.json()["output"]]).findings}
+        assert "disk-almost-full" in found, found
+        text = manifest_toml("e2e-unstage", script=': > "$BACKLINE_PARAM_FILE"\n',
+                             rules=("disk-almost-full",),
+                             extra='\n[parameters.FILE]\ntype = "string"\nrequired = true\n'
+                                   "description = \"the agent's config\"\n"
+                                   "pattern = '^[A-Za-z0-9/._-]+$'\nmax_length = 400\n")
+        approved(world, text)
+        frames = stream_run(world, session["id"], {
+            "fix": "e2e-unstage@1", "params": {"FILE": str(config)},
+            "finding": "disk-almost-full"})
+    finally:
+        world.alice.request("DELETE", f"/api/v1/sessions/{session['id']}")
+        config.write_text(STAGED)
+    recheck = frames[-1][1]
+    assert recheck == {"type": "recheck", "finding": "disk-almost-full", "cleared": True}
+
+
+def test_bulk_over_a_groups_online_agents(world: World) -> None:
+    approved(world, manifest_toml("e2e-bulk", script="hostname; echo ok\n"))
+    r = world.alice.post("/api/v1/fixes/e2e-bulk/1/bulk",
+                         json={"group": "default", "params": {}, "concurrency": 2})
+    assert r.status_code == 202, r.text
+    bulk_id = r.json()["bulk_id"]
+
+    def done() -> dict[str, Any] | None:
+        body = world.alice.get(f"/api/v1/fix-bulks/{bulk_id}").json()
+        return body if body["status"] == "done" else None
+
+    body = wait_for(done, 90, "the bulk run to end")
+    assert body["total"] >= 2 and body["done"] == body["total"]
+    ours = {r["agent_id"]: r for r in body["results"]}
+    for agent in (world.agent, world.second):
+        assert ours[agent.agent_id]["status"] == "ended", ours[agent.agent_id]
+        assert ours[agent.agent_id]["exit_status"] == 0
+    actions = [e for e in audit_actions(world.relay) if e["target"] == f"fix_bulk:{bulk_id}"]
+    assert [e["action"] for e in actions] == ["fix.bulk.started", "fix.bulk.ended"]
+    runs = [e for e in audit_actions(world.relay) if e["action"] == "fix.run.ended"
+            and e["details"].get("bulk") == bulk_id]
+    assert len(runs) == body["total"]
