@@ -18,7 +18,7 @@ submits a trivial fix (``echo``), a different user (the admin) approves it, then
    done; ``bulk_s`` is from the POST to that answer. Every agent's result must be a
    run that ended with exit status 0, or the benchmark fails.
 
-    python -m bench.fixes [--runs 50] [--agents 24] [--concurrency 8]
+    python -m bench.fixes [--runs 50] [--agents 100] [--concurrency 16]
 
 Writes bench/results/fixes.json with ``first_line_p50_ms``, ``first_line_p95_ms``,
 ``end_p95_ms``, ``bulk_agents``, ``bulk_s`` (and the parts: end p50, the bulk's
@@ -119,7 +119,8 @@ def one_run(relay: RelayProcess, api: Api, session_id: str, fix: str) -> tuple[f
     return first, end
 
 
-def start_agents(relay: RelayProcess, root: Path, n: int, group: str) -> list[AgentProcess]:
+def start_agents(relay: RelayProcess, admin: Api, root: Path, n: int, group: str
+                 ) -> list[AgentProcess]:
     token = relay.token("--group", group, "--uses", str(n))
     agents = [AgentProcess(root, f"bulk-{i:03d}") for i in range(n)]
 
@@ -131,18 +132,28 @@ def start_agents(relay: RelayProcess, root: Path, n: int, group: str) -> list[Ag
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         list(pool.map(enroll, agents))
-    for a in agents:
-        a.start()
+    # Started ten at a time, each ten online before the next: a hundred Python
+    # processes importing at once on two cores starve everything else for a minute.
+    for i in range(0, n, 10):
+        batch = agents[i:i + 10]
+        for a in batch:
+            a.start()
+        ids = {a.agent_id for a in batch}
+        wait_for(lambda ids=ids: ids <= online(admin), 120, f"agents {i}..{i + len(batch) - 1}")
     return agents
+
+
+def online(api: Api) -> set[str]:
+    return {a["id"] for a in api.get("/api/v1/agents").json()["agents"] if a["online"]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--agents", type=int, default=24,
+    ap.add_argument("--agents", type=int, default=100,
                     help="agent processes in the bulk run (at least 20)")
-    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--concurrency", type=int, default=16)
     args = ap.parse_args()
     if args.agents < 20:
         ap.error("--agents: the bulk run is over at least 20 agents")
@@ -176,10 +187,9 @@ def main() -> None:
 
         check(api.post("/api/v1/groups", json={"name": "bench-bulk"}), 201, "making the group")
         print(f"bulk: starting {args.agents} agent processes ...", flush=True)
-        bulk_agents = start_agents(relay, root, args.agents, "bench-bulk")
+        bulk_agents = start_agents(relay, api, root, args.agents, "bench-bulk")
         ids = {a.agent_id for a in bulk_agents}
-        wait_for(lambda: ids <= {a["id"] for a in api.get("/api/v1/agents").json()["agents"]
-                                 if a["online"]}, 180, f"all {args.agents} agents online")
+        wait_for(lambda: ids <= online(api), 180, f"all {args.agents} agents online")
         rss = [rss_mib(a.proc.pid) for a in bulk_agents if a.proc is not None]
         print(f"bulk: one run over {args.agents} agents, {args.concurrency} at once ...",
               flush=True)
