@@ -303,6 +303,9 @@ def test_a_bulk_run_over_two_agents_shows_both_results(page: Watched, site: Rela
             agent.stop()
 
 
+HOSTILE_TEXT = "<img src=x onerror=alert(1)> and <svg onload=alert(2)>"
+
+
 def test_author_submits_a_different_person_approves_then_diff_and_revoke(
         page: Watched, site: RelayProcess, people: None) -> None:
     """The Fixes page: an author (the admin, who also holds the approve right) submits a
@@ -315,7 +318,9 @@ def test_author_submits_a_different_person_approves_then_diff_and_revoke(
     nav(p, "Fixes")
     p.get_by_text("Submit a fix").click()
     form = p.get_by_role("form", name="Submit a fix")
-    form.get_by_label("Manifest").fill(manifest("authored-test", "echo one\n"))
+    hostile = manifest("authored-test", "echo one\n").replace(
+        "A fix the browser tests run.", HOSTILE_TEXT)
+    form.get_by_label("Manifest").fill(hostile)
     form.get_by_role("button", name="Submit for approval").click()
     expect(p.locator("#submitted")).to_contain_text("authored-test@1")
     # The same (id, version) again: immutable.
@@ -329,6 +334,7 @@ def test_author_submits_a_different_person_approves_then_diff_and_revoke(
     catalogue.get_by_role("link", name="Test fix authored-test").click()
     expect(p.locator("#fix-version")).to_contain_text("authored-test@1")
     expect(p.locator("#fix-author")).to_have_text("admin")
+    expect(p.locator("#fix-version .description")).to_have_text(HOSTILE_TEXT)  # as text
     expect(p.locator("#approve-button")).to_be_disabled()
     expect(p.locator("#approve-reason")).to_contain_text("You submitted this version")
     # Scripted past the disabled button, the relay refuses too, and audits it.
@@ -374,3 +380,4 @@ def test_author_submits_a_different_person_approves_then_diff_and_revoke(
     expect(p.locator("tr[data-version='1']")).to_contain_text("revoked")
     shot(p, "fix-page-revoked")
     wait_for(lambda: events(site, "fix.revoked"), 15, "fix.revoked")
+    assert p.locator("img[src='x'], svg[onload]").count() == 0
