@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,8 +111,15 @@ def start_agent(site: RelayProcess, root: Path, name: str, policy: str = POLICY,
 
 
 @pytest.fixture
-def diag_agent(site: RelayProcess, people: None, tmp_path: Path) -> Iterator[AgentProcess]:
-    agent = start_agent(site, tmp_path, "fix-box", config=staged_diagnostics(free_port()))
+def closed_port() -> int:
+    """The endpoint the agent's diagnostics find unreachable (nobody listens)."""
+    return free_port()
+
+
+@pytest.fixture
+def diag_agent(site: RelayProcess, people: None, tmp_path: Path,
+               closed_port: int) -> Iterator[AgentProcess]:
+    agent = start_agent(site, tmp_path, "fix-box", config=staged_diagnostics(closed_port))
     try:
         yield agent
     finally:
@@ -152,14 +160,17 @@ def fix_processes(fix_id: str) -> list[int]:
 
 
 def test_a_finding_suggests_its_fix_which_runs_live_and_a_long_one_is_cancelled(
-        page: Watched, site: RelayProcess, diag_agent: AgentProcess) -> None:
+        page: Watched, site: RelayProcess, diag_agent: AgentProcess, closed_port: int) -> None:
     """Acceptance 4: diagnostics find that a name does not resolve; the finding shows
     the approved fix that addresses it; the technician runs it with a parameter, sees
-    its first line while it still runs, then how it ended, the verify verdict and
-    whether the finding cleared; a long fix is cancelled and nothing of it is left."""
+    its first line while it still runs, then how it ended, the verify verdict and that
+    the finding did not clear; a long fix is cancelled and nothing of it is left; a fix
+    run from a finding that its run does clear says so."""
     live = approved(site, manifest("greet-test", LIVE_SCRIPT, rules=("dns-lookup-failed",),
                                    verify="exit 0\n", params=NAME_PARAM))
     approved(site, manifest("long-test", "echo started\nsleep 600\n", timeout_s=900))
+    reach = approved(site, manifest("reach-test", "echo reaching\n",
+                                    rules=("endpoint-unreachable",)))
     p = page.page
     sign_in(p, TECH, TECH_PASSWORD)
     session_id = open_session(p, diag_agent)
@@ -213,6 +224,18 @@ def test_a_finding_suggests_its_fix_which_runs_live_and_a_long_one_is_cancelled(
     expect(p.locator("#fix-recheck")).to_have_count(0)
     wait_for(lambda: not fix_processes("long-test"), 15, "the cancelled fix's processes gone")
     shot(p, "fix-run-cancelled")
+
+    # A finding the run does clear: the endpoint answers by the time the relay runs its
+    # diagnostics section again (the test listens on it: the fix stands for whatever
+    # made it answer).
+    with socket.create_server(("127.0.0.1", closed_port)):
+        p.locator("li.finding[data-rule='endpoint-unreachable'] .suggested").get_by_role(
+            "button", name="Run fix…").click()
+        expect(p.locator("#fix-manifest")).to_contain_text(reach)
+        expect(p.locator("#fix-finding")).to_contain_text("endpoint-unreachable")
+        p.get_by_role("button", name="Run fix", exact=True).click()
+        expect(p.locator("#fix-end")).to_contain_text("Ended with exit status 0")
+        expect(p.locator("#fix-recheck")).to_contain_text("Cleared", timeout=60_000)
 
     ended = wait_for(lambda: [e for e in events(site, "fix.run.ended")
                               if run_id in json.dumps(e)], 15, "fix.run.ended of the first run")
