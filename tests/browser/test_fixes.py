@@ -237,6 +237,13 @@ def test_a_finding_suggests_its_fix_which_runs_live_and_a_long_one_is_cancelled(
         expect(p.locator("#fix-end")).to_contain_text("Ended with exit status 0")
         expect(p.locator("#fix-recheck")).to_contain_text("Cleared", timeout=60_000)
 
+    # What ran in this session, as the relay recorded it.
+    p.get_by_text("Runs in this session").click()
+    history = p.get_by_role("table", name="Runs in this session")
+    expect(history.locator("tbody tr")).to_have_count(3)
+    expect(history.locator(f"tr[data-run='{run_id}']")).to_contain_text("not cleared")
+    expect(history).to_contain_text("(cancelled)")
+
     ended = wait_for(lambda: [e for e in events(site, "fix.run.ended")
                               if run_id in json.dumps(e)], 15, "fix.run.ended of the first run")
     assert ended[0]["details"]["digest"].startswith("sha256:"), ended

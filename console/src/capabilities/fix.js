@@ -7,7 +7,8 @@
 
 import { html, nothing } from "lit-html";
 import { keyed } from "lit-html/directives/keyed.js";
-import { get } from "../api.js";
+import { get, query } from "../api.js";
+import { when } from "../format.js";
 import { register } from "./registry.js";
 import { paramFields, readParams } from "./fix_params.js";
 import { endText, FixRun } from "./fix_run.js";
@@ -16,6 +17,7 @@ import { onPickSuggested, resetSuggestions } from "./fix_suggest.js";
 const fresh = () => ({
   sessionId: null, catalogue: null, catalogueError: "", fixId: "", versions: null,
   version: null, detail: null, pickError: "", finding: null, errors: {}, run: null,
+  history: null, historyError: "",
 });
 let s = fresh();
 let redraw = () => {};
@@ -27,6 +29,20 @@ async function loadCatalogue() {
   } catch (err) {
     s.catalogue = [];
     s.catalogueError = `The fixes could not be loaded: ${err.message}`;
+  }
+  redraw();
+}
+
+// The runs of this session as the relay recorded them (what ran: version, digest,
+// parameters; how it ended), newest first.
+async function loadHistory(sessionId) {
+  try {
+    const r = await get(`/fix-runs${query({ session: sessionId, limit: 20 })}`);
+    if (s.sessionId !== sessionId) return;
+    s.history = r.runs || [];
+    s.historyError = "";
+  } catch (err) {
+    s.historyError = `The runs of this session could not be loaded: ${err.message}`;
   }
   redraw();
 }
@@ -101,7 +117,14 @@ function runFix(ctx, ev) {
   s.run?.dispose();
   const run = new FixRun({
     sessionId: ctx.session.id, fix: `${manifest.id}@${manifest.version}`, params,
-    finding: s.finding, onChange: () => redraw(),
+    finding: s.finding,
+    onChange: () => {
+      if (!run.live && !run.ws && !run.historyReloaded) { // over, and the socket closed
+        run.historyReloaded = true;
+        loadHistory(ctx.session.id);
+      }
+      redraw();
+    },
   });
   s.run = run;
   run.start();
@@ -205,6 +228,24 @@ function runView() {
   </div>`;
 }
 
+function historyView() {
+  if (s.historyError) return html`<p class="error" role="alert">${s.historyError}</p>`;
+  if (!s.history?.length) return nothing;
+  return html`<details class="fix-history"><summary>Runs in this session (${s.history.length})</summary>
+    <table class="fix-runs" aria-label="Runs in this session"><thead><tr><th scope="col">Started</th>
+      <th scope="col">Fix</th><th scope="col">By</th><th scope="col">Status</th><th scope="col">Exit</th>
+      <th scope="col">Verify</th><th scope="col">Finding</th><th scope="col">Output</th></tr></thead>
+    <tbody>${s.history.map((r) => html`<tr data-run=${r.id}>
+      <td>${when(r.started_at)}</td>
+      <td><code title=${r.digest}>${r.fix_id}@${r.version}</code></td><td>${r.technician}</td>
+      <td>${r.status}${r.refused_reason ? ` (${r.refused_reason})` : ""}${r.cancelled ? " (cancelled)" : ""}${r.timed_out ? " (timed out)" : ""}</td>
+      <td>${r.exit_status ?? "—"}</td>
+      <td>${r.verify_passed === true ? "passed" : r.verify_passed === false ? "failed" : "—"}</td>
+      <td>${r.finding ? html`<code>${r.finding}</code> ${r.cleared === true ? "cleared" : r.cleared === false ? "not cleared" : ""}` : "—"}</td>
+      <td>${r.kept_bytes != null ? html`<a href="/api/v1/fix-runs/${encodeURIComponent(r.id)}/output" target="_blank"
+        rel="noopener">${r.kept_bytes} bytes</a>` : "—"}</td></tr>`)}</tbody></table></details>`;
+}
+
 register({
   name: "fix",
   title: "Fixes",
@@ -217,7 +258,10 @@ register({
     redraw = ctx.refresh;
     if (s.sessionId !== ctx.session.id) {
       s.sessionId = ctx.session.id;
-      if (ctx.app.can("fixes:read")) loadCatalogue();
+      if (ctx.app.can("fixes:read")) {
+        loadCatalogue();
+        loadHistory(ctx.session.id);
+      }
     }
     return html`<section class="panel card" data-capability="fix" aria-labelledby="panel-fix">
       <h2 id="panel-fix">Fixes</h2>
@@ -228,7 +272,8 @@ register({
         ${pickerView(ctx)}
         ${s.pickError ? html`<p class="error" role="alert">${s.pickError}</p>` : nothing}
         ${formView(ctx)}
-        ${runView()}`}
+        ${runView()}
+        ${historyView()}`}
     </section>`;
   },
 });
