@@ -273,6 +273,48 @@ def test_a_run_the_agent_refuses_is_said_in_words(page: Watched, site: RelayProc
         agent.stop()
 
 
+ASK_SCRIPT = """#!/bin/sh
+# The customer's consent program: answers what the file "answer" says.
+printf '%s\\n' "$*" > "{dir}/question.txt"
+if [ "$(cat "{dir}/answer")" = yes ]; then echo yes; else echo no; exit 1; fi
+"""
+
+
+def test_a_fix_that_asks_the_customer_runs_on_yes_and_is_refused_on_no(
+        page: Watched, site: RelayProcess, people: None, tmp_path: Path) -> None:
+    """The manifest asks for consent: the customer's consent program is asked (after
+    the agent's checks); "no" is said in words as the customer's refusal, "yes" runs
+    the fix and the panel shows that the customer said yes."""
+    fix = approved(site, manifest("consent-test", "echo consented\n").replace(
+        "consent = false", "consent = true"))
+    consent = tmp_path / "consent"
+    consent.mkdir()
+    script = consent / "ask.sh"
+    script.write_text(ASK_SCRIPT.format(dir=consent))
+    script.chmod(0o755)
+    (consent / "answer").write_text("no")
+    policy = POLICY + f'\n[ask]\ntimeout_s = 30\ncommand = ["{script}"]\n'
+    agent = start_agent(site, tmp_path, "ask-box", policy=policy)
+    try:
+        p = page.page
+        sign_in(p, TECH, TECH_PASSWORD)
+        open_session(p, agent)
+        p.locator("#fix-pick").select_option("consent-test")
+        expect(p.locator("#fix-manifest")).to_contain_text("the customer is asked first")
+        p.get_by_role("button", name="Run fix", exact=True).click()
+        expect(p.locator("#fix-state")).to_have_text("Refused", timeout=30_000)
+        expect(p.locator("#fix-error")).to_contain_text("the customer said no")
+        assert fix.split("@")[0] in (consent / "question.txt").read_text()
+        (consent / "answer").write_text("yes")
+        p.get_by_role("button", name="Run fix", exact=True).click()
+        expect(p.locator("#fix-end")).to_contain_text("Ended with exit status 0",
+                                                      timeout=30_000)
+        expect(p.locator(".fix-run")).to_contain_text("customer: yes")
+        expect(p.locator("#fix-output")).to_contain_text("consented")
+    finally:
+        agent.stop()
+
+
 # Past the relay's default cap (16 MiB): the agent keeps the first 16 MiB, counts the rest.
 CAP = 16 * 1024 * 1024
 FLOOD_SCRIPT = "echo flood-start\nhead -c 17000000 /dev/zero | tr '\\0' x\necho\necho flood-end\n"
