@@ -157,8 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     if session_commands.check_policy(state, args.policy):
         return EXIT_USAGE
     from backline.agent.control import run_forever
+    from backline.agent.keychild import KeyUnusable
 
-    run_forever(state, args.policy)
+    try:
+        run_forever(state, args.policy)
+    except KeyUnusable as exc:
+        return _fail(EXIT_NOT_ENROLLED, f"{exc}; enroll again with `backline-agent enroll "
+                                        "--force TOKEN`")
     return 0
 
 

@@ -20,14 +20,14 @@ from pathlib import Path
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from backline.agent import pinsync
+from backline.agent import keychild, pinsync
 from backline.agent.diagnostics.health import health_loop
 from backline.agent.facts import heartbeat_stats
 from backline.agent.link import RelayUnreachable, open_trusted
 from backline.agent.localcontrol import LocalControl
 from backline.agent.sessions import SessionRunner
 from backline.agent.state import Enrollment, StateDir
-from backline.common import __version__, keys, protocol
+from backline.common import __version__, protocol
 from backline.common.protocol import ProtocolError
 from backline.common.tlspin import PeerMatch, PinMismatch, format_fingerprint
 
@@ -72,19 +72,20 @@ class AuthRefused(Exception):
     """The relay refused this agent's identity (unknown or revoked)."""
 
 
-async def session(ws: ClientConnection, enrollment: Enrollment, key: keys.PrivateKey,
+async def session(ws: ClientConnection, enrollment: Enrollment, sign: keychild.Signer,
                   state: StateDir, stop: asyncio.Event,
                   runner: SessionRunner | None = None,
                   quirks: RelayQuirks | None = None, bound: str | None = None,
                   on_welcome: Callable[[], None] | None = None) -> None:
     """One connected session: handshake, then heartbeats and answers until closed.
     ``bound`` is what the signature binds (:attr:`PeerMatch.bound`); ``on_welcome``
-    runs once the relay has accepted the agent."""
+    runs once the relay has accepted the agent. ``sign`` signs the challenge with the
+    agent's key (in a child process: agent/keychild.py)."""
     quirks = quirks if quirks is not None else RelayQuirks()
     bound = bound or (enrollment.pins or [enrollment.fingerprint])[0]
     challenge = await asyncio.wait_for(ws.recv(), 15)
-    await ws.send(protocol.answer_challenge(challenge, enrollment.agent_id, key, bound,
-                                            __version__))
+    payload = protocol.challenge_payload(challenge, enrollment.agent_id, bound)
+    await ws.send(protocol.auth_answer(enrollment.agent_id, await sign(payload), __version__))
     welcome = protocol.parse_relay_message(await asyncio.wait_for(ws.recv(), 15))
     if welcome["type"] == "error":
         raise AuthRefused(f"{welcome['code']}: {welcome['message']}")
@@ -157,9 +158,9 @@ def _fix_revocations(state: StateDir, enrollment: Enrollment, msg: dict[str, obj
     """The relay's signed revocation list: merged into the kept one (agent/fixes/)."""
     from backline.agent.fixes import revocations
 
-    try:
-        revocations.receive(state.root, msg, tuple(enrollment.fix_keys),
-                            runner.log if runner is not None else None)
+    try:  # checked in a child process, in the background (agent/fixes/child.py)
+        revocations.schedule(state.root, msg, tuple(enrollment.fix_keys),
+                             runner.log if runner is not None else None)
     except Exception:  # a bad list must never end the control connection
         log.exception("the relay's revocation list could not be processed")
 
@@ -193,7 +194,7 @@ def _limit_unacknowledged(ws: ClientConnection, heartbeat_s: float) -> None:
 async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff(),
               policy_file: Path | None = None) -> None:
     enrollment = state.load_enrollment()
-    key = state.load_key()
+    sign = await keychild.signer(state.key_path)  # stops here if the key is unusable
     runner = SessionRunner(state, enrollment, policy_file=policy_file)
     quirks = RelayQuirks()
     synced_at = -pinsync.EVERY_S
@@ -209,7 +210,8 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
         enrollment = await trust.sync(state, enrollment)
         runner.enrollment = enrollment
         if enrollment.fix_keys != before:  # a list pushed before we knew the keys
-            revocations.retry_pending(state.root, tuple(enrollment.fix_keys), runner.log)
+            await revocations.retry_pending_in_child(state.root, tuple(enrollment.fix_keys),
+                                                     runner.log)
 
     local = LocalControl(state.root, runner, runner.log)  # `sessions`, `end ID`
     await local.start()
@@ -218,6 +220,7 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(end_signal, runner.end_all)
     attempt = 0
+    unusable: keychild.KeyUnusable | None = None
     while not stop.is_set():
         error = ""
         connected_at = None
@@ -237,8 +240,12 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
                         synced_at = time.monotonic()
                         syncing = asyncio.create_task(sync_pins())
 
-                await session(ws, enrollment, key, state, stop, runner, quirks, bound,
+                await session(ws, enrollment, sign, state, stop, runner, quirks, bound,
                               welcomed)
+        except keychild.KeyUnusable as exc:  # gone since the start: stop, as at the start
+            log.error("%s", exc)
+            unusable = exc
+            break
         except PinMismatch as exc:
             error = str(exc)
             log.error("%s", exc)
@@ -270,8 +277,11 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
         syncing.cancel()
     await local.close()
     await runner.close()
-    state.write_status("stopped", relay=enrollment.relay_url, agent_id=enrollment.agent_id)
+    state.write_status("stopped", relay=enrollment.relay_url, agent_id=enrollment.agent_id,
+                       **({"last_error": str(unusable)[:500]} if unusable else {}))
     log.info("stopped")
+    if unusable is not None:
+        raise unusable
 
 
 def run_forever(state: StateDir, policy_file: Path | None = None) -> None:

@@ -44,9 +44,12 @@ MAX_REQUEST = 1024
 MAX_ANSWER = 256 * 1024
 TIMEOUT_S = 5.0
 #: The machinery an idle agent should not hold; ``status`` says which are loaded.
+#: cryptography: the agent signs in a child (agent/keychild.py) until a session needs
+#: asyncssh (docs/benchmarks.md, "Idle agent").
 MACHINERY = ("asyncssh", "psutil", "backline.agent.diagnostics.engine",
              "backline.agent.diagnostics.collectors", "backline.agent.sshserver",
-             "backline.agent.capabilities.shell", "backline.agent.capabilities.diagnostics")
+             "backline.agent.capabilities.shell", "backline.agent.capabilities.diagnostics",
+             "cryptography")
 #: AF_UNIX paths are short (108 bytes on Linux, with the terminating NUL).
 MAX_PATH = 107
 

@@ -31,6 +31,7 @@ import logging
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from backline.agent import keychild
 from backline.agent.state import Enrollment, StateDir
 from backline.common import __version__, pinset, protocol
 from backline.common.tlspin import MAX_PINS, BadPin, PinMismatch, Trust, is_spki, parse_pin
@@ -58,9 +59,11 @@ class Announced:
     matched: str
     bind_leaf: bool = False
 
-    def signed_by(self, audit_public: bytes) -> bool:
-        return bool(self.serial) and pinset.verify(audit_public, self.serial, self.pins,
-                                                   self.signature, self.bind_leaf)
+    async def signed_by(self, audit_public: bytes) -> bool:
+        """:func:`pinset.verify`, run in a child process (agent/keychild.py), so that
+        the long-lived agent does not hold cryptography for one check a day."""
+        return bool(self.serial) and await keychild.verify_pinset(
+            audit_public, self.serial, self.pins, self.signature, self.bind_leaf)
 
 
 def _audit_key(enrollment: Enrollment) -> bytes:
@@ -133,7 +136,12 @@ async def sync(state: StateDir, enrollment: Enrollment) -> Enrollment:
     audit_public = _audit_key(enrollment)
     pins, serial, bind_leaf = announced.pins, announced.serial, announced.bind_leaf
     if audit_public:
-        if not announced.signed_by(audit_public):
+        try:
+            signed = await announced.signed_by(audit_public)
+        except OSError as exc:  # keychild.KeyChildFailed: no verdict, so nothing adopted
+            log.warning("could not check the signature of the relay's pin set: %s", exc)
+            return enrollment
+        if not signed:
             if pins != enrollment.pins:
                 log.warning("the relay announced pins %s without a valid signature of its "
                             "audit key: ignored (a relay older than this agent does not "

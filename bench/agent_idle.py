@@ -8,7 +8,7 @@ it waited for (the health check runs in a child process), divided by the wall ti
 It also asks the agent (its local control socket, ``status``) which capability
 machinery it has loaded: none, while idle. Goal: RSS <= 35 MiB, CPU <= 0.5 %.
 
-    python -m bench.agent_idle [--minutes 5] [--baseline-agent PATH]
+    python -m bench.agent_idle [--minutes 5 | --idle-seconds S] [--baseline-agent PATH]
 
 ``--baseline-agent`` runs a second agent binary (another checkout's
 ``.venv/bin/backline-agent``) next to this one over the same minutes, for a
@@ -83,9 +83,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=5.0,
                     help="how long the agent sits idle before it is measured (default 5)")
+    ap.add_argument("--idle-seconds", type=float, default=None,
+                    help="the idle time in seconds instead (quick runs; the committed "
+                         "figures are from the 5 minutes)")
     ap.add_argument("--baseline-agent", default="",
                     help="another backline-agent binary to measure alongside")
     args = ap.parse_args()
+    idle_s = args.idle_seconds if args.idle_seconds is not None else args.minutes * 60
+    if idle_s <= 0:
+        ap.error("the idle time must be positive")
 
     root = Path(tempfile.mkdtemp(prefix="backline-agent-idle-"))
     relay = RelayProcess(root, {"BACKLINE_LOG_LEVEL": "warning"}).start()
@@ -105,8 +111,8 @@ def main() -> None:
                      30, f"{agent.name} online")
         procs = {k: psutil.Process(a.proc.pid) for k, a in agents.items() if a.proc}
         starts = {k: (cpu_seconds(p), time.monotonic()) for k, p in procs.items()}
-        print(f"idle for {args.minutes:g} min ...", flush=True)
-        time.sleep(args.minutes * 60)
+        print(f"idle for {idle_s:g} s ...", flush=True)
+        time.sleep(idle_s)
         for key, proc in procs.items():
             results[key] = measure(proc, *starts[key])
             if not api.get(f"/api/v1/agents/{agents[key].agent_id}").json()["online"]:
@@ -126,7 +132,7 @@ def main() -> None:
 
     this = results["this"]
     result: dict[str, Any] = {
-        "minutes": args.minutes, **{k: this[k] for k in ("rss_mib", "uss_mib", "anon_mib",
+        "minutes": round(idle_s / 60, 2), **{k: this[k] for k in ("rss_mib", "uss_mib", "anon_mib",
                                                           "cpu_pct", "idle_s", "loaded")},
         "goal": {"rss_mib": GOAL_RSS_MIB, "cpu_pct": GOAL_CPU_PCT,
                  "met": this["rss_mib"] <= GOAL_RSS_MIB and this["cpu_pct"] <= GOAL_CPU_PCT},

@@ -3,4 +3,4 @@
 The agent never imports the relay; anything both sides need lives here.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

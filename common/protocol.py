@@ -471,13 +471,24 @@ def answer_challenge(
     version: str,
 ) -> str:
     """The agent's reply to a challenge: sign the nonce, bound to this relay."""
+    signature = private_key.sign(challenge_payload(frame, agent_id, relay_fingerprint))
+    return auth_answer(agent_id, signature, version)
+
+
+def challenge_payload(frame: str | bytes, agent_id: str, relay_fingerprint: str) -> bytes:
+    """What :func:`answer_challenge` signs for ``frame``, for a caller that signs
+    elsewhere (the running agent signs in a child process: agent/keychild.py)."""
     msg = decode(frame, frozenset({"challenge", "error"}))
     if msg["type"] == "error":
         raise ProtocolError(msg["code"], msg["message"])
     nonce = b64d(msg["nonce"])
     if len(nonce) != NONCE_BYTES:
         raise ProtocolError("bad_field", "challenge nonce has the wrong length")
-    signature = private_key.sign(auth_payload(nonce, agent_id, relay_fingerprint))
+    return auth_payload(nonce, agent_id, relay_fingerprint)
+
+
+def auth_answer(agent_id: str, signature: bytes, version: str) -> str:
+    """The ``auth`` frame carrying a signature of :func:`challenge_payload`."""
     return encode("auth", agent_id=agent_id, signature=b64e(signature), version=version)
 
 

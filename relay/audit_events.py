@@ -517,6 +517,13 @@ event("fix.bulk.started", FIXES, "a bulk run of one approved version over a grou
       "agents began", "`fix_bulk:ID`", DIGEST, need("fix", str, "`ID@VERSION`"),
       need("group", str, "the group"), need("total", int, "online agents it runs on"),
       need("concurrency", int, "how many at once"), *FIX_WHERE)
+event("fix.bulk.agent", FIXES, "one agent's result in a bulk run (one per agent, also one "
+      "that could not be reached or refused)", "`fix_bulk:ID`", DIGEST, AGENT_ID,
+      need("status", str, "`ended`, `refused`, `failed` or `error`"),
+      need("ok", bool, "exit status 0 and verify (if any) passed"),
+      need("exit_status", int | None, "the script's exit status"),
+      need("verify_passed", bool | None, "the verify script's verdict"),
+      may("run", str, "the run's id"), may("error", str, "what went wrong"))
 event("fix.bulk.ended", FIXES, "a bulk run ended (one `fix.run.*` trail per agent)",
       "`fix_bulk:ID`", DIGEST, need("total", int, "agents"),
       need("ok", int, "runs that ended with exit status 0 (and verify, if any, passed)"),

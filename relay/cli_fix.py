@@ -18,6 +18,7 @@ from __future__ import annotations
 import getpass
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -208,10 +209,15 @@ def fix_sign(
     out_file: Annotated[Path | None, typer.Option("--out", help="Write the signature "
                                                                 "here instead of adding "
                                                                 "it.")] = None,
+    passphrase_stdin: Annotated[bool, typer.Option(
+        "--passphrase-stdin", help="Read the key's passphrase from the first line of "
+                                   "standard input (else it is asked for, when the key "
+                                   "has one).")] = False,
     data_dir: DataDirOpt = None, config: ConfigOpt = None,
 ) -> None:
     """Sign one version's canonical bytes with an offline key (SSHSIG, namespace
-    backline-fix) and add the signature, or write it with --out."""
+    backline-fix) and add the signature, or write it with --out. A passphrase-protected
+    key is asked for its passphrase."""
     fix_id, version = _ref(ref)
     relay = _open(data_dir, config)
     v = _version(relay, fix_id, version)
@@ -226,8 +232,9 @@ def fix_sign(
         err.print(f"[red]cannot read the key:[/] {exc}")
         raise typer.Exit(2) from None
     passphrase = None
-    if b"ENCRYPTED" in text or b"aes" in text[:400]:
-        passphrase = getpass.getpass("passphrase for the key: ")
+    if _encrypted(text):
+        passphrase = (sys.stdin.readline().rstrip("\r\n") if passphrase_stdin
+                      else getpass.getpass("passphrase for the key: "))
     try:
         armored = fix_signing.sign(canonical_bytes(m), text, passphrase)
     except Exception as exc:  # asyncssh's errors for a wrong passphrase or key type
@@ -248,6 +255,20 @@ def fix_sign(
         raise typer.Exit(1) from None
     relay.flush_records()
     out.print(f"{ref}: offline signature by {signer} added")
+
+
+def _encrypted(text: bytes) -> bool:
+    """Whether an OpenSSH private key needs a passphrase (its cipher is inside the
+    base64, so it is asked of asyncssh)."""
+    import asyncssh
+
+    try:
+        asyncssh.import_private_key(text)
+    except asyncssh.KeyImportError as exc:
+        return "passphrase" in str(exc).lower()
+    except (ValueError, TypeError):
+        return False
+    return False
 
 
 @fix_app.command("revoke")

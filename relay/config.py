@@ -138,6 +138,9 @@ class RelayConfig:
     # `backline-relay fix sign` accept (docs/fixes-relay.md). Agents decide themselves
     # which offline keys they require, in their local policy.
     fix_offline_keys: list[str] = field(default_factory=list)
+    # The most output of one fix run kept (and asked of the agent); past it the agent
+    # cuts, marks the cut and counts the rest (docs/fixes-relay.md).
+    fix_max_output_bytes: int = 16 * 1024 * 1024
 
     @property
     def effective_public_url(self) -> str:
@@ -168,6 +171,8 @@ class RelayConfig:
                 raise ConfigError(f"tls_pins: {pin!r} is not an SPKI pin (sha256// and 44 "
                                   "base64 characters; docs/operator-guide.md shows how to "
                                   "compute one)")
+        if not 1024 <= self.fix_max_output_bytes <= 1024**3:
+            raise ConfigError("fix_max_output_bytes must be between 1024 and 1073741824")
         for line in self.fix_offline_keys:
             if not re.fullmatch(r"(ssh-ed25519|ecdsa-sha2-nistp256|ssh-rsa) [A-Za-z0-9+/=]{16,2048}"
                                 r"( [^\x00-\x1f]{0,200})?", line.strip()):

@@ -8,7 +8,7 @@ PERMISSIONS = frozenset({
     "agents:read", "agents:write", "audit:read", "enroll:read", "enroll:write",
     "groups:read", "groups:write", "users:read", "users:write", "apitokens:write",
     # Approved fixes (issue 12): reading the catalogue, authoring a version, approving
-    # one (never one's own: relay/fixes/approval.py), running one in a session.
+    # one (never one's own: relay/fixes/service.py), running one in a session.
     "fixes:read", "fixes:author", "fixes:approve", "fixes:run",
 })
 

@@ -300,9 +300,8 @@ async def _run_script(argv: list[str], folder: str, env: dict[str, str], timeout
                 pumps.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await pumps
-    except BaseException:
-        if proc.returncode is None:
-            _signal_tree(proc.pid, signal.SIGKILL)
+    except BaseException:  # cancelled (the session went) or failed: nothing stays
+        _signal_tree(proc.pid, signal.SIGKILL)
         raise
     finally:
         for transport in transports:

@@ -24,6 +24,7 @@ instead of missing revocations until the next one.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -110,12 +111,57 @@ def _peek_serial(list_b64: str) -> int | None:
     return serial if type(serial) is int else None
 
 
-def receive(state_root: Path, msg: dict[str, Any], relay_keys: tuple[str, ...],
-            activity: ActivityLog | None = None) -> Received:
-    """Merge a pushed ``fix_revocations`` message into the kept list; log the outcome."""
+def _stale(state_root: Path, msg: dict[str, Any]) -> int | None:
+    """The claimed serial when it is not above the kept one (unverified: enough to drop
+    it, never to adopt it)."""
     claimed = _peek_serial(msg.get("list_b64", ""))
     if claimed is not None and claimed <= kept_serial(state_root) and path_in(
             state_root).exists():
+        return claimed
+    return None
+
+
+_tasks: set[asyncio.Task[Received]] = set()
+
+
+def schedule(state_root: Path, msg: dict[str, Any], relay_keys: tuple[str, ...],
+             activity: ActivityLog | None = None) -> asyncio.Task[Received] | None:
+    """From the control loop (``backline-agent run``): a stale list is dropped at once;
+    another is checked and merged in a child process (agent/fixes/child.py), in the
+    background, so the long-lived agent loads no signature machinery."""
+    if _stale(state_root, msg) is not None:
+        return None
+    task = asyncio.ensure_future(receive_in_child(state_root, msg, relay_keys, activity))
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+    return task
+
+
+async def receive_in_child(state_root: Path, msg: dict[str, Any],
+                           relay_keys: tuple[str, ...],
+                           activity: ActivityLog | None = None) -> Received:
+    """:func:`receive`, run by a child process; the outcome is logged here."""
+    from backline.agent.fixes.child import FixChildFailed, receive_revocations
+
+    try:
+        outcome, serial, detail = await receive_revocations(state_root, msg, relay_keys)
+    except (FixChildFailed, ValueError) as exc:
+        log.warning("a revocation list from the relay could not be checked: %s", exc)
+        return Received("refused", 0, str(exc)[:300])
+    if activity is not None and outcome == "adopted":
+        activity.record("fix.revocations.adopted", serial=serial)
+    elif activity is not None and outcome == "refused":
+        activity.record("fix.revocations.refused", serial=serial or None, detail=detail)
+    if outcome == "refused":
+        log.warning("a revocation list from the relay was refused: %s", detail)
+    return Received(outcome, serial, detail)
+
+
+def receive(state_root: Path, msg: dict[str, Any], relay_keys: tuple[str, ...],
+            activity: ActivityLog | None = None) -> Received:
+    """Merge a pushed ``fix_revocations`` message into the kept list; log the outcome."""
+    claimed = _stale(state_root, msg)
+    if claimed is not None:
         return Received("stale", claimed)
     from backline.common.fixes.revocation import (
         RevocationError,
@@ -172,9 +218,7 @@ def _keep_pending(state_root: Path, msg: dict[str, Any]) -> None:
             keys.write_private_file(state_root / PENDING_NAME, data)
 
 
-def retry_pending(state_root: Path, relay_keys: tuple[str, ...],
-                  activity: ActivityLog | None = None) -> Received | None:
-    """After the relay's fix keys changed: the list kept aside, tried again."""
+def _pending(state_root: Path) -> dict[str, Any] | None:
     path = state_root / PENDING_NAME
     try:
         if path.stat().st_size > MAX_PENDING_BYTES:
@@ -183,7 +227,29 @@ def retry_pending(state_root: Path, relay_keys: tuple[str, ...],
         msg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(msg, dict):
+    return msg if isinstance(msg, dict) else None
+
+
+async def retry_pending_in_child(state_root: Path, relay_keys: tuple[str, ...],
+                                 activity: ActivityLog | None = None) -> Received | None:
+    """After the relay's fix keys changed (``backline-agent run``): the list kept
+    aside, tried again in a child."""
+    msg = _pending(state_root)
+    if msg is None:
+        return None
+    if _stale(state_root, msg) is not None:
+        with contextlib.suppress(OSError):
+            (state_root / PENDING_NAME).unlink(missing_ok=True)
+        return Received("stale", 0)
+    return await receive_in_child(state_root, msg, relay_keys, activity)
+
+
+def retry_pending(state_root: Path, relay_keys: tuple[str, ...],
+                  activity: ActivityLog | None = None) -> Received | None:
+    """After the relay's fix keys changed: the list kept aside, tried again."""
+    path = state_root / PENDING_NAME
+    msg = _pending(state_root)
+    if msg is None:
         return None
     result = receive(state_root, msg, relay_keys, activity)
     if result.outcome != "refused":

@@ -14,21 +14,15 @@ Two sources, kept apart on purpose:
   relay cannot change, so a compromised relay holding only its own key cannot reach
   an agent whose policy asks for offline signatures.
 
-The signed document (agreed with the relay's side, fix-relay)::
-
-    {"payload_b64": base64(payload), "signature_b64": base64(Ed25519 signature)}
-    payload = b"backline fix trust v1\\n" + compact sorted-key JSON of
-              {"fix_keys": [OpenSSH public key lines], "relay": audit key fingerprint,
-               "serial": N}
-
-Either base64 alphabet is read (standard or URL-safe, padded or not).
+The signed document is common/fixes/trustdoc.py's (one format for the relay and the
+agent): ``{"payload_b64", "signature_b64"}``, the payload
+``b"backline fix trust v1\\n"`` + compact sorted-key JSON of ``{"fix_keys": [...],
+"relay": <audit key fingerprint>, "serial": N}``, Ed25519-signed by the audit key.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
 from collections.abc import Sequence
@@ -36,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from backline.agent.policy import SSH_KEY_RE, Policy
+from backline.agent.policy import Policy
 from backline.agent.state import Enrollment, StateDir
 from backline.common import __version__, keys, protocol
 from backline.common.tlspin import PinMismatch, Trust
@@ -44,10 +38,7 @@ from backline.common.tlspin import PinMismatch, Trust
 log = logging.getLogger("backline.agent.fixes")
 
 PATH = "/agent/fix-trust"
-CONTEXT = b"backline fix trust v1\n"
 MAX_ANSWER = 64 * 1024
-MAX_FIX_KEYS = 16
-MAX_SERIAL = 2**53 - 1
 TIMEOUT_S = 10.0
 
 
@@ -55,29 +46,11 @@ class FixTrustError(Exception):
     """The relay's fix-trust answer is unusable; the message says why."""
 
 
-def b64any(text: str) -> bytes:
-    """Standard or URL-safe base64, with or without padding; ``ValueError`` otherwise."""
-    if not isinstance(text, str):
-        raise ValueError("not a base64 string")
-    cleaned = text.strip().replace("-", "+").replace("_", "/")
-    try:
-        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("not base64") from exc
-
-
-def payload(audit_public: bytes, serial: int, fix_keys: Sequence[str]) -> bytes:
-    """The bytes the relay signs with its audit key to announce its fix keys."""
-    body = {"fix_keys": list(fix_keys), "relay": keys.fingerprint(audit_public),
-            "serial": serial}
-    return CONTEXT + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
 def sign(audit_key: keys.PrivateKey, serial: int, fix_keys: Sequence[str]) -> dict[str, str]:
-    """The answer a relay serves (tests and a relay side that wants it)."""
-    data = payload(keys.public_raw(audit_key), serial, fix_keys)
-    return {"payload_b64": base64.b64encode(data).decode(),
-            "signature_b64": base64.b64encode(audit_key.sign(data)).decode()}
+    """The answer a relay serves (common/fixes/trustdoc.py; tests use it)."""
+    from backline.common.fixes.trustdoc import document
+
+    return document(audit_key, serial, fix_keys)
 
 
 def audit_key(enrollment: Enrollment) -> bytes:
@@ -90,36 +63,18 @@ def audit_key(enrollment: Enrollment) -> bytes:
 
 
 def verify_document(answer: Any, audit_public: bytes) -> tuple[int, list[str]]:
-    """``(serial, fix_keys)`` of a document the pinned audit key signed; else
-    :class:`FixTrustError`."""
-    if not isinstance(answer, dict) or set(answer) - {"payload_b64", "signature_b64"}:
-        raise FixTrustError("not {payload_b64, signature_b64}")
+    """``(serial, fix_keys)`` of a document the pinned audit key signed
+    (:func:`backline.common.fixes.trustdoc.read`); else :class:`FixTrustError`. Loads
+    asyncssh: the running agent calls it in a child (agent/fixes/child.py)."""
+    from backline.common.fixes.trustdoc import TrustDocError, read
+
+    if len(audit_public) != 32:
+        raise FixTrustError("this agent pinned no audit key to check it with")
     try:
-        data = b64any(answer["payload_b64"])
-        signature = b64any(answer["signature_b64"])
-    except (KeyError, ValueError) as exc:
-        raise FixTrustError(f"malformed ({exc})") from None
-    if len(audit_public) != 32 or not keys.verify(audit_public, signature, data):
-        raise FixTrustError("not signed by the relay's audit key this agent pinned")
-    if not data.startswith(CONTEXT):
-        raise FixTrustError("not a fix-trust document")
-    try:
-        body = json.loads(data[len(CONTEXT):])
-        serial, fix_keys = body["serial"], body["fix_keys"]
-        if set(body) != {"fix_keys", "relay", "serial"}:
-            raise ValueError("unexpected fields")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise FixTrustError(f"malformed payload ({exc})") from None
-    if type(serial) is not int or not 1 <= serial <= MAX_SERIAL:
-        raise FixTrustError("a malformed serial")
-    if (not isinstance(fix_keys, list) or not 1 <= len(fix_keys) <= MAX_FIX_KEYS
-            or not all(isinstance(k, str) and SSH_KEY_RE.fullmatch(k) for k in fix_keys)):
-        raise FixTrustError("fix_keys must be 1-16 OpenSSH public key lines")
-    if body["relay"] != keys.fingerprint(audit_public):
-        raise FixTrustError("the document names another relay")
-    if payload(audit_public, serial, fix_keys) != data:
-        raise FixTrustError("the payload is not in canonical form")
-    return serial, fix_keys
+        doc = read(answer, audit_public)
+    except (TrustDocError, TypeError) as exc:
+        raise FixTrustError(str(exc)) from None
+    return doc.serial, list(doc.fix_keys)
 
 
 async def fetch(relay_url: str, trust: Trust) -> Any:
@@ -168,10 +123,15 @@ async def sync(state: StateDir, enrollment: Enrollment) -> Enrollment:
         log.debug("could not learn the relay's fix keys: %s", exc)
         return enrollment
     audit_public = audit_key(enrollment)
-    try:
-        serial, fix_keys = verify_document(answer, audit_public)
+    from backline.agent.fixes.child import FixChildFailed, verify_fix_trust
+
+    try:  # the signature is checked in a child: the idle agent loads no cryptography
+        serial, fix_keys = await verify_fix_trust(answer, audit_public)
     except FixTrustError as exc:
         log.warning("the relay's fix-trust answer is ignored: %s", exc)
+        return enrollment
+    except (FixChildFailed, ValueError) as exc:
+        log.warning("the relay's fix-trust answer could not be checked: %s", exc)
         return enrollment
     if serial <= enrollment.fix_keys_serial:
         if serial < enrollment.fix_keys_serial:

@@ -52,10 +52,10 @@ def payload(audit_public: bytes, serial: int, fix_keys: Sequence[str]) -> bytes:
     lines = []
     for line in fix_keys:
         try:
-            lines.append(" ".join(pinned_key(line).line.split()[:2]))
+            lines.append(pinned_key(line).line)
         except SigningError as exc:
             raise TrustDocError(f"fix trust: {exc}") from None
-    if len(set(lines)) != len(lines):
+    if len({pinned_key(line).blob for line in lines}) != len(lines):
         raise TrustDocError("fix trust: duplicate fix keys")
     body = {"fix_keys": lines, "relay": keys.fingerprint(audit_public), "serial": serial}
     return CONTEXT + json.dumps(body, sort_keys=True, separators=(",", ":"),

@@ -28,6 +28,7 @@ from backline.relay import agents, users
 from backline.relay.api.agents import agent_by_id, visible_group_ids
 from backline.relay.api.edge import Body, Params, Reply, endpoint, reply, whole
 from backline.relay.api.models import FixParams, OpaqueId
+from backline.relay.api.sessions import may_see
 from backline.relay.fixes import bulk, store
 from backline.relay.fixes.service import FixRefused
 from backline.relay.state import Relay
@@ -246,6 +247,13 @@ def _version(relay: Relay, fix_id: str, version: int) -> store.Version:
 
 
 def _run_visible(relay: Relay, who: Principal, run: dict[str, Any]) -> None:
+    """A run is seen by whoever may see its agent; a run in an attended session (no
+    enrolled agent) by whoever may see that session."""
+    if run["agent_id"].startswith("at_"):
+        session = relay.sessions.row(run["session_id"])
+        if session is None or not may_see(relay, who, session):
+            raise ApiError(404, "not_found", "no such run")
+        return
     agent_by_id(relay, who, run["agent_id"], acting=False)
 
 

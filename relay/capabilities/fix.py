@@ -11,11 +11,12 @@ line is bounded (64 KiB) and checked before it is believed, and every step it re
 is audited with the manifest's digest (``fix.run.consent``, ``.started``, ``.ended``).
 
 The output is kept as a blob of the raw bytes decoded from the ``output`` lines, in
-order, at most ``max_output``; its SHA-256 must equal the agent's ``end.output_sha256``
-(``output_ok`` in ``fix.run.ended``; a mismatch is also ``fix.run.failed``). The relay
-does not re-check the stored manifest against its approval before sending it: the
-agent does, and it is the agent's refusal that keeps a tampered database harmless; the
-relay records what it sent (``sent_digest`` when it differs from the approved digest).
+order, at most ``max_output`` (config ``fix_max_output_bytes``, 16 MiB by default);
+its SHA-256 must equal the agent's ``end.output_sha256`` (``output_ok`` in
+``fix.run.ended``; a mismatch is also ``fix.run.failed``). The relay does not re-check
+the stored manifest against its approval before sending it: the agent does, and it is
+the agent's refusal that keeps a tampered database harmless; the relay records what it
+sent (``sent_digest`` when it differs from the approved digest).
 
 After a run from a finding, that finding's diagnostics sections run again (when the
 session has ``diagnostics``) and the answer says whether the finding cleared.
@@ -122,6 +123,7 @@ class Run:
     actor: str
     finding: str | None
     bulk: str | None = None
+    max_output: int = DEFAULT_MAX_OUTPUT
     lines: list[dict[str, Any]] = field(default_factory=list)
     status: str = "requested"
     refused: str | None = None
@@ -178,11 +180,13 @@ def prepare(relay: Any, session: LiveSession, actor: str, asked: Mapping[str, An
         except ParamError as exc:
             _refuse(relay, session, actor, "params", str(exc), digest=v.digest, **where)
             raise RequestRefused("params", str(exc)[:300]) from None
-    run = Run("fr_" + secrets.token_urlsafe(12), v, session, actor, a.finding, bulk)
+    config = getattr(relay, "config", None)
+    cap = int(getattr(config, "fix_max_output_bytes", DEFAULT_MAX_OUTPUT))
+    run = Run("fr_" + secrets.token_urlsafe(12), v, session, actor, a.finding, bulk, cap)
     request = {"manifest": v.manifest, "signatures": relay.fixes.signatures_for(v),
                "params": a.params, "requested_by": session.technician[:64],
                "reason": session.reason[:512], "ticket": session.ticket[:128],
-               "max_output": DEFAULT_MAX_OUTPUT, "run_id": run.run_id}
+               "max_output": cap, "run_id": run.run_id}
     data = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode()
     if len(data) > MAX_REQUEST:
         _refuse(relay, session, actor, "too_large", "the request is over 1 MiB",
@@ -287,7 +291,7 @@ class Follower:
             self.protocol_error("an output chunk that is not base64")
             return
         self.run.output_seen += len(chunk)
-        room = DEFAULT_MAX_OUTPUT - self.writer.size
+        room = self.run.max_output - self.writer.size
         if room > 0:
             self.writer.write(chunk[:room])
 
@@ -366,7 +370,7 @@ async def converse(runner: ChannelRunner, session: LiveSession, actor: str, run:
     answer = {"run_id": run.run_id, "status": values["status"], "exit_status": values.get(
         "exit_status"), "verify_passed": run.verify_passed, "refused": run.refused,
         "output_sha256": values.get("output_sha256"), "output_ok": values["output_ok"],
-        "channel_exit": status}
+        "kept_bytes": follower.writer.size, "channel_exit": status}
     if run.finding and run.status == "ended" and "diagnostics" in session.capabilities:
         answer["recheck"] = await recheck(runner, run)
     return answer
@@ -394,6 +398,10 @@ async def _follow(runner: ChannelRunner, ch: Channel, follower: Follower,
                     line = reading.result()
                 except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
                     follower.run.error = "agent_gone"
+                    runner.relay.record(run.actor, "fix.run.failed",
+                                        f"session:{run.session.id}", **run.common(),
+                                        reason="agent_gone",
+                                        detail=f"{type(exc).__name__}: {exc}"[:200])
                     raise runner.agent_gone(ch, exc) from None
                 if not line:
                     break
@@ -481,7 +489,8 @@ async def answer(runner: ChannelRunner, session: LiveSession, actor: str, who: A
     result = await converse(runner, session, actor, run, request)
     return {"capability": NAME, "exit_status": result["channel_exit"],
             "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-            "bytes": 0, "sha256": result["output_sha256"] or "", "truncated": run.cut,
+            "bytes": result["kept_bytes"], "sha256": result["output_sha256"] or "",
+            "truncated": run.cut,
             "format": "jsonl", "output": run.lines, "report": run.run_id, **result}
 
 

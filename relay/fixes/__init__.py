@@ -3,8 +3,8 @@
 * :mod:`.store`: the catalogue (immutable versions, signatures, revocations), run
   records and bulk runs, in the relay's database (migration 0007);
 * :mod:`.signing`: the relay's online fix-approval key (``fix_key`` in the data dir);
-* :mod:`.approval`: submit, approve (four eyes), add an offline signature, revoke:
-  each step checked and audited with the manifest's digest;
+* :mod:`.service`: submit, approve (four eyes), add an offline signature, revoke:
+  each step checked and audited with the manifest's digest (``relay.fixes``);
 * :mod:`.trust`: ``GET /agent/fix-trust``, the fix keys signed by the audit key;
 * :mod:`.push`: the signed revocation list sent to agents that can take it;
 * :mod:`.bulk`: one approved fix over a group's online agents.

@@ -1,7 +1,8 @@
 """One approved fix version over every online agent of a group, a few at a time.
 
 Each agent gets its own managed session (capability ``fix`` only), its own run (with
-its own ``fix.run.*`` trail and record) and one result row; the bulk run itself is
+its own ``fix.run.*`` trail and record), one result row and one ``fix.bulk.agent``
+audit entry (also when it could not be reached); the bulk run itself is
 ``fix.bulk.started`` and ``fix.bulk.ended``. ``concurrency`` agents run at once (1 to
 32). An agent that cannot be reached, or refuses, is a result like the others: the
 bulk run goes on.
@@ -70,6 +71,10 @@ async def _run_all(relay: Relay, bulk_id: str, v: store.Version,
                 log.warning("bulk %s on %s: %r", bulk_id, agent["id"], exc)
                 store.bulk_result(relay.engine, bulk_id, agent["id"], status="error",
                                   error=f"{type(exc).__name__}: {exc}"[:256])
+                relay.record(actor, "fix.bulk.agent", f"fix_bulk:{bulk_id}",
+                             digest=v.digest, agent=agent["id"], status="error", ok=False,
+                             exit_status=None, verify_passed=None,
+                             error=f"{type(exc).__name__}: {exc}"[:200])
                 ok = False
             outcomes.append(ok)
 
@@ -86,52 +91,52 @@ async def _run_all(relay: Relay, bulk_id: str, v: store.Version,
 async def _run_one(relay: Relay, bulk_id: str, v: store.Version, agent: dict[str, Any],
                    params: dict[str, Any], technician: str, actor: str, address: str
                    ) -> bool:
+    """One agent of a bulk run; whether it ended well. Whatever happens, one result row
+    and one ``fix.bulk.agent`` audit entry."""
     from backline.relay.capabilities import fix as room
     from backline.relay.capabilities.base import RequestRefused
     from backline.relay.sessions.session import SessionError
 
+    def result(status: str, error: str | None = None, run_id: str | None = None,
+               exit_status: int | None = None, verify_passed: bool | None = None) -> bool:
+        store.bulk_result(relay.engine, bulk_id, agent["id"], status=status,
+                          error=error[:256] if error else None, run_id=run_id,
+                          exit_status=exit_status, verify_passed=verify_passed)
+        ok = status == "ended" and exit_status == 0 and verify_passed is not False
+        relay.record(actor, "fix.bulk.agent", f"fix_bulk:{bulk_id}", digest=v.digest,
+                     agent=agent["id"], status=status, ok=ok, exit_status=exit_status,
+                     verify_passed=verify_passed, **({"run": run_id} if run_id else {}),
+                     **({"error": error[:200]} if error else {}))
+        return ok
+
     store.bulk_result(relay.engine, bulk_id, agent["id"], status="running")
     known = agents.public_key_of(relay.engine, agent["id"])
     if known is None:
-        store.bulk_result(relay.engine, bulk_id, agent["id"], status="error", error="revoked")
-        return False
+        return result("error", "revoked")
     try:
         row = await relay.sessions.open_managed(
             agent, known[0], technician, actor, f"bulk fix {v.fix_id}@{v.version}",
             bulk_id, ("fix",), address)
     except SessionError as err:
-        store.bulk_result(relay.engine, bulk_id, agent["id"], status="error",
-                          error=f"{err.code}: {err.detail}"[:256])
-        return False
+        return result("error", f"{err.code}: {err.detail}")
     live = relay.sessions.get(row["id"])
     if live is None:
-        store.bulk_result(relay.engine, bulk_id, agent["id"], status="error",
-                          error="session_lost")
-        return False
+        return result("error", "session_lost")
     try:
         try:
             run, request = room.prepare(relay, live, actor, {
                 "fix": f"{v.fix_id}@{v.version}", "params": params}, bulk=bulk_id)
         except RequestRefused as exc:
-            store.bulk_result(relay.engine, bulk_id, agent["id"], status="refused",
-                              error=f"{exc.code}: {exc.detail}"[:256])
-            return False
+            return result("refused", f"{exc.code}: {exc.detail}")
         timeout = float(v.manifest.get("timeout_s", 3600)) + PER_AGENT_GRACE_S
         try:
             async with asyncio.timeout(timeout):
-                result = await room.converse(relay.channels, live, actor, run, request,
+                answer = await room.converse(relay.channels, live, actor, run, request,
                                              keep_lines=False)
         except (SessionError, TimeoutError) as err:
-            store.bulk_result(relay.engine, bulk_id, agent["id"], status="error",
-                              run_id=run.run_id, error=str(getattr(err, "code", "timeout")))
-            return False
-        status = "refused" if run.refused else result["status"]
-        ok = (status == "ended" and result["exit_status"] == 0
-              and result["verify_passed"] is not False)
-        store.bulk_result(relay.engine, bulk_id, agent["id"], status=status,
-                          exit_status=result["exit_status"],
-                          verify_passed=result["verify_passed"], run_id=run.run_id,
-                          error=run.refused or run.error)
-        return ok
+            return result("error", str(getattr(err, "code", "timeout")), run.run_id)
+        status = "refused" if run.refused else answer["status"]
+        return result(status, run.refused or run.error, run.run_id, answer["exit_status"],
+                      answer["verify_passed"])
     finally:
         await relay.sessions.close(live, "bulk_done", actor=actor)

@@ -34,7 +34,9 @@ class RevocationPush:
         return True
 
     def gone(self, agent_id: str, send: Any) -> None:
-        if self.takers.get(agent_id) is send:
+        """Forget an agent whose socket closed (not one that replaced it: a bound
+        ``send`` of another socket compares unequal)."""
+        if self.takers.get(agent_id) == send:
             del self.takers[agent_id]
 
     def broadcast(self, message: str) -> int:

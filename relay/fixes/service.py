@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from backline.common import protocol
 from backline.common.fixes import revocation as fix_revocation
 from backline.common.fixes import signing as fix_signing
+from backline.common.fixes import trustdoc
 from backline.common.fixes.manifest import FixManifest, ManifestError, canonical_bytes, digest
 from backline.relay.fixes import signing, store, trust
 from backline.relay.fixes.push import RevocationPush
@@ -48,6 +49,7 @@ class FixService:
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
         self.push = RevocationPush()
+        self._message: tuple[int, str] | None = None
         #: Bulk runs in progress (relay/fixes/bulk.py).
         self.tasks: set[asyncio.Future[Any]] = set()
 
@@ -62,11 +64,13 @@ class FixService:
         return signing.load(path)
 
     def public_keys(self) -> list[str]:
-        """What agents pin: ``fix_keys`` in ``enrolled`` and in the trust document."""
-        return [self.key.public_line]
+        """What agents pin: ``fix_keys`` in ``enrolled`` and in the trust document (the
+        same lines, normalised as the trust document writes them)."""
+        return [fix_signing.pinned_key(self.key.public_line).line]
 
     def trust_document(self) -> dict[str, str]:
-        return trust.document(self.relay.audit.signing_key, 1, self.public_keys())
+        return trustdoc.document(self.relay.audit.signing_key, trust.SERIAL,
+                                 self.public_keys())
 
     @property
     def offline_keys(self) -> list[str]:
@@ -200,6 +204,13 @@ class FixService:
         return listed, self.key.sign_revocations(listed)
 
     def revocation_message(self) -> str | None:
+        """The control message, signed once per serial (agents reconnecting by the
+        thousand cost a ``max(serial)`` each, not a signature each)."""
+        serial = store.revocation_serial(self.relay.engine)
+        if serial == 0:
+            return None
+        if self._message is not None and self._message[0] == serial:
+            return self._message[1]
         signed = self.revocation_list()
         if signed is None:
             return None
@@ -208,8 +219,10 @@ class FixService:
             log.error("the revocation list (%d entries) no longer fits one control frame; "
                       "agents are not sent it", len(signed[0].entries))
             return None
-        return protocol.encode("fix_revocations", list_b64=body["list_b64"],
-                               signature=body["signature"])
+        message = protocol.encode("fix_revocations", list_b64=body["list_b64"],
+                                  signature=body["signature"])
+        self._message = (signed[0].serial, message)
+        return message
 
     def broadcast_revocations(self) -> int:
         message = self.revocation_message()
@@ -219,7 +232,11 @@ class FixService:
         """After ``welcome``: remember an agent that can take revocations, and send it
         the list."""
         if self.push.connected(agent_id, version, send):
-            message = self.revocation_message()
+            try:
+                message = self.revocation_message()
+            except Exception:  # the agent's connection matters more: it is sent next time
+                log.exception("the revocation list could not be made for %s", agent_id)
+                return
             if message is not None:
                 await send(message)
 

@@ -162,6 +162,13 @@ def revoke(engine: sa.Engine, v: Version, reason: str, by: str) -> int | None:
         return int(result.inserted_primary_key[0])
 
 
+def revocation_serial(engine: sa.Engine) -> int:
+    """The revocation list's serial (0: nothing revoked)."""
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.max(fix_revocations.c.serial))).scalar()
+                   or 0)
+
+
 def revocations(engine: sa.Engine) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(

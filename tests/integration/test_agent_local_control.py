@@ -65,12 +65,13 @@ def test_an_idle_agent_holds_no_capability_machinery_until_a_session_needs_it(
     time.sleep(3)  # several scheduled health checks (in a child process each)
     status = request(agent.state_dir, {"op": "status"})
     assert status["ok"] and status["sessions"] == 0
-    assert status["loaded"] == [], status  # no asyncssh, collectors, psutil, pty
+    assert status["loaded"] == [], status  # no asyncssh, collectors, psutil, pty, crypto
     session = admin.post(f"/api/v1/agents/{agent.agent_id}/sessions",
                          json={"reason": "check"}).json()
     assert admin.post(f"/api/v1/sessions/{session['id']}/channels/info").status_code == 200
     loaded = request(agent.state_dir, {"op": "status"})["loaded"]
     assert "asyncssh" in loaded and "backline.agent.sshserver" in loaded
+    assert "cryptography" in loaded  # asyncssh's; signed in a child until then
     assert "backline.agent.diagnostics.collectors" not in loaded  # info needs none of it
 
 

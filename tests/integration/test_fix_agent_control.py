@@ -109,9 +109,11 @@ def test_an_agent_enrolled_before_fix_keys_learns_them_and_the_revocations(tmp_p
         forged = json.dumps(fix_trust.sign(keys.generate(), 7, [stranger.public])).encode()
         with stand_in(relay, forged, push) as asked:
             agent.start()
-            wait_for(lambda: "/agent/fix-trust" in asked and "pushed" in asked, 20,
-                     "the agent to ask for fix trust")
-            time.sleep(0.5)
+            wait_for(lambda: "/agent/fix-trust" in asked and "pushed" in asked and (
+                agent.state_dir / "fix_revocations.pending.json").exists(), 30,
+                "the agent to ask for fix trust and keep the list it cannot check yet")
+            wait_for(lambda: "fix-trust answer is ignored" in agent.log_path.read_text(), 30,
+                     "the agent to check and refuse the forged document")
             agent.stop()
         assert stranger.public not in enrollment(agent)["fix_keys"]
         assert not (agent.state_dir / "fix_revocations.json").exists()  # no key verifies it

@@ -19,9 +19,21 @@ import pytest
 from backline.common import keys, protocol
 from backline.common.fixes import revocation as fix_revocation
 from backline.common.fixes import signing as fix_signing
-from backline.common.fixes.manifest import canonical_bytes, digest, parse_manifest
-from backline.relay.fixes import trust
-from tests.harness import AgentProcess, Api, RelayProcess, admin_api, audit_actions
+from backline.common.fixes import trustdoc
+from backline.common.fixes.manifest import (
+    canonical_bytes,
+    digest,
+    manifest_from_dict,
+    parse_manifest,
+)
+from tests.harness import (
+    AgentProcess,
+    Api,
+    RelayProcess,
+    admin_api,
+    audit_actions,
+    browser_socket,
+)
 from tests.integration.test_sessions import make_user, open_session, start_agent
 
 
@@ -79,9 +91,7 @@ def events(relay: RelayProcess, action: str) -> list[dict[str, Any]]:
 def fix_public_line(relay: RelayProcess) -> str:
     doc = httpx.get(relay.url + "/agent/fix-trust", verify=relay.tls()).json()
     audit_public = keys.public_raw(keys.load_private(relay.data_dir / "audit_key.pem"))
-    verified = trust.verify(audit_public, doc)
-    assert verified is not None
-    return verified[1][0]
+    return trustdoc.read(doc, audit_public).fix_keys[0]
 
 
 # --- the catalogue --------------------------------------------------------------------
@@ -269,7 +279,17 @@ def test_revocations_go_only_to_agents_that_take_them() -> None:
     push = RevocationPush()
     assert not push.connected("ag_old", "0.1.0", object())
     assert not push.connected("ag_odd", "not a version", object())
-    assert push.connected("ag_new", "0.2.0", object()) and set(push.takers) == {"ag_new"}
+    class Socket:
+        async def send_text(self, text: str) -> None: ...
+
+    first, second = Socket(), Socket()
+    assert push.connected("ag_new", "0.2.0", first.send_text)
+    assert set(push.takers) == {"ag_new"}
+    push.connected("ag_new", "0.2.0", second.send_text)  # a new socket replaced it
+    push.gone("ag_new", first.send_text)  # the old one closing forgets nothing
+    assert set(push.takers) == {"ag_new"}
+    push.gone("ag_new", second.send_text)
+    assert push.takers == {}
 
 
 # --- the trust agents pin ---------------------------------------------------------------
@@ -279,15 +299,17 @@ def test_fix_trust_document_and_enrolled_fix_keys(world: World) -> None:
     relay = world.relay
     doc = httpx.get(relay.url + "/agent/fix-trust", verify=relay.tls()).json()
     audit_public = keys.public_raw(keys.load_private(relay.data_dir / "audit_key.pem"))
-    verified = trust.verify(audit_public, doc)
-    assert verified is not None
-    serial, fix_keys = verified
-    assert serial >= 1 and len(fix_keys) == 1 and fix_keys[0].startswith("ssh-ed25519 ")
+    read = trustdoc.read(doc, audit_public)
+    fix_keys = list(read.fix_keys)
+    assert read.serial >= 1 and len(fix_keys) == 1 and fix_keys[0].startswith("ssh-ed25519 ")
     # tampered: another key slipped into the payload is not signed
     payload = protocol.b64d(doc["payload_b64"]).replace(b'"fix_keys":["', b'"fix_keys":["x')
-    assert trust.verify(audit_public, {**doc, "payload_b64": protocol.b64e(payload)}) is None
-    other = keys.public_raw(keys.generate())
-    assert trust.verify(other, doc) is None
+    with pytest.raises(trustdoc.TrustDocError):
+        trustdoc.read({**doc, "payload_b64": protocol.b64e(payload)}, audit_public)
+    with pytest.raises(trustdoc.TrustDocError):
+        trustdoc.read(doc, keys.public_raw(keys.generate()))
+    with pytest.raises(trustdoc.TrustDocError):  # nothing newer than what an agent holds
+        trustdoc.read(doc, audit_public, kept_serial=read.serial)
     # an agent enrolling now pins the same key from `enrolled`
     agent = AgentProcess(world.root, "pc-trust")
     assert agent.enroll(relay.token()).returncode == 0
@@ -352,6 +374,23 @@ def test_cli_import_list_show_diff_sign_revoke(world: World, tmp_path: Path) -> 
     out = tmp_path / "sig.txt"
     relay.cli("fix", "sign", "--key", str(key_file), "cli-a@2", "--out", str(out))
     assert out.read_text().startswith("-----BEGIN SSH SIGNATURE-----")
+    # a passphrase-protected key (bcrypt, pinned in the relay extra, opens it)
+    import asyncssh
+
+    protected = asyncssh.generate_private_key("ssh-ed25519", comment="protected")
+    locked = tmp_path / "locked_key"
+    locked.write_bytes(protected.export_private_key("openssh", passphrase="s3cret pass"))
+    sig_file = tmp_path / "locked.sig"
+    r = relay.cli("fix", "sign", "--key", str(locked), "--passphrase-stdin", "cli-a@1",
+                  "--out", str(sig_file), input="s3cret pass\n")
+    assert r.returncode == 0, r.stderr
+    v1 = world.alice.get("/api/v1/fixes/cli-a/1").json()["manifest"]
+    canonical = canonical_bytes(manifest_from_dict(v1))
+    public = protected.export_public_key("openssh").decode().strip()
+    assert fix_signing.signer_of(canonical, sig_file.read_text(), [public]) is not None
+    wrong = relay.cli("fix", "sign", "--key", str(locked), "--passphrase-stdin", "cli-a@1",
+                      "--out", str(tmp_path / "x.sig"), input="wrong\n", check=False)
+    assert wrong.returncode == 1 and "cannot sign" in wrong.stderr
     # a key the relay does not know is refused, and audited
     stranger = tmp_path / "stranger"
     stranger.write_bytes(fix_signing.generate_key("s")[0])
@@ -370,7 +409,7 @@ def test_cli_import_list_show_diff_sign_revoke(world: World, tmp_path: Path) -> 
 def test_cli_imports_the_shipped_library(tmp_path: Path) -> None:
     from backline.relay.cli_fix import LIBRARY
 
-    if not LIBRARY.is_dir() or not list(LIBRARY.glob("*.toml")):
+    if not LIBRARY.is_dir() or not list(LIBRARY.rglob("*.toml")):
         pytest.skip("the starter library (relay/fixes/library, fix-library's) is not here "
                     "yet")
     relay = RelayProcess(tmp_path)
@@ -452,6 +491,15 @@ def test_runs_the_relay_refuses_before_sending(world: World) -> None:
                               ).status_code == 400, body
         r = alice.post(f"/api/v1/sessions/{sid}/channels/fix", json={"fix": "nope-nope@1"})
         assert r.status_code == 404
+        # the stream socket: its first frame is the ask, checked the same way
+        for first in ("not json", b"\x00binary", json.dumps([1, 2]), "x" * 70000,
+                      json.dumps({"fix": "run-gate@1", "params": {"FOLDER": "; rm -rf /"}}),
+                      json.dumps({"fix": "run-gate@1", "extra": True})):
+            with browser_socket(relay, alice, f"/api/v1/sessions/{sid}/stream/fix") as ws:
+                ws.send(first)
+                answer = json.loads(ws.recv(timeout=20))
+                assert answer["type"] == "error", (first[:20], answer)
+                assert answer["error"] in ("bad_request", "params", "bad_field"), answer
         refusals = [e for e in events(relay, "fix.run.refused")
                     if e["details"].get("side") == "relay"]
         reasons = {e["details"]["reason"] for e in refusals}

@@ -242,11 +242,11 @@ def test_one_byte_changed_in_the_relays_database_is_refused_by_the_agent(world: 
     assert requested["digest"] == expected and requested["sent_digest"] != expected
 
 
-@pytest.mark.skipif(not protocol.takes_fix_revocations(__version__),
-                    reason=f"agents of version {__version__} are not sent fix_revocations "
-                           f"(FIX_REVOCATIONS_SINCE={protocol.FIX_REVOCATIONS_SINCE})")
 def test_a_revoked_version_stays_refused_by_the_agent_when_the_relay_forgets(world: World
                                                                                ) -> None:
+    # this release's agents are sent the list (an older agent would refuse the type)
+    assert protocol.takes_fix_revocations(__version__), (__version__,
+                                                        protocol.FIX_REVOCATIONS_SINCE)
     approved(world, manifest_toml("e2e-revoked"))
     r = world.bob.post("/api/v1/fixes/e2e-revoked/1/revoke", json={"reason": "bad"})
     assert r.status_code == 200
@@ -331,7 +331,177 @@ def test_bulk_over_a_groups_online_agents(world: World) -> None:
         assert ours[agent.agent_id]["status"] == "ended", ours[agent.agent_id]
         assert ours[agent.agent_id]["exit_status"] == 0
     actions = [e for e in audit_actions(world.relay) if e["target"] == f"fix_bulk:{bulk_id}"]
-    assert [e["action"] for e in actions] == ["fix.bulk.started", "fix.bulk.ended"]
+    assert actions[0]["action"] == "fix.bulk.started" and actions[-1]["action"] == \
+        "fix.bulk.ended"
+    per_agent = [e for e in actions if e["action"] == "fix.bulk.agent"]
+    assert sorted(e["details"]["agent"] for e in per_agent) == sorted(ours)  # one each
+    assert all(e["details"]["ok"] for e in per_agent
+               if e["details"]["agent"] in (world.agent.agent_id, world.second.agent_id))
     runs = [e for e in audit_actions(world.relay) if e["action"] == "fix.run.ended"
             and e["details"].get("bulk") == bulk_id]
     assert len(runs) == body["total"]
+
+
+def run_rest(world: World, body: dict[str, Any]) -> dict[str, Any]:
+    session = open_session(world.alice, world.agent.agent_id, reason="hostile test")
+    try:
+        r = world.alice.post(f"/api/v1/sessions/{session['id']}/channels/fix", json=body)
+    finally:
+        world.alice.request("DELETE", f"/api/v1/sessions/{session['id']}")
+    assert r.status_code == 200, r.text
+    result: dict[str, Any] = r.json()
+    return result
+
+
+def refused_by_agent(world: World, result: dict[str, Any]) -> str:
+    refusal = next(x for x in result["output"] if x["type"] == "refused")
+    assert not any(x["type"] == "start" for x in result["output"])
+    t = trail(world.relay, result["run_id"])
+    assert t["fix.run.refused"][0]["details"]["side"] == "agent"
+    assert t["fix.run.refused"][0]["details"]["reason"] == refusal["reason"]
+    return str(refusal["reason"])
+
+
+def forge_approval(world: World, fix_id: str, version: int, signature: str) -> None:
+    """What a compromised relay database can do: say a version is approved."""
+    db = sqlite3.connect(world.relay.data_dir / "relay.db")
+    try:
+        (dig,) = db.execute("SELECT digest FROM fix_versions WHERE fix_id=? AND version=?",
+                            (fix_id, version)).fetchone()
+        db.execute("INSERT INTO fix_signatures (fix_id, version, digest, kind, approver, key, "
+                   "signature, at) VALUES (?, ?, ?, 'relay', 'mallory', 'SHA256:forged', ?, 0)",
+                   (fix_id, version, dig, signature))
+        db.commit()
+    finally:
+        db.close()
+
+
+def test_an_approval_replayed_onto_another_version_is_refused_by_the_agent(world: World
+                                                                           ) -> None:
+    approved(world, manifest_toml("e2e-replay", 1, "echo one"))
+    good = world.alice.get("/api/v1/fixes/e2e-replay/1").json()["signatures"][0]
+    r = world.alice.post("/api/v1/fixes", json={"manifest_toml": manifest_toml(
+        "e2e-replay", 2, "echo two")})
+    assert r.status_code == 201
+    forge_approval(world, "e2e-replay", 2, good)
+    assert refused_by_agent(world, run_rest(world, {"fix": "e2e-replay@2"})) in (
+        "bad_signature", "digest_mismatch")
+
+
+def test_a_signature_by_a_key_the_agent_did_not_pin_is_refused(world: World) -> None:
+    from backline.common.fixes import signing as fix_signing
+    from backline.common.fixes.manifest import canonical_bytes
+
+    text = manifest_toml("e2e-unpinned")
+    assert world.alice.post("/api/v1/fixes", json={"manifest_toml": text}).status_code == 201
+    private, _ = fix_signing.generate_key("mallory")
+    forge_approval(world, "e2e-unpinned", 1,
+                   fix_signing.sign(canonical_bytes(parse_manifest(text)), private))
+    assert refused_by_agent(world, run_rest(world, {"fix": "e2e-unpinned@1"})) == \
+        "unpinned_key"
+
+
+def test_a_fix_for_another_platform_is_refused_by_the_agent(world: World) -> None:
+    approved(world, manifest_toml("e2e-windows", platforms=("windows",)))
+    assert refused_by_agent(world, run_rest(world, {"fix": "e2e-windows@1"})) == "platform"
+
+
+def test_hostile_parameters_reach_the_script_inert(world: World, tmp_path: Path) -> None:
+    marker = tmp_path / "X"
+    text = manifest_toml("e2e-echo", script='printf "%s\\n" "$BACKLINE_PARAM_TEXT"\n',
+                         extra='\n[parameters.TEXT]\ntype = "string"\nrequired = true\n'
+                               'description = "any text"\nmax_length = 200\n')
+    approved(world, text)
+    for value in (f"; touch {marker}", f"$(touch {marker})", f"`touch {marker}`",
+                  f"' ; touch {marker}; '", f"\" && touch {marker} && \""):
+        result = run_rest(world, {"fix": "e2e-echo@1", "params": {"TEXT": value}})
+        assert result["status"] == "ended" and result["exit_status"] == 0, result
+        out = world.alice.get(f"/api/v1/fix-runs/{result['run_id']}/output").content
+        assert out == value.encode() + b"\n"
+        assert not marker.exists()
+    # newlines, NUL, over-long values never reach the agent: the schema refuses them
+    session = open_session(world.alice, world.agent.agent_id, reason="hostile test")
+    try:
+        for value in ("two\nlines", "nul\x00", "x" * 201):
+            r = world.alice.post(f"/api/v1/sessions/{session['id']}/channels/fix",
+                                 json={"fix": "e2e-echo@1", "params": {"TEXT": value}})
+            assert r.status_code == 400, value
+    finally:
+        world.alice.request("DELETE", f"/api/v1/sessions/{session['id']}")
+
+
+def rss_kib(pid: int) -> int:
+    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if row.startswith("VmRSS:"):
+            return int(row.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_gigabyte_of_output_is_cut_at_the_cap_and_the_relay_stays_small(world: World
+                                                                          ) -> None:
+    import threading
+
+    approved(world, manifest_toml("e2e-flood", script="head -c 1073741824 /dev/zero\n"
+                                                      "echo after\n"))
+    assert world.relay.proc is not None
+    pid = world.relay.proc.pid
+    before = rss_kib(pid)
+    peak = [before]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            peak[0] = max(peak[0], rss_kib(pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = run_rest(world, {"fix": "e2e-flood@1"})
+    finally:
+        stop.set()
+        sampler.join()
+    cap = 16 * 1024 * 1024
+    end = next(x for x in result["output"] if x["type"] == "end")
+    assert any(x["type"] == "cut" for x in result["output"])
+    assert end["kept_bytes"] == cap and end["output_bytes"] == 2**30 + len("after\n")
+    assert result["output_ok"] is True and result["bytes"] == cap
+    record = world.alice.get(f"/api/v1/fix-runs/{result['run_id']}").json()
+    assert record["kept_bytes"] == cap
+    grew_mib = (peak[0] - before) / 1024
+    print(f"relay RSS {before / 1024:.1f} MiB before, peak {peak[0] / 1024:.1f} MiB "
+          f"(+{grew_mib:.1f} MiB) while 1 GiB was cut at {cap >> 20} MiB")
+    assert grew_mib < 64, grew_mib
+
+
+def test_an_agent_enrolled_without_fix_keys_learns_them_from_fix_trust(world: World) -> None:
+    """An agent enrolled before the relay had a fix key (its enrollment has none) learns
+    it from the signed GET /agent/fix-trust, and then runs an approved fix."""
+    relay = world.relay
+    agent = AgentProcess(world.root, "pc-old")
+    assert agent.enroll(relay.token()).returncode == 0
+    path = agent.state_dir / "enrollment.json"
+    enrolled = json.loads(path.read_text())
+    pinned = enrolled["fix_keys"]
+    assert pinned
+    enrolled["fix_keys"] = []
+    enrolled.pop("fix_keys_serial", None)
+    path.write_text(json.dumps(enrolled))
+    (agent.state_dir / "policy.toml").write_text(POLICY)
+    agent.start()
+    try:
+        wait_for(lambda: json.loads(path.read_text()).get("fix_keys") == pinned, 30,
+                 "the agent to learn the fix keys from /agent/fix-trust")
+        assert json.loads(path.read_text()).get("fix_keys_serial", 1) >= 1
+        approved(world, manifest_toml("e2e-learned", script="echo learned"))
+        wait_for(lambda: world.admin.get(f"/api/v1/agents/{agent.agent_id}").json()[
+            "online"], 20, "pc-old online")
+        session = open_session(world.alice, agent.agent_id, reason="trust test")
+        try:
+            r = world.alice.post(f"/api/v1/sessions/{session['id']}/channels/fix",
+                                 json={"fix": "e2e-learned@1"})
+        finally:
+            world.alice.request("DELETE", f"/api/v1/sessions/{session['id']}")
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "ended" and r.json()["exit_status"] == 0, r.json()
+    finally:
+        agent.stop()

@@ -213,8 +213,10 @@ def test_capability_denied_by_policy_is_refused_and_audited_on_both_sides(world:
     try:
         r = admin.post(f"/api/v1/sessions/{session['id']}/channels/diagnostics")
         assert r.status_code == 403 and r.json()["error"] == "refused_by_agent"
-        # fix is "ask", and a background agent without a display has nobody to ask.
-        r = admin.post(f"/api/v1/sessions/{session['id']}/channels/fix")
+        # cobrowse is "ask", and a background agent without a display has nobody to ask.
+        # (fix is "ask" too, but its room checks the request before any channel opens:
+        # tests/integration/test_fix_relay.py.)
+        r = admin.post(f"/api/v1/sessions/{session['id']}/channels/cobrowse")
         assert r.status_code == 403, r.text
         r = admin.post(f"/api/v1/sessions/{session['id']}/channels/sftp")
         assert r.status_code == 403 and r.json()["error"] == "not_in_session"
@@ -224,12 +226,12 @@ def test_capability_denied_by_policy_is_refused_and_audited_on_both_sides(world:
         admin.request("DELETE", f"/api/v1/sessions/{session['id']}")
     refused = events(relay, "session.channel.refused", session["id"])
     assert [(e["details"]["capability"], e["details"]["reason"]) for e in refused] == [
-        ("diagnostics", "refused_by_agent"), ("fix", "refused_by_agent"),
+        ("diagnostics", "refused_by_agent"), ("cobrowse", "refused_by_agent"),
         ("sftp", "not_in_session")]
     local = [e for e in activity(agent) if e.get("session_id") == session["id"]
              and e["event"] == "channel.refused"]
     assert [(e["capability"], e["reason"]) for e in local] == [
-        ("diagnostics", "policy_deny"), ("fix", "unknown")]
+        ("diagnostics", "policy_deny"), ("cobrowse", "unknown")]
 
 
 def test_who_may_open_see_use_and_close(world: World) -> None:

@@ -274,3 +274,29 @@ async def test_interleaved_streams_hash_in_the_order_the_events_carry_them() -> 
     assert {e["fd"] for e in events.all if e["type"] == "output"} == {1, 2}
     assert hashlib.sha256(carried).hexdigest() == result.output_sha256
     assert result.output_bytes > result.kept_bytes and events.one("cut")
+
+
+@run_async
+async def test_a_run_whose_task_is_cancelled_leaves_no_process() -> None:
+    pids: list[int] = []
+
+    async def on_event(event: dict[str, Any]) -> None:
+        if event["type"] == "start":
+            pids.append(event["pid"])
+        if event["type"] == "output":
+            pids.extend(int(p) for p in base64.b64decode(event["b64"]).split())
+
+    task = asyncio.ensure_future(run_fix(manifest(
+        "sleep 1000 &\necho $!\nsleep 1000\n", timeout_s=600), {}, 1 << 20, on_event))
+    for _ in range(100):
+        if len(pids) == 2:
+            break
+        await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        if not any(alive(p) for p in pids):
+            break
+        await asyncio.sleep(0.02)
+    assert len(pids) == 2 and not any(alive(p) for p in pids)

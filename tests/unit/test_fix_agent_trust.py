@@ -139,17 +139,16 @@ def test_the_signed_fix_trust_document_is_adopted_only_when_newer(tmp_path: Path
     e = state.load_enrollment()
     answer = trust.sign(audit, 3, [relay.public])
     assert trust.verify_document(answer, trust.audit_key(e)) == (3, [relay.public])
-    # URL-safe unpadded base64 is read too
-    urlsafe = {k: base64.urlsafe_b64encode(base64.b64decode(v)).decode().rstrip("=")
-               for k, v in answer.items()}
-    assert trust.verify_document(urlsafe, trust.audit_key(e)) == (3, [relay.public])
+    # standard padded base64 is read too (the relay serves unpadded base64url)
+    standard = {k: base64.b64encode(protocol.b64d(v)).decode() for k, v in answer.items()}
+    assert trust.verify_document(standard, trust.audit_key(e)) == (3, [relay.public])
     other_audit = keys.generate()
     forged = trust.sign(other_audit, 9, [rotated.public])
     with pytest.raises(trust.FixTrustError, match="audit key"):
         trust.verify_document(forged, trust.audit_key(e))
     tampered = dict(answer)
-    data = base64.b64decode(answer["payload_b64"]).replace(b'"serial":3', b'"serial":4')
-    tampered["payload_b64"] = base64.b64encode(data).decode()
+    data = protocol.b64d(answer["payload_b64"]).replace(b'"serial":3', b'"serial":4')
+    tampered["payload_b64"] = protocol.b64e(data)
     with pytest.raises(trust.FixTrustError):
         trust.verify_document(tampered, trust.audit_key(e))
     with pytest.raises(trust.FixTrustError):
@@ -289,7 +288,10 @@ def test_the_question_names_who_what_risk_parameters_and_why() -> None:
 
 def test_the_control_message_is_bounded_and_handled_without_ending_the_socket(tmp_path: Path
                                                                                ) -> None:
+    import asyncio
+
     from backline.agent import control
+    from backline.agent.activity import ActivityLog
 
     relay = Signer()
     state = enrolled(tmp_path, [relay.public])
@@ -297,7 +299,6 @@ def test_the_control_message_is_bounded_and_handled_without_ending_the_socket(tm
     body = relay.revocations(1, m)
     frame = protocol.encode("fix_revocations", **body)
     msg = protocol.parse_relay_message(frame)
-    from backline.agent.activity import ActivityLog
 
     class Runner:
         enrollment = state.load_enrollment()
@@ -306,16 +307,59 @@ def test_the_control_message_is_bounded_and_handled_without_ending_the_socket(tm
     def events() -> list[str]:
         return [e["event"] for e in Runner.log.read()]
 
-    control._fix_revocations(state, Runner.enrollment, msg, Runner())  # type: ignore[arg-type]
+    async def push(message: dict[str, Any]) -> None:
+        control._fix_revocations(state, Runner.enrollment, message,
+                                 Runner())  # type: ignore[arg-type]
+        await asyncio.gather(*revocations._tasks)
+
+    asyncio.run(push(msg))
     assert events() == ["fix.revocations.adopted"]
     assert refused(state, m, [relay.sign(m)]) == "revoked"
-    control._fix_revocations(state, Runner.enrollment, {"list_b64": "x", "signature": 5},
-                             Runner())  # type: ignore[arg-type]
+    asyncio.run(push(msg))  # pushed again at the next connection: nothing to do
+    assert events() == ["fix.revocations.adopted"]
+    asyncio.run(push({"list_b64": "x", "signature": 5}))
     assert events()[-1] == "fix.revocations.refused"
     for bad in ({**body, "extra": 1}, {"list_b64": "x" * (57 * 1024), "signature": "s"},
                 {"list_b64": "x"}):
         with pytest.raises(protocol.ProtocolError):
             protocol.decode(json.dumps({"v": 1, "type": "fix_revocations", **bad}))
+
+
+def test_the_running_agent_checks_fix_documents_in_a_child(tmp_path: Path) -> None:
+    """trust.sync and a revocation push, as ``backline-agent run`` does them, leave no
+    SSH-signature machinery (asyncssh, common/fixes) in the agent's own process."""
+    import subprocess
+    import sys
+
+    audit = keys.generate()
+    relay = Signer()
+    state = enrolled(tmp_path, [], audit)
+    answer = trust.sign(audit, 1, [relay.public])
+    push = relay.revocations(1, fix())
+    probe = f"""
+import asyncio, json, sys
+from pathlib import Path
+from backline.agent.fixes import revocations, trust
+from backline.agent.state import StateDir
+state = StateDir(Path({str(state.root)!r}))
+async def fake_fetch(url, t):
+    return json.loads({json.dumps(answer)!r})
+trust.fetch = fake_fetch
+async def main():
+    e = await trust.sync(state, state.load_enrollment())
+    revocations.schedule(state.root, json.loads({json.dumps(push)!r}), tuple(e.fix_keys))
+    await asyncio.gather(*revocations._tasks)
+    return e
+e = asyncio.run(main())
+print(json.dumps({{"keys": e.fix_keys, "kept": revocations.kept_serial(state.root),
+                  "loaded": sorted(m for m in sys.modules
+                                   if m == "asyncssh" or m.startswith("backline.common.fixes"))}}))
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result == {"keys": [relay.public], "kept": 1, "loaded": []}
 
 
 def test_a_stale_list_pushed_at_each_reconnection_loads_no_signature_machinery(

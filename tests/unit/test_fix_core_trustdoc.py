@@ -24,7 +24,7 @@ def test_round_trip_and_serial() -> None:
     doc = td.document(AUDIT, 3, [FIX1, FIX2])
     got = td.read(json.loads(json.dumps(doc)), AUDIT_PUB, kept_serial=2)
     assert got.serial == 3
-    assert got.fix_keys == tuple(" ".join(k.split()[:2]) for k in (FIX1, FIX2))
+    assert got.fix_keys == (FIX1, FIX2)
     with pytest.raises(td.TrustDocError, match="replay"):
         td.read(doc, AUDIT_PUB, kept_serial=3)
 
@@ -60,8 +60,10 @@ def test_tampered_and_malformed() -> None:
 
 @pytest.mark.parametrize(("serial", "lines"), [
     (0, [FIX1]), (2**53, [FIX1]), (True, [FIX1]), (1, []), (1, [FIX1] * 2),
+    (1, [FIX1, FIX1 + " same key"]),
     (1, ["not a key"]), (1, [FIX1] + [generate_key()[1] for _ in range(8)]), (1, FIX1),
-])
+], ids=["serial-0", "serial-too-big", "serial-bool", "no-keys", "duplicate", "same-key-renamed",
+        "not-a-key", "too-many", "a-bare-string"])
 def test_payload_bounds(serial: int, lines: list[str]) -> None:
     with pytest.raises(td.TrustDocError):
         td.payload(AUDIT_PUB, serial, lines)

@@ -124,10 +124,9 @@ def test_an_agent_refusal_is_audited_with_its_reason(relay: FakeRelay) -> None:
     assert follower.finish(77)["status"] == "refused"
 
 
-def test_kept_output_is_bounded_by_the_cap(relay: FakeRelay, monkeypatch: pytest.MonkeyPatch
-                                           ) -> None:
-    monkeypatch.setattr(room, "DEFAULT_MAX_OUTPUT", 10)
+def test_kept_output_is_bounded_by_the_cap(relay: FakeRelay) -> None:
     run = make_run(relay)
+    run.max_output = 10
     follower = room.Follower(relay, run, keep_lines=False)
     for _ in range(5):
         follower.line(line(type="output", fd=1, b64=base64.b64encode(b"abcd").decode()))

@@ -23,6 +23,10 @@ case "$manager" in
         has "$(tool_of "$manager")" || { echo "$manager is not installed here" >&2; exit 69; } ;;
     *) echo "refused: MANAGER must be auto, apt, dnf, yum, zypper, pacman or apk" >&2; exit 64 ;;
 esac
+if [ "$(id -u)" -ne 0 ]; then
+    echo "needs root: this fix changes system state and runs as $(id -un 2>/dev/null || id -u)" >&2
+    exit 77
+fi
 cache="$(cache_of "$manager")"
 size() { du -sh -- "$cache" 2>/dev/null | cut -f1; }
 echo "$manager cache $cache before: $(size)"

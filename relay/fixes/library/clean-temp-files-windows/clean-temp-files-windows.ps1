@@ -1,9 +1,12 @@
 # Delete old files from the Windows temporary folder, without following reparse points.
 $age = 0
 if (-not [int]::TryParse([string]$env:BACKLINE_PARAM_AGE_DAYS, [ref]$age) -or $age -lt 1 -or $age -gt 3650) {
-    Write-Error 'refused: AGE_DAYS is 1..3650'; exit 64
+    [Console]::Error.WriteLine('refused: AGE_DAYS is 1..3650'); exit 64
 }
-$root = Join-Path $env:SystemRoot 'Temp'
+# from the OS, not from %SystemRoot%: a fix's environment holds only the contract's variables
+$windows = [Environment]::GetFolderPath('Windows')
+if (-not $windows -or -not [IO.Path]::IsPathRooted($windows)) { [Console]::Error.WriteLine('cannot find the Windows folder'); exit 1 }
+$root = Join-Path $windows 'Temp'
 $cutoff = (Get-Date).AddDays(-$age)
 $deleted = 0; $bytes = 0; $skipped = 0
 function Clean([string]$dir) {

@@ -21,8 +21,8 @@ minutes=$((age * 1440))
 # -mmin +N: modified more than N minutes ago. -xdev: this file system only.
 select_old() {
     find "$real" -xdev -mindepth 1 \
-        ! -path "$real/systemd-private-*" ! -path "$real/.*-unix" ! -path "$real/.*-unix/*" \
-        \( -type f -o -type l \) -mmin +"$minutes" "$@"
+        ! -path "$real/systemd-private-*" ! -path "$real/.*-unix" ! -path "$real/.*-unix/*" ! -name '.X*-lock' \
+        \( -type f -o -type l \) -mmin +"$minutes" -amin +"$minutes" "$@"
 }
 summary="$(select_old -printf '%s\n' 2>/dev/null | awk '{n++; s+=$1} END {printf "%d %d", n, s}')"
 count="${summary% *}"; bytes="${summary#* }"

@@ -10,8 +10,8 @@ case "$real/" in
     *) echo "$real is not an allowed folder"; exit 1 ;;
 esac
 left="$(find "$real" -xdev -mindepth 1 \
-    ! -path "$real/systemd-private-*" ! -path "$real/.*-unix" ! -path "$real/.*-unix/*" \
-    \( -type f -o -type l \) -mmin +"$((age * 1440))" -print 2>/dev/null | head -n 1)"
+    ! -path "$real/systemd-private-*" ! -path "$real/.*-unix" ! -path "$real/.*-unix/*" ! -name '.X*-lock' \
+    \( -type f -o -type l \) -mmin +"$((age * 1440))" -amin +"$((age * 1440))" -print 2>/dev/null | head -n 1)"
 if [ -n "$left" ]; then echo "old files remain, e.g. $left"; exit 1; fi
 echo "no file older than $age days left in $real"
 exit 0

@@ -1,6 +1,10 @@
 #!/bin/sh
 # Remove the proxy variables from /etc/environment (commenting out what we did not write).
 set -u
+if [ "$(id -u)" -ne 0 ]; then
+    echo "needs root: this fix changes system state and runs as $(id -un 2>/dev/null || id -u)" >&2
+    exit 77
+fi
 target=/etc/environment
 if [ ! -f "$target" ]; then echo "$target does not exist: no proxy set there"; exit 0; fi
 begin='# BEGIN backline proxy (set-proxy fix; remove with clear-proxy-settings)'

@@ -5,6 +5,6 @@ try {
     Write-Output 'DNS client cache flushed'
     exit 0
 } catch {
-    Write-Error "could not flush the DNS cache: $($_.Exception.Message)"
+    [Console]::Error.WriteLine("could not flush the DNS cache: $($_.Exception.Message)")
     exit 1
 }

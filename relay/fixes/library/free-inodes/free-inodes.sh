@@ -25,12 +25,12 @@ echo "inode use before:"
 df -i -- "$real" | tail -n 1
 echo "sub-folders of $real holding the most files:"
 find "$real" -xdev -mindepth 1 -type f -printf '%h\n' 2>/dev/null | sort | uniq -c | sort -rn | head -n 10
-count="$(find "$real" -xdev -mindepth 1 \( -type f -o -type l \) -mmin +"$minutes" -print 2>/dev/null | wc -l)"
+count="$(find "$real" -xdev -mindepth 1 \( -type f -o -type l \) -mmin +"$minutes" -amin +"$minutes" -print 2>/dev/null | wc -l)"
 echo "deleting $count files not modified for $hours hours"
 status=0
-find "$real" -xdev -mindepth 1 \( -type f -o -type l \) -mmin +"$minutes" -delete || status=1
+find "$real" -xdev -mindepth 1 \( -type f -o -type l \) -mmin +"$minutes" -amin +"$minutes" -delete || status=1
 echo "inode use after:"
 df -i -- "$real" | tail -n 1
-left="$(find "$real" -xdev -mindepth 1 \( -type f -o -type l \) -mmin +"$minutes" -print 2>/dev/null | head -n 1)"
+left="$(find "$real" -xdev -mindepth 1 \( -type f -o -type l \) -mmin +"$minutes" -amin +"$minutes" -print 2>/dev/null | head -n 1)"
 if [ -n "$left" ]; then echo "could not delete every old file, e.g. $left" >&2; status=1; fi
 exit "$status"

@@ -11,7 +11,7 @@ for root in /tmp /var/tmp /var/cache /var/lib/php/sessions; do
     case "$real/" in "$root_real"/*) allowed=yes ;; esac
 done
 [ "$allowed" = yes ] || { echo "$real is not an allowed folder"; exit 1; }
-left="$(find "$real" -xdev -mindepth 1 \( -type f -o -type l \) -mmin +"$((hours * 60))" -print 2>/dev/null | head -n 1)"
+left="$(find "$real" -xdev -mindepth 1 \( -type f -o -type l \) -mmin +"$((hours * 60))" -amin +"$((hours * 60))" -print 2>/dev/null | head -n 1)"
 df -i -- "$real" | tail -n 1
 if [ -n "$left" ]; then echo "old files remain, e.g. $left"; exit 1; fi
 echo "no file older than $hours hours left in $real"

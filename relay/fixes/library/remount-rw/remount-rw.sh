@@ -17,6 +17,10 @@ esac
 case ",$options," in
     *,rw,*) echo "$mp ($fstype) is already read-write"; exit 0 ;;
 esac
+if [ "$(id -u)" -ne 0 ]; then
+    echo "needs root: this fix changes system state and runs as $(id -un 2>/dev/null || id -u)" >&2
+    exit 77
+fi
 if [ -r /dev/kmsg ] && command -v dmesg >/dev/null 2>&1; then
     dmesg 2>/dev/null | grep -i 'remounting filesystem read-only' | tail -n 3 | sed 's/^/kernel: /'
 fi

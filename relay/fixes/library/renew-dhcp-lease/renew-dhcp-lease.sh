@@ -9,6 +9,10 @@ fi
 if [ "$iface" = lo ] || [ "$(cat "/sys/class/net/$iface/type" 2>/dev/null)" = 772 ]; then
     echo "refused: $iface is the loopback interface, it has no DHCP lease" >&2; exit 64
 fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "needs root: this fix changes system state and runs as $(id -un 2>/dev/null || id -u)" >&2
+    exit 77
+fi
 has() { command -v "$1" >/dev/null 2>&1; }
 runs() {
     for comm in /proc/[0-9]*/comm; do
@@ -34,9 +38,13 @@ if has dhcpcd && runs dhcpcd; then
     echo "dhcpcd -n $iface failed" >&2; exit 1
 fi
 if has dhclient; then
+    # Release and request run in a session of their own: a cancel, or the support
+    # session dropping when the lease is released, ends this script's session, and
+    # must not leave the interface between the two without any lease.
     echo "dhclient: releasing and requesting a lease on $iface"
-    dhclient -r "$iface" 2>/dev/null
-    dhclient -1 "$iface" && exit 0
+    setsid sh -c 'dhclient -r "$1" 2>/dev/null; exec dhclient -1 "$1"' sh "$iface" \
+        </dev/null &
+    if wait "$!"; then exit 0; fi
     echo "dhclient could not get a lease on $iface" >&2; exit 1
 fi
 if has udhcpc; then

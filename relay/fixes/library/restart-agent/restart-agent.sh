@@ -13,6 +13,10 @@ if [ ! -d /run/systemd/system ] || ! command -v systemctl >/dev/null 2>&1; then
     echo "restart the agent the way it was started" >&2
     exit 69
 fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "needs root: this fix changes system state and runs as $(id -un 2>/dev/null || id -u)" >&2
+    exit 77
+fi
 state="$(systemctl show -p LoadState --value -- "$unit" 2>/dev/null)"
 if [ "$state" != loaded ]; then echo "no such unit: $unit (LoadState: ${state:-unknown})" >&2; exit 66; fi
 echo "queueing a restart of $unit; the agent reconnects in a few seconds"

@@ -16,6 +16,10 @@ case "$base" in
         echo "refused: use the restart-agent fix for the agent itself" >&2; exit 64 ;;
 esac
 
+if [ "$(id -u)" -ne 0 ]; then
+    echo "needs root: this fix changes system state and runs as $(id -un 2>/dev/null || id -u)" >&2
+    exit 77
+fi
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
     case "$service" in *.*) unit="$service" ;; *) unit="$service.service" ;; esac
     state="$(systemctl show -p LoadState --value -- "$unit" 2>/dev/null)"

@@ -17,6 +17,10 @@ for s in $servers; do
 done
 if [ "$n" -lt 1 ] || [ "$n" -gt 3 ]; then echo "refused: give one to three servers" >&2; exit 64; fi
 
+if [ "$(id -u)" -ne 0 ]; then
+    echo "needs root: this fix changes system state and runs as $(id -un 2>/dev/null || id -u)" >&2
+    exit 77
+fi
 conf=/etc/resolv.conf
 link="$(readlink -- "$conf" 2>/dev/null || true)"
 case "$link" in
@@ -43,7 +47,8 @@ trap 'rm -f "$new"' EXIT
     [ -f "$conf" ] && grep -E '^[[:space:]]*(search|domain|options)[[:space:]]' "$conf"
 } > "$new"
 chmod 644 "$new"
-[ -f "$conf" ] && cp -p -- "$conf" "$conf.backline-old"
+# the file as it was before the first run is kept (a second run keeps that one)
+if [ -f "$conf" ] && [ ! -e "$conf.backline-old" ]; then cp -p -- "$conf" "$conf.backline-old"; fi
 # replace atomically; a resolv.conf bind-mounted by a container runtime can only be rewritten
 if ! mv -f -- "$new" "$conf" 2>/dev/null; then
     cat -- "$new" > "$conf" || { echo "could not write $conf" >&2; exit 1; }

@@ -12,6 +12,10 @@ esac
 case "$url" in *[!A-Za-z0-9.:/-]*) echo "refused: PROXY_URL holds characters a proxy URL does not need" >&2; exit 64 ;; esac
 case "$no_proxy" in ""|*[!A-Za-z0-9.*:/_,-]*) echo "refused: NO_PROXY holds unexpected characters" >&2; exit 64 ;; esac
 
+if [ "$(id -u)" -ne 0 ]; then
+    echo "needs root: this fix changes system state and runs as $(id -un 2>/dev/null || id -u)" >&2
+    exit 77
+fi
 target=/etc/environment
 begin='# BEGIN backline proxy (set-proxy fix; remove with clear-proxy-settings)'
 end='# END backline proxy'

@@ -3,6 +3,10 @@
 set -u
 server="${BACKLINE_PARAM_SERVER:-pool.ntp.org}"
 case "$server" in ""|-*|*[!A-Za-z0-9.:-]*) echo "refused: SERVER must be a host name or address" >&2; exit 64 ;; esac
+if [ "$(id -u)" -ne 0 ]; then
+    echo "needs root: this fix changes system state and runs as $(id -un 2>/dev/null || id -u)" >&2
+    exit 77
+fi
 has() { command -v "$1" >/dev/null 2>&1; }
 if has chronyc && chronyc -n tracking >/dev/null 2>&1; then
     echo "chrony runs: asking for a burst of measurements, then stepping the clock"

@@ -10,6 +10,10 @@ fi
 if [ ! -d /var/log/journal ] && [ ! -d /run/log/journal ]; then
     echo "no journal folder (/var/log/journal, /run/log/journal): journald never ran here" >&2; exit 69
 fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "needs root: this fix changes system state and runs as $(id -un 2>/dev/null || id -u)" >&2
+    exit 77
+fi
 archived() {
     find /var/log/journal /run/log/journal \( -name '*@*.journal' -o -name '*.journal~' \) \
         -type f -printf '%s\n' 2>/dev/null | awk '{s+=$1} END {printf "%d", s/1048576}'
