@@ -11,6 +11,7 @@ export function words(err) {
   if (err?.status === 0) return detail;
   if (code === "immutable") return `This version already exists and cannot change: give it a new version number. (${detail})`;
   if (code === "self_approval") return "You submitted this version: a different person must approve it (four eyes).";
+  if (code === "digest_mismatch") return `This version is no longer the one you reviewed (its digest differs): reload it and review it again. (${detail})`;
   if (code === "forbidden") return `Your role may not do this: ${detail}`;
   if (code === "not_found") return `Not found: ${detail}`;
   return detail || `The relay refused (${err?.status ?? "?"}).`;
