@@ -123,15 +123,23 @@ def one_run(relay: RelayProcess, api: Api, session_id: str, fix: str) -> tuple[f
     return first, end
 
 
-def start_agents(relay: RelayProcess, admin: Api, root: Path, n: int, group: str
-                 ) -> list[AgentProcess]:
-    token = relay.token("--group", group, "--uses", str(n))
+def start_agents(relay: RelayProcess, admin: Api, root: Path, n: int, group: str,
+                 retried: list[str]) -> list[AgentProcess]:
+    token = relay.token("--group", group, "--uses", str(2 * n))
     agents = [AgentProcess(root, f"bulk-{i:03d}") for i in range(n)]
 
     def enroll(a: AgentProcess) -> None:
-        r = a.enroll(token)
-        if r.returncode != 0:
-            raise SystemExit(f"enrolling {a.name} failed: {r.stderr[-300:]}")
+        # Enrolling is not what is measured: one that fails is said and tried once more
+        # (one of 100 failed once, with nothing on stderr, in a run at 15:15 UTC).
+        for attempt in (1, 2):
+            r = a.enroll(token)
+            if r.returncode == 0:
+                break
+            print(f"enrolling {a.name} failed (try {attempt}, exit {r.returncode}): "
+                  f"{(r.stdout + r.stderr)[-300:]!r}", flush=True)
+            retried.append(a.name)
+        else:
+            raise SystemExit(f"enrolling {a.name} failed twice")
         (a.state_dir / "policy.toml").write_text(POLICY)
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -191,7 +199,8 @@ def main() -> None:
 
         check(api.post("/api/v1/groups", json={"name": "bench-bulk"}), 201, "making the group")
         print(f"bulk: starting {args.agents} agent processes ...", flush=True)
-        bulk_agents = start_agents(relay, api, root, args.agents, "bench-bulk")
+        retried: list[str] = []
+        bulk_agents = start_agents(relay, api, root, args.agents, "bench-bulk", retried)
         ids = {a.agent_id for a in bulk_agents}
         wait_for(lambda: ids <= online(api), 180, f"all {args.agents} agents online")
         rss = [rss_mib(a.proc.pid) for a in bulk_agents if a.proc is not None]
@@ -219,7 +228,8 @@ def main() -> None:
         result.update({"bulk_agents": args.agents, "bulk_s": round(bulk_s, 2),
                        "bulk_concurrency": args.concurrency, "bulk_status": state["status"],
                        "bulk_results_by_status": by_status,
-                       "agent_rss_mib_median": round(statistics.median(rss), 1)})
+                       "agent_rss_mib_median": round(statistics.median(rss), 1),
+                       "enrollments_retried": len(retried)})
         api.close()
     finally:
         for a in bulk_agents:
