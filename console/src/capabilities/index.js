@@ -3,6 +3,7 @@
 
 import "./info.js";
 import "./diagnostics.js";
+import "./fix.js";
 import "./shell/panel.js";
 import "./cobrowse.js";
 
