@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backline.common.fixes import patterns
 from backline.common.fixes.params import ParamError, check_value
 
 CONTEXT = b"backline fix manifest v1\n"
@@ -378,10 +379,10 @@ def _param(name: object, spec: object) -> Parameter:
             pattern = _text(f"{field}.pattern", spec["pattern"], 1, MAX_PATTERN,
                             multiline=False)
             try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise _fail(f"{field}.pattern", f"is not a valid regular expression: {exc}"
-                            ) from None
+                patterns.compile_pattern(pattern)  # RE2: linear time (common/fixes/patterns.py)
+            except patterns.PatternError as exc:
+                raise _fail(f"{field}.pattern", f"is not a valid regular expression of the "
+                                                f"supported (RE2) syntax: {exc}") from None
     elif ptype == "integer":
         only(("pattern", "min_length", "max_length"), "string")
         if spec.get("min") is not None:
