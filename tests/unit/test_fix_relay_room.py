@@ -264,12 +264,13 @@ class SilentProc:
         self.stdout = SimpleNamespace(readline=self.readline)
 
     async def readline(self) -> bytes:
+        while not self.lines and not self.closed.is_set():  # noqa: ASYNC110 (a fake pipe)
+            await asyncio.sleep(0.01)
         if self.lines:
             got = self.lines.pop(0)
             if not got:
                 self.closed.set()  # EOF: the agent closed its side
             return got
-        await self.closed.wait()
         return b""
 
     def close(self) -> None:
