@@ -466,8 +466,13 @@ event("fix.revoked", FIXES, "a version was revoked (never lifted); the signed li
       "to the agents that take it", FIX, DIGEST,
       need("serial", int, "the revocation list's new serial"),
       need("why", str, "the reason given"),
-      need("agents_sent", int, "online agents the new list was sent to"), *FIX_WHERE)
-event("fix.revoke.refused", FIXES, "a revocation was refused (revoked already)", FIX,
+      need("agents_sent", int, "online agents the new list (or its announcement) was sent "
+                               "to"),
+      may("delivery", str, "`control`: the list rode in the control message; `fetch`: it "
+                           "is too long for one frame, so the message announced it and "
+                           "agents fetch it from `GET /agent/fix-revocations`"), *FIX_WHERE)
+event("fix.revoke.refused", FIXES, "a revocation was refused (`already_revoked`; "
+      "`too_many`: the list holds as many entries as agents accept)", FIX,
       *FIX_REFUSAL)
 event("fix.run.requested", FIXES, "a technician asked for a fix to run on an agent (the "
       "request was sent to it)", SESSION, *RUN_FIELDS, need("fix", str, "`ID@VERSION`"),

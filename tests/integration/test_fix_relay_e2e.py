@@ -65,6 +65,13 @@ STAGED = "[thresholds]\ndisk_used_pct = 1\ndisk_critical_pct = 100\n"
 
 
 @dataclass
+
+def approve(client: Any, fix_id: str, version: object) -> Any:
+    """Approve the version as shown: the body names the digest GET /fixes/{id}/{v} gave."""
+    shown = client.get(f"/api/v1/fixes/{fix_id}/{version}").json()
+    return client.post(f"/api/v1/fixes/{fix_id}/{version}/approve",
+                       json={"digest": shown.get("digest")})
+
 class World:
     root: Path
     relay: RelayProcess
@@ -103,7 +110,7 @@ def approved(world: World, text: str) -> str:
     r = world.alice.post("/api/v1/fixes", json={"manifest_toml": text})
     assert r.status_code == 201, r.text
     m = parse_manifest(text)
-    a = world.bob.post(f"/api/v1/fixes/{m.id}/{m.version}/approve", json={})
+    a = approve(world.bob, f"{m.id}", f"{m.version}")
     assert a.status_code == 200, a.text
     return digest(m)
 
@@ -151,14 +158,14 @@ def test_submit_approve_run_stream_and_the_trail(world: World) -> None:
     r = world.alice.post("/api/v1/fixes", json={"manifest_toml": text})
     assert r.status_code == 201
     expected = digest(parse_manifest(text))
-    own = world.alice.post("/api/v1/fixes/e2e-hello/1/approve", json={})
+    own = approve(world.alice, "e2e-hello", 1)
     assert own.status_code == 403  # a technician holds no fixes:approve at all
     admin_own = world.admin.post("/api/v1/fixes", json={
         "manifest_toml": manifest_toml("e2e-admin")})
     assert admin_own.status_code == 201
-    refused = world.admin.post("/api/v1/fixes/e2e-admin/1/approve", json={})
+    refused = approve(world.admin, "e2e-admin", 1)
     assert refused.status_code == 403 and refused.json()["error"] == "self_approval"
-    assert world.bob.post("/api/v1/fixes/e2e-hello/1/approve", json={}).status_code == 200
+    assert approve(world.bob, "e2e-hello", 1).status_code == 200
 
     session = open_session(world.alice, world.agent.agent_id, reason="disk full", ticket="T-1")
     try:
