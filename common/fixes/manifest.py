@@ -517,9 +517,12 @@ def _sha256(text: str | None) -> str | None:
 
 
 def canonical_body(m: FixManifest) -> dict[str, Any]:
-    """What the canonical bytes encode (handy for diffs and docs)."""
+    """What the canonical bytes encode (handy for diffs and docs). ``title`` and
+    ``description`` are in it because the agent shows them at the consent prompt: a
+    relay must not be able to relabel a signed fix."""
     return {
-        "id": m.id, "version": m.version, "platforms": sorted(m.platforms),
+        "id": m.id, "version": m.version, "title": m.title, "description": m.description,
+        "platforms": sorted(m.platforms),
         "interpreter": m.interpreter, "script_sha256": _sha256(m.script),
         "verify_sha256": _sha256(m.verify),
         "parameters": {p.name: p.schema() for p in m.parameters},
