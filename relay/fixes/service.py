@@ -216,8 +216,11 @@ class FixService:
         return serial
 
     def signatures_for(self, v: store.Version) -> list[str]:
+        """The signatures sent with ``v``: those recorded for its digest (a row made for
+        another digest, or emptied, is not sent; the agent then says what is missing)."""
         return [s["signature"] for s in store.signatures_of(self.relay.engine, v.fix_id,
-                                                             v.version)]
+                                                             v.version)
+                if s["digest"] == v.digest and s["signature"].strip()]
 
     # --- revocations ------------------------------------------------------------
 
