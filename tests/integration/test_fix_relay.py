@@ -513,8 +513,10 @@ def test_api_bounds_and_hostile_input(world: World) -> None:
                  {"group": "default", "params": {f"P{i}": "x" for i in range(17)}},
                  {"group": "default", "params": {"FOLDER": ["list"]}}, {"group": ""}):
         assert alice.post("/api/v1/fixes/cat-one/1/bulk", json=body).status_code == 400, body
-    # a bulk run of a version nobody approved is refused, audited
-    r = alice.post("/api/v1/fixes/cat-one/2/bulk", json={"group": "default"})
+    # a bulk run of a version nobody approved is refused, audited (its own version: the
+    # catalogue test's may not exist yet on this xdist worker)
+    assert submit(alice, manifest_toml("bulk-unapproved")).status_code == 201
+    r = alice.post("/api/v1/fixes/bulk-unapproved/1/bulk", json={"group": "default"})
     assert r.status_code == 409 and r.json()["error"] == "not_approved"
     # the relay still answers
     assert alice.get("/api/v1/fixes").status_code == 200
