@@ -87,7 +87,7 @@ NEXT: dict[str, frozenset[str]] = {
     "consent": frozenset({"start", "refused"}),
     "start": frozenset({"output", "cut", "end"}),
     "output": frozenset({"output", "cut", "end"}),
-    "cut": frozenset({"output", "end"}),  # the last chunk read may follow the cut line
+    "cut": frozenset({"end"}),  # past the cap the agent discards: no output follows
     "end": frozenset({"verify"}),
     "verify": frozenset(),
     "refused": frozenset(),
@@ -333,6 +333,13 @@ class Follower:
             chunk = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError):
             self.protocol_error("an output chunk that is not base64")
+            return
+        if not chunk:
+            self.protocol_error("an empty output chunk")
+            return
+        if self.writer.size + len(chunk) > self.run.max_output:
+            self.protocol_error(f"output past the cap of {self.run.max_output} bytes the "
+                                "relay asked for (the agent must cut there)")
             return
         self.run.output_seen += len(chunk)
         room = self.run.max_output - self.writer.size

@@ -139,13 +139,28 @@ def test_an_unknown_refusal_reason_is_other(relay: FakeRelay) -> None:
     assert [d["reason"] for a, d in relay.events if a == "fix.run.refused"] == ["other"]
 
 
+def test_output_up_to_the_cap_then_cut_then_end(relay: FakeRelay) -> None:
+    run = make_run(relay)
+    run.max_output = 12
+    follower = started(room.Follower(relay, run, keep_lines=False))
+    for _ in range(3):
+        assert follower.line(line(type="output", fd=1,
+                                  b64=base64.b64encode(b"abcd").decode())) is not None
+    assert follower.line(line(type="cut", kept_bytes=12)) is not None
+    assert follower.line(line(**{**END, "kept_bytes": 12})) is not None
+    assert follower.writer.size == 12 and run.error is None
+
+
 def test_kept_output_is_bounded_by_the_cap(relay: FakeRelay) -> None:
+    """An agent that ignores the cap it was asked for breaks the contract: one protocol
+    error, and nothing past the cap is kept."""
     run = make_run(relay)
     run.max_output = 10
     follower = started(room.Follower(relay, run, keep_lines=False))
     for _ in range(5):
         follower.line(line(type="output", fd=1, b64=base64.b64encode(b"abcd").decode()))
-    assert follower.writer.size == 10 and run.output_seen == 20
+    assert follower.writer.size == 8 and run.error == "protocol"
+    assert [d["reason"] for a, d in relay.events if a == "fix.run.failed"] == ["protocol"]
 
 
 @pytest.mark.parametrize("asked", [
@@ -185,6 +200,8 @@ END = dict(type="end", exit_status=0, signal=None, timed_out=False, cancelled=Fa
     ["checked", "start", "end", "end"],
     ["checked", "start", "end", "verify", "verify"],
     ["checked", "start", "end", "output"],   # nothing after the end but verify
+    ["checked", "start", "cut", "output"],   # past the cut the agent discards
+    ["checked", "start", "empty"],           # an empty chunk
     ["checked", "start", "consent"],         # consent comes before start
     ["checked", "end"],                      # no end without a start
     ["refused", "refused"],                  # a refusal is the last word
@@ -200,7 +217,8 @@ def test_steps_out_of_order_or_twice_are_one_protocol_error(relay: FakeRelay,
         "consent": dict(type="consent", answer="yes"), "start": dict(type="start", pid=1),
         "output": dict(type="output", fd=1, b64="eA=="), "cut": dict(type="cut", kept_bytes=1),
         "end": END, "verify": dict(type="verify", passed=True, exit_status=0, output_b64=""),
-        "refused": dict(type="refused", reason="policy", detail="no")}
+        "refused": dict(type="refused", reason="policy", detail="no"),
+        "empty": dict(type="output", fd=1, b64="")}
     results = [follower.line(line(**bodies[k])) for k in script]
     assert results[-1] is None and all(r is not None for r in results[:-1])
     failed = [d for a, d in relay.events if a == "fix.run.failed"]
