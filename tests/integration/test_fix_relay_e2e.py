@@ -622,3 +622,39 @@ def test_an_agent_enrolled_without_fix_keys_learns_them_from_fix_trust(world: Wo
         assert r.json()["status"] == "ended" and r.json()["exit_status"] == 0, r.json()
     finally:
         agent.stop()
+
+
+def test_a_list_too_long_for_one_frame_is_fetched_and_enforced(world: World) -> None:
+    """MUST-FIX 1 (b) end to end: 150 revocations with long reasons no longer fit one
+    control frame; the relay announces the list, the agent fetches it from
+    GET /agent/fix-revocations, and refuses a version in it even after the relay's
+    database forgets it."""
+    from backline.agent.fixes import revocations as agent_revocations
+
+    if not hasattr(agent_revocations, "FETCH_PATH"):
+        pytest.skip("SKIPPED LOUDLY: this branch's agent does not fetch announced "
+                    "revocation lists yet (fixround-agent's half of MUST-FIX 1)")
+    approved(world, manifest_toml("e2e-fetched", script="echo should not run"))
+    for i in range(150):
+        fix_id = f"e2e-filler-{i:03d}"
+        assert world.alice.post("/api/v1/fixes", json={
+            "manifest_toml": manifest_toml(fix_id)}).status_code == 201
+        assert world.bob.post(f"/api/v1/fixes/{fix_id}/1/revoke",
+                              json={"reason": "r" * 300}).status_code == 200
+    r = world.bob.post("/api/v1/fixes/e2e-fetched/1/revoke", json={"reason": "too big"})
+    assert r.status_code == 200
+    revoked = [e for e in audit_actions(world.relay) if e["action"] == "fix.revoked"
+               and e["target"] == "fix:e2e-fetched@1"]
+    assert revoked[-1]["details"]["delivery"] == "fetch"
+    kept = world.agent.state_dir / "fix_revocations.json"
+
+    def holds_it() -> bool:
+        try:
+            entries = json.loads(kept.read_text())["entries"]
+        except (OSError, ValueError, KeyError):
+            return False
+        return any(e["id"] == "e2e-fetched" for e in entries)
+
+    wait_for(holds_it, 30, "the agent to fetch the announced revocation list")
+    in_db(world, ("DELETE FROM fix_revocations WHERE fix_id='e2e-fetched'", ()))
+    assert refused_by_agent(world, run_rest(world, {"fix": "e2e-fetched@1"})) == "revoked"
