@@ -355,6 +355,9 @@ def test_an_older_data_dir_gets_a_fix_key_on_its_first_start(tmp_path: Path) -> 
         relay.start()
         assert (relay.data_dir / "fix_key").exists()
         assert fix_public_line(relay).startswith("ssh-ed25519 ")
+        # nothing revoked on this relay: the fetch path says so, and signs nothing
+        none = httpx.get(relay.url + fix_revocation.FETCH_PATH, verify=relay.tls())
+        assert none.status_code == 404 and none.json() == {"error": "no_revocations"}
     finally:
         relay.stop()
 
