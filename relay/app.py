@@ -17,6 +17,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backline.common.fixes import revocation
 from backline.relay import console_assets, tls_identity
 from backline.relay.api import openapi
 from backline.relay.api import sessions as api_sessions
@@ -24,6 +25,7 @@ from backline.relay.api.live_socket import live_endpoint
 from backline.relay.api.routes import ROUTES as API_ROUTES
 from backline.relay.control import connect_endpoint, enroll_endpoint
 from backline.relay.datadir import CERT_WARN_DAYS
+from backline.relay.fixes.push import revocations_endpoint
 from backline.relay.fixes.trust import fix_trust_endpoint
 from backline.relay.logfmt import frames_only
 from backline.relay.sessions.sockets import join_endpoint, tunnel_endpoint
@@ -216,6 +218,7 @@ def build_app(relay: Relay) -> Starlette:
         Route("/api/v1/openapi.json", openapi.endpoint),
         Route("/agent/pins", tls_identity.pins_endpoint),
         Route("/agent/fix-trust", fix_trust_endpoint),
+        Route(revocation.FETCH_PATH, revocations_endpoint),
         *API_ROUTES,
         *BROWSER_SOCKETS,
         WebSocketRoute("/agent/enroll", enroll_endpoint),

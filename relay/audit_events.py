@@ -506,8 +506,13 @@ event("fix.revoked", FIXES, "a version was revoked (never lifted); the signed li
       "to the agents that take it", FIX, DIGEST,
       need("serial", int, "the revocation list's new serial"),
       need("why", str, "the reason given"),
-      need("agents_sent", int, "online agents the new list was sent to"), *FIX_WHERE)
-event("fix.revoke.refused", FIXES, "a revocation was refused (revoked already)", FIX,
+      need("agents_sent", int, "online agents the new list (or its announcement) was sent "
+                               "to"),
+      may("delivery", str, "`control`: the list rode in the control message; `fetch`: it "
+                           "is too long for one frame, so the message announced it and "
+                           "agents fetch it from `GET /agent/fix-revocations`"), *FIX_WHERE)
+event("fix.revoke.refused", FIXES, "a revocation was refused (`already_revoked`; "
+      "`too_many`: the list holds as many entries as agents accept)", FIX,
       *FIX_REFUSAL)
 event("fix.run.requested", FIXES, "a technician asked for a fix to run on an agent (the "
       "request was sent to it)", SESSION, *RUN_FIELDS, need("fix", str, "`ID@VERSION`"),
@@ -547,9 +552,13 @@ event("fix.run.ended", FIXES, "a fix run ended: what ran, how it ended, and the 
 event("fix.run.cancelled", FIXES, "a technician cancelled a running fix", SESSION,
       *RUN_FIELDS)
 event("fix.run.failed", FIXES, "a fix run failed on the relay's side (`agent_gone`, "
-      "`protocol`: an agent line that breaks the contract, `output_mismatch`: the kept "
-      "output does not have the agent's SHA-256, `timeout`)", SESSION, *RUN_FIELDS, REASON,
-      DETAIL)
+      "`protocol`: an agent line that breaks the contract (out of order, twice, "
+      "malformed; one entry a run, the channel is closed), `digest_mismatch`: the agent's "
+      "`checked` names another digest than the approved one, `output_mismatch`: the kept "
+      "output does not have the agent's SHA-256, `timeout`, `cancel_unacknowledged`: the "
+      "agent did not end within the bound after a cancel)", SESSION, *RUN_FIELDS, REASON,
+      DETAIL, may("checked_digest", str, "the digest in the agent's `checked` line "
+                  "(`digest_mismatch`)"))
 event("fix.run.recheck", FIXES, "after a run from a finding, its diagnostics were run again",
       SESSION, *RUN_FIELDS, need("finding", str, "the rule"),
       need("cleared", bool | None, "whether the finding is gone (null: could not tell)"))

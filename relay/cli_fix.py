@@ -33,6 +33,7 @@ from backline.common.fixes.manifest import (
     load_manifest,
 )
 from backline.relay import config as config_mod
+from backline.relay import users
 from backline.relay.fixes import store
 from backline.relay.fixes.service import FixRefused
 from backline.relay.state import Relay, open_relay
@@ -98,13 +99,20 @@ def fix_import(
                                                       "them.")] = None,
     library: Annotated[bool, typer.Option("--library", help="Import the starter library "
                                                             "shipped with the relay.")] = False,
+    author: Annotated[str, typer.Option(
+        "--author", help="The relay user who authored these versions (required; that user "
+                         "can then not approve them: four eyes).")] = "",
     data_dir: DataDirOpt = None, config: ConfigOpt = None,
 ) -> None:
-    """Submit every manifest of FILE or DIR (or --library) as a new version. Versions
-    already there with the same digest are skipped; a different one under an existing
-    version is refused (versions never change)."""
+    """Submit every manifest of FILE or DIR (or --library) as a new version, authored by
+    --author (a relay user). Versions already there with the same digest are skipped; a
+    different one under an existing version is refused (versions never change)."""
     if (path is None) == (not library):
         err.print("[red]give FILE|DIR or --library (one of them)[/]")
+        raise typer.Exit(2)
+    if not author:
+        err.print("[red]--author USERNAME is required: the relay user who wrote these "
+                  "versions (so another user approves them)[/]")
         raise typer.Exit(2)
     where = LIBRARY if library else path
     assert where is not None
@@ -114,6 +122,13 @@ def fix_import(
     files = manifests_in(where)
     relay = _open(data_dir, config)
     actor, source = f"cli:{_user()}", "library" if library else "cli"
+    if users.get_user(relay.engine, username=author) is None:
+        relay.record(actor, "fix.submit.refused", f"user:{author}"[:256],
+                     reason="unknown_author", detail=f"no relay user {author[:64]!r}")
+        relay.flush_records()
+        err.print(f"[red]--author {author[:64]!r} is not a relay user[/] "
+                  "(backline-relay user list)")
+        raise typer.Exit(2)
     added = skipped = failed = 0
     for file in files:
         try:
@@ -133,7 +148,7 @@ def fix_import(
             out.print(f"{m.id}@{m.version}: already there (same digest)")
             continue
         try:
-            v = relay.fixes.submit(m, _user(), actor, source)
+            v = relay.fixes.submit(m, author, actor, source)
         except FixRefused as exc:
             err.print(f"[red]{m.id}@{m.version}:[/] {exc.detail}")
             failed += 1
@@ -206,6 +221,10 @@ def fix_sign(
     ref: Annotated[str, typer.Argument(help="ID@VERSION")],
     key: Annotated[Path, typer.Option("--key", help="The offline approver's OpenSSH "
                                                     "private key (read, never stored).")],
+    expected: Annotated[str, typer.Option(
+        "--digest", help="The digest you reviewed (sha256:...; `python -m "
+                         "backline.common.fixes digest FILE` on your own copy): nothing "
+                         "else is signed.")],
     out_file: Annotated[Path | None, typer.Option("--out", help="Write the signature "
                                                                 "here instead of adding "
                                                                 "it.")] = None,
@@ -216,8 +235,11 @@ def fix_sign(
     data_dir: DataDirOpt = None, config: ConfigOpt = None,
 ) -> None:
     """Sign one version's canonical bytes with an offline key (SSHSIG, namespace
-    backline-fix) and add the signature, or write it with --out. A passphrase-protected
-    key is asked for its passphrase."""
+    backline-fix) and add the signature, or write it with --out. Only the version whose
+    digest is --digest is signed, and what is signed (id@version, digest, scripts) is
+    printed first. A passphrase-protected key is asked for its passphrase. (An approver
+    who does not trust this relay's database signs on their own machine instead:
+    docs/fixes-relay.md, "Offline signatures".)"""
     fix_id, version = _ref(ref)
     relay = _open(data_dir, config)
     v = _version(relay, fix_id, version)
@@ -226,6 +248,18 @@ def fix_sign(
     except FixRefused as exc:
         err.print(f"[red]{exc.detail}[/]")
         raise typer.Exit(1) from None
+    if expected != v.digest:
+        relay.record(f"cli:{_user()}", "fix.signature.refused", f"fix:{fix_id}@{version}",
+                     reason="digest_mismatch", digest=v.digest,
+                     detail=f"--digest {expected[:80]} is not the stored {v.digest}")
+        relay.flush_records()
+        err.print(f"[red]refused (digest_mismatch):[/] {ref} has digest {v.digest}, not "
+                  f"the {expected[:80]!r} you reviewed; nothing signed")
+        raise typer.Exit(1)
+    err.print(f"signing {ref}  {v.digest}  ({m.title})", markup=False)
+    err.print(f"--- script ({m.interpreter}) ---\n{m.script}", markup=False)
+    if m.verify is not None:
+        err.print(f"--- verify ({m.interpreter}) ---\n{m.verify}", markup=False)
     try:
         text = key.read_bytes()
     except OSError as exc:

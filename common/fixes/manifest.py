@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backline.common.fixes import patterns
 from backline.common.fixes.params import ParamError, check_value
 
 CONTEXT = b"backline fix manifest v1\n"
@@ -378,10 +379,10 @@ def _param(name: object, spec: object) -> Parameter:
             pattern = _text(f"{field}.pattern", spec["pattern"], 1, MAX_PATTERN,
                             multiline=False)
             try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise _fail(f"{field}.pattern", f"is not a valid regular expression: {exc}"
-                            ) from None
+                patterns.compile_pattern(pattern)  # RE2: linear time (common/fixes/patterns.py)
+            except patterns.PatternError as exc:
+                raise _fail(f"{field}.pattern", f"is not a valid regular expression of the "
+                                                f"supported (RE2) syntax: {exc}") from None
     elif ptype == "integer":
         only(("pattern", "min_length", "max_length"), "string")
         if spec.get("min") is not None:
@@ -516,9 +517,12 @@ def _sha256(text: str | None) -> str | None:
 
 
 def canonical_body(m: FixManifest) -> dict[str, Any]:
-    """What the canonical bytes encode (handy for diffs and docs)."""
+    """What the canonical bytes encode (handy for diffs and docs). ``title`` and
+    ``description`` are in it because the agent shows them at the consent prompt: a
+    relay must not be able to relabel a signed fix."""
     return {
-        "id": m.id, "version": m.version, "platforms": sorted(m.platforms),
+        "id": m.id, "version": m.version, "title": m.title, "description": m.description,
+        "platforms": sorted(m.platforms),
         "interpreter": m.interpreter, "script_sha256": _sha256(m.script),
         "verify_sha256": _sha256(m.verify),
         "parameters": {p.name: p.schema() for p in m.parameters},

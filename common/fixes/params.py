@@ -20,8 +20,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import TYPE_CHECKING
+
+from backline.common.fixes import patterns
 
 if TYPE_CHECKING:
     from backline.common.fixes.manifest import FixManifest, Parameter
@@ -52,9 +53,12 @@ def excerpt(value: object) -> str:
     return type(value).__name__
 
 
-@lru_cache(maxsize=256)
-def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+def _matches(pattern: str, value: str) -> bool:
+    """A full match in linear time (RE2); a pattern RE2 refuses matches nothing."""
+    try:
+        return patterns.full_match(pattern, value)
+    except patterns.PatternError:
+        return False
 
 
 def _check_string(p: Parameter, value: str) -> str:
@@ -75,7 +79,7 @@ def _check_string(p: Parameter, value: str) -> str:
         raise ParamError(p.name, f"must be {lo} to {hi} characters, got {len(value)}")
     if p.enum is not None and value not in p.enum:
         raise ParamError(p.name, f"{excerpt(value)} is not one of the allowed values")
-    if p.pattern is not None and not _compiled(p.pattern).fullmatch(value):
+    if p.pattern is not None and not _matches(p.pattern, value):
         raise ParamError(p.name, f"{excerpt(value)} does not match the pattern {p.pattern}")
     return value
 

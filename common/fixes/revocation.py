@@ -37,6 +37,13 @@ MAX_REASON = 500
 #: refuses canonical bytes over this; a relay checks :func:`fits_one_frame` and must not
 #: send a longer list (it would need another way to carry it, e.g. an HTTP fetch).
 MAX_LIST_BYTES = 43008
+#: A list too long for one frame is ANNOUNCED instead: the same message with an empty
+#: ``list_b64`` and ``signature`` (:func:`is_announcement`), and the agent fetches the
+#: list, signed the same way, from ``GET`` :data:`FETCH_PATH` (the body is exactly
+#: :func:`encode_message`; 404 while nothing is revoked). Bounds of that answer:
+FETCH_PATH = "/agent/fix-revocations"
+MAX_FETCHED_LIST_BYTES = 6 * 1024 * 1024
+MAX_FETCH_ANSWER = 9 * 1024 * 1024
 MAX_AT = 2.0**34  # seconds since the epoch: far beyond any real date
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _B64_RE = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")
@@ -152,10 +159,11 @@ def canonical_bytes(rl: RevocationList) -> bytes:
     return CONTEXT + body.encode("ascii")
 
 
-def from_canonical(data: bytes) -> RevocationList:
-    """Parse canonical bytes strictly: they must be exactly what :func:`canonical_bytes` makes."""
-    if not isinstance(data, bytes) or len(data) > MAX_LIST_BYTES:
-        raise RevocationError(f"revocation list: must be at most {MAX_LIST_BYTES} bytes")
+def from_canonical(data: bytes, max_bytes: int = MAX_LIST_BYTES) -> RevocationList:
+    """Parse canonical bytes strictly: they must be exactly what :func:`canonical_bytes`
+    makes, at most ``max_bytes`` (one frame's worth unless fetched)."""
+    if not isinstance(data, bytes) or len(data) > max_bytes:
+        raise RevocationError(f"revocation list: must be at most {max_bytes} bytes")
     if not data.startswith(CONTEXT):
         raise RevocationError("revocation list: not a Backline revocation list")
     try:
@@ -234,16 +242,28 @@ def encode_message(rl: RevocationList, signature: str) -> dict[str, str]:
             "signature": signature}
 
 
-def decode_message(msg: Mapping[str, Any]) -> tuple[RevocationList, str]:
-    """(list, signature) from the control message; the signature is NOT checked here."""
+def announcement() -> dict[str, str]:
+    """The control message that says "a new list is out; fetch it" (:data:`FETCH_PATH`)."""
+    return {"type": MESSAGE_TYPE, "list_b64": "", "signature": ""}
+
+
+def is_announcement(msg: Mapping[str, Any]) -> bool:
+    """Whether a ``fix_revocations`` message only announces a list to fetch."""
+    return msg.get("list_b64") == "" and msg.get("signature") == ""
+
+
+def decode_message(msg: Mapping[str, Any], max_bytes: int = MAX_LIST_BYTES
+                   ) -> tuple[RevocationList, str]:
+    """(list, signature) from the control message, or from the fetched answer with
+    ``max_bytes=MAX_FETCHED_LIST_BYTES``; the signature is NOT checked here."""
     if not isinstance(msg, Mapping) or msg.get("type") != MESSAGE_TYPE:
         raise RevocationError("revocation message: wrong type")
     b64, sig = msg.get("list_b64"), msg.get("signature")
     if not isinstance(b64, str) or not isinstance(sig, str):
         raise RevocationError("revocation message: list_b64 and signature must be text")
-    if len(b64) > (MAX_LIST_BYTES + 2) // 3 * 4 or len(sig) > signing.MAX_ARMOR:
+    if len(b64) > (max_bytes + 2) // 3 * 4 or len(sig) > signing.MAX_ARMOR:
         raise RevocationError("revocation message: too large")
-    return from_canonical(b64decode(b64)), sig
+    return from_canonical(b64decode(b64), max_bytes), sig
 
 
 def b64decode(text: str) -> bytes:

@@ -91,6 +91,11 @@ class SignatureBody(Body):
     signature: Annotated[str, Field(min_length=1, max_length=8192)]
 
 
+class ApproveBody(Body):
+    #: The digest the approver reviewed (GET /fixes/{id}/{version}); required.
+    digest: Annotated[str, Field(max_length=80)] | None = None
+
+
 class RevokeBody(Body):
     reason: Annotated[str, Field(min_length=1, max_length=512)]
 
@@ -392,15 +397,18 @@ async def get_fix_version(request: Request, relay: Relay, who: Principal, *,
                                                  "by": revoked["revoked_by"]}})
 
 
-@endpoint("fixes:approve", path=FixVersionPath, noun="fix version", answers={200: Status},
-          refuses=(409,))
+@endpoint("fixes:approve", path=FixVersionPath, noun="fix version", body=ApproveBody,
+          answers={200: Status}, refuses=(409,))
 async def approve_fix(request: Request, relay: Relay, who: Principal, *,
-                      path: FixVersionPath) -> Response:
-    """Approve one version: the relay signs its canonical bytes with its fix key. The
-    author of the version cannot (``403 self_approval``, audited)."""
+                      path: FixVersionPath, body: ApproveBody) -> Response:
+    """Approve the version the approver reviewed: ``{"digest": ...}`` as shown by
+    ``GET /fixes/{id}/{version}`` (``400 digest_required`` without it, ``409
+    digest_mismatch`` when the stored version has another). The relay signs its
+    canonical bytes with its fix key. The author of the version cannot (``403
+    self_approval``). Every refusal is audited (``fix.approve.refused``)."""
     try:
         relay.fixes.approve(path.fix_id, path.version, who.user.username, who.actor,
-                            **_where(request, who))
+                            body.digest, **_where(request, who))
     except FixRefused as exc:
         raise _refused(exc) from None
     return reply(Status, {"status": "approved"})

@@ -66,6 +66,9 @@ FIRST_FRAME_S = 30.0
 #: The longest a run is waited for beyond its own timeout (and its verify's 60 s, and
 #: the customer's consent).
 GRACE_S = 600.0
+#: How long an agent has to end a run after a cancel (it kills the process group:
+#: SIGTERM, 2 s, SIGKILL) before the relay closes the channel itself.
+CANCEL_GRACE_S = 10.0
 REF_RE = re.compile(r"^([a-z][a-z0-9-]{1,47})@([0-9]{1,10})$")
 RULE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
 AGENT_REASONS = frozenset({"bad_request", "unsigned", "unpinned_key", "bad_signature",
@@ -73,6 +76,22 @@ AGENT_REASONS = frozenset({"bad_request", "unsigned", "unpinned_key", "bad_signa
                            "params", "consent", "policy"})
 KINDS = frozenset({"checked", "refused", "consent", "start", "output", "cut", "end",
                    "verify"})
+#: What may follow what (the contract's order: checked -> consent? -> start -> output*
+#: -> cut? -> end -> verify?, or a refusal instead of what is left before start). Every
+#: step but ``output`` comes once, so a hostile agent's lines cost the trail at most one
+#: row a step and the transcript at most one kept line a step; the first line out of
+#: order is one ``fix.run.failed`` (reason ``protocol``) and the channel is closed.
+NEXT: dict[str, frozenset[str]] = {
+    "": frozenset({"checked", "refused"}),
+    "checked": frozenset({"consent", "start", "refused"}),
+    "consent": frozenset({"start", "refused"}),
+    "start": frozenset({"output", "cut", "end"}),
+    "output": frozenset({"output", "cut", "end"}),
+    "cut": frozenset({"end"}),  # past the cap the agent discards: no output follows
+    "end": frozenset({"verify"}),
+    "verify": frozenset(),
+    "refused": frozenset(),
+}
 
 
 class Asked:
@@ -186,7 +205,7 @@ def prepare(relay: Any, session: LiveSession, actor: str, asked: Mapping[str, An
     request = {"manifest": v.manifest, "signatures": relay.fixes.signatures_for(v),
                "params": a.params, "requested_by": session.technician[:64],
                "reason": session.reason[:512], "ticket": session.ticket[:128],
-               "max_output": cap, "run_id": run.run_id}
+               "max_output": cap, "run_id": run.run_id, "digest": v.digest}
     data = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode()
     if len(data) > MAX_REQUEST:
         _refuse(relay, session, actor, "too_large", "the request is over 1 MiB",
@@ -220,17 +239,27 @@ class Follower:
         self.writer = relay.blobs.writer()
         self.transcript = hashlib.sha256()
         self.size = 0
+        #: The last step the agent reported ("" before its first line).
+        self.step = ""
+        #: Set by the first broken line: nothing after it is believed or audited.
+        self.broken = False
 
-    def protocol_error(self, detail: str) -> None:
-        self.run.error = "protocol"
+    def protocol_error(self, detail: str, reason: str = "protocol", **extra: Any) -> None:
+        """The one ``fix.run.failed`` of a run whose agent broke the contract."""
+        if self.broken:
+            return
+        self.broken = True
+        self.run.error = reason
         self.relay.record(self.run.actor, "fix.run.failed", f"session:{self.run.session.id}",
-                          **self.run.common(), reason="protocol", detail=detail[:200])
+                          **self.run.common(), reason=reason, detail=detail[:200], **extra)
 
     def line(self, raw: bytes) -> dict[str, Any] | None:
         """One agent line, checked; None (after a ``protocol`` failure) when it breaks
-        the contract."""
+        the contract, and for any line after that."""
         self.transcript.update(raw)
         self.size += len(raw)
+        if self.broken:
+            return None
         if len(raw) > MAX_LINE + 1:
             self.protocol_error(f"a line of {len(raw)} bytes (at most {MAX_LINE})")
             return None
@@ -242,7 +271,22 @@ class Follower:
         if not isinstance(msg, dict) or msg.get("type") not in KINDS:
             self.protocol_error("a line of no known type")
             return None
+        kind = msg["type"]
+        if kind not in NEXT[self.step]:
+            self.protocol_error(f"a {kind!r} line after {self.step or 'nothing'!r} "
+                                "(out of order, or twice)")
+            return None
+        self.step = kind
+        if kind == "checked" and msg.get("digest") != self.run.digest:
+            claimed = msg.get("digest")
+            self.protocol_error(
+                "the agent checked another manifest than the relay approved",
+                reason="digest_mismatch",
+                checked_digest=claimed[:80] if isinstance(claimed, str) else "")
+            return None
         self.act(msg)
+        if self.broken:
+            return None
         if self.keep_lines and msg["type"] != "output":
             self.run.lines.append(msg)
         return msg
@@ -289,6 +333,13 @@ class Follower:
             chunk = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError):
             self.protocol_error("an output chunk that is not base64")
+            return
+        if not chunk:
+            self.protocol_error("an empty output chunk")
+            return
+        if self.writer.size + len(chunk) > self.run.max_output:
+            self.protocol_error(f"output past the cap of {self.run.max_output} bytes the "
+                                "relay asked for (the agent must cut there)")
             return
         self.run.output_seen += len(chunk)
         room = self.run.max_output - self.writer.size
@@ -383,9 +434,12 @@ async def _follow(runner: ChannelRunner, ch: Channel, follower: Follower,
     cancelled = asyncio.ensure_future(cancel.wait())
     try:
         async with asyncio.timeout(timeout):
+            loop = asyncio.get_running_loop()
+            deadline: float | None = None  # set by a cancel: the agent has CANCEL_GRACE_S
             while True:
                 reading = asyncio.ensure_future(proc.stdout.readline())
-                done, _ = await asyncio.wait({reading, cancelled},
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                done, _ = await asyncio.wait({reading, cancelled}, timeout=left,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if cancelled in done and not reading.done():
                     with contextlib.suppress(asyncssh.Error, OSError, BrokenPipeError):
@@ -393,7 +447,22 @@ async def _follow(runner: ChannelRunner, ch: Channel, follower: Follower,
                     runner.relay.record(run.actor, "fix.run.cancelled",
                                         f"session:{run.session.id}", **run.common())
                     cancelled = asyncio.ensure_future(asyncio.Event().wait())  # once
-                    await asyncio.wait({reading})
+                    deadline = loop.time() + CANCEL_GRACE_S
+                    done, _ = await asyncio.wait({reading}, timeout=CANCEL_GRACE_S)
+                if not reading.done() and run.end is not None:
+                    reading.cancel()  # it ended but keeps the channel open: close it
+                    proc.close()
+                    break
+                if not reading.done():  # cancelled, and the agent did not end in time
+                    reading.cancel()
+                    run.error = "cancel_unacknowledged"
+                    runner.relay.record(run.actor, "fix.run.failed",
+                                        f"session:{run.session.id}", **run.common(),
+                                        reason="cancel_unacknowledged",
+                                        detail=f"no end within {CANCEL_GRACE_S:g} s of the "
+                                               "cancel: the channel is closed")
+                    proc.close()
+                    break
                 try:
                     line = reading.result()
                 except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:

@@ -2,9 +2,17 @@
 
 Sent once after ``welcome`` and again to every online agent whenever a revocation is
 added; agents keep the merged list (a revocation is never lifted; a list with a serial
-not above the one they hold is ignored). Only agents whose ``auth.version`` says they
-know the message get it (:func:`backline.common.protocol.takes_fix_revocations`): an
-older agent refuses an unknown message type and would drop its control socket.
+not above the one they hold is ignored). A list too long for one control frame (56 KiB
+of base64: about 100 entries with long reasons) is not dropped: the message is then an
+announcement (empty ``list_b64`` and ``signature``) and the agent fetches the same
+signed body from ``GET /agent/fix-revocations`` (:func:`revocations_endpoint`), over
+its pinned TLS connection, the way it reads ``/agent/pins``. Public like that one: what
+makes it trustworthy is the fix key's signature, and it names only revoked versions
+(ids, digests, reasons cut to 200 characters: write no secret in a revocation reason).
+
+Only agents whose ``auth.version`` says they know the message get it
+(:func:`backline.common.protocol.takes_fix_revocations`): an older agent refuses an
+unknown message type and would drop its control socket.
 """
 
 from __future__ import annotations
@@ -12,6 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from backline.common import protocol
 
@@ -53,3 +64,13 @@ class RevocationPush:
             await send(message)
         except Exception as exc:  # the socket closing: the next welcome sends it again
             log.info("revocation list not sent to %s: %r", agent_id, exc)
+
+
+async def revocations_endpoint(request: Request) -> Response:
+    """``GET /agent/fix-revocations``: the whole signed list (the body of
+    ``revocation.encode_message``), 404 while nothing is revoked."""
+    signed = request.app.state.relay.fixes.signed_revocations()
+    if signed is None:
+        return JSONResponse({"error": "no_revocations"}, status_code=404,
+                            headers={"cache-control": "no-store"})
+    return JSONResponse(signed[1], headers={"cache-control": "no-store"})

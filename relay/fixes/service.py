@@ -9,6 +9,7 @@ already audited when raised (``audited`` is then true): callers only say it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from functools import cached_property
@@ -27,8 +28,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("backline.relay.fixes")
 
-#: How the signed revocation list's entries are cut to fit a control frame.
+#: How a revocation reason is cut in the signed list: at most this many bytes of its
+#: canonical (ASCII-escaped JSON) form, so that even the fullest list agents accept
+#: (``revocation.MAX_ENTRIES``) stays under ``revocation.MAX_FETCHED_LIST_BYTES``.
 MAX_PUSHED_REASON = 200
+
+
+def pushed_reason(reason: str) -> str:
+    """``reason`` cut to :data:`MAX_PUSHED_REASON` escaped bytes (``é`` costs 6)."""
+    size = 0
+    for i, ch in enumerate(reason):
+        size += len(json.dumps(ch)) - 2
+        if size > MAX_PUSHED_REASON:
+            return reason[:i]
+    return reason
 
 
 class FixRefused(Exception):
@@ -49,7 +62,7 @@ class FixService:
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
         self.push = RevocationPush()
-        self._message: tuple[int, str] | None = None
+        self._signed: tuple[int, dict[str, str], str] | None = None
         #: Bulk runs in progress (relay/fixes/bulk.py).
         self.tasks: set[asyncio.Future[Any]] = set()
 
@@ -57,11 +70,10 @@ class FixService:
 
     @cached_property
     def key(self) -> signing.FixKey:
-        """The online approval key (made by the data directory if missing)."""
-        path = self.relay.datadir.fix_key
-        if not path.exists():
-            self.relay.datadir.ensure_keys([])
-        return signing.load(path)
+        """The online approval key; :class:`~.signing.FixKeyMissing` when the file is
+        gone (only init and the relay's start make keys: a new one here would be a key
+        no agent pins)."""
+        return signing.load(self.relay.datadir.fix_key)
 
     def public_keys(self) -> list[str]:
         """What agents pin: ``fix_keys`` in ``enrolled`` and in the trust document (the
@@ -112,9 +124,12 @@ class FixService:
         return m
 
     def approve(self, fix_id: str, version: int, approver: str, actor: str,
-                **where: Any) -> store.Version:
+                seen_digest: str | None = None, **where: Any) -> store.Version:
         """Four eyes: the relay signs a version with its fix key for an approver who is
-        not its author."""
+        not its author, and only the version the approver reviewed: ``seen_digest`` (the
+        digest shown to them) must be the stored one (``digest_required`` without it,
+        ``digest_mismatch`` when it differs: the row changed since, or another version
+        was shown)."""
         v = self.version(fix_id, version)
         t = target(fix_id, version)
 
@@ -126,6 +141,12 @@ class FixService:
         if approver == v.author:
             raise refuse(403, "self_approval", "the author of a version cannot approve it; "
                                                "another approver must")
+        if not seen_digest:
+            raise refuse(400, "digest_required", "say which version you reviewed: "
+                                                 '{"digest": "sha256:..."} as shown')
+        if seen_digest != v.digest:
+            raise refuse(409, "digest_mismatch", f"{fix_id}@{version} has digest {v.digest}, "
+                                                 f"not the {seen_digest[:80]} reviewed")
         if store.revocation_of(self.relay.engine, fix_id, version) is not None:
             raise refuse(409, "revoked", f"{fix_id}@{version} is revoked")
         try:
@@ -176,7 +197,13 @@ class FixService:
     def revoke(self, fix_id: str, version: int, reason: str, by: str, actor: str,
                **where: Any) -> int:
         v = self.version(fix_id, version)
-        serial = store.revoke(self.relay.engine, v, reason, by)
+        try:
+            serial = store.revoke(self.relay.engine, v, reason, by)
+        except store.TooMany as exc:
+            self.relay.record(actor, "fix.revoke.refused", target(fix_id, version),
+                              reason="too_many", digest=v.digest, detail=str(exc)[:200],
+                              **where)
+            raise FixRefused(409, "too_many", str(exc)) from None
         if serial is None:
             self.relay.record(actor, "fix.revoke.refused", target(fix_id, version),
                               reason="already_revoked", digest=v.digest,
@@ -184,12 +211,16 @@ class FixService:
             raise FixRefused(409, "already_revoked", f"{fix_id}@{version} is revoked already")
         sent = self.broadcast_revocations()
         self.relay.record(actor, "fix.revoked", target(fix_id, version), digest=v.digest,
-                          serial=serial, why=reason[:512], agents_sent=sent, **where)
+                          serial=serial, why=reason[:512], agents_sent=sent,
+                          delivery=self.revocation_delivery(), **where)
         return serial
 
     def signatures_for(self, v: store.Version) -> list[str]:
+        """The signatures sent with ``v``: those recorded for its digest (a row made for
+        another digest, or emptied, is not sent; the agent then says what is missing)."""
         return [s["signature"] for s in store.signatures_of(self.relay.engine, v.fix_id,
-                                                             v.version)]
+                                                             v.version)
+                if s["digest"] == v.digest and s["signature"].strip()]
 
     # --- revocations ------------------------------------------------------------
 
@@ -199,30 +230,51 @@ class FixService:
         if not rows:
             return None
         listed = fix_revocation.make(rows[-1]["serial"], [fix_revocation.entry(
-            r["fix_id"], r["version"], r["digest"], r["reason"][:MAX_PUSHED_REASON],
+            r["fix_id"], r["version"], r["digest"], pushed_reason(r["reason"]),
             float(r["at"])) for r in rows])
         return listed, self.key.sign_revocations(listed)
 
-    def revocation_message(self) -> str | None:
-        """The control message, signed once per serial (agents reconnecting by the
-        thousand cost a ``max(serial)`` each, not a signature each)."""
+    def signed_revocations(self) -> tuple[int, dict[str, str], str] | None:
+        """(serial, the signed list as :func:`~revocation.encode_message` makes it, the
+        control message), signed once per serial (agents reconnecting by the thousand
+        cost a ``max(serial)`` each, not a signature each); None when nothing is revoked.
+
+        The control message carries the list when it fits one frame; otherwise it is the
+        announcement (empty ``list_b64`` and ``signature``) and agents fetch the body
+        from ``GET /agent/fix-revocations`` (:func:`.push.revocations_endpoint`). A list
+        is never dropped for its size: at ``revocation.MAX_ENTRIES`` entries with
+        reasons cut to ``MAX_PUSHED_REASON`` it is under 4 MB, below
+        ``MAX_FETCHED_LIST_BYTES`` (a test measures it), and the store refuses more."""
         serial = store.revocation_serial(self.relay.engine)
         if serial == 0:
             return None
-        if self._message is not None and self._message[0] == serial:
-            return self._message[1]
+        if self._signed is not None and self._signed[0] == serial:
+            return self._signed
         signed = self.revocation_list()
         if signed is None:
             return None
         body = fix_revocation.encode_message(*signed)
-        if len(body["list_b64"]) > protocol.MAX_REVOCATIONS_B64:
-            log.error("the revocation list (%d entries) no longer fits one control frame; "
-                      "agents are not sent it", len(signed[0].entries))
-            return None
-        message = protocol.encode("fix_revocations", list_b64=body["list_b64"],
-                                  signature=body["signature"])
-        self._message = (signed[0].serial, message)
-        return message
+        if len(body["list_b64"]) <= protocol.MAX_REVOCATIONS_B64:
+            message = protocol.encode("fix_revocations", list_b64=body["list_b64"],
+                                      signature=body["signature"])
+        else:
+            message = protocol.encode("fix_revocations", **{
+                k: v for k, v in fix_revocation.announcement().items() if k != "type"})
+        self._signed = (signed[0].serial, body, message)
+        return self._signed
+
+    def revocation_message(self) -> str | None:
+        """The control message for agents (the list, or its announcement)."""
+        signed = self.signed_revocations()
+        return None if signed is None else signed[2]
+
+    def revocation_delivery(self) -> str:
+        """``control`` (the list rides in the message) or ``fetch`` (announced)."""
+        signed = self.signed_revocations()
+        if signed is None:
+            return "none"
+        return "control" if len(signed[1]["list_b64"]) <= protocol.MAX_REVOCATIONS_B64 \
+            else "fetch"
 
     def broadcast_revocations(self) -> int:
         message = self.revocation_message()

@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncssh
-
 from backline.common.fixes import revocation as fix_revocation
 from backline.common.fixes import signing as fix_signing
 
@@ -37,17 +35,25 @@ class FixKey:
         return fix_revocation.sign(listed, self.private_openssh)
 
 
-def public_line(key: asyncssh.SSHKey, comment: str = "backline-relay-fix") -> str:
-    kind, blob = key.export_public_key("openssh").decode().split()[:2]
-    return f"{kind} {blob} {comment}"
+class FixKeyMissing(RuntimeError):
+    """The data directory has no ``fix_key``: only ``backline-relay init`` (or the relay's
+    start, :meth:`~backline.relay.datadir.DataDir.ensure_keys`) makes one. A key made
+    silently elsewhere would sign approvals no agent pins (every run refused
+    ``unpinned_key``), so its absence is an error that says what to do."""
+
+
+#: The comment of the public line agents pin.
+COMMENT = "backline-relay-fix"
 
 
 def load(path: Path) -> FixKey:
-    data = path.read_bytes()
-    key = asyncssh.import_private_key(data)
-    return FixKey(data, public_line(key), key.get_fingerprint("sha256"))
-
-
-def fingerprint_of(line: str) -> str:
-    """``SHA256:...`` of an OpenSSH public key line, as ssh-keygen prints it."""
-    return str(asyncssh.import_public_key(line.strip()).get_fingerprint("sha256"))
+    """The key at ``path`` (checked by common/fixes/signing.py: an Ed25519 or other
+    accepted type, OpenSSH format); :class:`FixKeyMissing` if there is none."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FixKeyMissing(f"the relay's fix-approval key {path} is missing: restore it "
+                            "from a backup (agents pin it), or run `backline-relay init` on "
+                            "a new data directory; no new key is made silently") from None
+    line = fix_signing.public_line(data, comment=COMMENT)
+    return FixKey(data, line, fix_signing.fingerprint(line))

@@ -8,7 +8,11 @@ Rules the store keeps whoever calls it:
   the run records that name it);
 - a signature row names the version's digest at the time it was made, so an approval
   can never be carried over to another version;
-- a revocation is never lifted; the revocation list's serial is the highest row id.
+- a revocation is never lifted; the revocation list's serial is the highest serial
+  stored, and a new revocation's serial is ``max(that + 1, now in milliseconds)``: it
+  only grows and is never given twice, even after a row is deleted or the database is
+  restored from an older backup (SQLite would reuse a freed top row id, and agents
+  ignore a list whose serial is not above the one they hold).
 
 Status of a version: ``revoked`` if revoked, else ``approved`` once it carries a relay
 signature (an approval), else ``submitted``.
@@ -148,18 +152,37 @@ def signatures_of(engine: sa.Engine, fix_id: str, version: int) -> list[dict[str
 # --- revocations ------------------------------------------------------------------
 
 
+class TooMany(Exception):
+    """The revocation list holds as many entries as agents accept."""
+
+
+def next_serial(top: int, now: float) -> int:
+    """The serial after ``top``: never below the clock in milliseconds, so a serial
+    handed out before a restore is never handed out again (2**53 is in year 287,000)."""
+    return max(top + 1, int(now * 1000))
+
+
 def revoke(engine: sa.Engine, v: Version, reason: str, by: str) -> int | None:
-    """Revoke a version; its serial, or None if it was revoked already."""
+    """Revoke a version; its serial, or None if it was revoked already;
+    :class:`TooMany` when the list is full (``revocation.MAX_ENTRIES``)."""
+    from backline.common.fixes.revocation import MAX_ENTRIES
+
     with writing(engine) as conn:
         seen = conn.execute(sa.select(fix_revocations.c.serial).where(
             fix_revocations.c.fix_id == v.fix_id, fix_revocations.c.version == v.version)
         ).first()
         if seen is not None:
             return None
-        result = conn.execute(fix_revocations.insert().values(
-            fix_id=v.fix_id, version=v.version, digest=v.digest, reason=reason[:512],
-            revoked_by=by[:64], at=time.time()))
-        return int(result.inserted_primary_key[0])
+        count, top = conn.execute(sa.select(sa.func.count(),
+                                            sa.func.max(fix_revocations.c.serial))).one()
+        if int(count or 0) >= MAX_ENTRIES:
+            raise TooMany(f"{count} versions are revoked already, as many as agents accept")
+        now = time.time()
+        serial = next_serial(int(top or 0), now)
+        conn.execute(fix_revocations.insert().values(
+            serial=serial, fix_id=v.fix_id, version=v.version, digest=v.digest,
+            reason=reason[:512], revoked_by=by[:64], at=now))
+        return serial
 
 
 def revocation_serial(engine: sa.Engine) -> int:

@@ -37,6 +37,12 @@ from tests.harness import (
 from tests.integration.test_sessions import make_user, open_session, start_agent
 
 
+def approve(client: Any, fix_id: str, version: object) -> Any:
+    """Approve the version as shown: the body names the digest GET /fixes/{id}/{v} gave."""
+    shown = client.get(f"/api/v1/fixes/{fix_id}/{version}").json()
+    return client.post(f"/api/v1/fixes/{fix_id}/{version}/approve",
+                       json={"digest": shown.get("digest")})
+
 def manifest_toml(fix_id: str = "tmp-clean", version: int = 1, script: str = "echo cleaned",
                   rules: tuple[str, ...] = ("disk-almost-full",), consent: bool = False,
                   platforms: tuple[str, ...] = ("linux",), extra: str = "") -> str:
@@ -135,7 +141,7 @@ def test_the_author_cannot_approve_their_version_and_another_approver_can(world:
     text = manifest_toml("four-eyes")
     # admin holds every right, author and approver alike: still not their own version
     assert submit(world.admin, text).status_code == 201
-    own = world.admin.post("/api/v1/fixes/four-eyes/1/approve", json={})
+    own = approve(world.admin, "four-eyes", 1)
     assert own.status_code == 403 and own.json()["error"] == "self_approval"
     refused = [e for e in events(world.relay, "fix.approve.refused")
                if e["target"] == "fix:four-eyes@1"]
@@ -144,7 +150,18 @@ def test_the_author_cannot_approve_their_version_and_another_approver_can(world:
     assert world.audrey.get("/api/v1/fixes/four-eyes").json()["versions"][0][
         "status"] == "submitted"
 
-    ok = world.bob.post("/api/v1/fixes/four-eyes/1/approve", json={})
+    # the approver names the digest they reviewed: without it, or another, refused
+    bare = world.bob.post("/api/v1/fixes/four-eyes/1/approve", json={})
+    assert bare.status_code == 400 and bare.json()["error"] == "digest_required"
+    other_digest = digest(parse_manifest(manifest_toml("four-eyes", 1, "echo other")))
+    wrong = world.bob.post("/api/v1/fixes/four-eyes/1/approve", json={"digest": other_digest})
+    assert wrong.status_code == 409 and wrong.json()["error"] == "digest_mismatch"
+    reasons = [e["details"]["reason"] for e in events(world.relay, "fix.approve.refused")
+               if e["target"] == "fix:four-eyes@1"]
+    assert reasons[-2:] == ["digest_required", "digest_mismatch"]
+    assert world.bob.get("/api/v1/fixes/four-eyes/1").json()["status"] == "submitted"
+
+    ok = approve(world.bob, "four-eyes", 1)
     assert ok.status_code == 200 and ok.json()["status"] == "approved"
     shown = world.bob.get("/api/v1/fixes/four-eyes/1").json()
     assert shown["status"] == "approved"
@@ -162,7 +179,7 @@ def test_the_author_cannot_approve_their_version_and_another_approver_can(world:
     assert approved[0]["details"]["approver"] == "bob"
     assert approved[0]["details"]["digest"] == digest(parse_manifest(text))
 
-    twice = world.bob.post("/api/v1/fixes/four-eyes/1/approve", json={})
+    twice = approve(world.bob, "four-eyes", 1)
     assert twice.status_code == 409 and twice.json()["error"] == "already_approved"
 
 
@@ -170,8 +187,8 @@ def test_roles_author_approve_read_are_separate_rights(world: World) -> None:
     assert submit(world.bob, manifest_toml("by-approver")).status_code == 403
     assert submit(world.audrey, manifest_toml("by-auditor")).status_code == 403
     assert submit(world.alice, manifest_toml("roles-one")).status_code == 201
-    assert world.alice.post("/api/v1/fixes/roles-one/1/approve", json={}).status_code == 403
-    assert world.audrey.post("/api/v1/fixes/roles-one/1/approve", json={}).status_code == 403
+    assert approve(world.alice, "roles-one", 1).status_code == 403
+    assert approve(world.audrey, "roles-one", 1).status_code == 403
     assert world.audrey.post("/api/v1/fixes/roles-one/1/revoke",
                              json={"reason": "x"}).status_code == 403
     assert world.audrey.get("/api/v1/fixes/roles-one/1").status_code == 200
@@ -182,7 +199,7 @@ def test_roles_author_approve_read_are_separate_rights(world: World) -> None:
 def test_suggested_fixes_are_the_approved_ones_for_a_rule(world: World) -> None:
     assert submit(world.alice, manifest_toml("sugg-a", rules=("rule-x",))).status_code == 201
     assert submit(world.alice, manifest_toml("sugg-b", rules=("rule-x",))).status_code == 201
-    assert world.bob.post("/api/v1/fixes/sugg-a/1/approve", json={}).status_code == 200
+    assert approve(world.bob, "sugg-a", 1).status_code == 200
     found = world.alice.get("/api/v1/fixes/suggested?rules=rule-x,rule-y").json()["fixes"]
     assert [f["id"] for f in found] == ["sugg-a"]
     assert world.bob.post("/api/v1/fixes/sugg-a/1/revoke",
@@ -238,7 +255,7 @@ def test_revocation_is_signed_serialled_and_never_lifted(world: World) -> None:
     shown = world.alice.get("/api/v1/fixes/rev-one/1").json()
     assert shown["status"] == "revoked" and shown["revoked"]["by"] == "bob"
     # approving a revoked version is refused
-    refused = world.bob.post("/api/v1/fixes/rev-one/1/approve", json={})
+    refused = approve(world.bob, "rev-one", 1)
     assert refused.status_code == 409 and refused.json()["error"] == "revoked"
 
     # the list the relay pushes: signed by the fix key agents pin, under its own
@@ -255,6 +272,17 @@ def test_revocation_is_signed_serialled_and_never_lifted(world: World) -> None:
     assert fix_revocation.verify(listed, forged, [relay_key]) is None
     revoked = [e for e in events(world.relay, "fix.revoked") if e["target"] == "fix:rev-one@1"]
     assert revoked[0]["details"]["digest"] and revoked[0]["details"]["serial"] == first
+    assert revoked[0]["details"]["delivery"] == "control"
+
+    # the same signed list, whole, over HTTPS: what an agent fetches when the control
+    # message only announces a list too long for one frame
+    fetched = httpx.get(world.relay.url + fix_revocation.FETCH_PATH, verify=world.relay.tls())
+    assert fetched.status_code == 200
+    assert fetched.headers["cache-control"] == "no-store"
+    f_list, f_sig = fix_revocation.decode_message(
+        fetched.json(), max_bytes=fix_revocation.MAX_FETCHED_LIST_BYTES)
+    assert f_list.serial == second.json()["serial"]
+    assert fix_revocation.verify(f_list, f_sig, [relay_key]) is not None
 
 
 def signed_revocations(relay: RelayProcess) -> dict[str, Any]:
@@ -327,6 +355,9 @@ def test_an_older_data_dir_gets_a_fix_key_on_its_first_start(tmp_path: Path) -> 
         relay.start()
         assert (relay.data_dir / "fix_key").exists()
         assert fix_public_line(relay).startswith("ssh-ed25519 ")
+        # nothing revoked on this relay: the fetch path says so, and signs nothing
+        none = httpx.get(relay.url + fix_revocation.FETCH_PATH, verify=relay.tls())
+        assert none.status_code == 404 and none.json() == {"error": "no_revocations"}
     finally:
         relay.stop()
 
@@ -343,10 +374,19 @@ def test_cli_import_list_show_diff_sign_revoke(world: World, tmp_path: Path) -> 
         'script = "echo cleaned"', 'script_file = "cli-a.sh"'))
     (folder / "cli-b.toml").write_text(manifest_toml("cli-b", extra=PARAM))
     (folder / "broken.toml").write_text('id = "Bad Id"\n')
-    r = relay.cli("fix", "import", str(folder), check=False)
+    # the author is a relay user named on the command line, never the OS account
+    nobody = relay.cli("fix", "import", str(folder), check=False)
+    assert nobody.returncode == 2 and "--author" in nobody.stderr
+    stranger = relay.cli("fix", "import", str(folder), "--author", "mallory", check=False)
+    assert stranger.returncode == 2 and "not a relay user" in stranger.stderr
+    assert any(e["details"]["reason"] == "unknown_author"
+               for e in events(relay, "fix.submit.refused"))
+    r = relay.cli("fix", "import", str(folder), "--author", "bob", check=False)
     assert r.returncode == 1 and "2 submitted" in r.stdout, r.stdout + r.stderr
     assert "broken.toml" in r.stderr
-    again = relay.cli("fix", "import", str(folder / "cli-a.toml"))
+    assert world.alice.get("/api/v1/fixes/cli-b").json()["versions"][0]["author"] == "bob"
+    assert approve(world.bob, "cli-b", 1).json()["error"] == "self_approval"
+    again = relay.cli("fix", "import", str(folder / "cli-a.toml"), "--author", "alice")
     assert "already there" in again.stdout
 
     listed = json.loads(relay.cli("fix", "list", "--json").stdout)
@@ -357,7 +397,8 @@ def test_cli_import_list_show_diff_sign_revoke(world: World, tmp_path: Path) -> 
     (folder / "cli-a.sh").write_text("echo changed\n")
     (folder / "cli-a.toml").write_text((folder / "cli-a.toml").read_text().replace(
         "version = 1", "version = 2"))
-    assert relay.cli("fix", "import", str(folder / "cli-a.toml")).returncode == 0
+    assert relay.cli("fix", "import", str(folder / "cli-a.toml"), "--author", "alice"
+                     ).returncode == 0
     diff = relay.cli("fix", "diff", "cli-a", "1", "2").stdout
     assert "-echo from a file" in diff and "+echo changed" in diff
     assert relay.cli("fix", "show", "nope@1", check=False).returncode == 1
@@ -366,13 +407,27 @@ def test_cli_import_list_show_diff_sign_revoke(world: World, tmp_path: Path) -> 
     key_file = tmp_path / "offline_key"
     key_file.write_bytes(world.offline_private)
     key_file.chmod(0o600)
-    signed = relay.cli("fix", "sign", "--key", str(key_file), "cli-a@1")
+    d1 = world.alice.get("/api/v1/fixes/cli-a/1").json()["digest"]
+    d2 = world.alice.get("/api/v1/fixes/cli-a/2").json()["digest"]
+    # only the version the approver reviewed: --digest is required and must match
+    assert relay.cli("fix", "sign", "--key", str(key_file), "cli-a@1",
+                     check=False).returncode == 2
+    mismatch = relay.cli("fix", "sign", "--key", str(key_file), "--digest", d2, "cli-a@1",
+                         check=False)
+    assert mismatch.returncode == 1 and "digest_mismatch" in mismatch.stderr
+    assert any(e["details"]["reason"] == "digest_mismatch" and e["target"] == "fix:cli-a@1"
+               for e in events(relay, "fix.signature.refused"))
+    assert world.alice.get("/api/v1/fixes/cli-a/1").json()["approvals"] == []
+    signed = relay.cli("fix", "sign", "--key", str(key_file), "--digest", d1, "cli-a@1")
     assert "offline signature by SHA256:" in signed.stdout
+    # what is signed is shown first: the version, its digest, its script
+    assert f"cli-a@1  {d1}" in signed.stderr and "echo from a file" in signed.stderr
     secret_line = world.offline_private.splitlines()[-3]  # private key material
     assert not any(secret_line in p.read_bytes()
                    for p in relay.data_dir.rglob("*") if p.is_file())
     out = tmp_path / "sig.txt"
-    relay.cli("fix", "sign", "--key", str(key_file), "cli-a@2", "--out", str(out))
+    relay.cli("fix", "sign", "--key", str(key_file), "--digest", d2, "cli-a@2",
+              "--out", str(out))
     assert out.read_text().startswith("-----BEGIN SSH SIGNATURE-----")
     # a passphrase-protected key (bcrypt, pinned in the relay extra, opens it)
     import asyncssh
@@ -382,19 +437,22 @@ def test_cli_import_list_show_diff_sign_revoke(world: World, tmp_path: Path) -> 
     locked.write_bytes(protected.export_private_key("openssh", passphrase="s3cret pass"))
     sig_file = tmp_path / "locked.sig"
     r = relay.cli("fix", "sign", "--key", str(locked), "--passphrase-stdin", "cli-a@1",
-                  "--out", str(sig_file), input="s3cret pass\n")
+                  "--digest", d1, "--out", str(sig_file), input="s3cret pass\n")
     assert r.returncode == 0, r.stderr
     v1 = world.alice.get("/api/v1/fixes/cli-a/1").json()["manifest"]
     canonical = canonical_bytes(manifest_from_dict(v1))
     public = protected.export_public_key("openssh").decode().strip()
     assert fix_signing.signer_of(canonical, sig_file.read_text(), [public]) is not None
     wrong = relay.cli("fix", "sign", "--key", str(locked), "--passphrase-stdin", "cli-a@1",
-                      "--out", str(tmp_path / "x.sig"), input="wrong\n", check=False)
+                      "--digest", d1, "--out", str(tmp_path / "x.sig"), input="wrong\n",
+                      check=False)
     assert wrong.returncode == 1 and "cannot sign" in wrong.stderr
     # a key the relay does not know is refused, and audited
     stranger = tmp_path / "stranger"
     stranger.write_bytes(fix_signing.generate_key("s")[0])
-    refused = relay.cli("fix", "sign", "--key", str(stranger), "cli-b@1", check=False)
+    d_b = world.alice.get("/api/v1/fixes/cli-b/1").json()["digest"]
+    refused = relay.cli("fix", "sign", "--key", str(stranger), "--digest", d_b, "cli-b@1",
+                        check=False)
     assert refused.returncode == 1 and "bad_signature" in refused.stderr
     assert any(e["target"] == "fix:cli-b@1" for e in events(relay, "fix.signature.refused"))
     revoked = relay.cli("fix", "revoke", "cli-a@1", "--reason", "superseded by v2")
@@ -414,11 +472,12 @@ def test_cli_imports_the_shipped_library(tmp_path: Path) -> None:
                     "yet")
     relay = RelayProcess(tmp_path)
     relay.cli("init")
-    r = relay.cli("fix", "import", "--library", check=False)
+    r = relay.cli("fix", "import", "--library", "--author", "admin", check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     count = len(list(LIBRARY.rglob("*.toml")))
     assert f"{count} submitted" in r.stdout
-    assert "already there" in relay.cli("fix", "import", "--library").stdout
+    assert "already there" in relay.cli("fix", "import", "--library", "--author", "admin"
+                                        ).stdout
 
 
 # --- hostile input --------------------------------------------------------------------
@@ -457,8 +516,10 @@ def test_api_bounds_and_hostile_input(world: World) -> None:
                  {"group": "default", "params": {f"P{i}": "x" for i in range(17)}},
                  {"group": "default", "params": {"FOLDER": ["list"]}}, {"group": ""}):
         assert alice.post("/api/v1/fixes/cat-one/1/bulk", json=body).status_code == 400, body
-    # a bulk run of a version nobody approved is refused, audited
-    r = alice.post("/api/v1/fixes/cat-one/2/bulk", json={"group": "default"})
+    # a bulk run of a version nobody approved is refused, audited (its own version: the
+    # catalogue test's may not exist yet on this xdist worker)
+    assert submit(alice, manifest_toml("bulk-unapproved")).status_code == 201
+    r = alice.post("/api/v1/fixes/bulk-unapproved/1/bulk", json={"group": "default"})
     assert r.status_code == 409 and r.json()["error"] == "not_approved"
     # the relay still answers
     assert alice.get("/api/v1/fixes").status_code == 200
@@ -478,7 +539,7 @@ def test_runs_the_relay_refuses_before_sending(world: World) -> None:
         r = alice.post(f"/api/v1/sessions/{sid}/channels/fix",
                        json={"fix": "run-gate@1", "params": {"FOLDER": "/tmp"}})
         assert r.status_code == 409 and r.json()["error"] == "not_approved"
-        assert world.bob.post("/api/v1/fixes/run-gate/1/approve", json={}).status_code == 200
+        assert approve(world.bob, "run-gate", 1).status_code == 200
         for params in ({"FOLDER": "; rm -rf /"}, {"FOLDER": "$(touch X)"}, {"OTHER": "x"},
                        {}, {"FOLDER": "a\nb"}, {"FOLDER": 5}):
             r = alice.post(f"/api/v1/sessions/{sid}/channels/fix",

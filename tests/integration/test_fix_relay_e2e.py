@@ -5,8 +5,11 @@ an agent; the output streams live; the trail holds submit, approve, request, con
 start and end with the manifest digest and the output SHA-256; the author approving
 their own version is refused and audited. Acceptance 2 (the relay's part): one byte of
 an approved script changed in the relay's database is refused by the agent and audited
-on the relay; a revoked version the relay's database "forgot" is still refused by an
-agent that was sent the revocation list. Also: cancel, a run from a finding that
+on the relay; another version's manifest and signature swapped into a row is refused
+``digest_mismatch``; an unsigned version forced through is refused ``unsigned``; one run
+is read in both sides' logs (the agent's activity log, the relay's trail); a revoked
+version the relay's database "forgot" is still refused by an agent that was sent the
+revocation list. Also: cancel, a run from a finding that
 re-checks it, and a bulk run over two agents.
 
 These need the agent's fix room (``backline.agent.capabilities.fix``, fix-agent's). On a
@@ -15,6 +18,7 @@ branch without it the whole module is skipped, loudly.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -64,6 +68,13 @@ command = ["/bin/true"]
 STAGED = "[thresholds]\ndisk_used_pct = 1\ndisk_critical_pct = 100\n"
 
 
+def approve(client: Any, fix_id: str, version: object) -> Any:
+    """Approve the version as shown: the body names the digest GET /fixes/{id}/{v} gave."""
+    shown = client.get(f"/api/v1/fixes/{fix_id}/{version}").json()
+    return client.post(f"/api/v1/fixes/{fix_id}/{version}/approve",
+                       json={"digest": shown.get("digest")})
+
+
 @dataclass
 class World:
     root: Path
@@ -103,7 +114,7 @@ def approved(world: World, text: str) -> str:
     r = world.alice.post("/api/v1/fixes", json={"manifest_toml": text})
     assert r.status_code == 201, r.text
     m = parse_manifest(text)
-    a = world.bob.post(f"/api/v1/fixes/{m.id}/{m.version}/approve", json={})
+    a = approve(world.bob, f"{m.id}", f"{m.version}")
     assert a.status_code == 200, a.text
     return digest(m)
 
@@ -151,14 +162,14 @@ def test_submit_approve_run_stream_and_the_trail(world: World) -> None:
     r = world.alice.post("/api/v1/fixes", json={"manifest_toml": text})
     assert r.status_code == 201
     expected = digest(parse_manifest(text))
-    own = world.alice.post("/api/v1/fixes/e2e-hello/1/approve", json={})
+    own = approve(world.alice, "e2e-hello", 1)
     assert own.status_code == 403  # a technician holds no fixes:approve at all
     admin_own = world.admin.post("/api/v1/fixes", json={
         "manifest_toml": manifest_toml("e2e-admin")})
     assert admin_own.status_code == 201
-    refused = world.admin.post("/api/v1/fixes/e2e-admin/1/approve", json={})
+    refused = approve(world.admin, "e2e-admin", 1)
     assert refused.status_code == 403 and refused.json()["error"] == "self_approval"
-    assert world.bob.post("/api/v1/fixes/e2e-hello/1/approve", json={}).status_code == 200
+    assert approve(world.bob, "e2e-hello", 1).status_code == 200
 
     session = open_session(world.alice, world.agent.agent_id, reason="disk full", ticket="T-1")
     try:
@@ -362,6 +373,82 @@ def refused_by_agent(world: World, result: dict[str, Any]) -> str:
     return str(refusal["reason"])
 
 
+def activity(agent: AgentProcess, run_id: str) -> dict[str, list[dict[str, Any]]]:
+    """The agent's own record of a run: its activity log (``activity.jsonl`` in its state
+    dir, agent/activity.py), by event."""
+    path = agent.state_dir / "activity.jsonl"
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in path.read_text().splitlines() if path.exists() else []:
+        entry = json.loads(row)
+        if entry.get("run_id") == run_id:
+            out.setdefault(entry["event"], []).append(entry)
+    return out
+
+
+def in_db(world: World, *statements: tuple[str, tuple[Any, ...]]) -> None:
+    db = sqlite3.connect(world.relay.data_dir / "relay.db")
+    try:
+        for sql, args in statements:
+            db.execute(sql, args)
+        db.commit()
+    finally:
+        db.close()
+
+
+def test_one_run_is_in_both_sides_logs_with_the_same_digest(world: World) -> None:
+    """Acceptance 2: the agent's activity log and the relay's trail tell the same run."""
+    expected = approved(world, manifest_toml("e2e-both", script="echo both; exit 3"))
+    result = run_rest(world, {"fix": "e2e-both@1"})
+    run_id = result["run_id"]
+    assert result["status"] == "ended" and result["exit_status"] == 3, result
+    relay_side = trail(world.relay, run_id)
+    agent_side = activity(world.agent, run_id)
+    for action in ("fix.run.requested", "fix.run.started", "fix.run.ended"):
+        assert [e["details"]["digest"] for e in relay_side[action]] == [expected], action
+    for event in ("fix.started", "fix.ended"):
+        assert [e["digest"] for e in agent_side.get(event, [])] == [expected], (
+            event, sorted(agent_side))
+    assert "fix.refused" not in agent_side
+    ended_relay = relay_side["fix.run.ended"][0]["details"]
+    ended_agent = agent_side["fix.ended"][0]
+    assert ended_agent["exit_status"] == ended_relay["exit_status"] == 3
+    assert ended_agent["session_id"] == relay_side["fix.run.requested"][0]["details"]["session"]
+
+
+def test_another_versions_manifest_and_signature_swapped_in_is_digest_mismatch(
+        world: World) -> None:
+    """A database write puts B's manifest and B's (valid) signature in A's row: the agent
+    verifies B, but the relay asks for A's digest, so it refuses digest_mismatch; both
+    sides record it under A's digest."""
+    a = approved(world, manifest_toml("e2e-swap-a", script="echo harmless"))
+    b = approved(world, manifest_toml("e2e-swap-b", script="echo something else"))
+    b_manifest = json.dumps(world.alice.get("/api/v1/fixes/e2e-swap-b/1").json()["manifest"],
+                            sort_keys=True)
+    b_signature = world.alice.get("/api/v1/fixes/e2e-swap-b/1").json()["signatures"][0]
+    in_db(world, ("UPDATE fix_versions SET manifest=? WHERE fix_id='e2e-swap-a'",
+                  (b_manifest,)),
+          ("UPDATE fix_signatures SET signature=? WHERE fix_id='e2e-swap-a'", (b_signature,)))
+    result = run_rest(world, {"fix": "e2e-swap-a@1"})
+    assert refused_by_agent(world, result) == "digest_mismatch"
+    t = trail(world.relay, result["run_id"])
+    assert t["fix.run.refused"][0]["details"]["digest"] == a
+    assert t["fix.run.requested"][0]["details"]["sent_digest"] == b
+    agent_side = activity(world.agent, result["run_id"])
+    assert [e["reason"] for e in agent_side["fix.refused"]] == ["digest_mismatch"]
+    assert "fix.started" not in agent_side
+
+
+def test_an_unsigned_version_forced_to_the_agent_is_refused_unsigned(world: World) -> None:
+    """The relay's database says approved but holds no signature any more: the relay
+    sends none, and the agent refuses ``unsigned`` (audited on both sides)."""
+    approved(world, manifest_toml("e2e-unsigned"))
+    in_db(world, ("UPDATE fix_signatures SET signature='' WHERE fix_id='e2e-unsigned'", ()))
+    result = run_rest(world, {"fix": "e2e-unsigned@1"})
+    assert refused_by_agent(world, result) == "unsigned"
+    assert [e["reason"] for e in activity(world.agent, result["run_id"])["fix.refused"]] == [
+        "unsigned"]
+
+
 def forge_approval(world: World, fix_id: str, version: int, signature: str) -> None:
     """What a compromised relay database can do: say a version is approved."""
     db = sqlite3.connect(world.relay.data_dir / "relay.db")
@@ -437,21 +524,47 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def agent_rss_kib(pid: int) -> int:
+    """RSS of the agent process and of its Python descendants (a session's room may run
+    in a child), not of the fix script itself (``head``)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        with contextlib.suppress(OSError, AssertionError):
+            if "python" in Path(f"/proc/{p}/comm").read_text() or p == pid or \
+                    b"backline" in Path(f"/proc/{p}/cmdline").read_bytes():
+                total += rss_kib(p)
+    return total
+
+
 def test_a_gigabyte_of_output_is_cut_at_the_cap_and_the_relay_stays_small(world: World
                                                                           ) -> None:
     import threading
 
     approved(world, manifest_toml("e2e-flood", script="head -c 1073741824 /dev/zero\n"
                                                       "echo after\n"))
-    assert world.relay.proc is not None
+    assert world.relay.proc is not None and world.agent.proc is not None
     pid = world.relay.proc.pid
     before = rss_kib(pid)
     peak = [before]
+    agent_pid = world.agent.proc.pid
+    agent_before = agent_rss_kib(agent_pid)
+    agent_peak = [agent_before]
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.wait(0.05):
             peak[0] = max(peak[0], rss_kib(pid))
+            with contextlib.suppress(OSError, AssertionError):
+                agent_peak[0] = max(agent_peak[0], agent_rss_kib(agent_pid))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -471,6 +584,10 @@ def test_a_gigabyte_of_output_is_cut_at_the_cap_and_the_relay_stays_small(world:
     print(f"relay RSS {before / 1024:.1f} MiB before, peak {peak[0] / 1024:.1f} MiB "
           f"(+{grew_mib:.1f} MiB) while 1 GiB was cut at {cap >> 20} MiB")
     assert grew_mib < 64, grew_mib
+    agent_grew = (agent_peak[0] - agent_before) / 1024
+    print(f"agent RSS (its Python processes) {agent_before / 1024:.1f} MiB before, peak "
+          f"{agent_peak[0] / 1024:.1f} MiB (+{agent_grew:.1f} MiB) at the default 16 MiB cap")
+    assert agent_grew < 64, agent_grew
 
 
 def test_an_agent_enrolled_without_fix_keys_learns_them_from_fix_trust(world: World) -> None:
@@ -505,3 +622,39 @@ def test_an_agent_enrolled_without_fix_keys_learns_them_from_fix_trust(world: Wo
         assert r.json()["status"] == "ended" and r.json()["exit_status"] == 0, r.json()
     finally:
         agent.stop()
+
+
+def test_a_list_too_long_for_one_frame_is_fetched_and_enforced(world: World) -> None:
+    """MUST-FIX 1 (b) end to end: 150 revocations with long reasons no longer fit one
+    control frame; the relay announces the list, the agent fetches it from
+    GET /agent/fix-revocations, and refuses a version in it even after the relay's
+    database forgets it."""
+    from backline.agent.fixes import revocations as agent_revocations
+
+    if not hasattr(agent_revocations, "FETCH_PATH"):
+        pytest.skip("SKIPPED LOUDLY: this branch's agent does not fetch announced "
+                    "revocation lists yet (fixround-agent's half of MUST-FIX 1)")
+    approved(world, manifest_toml("e2e-fetched", script="echo should not run"))
+    for i in range(150):
+        fix_id = f"e2e-filler-{i:03d}"
+        assert world.alice.post("/api/v1/fixes", json={
+            "manifest_toml": manifest_toml(fix_id)}).status_code == 201
+        assert world.bob.post(f"/api/v1/fixes/{fix_id}/1/revoke",
+                              json={"reason": "r" * 300}).status_code == 200
+    r = world.bob.post("/api/v1/fixes/e2e-fetched/1/revoke", json={"reason": "too big"})
+    assert r.status_code == 200
+    revoked = [e for e in audit_actions(world.relay) if e["action"] == "fix.revoked"
+               and e["target"] == "fix:e2e-fetched@1"]
+    assert revoked[-1]["details"]["delivery"] == "fetch"
+    kept = world.agent.state_dir / "fix_revocations.json"
+
+    def holds_it() -> bool:
+        try:
+            entries = json.loads(kept.read_text())["entries"]
+        except (OSError, ValueError, KeyError):
+            return False
+        return any(e["id"] == "e2e-fetched" for e in entries)
+
+    wait_for(holds_it, 30, "the agent to fetch the announced revocation list")
+    in_db(world, ("DELETE FROM fix_revocations WHERE fix_id='e2e-fetched'", ()))
+    assert refused_by_agent(world, run_rest(world, {"fix": "e2e-fetched@1"})) == "revoked"

@@ -57,7 +57,7 @@ default = false
 GOLDEN_SCRIPT = 'systemctl restart -- "$BACKLINE_PARAM_SERVICE"\n'
 GOLDEN_VERIFY = 'systemctl is-active --quiet -- "$BACKLINE_PARAM_SERVICE"\n'
 #: Pinned: if this changes, every approval ever signed stops verifying.
-GOLDEN_DIGEST = "sha256:d44fd8387ce5c65b5e08c4644e425838b1b594186a8fdcd37f4b9bd5944b3b8d"
+GOLDEN_DIGEST = "sha256:7405c3af756faff365f700e35a02348a9f972016a5d3c96b9eb08ef779f083cd"
 
 
 def base() -> dict[str, Any]:
@@ -114,7 +114,8 @@ def test_golden_canonical_bytes_and_digest() -> None:
     verify = hashlib.sha256(GOLDEN_VERIFY.encode()).hexdigest()
     expected = (
         b"backline fix manifest v1\n"
-        b'{"consent":true,"id":"restart-service","interpreter":"bash","parameters":{'
+        b'{"consent":true,"description":"Restarts SERVICE and waits.",'
+        b'"id":"restart-service","interpreter":"bash","parameters":{'
         b'"FORCE":{"default":false,"enum":null,"max":null,"max_length":null,"min":null,'
         b'"min_length":null,"pattern":null,"required":false,"type":"boolean"},'
         b'"SERVICE":{"default":null,"enum":null,"max":null,"max_length":64,"min":null,'
@@ -122,7 +123,8 @@ def test_golden_canonical_bytes_and_digest() -> None:
         b'"WAIT":{"default":5,"enum":null,"max":60,"max_length":null,"min":0,'
         b'"min_length":null,"pattern":null,"required":false,"type":"integer"}},'
         b'"platforms":["linux","macos"],"risk":"medium","script_sha256":"'
-        + script.encode() + b'","timeout_s":120,"verify_sha256":"' + verify.encode()
+        + script.encode() + b'","timeout_s":120,"title":"Restart a systemd service",'
+        b'"verify_sha256":"' + verify.encode()
         + b'","version":3}'
     )
     assert canonical_bytes(m) == expected
@@ -147,9 +149,21 @@ def test_canonical_is_blind_to_the_order_sets_are_written_in() -> None:
 
 def test_canonical_ignores_what_informs_only() -> None:
     d = base()
-    d["title"], d["description"], d["rules"] = "Other", "Other words", ["dns-slow"]
+    d["rules"] = ["dns-slow"]
     d["parameters"]["SERVICE"]["description"] = "other"
     assert digest(manifest_from_dict(d)) == GOLDEN_DIGEST
+
+
+@pytest.mark.parametrize("field,value", [("title", "Restart a systemd service!"),
+                                         ("title", "Update your browser"),
+                                         ("description", ""),
+                                         ("description", "Restarts SERVICE and waits. ")])
+def test_what_the_customer_is_shown_is_signed(field: str, value: str) -> None:
+    """A relay cannot relabel a signed fix at the consent prompt: the title and the
+    description are in the canonical bytes (lead's decision, 14:58)."""
+    d = base()
+    d[field] = value
+    assert digest(manifest_from_dict(d)) != GOLDEN_DIGEST
 
 
 def flip_one_byte(text: str, at: int = 0) -> str:
@@ -188,7 +202,8 @@ def test_canonical_changes_with_any_executing_byte(change: Any) -> None:
 def test_canonical_body_lists_exactly_the_contract_fields() -> None:
     body = canonical_body(parse_manifest(GOLDEN_TOML))
     assert set(body) == {"id", "version", "platforms", "interpreter", "script_sha256",
-                         "verify_sha256", "parameters", "timeout_s", "consent", "risk"}
+                         "verify_sha256", "parameters", "timeout_s", "consent", "risk",
+                         "title", "description"}
     assert all(set(p) == {"type", "required", "default", "enum", "pattern", "min_length",
                           "max_length", "min", "max"} for p in body["parameters"].values())
 
