@@ -101,18 +101,10 @@ function paramsTable(m) {
 }
 
 // The digest the approver reviewed goes with the approval, and the relay refuses it
-// when the stored version is no longer that one (digest_mismatch). TRANSITIONAL: a relay
-// from before that check takes no body on /approve ("400 bad_field: unknown fields");
-// it is asked again without (it checks nothing more then, as before). Drop the second
-// try once every relay takes the digest.
+// when the stored version is no longer that one (digest_mismatch).
 async function approveReviewed(id, version, digest) {
   const at = `/fixes/${encodeURIComponent(id)}/${encodeURIComponent(version)}/approve`;
-  try {
-    return await post(at, { digest });
-  } catch (err) {
-    if (err.status === 400 && err.code === "bad_field" && /unknown field/i.test(err.message)) return post(at, {});
-    throw err;
-  }
+  return post(at, { digest });
 }
 
 function approveControls(app, ver) {
