@@ -71,7 +71,8 @@ def browser_flags(profile: Path, headless: bool, width: int = 1280, height: int 
     flags = ["--remote-debugging-pipe", f"--user-data-dir={profile}", "--no-first-run",
              "--no-default-browser-check", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--disable-quic",
-             "--disable-features=Translate,MediaRouter,OptimizationHints",
+             "--disable-features=Translate,MediaRouter,OptimizationHints,"
+             "DisableLoadExtensionCommandLineSwitch",
              "--password-store=basic", "--use-mock-keychain", f"--window-size={width},{height}"]
     if headless:
         flags.append("--headless")
@@ -189,7 +190,8 @@ class Browser:
 
     @classmethod
     async def launch(cls, executable: str, on_event: Callable[[Event], None],
-                     headless: bool | None = None) -> Browser:
+                     headless: bool | None = None, extra_flags: list[str] | None = None
+                     ) -> Browser:
         profile = Path(tempfile.mkdtemp(prefix="backline-cobrowse-"))
         to_browser_r, to_browser_w = os.pipe()
         from_browser_r, from_browser_w = os.pipe()
@@ -198,7 +200,7 @@ class Browser:
         to_browser_r, from_browser_w = _above(to_browser_r), _above(from_browser_w)
         show = display_available() if headless is None else not headless
         argv = [sys.executable, "-c", _TRAMPOLINE, str(to_browser_r), str(from_browser_w),
-                executable, *browser_flags(profile, headless=not show)]
+                executable, *(extra_flags or []), *browser_flags(profile, headless=not show)]
         errors = open(profile / "browser-stderr.log", "wb")  # noqa: ASYNC230 (a new local file)
         try:
             proc = await asyncio.create_subprocess_exec(

@@ -143,3 +143,31 @@ def focus_check(privacy: Privacy, policy: CobrowsePolicy) -> str:
 
 def pointer_script(x: float, y: float) -> str:
     return POINTER.replace("$X", repr(float(x))).replace("$Y", repr(float(y)))
+
+
+_EXTENSION_DIRS: list[str] = []
+
+
+def write_extension(script: str) -> list[str]:
+    """The alternative measured against CDP injection: the same script as a Manifest V3
+    content script in the main world, at document_start, in all frames. Returns the
+    browser flags that load it."""
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix="backline-cobrowse-ext-"))
+    _EXTENSION_DIRS.append(str(folder))
+    (folder / "recorder.js").write_text(script, encoding="utf-8")
+    (folder / "manifest.json").write_text(json.dumps({
+        "manifest_version": 3, "name": "Backline co-browse recorder", "version": "1.0",
+        "content_scripts": [{"matches": ["<all_urls>"], "js": ["recorder.js"],
+                             "run_at": "document_start", "all_frames": True,
+                             "match_origin_as_fallback": True, "world": "MAIN"}]}))
+    return [f"--load-extension={folder}", f"--disable-extensions-except={folder}"]
+
+
+def remove_extension() -> None:
+    import shutil
+
+    while _EXTENSION_DIRS:
+        shutil.rmtree(_EXTENSION_DIRS.pop(), ignore_errors=True)

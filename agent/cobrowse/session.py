@@ -54,7 +54,10 @@ class Target:
 
 class CoBrowse:
     def __init__(self, policy: CobrowsePolicy, emit: Callable[[dict[str, Any] | str], None],
-                 on_log: Callable[..., Any] | None = None) -> None:
+                 on_log: Callable[..., Any] | None = None, injection: str = "cdp") -> None:
+        #: "cdp" (the choice: docs/cobrowse.md) or "extension", kept for the measurement
+        #: (bench/cobrowse_injection.py).
+        self.injection = injection
         self.policy = policy
         self.emit = emit
         self.on_log = on_log or (lambda *a, **k: None)
@@ -81,7 +84,11 @@ class CoBrowse:
         executable = find_browser(self.policy.browser)
         if headless is None and self.policy.headless != "auto":
             headless = self.policy.headless == "true"
-        self.browser = await Browser.launch(executable, self._on_event, headless=headless)
+        extra: list[str] = []
+        if self.injection == "extension":
+            extra = recorder.write_extension(self.script)
+        self.browser = await Browser.launch(executable, self._on_event, headless=headless,
+                                            extra_flags=extra)
         conn = self.browser.conn
         watcher = asyncio.ensure_future(self._watch_browser())
         self._tasks.add(watcher)
@@ -120,6 +127,8 @@ class CoBrowse:
             task.cancel()
         if self.browser is not None:
             await self.browser.close()
+        if self.injection == "extension":
+            recorder.remove_extension()
 
     # --- targets ---------------------------------------------------------------------
 
@@ -186,7 +195,8 @@ class CoBrowse:
                     conn.send("Runtime.addBinding", {"name": self.binding}, sid),
                     conn.send("Page.enable", {}, sid),
                     conn.send("Page.addScriptToEvaluateOnNewDocument",
-                              {"source": self.script, "runImmediately": True}, sid),
+                              {"source": self.script, "runImmediately": True}, sid)
+                    if self.injection == "cdp" else asyncio.sleep(0),
                     conn.send("Target.setAutoAttach", {"autoAttach": True,
                                                        "waitForDebuggerOnStart": True,
                                                        "flatten": True}, sid))

@@ -330,3 +330,12 @@ async def test_refused_view_and_bad_start(tmp_path: Path) -> None:
             assert json.loads(out.splitlines()[0])["error"] == "bad_request"
     assert not [e for e in kit.log.read() if e["event"] == "channel.start" and False]
     await asyncio.wait_for(server, 10)
+
+
+def test_nothing_of_cobrowse_is_loaded_until_its_channel_opens() -> None:
+    code = ("import sys, backline.agent.capabilities as c, backline.agent.sshserver, "
+            "backline.agent.localcontrol\nc.builtin_registry()\n"
+            "print([m for m in sys.modules if 'cobrowse' in m])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
