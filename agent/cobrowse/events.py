@@ -42,8 +42,8 @@ class Bucket:
         self.at = time.monotonic()
 
     def refill(self, now: float) -> None:
-        self.level = min(self.burst, self.level + (now - self.at) * self.rate)
-        self.at = now
+        self.level = min(self.burst, self.level + max(0.0, now - self.at) * self.rate)
+        self.at = max(self.at, now)
 
     def take(self, amount: float, now: float) -> bool:
         self.refill(now)

@@ -270,6 +270,23 @@ async def test_control_only_while_granted(tmp_path: Path, site: dict[str, int]) 
         type_text("x")
         await ch.until(lambda: any(m.get("error") == "masked_field" for m in ch.of("error")))
         assert await page_eval(kit, ctx, "document.getElementById('pw').value") == ""
+        # The technician's pointer: drawn by the agent, outside the page's reach.
+        ch.send({"type": "pointer", "x": 40, "y": 50})
+        await asyncio.sleep(0.5)
+        assert await page_eval(kit, ctx, "document.querySelector('[data-backline-overlay]')"
+                                         ".style.left") == "40px"
+        # No file chooser while the technician controls; no screencast unless the policy
+        # allows it.
+        fbox = await page_eval(kit, ctx, "(() => { const r = document.getElementById('file')"
+                                         ".getBoundingClientRect(); return [r.x + 20,"
+                                         " r.y + r.height / 2]; })()")
+        click(*fbox)
+        await ch.until(lambda: any(m.get("error") == "file_chooser_refused"
+                                   for m in ch.of("error")))
+        ch.send({"type": "screencast", "on": True})
+        await ch.until(lambda: any(m.get("error") == "screencast_not_allowed"
+                                   for m in ch.of("error")))
+        assert ch.of("frame") == []
         # Revoked: it stops at once.
         ch.send({"type": "release_control"})
         await ch.until(lambda: ch.of("control")[-1]["state"] == "revoked")
@@ -339,3 +356,23 @@ def test_nothing_of_cobrowse_is_loaded_until_its_channel_opens() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+@run_async
+async def test_allowed_urls_refuse_what_is_not_listed(tmp_path: Path,
+                                                      site: dict[str, int]) -> None:
+    kit = kit_for(tmp_path, ScriptedAsker(YES),
+                  allowed_urls=[f"http://127.0.0.1:{site['a']}/same.html"])
+    conn, ch, server = await open_cobrowse(kit, f"http://127.0.0.1:{site['a']}/")
+    async with conn:
+        await ch.until(lambda: any(m.get("error") == "url_not_allowed"
+                                   for m in ch.of("error")), 60)
+        ch.send({"type": "propose_url", "url": f"http://127.0.0.1:{site['a']}/same.html"})
+        await ch.until(lambda: "SAME-ORIGIN-FRAME-TEXT" in ch.text(), 30)
+        ch.send({"type": "propose_url", "url": "file:///etc/passwd"})
+        await ch.until(lambda: len([m for m in ch.of("error")
+                                    if m.get("error") == "url_not_allowed"]) == 2)
+        ch.send({"type": "end"})
+        await asyncio.wait_for(ch.task, 30)
+    assert "TICK-" not in ch.text()
+    await asyncio.wait_for(server, 10)
