@@ -43,6 +43,12 @@ KNOWN = {"request_control", "release_control", "input", "pointer", "propose_url"
          "screencast", "end"}
 
 
+VIEW_INDICATOR = ("A technician is watching the Backline co-browse window. Close this "
+                  "window to end the co-browse at once.")
+CONTROL_INDICATOR = ("A technician CONTROLS the Backline co-browse window. Close this "
+                     "window to take control back at once.")
+
+
 class _BadRequest(Exception):
     pass
 
@@ -184,17 +190,25 @@ class Room:
 
     # --- consent ---------------------------------------------------------------------
 
-    async def ask(self, words: str, timeout: float, hold: bool) -> Any:
+    async def ask(self, words: str, timeout: float, indicator: str = "") -> Any:
+        """Ask in the agent's UI; with ``indicator``, an asker that can keeps its window
+        open after a yes, saying so, and its closing ends what was granted."""
         from backline.agent.consent import NoAsker
 
         asker = self.ctx.extra.get("asker") or NoAsker()
-        holding = getattr(asker, "ask_and_hold", None) if hold else None
+        holding = getattr(asker, "ask_and_hold", None) if indicator else None
         if holding is not None:
-            return await holding(words, timeout, self.ctx, "cobrowse")
+            import inspect
+
+            # An asker whose ask_and_hold takes no indicator text keeps its own.
+            extra = ({"indicator": indicator} if "indicator" in
+                     inspect.signature(holding).parameters else {})
+            return await holding(words, timeout, self.ctx, "cobrowse", **extra)
         return await asker.ask(words, timeout)
 
     async def ask_control(self) -> None:
-        answer = await self.ask(control_question(self.ctx), CONTROL_ASK_S, hold=True)
+        answer = await self.ask(control_question(self.ctx), CONTROL_ASK_S,
+                                indicator=CONTROL_INDICATOR)
         said = "yes" if answer.allowed else ("timeout" if answer.how == "no_answer" else "no")
         self.log("cobrowse.consent", what="control", answer=said, how=answer.how)
         self.emit({"type": "consent", "what": "control", "answer": said})
@@ -301,7 +315,7 @@ async def run(process: Any, ctx: SessionContext) -> int:
         view_held = None
         if ctx.policy.decision("cobrowse") == "ask":
             answer = await room.ask(view_question(ctx, url, start.get("reason", "")),
-                                    ctx.policy.ask_timeout_s, hold=True)
+                                    ctx.policy.ask_timeout_s, indicator=VIEW_INDICATOR)
             said = "yes" if answer.allowed else ("timeout" if answer.how == "no_answer"
                                                  else "no")
             room.log("cobrowse.consent", what="view", answer=said, how=answer.how)

@@ -3,6 +3,7 @@ page-event gate and batcher, the [cobrowse] policy, URL globs and the room's lin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -154,3 +155,25 @@ def test_start_line_is_checked() -> None:
                 {"type": "start", "reason": "r" * 501}):
         with pytest.raises(_BadRequest):
             parse_start(bad)
+
+
+@run_async
+async def test_the_indicator_says_what_is_granted(tmp_path: Any) -> None:
+    """A consent program that says yes and stays open is the indicator; its text for a
+    co-browse is the co-browse's (not the terminal's), and closing it ends the grant."""
+    import sys
+
+    from backline.agent.consent import CommandAsker
+
+    out = tmp_path / "argv.json"
+    program = ("import json, sys, time\n"
+               f"open({str(out)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+               "print('yes', flush=True)\ntime.sleep(0.5)\n")
+    asker = CommandAsker([sys.executable, "-c", program],
+                         [sys.executable, "-c", program, "DEFAULT TEXT"])
+    asker.hold_text = "DEFAULT TEXT"
+    answer = await asker.ask_and_hold("May alice watch?", 20, None, "cobrowse",
+                                      indicator="WATCHING")
+    assert answer.allowed and answer.held is not None
+    assert json.loads(out.read_text()) == ["WATCHING", "May alice watch?"]
+    await asyncio.wait_for(answer.held.ended.wait(), 10)
