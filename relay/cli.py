@@ -14,7 +14,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -26,7 +26,10 @@ from backline.relay import tokens, users
 from backline.relay.cli_fix import fix_app
 from backline.relay.datadir import CERT_WARN_DAYS
 from backline.relay.roles import ROLES
-from backline.relay.state import Relay, open_relay
+from backline.relay.store import Store, open_store
+
+if TYPE_CHECKING:
+    from backline.relay.state import Relay
 
 app = typer.Typer(help="Backline relay: agents connect to it, technicians work through it.",
                   no_args_is_help=True, add_completion=False)
@@ -73,7 +76,15 @@ def _load(data_dir: Path | None, config_file: Path | None, **overrides: object
 
 
 def _open(data_dir: Path | None, config_file: Path | None, **overrides: object) -> Relay:
+    # Imported here, not at the top: commands that need only the store skip it (relay/store.py)
+    from backline.relay.state import open_relay
+
     return open_relay(_load(data_dir, config_file, **overrides))
+
+
+def _open_store(data_dir: Path | None, config_file: Path | None) -> Store:
+    """For a command that needs only the database and the audit trail."""
+    return open_store(_load(data_dir, config_file))
 
 
 def initialise(relay: Relay) -> str | None:
@@ -121,6 +132,7 @@ def serve(
     """Run the relay (initialising it on first start)."""
     from backline.relay.net.server import listen
     from backline.relay.serve import serve as run_server
+    from backline.relay.state import open_relay
 
     cfg = _load(data_dir, config, listen_host=host, listen_port=port)
     # Listen before anything slow (the launcher has usually bound already, before the
@@ -283,6 +295,7 @@ def token_revoke(token_id: str, data_dir: DataDirOpt = None, config: ConfigOpt =
 def cert_show(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     """Print the served certificate's expiry and the pins agents trust."""
     from backline.relay import tls_identity
+    from backline.relay.state import open_relay
 
     cfg = _load(data_dir, config)
     relay = open_relay(cfg)
@@ -314,6 +327,7 @@ def cert_rotate(
 
     from backline.relay import datadir as dd
     from backline.relay import tls_identity
+    from backline.relay.state import open_relay
 
     cfg = _load(data_dir, config)
     if cfg.tls != "self-signed":
@@ -378,8 +392,7 @@ def parse_since(text: str) -> float:
 @audit_app.command("verify")
 def audit_verify(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     """Check the hash chain and signed checkpoints; print OK or the first broken record."""
-    relay = _open(data_dir, config)
-    result = relay.audit.verify()
+    result = _open_store(data_dir, config).audit.verify()
     (out if result.ok else err).print(result.describe(), markup=False)
     raise typer.Exit(0 if result.ok else 1)
 
@@ -412,9 +425,9 @@ def audit_export(
     if checkpoints and since:
         err.print("[red]error:[/] --since applies to events, not to --checkpoints")
         raise typer.Exit(2)
-    relay = _open(data_dir, config)
+    audit = _open_store(data_dir, config).audit
     start = parse_since(since) if since else None
-    rows = relay.audit.export_checkpoints() if checkpoints else relay.audit.export(start)
+    rows = audit.export_checkpoints() if checkpoints else audit.export(start)
     # A file is written beside its final name and renamed when complete, so a failed
     # export never leaves a truncated file that looks like a whole one.
     partial = output.with_name(output.name + ".partial") if output else None

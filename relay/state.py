@@ -22,10 +22,10 @@ from backline.relay.blobs import BlobStore
 from backline.relay.capabilities.runner import ChannelRunner
 from backline.relay.config import RelayConfig
 from backline.relay.datadir import DataDir
-from backline.relay.db import make_engine, migrate
 from backline.relay.fixes.service import FixService
 from backline.relay.live import LiveBus
 from backline.relay.sessions.manager import SessionManager
+from backline.relay.store import open_store
 from backline.relay.tls_identity import TlsIdentity
 from backline.relay.webhooks import WebhookSender
 
@@ -238,18 +238,11 @@ def _loggable(details: dict[str, Any]) -> dict[str, Any]:
 
 def open_relay(config: RelayConfig) -> Relay:
     """Open (creating on first use) the data directory and database of ``config``."""
-    datadir = DataDir(config.data_dir)
-    host = config.effective_public_url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
-    datadir.ensure_keys([host, config.listen_host])
-    engine = make_engine(config.effective_database_url)
-    migrate(engine)
-    audit_key = keys.load_private(datadir.audit_key)
-    audit = AuditLog(engine, audit_key, config.audit_checkpoint_every,
-                     config.audit_checkpoint_seconds)
-    identity = tls_identity.load(config, datadir)
-    ca_public = keys.public_openssh(keys.load_private(datadir.ca_key))
-    relay = Relay(config=config, engine=engine, datadir=datadir, audit=audit,
-                  fingerprint=identity.fingerprint, ca_public_key=ca_public,
-                  cookie_secret=datadir.read_cookie_secret())
+    store = open_store(config)
+    identity = tls_identity.load(config, store.datadir)
+    ca_public = keys.public_openssh(keys.load_private(store.datadir.ca_key))
+    relay = Relay(config=config, engine=store.engine, datadir=store.datadir,
+                  audit=store.audit, fingerprint=identity.fingerprint,
+                  ca_public_key=ca_public, cookie_secret=store.datadir.read_cookie_secret())
     relay.set_tls_identity(identity)
     return relay
