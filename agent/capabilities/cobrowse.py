@@ -167,6 +167,16 @@ class Room:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.process.stdout.drain(), 2)
 
+    def refused(self, how: str, detail: str) -> int:
+        """The channel refused as the SSH server refuses one (logged as
+        ``channel.refused``, one JSON line on stderr that the relay audits), exit 77."""
+        self.log("channel.refused", capability="cobrowse", decision="ask", reason=how,
+                 detail=detail)
+        with contextlib.suppress(Exception):
+            self.process.stderr.write(json.dumps({"refused": how, "capability": "cobrowse"})
+                                      + "\n")
+        return int(ChannelExit.REFUSED)
+
     def log(self, event: str, **fields: Any) -> None:
         self.ctx.log.record(event, **self.base, **fields)
 
@@ -298,6 +308,10 @@ async def run(process: Any, ctx: SessionContext) -> int:
     from backline.agent.cobrowse.session import CoBrowse
 
     room = Room(process, ctx)
+    asker = ctx.extra.get("asker")
+    if ctx.policy.decision("cobrowse") == "ask" and not getattr(asker, "available", False):
+        # Nobody to ask (a background agent without a display): no, before any work.
+        return room.refused("no_way_to_ask", "ask, with no way to ask the customer")
     writer = asyncio.ensure_future(room.writer())
     reader = LineReader(process)
     try:
@@ -321,9 +335,8 @@ async def run(process: Any, ctx: SessionContext) -> int:
             room.log("cobrowse.consent", what="view", answer=said, how=answer.how)
             room.emit({"type": "consent", "what": "view", "answer": said})
             if not answer.allowed:
-                room.log("cobrowse.refused", reason="consent", detail=answer.how)
                 await room.flush()
-                return int(ChannelExit.REFUSED)
+                return room.refused(answer.how, "the customer was asked to be seen")
             view_held = answer.held
         else:
             room.log("cobrowse.consent", what="view", answer="yes", how="policy_allow")

@@ -226,12 +226,12 @@ def test_capability_denied_by_policy_is_refused_and_audited_on_both_sides(world:
         admin.request("DELETE", f"/api/v1/sessions/{session['id']}")
     refused = events(relay, "session.channel.refused", session["id"])
     assert [(e["details"]["capability"], e["details"]["reason"]) for e in refused] == [
-        ("diagnostics", "refused_by_agent"), ("cobrowse", "refused_by_agent"),
+        ("diagnostics", "refused_by_agent"), ("cobrowse", "agent_no_way_to_ask"),
         ("sftp", "not_in_session")]
     local = [e for e in activity(agent) if e.get("session_id") == session["id"]
              and e["event"] == "channel.refused"]
     assert [(e["capability"], e["reason"]) for e in local] == [
-        ("diagnostics", "policy_deny"), ("cobrowse", "unknown")]
+        ("diagnostics", "policy_deny"), ("cobrowse", "no_way_to_ask")]
 
 
 def test_who_may_open_see_use_and_close(world: World) -> None:

@@ -334,10 +334,13 @@ async def test_refused_view_and_bad_start(tmp_path: Path) -> None:
         proc = await conn.create_process(subsystem="cobrowse")
         proc.stdin.write(json.dumps({"type": "start", "url": None}) + "\n")
         out = await asyncio.wait_for(proc.stdout.read(), 20)
+        err = await asyncio.wait_for(proc.stderr.read(), 5)
         await proc.wait_closed()
         assert proc.exit_status == EXIT_REFUSED
         assert [json.loads(x) for x in out.splitlines()] == [
             {"type": "consent", "what": "view", "answer": "no"}]
+        assert json.loads(err) == {"refused": "customer_declined",
+                                                     "capability": "cobrowse"}
         for bad in ("[1, 2]", '{"type": "input"}', "x" * 100):
             proc = await conn.create_process(subsystem="cobrowse")
             proc.stdin.write(bad + "\n")
@@ -375,4 +378,25 @@ async def test_allowed_urls_refuse_what_is_not_listed(tmp_path: Path,
         ch.send({"type": "end"})
         await asyncio.wait_for(ch.task, 30)
     assert "TICK-" not in ch.text()
+    await asyncio.wait_for(server, 10)
+
+
+class Nobody:
+    available = False
+
+    async def ask(self, question: str, timeout: float) -> Answer:
+        raise AssertionError("nobody can be asked")
+
+
+@run_async
+async def test_ask_with_nobody_to_ask_refuses_at_once(tmp_path: Path) -> None:
+    kit = kit_for(tmp_path, Nobody())  # type: ignore[arg-type]
+    conn, server = await connect(kit, [kit.cert()], capabilities=("cobrowse",))
+    async with conn:
+        result = await asyncio.wait_for(conn.run(subsystem="cobrowse", check=False), 20)
+    assert result.exit_status == EXIT_REFUSED and result.stdout == ""
+    assert json.loads(str(result.stderr)) == {"refused": "no_way_to_ask",
+                                              "capability": "cobrowse"}
+    assert [(e["capability"], e["reason"]) for e in kit.log.read()
+            if e["event"] == "channel.refused"] == [("cobrowse", "no_way_to_ask")]
     await asyncio.wait_for(server, 10)
