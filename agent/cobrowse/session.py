@@ -163,6 +163,8 @@ class CoBrowse:
                 target.world = None
                 if self.pages and self.pages[-1] == target.session_id:
                     self.emit({"type": "nav", "url": target.url})
+        elif method == "Fetch.requestPaused":
+            self._spawn(self._paused(event.session_id, params))
         elif method == "Page.screencastFrame":
             self._spawn(self._frame(event.session_id, params))
         elif method == "Page.fileChooserOpened":
@@ -200,6 +202,12 @@ class CoBrowse:
                     conn.send("Target.setAutoAttach", {"autoAttach": True,
                                                        "waitForDebuggerOnStart": True,
                                                        "flatten": True}, sid))
+                if kind == "page" and self.policy.allowed_urls:
+                    # Every top-level document request is checked against the list,
+                    # also those the page makes itself (links, scripts, redirects).
+                    await conn.send("Fetch.enable", {"patterns": [
+                        {"urlPattern": "*", "resourceType": "Document",
+                         "requestStage": "Request"}]}, sid)
                 if kind == "page":
                     tree = await conn.send("Page.getFrameTree", {}, sid)
                     target.main_frame = str((tree.get("frameTree") or {}).get("frame", {})
@@ -212,6 +220,26 @@ class CoBrowse:
                 await conn.send("Runtime.runIfWaitingForDebugger", {}, sid)
         except (CDPError, BrowserError, TimeoutError) as exc:
             log.info("could not set up a %s target: %s", kind, exc)
+
+    async def _paused(self, sid: str | None, params: dict[str, Any]) -> None:
+        """A document request under ``allowed_urls``: a top-level one outside the list is
+        failed (frames inside an allowed page are the page's own business)."""
+        assert self.browser is not None
+        request = params.get("request") or {}
+        url = str(request.get("url", ""))
+        target = self.targets.get(sid or "")
+        top = target is not None and params.get("frameId") in (target.main_frame, None, "")
+        with contextlib.suppress(CDPError, BrowserError, TimeoutError):
+            if top and not self.url_allowed(url):
+                self.on_log("cobrowse.refused", reason="url_not_allowed", url=url[:500])
+                self.emit({"type": "error", "error": "url_not_allowed",
+                           "detail": f"{url[:300]} is not allowed by the customer's policy"})
+                await self.browser.conn.send("Fetch.failRequest", {
+                    "requestId": params.get("requestId"), "errorReason": "BlockedByClient"},
+                    sid)
+            else:
+                await self.browser.conn.send("Fetch.continueRequest",
+                                             {"requestId": params.get("requestId")}, sid)
 
     # --- the recording ---------------------------------------------------------------
 

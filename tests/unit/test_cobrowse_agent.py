@@ -375,9 +375,16 @@ async def test_allowed_urls_refuse_what_is_not_listed(tmp_path: Path,
         ch.send({"type": "propose_url", "url": "file:///etc/passwd"})
         await ch.until(lambda: len([m for m in ch.of("error")
                                     if m.get("error") == "url_not_allowed"]) == 2)
+        # The page itself navigating away (a link, a script) is stopped too.
+        ctx = server_ctx(server)
+        await page_eval(kit, ctx, f"location.href = 'http://127.0.0.1:{site['a']}/flood.html'")
+        await ch.until(lambda: len([m for m in ch.of("error")
+                                    if m.get("error") == "url_not_allowed"]) == 3)
+        await asyncio.sleep(1)
+        assert not [m for m in ch.of("nav") if "flood" in m["url"]]
         ch.send({"type": "end"})
         await asyncio.wait_for(ch.task, 30)
-    assert "TICK-" not in ch.text()
+    assert "TICK-" not in ch.text() and "FFFFFFFFFF" not in ch.text()
     await asyncio.wait_for(server, 10)
 
 
