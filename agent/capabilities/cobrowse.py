@@ -139,7 +139,8 @@ class Room:
         self.control_held: Any = None
         self.tokens = RELAY_LINES_BURST
         self.tokens_at = time.monotonic()
-        self.refused_said = 0.0
+        self.refused_said: dict[str, float] = {}
+        self.unsaid: dict[str, int] = {}
 
     def emit(self, event: dict[str, Any] | str) -> None:
         if isinstance(event, str):
@@ -181,12 +182,17 @@ class Room:
         self.ctx.log.record(event, **self.base, **fields)
 
     def refuse_input(self, reason: str, detail: str) -> None:
-        """Logged every time; said to the relay at most once a second per reason."""
-        self.log("cobrowse.refused", reason=reason, detail=detail[:200])
+        """Logged and said to the relay at most once a second per reason, with how many
+        more were refused meanwhile (a flood of refused lines must not become a flood of
+        answers, nor fill the customer's disk with log lines)."""
         now = time.monotonic()
-        if now - self.refused_said >= 1.0 or reason not in ("not_in_control", "rate_limited"):
-            self.refused_said = now
+        if now - self.refused_said.get(reason, -1e9) >= 1.0:
+            self.refused_said[reason] = now
+            self.log("cobrowse.refused", reason=reason, detail=detail[:200],
+                     also_refused=self.unsaid.pop(reason, 0))
             self.emit({"type": "error", "error": reason, "detail": detail[:300]})
+        else:
+            self.unsaid[reason] = self.unsaid.get(reason, 0) + 1
 
     def allow_line(self) -> bool:
         now = time.monotonic()

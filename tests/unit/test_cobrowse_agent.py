@@ -313,6 +313,14 @@ async def test_a_flooding_page_is_capped(tmp_path: Path, site: dict[str, int]) -
         await asyncio.sleep(5)
         elapsed = time.monotonic() - started
         received = sum(len(x) for x in ch.lines) - first
+        # A hostile relay: a line over 1 MiB, garbage, unknown types, a flood of inputs.
+        ch.proc.stdin.write("x" * (1024 * 1024 + 100) + "\n")
+        ch.proc.stdin.write("not json\n")
+        ch.send({"type": "sudo"})
+        for _ in range(1000):  # (no control: each is refused, cheaply, or rate-limited)
+            ch.send({"type": "input", "kind": "mouse", "event": "mouseMoved", "x": 1, "y": 1})
+        await ch.until(lambda: any(m.get("error") == "rate_limited" for m in ch.of("error")))
+        assert any(m.get("error") == "bad_request" for m in ch.of("error"))
         ch.send({"type": "end"})
         await asyncio.wait_for(ch.task, 30)
     from backline.agent.cobrowse import events as ev
@@ -372,6 +380,7 @@ async def test_allowed_urls_refuse_what_is_not_listed(tmp_path: Path,
                                    for m in ch.of("error")), 60)
         ch.send({"type": "propose_url", "url": f"http://127.0.0.1:{site['a']}/same.html"})
         await ch.until(lambda: "SAME-ORIGIN-FRAME-TEXT" in ch.text(), 30)
+        await asyncio.sleep(1.1)  # refusals of one kind are said at most once a second
         ch.send({"type": "propose_url", "url": "file:///etc/passwd"})
         await ch.until(lambda: len([m for m in ch.of("error")
                                     if m.get("error") == "url_not_allowed"]) == 2)
