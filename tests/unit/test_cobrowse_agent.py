@@ -181,6 +181,9 @@ async def test_recording_has_the_page_and_none_of_the_private(tmp_path: Path,
     assert secrets_in(text, PASSWORD) == []
     assert secrets_in(text, CARD) == []
     assert "Alice" not in text
+    logged = (tmp_path / "activity.jsonl").read_text()  # the agent's own log too
+    assert secrets_in(logged, PASSWORD) == [] and secrets_in(logged, CARD) == []
+    assert "PRIVATE-SECRET-4711" not in logged
     # ...though the typing was seen, masked (rrweb input events with asterisks).
     inputs = [e for line in ch.of("rrweb") for e in line["events"]
               if e["type"] == 3 and e["data"].get("source") == 5]
