@@ -373,7 +373,10 @@ event("session.channel", CHANNELS, "a capability's channel finished (run to the 
       may("recording", str, "the id of its recording (`shell`)"),
       may("recording_bytes", int, "the size of that recording (`shell`)"),
       may("closed_by", str, "who ended the terminal: `agent`, `console`, `session_closed` "
-                            "(`shell`)"))
+                            "(`shell`, `cobrowse`)"),
+      may("cobrowse", str, "the co-browse's id (`cobrowse`)"),
+      may("lines", int, "agent lines relayed and recorded (`cobrowse`)"),
+      may("dropped_lines", int, "agent lines dropped as not the contract's (`cobrowse`)"))
 event("session.channel.refused", CHANNELS, "a capability's channel was refused (not in the "
       "session, a bad request, refused by the agent's policy or the customer)", SESSION,
       CAPABILITY, REASON, may("agent", str, "the agent's id"),
@@ -388,10 +391,14 @@ event("session.channel.failed", CHANNELS, "a capability's channel failed (could 
       may("recording", str, "the recording kept of the terminal that failed (`shell`)"),
       may("sha256", str, "the SHA-256 of that recording"),
       may("recording_bytes", int, "that recording's size (`recording_not_filed`)"),
-      may("after", str, "what had ended the terminal before the recording failed"))
-event("recording.stored", CHANNELS, "a terminal's recording (asciicast v2) was kept as a "
-      "blob", SESSION, need("recording", str, "the recording's id"), CAPABILITY,
-      need("sha256", str, "the SHA-256 of the asciicast file"),
+      may("after", str, "what had ended the terminal before the recording failed"),
+      may("cobrowse", str, "the co-browse's id (`cobrowse`)"),
+      may("lines", int, "agent lines relayed and recorded (`cobrowse`)"),
+      may("dropped_lines", int, "agent lines dropped as not the contract's (`cobrowse`)"))
+event("recording.stored", CHANNELS, "a channel's recording was kept as a blob (a "
+      "terminal's asciicast v2, a co-browse's agent JSON lines)", SESSION,
+      need("recording", str, "the recording's id"), CAPABILITY,
+      need("sha256", str, "the SHA-256 of the recording file"),
       need("bytes", int, "its size"), need("duration_s", NUMBER, "how long it lasted"),
       need("keystrokes", bool, "whether input was recorded too (`record_keystrokes`)"))
 event("recording.played", CHANNELS, "a recording was fetched to be replayed in the console",
@@ -415,6 +422,39 @@ event("terminal.viewer.dropped", CHANNELS, "a console was hung up from a termina
       need("terminal", str, "the terminal's id"), REASON,
       need("role", str, "`control` or `view`"),
       may("user", str, "whose access was withdrawn"))
+COBROWSE = need("cobrowse", str, "the co-browse's id (`cb_...`)")
+ROLE = need("role", str, "`control` (the session's technician) or `watch` (`?watch=1`)")
+event("cobrowse.consent", CHANNELS, "the customer answered a co-browse question in the "
+      "agent's own window (to view, or to let the technician control)", SESSION, COBROWSE,
+      need("what", str, "`view` or `control`"),
+      need("answer", str, "`yes`, `no` or `timeout`"))
+event("cobrowse.control.requested", CHANNELS, "the technician asked the customer for control "
+      "of the co-browsed page", SESSION, COBROWSE)
+event("cobrowse.control.granted", CHANNELS, "the agent said the customer granted control: the "
+      "technician's input goes on from now", SESSION, COBROWSE)
+event("cobrowse.control.revoked", CHANNELS, "control ended: the agent said it was revoked "
+      "(the customer), or the technician released it", SESSION, COBROWSE,
+      need("before", str, "the control state before"),
+      may("by", str, "`technician` when the technician released it"))
+event("cobrowse.url.proposed", CHANNELS, "the technician proposed a URL to the customer's "
+      "co-browse window (scheme, host and path only: a query may carry a token)", SESSION,
+      COBROWSE, need("url", str, "scheme://host/path, at most 300 characters"))
+event("cobrowse.navigated", CHANNELS, "the co-browsed page moved to another URL (the agent's "
+      "word; scheme, host and path only)", SESSION, COBROWSE,
+      need("url", str, "scheme://host/path, at most 300 characters"))
+event("cobrowse.message.refused", CHANNELS, "a console's co-browse frame was refused and not "
+      "sent to the agent (malformed, from a watcher, input without control, over the rate, "
+      "the agent not taking any); audited once per console and reason for floods", SESSION,
+      COBROWSE, REASON, ROLE, DETAIL, may("what", str, "the message's type"))
+event("cobrowse.agent_line.dropped", CHANNELS, "the agent sent a co-browse line that is not "
+      "one of the contract's (not JSON, unknown type, over 1 MiB): dropped, neither shown "
+      "nor recorded; audited for the first, counted in `session.channel`", SESSION,
+      COBROWSE, REASON, need("bytes", int, "the line's size"))
+event("cobrowse.viewer.dropped", CHANNELS, "a console was hung up from a co-browse: it fell "
+      "too far behind (`too_slow`), or its user's access was withdrawn", SESSION, COBROWSE,
+      REASON, ROLE, may("user", str, "whose access was withdrawn"))
+event("cobrowse.join", CHANNELS, "a console joined an open co-browse to watch (`?watch=1`)",
+      SESSION, COBROWSE, ROLE)
 event("session.stream.refused", CHANNELS, "the console's stream socket for a capability was "
       "refused at the browser-socket gate, or asked something it cannot", "the socket's path",
       *BROWSER_SOCKET_REFUSAL,

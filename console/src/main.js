@@ -13,6 +13,7 @@ import { auditView } from "./views/audit.js";
 import { accountView } from "./views/account.js";
 import { leaveSession, sessionView, sessionsView } from "./views/sessions.js";
 import { reportsView } from "./views/reports.js";
+import { fixesView } from "./views/fixes.js";
 
 const root = document.getElementById("app");
 root.textContent = ""; // drop the "Loading" placeholder; lit-html renders from here on
@@ -112,6 +113,7 @@ function header() {
     <nav aria-label="Main">
       ${link("agents", "Agents", app.can("agents:read"))}
       ${link("sessions", "Sessions", app.can("agents:read"))}
+      ${link("fixes", "Fixes", app.can("fixes:read"))}
       ${link("admin", "Admin", app.can("groups:read"))}
       ${link("audit", "Audit", app.can("audit:read"))}
       ${link("account", "Account")}
@@ -159,6 +161,7 @@ function draw() {
         sessions: () => sessionsView(app),
         session: () => sessionView(app, arg),
         reports: () => reportsView(app, arg),
+        fixes: () => fixesView(app, arg),
       }[name]?.() ?? html`<section class="empty"><h1>Not found</h1>
         <p>There is no page here. <a href="#/agents">Go to the agents</a>.</p></section>`;
   }

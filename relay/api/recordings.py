@@ -1,10 +1,11 @@
-"""The recordings API: a session's terminal recordings, listed and played back.
+"""The recordings API: a session's recordings, listed and played back.
 
-Recording is the terminal room's job (``relay/capabilities/shell.py``, through the
-channel runner); this serves what it kept. Whoever may see the session may list and
-play its recordings; every fetch for playback is the audit event ``recording.played``
-(who, which recording, which session), and the file is checked against the SHA-256
-the audit trail recorded before a byte of it is served.
+Recording is the rooms' job (the terminal's asciicast, ``relay/capabilities/shell.py``;
+the co-browse's JSON lines, ``relay/capabilities/cobrowse.py``; both through the channel
+runner); this serves what they kept, each as its own media type. Whoever may see the
+session may list and play its recordings; every fetch for playback is the audit event
+``recording.played`` (who, which recording, which session), and the file is checked
+against the SHA-256 the audit trail recorded before a byte of it is served.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ _FIELDS = ("id", "capability", "started_at", "duration_s", "bytes", "sha256", "t
 @endpoint("agents:read", path=m.SessionPath, noun="session", answers={200: m.Recordings})
 async def list_recordings(request: Request, relay: Relay, who: Principal, *,
                           path: m.SessionPath) -> Response:
-    """The recordings of one session (its terminals), oldest first."""
+    """The recordings of one session (its terminals and co-browses), oldest first."""
     row = session_for(request, relay, who)
     rows = recording.of_session(relay.engine, row["id"])
     return reply(m.Recordings, {"recordings": [{k: r[k] for k in _FIELDS} for r in rows]})
@@ -37,8 +38,9 @@ async def list_recordings(request: Request, relay: Relay, who: Principal, *,
           answers={200: recording.MEDIA_TYPE}, refuses=(500,))
 async def get_recording(request: Request, relay: Relay, who: Principal, *,
                         path: m.RecordingPath) -> Response:
-    """One recording as an asciicast v2 file, checked against its SHA-256; each fetch
-    is audited (``recording.played``)."""
+    """One recording, checked against its SHA-256: a terminal's as an asciicast v2
+    file, a co-browse's as the agent's JSON lines (``application/x-ndjson``); each
+    fetch is audited (``recording.played``)."""
     row = recording.by_id(relay.engine, path.recording_id)
     if row is None:
         raise ApiError(404, "not_found", "no such recording")
@@ -56,8 +58,10 @@ async def get_recording(request: Request, relay: Relay, who: Principal, *,
     relay.record(who.actor, "recording.played", f"recording:{row['id']}",
                  session=row["session_id"], sha256=row["sha256"], bytes=len(data),
                  address=who.address)
-    return Response(data, media_type=recording.MEDIA_TYPE, headers={
-        "content-disposition": f'inline; filename="backline-{row["id"]}.cast"',
+    kind = recording.media_type(row["capability"])
+    suffix = "cast" if kind == recording.MEDIA_TYPE else "jsonl"
+    return Response(data, media_type=kind, headers={
+        "content-disposition": f'inline; filename="backline-{row["id"]}.{suffix}"',
         "x-content-sha256": row["sha256"], "cache-control": "no-store"})
 
 

@@ -204,7 +204,9 @@ async def stream_endpoint(ws: WebSocket) -> None:
     browser socket. Most capabilities: their output line by line, as ``{"type":
     "line", "line": ...}`` then ``{"type": "exit", ...}``. A terminal (``shell``):
     the duplex protocol of docs/sessions.md ("The terminal") (``?cols=&rows=&term=``, or
-    ``?terminal=ID`` to watch one that is open). The channel is the one runner's
+    ``?terminal=ID`` to watch one that is open). A co-browse (``cobrowse``): JSON lines
+    both ways (docs/cobrowse.md; ``?watch=1`` to watch the session's open one, seeing
+    and never sending). The channel is the one runner's
     (:mod:`backline.relay.capabilities.runner`).
 
     Browsers can reach it: it is admitted by :mod:`backline.relay.api.browser_socket`
@@ -216,15 +218,20 @@ async def stream_endpoint(ws: WebSocket) -> None:
         return
     capability = ws.path_params["capability"]
     watching = ws.query_params.get("terminal")
+    watch = ws.query_params.get("watch")  # a co-browse's watcher: sees, never sends
     try:
         if not CAPABILITY_RE.fullmatch(capability):
             raise ApiError(400, "bad_field", "not a capability name")
-        if (watching is not None
-                and relay.channels.spec(capability).transport is not Transport.DUPLEX):
-            # Only a terminal is watched: the relaxed (see, not use) check below must
-            # never let another capability run. Said in words: a client's mistake.
-            err = ApiError(400, "bad_field", f"terminal= is only for a terminal; "
-                                             f"{capability} is not one",
+        transport = relay.channels.spec(capability).transport
+        misused = ("terminal= is only for a terminal" if watching is not None
+                   and transport is not Transport.DUPLEX else
+                   "watch=1 is only for a co-browse" if watch is not None
+                   and (watch != "1" or transport is not Transport.JSON_DUPLEX) else "")
+        if misused:
+            # Only a terminal or a co-browse is watched: the relaxed (see, not use) check
+            # below must never let another capability run. Said in words: a client's
+            # mistake.
+            err = ApiError(400, "bad_field", f"{misused}; {capability} is not one",
                            action="session.stream.refused", capability=capability)
             err.principal = who
             audit_refusal(relay, ws, err)
@@ -235,7 +242,8 @@ async def stream_endpoint(ws: WebSocket) -> None:
                 await ws.close(4400)
             return
         # Watching a terminal needs only to see the session; running anything, to use it.
-        live = _live(relay, session_for(ws, relay, who, use=watching is None))
+        live = _live(relay, session_for(ws, relay, who,
+                                        use=watching is None and watch is None))
         _may_run(relay, who, live, capability)
     except ApiError as err:
         err.principal = who

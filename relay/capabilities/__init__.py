@@ -24,6 +24,7 @@ ROOMS = {
     "diagnostics": "backline.relay.capabilities.diagnostics",
     "shell": "backline.relay.capabilities.shell",
     "fix": "backline.relay.capabilities.fix",
+    "cobrowse": "backline.relay.capabilities.cobrowse",
 }
 
 _loaded: dict[str, ChannelSpec] = {}

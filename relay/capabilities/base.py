@@ -16,6 +16,10 @@ Transports:
 - ``LINES``: the same, for output that is JSON lines meant to be shown as they come;
 - ``DUPLEX``: a pty: bytes both ways over a binary WebSocket with flow control, and a
   recording (:mod:`backline.relay.capabilities.shell`). Only the stream serves it.
+- ``JSON_DUPLEX``: JSON lines both ways, one room with viewers (``cobrowse``): the
+  agent's lines fanned out to every console and recorded as they are, the consoles'
+  lines validated before they reach the agent. Only the stream serves it, through the
+  room's ``stream`` (:mod:`backline.relay.capabilities.cobrowse`).
 
 A room whose channel is a conversation rather than one request (``fix``: the request,
 then maybe a cancel, with a run record and audit events of its own along the way)
@@ -37,6 +41,12 @@ class Transport(enum.Enum):
     ONESHOT = "oneshot"
     LINES = "lines"
     DUPLEX = "duplex"
+    JSON_DUPLEX = "json_duplex"
+
+    @property
+    def stream_only(self) -> bool:
+        """Served only on the console's socket (a room with viewers), never by REST."""
+        return self in (Transport.DUPLEX, Transport.JSON_DUPLEX)
 
 
 class RecordingFailed(Exception):
@@ -119,7 +129,8 @@ class ChannelSpec:
     #: Called with (the keeper's services, context, whole output) when the channel
     #: ended with status 0 and was not cut; its id goes into the answer as ``report``.
     keep: Keeper | None = None
-    #: Whether the channel is recorded (asciicast) while it runs.
+    #: Whether the channel is recorded while it runs (a pty: asciicast; JSON lines:
+    #: the lines as they came, see :mod:`.recording`).
     recorded: bool = False
     summary: str = ""
     #: A conversational room's own REST run and stream (see the module's docstring).

@@ -1,4 +1,6 @@
-"""Terminal recordings: asciicast v2, written to a blob as the terminal runs.
+"""Channel recordings, written to a blob as the channel runs: a terminal's as asciicast
+v2 (:class:`Recorder`), a co-browse's as the JSON lines the agent sent
+(:class:`LinesRecorder`).
 
 Why asciicast v2: it is a plain, documented format (a JSON header line, then one JSON
 array per event: ``[seconds, "o", text]`` output, ``[seconds, "r", "COLSxROWS"]``
@@ -15,6 +17,11 @@ Every event is written before the bytes it describes go on to the browser, witho
 buffering (:class:`backline.relay.blobs.BlobWriter`): when the disk does not take an
 event, :class:`RecordingFailed` is raised and the runner ends the channel, so nothing
 unrecorded happens while recording is on.
+
+A co-browse recording is the agent's lines byte for byte, one per line (rrweb events
+carry their own timestamps, so nothing is added): its SHA-256 is the hash of exactly
+what the relay accepted from the agent, and the console replays the ``rrweb`` lines
+with rrweb's player. Served as ``application/x-ndjson``.
 """
 
 from __future__ import annotations
@@ -35,8 +42,15 @@ from backline.relay.db import writing
 from backline.relay.schema import recordings
 
 MEDIA_TYPE = "application/x-asciicast"
-__all__ = ["MEDIA_TYPE", "Recorder", "RecordingFailed", "Stored", "by_id", "load",
+LINES_MEDIA_TYPE = "application/x-ndjson"
+__all__ = ["LINES_MEDIA_TYPE", "MEDIA_TYPE", "AnyRecorder", "LinesRecorder", "Recorder",
+           "RecordingFailed", "Stored", "by_id", "load", "media_type", "new_lines_recorder",
            "new_recorder", "of_session", "save"]
+
+
+def media_type(capability: str) -> str:
+    """What a recording of ``capability`` is served as (a terminal's: asciicast)."""
+    return LINES_MEDIA_TYPE if capability == "cobrowse" else MEDIA_TYPE
 
 
 @dataclass(frozen=True)
@@ -114,6 +128,57 @@ class Recorder:
         """Give up a recording that was not finished (nothing is left behind)."""
         if not self.done:
             self.writer.abort()
+
+
+class LinesRecorder:
+    """A room's JSON lines, appended as they came (each ends with one newline)."""
+
+    keystrokes = False  # what the console sends is not recorded, only the agent's lines
+
+    def __init__(self, writer: BlobWriter) -> None:
+        self.writer = writer
+        self.started = time.monotonic()
+        self.started_at = time.time()
+        self.failed: OSError | None = None
+        self.done = False
+        self.lines = 0
+
+    def line(self, data: bytes) -> None:
+        """One line (without its newline); ``RecordingFailed`` when not written."""
+        if self.failed is not None:
+            raise RecordingFailed(str(self.failed))
+        try:
+            self.writer.write(data + b"\n")
+        except OSError as exc:
+            self.failed = exc
+            raise RecordingFailed(f"{type(exc).__name__}: {exc}") from exc
+        self.lines += 1
+
+    def finish(self) -> tuple[str, int, float]:
+        """Name the blob; ``(sha256, bytes, duration_s)``."""
+        try:
+            digest = self.writer.commit()
+        except OSError as exc:
+            self.failed = exc
+            self.writer.abort()
+            raise RecordingFailed(f"{type(exc).__name__}: {exc}") from exc
+        self.done = True
+        return digest, self.writer.size, round(time.monotonic() - self.started, 3)
+
+    def abort(self) -> None:
+        if not self.done:
+            self.writer.abort()
+
+
+AnyRecorder = Recorder | LinesRecorder
+
+
+def new_lines_recorder(blobs: BlobStore) -> LinesRecorder:
+    """A lines recorder on a new blob; ``RecordingFailed`` when it cannot be started."""
+    try:
+        return LinesRecorder(blobs.writer())
+    except OSError as exc:
+        raise RecordingFailed(f"{type(exc).__name__}: {exc}") from exc
 
 
 def new_recorder(blobs: BlobStore, cols: int, rows: int, term: str, keystrokes: bool,

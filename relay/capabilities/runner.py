@@ -48,7 +48,6 @@ from backline.relay.capabilities.base import (
     RecordingFailed,
     RecordingNotFiled,
     RequestRefused,
-    Transport,
 )
 from backline.relay.ports import Configured, Counters, Recorder, Stored
 from backline.relay.sessions.session import LiveSession, SessionError
@@ -105,7 +104,8 @@ class ChannelRunner:
 
     def __init__(self, relay: ChannelHost) -> None:
         self.relay = relay
-        #: Open terminals by id (viewers join them), see shell.py.
+        #: Open rooms with viewers by id (terminals, shell.py; co-browses, cobrowse.py):
+        #: viewers join them, and withdrawn access hangs their consoles up.
         self.terminals: dict[str, Any] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
 
@@ -232,20 +232,24 @@ class ChannelRunner:
 
     # --- recordings ------------------------------------------------------------------
 
-    def start_recording(self, session: LiveSession, capability: str, actor: str, pty: Pty,
-                        title: str = "") -> recording.Recorder:
-        """A new asciicast for a terminal about to open; a 503 ``recording_failed``
-        (audited) when it cannot be started: no terminal runs unrecorded."""
+    def start_recording(self, session: LiveSession, capability: str, actor: str,
+                        pty: Pty | None = None, title: str = "") -> recording.AnyRecorder:
+        """A new recording for a channel about to open: an asciicast for a terminal
+        (``pty``), the JSON lines as they come for a room without one (``cobrowse``);
+        a 503 ``recording_failed`` (audited) when it cannot be started: no recorded
+        channel runs unrecorded."""
         try:
+            if pty is None:
+                return recording.new_lines_recorder(self.relay.blobs)
             return recording.new_recorder(self.relay.blobs, pty.cols, pty.rows, pty.term,
                                           bool(self.relay.config.record_keystrokes), title)
         except RecordingFailed as exc:
             self.failed(session, capability, actor, "recording_failed", str(exc))
             raise SessionError(503, "recording_failed", "the recording cannot be started, "
-                                                        "so no terminal is opened",
+                                                        f"so no {capability} is opened",
                                audited=True) from None
 
-    def keep_recording(self, ch: Channel, rec: recording.Recorder) -> recording.Stored:
+    def keep_recording(self, ch: Channel, rec: recording.AnyRecorder) -> recording.Stored:
         """Name a finished recording, file it under the session, audit it
         (``recording.stored``); ``RecordingFailed`` when its end cannot be written,
         :class:`RecordingNotFiled` (the blob is kept, named by its hash) when the
@@ -300,8 +304,8 @@ class ChannelRunner:
         stops the agent, so its output never ends. An agent that goes away mid-channel
         is ``agent_gone`` (502), audited, and its session closed."""
         spec = self.spec(capability)
-        if spec.transport is Transport.DUPLEX:
-            raise SessionError(400, "stream_only", f"{capability} is a terminal: open it "
+        if spec.transport.stream_only:
+            raise SessionError(400, "stream_only", f"{capability} has viewers: open it "
                                                    "on its stream socket")
         if spec.answer is not None:  # a conversational room runs its channel itself
             return await spec.answer(self, session, actor, who, asked)

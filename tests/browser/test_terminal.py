@@ -165,6 +165,10 @@ def test_terminal_types_resizes_closes_and_replays(clipboard_page: Watched, site
     # Paste (the console's Paste button reads the clipboard) and copy (a selection).
     p.evaluate("text => navigator.clipboard.writeText(text)", "echo pasted-$((3*3))")
     p.get_by_role("button", name="Paste").click()
+    # The Paste button reads the clipboard asynchronously, then gives the terminal its
+    # focus back: Enter pressed before that lands on the button (a second paste).
+    wait_line(p, ROWS, r".*echo pasted-\$\(\(3\*3\)\)")
+    expect(p.locator(".terminal-host textarea")).to_be_focused()
     p.keyboard.press("Enter")
     wait_line(p, ROWS, "pasted-9")
     # A paste larger than one frame goes out in several (the relay takes at most 64 KiB
@@ -172,6 +176,8 @@ def test_terminal_types_resizes_closes_and_replays(clipboard_page: Watched, site
     p.evaluate("text => navigator.clipboard.writeText(text)",
                "echo " + "x" * 100_000 + " | wc -c")
     p.get_by_role("button", name="Paste").click()
+    wait_line(p, ROWS, r".*x \| wc -c")
+    expect(p.locator(".terminal-host textarea")).to_be_focused()
     p.keyboard.press("Enter")
     wait_line(p, ROWS, "100001", timeout=30_000)
     p.evaluate("text => navigator.clipboard.writeText(text)", "y" * 200_000)

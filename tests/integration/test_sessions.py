@@ -27,6 +27,7 @@ from tests.harness import (
     RelayProcess,
     admin_api,
     audit_actions,
+    browser_socket,
     free_port,
     staged_diagnostics,
     wait_for,
@@ -215,9 +216,14 @@ def test_capability_denied_by_policy_is_refused_and_audited_on_both_sides(world:
         assert r.status_code == 403 and r.json()["error"] == "refused_by_agent"
         # cobrowse is "ask", and a background agent without a display has nobody to ask.
         # (fix is "ask" too, but its room checks the request before any channel opens:
-        # tests/integration/test_fix_relay.py.)
+        # tests/integration/test_fix_relay.py.) A co-browse runs only on its socket.
         r = admin.post(f"/api/v1/sessions/{session['id']}/channels/cobrowse")
-        assert r.status_code == 403, r.text
+        assert r.status_code == 400 and r.json()["error"] == "stream_only", r.text
+        with browser_socket(relay, admin,
+                            f"/api/v1/sessions/{session['id']}/stream/cobrowse") as ws:
+            ws.send(json.dumps({"type": "start", "url": None}))
+            said = json.loads(ws.recv(timeout=20))
+            assert said["type"] == "error" and said["error"] == "refused_by_agent", said
         r = admin.post(f"/api/v1/sessions/{session['id']}/channels/sftp")
         assert r.status_code == 403 and r.json()["error"] == "not_in_session"
         # The session survives refusals.

@@ -6,6 +6,7 @@ import { html, nothing } from "lit-html";
 import { downloadJson, findingsView, sectionsView } from "../views/report.js";
 import { register } from "./registry.js";
 import { streamUrl } from "./socket.js";
+import { suggestions } from "./fix_suggest.js";
 
 let run = null;
 
@@ -77,7 +78,7 @@ function fileName(r) {
   return `backline-report-${host}-${new Date().toISOString().slice(0, 19).replace(/:/g, "")}.json`;
 }
 
-function runView(r, session) {
+function runView(r, session, ctx) {
   if (!r) return nothing;
   const total = r.begin?.sections?.length || 0;
   const done = r.sections.length;
@@ -88,7 +89,7 @@ function runView(r, session) {
           (first section after ${r.firstMs} ms).`
       : nothing}</p>
     ${r.error ? html`<p class="error" role="alert">${r.error}</p>` : nothing}
-    ${r.findings ? html`<h3>Findings</h3>${findingsView(r.findings)}
+    ${r.findings ? html`<h3>Findings</h3>${findingsView(r.findings, suggestions(ctx, r.findings))}
       <p><button type="button" @click=${() => downloadJson(fileName(r), reportOf(r))}>Download report</button>
         ${session.agent_id ? html`<a href="#/reports/${encodeURIComponent(session.agent_id)}">Compare reports of this agent</a>` : nothing}
         ${r.exit?.report ? html`<span class="muted" id="report-saved">Kept on the relay as <code>${r.exit.report}</code>.</span>` : nothing}</p>` : nothing}
@@ -107,7 +108,7 @@ register({
       <h2 id="panel-diagnostics">Diagnostics</h2>
       <p class="actions"><button type="button" @click=${() => start(ctx)}
         ?disabled=${!ctx.ready || run?.state === "running" || !ctx.mayUse}>Run diagnostics</button></p>
-      ${runView(run, ctx.session)}
+      ${runView(run, ctx.session, ctx)}
     </section>`;
   },
 });

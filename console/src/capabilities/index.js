@@ -3,6 +3,8 @@
 
 import "./info.js";
 import "./diagnostics.js";
+import "./fix.js";
 import "./shell/panel.js";
+import "./cobrowse.js";
 
 export { panelsFor, resetPanels } from "./registry.js";

@@ -11,7 +11,9 @@ export function sortFindings(findings) {
   );
 }
 
-export function findingsView(findings) {
+// extra(finding), when given, adds to each finding (the diagnostics panel's
+// "Suggested fixes").
+export function findingsView(findings, extra = null) {
   const sorted = sortFindings(findings);
   if (sorted.length === 0) {
     return html`<p class="notice" id="no-findings">No known issue found.</p>`;
@@ -25,6 +27,7 @@ export function findingsView(findings) {
         ${f.evidence?.length ? html`<pre class="evidence">${JSON.stringify(f.evidence, null, 2)}</pre>` : nothing}
       </details>
       ${f.fixes?.length ? html`<p class="muted">Fixes: ${f.fixes.map((x) => html`<code>${x}</code> `)}</p>` : nothing}
+      ${extra ? extra(f) : nothing}
     </li>`,
   )}</ol>`;
 }

@@ -8,9 +8,11 @@ import { get } from "../../api.js";
 export const PLAY_LIMIT_BYTES = 64 * 1024 * 1024;
 export const SPEEDS = [0.5, 1, 2, 4, 8];
 
-export async function listRecordings(sessionId) {
+// The session's recordings of one capability (a terminal's, a co-browse's).
+export async function listRecordings(sessionId, capability = "shell") {
   const body = await get(`/sessions/${encodeURIComponent(sessionId)}/recordings`);
-  return Array.isArray(body?.recordings) ? body.recordings : [];
+  const all = Array.isArray(body?.recordings) ? body.recordings : [];
+  return all.filter((r) => (r.capability || "shell") === capability);
 }
 
 export function recordingUrl(id) {
