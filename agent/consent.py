@@ -148,7 +148,7 @@ class TerminalAsker:
             return Answer(False, "customer_declined")
 
     async def ask_and_hold(self, question: str, timeout: float, ctx: Any = None,
-                           capability: str = "") -> Answer:
+                           capability: str = "", indicator: str = "") -> Answer:
         """:meth:`ask`; after a yes, one line says the terminal is open, one that it closed."""
         answer = await self.ask(question, timeout)
         if not answer.allowed:
@@ -205,6 +205,8 @@ class CommandAsker:
     def __init__(self, argv: Sequence[str], hold_argv: Sequence[str] | None = None) -> None:
         self.argv = list(argv)
         self.hold_argv = list(argv if hold_argv is None else hold_argv)
+        #: The indicator text among hold_argv, if any (DesktopAsker's).
+        self.hold_text = ""
         self._lock = asyncio.Lock()
 
     @property
@@ -215,9 +217,13 @@ class CommandAsker:
         return await self._ask([*self.argv, question], timeout, None, "", hold=False)
 
     async def ask_and_hold(self, question: str, timeout: float, ctx: Any = None,
-                           capability: str = "") -> Answer:
-        return await self._ask([*self.hold_argv, question], timeout, ctx, capability,
-                               hold=True)
+                           capability: str = "", indicator: str = "") -> Answer:
+        """``indicator``: what the window left open says, when this asker's own
+        indicator text (``hold_text``, the last fixed argument) is not the right one."""
+        argv = list(self.hold_argv)
+        if indicator and self.hold_text and argv and argv[-1] == self.hold_text:
+            argv[-1] = indicator
+        return await self._ask([*argv, question], timeout, ctx, capability, hold=True)
 
     def _env(self, ctx: Any, capability: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -284,10 +290,11 @@ class DesktopAsker(CommandAsker):
     terminal it stays open after the yes, as the indicator with an "End it now" button."""
 
     def __init__(self) -> None:
+        text = ("A technician has a terminal on this machine. Close this window to end it "
+                "at once.")
         super().__init__([sys.executable, "-c", _DIALOG, "--ask"],
-                         [sys.executable, "-c", _DIALOG, "--hold",
-                          "A technician has a terminal on this machine. Close this "
-                          "window to end it at once."])
+                         [sys.executable, "-c", _DIALOG, "--hold", text])
+        self.hold_text = text
 
     @property
     def available(self) -> bool:

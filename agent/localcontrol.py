@@ -49,6 +49,7 @@ TIMEOUT_S = 5.0
 MACHINERY = ("asyncssh", "psutil", "backline.agent.diagnostics.engine",
              "backline.agent.diagnostics.collectors", "backline.agent.sshserver",
              "backline.agent.capabilities.shell", "backline.agent.capabilities.diagnostics",
+             "backline.agent.capabilities.cobrowse", "backline.agent.cobrowse",
              "cryptography")
 #: AF_UNIX paths are short (108 bytes on Linux, with the terminating NUL).
 MAX_PATH = 107

@@ -27,6 +27,17 @@ opens is checked here first. The file belongs to the customer's administrator::
     # required_offline = 1  # how many of them must have signed a fix (default 0)
     # allowed_ids = ["dns-flush"]   # only these fixes (empty: any approved fix)
 
+    [cobrowse]              # co-browse (docs/cobrowse.md)
+    # browser = "/usr/bin/chromium"  # default: the first Chromium, Chrome, Edge or Brave found
+    # headless = "auto"     # auto: headless when there is no display; true; false
+    # mask_selectors = [".account-number"]   # inputs and text masked, and no technician
+    #                       # typing while focus is in them (besides password and cc-* fields)
+    # block_selectors = ["#statement"]       # left out of the recording (besides
+    #                       # [data-backline-private])
+    # private_urls = ["https://bank.example/*"]  # pages not recorded at all (glob)
+    # allowed_urls = ["https://*.example.com/*"] # if set, the only pages it may open (glob)
+    # screencast = false    # allow the video fallback: pixels cannot be masked
+
 ``[fix]`` is set only here, never by the relay: a relay that is compromised holds its
 own fix key at most, and an agent whose policy asks for offline signatures refuses
 whatever that key alone signed.
@@ -90,6 +101,24 @@ class FixPolicy:
         return self.decision != "deny" and (not self.allowed_ids or fix_id in self.allowed_ids)
 
 
+#: A CSS selector or URL glob from the policy: one printable line, bounded.
+POLICY_TEXT_RE = re.compile(r"[ -~]{1,300}")
+MAX_COBROWSE_ITEMS = 64
+
+
+@dataclass(frozen=True)
+class CobrowsePolicy:
+    """``[cobrowse]``: what this machine's administrator says of co-browsing."""
+
+    browser: str = ""
+    headless: str = "auto"  # auto | true | false
+    mask_selectors: tuple[str, ...] = ()
+    block_selectors: tuple[str, ...] = ()
+    private_urls: tuple[str, ...] = ()
+    allowed_urls: tuple[str, ...] = ()
+    screencast: bool = False
+
+
 class PolicyError(ValueError):
     """A policy file that cannot be used; the message names the file and the key."""
 
@@ -105,6 +134,8 @@ class Policy:
     ask_command: tuple[str, ...] = ()
     #: ``[fix]``: approved fixes.
     fix: FixPolicy = field(default_factory=FixPolicy)
+    #: ``[cobrowse]``: the co-browse browser and what it keeps private.
+    cobrowse: CobrowsePolicy = field(default_factory=CobrowsePolicy)
 
     def decision(self, capability: str) -> str:
         """``allow``, ``ask`` or ``deny``; unknown capabilities are denied."""
@@ -149,10 +180,10 @@ def load_policy(state_root: Path | None = None, explicit: Path | None = None,
 
 
 def from_table(table: Mapping[str, Any], source: str = "defaults") -> Policy:
-    unknown = set(table) - {"capabilities", "ask", "shell", "fix"}
+    unknown = set(table) - {"capabilities", "ask", "shell", "fix", "cobrowse"}
     if unknown:
         raise PolicyError(f"{source}: unknown table(s) {sorted(unknown)} "
-                          "(known: [capabilities], [ask], [shell], [fix])")
+                          "(known: [capabilities], [ask], [shell], [fix], [cobrowse])")
     caps = table.get("capabilities", {})
     ask = table.get("ask", {})
     shell = table.get("shell", {})
@@ -183,7 +214,8 @@ def from_table(table: Mapping[str, Any], source: str = "defaults") -> Policy:
     if not isinstance(account, str) or not ACCOUNT_RE.fullmatch(account or "x"):
         raise PolicyError(f"{source}: shell.account must be a user name of this machine")
     return Policy(decisions, float(timeout), source, account, tuple(command),
-                  fix_policy(table.get("fix", {}), source))
+                  fix_policy(table.get("fix", {}), source),
+                  cobrowse_policy(table.get("cobrowse", {}), source))
 
 
 def fix_policy(fix: Any, source: str) -> FixPolicy:
@@ -212,3 +244,34 @@ def fix_policy(fix: Any, source: str) -> FixPolicy:
             or not all(isinstance(i, str) and FIX_ID_RE.fullmatch(i) for i in ids)):
         raise PolicyError(f"{source}: fix.allowed_ids must be a list of fix ids")
     return FixPolicy(decision, tuple(k.strip() for k in keys), required, tuple(ids))
+
+
+def cobrowse_policy(table: Any, source: str) -> CobrowsePolicy:
+    """``[cobrowse]``, checked: a typo in it is an error, never a silent default."""
+    known = {"browser", "headless", "mask_selectors", "block_selectors", "private_urls",
+             "allowed_urls", "screencast"}
+    if not isinstance(table, dict):
+        raise PolicyError(f"{source}: [cobrowse] must be a table")
+    if set(table) - known:
+        raise PolicyError(f"{source}: [cobrowse] knows only {', '.join(sorted(known))}")
+    browser = table.get("browser", "")
+    if not isinstance(browser, str) or len(browser) > 4096 or "\0" in browser:
+        raise PolicyError(f"{source}: cobrowse.browser must be the path of a browser")
+    headless = table.get("headless", "auto")
+    if isinstance(headless, bool):
+        headless = "true" if headless else "false"
+    if headless not in ("auto", "true", "false"):
+        raise PolicyError(f"{source}: cobrowse.headless must be \"auto\", true or false")
+    screencast = table.get("screencast", False)
+    if not isinstance(screencast, bool):
+        raise PolicyError(f"{source}: cobrowse.screencast must be true or false")
+    lists: dict[str, tuple[str, ...]] = {}
+    for name in ("mask_selectors", "block_selectors", "private_urls", "allowed_urls"):
+        items = table.get(name, [])
+        if (not isinstance(items, list) or len(items) > MAX_COBROWSE_ITEMS
+                or not all(isinstance(i, str) and POLICY_TEXT_RE.fullmatch(i) for i in items)):
+            raise PolicyError(f"{source}: cobrowse.{name} must be a list of up to "
+                              f"{MAX_COBROWSE_ITEMS} strings (printable, 1 to 300 characters)")
+        lists[name] = tuple(items)
+    return CobrowsePolicy(browser, headless, lists["mask_selectors"], lists["block_selectors"],
+                          lists["private_urls"], lists["allowed_urls"], screencast)

@@ -28,11 +28,12 @@ BUILTIN = {
     "diagnostics": "backline.agent.capabilities.diagnostics:run",
     "shell": "backline.agent.capabilities.shell:run",
     "fix": "backline.agent.capabilities.fix:run",
+    "cobrowse": "backline.agent.capabilities.cobrowse:run",
 }
 #: Those of them that are terminals: bytes on the channel, and a pty request required.
 TERMINALS = frozenset({"shell"})
 #: Those that ask the customer themselves, after their own checks (Capability.asks_itself).
-ASK_THEMSELVES = frozenset({"fix"})
+ASK_THEMSELVES = frozenset({"fix", "cobrowse"})
 
 
 def builtin_registry() -> Registry:

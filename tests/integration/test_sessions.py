@@ -222,8 +222,13 @@ def test_capability_denied_by_policy_is_refused_and_audited_on_both_sides(world:
         with browser_socket(relay, admin,
                             f"/api/v1/sessions/{session['id']}/stream/cobrowse") as ws:
             ws.send(json.dumps({"type": "start", "url": None}))
-            said = json.loads(ws.recv(timeout=20))
-            assert said["type"] == "error" and said["error"] == "refused_by_agent", said
+            # The agent's room opens the channel, then refuses (nobody to ask).
+            frames = []
+            while not frames or frames[-1]["type"] not in ("error", "exit"):
+                frames.append(json.loads(ws.recv(timeout=20)))
+            said = frames[-1]
+            assert said["type"] == "error" and said["error"] == "refused_by_agent", frames
+            assert frames[0]["type"] == "ready" and len(frames) == 2, frames
         r = admin.post(f"/api/v1/sessions/{session['id']}/channels/sftp")
         assert r.status_code == 403 and r.json()["error"] == "not_in_session"
         # The session survives refusals.
@@ -232,12 +237,12 @@ def test_capability_denied_by_policy_is_refused_and_audited_on_both_sides(world:
         admin.request("DELETE", f"/api/v1/sessions/{session['id']}")
     refused = events(relay, "session.channel.refused", session["id"])
     assert [(e["details"]["capability"], e["details"]["reason"]) for e in refused] == [
-        ("diagnostics", "refused_by_agent"), ("cobrowse", "refused_by_agent"),
+        ("diagnostics", "refused_by_agent"), ("cobrowse", "agent_no_way_to_ask"),
         ("sftp", "not_in_session")]
     local = [e for e in activity(agent) if e.get("session_id") == session["id"]
              and e["event"] == "channel.refused"]
     assert [(e["capability"], e["reason"]) for e in local] == [
-        ("diagnostics", "policy_deny"), ("cobrowse", "unknown")]
+        ("diagnostics", "policy_deny"), ("cobrowse", "no_way_to_ask")]
 
 
 def test_who_may_open_see_use_and_close(world: World) -> None:

@@ -82,6 +82,9 @@ def test_the_wheel_holds_every_module_and_the_console(wheel: Path) -> None:
     assert "backline/console/dist/index.html" in assets
     assert assets <= names, f"console assets missing: {sorted(assets - names)}"
     assert "backline/agent/knowledge/" in {n[:len("backline/agent/knowledge/")] for n in names}
+    # the co-browse recorder, bundled by scripts/setup (no fetch at run time)
+    assert {"backline/agent/cobrowse/assets/rrweb-record.js",
+            "backline/agent/cobrowse/assets/inject.js"} <= names
     library = {f"backline/relay/{p.relative_to(ROOT / 'relay').as_posix()}"
                for p in (ROOT / "relay" / "fixes" / "library").rglob("*") if p.is_file()}
     assert library and library <= names, f"fix library missing: {sorted(library - names)[:9]}"
