@@ -147,11 +147,19 @@ def use_reaper() -> bool:
     return sys.platform.startswith("linux") and os.path.isdir("/proc/self")
 
 
+def _reaper_python() -> str:
+    """An interpreter for the reaper (standard library only): the agent's own, or the
+    system's ``python3`` when the agent's cannot be executed by this user."""
+    if os.access(sys.executable, os.X_OK):
+        return sys.executable
+    return shutil.which("python3", path=SAFE_PATH) or sys.executable
+
+
 def wrapped(argv: list[str]) -> list[str]:
     """``argv`` as the executor starts it: under the reaper where there is one."""
     if not use_reaper():
         return argv
-    return [sys.executable, "-I", "-B", REAPER, f"{KILL_GRACE_S:g}", "--", *argv]
+    return [_reaper_python(), "-I", "-B", REAPER, f"{KILL_GRACE_S:g}", "--", *argv]
 
 
 async def end_tree(proc: asyncio.subprocess.Process) -> None:

@@ -9,12 +9,19 @@ not start the script itself but this program, in a session of its own::
 
 It makes itself a *child subreaper* (``prctl(PR_SET_CHILD_SUBREAPER)``, via ctypes):
 every orphan below it, however it detached, is re-parented to it instead of to init,
-so it stays in its tree. It then forks and execs the script and waits. When the
-script exits, or when the agent sends it SIGTERM (timeout, cancel, channel gone), it
-ends every descendant it finds by walking ``/proc`` (SIGTERM, ``GRACE_S``, then
-SIGKILL, repeated until none is left), reaps them all, and exits with the script's own
-status (a script killed by a signal makes the reaper die of the same signal), so the
-executor reports what the script did.
+so it stays in its tree. It then forks and execs the script and waits.
+
+* When the agent sends it SIGTERM (timeout, cancel, channel gone), it ends EVERY
+  descendant it finds by walking ``/proc`` (SIGTERM, ``GRACE_S``, then SIGKILL,
+  repeated until none is left), whatever session it is in: nothing escapes.
+* When the script exits by itself, it ends every descendant still in the run's
+  session (the background jobs the script left, as before); a process that left the
+  session (``setsid``, as a daemon does: a SysV service restarted by
+  ``/etc/init.d/X restart``, the ``dhclient`` that keeps a lease) was started on
+  purpose by a script that finished, and is released when the reaper exits.
+
+It exits with the script's own status (a script killed by a signal makes the reaper
+die of the same signal), so the executor reports what the script did.
 
 Run by path, with only the standard library (``-I``: no environment, no user site),
 in the script's own environment; it prints nothing unless it cannot work, and then it
@@ -34,10 +41,11 @@ EXIT_CANNOT = 125
 _WAITED = {signal.SIGCHLD, signal.SIGTERM}
 
 
-def _live_descendants(root: int) -> list[int]:
-    """Live (not zombie) processes below ``root`` (the same walk as agent/proctree.py,
-    copied because this file may import nothing of the agent)."""
-    children: dict[int, list[tuple[int, str]]] = {}
+def _live_descendants(root: int, only_sid: int | None = None) -> list[int]:
+    """Live (not zombie) processes below ``root``, or only those of session
+    ``only_sid`` (the same walk as agent/proctree.py, copied because this file may
+    import nothing of the agent)."""
+    children: dict[int, list[tuple[int, str, int]]] = {}
     try:
         names = os.listdir("/proc")
     except OSError:
@@ -48,24 +56,33 @@ def _live_descendants(root: int) -> list[int]:
         try:
             with open(f"/proc/{name}/stat", "rb") as fh:
                 fields = fh.read().rsplit(b")", 1)[-1].split()
-            children.setdefault(int(fields[1]), []).append((int(name), fields[0].decode()))
+            children.setdefault(int(fields[1]), []).append(
+                (int(name), fields[0].decode(), int(fields[3])))
         except (OSError, IndexError, ValueError):
             continue
     found, todo, seen = [], [root], {root}
     while todo:
-        for pid, state in children.get(todo.pop(), []):
+        for pid, state, sid in children.get(todo.pop(), []):
             if pid not in seen:
                 seen.add(pid)
                 todo.append(pid)
-                if state != "Z":
+                if state != "Z" and (only_sid is None or sid == only_sid):
                     found.append(pid)
     return found
 
 
 class _Reaper:
+    """The script's pid and status, and the ending of what is below this process.
+    ``only_sid`` set: only the processes still in this run's session are ended (the
+    script exited by itself; a daemon that left the session is released)."""
+
     def __init__(self) -> None:
         self.script = 0
         self.status: int | None = None
+        self.only_sid: int | None = None
+
+    def below(self) -> list[int]:
+        return _live_descendants(os.getpid(), self.only_sid)
 
     def reap(self) -> None:
         """Wait for every child that has exited (never blocks)."""
@@ -80,7 +97,7 @@ class _Reaper:
                 self.status = status
 
     def signal_all(self, sig: int) -> int:
-        below = _live_descendants(os.getpid())
+        below = self.below()
         for pid in below:
             try:
                 os.kill(pid, sig)
@@ -94,7 +111,7 @@ class _Reaper:
             deadline = time.monotonic() + grace_s
             while time.monotonic() < deadline:
                 self.reap()
-                if not _live_descendants(os.getpid()):
+                if not self.below():
                     break
                 signal.sigtimedwait({signal.SIGCHLD}, 0.05)
         for _ in range(1000):  # a fork bomb racing the walk: walk and kill again
@@ -102,6 +119,9 @@ class _Reaper:
             if not self.signal_all(signal.SIGKILL):
                 break
             signal.sigtimedwait({signal.SIGCHLD}, 0.01)
+        if self.only_sid is not None:  # released daemons stay children: do not wait
+            self.reap()
+            return
         while True:  # what was killed, reaped (blocking: SIGKILL cannot be ignored)
             try:
                 pid, status = os.waitpid(-1, 0)
@@ -140,7 +160,9 @@ def main(argv: list[str]) -> int:
         if info is not None and info.si_signo == signal.SIGTERM:
             terminated = True
             break
-    r.end_all(grace_s if terminated or r.status is not None else 0.0)
+    if not terminated:  # the script exited by itself: what left the session stays
+        r.only_sid = os.getsid(0)
+    r.end_all(grace_s)
     status = r.status if r.status is not None else 0
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)

@@ -1,7 +1,8 @@
 """No process a fix starts outlives its run, however it detached (agent/fixes/reaper.py):
-the reviewer's ``setsid sh -c 'sleep ...' &`` (/tmp/rev_setsid.py), a double fork, at
-the timeout, at a cancel and when the script simply exits; and the script's own exit
-status and signal still reach the ``end`` event through the reaper."""
+the reviewer's ``setsid sh -c 'sleep ...' &`` (/tmp/rev_setsid.py) and a double fork
+at the timeout and at a cancel; when the script simply exits, its background jobs go
+and the daemons it started on purpose (their own session) stay; and the script's own
+exit status and signal still reach the ``end`` event through the reaper."""
 
 from __future__ import annotations
 
@@ -90,12 +91,16 @@ def test_setsid_does_not_survive_a_cancel() -> None:
             os.kill(pid, 9)
 
 
-def test_what_a_script_left_behind_goes_when_it_exits_and_its_status_is_kept() -> None:
+def test_a_script_that_exits_takes_its_jobs_along_and_releases_its_daemons() -> None:
+    """A script that finished by itself: what it left in its session (a double-forked
+    background job) goes; what it started as a daemon (``setsid``, as a SysV service
+    or dhclient does) was started on purpose and stays. Its own status is kept."""
     tag = f"98{os.getpid() % 1000:03d}3"
     events, took = run(escaping(tag, "exit 3\n"))
     try:
         assert end(events)["exit_status"] == 3 and end(events)["signal"] is None
-        assert took < 10 and marked(f"sleep {tag}") == []
+        assert took < 10 and marked(f"sleep {tag}3") == []
+        assert marked(f"sleep {tag}1") != [] and marked(f"sleep {tag}2") != []
     finally:
         for pid in marked(f"sleep {tag}"):
             os.kill(pid, 9)
