@@ -192,17 +192,47 @@ def _locked(state_root: Path) -> Iterator[None]:
 _tasks: set[asyncio.Task[Received]] = set()
 
 
+#: Per state dir: the merge running now, and the newest list pushed meanwhile.
+_busy: dict[str, asyncio.Task[Received]] = {}
+_next: dict[str, tuple[dict[str, Any], tuple[str, ...], ActivityLog | None]] = {}
+
+
 def schedule(state_root: Path, msg: dict[str, Any], relay_keys: tuple[str, ...],
              activity: ActivityLog | None = None) -> asyncio.Task[Received] | None:
-    """From the control loop (``backline-agent run``): a stale list is dropped at once;
-    another is checked and merged in a child process (agent/fixes/child.py), in the
-    background, so the long-lived agent loads no signature machinery."""
+    """From the control loop (``backline-agent run``): a list that can add nothing is
+    dropped at once; another is checked and merged in a child process
+    (agent/fixes/child.py), in the background, so the long-lived agent loads no
+    signature machinery. One merge at a time: lists pushed while one runs are
+    coalesced, the newest waiting for its turn (the relay's list is its whole history,
+    so the newest holds every earlier one; the entries are unioned anyway), so a burst
+    of revocations costs a few children, not one each."""
     if not is_announcement(msg) and _nothing_new(state_root, msg) is not None:
         return None
-    task = asyncio.ensure_future(receive_in_child(state_root, msg, relay_keys, activity))
+    key = str(state_root)
+    running = _busy.get(key)
+    if running is not None and not running.done():
+        _next[key] = (msg, relay_keys, activity)
+        return running
+    task = asyncio.ensure_future(_merge_in_turn(key, state_root, msg, relay_keys, activity))
+    _busy[key] = task
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
     return task
+
+
+async def _merge_in_turn(key: str, state_root: Path, msg: dict[str, Any],
+                         relay_keys: tuple[str, ...], activity: ActivityLog | None
+                         ) -> Received:
+    try:
+        result = await receive_in_child(state_root, msg, relay_keys, activity)
+        while key in _next:
+            msg, relay_keys, activity = _next.pop(key)
+            if is_announcement(msg) or _nothing_new(state_root, msg) is None:
+                result = await receive_in_child(state_root, msg, relay_keys, activity)
+        return result
+    finally:
+        _busy.pop(key, None)
+        _next.pop(key, None)
 
 
 _merging: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (

@@ -194,3 +194,35 @@ def test_a_list_announced_as_too_large_is_fetched_and_merged(
     served[0] = None  # 404: nothing revoked
     assert revocations.receive(state.root, announcement, keys_).outcome == "stale"
     assert len(revocations.load(state.root).entries) == 2
+
+
+def test_a_burst_of_pushes_is_coalesced_and_loses_nothing(tmp_path: Path) -> None:
+    """The relay revokes many fixes at once: one push each. The running agent merges
+    one list at a time and, meanwhile, keeps only the newest: a few children, all
+    entries (the relay's list is its whole history)."""
+    relay = Signer()
+    state = enrolled(tmp_path, [relay.public])
+    keys_ = (relay.public,)
+    versions = list(range(1, 21))
+    pushes = [relay.revocations(100 + n, *(fix(version=v) for v in versions[:n]))
+              for n in range(1, len(versions) + 1)]
+    children: list[int] = []
+    real = revocations.receive_in_child
+
+    async def counted(*args: Any, **kw: Any) -> revocations.Received:
+        children.append(1)
+        return await real(*args, **kw)
+
+    async def burst() -> None:
+        revocations.receive_in_child = counted  # type: ignore[assignment]
+        try:
+            for push in pushes:
+                revocations.schedule(state.root, push, keys_)
+            await asyncio.gather(*revocations._tasks)
+        finally:
+            revocations.receive_in_child = real  # type: ignore[assignment]
+
+    asyncio.run(burst())
+    kept = revocations.load(state.root)
+    assert {e.version for e in kept.entries} == set(versions) and kept.serial == 120
+    assert len(children) <= 3
