@@ -21,13 +21,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from backline.agent.exit_codes import EXIT_DECLINED, EXIT_FIX_FAILED, EXIT_REFUSED, EXIT_USAGE
 from backline.agent.state import StateDir
+
+if TYPE_CHECKING:
+    from backline.agent.fixes.cache import Cached
+    from backline.agent.fixes.checks import Checked
+    from backline.agent.fixes.executor import RunResult
+    from backline.agent.policy import Policy
+    from backline.common.fixes.manifest import FixManifest
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,24 +64,23 @@ def _err(code: int, message: str) -> int:
     return code
 
 
-def _verify_cached(state: StateDir, cached: Any, policy: Any, params: dict[str, object],
-                   check_params: bool) -> Any:
-    """Parse and check one cached entry exactly as a relay request; raises Refusal."""
+def _verify_cached(state: StateDir, cached: Cached, policy: Policy,
+                   params: dict[str, object], check_params: bool) -> Checked:
+    """Check one cached entry exactly as a relay request (the manifest structurally,
+    signatures, then the whole manifest, revocation, platform, policy, parameters);
+    raises :class:`~backline.agent.fixes.checks.Refusal`."""
     from backline.agent.fixes import checks, trust
-    from backline.common.fixes.manifest import ManifestError, manifest_from_dict
+    from backline.common.fixes.manifest import ManifestError
 
     try:
-        manifest = manifest_from_dict(cached.manifest)
+        manifest = checks.structural_manifest(cached.manifest)
     except ManifestError as exc:
         raise checks.Refusal("bad_request", f"the cached manifest is unusable: {exc}") from None
     if (manifest.id, manifest.version) != (cached.fix_id, cached.version):
         raise checks.Refusal("bad_request", "the cached file does not hold the fix its name says")
-    try:
-        fix_trust = trust.load_trust(state.root, policy)
-    except ValueError as exc:
-        raise checks.Refusal("unpinned_key", f"the pinned keys are unusable: {exc}") from None
     return checks.check_fix(manifest, cached.signatures, params, state_root=state.root,
-                            fix_policy=policy.fix, trust=fix_trust, check_params=check_params)
+                            fix_policy=policy.fix, trust=trust.load_trust(state.root, policy),
+                            check_params=check_params, manifest_data=cached.manifest)
 
 
 def cmd_fix(state: StateDir, args: argparse.Namespace) -> int:
@@ -88,7 +95,8 @@ def cmd_fix(state: StateDir, args: argparse.Namespace) -> int:
     return _run(state, policy, args)
 
 
-def _list(state: StateDir, policy: Any, as_json: bool) -> int:
+def _list(state: StateDir, policy: Policy, as_json: bool) -> int:
+    """``fix list``: each cached fix, checked now, and whether it would run."""
     from backline.agent.fixes import cache, checks
 
     found = cache.entries(state.root)
@@ -115,7 +123,8 @@ def _list(state: StateDir, policy: Any, as_json: bool) -> int:
     return 0
 
 
-def _params(manifest: Any, pairs: list[str]) -> dict[str, object]:
+def _params(manifest: FixManifest, pairs: list[str]) -> dict[str, object]:
+    """``--param NAME=VALUE`` texts, typed by the (verified) manifest's schema."""
     from backline.common.fixes.params import params_from_text
 
     texts: dict[str, str] = {}
@@ -127,11 +136,14 @@ def _params(manifest: Any, pairs: list[str]) -> dict[str, object]:
     return params_from_text(manifest, texts)
 
 
-def _run(state: StateDir, policy: Any, args: argparse.Namespace) -> int:
+def _run(state: StateDir, policy: Policy, args: argparse.Namespace) -> int:
+    """``fix run``: the same checks as a run from the relay (signatures before any
+    author pattern is applied to a parameter), consent, the revocation list read again
+    just before it starts, then the executor with its output on this terminal."""
     from backline.agent.activity import ACTIVITY_NAME, ActivityLog
     from backline.agent.fixes import cache, checks
-    from backline.common.fixes.manifest import ManifestError, manifest_from_dict
-    from backline.common.fixes.params import ParamError
+    from backline.agent.fixes.executor import FixRunError
+    from backline.common.fixes.params import ParamError, validate_params
 
     log = ActivityLog(state.root / ACTIVITY_NAME)
     cached = cache.find(state.root, args.id, args.version)
@@ -141,11 +153,9 @@ def _run(state: StateDir, policy: Any, args: argparse.Namespace) -> int:
                                 "(see `backline-agent fix list`)")
     record = {"fix": cached.fix_id, "version": cached.version, "mode": "self-service"}
     try:
-        try:
-            params = _params(manifest_from_dict(cached.manifest), args.param)
-        except ManifestError:
-            params = {}
-        checked = _verify_cached(state, cached, policy, params, check_params=True)
+        checked = _verify_cached(state, cached, policy, {}, check_params=False)
+        env = validate_params(checked.manifest, _params(checked.manifest, args.param))
+        checked = dataclasses.replace(checked, env=env)
     except (ValueError, ParamError) as exc:
         log.record("fix.refused", **record, reason="params", detail=str(exc)[:300])
         return _err(EXIT_REFUSED, f"refused (params): {exc}")
@@ -166,8 +176,17 @@ def _run(state: StateDir, policy: Any, args: argparse.Namespace) -> int:
         if answer not in ("y", "yes"):
             log.record("fix.refused", **record, reason="consent", detail="declined")
             return _err(EXIT_DECLINED, "not run")
+    try:  # revoked while the customer was reading the question: not run
+        checks.recheck_revoked(state.root, m)
+    except checks.Refusal as exc:
+        log.record("fix.refused", **record, reason=exc.reason, detail=exc.detail[:300])
+        return _err(EXIT_REFUSED, f"refused ({exc.reason}): {exc.detail}")
     log.record("fix.started", **record, params=sorted(checked.env))
-    result = asyncio.run(_execute(m, checked.env))
+    try:
+        result = asyncio.run(_execute(m, checked.env))
+    except FixRunError as exc:
+        log.record("fix.refused", **record, reason=exc.reason, detail=str(exc)[:300])
+        return _err(EXIT_REFUSED, f"refused ({exc.reason}): {exc}")
     log.record("fix.ended", **record, exit_status=result.exit_status, signal=result.signal,
                timed_out=result.timed_out, output_sha256=result.output_sha256,
                kept_bytes=result.kept_bytes, output_bytes=result.output_bytes,
@@ -181,13 +200,14 @@ def _run(state: StateDir, policy: Any, args: argparse.Namespace) -> int:
     return 0 if result.succeeded else EXIT_FIX_FAILED
 
 
-async def _execute(manifest: Any, env: dict[str, str]) -> Any:
+async def _execute(manifest: FixManifest, env: dict[str, str]) -> RunResult:
+    """Run it, its output on this terminal as it comes."""
     from backline.agent.fixes.executor import DEFAULT_MAX_OUTPUT, run_fix
 
-    def show(event: dict[str, Any]) -> None:
+    def show(event: dict[str, object]) -> None:
         if event["type"] == "output":
             out = sys.stdout.buffer if event["fd"] == 1 else sys.stderr.buffer
-            out.write(base64.b64decode(event["b64"]))
+            out.write(base64.b64decode(str(event["b64"])))
             out.flush()
         elif event["type"] == "cut":
             print(f"\nbackline-agent fix: output cut at {event['kept_bytes']} bytes (the rest "

@@ -25,16 +25,15 @@ the connection attempt fails and is retried with the usual backoff.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import json
-import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from backline.agent import childproc
 
 #: Bounds of what crosses the pipe: a request carries a challenge payload or a pin
 #: set (under 1 KiB either), an answer one signature or one boolean.
@@ -67,32 +66,10 @@ def _b64d(text: object) -> bytes:
 
 async def _ask(request: dict[str, Any]) -> dict[str, Any]:
     """One child, one request, its one answer (a JSON object), checked."""
-    data = (json.dumps(request) + "\n").encode()
-    if len(data) > MAX_REQUEST:
-        raise ValueError(f"request over {MAX_REQUEST} bytes")
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "backline.agent.keychild", stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    except OSError as exc:
-        raise KeyChildFailed(f"could not start the signing process: {exc}") from exc
-    try:
-        async with asyncio.timeout(TIMEOUT_S):
-            out, _ = await proc.communicate(data)
-    except TimeoutError:
-        raise KeyChildFailed(f"the signing process gave no answer in {TIMEOUT_S:g} s"
-                             ) from None
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-    code = proc.returncode
-    try:
-        answer = json.loads(out) if len(out) <= MAX_ANSWER else None
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict):
+    code, answer = await childproc.ask(
+        "backline.agent.keychild", request, max_request=MAX_REQUEST, max_answer=MAX_ANSWER,
+        timeout_s=TIMEOUT_S, failed=KeyChildFailed, what="signing process")
+    if answer is None:
         raise KeyChildFailed(f"the signing process failed (exit status {code})")
     if code == EXIT_KEY_UNUSABLE and isinstance(answer.get("error"), str):
         raise KeyUnusable(answer["error"][:500])

@@ -24,16 +24,14 @@ that keeps the key this connection was trusted by.
 
 from __future__ import annotations
 
-import asyncio
 import binascii
 import json
 import logging
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-from backline.agent import keychild
+from backline.agent import keychild, relayget
 from backline.agent.state import Enrollment, StateDir
-from backline.common import __version__, pinset, protocol
+from backline.common import pinset, protocol
 from backline.common.tlspin import MAX_PINS, BadPin, PinMismatch, Trust, is_spki, parse_pin
 
 log = logging.getLogger("backline.agent")
@@ -66,8 +64,9 @@ class Announced:
             audit_public, self.serial, self.pins, self.signature, self.bind_leaf)
 
 
-def _audit_key(enrollment: Enrollment) -> bytes:
-    """The relay's audit public key this agent pinned at enrollment; empty if none."""
+def audit_key(enrollment: Enrollment) -> bytes:
+    """The relay's audit public key this agent pinned at enrollment; empty if none
+    (also what agent/fixes/trust.py checks the fix-trust document with)."""
     try:
         raw = protocol.b64d(enrollment.audit_public_key) if enrollment.audit_public_key else b""
     except protocol.ProtocolError:
@@ -77,33 +76,10 @@ def _audit_key(enrollment: Enrollment) -> bytes:
 
 async def fetch(relay_url: str, trust: Trust) -> Announced:
     """The relay's announced pin set, and the pin this connection matched."""
-    parts = urlsplit(relay_url)
-    host = parts.hostname or ""
-    port = parts.port or 443
-    async with asyncio.timeout(TIMEOUT_S):
-        reader, writer = await asyncio.open_connection(
-            host, port, ssl=trust.context(), server_hostname=host)
-        try:
-            match = trust.check(writer.get_extra_info("ssl_object"))
-            netloc = parts.netloc.rsplit("@", 1)[-1]
-            writer.write((f"GET {PATH} HTTP/1.1\r\nHost: {netloc}\r\n"
-                          f"User-Agent: backline-agent/{__version__}\r\n"
-                          "Accept: application/json\r\nConnection: close\r\n\r\n").encode())
-            await writer.drain()
-            data = b""
-            while len(data) <= MAX_ANSWER:
-                chunk = await reader.read(4096)
-                if not chunk:
-                    break
-                data += chunk
-        finally:
-            writer.transport.abort()
-    if len(data) > MAX_ANSWER:
-        raise PinAnswerError(f"answer over {MAX_ANSWER} bytes")
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = head.split(b"\r\n", 1)[0].split()
-    if len(status) < 2 or status[1] != b"200":
-        raise PinAnswerError(f"HTTP {status[1].decode('latin-1') if len(status) > 1 else '?'}")
+    try:
+        body, match = await relayget.get_ok(relay_url, trust, PATH, MAX_ANSWER, TIMEOUT_S)
+    except relayget.RelayAnswerError as exc:
+        raise PinAnswerError(str(exc)) from None
     try:
         answer = json.loads(body)
         pins = answer["pins"]
@@ -133,7 +109,7 @@ async def sync(state: StateDir, enrollment: Enrollment) -> Enrollment:
     except (OSError, TimeoutError, PinMismatch, PinAnswerError, ValueError) as exc:
         log.debug("could not learn the relay's pins: %s", exc)
         return enrollment
-    audit_public = _audit_key(enrollment)
+    audit_public = audit_key(enrollment)
     pins, serial, bind_leaf = announced.pins, announced.serial, announced.bind_leaf
     if audit_public:
         try:

@@ -34,7 +34,7 @@ REQUEST_WAIT_S = 10.0
 
 
 class _BadRequest(Exception):
-    pass
+    """The request line itself is unusable (too large, cut short): exit 2."""
 
 
 async def _first_line(process: Any, limit: int) -> tuple[str, str]:
@@ -85,6 +85,8 @@ async def _watch_cancel(process: Any, rest: str, cancel: asyncio.Event) -> None:
 
 
 async def run(process: Any, ctx: SessionContext) -> int:
+    """The ``fix`` room: one request, checked, maybe asked about, run; see the module
+    docstring for the lines and the exit status. ``process`` is asyncssh's."""
     from backline.agent.consent import NoAsker
     from backline.agent.fixes import cache, checks, executor, trust
 
@@ -95,7 +97,8 @@ async def run(process: Any, ctx: SessionContext) -> int:
 
     base = {"session_id": ctx.session_id, "technician": ctx.technician}
 
-    async def refuse(reason: str, detail: str, request: Any = None, digest: str = "",
+    async def refuse(reason: str, detail: str, request: checks.FixRequest | None = None,
+                     digest: str = "",
                      status: int = ChannelExit.REFUSED) -> int:
         manifest = getattr(request, "manifest", None)
         ctx.log.record("fix.refused", **base, reason=reason, detail=detail[:300],
@@ -119,17 +122,16 @@ async def run(process: Any, ctx: SessionContext) -> int:
                             status=ChannelExit.BAD_REQUEST)
     except checks.Refusal as exc:
         return await refuse(exc.reason, exc.detail, status=ChannelExit.BAD_REQUEST)
-    m = request.manifest
     try:
         fix_trust = trust.load_trust(ctx.state_root, ctx.policy)
-        checked = checks.check_fix(m, request.signatures, request.params,
+        checked = checks.check_fix(request.manifest, request.signatures, request.params,
                                    state_root=ctx.state_root, fix_policy=ctx.policy.fix,
                                    trust=fix_trust, claimed_digest=request.digest,
-                                   check_params=not request.cache_only)
+                                   check_params=not request.cache_only,
+                                   manifest_data=request.manifest_data)
     except checks.Refusal as exc:
         return await refuse(exc.reason, exc.detail, request)
-    except ValueError as exc:  # a pinned key this agent cannot read
-        return await refuse("unpinned_key", f"the pinned keys are unusable: {exc}", request)
+    m = checked.manifest
     record = {**base, "fix": m.id, "version": m.version, "digest": checked.digest,
               "run_id": request.run_id or None}
     await send({"type": "checked", "digest": checked.digest, "signers": list(checked.signers)})
@@ -166,6 +168,10 @@ async def run(process: Any, ctx: SessionContext) -> int:
                                     request, checked.digest)
             ctx.log.record("fix.consent", **record, how=answer.how)
             await send({"type": "consent", "answer": "yes"})
+        try:  # a revocation pushed while the customer was deciding stops it here
+            checks.recheck_revoked(ctx.state_root, m)
+        except checks.Refusal as exc:
+            return await refuse(exc.reason, exc.detail, request, checked.digest)
         if ctx.state_root is not None:
             with contextlib.suppress(OSError):
                 cache.store(ctx.state_root, m, request.signatures, "run")
@@ -175,7 +181,7 @@ async def run(process: Any, ctx: SessionContext) -> int:
         try:
             result = await executor.run_fix(m, checked.env, request.max_output, send, cancel)
         except executor.FixRunError as exc:
-            return await refuse("platform", str(exc), request, checked.digest)
+            return await refuse(exc.reason, str(exc), request, checked.digest)
         except Exception as exc:  # the channel went away mid-run: the tree is ended
             ctx.log.record("fix.interrupted", **record, detail=str(exc)[:200] or
                            type(exc).__name__)

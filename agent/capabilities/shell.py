@@ -32,6 +32,7 @@ import termios
 from dataclasses import dataclass
 from typing import Any
 
+from backline.agent import proctree
 from backline.agent.capabilities.base import SessionContext
 from backline.common.capabilities import ChannelExit
 
@@ -181,32 +182,9 @@ async def pump_input(master: int, process: Any) -> None:
                 await _ready(master, write=True)
 
 
-def session_members(sid: int) -> list[int]:
-    """Every process whose session is ``sid`` (Linux ``/proc``; elsewhere none known)."""
-    members = []
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return []
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[-1].split()
-        except OSError:
-            continue
-        if len(fields) > 3 and fields[3] == str(sid).encode():
-            members.append(int(name))
-    return members
-
-
-def _signal_session(sid: int, sig: int) -> None:
-    with contextlib.suppress(OSError):
-        os.killpg(sid, sig)
-    for pid in session_members(sid):
-        with contextlib.suppress(OSError):
-            os.kill(pid, sig)
+#: One reading of /proc for the shell and the fix executor (agent/proctree.py).
+session_members = proctree.session_members
+_signal_session = proctree.signal_session
 
 
 async def hang_up(proc: asyncio.subprocess.Process) -> None:

@@ -22,9 +22,12 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backline.common import keys
+
+if TYPE_CHECKING:
+    from backline.common.fixes.manifest import FixManifest
 
 DIR_NAME = "fixes"
 MAX_ENTRIES = 256
@@ -49,7 +52,8 @@ def folder(state_root: Path) -> Path:
     return state_root / DIR_NAME
 
 
-def store(state_root: Path, manifest: Any, signatures: list[str], source: str = "run") -> bool:
+def store(state_root: Path, manifest: FixManifest, signatures: list[str],
+          source: str = "run") -> bool:
     """Keep a checked fix and its signatures; False when it is too big to keep."""
     body = {"manifest": manifest.as_dict(), "signatures": list(signatures),
             "stored_at": round(time.time(), 3), "source": source}

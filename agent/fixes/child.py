@@ -17,14 +17,13 @@ A child that cannot start, crashes or times out is :class:`FixChildFailed` (an
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from backline.agent import childproc
 
 #: A revocation message is at most one 64 KiB control frame; the keys ride along.
 MAX_REQUEST = 256 * 1024
@@ -37,32 +36,13 @@ class FixChildFailed(OSError):
 
 
 async def ask(request: dict[str, Any]) -> dict[str, Any]:
-    data = (json.dumps(request) + "\n").encode()
-    if len(data) > MAX_REQUEST:
-        raise ValueError(f"request over {MAX_REQUEST} bytes")
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "backline.agent.fixes.child", stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    except OSError as exc:
-        raise FixChildFailed(f"could not start the checking process: {exc}") from exc
-    try:
-        async with asyncio.timeout(TIMEOUT_S):
-            out, _ = await proc.communicate(data)
-    except TimeoutError:
-        raise FixChildFailed(f"the checking process gave no answer in {TIMEOUT_S:g} s"
-                             ) from None
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-    try:
-        answer = json.loads(out) if len(out) <= MAX_ANSWER else None
-    except ValueError:
-        answer = None
-    if proc.returncode != 0 or not isinstance(answer, dict):
-        raise FixChildFailed(f"the checking process failed (exit status {proc.returncode})")
+    """One child (agent/childproc.py), one request, its answer object."""
+    code, answer = await childproc.ask(
+        "backline.agent.fixes.child", request, max_request=MAX_REQUEST,
+        max_answer=MAX_ANSWER, timeout_s=TIMEOUT_S, failed=FixChildFailed,
+        what="checking process")
+    if code != 0 or answer is None:
+        raise FixChildFailed(f"the checking process failed (exit status {code})")
     return answer
 
 

@@ -40,7 +40,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from backline.agent import proctree
+
+if TYPE_CHECKING:
+    from backline.common.fixes.manifest import FixManifest
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: The most raw bytes in one ``output`` event (before base64).
@@ -62,7 +67,14 @@ SUFFIX = {"sh": ".sh", "bash": ".sh", "python": ".py", "powershell": ".ps1"}
 
 
 class FixRunError(Exception):
-    """The fix could not even be started (no interpreter, no private folder)."""
+    """The fix could not even be started. ``reason`` is the refusal the fix channel
+    sends: ``platform`` when this machine has no usable interpreter for it,
+    ``agent_error`` when this agent could not prepare the run (no private folder, a
+    full disk): a fault of this machine, not of the fix or its platform."""
+
+    def __init__(self, message: str, reason: str = "platform") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -108,7 +120,8 @@ def interpreter_argv(interpreter: str) -> list[str] | None:
     return None
 
 
-def fix_environment(manifest: Any, folder: str, env_params: Mapping[str, str]) -> dict[str, str]:
+def fix_environment(manifest: FixManifest, folder: str, env_params: Mapping[str, str]
+                    ) -> dict[str, str]:
     """The script's whole environment (nothing of the agent's own leaks in)."""
     env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "HOME": folder, "TMPDIR": folder,
            "BACKLINE_FIX_ID": str(manifest.id), "BACKLINE_FIX_VERSION": str(manifest.version),
@@ -120,49 +133,66 @@ def fix_environment(manifest: Any, folder: str, env_params: Mapping[str, str]) -
     return env
 
 
-def session_members(sid: int) -> list[int]:
-    """Every process whose session is ``sid`` (Linux ``/proc``; elsewhere none known):
-    a grandchild that left the process group is still in the session."""
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return []
-    members = []
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[-1].split()
-        except OSError:
-            continue
-        if len(fields) > 3 and fields[3] == str(sid).encode() and fields[0] != b"Z":
-            members.append(int(name))
-    return members
+#: The parent each script runs under on Linux (agent/fixes/reaper.py).
+REAPER = str(Path(__file__).with_name("reaper.py"))
+#: How long past its own grace the reaper is given to end the tree before the
+#: executor kills what it can find itself.
+REAPER_SLACK_S = 3.0
+#: Kept for the tests and callers that looked here (agent/proctree.py has them).
+session_members = proctree.session_members
 
 
-def _signal_tree(sid: int, sig: int) -> None:
-    with contextlib.suppress(OSError):
-        os.killpg(sid, sig)
-    for pid in session_members(sid):
-        with contextlib.suppress(OSError):
-            os.kill(pid, sig)
+def use_reaper() -> bool:
+    """Whether scripts run under the subreaper (Linux: ``prctl`` and ``/proc``)."""
+    return sys.platform.startswith("linux") and os.path.isdir("/proc/self")
+
+
+def _reaper_python() -> str:
+    """An interpreter for the reaper (standard library only): the agent's own, or the
+    system's ``python3`` when the agent's cannot be executed by this user."""
+    if os.access(sys.executable, os.X_OK):
+        return sys.executable
+    return shutil.which("python3", path=SAFE_PATH) or sys.executable
+
+
+def wrapped(argv: list[str]) -> list[str]:
+    """``argv`` as the executor starts it: under the reaper where there is one."""
+    if not use_reaper():
+        return argv
+    return [_reaper_python(), "-I", "-B", REAPER, f"{KILL_GRACE_S:g}", "--", *argv]
 
 
 async def end_tree(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM to the script's whole session, :data:`KILL_GRACE_S`, then SIGKILL to
-    whatever is left, and reap the script. (Also when the script has exited: what it
-    left running in its session goes with it.)"""
+    """End the script and everything it started, and reap the script (or its reaper).
+
+    Under the reaper: SIGTERM to the reaper, which ends every descendant (SIGTERM,
+    :data:`KILL_GRACE_S`, SIGKILL) and exits; if it has not within
+    :data:`REAPER_SLACK_S` more, SIGKILL to it and to every descendant and session
+    member found. Without one (not Linux): SIGTERM to the script's whole session,
+    :data:`KILL_GRACE_S`, then SIGKILL to whatever is left. (Also when the script has
+    exited: what it left running goes with it.)"""
     sid = proc.pid
-    _signal_tree(sid, signal.SIGTERM)
     loop = asyncio.get_running_loop()
+    if use_reaper():
+        if proc.returncode is None:
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(proc.wait()),
+                                       KILL_GRACE_S + REAPER_SLACK_S)
+        if proc.returncode is None or proctree.session_members(sid):
+            proctree.signal_tree(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            await proc.wait()
+        return
+    proctree.signal_session(sid, signal.SIGTERM)
     deadline = loop.time() + KILL_GRACE_S
     while loop.time() < deadline:
-        if proc.returncode is not None and not session_members(sid):
+        if proc.returncode is not None and not proctree.session_members(sid):
             break
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(proc.wait()), 0.05)
-    _signal_tree(sid, signal.SIGKILL)
+    proctree.signal_session(sid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         await proc.wait()
 
@@ -245,7 +275,7 @@ async def _run_script(argv: list[str], folder: str, env: dict[str, str], timeout
     err_r, err_w = os.pipe()
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=folder, env=env, stdin=asyncio.subprocess.DEVNULL,
+            *wrapped(argv), cwd=folder, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=out_w, stderr=err_w, start_new_session=True, close_fds=True)
     except OSError as exc:
         for fd in (out_r, err_r):
@@ -301,7 +331,7 @@ async def _run_script(argv: list[str], folder: str, env: dict[str, str], timeout
                 with contextlib.suppress(asyncio.CancelledError):
                     await pumps
     except BaseException:  # cancelled (the session went) or failed: nothing stays
-        _signal_tree(proc.pid, signal.SIGKILL)
+        proctree.signal_tree(proc.pid, signal.SIGKILL)
         raise
     finally:
         for transport in transports:
@@ -343,7 +373,7 @@ def _write_script(folder: str, name: str, text: str) -> str:
     return str(path)
 
 
-async def run_fix(manifest: Any, env_params: Mapping[str, str], max_output: int,
+async def run_fix(manifest: FixManifest, env_params: Mapping[str, str], max_output: int,
                   on_event: OnEvent, cancel: asyncio.Event | None = None) -> RunResult:
     """Run ``manifest``'s script (and verify script) with ``env_params`` (the mapping
     ``validate_params`` made), streaming events to ``on_event``: ``start``,
@@ -366,11 +396,16 @@ async def run_fix(manifest: Any, env_params: Mapping[str, str], max_output: int,
     try:
         folder = tempfile.mkdtemp(prefix="backline-fix-")  # 0700, owned by the agent
     except OSError as exc:
-        raise FixRunError(f"cannot make a private folder: {exc.strerror or exc}") from None
+        raise FixRunError(f"cannot make a private folder: {exc.strerror or exc}",
+                          "agent_error") from None
     try:
-        os.chmod(folder, 0o700)
-        env = fix_environment(manifest, folder, env_params)
-        script = _write_script(folder, ".backline-fix" + suffix, manifest.script)
+        try:
+            os.chmod(folder, 0o700)
+            env = fix_environment(manifest, folder, env_params)
+            script = _write_script(folder, ".backline-fix" + suffix, manifest.script)
+        except OSError as exc:
+            raise FixRunError(f"cannot write the script in its private folder: "
+                              f"{exc.strerror or exc}", "agent_error") from None
         out = _Output(max_output, on_event)
 
         async def started(pid: int) -> None:
@@ -385,7 +420,7 @@ async def run_fix(manifest: Any, env_params: Mapping[str, str], max_output: int,
                                "timed_out": ran.timed_out, "cancelled": ran.cancelled,
                                "duration_ms": ran.duration_ms, "output_bytes": out.seen,
                                "kept_bytes": out.kept, "output_sha256": out.sha.hexdigest()})
-        verify_text = getattr(manifest, "verify", None)
+        verify_text = manifest.verify
         if verify_text and not ran.cancelled and not (cancel is not None and cancel.is_set()):
             verify = await _verify(argv, folder, env, verify_text, suffix,
                                    min(VERIFY_TIMEOUT_S, int(manifest.timeout_s)), cancel)

@@ -22,18 +22,21 @@ agent): ``{"payload_b64", "signature_b64"}``, the payload
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
+from backline.agent import relayget
+from backline.agent.pinsync import audit_key
 from backline.agent.policy import Policy
 from backline.agent.state import Enrollment, StateDir
-from backline.common import __version__, keys, protocol
+from backline.common import keys
 from backline.common.tlspin import PinMismatch, Trust
+
+if TYPE_CHECKING:
+    from backline.common.fixes.signing import FixTrust
 
 log = logging.getLogger("backline.agent.fixes")
 
@@ -46,23 +49,14 @@ class FixTrustError(Exception):
     """The relay's fix-trust answer is unusable; the message says why."""
 
 
-def sign(audit_key: keys.PrivateKey, serial: int, fix_keys: Sequence[str]) -> dict[str, str]:
+def sign(key: keys.PrivateKey, serial: int, fix_keys: Sequence[str]) -> dict[str, str]:
     """The answer a relay serves (common/fixes/trustdoc.py; tests use it)."""
     from backline.common.fixes.trustdoc import document
 
-    return document(audit_key, serial, fix_keys)
+    return document(key, serial, fix_keys)
 
 
-def audit_key(enrollment: Enrollment) -> bytes:
-    """The relay's audit public key this agent pinned at enrollment; empty if none."""
-    try:
-        raw = protocol.b64d(enrollment.audit_public_key) if enrollment.audit_public_key else b""
-    except protocol.ProtocolError:
-        return b""
-    return raw if len(raw) == 32 else b""
-
-
-def verify_document(answer: Any, audit_public: bytes) -> tuple[int, list[str]]:
+def verify_document(answer: object, audit_public: bytes) -> tuple[int, list[str]]:
     """``(serial, fix_keys)`` of a document the pinned audit key signed
     (:func:`backline.common.fixes.trustdoc.read`); else :class:`FixTrustError`. Loads
     asyncssh: the running agent calls it in a child (agent/fixes/child.py)."""
@@ -77,36 +71,13 @@ def verify_document(answer: Any, audit_public: bytes) -> tuple[int, list[str]]:
     return doc.serial, list(doc.fix_keys)
 
 
-async def fetch(relay_url: str, trust: Trust) -> Any:
+async def fetch(relay_url: str, trust: Trust) -> object:
     """The relay's answer to ``GET /agent/fix-trust`` (parsed JSON), bounded in size and
     time, over a connection trusted by the pins this agent holds."""
-    parts = urlsplit(relay_url)
-    host = parts.hostname or ""
-    port = parts.port or 443
-    async with asyncio.timeout(TIMEOUT_S):
-        reader, writer = await asyncio.open_connection(host, port, ssl=trust.context(),
-                                                       server_hostname=host)
-        try:
-            trust.check(writer.get_extra_info("ssl_object"))
-            netloc = parts.netloc.rsplit("@", 1)[-1]
-            writer.write((f"GET {PATH} HTTP/1.1\r\nHost: {netloc}\r\n"
-                          f"User-Agent: backline-agent/{__version__}\r\n"
-                          "Accept: application/json\r\nConnection: close\r\n\r\n").encode())
-            await writer.drain()
-            data = b""
-            while len(data) <= MAX_ANSWER:
-                chunk = await reader.read(4096)
-                if not chunk:
-                    break
-                data += chunk
-        finally:
-            writer.transport.abort()
-    if len(data) > MAX_ANSWER:
-        raise FixTrustError(f"answer over {MAX_ANSWER} bytes")
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = head.split(b"\r\n", 1)[0].split()
-    if len(status) < 2 or status[1] != b"200":
-        raise FixTrustError(f"HTTP {status[1].decode('latin-1') if len(status) > 1 else '?'}")
+    try:
+        body, _ = await relayget.get_ok(relay_url, trust, PATH, MAX_ANSWER, TIMEOUT_S)
+    except relayget.RelayAnswerError as exc:
+        raise FixTrustError(str(exc)) from None
     try:
         return json.loads(body)
     except ValueError:
@@ -162,11 +133,22 @@ def relay_fix_keys(state_root: Path | None) -> tuple[str, ...]:
         return ()
 
 
-def load_trust(state_root: Path | None, policy: Policy) -> Any:
+def load_trust(state_root: Path | None, policy: Policy) -> FixTrust:
     """The :class:`FixTrust` every check uses: pinned relay keys + the policy's offline
-    keys and ``required_offline``."""
-    from backline.common.fixes.signing import FixTrust
+    keys and ``required_offline``. A pinned relay key this agent cannot read refuses
+    ``unpinned_key``; an unusable ``[fix]`` section of the local policy ``policy``
+    (both :class:`~backline.agent.fixes.checks.Refusal`)."""
+    from backline.agent.fixes.checks import Refusal
+    from backline.common.fixes.signing import FixTrust, SigningError
 
-    return FixTrust(relay_keys=relay_fix_keys(state_root),
-                    offline_keys=tuple(policy.fix.offline_keys),
-                    required_offline=policy.fix.required_offline)
+    relay_keys = relay_fix_keys(state_root)
+    try:
+        FixTrust(relay_keys=relay_keys, offline_keys=(), required_offline=0)
+    except SigningError as exc:
+        raise Refusal("unpinned_key", f"the pinned relay fix keys are unusable: {exc}"
+                      ) from None
+    try:
+        return FixTrust(relay_keys=relay_keys, offline_keys=tuple(policy.fix.offline_keys),
+                        required_offline=policy.fix.required_offline)
+    except SigningError as exc:
+        raise Refusal("policy", f"this machine's [fix] policy is unusable: {exc}") from None

@@ -5,21 +5,22 @@ safe target its parameters point it at, with its verify script judging the resul
 How a fix runs here: the way the agent runs it. A child Python process (this file run
 as a script) loads the manifest with ``backline.common.fixes``, validates the
 parameters with ``validate_params`` and runs script and verify script with the agent's
-executor ``backline.agent.fixes.executor.run_fix`` when that module is present, else
-with :func:`_run_like_the_agent`, which keeps to the same contract (interpreter from
-the fixed PATH, environment limited to the listed variables and BACKLINE_PARAM_*,
-private 0700 folder as cwd, HOME and TMPDIR, a session of its own, stdin /dev/null,
-its process group killed at the timeout and once the script has exited; the executor
-kills every member of the session).
+executor ``backline.agent.fixes.executor.run_fix`` (the one executor: under its
+subreaper, so whatever a script leaves running ends with the run).
 
 Safe targets: a folder under /tmp, processes the test starts, a tmpfs it mounts. Fixes
 whose target is a fixed system path (/etc/environment, /etc/resolv.conf, /var/log,
 /var/cache/apt, /var/log/journal, /etc/init.d, /etc/logrotate.conf) run in a private
 mount namespace (``unshare -m``) in which the child first bind-mounts a folder or file
 of the test over that path: the real script acts on its real path, and the machine's
-own file is never touched. Fixes for a tool this container does not have (systemd as
-init, chrony, journald, a DHCP client, a DNS cache) are run too, and must fail the way
-their manifest says: a clear message and exit status 69. :data:`EXERCISED` says, for each Linux fix,
+own file is never touched. Fixes for a tool this container does not have run against
+stand-ins in such a namespace, which a folder bound over /usr/local/sbin (first on the
+fixed PATH) puts first: a stand-in ``chronyc`` (sync-clock), a stand-in ``dhclient`` on
+one end of a veth pair in a private network namespace (renew-dhcp-lease), a stand-in
+``systemctl`` with /run/systemd/system present and a stand-in agent service whose
+process the stand-in service manager really restarts (restart-agent); each must pass
+its verify script. Without a stand-in they must fail the way their manifest says: a
+clear message and exit status 69. :data:`EXERCISED` says, for each Linux fix,
 which of these paths the tests take; docs/fixes.md repeats it.
 
 Exit statuses every library script uses: 0 done, 1 the action failed, 64 a parameter
@@ -32,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -82,8 +82,11 @@ EXERCISED = {
     "flush-dns-cache": "real: SIGHUP to a stand-in dnsmasq process; 69 path (no DNS cache here)",
     "free-inodes": "real: a folder under /tmp",
     "remount-rw": "real: a read-only tmpfs in a private namespace",
-    "renew-dhcp-lease": "refusals only: fake interface (66), loopback (64), no DHCP client (69)",
-    "restart-agent": "69 path only (systemd is not PID 1 here)",
+    "renew-dhcp-lease": "real: a stand-in dhclient on a veth pair in a private network "
+                        "namespace; refusals: fake interface (66), loopback (64), "
+                        "no DHCP client (69)",
+    "restart-agent": "real: a stand-in systemctl restarting a stand-in agent service in a "
+                     "private namespace; 69 path (systemd is not PID 1 here)",
     "rotate-logs": "real: logrotate -f with bind-mounted config, state and /var/log",
     "show-service-log": "real: a bind-mounted /var/log/syslog (no journal entries here)",
     "restart-service": "real: a throwaway SysV service on a bind-mounted /etc/init.d; "
@@ -91,14 +94,10 @@ EXERCISED = {
     "set-dns-servers": "real: a bind-mounted /etc (plain file and resolved drop-in)",
     "set-proxy": "real: a bind-mounted /etc",
     "stop-runaway-process": "real: processes the test starts",
-    "sync-clock": "69 path only (no chrony, timesyncd, ntpdate or sntp here)",
+    "sync-clock": "real: a stand-in chronyc in a private namespace; 69 path (no chrony, "
+                  "timesyncd, ntpdate or sntp here)",
     "vacuum-journal": "real: journalctl --vacuum-size on a bind-mounted /var/log/journal",
 }
-
-
-def _executor_present() -> bool:
-    return importlib.util.find_spec("backline.agent.fixes") is not None and \
-        importlib.util.find_spec("backline.agent.fixes.executor") is not None
 
 
 def manifests() -> dict[str, FixManifest]:
@@ -119,57 +118,8 @@ class Ran:
     verify_output: str
 
 
-def _run_like_the_agent(m: FixManifest, env_params: Mapping[str, str]) -> dict[str, Any]:
-    """The contract's run, for when the agent's executor is not there (see the module
-    docstring); stdout and stderr are one stream, as the output events interleave them."""
-    folder = tempfile.mkdtemp(prefix="backline-fix-")
-    os.chmod(folder, 0o700)
-    env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "HOME": folder, "TMPDIR": folder,
-           "BACKLINE_FIX_ID": m.id, "BACKLINE_FIX_VERSION": str(m.version),
-           "BACKLINE_FIX_DIR": folder, **env_params}
-    interpreter = shutil.which({"sh": "sh", "bash": "bash"}[m.interpreter], path=SAFE_PATH)
-    assert interpreter, m.interpreter
-
-    def one(text: str, name: str, timeout: float) -> tuple[int | None, bool, str]:
-        script = Path(folder) / name
-        script.write_text(text, encoding="utf-8")
-        proc = subprocess.Popen([interpreter, str(script)], cwd=folder, env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        timed_out = False
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                out, _ = proc.communicate(timeout=2)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                out, _ = proc.communicate()
-        with contextlib.suppress(ProcessLookupError):  # the session ends with the script
-            os.killpg(proc.pid, signal.SIGKILL)
-        status = proc.returncode if proc.returncode is not None and proc.returncode >= 0 else None
-        return status, timed_out, out.decode("utf-8", "replace")
-
-    try:
-        status, timed_out, output = one(m.script, ".backline-fix.sh", m.timeout_s)
-        verify: tuple[int | None, bool, str] | None = None
-        if m.verify:
-            verify = one(m.verify, ".backline-verify.sh", min(60, m.timeout_s))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return {"runner": "local", "exit_status": status, "timed_out": timed_out,
-            "output": output,
-            "verify_passed": None if verify is None else verify[0] == 0 and not verify[1],
-            "verify_exit": None if verify is None else verify[0],
-            "verify_output": "" if verify is None else verify[2][:4096]}
-
-
 async def _run_with_executor(m: FixManifest, env_params: Mapping[str, str]) -> dict[str, Any]:
-    from backline.agent.fixes.executor import run_fix  # type: ignore[import-not-found]
+    from backline.agent.fixes.executor import run_fix
 
     chunks: list[bytes] = []
     verify: dict[str, Any] = {}
@@ -199,23 +149,29 @@ def _child(spec: dict[str, Any]) -> None:
         elif kind == "tmpfs":
             subprocess.run(["mount", "-t", "tmpfs", "-o", f"{args[1]},size=1m", "tmpfs",
                             args[0]], check=True)
+        elif kind == "veth":  # in the private network namespace: a pair, both up
+            subprocess.run(["ip", "link", "add", args[0], "type", "veth", "peer", "name",
+                            args[1]], check=True)
+            for name in args:
+                subprocess.run(["ip", "link", "set", name, "up"], check=True)
+        elif kind == "sysfs":  # /sys/class/net of the private network namespace
+            subprocess.run(["mount", "-t", "sysfs", "sysfs", "/sys"], check=True)
+        elif kind == "daemon":  # started before the fix, outside its run (a service)
+            subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
     m = load_manifest(spec["manifest"])
     if spec.get("raw"):  # the schema bypassed: what the script's own checks must catch
         env_params = {f"BACKLINE_PARAM_{k}": str(v) for k, v in spec["params"].items()}
     else:
         env_params = validate_params(m, spec["params"])
-    if _executor_present():
-        result = asyncio.run(_run_with_executor(m, env_params))
-    else:
-        result = _run_like_the_agent(m, env_params)
-    print(json.dumps(result))
+    print(json.dumps(asyncio.run(_run_with_executor(m, env_params))))
 
 
-def _namespace_prefix() -> list[str]:
+def _namespace_prefix(net: bool = False) -> list[str]:
     unshare = shutil.which("unshare")
     if unshare is None:
         pytest.skip("unshare (util-linux) is needed for a private mount namespace")
-    prefix = [unshare, "--mount", "--propagation", "private"]
+    prefix = [unshare, "--mount", "--propagation", "private", *(["--net"] if net else [])]
     if os.geteuid() != 0:
         prefix.insert(1, "--map-root-user")
     probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=30)
@@ -226,15 +182,16 @@ def _namespace_prefix() -> list[str]:
 
 def run(fix_id: str, params: Mapping[str, object] | None = None,
         mounts: list[tuple[str, ...]] | None = None, *, raw: bool = False,
-        as_nobody: bool = False) -> Ran:
+        as_nobody: bool = False, net: bool = False) -> Ran:
     """Run one shipped fix (in a private mount namespace when ``mounts`` is given);
     ``raw`` hands the values to the script as they are, without the schema;
-    ``as_nobody`` runs it as the unprivileged user nobody."""
+    ``as_nobody`` runs it as the unprivileged user nobody; ``net`` adds a private
+    network namespace (for ``veth`` mounts)."""
     spec = {"manifest": str(LIBRARY / fix_id / f"{fix_id}.toml"), "params": dict(params or {}),
             "mounts": [list(m) for m in mounts or []], "raw": raw}
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
     if mounts:
-        argv = [*_namespace_prefix(), *argv]
+        argv = [*_namespace_prefix(net), *argv]
     if as_nobody and os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
         if setpriv is None:
@@ -476,7 +433,7 @@ def test_clean_temp_files_deletes_only_old_files_of_the_folder(tmp_dir: Path,
     _age(tmp_dir / "emptied", 10)
 
     ran = run("clean-temp-files", {"FOLDER": str(tmp_dir), "AGE_DAYS": 7})
-    assert ran.runner == ("executor" if _executor_present() else "local")
+    assert ran.runner == "executor"
     assert ran.exit_status == OK, ran.output
     assert ran.verify_passed, ran.verify_output
     assert "deleting 3 files" in ran.output
@@ -851,6 +808,117 @@ def test_renew_dhcp_lease_refuses_fake_and_loopback_interfaces() -> None:
         ran = run("renew-dhcp-lease", {"INTERFACE": real[0]})
         assert ran.exit_status == as_root(UNAVAILABLE), ran.output
         assert os.geteuid() != 0 or "no DHCP client here" in ran.output
+
+
+def _standins(tmp_dir: Path, programs: Mapping[str, str]) -> Path:
+    """A folder of stand-in programs (shell scripts) to bind over /usr/local/sbin, the
+    first folder of the fixed PATH, so the fix finds them before anything installed."""
+    sbin = tmp_dir / "sbin"
+    sbin.mkdir(exist_ok=True)
+    for name, body in programs.items():
+        exe = sbin / name
+        exe.write_text("#!/bin/sh\n" + body)
+        exe.chmod(0o755)
+    return sbin
+
+
+def test_sync_clock_steps_the_clock_through_a_stand_in_chronyd(tmp_dir: Path) -> None:
+    """chronyc as the fix drives it: ``tracking`` answers (chrony runs), the burst and
+    ``makestep`` are asked for, and the verify script reads a Normal leap status."""
+    log = tmp_dir / "chronyc.log"
+    sbin = _standins(tmp_dir, {"chronyc": f"""echo "$*" >> {log}
+case "$*" in
+    "-n tracking") echo "Reference ID    : 7F7F0101 (stand-in)"; echo "Stratum         : 2"
+                   echo "Leap status     : Normal" ;;
+    "-a makestep") echo "200 OK" ;;
+esac
+exit 0
+"""})
+    ran = run("sync-clock", {"SERVER": "ntp.example.org"}, [("bind", str(sbin),
+                                                             "/usr/local/sbin")])
+    assert ran.exit_status == OK, ran.output
+    assert "chrony runs" in ran.output and "Leap status" in ran.output
+    assert ran.verify_passed, ran.verify_output
+    assert "chrony: synchronised" in ran.verify_output
+    assert log.read_text().splitlines() == ["-n tracking", "-a burst 4/4", "-n waitsync 10 0.5",
+                                            "-a makestep", "-n tracking", "-n tracking",
+                                            "-n tracking"]
+
+
+def test_renew_dhcp_lease_through_a_stand_in_dhclient_on_a_veth(tmp_dir: Path) -> None:
+    """In a private network namespace: one end of a veth pair has no address; the
+    stand-in dhclient releases (flushes) and requests (adds) a lease; verify sees it."""
+    log = tmp_dir / "dhclient.log"
+    sbin = _standins(tmp_dir, {"dhclient": f"""echo "$*" >> {log}
+case "$1" in
+    -r) ip -4 addr flush dev "$2" ;;
+    -1) ip addr add 192.0.2.10/24 dev "$2" ;;
+    *) exit 2 ;;
+esac
+"""})
+    ran = run("renew-dhcp-lease", {"INTERFACE": "blfix0"},
+              [("bind", str(sbin), "/usr/local/sbin"), ("veth", "blfix0", "blfix1"),
+               ("sysfs",)], net=True)
+    assert ran.exit_status == OK, ran.output
+    assert "dhclient: releasing and requesting a lease on blfix0" in ran.output
+    assert ran.verify_passed, ran.verify_output
+    assert "blfix0 has 192.0.2.10/24" in ran.verify_output
+    assert log.read_text().splitlines() == ["-r blfix0", "-1 blfix0"]
+
+
+def test_restart_agent_restarts_a_stand_in_agent_service(tmp_dir: Path) -> None:
+    """systemd as init, stood in for: /run/systemd/system exists (a bound folder), a
+    stand-in systemctl hands the restart to a stand-in service manager (a loop the
+    test starts outside the fix's run, as systemd is), which really stops the agent's
+    process and starts a new one; the verify script waits until the unit is active."""
+    state = tmp_dir / "svc"
+    state.mkdir()
+    run_systemd = tmp_dir / "run-systemd"
+    (run_systemd / "system").mkdir(parents=True)
+    agent = tmp_dir / "backline-agent"  # a copy of sleep: its process is named so
+    shutil.copy2(shutil.which("sleep", path=SAFE_PATH) or "sleep", agent)
+    manager = tmp_dir / "manager.sh"
+    manager.write_text(f"""#!/bin/sh
+start() {{ {agent} 1000 & echo $! > {state}/pid; touch {state}/active; }}
+start
+while :; do
+    if [ -e {state}/restart ]; then
+        rm -f {state}/active {state}/restart
+        old=$(cat {state}/pid); echo "$old" >> {state}/stopped
+        kill "$old"; wait "$old" 2>/dev/null
+        start
+    fi
+    sleep 0.05
+done
+""")
+    manager.chmod(0o755)
+    sbin = _standins(tmp_dir, {"systemctl": f"""case "$*" in
+    "show -p LoadState --value -- backline-agent.service") echo loaded ;;
+    "show -p LoadState --value -- "*) echo not-found ;;
+    "--no-block restart -- backline-agent.service") touch {state}/restart ;;
+    "is-active --quiet -- backline-agent.service")
+        [ -e {state}/active ] && kill -0 "$(cat {state}/pid)" 2>/dev/null ;;
+    "is-active -- backline-agent.service")
+        [ -e {state}/active ] && echo active || echo activating ;;
+    *) echo "stand-in systemctl: $*" >&2; exit 1 ;;
+esac
+"""})
+    ran = run("restart-agent", {}, [("bind", str(sbin), "/usr/local/sbin"),
+                                    ("bind", str(run_systemd), "/run/systemd"),
+                                    ("daemon", str(manager))])
+    try:
+        assert ran.exit_status == OK, ran.output
+        assert "queueing a restart of backline-agent.service" in ran.output
+        assert ran.verify_passed, ran.verify_output
+        assert "backline-agent.service is active" in ran.verify_output
+        stopped = (state / "stopped").read_text().split()
+        assert len(stopped) == 1 and stopped[0] != (state / "pid").read_text().strip()
+        assert not _alive(int(stopped[0]))
+    finally:
+        for comm in ("manager.sh", "backline-agent"):
+            for pid in _comm_pids(comm):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def _etc(tmp_dir: Path, files: Mapping[str, str]) -> Path:

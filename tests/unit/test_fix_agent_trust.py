@@ -194,13 +194,15 @@ def test_revocations_merge_signed_newer_lists_and_never_lift_one(tmp_path: Path)
     assert revocations.receive(state.root, relay.revocations(1, a), keys_).outcome == "adopted"
     assert refused(state, a, [relay.sign(a)]) == "revoked"
     check(state, b, [relay.sign(b)])
-    # A stranger's list, and a replay of an older one, change nothing.
+    # A stranger's list, and a replay of the same one, change nothing.
     assert revocations.receive(state.root, stranger.revocations(5, b), keys_).outcome == (
         "refused")
-    assert revocations.receive(state.root, relay.revocations(1, b), keys_).outcome == "stale"
+    assert revocations.receive(state.root, relay.revocations(1, a), keys_).outcome == "stale"
     check(state, b, [relay.sign(b)])
     # A newer list without a's entry does not lift it: entries are unioned.
     assert revocations.receive(state.root, relay.revocations(2, b), keys_).outcome == "adopted"
+    kept = json.loads(revocations.path_in(state.root).read_text())
+    assert kept["serial"] == 2 and len(kept["entries"]) == 2
     assert refused(state, a, [relay.sign(a)]) == "revoked"
     assert refused(state, b, [relay.sign(b)]) == "revoked"
     kept = json.loads(revocations.path_in(state.root).read_text())

@@ -1,0 +1,110 @@
+"""No process a fix starts outlives its run, however it detached (agent/fixes/reaper.py):
+the reviewer's ``setsid sh -c 'sleep ...' &`` (/tmp/rev_setsid.py) and a double fork
+at the timeout and at a cancel; when the script simply exits, its background jobs go
+and the daemons it started on purpose (their own session) stay; and the script's own
+exit status and signal still reach the ``end`` event through the reaper."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backline.agent.fixes.executor import run_fix, session_members
+from tests.unit.test_fix_agent_trust import fix
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="Linux /proc")
+
+
+def marked(tag: str) -> list[int]:
+    """Live processes whose command line carries ``tag``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ")
+            state = Path(f"/proc/{name}/stat").read_bytes().rsplit(b")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if tag.encode() in cmd and state != b"Z":
+            found.append(int(name))
+    return found
+
+
+def escaping(tag: str, tail: str) -> str:
+    """A script whose children leave its session (setsid) and its tree (double fork)."""
+    return (f"setsid sh -c 'sleep {tag}1' </dev/null >/dev/null 2>&1 &\n"
+            f"(setsid sh -c 'sleep {tag}2' </dev/null >/dev/null 2>&1 &)\n"
+            f"(sh -c 'sleep {tag}3' </dev/null >/dev/null 2>&1 &)\n"
+            "echo started\n" + tail)
+
+
+def run(script: str, timeout_s: int = 30, cancel_after: float | None = None
+        ) -> tuple[list[dict[str, Any]], float]:
+    events: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        cancel = asyncio.Event()
+
+        async def on_event(event: dict[str, Any]) -> None:
+            events.append(event)
+            if event["type"] == "output" and cancel_after is not None:
+                asyncio.get_running_loop().call_later(cancel_after, cancel.set)
+
+        await run_fix(fix(script=script, verify=None, timeout_s=timeout_s), {}, 1 << 20,
+                      on_event, cancel)
+
+    started = time.monotonic()
+    asyncio.run(main())
+    return events, time.monotonic() - started
+
+
+def end(events: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(e for e in events if e["type"] == "end")
+
+
+def test_setsid_and_double_fork_do_not_survive_the_timeout() -> None:
+    tag = f"98{os.getpid() % 1000:03d}1"
+    events, took = run(escaping(tag, "sleep 100\n"), timeout_s=1)
+    try:
+        assert end(events)["timed_out"] is True and took < 10
+        assert marked(f"sleep {tag}") == []
+        assert session_members(events[0]["pid"]) == []
+    finally:
+        for pid in marked(f"sleep {tag}"):
+            os.kill(pid, 9)
+
+
+def test_setsid_does_not_survive_a_cancel() -> None:
+    tag = f"98{os.getpid() % 1000:03d}2"
+    events, _ = run(escaping(tag, "sleep 100\n"), cancel_after=0.3)
+    try:
+        assert end(events)["cancelled"] is True
+        assert marked(f"sleep {tag}") == []
+    finally:
+        for pid in marked(f"sleep {tag}"):
+            os.kill(pid, 9)
+
+
+def test_a_script_that_exits_takes_its_jobs_along_and_releases_its_daemons() -> None:
+    """A script that finished by itself: what it left in its session (a double-forked
+    background job) goes; what it started as a daemon (``setsid``, as a SysV service
+    or dhclient does) was started on purpose and stays. Its own status is kept."""
+    tag = f"98{os.getpid() % 1000:03d}3"
+    events, took = run(escaping(tag, "exit 3\n"))
+    try:
+        assert end(events)["exit_status"] == 3 and end(events)["signal"] is None
+        assert took < 10 and marked(f"sleep {tag}3") == []
+        assert marked(f"sleep {tag}1") != [] and marked(f"sleep {tag}2") != []
+    finally:
+        for pid in marked(f"sleep {tag}"):
+            os.kill(pid, 9)
+    events, _ = run("echo x\nkill -KILL $$\n")
+    assert end(events)["exit_status"] is None and end(events)["signal"] == "SIGKILL"
+    events, _ = run("echo ok\n")
+    assert end(events)["exit_status"] == 0
