@@ -73,7 +73,7 @@ REF_RE = re.compile(r"^([a-z][a-z0-9-]{1,47})@([0-9]{1,10})$")
 RULE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
 AGENT_REASONS = frozenset({"bad_request", "unsigned", "unpinned_key", "bad_signature",
                            "not_enough_signatures", "digest_mismatch", "revoked", "platform",
-                           "params", "consent", "policy"})
+                           "params", "consent", "policy", "agent_error"})
 KINDS = frozenset({"checked", "refused", "consent", "start", "output", "cut", "end",
                    "verify"})
 #: What may follow what (the contract's order: checked -> consent? -> start -> output*
