@@ -525,7 +525,8 @@ event("fix.run.requested", FIXES, "a technician asked for a fix to run on an age
 event("fix.run.refused", FIXES, "a fix run was refused, by the relay (not approved, revoked, "
       "bad parameters, no `fixes:run`) or by the agent (`side`: `agent`; its reason: "
       "`bad_signature`, `digest_mismatch`, `revoked`, `platform`, `params`, `consent`, "
-      "`policy`, `agent_error`: it could not prepare the run...)", SESSION, REASON, need("side", str, "`relay` or `agent`"),
+      "`policy`, `agent_error`: it could not prepare the run...)", SESSION, REASON,
+      need("side", str, "`relay` or `agent`"),
       may("digest", str, "the manifest's digest"), may("run", str, "the run's id"),
       may("agent", str, "the agent's id"), may("fix", str, "`ID@VERSION` asked for"),
       may("detail", str, "what was wrong, in words"), may("bulk", str, "the bulk run"),

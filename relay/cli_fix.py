@@ -20,7 +20,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -36,7 +36,9 @@ from backline.relay import config as config_mod
 from backline.relay import users
 from backline.relay.fixes import store
 from backline.relay.fixes.service import FixRefused
-from backline.relay.state import Relay, open_relay
+
+if TYPE_CHECKING:  # the whole relay is loaded only by the commands that open it
+    from backline.relay.state import Relay
 
 fix_app = typer.Typer(help="The approved-fix catalogue: import, list, show, diff, sign "
                            "offline, revoke.", no_args_is_help=True)
@@ -63,6 +65,8 @@ def _user() -> str:
 
 
 def _open(data_dir: Path | None, config_file: Path | None) -> Relay:
+    from backline.relay.state import open_relay
+
     try:
         return open_relay(config_mod.load(config_file, {"data_dir": data_dir}))
     except config_mod.ConfigError as exc:

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
-
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from typing import TYPE_CHECKING, Any
 
 from backline.common import protocol
+
+if TYPE_CHECKING:  # the service (and the CLI through it) needs no web framework
+    from starlette.requests import Request
+    from starlette.responses import Response
 
 log = logging.getLogger("backline.relay.fixes.push")
 
@@ -69,6 +70,8 @@ class RevocationPush:
 async def revocations_endpoint(request: Request) -> Response:
     """``GET /agent/fix-revocations``: the whole signed list (the body of
     ``revocation.encode_message``), 404 while nothing is revoked."""
+    from starlette.responses import JSONResponse
+
     signed = request.app.state.relay.fixes.signed_revocations()
     if signed is None:
         return JSONResponse({"error": "no_revocations"}, status_code=404,

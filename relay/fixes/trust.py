@@ -12,10 +12,13 @@ command yet); it is to be raised when the set changes.
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from typing import TYPE_CHECKING
 
 from backline.common.fixes import trustdoc
+
+if TYPE_CHECKING:  # the service (and the CLI through it) needs no web framework
+    from starlette.requests import Request
+    from starlette.responses import Response
 
 #: The serial of the fix-key set the relay announces.
 SERIAL = 1
@@ -25,5 +28,7 @@ __all__ = ["SERIAL", "fix_trust_endpoint", "trustdoc"]
 
 async def fix_trust_endpoint(request: Request) -> Response:
     """``GET /agent/fix-trust``: public information (public keys), signed."""
+    from starlette.responses import JSONResponse
+
     relay = request.app.state.relay
     return JSONResponse(relay.fixes.trust_document(), headers={"cache-control": "no-store"})
