@@ -182,21 +182,15 @@ def _namespace_prefix(net: bool = False) -> list[str]:
 
 def run(fix_id: str, params: Mapping[str, object] | None = None,
         mounts: list[tuple[str, ...]] | None = None, *, raw: bool = False,
-        as_nobody: bool = False, net: bool = False) -> Ran:
+        net: bool = False) -> Ran:
     """Run one shipped fix (in a private mount namespace when ``mounts`` is given);
     ``raw`` hands the values to the script as they are, without the schema;
-    ``as_nobody`` runs it as the unprivileged user nobody; ``net`` adds a private
-    network namespace (for ``veth`` mounts)."""
+    ``net`` adds a private network namespace (for ``veth`` mounts)."""
     spec = {"manifest": str(LIBRARY / fix_id / f"{fix_id}.toml"), "params": dict(params or {}),
             "mounts": [list(m) for m in mounts or []], "raw": raw}
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
     if mounts:
         argv = [*_namespace_prefix(net), *argv]
-    if as_nobody and os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("setpriv (util-linux) is needed to drop to nobody")
-        argv = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, f"runner failed: {done.stdout[-2000:]}{done.stderr[-3000:]}"
     result = Ran(**json.loads(done.stdout.strip().splitlines()[-1]))
@@ -1137,8 +1131,42 @@ def test_fixes_that_change_the_system_say_they_need_root(tmp_dir: Path) -> None:
     # remount-rw asks only when there is a read-only mount to change: nobody cannot make one
     assert set(params) <= NEED_ROOT
     for fix_id, values in params.items():
-        ran = run(fix_id, values, as_nobody=True)
+        ran = run_script_as_nobody(fix_id, values)
         assert ran.exit_status == NEEDS_ROOT and "needs root" in ran.output, (fix_id, ran.output)
+
+
+def run_script_as_nobody(fix_id: str, params: Mapping[str, object]) -> Ran:
+    """The fix's script alone, as the user nobody, in the environment the agent gives
+    it (the contract's variables only), from a folder nobody can read. Not through the
+    runner: a checkout in a private folder (a CI clone under a 0700 temporary
+    directory) cannot be read by nobody, nor its virtualenv's interpreter run."""
+    if os.geteuid() != 0:
+        pytest.skip("dropping to nobody needs root")
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is needed to drop to nobody")
+    m = manifests()[fix_id]
+    interpreter = shutil.which(m.interpreter, path=SAFE_PATH)
+    assert interpreter, f"{m.interpreter} is not on this machine"
+    folder = Path(tempfile.mkdtemp(prefix="blfix-nobody-", dir="/tmp"))
+    try:
+        folder.chmod(0o755)
+        script = folder / "script"
+        script.write_text(m.script)
+        script.chmod(0o644)
+        env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "HOME": str(folder),
+               "TMPDIR": str(folder), "BACKLINE_FIX_ID": m.id,
+               "BACKLINE_FIX_VERSION": str(m.version), "BACKLINE_FIX_DIR": str(folder),
+               **validate_params(m, params)}
+        done = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+                               interpreter, str(script)], env=env, cwd=folder,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=min(m.timeout_s, 120))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return Ran(runner="setpriv", exit_status=done.returncode, timed_out=False,
+               output=done.stdout.decode("utf-8", "replace"), verify_passed=None,
+               verify_exit=None, verify_output="")
 
 
 #: Values each script must refuse by itself (exit 64) when the schema is bypassed, as

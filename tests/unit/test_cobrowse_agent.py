@@ -320,7 +320,10 @@ async def test_a_flooding_page_is_capped(tmp_path: Path, site: dict[str, int]) -
         ch.proc.stdin.write("x" * (1024 * 1024 + 100) + "\n")
         ch.proc.stdin.write("not json\n")
         ch.send({"type": "sudo"})
-        for _ in range(1000):  # (no control: each is refused, cheaply, or rate-limited)
+        # (no control: each is refused, cheaply, or rate-limited). Enough lines that the
+        # limit (a burst, then a rate) is passed even when a loaded machine reads them
+        # slowly: 1,000 took longer than burst/rate to read in a fresh-clone run.
+        for _ in range(10_000):
             ch.send({"type": "input", "kind": "mouse", "event": "mouseMoved", "x": 1, "y": 1})
         await ch.until(lambda: any(m.get("error") == "rate_limited" for m in ch.of("error")))
         assert any(m.get("error") == "bad_request" for m in ch.of("error"))

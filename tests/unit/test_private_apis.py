@@ -453,7 +453,12 @@ def private_touches(where: str, source: str, library_private: set[str],
             if (_private(node.attr) and node.attr in library_private
                     and node.attr not in ours
                     and not (isinstance(node.value, ast.Name)
-                             and node.value.id in ("self", "cls"))):
+                             and node.value.id in ("self", "cls"))
+                    # os._exit, sys._getframe: documented functions of other modules
+                    # that happen to share a private name with asyncio or uvicorn.
+                    and not (isinstance(node.value, ast.Name)
+                             and node.value.id in ("os", "sys")
+                             and node.value.id not in aliases)):
                 found.append(f"{where}:{node.lineno}: .{node.attr} ({ast.unparse(node)})")
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
               and node.func.id in ("getattr", "setattr", "hasattr", "delattr")
@@ -483,7 +488,9 @@ def test_the_scan_sees_private_touches_and_not_our_own_attributes() -> None:
         "    def g(self):\n"
         "        return self._sslobj, self._mine\n"    # 14: self's: not flagged
         "    def __init__(self):\n"
-        "        self._mine = 1\n")
+        "        self._mine = 1\n"
+        "import os\n"
+        "os._exit(0)\n")                              # 18: os's documented: not flagged
     hits = private_touches("sample.py", code, library_private, {"_mine"})
     lines = sorted({int(h.split(":")[1]) for h in hits})
     assert lines == [2, 3, 4, 6, 7, 8, 9, 10], hits
