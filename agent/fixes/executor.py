@@ -422,8 +422,16 @@ async def run_fix(manifest: FixManifest, env_params: Mapping[str, str], max_outp
                                "kept_bytes": out.kept, "output_sha256": out.sha.hexdigest()})
         verify_text = manifest.verify
         if verify_text and not ran.cancelled and not (cancel is not None and cancel.is_set()):
-            verify = await _verify(argv, folder, env, verify_text, suffix,
-                                   min(VERIFY_TIMEOUT_S, int(manifest.timeout_s)), cancel)
+            try:
+                verify = await _verify(argv, folder, env, verify_text, suffix,
+                                       min(VERIFY_TIMEOUT_S, int(manifest.timeout_s)), cancel)
+            except (FixRunError, OSError) as exc:
+                # After ``end`` the channel's last word is the verify line: a verify that
+                # cannot start did not pass, and says why there (never a ``refused``).
+                why = str(exc) if isinstance(exc, FixRunError) else exc.strerror or str(exc)
+                verify = VerifyResult(False, None,
+                                      f"the verify script could not start: {why}"
+                                      .encode()[:VERIFY_KEEP])
             result = RunResult(**{**result.__dict__, "verify": verify})
             await _emit(on_event, {"type": "verify", "passed": verify.passed,
                                    "exit_status": verify.exit_status,

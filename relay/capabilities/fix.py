@@ -83,12 +83,16 @@ KINDS = frozenset({"checked", "refused", "consent", "start", "output", "cut", "e
 #: order is one ``fix.run.failed`` (reason ``protocol``) and the channel is closed.
 NEXT: dict[str, frozenset[str]] = {
     "": frozenset({"checked", "refused"}),
-    "checked": frozenset({"consent", "start", "refused"}),
-    "consent": frozenset({"start", "refused"}),
+    # ``end`` before ``start`` only when the relay's cancel came first (see
+    # ``Follower.line``: ``cancelled`` must be true and nothing was seen).
+    "checked": frozenset({"consent", "start", "refused", "end"}),
+    "consent": frozenset({"start", "refused", "end"}),
     "start": frozenset({"output", "cut", "end"}),
     "output": frozenset({"output", "cut", "end"}),
     "cut": frozenset({"end"}),  # past the cap the agent discards: no output follows
     "end": frozenset({"verify"}),
+    #: An end that came before any start (cancelled): nothing follows it.
+    "end_unstarted": frozenset(),
     "verify": frozenset(),
     "refused": frozenset(),
 }
@@ -276,7 +280,15 @@ class Follower:
             self.protocol_error(f"a {kind!r} line after {self.step or 'nothing'!r} "
                                 "(out of order, or twice)")
             return None
-        self.step = kind
+        if kind == "end" and self.step in ("checked", "consent"):
+            if msg.get("cancelled") is not True or msg.get("output_bytes") not in (0, None) \
+                    or msg.get("kept_bytes") not in (0, None):
+                self.protocol_error(f"an end after {self.step!r} with no start that is not "
+                                    "a cancel (cancelled true, no output)")
+                return None
+            self.step = "end_unstarted"
+        else:
+            self.step = kind
         if kind == "checked" and msg.get("digest") != self.run.digest:
             claimed = msg.get("digest")
             self.protocol_error(
