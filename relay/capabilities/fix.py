@@ -193,10 +193,20 @@ def prepare(relay: Any, session: LiveSession, actor: str, asked: Mapping[str, An
                 f"{a.ref} is {status}", digest=v.digest, **where)
         raise RequestRefused("revoked" if status == "revoked" else "not_approved",
                              f"{a.ref} is {status}, not approved")
+    # A damaged row (it no longer parses, or no longer has the digest it was submitted
+    # and approved under) is seen here and audited ``fix.run.damaged`` below, and still
+    # sent as it is: the agent is the authority and refuses it (digest_mismatch or
+    # bad_signature), so the refusal that stops the run is the one a compromised relay
+    # cannot skip (acceptance: "refused by the agent and audited on both sides").
+    damage: str | None = None
+    try:
+        relay.fixes.checked(v)
+    except FixRefused as exc:
+        damage = exc.detail
     try:
         manifest: FixManifest | None = v.parsed()
     except (ManifestError, KeyError, TypeError, ValueError):
-        manifest = None  # a damaged row: sent as it is, for the agent to refuse
+        manifest = None
     if manifest is not None:
         try:
             validate_params(manifest, a.params)
@@ -222,6 +232,11 @@ def prepare(relay: Any, session: LiveSession, actor: str, asked: Mapping[str, An
         "technician": session.technician[:64],
         "params": json.dumps(a.params, ensure_ascii=False), "finding": a.finding,
         "bulk_id": bulk, "status": "requested", "started_at": time.time()})
+    if damage is not None:
+        log.error("fix %s is damaged in the relay's store (%s); sent unchanged for the "
+                  "agent to refuse", a.ref, damage[:200])
+        relay.record(actor, "fix.run.damaged", f"session:{session.id}", **run.common(),
+                     reason="damaged", detail=damage[:200], sent_digest=sent, **where)
     relay.record(actor, "fix.run.requested", f"session:{session.id}", **run.common(),
                  params=sorted(a.params), **where,
                  **({"finding": a.finding} if a.finding else {}),
