@@ -7,6 +7,7 @@ test_fix_relay_e2e.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -278,7 +279,13 @@ def test_revocation_is_signed_serialled_and_never_lifted(world: World) -> None:
     # message only announces a list too long for one frame
     fetched = httpx.get(world.relay.url + fix_revocation.FETCH_PATH, verify=world.relay.tls())
     assert fetched.status_code == 200
-    assert fetched.headers["cache-control"] == "no-store"
+    # revalidated every time (no-cache), by its hash: the same tag again is a 304
+    assert fetched.headers["cache-control"] == "no-cache"
+    etag = fetched.headers["etag"]
+    assert etag == '"' + hashlib.sha256(fetched.content).hexdigest() + '"'
+    same = httpx.get(world.relay.url + fix_revocation.FETCH_PATH, verify=world.relay.tls(),
+                     headers={"if-none-match": etag})
+    assert same.status_code == 304 and same.content == b""
     f_list, f_sig = fix_revocation.decode_message(
         fetched.json(), max_bytes=fix_revocation.MAX_FETCHED_LIST_BYTES)
     assert f_list.serial == second.json()["serial"]
