@@ -104,3 +104,25 @@ def signal_tree(root: int, sig: int) -> None:
     for pid in [*below, root]:
         with contextlib.suppress(OSError):
             os.kill(pid, sig)
+
+
+def carrying(entry: bytes) -> list[int]:
+    """Live processes (not this one) whose environment holds the exact ``NAME=value``
+    ``entry``: what a fix run started, found by the run's own mark even after it left
+    the session and the reaper's tree. Best effort by nature: only processes whose
+    ``/proc/PID/environ`` this user may read (its own, or all as root), and a process
+    that exec'd with a cleaned environment or overwrote its environment block is not
+    found (the executor's drain is bounded by the run's deadline for those)."""
+    found = []
+    me = os.getpid()
+    for p in processes():
+        if p.pid == me or p.state == "Z":
+            continue
+        try:
+            with open(f"/proc/{p.pid}/environ", "rb") as fh:
+                env = fh.read(1 << 20)
+        except OSError:
+            continue
+        if entry in env.split(b"\0"):
+            found.append(p.pid)
+    return found

@@ -50,6 +50,7 @@ CAPABILITY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 SESSION_CODE_RE = re.compile(r"^[0-9]{9}$")
 _B64_RE = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
 _STD_B64_RE = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")  # standard base64 (fix revocations)
+_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_CAPABILITIES = 16
 
 
@@ -165,8 +166,13 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     # (:func:`takes_fix_revocations`). ``list_b64``: the list's canonical bytes
     # (common/fixes/revocation.py ``encode_message``), ``signature``: an armored SSH
     # signature over them.
+    # An announcement (both empty: fetch the list) names what it announces, so an agent
+    # that fetched it already skips the fetch: the list's ``serial`` and the SHA-256
+    # (hex) of the fetch answer's body, also its ETag.
     "fix_revocations": {"list_b64": _s(MAX_REVOCATIONS_B64, pattern=_STD_B64_RE),
-                        "signature": _s(8192)},
+                        "signature": _s(8192),
+                        "serial": Field(int, required=False, bounds=(1, 2**53)),
+                        "sha256": _s(64, required=False, pattern=_HEX64_RE)},
 }
 
 RELAY_TO_AGENT = frozenset({"challenge", "welcome", "hb_ack", "ping", "error", "enrolled",

@@ -522,6 +522,14 @@ event("fix.run.requested", FIXES, "a technician asked for a fix to run on an age
       may("bulk", str, "the bulk run it is part of"),
       may("sent_digest", str, "the digest of what was sent, when it differs from `digest` "
                             "(the stored manifest no longer matches its approval)"))
+event("fix.run.damaged", FIXES, "the relay found the stored version damaged when asked to run "
+      "it (it no longer parses, or no longer has the digest it was submitted and approved "
+      "under); the request is still sent unchanged, so that the agent, the authority, "
+      "refuses it (`fix.run.refused` side `agent`)", SESSION, *RUN_FIELDS, REASON,
+      need("fix", str, "`ID@VERSION`"), DETAIL,
+      need("sent_digest", str, "the digest of what was sent (`unparsable` when it no "
+                               "longer parses)"),
+      may("bulk", str, "the bulk run it is part of"))
 event("fix.run.refused", FIXES, "a fix run was refused, by the relay (not approved, revoked, "
       "bad parameters, no `fixes:run`) or by the agent (`side`: `agent`; its reason: "
       "`bad_signature`, `digest_mismatch`, `revoked`, `platform`, `params`, `consent`, "

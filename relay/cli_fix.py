@@ -36,6 +36,7 @@ from backline.relay import config as config_mod
 from backline.relay import users
 from backline.relay.fixes import store
 from backline.relay.fixes.service import FixRefused
+from backline.relay.roles import ROLE_PERMISSIONS
 
 if TYPE_CHECKING:  # the whole relay is loaded only by the commands that open it
     from backline.relay.state import Relay
@@ -126,12 +127,28 @@ def fix_import(
     files = manifests_in(where)
     relay = _open(data_dir, config)
     actor, source = f"cli:{_user()}", "library" if library else "cli"
-    if users.get_user(relay.engine, username=author) is None:
+    who = users.get_user(relay.engine, username=author)
+    # The same bar as POST /api/v1/fixes: a user who may author, and may sign in. An
+    # approver named as author would let one person author (by proxy) what someone
+    # else approves under their name; a disabled user can no longer answer for it.
+    refusal = None
+    if who is None:
+        refusal = ("unknown_author", f"no relay user {author[:64]!r}",
+                   f"--author {author[:64]!r} is not a relay user (backline-relay user list)")
+    elif who.disabled:
+        refusal = ("disabled_author", f"relay user {author[:64]!r} is disabled",
+                   f"--author {author[:64]!r} is a disabled relay user")
+    elif "fixes:author" not in ROLE_PERMISSIONS.get(who.role, frozenset()):
+        refusal = ("not_an_author", f"relay user {author[:64]!r} ({who.role}) lacks "
+                                    "fixes:author",
+                   f"--author {author[:64]!r} is a {who.role}, without the fixes:author "
+                   "right")
+    if refusal is not None:
+        reason, detail, said = refusal
         relay.record(actor, "fix.submit.refused", f"user:{author}"[:256],
-                     reason="unknown_author", detail=f"no relay user {author[:64]!r}")
+                     reason=reason, detail=detail)
         relay.flush_records()
-        err.print(f"[red]--author {author[:64]!r} is not a relay user[/] "
-                  "(backline-relay user list)")
+        err.print(f"[red]{said}[/]")
         raise typer.Exit(2)
     added = skipped = failed = 0
     for file in files:

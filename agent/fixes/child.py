@@ -65,7 +65,8 @@ async def receive_revocations(state_root: Path, msg: dict[str, Any],
                               relay_keys: tuple[str, ...]) -> tuple[str, int, str]:
     """:func:`revocations.receive` in a child: ``(outcome, serial, detail)``."""
     result = await ask({"op": "revocations", "state_root": str(state_root),
-                        "msg": {k: msg.get(k) for k in ("list_b64", "signature")},
+                        "msg": {k: msg.get(k) for k in ("list_b64", "signature", "serial",
+                                                        "sha256") if k in msg},
                         "relay_keys": list(relay_keys)})
     outcome, serial, detail = result.get("outcome"), result.get("serial"), result.get("detail")
     if outcome not in ("adopted", "stale", "refused") or type(serial) is not int or \

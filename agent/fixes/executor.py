@@ -53,6 +53,9 @@ CHUNK = 16 * 1024
 #: How much one read of a pipe takes at most.
 READ = 64 * 1024
 KILL_GRACE_S = 2.0
+#: How long past the run's deadline its output is still read, at most, after the
+#: script (or its reaper) is gone: the end of a slow channel, never a writer forever.
+DRAIN_GRACE_S = 5.0
 VERIFY_TIMEOUT_S = 60
 VERIFY_KEEP = 4 * 1024
 DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
@@ -162,7 +165,27 @@ def wrapped(argv: list[str]) -> list[str]:
     return [_reaper_python(), "-I", "-B", REAPER, f"{KILL_GRACE_S:g}", "--", *argv]
 
 
-async def end_tree(proc: asyncio.subprocess.Process) -> None:
+def sweep_marked(folder: str | None) -> int:
+    """SIGKILL every process that carries this run's ``BACKLINE_FIX_DIR=<folder>`` (the
+    private folder's path, made by ``mkdtemp``: unique to the run) in its environment:
+    what escaped a reaper that was killed. Repeated a few times (a process may fork
+    while the walk runs); returns how many were signalled."""
+    if folder is None or not use_reaper():
+        return 0
+    entry = f"BACKLINE_FIX_DIR={folder}".encode()
+    total = 0
+    for _ in range(20):
+        pids = proctree.carrying(entry)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        total += len(pids)
+    return total
+
+
+async def end_tree(proc: asyncio.subprocess.Process, folder: str | None = None) -> None:
     """End the script and everything it started, and reap the script (or its reaper).
 
     Under the reaper: SIGTERM to the reaper, which ends every descendant (SIGTERM,
@@ -170,10 +193,17 @@ async def end_tree(proc: asyncio.subprocess.Process) -> None:
     :data:`REAPER_SLACK_S` more, SIGKILL to it and to every descendant and session
     member found. Without one (not Linux): SIGTERM to the script's whole session,
     :data:`KILL_GRACE_S`, then SIGKILL to whatever is left. (Also when the script has
-    exited: what it left running goes with it.)"""
+    exited: what it left running goes with it.)
+
+    With ``folder`` (the run's private folder): when the executor had to end the run
+    (timeout, cancel) or the reaper died of a signal (the script may have killed it,
+    leaving what it started orphaned outside the tree and the session), every process
+    still carrying the run's mark is killed (:func:`sweep_marked`). A script that exited
+    by itself is not swept: the daemons it started on purpose stay (see reaper.py)."""
     sid = proc.pid
     loop = asyncio.get_running_loop()
     if use_reaper():
+        ending = proc.returncode is None
         if proc.returncode is None:
             with contextlib.suppress(OSError):
                 os.kill(proc.pid, signal.SIGTERM)
@@ -184,6 +214,9 @@ async def end_tree(proc: asyncio.subprocess.Process) -> None:
             proctree.signal_tree(proc.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             await proc.wait()
+        if ending or (proc.returncode is not None and proc.returncode < 0):
+            proctree.signal_session(sid, signal.SIGKILL)
+            sweep_marked(folder)
         return
     proctree.signal_session(sid, signal.SIGTERM)
     deadline = loop.time() + KILL_GRACE_S
@@ -320,8 +353,10 @@ async def _run_script(argv: list[str], folder: str, env: dict[str, str], timeout
                 break
             # The script is gone or must go; so must everything it started (its
             # session), else a background child holding the pipes would keep it alive.
-            await end_tree(proc)
-            await _drain(pumps, out)
+            await end_tree(proc, folder)
+            # Bounded by the run's own deadline, whatever holds the pipes (a writer that
+            # escaped the reaper, the session and the mark would otherwise keep it).
+            await _drain(pumps, out, max(deadline, loop.time()) + DRAIN_GRACE_S)
         finally:
             if cancelling is not None:
                 cancelling.cancel()
@@ -340,15 +375,21 @@ async def _run_script(argv: list[str], folder: str, env: dict[str, str], timeout
                 round((time.monotonic() - started) * 1000))
 
 
-async def _drain(pumps: asyncio.Future[Any], out: _Output) -> None:
+async def _drain(pumps: asyncio.Future[Any], out: _Output, until: float) -> None:
     """What is still in the pipes, for as long as it keeps coming (a slow channel is
-    waited for); a pipe that stays open with nothing coming is held by a process that
-    left the session, and is given up after :data:`KILL_GRACE_S`."""
+    waited for) but never past ``until`` (loop time: the run's deadline plus
+    :data:`DRAIN_GRACE_S`); a pipe that stays open with nothing coming is held by a
+    process that left the session, and is given up after :data:`KILL_GRACE_S`. What is
+    given up is closed by the caller: a writer still there gets EPIPE/SIGPIPE."""
+    loop = asyncio.get_running_loop()
     seen = -1
     while out.seen != seen:
         seen = out.seen
+        left = until - loop.time()
+        if left <= 0:
+            return
         try:
-            await asyncio.wait_for(asyncio.shield(pumps), KILL_GRACE_S)
+            await asyncio.wait_for(asyncio.shield(pumps), min(KILL_GRACE_S, left))
             return
         except TimeoutError:
             continue
@@ -422,8 +463,16 @@ async def run_fix(manifest: FixManifest, env_params: Mapping[str, str], max_outp
                                "kept_bytes": out.kept, "output_sha256": out.sha.hexdigest()})
         verify_text = manifest.verify
         if verify_text and not ran.cancelled and not (cancel is not None and cancel.is_set()):
-            verify = await _verify(argv, folder, env, verify_text, suffix,
-                                   min(VERIFY_TIMEOUT_S, int(manifest.timeout_s)), cancel)
+            try:
+                verify = await _verify(argv, folder, env, verify_text, suffix,
+                                       min(VERIFY_TIMEOUT_S, int(manifest.timeout_s)), cancel)
+            except (FixRunError, OSError) as exc:
+                # After ``end`` the channel's last word is the verify line: a verify that
+                # cannot start did not pass, and says why there (never a ``refused``).
+                why = str(exc) if isinstance(exc, FixRunError) else exc.strerror or str(exc)
+                verify = VerifyResult(False, None,
+                                      f"the verify script could not start: {why}"
+                                      .encode()[:VERIFY_KEEP])
             result = RunResult(**{**result.__dict__, "verify": verify})
             await _emit(on_event, {"type": "verify", "passed": verify.passed,
                                    "exit_status": verify.exit_status,

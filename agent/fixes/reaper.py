@@ -36,6 +36,7 @@ import signal
 import sys
 import time
 
+PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 EXIT_CANNOT = 125
 _WAITED = {signal.SIGCHLD, signal.SIGTERM}
@@ -137,14 +138,27 @@ def main(argv: list[str]) -> int:
         return EXIT_CANNOT
     grace_s, program = float(argv[0]), argv[2:]
     libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getppid()
+    # The agent gone (killed, crashed): SIGTERM to this reaper, which then ends the
+    # whole tree as on a cancel. SIGTERM is blocked and waited for below, so it is
+    # queued even if it comes before the loop.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0 or os.getppid() != parent:
+        sys.stderr.write("backline fix reaper: cannot follow the agent's life (or it is "
+                         "already gone)\n")
+        return EXIT_CANNOT
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         sys.stderr.write("backline fix reaper: cannot become a child subreaper: "
                          f"{os.strerror(ctypes.get_errno())}\n")
         return EXIT_CANNOT
-    signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)
     r = _Reaper()
+    me = os.getpid()
     r.script = os.fork()
     if r.script == 0:  # the script: its own signals back to normal, then exec
+        # The reaper killed (by the script itself: ``kill -9 $PPID``): the script dies
+        # too (its children are the agent's sweep's: agent/fixes/executor.py).
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != me:
+            os._exit(EXIT_CANNOT)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _WAITED)
         try:
             os.execv(program[0], program)  # noqa: S606 (the interpreter, no shell)

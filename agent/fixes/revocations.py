@@ -60,6 +60,9 @@ log = logging.getLogger("backline.agent.fixes")
 
 FILE_NAME = "fix_revocations.json"
 PENDING_NAME = "fix_revocations.pending.json"
+#: The serial and SHA-256 of the last announced list fetched and merged: the same
+#: announcement again (every welcome repeats it) is not fetched again.
+FETCHED_NAME = "fix_revocations.fetched.json"
 LOCK_NAME = "fix_revocations.lock"
 MAX_PENDING_BYTES = 64 * 1024
 CONTEXT = b"backline fix revocations v1\n"
@@ -197,6 +200,36 @@ _busy: dict[str, asyncio.Task[Received]] = {}
 _next: dict[str, tuple[dict[str, Any], tuple[str, ...], ActivityLog | None]] = {}
 
 
+def _announced(msg: dict[str, Any]) -> tuple[int, str] | None:
+    """(serial, sha256) an announcement names (relays since review 12b), or None."""
+    serial, sha = msg.get("serial"), msg.get("sha256")
+    if type(serial) is int and serial > 0 and isinstance(sha, str) and len(sha) == 64:
+        return serial, sha
+    return None
+
+
+def fetched_already(state_root: Path, msg: dict[str, Any]) -> bool:
+    """Whether ``msg`` announces the very list last fetched and merged here (same
+    serial and SHA-256, and the kept list has at least that serial)."""
+    named = _announced(msg) if is_announcement(msg) else None
+    if named is None:
+        return False
+    try:
+        noted = json.loads((state_root / FETCHED_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(noted, dict) and (noted.get("serial"), noted.get("sha256")) == named \
+        and kept_serial(state_root) >= named[0]
+
+
+def _note_fetched(state_root: Path, msg: dict[str, Any], merged_serial: int) -> None:
+    named = _announced(msg)
+    if named is not None and merged_serial >= named[0]:
+        with contextlib.suppress(OSError):
+            keys.write_private_file(state_root / FETCHED_NAME, json.dumps(
+                {"serial": named[0], "sha256": named[1]}).encode())
+
+
 def schedule(state_root: Path, msg: dict[str, Any], relay_keys: tuple[str, ...],
              activity: ActivityLog | None = None) -> asyncio.Task[Received] | None:
     """From the control loop (``backline-agent run``): a list that can add nothing is
@@ -207,6 +240,8 @@ def schedule(state_root: Path, msg: dict[str, Any], relay_keys: tuple[str, ...],
     so the newest holds every earlier one; the entries are unioned anyway), so a burst
     of revocations costs a few children, not one each."""
     if not is_announcement(msg) and _nothing_new(state_root, msg) is not None:
+        return None
+    if fetched_already(state_root, msg):
         return None
     key = str(state_root)
     running = _busy.get(key)
@@ -282,15 +317,20 @@ def receive(state_root: Path, msg: dict[str, Any], relay_keys: tuple[str, ...],
         return Received("refused", serial, detail)
 
     if fetched:
+        if fetched_already(state_root, msg):
+            return Received("stale", kept_serial(state_root), "fetched already")
         try:
             got = asyncio.run(fetch(state_root))
         except Exception as exc:  # unreachable, refused, malformed: said, retried later
             return refused(f"the announced list could not be fetched: {str(exc)[:200]}")
         if got is None:
             return Received("stale", 0, "the relay has nothing revoked")
-        msg = got
+        announced, msg = msg, got
     with _locked(state_root):
-        return _merge_locked(state_root, msg, relay_keys, activity, refused, fetched)
+        result = _merge_locked(state_root, msg, relay_keys, activity, refused, fetched)
+    if fetched and result.outcome != "refused":
+        _note_fetched(state_root, announced, kept_serial(state_root))
+    return result
 
 
 def _decode(msg: dict[str, Any], fetched: bool) -> tuple[RevocationList, str]:

@@ -29,6 +29,7 @@ from backline.common.fixes.manifest import (
     load_manifest,
     manifest_from_dict,
 )
+from backline.common.fixes.patterns import PatternEngineMissing
 from backline.common.fixes.signing import signer_of
 
 
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{m.ref}: signature does NOT verify ({digest(m)})", file=sys.stderr)
                 return 1
             print(f"{m.ref}: good signature by {who} ({digest(m)})")
-    except (ValueError, OSError) as exc:  # ManifestError, SigningError, bad UTF-8
+    except (ValueError, OSError, PatternEngineMissing) as exc:  # ManifestError,
+        # SigningError, bad UTF-8; google-re2 not installed (a manifest with a pattern)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

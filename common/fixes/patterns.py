@@ -25,15 +25,30 @@ from typing import Any
 MAX_PROGRAM_BYTES = 1 << 20
 
 
+#: The package (and pin) that brings ``re2``; named in :class:`PatternEngineMissing`.
+RE2_PACKAGE = "google-re2==1.1.20251105"
+
+
 class PatternError(ValueError):
     """A pattern RE2 will not compile (the message says why)."""
+
+
+class PatternEngineMissing(RuntimeError):
+    """google-re2 is not installed (a plain ``pip install backline``: it is pinned in
+    the agent and relay extras). Not a :class:`PatternError`: the manifest or the value
+    is not at fault, and neither may be refused as if it were."""
 
 
 def _re2() -> Any:
     """google-re2 (pinned in pyproject's agent and relay extras), imported when a pattern
     is first compiled: an idle agent never loads it."""
-    import re2
-
+    try:
+        import re2
+    except ImportError:
+        raise PatternEngineMissing(
+            f"parameter patterns are matched with RE2, and the {RE2_PACKAGE.split('=')[0]} "
+            f"package is not installed: pip install '{RE2_PACKAGE}' (or install "
+            "backline[agent] or backline[relay], which pin it)") from None
     return re2
 
 

@@ -83,12 +83,16 @@ KINDS = frozenset({"checked", "refused", "consent", "start", "output", "cut", "e
 #: order is one ``fix.run.failed`` (reason ``protocol``) and the channel is closed.
 NEXT: dict[str, frozenset[str]] = {
     "": frozenset({"checked", "refused"}),
-    "checked": frozenset({"consent", "start", "refused"}),
-    "consent": frozenset({"start", "refused"}),
+    # ``end`` before ``start`` only when the relay's cancel came first (see
+    # ``Follower.line``: ``cancelled`` must be true and nothing was seen).
+    "checked": frozenset({"consent", "start", "refused", "end"}),
+    "consent": frozenset({"start", "refused", "end"}),
     "start": frozenset({"output", "cut", "end"}),
     "output": frozenset({"output", "cut", "end"}),
     "cut": frozenset({"end"}),  # past the cap the agent discards: no output follows
     "end": frozenset({"verify"}),
+    #: An end that came before any start (cancelled): nothing follows it.
+    "end_unstarted": frozenset(),
     "verify": frozenset(),
     "refused": frozenset(),
 }
@@ -189,10 +193,20 @@ def prepare(relay: Any, session: LiveSession, actor: str, asked: Mapping[str, An
                 f"{a.ref} is {status}", digest=v.digest, **where)
         raise RequestRefused("revoked" if status == "revoked" else "not_approved",
                              f"{a.ref} is {status}, not approved")
+    # A damaged row (it no longer parses, or no longer has the digest it was submitted
+    # and approved under) is seen here and audited ``fix.run.damaged`` below, and still
+    # sent as it is: the agent is the authority and refuses it (digest_mismatch or
+    # bad_signature), so the refusal that stops the run is the one a compromised relay
+    # cannot skip (acceptance: "refused by the agent and audited on both sides").
+    damage: str | None = None
+    try:
+        relay.fixes.checked(v)
+    except FixRefused as exc:
+        damage = exc.detail
     try:
         manifest: FixManifest | None = v.parsed()
     except (ManifestError, KeyError, TypeError, ValueError):
-        manifest = None  # a damaged row: sent as it is, for the agent to refuse
+        manifest = None
     if manifest is not None:
         try:
             validate_params(manifest, a.params)
@@ -218,6 +232,11 @@ def prepare(relay: Any, session: LiveSession, actor: str, asked: Mapping[str, An
         "technician": session.technician[:64],
         "params": json.dumps(a.params, ensure_ascii=False), "finding": a.finding,
         "bulk_id": bulk, "status": "requested", "started_at": time.time()})
+    if damage is not None:
+        log.error("fix %s is damaged in the relay's store (%s); sent unchanged for the "
+                  "agent to refuse", a.ref, damage[:200])
+        relay.record(actor, "fix.run.damaged", f"session:{session.id}", **run.common(),
+                     reason="damaged", detail=damage[:200], sent_digest=sent, **where)
     relay.record(actor, "fix.run.requested", f"session:{session.id}", **run.common(),
                  params=sorted(a.params), **where,
                  **({"finding": a.finding} if a.finding else {}),
@@ -276,7 +295,15 @@ class Follower:
             self.protocol_error(f"a {kind!r} line after {self.step or 'nothing'!r} "
                                 "(out of order, or twice)")
             return None
-        self.step = kind
+        if kind == "end" and self.step in ("checked", "consent"):
+            if msg.get("cancelled") is not True or msg.get("output_bytes") not in (0, None) \
+                    or msg.get("kept_bytes") not in (0, None):
+                self.protocol_error(f"an end after {self.step!r} with no start that is not "
+                                    "a cancel (cancelled true, no output)")
+                return None
+            self.step = "end_unstarted"
+        else:
+            self.step = kind
         if kind == "checked" and msg.get("digest") != self.run.digest:
             claimed = msg.get("digest")
             self.protocol_error(

@@ -71,9 +71,16 @@ async def revocations_endpoint(request: Request) -> Response:
     """``GET /agent/fix-revocations``: the whole signed list (the body of
     ``revocation.encode_message``), 404 while nothing is revoked."""
     from starlette.responses import JSONResponse
+    from starlette.responses import Response as Plain
 
-    signed = request.app.state.relay.fixes.signed_revocations()
-    if signed is None:
+    served = request.app.state.relay.fixes.served_revocations()
+    if served is None:
         return JSONResponse({"error": "no_revocations"}, status_code=404,
                             headers={"cache-control": "no-store"})
-    return JSONResponse(signed[1], headers={"cache-control": "no-store"})
+    data, sha = served  # encoded once per serial by the service, not per request
+    etag = f'"{sha}"'
+    headers = {"cache-control": "no-cache", "etag": etag}
+    asked = [t.strip() for t in request.headers.get("if-none-match", "")[:1024].split(",")]
+    if etag in asked:
+        return Plain(status_code=304, headers=headers)
+    return Plain(data, media_type="application/json", headers=headers)

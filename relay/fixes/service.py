@@ -9,6 +9,7 @@ already audited when raised (``audited`` is then true): callers only say it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -63,6 +64,7 @@ class FixService:
         self.relay = relay
         self.push = RevocationPush()
         self._signed: tuple[int, dict[str, str], str] | None = None
+        self._served: tuple[bytes, str] | None = None
         #: Bulk runs in progress (relay/fixes/bulk.py).
         self.tasks: set[asyncio.Future[Any]] = set()
 
@@ -254,14 +256,27 @@ class FixService:
         if signed is None:
             return None
         body = fix_revocation.encode_message(*signed)
+        # What GET /agent/fix-revocations answers, encoded once per serial (up to a few
+        # MB: never again per request), and its SHA-256 (the ETag; in the announcement).
+        data = json.dumps(body, separators=(",", ":")).encode()
+        sha = hashlib.sha256(data).hexdigest()
         if len(body["list_b64"]) <= protocol.MAX_REVOCATIONS_B64:
             message = protocol.encode("fix_revocations", list_b64=body["list_b64"],
                                       signature=body["signature"])
-        else:
+        else:  # the announcement names what it announces: an agent that has it skips
             message = protocol.encode("fix_revocations", **{
-                k: v for k, v in fix_revocation.announcement().items() if k != "type"})
+                k: v for k, v in fix_revocation.announcement().items() if k != "type"},
+                serial=signed[0].serial, sha256=sha)
+        self._served = (data, sha)
         self._signed = (signed[0].serial, body, message)
         return self._signed
+
+    def served_revocations(self) -> tuple[bytes, str] | None:
+        """(the JSON body of ``GET /agent/fix-revocations``, its SHA-256 hex), made once
+        per serial with :meth:`signed_revocations`; None when nothing is revoked."""
+        if self.signed_revocations() is None:
+            return None
+        return self._served
 
     def revocation_message(self) -> str | None:
         """The control message for agents (the list, or its announcement)."""

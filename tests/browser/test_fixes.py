@@ -192,10 +192,13 @@ def test_a_finding_suggests_its_fix_which_runs_live_and_a_long_one_is_cancelled(
     expect(p.locator("#fix-manifest")).to_contain_text(live)
     expect(p.locator("#fix-finding")).to_contain_text("dns-lookup-failed")
 
-    # The form checks the schema first, as a courtesy: nothing is sent.
-    p.get_by_label("NAME *").fill("not; valid")
+    # The form checks the schema first, as a courtesy: nothing is sent. The pattern is
+    # only shown (the agent matches it with RE2; tests/unit/test_fix_console_params.py).
+    expect(p.locator("[data-param='NAME']")).to_contain_text("form ^[a-z]+$ (checked by "
+                                                              "the agent)")
+    p.get_by_label("NAME *").fill("")
     p.get_by_role("button", name="Run fix", exact=True).click()
-    expect(p.locator("[data-param='NAME'] .field-error")).to_contain_text("expected form")
+    expect(p.locator("[data-param='NAME'] .field-error")).to_contain_text("is required")
     expect(p.locator("#fix-state")).to_have_count(0)
 
     p.get_by_label("NAME *").fill("world")

@@ -7,6 +7,7 @@ test_fix_relay_e2e.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -278,7 +279,13 @@ def test_revocation_is_signed_serialled_and_never_lifted(world: World) -> None:
     # message only announces a list too long for one frame
     fetched = httpx.get(world.relay.url + fix_revocation.FETCH_PATH, verify=world.relay.tls())
     assert fetched.status_code == 200
-    assert fetched.headers["cache-control"] == "no-store"
+    # revalidated every time (no-cache), by its hash: the same tag again is a 304
+    assert fetched.headers["cache-control"] == "no-cache"
+    etag = fetched.headers["etag"]
+    assert etag == '"' + hashlib.sha256(fetched.content).hexdigest() + '"'
+    same = httpx.get(world.relay.url + fix_revocation.FETCH_PATH, verify=world.relay.tls(),
+                     headers={"if-none-match": etag})
+    assert same.status_code == 304 and same.content == b""
     f_list, f_sig = fix_revocation.decode_message(
         fetched.json(), max_bytes=fix_revocation.MAX_FETCHED_LIST_BYTES)
     assert f_list.serial == second.json()["serial"]
@@ -381,11 +388,25 @@ def test_cli_import_list_show_diff_sign_revoke(world: World, tmp_path: Path) -> 
     assert stranger.returncode == 2 and "not a relay user" in stranger.stderr
     assert any(e["details"]["reason"] == "unknown_author"
                for e in events(relay, "fix.submit.refused"))
-    r = relay.cli("fix", "import", str(folder), "--author", "bob", check=False)
+    # an author must be able to author: not an approver (bob), not a disabled user
+    approver = relay.cli("fix", "import", str(folder), "--author", "bob", check=False)
+    assert approver.returncode == 2 and "fixes:author" in approver.stderr
+    created = world.admin.post("/api/v1/users", json={"username": "dora",
+                                                      "role": "technician"})
+    dora = created.json()["user"]["id"]
+    assert world.admin.request("PATCH", f"/api/v1/users/{dora}",
+                               json={"disabled": True}).status_code == 200
+    disabled = relay.cli("fix", "import", str(folder), "--author", "dora", check=False)
+    assert disabled.returncode == 2 and "disabled" in disabled.stderr
+    reasons = [(e["target"], e["details"]["reason"]) for e in events(relay, "fix.submit.refused")]
+    assert ("user:bob", "not_an_author") in reasons
+    assert ("user:dora", "disabled_author") in reasons
+    assert world.alice.get("/api/v1/fixes/cli-b").status_code == 404  # nothing taken
+    r = relay.cli("fix", "import", str(folder), "--author", "admin", check=False)
     assert r.returncode == 1 and "2 submitted" in r.stdout, r.stdout + r.stderr
     assert "broken.toml" in r.stderr
-    assert world.alice.get("/api/v1/fixes/cli-b").json()["versions"][0]["author"] == "bob"
-    assert approve(world.bob, "cli-b", 1).json()["error"] == "self_approval"
+    assert world.alice.get("/api/v1/fixes/cli-b").json()["versions"][0]["author"] == "admin"
+    assert approve(world.admin, "cli-b", 1).json()["error"] == "self_approval"
     again = relay.cli("fix", "import", str(folder / "cli-a.toml"), "--author", "alice")
     assert "already there" in again.stdout
 

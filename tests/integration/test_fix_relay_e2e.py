@@ -251,6 +251,12 @@ def test_one_byte_changed_in_the_relays_database_is_refused_by_the_agent(world: 
     assert t["fix.run.refused"][0]["details"]["side"] == "agent"
     requested = t["fix.run.requested"][0]["details"]
     assert requested["digest"] == expected and requested["sent_digest"] != expected
+    # the relay saw the damage too, before sending (review 12b SHOULD-FIX 6), and said
+    # so on its side; it still sent the row unchanged: the agent is the authority, and
+    # it is the agent's refusal (above) that stops the run
+    damaged = t["fix.run.damaged"][0]["details"]
+    assert damaged["digest"] == expected and damaged["reason"] == "damaged"
+    assert "digest" in damaged["detail"]
 
 
 def test_a_revoked_version_stays_refused_by_the_agent_when_the_relay_forgets(world: World

@@ -230,6 +230,23 @@ async def test_verify_runs_after_in_the_same_folder_and_says_whether_it_worked()
 
 
 @run_async
+async def test_a_verify_that_cannot_start_fails_in_its_verify_line_not_a_refusal() -> None:
+    """After ``end`` nothing but ``verify`` may follow (the relay's order): a verify
+    script that cannot be written or started is ``passed: false`` with the reason in its
+    output, and run_fix returns (it used to raise, and the channel sent ``refused``)."""
+    events = Events()
+    # the fix itself takes the verify script's file name: the O_EXCL write fails
+    result = await run_fix(manifest("touch .backline-verify.sh; echo fixed",
+                                    verify="exit 0"), {}, 1 << 20, events)
+    assert events.kinds() == ["start", "output", "end", "verify"]
+    verify = events.one("verify")
+    assert verify["passed"] is False and verify["exit_status"] is None
+    assert b"could not start" in base64.b64decode(verify["output_b64"])
+    assert result.exit_status == 0 and result.verify is not None
+    assert not result.succeeded
+
+
+@run_async
 async def test_python_runs_isolated_and_a_missing_interpreter_is_an_error() -> None:
     events = Events()
     script = "import os, sys\nprint(os.environ['BACKLINE_FIX_ID'], sys.flags.isolated)\n"

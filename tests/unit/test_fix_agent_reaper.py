@@ -36,6 +36,19 @@ def marked(tag: str) -> list[int]:
     return found
 
 
+def exactly(cmd: str) -> list[int]:
+    """Live processes whose whole command line is ``cmd``."""
+    found = []
+    for pid in marked(cmd):
+        try:
+            line = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if line.rstrip(b"\0").replace(b"\0", b" ") == cmd.encode():
+            found.append(pid)
+    return found
+
+
 def escaping(tag: str, tail: str) -> str:
     """A script whose children leave its session (setsid) and its tree (double fork)."""
     return (f"setsid sh -c 'sleep {tag}1' </dev/null >/dev/null 2>&1 &\n"
@@ -108,3 +121,74 @@ def test_a_script_that_exits_takes_its_jobs_along_and_releases_its_daemons() -> 
     assert end(events)["exit_status"] is None and end(events)["signal"] == "SIGKILL"
     events, _ = run("echo ok\n")
     assert end(events)["exit_status"] == 0
+
+
+# --- a script that kills its reaper (review 12b, SHOULD-FIX 1) ----------------------
+
+
+def test_a_writer_that_escapes_everything_cannot_outlast_the_timeout() -> None:
+    """``env -i setsid ... yes & kill -9 $PPID``: the reaper is gone and the writer left
+    the session, the tree and the run's marker (a clean environment), and it keeps the
+    output pipe full. The drain is bounded by the run's deadline: the run ends."""
+    tag = f"98{os.getpid() % 1000:03d}4"
+    script = f"env -i setsid sh -c 'exec yes {tag}' &\nsleep 0.2\nkill -9 $PPID\nsleep 100\n"
+    events, took = run(script, timeout_s=2)
+    try:
+        assert end(events)["signal"] == "SIGKILL"  # the reaper's own death, as seen
+        assert took < 2 + 5 + 5, took  # timeout + DRAIN_GRACE_S + a loaded box
+        deadline = time.monotonic() + 3  # its read end closed: EPIPE/SIGPIPE ends it
+        while marked(f"yes {tag}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marked(f"yes {tag}") == []
+    finally:
+        for pid in marked(f"yes {tag}"):
+            os.kill(pid, 9)
+
+
+def test_what_carries_the_runs_marker_goes_when_the_reaper_is_killed() -> None:
+    """``setsid sleep & kill -9 $PPID``: the sleeper left the session and, its reaper
+    dead, the tree; it still carries the run's BACKLINE_FIX_DIR in its environment, and
+    the executor's sweep of /proc/*/environ ends it."""
+    tag = f"98{os.getpid() % 1000:03d}5"
+    script = (f"setsid sh -c 'sleep {tag}' </dev/null >/dev/null 2>&1 &\n"
+              "sleep 0.2\nkill -9 $PPID\n")
+    _events, took = run(script, timeout_s=30)
+    try:
+        assert took < 10
+        deadline = time.monotonic() + 3
+        while marked(f"sleep {tag}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marked(f"sleep {tag}") == []
+    finally:
+        for pid in marked(f"sleep {tag}"):
+            os.kill(pid, 9)
+
+
+def test_the_reaper_ends_the_tree_when_its_parent_dies() -> None:
+    """PR_SET_PDEATHSIG: the agent (here a shell standing in for it) killed with
+    SIGKILL, the reaper gets SIGTERM and ends everything below it; and a script whose
+    reaper is killed dies with it."""
+    import subprocess
+    import sys
+
+    from backline.agent.fixes.executor import REAPER
+    tag = f"98{os.getpid() % 1000:03d}6"
+    inner = f"setsid sh -c 'sleep {tag}1' </dev/null >/dev/null 2>&1 & exec sleep {tag}2"
+    parent = subprocess.Popen(
+        ["/bin/sh", "-c", '"$0" -I -B "$1" 1 -- /bin/sh -c "$2" & wait',
+         sys.executable, REAPER, inner], stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not (exactly(f"sleep {tag}1") and exactly(f"sleep {tag}2")) and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert exactly(f"sleep {tag}1") and exactly(f"sleep {tag}2")
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 8
+        while marked(f"sleep {tag}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marked(f"sleep {tag}") == []
+    finally:
+        for pid in marked(f"sleep {tag}"):
+            os.kill(pid, 9)

@@ -207,6 +207,37 @@ def test_a_list_announced_as_too_large_is_fetched_and_merged(
     assert len(revocations.load(state.root).entries) == 2
 
 
+def test_an_announcement_of_a_list_already_fetched_is_not_fetched_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 12b SHOULD-FIX 3: agents reconnecting (every welcome repeats the
+    announcement) do not each download megabytes again: the announcement names its
+    serial and SHA-256, and a list fetched and merged under that name is skipped."""
+    relay = Signer()
+    state = enrolled(tmp_path, [relay.public])
+    keys_ = (relay.public,)
+    calls: list[int] = []
+
+    async def fake_fetch(root: Path) -> dict[str, Any] | None:
+        calls.append(1)
+        return {"type": "fix_revocations", **relay.revocations(5, fix(), fix(version=2))}
+
+    monkeypatch.setattr(revocations, "fetch", fake_fetch)
+    named = {"list_b64": "", "signature": "", "serial": 5, "sha256": "ab" * 32}
+    assert revocations.receive(state.root, named, keys_).outcome == "adopted"
+    assert len(calls) == 1
+    again = revocations.receive(state.root, dict(named), keys_)
+    assert again.outcome == "stale" and len(calls) == 1  # nothing fetched
+    assert revocations.schedule(state.root, dict(named), keys_) is None  # nor scheduled
+    # another body under the same serial, or an announcement that names nothing (an
+    # older relay): fetched
+    assert revocations.receive(state.root, {**named, "sha256": "cd" * 32}, keys_
+                               ).outcome == "stale"
+    assert len(calls) == 2
+    revocations.receive(state.root, {"list_b64": "", "signature": ""}, keys_)
+    assert len(calls) == 3
+    assert len(revocations.load(state.root).entries) == 2
+
+
 def test_a_burst_of_pushes_is_coalesced_and_loses_nothing(tmp_path: Path) -> None:
     """The relay revokes many fixes at once: one push each. The running agent merges
     one list at a time and, meanwhile, keeps only the newest: a few children, all

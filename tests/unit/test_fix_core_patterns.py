@@ -5,7 +5,9 @@ lookarounds, which need backtracking, are refused when the manifest is parsed.""
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -85,3 +87,33 @@ def test_a_pattern_that_slipped_past_parsing_is_refused_not_run() -> None:
         manifest_from_dict(d)
     with pytest.raises(patterns.PatternError):
         patterns.compile_pattern(r"(?=x)")
+
+
+def test_without_google_re2_a_pattern_is_a_clear_error_naming_the_package(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plain ``pip install backline`` has no google-re2 (it is in the agent and relay
+    extras): ``python -m backline.common.fixes canonical`` on a manifest with a pattern
+    says which package is missing (exit 2), never a ModuleNotFoundError traceback; and
+    a manifest without a pattern still works without it (review 12b, SHOULD-FIX 4)."""
+    from backline.common.fixes import __main__ as cli
+    from backline.common.fixes import patterns
+
+    monkeypatch.setitem(sys.modules, "re2", None)  # import re2 -> ModuleNotFoundError
+    patterns.compile_pattern.cache_clear()
+    base = ('id = "re2-missing"\nversion = 1\ntitle = "t"\nplatforms = ["linux"]\n'
+            'interpreter = "sh"\nscript = "true"\ntimeout_s = 5\nrisk = "low"\n')
+    with_pattern = tmp_path / "with.toml"
+    with_pattern.write_text(base + '[parameters.X]\ntype = "string"\npattern = "[a-z]+"\n')
+    assert cli.main(["canonical", str(with_pattern)]) == 2
+    err = capsys.readouterr().err
+    assert "google-re2" in err and "Traceback" not in err
+    with pytest.raises(patterns.PatternEngineMissing, match="google-re2"):
+        patterns.full_match("[a-z]+", "abc")
+    without = tmp_path / "without.toml"
+    without.write_text(base)
+    assert cli.main(["digest", str(without)]) == 0
+    assert capsys.readouterr().out.startswith("sha256:")
+    patterns.compile_pattern.cache_clear()
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    assert pyproject.read_text().count(f'"{patterns.RE2_PACKAGE}"') == 2  # the pin named

@@ -118,6 +118,48 @@ def test_a_list_too_long_for_a_frame_is_announced_and_served_whole(relay: FakeRe
     assert relay.events[-1][1]["delivery"] == "fetch"
 
 
+def test_the_fetched_list_is_encoded_once_per_serial_and_announced_with_its_hash(
+        relay: FakeRelay) -> None:
+    """Review 12b SHOULD-FIX 3: the answer of GET /agent/fix-revocations (megabytes at
+    the fullest) is encoded once per serial, not per request; the announcement names its
+    serial and SHA-256 so an agent that has it fetches nothing; ETag/If-None-Match 304."""
+    import hashlib
+    import json
+
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from backline.relay.fixes.push import revocations_endpoint
+
+    service = FixService(relay)  # type: ignore[arg-type]
+    for i in range(150):
+        revoke(relay, service, f"fix-{i:03d}", reason="r" * 300)
+    served = service.served_revocations()
+    assert served is not None
+    data, sha = served
+    assert service.served_revocations()[0] is data  # type: ignore[index]  # cached bytes
+    assert sha == hashlib.sha256(data).hexdigest()
+    assert json.loads(data) == service.signed_revocations()[1]  # type: ignore[index]
+    msg = protocol.decode(service.revocation_message() or "")
+    assert revocation.is_announcement(msg)
+    assert msg["serial"] == store.revocation_serial(relay.engine) and msg["sha256"] == sha
+
+    app = Starlette(routes=[Route(revocation.FETCH_PATH, revocations_endpoint)])
+    app.state.relay = SimpleNamespace(fixes=service)
+    with TestClient(app) as client:
+        first = client.get(revocation.FETCH_PATH)
+        assert first.status_code == 200 and first.content == data
+        assert first.headers["etag"] == f'"{sha}"'
+        again = client.get(revocation.FETCH_PATH, headers={"if-none-match": f'"{sha}"'})
+        assert again.status_code == 304 and again.content == b""
+        other = client.get(revocation.FETCH_PATH, headers={"if-none-match": '"x"'})
+        assert other.status_code == 200 and other.content == data
+    # a new revocation: a new serial, new bytes, a new hash
+    revoke(relay, service, "fix-new", reason="r" * 300)
+    assert service.served_revocations()[1] != sha  # type: ignore[index]
+
+
 def test_the_fullest_list_agents_accept_fits_the_fetch_bound() -> None:
     entries = [revocation.entry(f"f{i:046d}", 999_999, "sha256:" + "f" * 64,
                                 pushed_reason("é\U0001f600" * 500), 2.0**33) for i in range(

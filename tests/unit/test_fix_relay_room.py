@@ -232,6 +232,47 @@ def test_steps_out_of_order_or_twice_are_one_protocol_error(relay: FakeRelay,
     assert len(run.lines) <= len(script)
 
 
+@pytest.mark.parametrize("before", [["checked"], ["checked", "consent"]])
+def test_a_cancel_before_the_start_ends_without_a_start(relay: FakeRelay,
+                                                        before: list[str]) -> None:
+    """The agent's answer to a cancel that came before the script started (executor's
+    run_fix: ``end`` with ``cancelled: true`` and no ``start``) is the run's end, not a
+    protocol error; an ``end`` without a start that is NOT cancelled still is one."""
+    run = make_run(relay)
+    follower = room.Follower(relay, run, keep_lines=True)
+    bodies = {"checked": dict(type="checked", digest=run.digest, signers=[]),
+              "consent": dict(type="consent", answer="yes")}
+    for k in before:
+        assert follower.line(line(**bodies[k])) is not None
+    assert follower.line(line(**{**END, "cancelled": True})) is not None
+    assert run.end is not None and run.end["cancelled"] is True
+    assert not [a for a, _ in relay.events if a == "fix.run.failed"]
+    values = follower.finish(0)
+    assert values["status"] == "ended" and values["cancelled"] is True
+    ended = [d for a, d in relay.events if a == "fix.run.ended"]
+    assert len(ended) == 1 and ended[0]["cancelled"] is True
+    assert not [a for a, _ in relay.events if a == "fix.run.failed"]
+
+
+def test_a_cancelled_end_before_start_may_not_carry_output(relay: FakeRelay) -> None:
+    run = make_run(relay)
+    follower = room.Follower(relay, run, keep_lines=True)
+    follower.line(line(type="checked", digest=run.digest, signers=[]))
+    assert follower.line(line(**{**END, "cancelled": True, "output_bytes": 5})) is None
+    failed = [d for a, d in relay.events if a == "fix.run.failed"]
+    assert len(failed) == 1 and failed[0]["reason"] == "protocol"
+
+
+def test_no_verify_after_an_end_that_had_no_start(relay: FakeRelay) -> None:
+    run = make_run(relay)
+    follower = room.Follower(relay, run, keep_lines=True)
+    follower.line(line(type="checked", digest=run.digest, signers=[]))
+    follower.line(line(**{**END, "cancelled": True}))
+    assert follower.line(line(type="verify", passed=True, exit_status=0,
+                              output_b64="")) is None
+    assert [d["reason"] for a, d in relay.events if a == "fix.run.failed"] == ["protocol"]
+
+
 def test_a_flood_of_lines_is_bounded(relay: FakeRelay) -> None:
     """6,000 consent lines (the review's demo): one audit row, not 6,000; no growth."""
     run = make_run(relay)

@@ -1,8 +1,9 @@
 // A fix's parameter form, generated from its manifest's schema (docs/fixes.md): a text
 // field, a number or a checkbox per parameter, a select where the schema has an enum.
-// The checks here (type, enum, pattern, length, range, no control characters) are a
-// courtesy so the technician learns of a typo before anything is sent: the agent
-// checks every value again against the schema it verified, and is the authority.
+// The checks here (type, enum, length, range, no control characters; the pattern is
+// only shown, see below) are a courtesy so the technician learns of a typo before
+// anything is sent: the agent checks every value again against the schema it
+// verified, and is the authority.
 
 import { html, nothing } from "lit-html";
 
@@ -17,15 +18,10 @@ export function paramList(manifest) {
   return list.filter((p) => typeof p?.name === "string"); // in the order the author wrote them
 }
 
-// Python's re and JavaScript's RegExp agree on the patterns a fix sensibly uses
-// (classes, anchors, quantifiers); one JavaScript cannot read is not checked here.
-function fullMatch(pattern, value) {
-  try {
-    return new RegExp(`^(?:${pattern})$`, "u").test(value);
-  } catch {
-    return true; // the agent checks it with the real engine
-  }
-}
+// The author's pattern is NOT run here: JavaScript's RegExp backtracks (a pattern like
+// (a+)+$ would hang this tab) and reads some patterns otherwise than RE2, the engine
+// the relay and the agent match them with. It is shown as a hint; the agent refuses a
+// value that does not match (refusal "params"), and is the authority.
 
 const CONTROL = /[\u0000-\u0008\u000a-\u001f\u007f]/u;
 
@@ -58,9 +54,6 @@ export function checkParam(p, raw) {
   if (Array.isArray(p.enum) && p.enum.length && !p.enum.includes(text)) {
     return { error: `${p.name} must be one of ${p.enum.join(", ")}.` };
   }
-  if (p.pattern && !fullMatch(p.pattern, text)) {
-    return { error: `${p.name} does not have the expected form (${p.pattern}).` };
-  }
   return { value: text };
 }
 
@@ -85,7 +78,7 @@ function describe(p) {
   if (p.required) bits.push("required");
   if (Array.isArray(p.enum) && p.enum.length) bits.push(`one of ${p.enum.join(", ")}`);
   if ((p.type || "string") === "string") {
-    if (p.pattern) bits.push(`form ${p.pattern}`);
+    if (p.pattern) bits.push(`form ${p.pattern} (checked by the agent)`);
     if (p.min_length || p.max_length != null) bits.push(`${p.min_length ?? 0}–${p.max_length ?? 256} characters`);
   }
   if (p.type === "integer" && (p.min != null || p.max != null)) bits.push(`${p.min ?? "…"} to ${p.max ?? "…"}`);
