@@ -237,7 +237,7 @@ def agent(site: RelayProcess, tmp_path: Path) -> Iterator[AgentProcess]:
     wrapper.chmod(0o755)
     policy = ('[capabilities]\ninfo = "allow"\ncobrowse = "allow"\n\n'
               f'[ask]\ntimeout_s = 30\ncommand = ["{ask}"]\n\n'
-              f'[cobrowse]\nbrowser = "{wrapper}"\nheadless = true\n')
+              f'[cobrowse]\nbrowser = "{wrapper}"\nheadless = true\nscreencast = true\n')
     a = AgentProcess(tmp_path, "cb-e2e")
     assert a.enroll(site.token()).returncode == 0
     (a.state_dir / "policy.toml").write_text(policy)
@@ -354,8 +354,24 @@ def test_cobrowse_end_to_end(page: Watched, site: RelayProcess, agent: AgentProc
         time.sleep(1.5)
         assert len(clicks(customer)) == 1
         assert customer.eval("document.getElementById('name').value") == TYPED
+
+        # A proposed URL is opened in the customer's browser; the view follows it.
+        other = f"{url}index.html?step=2"
+        propose = p.get_by_role("form", name="Propose a URL")
+        propose.get_by_label("Propose URL").fill(other)
+        propose.get_by_role("button", name="Propose").click()
+        expect(p.locator("#cobrowse-url")).to_have_text(other, timeout=20_000)
+        wait_for(lambda: customer.eval("location.href") == other, 20,
+                 "the customer's browser on the proposed URL")
+        p.wait_for_function(f"() => ({_TEXT})('tick') !== null", timeout=30_000)
     finally:
         customer.close()
+
+    # The screencast (the policy allows it here), shown as images while asked for.
+    p.locator("#cobrowse-screencast").check()
+    expect(p.locator("#cobrowse-frame")).to_have_attribute(
+        "src", re.compile(r"^data:image/jpeg;base64,/9j/[A-Za-z0-9+/=]{100,}$"), timeout=20_000)
+    p.locator("#cobrowse-screencast").uncheck()
 
     # The end; the recording is stored.
     p.get_by_role("button", name="End co-browse").click()
