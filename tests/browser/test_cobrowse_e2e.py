@@ -25,6 +25,7 @@ and typing reaches a text field; releasing control stops it at once.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import re
@@ -121,7 +122,9 @@ class CustomerBrowser:
     def __init__(self, port: int, path: str) -> None:
         from websockets.sync.client import connect
 
-        self.ws = connect(f"ws://127.0.0.1:{port}{path}", max_size=None)
+        self.stack = contextlib.ExitStack()
+        self.ws = self.stack.enter_context(connect(f"ws://127.0.0.1:{port}{path}",
+                                                   max_size=None))
         self.ids = itertools.count(1)
         self.session: str | None = None
 
@@ -163,7 +166,7 @@ class CustomerBrowser:
             self.send("Input.dispatchKeyEvent", {"type": "keyUp", "key": ch}, self.session)
 
     def close(self) -> None:
-        self.ws.close()
+        self.stack.close()
 
 
 def forms_of(secret: str) -> list[bytes]:
@@ -345,6 +348,11 @@ def test_cobrowse_end_to_end(page: Watched, site: RelayProcess, agent: AgentProc
         p.keyboard.type(TYPED)
         wait_for(lambda: customer.eval("document.getElementById('name').value") == TYPED,
                  15, "the technician's typing in the name field")
+        # The wheel scrolls the customer's page (made taller than its window here).
+        customer.eval("document.body.style.minHeight = '3000px'")
+        p.mouse.move(n["x"], n["y"])
+        p.mouse.wheel(0, 200)
+        wait_for(lambda: customer.eval("scrollY") > 0, 15, "the wheel to scroll the page")
         # Released: stops at once.
         p.get_by_role("button", name="Release control").click()
         expect(p.locator("#cobrowse-control")).to_contain_text("revoked", timeout=20_000)
