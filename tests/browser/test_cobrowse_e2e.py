@@ -51,10 +51,11 @@ from tests.harness import AgentProcess, RelayProcess, wait_for
 pytestmark = pytest.mark.skipif(not CHROMIUM_PRESENT, reason=SKIP_REASON)
 
 if CHROMIUM_PRESENT:
-    from playwright.sync_api import Page, expect
+    from playwright.sync_api import Browser, Page, expect
 
 ROOT = Path(__file__).resolve().parents[2]
 TECH, TECH_PASSWORD = "cleo", "cleo's password 5678"
+WATCHER = "wade"  # a colleague of the same group, watching
 PASSWORD = "Kq7zW9pXv2"  # what the customer types into the password field
 PRIVATE = "PRIVATE-SECRET-4711"  # the site's data-backline-private element's text
 TYPED = "hello"  # what the technician types into the name field, with control
@@ -271,8 +272,38 @@ def clicks(customer: CustomerBrowser) -> list[dict[str, Any]]:
     return customer.eval("window.__clicks")  # type: ignore[no-any-return]
 
 
-def test_cobrowse_end_to_end(page: Watched, site: RelayProcess, agent: AgentProcess,
-                             site_pages: dict[str, int], tmp_path: Path) -> None:
+def watch_from_another_console(browser: Browser, site: RelayProcess, session_url: str
+                               ) -> None:
+    """A colleague of the group joins the open co-browse (?watch=1): the catch-up from the
+    last snapshot renders the page, later changes follow, the private element is absent,
+    and this console cannot send."""
+    new_user(site, WATCHER, "technician", TECH_PASSWORD)
+    site.cli("group", "grant", "default", WATCHER)
+    context = browser.new_context(ignore_https_errors=True, base_url=site.url,
+                                  viewport={"width": 1200, "height": 900})
+    try:
+        w = Watched(context.new_page())
+        sign_in(w.page, WATCHER, TECH_PASSWORD)
+        w.page.goto(session_url)
+        w.page.locator("#cobrowse-watch").click()
+        expect(w.page.locator("#cobrowse-role")).to_contain_text("Watching", timeout=30_000)
+        w.page.wait_for_function(f"() => ({_TEXT})('tick') !== null", timeout=30_000)
+        first = w.page.evaluate(_TEXT, "tick")
+        w.page.wait_for_function(
+            f"() => {{ const t = ({_TEXT})('tick'); return t && t !== {first!r}; }}",
+            timeout=20_000)
+        assert PRIVATE not in w.page.evaluate(
+            "() => document.querySelector('#cobrowse-live iframe')"
+            ".contentDocument.documentElement.outerHTML")
+        expect(w.page.get_by_role("button", name="Ask for control")).to_have_count(0)
+        w.check()
+    finally:
+        context.close()
+
+
+def test_cobrowse_end_to_end(page: Watched, browser: Browser, site: RelayProcess,
+                             agent: AgentProcess, site_pages: dict[str, int],
+                             tmp_path: Path) -> None:
     p = page.page
     url = f"http://127.0.0.1:{site_pages['a']}/"
     sign_in(p, TECH, TECH_PASSWORD)
@@ -308,6 +339,7 @@ def test_cobrowse_end_to_end(page: Watched, site: RelayProcess, agent: AgentProc
     assert parts["cross"].startswith("CROSS-ORIGIN-FRAME-TEXT"), parts
     assert (parts["early"], parts["late"]) == ("EARLY-SHADOW-TEXT", "LATE-SHADOW-TEXT"), parts
     assert (parts["lateColor"], parts["bodyFont"]) == ("rgb(4, 5, 6)", "sans-serif"), parts
+    watch_from_another_console(browser, site, p.url)
 
     # The customer types a password (trusted key events, through their own browser).
     customer = customer_browser(tmp_path / "consent")
@@ -331,6 +363,15 @@ def test_cobrowse_end_to_end(page: Watched, site: RelayProcess, agent: AgentProc
         p.mouse.click(b["x"], b["y"])
         time.sleep(1.5)
         assert clicks(customer) == []
+        # A page script clicking everything in the page grants nothing (there is
+        # nothing in the page to click: consent is the agent's own UI).
+        customer.eval("document.querySelectorAll('body *:not([type=file])')"
+                      ".forEach((e) => { try { e.click(); } catch (x) {} })")
+        time.sleep(1.5)
+        expect(p.locator("#cobrowse-control")).to_contain_text("not granted")
+        assert not (tmp_path / "consent" / "questions.txt").exists()
+        assert all(c["trusted"] is False for c in clicks(customer))
+        customer.eval("window.__clicks = []")
         # Asked of the customer (the [ask] command says yes), granted.
         p.get_by_role("button", name="Ask for control").click()
         expect(p.locator("#cobrowse-control")).to_contain_text("granted: your clicks",
