@@ -18,8 +18,11 @@ the element that changes every second; the private element is absent; the passwo
 customer types is in 0 bytes of anything the relay holds (its whole data directory:
 database, blobs, logs; its log; the recording served back), searched raw, in base64 at
 every alignment and JSON-escaped; without control the technician's click does nothing
-in the customer's page; after the grant a console click fires the page's click handler
-and typing reaches a text field; releasing control stops it at once.
+in the customer's page, nor does a page script clicking every element (nothing grants
+control); after the grant a console click fires the page's click handler (a trusted
+event), typing reaches a text field and the wheel scrolls; releasing control, or the
+customer closing the control indicator, stops it at once. Also: a colleague watching
+(``?watch=1``) sees the page; a proposed URL opens; the screencast's frames show.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -403,6 +408,20 @@ def test_cobrowse_end_to_end(page: Watched, browser: Browser, site: RelayProcess
         time.sleep(1.5)
         assert len(clicks(customer)) == 1
         assert customer.eval("document.getElementById('name').value") == TYPED
+        # Granted again; the customer closes the control indicator (their one action):
+        # control ends at once, in the console too, and the next click does nothing.
+        p.get_by_role("button", name="Ask for control").click()
+        expect(p.locator("#cobrowse-control")).to_contain_text("granted: your clicks",
+                                                               timeout=30_000)
+        pids = (tmp_path / "consent" / "indicators.pid").read_text().split()
+        assert len(pids) == 2, pids
+        os.kill(int(pids[-1]), signal.SIGTERM)
+        expect(p.locator("#cobrowse-control")).to_contain_text("revoked", timeout=20_000)
+        b = where(p, "btn")
+        p.mouse.click(b["x"], b["y"])
+        time.sleep(1.5)
+        assert len(clicks(customer)) == 1
+        expect(p.locator("#cobrowse-state")).to_have_text("Connected")
 
         # A proposed URL is opened in the customer's browser; the view follows it.
         other = f"{url}index.html?step=2"
