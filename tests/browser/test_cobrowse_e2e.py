@@ -345,7 +345,11 @@ def test_cobrowse_end_to_end(page: Watched, browser: Browser, site: RelayProcess
             break
         time.sleep(0.2)
     assert parts["same"] == "SAME-ORIGIN-FRAME-TEXT", parts
-    assert parts["cross"].startswith("CROSS-ORIGIN-FRAME-TEXT"), parts
+    # KNOWN AGENT RACE (about 1 run in 5 here): the cross-origin frame's first snapshot
+    # never leaves the agent, while its later mutations do (their parent id was never
+    # added), so the frame stays empty in the view. Reported; not fixed yet.
+    assert parts["cross"].startswith("CROSS-ORIGIN-FRAME-TEXT"), (
+        "the cross-origin frame's snapshot is missing (known agent race)", parts)
     assert (parts["early"], parts["late"]) == ("EARLY-SHADOW-TEXT", "LATE-SHADOW-TEXT"), parts
     assert (parts["lateColor"], parts["bodyFont"]) == ("rgb(4, 5, 6)", "sans-serif"), parts
     watch_from_another_console(browser, site, p.url)
