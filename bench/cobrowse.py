@@ -1,0 +1,251 @@
+"""Co-browse: DOM mirroring (rrweb) versus the screencast, in one run (issue 13,
+acceptance 3).
+
+``python -m bench.cobrowse [--duration 60]``. Everything real, as in
+tests/browser/test_cobrowse_e2e.py: a relay, an enrolled agent process with its
+headless Chromium on the loopback test site (tests/sites/cobrowse/), the technician's
+console in Playwright's Chromium. Scripted browsing in the customer's page, the same in
+both phases: the site's own changes (an element every second, a cross-origin frame
+every second) plus, every 250 ms, a stamp: a counter written in a fixed element and
+painted as the colour of a fixed 160 px block (the counter modulo 8 as its red, green
+and blue bits), its time (``Date.now()`` in the customer's page) kept there.
+
+Phase 1, ``duration / 2`` seconds: DOM only. Phase 2, ``duration / 2``: the screencast
+on (the DOM keeps flowing too).
+
+- bytes per second at the relay: from the co-browse recording (every agent line the
+  relay received and accepted, byte for byte): phase 1 = every line before the first
+  ``frame`` line, over phase 1's length; screencast = the ``frame`` lines, over phase
+  2's length.
+- change-to-view latency: in the technician's page, a ``requestAnimationFrame`` loop
+  reads the stamp in the replayed page (DOM) or decodes the block's colour from the
+  newest screencast image drawn into a canvas (screencast); a stamp's latency is the
+  time from its change in the customer's page to the first animation frame of the
+  technician's page that shows it (same machine, same clock). p50 / p95 of each.
+
+Writes bench/results/cobrowse.json (dom_kib_s, screencast_kib_s, dom_view_p95_ms,
+screencast_view_p95_ms and the rest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import cpu_model
+from tests.browser.helpers import CHROMIUM, CHROMIUM_ARGS, new_user, sign_in
+from tests.browser.test_cobrowse_e2e import ASK_SCRIPT, WRAPPER, customer_browser
+from tests.harness import AgentProcess, RelayProcess, admin_api
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "cobrowse.json"
+TECH, TECH_PASSWORD = "bench", "bench's password 0000"
+STAMP_MS = 250
+
+# Injected in the customer's page: the stamp (text and colour), its times kept.
+STAMPER = """(() => {
+  const box = document.createElement('div');
+  box.id = 'bench-box';
+  box.style.cssText = 'position:fixed;left:0;top:0;width:160px;height:160px;z-index:99';
+  const stamp = document.createElement('span');
+  stamp.id = 'bench-stamp';
+  stamp.style.cssText = 'position:fixed;left:200px;top:0;z-index:99';
+  document.body.append(box, stamp);
+  window.__changes = [];
+  let n = 0;
+  setInterval(() => {
+    n += 1;
+    const c = n % 8;
+    box.style.background = `rgb(${c & 4 ? 255 : 0}, ${c & 2 ? 255 : 0}, ${c & 1 ? 255 : 0})`;
+    stamp.textContent = 'S' + n;
+    window.__changes.push([n, Date.now()]);
+  }, STAMP_MS);
+})()""".replace("STAMP_MS", str(STAMP_MS))
+
+# In the technician's page: what the view shows, at every animation frame.
+WATCHER = """() => {
+  window.__dom = []; window.__cast = [];
+  let lastDom = null, lastSrc = null;
+  const canvas = document.createElement('canvas');
+  const g = canvas.getContext('2d', {willReadFrequently: true});
+  const loop = () => {
+    const now = Date.now();
+    const f = document.querySelector('#cobrowse-live iframe');
+    const el = f && f.contentDocument && f.contentDocument.getElementById('bench-stamp');
+    const t = el && el.textContent;
+    if (t && t !== lastDom) { lastDom = t; window.__dom.push([Number(t.slice(1)), now]); }
+    const img = document.getElementById('cobrowse-frame');
+    if (img && img.src !== lastSrc && img.complete && img.naturalWidth) {
+      lastSrc = img.src;
+      canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+      g.drawImage(img, 0, 0);
+      const s = img.naturalWidth / 1280;
+      const [r, gr, b] = g.getImageData(Math.round(80 * s), Math.round(80 * s), 1, 1).data;
+      window.__cast.push([(r > 127 ? 4 : 0) | (gr > 127 ? 2 : 0) | (b > 127 ? 1 : 0), now]);
+    }
+    requestAnimationFrame(loop);
+  };
+  requestAnimationFrame(loop);
+}"""
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return round(v[min(len(v) - 1, round(q * (len(v) - 1)))], 1)
+
+
+def dom_latencies(changes: list[list[int]], seen: list[list[int]], since: int,
+                  until: int) -> list[float]:
+    at = {n: t for n, t in changes}
+    first: dict[int, int] = {}
+    for n, t in seen:
+        first.setdefault(n, t)
+    return [first[n] - at[n] for n in first if n in at and since <= at[n] <= until]
+
+
+def cast_latencies(changes: list[list[int]], seen: list[list[int]], since: int,
+                   until: int) -> list[float]:
+    """A colour seen is the newest change of that colour before it was seen; each change
+    counts once, at the first frame that shows it."""
+    out: dict[int, float] = {}
+    for code, t in seen:
+        match = [(n, tc) for n, tc in changes if n % 8 == code and tc <= t]
+        if not match:
+            continue
+        n, tc = match[-1]
+        if since <= tc <= until and n not in out and t - tc < 8 * STAMP_MS:
+            out[n] = t - tc
+    return list(out.values())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=60.0,
+                    help="seconds of scripted browsing, half DOM only, half with the "
+                         "screencast (default 60)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    from playwright.sync_api import expect, sync_playwright
+
+    root = Path(tempfile.mkdtemp(prefix="bench-cobrowse-"))
+    site = subprocess.Popen([sys.executable, "-m", "tests.sites.cobrowse.server"],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert site.stdout is not None
+    ports = json.loads(site.stdout.readline())
+    url = f"http://127.0.0.1:{ports['a']}/"
+    relay = RelayProcess(root).start()
+    admin_api(relay).close()
+    new_user(relay, TECH, "technician", TECH_PASSWORD)
+    relay.cli("group", "grant", "default", TECH)
+    consent = root / "consent"
+    consent.mkdir()
+    (consent / "ask.sh").write_text(ASK_SCRIPT.format(dir=consent))
+    (consent / "chromium.sh").write_text(WRAPPER.format(dir=consent, chromium=CHROMIUM))
+    for f in ("ask.sh", "chromium.sh"):
+        (consent / f).chmod(0o755)
+    agent = AgentProcess(root, "bench-cb")
+    assert agent.enroll(relay.token()).returncode == 0
+    (agent.state_dir / "policy.toml").write_text(
+        '[capabilities]\ncobrowse = "allow"\n\n'
+        f'[ask]\ntimeout_s = 30\ncommand = ["{consent / "ask.sh"}"]\n\n'
+        f'[cobrowse]\nbrowser = "{consent / "chromium.sh"}"\nheadless = true\n'
+        'screencast = true\n')
+    agent.start()
+    load_before = os.getloadavg()
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                         args=CHROMIUM_ARGS)
+            context = browser.new_context(ignore_https_errors=True, base_url=relay.url,
+                                          viewport={"width": 1440, "height": 900})
+            p = context.new_page()
+            sign_in(p, TECH, TECH_PASSWORD)
+            p.goto(f"/#/agent/{agent.agent_id}")
+            expect(p.locator("dl.facts")).to_contain_text("Online", timeout=30_000)
+            form = p.get_by_role("form", name="Open a support session")
+            form.get_by_label("Reason").fill("bench")
+            form.get_by_role("button", name="Open session").click()
+            expect(p.locator("#session-state")).to_have_text("ready", timeout=30_000)
+            start = p.get_by_role("form", name="Start a co-browse")
+            start.get_by_label("URL to open").fill(url)
+            start.get_by_role("button", name="Start co-browse").click()
+            p.wait_for_function("""() => { const f = document.querySelector(
+                '#cobrowse-live iframe'); return f && f.contentDocument &&
+                f.contentDocument.getElementById('tick'); }""", timeout=60_000)
+            customer = customer_browser(consent)
+            customer.attach(url)
+            p.evaluate(WATCHER)
+            customer.eval(STAMPER)
+            t0 = int(time.time() * 1000)
+            half = args.duration / 2
+            time.sleep(half)
+            t1 = int(time.time() * 1000)
+            p.locator("#cobrowse-screencast").check()
+            time.sleep(half)
+            t2 = int(time.time() * 1000)
+            p.locator("#cobrowse-screencast").uncheck()
+            changes = customer.eval("window.__changes")
+            dom_seen = p.evaluate("window.__dom")
+            cast_seen = p.evaluate("window.__cast")
+            customer.close()
+            p.get_by_role("button", name="End co-browse").click()
+            expect(p.locator("#cobrowse-state")).to_have_text("Ended", timeout=30_000)
+            row = p.locator("tr[data-cobrowse-recording]").first
+            expect(row).to_be_visible(timeout=30_000)
+            rec_id = row.get_attribute("data-cobrowse-recording")
+            recording = p.evaluate("""async (id) => (await fetch(
+                `/api/v1/recordings/${encodeURIComponent(id)}`)).text()""", rec_id)
+            browser.close()
+    finally:
+        agent.stop()
+        relay.stop()
+        site.kill()
+    load_after = os.getloadavg()
+
+    lines = [x for x in recording.split("\n") if x]
+    kinds = [json.loads(x).get("type") for x in lines]
+    first_frame = kinds.index("frame") if "frame" in kinds else len(lines)
+    dom_bytes = sum(len(x.encode()) + 1 for x in lines[:first_frame])
+    cast_bytes = sum(len(x.encode()) + 1 for x, k in zip(lines, kinds, strict=True) if k == "frame")
+    dom_lat = dom_latencies(changes, dom_seen, t0, t1 - 500)
+    cast_lat = cast_latencies(changes, cast_seen, t1 + 1000, t2 - 500)
+    dom_kib_s = round(dom_bytes / 1024 / ((t1 - t0) / 1000), 2)
+    cast_kib_s = round(cast_bytes / 1024 / ((t2 - t1) / 1000), 2)
+    result: dict[str, Any] = {
+        "dom_kib_s": dom_kib_s,
+        "screencast_kib_s": cast_kib_s,
+        "dom_view_p95_ms": pct(dom_lat, 0.95),
+        "screencast_view_p95_ms": pct(cast_lat, 0.95),
+        "dom_view_p50_ms": pct(dom_lat, 0.5),
+        "screencast_view_p50_ms": pct(cast_lat, 0.5),
+        "dom_samples": len(dom_lat),
+        "screencast_samples": len(cast_lat),
+        "stamps": len(changes),
+        "dom_over_screencast": round(dom_kib_s / cast_kib_s, 4) if cast_kib_s else None,
+        "screencast_frames": kinds.count("frame"),
+        "duration_s": args.duration,
+        "stamp_ms": STAMP_MS,
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "loadavg_before": [round(x, 2) for x in load_before],
+                    "loadavg_after": [round(x, 2) for x in load_after]},
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
