@@ -407,9 +407,12 @@ def test_author_submits_a_different_person_approves_then_diff_and_revoke(
     # The same (id, version) again: immutable.
     form.get_by_role("button", name="Submit for approval").click()
     expect(p.locator("#submit-error")).to_contain_text("already exists")
-    form.get_by_label("Manifest").fill('id = "broken-test"\nversion = "one"\n')
+    form.get_by_label("Manifest").fill(  # whole but for its version: only that is wrong
+        'id = "broken-test"\nversion = "one"\ntitle = "Broken"\nplatforms = ["linux"]\n'
+        'interpreter = "sh"\ntimeout_s = 5\nrisk = "low"\nscript = "true"\n')
     form.get_by_role("button", name="Submit for approval").click()
-    expect(p.locator("#submit-error")).to_contain_text("version")
+    # (the text of this error, not the "already exists" one still shown above)
+    expect(p.locator("#submit-error")).to_contain_text("version: must be an integer")
 
     catalogue = p.get_by_role("table", name="Catalogue")
     catalogue.get_by_role("link", name="Test fix authored-test").click()
