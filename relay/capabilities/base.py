@@ -31,6 +31,7 @@ room that needs more than ``agents:write`` names the ``permission``.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -149,3 +150,18 @@ def plain(name: str, summary: str = "") -> ChannelSpec:
     """A capability with no room of its own on the relay: no request, its output
     answered as it came (JSON, JSON lines or text), nothing kept."""
     return ChannelSpec(name, Transport.ONESHOT, no_request(name), summary=summary)
+
+
+async def reported(events: asyncio.Queue[tuple[Any, BaseException | None]], key: Any,
+                   work: Awaitable[Any]) -> None:
+    """Run ``work`` and put ``(key, its exception or None)`` on ``events``: how a duplex
+    room (the terminal, co-browse) hears that one of its tasks (a console's listener,
+    the agent's pump) ended, and why, in the one loop that decides what happens next."""
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        events.put_nowait((key, exc))
+    else:
+        events.put_nowait((key, None))

@@ -50,6 +50,7 @@ from backline.relay.capabilities.base import (
     RecordingNotFiled,
     Transport,
     no_request,
+    reported,
 )
 from backline.relay.sessions.session import LiveSession, SessionError
 
@@ -398,17 +399,7 @@ class Room:
             for frame in self.catch_up:
                 self._send(viewer, frame)
         viewer.sending = asyncio.ensure_future(self.sender(viewer))
-        viewer.listening = asyncio.ensure_future(self._reported(viewer, self.listen(viewer)))
-
-    async def _reported(self, viewer: Viewer | None, work: Any) -> None:
-        try:
-            await work
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            self.events.put_nowait((viewer, exc))
-        else:
-            self.events.put_nowait((viewer, None))
+        viewer.listening = asyncio.ensure_future(reported(self.events, viewer, self.listen(viewer)))
 
     async def sender(self, viewer: Viewer) -> None:
         with contextlib.suppress(Exception):
@@ -592,7 +583,7 @@ class Room:
 
     async def run(self, controller: Viewer) -> None:
         self.add(controller)
-        pump = asyncio.ensure_future(self._reported(None, self.pump()))
+        pump = asyncio.ensure_future(reported(self.events, None, self.pump()))
         end = Ended(None)
         try:
             while True:

@@ -64,7 +64,31 @@ class Stored:
         return {"id": self.id, "sha256": self.sha256, "bytes": self.bytes}
 
 
-class Recorder:
+class _BlobRecording:
+    """What every recording does at its end: name its blob, or leave nothing behind."""
+
+    writer: BlobWriter
+    started: float
+    failed: OSError | None
+    done: bool
+
+    def _commit(self) -> tuple[str, int, float]:
+        try:
+            digest = self.writer.commit()
+        except OSError as exc:
+            self.failed = exc
+            self.writer.abort()
+            raise RecordingFailed(f"{type(exc).__name__}: {exc}") from exc
+        self.done = True
+        return digest, self.writer.size, round(time.monotonic() - self.started, 3)
+
+    def abort(self) -> None:
+        """Give up a recording that was not finished (nothing is left behind)."""
+        if not self.done:
+            self.writer.abort()
+
+
+class Recorder(_BlobRecording):
     """One terminal's asciicast, appended event by event to a blob."""
 
     def __init__(self, writer: BlobWriter, cols: int, rows: int, term: str,
@@ -115,22 +139,10 @@ class Recorder:
         tail = self._out.decode(b"", final=True)
         if tail:
             self._event("o", tail)
-        try:
-            digest = self.writer.commit()
-        except OSError as exc:
-            self.failed = exc
-            self.writer.abort()
-            raise RecordingFailed(f"{type(exc).__name__}: {exc}") from exc
-        self.done = True
-        return digest, self.writer.size, round(time.monotonic() - self.started, 3)
-
-    def abort(self) -> None:
-        """Give up a recording that was not finished (nothing is left behind)."""
-        if not self.done:
-            self.writer.abort()
+        return self._commit()
 
 
-class LinesRecorder:
+class LinesRecorder(_BlobRecording):
     """A room's JSON lines, appended as they came (each ends with one newline)."""
 
     keystrokes = False  # what the console sends is not recorded, only the agent's lines
@@ -156,18 +168,8 @@ class LinesRecorder:
 
     def finish(self) -> tuple[str, int, float]:
         """Name the blob; ``(sha256, bytes, duration_s)``."""
-        try:
-            digest = self.writer.commit()
-        except OSError as exc:
-            self.failed = exc
-            self.writer.abort()
-            raise RecordingFailed(f"{type(exc).__name__}: {exc}") from exc
-        self.done = True
-        return digest, self.writer.size, round(time.monotonic() - self.started, 3)
+        return self._commit()
 
-    def abort(self) -> None:
-        if not self.done:
-            self.writer.abort()
 
 
 AnyRecorder = Recorder | LinesRecorder

@@ -51,6 +51,7 @@ from backline.relay.capabilities.base import (
     RecordingNotFiled,
     Transport,
     no_request,
+    reported,
 )
 from backline.relay.sessions.session import LiveSession, SessionError
 
@@ -282,7 +283,7 @@ class Terminal:
         self.viewers.append(viewer)
         self.ready(viewer)
         viewer.sending = asyncio.ensure_future(self.sender(viewer))
-        viewer.listening = asyncio.ensure_future(self._reported(viewer, self.listen(viewer)))
+        viewer.listening = asyncio.ensure_future(reported(self.events, viewer, self.listen(viewer)))
 
     def prune(self, viewer: Viewer) -> None:
         """Forget a console whose sender ended (the list stays bounded)."""
@@ -291,23 +292,13 @@ class Terminal:
             if viewer.listening is not None:
                 viewer.listening.cancel()
 
-    async def _reported(self, viewer: Viewer | None, work: Any) -> None:
-        try:
-            await work
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            self.events.put_nowait((viewer, exc))
-        else:
-            self.events.put_nowait((viewer, None))
-
     # --- the terminal's life -------------------------------------------------------
 
     async def run(self, controller: Viewer) -> None:
         """Serve the terminal until the shell ends, the controller goes, or something
         ends it; then say how, keep the recording, audit, hang up every console."""
         self.add(controller)
-        pump = asyncio.ensure_future(self._reported(None, self.pump()))
+        pump = asyncio.ensure_future(reported(self.events, None, self.pump()))
         end: Ended | None = None
         closed_by = "agent"
         try:
