@@ -324,6 +324,26 @@ def test_every_rule_a_fix_names_exists_in_the_knowledge_base() -> None:
     assert [m.id for m in manifests().values() if not m.rules] == ["restart-agent"]
 
 
+def test_the_knowledge_base_lists_exactly_the_fixes_that_name_each_rule() -> None:
+    """A finding's "Fixes:" line (the agent's report, the console) names the library
+    fixes that address its rule, and no others: the manifests' ``rules`` are the one
+    source (they are signed), and each rule's ``fixes`` list in agent/knowledge is
+    their mirror, checked here both ways (it named fixes that were never written,
+    such as restart-network and reboot, and missed vacuum-journal and free-inodes)."""
+    from backline.agent.diagnostics.rules import load_rules
+
+    addressing: dict[str, set[str]] = {}
+    for m in manifests().values():
+        for rule_id in m.rules:
+            addressing.setdefault(rule_id, set()).add(m.id)
+    for rule in load_rules():
+        listed, expected = set(rule.fixes), addressing.get(rule.id, set())
+        assert listed == expected, (
+            f"rule {rule.id}: knowledge lists {sorted(listed)}, the library's fixes that "
+            f"name it are {sorted(expected)}")
+        assert list(rule.fixes) == sorted(rule.fixes), f"rule {rule.id}: keep fixes sorted"
+
+
 def test_scripts_read_parameters_only_from_the_environment_and_never_eval() -> None:
     """Every read of a parameter is a quoted assignment from its variable (sh) or a
     [string] cast of $env: (PowerShell); no eval / Invoke-Expression; every parameter

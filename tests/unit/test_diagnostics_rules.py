@@ -419,3 +419,11 @@ def test_docs_list_every_rule_and_threshold() -> None:
         assert f"| `{rule.id}` | {rule.severity} |" in docs, rule.id
     for name in DEFAULT_THRESHOLDS:
         assert f"| `{name}` |" in docs, name
+
+
+def test_docs_show_each_rules_fixes() -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "diagnostics.md").read_text()
+    for rule in load_rules():
+        fixes = ", ".join(f"`{f}`" for f in rule.fixes) or "—"
+        row = next(line for line in docs.splitlines() if line.startswith(f"| `{rule.id}` |"))
+        assert row.endswith(f"| {fixes} |"), f"docs/diagnostics.md, {rule.id}: {row}"
