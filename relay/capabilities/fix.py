@@ -44,6 +44,7 @@ from backline.common.diagnostics.schema import ReportError, report_from_lines
 from backline.common.fixes.manifest import FixManifest, ManifestError, digest
 from backline.common.fixes.params import ParamError, validate_params
 from backline.relay.capabilities.base import ChannelSpec, RequestRefused, Transport, no_request
+from backline.relay.capabilities.lines import LineReader, LineTooLong
 from backline.relay.fixes import store
 from backline.relay.fixes.service import FixRefused
 
@@ -463,8 +464,9 @@ async def _follow(runner: ChannelRunner, ch: Channel, follower: Follower,
         async with asyncio.timeout(timeout):
             loop = asyncio.get_running_loop()
             deadline: float | None = None  # set by a cancel: the agent has CANCEL_GRACE_S
+            reader = LineReader(proc.stdout, MAX_LINE)
             while True:
-                reading = asyncio.ensure_future(proc.stdout.readline())
+                reading = asyncio.ensure_future(reader.readline())
                 left = None if deadline is None else max(0.0, deadline - loop.time())
                 done, _ = await asyncio.wait({reading, cancelled}, timeout=left,
                                              return_when=asyncio.FIRST_COMPLETED)
@@ -492,6 +494,11 @@ async def _follow(runner: ChannelRunner, ch: Channel, follower: Follower,
                     break
                 try:
                     line = reading.result()
+                except LineTooLong as exc:
+                    follower.protocol_error(f"a line of more than {MAX_LINE} bytes "
+                                            f"({exc.size} read so far)")
+                    proc.close()
+                    break
                 except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
                     follower.run.error = "agent_gone"
                     runner.relay.record(run.actor, "fix.run.failed",

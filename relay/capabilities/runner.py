@@ -49,6 +49,7 @@ from backline.relay.capabilities.base import (
     RecordingNotFiled,
     RequestRefused,
 )
+from backline.relay.capabilities.lines import LineReader, LineTooLong
 from backline.relay.ports import Configured, Counters, Recorder, Stored
 from backline.relay.sessions.session import LiveSession, SessionError
 from backline.relay.sessions.states import State
@@ -351,32 +352,37 @@ class ChannelRunner:
         async with self.channel(session, capability, actor, request) as ch:
             proc = ch.proc
             gone = asyncio.ensure_future(until_disconnect(ws))
+            reader = LineReader(proc.stdout, MAX_STREAM_LINE)
             try:
                 while True:
-                    reading = asyncio.ensure_future(proc.stdout.readline())
+                    reading = asyncio.ensure_future(reader.readline())
                     done, _ = await asyncio.wait({reading, gone},
                                                  return_when=asyncio.FIRST_COMPLETED)
                     if reading not in done:
                         reading.cancel()
                         return
+                    too_long = False
                     try:
                         line = reading.result()
+                    except LineTooLong as exc:  # cut at the line's bound, not read on
+                        line, too_long, size = b"", True, size + exc.size
                     except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
                         err = self.agent_gone(ch, exc, close=True)
                         await say(ws, "error", error=err.code,
                                   detail=f"the agent went away during {capability}")
                         return
-                    if not line:
+                    if not line and not too_long:
                         break
                     digest.update(line)
                     size += len(line)
                     if kept is not None:
                         kept.append(line)
                     session.touch()
-                    if len(line) > MAX_STREAM_LINE or size > MAX_STREAM_BYTES:
+                    if too_long or size > MAX_STREAM_BYTES:
                         # cut here, said and audited
                         self.finished(ch, None, size, digest.hexdigest(), streamed=True,
-                                      truncated=True, limit=MAX_STREAM_BYTES)
+                                      truncated=True,
+                                      limit=MAX_STREAM_LINE if too_long else MAX_STREAM_BYTES)
                         await say(ws, "error", error="too_large",
                                   detail="the output is too large to stream", truncated=True,
                                   bytes=size)

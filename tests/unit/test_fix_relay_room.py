@@ -320,9 +320,9 @@ class SilentProc:
         self.closed = asyncio.Event()
         self.exit_status: int | None = None
         self.stdin = SimpleNamespace(write=self.written.append)
-        self.stdout = SimpleNamespace(readline=self.readline)
+        self.stdout = SimpleNamespace(read=self.read)
 
-    async def readline(self) -> bytes:
+    async def read(self, n: int = -1) -> bytes:
         while not self.lines and not self.closed.is_set():  # noqa: ASYNC110 (a fake pipe)
             await asyncio.sleep(0.01)
         if self.lines:
