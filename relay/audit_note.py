@@ -43,7 +43,7 @@ def verifier_key(name: str, public: bytes) -> str:
 
 def parse_verifier_key(text: str) -> tuple[str, bytes]:
     """(name, public key) of a verifier key; raises :class:`NoteError` if it is not one."""
-    parts = text.strip().split("+")
+    parts = text.strip().split("+", 2)  # the base64 key may hold "+" itself
     if len(parts) != 3 or not _NAME.fullmatch(parts[0]):
         raise NoteError("not a verifier key (name+hash+key)")
     try:
@@ -81,9 +81,9 @@ class Signature:
     signature: bytes
 
 
-def split(note: str) -> tuple[str, list[Signature]]:
+def split(note: str, max_bytes: int = MAX_NOTE_BYTES) -> tuple[str, list[Signature]]:
     """(text, signatures) of a signed note; raises :class:`NoteError` if malformed."""
-    if len(note.encode()) > MAX_NOTE_BYTES:
+    if len(note.encode()) > max_bytes:
         raise NoteError("malformed note: too long")
     cut = note.rfind("\n\n")
     if cut < 0 or not note.endswith("\n"):
@@ -106,11 +106,11 @@ def split(note: str) -> tuple[str, list[Signature]]:
     return text, sigs
 
 
-def open_note(note: str, name: str, public: bytes) -> str:
+def open_note(note: str, name: str, public: bytes, max_bytes: int = MAX_NOTE_BYTES) -> str:
     """The text of ``note`` if the key (``name``, ``public``) signed it; otherwise
     :class:`NoteError` naming what is wrong: no signature by that key (another key
     signed it), or a signature by it that does not verify (the text was altered)."""
-    text, sigs = split(note)
+    text, sigs = split(note, max_bytes)
     want = key_hash(name, public)
     mine = [s for s in sigs if s.name == name and s.hash == want]
     if not mine:
