@@ -311,25 +311,32 @@ class AuditLog:
             head = conn.execute(sa.select(audit_head).with_for_update()).first()
             if head is None or head.seq == 0:
                 return None
-            last = conn.execute(sa.select(sa.func.max(audit_checkpoints.c.seq))).scalar()
+            last = conn.execute(sa.select(sa.func.max(audit_notes.c.size))).scalar()
             if last == head.seq:
                 self._last_checkpoint_time = time.time()
                 return head.seq
+            # A trail from before migration 0008 may have the chain's checkpoint at the
+            # head already: then only the note is added.
+            legacy = conn.execute(sa.select(audit_checkpoints.c.seq)
+                                  .where(audit_checkpoints.c.seq == head.seq)).first()
             tree = _TreeWriter(conn, head.seq)
             tree.flush()
-            note = self._write_checkpoint(conn, head.seq, head.hash, tree.root())
+            note = self._write_checkpoint(conn, head.seq, head.hash, tree.root(),
+                                          chain=legacy is None)
         self._to_sinks([note])
         return head.seq
 
     def _write_checkpoint(self, conn: sa.Connection, seq: int, digest: str,
-                          root: bytes) -> str:
-        """Sign the chain head (the legacy checkpoint ``audit verify`` has always read)
-        and the tree's root as a C2SP checkpoint note; returns the note."""
+                          root: bytes, chain: bool = True) -> str:
+        """Sign the chain head (the checkpoint ``audit verify`` has always read; unless
+        ``chain`` is false) and the tree's root as a C2SP checkpoint note; returns the
+        note."""
         now = time.time()
-        signature = self.signing_key.sign(checkpoint_payload(seq, digest))
-        conn.execute(audit_checkpoints.insert().values(
-            seq=seq, hash=digest, time=now, key_id=self.key_id,
-            signature=b64e(signature)))
+        if chain:
+            signature = self.signing_key.sign(checkpoint_payload(seq, digest))
+            conn.execute(audit_checkpoints.insert().values(
+                seq=seq, hash=digest, time=now, key_id=self.key_id,
+                signature=b64e(signature)))
         note = audit_note.sign(audit_note.checkpoint_text(self.origin, seq, root),
                                self.origin, self.signing_key)
         conn.execute(audit_notes.insert().values(size=seq, root=root.hex(),

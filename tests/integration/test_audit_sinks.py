@@ -174,6 +174,11 @@ def test_a_trail_from_before_the_tree_gets_it_on_start(tmp_path: Path,
     assert store.audit.root(EVENTS) == tree.root()
     assert store.audit.inclusion_proof(42, EVENTS) == tree.inclusion(41, EVENTS)
     assert store.audit.consistency_proof(100, EVENTS) == tree.consistency(100, EVENTS)
+    # The migrated trail's head has the chain's checkpoint (#200 is not the head: 250
+    # is, with none): a checkpoint now adds the note, and the chain's too.
+    note = store.audit.checkpoint_now()
+    assert note is not None and note["size"] == EVENTS
+    assert store.audit.checkpoint_now() == note  # nothing new: the same note
     store.audit.append("user:x", "test.after", "", {})
     assert store.audit.root(EVENTS) == tree.root()
     store.engine.dispose()
