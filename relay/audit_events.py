@@ -592,6 +592,18 @@ event("fix.bulk.ended", FIXES, "a bulk run ended (one `fix.run.*` trail per agen
 event("audit.export", AUDIT, "the trail was exported through the API", "`audit`",
       need("since", NUMBER | None, "from when (Unix time); null: from the start"), ADDRESS)
 
+# --- proofs (issue 14, helper proofs: relay/audit_bundle.py, docs/audit-proofs.md) -----
+
+PROOFS = group("proofs", "Proofs that travel: evidence bundles of a session's events and "
+                         "recordings with their Merkle inclusion proofs.")
+event("audit.bundle.exported", PROOFS, "a session's evidence bundle was exported (through "
+      "the API, or `backline-relay audit bundle` on the relay's host)", SESSION,
+      need("session", str, "the session's id"),
+      need("events", int, "how many of its audit events the bundle holds"),
+      need("blobs", int, "how many recordings and fix outputs it holds"),
+      need("size", int, "the tree size of the checkpoint its proofs lead to"),
+      ADDRESS_IF_API)
+
 # --- system -------------------------------------------------------------------------
 
 event("relay.init", SYSTEM, "the relay's data directory was set up (`backline-relay init`)",

@@ -23,6 +23,7 @@ from backline.common.enrollment import EnrollmentToken
 from backline.common.tlspin import format_fingerprint
 from backline.relay import config as config_mod
 from backline.relay import tokens, users
+from backline.relay.cli_audit import register as register_audit_proofs
 from backline.relay.cli_fix import fix_app
 from backline.relay.datadir import CERT_WARN_DAYS
 from backline.relay.roles import ROLES
@@ -48,6 +49,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(cert_app, name="cert")
 app.add_typer(fix_app, name="fix")  # relay/cli_fix.py
+register_audit_proofs(audit_app)  # relay/cli_audit.py: key, checkpoint, proof, bundle...
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -390,9 +392,25 @@ def parse_since(text: str) -> float:
 
 
 @audit_app.command("verify")
-def audit_verify(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
-    """Check the hash chain and signed checkpoints; print OK or the first broken record."""
-    result = _open_store(data_dir, config).audit.verify()
+def audit_verify(
+    against: Annotated[list[Path] | None, typer.Option(
+        "--against", help="A checkpoint sink's file (`audit_checkpoint_sinks`): the trail "
+                          "must reproduce every checkpoint in it (catches a database "
+                          "rewritten with its chain and tree). Repeatable.")] = None,
+    data_dir: DataDirOpt = None, config: ConfigOpt = None,
+) -> None:
+    """Check the hash chain, the Merkle tree and the signed checkpoints; print OK or the
+    first broken record."""
+    from backline.relay.audit_sinks import read_sink_file
+
+    notes: list[str] = []
+    for path in against or []:
+        try:
+            notes += read_sink_file(path)
+        except (OSError, ValueError) as exc:
+            err.print(f"[red]error:[/] {exc}", markup=False)
+            raise typer.Exit(2) from None
+    result = _open_store(data_dir, config).audit.verify(against=notes)
     (out if result.ok else err).print(result.describe(), markup=False)
     raise typer.Exit(0 if result.ok else 1)
 

@@ -83,6 +83,11 @@ class RelayConfig:
     argon2_wait_s: float = 5.0
     audit_checkpoint_every: int = 100
     audit_checkpoint_seconds: int = 60
+    # The checkpoints' origin line (c2sp.org/tlog-checkpoint); "" = backline-relay/<key id>.
+    audit_origin: str = ""
+    # Every checkpoint note is also appended here, outside the database
+    # (docs/audit-proofs.md): "file:/path" (append-only, fsync) or "syslog+tcp://host:port".
+    audit_checkpoint_sinks: list[str] = field(default_factory=list)
     # Addresses of reverse proxies whose X-Forwarded-For / -Proto headers are believed.
     trusted_proxies: list[str] = field(default_factory=list)
     # Browser origins besides public_url allowed to call the API and open WebSockets.
@@ -206,6 +211,12 @@ class RelayConfig:
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log_format must be {' or '.join(LOG_FORMATS)}, "
                               f"not {self.log_format!r}")
+        if self.audit_origin and not re.fullmatch(r"[^\s+]{1,200}", self.audit_origin):
+            raise ConfigError("audit_origin must be 1 to 200 characters without spaces or '+'")
+        for sink in self.audit_checkpoint_sinks:
+            if not sink.startswith(("file:", "syslog+tcp://", "syslog+tls://")):
+                raise ConfigError(f"audit_checkpoint_sinks: {sink!r} is not file:/path, "
+                                  "syslog+tcp://host:port or syslog+tls://host:port")
         if not 1 <= self.audit_flood_window_s <= 3600:
             raise ConfigError("audit_flood_window_s must be between 1 and 3600")
         if not 1 <= self.agent_first_frame_timeout_s <= 60:

@@ -332,3 +332,25 @@ fix_bulk_results = sa.Table(
     sa.Column("run_id", Str(64)),
     sa.Column("error", Str(256)),
 )
+
+# --- proofs (issue 14): the audit trail's Merkle tree and its signed checkpoints ------
+# The RFC 6962 tree over the audit events (relay/audit_tree.py): one row per aligned
+# complete subtree, the node (level, idx) being the root of leaves
+# [idx * 2**level, (idx + 1) * 2**level), so any root or proof is O(log n) rows.
+audit_tree = sa.Table(
+    "audit_tree", metadata,
+    sa.Column("level", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("idx", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.LargeBinary(32), nullable=False),
+)
+
+# One C2SP signed-note checkpoint per signed audit checkpoint (relay/audit_note.py):
+# ``size`` is the tree size, the seq of the last event it covers.
+audit_notes = sa.Table(
+    "audit_notes", metadata,
+    sa.Column("size", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("root", Str(64), nullable=False),
+    sa.Column("origin", Str(256), nullable=False),
+    sa.Column("note", LongStr, nullable=False),
+    sa.Column("time", sa.Float, nullable=False),
+)

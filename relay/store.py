@@ -11,6 +11,7 @@ both paths create and migrate alike.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -39,6 +40,16 @@ def open_store(config: RelayConfig) -> Store:
     engine = make_engine(config.effective_database_url)
     migrate(engine)
     audit_key = keys.load_private(datadir.audit_key)
+    from backline.relay.audit_sinks import open_sinks
+
     audit = AuditLog(engine, audit_key, config.audit_checkpoint_every,
-                     config.audit_checkpoint_seconds)
+                     config.audit_checkpoint_seconds, origin=config.audit_origin,
+                     sinks=open_sinks(config.audit_checkpoint_sinks))
+    audit.ensure_tree(progress=_tree_progress)
     return Store(config=config, datadir=datadir, engine=engine, audit=audit)
+
+
+def _tree_progress(done: int, total: int) -> None:
+    """A trail from before migration 0008 gets its Merkle tree on the first start."""
+    logging.getLogger("backline.relay.audit").warning(
+        "building the audit trail's Merkle tree: %d of %d events", done, total)

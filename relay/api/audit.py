@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from typing import Any
@@ -11,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from backline.relay import audit, audit_note, audit_tree
 from backline.relay.api import models as m
 from backline.relay.api.edge import (
     endpoint,
@@ -18,6 +20,7 @@ from backline.relay.api.edge import (
 )
 from backline.relay.state import Relay
 from backline.relay.webauth import (
+    ApiError,
     Principal,
 )
 
@@ -63,4 +66,97 @@ ROUTES = [
     Route("/api/v1/audit", list_audit, methods=["GET"]),
     Route("/api/v1/audit/verify", verify_audit, methods=["GET"]),
     Route("/api/v1/audit/export", export_audit, methods=["GET"]),
+]
+
+
+# --- proofs (issue 14, helper proofs; docs/audit-proofs.md) ---------------------------
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _no_proof(detail: str) -> ApiError:
+    return ApiError(404, "not_found", detail)
+
+
+@endpoint("audit:read", answers={200: m.AuditCheckpoint}, refuses=(404,))
+async def audit_checkpoint(request: Request, relay: Relay, who: Principal) -> Response:
+    """The newest signed checkpoint (a C2SP signed note over the tree of every event so
+    far, signed now if the newest does not cover them) and the relay's verifier key."""
+    note = await asyncio.to_thread(relay.audit.checkpoint_now)
+    if note is None:
+        raise _no_proof("the audit trail is empty")
+    return reply(m.AuditCheckpoint, {
+        "size": note["size"], "root": _b64(bytes.fromhex(note["root"])),
+        "origin": note["origin"], "note": note["note"],
+        "verifier_key": audit_note.verifier_key(note["origin"], relay.audit.public_key)})
+
+
+@endpoint("audit:read", query=m.InclusionQuery, answers={200: m.InclusionProof},
+          refuses=(404,))
+async def inclusion_proof(request: Request, relay: Relay, who: Principal, *,
+                          query: m.InclusionQuery) -> Response:
+    """Prove event ``seq`` is in the tree of ``size`` (a signed checkpoint's size; by
+    default the newest checkpoint)."""
+
+    def build() -> dict[str, object]:
+        log = relay.audit
+        note = log.note_at(query.size) if query.size else log.checkpoint_now()
+        if note is None:
+            raise _no_proof(f"no signed checkpoint of size {query.size}")
+        if query.seq > note["size"]:
+            raise _no_proof(f"event #{query.seq} is not in the tree of size {note['size']}")
+        row = log.rows([query.seq])[0]
+        return {"seq": query.seq, "size": note["size"],
+                "leaf_hash": _b64(audit_tree.leaf_hash(audit.row_body(row))),
+                "proof": [_b64(h) for h in log.inclusion_proof(query.seq, note["size"])],
+                "checkpoint": note["note"]}
+
+    return reply(m.InclusionProof, await asyncio.to_thread(build))
+
+
+@endpoint("audit:read", query=m.ConsistencyQuery, answers={200: m.ConsistencyProof},
+          refuses=(404,))
+async def consistency_proof(request: Request, relay: Relay, who: Principal, *,
+                            query: m.ConsistencyQuery) -> Response:
+    """Prove the tree of ``from`` events is a prefix of the tree of ``to``."""
+
+    def build() -> dict[str, object]:
+        log, size1, size2 = relay.audit, query.from_, query.to
+        if size1 > size2 or size2 > log.size():
+            raise _no_proof(f"no consistency proof from {size1} to {size2} (the trail has "
+                            f"{log.size()} events)")
+        return {"size1": size1, "size2": size2,
+                "from_root": _b64(log.root(size1)), "to_root": _b64(log.root(size2)),
+                "proof": [_b64(h) for h in log.consistency_proof(size1, size2)]}
+
+    return reply(m.ConsistencyProof, await asyncio.to_thread(build))
+
+
+@endpoint("audit:read", path=m.SessionPath, noun="session",
+          answers={200: "application/json"}, refuses=(404,))
+async def session_bundle(request: Request, relay: Relay, who: Principal, *,
+                         path: m.SessionPath) -> Response:
+    """The session's evidence bundle (``backline-relay audit verify-bundle`` checks it
+    offline): its events, recordings, inclusion proofs and the signed checkpoint."""
+    from backline.relay import audit_bundle
+
+    sid = path.session_id
+    try:
+        doc = await asyncio.to_thread(audit_bundle.build, relay, sid)
+    except LookupError as exc:
+        raise _no_proof(str(exc)) from None
+    relay.record(who.actor, "audit.bundle.exported", f"session:{sid}", session=sid,
+                 events=len(doc["events"]), blobs=len(doc["blobs"]),
+                 size=int(doc["checkpoint"].split("\n")[1]), address=who.address)
+    return Response(json.dumps(doc, ensure_ascii=False), media_type="application/json",
+                    headers={"content-disposition":
+                             f'attachment; filename="backline-bundle-{sid}.json"'})
+
+
+ROUTES += [
+    Route("/api/v1/audit/checkpoint", audit_checkpoint, methods=["GET"]),
+    Route("/api/v1/audit/proof/inclusion", inclusion_proof, methods=["GET"]),
+    Route("/api/v1/audit/proof/consistency", consistency_proof, methods=["GET"]),
+    Route("/api/v1/sessions/{session_id}/bundle", session_bundle, methods=["GET"]),
 ]

@@ -329,6 +329,7 @@ class AuditVerify(Reply):
     broken_seq: int | None
     reason: str
     summary: str
+    root: str = ""
 
 
 class ExportQuery(Params):
@@ -468,3 +469,40 @@ class RecordingRow(Reply):
 
 class Recordings(Reply):
     recordings: list[RecordingRow]
+
+
+# --- audit proofs (issue 14, helper proofs: relay/api/audit.py) ----------------------
+
+
+class InclusionQuery(Params):
+    seq: whole(1, 2**31 - 1)
+    size: whole(1, 2**31 - 1) | None = None
+
+
+class ConsistencyQuery(Params):
+    from_: Annotated[whole(1, 2**31 - 1), Field(alias="from")]
+    to: whole(1, 2**31 - 1)
+
+
+class AuditCheckpoint(Reply):
+    size: int
+    root: str
+    origin: str
+    note: str
+    verifier_key: str
+
+
+class InclusionProof(Reply):
+    seq: int
+    size: int
+    leaf_hash: str
+    proof: list[str]
+    checkpoint: str
+
+
+class ConsistencyProof(Reply):
+    size1: int
+    size2: int
+    from_root: str
+    to_root: str
+    proof: list[str]

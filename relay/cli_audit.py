@@ -1,0 +1,188 @@
+"""``backline-relay audit key|checkpoint|proof|bundle|verify-bundle``: the trail's proofs
+(docs/audit-proofs.md).
+
+``verify-bundle`` is the auditor's command: it reads only the bundle (and the pinned
+key), never a data directory or a configuration, so it runs on a machine that has never
+seen the relay. Everything heavy is imported inside the commands (tests/unit/
+test_cli_imports.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from backline.relay.store import Store
+
+proof_app = typer.Typer(help="Inclusion and consistency proofs of the audit trail's "
+                             "Merkle tree (JSON).", no_args_is_help=True)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+DataDirOpt = Annotated[Path | None, typer.Option(
+    "--data-dir", envvar="BACKLINE_DATA_DIR",
+    help="Where the relay keeps its database, keys and certificate.")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", envvar="BACKLINE_CONFIG", help="A TOML file of settings.")]
+
+
+def _store(data_dir: Path | None, config_file: Path | None) -> Store:
+    from backline.relay import config as config_mod
+    from backline.relay.store import open_store
+
+    try:
+        return open_store(config_mod.load(config_file, {"data_dir": data_dir}))
+    except config_mod.ConfigError as exc:
+        err.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def audit_key(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Print the relay's checkpoint verifier key (origin+hash+base64): give it to auditors
+    another way than the bundle, for ``verify-bundle --key``."""
+    from backline.relay import audit_note
+
+    store = _store(data_dir, config)
+    out.print(audit_note.verifier_key(store.audit.origin, store.audit.public_key),
+              markup=False)
+
+
+def audit_checkpoint(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Sign a checkpoint of every event so far (if the newest does not cover them) and
+    print it as a C2SP signed note."""
+    note = _store(data_dir, config).audit.checkpoint_now()
+    if note is None:
+        err.print("the audit trail is empty: no checkpoint")
+        raise typer.Exit(1)
+    sys.stdout.write(note["note"])
+
+
+@proof_app.command("inclusion")
+def proof_inclusion(
+    seq: Annotated[int, typer.Argument(help="The event's seq.", min=1)],
+    size: Annotated[int | None, typer.Option(
+        help="The tree size to prove against (default: the newest checkpoint's).")] = None,
+    data_dir: DataDirOpt = None, config: ConfigOpt = None,
+) -> None:
+    """Prove that event SEQ is in the trail: its leaf hash and the proof's hashes."""
+    from backline.relay import audit, audit_tree
+
+    log = _store(data_dir, config).audit
+    note = log.note_at(size) if size else log.checkpoint_now()
+    if note is None:
+        err.print(f"no signed checkpoint of size {size}: `audit proof inclusion` proves "
+                  "against a signed checkpoint (see `audit export --checkpoints`)")
+        raise typer.Exit(1)
+    size = note["size"]
+    if seq > size:
+        err.print(f"event #{seq} is not in the tree of size {size}")
+        raise typer.Exit(1)
+    row = log.rows([seq])[0]
+    print(json.dumps({"seq": seq, "size": size,
+                      "leaf_hash": _b64(audit_tree.leaf_hash(audit.row_body(row))),
+                      "proof": [_b64(h) for h in log.inclusion_proof(seq, size)],
+                      "checkpoint": note["note"]}, indent=2))
+
+
+@proof_app.command("consistency")
+def proof_consistency(
+    size1: Annotated[int, typer.Argument(help="The older tree size.", min=1)],
+    size2: Annotated[int, typer.Argument(help="The newer tree size.", min=1)],
+    data_dir: DataDirOpt = None, config: ConfigOpt = None,
+) -> None:
+    """Prove that the tree of SIZE1 events is a prefix of the tree of SIZE2."""
+    log = _store(data_dir, config).audit
+    if size1 > size2 or size2 > log.size():
+        err.print(f"no consistency proof from {size1} to {size2} (the trail has "
+                  f"{log.size()} events)")
+        raise typer.Exit(1)
+    notes = {s: log.note_at(s) for s in (size1, size2)}
+    print(json.dumps({"from": size1, "to": size2,
+                      "from_root": _b64(log.root(size1)), "to_root": _b64(log.root(size2)),
+                      "proof": [_b64(h) for h in log.consistency_proof(size1, size2)],
+                      "checkpoints": {str(s): n["note"] for s, n in notes.items() if n}},
+                     indent=2))
+
+
+def audit_bundle(
+    session: Annotated[str, typer.Argument(help="The session's id.")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="File to write (default: backline-bundle-SESSION.json).")
+    ] = None,
+    data_dir: DataDirOpt = None, config: ConfigOpt = None,
+) -> None:
+    """Write one JSON file an auditor checks offline with ``verify-bundle``: the session's
+    events and recordings, each event's inclusion proof, the signed checkpoint."""
+    import getpass
+
+    from backline.relay import audit_bundle as bundle_mod
+
+    store = _store(data_dir, config)
+    try:
+        doc = bundle_mod.build(store, session)
+    except LookupError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    target = output or Path(f"backline-bundle-{session}.json")
+    partial = target.with_name(target.name + ".partial")
+    with open(partial, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, ensure_ascii=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    partial.replace(target)
+    try:
+        actor = f"cli:{getpass.getuser()}"
+    except Exception:
+        actor = "cli"
+    store.audit.append(actor, "audit.bundle.exported", f"session:{session}",
+                       {"session": session, "events": len(doc["events"]),
+                        "blobs": len(doc["blobs"]), "size": int(doc["checkpoint"].split(
+                            "\n")[1])})
+    err.print(f"wrote {target}: {len(doc['events'])} events, {len(doc['blobs'])} blobs",
+              markup=False)
+
+
+def audit_verify_bundle(
+    file: Annotated[Path, typer.Argument(help="The bundle (a .json file).")],
+    key: Annotated[str | None, typer.Option(
+        "--key", help="The relay's key to pin: a file holding it, or the key itself "
+                      "(`backline-relay audit key` prints it; raw base64 works too).")
+    ] = None,
+) -> None:
+    """Check a bundle offline: OK, or every problem named. Needs no relay, no data
+    directory: only the bundle, and the key to pin."""
+    from backline.relay import audit_bundle as bundle_mod
+
+    pinned = None
+    if key is not None:
+        candidate = Path(key)
+        try:
+            pinned = candidate.read_text(encoding="utf-8").strip() if candidate.is_file() \
+                else key
+        except OSError as exc:
+            err.print(f"[red]error:[/] cannot read the key file: {exc}")
+            raise typer.Exit(2) from None
+    report = bundle_mod.verify_file(file, pinned)
+    (out if report.ok else err).print(report.describe(), markup=False)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def register(audit_app: typer.Typer) -> None:
+    """Add these commands to ``backline-relay audit`` (relay/cli.py)."""
+    audit_app.command("key")(audit_key)
+    audit_app.command("checkpoint")(audit_checkpoint)
+    audit_app.command("bundle")(audit_bundle)
+    audit_app.command("verify-bundle")(audit_verify_bundle)
+    audit_app.add_typer(proof_app, name="proof")

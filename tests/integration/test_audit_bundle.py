@@ -1,0 +1,238 @@
+"""Acceptance 2 of issue 14: a real relay, a real session with a terminal recording, its
+evidence bundle (API and CLI); then the relay stopped and, in a fresh directory with
+nothing but the bundle and the pinned key, ``backline-relay audit verify-bundle`` says OK
+for the intact bundle and names each tampering: an altered event, a removed event, an
+altered recording, a checkpoint signed by another key, a bundle from another relay.
+
+Also the proofs API (checkpoint, inclusion, consistency) checked by the verifiers of
+relay/audit_tree.py, and the checkpoint sink the relay wrote as it ran."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backline.common import keys
+from backline.relay import audit_bundle, audit_note, audit_tree
+from tests.harness import RELAY, Api, RelayProcess, admin_api, audit_actions, browser_socket
+from tests.integration.test_sessions import open_session
+from tests.integration.test_terminal import start_shell_agent, stream
+from tests.terminal_client import TerminalClient
+
+
+@dataclass
+class Evidence:
+    root: Path
+    bundle: dict[str, Any]
+    vkey: str
+    session: str
+    recording: str
+    sink: Path
+
+
+def _terminal_session(relay: RelayProcess, admin: Api, agent_id: str) -> tuple[str, str]:
+    session = open_session(admin, agent_id, capabilities=["info", "shell"],
+                           reason="bundle test", ticket="T-14")
+    with browser_socket(relay, admin, stream(session["id"])) as ws:
+        term = TerminalClient(ws)
+        term.message("ready")
+        term.type("echo proof$((6*7))\r")
+        term.line(b"proof42")
+        term.type("exit\r")
+        done = term.message("exit")
+    admin.request("DELETE", f"/api/v1/sessions/{session['id']}")
+    return session["id"], done["recording"]["id"]
+
+
+@pytest.fixture(scope="module")
+def evidence(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Evidence]:
+    root = tmp_path_factory.mktemp("bundle")
+    sink = root / "sink" / "checkpoints.jsonl"
+    relay = RelayProcess(root, extra_env={
+        "BACKLINE_AUDIT_CHECKPOINT_SINKS": f"file:{sink}",
+        "BACKLINE_AUDIT_CHECKPOINT_EVERY": "20"}).start()
+    admin = admin_api(relay)
+    agent = None
+    try:
+        agent = start_shell_agent(root, relay, admin, "bundle-1")
+        session, recording = _terminal_session(relay, admin, agent.agent_id)
+        api_proofs(admin)
+        got = admin.get(f"/api/v1/sessions/{session}/bundle")
+        assert got.status_code == 200, got.text
+        assert 'filename="backline-bundle-' in got.headers["content-disposition"]
+        assert admin.get("/api/v1/sessions/nosuchsession/bundle").status_code == 404
+        exported = [e for e in audit_actions(relay) if e["action"] == "audit.bundle.exported"]
+        assert exported and exported[-1]["details"]["session"] == session
+        assert exported[-1]["actor"] == "user:admin"
+    finally:
+        if agent is not None:
+            agent.stop()
+        admin.close()
+        relay.stop()
+    # The relay is stopped: the CLI writes the bundle from the data directory.
+    out = root / "bundle.json"
+    made = relay.cli("audit", "bundle", session, "-o", str(out))
+    assert "wrote" in made.stderr, made.stderr
+    vkey = relay.cli("audit", "key").stdout.strip()
+    yield Evidence(root, json.loads(out.read_text()), vkey, session, recording, sink)
+
+
+def api_proofs(admin: Api) -> None:
+    """The proofs API, checked with the RFC 9162 verifiers; bounded parameters."""
+    cp = admin.get("/api/v1/audit/checkpoint")
+    assert cp.status_code == 200, cp.text
+    body = cp.json()
+    name, public = audit_note.parse_verifier_key(body["verifier_key"])
+    parsed = audit_note.parse_checkpoint(audit_note.open_note(body["note"], name, public))
+    size = parsed.size
+    assert size == body["size"] and base64.b64encode(parsed.root).decode() == body["root"]
+    inc = admin.get("/api/v1/audit/proof/inclusion", params={"seq": 1, "size": size})
+    assert inc.status_code == 200, inc.text
+    p = inc.json()
+    audit_tree.verify_inclusion(0, size, base64.b64decode(p["leaf_hash"]),
+                                [base64.b64decode(h) for h in p["proof"]], parsed.root)
+    first = admin.get("/api/v1/audit/export").text.splitlines()
+    assert first, "the trail has events"
+    older = min(20, size)
+    older_note = admin.get("/api/v1/audit/proof/consistency",
+                           params={"from": older, "to": size})
+    assert older_note.status_code == 200, older_note.text
+    c = older_note.json()
+    audit_tree.verify_consistency(older, size, base64.b64decode(c["from_root"]), parsed.root,
+                                  [base64.b64decode(h) for h in c["proof"]])
+    for bad in ({"seq": 0}, {"seq": "1e3"}, {"seq": 2**40}, {}):
+        r = admin.get("/api/v1/audit/proof/inclusion", params=bad)
+        assert r.status_code == 400, (bad, r.text)
+    assert admin.get("/api/v1/audit/proof/inclusion",
+                     params={"seq": 10**9}).status_code == 404
+    assert admin.get("/api/v1/audit/proof/consistency",
+                     params={"from": size, "to": 1}).status_code == 404
+    assert admin.get("/api/v1/audit/proof/consistency",
+                     params={"from": "x", "to": 1}).status_code == 400
+
+
+def offline(evidence: Evidence, doc: dict[str, Any], name: str, *extra: str
+            ) -> subprocess.CompletedProcess[str]:
+    """``verify-bundle`` in a fresh directory: no data directory, no configuration, a
+    HOME of its own, no BACKLINE_ variable: only the bundle (and the key file)."""
+    fresh = evidence.root / f"auditor-{name}"
+    fresh.mkdir()
+    (fresh / "bundle.json").write_text(json.dumps(doc))
+    (fresh / "relay.key").write_text(evidence.vkey + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKLINE_")}
+    env["HOME"] = str(fresh)
+    return subprocess.run([RELAY, "audit", "verify-bundle", "bundle.json", *extra], cwd=fresh,
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def resign(doc: dict[str, Any], key: Any, origin: str) -> dict[str, Any]:
+    """What another relay's bundle is: its checkpoint and manifest under its key/origin."""
+    out = copy.deepcopy(doc)
+    text, _ = audit_note.split(doc["checkpoint"])
+    cp = audit_note.parse_checkpoint(text)
+    out["checkpoint"] = audit_note.sign(audit_note.checkpoint_text(origin, cp.size, cp.root),
+                                        origin, key)
+    mtext, _ = audit_note.split(doc["manifest"], audit_bundle.MAX_MANIFEST_BYTES)
+    lines = mtext.split("\n")
+    lines[1] = origin
+    out["manifest"] = audit_note.sign("\n".join(lines), origin, key)
+    out["origin"] = origin
+    out["verifier_key"] = audit_note.verifier_key(origin, keys.public_raw(key))
+    return out
+
+
+def test_the_bundle_holds_the_session(evidence: Evidence) -> None:
+    doc = evidence.bundle
+    actions = [e["action"] for e in doc["events"]]
+    assert "session.opened" in actions or any(a.startswith("session.") for a in actions)
+    assert "recording.stored" in actions
+    assert [b["id"] for b in doc["blobs"] if b["kind"] == "recording"] == [evidence.recording]
+    assert doc["verifier_key"] == evidence.vkey
+    data = base64.b64decode(doc["blobs"][0]["data"])
+    assert b"proof42" in data
+
+
+def test_intact_bundle_verifies_offline_with_the_pinned_key(evidence: Evidence) -> None:
+    r = offline(evidence, evidence.bundle, "intact", "--key", "relay.key")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("OK: session " + evidence.session), r.stdout
+    assert "pinned key" in r.stdout
+    unpinned = offline(evidence, evidence.bundle, "unpinned")
+    assert unpinned.returncode == 0 and "not pinned" in unpinned.stdout, unpinned.stdout
+
+
+def test_an_altered_event_is_named(evidence: Evidence) -> None:
+    doc = copy.deepcopy(evidence.bundle)
+    ev = next(e for e in doc["events"] if e["action"] == "recording.stored")
+    details = json.loads(ev["details"])
+    details["bytes"] += 1
+    ev["details"] = json.dumps(details, sort_keys=True, separators=(",", ":"))
+    r = offline(evidence, doc, "altered-event", "--key", "relay.key")
+    assert r.returncode == 1
+    assert f"event #{ev['seq']} was altered" in r.stderr, r.stderr
+    # Recomputing its hash does not help: the manifest and the tree still say otherwise.
+    ev["hash"] = audit_bundle.hashlib.sha256(audit_bundle.event_body(ev)).hexdigest()
+    r = offline(evidence, doc, "altered-rehashed", "--key", "relay.key")
+    assert r.returncode == 1
+    assert f"event #{ev['seq']} is not proven in the signed trail" in r.stderr, r.stderr
+
+
+def test_a_removed_event_is_named(evidence: Evidence) -> None:
+    doc = copy.deepcopy(evidence.bundle)
+    gone = doc["events"].pop(1)
+    r = offline(evidence, doc, "removed-event", "--key", "relay.key")
+    assert r.returncode == 1
+    assert f"event #{gone['seq']} was removed" in r.stderr, r.stderr
+
+
+def test_an_altered_recording_is_named(evidence: Evidence) -> None:
+    doc = copy.deepcopy(evidence.bundle)
+    blob = doc["blobs"][0]
+    data = base64.b64decode(blob["data"]).replace(b"proof42", b"proof43")
+    blob["data"] = base64.b64encode(data).decode()
+    r = offline(evidence, doc, "altered-recording", "--key", "relay.key")
+    assert r.returncode == 1
+    assert f"recording {evidence.recording} was altered" in r.stderr, r.stderr
+
+
+def test_a_checkpoint_signed_by_another_key_is_named(evidence: Evidence) -> None:
+    doc = resign(evidence.bundle, keys.generate(), evidence.bundle["origin"])
+    r = offline(evidence, doc, "other-key", "--key", "relay.key")
+    assert r.returncode == 1
+    assert "the checkpoint is signed by another key" in r.stderr, r.stderr
+    # Unpinned, the bundle is consistent with the key it carries: only pinning tells.
+    assert offline(evidence, doc, "other-key-unpinned").returncode == 0
+
+
+def test_a_bundle_from_another_relay_is_named(evidence: Evidence) -> None:
+    doc = resign(evidence.bundle, keys.generate(), "backline-relay/0123456789abcdef")
+    r = offline(evidence, doc, "other-relay", "--key", "relay.key")
+    assert r.returncode == 1
+    assert "the bundle is from another relay" in r.stderr, r.stderr
+    # Pinned by its raw public key (no name), the other relay's key is still refused.
+    raw = base64.b64encode(audit_note.parse_verifier_key(evidence.vkey)[1]).decode()
+    r = offline(evidence, doc, "other-relay-raw", "--key", raw)
+    assert r.returncode == 1 and "signed by another key" in r.stderr, r.stderr
+
+
+def test_not_a_bundle_is_named(evidence: Evidence) -> None:
+    r = offline(evidence, {"format": "something else"}, "garbage", "--key", "relay.key")
+    assert r.returncode == 1 and "not a Backline audit bundle" in r.stderr
+
+
+def test_the_sink_holds_the_relays_checkpoints(evidence: Evidence) -> None:
+    lines = [json.loads(line) for line in evidence.sink.read_text().splitlines()]
+    assert lines, "the relay wrote checkpoints to its sink"
+    name, public = audit_note.parse_verifier_key(evidence.vkey)
+    for line in lines:
+        cp = audit_note.parse_checkpoint(audit_note.open_note(line["note"], name, public))
+        assert cp.size == line["size"]
