@@ -104,11 +104,17 @@ class Timeline(Reply):
     evidence: list[Evidence] | None
 
 
+def _pick(model: type[Reply], data: dict[str, Any]) -> dict[str, Any]:
+    """``data``'s fields that ``model`` answers (rows carry more columns than shown)."""
+    return {k: v for k, v in data.items() if k in model.model_fields}
+
+
 def _session_fields(row: dict[str, Any]) -> dict[str, Any]:
     """The session as the timeline shows it; the outcome read with ``.get()``: its
     columns come with helper reports' migration and may not exist yet."""
-    return {**row, "outcome": row.get("outcome"), "outcome_note": row.get("outcome_note") or "",
-            "outcome_by": row.get("outcome_by"), "outcome_at": row.get("outcome_at")}
+    return _pick(TimelineSession, {
+        **row, "outcome": row.get("outcome"), "outcome_note": row.get("outcome_note") or "",
+        "outcome_by": row.get("outcome_by"), "outcome_at": row.get("outcome_at")})
 
 
 def _evidence_url(session_id: str, item: dict[str, Any]) -> str:
@@ -131,7 +137,7 @@ async def get_timeline(request: Request, relay: Relay, who: Principal, *,
         events, next_after = timeline.events_page(relay.engine, row, query.after, query.limit)
         found = None
         if first:
-            found = [{**e, "url": _evidence_url(row["id"], e)}
+            found = [_pick(Evidence, {**e, "url": _evidence_url(row["id"], e)})
                      for e in timeline.evidence(relay.engine, row)]
         return {"session": _session_fields(row) if first else None, "events": events,
                 "next_after": next_after, "evidence": found}
@@ -294,7 +300,8 @@ def search_sessions(relay: Relay, who: Principal, q: SearchQuery
     with relay.engine.connect() as conn:
         rows = [dict(r) for r in conn.execute(query).mappings()]
     truncated = len(rows) > q.limit
-    out = [{**r, "outcome": r.get("outcome"), "hits": found.get(r["id"], [])[:20]}
+    out = [_pick(SearchSession, {**r, "outcome": r.get("outcome"),
+                                 "hits": found.get(r["id"], [])[:20]})
            for r in rows[:q.limit]]
     return out, words, truncated
 
