@@ -199,7 +199,8 @@ def browser_times(relay: Any, password: str, runs: int) -> dict[str, float] | No
         ms = page.evaluate("""() => new Promise((done) => {
           const t0 = performance.now();
           document.querySelector('#search-results a.hit').click();
-          const tick = () => document.querySelector('#timeline-replay[data-state=ready] [data-check=verified]')
+          const ok = '#timeline-replay[data-state=ready] [data-check=verified]';
+          const tick = () => document.querySelector(ok)
             ? requestAnimationFrame(() => done(performance.now() - t0))
             : (document.querySelector('#timeline-replay[data-state=failed]') ? done(-1)
                : requestAnimationFrame(tick));
