@@ -244,3 +244,84 @@ def test_an_altered_recording_blob_is_flagged(page: Watched, site: RelayProcess,
         shot(p, "timeline-altered")
     finally:
         path.write_bytes(original)
+
+
+def test_search_filters_paging_and_refusals(site: RelayProcess, done: Done) -> None:
+    """The API under the pages: each filter narrows, bad queries are refused in words,
+    a technician without a grant sees nothing, pages join without gaps, and a row whose
+    digest was rewritten is refused as ``row_altered``."""
+    api = auditor_api(site)
+    try:
+        def found(**params: Any) -> list[str]:
+            r = api.get("/api/v1/session-search", params=params)
+            assert r.status_code == 200, (params, r.text)
+            return [s["id"] for s in r.json()["sessions"]]
+
+        sid = done.session_id
+        assert found(text=WORD) == [sid]
+        assert found(text=f"echo {WORD.upper()}") == [sid]  # every word, any case
+        assert found(text=f"{WORD[:5]}*") == [sid]
+        assert found(text=f"{WORD} neverprinted") == []
+        assert found(ticket="HD-77") == [sid] and found(ticket="HD-78") == []
+        assert found(technician=TECH) == [sid] and found(technician="nobody") == []
+        assert found(agent=done.agent_id, capability="cobrowse") == [sid]
+        assert found(agent=done.agent_id, capability="fix") == []
+        assert found(agent=done.agent_id, since=str(time.time() + 3600)) == []
+        for bad in ({"text": "a"}, {"text": " ".join(f"w{i}x" for i in range(9))},
+                    {"limit": "0"}, {"outcome": "bogus"}, {"technician": "Not Valid"},
+                    {"since": "yesterday"}, {"text": "x" * 201}):
+            r = api.get("/api/v1/session-search", params=bad)
+            assert r.status_code == 400, (bad, r.text)
+            assert r.json()["detail"], r.text
+        searches = [e for e in audit_actions(site) if e["action"] == "session.search"]
+        assert searches and all(WORD not in json.dumps(e) for e in searches)
+        assert any("text" in e["details"]["filters"] and e["details"].get("words") == 2
+                   for e in searches)
+        # Paging: small pages join into the whole, in order, without a repeat.
+        whole = api.get(f"/api/v1/sessions/{sid}/timeline", params={"limit": 1000}).json()
+        joined, after = [], 0
+        for _ in range(200):
+            page = api.get(f"/api/v1/sessions/{sid}/timeline",
+                           params={"after": after, "limit": 3}).json()
+            joined += [e["seq"] for e in page["events"]]
+            if page["next_after"] is None:
+                break
+            assert page["session"] is None or after == 0
+            after = page["next_after"]
+        # (later views add their own events at the end)
+        assert joined[:len(whole["events"])] == [e["seq"] for e in whole["events"]]
+        assert joined == sorted(set(joined))
+        assert api.get(f"/api/v1/sessions/{sid}/evidence/fr_nothing").status_code == 404
+        # A row rewritten to another digest: refused, both named.
+        import sqlite3
+
+        db = sqlite3.connect(site.data_dir / "relay.db", timeout=10)
+        try:
+            db.execute("UPDATE recordings SET sha256 = ? WHERE id = ?",
+                       (done.terminal["sha256"], done.cobrowse["id"]))
+            db.commit()
+            r = api.get(f"/api/v1/recordings/{done.cobrowse['id']}")
+            assert r.status_code == 409 and r.json()["error"] == "row_altered", r.text
+            assert done.cobrowse["sha256"] in r.json()["detail"]
+            listed = api.get(f"/api/v1/sessions/{sid}/timeline").json()["evidence"]
+            ev = next(e for e in listed if e["id"] == done.cobrowse["id"])
+            assert ev["row_matches_trail"] is False
+            assert ev["trail_sha256"] == done.cobrowse["sha256"]
+        finally:
+            db.execute("UPDATE recordings SET sha256 = ? WHERE id = ?",
+                       (done.cobrowse["sha256"], done.cobrowse["id"]))
+            db.commit()
+            db.close()
+    finally:
+        api.close()
+    # A technician of no group sees neither the session nor its timeline.
+    new_user(site, "nigel", "technician", "nigel's password 1234")
+    other = Api(site)
+    try:
+        assert other.login("nigel", "nigel's password 1234").status_code == 200
+        r = other.get("/api/v1/session-search", params={"text": WORD})
+        assert r.status_code == 200 and r.json()["sessions"] == []
+        assert other.get(f"/api/v1/sessions/{sid}/timeline").status_code == 403
+        assert other.get(f"/api/v1/recordings/{done.terminal['id']}").status_code == 404
+    finally:
+        other.close()
