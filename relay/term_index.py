@@ -188,9 +188,11 @@ def hits(engine: sa.Engine, words: list[str], session_ids: Iterable[str] | None 
             q = sa.select(recording_words.c.session_id, recording_words.c.recording_id,
                           recording_words.c.at, recording_words.c.word)
             if word.endswith("*"):
-                stem = word[:-1]
-                q = q.where(recording_words.c.word >= stem,
-                            recording_words.c.word < stem + "\U0010ffff")
+                # LIKE, not a range: a range's end depends on the collation in
+                # PostgreSQL; words are stored lowercase, so SQLite's case-blind LIKE
+                # and PostgreSQL's case-sensitive one agree.
+                stem = word[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                q = q.where(recording_words.c.word.like(stem + "%", escape="\\"))
             else:
                 q = q.where(recording_words.c.word == word)
             if session_ids is not None:

@@ -4,6 +4,7 @@ word, escape sequences never become words, and the moments map to the right seco
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from backline.relay import term_index
 
@@ -46,3 +47,33 @@ def test_query_words_follow_the_index_rules() -> None:
     assert term_index.normalise_query("Shred  secret.txt \x1b[0m") == [
         "shred", "secret.txt", "secret", "txt"]
     assert term_index.normalise_query("a !") == []
+
+
+def test_hits_need_every_word_and_a_prefix_matches_literally(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from backline.relay.blobs import BlobStore
+    from backline.relay.schema import metadata
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    metadata.create_all(engine)
+    blobs = BlobStore(tmp_path / "blobs")
+    for sid, text in (("s1", "ping printer_1 ok"), ("s2", "ping printers down"),
+                      ("s3", "printer% oops")):
+        digest = blobs.put(cast((2.0, "o", text)))
+        term_index.index_recording(engine, blobs, recording_id=f"r{sid}", session_id=sid,
+                                   sha256=digest, keystrokes=False)
+    assert set(term_index.hits(engine, ["ping"])) == {"s1", "s2"}
+    assert set(term_index.hits(engine, ["ping", "down"])) == {"s2"}
+    assert set(term_index.hits(engine, ["print*"])) == {"s1", "s2", "s3"}
+    # "_" and "%" in a prefix are themselves, not LIKE's wildcards
+    assert set(term_index.hits(engine, ["printer_*"])) == {"s1"}
+    assert term_index.hits(engine, ["ping"])["s2"] == [
+        {"recording": "rs2", "at": 2.0, "word": "ping"}]
+    # indexing again replaces, never duplicates
+    digest = blobs.put(cast((3.0, "o", "ping")))
+    term_index.index_recording(engine, blobs, recording_id="rs2", session_id="s2",
+                               sha256=digest, keystrokes=False)
+    assert term_index.hits(engine, ["ping"])["s2"] == [
+        {"recording": "rs2", "at": 3.0, "word": "ping"}]
+    assert term_index.hits(engine, ["down"]) == {}
