@@ -152,6 +152,37 @@ def api_times(api: Any, runs: int) -> dict[str, float]:
             "hit_at_s": hits[0]["hits"][0]["at"]}
 
 
+# In-page timers (performance.now, polled each animation frame, bounded: -1 on timeout).
+_TIMELINE_FIRST_RENDER = """(sid) => new Promise((done) => {
+  const t0 = performance.now();
+  location.hash = '#/timeline/' + sid;
+  const tick = () => performance.now() - t0 > 60000 ? done(-1)
+    : document.querySelector('table.timeline tbody tr')
+      && document.querySelector('table.evidence tbody tr')
+      ? requestAnimationFrame(() => done(performance.now() - t0)) : requestAnimationFrame(tick);
+  tick();
+})"""
+_SEARCH_HIT = """() => new Promise((done) => {
+  const button = document.querySelector('form[role=search] button[type=submit]');
+  const t0 = performance.now();
+  button.click();  // renders at once: the button is disabled until the answer is shown
+  const tick = () => performance.now() - t0 > 60000 ? done(-1)
+    : !button.disabled && document.querySelector('#search-results a.hit')
+      ? requestAnimationFrame(() => done(performance.now() - t0)) : requestAnimationFrame(tick);
+  tick();
+})"""
+_HIT_REPLAY = """() => new Promise((done) => {
+  const t0 = performance.now();
+  location.hash = document.querySelector('#search-results a.hit').getAttribute('href');
+  const ok = '#timeline-replay[data-state=ready] [data-check=verified]';
+  const tick = () => performance.now() - t0 > 60000 ? done(-1)
+    : document.querySelector(ok) ? requestAnimationFrame(() => done(performance.now() - t0))
+      : document.querySelector('#timeline-replay[data-state=failed]') ? done(-2)
+        : requestAnimationFrame(tick);
+  tick();
+})"""
+
+
 def browser_times(relay: Any, password: str, runs: int) -> dict[str, float] | None:
     from tests.browser.helpers import CHROMIUM, CHROMIUM_ARGS, CHROMIUM_PRESENT
 
@@ -173,40 +204,12 @@ def browser_times(relay: Any, password: str, runs: int) -> dict[str, float] | No
         for _ in range(runs):
             page.evaluate("() => { location.hash = '#/search'; }")
             page.wait_for_selector("#search-title")
-            ms = page.evaluate("""(sid) => new Promise((done) => {
-              const t0 = performance.now();
-              location.hash = '#/timeline/' + sid;
-              const tick = () => document.querySelector('table.timeline tbody tr')
-                && document.querySelector('table.evidence tbody tr')
-                ? requestAnimationFrame(() => done(performance.now() - t0))
-                : requestAnimationFrame(tick);
-              tick();
-            })""", SESSION)
-            first_render.append(ms)
+            first_render.append(page.evaluate(_TIMELINE_FIRST_RENDER, SESSION))
             page.evaluate("() => { location.hash = '#/search'; }")
             page.wait_for_selector("#search-title")
             page.get_by_label("Typed or printed in a terminal").fill(NEEDLE)
-            ms = page.evaluate("""() => new Promise((done) => {
-              document.querySelector('#search-results')?.remove();
-              const t0 = performance.now();
-              document.querySelector('form[role=search] button[type=submit]').click();
-              const tick = () => document.querySelector('#search-results a.hit')
-                ? requestAnimationFrame(() => done(performance.now() - t0))
-                : requestAnimationFrame(tick);
-              tick();
-            })""")
-            search.append(ms)
-        ms = page.evaluate("""() => new Promise((done) => {
-          const t0 = performance.now();
-          document.querySelector('#search-results a.hit').click();
-          const ok = '#timeline-replay[data-state=ready] [data-check=verified]';
-          const tick = () => document.querySelector(ok)
-            ? requestAnimationFrame(() => done(performance.now() - t0))
-            : (document.querySelector('#timeline-replay[data-state=failed]') ? done(-1)
-               : requestAnimationFrame(tick));
-          tick();
-        })""")
-        replay.append(ms)
+            search.append(page.evaluate(_SEARCH_HIT))
+        replay.append(page.evaluate(_HIT_REPLAY))
         browser.close()
     return {"timeline_ms": median(first_render), "search_ms": median(search),
             "hit_replay_ms": median(replay)}
