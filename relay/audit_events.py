@@ -406,7 +406,11 @@ event("recording.played", CHANNELS, "a recording was fetched to be replayed in t
       need("sha256", str, "the SHA-256 it was checked against"),
       need("bytes", int, "its size"), ADDRESS)
 event("recording.refused", CHANNELS, "fetching a recording was refused (a session the user "
-      "may not see) or failed (the stored file is damaged)", "`recording:ID`", *API_REFUSAL)
+      "may not see) or failed (the stored file is damaged)", "`recording:ID`", *API_REFUSAL,
+      may("session", str, "the session's id (a file the trail does not vouch for: "
+                          "`digest_mismatch`, `row_altered`, `not_in_trail`)"),
+      may("trail_sha256", str, "the SHA-256 the trail recorded for it"),
+      may("actual_sha256", str, "what the stored file (or row) says instead"))
 event("terminal.join", CHANNELS, "another console joined an open terminal (as a viewer)",
       SESSION, need("terminal", str, "the terminal's id"),
       need("role", str, "`view` (typing needs control)"))
@@ -655,6 +659,33 @@ event("websocket.protocol_error", FLOODS, "a browser-side WebSocket broke RFC 64
       "limit; it was closed", PATH, REASON, DETAIL,
       need("close_code", int, "the close code sent"), ADDRESS, flood=True)
 
+
+# --- review (helper timeline, issue 14: relay/api/timeline.py) ----------------------
+
+REVIEW = group("review", "An auditor's review of a session: its timeline, the evidence shown "
+               "in it, and searches for sessions (docs/audit-review.md).")
+event("timeline.viewed", REVIEW, "someone opened a session's timeline (its first page; later "
+      "pages of the same view are not recorded again)", SESSION,
+      need("events", int, "events on the first page"),
+      need("evidence", int, "pieces of evidence listed"), ADDRESS)
+event("evidence.viewed", REVIEW, "a piece of a session's evidence other than a recording "
+      "(a fix run's output, a diagnostics report) was fetched, checked against the trail",
+      SESSION, need("evidence", str, "its id (`fr_...`, a report's id)"),
+      need("kind", str, "`fix_output` or `diagnostics`"),
+      need("sha256", str, "the SHA-256 the trail recorded and it was checked against"),
+      need("bytes", int, "its size"), ADDRESS)
+event("evidence.refused", REVIEW, "fetching a piece of evidence was refused: it is not the "
+      "session's, or the trail does not vouch for it (`digest_mismatch`, `row_altered`, "
+      "`not_in_trail`)", SESSION, *API_REFUSAL,
+      may("evidence", str, "its id"),
+      may("trail_sha256", str, "the SHA-256 the trail recorded"),
+      may("actual_sha256", str, "what the stored file (or row) says instead"))
+event("session.search", REVIEW, "someone searched for sessions (by agent, technician, "
+      "ticket, time, capability, outcome or terminal text)", "`sessions`",
+      need("filters", list, "the names of the filters given (their values may be private: "
+                            "only `text`'s word count is kept)"),
+      may("words", int, "how many words the text search looked for"),
+      need("found", int, "how many sessions were answered"), ADDRESS)
 
 # --- checking -----------------------------------------------------------------------
 

@@ -354,3 +354,30 @@ audit_notes = sa.Table(
     sa.Column("note", LongStr, nullable=False),
     sa.Column("time", sa.Float, nullable=False),
 )
+
+# --- timeline (issue 14; relay/term_index.py, migration 0009) ----------------------
+# The words typed or printed in a terminal recording, for finding sessions by text:
+# one row per (word, recording, moment), at most a few moments per word and recording
+# (relay/term_index.py). Built when the recording is stored; a plain B-tree on
+# ``word`` works the same in SQLite and PostgreSQL (no FTS extension needed).
+recording_words = sa.Table(
+    "recording_words", metadata,
+    sa.Column("word", Str(64), nullable=False),
+    sa.Column("recording_id", Str(64), nullable=False),
+    sa.Column("session_id", Str(64), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Index("ix_recording_words_word", "word", "session_id"),
+    sa.Index("ix_recording_words_recording", "recording_id"),
+)
+
+# Which terminal recordings are indexed (and how many words), so that a search can
+# say what it could not look into, and a re-index knows what is left.
+recording_indexes = sa.Table(
+    "recording_indexes", metadata,
+    sa.Column("recording_id", Str(64), primary_key=True),
+    sa.Column("session_id", Str(64), nullable=False),
+    sa.Column("sha256", Str(64), nullable=False),
+    sa.Column("words", sa.Integer, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("indexed_at", sa.Float, nullable=False),
+)

@@ -14,6 +14,8 @@ import { accountView } from "./views/account.js";
 import { leaveSession, sessionView, sessionsView } from "./views/sessions.js";
 import { reportsView } from "./views/reports.js";
 import { fixesView } from "./views/fixes.js";
+import { leaveTimeline, timelineView } from "./views/timeline.js";
+import { searchView } from "./views/search.js";
 
 const root = document.getElementById("app");
 root.textContent = ""; // drop the "Loading" placeholder; lit-html renders from here on
@@ -114,6 +116,7 @@ function header() {
       ${link("agents", "Agents", app.can("agents:read"))}
       ${link("sessions", "Sessions", app.can("agents:read"))}
       ${link("fixes", "Fixes", app.can("fixes:read"))}
+      ${link("search", "Find sessions", app.can("agents:read"))}
       ${link("admin", "Admin", app.can("groups:read"))}
       ${link("audit", "Audit", app.can("audit:read"))}
       ${link("account", "Account")}
@@ -162,6 +165,8 @@ function draw() {
         session: () => sessionView(app, arg),
         reports: () => reportsView(app, arg),
         fixes: () => fixesView(app, arg),
+        timeline: () => timelineView(app, arg),
+        search: () => searchView(app),
       }[name]?.() ?? html`<section class="empty"><h1>Not found</h1>
         <p>There is no page here. <a href="#/agents">Go to the agents</a>.</p></section>`;
   }
@@ -172,6 +177,7 @@ function draw() {
 window.addEventListener("hashchange", () => {
   app.visit += 1;
   if (route().name !== "session") leaveSession();
+  if (route().name !== "timeline") leaveTimeline();
   draw();
 });
 

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from backline.relay import timeline
 from backline.relay.api import models as m
 from backline.relay.api.edge import endpoint, reply
 from backline.relay.api.sessions import may_see, session_for
@@ -35,12 +36,15 @@ async def list_recordings(request: Request, relay: Relay, who: Principal, *,
 
 
 @endpoint("agents:read", path=m.RecordingPath, noun="recording",
-          answers={200: recording.MEDIA_TYPE}, refuses=(500,))
+          answers={200: recording.MEDIA_TYPE}, refuses=(409, 500))
 async def get_recording(request: Request, relay: Relay, who: Principal, *,
                         path: m.RecordingPath) -> Response:
     """One recording, checked against its SHA-256: a terminal's as an asciicast v2
     file, a co-browse's as the agent's JSON lines (``application/x-ndjson``); each
-    fetch is audited (``recording.played``)."""
+    fetch is audited (``recording.played``). A file that is not what the audit trail's
+    ``recording.stored`` recorded is refused, 409, naming both digests:
+    ``digest_mismatch`` (the bytes were altered), ``row_altered`` (the row's digest is not
+    the trail's) or ``not_in_trail``."""
     row = recording.by_id(relay.engine, path.recording_id)
     if row is None:
         raise ApiError(404, "not_found", "no such recording")
@@ -49,9 +53,16 @@ async def get_recording(request: Request, relay: Relay, who: Principal, *,
         raise ApiError(404, "not_found", "no such recording",
                        action="recording.refused", target=f"recording:{row['id']}",
                        reason="not_visible")
-    try:
-        data = recording.load(relay.blobs, row)
-    except (OSError, ValueError) as exc:
+    try:  # against the digest the trail recorded, not only the row (relay/timeline.py)
+        data = timeline.check_blob(relay.blobs, f"recording {row['id']}", row["sha256"],
+                                   timeline.recording_trail(relay.engine, row))
+    except timeline.EvidenceMismatch as exc:
+        raise ApiError(409, exc.reason, exc.detail, action="recording.refused",
+                       target=f"recording:{row['id']}", reason=exc.reason,
+                       session=row["session_id"],
+                       trail_sha256=exc.trail.sha256 if exc.trail else "",
+                       actual_sha256=exc.actual) from None
+    except OSError as exc:
         raise ApiError(500, "damaged", f"the stored recording cannot be read: {exc}",
                        action="recording.refused", target=f"recording:{row['id']}"
                        ) from None

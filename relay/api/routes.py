@@ -19,10 +19,11 @@ from backline.relay.api import (
     recordings,
     reports,
     sessions,
+    timeline,
     users,
 )
 
 RESOURCES = (auth, agents, users, enroll_tokens, api_tokens, audit, sessions, reports,
-             recordings, fixes)
+             recordings, fixes, timeline)
 
 ROUTES: list[Route] = [route for module in RESOURCES for route in module.ROUTES]

@@ -40,6 +40,7 @@ import asyncssh
 import sqlalchemy as sa
 
 from backline.common.capabilities import ChannelExit
+from backline.relay import term_index
 from backline.relay.capabilities import recording, spec_for
 from backline.relay.capabilities.base import (
     ChannelSpec,
@@ -269,6 +270,9 @@ class ChannelRunner:
         self.relay.record(ch.actor, "recording.stored", f"session:{s.id}",
                           recording=stored.id, capability=ch.capability, sha256=digest,
                           bytes=size, duration_s=duration, keystrokes=rec.keystrokes)
+        if ch.capability == "shell":  # its words, for finding it (relay/term_index.py)
+            term_index.schedule(self.relay.engine, self.relay.blobs, recording_id=stored.id,
+                                session_id=s.id, sha256=digest, keystrokes=rec.keystrokes)
         return stored
 
     def hang_up_user(self, username: str, reason: str, actor: str,

@@ -6,11 +6,13 @@
 // sends). Below: the session's co-browse recordings, replayed with speed and seek.
 
 import { html, nothing } from "lit-html";
-import { when } from "../format.js";
 import { register } from "./registry.js";
-import { listRecordings, SPEEDS } from "./shell/recordings.js";
+import { RecordingShelf } from "../recordings/index.js";
+import { cobrowseReplayView, shelfTable } from "../recordings/views.js";
 
 const loadLive = () => import("./cobrowse_live.js");
+// The recordings' list and rrweb replay are shared with the session timeline.
+const loadReplay = async () => (await import("../recordings/cobrowse_player.js")).CobrowseReplay;
 
 const STATE_TEXT = {
   connecting: "Connecting… (the customer is asked in the agent's window)",
@@ -27,7 +29,10 @@ const CONTROL_TEXT = {
   revoked: "revoked", refused: "refused by the customer",
 };
 
-const fresh = () => ({ sessionId: null, live: null, replay: null, notice: "", recordings: null, recordingsError: "" });
+const fresh = () => ({
+  sessionId: null, live: null, notice: "",
+  shelf: new RecordingShelf({ capability: "cobrowse", loadPlayer: loadReplay, onChange: () => redraw() }),
+});
 let s = fresh();
 let redraw = () => {};
 
@@ -49,7 +54,7 @@ async function open(ctx, watch, start) {
     onChange: () => {
       if (["ended", "failed"].includes(live.state) && !live.reloaded) {
         live.reloaded = true;
-        reloadRecordings(ctx.session.id, true);
+        s.shelf.reload(ctx.session.id, true);
       }
       redraw();
     },
@@ -57,40 +62,6 @@ async function open(ctx, watch, start) {
   s.live = live;
   redraw();
   live.start();
-}
-
-async function reloadRecordings(sessionId, expectNew = false) {
-  const before = s.recordings?.length ?? 0;
-  for (let attempt = 0; attempt < (expectNew ? 8 : 1); attempt += 1) {
-    if (attempt) await new Promise((r) => setTimeout(r, 500));
-    if (s.sessionId !== sessionId) return;
-    try {
-      s.recordings = await listRecordings(sessionId, "cobrowse");
-      s.recordingsError = "";
-    } catch (err) {
-      s.recordingsError = err.message;
-      break;
-    }
-    if (!expectNew || s.recordings.length > before) break;
-  }
-  redraw();
-}
-
-async function play(rec) {
-  s.replay?.dispose();
-  s.replay = null;
-  let Replay;
-  try {
-    ({ Replay } = await loadLive());
-  } catch (err) {
-    s.notice = `The player could not be loaded: ${err.message}`;
-    redraw();
-    return;
-  }
-  s.replay = new Replay(rec, () => redraw());
-  redraw();
-  await Promise.resolve();
-  s.replay.load();
 }
 
 function startView(ctx) {
@@ -162,47 +133,7 @@ function liveView(l) {
 }
 
 function recordingsView(ctx) {
-  let body;
-  if (s.recordingsError) body = html`<p class="error" role="alert">${s.recordingsError}</p>`;
-  else if (!s.recordings) body = html`<p class="muted">Loading…</p>`;
-  else if (!s.recordings.length) body = html`<p class="muted" id="no-cobrowse-recordings">No finished co-browse recordings in this session yet.</p>`;
-  else {
-    body = html`<table class="recordings" aria-label="Co-browse recordings"><thead><tr>
-        <th scope="col">Started</th><th scope="col">Length</th><th scope="col">Technician</th>
-        <th scope="col">SHA-256</th><th scope="col"></th></tr></thead>
-      <tbody>${s.recordings.map((r) => html`<tr data-cobrowse-recording=${r.id}>
-        <td>${when(r.started_at)}</td>
-        <td>${Number.isFinite(r.duration_s) ? `${r.duration_s.toFixed(1)} s` : "—"}</td>
-        <td>${r.technician}</td><td><code title=${r.sha256}>${String(r.sha256 || "").slice(0, 12)}</code></td>
-        <td><button type="button" @click=${() => play(r)}>Replay</button></td></tr>`)}</tbody></table>`;
-  }
-  return html`<h3>Co-browse recordings</h3>
-    <p class="actions"><button type="button" @click=${() => reloadRecordings(ctx.session.id)}>Refresh</button></p>
-    ${body}${replayView()}`;
-}
-
-function replayView() {
-  const r = s.replay;
-  if (!r) return nothing;
-  const seek = (ev) => {
-    ev.preventDefault();
-    r.seek(Number(new FormData(ev.target).get("at")) * 1000);
-  };
-  return html`<div class="replay" id="cobrowse-replay-panel" data-state=${r.state} aria-label="Co-browse replay">
-    <div class="actions">
-      ${r.playing ? html`<button type="button" @click=${() => r.pause()}>Pause</button>`
-        : html`<button type="button" @click=${() => r.play()} ?disabled=${r.state !== "ready"}>Play</button>`}
-      <label>Speed <select id="cobrowse-speed" @change=${(ev) => r.setSpeed(Number(ev.target.value))}>
-        ${SPEEDS.map((v) => html`<option value=${v} ?selected=${v === r.speed}>${v}×</option>`)}</select></label>
-      <form class="inline" id="cobrowse-seek" @submit=${seek}><label>Go to second <input name="at" type="number" min="0"
-        step="0.5" value="0"></label><button type="submit">Go</button></form>
-      <span class="muted">${(r.total / 1000).toFixed(1)} s in all</span>
-      <button type="button" @click=${() => { r.dispose(); s.replay = null; redraw(); }}>Close replay</button>
-    </div>
-    ${r.state === "loading" ? html`<p class="muted">Loading the recording…</p>` : nothing}
-    ${r.state === "failed" ? html`<p class="error" role="alert">${r.error}</p>` : nothing}
-    ${r.host}
-  </div>`;
+  return html`${shelfTable(s.shelf, () => s.shelf.reload(ctx.session.id))}${cobrowseReplayView(s.shelf)}`;
 }
 
 register({
@@ -210,14 +141,14 @@ register({
   title: "Co-browse",
   reset() {
     s.live?.dispose();
-    s.replay?.dispose();
+    s.shelf.close(false);
     s = fresh();
   },
   view(ctx) {
     redraw = ctx.refresh;
     if (s.sessionId !== ctx.session.id) {
       s.sessionId = ctx.session.id;
-      reloadRecordings(ctx.session.id);
+      s.shelf.reload(ctx.session.id);
     }
     return html`<section class="panel card" data-capability="cobrowse" aria-labelledby="panel-cobrowse">
       <h2 id="panel-cobrowse">Co-browse</h2>

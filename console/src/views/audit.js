@@ -1,9 +1,12 @@
-// The audit trail: filters, keyset paging (fast at any depth), verify, export.
+// The audit trail: filters, keyset paging (fast at any depth), verify, export. Each
+// event's details are readable fields, linked to the session, agent or fix they name
+// (./event_fields.js); the raw event is one click away.
 
 import { html, nothing } from "lit-html";
 import { get, query } from "../api.js";
 import { onLive } from "../live.js";
 import { toUnix, when } from "../format.js";
+import { actorView, detailFields, rawEvent, targetView } from "./event_fields.js";
 
 const s = {
   visit: -1, events: null, error: "", filters: {}, before: null, history: [], next: null,
@@ -81,8 +84,8 @@ export function auditView(app) {
       <th scope="col">Actor</th><th scope="col">Action</th><th scope="col">Target</th>
       <th scope="col">Details</th></tr></thead>
       <tbody>${s.events.map((e) => html`<tr class=${/refused|failed|rate_limited/.test(e.action) ? "refusal" : ""}>
-        <td>${e.seq}</td><td>${when(e.time)}</td><td>${e.actor}</td><td><code>${e.action}</code></td>
-        <td>${e.target}</td><td><code class="details">${JSON.stringify(e.details)}</code></td>
+        <td>${e.seq}</td><td>${when(e.time)}</td><td>${actorView(e.actor)}</td><td><code>${e.action}</code></td>
+        <td>${targetView(e.target, e.details)}</td><td>${detailFields(e.details)}${rawEvent(e)}</td>
       </tr>`)}</tbody></table>`;
   }
   const v = s.verify;

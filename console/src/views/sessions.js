@@ -143,7 +143,8 @@ export function sessionView(app, id) {
     loadSession(s.id);
   };
   return html`<section aria-labelledby="session-title" class="session-page">
-    <p><a href="#/sessions">← Sessions</a>${s.agent_id ? html` · <a href="#/agent/${encodeURIComponent(s.agent_id)}">Agent</a>` : nothing}</p>
+    <p><a href="#/sessions">← Sessions</a>${s.agent_id ? html` · <a href="#/agent/${encodeURIComponent(s.agent_id)}">Agent</a>` : nothing}
+      · <a href="#/timeline/${encodeURIComponent(s.id)}" id="session-timeline">Timeline</a></p>
     <h1 id="session-title">Session <code>${s.id.slice(0, 12)}</code>
       <span class="state ${s.state}" id="session-state">${s.state}</span></h1>
     <dl class="facts">

@@ -1,16 +1,17 @@
 // The shell panel: a terminal on the customer's machine (xterm.js, ./terminal.js) with
 // its connection state, role, recording marker, copy and paste; below it the
-// session's finished recordings, replayed with asciinema-player (./replay.js).
+// session's finished recordings, replayed with asciinema-player (../../recordings/: the
+// list and the players are shared with the co-browse panel and the session timeline).
 
 import { html, nothing } from "lit-html";
-import { when } from "../../format.js";
 import { register } from "../registry.js";
-import { listRecordings, PLAY_LIMIT_BYTES, recordingUrl, SPEEDS } from "./recordings.js";
+import { RecordingShelf } from "../../recordings/index.js";
+import { shelfTable, terminalReplayView } from "../../recordings/views.js";
 
 // xterm.js and asciinema-player are most of the console's code: they are loaded when a
 // terminal is first opened or a recording first played, not with every page.
 const loadTerminal = () => import("./terminal.js");
-const loadReplay = () => import("./replay.js");
+const loadReplay = async () => (await import("../../recordings/terminal_player.js")).TerminalReplay;
 
 const STATE_TEXT = {
   connecting: "Connecting…",
@@ -29,7 +30,7 @@ const REFUSED_EXIT = 77;
 
 const fresh = () => ({
   sessionId: null, term: null, opening: false, notice: "",
-  recordings: null, recordingsError: "", replay: null,
+  shelf: new RecordingShelf({ capability: "shell", loadPlayer: loadReplay, onChange: () => redraw() }),
 });
 let s = fresh();
 let redraw = () => {};
@@ -56,7 +57,7 @@ async function openTerminal(ctx, join = null) {
     onChange: () => {
       if (["ended", "failed", "closed"].includes(term.state) && term.opened && !term.recordingsReloaded) {
         term.recordingsReloaded = true;
-        reloadRecordings(ctx.session.id, true);
+        s.shelf.reload(ctx.session.id, true);
       }
       redraw();
     },
@@ -64,41 +65,6 @@ async function openTerminal(ctx, join = null) {
   s.term = term;
   ctx.refresh();
   term.start(); // its host is in the page now
-}
-
-// The relay stores a recording when the channel ends, a moment after the socket
-// closes: look again a few times (bounded) until a new one is listed.
-async function reloadRecordings(sessionId, expectNew = false) {
-  const before = s.recordings?.length ?? 0;
-  for (let attempt = 0; attempt < (expectNew ? 8 : 1); attempt += 1) {
-    if (attempt) await new Promise((r) => setTimeout(r, 500));
-    if (s.sessionId !== sessionId) return;
-    try {
-      s.recordings = await listRecordings(sessionId);
-      s.recordingsError = "";
-    } catch (err) {
-      s.recordingsError = err.message;
-      break;
-    }
-    if (!expectNew || s.recordings.length > before) break;
-  }
-  redraw();
-}
-
-async function play(rec) {
-  s.replay?.dispose();
-  s.replay = null;
-  let Replay;
-  try {
-    ({ Replay } = await loadReplay());
-  } catch (err) {
-    s.notice = `The player could not be loaded: ${err.message}`;
-    redraw();
-    return;
-  }
-  s.replay = new Replay(rec, () => redraw());
-  redraw();
-  s.replay.load();
 }
 
 async function paste() {
@@ -177,58 +143,8 @@ function grantView(t) {
     <button type="submit">Hand over</button></form>`;
 }
 
-function fmtBytes(n) {
-  if (!Number.isFinite(n)) return "—";
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
-  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
-}
-
 function recordingsView(ctx) {
-  let body;
-  if (s.recordingsError) body = html`<p class="error" role="alert">${s.recordingsError}</p>`;
-  else if (!s.recordings) body = html`<p class="muted">Loading…</p>`;
-  else if (!s.recordings.length) body = html`<p class="muted" id="no-recordings">No finished terminal recordings in this session yet.</p>`;
-  else {
-    body = html`<table class="recordings" aria-label="Recordings"><thead><tr>
-        <th scope="col">Started</th><th scope="col">Length</th><th scope="col">Size</th>
-        <th scope="col">Technician</th><th scope="col">SHA-256</th><th scope="col"></th></tr></thead>
-      <tbody>${s.recordings.map((r) => html`<tr data-recording=${r.id}>
-        <td>${when(r.started_at)}</td>
-        <td>${Number.isFinite(r.duration_s) ? `${r.duration_s.toFixed(1)} s` : "—"}</td>
-        <td>${fmtBytes(r.bytes)}</td><td>${r.technician}</td>
-        <td><code title=${r.sha256}>${String(r.sha256 || "").slice(0, 12)}</code></td>
-        <td>${r.bytes > PLAY_LIMIT_BYTES
-          ? html`<a href=${recordingUrl(r.id)} download>Download</a>
-              <span class="muted">(too large to replay here)</span>`
-          : html`<button type="button" @click=${() => play(r)}>Play</button>`}</td>
-      </tr>`)}</tbody></table>`;
-  }
-  return html`<h3>Recordings</h3>
-    <p class="actions"><button type="button" @click=${() => reloadRecordings(ctx.session.id)}>Refresh recordings</button></p>
-    ${body}${replayView()}`;
-}
-
-function replayView() {
-  const r = s.replay;
-  if (!r) return nothing;
-  const seek = (ev) => {
-    ev.preventDefault();
-    r.seek(Number(new FormData(ev.target).get("at")));
-  };
-  return html`<div class="replay" id="replay" data-state=${r.state} aria-label="Recording replay">
-    <div class="actions">
-      <label>Speed <select @change=${(ev) => r.setSpeed(Number(ev.target.value))}>
-        ${SPEEDS.map((v) => html`<option value=${v} ?selected=${v === r.speed}>${v}×</option>`)}</select></label>
-      <form class="inline" @submit=${seek}><label>Go to second <input name="at" type="number" min="0"
-        step="0.5" value="0"></label><button type="submit">Go</button></form>
-      <button type="button" @click=${() => r.seek("100%")}>Go to the end</button>
-      <button type="button" @click=${() => { r.dispose(); s.replay = null; redraw(); }}>Close replay</button>
-    </div>
-    ${r.state === "loading" ? html`<p class="muted">Loading the recording…</p>` : nothing}
-    ${r.state === "failed" ? html`<p class="error" role="alert">${r.error}</p>` : nothing}
-    ${r.host}
-  </div>`;
+  return html`${shelfTable(s.shelf, () => s.shelf.reload(ctx.session.id))}${terminalReplayView(s.shelf)}`;
 }
 
 register({
@@ -236,14 +152,14 @@ register({
   title: "Terminal",
   reset() {
     s.term?.dispose();
-    s.replay?.dispose();
+    s.shelf.close(false);
     s = fresh();
   },
   view(ctx) {
     redraw = ctx.refresh;
     if (s.sessionId !== ctx.session.id) {
       s.sessionId = ctx.session.id;
-      reloadRecordings(ctx.session.id);
+      s.shelf.reload(ctx.session.id);
     }
     const t = s.term;
     return html`<section class="panel card" data-capability="shell" aria-labelledby="panel-shell">

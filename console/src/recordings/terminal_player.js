@@ -1,18 +1,24 @@
-// Finished terminal recordings of a session and their replay with asciinema-player.
-// The relay checks a recording against its SHA-256 before serving it and audits each
-// fetch (recording.played): the console fetches a recording once per "Play" and keeps
-// the text while the player is open, so changing the speed (which rebuilds the
-// player at the current position) is not another playback in the trail.
+// A terminal recording replayed with asciinema-player. The recording is fetched once per
+// "Play" (each fetch is the audit event recording.played) and checked in the page
+// (./index.js fetchChecked); the text is kept while the player is open, so changing
+// the speed (which rebuilds the player at the current position) is not another
+// playback in the trail.
 
 import * as AsciinemaPlayer from "asciinema-player";
-import { recordingUrl, SPEEDS } from "./recordings.js";
+import { fetchChecked, recordingUrl, SPEEDS } from "./index.js";
 
-export class Replay {
-  constructor(recording, onChange) {
+export class TerminalReplay {
+  // options: { expected: the SHA-256 to check against (default: the list's),
+  //            startAt: the second to open at (a search hit) }
+  constructor(recording, onChange, options = {}) {
     this.recording = recording;
     this.onChange = onChange;
+    this.expected = options.expected || recording.sha256 || "";
+    this.startAt = Number(options.startAt) || 0;
     this.state = "loading"; // loading -> ready | failed
     this.error = "";
+    this.check = null; // verified | mismatch | refused | unchecked
+    this.computed = "";
     this.speed = 1;
     this.text = null;
     this.player = null;
@@ -22,22 +28,16 @@ export class Replay {
 
   async load() {
     try {
-      const response = await fetch(recordingUrl(this.recording.id), {
-        credentials: "same-origin", headers: { accept: "application/x-asciicast" },
-      });
-      if (!response.ok) {
-        let detail = "";
-        try {
-          detail = (await response.json())?.detail || "";
-        } catch {
-          /* not JSON */
-        }
-        throw new Error(`the relay refused the recording (HTTP ${response.status}${detail ? `: ${detail}` : ""})`);
-      }
-      this.text = await response.text();
+      const got = await fetchChecked(recordingUrl(this.recording.id), this.expected,
+        "application/x-asciicast");
+      this.check = got.check;
+      this.computed = got.computed;
+      if (got.check === "mismatch") throw new Error(got.detail);
+      this.text = got.text;
       this.state = "ready";
-      this.mount(0, true);
+      this.mount(this.startAt, !this.startAt);
     } catch (err) {
+      this.check = err.check || this.check || "refused";
       this.state = "failed";
       this.error = err.message;
     }
@@ -69,9 +69,15 @@ export class Replay {
     this.player.seek(target).catch(() => {});
   }
 
+  now() {
+    return this.player ? this.player.getCurrentTime() || 0 : 0;
+  }
+
   dispose() {
     this.player?.dispose();
     this.player = null;
     this.host.remove();
   }
 }
+
+export { TerminalReplay as Replay };
