@@ -16,13 +16,17 @@ from backline.relay.api import (
     auth,
     enroll_tokens,
     fixes,
+    management_reports,
     recordings,
     reports,
+    session_outcome,
     sessions,
     users,
 )
 
 RESOURCES = (auth, agents, users, enroll_tokens, api_tokens, audit, sessions, reports,
-             recordings, fixes)
+             recordings, fixes,
+             # reports (issue 14)
+             session_outcome, management_reports)
 
 ROUTES: list[Route] = [route for module in RESOURCES for route in module.ROUTES]
