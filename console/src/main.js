@@ -14,6 +14,7 @@ import { accountView } from "./views/account.js";
 import { leaveSession, sessionView, sessionsView } from "./views/sessions.js";
 import { reportsView } from "./views/reports.js";
 import { fixesView } from "./views/fixes.js";
+import { managementView } from "./views/management.js";
 
 const root = document.getElementById("app");
 root.textContent = ""; // drop the "Loading" placeholder; lit-html renders from here on
@@ -116,6 +117,7 @@ function header() {
       ${link("fixes", "Fixes", app.can("fixes:read"))}
       ${link("admin", "Admin", app.can("groups:read"))}
       ${link("audit", "Audit", app.can("audit:read"))}
+      ${link("management", "Management reports", app.can("audit:read"))}
       ${link("account", "Account")}
     </nav>
     <span id="live-status" class="live ${state}" role="status" aria-live="polite"
@@ -162,6 +164,7 @@ function draw() {
         session: () => sessionView(app, arg),
         reports: () => reportsView(app, arg),
         fixes: () => fixesView(app, arg),
+        management: () => managementView(app),
       }[name]?.() ?? html`<section class="empty"><h1>Not found</h1>
         <p>There is no page here. <a href="#/agents">Go to the agents</a>.</p></section>`;
   }
