@@ -686,6 +686,32 @@ event("session.search", REVIEW, "someone searched for sessions (by agent, techni
                             "only `text`'s word count is kept)"),
       may("words", int, "how many words the text search looked for"),
       need("found", int, "how many sessions were answered"), ADDRESS)
+# --- reports (issue 14: session outcomes, management reports) ------------------------
+
+REPORTS = group("reports", "Session outcomes set by technicians, and management reports "
+                           "(docs/reports.md): exported, delivered on their schedule.")
+event("session.outcome", REPORTS, "a closed session's outcome was set (when closing it, or "
+      "later: each change is one more event, the earlier ones stay)", SESSION,
+      need("outcome", str, "`resolved`, `not_resolved` or `escalated`"),
+      need("note", str, "the technician's note (at most 1024 characters)"),
+      need("ticket", str, "the session's ticket reference (empty: none)"),
+      may("previous", str, "the outcome it replaced, when it was set before"),
+      may("agent", str, "the session's agent"), ADDRESS)
+event("session.outcome.refused", REPORTS, "setting a session's outcome was refused (the "
+      "session is not closed yet)", SESSION, *API_REFUSAL)
+event("report.exported", REPORTS, "a management report was downloaded as CSV", "`report`",
+      need("group", str, "the group it covers (empty: all)"),
+      need("since", NUMBER, "its period's start (Unix time)"),
+      need("until", NUMBER, "its period's end (Unix time)"), ADDRESS)
+event("report.delivered", REPORTS, "a scheduled management report was delivered",
+      "the webhook URL or `mailto:` the recipients",
+      need("via", str, "`webhook` or `smtp`"), need("group", str, "the group (empty: all)"),
+      need("since", NUMBER, "its period's start"), need("until", NUMBER, "its period's end"),
+      may("recipients", int, "how many e-mail recipients"))
+event("report.delivery.failed", REPORTS, "a scheduled management report could not be "
+      "delivered", "the webhook URL or `mailto:` the recipients",
+      need("via", str, "`webhook` or `smtp`"), DETAIL)
+
 
 # --- checking -----------------------------------------------------------------------
 

@@ -146,6 +146,24 @@ class RelayConfig:
     # The most output of one fix run kept (and asked of the agent); past it the agent
     # cuts, marks the cut and counts the rest (docs/fixes-relay.md).
     fix_max_output_bytes: int = 16 * 1024 * 1024
+    # --- reports (issue 14, docs/reports.md "Scheduled delivery") ------------------
+    # A management report sent on a schedule: "" (never), "daily" (the previous UTC
+    # day, at report_hour_utc) or "weekly" (the previous Monday-to-Monday week, on
+    # Mondays at report_hour_utc), through each of report_via: "webhook" (webhook_url,
+    # signed with webhook_secret, type "report.management") and/or "smtp".
+    report_schedule: str = ""
+    report_hour_utc: int = 6
+    report_group: str = ""
+    report_via: list[str] = field(default_factory=list)
+    report_recipients: list[str] = field(default_factory=list)
+    smtp_host: str = ""
+    smtp_port: int = 587
+    # "starttls" (port 587), "tls" (implicit TLS, port 465) or "none" (loopback only).
+    smtp_security: str = "starttls"
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_from: str = ""
+    smtp_timeout_s: float = 30.0
 
     @property
     def effective_public_url(self) -> str:
@@ -265,6 +283,38 @@ class RelayConfig:
                 raise ConfigError("webhook_url needs a webhook_secret of at least 16 "
                                   "characters (receivers check the HMAC signature with it)")
 
+        self._validate_reports()
+
+    def _validate_reports(self) -> None:
+        """The report schedule's settings (reports, issue 14)."""
+        if self.report_schedule not in ("", "daily", "weekly"):
+            raise ConfigError('report_schedule must be "", "daily" or "weekly"')
+        if not 0 <= self.report_hour_utc <= 23:
+            raise ConfigError("report_hour_utc must be between 0 and 23")
+        if any(v not in ("webhook", "smtp") for v in self.report_via):
+            raise ConfigError('report_via lists "webhook" and/or "smtp"')
+        if self.report_schedule and not self.report_via:
+            raise ConfigError("report_schedule needs report_via (webhook, smtp)")
+        if "webhook" in self.report_via and not self.webhook_url:
+            raise ConfigError("report_via webhook needs webhook_url and webhook_secret")
+        if "smtp" in self.report_via:
+            if not self.smtp_host or not self.smtp_from or not self.report_recipients:
+                raise ConfigError("report_via smtp needs smtp_host, smtp_from and "
+                                  "report_recipients")
+            if len(self.report_recipients) > 100 or any(
+                    not re.fullmatch(r"[^@\s,<>]{1,64}@[^@\s,<>]{1,255}", r)
+                    for r in [*self.report_recipients, self.smtp_from]):
+                raise ConfigError("report_recipients and smtp_from are plain e-mail "
+                                  "addresses (at most 100 recipients)")
+        if self.smtp_security not in ("starttls", "tls", "none"):
+            raise ConfigError('smtp_security must be "starttls", "tls" or "none"')
+        if (self.smtp_security == "none" and self.smtp_host
+                and self.smtp_host not in ("127.0.0.1", "::1", "localhost")):
+            raise ConfigError('smtp_security "none" (a password and reports in clear) is '
+                              "only for an SMTP server on this machine")
+        if not 1 <= self.smtp_port <= 65535 or not 1 <= self.smtp_timeout_s <= 300:
+            raise ConfigError("smtp_port must be a port, smtp_timeout_s 1 to 300 seconds")
+
     def shown(self) -> dict[str, Any]:
         """The effective settings with secrets hidden, for ``config show``."""
         out: dict[str, Any] = {}
@@ -275,6 +325,7 @@ class RelayConfig:
         out["database_url"] = hide_url_password(self.effective_database_url)
         out["webhook_url"] = hide_url_password(self.webhook_url)
         out["webhook_secret"] = "***" if self.webhook_secret else ""
+        out["smtp_password"] = "***" if self.smtp_password else ""
         return out
 
 

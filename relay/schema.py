@@ -381,3 +381,13 @@ recording_indexes = sa.Table(
     sa.Column("rows", sa.Integer, nullable=False),
     sa.Column("indexed_at", sa.Float, nullable=False),
 )
+
+# --- reports (issue 14: session outcome; migration 0010) -----------------------------
+# A session's outcome, set by its technician (or an admin) when closing it or later
+# (relay/api/session_outcome.py). The trail's ``session.outcome`` events are what the
+# management reports count; these columns are the latest value, for the session page.
+support_sessions.append_column(sa.Column("outcome", Str(16)))
+support_sessions.append_column(sa.Column("outcome_note", Str(1024), nullable=False,
+                                         default="", server_default=""))
+support_sessions.append_column(sa.Column("outcome_by", Str(64)))
+support_sessions.append_column(sa.Column("outcome_at", sa.Float))

@@ -164,6 +164,9 @@ class Relay:
     async def start_background(self) -> None:
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         self._tasks.append(asyncio.create_task(self.sessions.reaper()))
+        from backline.relay.reports import delivery  # reports (issue 14): the schedule
+
+        self._tasks.append(asyncio.create_task(delivery.run(self)))
 
     async def stop_background(self) -> None:
         await self.sessions.close_all("relay_shutdown")

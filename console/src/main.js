@@ -16,6 +16,7 @@ import { reportsView } from "./views/reports.js";
 import { fixesView } from "./views/fixes.js";
 import { leaveTimeline, timelineView } from "./views/timeline.js";
 import { searchView } from "./views/search.js";
+import { managementView } from "./views/management.js";
 
 const root = document.getElementById("app");
 root.textContent = ""; // drop the "Loading" placeholder; lit-html renders from here on
@@ -119,6 +120,7 @@ function header() {
       ${link("search", "Find sessions", app.can("agents:read"))}
       ${link("admin", "Admin", app.can("groups:read"))}
       ${link("audit", "Audit", app.can("audit:read"))}
+      ${link("management", "Management reports", app.can("audit:read"))}
       ${link("account", "Account")}
     </nav>
     <span id="live-status" class="live ${state}" role="status" aria-live="polite"
@@ -167,6 +169,7 @@ function draw() {
         fixes: () => fixesView(app, arg),
         timeline: () => timelineView(app, arg),
         search: () => searchView(app),
+        management: () => managementView(app),
       }[name]?.() ?? html`<section class="empty"><h1>Not found</h1>
         <p>There is no page here. <a href="#/agents">Go to the agents</a>.</p></section>`;
   }

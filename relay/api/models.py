@@ -367,6 +367,11 @@ class Session(Reply):
     remote_hostname: str | None
     remote_address: str | None
     channels: int | None
+    # The outcome (migration 0010): null until the technician sets it.
+    outcome: Literal["resolved", "not_resolved", "escalated"] | None = None
+    outcome_note: str = ""
+    outcome_by: str | None = None
+    outcome_at: float | None = None
 
 
 class Sessions(Reply):

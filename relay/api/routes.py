@@ -16,14 +16,16 @@ from backline.relay.api import (
     auth,
     enroll_tokens,
     fixes,
+    management_reports,
     recordings,
     reports,
+    session_outcome,
     sessions,
     timeline,
     users,
 )
 
 RESOURCES = (auth, agents, users, enroll_tokens, api_tokens, audit, sessions, reports,
-             recordings, fixes, timeline)
+             recordings, fixes, timeline, session_outcome, management_reports)
 
 ROUTES: list[Route] = [route for module in RESOURCES for route in module.ROUTES]

@@ -131,6 +131,9 @@ class SessionManager:
             "code_expires_at": r["code_expires_at"] if r["mode"] == "attended" else None,
             "remote_hostname": r["remote_hostname"], "remote_address": r["remote_address"],
             "channels": live.channels if live else None,
+            # The session's outcome (migration 0010; relay/api/session_outcome.py).
+            "outcome": r.get("outcome"), "outcome_note": r.get("outcome_note") or "",
+            "outcome_by": r.get("outcome_by"), "outcome_at": r.get("outcome_at"),
         }
 
     def _close_stale(self) -> None:

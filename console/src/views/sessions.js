@@ -3,10 +3,11 @@
 
 import { html, nothing } from "lit-html";
 import { onLive } from "../live.js";
-import { del, get, post, query } from "../api.js";
+import { get, post, query } from "../api.js";
 import { ago, when } from "../format.js";
 import { panelsFor, resetPanels } from "../capabilities/index.js";
 import { grantsFrom, OPT_IN } from "../capabilities/grants.js";
+import { askOutcome, outcomeDialog, outcomeFacts } from "./session_outcome.js";
 
 const list = { visit: -1, rows: null, error: "", code: null, codeError: "" };
 let appRef = null;
@@ -133,13 +134,15 @@ export function sessionView(app, id) {
   };
   const panels = panelsFor(s.capabilities);
   const closable = ["dialing", "waiting", "consent", "ready"].includes(s.state);
-  const close = async () => {
-    try {
-      await del(`/sessions/${encodeURIComponent(s.id)}`);
-      one.message = "Session closed.";
-    } catch (err) {
-      one.message = `Refused: ${err.message}`;
-    }
+  // Closing asks for the outcome first (./session_outcome.js); so does "Set outcome".
+  const close = () => {
+    askOutcome(s.id, true);
+    app.refresh();
+  };
+  const mine = s.technician === app.me?.user?.username || app.me?.user?.role === "admin";
+  const outcomeSettable = app.can("agents:write") && mine && ["closed", "expired"].includes(s.state);
+  const outcomeDone = (message) => {
+    if (message) one.message = message;
     loadSession(s.id);
   };
   return html`<section aria-labelledby="session-title" class="session-page">
@@ -157,11 +160,15 @@ export function sessionView(app, id) {
       <dt>Granted</dt><dd id="session-capabilities">${(s.capabilities || []).join(", ") || "—"}</dd>
       <dt>Set-up</dt><dd>${s.setup_ms != null ? `${s.setup_ms} ms` : "—"}</dd>
       ${s.closed_at ? html`<dt>Closed</dt><dd>${when(s.closed_at)} (${s.close_reason})</dd>` : nothing}
+      ${outcomeFacts(s)}
     </dl>
     <p class="actions">
       ${closable ? html`<button type="button" class="danger" @click=${close}>Close session</button>` : nothing}
       ${["dialing", "waiting", "consent"].includes(s.state) ? html`<button type="button" @click=${() => loadSession(s.id)}>Refresh</button>` : nothing}
+      ${outcomeSettable ? html`<button type="button" id="set-outcome" @click=${() => { askOutcome(s.id, false); app.refresh(); }}>
+        ${s.outcome ? "Change outcome" : "Set outcome"}</button>` : nothing}
     </p>
+    ${outcomeDialog(s, outcomeDone)}
     ${one.message ? html`<p class="notice" role="status">${one.message}</p>` : nothing}
     ${panels.length ? panels.map((p) => p.view(ctx)) : html`<p class="muted">No capability of this
       session has a panel in this console.</p>`}

@@ -1,0 +1,214 @@
+// "Management reports" (issue 14, docs/reports.md): incidents, time to resolve, fixes and
+// sessions per group and period, from the audit trail. Every number is a button that
+// lists what it is made of (the incidents, their sessions and the trail's events); the
+// trend and the findings are drawn as plain SVG (no chart library: two bar charts did
+// not need one, and nothing here sets a style attribute: the CSP allows none). "Print"
+// prints the page with print CSS (styles.css, @media print); "CSV" downloads it.
+
+import { html, nothing, svg } from "lit-html";
+import { get, query } from "../api.js";
+import { toUnix, when } from "../format.js";
+
+const DAY = 86400;
+const s = {
+  visit: -1, report: null, error: "", groups: [], form: { group: "", since: "", until: "", bucket: "week" },
+  drill: null, drillError: "", event: null,
+};
+let appRef = null;
+
+const LABELS = {
+  incidents_opened: "Incidents opened",
+  incidents_resolved: "Incidents resolved",
+  mttr_mean_s: "Mean time to resolve",
+  mttr_median_s: "Median time to resolve",
+  resolved_first_session: "Resolved on the first session",
+  resolved_without_technician: "Resolved without a technician",
+  resolved_without_technician_after_fix: "… of which after a fix",
+  fixes_run: "Fixes run",
+  fixes_succeeded: "Fixes that succeeded",
+  fix_success_rate: "Fix success rate",
+  sessions: "Sessions",
+};
+
+function params() {
+  const f = s.form;
+  const until = toUnix(f.until) || String(Math.floor(Date.now() / 1000));
+  const since = toUnix(f.since) || String(Number(until) - 28 * DAY);
+  return { group: f.group, since, until, bucket: f.bucket };
+}
+
+async function load() {
+  try {
+    s.report = await get(`/management-reports${query(params())}`);
+    s.error = "";
+  } catch (err) {
+    s.error = err.message;
+  }
+  appRef?.refresh();
+}
+
+async function loadGroups() {
+  try {
+    s.groups = (await get("/groups")).groups || [];
+  } catch {
+    s.groups = [];
+  }
+  appRef?.refresh();
+}
+
+async function drill(metric, key = "") {
+  s.event = null;
+  try {
+    s.drill = await get(`/management-reports/members${query({ ...params(), metric, key })}`);
+    s.drill.label = LABELS[metric] || `${metric} ${key}`;
+    s.drillError = "";
+  } catch (err) {
+    s.drillError = err.message;
+  }
+  appRef?.refresh();
+}
+
+async function showEvent(seq) {
+  try {
+    const page = await get(`/audit${query({ before: seq + 1, limit: 1 })}`);
+    s.event = page.events[0] || null;
+  } catch (err) {
+    s.drillError = err.message;
+  }
+  appRef?.refresh();
+}
+
+export function duration(seconds) {
+  if (seconds == null) return "—";
+  if (seconds < 120) return `${Math.round(seconds)} s`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)} min`;
+  if (seconds < 2 * DAY) return `${(seconds / 3600).toFixed(1)} h`;
+  return `${(seconds / DAY).toFixed(1)} d`;
+}
+
+function shown(name, m) {
+  if (m.value == null) return "—";
+  if (name.startsWith("mttr")) return duration(m.value);
+  if (name === "fix_success_rate") return `${Math.round(m.value * 1000) / 10} %`;
+  return String(m.value);
+}
+
+function number(name, m, key = "") {
+  return html`<button type="button" class="link number" data-metric=${name}
+    title="What makes up this number" @click=${() => drill(name, key)}>${shown(name, m)}</button>`;
+}
+
+// A bar chart of the trend: incidents opened and resolved per bucket.
+function trendChart(trend) {
+  if (!trend.length) return nothing;
+  const W = 640;
+  const H = 180;
+  const pad = 24;
+  const max = Math.max(1, ...trend.map((t) => Math.max(t.incidents_opened.value, t.incidents_resolved.value)));
+  const bw = (W - pad * 2) / trend.length;
+  const y = (v) => H - pad - ((H - pad * 2) * v) / max;
+  const label = (t) => new Date(t.start * 1000).toISOString().slice(5, 10);
+  return html`<figure class="chart"><figcaption>Incidents opened and resolved per ${s.report.bucket}</figcaption>
+    <svg viewBox="0 0 ${W} ${H}" role="img" aria-label="Incidents opened and resolved per ${s.report.bucket}">
+      ${trend.map((t, i) => svg`
+        <rect class="bar opened" x=${pad + i * bw + 2} y=${y(t.incidents_opened.value)}
+          width=${Math.max(1, bw / 2 - 3)} height=${H - pad - y(t.incidents_opened.value)}>
+          <title>${label(t)}: ${t.incidents_opened.value} opened</title></rect>
+        <rect class="bar resolved" x=${pad + i * bw + bw / 2} y=${y(t.incidents_resolved.value)}
+          width=${Math.max(1, bw / 2 - 3)} height=${H - pad - y(t.incidents_resolved.value)}>
+          <title>${label(t)}: ${t.incidents_resolved.value} resolved</title></rect>
+        ${trend.length <= 16 ? svg`<text class="axis" x=${pad + i * bw + bw / 2} y=${H - 6}>${label(t)}</text>` : nothing}`)}
+      <text class="axis" x="2" y=${pad}>${max}</text>
+      <line class="base" x1=${pad} x2=${W - pad} y1=${H - pad} y2=${H - pad}></line>
+    </svg>
+    <p class="legend"><span class="key opened"></span> opened <span class="key resolved"></span> resolved</p>
+  </figure>`;
+}
+
+function findingsChart(findings) {
+  if (!findings.length) return html`<p class="muted">No critical finding opened an incident in this period.</p>`;
+  const W = 640;
+  const row = 22;
+  const H = row * findings.length + 4;
+  const max = Math.max(1, ...findings.map((f) => f.value));
+  return html`<figure class="chart"><figcaption>Incidents by finding</figcaption>
+    <svg viewBox="0 0 ${W} ${H}" role="img" aria-label="Incidents by finding">
+      ${findings.map((f, i) => svg`
+        <text class="axis" x="0" y=${i * row + 15}>${f.finding}</text>
+        <rect class="bar opened" x="220" y=${i * row + 3} width=${Math.max(1, ((W - 260) * f.value) / max)} height=${row - 6}>
+          <title>${f.finding}: ${f.value}</title></rect>
+        <text class="axis" x=${226 + ((W - 260) * f.value) / max} y=${i * row + 15}>${f.value}</text>`)}
+    </svg></figure>`;
+}
+
+function drillView() {
+  if (s.drillError) return html`<p class="error" role="alert">${s.drillError}</p>`;
+  const d = s.drill;
+  if (!d) return nothing;
+  return html`<section class="drill" aria-labelledby="drill-title" id="drill">
+    <h2 id="drill-title">${d.label}: ${d.value ?? "—"}</h2>
+    ${d.incidents.length ? html`<table><caption>Incidents</caption>
+      <thead><tr><th scope="col">Incident</th><th scope="col">Group</th><th scope="col">Opened</th>
+        <th scope="col">Resolved</th><th scope="col">Sessions</th></tr></thead>
+      <tbody>${d.incidents.map((i) => html`<tr>
+        <td><code>${i.id}</code>${i.findings.length ? html` <small>${i.findings.join(", ")}</small>` : nothing}</td>
+        <td>${i.group || "—"}</td><td>${when(i.opened_at)}</td><td>${i.resolved_at ? when(i.resolved_at) : "open"}</td>
+        <td>${i.sessions.map((id) => html`<a href="#/session/${encodeURIComponent(id)}"><code>${id.slice(0, 12)}</code></a> `)}</td>
+      </tr>`)}</tbody></table>` : nothing}
+    ${d.sessions.length ? html`<p>Sessions: ${d.sessions.slice(0, 200).map((id) => html`<a href="#/session/${encodeURIComponent(id)}"><code>${id.slice(0, 12)}</code></a> `)}
+      ${d.sessions.length > 200 ? html`<span class="muted">and ${d.sessions.length - 200} more (in the API's answer)</span>` : nothing}</p>` : nothing}
+    <p>Audit events: ${d.events.slice(0, 200).map((seq) => html`<button type="button" class="link" @click=${() => showEvent(seq)}>#${seq}</button> `)}
+      ${d.events.length > 200 ? html`<span class="muted">and ${d.events.length - 200} more</span>` : nothing}</p>
+    ${s.event ? html`<pre class="raw" aria-label="Audit event ${s.event.seq}">${JSON.stringify(s.event, null, 2)}</pre>` : nothing}
+  </section>`;
+}
+
+export function managementView(app) {
+  appRef = app;
+  if (s.visit !== app.visit) {
+    s.visit = app.visit;
+    s.drill = null;
+    load();
+    loadGroups();
+  }
+  const r = s.report;
+  const set = (name) => (e) => {
+    s.form[name] = e.target.value;
+  };
+  const csv = `/api/v1/management-reports/csv${query(params())}`;
+  let body;
+  if (s.error) body = html`<p class="error" role="alert">${s.error}</p>`;
+  else if (!r) body = html`<p class="muted">Loading…</p>`;
+  else {
+    body = html`<p class="period">${r.group ? html`Group <strong>${r.group}</strong>, ` : "All groups, "}
+        ${when(r.since)} to ${when(r.until)} <small class="muted">(${r.events_read} trail events read in ${r.compute_ms} ms)</small></p>
+      <dl class="metrics" id="metrics">${Object.entries(r.metrics).map(([name, m]) => html`
+        <div><dt>${LABELS[name] || name}</dt><dd>${number(name, m)}</dd></div>`)}</dl>
+      ${trendChart(r.trend)}
+      ${findingsChart(r.top_findings)}
+      <h2>Sessions per technician</h2>
+      ${r.technicians.length ? html`<table id="technicians"><thead><tr><th scope="col">Technician</th><th scope="col">Sessions</th></tr></thead>
+        <tbody>${r.technicians.map((t) => html`<tr><td>${t.technician}</td><td>${number("technician", t, t.technician)}</td></tr>`)}</tbody></table>`
+        : html`<p class="muted">No session in this period.</p>`}
+      ${drillView()}`;
+  }
+  return html`<section aria-labelledby="management-title" class="management">
+    <h1 id="management-title">Management reports</h1>
+    <form class="inline no-print" aria-label="Report period" @submit=${(e) => { e.preventDefault(); s.drill = null; load(); }}>
+      <label>Group <select name="group" @change=${set("group")}>
+        <option value="">All groups</option>
+        ${s.groups.map((g) => html`<option value=${g.name} ?selected=${s.form.group === g.name}>${g.name}</option>`)}
+      </select></label>
+      <label>From <input type="date" name="since" .value=${s.form.since} @change=${set("since")}></label>
+      <label>To <input type="date" name="until" .value=${s.form.until} @change=${set("until")}></label>
+      <label>Trend per <select name="bucket" @change=${set("bucket")}>
+        <option value="week" ?selected=${s.form.bucket === "week"}>week</option>
+        <option value="day" ?selected=${s.form.bucket === "day"}>day</option></select></label>
+      <button type="submit">Show</button>
+      <a class="button" href=${csv} download>CSV</a>
+      <button type="button" @click=${() => window.print()}>Print</button>
+    </form>
+    ${body}
+    <p class="muted small">How each number is counted: docs/reports.md. Counted from the audit trail only.</p>
+  </section>`;
+}

@@ -1,0 +1,112 @@
+"""Scheduled management reports (issue 14): ``backline-relay report send`` (the code the
+schedule runs) delivers one report to a local webhook receiver, signed, and by e-mail to
+a local SMTP server (aiosmtpd), each delivery audited; an SMTP server that is not there
+is a ``report.delivery.failed`` and exit status 1; the schedule's periods and due times;
+bad settings are refused."""
+
+from __future__ import annotations
+
+import json
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from backline.relay import config
+from backline.relay.reports import compute
+from backline.relay.reports.delivery import next_due, period
+from backline.relay.webhooks import verify
+from tests.harness import RelayProcess, audit_actions, free_port
+from tests.integration.test_webhooks import SECRET, Receiver
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(envelope)
+        return "250 OK"
+
+
+def test_report_send_by_webhook_and_mail(tmp_path: Path, initialised_relay: Path) -> None:
+    inbox = Inbox()
+    smtp = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    try:
+        with Receiver([]) as rx:
+            env = {"BACKLINE_WEBHOOK_URL": rx.url, "BACKLINE_WEBHOOK_SECRET": SECRET,
+                   "BACKLINE_REPORT_VIA": "webhook,smtp",
+                   "BACKLINE_REPORT_RECIPIENTS": "boss@example.test,audit@example.test",
+                   "BACKLINE_SMTP_HOST": "127.0.0.1", "BACKLINE_SMTP_PORT": str(smtp.port),
+                   "BACKLINE_SMTP_SECURITY": "none", "BACKLINE_SMTP_FROM": "relay@example.test"}
+            relay = RelayProcess(tmp_path, env, template=initialised_relay)
+            done = relay.cli("report", "send", "--days", "7", check=False)
+            assert done.returncode == 0, done.stderr
+            assert len(rx.requests) == 1
+            hook = rx.requests[0]
+            assert hook["headers"]["X-Backline-Event"] == "report.management"
+            assert verify(SECRET, hook["body"], hook["headers"]["X-Backline-Signature"])
+            body = json.loads(hook["body"])
+            assert body["type"] == "report.management"
+            assert body["data"]["metrics"]["incidents_opened"]["value"] == 0
+            assert len(inbox.messages) == 1
+            mail = inbox.messages[0]
+            assert sorted(mail.rcpt_tos) == ["audit@example.test", "boss@example.test"]
+            msg = message_from_bytes(mail.content)
+            assert msg["Subject"].startswith("Backline management report")
+            parts = {p.get_content_type(): p for p in msg.walk()}
+            assert "incidents_opened: 0" in parts["text/plain"].get_payload(decode=True).decode()
+            assert parts["text/csv"].get_filename() == "backline-report.csv"
+
+            # The SMTP server goes away: the webhook still goes, the mail is a failure.
+            smtp.stop()
+            failed = relay.cli("report", "send", check=False)
+            assert failed.returncode == 1 and "smtp:" in failed.stderr
+            assert len(rx.requests) == 2
+    finally:
+        if smtp.loop.is_running():
+            smtp.stop()
+    events = audit_actions(relay)
+    delivered = [e for e in events if e["action"] == "report.delivered"]
+    assert [e["details"]["via"] for e in delivered] == ["webhook", "smtp", "webhook"]
+    assert delivered[1]["target"] == "mailto:boss@example.test,audit@example.test"
+    assert delivered[1]["details"]["recipients"] == 2
+    assert SECRET not in json.dumps(events)
+    bad = [e for e in events if e["action"] == "report.delivery.failed"]
+    assert len(bad) == 1 and bad[0]["details"]["via"] == "smtp"
+
+
+def test_schedule_periods_and_due_times() -> None:
+    # Wednesday 2026-12-02 10:00 UTC.
+    now = 1796205600.0
+    assert compute.bucket_start(now, "week") == 1795996800.0  # Monday 2026-11-30 00:00
+    since, until = period("weekly", now, 6)
+    assert (since, until) == (1795996800.0 - compute.WEEK, 1795996800.0)
+    assert next_due("weekly", now, 6) == 1795996800.0 + compute.WEEK + 6 * 3600
+    since, until = period("daily", now, 6)
+    assert until == 1796169600.0 and since == until - compute.DAY  # 2026-12-01, whole
+    assert next_due("daily", now, 6) == 1796169600.0 + compute.DAY + 6 * 3600
+    # Before 06:00 the report due is yesterday's morning one: the day before it.
+    early = 1796169600.0 + 3600
+    assert period("daily", early, 6) == (1796169600.0 - 2 * compute.DAY,
+                                         1796169600.0 - compute.DAY)
+    assert next_due("daily", early, 6) == 1796169600.0 + 6 * 3600
+
+
+@pytest.mark.parametrize("settings", [
+    {"report_schedule": "hourly", "report_via": ["webhook"]},
+    {"report_schedule": "daily"},
+    {"report_via": ["fax"]},
+    {"report_via": ["webhook"]},
+    {"report_via": ["smtp"], "smtp_host": "127.0.0.1", "smtp_from": "a@b"},
+    {"report_via": ["smtp"], "smtp_host": "127.0.0.1", "smtp_from": "a@b",
+     "report_recipients": ["not an address"]},
+    {"smtp_host": "mail.example.test", "smtp_security": "none"},
+    {"report_hour_utc": 24},
+])
+def test_bad_report_settings_are_refused(settings: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError):
+        config.load(overrides={"data_dir": tmp_path, **settings}, environ={})
