@@ -438,6 +438,8 @@ class ReportRow(Reply):
     size: int
     findings: int
     worst: str
+    #: When retention deleted its content (the row and digest stay); null: kept.
+    deleted_at: float | None = None
 
 
 class Reports(Reply):
@@ -464,6 +466,8 @@ class RecordingRow(Reply):
     sha256: str
     technician: str
     keystrokes: bool
+    #: When retention deleted its content (the row and digest stay); null: kept.
+    deleted_at: float | None = None
 
 
 class Recordings(Reply):

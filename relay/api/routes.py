@@ -16,6 +16,7 @@ from backline.relay.api import (
     auth,
     enroll_tokens,
     fixes,
+    legal_holds,
     recordings,
     reports,
     sessions,
@@ -23,6 +24,6 @@ from backline.relay.api import (
 )
 
 RESOURCES = (auth, agents, users, enroll_tokens, api_tokens, audit, sessions, reports,
-             recordings, fixes)
+             recordings, fixes, legal_holds)
 
 ROUTES: list[Route] = [route for module in RESOURCES for route in module.ROUTES]
