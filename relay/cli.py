@@ -24,6 +24,7 @@ from backline.common.tlspin import format_fingerprint
 from backline.relay import config as config_mod
 from backline.relay import tokens, users
 from backline.relay.cli_fix import fix_app
+from backline.relay.cli_siem import retention_app, siem_app
 from backline.relay.datadir import CERT_WARN_DAYS
 from backline.relay.roles import ROLES
 from backline.relay.store import Store, open_store
@@ -48,6 +49,8 @@ app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(cert_app, name="cert")
 app.add_typer(fix_app, name="fix")  # relay/cli_fix.py
+app.add_typer(retention_app, name="retention")  # relay/cli_siem.py
+app.add_typer(siem_app, name="siem")  # relay/cli_siem.py
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
