@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from backline.relay.webhooks import verify
 from tests.harness import RelayProcess, admin_api, audit_actions, wait_for
@@ -94,41 +93,41 @@ def _caught_up(relay: RelayProcess, seqs: Any) -> bool:
     return bool(seqs()) and max(seqs()) >= head_seq(relay)
 
 
-@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
-def test_syslog_stream_survives_kill9_exactly_once(tmp_path: Path, initialised_relay: Path,
-                                                   tls: bool) -> None:
-    context = ca_file = None
-    if tls:
-        ca_file, cert, key = make_ca(tmp_path / "pki", "collector")
-        context = server_context(cert, key)
-    rx = SyslogReceiver(context)
-    dest: dict[str, Any] = {"name": "collector", "url": rx.url, "batch_size": 4}
-    if ca_file:
-        dest["ca_file"] = str(ca_file)
-    relay = _relay(tmp_path, initialised_relay, [dest]).start()
+def test_syslog_stream_survives_kill9_exactly_once(tmp_path: Path,
+                                                   initialised_relay: Path) -> None:
+    """Two collectors on one relay, one over TCP and one over TLS (verified against the
+    test's CA), both through the same SIGKILL and restart."""
+    ca_file, cert, key = make_ca(tmp_path / "pki", "collector")
+    tcp, tls = SyslogReceiver(), SyslogReceiver(server_context(cert, key))
+    relay = _relay(tmp_path, initialised_relay, [
+        {"name": "tcp", "url": tcp.url, "batch_size": 4},
+        {"name": "tls", "url": tls.url, "batch_size": 3, "ca_file": str(ca_file)},
+    ]).start()
     try:
         with EventMaker(relay, "before") as maker:
-            wait_for(lambda: len(rx.messages) >= 40 and maker.made >= 20, 60,
-                     "the stream to be under way")
+            wait_for(lambda: min(len(tcp.messages), len(tls.messages)) >= 40
+                     and maker.made >= 20, 60, "the streams to be under way")
             relay.kill9()  # mid-stream: the maker is still making events
-        killed_at = len(rx.messages)
+        killed_at = {rx.url: len(rx.messages) for rx in (tcp, tls)}
         time.sleep(0.5)  # what the kernel still had to deliver
-        behind = head_seq(relay) - max(rx.seqs())
-        print(f"killed with {killed_at} messages received ({len(rx.messages)} after the "
-              f"kernel's last deliveries, {rx.partial} cut frames); the trail was "
-              f"{behind} events ahead")
+        for rx in (tcp, tls):
+            print(f"{rx.url}: killed with {killed_at[rx.url]} messages received "
+                  f"({len(rx.messages)} after the kernel's last deliveries, {rx.partial} "
+                  f"cut frames); the trail was {head_seq(relay) - max(rx.seqs())} ahead")
         relay.start()
         with EventMaker(relay, "after") as maker:
             wait_for(lambda: maker.made >= 10, 60, "events after the restart")
-        wait_for(lambda: _caught_up(relay, rx.seqs), 60, "the collector to catch up")
-        assert rx.connections >= 2 and killed_at < len(rx.messages)
-        assert not rx.bad, rx.bad[:3]
-        _exactly_once(relay, rx.messages)
-        msgids = {m["msgid"] for m in rx.messages}
-        assert {"relay.start", "group.create", "auth.login"} <= msgids
+        for rx in (tcp, tls):
+            wait_for(lambda rx=rx: _caught_up(relay, rx.seqs), 60, "the collector to catch up")
+            assert rx.connections >= 2 and killed_at[rx.url] < len(rx.messages)
+            assert not rx.bad, rx.bad[:3]
+            _exactly_once(relay, rx.messages)
+            msgids = {m["msgid"] for m in rx.messages}
+            assert {"relay.start", "group.create", "auth.login"} <= msgids
     finally:
         relay.stop()
-        rx.close()
+        tcp.close()
+        tls.close()
 
 
 def test_https_destination_retries_and_recovers(tmp_path: Path,
