@@ -66,6 +66,14 @@ class SiemDestination:
                               "16 characters (the receiver checks X-Backline-Signature)")
         if self.ca_file and not Path(self.ca_file).is_file():
             raise ConfigError(f"{where}: ca_file {self.ca_file!r} is not a file")
+        if self.ca_file:
+            import ssl
+
+            try:
+                ssl.create_default_context(cafile=self.ca_file)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise ConfigError(f"{where}: ca_file {self.ca_file!r} holds no readable "
+                                  f"PEM certificate ({exc})") from None
         if not 1 <= self.batch_size <= 1000:
             raise ConfigError(f"{where}: batch_size must be between 1 and 1000")
         if not 4096 <= self.max_batch_bytes <= 16 * 1024 * 1024:

@@ -107,6 +107,30 @@ def test_destination_settings_are_validated(tmp_path: Path) -> None:
             relay_config.load(toml, {"data_dir": tmp_path}, environ={})
 
 
+def test_bad_ca_file_is_a_config_error(tmp_path: Path) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    toml = tmp_path / "relay.toml"
+    toml.write_text(f'[[siem.destinations]]\nname = "soc"\nurl = "syslog+tls://h:6514"\n'
+                    f'ca_file = "{bad}"\n')
+    with pytest.raises(relay_config.ConfigError, match="no readable PEM"):
+        relay_config.load(toml, {"data_dir": tmp_path}, environ={})
+
+
+def test_tls_sender_refuses_a_collector_of_another_ca(tmp_path: Path) -> None:
+    from tests.siem_receivers import SyslogReceiver, make_ca, server_context
+
+    ours, _, _ = make_ca(tmp_path, "ours")
+    _, cert, key = make_ca(tmp_path, "theirs")
+    rx = SyslogReceiver(server_context(cert, key))
+    try:
+        with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):
+            asyncio.run(SyslogSender(rx.url, ca_file=str(ours), timeout=5).send([b"x"]))
+        assert not rx.messages
+    finally:
+        rx.close()
+
+
 def test_cursor_file_round_trip(tmp_path: Path) -> None:
     f = CursorFile(tmp_path / "siem" / "x.cursor")
     assert f.read() is None
