@@ -631,7 +631,7 @@ event("siem.failed", EXPORT, "a SIEM destination started failing (or is still fa
       need("after_seq", int, "the last event delivered"), flood=True)
 event("siem.recovered", EXPORT, "a failing SIEM destination took events again",
       "`siem:NAME`", SIEM_DEST, need("failures", int, "failed attempts in the outage"),
-      need("down_s", NUMBER, "how long it failed"))
+      need("down_s", NUMBER, "how long it failed"), flood=True)
 KIND = need("kind", str, "`recording`, `diagnostics_report` or `fix_output`")
 event("retention.deleted", EXPORT, "a recording's or report's content was deleted by "
       "retention (its row and digest stay)", "`recording:ID`, `report:ID` or `fix_run:ID`",

@@ -270,8 +270,10 @@ class DestinationStream:
         down = round(time.time() - self.failing_since, 3)
         log.warning("siem %s (%s): delivering again after %d failures over %.1f s",
                     self.name, self.target, self.failures, down)
-        self.relay.record("relay", "siem.recovered", f"siem:{self.name}",
-                          destination=self.target, failures=self.failures, down_s=down)
+        # Through record_flood too: a destination flapping every second makes a few rows
+        # a minute, not one per flap.
+        self.relay.record_flood(self.name, "relay", "siem.recovered", f"siem:{self.name}",
+                                destination=self.target, failures=self.failures, down_s=down)
         self.failing_since, self.failures = None, 0
 
     async def close(self) -> None:
