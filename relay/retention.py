@@ -241,11 +241,12 @@ def run(engine: sa.Engine, blobs: BlobStore, config: RelayConfig, record: Record
 
 async def periodic(relay: Relay) -> None:
     """The relay's retention job: a pass every ``retention_interval_minutes`` (the
-    first a minute after the start), while retention is on."""
+    first five minutes after the start, or sooner with a shorter interval: a relay
+    that restarts often still gets its passes), while retention is on."""
     config = relay.config
     if not (config.retention_recordings_days or config.retention_reports_days):
         return
-    await asyncio.sleep(min(60.0, config.retention_interval_minutes * 60))
+    await asyncio.sleep(min(300.0, config.retention_interval_minutes * 60))
     while True:
         try:
             result = await asyncio.to_thread(run, relay.engine, relay.blobs, config,
