@@ -193,6 +193,8 @@ FIXES = group("fixes", "Approved fixes (docs/fixes-relay.md): the catalogue, fou
                        "manifest's `digest`.")
 AUDIT = group("audit", "Reading the trail itself.")
 SYSTEM = group("system", "The relay process: set-up, start and stop, TLS, webhooks.")
+EXPORT = group("export", "Streaming the trail to a SIEM, retention of recordings and "
+               "reports, legal holds (docs/siem-and-retention.md).")
 FLOODS = group("floods", "Refusals at the edge that anyone can repeat at will (connections, "
                          "requests, sockets): recorded through the flood aggregation, so "
                          "past the first few a minute per source they come as aggregated "
@@ -634,6 +636,40 @@ event("webhook.failed", SYSTEM, "webhook deliveries were given up or dropped",
       may("event_type", str, "the event's type"), may("event_id", str, "the delivery's id"),
       may("attempts", int, "how many times it was tried"),
       may("dropped", int, "how many deliveries were dropped"))
+
+# --- export: SIEM streaming, retention, legal holds (helper siem) -------------------
+
+SIEM_DEST = need("destination", str, "the destination's URL without credentials or path")
+event("siem.failed", EXPORT, "a SIEM destination started failing (or is still failing, "
+      "every ten minutes); retries in between are only logged", "`siem:NAME`", SIEM_DEST,
+      need("reason", str, "the last delivery error"),
+      need("failures", int, "failed attempts so far in this outage"),
+      need("after_seq", int, "the last event delivered"), flood=True)
+event("siem.recovered", EXPORT, "a failing SIEM destination took events again",
+      "`siem:NAME`", SIEM_DEST, need("failures", int, "failed attempts in the outage"),
+      need("down_s", NUMBER, "how long it failed"), flood=True)
+KIND = need("kind", str, "`recording`, `diagnostics_report` or `fix_output`")
+event("retention.deleted", EXPORT, "a recording's or report's content was deleted by "
+      "retention (its row and digest stay)", "`recording:ID`, `report:ID` or `fix_run:ID`",
+      KIND, need("id", str, "the recording's, report's or run's id"),
+      need("session", str, "the session it belongs to"), AGENT_ID,
+      need("sha256", str, "the SHA-256 of what was deleted, as the trail recorded it"),
+      need("age_days", NUMBER, "its age when deleted"),
+      need("days", NUMBER, "the retention period that applied"))
+event("retention.run", EXPORT, "a retention run ended (periodic, or `backline-relay "
+      "retention run`)", RELAY, need("deleted", int, "items deleted"),
+      need("held", int, "items past their age kept by a legal hold"),
+      need("trigger", str, "`periodic` or `cli`"))
+HOLD_FIELDS = (need("hold", str, "the hold's id (`lh_...`)"),
+               need("scope", str, "`session`, `agent` or `group`"),
+               need("subject", str, "the held session's or agent's id, or the group's name"),
+               need("reason", str, "why (the matter, the request), as given"))
+event("legal_hold.placed", EXPORT, "a legal hold was placed: retention keeps what it covers",
+      "`legal_hold:ID`", *HOLD_FIELDS, ADDRESS_IF_API)
+event("legal_hold.lifted", EXPORT, "a legal hold was lifted: retention applies again",
+      "`legal_hold:ID`", *HOLD_FIELDS, ADDRESS_IF_API)
+event("legal_hold.refused", EXPORT, "placing or lifting a legal hold was refused",
+      "`legal_hold:ID` or the subject", *API_REFUSAL)
 
 # --- floods -------------------------------------------------------------------------
 

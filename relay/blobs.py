@@ -44,6 +44,14 @@ class BlobStore:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         return BlobWriter(self, path, os.fdopen(fd, "wb", buffering=0))
 
+    def remove(self, digest: str) -> bool:
+        """Delete a blob (retention, relay/retention.py); ``False`` if it was not there."""
+        try:
+            self._path(digest).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def get(self, digest: str) -> bytes:
         data = self._path(digest).read_bytes()
         if hashlib.sha256(data).hexdigest() != digest:

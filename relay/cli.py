@@ -27,6 +27,7 @@ from backline.relay.cli_audit import register as register_audit_proofs
 from backline.relay.cli_fix import fix_app
 from backline.relay.cli_timeline import timeline_app
 from backline.relay.cli_reports import report_app
+from backline.relay.cli_siem import retention_app, siem_app
 from backline.relay.datadir import CERT_WARN_DAYS
 from backline.relay.roles import ROLES
 from backline.relay.store import Store, open_store
@@ -54,6 +55,8 @@ app.add_typer(fix_app, name="fix")  # relay/cli_fix.py
 register_audit_proofs(audit_app)  # relay/cli_audit.py: key, checkpoint, proof, bundle...
 app.add_typer(timeline_app, name="timeline")  # relay/cli_timeline.py
 app.add_typer(report_app, name="report")  # relay/cli_reports.py (issue 14)
+app.add_typer(retention_app, name="retention")  # relay/cli_siem.py
+app.add_typer(siem_app, name="siem")  # relay/cli_siem.py
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -7,6 +7,7 @@ Later sources win. Every setting has a sensible default, so a bare
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import tomllib
@@ -25,6 +26,88 @@ LOG_FORMATS = ("text", "json")
 
 class ConfigError(ValueError):
     """A setting that cannot work; the message says which and why."""
+
+
+SIEM_SCHEMES = ("https", "syslog+tcp", "syslog+tls")
+_SIEM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+@dataclass
+class SiemDestination:
+    """One ``[[siem.destinations]]`` table: where the audit trail is streamed
+    (relay/siem/, docs/siem-and-retention.md). ``name`` keys its durable cursor, so
+    renaming a destination starts it again from the first event."""
+
+    name: str
+    url: str
+    # A PEM file of the CA(s) that issue the collector's certificate (https and
+    # syslog+tls); empty: the system's trust store.
+    ca_file: str = ""
+    # https: the HMAC-SHA256 key of X-Backline-Signature (at least 16 characters).
+    secret: str = ""
+    batch_size: int = 100
+    max_batch_bytes: int = 1024 * 1024
+    timeout_s: float = 10.0
+    retry_max_s: float = 60.0
+
+    @property
+    def scheme(self) -> str:
+        return self.url.split("://", 1)[0]
+
+    def validate(self) -> None:
+        where = f"siem destination {self.name!r}"
+        if not _SIEM_NAME.fullmatch(self.name):
+            raise ConfigError(f"{where}: name is 1-64 of a-z 0-9 _ - (it keys the cursor)")
+        if self.scheme not in SIEM_SCHEMES or "://" not in self.url:
+            raise ConfigError(f"{where}: url must start with https://, syslog+tcp:// or "
+                              "syslog+tls://")
+        if self.scheme == "https" and len(self.secret) < 16:
+            raise ConfigError(f"{where}: an https destination needs a secret of at least "
+                              "16 characters (the receiver checks X-Backline-Signature)")
+        if self.ca_file and not Path(self.ca_file).is_file():
+            raise ConfigError(f"{where}: ca_file {self.ca_file!r} is not a file")
+        if self.ca_file:
+            import ssl
+
+            try:
+                ssl.create_default_context(cafile=self.ca_file)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise ConfigError(f"{where}: ca_file {self.ca_file!r} holds no readable "
+                                  f"PEM certificate ({exc})") from None
+        if not 1 <= self.batch_size <= 1000:
+            raise ConfigError(f"{where}: batch_size must be between 1 and 1000")
+        if not 4096 <= self.max_batch_bytes <= 16 * 1024 * 1024:
+            raise ConfigError(f"{where}: max_batch_bytes must be between 4096 and 16777216")
+        if not 0.5 <= self.timeout_s <= 120 or not 1 <= self.retry_max_s <= 3600:
+            raise ConfigError(f"{where}: timeout_s is 0.5-120 and retry_max_s 1-3600")
+
+    def shown(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "url": hide_url_password(self.url),
+                "secret": "***" if self.secret else ""}
+
+
+def siem_destinations(raw: Any) -> list[SiemDestination]:
+    """``[[siem.destinations]]`` (or a JSON list in ``BACKLINE_SIEM_DESTINATIONS``)."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else []
+        except ValueError as exc:
+            raise ConfigError(f"siem destinations: not a JSON list ({exc})") from None
+    if not isinstance(raw, list) or len(raw) > 16:
+        raise ConfigError("siem destinations: a list of at most 16 tables")
+    names = {f.name for f in dataclasses.fields(SiemDestination)}
+    out = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise ConfigError("siem destinations: each is a table (name, url, ...)")
+        unknown = set(item) - names
+        if unknown:
+            raise ConfigError(f"siem destination: unknown setting(s) {sorted(unknown)}")
+        try:
+            out.append(SiemDestination(**item))
+        except TypeError as exc:
+            raise ConfigError(f"siem destination: {exc}") from None
+    return out
 
 
 def public_ca(path: str) -> str:
@@ -164,6 +247,14 @@ class RelayConfig:
     smtp_password: str = ""
     smtp_from: str = ""
     smtp_timeout_s: float = 30.0
+    # SIEM streaming of the audit trail: ``[[siem.destinations]]`` tables in the file
+    # (docs/siem-and-retention.md).
+    siem_destinations: list[SiemDestination] = field(default_factory=list)
+    # Retention (``[retention]`` in the file, or these names): recordings and reports
+    # older than this many days are deleted unless under a legal hold; 0 keeps them.
+    retention_recordings_days: float = 0.0
+    retention_reports_days: float = 0.0
+    retention_interval_minutes: float = 60.0
 
     @property
     def effective_public_url(self) -> str:
@@ -276,6 +367,16 @@ class RelayConfig:
                               "holds 64 MiB)")
         if not 0.1 <= self.argon2_wait_s <= 60:
             raise ConfigError("argon2_wait_s must be between 0.1 and 60")
+        names = [d.name for d in self.siem_destinations]
+        if len(set(names)) != len(names):
+            raise ConfigError("siem destinations: each needs a name of its own")
+        for dest in self.siem_destinations:
+            dest.validate()
+        if not (0 <= self.retention_recordings_days <= 36500
+                and 0 <= self.retention_reports_days <= 36500):
+            raise ConfigError("retention days must be between 0 (keep) and 36500")
+        if not 1 <= self.retention_interval_minutes <= 7 * 24 * 60:
+            raise ConfigError("retention_interval_minutes must be between 1 and 10080")
         if self.webhook_url:
             if not self.webhook_url.startswith(("https://", "http://")):
                 raise ConfigError("webhook_url must be an http:// or https:// URL")
@@ -326,6 +427,7 @@ class RelayConfig:
         out["webhook_url"] = hide_url_password(self.webhook_url)
         out["webhook_secret"] = "***" if self.webhook_secret else ""
         out["smtp_password"] = "***" if self.smtp_password else ""
+        out["siem_destinations"] = [d.shown() for d in self.siem_destinations]
         return out
 
 
@@ -335,6 +437,8 @@ def hide_url_password(url: str) -> str:
 
 def _coerce(name: str, raw: Any, kind: Any) -> Any:
     kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    if "SiemDestination" in kind_name:
+        return siem_destinations(raw)
     try:
         if "Path" in kind_name:
             return Path(str(raw)).expanduser()
@@ -356,6 +460,25 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
         return str(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting {name}: cannot read {raw!r} as {kind_name}") from exc
+
+
+def _sections(config_file: Path, table: dict[str, Any]) -> dict[str, Any]:
+    """``[siem]`` and ``[retention]`` as the flat settings they stand for."""
+    table = dict(table)
+    siem = table.pop("siem", None)
+    if siem is not None:
+        if not isinstance(siem, dict) or set(siem) - {"destinations"}:
+            raise ConfigError(f"config file {config_file}: [siem] holds only "
+                              "[[siem.destinations]] tables")
+        table["siem_destinations"] = siem.get("destinations", [])
+    retention = table.pop("retention", None)
+    if retention is not None:
+        known = ("recordings_days", "reports_days", "interval_minutes")
+        if not isinstance(retention, dict) or set(retention) - set(known):
+            raise ConfigError(f"config file {config_file}: [retention] holds "
+                              f"{', '.join(known)}")
+        table.update({f"retention_{k}": v for k, v in retention.items()})
+    return table
 
 
 def load(
@@ -382,6 +505,7 @@ def load(
             raise ConfigError(f"config file {config_file} does not exist") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {config_file}: {exc}") from exc
+        table = _sections(config_file, table)
         for name, raw in table.items():
             if name not in fields:
                 raise ConfigError(f"config file {config_file}: unknown setting {name!r}")

@@ -10,6 +10,8 @@ PERMISSIONS = frozenset({
     # Approved fixes (issue 12): reading the catalogue, authoring a version, approving
     # one (never one's own: relay/fixes/service.py), running one in a session.
     "fixes:read", "fixes:author", "fixes:approve", "fixes:run",
+    # Legal holds (relay/api/legal_holds.py): keep evidence from retention.
+    "holds:write",
 })
 
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
@@ -19,9 +21,10 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
                              "fixes:run"}),
     "approver": frozenset({"agents:read", "groups:read", "apitokens:write", "fixes:read",
                            "fixes:approve"}),
-    # Auditors read everything and change nothing.
+    # Auditors read everything and change nothing, but may keep evidence from retention
+    # (a legal hold alters no record; relay/api/legal_holds.py).
     "auditor": frozenset({"agents:read", "audit:read", "enroll:read", "groups:read",
-                          "users:read", "fixes:read"}),
+                          "users:read", "fixes:read", "holds:write"}),
 }
 
 # What an API token may carry at most. Managing users, groups or other tokens is

@@ -391,3 +391,34 @@ support_sessions.append_column(sa.Column("outcome_note", Str(1024), nullable=Fal
                                          default="", server_default=""))
 support_sessions.append_column(sa.Column("outcome_by", Str(64)))
 support_sessions.append_column(sa.Column("outcome_at", sa.Float))
+
+# --- siem: SIEM streaming cursors, legal holds, retention (issue 14; migration 0011) ---
+# Where each SIEM destination got to: the last event handed over (relay/siem/stream.py).
+siem_cursors = sa.Table(
+    "siem_cursors", metadata,
+    sa.Column("destination", Str(64), primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("hash", Str(64), nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# A legal hold keeps a session's, an agent's or a group's recordings and reports from
+# retention until it is lifted (relay/retention.py). Never deleted: lifting sets
+# lifted_at, so who held what and when stays readable.
+legal_holds = sa.Table(
+    "legal_holds", metadata,
+    sa.Column("id", Str(64), primary_key=True),
+    sa.Column("scope", Str(16), nullable=False),
+    sa.Column("subject", Str(128), nullable=False),
+    sa.Column("reason", Str(512), nullable=False),
+    sa.Column("placed_by", Str(64), nullable=False),
+    sa.Column("placed_at", sa.Float, nullable=False),
+    sa.Column("lifted_by", Str(64)),
+    sa.Column("lifted_at", sa.Float),
+    sa.Column("lift_reason", Str(512)),
+    sa.Index("ix_legal_holds_subject", "scope", "subject"),
+)
+
+# Retention deletes the blob and keeps the row, marked: the trail keeps the digest.
+for _table in (recordings, diagnostics_reports, fix_runs):
+    _table.append_column(sa.Column("deleted_at", sa.Float))

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from backline.common import keys
-from backline.relay import audit_events, metrics, pinset_serial, tls_identity
+from backline.relay import audit_events, metrics, pinset_serial, retention, tls_identity
 from backline.relay.agents import Presence, get_agent
 from backline.relay.audit import AuditLog
 from backline.relay.audit_floods import FloodAggregator
@@ -25,6 +25,7 @@ from backline.relay.datadir import DataDir
 from backline.relay.fixes.service import FixService
 from backline.relay.live import LiveBus
 from backline.relay.sessions.manager import SessionManager
+from backline.relay.siem.stream import SiemStreamer
 from backline.relay.store import open_store
 from backline.relay.tls_identity import TlsIdentity
 from backline.relay.webhooks import WebhookSender
@@ -53,6 +54,8 @@ class Relay:
     floods: FloodAggregator = field(init=False)
     #: Approved fixes: catalogue, fix key, revocation push (relay/fixes/service.py).
     fixes: FixService = field(init=False)
+    #: The audit trail streamed to SIEM destinations (relay/siem/stream.py).
+    siem: SiemStreamer = field(init=False)
     #: SPKI pins agents are told to trust (relay/tls_identity.py), current key first.
     pins: tuple[str, ...] = ()
     tls_identity: TlsIdentity | None = None
@@ -76,6 +79,7 @@ class Relay:
         self.channels = ChannelRunner(self)
         self.blobs = BlobStore(self.datadir.root / "blobs")
         self.fixes = FixService(self)
+        self.siem = SiemStreamer(self)
         self.webhooks = WebhookSender.from_config(
             c, self.record, lambda agent_id: get_agent(self.engine, self.presence, agent_id))
 
@@ -167,6 +171,8 @@ class Relay:
         from backline.relay.reports import delivery  # reports (issue 14): the schedule
 
         self._tasks.append(asyncio.create_task(delivery.run(self)))
+        self._tasks += self.siem.start()
+        self._tasks.append(asyncio.create_task(retention.periodic(self)))
 
     async def stop_background(self) -> None:
         await self.sessions.close_all("relay_shutdown")
@@ -179,6 +185,7 @@ class Relay:
                 pass
         self._tasks.clear()
         await self.webhooks.stop()
+        await self.siem.stop()
         self.floods.flush_all()
         self.presence.flush_last_seen(self.engine)
         self.flush_records()

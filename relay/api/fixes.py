@@ -31,6 +31,7 @@ from backline.relay.api.models import FixParams, OpaqueId
 from backline.relay.api.sessions import may_see
 from backline.relay.fixes import bulk, store
 from backline.relay.fixes.service import FixRefused
+from backline.relay.retention import gone_text
 from backline.relay.state import Relay
 from backline.relay.webauth import ApiError, Principal
 
@@ -531,13 +532,15 @@ async def get_run(request: Request, relay: Relay, who: Principal, *,
 
 
 @endpoint("fixes:read", path=RunPath, noun="run", answers={200: "text/plain"},
-          refuses=(500,))
+          refuses=(410, 500))
 async def get_run_output(request: Request, relay: Relay, who: Principal, *,
                          path: RunPath) -> Response:
     """The kept raw output of a run (checked against its SHA-256), as text/plain."""
     run = _run_for(relay, who, path.run_id)
     if not run["output_sha256"]:
         raise ApiError(404, "not_found", "that run kept no output")
+    if run.get("deleted_at"):
+        raise ApiError(410, "deleted", gone_text("fix output", run, "output_sha256"))
     try:
         data = relay.blobs.get(run["output_sha256"])
     except (OSError, ValueError) as exc:

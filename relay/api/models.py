@@ -444,6 +444,8 @@ class ReportRow(Reply):
     size: int
     findings: int
     worst: str
+    #: When retention deleted its content (the row and digest stay); null: kept.
+    deleted_at: float | None = None
 
 
 class Reports(Reply):
@@ -470,6 +472,8 @@ class RecordingRow(Reply):
     sha256: str
     technician: str
     keystrokes: bool
+    #: When retention deleted its content (the row and digest stay); null: kept.
+    deleted_at: float | None = None
 
 
 class Recordings(Reply):

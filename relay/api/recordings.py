@@ -19,11 +19,12 @@ from backline.relay.api import models as m
 from backline.relay.api.edge import endpoint, reply
 from backline.relay.api.sessions import may_see, session_for
 from backline.relay.capabilities import recording
+from backline.relay.retention import gone_text
 from backline.relay.state import Relay
 from backline.relay.webauth import ApiError, Principal
 
 _FIELDS = ("id", "capability", "started_at", "duration_s", "bytes", "sha256", "technician",
-           "keystrokes")
+           "keystrokes", "deleted_at")
 
 
 @endpoint("agents:read", path=m.SessionPath, noun="session", answers={200: m.Recordings})
@@ -36,7 +37,7 @@ async def list_recordings(request: Request, relay: Relay, who: Principal, *,
 
 
 @endpoint("agents:read", path=m.RecordingPath, noun="recording",
-          answers={200: recording.MEDIA_TYPE}, refuses=(409, 500))
+          answers={200: recording.MEDIA_TYPE}, refuses=(409, 410, 500))
 async def get_recording(request: Request, relay: Relay, who: Principal, *,
                         path: m.RecordingPath) -> Response:
     """One recording, checked against its SHA-256: a terminal's as an asciicast v2
@@ -53,6 +54,10 @@ async def get_recording(request: Request, relay: Relay, who: Principal, *,
         raise ApiError(404, "not_found", "no such recording",
                        action="recording.refused", target=f"recording:{row['id']}",
                        reason="not_visible")
+    if row.get("deleted_at"):
+        raise ApiError(410, "deleted", gone_text("recording", row),
+                       action="recording.refused", target=f"recording:{row['id']}",
+                       reason="deleted_by_retention")
     try:  # against the digest the trail recorded, not only the row (relay/timeline.py)
         data = timeline.check_blob(relay.blobs, f"recording {row['id']}", row["sha256"],
                                    timeline.recording_trail(relay.engine, row))

@@ -16,6 +16,7 @@ from backline.relay.api import models as m
 from backline.relay.api.agents import agent_by_id
 from backline.relay.api.edge import endpoint, reply
 from backline.relay.capabilities.diagnostics import load
+from backline.relay.retention import gone_text
 from backline.relay.schema import diagnostics_reports
 from backline.relay.state import Relay
 from backline.relay.webauth import ApiError, Principal
@@ -35,7 +36,7 @@ async def list_reports(request: Request, relay: Relay, who: Principal, *,
 
 
 @endpoint("agents:read", path=m.ReportPath, noun="report", answers={200: m.Report},
-          refuses=(500,))
+          refuses=(410, 500))
 async def get_report(request: Request, relay: Relay, who: Principal, *,
                      path: m.ReportPath) -> Response:
     """One stored report, assembled, with the SHA-256 of what the agent sent."""
@@ -46,6 +47,8 @@ async def get_report(request: Request, relay: Relay, who: Principal, *,
     if row is None:
         raise ApiError(404, "not_found", "no such report")
     agent_by_id(relay, who, row["agent_id"], acting=False)
+    if row.get("deleted_at"):
+        raise ApiError(410, "deleted", gone_text("report", row))
     try:
         report = load(relay.blobs, dict(row))
     except (OSError, ValueError) as exc:

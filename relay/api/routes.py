@@ -16,6 +16,7 @@ from backline.relay.api import (
     auth,
     enroll_tokens,
     fixes,
+    legal_holds,
     management_reports,
     recordings,
     reports,
@@ -26,6 +27,6 @@ from backline.relay.api import (
 )
 
 RESOURCES = (auth, agents, users, enroll_tokens, api_tokens, audit, sessions, reports,
-             recordings, fixes, timeline, session_outcome, management_reports)
+             recordings, fixes, timeline, session_outcome, management_reports, legal_holds)
 
 ROUTES: list[Route] = [route for module in RESOURCES for route in module.ROUTES]

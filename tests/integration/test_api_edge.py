@@ -359,7 +359,7 @@ def test_the_document_describes_every_answer() -> None:
             assert all(p["schema"].get("type") for p in op["parameters"]), op["parameters"]
     assert created == {"create_group", "create_user", "create_enroll_token",
                        "create_api_token", "open_session", "create_session_code",
-                       "submit_fix", "add_signature"}
+                       "submit_fix", "add_signature", "place_hold"}
     login = doc["paths"]["/api/v1/auth/login"]["post"]
     assert login["security"] == [] and "429" in login["responses"]
     totp = schemas["TotpConfirm"]["properties"]["code"]

@@ -1,0 +1,153 @@
+"""Syslog over TCP and TLS: RFC 5424 messages, RFC 6587 / 5425 octet-counting frames.
+
+Why octet counting: an audit event's JSON may hold a newline (in a detail), so the
+non-transparent (LF-terminated) framing of RFC 6587 could split one event into two;
+``LEN SP MSG`` cannot. Why a blocking socket in a thread: :meth:`SyslogSender.send`
+must know that a message reached the kernel before the caller moves its cursor
+(docs/siem-and-retention.md, "Exactly once across a kill"); asyncio's transports
+buffer in user space and say only that the buffer drained below a mark.
+
+The contract (shared with the checkpoint sink, BRIEF.md): :func:`rfc5424` builds one
+message without framing; :class:`SyslogSender` frames and sends, raising ``OSError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+SCHEMES = ("syslog+tcp", "syslog+tls")
+#: The largest message sent (RFC 5425 receivers must take 2048 octets and SHOULD take
+#: 8192; audit details are at most 16 KiB of JSON, so the whole event fits in 64 KiB).
+MAX_MESSAGE = 64 * 1024
+_PRINTUSASCII = re.compile(r"[^\x21-\x7e]")
+
+
+def _field(value: str, limit: int) -> str:
+    """A header field (HOSTNAME, APP-NAME, MSGID): printable US-ASCII without spaces,
+    at most ``limit`` characters, ``-`` when empty (RFC 5424 section 6.2)."""
+    text = _PRINTUSASCII.sub("_", value)[:limit]
+    return text or "-"
+
+
+def sd_escape(value: str) -> str:
+    """A PARAM-VALUE with ``"``, ``\\`` and ``]`` escaped (RFC 5424 section 6.3.3)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+def timestamp(at: float) -> str:
+    """RFC 3339 in UTC with microseconds (RFC 5424 section 6.2.3)."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def rfc5424(msg: str, *, msgid: str, sd: str = "-", severity: int = 6, facility: int = 13,
+            at: float | None = None, hostname: str | None = None,
+            app: str = "backline-relay") -> bytes:
+    """One RFC 5424 message (no framing): ``<PRI>1 TIMESTAMP HOST APP PROCID MSGID SD``
+    then a UTF-8 MSG with its BOM. Facility 13 is "log audit". ``sd`` is given whole
+    (``[id param="value"]``, values escaped with :func:`sd_escape`)."""
+    if not (0 <= severity <= 7 and 0 <= facility <= 23):
+        raise ValueError("severity is 0-7 and facility 0-23")
+    if sd != "-" and not (sd.startswith("[") and sd.endswith("]")):
+        raise ValueError("structured data is '-' or [SD-ID params...]")
+    host = hostname if hostname is not None else socket.gethostname()
+    head = (f"<{facility * 8 + severity}>1 {timestamp(time.time() if at is None else at)} "
+            f"{_field(host, 255)} {_field(app, 48)} {os.getpid()} {_field(msgid, 32)} {sd}")
+    return head.encode("utf-8") + b" \xef\xbb\xbf" + msg.encode("utf-8")
+
+
+def frame(message: bytes) -> bytes:
+    """``MSG-LEN SP SYSLOG-MSG`` (RFC 5425 section 4.3, RFC 6587 section 3.4.1)."""
+    return str(len(message)).encode() + b" " + message
+
+
+def parse_url(url: str) -> tuple[str, str, int]:
+    """``(scheme, host, port)`` of ``syslog+tcp://host:port`` or ``syslog+tls://...``;
+    ``ValueError`` for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES or not parts.hostname or not parts.port:
+        raise ValueError("a syslog URL is syslog+tcp://HOST:PORT or syslog+tls://HOST:PORT")
+    if parts.username or parts.password or parts.path not in ("", "/") or parts.query:
+        raise ValueError("a syslog URL has no credentials, path or query")
+    return parts.scheme, parts.hostname, parts.port
+
+
+class SyslogSender:
+    """One connection to a collector, opened on first use and again after a failure.
+
+    :meth:`send` writes each framed message with a blocking ``sendall`` in a worker
+    thread; ``on_sent(i)`` (when given) is called in that same thread right after the
+    ``i``-th message was handed to the kernel, before the next one is written, so a
+    caller can record its progress with nothing in between that could be cut by a
+    kill. A failure closes the connection and raises ``OSError``: the caller resends
+    from its own cursor."""
+
+    def __init__(self, url: str, *, ca_file: str | None = None, timeout: float = 10.0
+                 ) -> None:
+        self.scheme, self.host, self.port = parse_url(url)
+        self.url = f"{self.scheme}://{self.host}:{self.port}"  # nothing secret in it
+        self.ca_file = ca_file
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._context: ssl.SSLContext | None = None
+        if self.scheme == "syslog+tls":
+            ctx = ssl.create_default_context(cafile=ca_file or None)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            self._context = ctx
+
+    def _connect(self) -> socket.socket:
+        raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._context is not None:
+                return self._context.wrap_socket(raw, server_hostname=self.host)
+        except BaseException:
+            raw.close()
+            raise
+        return raw
+
+    def send_blocking(self, messages: list[bytes],
+                      on_sent: Callable[[int], None] | None = None) -> None:
+        """:meth:`send` on the calling thread."""
+        for message in messages:
+            if len(message) > MAX_MESSAGE:
+                raise ValueError(f"a syslog message is at most {MAX_MESSAGE} bytes")
+        with self._lock:
+            try:
+                if self._sock is None:
+                    self._sock = self._connect()
+                for i, message in enumerate(messages):
+                    self._sock.sendall(frame(message))
+                    if on_sent is not None:
+                        on_sent(i)
+            except OSError:
+                self._close_locked()
+                raise
+
+    async def send(self, messages: list[bytes],
+                   on_sent: Callable[[int], None] | None = None) -> None:
+        """Frame and send ``messages`` in order; ``OSError`` on failure."""
+        await asyncio.to_thread(self.send_blocking, messages, on_sent)
+
+    def _close_locked(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+
+    async def close(self) -> None:
+        def close() -> None:
+            with self._lock:
+                self._close_locked()
+
+        await asyncio.to_thread(close)
