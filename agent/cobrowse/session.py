@@ -30,6 +30,9 @@ MOUSE_EVENTS = {"mousePressed", "mouseReleased", "mouseMoved"}
 KEY_EVENTS = {"keyDown": "keyDown", "keyUp": "keyUp", "char": "char"}
 BUTTONS = {"left", "middle", "right", "none"}
 SCREENCAST_MAX_B64 = 1024 * 1024 - 256
+#: The agent's own coalescing of the page's batches into lines (the page batches at
+#: recorder.FLUSH_MS): the first after a quiet spell is sent at once.
+AGENT_FLUSH_MS = 20
 
 
 class InputRefused(Exception):
@@ -73,6 +76,8 @@ class CoBrowse:
         self.control = False
         self.screencast_on = False
         self._flusher: asyncio.Task[None] | None = None
+        self._flush_at: asyncio.TimerHandle | None = None
+        self._flushed = -1e9
         self._tasks: set[asyncio.Task[Any]] = set()
         self._dropped_said = 0.0
         self.stats = {"events": 0, "lines": 0, "bytes": 0, "first_snapshot_ms": None}
@@ -123,6 +128,8 @@ class CoBrowse:
         self.finish("technician")
         if self._flusher is not None:
             self._flusher.cancel()
+        if self._flush_at is not None:
+            self._flush_at.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self.browser is not None:
@@ -271,7 +278,18 @@ class CoBrowse:
             self.stats["events"] += 1
             for line in self.batcher.add(text):
                 self._send_line(line)
+        if len(self.batcher) and self._flush_at is None:
+            # Leading edge: what this read of the pipe brought leaves together, at once
+            # after a quiet spell, else when AGENT_FLUSH_MS has passed since the last.
+            wait = max(0.0, self._flushed + AGENT_FLUSH_MS / 1000 - time.monotonic())
+            self._flush_at = asyncio.get_running_loop().call_later(wait, self._flush)
         self._say_drops(source)
+
+    def _flush(self) -> None:
+        self._flush_at = None
+        if len(self.batcher) and not self.ended.is_set():
+            self._flushed = time.monotonic()
+            self._send_line(self.batcher.flush())
 
     def _send_line(self, line: str) -> None:
         self.stats["lines"] += 1
@@ -290,10 +308,9 @@ class CoBrowse:
                                  "from the page were dropped: over the agent's limits"})
 
     async def _flush_loop(self) -> None:
+        """After drops, a fresh full snapshot once the page's allowance has refilled."""
         while True:
-            await asyncio.sleep(recorder.FLUSH_MS / 1000)
-            if len(self.batcher):
-                self._send_line(self.batcher.flush())
+            await asyncio.sleep(0.1)
             for sid in list(self.pages[-1:]):
                 target = self.targets.get(sid)
                 if target and target.gate.needs_snapshot and target.gate.recovered():

@@ -30,10 +30,18 @@ __RRWEB__
   const sensitive = CONFIG.maskSelector;
   const SNAPSHOT_ASK = "backline-cobrowse-snapshot";
   const queue = [];
+  const now = Date.now;
   let timer = null;
+  let sent = -1e9;
+  // The first event after a quiet spell leaves at once (with what the same task
+  // emitted: a timer of 0); then at most one batch per flushMs, so a busy page costs
+  // no more binding calls than before and an idle one adds no waiting to a change.
   const flush = () => {
     timer = null;
-    if (queue.length) send(stringify(queue.splice(0, queue.length)));
+    if (queue.length) {
+      sent = now();
+      send(stringify(queue.splice(0, queue.length)));
+    }
   };
   // rrweb drops a cross-origin frame's events until the parent's own snapshot has
   // serialized that frame's <iframe> (IframeManager.crossOriginIframeMap is filled only
@@ -58,7 +66,7 @@ __RRWEB__
     emit(event) {
       queue.push(event);
       if (queue.length >= 100) flush();
-      else if (timer === null) timer = later(flush, CONFIG.flushMs);
+      else if (timer === null) timer = later(flush, Math.max(0, sent + CONFIG.flushMs - now()));
     },
     maskAllInputs: true,
     maskInputOptions: { password: true, text: true, email: true, tel: true, number: true,
