@@ -268,7 +268,8 @@ class Room:
         try:
             if kind == "request_control":
                 if self.cb.control:
-                    self.emit({"type": "control", "state": "granted"})
+                    self.emit({"type": "control",
+                               "state": "paused" if self.cb.paused else "granted"})
                 elif self.asking is None or self.asking.done():
                     self.asking = asyncio.ensure_future(self.ask_control())
             elif kind == "release_control":

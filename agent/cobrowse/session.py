@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backline.agent.cobrowse import events as ev
-from backline.agent.cobrowse import recorder
+from backline.agent.cobrowse import handsoff, recorder
 from backline.agent.cobrowse.browser import Browser, BrowserError, CDPError, find_browser
 from backline.agent.cobrowse.cdp import Event
 from backline.agent.policy import CobrowsePolicy
@@ -30,6 +30,9 @@ MOUSE_EVENTS = {"mousePressed", "mouseReleased", "mouseMoved"}
 KEY_EVENTS = {"keyDown": "keyDown", "keyUp": "keyUp", "char": "char"}
 BUTTONS = {"left", "middle", "right", "none"}
 SCREENCAST_MAX_B64 = 1024 * 1024 - 256
+#: The agent's own coalescing of the page's batches into lines (the page batches at
+#: recorder.FLUSH_MS): the first after a quiet spell is sent at once.
+AGENT_FLUSH_MS = 20
 
 
 class InputRefused(Exception):
@@ -63,6 +66,11 @@ class CoBrowse:
         self.on_log = on_log or (lambda *a, **k: None)
         self.privacy = recorder.Privacy.from_policy(policy)
         self.binding = recorder.new_binding()
+        #: The isolated world's own binding (the customer's input reports), never the page's.
+        self.input_binding = recorder.new_binding()
+        self.ledger = handsoff.Ledger()
+        self.paused = False
+        self._paused_until = 0.0
         self.script = recorder.injection(self.binding, self.privacy)
         self.browser: Browser | None = None
         self.targets: dict[str, Target] = {}
@@ -73,6 +81,8 @@ class CoBrowse:
         self.control = False
         self.screencast_on = False
         self._flusher: asyncio.Task[None] | None = None
+        self._flush_at: asyncio.TimerHandle | None = None
+        self._flushed = -1e9
         self._tasks: set[asyncio.Task[Any]] = set()
         self._dropped_said = 0.0
         self.stats = {"events": 0, "lines": 0, "bytes": 0, "first_snapshot_ms": None}
@@ -123,6 +133,8 @@ class CoBrowse:
         self.finish("technician")
         if self._flusher is not None:
             self._flusher.cancel()
+        if self._flush_at is not None:
+            self._flush_at.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self.browser is not None:
@@ -154,6 +166,8 @@ class CoBrowse:
         elif method == "Runtime.bindingCalled":
             if params.get("name") == self.binding:
                 self._binding(event.session_id, params.get("payload"))
+            elif params.get("name") == self.input_binding:
+                self._reported(event.session_id, params.get("payload"))
         elif method == "Page.frameNavigated":
             frame = params.get("frame") or {}
             target = self.targets.get(event.session_id or "")
@@ -163,6 +177,8 @@ class CoBrowse:
                 target.world = None
                 if self.pages and self.pages[-1] == target.session_id:
                     self.emit({"type": "nav", "url": target.url})
+                    if self.control:
+                        self._spawn(self._watch_input())
         elif method == "Fetch.requestPaused":
             self._spawn(self._paused(event.session_id, params))
         elif method == "Page.screencastFrame":
@@ -195,6 +211,9 @@ class CoBrowse:
                 await asyncio.gather(  # bindingCalled is sent only with Runtime enabled
                     conn.send("Runtime.enable", {}, sid),
                     conn.send("Runtime.addBinding", {"name": self.binding}, sid),
+                    conn.send("Runtime.addBinding", {"name": self.input_binding,
+                                                     "executionContextName": ISOLATED_WORLD},
+                              sid),
                     conn.send("Page.enable", {}, sid),
                     conn.send("Page.addScriptToEvaluateOnNewDocument",
                               {"source": self.script, "runImmediately": True}, sid)
@@ -271,7 +290,18 @@ class CoBrowse:
             self.stats["events"] += 1
             for line in self.batcher.add(text):
                 self._send_line(line)
+        if len(self.batcher) and self._flush_at is None:
+            # Leading edge: what this read of the pipe brought leaves together, at once
+            # after a quiet spell, else when AGENT_FLUSH_MS has passed since the last.
+            wait = max(0.0, self._flushed + AGENT_FLUSH_MS / 1000 - time.monotonic())
+            self._flush_at = asyncio.get_running_loop().call_later(wait, self._flush)
         self._say_drops(source)
+
+    def _flush(self) -> None:
+        self._flush_at = None
+        if len(self.batcher) and not self.ended.is_set():
+            self._flushed = time.monotonic()
+            self._send_line(self.batcher.flush())
 
     def _send_line(self, line: str) -> None:
         self.stats["lines"] += 1
@@ -290,10 +320,9 @@ class CoBrowse:
                                  "from the page were dropped: over the agent's limits"})
 
     async def _flush_loop(self) -> None:
+        """After drops, a fresh full snapshot once the page's allowance has refilled."""
         while True:
-            await asyncio.sleep(recorder.FLUSH_MS / 1000)
-            if len(self.batcher):
-                self._send_line(self.batcher.flush())
+            await asyncio.sleep(0.1)
             for sid in list(self.pages[-1:]):
                 target = self.targets.get(sid)
                 if target and target.gate.needs_snapshot and target.gate.recovered():
@@ -334,6 +363,9 @@ class CoBrowse:
 
     async def set_control(self, granted: bool) -> None:
         self.control = granted
+        self.paused = False
+        if granted:
+            await self._watch_input()
         for sid in list(self.pages):
             await self._set_control_guards(sid)
         if self.browser is not None:
@@ -378,10 +410,45 @@ class CoBrowse:
                     raise
         return None
 
+    # --- the customer's own hands (agent/cobrowse/handsoff.py) ------------------------
+
+    async def _watch_input(self) -> None:
+        """The isolated world's listener for trusted input, in the shown page's document."""
+        with contextlib.suppress(CDPError, BrowserError, TimeoutError, InputRefused):
+            await self.evaluate_isolated(handsoff.watch_script(self.input_binding))
+
+    def _reported(self, sid: str | None, payload: object) -> None:
+        report = handsoff.parse_report(payload)
+        if report is None or not self.control or not self.pages or sid != self.pages[-1]:
+            return
+        now = time.monotonic()
+        if self.ledger.claim(report, now):
+            return  # the technician's own, dispatched by the agent
+        self._paused_until = now + handsoff.QUIET_S
+        if not self.paused:
+            self.paused = True
+            self.on_log("cobrowse.control.paused", by=report["t"])
+            self.emit({"type": "control", "state": "paused"})
+            self._spawn(self._resume_when_quiet())
+
+    async def _resume_when_quiet(self) -> None:
+        while self.paused and self.control:
+            wait = self._paused_until - time.monotonic()
+            if wait <= 0:
+                self.paused = False
+                self.on_log("cobrowse.control.resumed")
+                self.emit({"type": "control", "state": "resumed"})
+                return
+            await asyncio.sleep(wait)
+
     async def input(self, message: dict[str, Any]) -> None:
         """One technician input, checked; the caller made sure control is granted."""
         if not self.control:
             raise InputRefused("not_in_control", "the technician has no control")
+        if self.paused:
+            raise InputRefused("control_paused", "control is paused: the customer is using "
+                               "their own mouse or keyboard (it resumes "
+                               f"{handsoff.QUIET_S:g} s after they stop)")
         assert self.browser is not None
         kind = message.get("kind")
         target = self._page()
@@ -402,6 +469,9 @@ class CoBrowse:
                 params = {"type": event, "x": x, "y": y,
                           "button": "none" if event == "mouseMoved" else button,
                           "clickCount": 0 if event == "mouseMoved" else clicks}
+            if params["type"] in ("mousePressed", "mouseWheel"):
+                self.ledger.dispatched("wheel" if kind == "wheel" else "mousedown",
+                                       time.monotonic(), x=x, y=y)
             await self.browser.conn.send("Input.dispatchMouseEvent", params,
                                          target.session_id)
             return
@@ -428,6 +498,8 @@ class CoBrowse:
                 params["unmodifiedText"] = text
             if event == "keyDown" and len(key) > 1:
                 params["windowsVirtualKeyCode"] = VIRTUAL_KEYS.get(key, 0)
+            if event == "keyDown":
+                self.ledger.dispatched("keydown", time.monotonic(), key=key)
             await self.browser.conn.send("Input.dispatchKeyEvent", params, target.session_id)
             return
         raise InputRefused("bad_input", "an input of no known kind")

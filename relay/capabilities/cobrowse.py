@@ -519,7 +519,8 @@ class Room:
         the console is hung up."""
         viewer.refusals += 1
         self.tell(viewer, "refused", error=reason, detail=detail)
-        once = reason in ("rate_limited", "view_only", "no_control", "agent_busy")
+        once = reason in ("rate_limited", "view_only", "no_control", "control_paused",
+                          "agent_busy")
         if not once or reason not in viewer.audited:
             viewer.audited.add(reason)
             self.runner.relay.metrics.errors.labels("cobrowse_message_refused").inc()
@@ -553,6 +554,11 @@ class Room:
         is_input = isinstance(msg, Mouse | Key | Wheel | Pointer)
         if not (viewer.inputs if is_input else viewer.commands).take():
             self.refuse(viewer, "rate_limited", "too many messages; dropped", what=msg.type)
+            return
+        if isinstance(msg, Mouse | Key | Wheel) and self.control == "paused":
+            self.refuse(viewer, "control_paused", "control is paused while the customer "
+                        "uses their own mouse or keyboard; it resumes when they stop",
+                        what=msg.type)
             return
         if isinstance(msg, Mouse | Key | Wheel) and self.control not in IN_CONTROL:
             self.refuse(viewer, "no_control", "the customer has not granted control",

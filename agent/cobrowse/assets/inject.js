@@ -28,17 +28,45 @@ __RRWEB__
     return box.rrwebRecord;
   })();
   const sensitive = CONFIG.maskSelector;
+  const SNAPSHOT_ASK = "backline-cobrowse-snapshot";
   const queue = [];
+  const now = Date.now;
   let timer = null;
+  let sent = -1e9;
+  // The first event after a quiet spell leaves at once (with what the same task
+  // emitted: a timer of 0); then at most one batch per flushMs, so a busy page costs
+  // no more binding calls than before and an idle one adds no waiting to a change.
   const flush = () => {
     timer = null;
-    if (queue.length) send(stringify(queue.splice(0, queue.length)));
+    if (queue.length) {
+      sent = now();
+      send(stringify(queue.splice(0, queue.length)));
+    }
   };
+  // rrweb drops a cross-origin frame's events until the parent's own snapshot has
+  // serialized that frame's <iframe> (IframeManager.crossOriginIframeMap is filled only
+  // then). An out-of-process frame often reaches DOMContentLoaded first, and its first
+  // full snapshot was lost (later mutations went on, under ids never added). So, after
+  // each full snapshot of this document, every child frame is asked for a fresh one; a
+  // child that is a cross-origin recorder answers (it asks its own children in turn).
+  const frames = () => {
+    for (let i = 0; i < g.frames.length; i++) {
+      try { g.frames[i].postMessage({ type: SNAPSHOT_ASK }, "*"); } catch (e) { /* gone */ }
+    }
+  };
+  g.addEventListener("message", (m) => {
+    if (g.top === g || m.source !== g.parent || !m.data || m.data.type !== SNAPSHOT_ASK) return;
+    try { rrwebRecord.record.takeFullSnapshot(true); } catch (e) { /* not recording yet */ }
+  });
   rrwebRecord.record({
+    plugins: [{ name: "backline/frames", eventProcessor(event) {
+      if (event.type === 2) later(frames, 0);
+      return event;
+    } }],
     emit(event) {
       queue.push(event);
       if (queue.length >= 100) flush();
-      else if (timer === null) timer = later(flush, CONFIG.flushMs);
+      else if (timer === null) timer = later(flush, Math.max(0, sent + CONFIG.flushMs - now()));
     },
     maskAllInputs: true,
     maskInputOptions: { password: true, text: true, email: true, tel: true, number: true,
