@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import cpu_model
+from tests.browser.cobrowse_support import ASK_SCRIPT, WRAPPER, customer_browser
 from tests.browser.helpers import CHROMIUM, CHROMIUM_ARGS, new_user, sign_in
-from tests.browser.test_cobrowse_e2e import ASK_SCRIPT, WRAPPER, customer_browser
 from tests.harness import AgentProcess, RelayProcess, admin_api
 
 ROOT = Path(__file__).resolve().parents[1]
