@@ -76,6 +76,11 @@ READ_CHUNK = 256 * 1024
 MAX_EVENTS = 200
 #: What may wait in one console's queue: a few of the largest lines.
 MAX_QUEUED = 4 * MAX_LINE
+#: ...and, for the parts of one snapshot (sent back to back by the agent, faster than a
+#: socket may take them), one snapshot's more. The frames are the same strings in every
+#: console's queue, so this is one snapshot held, not one per console.
+MAX_QUEUED_PARTS = MAX_QUEUED + 2 * parts.MAX_ASSEMBLY_CHARS
+_PART_FRAME = '{"type":"agent","msg":{"type":"rrweb_part",'
 #: The lines kept since the last full snapshot, for a console that joins later.
 MAX_CATCH_UP = 16 * MAX_LINE
 MAX_VIEWERS = 8
@@ -367,7 +372,8 @@ class Room:
     def _send(self, viewer: Viewer, frame: str | None) -> None:
         if viewer.gone:
             return
-        if frame is not None and viewer.queued + len(frame) > MAX_QUEUED:
+        if frame is not None and viewer.queued + len(frame) > (
+                MAX_QUEUED_PARTS if frame.startswith(_PART_FRAME) else MAX_QUEUED):
             self.hang_up(viewer, "too_slow", "this console fell too far behind the co-browse")
             return
         viewer.queued += 0 if frame is None else len(frame)

@@ -179,3 +179,34 @@ def test_the_parts_count_as_the_snapshot_for_a_later_watcher() -> None:
     fresh.line(part(0, event=3))
     fresh.line(part(2, event=3), whole=3)
     assert not fresh.catch_up_complete
+
+
+class _Queues:
+    """Just the room's fan-out to one console (the real method, on a bare object)."""
+
+    def __init__(self) -> None:
+        self.hung_up: list[str] = []
+
+    def hang_up(self, viewer: Any, code: str = "", detail: str = "") -> None:
+        self.hung_up.append(code)
+        viewer.gone = True
+
+
+def test_a_snapshot_in_parts_may_queue_past_the_bound_other_lines_may_not() -> None:
+    room = _Queues()
+    viewer = cb.Viewer(None, "u", "user:u", "watch")  # type: ignore[arg-type]
+    part_frame = ('{"type":"agent","msg":'
+                  + json.dumps(part(0, text="p" * 1_000_000), separators=(",", ":")) + "}")
+    for _ in range(8):  # 8 MB of parts: over MAX_QUEUED, kept
+        cb.Room._send(room, viewer, part_frame)  # type: ignore[arg-type]
+    assert room.hung_up == [] and viewer.queued > cb.MAX_QUEUED
+    cb.Room._send(room, viewer, '{"type":"agent","msg":{"type":"rrweb","events":[]}}')  # type: ignore[arg-type]
+    assert room.hung_up == ["too_slow"]
+    # A console that never reads is still hung up within one snapshot's parts.
+    slow = cb.Viewer(None, "u", "user:u", "watch")  # type: ignore[arg-type]
+    room.hung_up = []
+    for _ in range(40):
+        if slow.gone:
+            break
+        cb.Room._send(room, slow, part_frame)  # type: ignore[arg-type]
+    assert room.hung_up == ["too_slow"] and slow.queued <= cb.MAX_QUEUED_PARTS
