@@ -23,8 +23,19 @@ on (the DOM keeps flowing too).
   time from its change in the customer's page to the first animation frame of the
   technician's page that shows it (same machine, same clock). p50 / p95 of each.
 
+Phase 3 (issue 13, acceptance 4), in the same session: a second co-browse on the
+test site's ``/large.html`` (10,000 elements in 1,250 rows, some changing; its full
+snapshot is larger than a line, so it goes as ``rrweb_part`` lines). Measured: the
+longest main-thread task in the customer's page (PerformanceObserver ``longtask``,
+observed by a page script that runs before the recorder starts), how long its
+DOMContentLoaded dispatch took (the recorder takes its full snapshot there), the
+heartbeat's largest gap, the snapshot's size and parts (from the recording), the
+time from "Start co-browse" to the whole page in the technician's view (the browser's
+start, consent and page load included) and from the end of the customer's snapshot
+to the whole page in the view (sent in parts, relayed, joined, rebuilt by rrweb).
+
 Writes bench/results/cobrowse.json (dom_kib_s, screencast_kib_s, dom_view_p95_ms,
-screencast_view_p95_ms and the rest).
+screencast_view_p95_ms, large_page_longest_task_ms and the rest).
 """
 
 from __future__ import annotations
@@ -41,8 +52,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import cpu_model
+from tests.browser.cobrowse_support import ASK_SCRIPT, WRAPPER, customer_browser
 from tests.browser.helpers import CHROMIUM, CHROMIUM_ARGS, new_user, sign_in
-from tests.browser.test_cobrowse_e2e import ASK_SCRIPT, WRAPPER, customer_browser
 from tests.harness import AgentProcess, RelayProcess, admin_api
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,6 +139,60 @@ def cast_latencies(changes: list[list[int]], seen: list[list[int]], since: int,
     return list(out.values())
 
 
+LARGE_ROWS = 1250
+_LARGE_ROWS_SHOWN = """() => { const f = document.querySelector('#cobrowse-live iframe');
+  const r = f && f.contentDocument && f.contentDocument.getElementById('rows');
+  return r ? r.querySelectorAll('*').length : 0; }"""
+
+
+def large_page(p: Any, consent: Path, url: str, known: set[str]) -> dict[str, Any]:
+    """Phase 3: a co-browse of the large page in the same session (the first ended)."""
+    from playwright.sync_api import expect
+
+    (consent / "profile.txt").unlink(missing_ok=True)  # the new browser's profile
+    start = p.get_by_role("form", name="Start a co-browse")
+    start.get_by_label("URL to open").fill(url)
+    t = time.monotonic()
+    start.get_by_role("button", name="Start co-browse").click()
+    shown_at = p.wait_for_function(
+        f"() => ({_LARGE_ROWS_SHOWN})() >= {LARGE_ROWS * 8} && Date.now()",
+        timeout=120_000, polling="raf").json_value()
+    first_view_ms = round((time.monotonic() - t) * 1000)
+    customer = customer_browser(consent)
+    customer.attach(url)
+    # When the customer's snapshot ended (its DOMContentLoaded dispatch), on the same
+    # machine's clock as the technician's Date.now().
+    snapshot_at = customer.eval("""(() => { const n = performance.getEntriesByType(
+        'navigation')[0]; return performance.timeOrigin + n.domContentLoadedEventEnd; })()""")
+    time.sleep(5)  # the page's changes, recorded
+    longest = customer.eval("window.__longest()")
+    tasks = customer.eval("window.__longtasks")
+    dcl = customer.eval("window.__dcl()")
+    gap = customer.eval("window.__maxGap")
+    customer.close()
+    p.get_by_role("button", name="End co-browse").click()
+    expect(p.locator("#cobrowse-state")).to_have_text("Ended", timeout=30_000)
+    rows = p.locator("tr[data-cobrowse-recording]")
+    expect(rows).to_have_count(len(known) + 1, timeout=30_000)
+    rec_id = next(i for i in (rows.nth(k).get_attribute("data-cobrowse-recording")
+                              for k in range(rows.count())) if i not in known)
+    recording = p.evaluate("""async (id) => (await fetch(
+        `/api/v1/recordings/${encodeURIComponent(id)}`)).text()""", rec_id)
+    parts = [json.loads(x) for x in recording.split("\n") if '"rrweb_part"' in x[:30]]
+    snapshot_chars = sum(len(x["text"]) for x in parts if x.get("event") == 2)
+    return {
+        "large_page_longest_task_ms": longest,
+        "large_page_long_tasks": tasks,
+        "large_page_snapshot_dispatch_ms": dcl,
+        "large_page_heartbeat_max_gap_ms": round(gap),
+        "large_page_first_view_ms": first_view_ms,
+        "large_page_snapshot_to_view_ms": round(shown_at - snapshot_at),
+        "large_page_snapshot_kib": round(snapshot_chars / 1024, 1),
+        "large_page_snapshot_parts": sum(1 for x in parts if x.get("event") == 2),
+        "large_page_elements": LARGE_ROWS * 8,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=60.0,
@@ -205,6 +270,8 @@ def main() -> int:
             rec_id = row.get_attribute("data-cobrowse-recording")
             recording = p.evaluate("""async (id) => (await fetch(
                 `/api/v1/recordings/${encodeURIComponent(id)}`)).text()""", rec_id)
+            load_large = os.getloadavg()
+            large = large_page(p, consent, f"{url}large.html", {str(rec_id)})
             browser.close()
     finally:
         agent.stop()
@@ -233,11 +300,13 @@ def main() -> int:
         "stamps": len(changes),
         "dom_over_screencast": round(dom_kib_s / cast_kib_s, 4) if cast_kib_s else None,
         "screencast_frames": kinds.count("frame"),
+        **large,
         "duration_s": args.duration,
         "stamp_ms": STAMP_MS,
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                     "python": platform.python_version(),
                     "loadavg_before": [round(x, 2) for x in load_before],
+                    "loadavg_before_large_page": [round(x, 2) for x in load_large],
                     "loadavg_after": [round(x, 2) for x in load_after]},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

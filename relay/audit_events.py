@@ -378,7 +378,12 @@ event("session.channel", CHANNELS, "a capability's channel finished (run to the 
                             "(`shell`, `cobrowse`)"),
       may("cobrowse", str, "the co-browse's id (`cobrowse`)"),
       may("lines", int, "agent lines relayed and recorded (`cobrowse`)"),
-      may("dropped_lines", int, "agent lines dropped as not the contract's (`cobrowse`)"))
+      may("dropped_lines", int, "agent lines dropped as not the contract's (`cobrowse`)"),
+      may("split_snapshots", int, "rrweb events received whole in `rrweb_part` lines "
+                                  "(`cobrowse`)"),
+      may("split_abandoned", int, "events in `rrweb_part` lines never completed: "
+                                  "interrupted, out of order, too large, too slow "
+                                  "(`cobrowse`)"))
 event("session.channel.refused", CHANNELS, "a capability's channel was refused (not in the "
       "session, a bad request, refused by the agent's policy or the customer)", SESSION,
       CAPABILITY, REASON, may("agent", str, "the agent's id"),
@@ -396,7 +401,12 @@ event("session.channel.failed", CHANNELS, "a capability's channel failed (could 
       may("after", str, "what had ended the terminal before the recording failed"),
       may("cobrowse", str, "the co-browse's id (`cobrowse`)"),
       may("lines", int, "agent lines relayed and recorded (`cobrowse`)"),
-      may("dropped_lines", int, "agent lines dropped as not the contract's (`cobrowse`)"))
+      may("dropped_lines", int, "agent lines dropped as not the contract's (`cobrowse`)"),
+      may("split_snapshots", int, "rrweb events received whole in `rrweb_part` lines "
+                                  "(`cobrowse`)"),
+      may("split_abandoned", int, "events in `rrweb_part` lines never completed: "
+                                  "interrupted, out of order, too large, too slow "
+                                  "(`cobrowse`)"))
 event("recording.stored", CHANNELS, "a channel's recording was kept as a blob (a "
       "terminal's asciicast v2, a co-browse's agent JSON lines)", SESSION,
       need("recording", str, "the recording's id"), CAPABILITY,

@@ -25,12 +25,17 @@ One SSH channel carries JSON lines both ways (the contract: docs/cobrowse.md,
   SHA-256 goes into ``recording.stored`` and ``session.channel``. Consent, control
   granted and revoked, URLs proposed and navigations are audit events of their own.
 - **A late watcher sees the page.** The lines since the last full rrweb snapshot are
-  kept (bounded by :data:`MAX_CATCH_UP`) and replayed to a console that joins.
+  kept (bounded by :data:`MAX_CATCH_UP`) and replayed to a console that joins; until a
+  new snapshot is whole, the previous one is kept too.
+- **A snapshot larger than a line comes in parts** (``rrweb_part``, checked by
+  :mod:`.cobrowse_parts`: bounded, in order, one at a time); the parts of a full
+  snapshot count as the snapshot for the catch-up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -44,6 +49,7 @@ import asyncssh
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from backline.common.capabilities import ChannelExit
+from backline.relay.capabilities import cobrowse_parts as parts
 from backline.relay.capabilities.base import (
     ChannelSpec,
     RecordingFailed,
@@ -70,6 +76,11 @@ READ_CHUNK = 256 * 1024
 MAX_EVENTS = 200
 #: What may wait in one console's queue: a few of the largest lines.
 MAX_QUEUED = 4 * MAX_LINE
+#: ...and, for the parts of one snapshot (sent back to back by the agent, faster than a
+#: socket may take them), one snapshot's more. The frames are the same strings in every
+#: console's queue, so this is one snapshot held, not one per console.
+MAX_QUEUED_PARTS = MAX_QUEUED + 2 * parts.MAX_ASSEMBLY_CHARS
+_PART_FRAME = '{"type":"agent","msg":{"type":"rrweb_part",'
 #: The lines kept since the last full snapshot, for a console that joins later.
 MAX_CATCH_UP = 16 * MAX_LINE
 MAX_VIEWERS = 8
@@ -82,8 +93,8 @@ COMMAND_BURST, COMMANDS_PER_S = 10, 1.0
 MAX_REFUSALS_AUDITED = 10
 END_WAIT_S = 5.0
 
-AGENT_TYPES = frozenset({"consent", "rrweb", "control", "nav", "frame", "hidden", "error",
-                         "ended"})
+AGENT_TYPES = frozenset({"consent", "rrweb", "rrweb_part", "control", "nav", "frame",
+                         "hidden", "error", "ended"})
 CONTROL_STATES = frozenset({"granted", "revoked", "paused", "resumed", "refused"})
 #: Control states in which the technician's input goes on to the agent.
 IN_CONTROL = frozenset({"granted", "resumed"})
@@ -241,6 +252,11 @@ def parse_agent_line(data: bytes) -> dict[str, Any]:
     if kind == "rrweb" and not (isinstance(obj.get("events"), list)
                                 and len(obj["events"]) <= MAX_EVENTS):
         raise BadLine("bad_events")
+    if kind == "rrweb_part":
+        try:
+            parts.check_fields(obj)
+        except parts.BadPart as exc:
+            raise BadLine(str(exc)) from None
     if kind == "control" and obj.get("state") not in CONTROL_STATES:
         raise BadLine("bad_state")
     if kind == "consent" and (obj.get("what") not in ("view", "control")
@@ -298,6 +314,9 @@ class Viewer:
     commands: Bucket = field(default_factory=lambda: Bucket(COMMAND_BURST, COMMANDS_PER_S))
     sending: asyncio.Future[None] | None = None
     listening: asyncio.Future[None] | None = None
+    #: The catch-up, sent right after ``ready`` (frames the room holds anyway: not
+    #: counted against :data:`MAX_QUEUED`, so a snapshot of several MiB can be joined).
+    backlog: collections.deque[str] = field(default_factory=collections.deque)
 
 
 class Ended(Exception):
@@ -327,6 +346,9 @@ class Room:
     catch_up: list[str] = field(default_factory=list)
     catch_up_bytes: int = 0
     catch_up_complete: bool = False
+    #: Where in ``catch_up`` the snapshot being received begins (its Meta or first part).
+    snapshot_from: int | None = None
+    parts: parts.Parts = field(default_factory=parts.Parts)
     #: The technician sent ``end`` (the agent then closes: ended by the console).
     end_asked: bool = False
     ended: asyncio.Event = field(default_factory=asyncio.Event)
@@ -350,7 +372,8 @@ class Room:
     def _send(self, viewer: Viewer, frame: str | None) -> None:
         if viewer.gone:
             return
-        if frame is not None and viewer.queued + len(frame) > MAX_QUEUED:
+        if frame is not None and viewer.queued + len(frame) > (
+                MAX_QUEUED_PARTS if frame.startswith(_PART_FRAME) else MAX_QUEUED):
             self.hang_up(viewer, "too_slow", "this console fell too far behind the co-browse")
             return
         viewer.queued += 0 if frame is None else len(frame)
@@ -396,8 +419,7 @@ class Room:
         self.tell(viewer, "ready", cobrowse=self.id, role=viewer.role, recorded=True,
                   **self.status())
         if viewer.role == "watch" and self.catch_up_complete:
-            for frame in self.catch_up:
-                self._send(viewer, frame)
+            viewer.backlog.extend(self.catch_up)
         viewer.sending = asyncio.ensure_future(self.sender(viewer))
         viewer.listening = asyncio.ensure_future(reported(self.events, viewer, self.listen(viewer)))
 
@@ -409,6 +431,8 @@ class Room:
                     break
                 await viewer.ws.send_text(frame)
                 viewer.queued -= len(frame)
+                while viewer.backlog:  # right after "ready": the catch-up
+                    await viewer.ws.send_text(viewer.backlog.popleft())
         was_gone, viewer.gone = viewer.gone, True
         with contextlib.suppress(Exception):
             await viewer.ws.close(1000)
@@ -430,6 +454,7 @@ class Room:
                 continue
             try:
                 obj = parse_agent_line(line)
+                whole = self.check_part(obj)
             except BadLine as exc:
                 self.dropped_lines += 1
                 if self.dropped_lines == 1:  # a flood is audited once, counted at the end
@@ -447,7 +472,7 @@ class Room:
             self.agent_lines += 1
             self.note(obj)
             frame = '{"type":"agent","msg":' + line.decode("utf-8") + "}"
-            self.keep_for_catch_up(obj, frame)
+            self.keep_for_catch_up(obj, frame, whole)
             for v in list(self.viewers):
                 self._send(v, frame)
 
@@ -491,25 +516,51 @@ class Room:
             self.url = obj["url"]
             self.audit(actor, "cobrowse.navigated", url=audited_url(obj["url"]))
 
-    def keep_for_catch_up(self, obj: dict[str, Any], frame: str) -> None:
-        """Keep what a console joining now needs: the lines since the last Meta (4) and
-        FullSnapshot (2) rrweb events, bounded; past the bound a joiner waits for the
-        next snapshot."""
-        if obj["type"] != "rrweb":
+    def check_part(self, obj: dict[str, Any]) -> int | None:
+        """The parts' order and bounds (:mod:`.cobrowse_parts`); the event's rrweb type
+        when ``obj`` is the last part of a whole one. ``BadLine`` when dropped."""
+        if obj["type"] == "rrweb":
+            before = self.parts.abandoned
+            self.parts.interrupted()
+            if self.parts.abandoned != before:
+                log.info("co-browse %s: a snapshot in parts was interrupted", self.id)
+            return None
+        if obj["type"] != "rrweb_part":
+            return None
+        try:
+            return self.parts.part(obj)
+        except parts.BadPart as exc:
+            raise BadLine(str(exc)) from None
+
+    def keep_for_catch_up(self, obj: dict[str, Any], frame: str,
+                          whole: int | None = None) -> None:
+        """Keep what a console joining now needs: the lines from the last Meta (4) rrweb
+        event and the full snapshot (2) after it (in one line, or in parts: ``whole`` is
+        2 at the last of them), bounded; past the bound a joiner waits for the next
+        snapshot. Until a new snapshot is whole the previous one stays, with everything
+        after it, so that a console joining meanwhile still gets a page."""
+        kind = obj["type"]
+        if kind not in ("rrweb", "rrweb_part"):
             return
-        if _has_event(obj, 4) or (_has_event(obj, 2) and not self.catch_up_complete
-                                  and not self.catch_up):
-            self.catch_up, self.catch_up_bytes = [], 0
-            self.catch_up_complete = _has_event(obj, 2)
-        elif _has_event(obj, 2) and not self.catch_up_complete and self.catch_up:
-            self.catch_up_complete = True
-        elif not self.catch_up:
+        meta = kind == "rrweb" and _has_event(obj, 4)
+        full_line = kind == "rrweb" and _has_event(obj, 2)
+        starts = meta or full_line or (kind == "rrweb_part" and obj["index"] == 0)
+        if not self.catch_up and not starts:
             return
         if self.catch_up_bytes + len(frame) > MAX_CATCH_UP:
             self.catch_up, self.catch_up_bytes, self.catch_up_complete = [], 0, False
-            return
+            self.snapshot_from = None
+            if not starts:
+                return
+        if meta or (starts and self.snapshot_from is None):
+            self.snapshot_from = len(self.catch_up)
         self.catch_up.append(frame)
         self.catch_up_bytes += len(frame)
+        if (full_line or whole == 2) and self.snapshot_from is not None:
+            dropped = self.catch_up[:self.snapshot_from]
+            self.catch_up = self.catch_up[self.snapshot_from:]
+            self.catch_up_bytes -= sum(len(f) for f in dropped)
+            self.catch_up_complete, self.snapshot_from = True, None
 
     # --- the consoles' lines -----------------------------------------------------
 
@@ -634,7 +685,9 @@ class Room:
             await asyncio.wait_for(proc.wait_closed(), END_WAIT_S)
         status = proc.exit_status if end.code is None else None
         counts = {"cobrowse": self.id, "lines": self.agent_lines,
-                  "dropped_lines": self.dropped_lines}
+                  "dropped_lines": self.dropped_lines,
+                  "split_snapshots": self.parts.completed,
+                  "split_abandoned": self.parts.abandoned}
         if status == ChannelExit.REFUSED:
             err = b""
             with contextlib.suppress(Exception):

@@ -28,14 +28,10 @@ customer closing the control indicator, stops it at once. Also: a colleague watc
 from __future__ import annotations
 
 import base64
-import contextlib
-import itertools
 import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,56 +39,30 @@ from typing import Any
 
 import pytest
 
-from tests.browser.helpers import (
-    CHROMIUM,
-    CHROMIUM_PRESENT,
-    SKIP_REASON,
-    Watched,
-    new_user,
-    sign_in,
+from tests.browser.cobrowse_support import (
+    TEXT_JS,
+    CustomerBrowser,
+    cobrowse_agent,
+    customer_browser,
+    open_cobrowse,
+    serve_site,
+    where,
 )
+from tests.browser.helpers import CHROMIUM_PRESENT, SKIP_REASON, Watched, new_user, sign_in
 from tests.harness import AgentProcess, RelayProcess, wait_for
 
 pytestmark = pytest.mark.skipif(not CHROMIUM_PRESENT, reason=SKIP_REASON)
 
 if CHROMIUM_PRESENT:
-    from playwright.sync_api import Browser, Page, expect
+    from playwright.sync_api import Browser, expect
 
-ROOT = Path(__file__).resolve().parents[2]
 TECH, TECH_PASSWORD = "cleo", "cleo's password 5678"
 WATCHER = "wade"  # a colleague of the same group, watching
 PASSWORD = "Kq7zW9pXv2"  # what the customer types into the password field
 PRIVATE = "PRIVATE-SECRET-4711"  # the site's data-backline-private element's text
 TYPED = "hello"  # what the technician types into the name field, with control
+_TEXT = TEXT_JS
 
-ASK_SCRIPT = """#!/bin/sh
-# The customer's consent program: yes, then stays open as the indicator.
-printf '%s\\n' "$*" >> "{dir}/questions.txt"
-echo $$ >> "{dir}/indicators.pid"
-echo yes
-exec sleep 600
-"""
-
-# The policy's browser: the real Chromium, with a DevTools port for the test's
-# "customer keyboard" (the profile directory says which port).
-WRAPPER = """#!/bin/sh
-for a in "$@"; do
-  case "$a" in
-    --user-data-dir=*) printf '%s\\n' "${{a#--user-data-dir=}}" > "{dir}/profile.txt";;
-  esac
-done
-exec {chromium} --remote-debugging-port=0 "$@"
-"""
-
-# Where an element of the replayed page is on the console's screen (through the scale).
-_WHERE = """(id) => {
-  const iframe = document.querySelector('#cobrowse-live iframe');
-  const b = iframe.contentDocument.getElementById(id).getBoundingClientRect();
-  const f = iframe.getBoundingClientRect();
-  const scale = f.width / iframe.offsetWidth;
-  return {x: f.left + (b.left + b.width / 2) * scale,
-          y: f.top + (b.top + b.height / 2) * scale};
-}"""
 # What of the page's harder parts the replayed page has: its frames (same- and
 # cross-origin), shadow roots (one made before any recorder could start) and
 # constructed stylesheets (the document's, and a shadow root's).
@@ -114,67 +84,6 @@ _PARTS = """() => {
           lateColor: late && w.getComputedStyle(late).color,
           bodyFont: w.getComputedStyle(d.body).fontFamily};
 }"""
-_TEXT = """(id) => {
-  const iframe = document.querySelector('#cobrowse-live iframe');
-  const el = iframe && iframe.contentDocument && iframe.contentDocument.getElementById(id);
-  return el ? el.textContent : null;
-}"""
-
-
-class CustomerBrowser:
-    """The agent's Chromium, reached as a second DevTools client (the customer's keyboard
-    and eyes): attach to the site's page, evaluate, type."""
-
-    def __init__(self, port: int, path: str) -> None:
-        from websockets.sync.client import connect
-
-        self.stack = contextlib.ExitStack()
-        self.ws = self.stack.enter_context(connect(f"ws://127.0.0.1:{port}{path}",
-                                                   max_size=None))
-        self.ids = itertools.count(1)
-        self.session: str | None = None
-
-    def send(self, method: str, params: dict[str, Any] | None = None,
-             session: str | None = None) -> dict[str, Any]:
-        n = next(self.ids)
-        msg: dict[str, Any] = {"id": n, "method": method, "params": params or {}}
-        if session:
-            msg["sessionId"] = session
-        self.ws.send(json.dumps(msg))
-        deadline = time.monotonic() + 15
-        while True:
-            reply = json.loads(self.ws.recv(timeout=max(0.1, deadline - time.monotonic())))
-            if reply.get("id") == n:
-                assert "error" not in reply, (method, reply)
-                return reply.get("result") or {}
-
-    def attach(self, url_prefix: str) -> None:
-        def page() -> str | None:
-            for t in self.send("Target.getTargets")["targetInfos"]:
-                if t["type"] == "page" and t["url"].startswith(url_prefix):
-                    return str(t["targetId"])
-            return None
-
-        target = wait_for(page, 30, "the site's page in the agent's browser")
-        self.session = self.send("Target.attachToTarget",
-                                 {"targetId": target, "flatten": True})["sessionId"]
-
-    def eval(self, expression: str) -> Any:
-        answer = self.send("Runtime.evaluate", {"expression": expression,
-                                                "returnByValue": True}, self.session)
-        return (answer.get("result") or {}).get("value")
-
-    def type_into(self, element_id: str, text: str) -> None:
-        self.eval(f"document.getElementById({element_id!r}).focus()")
-        for ch in text:
-            self.send("Input.dispatchKeyEvent", {"type": "keyDown", "key": ch, "text": ch},
-                      self.session)
-            self.send("Input.dispatchKeyEvent", {"type": "keyUp", "key": ch}, self.session)
-
-    def close(self) -> None:
-        self.stack.close()
-
-
 def forms_of(secret: str) -> list[bytes]:
     """The secret raw and in base64 at each of the three alignments (JSON escapes are
     undone by :func:`unescaped` before searching, whichever characters were escaped)."""
@@ -222,55 +131,14 @@ def found_in(root: Path, forms: list[bytes]) -> list[str]:
 
 @pytest.fixture
 def site_pages() -> Iterator[dict[str, int]]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.sites.cobrowse.server"],
-                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        assert proc.stdout is not None
-        yield json.loads(proc.stdout.readline())
-    finally:
-        proc.kill()
-        proc.wait()
+    with serve_site() as ports:
+        yield ports
 
 
 @pytest.fixture
 def agent(site: RelayProcess, tmp_path: Path) -> Iterator[AgentProcess]:
-    new_user(site, TECH, "technician", TECH_PASSWORD)
-    site.cli("group", "grant", "default", TECH)
-    consent = tmp_path / "consent"
-    consent.mkdir()
-    ask = consent / "ask.sh"
-    ask.write_text(ASK_SCRIPT.format(dir=consent))
-    ask.chmod(0o755)
-    wrapper = consent / "chromium.sh"
-    wrapper.write_text(WRAPPER.format(dir=consent, chromium=CHROMIUM))
-    wrapper.chmod(0o755)
-    policy = ('[capabilities]\ninfo = "allow"\ncobrowse = "allow"\n\n'
-              f'[ask]\ntimeout_s = 30\ncommand = ["{ask}"]\n\n'
-              f'[cobrowse]\nbrowser = "{wrapper}"\nheadless = true\nscreencast = true\n')
-    a = AgentProcess(tmp_path, "cb-e2e")
-    assert a.enroll(site.token()).returncode == 0
-    (a.state_dir / "policy.toml").write_text(policy)
-    a.start()
-    try:
+    with cobrowse_agent(site, tmp_path, "cb-e2e", TECH, TECH_PASSWORD) as a:
         yield a
-    finally:
-        a.stop()
-
-
-def customer_browser(consent: Path) -> CustomerBrowser:
-    profile = Path(wait_for(lambda: (consent / "profile.txt").exists()
-                            and (consent / "profile.txt").read_text().strip(),
-                            30, "the agent to start its browser"))
-    active = profile / "DevToolsActivePort"
-    wait_for(lambda: active.exists() and len(active.read_text().split()) == 2, 30,
-             "the agent's browser's DevTools port")
-    port, path = active.read_text().split()
-    return CustomerBrowser(int(port), path)
-
-
-def where(p: Page, element_id: str) -> dict[str, float]:
-    p.locator("#cobrowse-live").scroll_into_view_if_needed()
-    return p.evaluate(_WHERE, element_id)  # type: ignore[no-any-return]
 
 
 def clicks(customer: CustomerBrowser) -> list[dict[str, Any]]:
@@ -312,18 +180,7 @@ def test_cobrowse_end_to_end(page: Watched, browser: Browser, site: RelayProcess
     p = page.page
     url = f"http://127.0.0.1:{site_pages['a']}/"
     sign_in(p, TECH, TECH_PASSWORD)
-    p.goto(f"/#/agent/{agent.agent_id}")
-    expect(p.locator("dl.facts")).to_contain_text("Online", timeout=20_000)
-    form = p.get_by_role("form", name="Open a support session")
-    form.get_by_label("Reason").fill("checkout form broken")
-    form.get_by_role("button", name="Open session").click()
-    expect(p.locator("#session-state")).to_have_text("ready")
-    start = p.get_by_role("form", name="Start a co-browse")
-    start.get_by_label("URL to open").fill(url)
-    start.get_by_role("button", name="Start co-browse").click()
-    expect(p.locator("#cobrowse-state")).to_have_text("Connected", timeout=30_000)
-    expect(p.locator("#cobrowse-consent")).to_have_text("Consent to view: given",
-                                                        timeout=30_000)
+    open_cobrowse(p, agent.agent_id, url)
     expect(p.locator("#cobrowse-control")).to_contain_text("not granted")
 
     # 1. The page, and a change of the ticking element, in the technician's view.

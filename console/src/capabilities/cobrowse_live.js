@@ -24,6 +24,54 @@ import { Replayer } from "rrweb";
 import { installCspShims } from "./shell/csp_shims.js";
 import { streamUrl } from "./socket.js";
 
+// An event too large for one line comes as rrweb_part lines (docs/cobrowse.md): joined
+// here, with the relay's rules (in order, one at a time, bounded), so that what the
+// relay let through and what is shown agree.
+const MAX_PARTS = 64;
+const MAX_PART_CHARS = 16 * 1024 * 1024;
+
+export class Joiner {
+  constructor() {
+    this.open = null;
+    this.joined = 0;
+    this.abandoned = 0;
+  }
+
+  // Any other rrweb line: a snapshot still in parts will not be finished.
+  interrupt() {
+    if (this.open) { this.open = null; this.abandoned += 1; }
+  }
+
+  // One part; the whole event when it was the last of an in-order set, else null.
+  part(m) {
+    const ok = typeof m.id === "string" && Number.isInteger(m.index) && Number.isInteger(m.total)
+      && Number.isInteger(m.event) && typeof m.text === "string"
+      && m.total >= 2 && m.total <= MAX_PARTS && m.index >= 0 && m.index < m.total;
+    if (!ok) return null;
+    if (m.index === 0) {
+      this.interrupt();
+      this.open = { id: m.id, total: m.total, event: m.event, texts: [m.text], chars: m.text.length };
+      return null;
+    }
+    const o = this.open;
+    if (!o || o.id !== m.id) return null;
+    if (m.index !== o.texts.length || m.total !== o.total || m.event !== o.event
+        || o.chars + m.text.length > MAX_PART_CHARS) {
+      this.interrupt();
+      return null;
+    }
+    o.texts.push(m.text);
+    o.chars += m.text.length;
+    if (o.texts.length < o.total) return null;
+    this.open = null;
+    let e;
+    try { e = JSON.parse(o.texts.join("")); } catch { e = null; }
+    if (!e || typeof e !== "object" || e.type !== o.event) { this.abandoned += 1; return null; }
+    this.joined += 1;
+    return e;
+  }
+}
+
 const MOVE_EVERY_MS = 33; // mouse moves sent at most ~30 a second
 const POINTER_EVERY_MS = 100; // the bare pointer, ~10 a second
 
@@ -157,6 +205,7 @@ export class LiveView {
     this.overlay.setAttribute("aria-label", "The customer's page (click to focus; input goes on only with control)");
     this.host.append(this.stage, this.overlay);
     this.replayer = null;
+    this.joiner = new Joiner();
     this.ws = null;
     this.lastMove = 0;
     this.resize = () => { this.scale = fit(this.host, this.stage, this.size); };
@@ -231,7 +280,7 @@ export class LiveView {
       this.id = f.cobrowse;
     } else if (f.type === "agent" && f.msg) {
       this.onAgent(f.msg);
-      if (f.msg.type === "rrweb") return; // the view redraws itself
+      if (f.msg.type === "rrweb" || f.msg.type === "rrweb_part") return; // the view redraws itself
     } else if (f.type === "refused") {
       this.notice = `The relay did not pass that on: ${f.detail || f.error}`;
     } else if (f.type === "error") {
@@ -274,8 +323,15 @@ export class LiveView {
         this.notice = `The co-browse ended (${m.reason}).`;
         break;
       case "rrweb":
+        this.joiner.interrupt();
         if (Array.isArray(m.events)) this.apply(m.events);
         break;
+      case "rrweb_part": {
+        const e = this.joiner.part(m);
+        if (e) this.apply([e]);
+        this.host.dataset.joined = String(this.joiner.joined);
+        break;
+      }
       default:
         break;
     }
@@ -404,12 +460,19 @@ export class Replay {
       });
       if (!r.ok) throw new Error(`the relay refused the recording (HTTP ${r.status})`);
       const events = [];
+      const joiner = new Joiner();
+      const keep = (e) => {
+        if (e && typeof e.type === "number" && Number.isFinite(e.timestamp)) events.push(e);
+      };
       for (const line of (await r.text()).split("\n")) {
         if (!line) continue;
         let m;
         try { m = JSON.parse(line); } catch { continue; }
         if (m?.type === "rrweb" && Array.isArray(m.events)) {
-          for (const e of m.events) if (e && typeof e.type === "number" && Number.isFinite(e.timestamp)) events.push(e);
+          joiner.interrupt();
+          for (const e of m.events) keep(e);
+        } else if (m?.type === "rrweb_part") {
+          keep(joiner.part(m));
         }
       }
       if (events.length < 2) throw new Error("the recording holds no page to replay");

@@ -5,6 +5,11 @@ line and serves until killed. The first origin is ``http://127.0.0.1:A``; the se
 ``http://localhost:B``, is another *site* (host differs), so Chromium's site isolation
 puts the cross-origin iframe in a process of its own (an out-of-process iframe), the
 harder case for an injector. ``{{CROSS_ORIGIN}}`` in a page becomes the second origin.
+
+``/large.html`` is a page of :data:`LARGE_ROWS` rows of 8 elements each (10,000
+elements, and a text node in 7 of them: 18,750 nodes in the rows) whose full snapshot
+is larger than a channel line (issue 13, acceptance 4); ``?rows=N`` makes it another
+size (at most 20,000 rows).
 """
 
 from __future__ import annotations
@@ -17,17 +22,36 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PAGES = {"/": "index.html", "/index.html": "index.html", "/same.html": "same.html",
-         "/cross.html": "cross.html", "/flood.html": "flood.html"}
+         "/cross.html": "cross.html", "/flood.html": "flood.html",
+         "/large.html": "large.html"}
+LARGE_ROWS = 1250
+#: One row: a div and 7 children, each with its text; a title makes the snapshot larger.
+ROW = ('<div class="row" title="row {i}: a longer description of this row, as a real '
+       'list would have">'
+       '<span>item {i}</span><b>name {i}</b><i>kind</i><em>state</em>'
+       '<strong>{i}</strong><code>c-{i}</code><a href="#r{i}">open</a></div>')
+
+
+def rows(query: str) -> str:
+    n = LARGE_ROWS
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if key == "rows" and value.isdigit():
+            n = min(int(value), 20_000)
+    return "\n".join(ROW.format(i=i) for i in range(n))
 
 
 def handler_for(cross_origin: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            name = PAGES.get(self.path.split("?", 1)[0])
+            path, _, query = self.path.partition("?")
+            name = PAGES.get(path)
             if name is None:
                 self.send_error(404)
                 return
             body = (HERE / name).read_text().replace("{{CROSS_ORIGIN}}", cross_origin)
+            if name == "large.html":
+                body = body.replace("{{ROWS}}", rows(query))
             data = body.encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
