@@ -1,14 +1,14 @@
 """SIEM cursors, legal holds, retention's deleted_at (issue 14, helper siem)
 
 Revision ID: 0011
-Revises: 0007
+Revises: 0010
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0007"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
