@@ -25,9 +25,9 @@ from backline.relay import config as config_mod
 from backline.relay import tokens, users
 from backline.relay.cli_audit import register as register_audit_proofs
 from backline.relay.cli_fix import fix_app
-from backline.relay.cli_timeline import timeline_app
 from backline.relay.cli_reports import report_app
 from backline.relay.cli_siem import retention_app, siem_app
+from backline.relay.cli_timeline import timeline_app
 from backline.relay.datadir import CERT_WARN_DAYS
 from backline.relay.roles import ROLES
 from backline.relay.store import Store, open_store
