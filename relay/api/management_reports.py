@@ -96,7 +96,8 @@ async def get_report(request: Request, relay: Relay, who: Principal, *,
     return reply(ManagementReport, compute.summary(await _full(relay, query)))
 
 
-@endpoint("audit:read", query=MembersQuery, answers={200: ReportMembers}, noun="metric")
+@endpoint("audit:read", query=MembersQuery, answers={200: ReportMembers}, noun="metric",
+          refuses=(404,))
 async def get_members(request: Request, relay: Relay, who: Principal, *,
                       query: MembersQuery) -> Response:
     """What one number of the report is made of: ``?metric=`` a metric's name
