@@ -161,6 +161,7 @@ def measure(workdir: Path, events: int = 1_000_000, sessions: int = 10_000) -> d
             for _ in range(3):
                 t0 = time.perf_counter()
                 out = compute.report(relay.engine, **kw)
+                compute.summary(out)  # what the API answers: counts of every member list
                 times.append((time.perf_counter() - t0) * 1000)
             return round(min(times), 1), out
 
@@ -174,7 +175,7 @@ def measure(workdir: Path, events: int = 1_000_000, sessions: int = 10_000) -> d
             "events": counted,
             "sessions": sessions,
             "events_read": year["events_read"],
-            "incidents_opened": year["metrics"]["incidents_opened"]["value"],
+            "incidents_opened": year["metrics"]["incidents_opened"].value,
             "build_s": round(build_s, 1),
             "goal_ms": 2000,
         }

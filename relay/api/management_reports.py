@@ -96,7 +96,8 @@ async def get_report(request: Request, relay: Relay, who: Principal, *,
     return reply(ManagementReport, compute.summary(await _full(relay, query)))
 
 
-@endpoint("audit:read", query=MembersQuery, answers={200: ReportMembers}, noun="metric")
+@endpoint("audit:read", query=MembersQuery, answers={200: ReportMembers}, noun="metric",
+          refuses=(404,))
 async def get_members(request: Request, relay: Relay, who: Principal, *,
                       query: MembersQuery) -> Response:
     """What one number of the report is made of: ``?metric=`` a metric's name
@@ -111,6 +112,7 @@ async def get_members(request: Request, relay: Relay, who: Principal, *,
 def to_csv(full: dict[str, Any]) -> str:
     """One row per number: section, name, bucket, value, and how many incidents, sessions
     and events make it up (the drill-down API lists them)."""
+    full = compute.summary(full)
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\r\n")
     w.writerow(["section", "name", "bucket_start_utc", "value", "incidents", "sessions",
@@ -118,8 +120,8 @@ def to_csv(full: dict[str, Any]) -> str:
 
     def row(section: str, name: str, bucket: str, m: dict[str, Any]) -> None:
         value = "" if m["value"] is None else m["value"]
-        w.writerow([section, name, bucket, value, len(m["incidents"]), len(m["sessions"]),
-                    len(m["events"])])
+        w.writerow([section, name, bucket, value, m["incidents"], m["sessions"],
+                    m["events"]])
 
     for name, m in full["metrics"].items():
         row("metric", name, "", m)

@@ -60,7 +60,7 @@ def text_of(full: dict[str, Any]) -> str:
     until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(full["until"]))
     lines = [f"Backline management report, {full['group'] or 'all groups'}, {day} to {until}",
              ""]
-    for name, m in full["metrics"].items():
+    for name, m in compute.summary(full)["metrics"].items():
         lines.append(f"{name}: {'-' if m['value'] is None else m['value']}")
     lines += ["", "Each number's incidents, sessions and events: the console's Management "
                   "reports page, or GET /api/v1/management-reports/members.", "",

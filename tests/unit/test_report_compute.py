@@ -1,0 +1,96 @@
+"""The management report's rules on a hand-written trail (relay/reports/compute.py,
+docs/reports.md): an episode spans re-sent alerts and ends at the first clear; a
+changed outcome counts as its last value; a ticket spans agents; a session on the agent
+during an episode means a technician touched it; a refused fix is not a fix run; events
+after ``until`` are not read; the drill-down names exactly the members."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from backline.common import keys
+from backline.relay.audit import AuditLog
+from backline.relay.reports import compute
+from backline.relay.schema import metadata
+
+
+def trail(tmp_path: Path, events: list[tuple[float, str, str, str, dict[str, Any]]]
+          ) -> sa.Engine:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    metadata.create_all(engine)
+    log = AuditLog(engine, keys.generate())
+    for at, actor, action, target, details in events:
+        row = log.append(actor, action, target, details)
+        with engine.begin() as conn:  # the time the test says it happened
+            conn.execute(sa.text("update audit_events set time = :t where seq = :s"),
+                         {"t": at, "s": row["seq"]})
+    return engine
+
+
+def opened(at: float, sid: str, agent: str, ticket: str = "", who: str = "alice"
+           ) -> tuple[float, str, str, str, dict[str, Any]]:
+    return (at, f"user:{who}", "session.open", f"session:{sid}",
+            {"agent": agent, "ticket": ticket})
+
+
+def outcome(at: float, sid: str, value: str) -> tuple[float, str, str, str, dict[str, Any]]:
+    return (at, "user:alice", "session.outcome", f"session:{sid}", {"outcome": value})
+
+
+H = 3600.0
+
+
+def test_the_rules(tmp_path: Path) -> None:
+    engine = trail(tmp_path, [
+        (0, "user:admin", "agent.enroll", "agent:a", {"group": "g1"}),
+        (0, "user:admin", "agent.enroll", "agent:b", {"group": "g2"}),
+        (10 * H, "agent:a", "agent.health.alert", "agent:a", {"critical": ["disk-full"]}),
+        # re-sent (a reconnect): the same episode, one more finding
+        (11 * H, "agent:a", "agent.health.alert", "agent:a",
+         {"critical": ["disk-full", "svc-down"]}),
+        (12 * H, "agent:a", "agent.health.cleared", "agent:a", {}),
+        (13 * H, "agent:a", "agent.health.cleared", "agent:a", {}),  # no episode: nothing
+        (20 * H, "agent:b", "agent.health.alert", "agent:b", {"critical": ["disk-full"]}),
+        opened(21 * H, "s1", "b", ticket="T-1"),  # a ticketed session touches the episode
+        (22 * H, "agent:b", "agent.health.cleared", "agent:b", {}),
+        outcome(23 * H, "s1", "resolved"),
+        outcome(30 * H, "s1", "not_resolved"),  # changed: T-1 is not resolved by s1
+        opened(40 * H, "s2", "a", ticket="T-1", who="dave"),  # same ticket, other agent
+        outcome(41 * H, "s2", "resolved"),
+        (42 * H, "user:dave", "fix.run.ended", "session:s2",
+         {"agent": "a", "session": "s2", "run": "r1", "exit_status": 0,
+          "verify_passed": None, "output_ok": True}),
+        (43 * H, "user:dave", "fix.run.ended", "session:s2",
+         {"agent": "a", "session": "s2", "run": "r2", "exit_status": 0,
+          "verify_passed": False, "output_ok": True}),  # verify failed: not a success
+        (44 * H, "user:dave", "fix.run.refused", "session:s2", {"reason": "consent"}),
+        (100 * H, "agent:a", "agent.health.alert", "agent:a", {"critical": ["late"]}),
+    ])
+    full = compute.report(engine, since=0, until=50 * H)
+    m = compute.summary(full)["metrics"]
+    assert m["incidents_opened"]["value"] == 3  # alert a, alert b, ticket T-1
+    assert m["incidents_resolved"]["value"] == 3
+    assert m["resolved_without_technician"]["value"] == 1  # a's; b had s1
+    assert m["resolved_first_session"]["value"] == 0  # T-1's first session: not_resolved
+    # a: 2 h, b: 2 h, T-1: from 21 h to 41 h (s2 resolved it) = 20 h
+    assert m["mttr_mean_s"]["value"] == round((2 * H + 2 * H + 20 * H) / 3, 3)
+    assert m["mttr_median_s"]["value"] == 2 * H
+    assert (m["fixes_run"]["value"], m["fixes_succeeded"]["value"]) == (2, 1)
+    assert m["fix_success_rate"]["value"] == 0.5
+    assert full["events_read"] == 15  # not the refusal, not the alert after until
+    ticket = compute.members(full, "incidents_opened", "")
+    assert ticket is not None
+    t1 = next(i for i in ticket["incidents"] if i["id"] == "ticket:T-1")
+    assert t1["sessions"] == ["s1", "s2"] and t1["group"] == "g2"  # its first session's
+    top = {f["finding"]: f["value"] for f in compute.summary(full)["top_findings"]}
+    assert top == {"disk-full": 2, "svc-down": 1}
+    techs = {t["technician"]: t["value"] for t in compute.summary(full)["technicians"]}
+    assert techs == {"alice": 1, "dave": 1}
+    # One group: only its incidents, fixes and sessions.
+    g1 = compute.summary(compute.report(engine, since=0, until=50 * H, group="g1"))
+    assert g1["metrics"]["incidents_opened"]["value"] == 1
+    assert g1["metrics"]["fixes_run"]["value"] == 2
+    assert compute.members(full, "nope") is None
