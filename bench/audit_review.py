@@ -263,7 +263,7 @@ def main() -> None:
     if not args.no_report:
         result.update(report_part(root / "report"))
     result["goals"] = GOALS
-    result["load_before"] = os.getloadavg()
+    result["loadavg_after"] = os.getloadavg()  # 1, 5, 15 min, as the runs ended
     result["machine"] = {"cpus": os.cpu_count(), "cpu_model": cpu_model(),
                          "python": platform.python_version(), "platform": platform.platform()}
     result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

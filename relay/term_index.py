@@ -54,15 +54,16 @@ BATCH = 5000
 _ESCAPES = re.compile(
     r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
     r"|(?:\x1b[\]P^_]|[\x90\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
-    r"|\x1b[ -/]*[0-~]"
-    r"|[\x00-\x1f\x7f-\x9f]")
+    r"|\x1b[ -/]*[0-~]")
+#: Every other control character becomes a space (``str.translate``: no Python per hit).
+_CONTROLS = {c: " " for c in [*range(0x20), *range(0x7f, 0xa0)]}
 _WORD = re.compile(r"\w+(?:[.\-]\w+)*")
 
 
 def blank_escapes(text: str) -> str:
     """``text`` with escape sequences and control characters replaced by spaces of the
     same length (positions are kept)."""
-    return _ESCAPES.sub(lambda m: " " * len(m.group()), text)
+    return _ESCAPES.sub(lambda m: " " * len(m.group()), text).translate(_CONTROLS)
 
 
 def words_of(text: str) -> Iterator[tuple[str, int]]:
@@ -116,9 +117,11 @@ def moments_of(cast: bytes, with_input: bool = True) -> list[Moment]:
     text = blank_escapes("".join(chunks))
     kept: dict[str, list[float]] = {}
     for word, pos in words_of(text):
-        at = times[bisect.bisect_right(starts, pos) - 1]
         mine = kept.setdefault(word, [])
-        if len(mine) < MOMENTS and (not mine or at - mine[-1] >= SPACING_S):
+        if len(mine) >= MOMENTS:
+            continue
+        at = times[bisect.bisect_right(starts, pos) - 1]
+        if not mine or at - mine[-1] >= SPACING_S:
             mine.append(at)
     return [Moment(w, at) for w, ats in kept.items() for at in ats]
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from backline.relay.audit import row_to_event
+from backline.relay.audit import SEQ_MAX, row_to_event
 from backline.relay.blobs import BlobStore
 from backline.relay.schema import audit_events, diagnostics_reports, fix_runs, recordings
 
@@ -67,6 +67,8 @@ def events_page(engine: sa.Engine, session: dict[str, Any], after: int = 0,
     """The session's events after ``seq`` ``after``, oldest first; and the ``after`` of
     the next page (None: this was the last)."""
     limit = max(1, min(limit, MAX_PAGE))
+    if after >= SEQ_MAX:  # nothing is past the column's end (PostgreSQL would refuse it)
+        return [], None
     with engine.connect() as conn:
         q = (sa.select(audit_events).where(events_condition(conn, session))
              .where(audit_events.c.seq > after).order_by(audit_events.c.seq).limit(limit + 1))

@@ -70,10 +70,14 @@ export function detailFields(details) {
     <dt>${LABELS[k] || k.replaceAll("_", " ")}</dt><dd>${value(k, v)}</dd></div>`)}</dl>`;
 }
 
-// The whole event as the trail holds it, behind one click.
+// The whole event as the trail holds it, behind one click; written when first opened
+// (a page of a thousand events would otherwise carry a thousand JSON texts).
 export function rawEvent(e) {
-  return html`<details class="raw"><summary>Raw event</summary>
-    <pre class="raw-event">${JSON.stringify(e, null, 2)}</pre></details>`;
+  const fill = (ev) => {
+    const pre = ev.currentTarget.querySelector("pre.raw-event");
+    if (ev.currentTarget.open && pre && !pre.textContent) pre.textContent = JSON.stringify(e, null, 2);
+  };
+  return html`<details class="raw" @toggle=${fill}><summary>Raw event</summary><pre class="raw-event"></pre></details>`;
 }
 
 export function actorView(actor) {

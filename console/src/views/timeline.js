@@ -16,13 +16,16 @@ import { fetchChecked, fmtBytes, PLAY_LIMIT_BYTES, RecordingShelf } from "../rec
 import { checkBadge, cobrowseReplayView, terminalReplayView } from "../recordings/views.js";
 import { actorView, detailFields, rawEvent, targetView } from "./event_fields.js";
 
-const PAGE = 200;
+// The first page is what fills a screen or two; the rest comes on demand.
+const PAGE = 100;
+// Rows drawn in the first frame (a screenful); the rest of the page in the next one.
+const FIRST_SCREEN = 30;
 const loadTerminal = async () => (await import("../recordings/terminal_player.js")).TerminalReplay;
 const loadCobrowse = async () => (await import("../recordings/cobrowse_player.js")).CobrowseReplay;
 
 const fresh = (id) => ({
   id, visit: -1, session: null, events: [], next: null, evidence: [], error: "",
-  loadingMore: false, hit: null, shown: {},
+  loadingMore: false, hit: null, shown: {}, drawn: FIRST_SCREEN,
   terminal: new RecordingShelf({ capability: "shell", loadPlayer: loadTerminal, onChange: () => redraw() }),
   cobrowse: new RecordingShelf({ capability: "cobrowse", loadPlayer: loadCobrowse, onChange: () => redraw() }),
 });
@@ -42,6 +45,11 @@ async function loadFirst(id) {
     s.next = r.next_after;
     s.evidence = r.evidence || [];
     s.error = "";
+    requestAnimationFrame(() => requestAnimationFrame(() => {
+      if (s.id !== id) return;
+      s.drawn = Infinity;
+      redraw();
+    }));
     if (s.hit) {
       const item = s.evidence.find((e) => e.id === s.hit.recording && e.kind === "terminal");
       if (item) show(item, s.hit.at);
@@ -166,11 +174,12 @@ function headerView(x) {
 function eventsView() {
   return html`<table class="audit timeline" aria-label="Events"><thead><tr><th scope="col">#</th><th scope="col">Time</th>
       <th scope="col">Actor</th><th scope="col">Action</th><th scope="col">Target</th><th scope="col">Details</th></tr></thead>
-    <tbody>${s.events.map((e) => html`<tr id="timeline-event-${e.seq}" data-seq=${e.seq}
+    <tbody>${s.events.slice(0, s.drawn).map((e) => html`<tr id="timeline-event-${e.seq}" data-seq=${e.seq}
         class=${/refused|failed|mismatch/.test(e.action) ? "refusal" : ""}>
       <td>${e.seq}</td><td>${when(e.time)}</td><td>${actorView(e.actor)}</td><td><code>${e.action}</code></td>
       <td>${targetView(e.target, e.details)}</td><td>${detailFields(e.details)}${rawEvent(e)}</td></tr>`)}</tbody></table>
-    ${s.next ? html`<p class="actions"><button type="button" id="timeline-more" @click=${loadMore}
+    ${s.drawn < s.events.length ? html`<p class="muted">Drawing…</p>` : nothing}
+    ${s.next && s.drawn >= s.events.length ? html`<p class="actions"><button type="button" id="timeline-more" @click=${loadMore}
       ?disabled=${s.loadingMore}>${s.loadingMore ? "Loading…" : "Show more events"}</button></p>` : nothing}`;
 }
 
