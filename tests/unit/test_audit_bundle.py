@@ -20,12 +20,15 @@ KEY = keys.generate()
 ORIGIN = "backline-relay/unit"
 
 
-def make_bundle() -> dict[str, Any]:
+def make_bundle(trail_data: bytes = b"recording bytes") -> dict[str, Any]:
     events, tree, prev = [], audit_tree.MemoryTree(), "0" * 64
+    ended = b._canonical({"run": "fr_1", "output_sha256": hashlib.sha256(trail_data)
+                          .hexdigest(), "session": "s1"})
     for seq in range(1, 12):
-        ev = {"seq": seq, "time": 1.5 + seq, "actor": "user:a", "action": "test.event",
-              "target": "session:s1" if seq % 2 else "other", "details": '{"n":1}',
-              "prev_hash": prev}
+        ev = {"seq": seq, "time": 1.5 + seq, "actor": "user:a",
+              "action": "fix.run.ended" if seq == 11 else "test.event",
+              "target": "session:s1" if seq % 2 else "other",
+              "details": ended if seq == 11 else '{"n":1}', "prev_hash": prev}
         body = b.event_body(ev)
         ev["hash"] = prev = hashlib.sha256(body).hexdigest()
         tree.append(audit_tree.leaf_hash(body))
@@ -66,6 +69,11 @@ def test_a_swapped_proof_and_a_changed_session_are_named() -> None:
     doc = make_bundle()
     doc["blobs"] = []
     assert "fix output fr_1 was removed" in b.verify(doc, PINNED).problems[0]
+    # The relay's manifest and the blob agree, but the proven trail recorded another
+    # digest for that run's output: named.
+    rep = b.verify(make_bundle(trail_data=b"what the agent reported"), PINNED)
+    assert any("fix output fr_1 was altered" in p and "the audit trail recorded" in p
+               for p in rep.problems), rep.problems
 
 
 HOSTILE = st.recursive(
