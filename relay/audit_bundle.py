@@ -36,6 +36,11 @@ FORMAT = "backline-audit-bundle/1"
 MANIFEST_HEAD = "backline-audit-bundle/1"
 MAX_EVENTS = 100_000
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+#: The events that record a blob's digest: action -> (blob kind, id field, digest field).
+TRAIL_DIGESTS = {"recording.stored": ("recording", "recording", "sha256"),
+                 "fix.run.ended": ("fix_output", "run", "output_sha256"),
+                 "diagnostics.report": ("diagnostics_report", "report", "sha256")}
+TRAIL_KINDS = {kind: action for action, (kind, _, _) in TRAIL_DIGESTS.items()}
 
 
 def _b64(data: bytes) -> str:
@@ -70,7 +75,7 @@ def build(store: Any, session_id: str) -> dict[str, Any]:
 
     from backline.relay.audit import AuditLog
     from backline.relay.blobs import BlobStore
-    from backline.relay.schema import audit_events, fix_runs, recordings
+    from backline.relay.schema import audit_events, diagnostics_reports, fix_runs, recordings
 
     audit: AuditLog = store.audit
     note = audit.checkpoint_now()
@@ -93,6 +98,9 @@ def build(store: Any, session_id: str) -> dict[str, Any]:
                             .where(fix_runs.c.session_id == session_id,
                                    fix_runs.c.output_sha256.is_not(None))
                             .order_by(fix_runs.c.started_at)).mappings().all()
+        reports = conn.execute(sa.select(diagnostics_reports.c.id, diagnostics_reports.c.sha256)
+                               .where(diagnostics_reports.c.session_id == session_id)
+                               .order_by(diagnostics_reports.c.created_at)).mappings().all()
     if not rows:
         raise LookupError(f"the audit trail has no event of session {session_id}")
     events = [{"seq": r["seq"], "time": r["time"], "actor": r["actor"],
@@ -104,6 +112,7 @@ def build(store: Any, session_id: str) -> dict[str, Any]:
     blobs: list[dict[str, Any]] = []
     wanted = [("recording", r["id"], r["sha256"]) for r in recs]
     wanted += [("fix_output", r["id"], r["output_sha256"]) for r in runs]
+    wanted += [("diagnostics_report", r["id"], r["sha256"]) for r in reports]
     for kind, ident, digest in wanted:
         try:
             # As stored, unchecked: a damaged blob travels as it is, and the verifier
@@ -264,15 +273,17 @@ def verify(doc: Any, pinned: str | None = None) -> Report:
     for seq in sorted(set(listed_events) - set(seen)):
         rep.fail(f"event #{seq} was removed: the signed manifest lists it, the bundle "
                  "does not have it")
-    # Each recording's digest as the (proven) trail recorded it.
-    trail_digest: dict[str, str] = {}
+    # Each blob's digest as the (proven) trail recorded it.
+    trail_digest: dict[tuple[str, str], str] = {}
     for ev in seen.values():
-        if ev.get("action") == "recording.stored":
-            try:
-                details = json.loads(ev["details"])
-                trail_digest[str(details["recording"])] = str(details["sha256"])
-            except (ValueError, KeyError, TypeError):
-                pass
+        said = TRAIL_DIGESTS.get(str(ev.get("action")))
+        if said is None:
+            continue
+        try:
+            details = json.loads(ev["details"])
+            trail_digest[(said[0], str(details[said[1]]))] = str(details[said[2]])
+        except (ValueError, KeyError, TypeError):
+            pass
     have: set[tuple[str, str]] = set()
     for blob in blobs:
         try:
@@ -290,10 +301,10 @@ def verify(doc: Any, pinned: str | None = None) -> Report:
         if actual != listed_blobs[key]:
             rep.fail(f"{what} was altered: its SHA-256 is {actual}, the signed manifest "
                      f"says {listed_blobs[key]}")
-        if key[0] == "recording":
-            recorded = trail_digest.get(key[1])
+        if key[0] in TRAIL_KINDS:
+            recorded = trail_digest.get(key)
             if recorded is None:
-                rep.fail(f"{what}: no proven recording.stored event vouches for it")
+                rep.fail(f"{what}: no proven {TRAIL_KINDS[key[0]]} event vouches for it")
             elif recorded != actual:
                 rep.fail(f"{what} was altered: its SHA-256 is {actual}, the audit trail "
                          f"recorded {recorded}")

@@ -326,6 +326,9 @@ class RelayConfig:
             if not sink.startswith(("file:", "syslog+tcp://", "syslog+tls://")):
                 raise ConfigError(f"audit_checkpoint_sinks: {sink!r} is not file:/path, "
                                   "syslog+tcp://host:port or syslog+tls://host:port")
+            if sink.startswith("file:") and not Path(sink[5:]).expanduser().is_absolute():
+                raise ConfigError(f"audit_checkpoint_sinks: {sink!r}: the file's path must "
+                                  "be absolute")
         if not 1 <= self.audit_flood_window_s <= 3600:
             raise ConfigError("audit_flood_window_s must be between 1 and 3600")
         if not 1 <= self.agent_first_frame_timeout_s <= 60:

@@ -216,3 +216,25 @@ def test_the_syslog_sink_sends_each_note() -> None:  # pragma: no cover
     thread.join(15)
     server.close()
     assert b"checkpoint" in b"".join(got) and b"o\n1\n" in b"".join(got)
+
+
+def test_the_stored_tree_matches_the_rfc_at_every_size(tmp_path: Path) -> None:
+    """Appends in uneven batches (the frontier cached across them, and read again after
+    another writer's append): every root, and proofs at every size, as in memory."""
+    store = open_store(config.load(overrides={"data_dir": tmp_path / "relay"}, environ={}))
+    other = audit.AuditLog(store.engine, store.audit.signing_key)
+    tree = audit_tree.MemoryTree()
+    size = 0
+    for batch in (1, 2, 3, 1, 7, 16, 1, 5, 30):
+        log = other if batch == 1 else store.audit
+        log.append_many([("user:t", "test.event", "", {"b": batch, "i": i})
+                         for i in range(batch)])
+        for row in store.audit.rows(list(range(size + 1, size + batch + 1))):
+            tree.append(audit_tree.leaf_hash(audit.row_body(row)))
+        size += batch
+    for n in range(1, size + 1):
+        assert store.audit.root(n) == tree.root(n), n
+        assert store.audit.inclusion_proof(n, size) == tree.inclusion(n - 1, size)
+        assert store.audit.inclusion_proof(1, n) == tree.inclusion(0, n)
+        assert store.audit.consistency_proof(n, size) == tree.consistency(n, size)
+    store.engine.dispose()

@@ -1,0 +1,108 @@
+"""The bundle verifier (relay/audit_bundle.py) on bundles built in memory: OK for a whole
+one, and for hostile ones (wrong types, garbage, huge proofs) a named problem, never an
+exception. The real relay's bundles are tests/integration/test_audit_bundle.py's."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backline.common import keys
+from backline.relay import audit_bundle as b
+from backline.relay import audit_note, audit_tree
+
+KEY = keys.generate()
+ORIGIN = "backline-relay/unit"
+
+
+def make_bundle(trail_data: bytes = b"recording bytes") -> dict[str, Any]:
+    events, tree, prev = [], audit_tree.MemoryTree(), "0" * 64
+    ended = b._canonical({"run": "fr_1", "output_sha256": hashlib.sha256(trail_data)
+                          .hexdigest(), "session": "s1"})
+    for seq in range(1, 12):
+        ev = {"seq": seq, "time": 1.5 + seq, "actor": "user:a",
+              "action": "fix.run.ended" if seq == 11 else "test.event",
+              "target": "session:s1" if seq % 2 else "other",
+              "details": ended if seq == 11 else '{"n":1}', "prev_hash": prev}
+        body = b.event_body(ev)
+        ev["hash"] = prev = hashlib.sha256(body).hexdigest()
+        tree.append(audit_tree.leaf_hash(body))
+        events.append(ev)
+    mine = [dict(e, inclusion=[base64.b64encode(h).decode()
+                               for h in tree.inclusion(e["seq"] - 1, tree.size)])
+            for e in events if e["target"] == "session:s1"]
+    data = b"recording bytes"
+    blobs = [{"kind": "fix_output", "id": "fr_1", "sha256": hashlib.sha256(data).hexdigest(),
+              "bytes": len(data), "data": base64.b64encode(data).decode()}]
+    checkpoint = audit_note.sign(audit_note.checkpoint_text(ORIGIN, tree.size, tree.root()),
+                                 ORIGIN, KEY)
+    manifest = audit_note.sign(b.manifest_text(ORIGIN, "s1", tree.size, mine, blobs),
+                               ORIGIN, KEY)
+    return {"format": b.FORMAT, "session": "s1", "origin": ORIGIN,
+            "verifier_key": audit_note.verifier_key(ORIGIN, keys.public_raw(KEY)),
+            "checkpoint": checkpoint, "manifest": manifest, "events": mine, "blobs": blobs}
+
+
+PINNED = audit_note.verifier_key(ORIGIN, keys.public_raw(KEY))
+
+
+def test_a_whole_bundle_verifies() -> None:
+    rep = b.verify(make_bundle(), PINNED)
+    assert rep.ok, rep.problems
+    assert "6 events proven in the trail of 11 events" in rep.describe()
+
+
+def test_a_swapped_proof_and_a_changed_session_are_named() -> None:
+    doc = make_bundle()
+    doc["events"][0]["inclusion"], doc["events"][1]["inclusion"] = (
+        doc["events"][1]["inclusion"], doc["events"][0]["inclusion"])
+    rep = b.verify(doc, PINNED)
+    assert not rep.ok and any("is not proven in the signed trail" in p for p in rep.problems)
+    doc = make_bundle()
+    doc["session"] = "s2"
+    assert "the manifest is not this bundle's" in b.verify(doc, PINNED).problems[0]
+    doc = make_bundle()
+    doc["blobs"] = []
+    assert "fix output fr_1 was removed" in b.verify(doc, PINNED).problems[0]
+    # The relay's manifest and the blob agree, but the proven trail recorded another
+    # digest for that run's output: named.
+    rep = b.verify(make_bundle(trail_data=b"what the agent reported"), PINNED)
+    assert any("fix output fr_1 was altered" in p and "the audit trail recorded" in p
+               for p in rep.problems), rep.problems
+
+
+HOSTILE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from(["checkpoint", "manifest", "events", "blobs", "verifier_key",
+                        "session", "format"]), HOSTILE)
+def test_hostile_fields_are_named_never_raised(field: str, value: Any) -> None:
+    doc = make_bundle()
+    doc[field] = value
+    rep = b.verify(doc)
+    assert not rep.ok or (field == "session" and value == "s1")
+    assert rep.problems or rep.ok
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 5), st.sampled_from(["seq", "time", "details", "inclusion", "hash"]),
+       HOSTILE)
+def test_hostile_event_fields_are_named_never_raised(i: int, field: str, value: Any) -> None:
+    doc = make_bundle()
+    ev = copy.deepcopy(doc["events"][i])
+    if ev.get(field) == value:
+        return
+    ev[field] = value
+    doc["events"][i] = ev
+    rep = b.verify(doc, PINNED)
+    assert not rep.ok and rep.problems
