@@ -10,8 +10,6 @@ few actions it needs; bench/audit_review_report.py times it at 1,000,000 events)
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import time
 from typing import Annotated, Any, Literal
 
@@ -23,6 +21,7 @@ from starlette.routing import Route
 from backline.relay.api.edge import Params, Reply, UnixTime, endpoint, reply
 from backline.relay.api.models import GROUP_NAME
 from backline.relay.reports import clock, compute
+from backline.relay.reports.csvfile import to_csv
 from backline.relay.state import Relay
 from backline.relay.webauth import ApiError, Principal
 
@@ -107,39 +106,6 @@ async def get_members(request: Request, relay: Relay, who: Principal, *,
     if found is None:
         raise ApiError(404, "not_found", "no such number in this report")
     return reply(ReportMembers, found)
-
-
-def to_csv(full: dict[str, Any]) -> str:
-    """One row per number: section, name, bucket, value, and how many incidents, sessions
-    and events make it up (the drill-down API lists them)."""
-    full = compute.summary(full)
-    out = io.StringIO()
-    w = csv.writer(out, lineterminator="\r\n")
-    w.writerow(["section", "name", "bucket_start_utc", "value", "incidents", "sessions",
-                "events"])
-
-    def row(section: str, name: str, bucket: str, m: dict[str, Any]) -> None:
-        value = "" if m["value"] is None else m["value"]
-        w.writerow([section, name, bucket, value, m["incidents"], m["sessions"],
-                    m["events"]])
-
-    for name, m in full["metrics"].items():
-        row("metric", name, "", m)
-    for t in full["technicians"]:
-        row("technician", _cell(t["technician"]), "", t)
-    for f in full["top_findings"]:
-        row("finding", _cell(f["finding"]), "", f)
-    for b in full["trend"]:
-        day = time.strftime("%Y-%m-%d", time.gmtime(b["start"]))
-        for name, m in b.items():
-            if isinstance(m, dict):
-                row("trend", name, day, m)
-    return out.getvalue()
-
-
-def _cell(text: str) -> str:
-    """A name as a CSV cell a spreadsheet will not run as a formula."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 @endpoint("audit:read", query=ReportQuery, answers={200: "text/csv"})

@@ -54,7 +54,7 @@ def next_due(schedule: str, now: float, hour: int) -> float:
 
 def text_of(full: dict[str, Any]) -> str:
     """The e-mail's body: the numbers, in words."""
-    from backline.relay.api.management_reports import to_csv
+    from backline.relay.reports.csvfile import to_csv
 
     day = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(full["since"]))
     until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(full["until"]))
@@ -110,7 +110,7 @@ def send_mail(relay: Relay, full: dict[str, Any]) -> None:
 
 
 def _csv(full: dict[str, Any]) -> str:
-    from backline.relay.api.management_reports import to_csv
+    from backline.relay.reports.csvfile import to_csv
 
     return to_csv(full)
 
