@@ -84,26 +84,23 @@ class SyslogSink:
                       self.url)
 
     def _run(self) -> None:
-        import asyncio
-
+        """One connection kept open; a note that could not be sent is sent again with
+        the next one, or after a back-off (up to a minute) when none comes."""
+        sender = self._syslog.SyslogSender(self.url)
         pending: list[bytes] = []
+        backoff = 1.0
         while True:
-            note = self._queue.get()
-            pending.append(self._syslog.rfc5424(note, msgid="checkpoint"))
-            sender = self._syslog.SyslogSender(self.url)
             try:
-                asyncio.run(self._send(sender, pending))
-                pending = []
-            except OSError as exc:
+                note = self._queue.get(timeout=backoff if pending else None)
+                pending.append(self._syslog.rfc5424(note, msgid="checkpoint"))
+            except queue.Empty:
+                pass
+            try:
+                sender.send_blocking(pending)
+                pending, backoff = [], 1.0
+            except (OSError, ValueError) as exc:
                 log.error("audit checkpoint sink %s failed: %s", self.url, exc)
-                pending = pending[-1000:]
-
-    @staticmethod
-    async def _send(sender: Any, messages: list[bytes]) -> None:
-        try:
-            await sender.send(messages)
-        finally:
-            await sender.close()
+                pending, backoff = pending[-1000:], min(backoff * 2, 60.0)
 
 
 def open_sinks(specs: list[str]) -> list[Sink]:

@@ -6,7 +6,6 @@ it. Also: a trail from before the tree (migration 0008) gets its tree on the nex
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -24,13 +23,6 @@ from backline.relay.store import open_store
 from tests.harness import RELAY
 
 EVENTS = 250  # checkpoints at 100 and 200
-
-
-def _has_syslog() -> bool:
-    try:
-        return importlib.util.find_spec("backline.relay.siem.syslog") is not None
-    except ModuleNotFoundError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -185,9 +177,7 @@ def test_a_trail_from_before_the_tree_gets_it_on_start(tmp_path: Path,
     assert cli(tmp_path, "verify").returncode == 0
 
 
-@pytest.mark.skipif(not _has_syslog(),
-                    reason="relay/siem/syslog.py (helper siem) is not in this branch yet")
-def test_the_syslog_sink_sends_each_note() -> None:  # pragma: no cover
+def test_the_syslog_sink_sends_each_note() -> None:
     import socket
     import threading
 
