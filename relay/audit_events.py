@@ -722,7 +722,8 @@ event("evidence.viewed", REVIEW, "a piece of a session's evidence other than a r
       need("bytes", int, "its size"), ADDRESS)
 event("evidence.refused", REVIEW, "fetching a piece of evidence was refused: it is not the "
       "session's, or the trail does not vouch for it (`digest_mismatch`, `row_altered`, "
-      "`not_in_trail`)", SESSION, *API_REFUSAL,
+      "`not_in_trail`), or its content was deleted by retention (`deleted_by_retention`)",
+      SESSION, *API_REFUSAL,
       may("evidence", str, "its id"),
       may("trail_sha256", str, "the SHA-256 the trail recorded"),
       may("actual_sha256", str, "what the stored file (or row) says instead"))

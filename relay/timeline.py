@@ -198,20 +198,23 @@ def evidence(engine: sa.Engine, session: dict[str, Any]) -> list[dict[str, Any]]
         trail = recording_trail(engine, dict(r))
         kind = "cobrowse" if r["capability"] == "cobrowse" else "terminal"
         out.append(_item(r["id"], kind, r["started_at"], r["sha256"], trail, r["bytes"],
-                         duration_s=r["duration_s"], technician=r["technician"],
+                         deleted_at=r.get("deleted_at"), duration_s=r["duration_s"],
+                         technician=r["technician"],
                          keystrokes=r["keystrokes"], capability=r["capability"]))
     for r in runs:
         if not r["output_sha256"]:
             continue
         trail = fix_run_trail(engine, dict(r))
         out.append(_item(r["id"], "fix_output", r["started_at"], r["output_sha256"], trail,
-                         r["kept_bytes"], fix=f"{r['fix_id']}@{r['version']}",
+                         r["kept_bytes"], deleted_at=r.get("deleted_at"),
+                         fix=f"{r['fix_id']}@{r['version']}",
                          digest=r["digest"], exit_status=r["exit_status"],
                          status=r["status"]))
     for r in reps:
         trail = report_trail(engine, dict(r))
         out.append(_item(r["id"], "diagnostics", r["created_at"], r["sha256"], trail,
-                         r["size"], findings=r["findings"], worst=r["worst"]))
+                         r["size"], deleted_at=r.get("deleted_at"), findings=r["findings"],
+                         worst=r["worst"]))
     out.sort(key=lambda e: e["at"])
     return out
 

@@ -31,6 +31,7 @@ from backline.relay.api import models as m
 from backline.relay.api.agents import visible_group_ids
 from backline.relay.api.edge import Params, Reply, UnixTime, endpoint, reply, whole
 from backline.relay.api.sessions import session_for
+from backline.relay.retention import gone_text
 from backline.relay.schema import diagnostics_reports, fix_runs, recordings, support_sessions
 from backline.relay.state import Relay
 from backline.relay.webauth import ApiError, Principal
@@ -86,6 +87,8 @@ class Evidence(Reply):
     trail_action: str | None
     row_matches_trail: bool
     url: str
+    #: when the retention policy deleted its content (the digest stays): it is not served
+    deleted_at: float | None = None
     duration_s: float | None = None
     technician: str | None = None
     keystrokes: bool | None = None
@@ -171,7 +174,7 @@ def _evidence_item(relay: Relay, session_id: str, evidence_id: str
 
 
 @endpoint("agents:read", path=EvidencePath, noun="evidence",
-          answers={200: "application/octet-stream"}, refuses=(409, 500))
+          answers={200: "application/octet-stream"}, refuses=(409, 410, 500))
 async def get_evidence(request: Request, relay: Relay, who: Principal, *,
                        path: EvidencePath) -> Response:
     """A fix run's kept output (text/plain) or a diagnostics report's kept stream (JSON
@@ -180,6 +183,11 @@ async def get_evidence(request: Request, relay: Relay, who: Principal, *,
     row = session_for(request, relay, who)
     kind, item, trail, row_sha = _evidence_item(relay, row["id"], path.evidence_id)
     what = ("fix run" if kind == "fix_output" else "diagnostics report") + f" {item['id']}"
+    if item.get("deleted_at"):
+        digest_field = "output_sha256" if kind == "fix_output" else "sha256"
+        raise ApiError(410, "deleted", gone_text(what, item, digest_field),
+                       action="evidence.refused", target=f"session:{row['id']}",
+                       evidence=item["id"], reason="deleted_by_retention")
     try:
         data = timeline.check_blob(relay.blobs, what, row_sha, trail)
     except timeline.EvidenceMismatch as exc:

@@ -130,6 +130,12 @@ def test_retention_deletes_old_content_and_keeps_held(tmp_path: Path,
         assert api.get("/api/v1/reports/dr_old").status_code == 410
         listed = api.get("/api/v1/sessions/se_free/recordings").json()["recordings"]
         assert listed[0]["deleted_at"] and listed[0]["sha256"] == seeded["free"]["sha256"]
+        # The auditor's timeline says so too, and will not serve what is gone.
+        shown = {e["id"]: e for e in
+                 api.get("/api/v1/sessions/se_free/timeline").json()["evidence"]}
+        assert shown["rc_free"]["deleted_at"] and shown["dr_old"]["deleted_at"]
+        assert shown["rc_free"]["trail_sha256"] == seeded["free"]["sha256"]
+        assert api.get("/api/v1/sessions/se_free/evidence/dr_old").status_code == 410
 
         r = api.post(f"/api/v1/legal-holds/{holds['se_lift']}/lift",
                      json={"reason": "matter closed"})

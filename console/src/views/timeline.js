@@ -147,7 +147,8 @@ function evidenceView() {
         ${e.findings !== null && e.findings !== undefined ? html` — ${e.findings} finding${e.findings === 1 ? "" : "s"} (worst ${e.worst})` : nothing}
         ${Number.isFinite(e.duration_s) ? html` — ${e.duration_s.toFixed(1)} s` : nothing}</td>
       <td>${fmtBytes(e.bytes)}</td><td>${trailDigest(e)}</td>
-      <td>${e.bytes > PLAY_LIMIT_BYTES ? html`<span class="muted">too large to show here</span>`
+      <td>${e.deleted_at ? html`<span class="muted deleted">deleted by the retention policy on ${when(e.deleted_at)} (its digest stays in the trail)</span>`
+        : e.bytes > PLAY_LIMIT_BYTES ? html`<span class="muted">too large to show here</span>`
         : html`<button type="button" @click=${() => show(e)}>${e.kind === "terminal" || e.kind === "cobrowse" ? "Replay" : "Show"}</button>`}</td>
     </tr>${s.shown[e.id] ? html`<tr class="shown"><td colspan="5" data-shown=${e.id}>${shownView(e)}</td></tr>` : nothing}`)}</tbody></table>
     <div id="timeline-terminal">${terminalReplayView(s.terminal, { id: "timeline-replay", expected: s.terminal.replay?.expected })}</div>
