@@ -101,6 +101,9 @@ def test_destination_settings_are_validated(tmp_path: Path) -> None:
         (good.replace("https://u:pw@", "http://"), "url"),
         (good + "bogus = 1\n", "retention"),
         (good.replace("batch_size = 50", "batchsize = 50"), "unknown"),
+        (good.replace("https://u:pw@siem.example/in", "syslog+tcp://u:pw@h:514"),
+         "no credentials"),
+        (good.replace("https://u:pw@siem.example/in", "syslog+tls://h"), "HOST:PORT"),
     ):
         toml.write_text(bad)
         with pytest.raises(relay_config.ConfigError, match=says):
