@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import platformdirs
 
@@ -61,6 +62,15 @@ class SiemDestination:
         if self.scheme not in SIEM_SCHEMES or "://" not in self.url:
             raise ConfigError(f"{where}: url must start with https://, syslog+tcp:// or "
                               "syslog+tls://")
+        if self.scheme != "https":
+            from backline.relay.siem.syslog import parse_url
+
+            try:
+                parse_url(self.url)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        elif not urlsplit(self.url).hostname:
+            raise ConfigError(f"{where}: url https://HOST[:PORT]/PATH needs a host")
         if self.scheme == "https" and len(self.secret) < 16:
             raise ConfigError(f"{where}: an https destination needs a secret of at least "
                               "16 characters (the receiver checks X-Backline-Signature)")

@@ -93,8 +93,12 @@ class CursorFile:
             return None
         return Cursor(int(raw[0]), raw[1])
 
+    @staticmethod
+    def record(seq: int, digest: str) -> bytes:
+        return f"{seq} {digest}\n".ljust(_RECORD).encode("ascii")
+
     def write(self, seq: int, digest: str) -> None:
-        os.pwrite(self.fd, f"{seq} {digest}\n".ljust(_RECORD).encode("ascii"), 0)
+        os.pwrite(self.fd, self.record(seq, digest), 0)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -193,12 +197,16 @@ class DestinationStream:
         assert self.syslog is not None
         messages = [syslog_message(e, self.hostname) for e in batch]
 
+        # Each message's cursor record is written by the sender itself, right after the
+        # message's last byte reached the kernel (syslog.send_then_record).
+        fd = self.cursor_file.fd
+        records = [(fd, CursorFile.record(e["seq"], e["hash"])) for e in batch]
+
         def sent(i: int) -> None:
-            self.cursor_file.write(batch[i]["seq"], batch[i]["hash"])
             self.cursor = Cursor(batch[i]["seq"], batch[i]["hash"])
             self.sent += 1
 
-        self.syslog.send_blocking(messages, sent)
+        self.syslog.send_blocking(messages, sent, records)
 
     def _send_https(self, batch: list[dict[str, Any]]) -> None:
         assert self.https is not None

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
 import os
 import re
+import select
 import socket
 import ssl
 import threading
@@ -81,15 +84,63 @@ def parse_url(url: str) -> tuple[str, str, int]:
     return parts.scheme, parts.hostname, parts.port
 
 
+# send(2) and pwrite(2) called through ctypes.PyDLL: the GIL is held across each call,
+# so between a message's last byte reaching the kernel and its cursor record no other
+# thread can run (socket.send releases the GIL and must take it back before returning:
+# under load that wait is milliseconds, and a kill during it sent the message without
+# its cursor: a duplicate after the restart, which the kill -9 test caught).
+_LIBC = ctypes.PyDLL(None, use_errno=True)
+_send = _LIBC.send
+_send.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
+_send.restype = ctypes.c_ssize_t
+_pwrite = _LIBC.pwrite
+_pwrite.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_longlong]
+_pwrite.restype = ctypes.c_ssize_t
+_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
+
+#: ``(fd, bytes)``: a record written with ``pwrite`` at offset 0 of ``fd`` right after a
+#: message's last byte was handed to the kernel.
+Record = tuple[int, bytes]
+
+
+def send_then_record(fd: int, data: bytes, record: Record | None, timeout: float) -> None:
+    """Hand ``data`` to the kernel (waiting for room, at most ``timeout``), then write
+    ``record`` with nothing in between that can wait for another thread."""
+    off, total = 0, len(data)
+    deadline = time.monotonic() + timeout
+    while True:
+        n = _send(fd, data[off:] if off else data, total - off, _FLAGS)
+        if n >= 0:
+            off += n
+            if off == total:
+                if record is not None and _pwrite(record[0], record[1], len(record[1]),
+                                                  0) != len(record[1]):
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"the cursor record was not written: "
+                                       f"{os.strerror(err)}")
+                return
+            continue
+        err = ctypes.get_errno()
+        if err not in _AGAIN:
+            raise OSError(err, os.strerror(err))
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the collector took nothing for the timeout")
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        poller.poll(left * 1000)
+
+
 class SyslogSender:
     """One connection to a collector, opened on first use and again after a failure.
 
-    :meth:`send` writes each framed message with a blocking ``sendall`` in a worker
-    thread; ``on_sent(i)`` (when given) is called in that same thread right after the
-    ``i``-th message was handed to the kernel, before the next one is written, so a
-    caller can record its progress with nothing in between that could be cut by a
-    kill. A failure closes the connection and raises ``OSError``: the caller resends
-    from its own cursor."""
+    :meth:`send` writes each framed message in a worker thread; with ``records``, the
+    ``i``-th record is written (``pwrite``) right after the ``i``-th message's last byte
+    reached the kernel (:func:`send_then_record`), and ``on_sent(i)`` is called after
+    that. TLS runs over memory BIOs (:meth:`ssl.SSLContext.wrap_bio`) so that the
+    encrypted bytes go out through the same path. A failure closes the connection and
+    raises ``OSError``: the caller resends from its own cursor."""
 
     def __init__(self, url: str, *, ca_file: str | None = None, timeout: float = 10.0
                  ) -> None:
@@ -98,6 +149,7 @@ class SyslogSender:
         self.ca_file = ca_file
         self.timeout = timeout
         self._sock: socket.socket | None = None
+        self._tls: tuple[ssl.SSLObject, ssl.MemoryBIO] | None = None
         self._lock = threading.Lock()
         self._context: ssl.SSLContext | None = None
         if self.scheme == "syslog+tls":
@@ -105,45 +157,90 @@ class SyslogSender:
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             self._context = ctx
 
-    def _connect(self) -> socket.socket:
+    def _connect(self) -> None:
         raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._context is not None:
-                return self._context.wrap_socket(raw, server_hostname=self.host)
+                incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+                tls = self._context.wrap_bio(incoming, outgoing, server_hostname=self.host)
+                while True:
+                    try:
+                        tls.do_handshake()
+                        break
+                    except ssl.SSLWantReadError:
+                        if outgoing.pending:
+                            raw.sendall(outgoing.read())
+                        data = raw.recv(65536)
+                        if not data:
+                            raise OSError("the collector closed the connection during "
+                                          "the TLS handshake") from None
+                        incoming.write(data)
+                if outgoing.pending:
+                    raw.sendall(outgoing.read())
+                self._tls = (tls, outgoing)
         except BaseException:
             raw.close()
             raise
-        return raw
+        self._sock = raw
+
+    def _alive(self) -> bool:
+        """Whether the open connection still stands (the collector may have closed it
+        since the last batch: writing into it would be lost)."""
+        assert self._sock is not None
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLIN | select.POLLHUP)
+        if not poller.poll(0):
+            return True  # nothing to read, no hang-up: standing
+        try:  # readable: data (TLS session tickets) or the end of the stream
+            return self._sock.recv(1, socket.MSG_PEEK) != b""
+        except OSError:
+            return False
+
+    def _wire(self, message: bytes) -> bytes:
+        framed = frame(message)
+        if self._tls is None:
+            return framed
+        tls, outgoing = self._tls
+        tls.write(framed)
+        return outgoing.read()
 
     def send_blocking(self, messages: list[bytes],
-                      on_sent: Callable[[int], None] | None = None) -> None:
+                      on_sent: Callable[[int], None] | None = None,
+                      records: list[Record] | None = None) -> None:
         """:meth:`send` on the calling thread."""
         for message in messages:
             if len(message) > MAX_MESSAGE:
                 raise ValueError(f"a syslog message is at most {MAX_MESSAGE} bytes")
         with self._lock:
             try:
+                if self._sock is not None and not self._alive():
+                    self._close_locked()
                 if self._sock is None:
-                    self._sock = self._connect()
+                    self._connect()
+                assert self._sock is not None
+                fd = self._sock.fileno()
                 for i, message in enumerate(messages):
-                    self._sock.sendall(frame(message))
+                    send_then_record(fd, self._wire(message),
+                                     records[i] if records else None, self.timeout)
                     if on_sent is not None:
                         on_sent(i)
-            except OSError:
+            except (OSError, ssl.SSLError):
                 self._close_locked()
                 raise
 
     async def send(self, messages: list[bytes],
-                   on_sent: Callable[[int], None] | None = None) -> None:
+                   on_sent: Callable[[int], None] | None = None,
+                   records: list[Record] | None = None) -> None:
         """Frame and send ``messages`` in order; ``OSError`` on failure."""
-        await asyncio.to_thread(self.send_blocking, messages, on_sent)
+        await asyncio.to_thread(self.send_blocking, messages, on_sent, records)
 
     def _close_locked(self) -> None:
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.close()
             self._sock = None
+        self._tls = None
 
     async def close(self) -> None:
         def close() -> None:

@@ -5,6 +5,7 @@ recovers, and refuses a collector whose certificate its CA did not issue."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from pathlib import Path
@@ -61,6 +62,20 @@ class EventMaker:
         self.api.close()
 
 
+BACKLOG = 3000
+
+
+def _backlog(data_dir: Path, count: int) -> None:
+    """``count`` events in the trail before the relay starts: the streamer's backlog."""
+    from backline.relay import config as relay_config
+    from backline.relay.store import open_store
+
+    store = open_store(relay_config.load(None, {"data_dir": data_dir}, environ={}))
+    store.audit.append_many([("cli:test", "group.create", f"group:backlog-{i}",
+                              {"address": "127.0.0.1"}) for i in range(count)])
+    store.engine.dispose()
+
+
 def _exactly_once(relay: RelayProcess, received: list[dict[str, Any]]) -> None:
     trail = audit_actions(relay)
     want = [(e["seq"], e["hash"]) for e in trail]
@@ -102,16 +117,22 @@ def test_syslog_stream_survives_kill9_exactly_once(tmp_path: Path,
     relay = _relay(tmp_path, initialised_relay, [
         {"name": "tcp", "url": tcp.url, "batch_size": 4},
         {"name": "tls", "url": tls.url, "batch_size": 3, "ca_file": str(ca_file)},
-    ]).start()
+    ])
+    _backlog(relay.data_dir, BACKLOG)
+    # Killed at a random point of the backlog's delivery, while the streamer is busy
+    # (not waiting for the next event), and while the API makes events too.
+    kill_at = random.randint(BACKLOG // 6, BACKLOG * 5 // 6)
+    relay.start()
     try:
         with EventMaker(relay, "before") as maker:
-            wait_for(lambda: min(len(tcp.messages), len(tls.messages)) >= 40
-                     and maker.made >= 20, 60, "the streams to be under way")
-            relay.kill9()  # mid-stream: the maker is still making events
+            wait_for(lambda: len(tcp.messages) >= kill_at, 60,
+                     "the streams to be under way", every=0.01)
+            relay.kill9()
         killed_at = {rx.url: len(rx.messages) for rx in (tcp, tls)}
         time.sleep(0.5)  # what the kernel still had to deliver
         for rx in (tcp, tls):
-            print(f"{rx.url}: killed with {killed_at[rx.url]} messages received "
+            print(f"{rx.url}: killed (aim {kill_at}) with {killed_at[rx.url]} messages "
+                  "received "
                   f"({len(rx.messages)} after the kernel's last deliveries, {rx.partial} "
                   f"cut frames); the trail was {head_seq(relay) - max(rx.seqs())} ahead")
         relay.start()

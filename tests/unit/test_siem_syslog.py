@@ -4,6 +4,7 @@ destination settings' validation, and the cursor file (relay/siem/stream.py)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 from pathlib import Path
@@ -51,7 +52,7 @@ def test_event_message_carries_seq_hash_and_the_json() -> None:
                         + b"a" * 64 + b'"}')
 
 
-def test_sender_frames_each_message_and_reports_progress() -> None:
+def test_sender_frames_each_message_and_reports_progress(tmp_path: Path) -> None:
     server = socket.create_server(("127.0.0.1", 0))
     got = bytearray()
 
@@ -66,14 +67,21 @@ def test_sender_frames_each_message_and_reports_progress() -> None:
     sender = SyslogSender(f"syslog+tcp://127.0.0.1:{server.getsockname()[1]}", timeout=5)
     progress: list[int] = []
 
+    record = tmp_path / "cursor"
+    fd = os.open(record, os.O_RDWR | os.O_CREAT, 0o600)
+
     async def go() -> None:
         await sender.send([b"one", b"two two"], on_sent=progress.append)
+        # A second batch on the same connection, each message followed by its record.
+        await sender.send([b"3"], records=[(fd, b"after three")])
         await sender.close()
 
     asyncio.run(go())
     thread.join(5)
     server.close()
-    assert bytes(got) == b"3 one7 two two" and progress == [0, 1]
+    assert bytes(got) == b"3 one7 two two1 3" and progress == [0, 1]
+    assert record.read_bytes() == b"after three"
+    os.close(fd)
 
 
 def test_sender_raises_oserror_when_nobody_listens() -> None:
@@ -101,6 +109,9 @@ def test_destination_settings_are_validated(tmp_path: Path) -> None:
         (good.replace("https://u:pw@", "http://"), "url"),
         (good + "bogus = 1\n", "retention"),
         (good.replace("batch_size = 50", "batchsize = 50"), "unknown"),
+        (good.replace("https://u:pw@siem.example/in", "syslog+tcp://u:pw@h:514"),
+         "no credentials"),
+        (good.replace("https://u:pw@siem.example/in", "syslog+tls://h"), "HOST:PORT"),
     ):
         toml.write_text(bad)
         with pytest.raises(relay_config.ConfigError, match=says):
