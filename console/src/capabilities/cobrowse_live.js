@@ -7,8 +7,8 @@
 //   scale to the page's CSS pixels and sent as `input` ONLY while the agent says
 //   control is granted (the relay and the agent check again); otherwise the pointer
 //   alone is sent, shown in the customer's page. A watcher (?watch=1) sends nothing.
-// - Replay: a finished co-browse recording (the agent's JSON lines) with play, pause,
-//   speed and seek.
+// - Joiner: rrweb_part lines joined into their event, with the relay's rules; the
+//   recordings' player (../recordings/cobrowse_player.js) uses it too.
 //
 // The console's CSP stays strict (style-src 'self'): rrweb rebuilds the page in a
 // sandboxed iframe ("allow-same-origin", no scripts) that inherits the console's
@@ -430,106 +430,6 @@ export class LiveView {
     window.removeEventListener("resize", this.resize);
     try { this.ws?.close(1000); } catch { /* closed */ }
     try { this.replayer?.destroy(); } catch { /* gone */ }
-    this.replayer = null;
-  }
-}
-
-// A finished recording: its rrweb events replayed with speed and seek.
-export class Replay {
-  constructor(recording, onChange) {
-    this.recording = recording;
-    this.onChange = onChange;
-    this.state = "loading"; // loading -> ready | failed
-    this.error = "";
-    this.speed = 1;
-    this.playing = false;
-    this.total = 0;
-    this.host = document.createElement("div");
-    this.host.className = "cobrowse-host";
-    this.host.id = "cobrowse-replay";
-    this.stage = document.createElement("div");
-    this.stage.className = "cobrowse-stage";
-    this.host.append(this.stage);
-    this.replayer = null;
-  }
-
-  async load() {
-    try {
-      const r = await fetch(`/api/v1/recordings/${encodeURIComponent(this.recording.id)}`, {
-        credentials: "same-origin", headers: { accept: "application/x-ndjson" },
-      });
-      if (!r.ok) throw new Error(`the relay refused the recording (HTTP ${r.status})`);
-      const events = [];
-      const joiner = new Joiner();
-      const keep = (e) => {
-        if (e && typeof e.type === "number" && Number.isFinite(e.timestamp)) events.push(e);
-      };
-      for (const line of (await r.text()).split("\n")) {
-        if (!line) continue;
-        let m;
-        try { m = JSON.parse(line); } catch { continue; }
-        if (m?.type === "rrweb" && Array.isArray(m.events)) {
-          joiner.interrupt();
-          for (const e of m.events) keep(e);
-        } else if (m?.type === "rrweb_part") {
-          keep(joiner.part(m));
-        }
-      }
-      if (events.length < 2) throw new Error("the recording holds no page to replay");
-      events.sort((a, b) => a.timestamp - b.timestamp);
-      this.state = "ready";
-      this.onChange?.();
-      await Promise.resolve();
-      installCspShims();
-      this.replayer = new Replayer(events, { root: this.stage, mouseTail: false, showWarning: false,
-        speed: this.speed, triggerFocus: false });
-      guardFrame(this.replayer.iframe);
-      this.total = this.replayer.getMetaData().totalTime;
-      this.size = pageSize(events);
-      fit(this.host, this.stage, this.size);
-      this.replayer.on("finish", () => { this.playing = false; this.onChange?.(); });
-      this.play();
-    } catch (err) {
-      this.state = "failed";
-      this.error = err.message;
-      this.onChange?.();
-    }
-  }
-
-  now() {
-    return this.replayer ? this.replayer.getCurrentTime() : 0;
-  }
-
-  play() {
-    if (!this.replayer) return;
-    const at = this.now();
-    this.replayer.play(at >= this.total ? 0 : at);
-    this.playing = true;
-    this.onChange?.();
-  }
-
-  pause() {
-    this.replayer?.pause();
-    this.playing = false;
-    this.onChange?.();
-  }
-
-  setSpeed(speed) {
-    this.speed = speed;
-    this.replayer?.setConfig({ speed });
-    this.onChange?.();
-  }
-
-  seek(ms) {
-    if (!this.replayer) return;
-    const at = Math.max(0, Math.min(this.total, ms));
-    if (this.playing) this.replayer.play(at);
-    else this.replayer.pause(at);
-    this.onChange?.();
-  }
-
-  dispose() {
-    try { this.replayer?.pause(); this.replayer?.destroy(); } catch { /* gone */ }
     this.replayer = null;
   }
 }

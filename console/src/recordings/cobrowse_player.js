@@ -4,7 +4,7 @@
 
 import { Replayer } from "rrweb";
 import { installCspShims } from "../capabilities/shell/csp_shims.js";
-import { guardFrame } from "../capabilities/cobrowse_live.js";
+import { Joiner, guardFrame } from "../capabilities/cobrowse_live.js";
 import { fetchChecked, recordingUrl } from "./index.js";
 
 function pageSize(events) {
@@ -27,29 +27,21 @@ function fit(host, stage, size) {
 const isEvent = (e) => e && typeof e.type === "number" && Number.isFinite(e.timestamp);
 
 // The rrweb events of the recording's lines (other lines are the room's own: skipped).
-// An event too large for one line comes as `rrweb_part` lines ({id, index, total,
-// text}: docs/cobrowse.md): joined by id once every part is there, else dropped.
+// An event too large for one line comes as `rrweb_part` lines (docs/cobrowse.md),
+// joined by the live view's Joiner: the same rules as the relay's, live or replayed.
 export function rrwebEvents(text) {
   const events = [];
-  const parts = new Map();
+  const joiner = new Joiner();
+  const keep = (e) => { if (isEvent(e)) events.push(e); };
   for (const line of text.split("\n")) {
     if (!line) continue;
     let m;
     try { m = JSON.parse(line); } catch { continue; }
     if (m?.type === "rrweb" && Array.isArray(m.events)) {
-      for (const e of m.events) if (isEvent(e)) events.push(e);
-    } else if (m?.type === "rrweb_part" && typeof m.text === "string" && Number.isInteger(m.total)
-        && m.total > 0 && m.total <= 100000 && Number.isInteger(m.index)) {
-      const got = parts.get(m.id) || [];
-      got[m.index] = m.text;
-      parts.set(m.id, got);
-      if (got.filter((t) => typeof t === "string").length === m.total) {
-        parts.delete(m.id);
-        try {
-          const e = JSON.parse(got.join(""));
-          if (isEvent(e)) events.push(e);
-        } catch { /* a part was not what it said */ }
-      }
+      joiner.interrupt();
+      for (const e of m.events) keep(e);
+    } else if (m?.type === "rrweb_part") {
+      keep(joiner.part(m));
     }
   }
   return events.sort((a, b) => a.timestamp - b.timestamp);
