@@ -183,6 +183,11 @@ def cmd_sessions(state: StateDir, args: argparse.Namespace) -> int:
         why = s["reason"] + (f" [{s['ticket']}]" if s["ticket"] else "")
         print(f"{_show(s['id'], 30):<30} {_show(s['technician'], 20):<20} "
               f"{_show(', '.join(s['in_use']) or '-', 20):<20} {since:<20} {_show(why, 60)}")
+        cobrowse = s.get("cobrowse")
+        if isinstance(cobrowse, dict):
+            print(f"    co-browse: control {_show(cobrowse.get('control', '-'), 20)}; "
+                  "hidden from the technician: "
+                  f"{_show('; '.join(map(str, cobrowse.get('hidden', []))), 400)}")
     return 0
 
 

@@ -85,11 +85,14 @@ class Live:
     ticket: str = ""
     #: Capabilities whose channels are open now (the SSH server keeps it current).
     in_use: Counter[str] = field(default_factory=Counter)
+    #: What a capability tells the customer while it runs (``cobrowse``: what stays
+    #: hidden, the control state); the room keeps it current through ``ctx.extra``.
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.session_id, "technician": self.technician,
                 "since": round(self.since, 3), "reason": self.reason, "ticket": self.ticket,
-                "in_use": sorted(self.in_use)}
+                "in_use": sorted(self.in_use), **dict(self.notes)}
 
 
 class SessionRunner:
@@ -207,6 +210,7 @@ class SessionRunner:
                 capabilities=tuple(msg["capabilities"]))
             live = Live(session_id, technician, time.time(), msg["reason"], msg["ticket"])
             self.live[session_id] = live
+            ctx.extra["status_notes"] = live.notes
             settings = self._settings(ctx, policy.ask_command, live)
             self.log.record("session.dial", session_id=session_id, technician=technician,
                             reason=msg["reason"] or None, ticket=msg["ticket"] or None)

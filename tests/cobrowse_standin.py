@@ -136,6 +136,9 @@ async def standin(process: Any, ctx: SessionContext) -> int:
                 await say({"type": "control", "state": "granted"})
             elif kind == "release_control":
                 await say({"type": "control", "state": "revoked"})
+            elif kind == "propose_url" and str(msg["url"]).endswith(("#paused", "#resumed")):
+                # The real agent's pause (the customer's own mouse or keyboard), on cue.
+                await say({"type": "control", "state": msg["url"].rsplit("#", 1)[1]})
             elif kind == "propose_url":
                 await say({"type": "nav", "url": msg["url"]})
             elif kind == "screencast" and msg.get("on"):

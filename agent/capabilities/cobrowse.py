@@ -45,6 +45,11 @@ KNOWN = {"request_control", "release_control", "input", "pointer", "propose_url"
 
 VIEW_INDICATOR = ("A technician is watching the Backline co-browse window. Close this "
                   "window to end the co-browse at once.")
+
+
+def view_indicator(hidden: list[str]) -> str:
+    """The indicator of the view, saying what the technician does not see."""
+    return f"{VIEW_INDICATOR} Hidden from the technician: {'; '.join(hidden)}."
 CONTROL_INDICATOR = ("A technician CONTROLS the Backline co-browse window. Close this "
                      "window to take control back at once.")
 
@@ -111,13 +116,27 @@ def _printable(text: str, most: int = 300) -> str:
     return "".join(ch for ch in text if ch.isprintable())[:most]
 
 
-def view_question(ctx: SessionContext, url: str | None, reason: str) -> str:
+def view_question(ctx: SessionContext, url: str | None, reason: str,
+                  hidden: list[str] | None = None) -> str:
     where = f" on {_printable(url, 200)}" if url else ""
     text = (f"Technician {_printable(ctx.technician)} asks to see a browser window that "
-            f"Backline opens{where} (passwords and private fields stay hidden)")
+            f"Backline opens{where}")
     if reason or ctx.reason:
         text += f" ({_printable(reason or ctx.reason)})"
+    if hidden:
+        # The policy's own words (selectors, URL patterns): the administrator's, not the
+        # relay's; still only printable characters.
+        text += (". Hidden from the technician: "
+                 + _printable("; ".join(hidden), 1000))
     return text + ". Allow?"
+
+
+def hidden_for(ctx: SessionContext) -> list[str]:
+    """What stays on this machine, from the policy (the same list as the ``hidden`` line)."""
+    from backline.agent.cobrowse.recorder import Privacy
+
+    policy = ctx.policy.cobrowse
+    return Privacy.from_policy(policy).hidden(policy)
 
 
 def control_question(ctx: SessionContext) -> str:
@@ -140,9 +159,13 @@ class Room:
         self.tokens = RELAY_LINES_BURST
         self.tokens_at = time.monotonic()
         self.refused_said: dict[str, float] = {}
+        #: What `backline-agent sessions` shows of this co-browse (hidden, control).
+        self.status: dict[str, Any] = {}
         self.unsaid: dict[str, int] = {}
 
     def emit(self, event: dict[str, Any] | str) -> None:
+        if isinstance(event, dict) and event.get("type") == "control" and self.status:
+            self.status["control"] = event.get("state", "none")
         if isinstance(event, str):
             if self.queue.qsize() >= MAX_QUEUED:  # the relay is not reading: drop video/DOM
                 self.dropped_lines += 1
@@ -332,11 +355,13 @@ async def run(process: Any, ctx: SessionContext) -> int:
             await room.flush()
             return int(ChannelExit.BAD_REQUEST)
         url = start.get("url")
+        hidden = hidden_for(ctx)
         # View consent: under ask, the customer; under allow, the administrator said yes.
         view_held = None
         if ctx.policy.decision("cobrowse") == "ask":
-            answer = await room.ask(view_question(ctx, url, start.get("reason", "")),
-                                    ctx.policy.ask_timeout_s, indicator=VIEW_INDICATOR)
+            answer = await room.ask(view_question(ctx, url, start.get("reason", ""), hidden),
+                                    ctx.policy.ask_timeout_s,
+                                    indicator=view_indicator(hidden))
             said = "yes" if answer.allowed else ("timeout" if answer.how == "no_answer"
                                                  else "no")
             room.log("cobrowse.consent", what="view", answer=said, how=answer.how)
@@ -361,8 +386,12 @@ async def run(process: Any, ctx: SessionContext) -> int:
             await room.flush()
             return 1
         reason = "technician"
+        notes = ctx.extra.get("status_notes")
+        room.status = {"hidden": hidden, "control": "none"}
+        if isinstance(notes, dict):
+            notes["cobrowse"] = room.status  # `backline-agent sessions` shows it
         try:
-            room.emit({"type": "hidden", "what": cb.privacy.hidden(ctx.policy.cobrowse)})
+            room.emit({"type": "hidden", "what": hidden})
             if url:
                 await room.handle({"type": "propose_url", "url": url})
             if start.get("screencast"):
@@ -378,6 +407,8 @@ async def run(process: Any, ctx: SessionContext) -> int:
                 with contextlib.suppress(Exception):
                     await view_held.close()
             await cb.close()
+            if isinstance(notes, dict):
+                notes.pop("cobrowse", None)
         room.log("cobrowse.ended", reason=reason, dropped_lines=room.dropped_lines, **{
             k: v for k, v in cb.stats.items() if k != "first_snapshot_ms"})
         room.emit({"type": "ended", "reason": reason})

@@ -8,7 +8,10 @@ script, gets a binding (``Runtime.addBinding``, a random name) and the recorder
 ``attachShadow`` and ``adoptedStyleSheets`` calls), then is let go
 (``Runtime.runIfWaitingForDebugger``). Same-origin frames are recorded by their
 top document's rrweb; cross-origin ones post their events up to it
-(``recordCrossOriginIframes``), so there is one rrweb stream per page.
+(``recordCrossOriginIframes``), so there is one rrweb stream per page. After each full
+snapshot a document asks its child frames for a fresh one (inject.js): rrweb drops a
+cross-origin frame's events until its parent has serialized the ``<iframe>``, and a frame
+faster than its parent lost its first snapshot.
 
 The privacy options are built here, from the policy, and cannot be loosened by the
 relay: every input value masked (``maskAllInputs``; password and ``cc-*`` fields can

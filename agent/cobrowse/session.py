@@ -53,6 +53,8 @@ class Target:
     gate: ev.Gate = field(default_factory=ev.Gate)
     main_frame: str = ""
     world: int | None = None
+    #: A full snapshot came from this page since its document last changed.
+    snapshot_seen: bool = False
 
 
 class CoBrowse:
@@ -162,6 +164,12 @@ class CoBrowse:
                 if not self.pages:
                     self.finish("browser_closed")
                 elif was_shown:
+                    # The page under the closed popup is shown again: its address and a
+                    # fresh full snapshot (the viewer's copy is the popup's).
+                    back = self.targets.get(self.pages[-1])
+                    if back is not None:
+                        self._flush()
+                        self.emit({"type": "nav", "url": back.url})
                     self._spawn(self._snapshot(self.pages[-1]))
         elif method == "Runtime.bindingCalled":
             if params.get("name") == self.binding:
@@ -175,10 +183,14 @@ class CoBrowse:
                 target.main_frame = str(frame.get("id", ""))
                 target.url = str(frame.get("url", ""))[:4096]
                 target.world = None
+                target.snapshot_seen = False
                 if self.pages and self.pages[-1] == target.session_id:
+                    self._flush()
                     self.emit({"type": "nav", "url": target.url})
                     if self.control:
                         self._spawn(self._watch_input())
+        elif method == "Page.loadEventFired":
+            self._spawn(self._snapshot_if_missing(event.session_id))
         elif method == "Fetch.requestPaused":
             self._spawn(self._paused(event.session_id, params))
         elif method == "Page.screencastFrame":
@@ -284,6 +296,8 @@ class CoBrowse:
             return
         accepted = source.gate.accept(payload)
         for event, text in accepted:
+            if event["type"] == ev.FULL_SNAPSHOT:
+                source.snapshot_seen = True
             if event["type"] == ev.FULL_SNAPSHOT and self.stats["first_snapshot_ms"] is None:
                 self.stats["first_snapshot_ms"] = round(
                     (time.monotonic() - self._started) * 1000, 1)
@@ -298,6 +312,9 @@ class CoBrowse:
         self._say_drops(source)
 
     def _flush(self) -> None:
+        """The batched events as one line (also before a ``nav`` line: never overtaken)."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
         self._flush_at = None
         if len(self.batcher) and not self.ended.is_set():
             self._flushed = time.monotonic()
@@ -328,6 +345,18 @@ class CoBrowse:
                 if target and target.gate.needs_snapshot and target.gate.recovered():
                     target.gate.needs_snapshot = False
                     await self._snapshot(sid)
+
+    async def _snapshot_if_missing(self, sid: str | None) -> None:
+        """A shown page loaded without a full snapshot reaching the agent: ask for one. A
+        popup opened on an address first holds the initial about:blank, whose window the
+        same-origin document then reuses (HTML's rule), and its recorder's first
+        snapshot was lost; the view stayed on the blank page."""
+        await asyncio.sleep(0.5)
+        target = self.targets.get(sid or "")
+        if (target is not None and target.type == "page" and not target.snapshot_seen
+                and self.pages and self.pages[-1] == target.session_id):
+            log.info("a page loaded without a full snapshot: asking for one")
+            await self._snapshot(target.session_id)
 
     async def _snapshot(self, sid: str) -> None:
         """Ask a page's recorder for a fresh full snapshot (after drops, or a popup closed)."""

@@ -199,6 +199,16 @@ def test_two_viewers_control_and_a_recording_replayable(world: World) -> None:
                 tech.send(type="request_control")
                 assert tech.agent("control")["state"] == "granted"
                 assert sup.agent("control")["state"] == "granted"
+                # Paused by the customer's own hands: the technician's input is refused,
+                # with that reason, until the agent says resumed.
+                tech.send(type="propose_url", url="https://example.test/#paused")
+                assert tech.agent("control")["state"] == "paused"
+                tech.send(**click(4, 4))
+                refused = tech.message("refused")
+                assert refused["error"] == "control_paused", refused
+                assert "customer" in refused["detail"]
+                tech.send(type="propose_url", url="https://example.test/#resumed")
+                assert tech.agent("control")["state"] == "resumed"
                 tech.send(**click(40.5, 50))
                 tech.send(type="input", kind="key", event="char", key="a", code="KeyA",
                           text="a")
@@ -218,9 +228,11 @@ def test_two_viewers_control_and_a_recording_replayable(world: World) -> None:
         start = next(m for m in got if m.get("type") == "start")
         assert start == {"type": "start", "url": "https://example.test/start?token=s3cret#x",
                          "technician": "admin", "reason": "ticket 42", "screencast": False}
-        # What reached the agent: only the technician's, only after the grant.
+        # What reached the agent: only the technician's, only after the grant, none
+        # while paused (the two cues are the stand-in's).
         assert [m["type"] for m in mine] == [
-            "request_control", "input", "input", "propose_url", "release_control", "end"]
+            "request_control", "propose_url", "propose_url", "input", "input", "propose_url",
+            "release_control", "end"]
         inputs = [m for m in mine if m["type"] == "input"]
         assert inputs == [click(40.5, 50), {"type": "input", "kind": "key", "event": "char",
                                             "key": "a", "code": "KeyA", "text": "a"}]
