@@ -58,6 +58,7 @@ from backline.relay.capabilities.base import (
     no_request,
     reported,
 )
+from backline.relay.capabilities.lines import LineReader, LineTooLong
 from backline.relay.sessions.session import LiveSession, SessionError
 
 if TYPE_CHECKING:
@@ -477,28 +478,24 @@ class Room:
                 self._send(v, frame)
 
     async def lines(self) -> Any:
-        """The agent's lines, split here (asyncssh's ``readline`` hands back a part of a
-        line longer than its buffer as if it were a whole one), each at most
-        :data:`MAX_LINE`: a longer one ends the co-browse (``too_large``)."""
-        stdout, buf = self.proc.stdout, b""
+        """The agent's lines (without their newline), each at most :data:`MAX_LINE`: a
+        longer one ends the co-browse (``too_large``). Split by the rooms' line reader
+        (relay/capabilities/lines.py: asyncssh's ``readline`` hands back a part of a
+        line longer than the channel's window as if it were a whole one)."""
+        reader = LineReader(self.proc.stdout, MAX_LINE, READ_CHUNK)
         while True:
             try:
-                data = await stdout.read(READ_CHUNK)
+                line = await reader.readline()
+            except LineTooLong:
+                self.dropped_lines += 1
+                raise Ended("too_large", "the agent sent a line over 1 MiB") from None
             except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
                 if self.session.closing:
                     return
                 raise Ended("agent_gone", f"{type(exc).__name__}") from exc
-            if not data:
-                if buf:
-                    yield buf
+            if not line:
                 return
-            buf += data
-            *whole, buf = buf.split(b"\n")
-            for line in whole:
-                yield line
-            if len(buf) > MAX_LINE:
-                self.dropped_lines += 1
-                raise Ended("too_large", "the agent sent a line over 1 MiB")
+            yield line[:-1] if line.endswith(b"\n") else line
 
     def note(self, obj: dict[str, Any]) -> None:
         """What the agent said that the relay keeps and audits."""

@@ -37,9 +37,10 @@ class LineReader:
     end of the stream. Cancelling a pending ``readline`` loses nothing: what was read is
     kept for the next call. The stream's own errors (the agent gone) pass through."""
 
-    def __init__(self, stream: ByteStream, max_line: int) -> None:
+    def __init__(self, stream: ByteStream, max_line: int, chunk: int = READ_CHUNK) -> None:
         self.stream = stream
         self.max_line = max_line
+        self.chunk = chunk
         self._buf = bytearray()
         self._scanned = 0  # no newline before this offset of _buf
 
@@ -56,7 +57,7 @@ class LineReader:
             self._scanned = len(self._buf)
             if len(self._buf) > self.max_line:
                 raise LineTooLong(len(self._buf), self.max_line)
-            data = await self.stream.read(READ_CHUNK)
+            data = await self.stream.read(self.chunk)
             if not data:
                 rest = bytes(self._buf)
                 self._buf.clear()
