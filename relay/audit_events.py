@@ -658,6 +658,15 @@ event("siem.failed", EXPORT, "a SIEM destination started failing (or is still fa
 event("siem.recovered", EXPORT, "a failing SIEM destination took events again",
       "`siem:NAME`", SIEM_DEST, need("failures", int, "failed attempts in the outage"),
       need("down_s", NUMBER, "how long it failed"), flood=True)
+event("siem.cursor_mismatch", EXPORT, "at start, a SIEM destination's cursor named an "
+      "event the trail does not hold (restored from a backup behind it?): streaming "
+      "resumes after the last event the trail confirms", "`siem:NAME`", SIEM_DEST,
+      need("copy", str, "`table` (siem_cursors) or `file` (siem/NAME.cursor)"),
+      need("cursor_seq", int, "the seq the cursor said was sent"),
+      need("cursor_hash", str, "the hash the cursor said it had"),
+      need("trail_hash", str, "the trail's hash at that seq (empty: past the head)"),
+      need("head", int, "the trail's last seq"),
+      need("resumed_after", int, "the seq streaming resumes after"))
 KIND = need("kind", str, "`recording`, `diagnostics_report` or `fix_output`")
 event("retention.deleted", EXPORT, "a recording's or report's content was deleted by "
       "retention (its row and digest stay)", "`recording:ID`, `report:ID` or `fix_run:ID`",

@@ -13,6 +13,29 @@ they are the ones asked to preserve evidence.
 Blobs are content-addressed: a blob two rows share is removed only when no row that
 is kept still names it.
 
+**Holds are checked where the deletion is written.** :func:`plan` reads the holds
+once, for the report and the dry run; each :func:`delete` then re-reads them, and
+that the item is still due and not yet deleted, inside the write transaction that
+sets ``deleted_at`` (on SQLite ``BEGIN IMMEDIATE``, so a hold placed during a pass is
+either committed before that check, and the item is kept, or after the deletion).
+A group hold covers the sessions that were in the group *then*: it is matched
+against ``support_sessions.group_id`` (the group when the session was opened), and
+against the agent's current group only for a session that has none.
+
+**The order of a deletion, and why.** (1) One transaction marks the row
+``deleted_at`` and deletes the recording's words from the terminal-text index
+(``recording_words``, ``recording_indexes``): what is deleted cannot be found by a
+search either, and nothing is marked deleted that is still searchable. (2) Right
+after that commit, ``retention.deleted`` is recorded. It cannot share the
+transaction: :meth:`AuditLog.append_many` writes in its own (it holds the trail's
+head lock and the Merkle tree writer). When that write fails, step 1 is undone
+(:func:`_unmark`: the mark cleared, the search rows rebuilt) and the next pass tries
+again. (3) Only then is the blob removed, and only after re-reading, at that moment,
+that no kept row names its digest. So content is never removed without its
+``retention.deleted`` event; a crash of the process between (1) and (2) leaves at
+worst a row marked deleted, unaudited, whose content is still on disk (not mended
+automatically yet).
+
 Retention is off until ``retention_recordings_days`` / ``retention_reports_days``
 (``[retention]``) are set; it runs every ``retention_interval_minutes`` in the relay and
 on demand with ``backline-relay retention run [--dry-run]``.
@@ -21,15 +44,17 @@ on demand with ``backline-relay retention run [--dry-run]``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
 
+from backline.relay import term_index
 from backline.relay.blobs import BlobStore
 from backline.relay.db import writing
 from backline.relay.schema import (
@@ -38,7 +63,9 @@ from backline.relay.schema import (
     fix_runs,
     groups,
     legal_holds,
+    recording_indexes,
     recordings,
+    support_sessions,
 )
 
 if TYPE_CHECKING:
@@ -51,6 +78,8 @@ SCOPES = ("session", "agent", "group")
 DAY = 86400.0
 #: ``record(actor, action, target, **details)``, as Relay.record.
 Recorder = Callable[..., None]
+#: What :func:`delete` did with an item.
+Outcome = Literal["deleted", "held", "gone"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +91,8 @@ class Item:
     sha256: str
     at: float
     days: float
+    #: The group the item's session was in (the agent's, when the session has none).
+    group: int | None = None
 
     @property
     def target(self) -> str:
@@ -124,24 +155,57 @@ def list_holds(engine: sa.Engine, active_only: bool = False) -> list[dict[str, A
         return [dict(r) for r in conn.execute(q).mappings()]
 
 
-def _held(conn: sa.Connection) -> tuple[set[str], set[str], set[str]]:
-    """(sessions, agents, agents of held groups) under a hold in force."""
+@dataclass(frozen=True)
+class Holds:
+    """The holds in force: held session ids, agent ids and group ids."""
+
+    sessions: frozenset[str]
+    agents: frozenset[str]
+    groups: frozenset[int]
+
+    def keep(self, item: Item) -> bool:
+        return (item.session in self.sessions or item.agent in self.agents
+                or (item.group is not None and item.group in self.groups))
+
+
+def _held(conn: sa.Connection) -> Holds:
+    """The holds in force now. A group hold names the group; it is matched by id
+    against the group a session was in (:func:`_group_of`)."""
     rows = conn.execute(sa.select(legal_holds.c.scope, legal_holds.c.subject)
                         .where(legal_holds.c.lifted_at.is_(None))).all()
-    sessions = {s for scope, s in rows if scope == "session"}
-    held_agents = {s for scope, s in rows if scope == "agent"}
     names = [s for scope, s in rows if scope == "group"]
+    ids: set[int] = set()
     if names:
-        q = (sa.select(agents.c.id).join(groups, groups.c.id == agents.c.group_id)
-             .where(groups.c.name.in_(names)))
-        held_agents |= {r[0] for r in conn.execute(q)}
-    return sessions, held_agents, set(names)
+        ids = {r[0] for r in conn.execute(sa.select(groups.c.id)
+                                          .where(groups.c.name.in_(names)))}
+    return Holds(frozenset(s for scope, s in rows if scope == "session"),
+                 frozenset(s for scope, s in rows if scope == "agent"), frozenset(ids))
+
+
+def _group_of(conn: sa.Connection, session: str, agent: str) -> int | None:
+    """The group ``session`` was in (``support_sessions.group_id``), or, for a session
+    without one, its agent's current group."""
+    group = conn.execute(sa.select(support_sessions.c.group_id)
+                         .where(support_sessions.c.id == session)).scalar()
+    if group is None and agent:
+        group = conn.execute(sa.select(agents.c.group_id)
+                             .where(agents.c.id == agent)).scalar()
+    return group
 
 
 # --- finding and deleting --------------------------------------------------------------
 
 
 def _due(conn: sa.Connection, config: RelayConfig, now: float) -> Iterator[Item]:
+    groups_of: dict[tuple[str, str], int | None] = {}
+    for item in list(_due_rows(conn, config, now)):  # read whole before more queries
+        key = (item.session, item.agent)
+        if key not in groups_of:
+            groups_of[key] = _group_of(conn, *key)
+        yield dataclasses.replace(item, group=groups_of[key])
+
+
+def _due_rows(conn: sa.Connection, config: RelayConfig, now: float) -> Iterator[Item]:
     if config.retention_recordings_days > 0:
         days = config.retention_recordings_days
         q = (sa.select(recordings).where(recordings.c.deleted_at.is_(None))
@@ -171,17 +235,17 @@ def plan(engine: sa.Engine, config: RelayConfig, now: float | None = None) -> Ru
     """What a run would delete now, and what it keeps only because of a hold."""
     now = time.time() if now is None else now
     with engine.connect() as conn:
-        sessions, held_agents, _ = _held(conn)
+        holds = _held(conn)
         due, held = [], []
         for item in _due(conn, config, now):
-            (held if item.session in sessions or item.agent in held_agents
-             else due).append(item)
+            (held if holds.keep(item) else due).append(item)
     return RunResult(due, held)
 
 
-_TABLES = {"recording": (recordings, recordings.c.id),
-           "diagnostics_report": (diagnostics_reports, diagnostics_reports.c.id),
-           "fix_output": (fix_runs, fix_runs.c.id)}
+_TABLES = {"recording": (recordings, recordings.c.id, recordings.c.started_at),
+           "diagnostics_report": (diagnostics_reports, diagnostics_reports.c.id,
+                                  diagnostics_reports.c.created_at),
+           "fix_output": (fix_runs, fix_runs.c.id, fix_runs.c.started_at)}
 
 
 def _still_named(conn: sa.Connection, digest: str) -> bool:
@@ -197,22 +261,66 @@ def _still_named(conn: sa.Connection, digest: str) -> bool:
 
 
 def delete(engine: sa.Engine, blobs: BlobStore, item: Item, record: Recorder,
-           now: float) -> bool:
-    """Mark the row, remove its blob (when nothing kept names it), audit. ``False``
-    when someone else deleted it first (another node, a concurrent run)."""
-    table, key = _TABLES[item.kind]
+           now: float) -> Outcome:
+    """Delete one planned item, in the order the module docstring gives: mark the row
+    and drop its search index (one transaction, which re-checks the holds and that
+    the item is still due), audit, then remove the blob when no kept row names it.
+    ``"held"`` when a hold placed since :func:`plan` covers it, ``"gone"`` when
+    someone else deleted it first (another node, a concurrent run)."""
+    table, key, born = _TABLES[item.kind]
     with writing(engine) as conn:
+        # Re-read inside the write transaction: a hold placed since plan() keeps it.
+        current = dataclasses.replace(item, group=_group_of(conn, item.session, item.agent))
+        if _held(conn).keep(current):
+            log.info("retention: %s is under a legal hold placed during the pass; kept",
+                     item.target)
+            return "held"
         done = conn.execute(table.update().where(key == item.id)
-                            .where(table.c.deleted_at.is_(None)).values(deleted_at=now))
+                            .where(table.c.deleted_at.is_(None))
+                            .where(born < now - item.days * DAY)
+                            .values(deleted_at=now))
         if done.rowcount != 1:
-            return False
+            return "gone"
+        indexed = None
+        if item.kind == "recording":
+            indexed = conn.execute(
+                sa.select(recordings.c.keystrokes)
+                .where(recordings.c.id == item.id)
+                .where(sa.exists().where(
+                    recording_indexes.c.recording_id == item.id))).first()
+            term_index.forget(conn, item.id)
+    # After the commit and before the blob goes (append_many has its own transaction).
+    try:
+        record("system", "retention.deleted", item.target, kind=item.kind, id=item.id,
+               session=item.session, agent=item.agent, sha256=item.sha256,
+               age_days=round((now - item.at) / DAY, 3), days=item.days)
+    except BaseException:
+        _unmark(engine, blobs, item, now, indexed)
+        raise
+    with engine.connect() as conn:
         named = _still_named(conn, item.sha256)
     if not named:
         blobs.remove(item.sha256)
-    record("system", "retention.deleted", item.target, kind=item.kind, id=item.id,
-           session=item.session, agent=item.agent, sha256=item.sha256,
-           age_days=round((now - item.at) / DAY, 3), days=item.days)
-    return True
+    return "deleted"
+
+
+def _unmark(engine: sa.Engine, blobs: BlobStore, item: Item, now: float,
+            indexed: Any) -> None:
+    """Undo step 1 when the audit write failed: the item is as it was (its blob was
+    never removed) and the next pass tries again. Its search rows are rebuilt from the
+    blob when it had some (``indexed``: the row's ``keystrokes``)."""
+    table, key, _ = _TABLES[item.kind]
+    try:
+        with writing(engine) as conn:
+            conn.execute(table.update().where(key == item.id)
+                         .where(table.c.deleted_at == now).values(deleted_at=None))
+        if indexed is not None:
+            term_index.index_quietly(engine, blobs, recording_id=item.id,
+                                     session_id=item.session, sha256=item.sha256,
+                                     keystrokes=bool(indexed[0]))
+    except Exception:  # the audit failure is what is raised; this one is logged
+        log.exception("retention: %s stays marked deleted (unaudited, its blob kept)",
+                      item.target)
 
 
 def run(engine: sa.Engine, blobs: BlobStore, config: RelayConfig, record: Recorder, *,
@@ -226,11 +334,16 @@ def run(engine: sa.Engine, blobs: BlobStore, config: RelayConfig, record: Record
     total = len(result.due)
     for i, item in enumerate(result.due, 1):
         try:
-            if delete(engine, blobs, item, record, now):
-                result.deleted += 1
+            outcome = delete(engine, blobs, item, record, now)
         except OSError:
-            log.exception("retention: could not delete the blob of %s; will retry",
+            # The row is marked and audited; only the blob's removal failed.
+            log.exception("retention: %s is deleted but its blob could not be removed",
                           item.target)
+            outcome = "deleted"
+        if outcome == "deleted":
+            result.deleted += 1
+        elif outcome == "held":
+            result.held.append(item)
         if progress is not None:
             progress(i, total)
     if result.deleted or result.held:

@@ -36,7 +36,7 @@ import sqlalchemy as sa
 
 from backline.relay.blobs import BlobStore
 from backline.relay.db import writing
-from backline.relay.schema import recording_indexes, recording_words
+from backline.relay.schema import recording_indexes, recording_words, recordings
 
 log = logging.getLogger("backline.relay.term_index")
 
@@ -146,16 +146,27 @@ def index_recording(engine: sa.Engine, blobs: BlobStore, *, recording_id: str,
     rows = ({"word": m.word, "recording_id": recording_id, "session_id": session_id,
              "at": m.at} for m in moments)
     with writing(engine) as conn:
-        conn.execute(recording_words.delete().where(
-            recording_words.c.recording_id == recording_id))
-        conn.execute(recording_indexes.delete().where(
-            recording_indexes.c.recording_id == recording_id))
+        forget(conn, recording_id)
+        # Retention may have deleted it while its blob was read: leave it unfound.
+        if conn.execute(sa.select(recordings.c.deleted_at)
+                        .where(recordings.c.id == recording_id)).scalar() is not None:
+            return 0
         for batch in _batches(rows):
             conn.execute(recording_words.insert(), batch)
         conn.execute(recording_indexes.insert().values(
             recording_id=recording_id, session_id=session_id, sha256=sha256,
             words=len({m.word for m in moments}), rows=len(moments), indexed_at=time.time()))
     return len(moments)
+
+
+def forget(conn: sa.Connection, recording_id: str) -> None:
+    """Drop one recording's index rows, in the caller's transaction: retention calls it
+    in the transaction that marks the recording deleted, so that its words are no
+    longer found once its content is gone (relay/retention.py)."""
+    conn.execute(recording_words.delete().where(
+        recording_words.c.recording_id == recording_id))
+    conn.execute(recording_indexes.delete().where(
+        recording_indexes.c.recording_id == recording_id))
 
 
 def index_quietly(engine: sa.Engine, blobs: BlobStore, **kw: Any) -> None:
@@ -214,12 +225,12 @@ def hits(engine: sa.Engine, words: list[str], session_ids: Iterable[str] | None 
 
 def unindexed(engine: sa.Engine) -> list[dict[str, Any]]:
     """Terminal recordings with no index yet (stored before migration 0009, or whose
-    indexing failed): what ``backline-relay timeline reindex`` does."""
-    from backline.relay.schema import recordings
-
+    indexing failed): what ``backline-relay timeline reindex`` does. Not those whose
+    content retention deleted: there is nothing to index, and they must stay unfound."""
     q = (sa.select(recordings.c.id, recordings.c.session_id, recordings.c.sha256,
                    recordings.c.keystrokes)
          .where(recordings.c.capability == "shell")
+         .where(recordings.c.deleted_at.is_(None))
          .where(~sa.exists().where(recording_indexes.c.recording_id == recordings.c.id)))
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(q).mappings()]

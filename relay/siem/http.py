@@ -12,6 +12,7 @@ lost can tell it is one it holds. A 2xx answer is the acknowledgement; anything 
 from __future__ import annotations
 
 import base64
+import http.client
 import ssl
 import urllib.error
 import urllib.request
@@ -84,5 +85,9 @@ class JsonLinesSender:
             status = int(exc.code)
         except urllib.error.URLError as exc:
             raise OSError(str(exc.reason)[:200]) from None
+        except http.client.HTTPException as exc:
+            # An answer that is not HTTP (BadStatusLine, IncompleteRead...): a failure
+            # like any other, retried; by its type only, not the collector's bytes.
+            raise DeliveryError(f"not an HTTP answer ({type(exc).__name__})") from None
         if not 200 <= status < 300:
             raise DeliveryError(f"HTTP {status}")

@@ -14,8 +14,11 @@ wrote to a TCP socket before it was killed is still delivered: so a kill at any
 moment either leaves the message unsent and the cursor before it (it is sent again
 after the restart, once), or sent and the cursor after it, except in the few
 microseconds between the two syscalls (docs/siem-and-retention.md, "Exactly once
-across a kill"). At start the cursor is the later of the two records, each checked
-against the trail (the hash of the event at its ``seq``).
+across a kill"). At start the cursor is the later of the two records that the trail
+confirms (the hash of the event at its ``seq``); a record it does not confirm (a
+database restored from a backup behind it) is set aside, audited
+(``siem.cursor_mismatch``), and streaming resumes after the last confirmed event
+(:meth:`DestinationStream.load_cursor`).
 
 Delivery failures are logged on each attempt but audited only when a destination
 starts failing (``siem.failed``, through ``record_flood``, so flapping aggregates),
@@ -112,15 +115,18 @@ def read_db_cursor(engine: sa.Engine, name: str) -> Cursor | None:
     return Cursor(row["seq"], row["hash"]) if row else None
 
 
-def write_db_cursor(engine: sa.Engine, name: str, cursor: Cursor) -> None:
+def write_db_cursor(engine: sa.Engine, name: str, cursor: Cursor, *,
+                    force: bool = False) -> None:
+    """Move the table's cursor forward (``force``: to ``cursor`` wherever it was, for
+    a cursor the trail did not confirm, :meth:`DestinationStream.load_cursor`)."""
     with writing(engine) as conn:
         conn.execute(insert_if_absent(conn, siem_cursors).values(
             destination=name, seq=0, hash=GENESIS, updated_at=time.time()))
-        # Never backwards: a slower writer must not undo a later cursor.
-        conn.execute(siem_cursors.update()
-                     .where(siem_cursors.c.destination == name)
-                     .where(siem_cursors.c.seq < cursor.seq)
-                     .values(seq=cursor.seq, hash=cursor.hash, updated_at=time.time()))
+        q = siem_cursors.update().where(siem_cursors.c.destination == name)
+        if not force:
+            # Never backwards: a slower writer must not undo a later cursor.
+            q = q.where(siem_cursors.c.seq < cursor.seq)
+        conn.execute(q.values(seq=cursor.seq, hash=cursor.hash, updated_at=time.time()))
 
 
 def trail_hash(engine: sa.Engine, seq: int) -> str | None:
@@ -160,22 +166,46 @@ class DestinationStream:
             self.syslog = SyslogSender(spec.url, ca_file=spec.ca_file or None,
                                        timeout=spec.timeout_s)
 
-    def load_cursor(self) -> Cursor:
-        """The later of the file's and the table's records that the trail confirms."""
+    def load_cursor(self) -> tuple[Cursor, list[dict[str, Any]]]:
+        """The later of the file's and the table's records that the trail confirms (the
+        event at the record's ``seq`` has the record's hash), and what disagreed.
+
+        A record the trail does not confirm (another event at its ``seq``, or a ``seq``
+        past the trail's head: the database was restored from a backup taken before
+        it, and the events since are new ones under the same numbers) is not trusted:
+        resuming after it would skip those new events. The other copy is used when
+        the trail confirms it (after a restore the table's copy is the backup's own,
+        consistent with the trail); when neither is confirmed, streaming starts again
+        from the first event: duplicates, which a collector can tell by seq and hash,
+        rather than a silent gap. Both copies are then rewritten to the fallback, so
+        the next start does not meet the same disagreement."""
         engine = self.relay.engine
         best = Cursor()
+        mismatches: list[dict[str, Any]] = []
         for where, found in (("table", read_db_cursor(engine, self.name)),
                              ("file", self.cursor_file.read())):
             if found is None or found.seq == 0:
                 continue
             actual = trail_hash(engine, found.seq)
             if actual != found.hash:
-                log.error("siem %s: the %s cursor says #%d was sent with hash %s, but the "
-                          "trail has %s there; resuming after it anyway", self.name, where,
-                          found.seq, found.hash[:12], (actual or "nothing")[:12])
+                mismatches.append({"copy": where, "cursor_seq": found.seq,
+                                   "cursor_hash": found.hash, "trail_hash": actual or ""})
+                continue
             if found.seq > best.seq:
                 best = found
-        return best
+        if mismatches:
+            with engine.connect() as conn:
+                head = conn.execute(sa.select(sa.func.max(audit_events.c.seq))).scalar() or 0
+            for m in mismatches:
+                m.update(head=head, resumed_after=best.seq)
+                log.error("siem %s: the %s cursor says #%d was sent with hash %s, but the "
+                          "trail (head #%d) has %s there (restored from a backup?); "
+                          "resuming after #%d, the last the trail confirms", self.name,
+                          m["copy"], m["cursor_seq"], m["cursor_hash"][:12], head,
+                          (m["trail_hash"] or "nothing")[:12], best.seq)
+            self.cursor_file.write(best.seq, best.hash)
+            write_db_cursor(engine, self.name, best, force=True)
+        return best, mismatches
 
     def read_batch(self) -> list[dict[str, Any]]:
         q = (sa.select(audit_events).where(audit_events.c.seq > self.cursor.seq)
@@ -230,7 +260,10 @@ class DestinationStream:
     # --- the loop ------------------------------------------------------------------
 
     async def run(self) -> None:
-        self.cursor = await asyncio.to_thread(self.load_cursor)
+        self.cursor, mismatches = await asyncio.to_thread(self.load_cursor)
+        for m in mismatches:
+            self.relay.record("relay", "siem.cursor_mismatch", f"siem:{self.name}",
+                              destination=self.target, **m)
         log.info("siem %s (%s): streaming after #%d", self.name, self.target,
                  self.cursor.seq)
         delay = 1.0

@@ -5,7 +5,10 @@ recovers, and refuses a collector whose certificate its CA did not issue."""
 
 from __future__ import annotations
 
+import json
 import random
+import socket
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -131,10 +134,14 @@ def test_syslog_stream_survives_kill9_exactly_once(tmp_path: Path,
         killed_at = {rx.url: len(rx.messages) for rx in (tcp, tls)}
         time.sleep(0.5)  # what the kernel still had to deliver
         for rx in (tcp, tls):
+            ahead = head_seq(relay) - max(rx.seqs(), default=0)
             print(f"{rx.url}: killed (aim {kill_at}) with {killed_at[rx.url]} messages "
                   "received "
                   f"({len(rx.messages)} after the kernel's last deliveries, {rx.partial} "
-                  f"cut frames); the trail was {head_seq(relay) - max(rx.seqs())} ahead")
+                  f"cut frames); the trail was {ahead} ahead")
+            # The kill came mid-stream for both: each had taken some and had more to take.
+            assert killed_at[rx.url] > 0, f"{rx.url} had nothing when the relay was killed"
+            assert ahead > 0, f"{rx.url} had caught up before the kill: not mid-stream"
         relay.start()
         with EventMaker(relay, "after") as maker:
             wait_for(lambda: maker.made >= 10, 60, "events after the restart")
@@ -205,3 +212,191 @@ def test_https_destination_retries_and_recovers(tmp_path: Path,
         relay.stop()
         good.close()
         stranger.close()
+
+
+def _cursor_relay(root: Path, template: Path, rx: SyslogReceiver) -> RelayProcess:
+    relay = _relay(root, template, [{"name": "tcp", "url": rx.url, "batch_size": 50}])
+    _backlog(relay.data_dir, 40)
+    return relay
+
+
+def test_cursor_past_the_trail_is_set_aside(tmp_path: Path, initialised_relay: Path) -> None:
+    """As after restoring the database from a backup behind the cursor: the table's
+    copy is the backup's (the trail confirms it), the file's names #500, past the
+    head. Trusting the file would skip every event up to #500, new ones included."""
+    from backline.relay import config as relay_config
+    from backline.relay.siem.stream import Cursor, CursorFile, trail_hash, write_db_cursor
+    from backline.relay.store import open_store
+
+    tcp = SyslogReceiver()
+    relay = _cursor_relay(tmp_path, initialised_relay, tcp)
+    store = open_store(relay_config.load(None, {"data_dir": relay.data_dir}, environ={}))
+    confirmed = trail_hash(store.engine, 10)
+    assert confirmed
+    write_db_cursor(store.engine, "tcp", Cursor(10, confirmed))
+    store.engine.dispose()
+    cursor_file = CursorFile(relay.data_dir / "siem" / "tcp.cursor")
+    cursor_file.write(500, "ab" * 32)
+    cursor_file.close()
+    relay.start()
+    try:
+        wait_for(lambda: "siem.cursor_mismatch" in actions_in_trail(relay), 30,
+                 "the mismatch to be audited")
+        wait_for(lambda: _caught_up(relay, tcp.seqs), 60, "the collector to catch up")
+        seqs = tcp.seqs()
+        assert seqs == list(range(11, max(seqs) + 1)), "not resumed after #10, once each"
+        trail = audit_actions(relay)
+        [mismatch] = [e for e in trail if e["action"] == "siem.cursor_mismatch"]
+        d = mismatch["details"]
+        assert mismatch["target"] == "siem:tcp"
+        assert (d["copy"], d["cursor_seq"], d["trail_hash"], d["resumed_after"]) == (
+            "file", 500, "", 10)
+        assert d["head"] < 500
+        assert "the file cursor says #500" in relay.log()
+    finally:
+        relay.stop()
+        tcp.close()
+
+
+def test_cursor_whose_hash_the_trail_denies_is_set_aside(tmp_path: Path,
+                                                         initialised_relay: Path) -> None:
+    """The other case, on the streamer's own code (no process): the table's copy names
+    #30 with a hash the trail does not have there; the file's, #12, is confirmed."""
+    from types import SimpleNamespace
+
+    from backline.relay import config as relay_config
+    from backline.relay.config import SiemDestination
+    from backline.relay.datadir import DataDir
+    from backline.relay.siem.stream import (
+        Cursor,
+        CursorFile,
+        DestinationStream,
+        read_db_cursor,
+        trail_hash,
+        write_db_cursor,
+    )
+    from backline.relay.store import open_store
+
+    relay = RelayProcess(tmp_path, template=initialised_relay)
+    _backlog(relay.data_dir, 40)
+    config = relay_config.load(None, {"data_dir": relay.data_dir}, environ={})
+    store = open_store(config)
+    try:
+        write_db_cursor(store.engine, "tcp", Cursor(30, "cd" * 32))
+        twelve = trail_hash(store.engine, 12)
+        assert twelve
+        fake = SimpleNamespace(engine=store.engine, config=config,
+                               datadir=DataDir(relay.data_dir))
+        stream = DestinationStream(fake, SiemDestination(  # type: ignore[arg-type]
+            name="tcp", url="syslog+tcp://127.0.0.1:9"))
+        stream.cursor_file.write(12, twelve)
+        cursor, mismatches = stream.load_cursor()
+        assert cursor == Cursor(12, twelve)
+        assert [(m["copy"], m["cursor_seq"], m["resumed_after"]) for m in mismatches] == [
+            ("table", 30, 12)]
+        assert mismatches[0]["trail_hash"] == trail_hash(store.engine, 30)
+        # Both copies now say #12: the next start meets no disagreement.
+        assert read_db_cursor(store.engine, "tcp") == Cursor(12, twelve)
+        assert CursorFile(relay.data_dir / "siem" / "tcp.cursor").read() == Cursor(12, twelve)
+        assert stream.load_cursor() == (Cursor(12, twelve), [])
+        stream.cursor_file.close()
+    finally:
+        store.engine.dispose()
+
+
+class GarbageTls:
+    """A TLS server that answers anything with a line that is not HTTP."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.context = server_context(cert, key)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                with self.context.wrap_socket(conn, server_side=True) as tls:
+                    tls.settimeout(10)
+                    tls.recv(65536)
+                    tls.sendall(b"SPAM SPAM SPAM\r\n\r\n")
+            except (OSError, ssl.SSLError):
+                conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_failing_destinations_never_show_credentials_or_secrets(
+        tmp_path: Path, initialised_relay: Path) -> None:
+    """Each way a destination fails (refused, a certificate the CA did not issue, an
+    answer that is not HTTP), for syslog and HTTPS: the log and the trail name the
+    destination as scheme://host:port, never the URL's credentials, its path or query
+    (a token there), or the signing secret. And a destination that answers garbage
+    fails like any other (retried, audited), rather than ending its stream."""
+    ca_file, cert, key = make_ca(tmp_path / "pki", "collector")
+    _, other_cert, other_key = make_ca(tmp_path / "pki", "stranger")
+    stranger_syslog = SyslogReceiver(server_context(other_cert, other_key))
+    stranger_https = HttpsReceiver(other_cert, other_key, statuses=[])
+    garbage = GarbageTls(cert, key)
+    secret_bits = ("hunter2pass", "t0kenInTheQuery", SECRET, "/siem", "user:")
+    creds = "https://user:hunter2pass@127.0.0.1"
+    query = "/siem/ingest?token=t0kenInTheQuery"
+    refused = _closed_port()
+    dests = {
+        "https-refused": f"{creds}:{refused}{query}",
+        "https-stranger": f"{creds}:{stranger_https.url.rsplit(':', 1)[1].split('/')[0]}"
+                          f"{query}",
+        "https-garbage": f"{creds}:{garbage.port}{query}",
+        "tcp-refused": f"syslog+tcp://127.0.0.1:{refused}",
+        "tls-stranger": stranger_syslog.url,
+    }
+    relay = _relay(tmp_path, initialised_relay, [
+        {"name": name, "url": url, "ca_file": str(ca_file), "retry_max_s": 1,
+         **({"secret": SECRET} if url.startswith("https") else {})}
+        for name, url in dests.items()]).start()
+    try:
+        def failed() -> dict[str, list[dict[str, Any]]]:
+            out: dict[str, list[dict[str, Any]]] = {}
+            for e in audit_actions(relay):
+                if e["action"] == "siem.failed":
+                    out.setdefault(e["target"].removeprefix("siem:"), []).append(e)
+            return out
+
+        wait_for(lambda: set(failed()) == set(dests), 60, "every destination to fail")
+        # Still retrying (not a dead stream): a second attempt of the garbage one.
+        wait_for(lambda: relay.log().count("siem https-garbage (") >= 3, 30,
+                 "the garbage destination to be retried")
+        for name, events in failed().items():
+            d = events[0]["details"]
+            port = dests[name].rsplit(":", 1)[1].split("/")[0]
+            assert d["destination"] == f"{dests[name].split('://')[0]}://127.0.0.1:{port}"
+            for bit in secret_bits:
+                assert bit not in json.dumps(d), (name, bit, d)
+        assert "CERTIFICATE_VERIFY_FAILED" in failed()["https-stranger"][0]["details"][
+            "reason"]
+        log_text = relay.log()
+        for bit in secret_bits[:3]:
+            assert bit not in log_text, bit
+        for line in log_text.splitlines():
+            if "siem " in line:
+                assert "/siem" not in line and "user:" not in line, line
+        assert "Traceback" not in log_text
+        assert not stranger_https.requests
+    finally:
+        relay.stop()
+        stranger_syslog.close()
+        stranger_https.close()
+        garbage.close()
