@@ -28,6 +28,7 @@ from backline.relay.datadir import CERT_WARN_DAYS
 from backline.relay.fixes.push import revocations_endpoint
 from backline.relay.fixes.trust import fix_trust_endpoint
 from backline.relay.logfmt import frames_only
+from backline.relay.reports import clock
 from backline.relay.sessions.sockets import join_endpoint, tunnel_endpoint
 from backline.relay.state import Relay
 from backline.relay.webauth import allowed_origins
@@ -205,7 +206,7 @@ def build_app(relay: Relay) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         await relay.start_background()
         relay.record("system", "relay.start", "relay", url=relay.origin,
-                     fingerprint=relay.fingerprint)
+                     fingerprint=relay.fingerprint, **clock.start_details())
         try:
             yield {}
         finally:

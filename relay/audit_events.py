@@ -627,7 +627,9 @@ event("relay.init", SYSTEM, "the relay's data directory was set up (`backline-re
       need("url", str, "the relay's public URL"),
       need("fingerprint", str, "its TLS certificate's SHA-256"))
 event("relay.start", SYSTEM, "the relay started serving", RELAY,
-      need("url", str, "its public URL"), need("fingerprint", str, "its certificate's SHA-256"))
+      need("url", str, "its public URL"), need("fingerprint", str, "its certificate's SHA-256"),
+      may("clock_offset", float, "seconds the trail's clock is shifted by: only ever in a "
+          "test (relay/reports/clock.py); a real trail never has it"))
 event("relay.stop", SYSTEM, "the relay stopped cleanly (a signed checkpoint follows)", RELAY)
 event("relay.tls_reload", SYSTEM, "the TLS certificate was loaded again (SIGHUP)", RELAY,
       need("fingerprint", str, "the certificate's SHA-256"),

@@ -393,6 +393,10 @@ class RelayConfig:
         if self.webhook_url:
             if not self.webhook_url.startswith(("https://", "http://")):
                 raise ConfigError("webhook_url must be an http:// or https:// URL")
+            if self.webhook_url.startswith("http://") and not _loopback_url(self.webhook_url):
+                raise ConfigError("webhook_url must be https:// (plain http:// only to this "
+                                  "machine: the alerts and reports it carries are not for "
+                                  "the network in clear)")
             if len(self.webhook_secret) < 16:
                 raise ConfigError("webhook_url needs a webhook_secret of at least 16 "
                                   "characters (receivers check the HMAC signature with it)")
@@ -409,7 +413,8 @@ class RelayConfig:
             raise ConfigError('report_via lists "webhook" and/or "smtp"')
         if self.report_schedule and not self.report_via:
             raise ConfigError("report_schedule needs report_via (webhook, smtp)")
-        if "webhook" in self.report_via and not self.webhook_url:
+        if "webhook" in self.report_via and (not self.webhook_url
+                                             or len(self.webhook_secret) < 16):
             raise ConfigError("report_via webhook needs webhook_url and webhook_secret")
         if "smtp" in self.report_via:
             if not self.smtp_host or not self.smtp_from or not self.report_recipients:
@@ -442,6 +447,20 @@ class RelayConfig:
         out["smtp_password"] = "***" if self.smtp_password else ""
         out["siem_destinations"] = [d.shown() for d in self.siem_destinations]
         return out
+
+
+def _loopback_url(url: str) -> bool:
+    """Whether ``url`` names this machine (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def hide_url_password(url: str) -> str:

@@ -21,10 +21,11 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
                              "fixes:run"}),
     "approver": frozenset({"agents:read", "groups:read", "apitokens:write", "fixes:read",
                            "fixes:approve"}),
-    # Auditors read everything and change nothing, but may keep evidence from retention
-    # (a legal hold alters no record; relay/api/legal_holds.py).
+    # Auditors read everything and change nothing: not even a legal hold, since one who
+    # may place a hold may also lift it, and the next retention pass then deletes what it
+    # kept. An auditor asks an admin (relay/api/legal_holds.py).
     "auditor": frozenset({"agents:read", "audit:read", "enroll:read", "groups:read",
-                          "users:read", "fixes:read", "holds:write"}),
+                          "users:read", "fixes:read"}),
 }
 
 # What an API token may carry at most. Managing users, groups or other tokens is

@@ -189,38 +189,57 @@ def schedule(engine: sa.Engine, blobs: BlobStore, **kw: Any) -> None:
     loop.run_in_executor(None, lambda: index_quietly(engine, blobs, **kw))
 
 
+def _matches(word: str) -> Any:
+    """The condition on ``recording_words.word`` for one query word (``word*``: prefix)."""
+    if word.endswith("*"):
+        # LIKE, not a range: a range's end depends on the collation in PostgreSQL; words
+        # are stored lowercase, so SQLite's case-blind LIKE and PostgreSQL's
+        # case-sensitive one agree.
+        stem = word[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return recording_words.c.word.like(stem + "%", escape="\\")
+    return recording_words.c.word == word
+
+
+def sessions_holding(words: list[str]) -> sa.Select[Any]:
+    """The ids of the sessions whose terminal recordings hold every word of ``words``,
+    as a subquery for the caller's own query. The caller filters (visibility, agent,
+    time...) and limits in that same query, so no word's rows are ever capped before
+    the filters: a common word cannot crowd out the sessions the caller may see."""
+    sid = recording_words.c.session_id
+    q = sa.select(sid).where(_matches(words[0]))
+    for word in words[1:]:
+        q = q.where(sid.in_(sa.select(recording_words.c.session_id).where(_matches(word))))
+    return q
+
+
 def hits(engine: sa.Engine, words: list[str], session_ids: Iterable[str] | None = None,
-         limit: int = 200) -> dict[str, list[dict[str, Any]]]:
+         limit: int = 200, moments: int = MOMENTS) -> dict[str, list[dict[str, Any]]]:
     """Sessions whose terminal recordings hold every word of ``words`` (prefix match on
-    the last one when it ends with ``*``): per session, the moments of the first word
-    (recording, second, word), oldest first."""
+    the last one when it ends with ``*``): per session, the first ``moments``
+    moments of the first word (recording, second, word), oldest first. At most ``limit``
+    sessions (by id); a search names its sessions in ``session_ids`` (found with
+    :func:`sessions_holding` in its own filtered query), so none is left out."""
     if not words:
         return {}
-    per_word: list[dict[str, list[dict[str, Any]]]] = []
+    sid = recording_words.c.session_id
+    chosen = sessions_holding(words)
+    if session_ids is not None:
+        chosen = chosen.where(sid.in_(list(session_ids)))
+    chosen = chosen.distinct().order_by(sid).limit(limit)
+    rank = sa.func.row_number().over(partition_by=sid, order_by=(recording_words.c.at,
+                                                                 recording_words.c.recording_id))
+    inner = (sa.select(sid, recording_words.c.recording_id, recording_words.c.at,
+                       recording_words.c.word, rank.label("n"))
+             .where(_matches(words[0]), sid.in_(chosen.scalar_subquery()))
+             .subquery())
+    q = (sa.select(inner.c.session_id, inner.c.recording_id, inner.c.at, inner.c.word)
+         .where(inner.c.n <= moments).order_by(inner.c.session_id, inner.c.at))
+    found: dict[str, list[dict[str, Any]]] = {}
     with engine.connect() as conn:
-        for word in words:
-            q = sa.select(recording_words.c.session_id, recording_words.c.recording_id,
-                          recording_words.c.at, recording_words.c.word)
-            if word.endswith("*"):
-                # LIKE, not a range: a range's end depends on the collation in
-                # PostgreSQL; words are stored lowercase, so SQLite's case-blind LIKE
-                # and PostgreSQL's case-sensitive one agree.
-                stem = word[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                q = q.where(recording_words.c.word.like(stem + "%", escape="\\"))
-            else:
-                q = q.where(recording_words.c.word == word)
-            if session_ids is not None:
-                q = q.where(recording_words.c.session_id.in_(list(session_ids)))
-            found: dict[str, list[dict[str, Any]]] = {}
-            for r in conn.execute(q.order_by(recording_words.c.session_id,
-                                             recording_words.c.at).limit(limit * MOMENTS * 4)):
-                found.setdefault(r.session_id, []).append(
-                    {"recording": r.recording_id, "at": r.at, "word": r.word})
-            per_word.append(found)
-    common = set(per_word[0])
-    for found in per_word[1:]:
-        common &= set(found)
-    return {sid: per_word[0][sid] for sid in sorted(common)[:limit]}
+        for r in conn.execute(q):
+            found.setdefault(r.session_id, []).append(
+                {"recording": r.recording_id, "at": r.at, "word": r.word})
+    return found
 
 
 def unindexed(engine: sa.Engine) -> list[dict[str, Any]]:

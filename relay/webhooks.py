@@ -101,7 +101,11 @@ class WebhookSender:
         self._dropped = 0
         self._dropped_reported_at = 0.0
         self._health: dict[str, frozenset[tuple[str, str]]] = {}
-        self._opener = urllib.request.build_opener(_NoRedirect)
+        # No redirects (see _NoRedirect) and no proxy from the environment (HTTPS_PROXY
+        # and friends would route signed alerts and reports through whatever the relay's
+        # environment names): the configured URL, directly, or nothing.
+        self._opener = urllib.request.build_opener(_NoRedirect,
+                                                   urllib.request.ProxyHandler({}))
 
     @classmethod
     def from_config(cls, config: RelayConfig, record: Recorder,
@@ -142,16 +146,33 @@ class WebhookSender:
             self._queue = asyncio.Queue(self.max_queue)
             self._tasks = [asyncio.create_task(self._worker(), name=f"webhook-{i}")
                            for i in range(self.workers)]
-        event_id = "evt_" + secrets.token_hex(12)
-        body = json.dumps({"id": event_id, "type": event_type, "time": round(time.time(), 3),
-                           "relay": self.origin, "data": data},
-                          ensure_ascii=False, separators=(",", ":")).encode()
         try:
-            self._queue.put_nowait(Delivery(event_id, event_type, body))
+            self._queue.put_nowait(self._delivery(event_type, data))
         except asyncio.QueueFull:
             self._drop(event_type)
             return False
         return True
+
+    def _delivery(self, event_type: str, data: dict[str, Any]) -> Delivery:
+        event_id = "evt_" + secrets.token_hex(12)
+        body = json.dumps({"id": event_id, "type": event_type, "time": round(time.time(), 3),
+                           "relay": self.origin, "data": data},
+                          ensure_ascii=False, separators=(",", ":")).encode()
+        return Delivery(event_id, event_type, body)
+
+    def send_blocking(self, event_type: str, data: dict[str, Any]) -> None:
+        """Send one event now, once, from a worker thread (the scheduled report: its
+        caller audits the outcome and a rerun resends it); the same signed body, opener
+        and checks as queued events. ``OSError`` unless answered 2xx, ``ValueError``
+        when no webhook is configured."""
+        if not self.enabled:
+            raise ValueError("no webhook configured (webhook_url and webhook_secret)")
+        try:
+            status = self._post(self._delivery(event_type, data))
+        except urllib.error.URLError as exc:
+            raise OSError(str(exc.reason)[:200]) from None
+        if not 200 <= status < 300:
+            raise OSError(f"HTTP {status}")
 
     def _drop(self, event_type: str) -> None:
         self._dropped += 1

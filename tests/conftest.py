@@ -20,6 +20,8 @@ from tests.harness import Api, RelayProcess, admin_api, relay_template
 # processes they start, which inherit this) a mismatch raises instead of being written
 # marked, and RelayProcess.stop fails on a violation the relay only logged.
 os.environ["BACKLINE_AUDIT_STRICT"] = "1"
+# The harness's flag: the trail clock seam (relay/reports/clock.py) needs it as well.
+os.environ["BACKLINE_TEST_HARNESS"] = "1"
 
 #: The files whose tests took longest in a run of the whole suite, slowest first: the
 #: sum of their tests' times among the 100 slowest (``--durations=100``, 4 xdist

@@ -1,8 +1,9 @@
 """Legal holds: what retention must keep (relay/retention.py).
 
-Admins and auditors may place and lift holds (permission ``holds:write``): preserving
-evidence is an auditor's request, and a hold changes no record, it only stops one
-from being deleted. Both are audited with the hold's scope, subject and reason; a hold
+Only admins may place and lift holds (permission ``holds:write``). Auditors read the
+holds but change nothing: lifting a hold lets the next retention pass delete what it
+kept, so whoever may place one must not be a read-only role; an auditor who needs
+evidence kept asks an admin. Both are audited with the hold's scope, subject and reason; a hold
 is never deleted, lifting it stamps who and when.
 """
 

@@ -267,6 +267,9 @@ def _capability_used(capability: str) -> Any:
     return caps.contains(f",{capability},", autoescape=True)
 
 
+HITS = 20  # moments shown per session found
+
+
 def search_sessions(relay: Relay, who: Principal, q: SearchQuery
                     ) -> tuple[list[dict[str, Any]], list[str], bool]:
     words = term_index.normalise_query(q.text.replace("*", " ")) if q.text else []
@@ -301,15 +304,20 @@ def search_sessions(relay: Relay, who: Principal, q: SearchQuery
             raise ApiError(400, "not_recorded", "this relay does not record session outcomes "
                                                 "yet")
         query = query.where(column == q.outcome)
-    found: dict[str, list[dict[str, Any]]] = {}
     if words:
-        found = term_index.hits(relay.engine, words, limit=5000)
-        query = query.where(s.c.id.in_(list(found) or ["-"]))
+        # The words are one more condition of this query (visibility and every filter
+        # above apply with them, then the limit): never a capped word list intersected
+        # afterwards, where a common word would crowd out the sessions one may see.
+        query = query.where(s.c.id.in_(term_index.sessions_holding(words)))
     with relay.engine.connect() as conn:
         rows = [dict(r) for r in conn.execute(query).mappings()]
     truncated = len(rows) > q.limit
+    found: dict[str, list[dict[str, Any]]] = {}
+    if words and rows:
+        found = term_index.hits(relay.engine, words, [r["id"] for r in rows[:q.limit]],
+                                limit=q.limit, moments=HITS)
     out = [_pick(SearchSession, {**r, "outcome": r.get("outcome"),
-                                 "hits": found.get(r["id"], [])[:20]})
+                                 "hits": found.get(r["id"], [])})
            for r in rows[:q.limit]]
     return out, words, truncated
 

@@ -4,22 +4,32 @@ over several weeks").
 The management reports count weeks of incidents. An integration test cannot wait for
 weeks, and a report that let its caller choose minute-long "weeks" would test another
 code path than the one people use. So a test may shift the time the relay *writes into
-the trail* (and into a session's ``outcome_at``): with ``BACKLINE_TEST_CLOCK_FILE`` set
-and ``BACKLINE_AUDIT_STRICT=1`` (which only tests/conftest.py sets), the relay adds the
-number of seconds held in that file to ``time.time()`` wherever :mod:`backline.relay.audit`
-reads it. The test only ever increases it, so the trail stays in time order. Nothing
-else moves: TLS, tokens, sessions' own timers and heartbeats keep the real clock.
-In production neither variable is set and this module does nothing.
+the trail* (and into a session's ``outcome_at``): with ``BACKLINE_TEST_CLOCK_FILE`` set,
+``BACKLINE_AUDIT_STRICT=1`` and ``BACKLINE_TEST_HARNESS=1`` (the last two set only by
+tests/conftest.py), the relay adds the number of seconds held in that file to
+``time.time()`` wherever :mod:`backline.relay.audit` reads it. The test only ever
+increases it, so the trail stays in time order. Nothing else moves: TLS, tokens,
+sessions' own timers and heartbeats keep the real clock.
+
+In production none of this is set and this module does nothing. Because a shifted
+trail clock would silently falsify every timestamp, it cannot come on by accident (all
+three variables, one of them named for the test harness), and it is never quiet: the
+relay logs a warning at start and its ``relay.start`` audit event carries
+``clock_offset`` (:func:`start_details`), so a trail written with it says so.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 ENV = "BACKLINE_TEST_CLOCK_FILE"
+HARNESS_ENV = "BACKLINE_TEST_HARNESS"
+
+log = logging.getLogger("backline.relay.reports")
 
 
 class ShiftedTime:
@@ -43,7 +53,21 @@ class ShiftedTime:
 
 
 def enabled() -> bool:
-    return bool(os.environ.get(ENV)) and os.environ.get("BACKLINE_AUDIT_STRICT") == "1"
+    return (bool(os.environ.get(ENV)) and os.environ.get("BACKLINE_AUDIT_STRICT") == "1"
+            and os.environ.get(HARNESS_ENV) == "1")
+
+
+def start_details() -> dict[str, float]:
+    """What the relay's ``relay.start`` event adds: ``clock_offset`` (the seconds the
+    trail's clock is shifted by now) when the seam is on, with a warning logged; else
+    nothing."""
+    if not enabled():
+        return {}
+    offset = ShiftedTime(Path(os.environ[ENV])).offset()
+    log.warning("TEST CLOCK: the audit trail's timestamps are shifted by %.0f s (%s, %s "
+                "and BACKLINE_AUDIT_STRICT are set); never use this relay for real work",
+                offset, ENV, HARNESS_ENV)
+    return {"clock_offset": offset}
 
 
 def now() -> float:

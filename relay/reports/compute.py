@@ -28,6 +28,7 @@ ACTIONS = (
     "fix.run.ended", "fix.run.failed",
 )
 DAY = 86400.0
+MAX_BUCKETS = 402  # 400 days, unaligned, in daily buckets: 401
 WEEK = 7 * DAY
 #: Monday 1970-01-05 00:00 UTC: weeks start on Mondays (ISO 8601), in UTC.
 MONDAY = 4 * DAY
@@ -336,7 +337,13 @@ def report(engine: sa.Engine, *, since: float, until: float, group: str = "",
     start = bucket_start(since, bucket)
     step = DAY if bucket == "day" else WEEK
     b = start
-    while b < until and len(buckets) < 400:
+    # One bucket for each day/week the period touches: an unaligned ``since`` makes a
+    # partial first and last one (400 days: 401 daily buckets). Every member falls in
+    # one of them, so the count is the period's, bounded by the caller (the API and the
+    # command line allow 400 days), and checked here rather than silently cut short.
+    while b < until:
+        if len(buckets) >= MAX_BUCKETS:
+            raise ValueError(f"a report has at most {MAX_BUCKETS} {bucket} buckets")
         buckets[b] = {"opened": [], "resolved": [], "fixes": [], "fixes_ok": []}
         b += step
     for i in opened:

@@ -1,5 +1,6 @@
 """Scheduled management reports (docs/reports.md "Scheduled delivery"): the report for
-the previous day or week, sent by webhook (signed like every Backline webhook) and/or
+the previous day or week, sent by webhook (the relay's webhook sender: signed, no
+redirects, no environment proxy) and/or
 e-mail (``smtplib``, in a worker thread), each delivery audited (``report.delivered``,
 ``report.delivery.failed``).
 
@@ -11,18 +12,14 @@ code), e.g. to resend a missed one.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import secrets
 import smtplib
 import ssl
 import time
-import urllib.request
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
 from backline.relay.reports import clock, compute
-from backline.relay.webhooks import sign
 
 if TYPE_CHECKING:
     from backline.relay.state import Relay
@@ -69,18 +66,9 @@ def text_of(full: dict[str, Any]) -> str:
 
 
 def send_webhook(relay: Relay, full: dict[str, Any]) -> None:
-    cfg = relay.config
-    body = json.dumps({"id": "evt_" + secrets.token_hex(12), "type": "report.management",
-                       "time": round(time.time(), 3), "relay": cfg.effective_public_url,
-                       "data": compute.summary(full)}, separators=(",", ":")).encode()
-    # webhook_url is http(s), checked by the config.
-    req = urllib.request.Request(cfg.webhook_url, data=body, method="POST", headers={  # noqa: S310
-        "content-type": "application/json", "user-agent": "backline-relay",
-        "x-backline-event": "report.management",
-        "x-backline-signature": sign(cfg.webhook_secret, body)})
-    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
-        if not 200 <= resp.status < 300:
-            raise OSError(f"HTTP {resp.status}")
+    """The report as a ``report.management`` event, through the relay's one webhook
+    sender (relay/webhooks.py: signed, no redirects, no environment proxy)."""
+    relay.webhooks.send_blocking("report.management", compute.summary(full))
 
 
 def send_mail(relay: Relay, full: dict[str, Any]) -> None:

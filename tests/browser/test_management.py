@@ -5,12 +5,21 @@ prints without the navigation; no CSP violation, no dialog, no script error."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.browser.helpers import CHROMIUM_PRESENT, SKIP_REASON, Watched, nav, shot, sign_in
+from tests.browser.helpers import (
+    CHROMIUM_PRESENT,
+    SKIP_REASON,
+    Watched,
+    nav,
+    new_user,
+    shot,
+    sign_in,
+)
 from tests.harness import ADMIN_PASSWORD, AgentProcess, RelayProcess, admin_api
 from tests.integration.test_sessions import open_session, start_agent
 
@@ -74,3 +83,25 @@ def test_outcome_dialog_and_management_page(page: Watched, site: RelayProcess,
     expect(p.locator("header.top")).to_be_hidden()
     expect(p.locator("form.no-print")).to_be_hidden()
     expect(metrics).to_be_visible()
+
+
+def test_an_auditor_drills_down_to_the_timeline(page: Watched, site: RelayProcess,
+                                                agent: AgentProcess) -> None:
+    """An auditor cannot act on a session: the drill-down opens its timeline (the
+    read-only evidence view), not the live session page."""
+    api = admin_api(site)
+    s = open_session(api, agent.agent_id, reason="printer", ticket="T-10")
+    assert api.request("DELETE", f"/api/v1/sessions/{s['id']}").status_code == 200
+    api.close()
+    new_user(site, "report-auditor", "auditor", "auditor-password-0123")
+    p = page.page
+    sign_in(p, "report-auditor", "auditor-password-0123")
+    nav(p, "Management reports")
+    p.locator('button[data-metric="sessions"]').click()
+    drill = p.locator("#drill")
+    link = drill.locator(f'a[href="#/timeline/{s["id"]}"]').first
+    expect(link).to_be_visible()
+    assert drill.locator('a[href^="#/session/"]').count() == 0
+    link.click()
+    expect(p).to_have_url(re.compile(f"#/timeline/{s['id']}$"))
+    expect(p.locator("#timeline-title")).to_contain_text(s["id"])

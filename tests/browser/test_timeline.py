@@ -190,13 +190,16 @@ def test_the_api_refuses_every_write_of_the_auditor(site: RelayProcess, done: Do
             ("POST", f"/api/v1/sessions/{sid}/outcome", {"outcome": "resolved", "note": "x"}),
             ("POST", f"/api/v1/agents/{done.agent_id}/sessions", {"reason": "x"}),
             ("PATCH", f"/api/v1/agents/{done.agent_id}", {"label": "x"}),
+            # Legal holds are admins' (lifting one lets retention delete what it kept).
+            ("POST", "/api/v1/legal-holds",
+             {"scope": "session", "subject": sid, "reason": "keep it"}),
+            ("POST", "/api/v1/legal-holds/lh_any/lift", {"reason": "done with it"}),
         ]
         for method, path, body in attempts:
             r = api.request(method, path, json=body)
-            # 403 (no agents:write), or 404/405 where the route does not exist yet
-            # (the outcome arrives with helper reports' branch): never a success.
-            assert r.status_code in (403, 404, 405), (method, path, r.status_code, r.text)
-            assert r.status_code != 200
+            # Every route exists: the refusal is the permission's (403), nothing else.
+            assert r.status_code == 403, (method, path, r.status_code, r.text)
+            assert r.json()["error"] == "forbidden", r.text
         assert api.get(f"/api/v1/sessions/{sid}/timeline").status_code == 200
     finally:
         api.close()

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import AgentProcess, Api, RelayProcess, admin_api, wait_for
+from tests.harness import AgentProcess, Api, RelayProcess, admin_api, audit_actions, wait_for
 from tests.integration.test_fix_relay import manifest_toml
 from tests.integration.test_sessions import make_user, open_session, start_agent
 
@@ -87,6 +87,9 @@ def world(tmp_path_factory: pytest.TempPathFactory,
     clock.write_text(str(monday - now))
     relay = RelayProcess(root, {"BACKLINE_TEST_CLOCK_FILE": str(clock)},
                          template=initialised_relay).start()
+    # The seam is never quiet: the trail's start event says how far its clock is shifted.
+    start = [e for e in audit_actions(relay) if e["action"] == "relay.start"][-1]
+    assert start["details"]["clock_offset"] == pytest.approx(monday - now, abs=1)
     admin = admin_api(relay)
     assert admin.post("/api/v1/groups", json={"name": "east"}).status_code == 201
     alice = make_user(admin, relay, "alice", "technician", ("default", "east"))

@@ -106,7 +106,54 @@ def test_schedule_periods_and_due_times() -> None:
      "report_recipients": ["not an address"]},
     {"smtp_host": "mail.example.test", "smtp_security": "none"},
     {"report_hour_utc": 24},
+    # The report's webhook: a secret to sign it, https (plain http only to this machine).
+    {"report_via": ["webhook"], "webhook_url": "https://tickets.example.test/in"},
+    {"report_via": ["webhook"], "webhook_url": "http://tickets.example.test/in",
+     "webhook_secret": "s3cret-for-tests-0123456789"},
+    {"report_via": ["webhook"], "webhook_url": "http://127.0.0.1.example.test/in",
+     "webhook_secret": "s3cret-for-tests-0123456789"},
 ])
 def test_bad_report_settings_are_refused(settings: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError):
         config.load(overrides={"data_dir": tmp_path, **settings}, environ={})
+
+
+def test_report_webhook_plain_http_only_to_this_machine(tmp_path: Path) -> None:
+    for url in ("http://127.0.0.1:9/in", "http://[::1]:9/in", "http://localhost/in",
+                "https://tickets.example.test/in"):
+        cfg = config.load(overrides={"data_dir": tmp_path, "report_via": ["webhook"],
+                                     "webhook_url": url, "webhook_secret": SECRET},
+                          environ={})
+        assert cfg.webhook_url == url
+
+
+def test_report_webhook_follows_no_redirect_and_no_environment_proxy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report goes through the relay's one webhook sender: a proxy named by the
+    environment is not used (it would see every signed report), and a redirect is a
+    failure (it would turn the POST into a GET somewhere else), never followed."""
+    from types import SimpleNamespace
+
+    from backline.relay.reports.delivery import send_webhook
+    from backline.relay.webhooks import WebhookSender
+
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:1")  # nothing listens there
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with Receiver([302]) as rx:
+        cfg = SimpleNamespace(webhook_url=rx.url, webhook_secret=SECRET,
+                              effective_public_url="https://relay.test")
+        relay = SimpleNamespace(config=cfg, webhooks=WebhookSender(
+            rx.url, SECRET, lambda *a, **k: None, origin="https://relay.test"))
+        summary = {"metrics": {}}
+        monkeypatch.setattr(compute, "summary", lambda full: summary)
+        with pytest.raises(OSError, match="HTTP 302"):
+            send_webhook(relay, {})  # type: ignore[arg-type]
+        send_webhook(relay, {})  # type: ignore[arg-type]
+        assert len(rx.requests) == 2  # both reached the receiver, not the proxy
+        hook = rx.requests[1]
+        assert verify(SECRET, hook["body"], hook["headers"]["X-Backline-Signature"])
+        body = json.loads(hook["body"])
+        assert body["type"] == "report.management" and body["data"] == summary
+        assert body["relay"] == "https://relay.test"

@@ -94,3 +94,29 @@ def test_the_rules(tmp_path: Path) -> None:
     assert g1["metrics"]["incidents_opened"]["value"] == 1
     assert g1["metrics"]["fixes_run"]["value"] == 2
     assert compute.members(full, "nope") is None
+
+
+def test_a_400_day_daily_report_with_an_unaligned_since_has_401_buckets(
+        tmp_path: Path) -> None:
+    """400 days from 12:00 touch 401 days: an incident in the last, partial one is
+    counted in its bucket (it raised KeyError, a 500, when the buckets stopped at 400)."""
+    since = 100 * compute.DAY + 12 * H
+    until = since + 400 * compute.DAY
+    last = until - H  # 11:00 on the 401st day
+    engine = trail(tmp_path, [
+        (since, "user:admin", "agent.enroll", "agent:a", {"group": "g1"}),
+        (last - H, "agent:a", "agent.health.alert", "agent:a", {"critical": ["disk-full"]}),
+        (last, "agent:a", "agent.health.cleared", "agent:a", {}),
+    ])
+    full = compute.summary(compute.report(engine, since=since, until=until, bucket="day"))
+    trend = full["trend"]
+    assert len(trend) == 401
+    assert trend[0]["start"] == 100 * compute.DAY and trend[-1]["end"] == until + 12 * H
+    assert trend[-1]["incidents_opened"]["value"] == 1
+    assert trend[-1]["incidents_resolved"]["value"] == 1
+    assert sum(b["incidents_opened"]["value"] for b in trend) == 1
+    # Past the bound the API and the command line enforce: a clear error, not a KeyError.
+    import pytest
+
+    with pytest.raises(ValueError, match="at most 402 day buckets"):
+        compute.report(engine, since=since, until=since + 402 * compute.DAY, bucket="day")

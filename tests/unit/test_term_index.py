@@ -77,3 +77,58 @@ def test_hits_need_every_word_and_a_prefix_matches_literally(tmp_path: Path) -> 
     assert term_index.hits(engine, ["ping"])["s2"] == [
         {"recording": "rs2", "at": 3.0, "word": "ping"}]
     assert term_index.hits(engine, ["down"]) == {}
+
+
+def test_a_common_word_in_sessions_one_cannot_see_never_hides_a_visible_one(
+        tmp_path: Path, monkeypatch: object) -> None:
+    """5,001 sessions of a group the technician may not see hold "ping" 32 times each
+    (more rows than any per-word cap, and more sessions than any per-word limit), sorted
+    before the one visible session: the search still finds it, and says when more
+    sessions matched than it returned."""
+    from types import SimpleNamespace
+
+    import pytest
+    import sqlalchemy as sa
+
+    from backline.relay.api import timeline as api
+    from backline.relay.schema import metadata, recording_words, support_sessions
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    metadata.create_all(engine)
+
+    def session(sid: str, group: int, at: float) -> dict[str, object]:
+        return {"id": sid, "mode": "attended", "agent_id": "ag", "group_id": group,
+                "technician": "other", "opened_by": "user:other", "reason": "", "ticket": "",
+                "capabilities": "shell", "state": "closed", "node": "", "created_at": at}
+
+    hidden = [f"a{i:05d}" for i in range(5001)]
+    with engine.begin() as conn:
+        conn.execute(support_sessions.insert(),
+                     [session(sid, 2, 1000.0 + i) for i, sid in enumerate(hidden)])
+        conn.execute(support_sessions.insert(), [session("zvisible", 1, 10.0),
+                                                 session("zvisible2", 1, 20.0)])
+        conn.execute(recording_words.insert(), [
+            {"word": "ping", "recording_id": f"r{sid}-{k // 8}", "session_id": sid,
+             "at": float(k)} for sid in hidden for k in range(32)])
+        conn.execute(recording_words.insert(), [
+            {"word": w, "recording_id": f"r{sid}", "session_id": sid, "at": at}
+            for sid in ("zvisible", "zvisible2") for w, at in (("ping", 5.0), ("down", 6.0))])
+    relay = SimpleNamespace(engine=engine)
+    who = SimpleNamespace(user=SimpleNamespace(username="tech"))
+    monkeypatch.setattr(api, "visible_group_ids", lambda relay, who: {1})  # type: ignore[attr-defined]
+
+    out, words, truncated = api.search_sessions(relay, who, api.SearchQuery(text="ping"))
+    assert words == ["ping"]
+    assert [s["id"] for s in out] == ["zvisible2", "zvisible"] and not truncated
+    assert out[0]["hits"] == [{"recording": "rzvisible2", "at": 5.0, "word": "ping"}]
+    out, _, truncated = api.search_sessions(relay, who,
+                                            api.SearchQuery(text="ping down", limit=1))
+    assert [s["id"] for s in out] == ["zvisible2"] and truncated
+    # An admin (sees all) gets the newest 50 of 5,003, told there are more; each hidden
+    # session's moments are its first 20 (api.HITS), not 32.
+    monkeypatch.setattr(api, "visible_group_ids", lambda relay, who: None)  # type: ignore[attr-defined]
+    out, _, truncated = api.search_sessions(relay, who, api.SearchQuery(text="pi*"))
+    assert len(out) == 50 and truncated and out[0]["id"] == hidden[-1]
+    assert [h["at"] for h in out[0]["hits"]] == [float(k) for k in range(api.HITS)]
+    with pytest.raises(Exception):
+        api.search_sessions(relay, who, api.SearchQuery(text="!"))

@@ -141,6 +141,14 @@ function findingsChart(findings) {
     </svg></figure>`;
 }
 
+// A report's session opens where its reader can use it: the timeline (the read-only
+// evidence view) for whoever cannot act on sessions, an auditor; the session page
+// (its live controls) for those who can.
+function sessionLink(id) {
+  const page = appRef && appRef.can("agents:write") ? "session" : "timeline";
+  return html`<a href="#/${page}/${encodeURIComponent(id)}"><code>${id.slice(0, 12)}</code></a> `;
+}
+
 function drillView() {
   if (s.drillError) return html`<p class="error" role="alert">${s.drillError}</p>`;
   const d = s.drill;
@@ -153,9 +161,9 @@ function drillView() {
       <tbody>${d.incidents.map((i) => html`<tr>
         <td><code>${i.id}</code>${i.findings.length ? html` <small>${i.findings.join(", ")}</small>` : nothing}</td>
         <td>${i.group || "—"}</td><td>${when(i.opened_at)}</td><td>${i.resolved_at ? when(i.resolved_at) : "open"}</td>
-        <td>${i.sessions.map((id) => html`<a href="#/session/${encodeURIComponent(id)}"><code>${id.slice(0, 12)}</code></a> `)}</td>
+        <td>${i.sessions.map(sessionLink)}</td>
       </tr>`)}</tbody></table>` : nothing}
-    ${d.sessions.length ? html`<p>Sessions: ${d.sessions.slice(0, 200).map((id) => html`<a href="#/session/${encodeURIComponent(id)}"><code>${id.slice(0, 12)}</code></a> `)}
+    ${d.sessions.length ? html`<p>Sessions: ${d.sessions.slice(0, 200).map(sessionLink)}
       ${d.sessions.length > 200 ? html`<span class="muted">and ${d.sessions.length - 200} more (in the API's answer)</span>` : nothing}</p>` : nothing}
     <p>Audit events: ${d.events.slice(0, 200).map((seq) => html`<button type="button" class="link" @click=${() => showEvent(seq)}>#${seq}</button> `)}
       ${d.events.length > 200 ? html`<span class="muted">and ${d.events.length - 200} more</span>` : nothing}</p>
