@@ -69,7 +69,7 @@ class Delivery:
     body: bytes
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
+class NoRedirect(urllib.request.HTTPRedirectHandler):
     """A redirect would turn the POST into a GET to somewhere else: treat it as a failure."""
 
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
@@ -101,10 +101,10 @@ class WebhookSender:
         self._dropped = 0
         self._dropped_reported_at = 0.0
         self._health: dict[str, frozenset[tuple[str, str]]] = {}
-        # No redirects (see _NoRedirect) and no proxy from the environment (HTTPS_PROXY
+        # No redirects (see NoRedirect) and no proxy from the environment (HTTPS_PROXY
         # and friends would route signed alerts and reports through whatever the relay's
         # environment names): the configured URL, directly, or nothing.
-        self._opener = urllib.request.build_opener(_NoRedirect,
+        self._opener = urllib.request.build_opener(NoRedirect,
                                                    urllib.request.ProxyHandler({}))
 
     @classmethod

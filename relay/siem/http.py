@@ -19,16 +19,11 @@ import urllib.request
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from backline.common import __version__
-from backline.relay.webhooks import SIGNATURE_HEADER, sign
+from backline.relay.webhooks import SIGNATURE_HEADER, NoRedirect, sign
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 BATCH_HEADER = "X-Backline-Batch"
 MEDIA_TYPE = "application/x-ndjson"
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
 
 
 class DeliveryError(OSError):
@@ -57,8 +52,11 @@ class JsonLinesSender:
         self.timeout = timeout
         context = ssl.create_default_context(cafile=ca_file or None)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
+        # No redirects, and no proxy from the environment (build_opener adds one by
+        # default): the trail goes to the configured collector and nowhere else.
         self._opener = urllib.request.build_opener(
-            _NoRedirect, urllib.request.HTTPSHandler(context=context))
+            NoRedirect, urllib.request.ProxyHandler({}),
+            urllib.request.HTTPSHandler(context=context))
 
     @property
     def target(self) -> str:
