@@ -32,7 +32,9 @@ const LABELS = {
 
 function params() {
   const f = s.form;
-  const until = toUnix(f.until) || String(Math.floor(Date.now() / 1000));
+  // "Now" rounded up: the trail's times have microseconds, and an event of this very
+  // second (an outcome just changed) must be inside the period, not after its end.
+  const until = toUnix(f.until) || String(Math.ceil(Date.now() / 1000));
   const since = toUnix(f.since) || String(Number(until) - 28 * DAY);
   return { group: f.group, since, until, bucket: f.bucket };
 }
