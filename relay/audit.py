@@ -418,10 +418,13 @@ class AuditLog:
         return None if r is None else dict(r)
 
     def checkpoint_now(self) -> dict[str, Any] | None:
-        """A signed note covering every event so far (signed now if the newest is older)."""
-        self.checkpoint()
-        size = self.size()
-        return self.note_at(size) if size else None
+        """A signed note covering every event so far (signed now if the newest is older).
+
+        The note is the one of the size :meth:`checkpoint` signed (or found): reading the
+        head again would name a size an event appended meanwhile made, which has no
+        note yet (the caller would answer "the trail is empty")."""
+        seq = self.checkpoint()
+        return self.note_at(seq) if seq else None
 
     def rows(self, seqs: list[int]) -> list[dict[str, Any]]:
         """The stored rows of ``seqs`` (oldest first), with their hashes."""

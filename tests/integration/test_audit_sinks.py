@@ -228,3 +228,47 @@ def test_the_stored_tree_matches_the_rfc_at_every_size(tmp_path: Path) -> None:
         assert store.audit.inclusion_proof(1, n) == tree.inclusion(0, n)
         assert store.audit.consistency_proof(n, size) == tree.consistency(n, size)
     store.engine.dispose()
+
+
+def test_checkpoint_now_survives_appends_racing_it(tmp_path: Path) -> None:
+    """An event appended between signing the checkpoint and reading its note must not
+    make ``checkpoint_now`` answer None ("the trail is empty"): once forced right in that
+    gap, then with a thread appending while the main one asks."""
+    import threading
+
+    store = open_store(config.load(overrides={"data_dir": tmp_path / "relay"}, environ={}))
+    log = store.audit
+    log.checkpoint_every = 10_000  # no checkpoint of the appends' own
+    log.append("user:a", "test.event", "thing:0", {"n": 0})
+    signed = log.checkpoint
+
+    def checkpoint_then_append() -> int | None:
+        seq = signed()
+        log.append("user:a", "test.event", "thing:gap", {})
+        return seq
+
+    log.checkpoint = checkpoint_then_append  # type: ignore[method-assign]
+    note = log.checkpoint_now()
+    assert note is not None and note["size"] == 1
+    log.checkpoint = signed  # type: ignore[method-assign]
+    stop = threading.Event()
+
+    def appender() -> None:
+        for i in range(400):
+            if stop.is_set():
+                return
+            log.append("user:b", "test.event", f"thing:{i}", {"n": i})
+
+    thread = threading.Thread(target=appender)
+    thread.start()
+    try:
+        sizes = []
+        for _ in range(40):
+            got = log.checkpoint_now()
+            assert got is not None
+            sizes.append(got["size"])
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert sizes == sorted(sizes) and sizes[-1] >= 2
+    store.engine.dispose()
