@@ -134,7 +134,7 @@ async def consistency_proof(request: Request, relay: Relay, who: Principal, *,
 
 
 @endpoint("audit:read", path=m.SessionPath, noun="session",
-          answers={200: "application/json"}, refuses=(404, 413))
+          answers={200: m.AuditBundle}, refuses=(404, 413))
 async def session_bundle(request: Request, relay: Relay, who: Principal, *,
                          path: m.SessionPath) -> Response:
     """The session's evidence bundle (``backline-relay audit verify-bundle`` checks it
