@@ -238,6 +238,13 @@ class AuditLog:
         self.origin = origin or default_origin(self.public_key)
         #: Where each new checkpoint note is also written (relay/audit_sinks.py).
         self.sinks: list[Any] = list(sinks or [])
+        for sink in self.sinks:  # a sink with a thread of its own reports through us
+            if hasattr(sink, "on_failure"):
+                sink.on_failure = self.sink_failed
+        #: Checkpoint sink failures since start (relay/audit_sinks.py).
+        self.sink_failures = 0
+        #: ``(sink, reason, error)``: the relay audits them (relay/state.py).
+        self.on_sink_failure: Callable[[str, str, str], None] | None = None
         self.checkpoint_every = max(1, checkpoint_every)
         self.checkpoint_seconds = checkpoint_seconds
         self._lock = threading.Lock()
@@ -352,7 +359,20 @@ class AuditLog:
                 try:
                     sink.write(note)
                 except Exception as exc:
-                    log.error("audit checkpoint sink %s failed: %s", sink, exc)
+                    self.sink_failed(str(sink), "write_failed", exc)
+
+    def sink_failed(self, sink: str, reason: str, exc: BaseException | str) -> None:
+        """A checkpoint sink failed (here, or in a sink's own thread): logged, counted
+        (:attr:`sink_failures`, the metric ``backline_audit_sink_failures``) and handed
+        to :attr:`on_sink_failure`, which the running relay sets to audit it
+        (``audit.sink.failed``, aggregated). Never raises: the append has committed."""
+        log.error("audit checkpoint sink %s failed: %s", sink, exc)
+        self.sink_failures += 1
+        if self.on_sink_failure is not None:
+            try:
+                self.on_sink_failure(sink, reason, str(exc)[:500])
+            except Exception:
+                log.exception("audit checkpoint sink failure could not be reported")
 
     def ensure_tree(self, progress: Callable[[int, int], None] | None = None,
                     chunk: int = 20000) -> int:
@@ -418,10 +438,13 @@ class AuditLog:
         return None if r is None else dict(r)
 
     def checkpoint_now(self) -> dict[str, Any] | None:
-        """A signed note covering every event so far (signed now if the newest is older)."""
-        self.checkpoint()
-        size = self.size()
-        return self.note_at(size) if size else None
+        """A signed note covering every event so far (signed now if the newest is older).
+
+        The note is the one of the size :meth:`checkpoint` signed (or found): reading the
+        head again would name a size an event appended meanwhile made, which has no
+        note yet (the caller would answer "the trail is empty")."""
+        seq = self.checkpoint()
+        return self.note_at(seq) if seq else None
 
     def rows(self, seqs: list[int]) -> list[dict[str, Any]]:
         """The stored rows of ``seqs`` (oldest first), with their hashes."""

@@ -10,8 +10,12 @@ A bundle is one JSON document (``backline-audit-bundle/1``):
   not just missing;
 - ``events``: the stored rows (the fields :func:`backline.relay.audit.event_body`
   hashes) each with its RFC 6962 inclusion proof against the checkpoint;
-- ``blobs``: the recordings and fix outputs, base64, each also digested in a proven
-  event (``recording.stored``'s ``sha256``) where the trail has one;
+- ``blobs``: the recordings, fix outputs and diagnostics reports, base64, each also
+  digested in a proven event (relay/audit_evidence.py) where the trail has one;
+- ``absent``: the evidence the events or tables name that the bundle cannot hold, each
+  with why (deleted by retention, not kept, missing from the blob store); also in the
+  manifest. The verifier fails for evidence a proven event recorded that is neither a
+  blob nor deleted by a proven ``retention.deleted``;
 - ``verifier_key``: the relay's key (``origin+hash+base64``), informational: an auditor
   pins the key received another way with ``verify-bundle --key``.
 
@@ -30,17 +34,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backline.relay import audit_note, audit_tree
+from backline.relay import audit_evidence, audit_note, audit_tree
 
 FORMAT = "backline-audit-bundle/1"
 MANIFEST_HEAD = "backline-audit-bundle/1"
+#: A session with more events is refused (never cut: a cut bundle would verify OK while
+#: missing events).
 MAX_EVENTS = 100_000
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
-#: The events that record a blob's digest: action -> (blob kind, id field, digest field).
-TRAIL_DIGESTS = {"recording.stored": ("recording", "recording", "sha256"),
-                 "fix.run.ended": ("fix_output", "run", "output_sha256"),
-                 "diagnostics.report": ("diagnostics_report", "report", "sha256")}
-TRAIL_KINDS = {kind: action for action, (kind, _, _) in TRAIL_DIGESTS.items()}
+#: The evidence (blob bytes, before base64) one bundle may hold when the API builds it
+#: in the relay's memory (the default of the ``audit_bundle_max_bytes`` setting); over
+#: it the API answers 413 and names ``backline-relay audit bundle`` (on the relay's
+#: host), whose limit is :data:`MAX_CLI_EVIDENCE_BYTES` (``--max-evidence-bytes``).
+MAX_API_EVIDENCE_BYTES = 256 * 1024 * 1024
+MAX_CLI_EVIDENCE_BYTES = 2 * 1024 * 1024 * 1024
+#: The largest bundle file ``verify-bundle`` reads (base64 is 4/3 of the evidence).
+MAX_FILE_BYTES = 3 * 1024 ** 3
+
+
+class TooLarge(ValueError):
+    """The bundle would be over a limit: the message names it and what to do."""
+
+    def __init__(self, message: str, limit: int, amount: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.amount = amount
 
 
 def _b64(data: bytes) -> str:
@@ -59,42 +77,56 @@ def event_body(ev: dict[str, Any]) -> bytes:
 
 
 def manifest_text(origin: str, session: str, size: int, events: list[dict[str, Any]],
-                  blobs: list[dict[str, Any]]) -> str:
+                  blobs: list[dict[str, Any]],
+                  absent: list[dict[str, Any]] | None = None) -> str:
     lines = [MANIFEST_HEAD, origin, f"session {session}", f"checkpoint {size}"]
     lines += [f"event {e['seq']} {e['hash']}" for e in events]
     lines += [f"blob {b['kind']} {b['id']} {b['sha256']}" for b in blobs]
+    lines += [f"absent {a['kind']} {a['id']} {a['sha256'] or '-'} "
+              f"{' '.join(str(a['reason']).split())}" for a in absent or []]
     return "\n".join(lines) + "\n"
 
 
 # --- building (on the relay's host) ----------------------------------------------------
 
-def build(store: Any, session_id: str) -> dict[str, Any]:
-    """The bundle of ``session_id`` from an open :class:`backline.relay.store.Store`.
-    Raises LookupError when the trail holds nothing of that session."""
+def build(store: Any, session_id: str,
+          max_evidence_bytes: int = MAX_API_EVIDENCE_BYTES) -> dict[str, Any]:
+    """The bundle of ``session_id`` from an open :class:`backline.relay.store.Store` (or
+    the relay). Raises LookupError when the trail holds nothing of that session,
+    :class:`TooLarge` over :data:`MAX_EVENTS` events or ``max_evidence_bytes``.
+
+    Every piece of evidence a bundled event names (and every one the tables list) is in
+    the bundle: as a blob, or in ``absent`` with why (deleted by retention, not kept,
+    missing from the blob store), so that a removed file is named, never skipped."""
     import sqlalchemy as sa
 
     from backline.relay.audit import AuditLog
     from backline.relay.blobs import BlobStore
-    from backline.relay.schema import audit_events, diagnostics_reports, fix_runs, recordings
+    from backline.relay.schema import (
+        audit_events,
+        diagnostics_reports,
+        fix_runs,
+        recordings,
+        support_sessions,
+    )
+    from backline.relay.timeline import events_condition
 
     audit: AuditLog = store.audit
     note = audit.checkpoint_now()
     if note is None:
         raise LookupError("the audit trail is empty")
     size = note["size"]
-    escaped = json.dumps(session_id).replace("\\", "\\\\").replace("%", "\\%").replace(
-        "_", "\\_")
-    q = (sa.select(audit_events)
-         .where(audit_events.c.seq <= size,
-                sa.or_(audit_events.c.target == f"session:{session_id}",
-                       audit_events.c.details.like(f'%"session":{escaped}%', escape="\\")))
-         .order_by(audit_events.c.seq).limit(MAX_EVENTS))
     with store.engine.connect() as conn:
+        agent = conn.execute(sa.select(support_sessions.c.agent_id)
+                             .where(support_sessions.c.id == session_id)).scalar()
+        q = (sa.select(audit_events)
+             .where(audit_events.c.seq <= size,
+                    events_condition(conn, {"id": session_id, "agent_id": agent}))
+             .order_by(audit_events.c.seq).limit(MAX_EVENTS + 1))
         rows = [dict(r) for r in conn.execute(q).mappings()]
         recs = conn.execute(sa.select(recordings).where(recordings.c.session_id == session_id)
                             .order_by(recordings.c.started_at)).mappings().all()
-        runs = conn.execute(sa.select(fix_runs.c.id, fix_runs.c.output_sha256,
-                                      fix_runs.c.kept_bytes)
+        runs = conn.execute(sa.select(fix_runs.c.id, fix_runs.c.output_sha256)
                             .where(fix_runs.c.session_id == session_id,
                                    fix_runs.c.output_sha256.is_not(None))
                             .order_by(fix_runs.c.started_at)).mappings().all()
@@ -103,33 +135,75 @@ def build(store: Any, session_id: str) -> dict[str, Any]:
                                .order_by(diagnostics_reports.c.created_at)).mappings().all()
     if not rows:
         raise LookupError(f"the audit trail has no event of session {session_id}")
+    if len(rows) > MAX_EVENTS:
+        raise TooLarge(f"session {session_id} has more than {MAX_EVENTS} audit events, the "
+                       "most one bundle holds: it is refused rather than cut", MAX_EVENTS,
+                       len(rows))
     events = [{"seq": r["seq"], "time": r["time"], "actor": r["actor"],
                "action": r["action"], "target": r["target"], "details": r["details"],
                "prev_hash": r["prev_hash"], "hash": r["hash"],
                "inclusion": [_b64(h) for h in audit.inclusion_proof(r["seq"], size)]}
               for r in rows]
+    # What the trail names first (its digest is the one that counts), then what only
+    # the tables list (the verifier says no proven event vouches for it).
+    wanted: dict[tuple[str, str], tuple[str, bool]] = {}
+    gone: dict[tuple[str, str], int] = {}
+    for r in rows:
+        details = json.loads(r["details"])
+        said = audit_evidence.recorded(r["action"], details)
+        if said is not None:
+            wanted.setdefault((said.kind, said.id), (said.sha256, said.kept))
+        deleted = audit_evidence.deleted(r["action"], details)
+        if deleted is not None:
+            gone[deleted] = r["seq"]
+    table = [("recording", r["id"], r["sha256"]) for r in recs]
+    table += [("fix_output", r["id"], r["output_sha256"]) for r in runs]
+    table += [("diagnostics_report", r["id"], r["sha256"]) for r in reports]
+    for kind, ident, digest in table:
+        wanted.setdefault((kind, ident), (digest, True))
     blob_store = BlobStore(store.datadir.root / "blobs")
     blobs: list[dict[str, Any]] = []
-    wanted = [("recording", r["id"], r["sha256"]) for r in recs]
-    wanted += [("fix_output", r["id"], r["output_sha256"]) for r in runs]
-    wanted += [("diagnostics_report", r["id"], r["sha256"]) for r in reports]
-    for kind, ident, digest in wanted:
-        try:
-            # As stored, unchecked: a damaged blob travels as it is, and the verifier
-            # names it (refusing to export it would hide the damage).
-            data = blob_store._path(digest).read_bytes()
-        except OSError:
-            continue  # never kept (fix output not kept), or removed by retention
-        blobs.append({"kind": kind, "id": ident, "sha256": digest, "bytes": len(data),
-                      "data": _b64(data)})
+    absent: list[dict[str, Any]] = []
+    total = 0
+    for (kind, ident), (digest, kept) in wanted.items():
+        reason = ""
+        if not kept:
+            reason = "not kept: the relay could not store it (its event says so)"
+        elif (kind, ident) in gone:
+            reason = f"deleted by retention (event #{gone[(kind, ident)]})"
+        else:
+            try:
+                path = blob_store._path(digest)
+                total += path.stat().st_size
+                if total > max_evidence_bytes:
+                    raise TooLarge(
+                        f"session {session_id}'s evidence is over {max_evidence_bytes} "
+                        f"bytes, the most one bundle holds here; on the relay's host, "
+                        f"`backline-relay audit bundle {session_id}` writes it to a file "
+                        f"(up to {MAX_CLI_EVIDENCE_BYTES} bytes, --max-evidence-bytes)",
+                        max_evidence_bytes, total)
+                # As stored, unchecked: a damaged blob travels as it is, and the
+                # verifier names it (refusing to export it would hide the damage).
+                data = path.read_bytes()
+            except TooLarge:
+                raise
+            except ValueError as exc:  # not a digest the store can name
+                reason = f"missing: {exc}"
+            except OSError as exc:
+                reason = f"missing from the relay's blob store ({exc.strerror or exc})"
+            else:
+                blobs.append({"kind": kind, "id": ident, "sha256": digest,
+                              "bytes": len(data), "data": _b64(data)})
+                continue
+        absent.append({"kind": kind, "id": ident, "sha256": digest, "reason": reason})
     origin = audit.origin
-    manifest = audit_note.sign(manifest_text(origin, session_id, size, events, blobs),
+    manifest = audit_note.sign(manifest_text(origin, session_id, size, events, blobs, absent),
                                origin, audit.signing_key)
     return {"format": FORMAT, "session": session_id, "created": round(time.time(), 3),
             "origin": origin,
             "verifier_key": audit_note.verifier_key(origin, audit.public_key),
             "checkpoint": note["note"], "manifest": manifest,
-            "events": events, "blobs": blobs}
+            "events": events, "blobs": blobs, "absent": absent}
 
 
 # --- verifying (anywhere) --------------------------------------------------------------
@@ -232,14 +306,18 @@ def verify(doc: Any, pinned: str | None = None) -> Report:
         return rep
     listed_events: dict[int, str] = {}
     listed_blobs: dict[tuple[str, str], str] = {}
+    listed_absent: dict[tuple[str, str], str] = {}
     for line in lines[4:]:
         parts = line.split(" ")
         if parts[0] == "event" and len(parts) == 3 and parts[1].isdigit():
             listed_events[int(parts[1])] = parts[2]
         elif parts[0] == "blob" and len(parts) == 4:
             listed_blobs[(parts[1], parts[2])] = parts[3]
+        elif parts[0] == "absent" and len(parts) >= 4:
+            listed_absent[(parts[1], parts[2])] = " ".join(parts[4:])
         else:
-            rep.fail("the manifest has a line that is neither an event nor a blob")
+            rep.fail("the manifest has a line that is neither an event, a blob nor an "
+                     "absent blob")
             return rep
     events = doc.get("events")
     blobs = doc.get("blobs")
@@ -273,17 +351,22 @@ def verify(doc: Any, pinned: str | None = None) -> Report:
     for seq in sorted(set(listed_events) - set(seen)):
         rep.fail(f"event #{seq} was removed: the signed manifest lists it, the bundle "
                  "does not have it")
-    # Each blob's digest as the (proven) trail recorded it.
-    trail_digest: dict[tuple[str, str], str] = {}
-    for ev in seen.values():
-        said = TRAIL_DIGESTS.get(str(ev.get("action")))
-        if said is None:
-            continue
+    # Each piece of evidence the proven events name, with the digest the trail recorded
+    # (relay/audit_evidence.py, the reading the relay shares), and what retention deleted.
+    trail: dict[tuple[str, str], tuple[audit_evidence.Recorded, int, str]] = {}
+    gone: dict[tuple[str, str], int] = {}
+    for seq, ev in sorted(seen.items()):
         try:
             details = json.loads(ev["details"])
-            trail_digest[(said[0], str(details[said[1]]))] = str(details[said[2]])
         except (ValueError, KeyError, TypeError):
-            pass
+            continue
+        action = str(ev.get("action"))
+        said = audit_evidence.recorded(action, details)
+        if said is not None:
+            trail.setdefault((said.kind, said.id), (said, seq, action))
+        deleted = audit_evidence.deleted(action, details)
+        if deleted is not None:
+            gone[deleted] = seq
     have: set[tuple[str, str]] = set()
     for blob in blobs:
         try:
@@ -301,16 +384,36 @@ def verify(doc: Any, pinned: str | None = None) -> Report:
         if actual != listed_blobs[key]:
             rep.fail(f"{what} was altered: its SHA-256 is {actual}, the signed manifest "
                      f"says {listed_blobs[key]}")
-        if key[0] in TRAIL_KINDS:
-            recorded = trail_digest.get(key)
-            if recorded is None:
-                rep.fail(f"{what}: no proven {TRAIL_KINDS[key[0]]} event vouches for it")
-            elif recorded != actual:
+        if key[0] in audit_evidence.KIND_ACTION:
+            vouched = trail.get(key)
+            if vouched is None:
+                rep.fail(f"{what}: no proven {audit_evidence.KIND_ACTION[key[0]]} event "
+                         "vouches for it")
+            elif vouched[0].sha256 != actual:
                 rep.fail(f"{what} was altered: its SHA-256 is {actual}, the audit trail "
-                         f"recorded {recorded}")
+                         f"recorded {vouched[0].sha256} (event #{vouched[1]})")
     for key in sorted(set(listed_blobs) - have):
         rep.fail(f"{key[0].replace('_', ' ')} {key[1]} was removed: the signed manifest "
                  "lists it, the bundle does not have it")
+    # Evidence the proven trail recorded must travel, unless retention (proven) deleted
+    # it or the trail itself says the relay kept none: a deleted file is named.
+    retained = 0
+    for key, (said, seq, action) in sorted(trail.items()):
+        if key in have or key in listed_blobs or not said.kept:
+            continue
+        if key in gone:
+            retained += 1
+            continue
+        why = listed_absent.get(key)
+        rep.fail(f"{key[0].replace('_', ' ')} {key[1]} is missing: the proven {action} "
+                 f"(event #{seq}) recorded SHA-256 {said.sha256}, the bundle has no blob "
+                 f"and no proven retention.deleted names it"
+                 + (f" (the relay said: {why})" if why else ""))
+    extra = doc.get("absent", [])
+    if not isinstance(extra, list) or any(
+            not isinstance(a, dict) or (str(a.get("kind")), str(a.get("id")))
+            not in listed_absent for a in extra):
+        rep.fail("the bundle's list of absent evidence is not the signed manifest's")
     if rep.ok:
         kinds = sum(1 for b in blobs if b.get("kind") == "recording")
         key_text = ("pinned key" if rep.key_pinned else
@@ -318,13 +421,24 @@ def verify(doc: Any, pinned: str | None = None) -> Report:
                     "the relay's)")
         rep.summary = (f"session {session}: {len(seen)} events proven in the trail of "
                        f"{cp.size} events (origin {origin}, root {_b64(cp.root)}), "
-                       f"{kinds} recordings and {len(blobs) - kinds} other blobs intact; "
+                       f"{kinds} recordings and {len(blobs) - kinds} other blobs intact"
+                       + (f", {retained} deleted by retention (proven)" if retained else "")
+                       + (f", {len(listed_absent) - retained} not kept" if
+                          len(listed_absent) > retained else "")
+                       + "; "
                        f"checkpoint signed by the {key_text}")
     return rep
 
 
-def verify_file(path: Path, pinned: str | None = None) -> Report:
+def verify_file(path: Path, pinned: str | None = None,
+                max_bytes: int = MAX_FILE_BYTES) -> Report:
+    """:func:`verify` of a file, refused over ``max_bytes`` (read whole in memory)."""
     try:
+        if path.stat().st_size > max_bytes:
+            rep = Report()
+            rep.fail(f"{path} is {path.stat().st_size} bytes, over the {max_bytes} bytes "
+                     "verify-bundle reads (--max-bytes raises it)")
+            return rep
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         rep = Report()

@@ -619,6 +619,18 @@ event("audit.bundle.exported", PROOFS, "a session's evidence bundle was exported
       need("blobs", int, "how many recordings and fix outputs it holds"),
       need("size", int, "the tree size of the checkpoint its proofs lead to"),
       ADDRESS_IF_API)
+event("audit.bundle.refused", PROOFS, "a session's evidence bundle was refused: over "
+      "its limit of events or of evidence bytes (the API answers 413)", SESSION,
+      need("session", str, "the session's id"),
+      need("reason", str, "`too_many_events` or `too_much_evidence`"),
+      need("limit", int, "the limit (events, or bytes of evidence)"),
+      need("amount", int, "how far it got when refused (events, or bytes)"),
+      ADDRESS_IF_API)
+event("audit.sink.failed", PROOFS, "a checkpoint sink could not take checkpoint notes "
+      "(aggregated: the first failures one by one, the rest of the minute as one)",
+      "`sink:SPEC` (as configured: `file:PATH`, `syslog+tls://...`)",
+      need("reason", str, "`write_failed`, `send_failed` or `queue_full`"),
+      need("error", str, "the error"), flood=True)
 
 # --- system -------------------------------------------------------------------------
 

@@ -11,7 +11,15 @@ opened with ``O_APPEND`` and fsynced before the append returns (set the file
 append-only with ``chattr +a``, or ship it elsewhere); ``syslog+tcp://`` and
 ``syslog+tls://`` send each note as an RFC 5424 message (msgid ``checkpoint``) through
 relay/siem/syslog.py, from a thread of its own so the append path never waits on the
-network.
+network; ``syslog+tls://host:port?ca_file=/path/ca.pem`` trusts that CA (else the
+system's).
+
+A failing sink never fails the append (the checkpoint is in the database; the next
+one goes to the sink again), but is not only logged: the AuditLog counts it
+(``backline_audit_sink_failures``) and the running relay audits it as
+``audit.sink.failed`` through its flood aggregation (a collector down for an hour is a
+few events, not one per note). A CLI command that appends (``audit bundle``) has no
+relay: there the failure is logged and counted only.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,10 +72,13 @@ class SyslogSink:
     """Sends each note to a syslog collector (RFC 5424 over TCP or TLS) from a worker
     thread; a failed send is logged and the note retried with the next one."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, ca_file: str | None = None) -> None:
         from backline.relay.siem import syslog  # helper siem's module (brief: contract)
 
         self.url = url
+        self.ca_file = ca_file
+        #: ``(sink, reason, error)``, set by the AuditLog that owns the sink.
+        self.on_failure: Callable[[str, str, BaseException | str], None] | None = None
         self._syslog: Any = syslog
         self._queue: queue.Queue[str] = queue.Queue(maxsize=10000)
         self._thread = threading.Thread(target=self._run, name="audit-sink-syslog",
@@ -80,13 +92,18 @@ class SyslogSink:
         try:
             self._queue.put_nowait(note)
         except queue.Full:
-            log.error("audit checkpoint sink %s: queue full, a checkpoint was not sent",
-                      self.url)
+            self._failed("queue_full", "queue full, a checkpoint was not sent")
+
+    def _failed(self, reason: str, exc: BaseException | str) -> None:
+        if self.on_failure is not None:
+            self.on_failure(self.url, reason, exc)
+        else:
+            log.error("audit checkpoint sink %s failed: %s", self.url, exc)
 
     def _run(self) -> None:
         """One connection kept open; a note that could not be sent is sent again with
         the next one, or after a back-off (up to a minute) when none comes."""
-        sender = self._syslog.SyslogSender(self.url)
+        sender = self._syslog.SyslogSender(self.url, ca_file=self.ca_file)
         pending: list[bytes] = []
         backoff = 1.0
         while True:
@@ -99,7 +116,7 @@ class SyslogSink:
                 sender.send_blocking(pending)
                 pending, backoff = [], 1.0
             except (OSError, ValueError) as exc:
-                log.error("audit checkpoint sink %s failed: %s", self.url, exc)
+                self._failed("send_failed", exc)
                 pending, backoff = pending[-1000:], min(backoff * 2, 60.0)
 
 
@@ -109,7 +126,15 @@ def open_sinks(specs: list[str]) -> list[Sink]:
         if spec.startswith("file:"):
             sinks.append(FileSink(Path(spec[len("file:"):]).expanduser()))
         elif spec.startswith(("syslog+tcp://", "syslog+tls://")):
-            sinks.append(SyslogSink(spec))
+            url, _, query = spec.partition("?")
+            ca_file = None
+            if query:
+                key, _, value = query.partition("=")
+                if key != "ca_file" or not value or "&" in value:
+                    raise ValueError(f"checkpoint sink {spec!r}: the only option is "
+                                     "?ca_file=PATH")
+                ca_file = str(Path(value).expanduser())
+            sinks.append(SyslogSink(url, ca_file=ca_file))
         else:
             raise ValueError(f"unknown checkpoint sink {spec!r}")
     return sinks

@@ -121,19 +121,28 @@ def audit_bundle(
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="File to write (default: backline-bundle-SESSION.json).")
     ] = None,
+    max_evidence_bytes: Annotated[int, typer.Option(
+        "--max-evidence-bytes", min=1,
+        help="Refuse a bundle whose recordings and outputs are over this many bytes "
+             "(built in memory: about 2.4 times this).")] = 2 * 1024 ** 3,
     data_dir: DataDirOpt = None, config: ConfigOpt = None,
 ) -> None:
     """Write one JSON file an auditor checks offline with ``verify-bundle``: the session's
-    events and recordings, each event's inclusion proof, the signed checkpoint."""
+    events and recordings, each event's inclusion proof, the signed checkpoint. The API
+    refuses sessions over its limit (``audit_bundle_max_bytes``, 256 MiB): this writes
+    them, up to ``--max-evidence-bytes``."""
     import getpass
 
     from backline.relay import audit_bundle as bundle_mod
 
     store = _store(data_dir, config)
     try:
-        doc = bundle_mod.build(store, session)
+        doc = bundle_mod.build(store, session, max_evidence_bytes)
     except LookupError as exc:
         err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    except bundle_mod.TooLarge as exc:
+        err.print(f"[red]error:[/] {exc}", markup=False)
         raise typer.Exit(1) from None
     target = output or Path(f"backline-bundle-{session}.json")
     partial = target.with_name(target.name + ".partial")
@@ -150,8 +159,11 @@ def audit_bundle(
                        {"session": session, "events": len(doc["events"]),
                         "blobs": len(doc["blobs"]), "size": int(doc["checkpoint"].split(
                             "\n")[1])})
-    err.print(f"wrote {target}: {len(doc['events'])} events, {len(doc['blobs'])} blobs",
-              markup=False)
+    absent = doc.get("absent", [])
+    err.print(f"wrote {target}: {len(doc['events'])} events, {len(doc['blobs'])} blobs"
+              + (f", {len(absent)} absent" if absent else ""), markup=False)
+    for item in absent:
+        err.print(f"  absent: {item['kind']} {item['id']}: {item['reason']}", markup=False)
 
 
 def audit_verify_bundle(
@@ -160,6 +172,9 @@ def audit_verify_bundle(
         "--key", help="The relay's key to pin: a file holding it, or the key itself "
                       "(`backline-relay audit key` prints it; raw base64 works too).")
     ] = None,
+    max_bytes: Annotated[int, typer.Option(
+        "--max-bytes", min=1, help="Refuse a bundle file over this many bytes (it is read "
+                                   "whole into memory).")] = 3 * 1024 ** 3,
 ) -> None:
     """Check a bundle offline: OK, or every problem named. Needs no relay, no data
     directory: only the bundle, and the key to pin."""
@@ -174,7 +189,7 @@ def audit_verify_bundle(
         except OSError as exc:
             err.print(f"[red]error:[/] cannot read the key file: {exc}")
             raise typer.Exit(2) from None
-    report = bundle_mod.verify_file(file, pinned)
+    report = bundle_mod.verify_file(file, pinned, max_bytes)
     (out if report.ok else err).print(report.describe(), markup=False)
     raise typer.Exit(0 if report.ok else 1)
 

@@ -181,6 +181,9 @@ class RelayConfig:
     # Every checkpoint note is also appended here, outside the database
     # (docs/audit-proofs.md): "file:/path" (append-only, fsync) or "syslog+tcp://host:port".
     audit_checkpoint_sinks: list[str] = field(default_factory=list)
+    # The evidence (bytes, before base64) GET /sessions/{id}/bundle builds in memory;
+    # over it 413 (`backline-relay audit bundle` on the host has its own, higher limit).
+    audit_bundle_max_bytes: int = 256 * 1024 * 1024
     # Addresses of reverse proxies whose X-Forwarded-For / -Proto headers are believed.
     trusted_proxies: list[str] = field(default_factory=list)
     # Browser origins besides public_url allowed to call the API and open WebSockets.
@@ -339,6 +342,8 @@ class RelayConfig:
             if sink.startswith("file:") and not Path(sink[5:]).expanduser().is_absolute():
                 raise ConfigError(f"audit_checkpoint_sinks: {sink!r}: the file's path must "
                                   "be absolute")
+        if not 1 <= self.audit_bundle_max_bytes <= 4 * 1024**3:
+            raise ConfigError("audit_bundle_max_bytes must be between 1 and 4 GiB")
         if not 1 <= self.audit_flood_window_s <= 3600:
             raise ConfigError("audit_flood_window_s must be between 1 and 3600")
         if not 1 <= self.agent_first_frame_timeout_s <= 60:

@@ -44,6 +44,10 @@ class RelayMetrics:
                        "a proxy serves it)", registry=r)
         expiry.set_function(lambda: (relay.tls_identity.not_after or 0)
                             if relay.tls_identity else 0)
+        sink_failures = Gauge("backline_audit_sink_failures", "Checkpoint sink failures "
+                              "since the relay started (each also audited: "
+                              "audit.sink.failed)", registry=r)
+        sink_failures.set_function(lambda: relay.audit.sink_failures)
         self.sessions = Gauge("backline_support_sessions_active",
                               "Support sessions open on this node", registry=r)
         # Counted in plain integers (one add per heartbeat, no lock) and read at scrape

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -64,6 +65,7 @@ class Relay:
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _pending: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
     _flush_scheduled: bool = False
+    _loop: asyncio.AbstractEventLoop | None = None
     #: Set when the server starts to stop: sockets closed from then on ended by it.
     stopping: bool = False
 
@@ -75,6 +77,7 @@ class Relay:
         # they count was checked when it reached record_flood.
         self.floods = FloodAggregator(self._append, window_s=c.audit_flood_window_s)
         self.audit.listeners.append(self.bus.publish_audit)
+        self.audit.on_sink_failure = self._sink_failed
         self.sessions = SessionManager(self)
         self.channels = ChannelRunner(self)
         self.blobs = BlobStore(self.datadir.root / "blobs")
@@ -165,7 +168,18 @@ class Relay:
         self._flush_scheduled = False
         self.flush_records()
 
+    def _sink_failed(self, sink: str, reason: str, error: str) -> None:
+        """A checkpoint sink failed (from any thread: the syslog sink's own, or a
+        worker's append): audited on the loop, aggregated per sink (record_flood)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return  # not serving (yet): logged and counted by the AuditLog
+        loop.call_soon_threadsafe(functools.partial(
+            self.record_flood, f"sink:{sink}", "system", "audit.sink.failed",
+            f"sink:{sink}", reason=reason, error=error))
+
     async def start_background(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         self._tasks.append(asyncio.create_task(self.sessions.reaper()))
         from backline.relay.reports import delivery  # reports (issue 14): the schedule

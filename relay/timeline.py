@@ -13,9 +13,10 @@ the trail has no event for it (``not_in_trail``), the row's digest is not the tr
 Which events are a session's (the contract in the helpers' brief): ``target ==
 "session:<id>"``, or a ``session`` detail. Those with a ``session`` detail have their
 own targets (``recording:<id>`` for a playback, ``agent:<id>`` for a diagnostics
-report), so the query asks for exactly those targets (indexed) and, for the agent's
-events, the ``"session":"<id>"`` in the canonical details: no scan of the whole trail,
-so a session's first page costs the same in a trail of a million events.
+report, ``report:<id>`` / ``fix_run:<id>`` when retention deleted evidence), so the
+query asks for exactly those targets (indexed) and, for the agent's events, the
+``"session":"<id>"`` in the canonical details: no scan of the whole trail, so a session's
+first page costs the same in a trail of a million events.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from backline.relay import audit_evidence
 from backline.relay.audit import SEQ_MAX, row_to_event
 from backline.relay.blobs import BlobStore
 from backline.relay.schema import audit_events, diagnostics_reports, fix_runs, recordings
@@ -50,10 +52,22 @@ def _recording_ids(conn: sa.Connection, session_id: str) -> list[str]:
                              .where(recordings.c.session_id == session_id)).scalars())
 
 
+def _evidence_targets(conn: sa.Connection, session_id: str) -> list[str]:
+    """The targets of events about the session's evidence (a playback's
+    ``recording:<id>``; retention's ``report:<id>`` and ``fix_run:<id>``)."""
+    runs = conn.execute(sa.select(fix_runs.c.id).where(fix_runs.c.session_id == session_id)
+                        ).scalars()
+    reps = conn.execute(sa.select(diagnostics_reports.c.id)
+                        .where(diagnostics_reports.c.session_id == session_id)).scalars()
+    return [*(f"recording:{r}" for r in _recording_ids(conn, session_id)),
+            *(f"fix_run:{r}" for r in runs), *(f"report:{r}" for r in reps)]
+
+
 def events_condition(conn: sa.Connection, session: dict[str, Any]) -> Any:
-    """The WHERE clause of a session's events (see the module's docstring)."""
+    """The WHERE clause of a session's events (see the module's docstring): the one
+    definition of them, shared by the timeline and the evidence bundle."""
     sid = session["id"]
-    targets = [f"session:{sid}", *(f"recording:{r}" for r in _recording_ids(conn, sid))]
+    targets = [f"session:{sid}", *_evidence_targets(conn, sid)]
     cond = audit_events.c.target.in_(targets)
     if session.get("agent_id"):
         mine = f"%{_like_literal(session_detail(sid))}%"
@@ -100,17 +114,23 @@ def _trail_event(conn: sa.Connection, target: str, action: str, key: str,
     return conn.execute(q).mappings().first()
 
 
+def _digest(ev: Any, ident: str) -> TrailDigest | None:
+    """The digest event ``ev`` recorded for evidence ``ident`` (relay/audit_evidence.py:
+    the one reading of it the bundles share)."""
+    if ev is None:
+        return None
+    said = audit_evidence.recorded(ev["action"], json.loads(ev["details"]))
+    if said is None or said.id != ident:
+        return None
+    return TrailDigest(ev["seq"], ev["action"], said.sha256)
+
+
 def recording_trail(engine: sa.Engine, row: dict[str, Any]) -> TrailDigest | None:
     """The ``recording.stored`` event of a recording: the digest the trail vouches for."""
     with engine.connect() as conn:
         ev = _trail_event(conn, f"session:{row['session_id']}", "recording.stored",
                           "recording", row["id"])
-    if ev is None:
-        return None
-    details = json.loads(ev["details"])
-    if details.get("recording") != row["id"]:
-        return None
-    return TrailDigest(ev["seq"], ev["action"], str(details.get("sha256", "")))
+    return _digest(ev, row["id"])
 
 
 def fix_run_trail(engine: sa.Engine, row: dict[str, Any]) -> TrailDigest | None:
@@ -119,11 +139,7 @@ def fix_run_trail(engine: sa.Engine, row: dict[str, Any]) -> TrailDigest | None:
     with engine.connect() as conn:
         ev = _trail_event(conn, f"session:{row['session_id']}", "fix.run.ended", "run",
                           row["id"])
-    if ev is None:
-        return None
-    details = json.loads(ev["details"])
-    return TrailDigest(ev["seq"], ev["action"],
-                       str(details.get("blob") or details.get("output_sha256") or ""))
+    return _digest(ev, row["id"])
 
 
 def report_trail(engine: sa.Engine, row: dict[str, Any]) -> TrailDigest | None:
@@ -131,9 +147,7 @@ def report_trail(engine: sa.Engine, row: dict[str, Any]) -> TrailDigest | None:
     with engine.connect() as conn:
         ev = _trail_event(conn, f"agent:{row['agent_id']}", "diagnostics.report", "report",
                           row["id"])
-    if ev is None:
-        return None
-    return TrailDigest(ev["seq"], ev["action"], str(json.loads(ev["details"]).get("sha256", "")))
+    return _digest(ev, row["id"])
 
 
 class EvidenceMismatch(Exception):

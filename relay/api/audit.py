@@ -134,18 +134,27 @@ async def consistency_proof(request: Request, relay: Relay, who: Principal, *,
 
 
 @endpoint("audit:read", path=m.SessionPath, noun="session",
-          answers={200: "application/json"}, refuses=(404,))
+          answers={200: m.AuditBundle}, refuses=(404, 413))
 async def session_bundle(request: Request, relay: Relay, who: Principal, *,
                          path: m.SessionPath) -> Response:
     """The session's evidence bundle (``backline-relay audit verify-bundle`` checks it
-    offline): its events, recordings, inclusion proofs and the signed checkpoint."""
+    offline): its events, recordings, inclusion proofs and the signed checkpoint.
+    Built in memory, so refused (413, audited) over ``audit_bundle_max_bytes`` of
+    evidence (256 MiB) or ``audit_bundle.MAX_EVENTS`` events."""
     from backline.relay import audit_bundle
 
     sid = path.session_id
     try:
-        doc = await asyncio.to_thread(audit_bundle.build, relay, sid)
+        doc = await asyncio.to_thread(audit_bundle.build, relay, sid,
+                                      relay.config.audit_bundle_max_bytes)
     except LookupError as exc:
         raise _no_proof(str(exc)) from None
+    except audit_bundle.TooLarge as exc:
+        reason = ("too_many_events" if exc.limit == audit_bundle.MAX_EVENTS
+                  else "too_much_evidence")
+        relay.record(who.actor, "audit.bundle.refused", f"session:{sid}", session=sid,
+                     reason=reason, limit=exc.limit, amount=exc.amount, address=who.address)
+        raise ApiError(413, "too_large", str(exc)) from None
     relay.record(who.actor, "audit.bundle.exported", f"session:{sid}", session=sid,
                  events=len(doc["events"]), blobs=len(doc["blobs"]),
                  size=int(doc["checkpoint"].split("\n")[1]), address=who.address)

@@ -515,3 +515,19 @@ class ConsistencyProof(Reply):
     from_root: str
     to_root: str
     proof: list[str]
+
+
+class AuditBundle(Reply):
+    """A session's evidence bundle (relay/audit_bundle.py; docs/audit-proofs.md): served
+    as a download, described here so the API document names its shape."""
+
+    format: str
+    session: str
+    created: float
+    origin: str
+    verifier_key: str
+    checkpoint: str
+    manifest: str
+    events: list[dict[str, Any]]
+    blobs: list[dict[str, Any]]
+    absent: list[dict[str, Any]]

@@ -39,7 +39,8 @@ STATUS_TEXT = {
     409: "Refused: the state does not allow it (offline, not_open, revoked, ...)",
     410: "Gone: its content was deleted by the retention policy (deleted); the row and "
          "its SHA-256 stay",
-    413: "Refused: the body is over 64 KiB (too_large)",
+    413: "Refused: the body is over 64 KiB, or what was asked for is over its limit "
+         "(too_large)",
     415: "Refused: the body is not application/json (unsupported_media_type)",
     429: "Refused: too many attempts; see Retry-After (rate_limited)",
     500: "The relay failed (internal), or stored data is damaged (damaged)",

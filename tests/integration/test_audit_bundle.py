@@ -236,3 +236,125 @@ def test_the_sink_holds_the_relays_checkpoints(evidence: Evidence) -> None:
     for line in lines:
         cp = audit_note.parse_checkpoint(audit_note.open_note(line["note"], name, public))
         assert cp.size == line["size"]
+
+
+# --- the review's defects (issue 14 follow-up) ------------------------------------------
+
+def _store(evidence: Evidence) -> Any:
+    from backline.relay import config
+    from backline.relay.store import open_store
+
+    return open_store(config.load(overrides={"data_dir": evidence.root / "relay"},
+                                  environ={}))
+
+
+def _recording_file(evidence: Evidence) -> Path:
+    digest = next(b["sha256"] for b in evidence.bundle["blobs"] if b["kind"] == "recording")
+    return evidence.root / "relay" / "blobs" / digest[:2] / digest
+
+
+def test_a_deleted_recording_file_is_named_not_skipped(evidence: Evidence) -> None:
+    """The recording's file removed from the blob store: the bundle lists it as absent
+    with why, and verify-bundle fails naming it (it said OK before)."""
+    path = _recording_file(evidence)
+    saved = path.read_bytes()
+    path.unlink()
+    try:
+        out = evidence.root / "no-recording.json"
+        made = subprocess.run([RELAY, "audit", "bundle", evidence.session, "-o", str(out),
+                               "--data-dir", str(evidence.root / "relay")],
+                              capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0, made.stderr
+        assert f"absent: recording {evidence.recording}: missing" in made.stderr
+    finally:
+        path.write_bytes(saved)
+    doc = json.loads(out.read_text())
+    assert [a["id"] for a in doc["absent"]] == [evidence.recording]
+    got = offline(evidence, doc, "no-recording", "--key", "relay.key")
+    assert got.returncode == 1, got.stdout
+    assert f"recording {evidence.recording} is missing" in got.stderr
+    assert "No such file or directory" in got.stderr
+
+
+def test_bundles_over_their_limits_are_refused_never_cut(
+        evidence: Evidence, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = subprocess.run([RELAY, "audit", "bundle", evidence.session, "-o",
+                           str(evidence.root / "small.json"), "--max-evidence-bytes", "10",
+                           "--data-dir", str(evidence.root / "relay")],
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 1
+    assert "evidence is over 10 bytes" in made.stderr
+    assert not (evidence.root / "small.json").exists()
+    store = _store(evidence)
+    try:
+        monkeypatch.setattr(audit_bundle, "MAX_EVENTS", 3)
+        with pytest.raises(audit_bundle.TooLarge, match="more than 3 audit events"):
+            audit_bundle.build(store, evidence.session)
+    finally:
+        store.engine.dispose()
+    path = evidence.root / "big.json"
+    path.write_text(json.dumps(evidence.bundle))
+    got = offline(evidence, evidence.bundle, "file-cap", "--max-bytes", "1000")
+    assert got.returncode == 1 and "over the 1000 bytes verify-bundle reads" in got.stderr
+
+
+def test_the_api_refuses_a_bundle_over_its_cap_and_audits_a_failing_sink(
+        evidence: Evidence) -> None:
+    """The relay again, with a 100-byte bundle limit and a checkpoint sink that cannot
+    be written (a directory): 413 naming the limit and the CLI, audited; the sink's
+    failures audited as ``audit.sink.failed`` (not only logged) and counted in metrics."""
+    from tests.harness import ADMIN_PASSWORD
+
+    broken = evidence.root / "sink-is-a-directory"
+    broken.mkdir()
+    relay = RelayProcess(evidence.root, extra_env={
+        "BACKLINE_AUDIT_BUNDLE_MAX_BYTES": "100",
+        "BACKLINE_AUDIT_CHECKPOINT_SINKS": f"file:{broken}",
+        "BACKLINE_AUDIT_CHECKPOINT_EVERY": "1"})
+    relay.admin_password, relay.admin_password_changed = ADMIN_PASSWORD, True
+    relay.start()
+    try:
+        admin = admin_api(relay)
+        got = admin.get(f"/api/v1/sessions/{evidence.session}/bundle")
+        assert got.status_code == 413, got.text
+        assert got.json()["error"] == "too_large"
+        assert "over 100 bytes" in got.text and "backline-relay audit bundle" in got.text
+        metrics = admin.get("/metrics").text
+        admin.close()
+    finally:
+        relay.stop()
+    events = audit_actions(relay)
+    refused = [e for e in events if e["action"] == "audit.bundle.refused"]
+    assert refused and refused[-1]["details"]["reason"] == "too_much_evidence"
+    assert refused[-1]["details"]["limit"] == 100
+    failed = [e for e in events if e["action"] == "audit.sink.failed"]
+    assert failed, "the failing sink was audited"
+    assert failed[0]["target"] == f"sink:file:{broken}"
+    assert failed[0]["details"]["reason"] == "write_failed"
+    assert "backline_audit_sink_failures" in metrics
+
+
+def test_a_recording_deleted_by_retention_verifies(evidence: Evidence) -> None:
+    """A proven ``retention.deleted`` names the recording: absent, and verify says OK.
+    (Last of the module: the trail keeps that event.)"""
+    store = _store(evidence)
+    digest = _recording_file(evidence).name
+    try:
+        store.audit.append("system", "retention.deleted", f"recording:{evidence.recording}",
+                           {"kind": "recording", "id": evidence.recording,
+                            "session": evidence.session, "agent": "a", "sha256": digest,
+                            "age_days": 31.0, "days": 30})
+        path = _recording_file(evidence)
+        saved = path.read_bytes()
+        path.unlink()
+        try:
+            doc = audit_bundle.build(store, evidence.session)
+        finally:
+            path.write_bytes(saved)
+    finally:
+        store.engine.dispose()
+    assert doc["blobs"] == [] or all(b["kind"] != "recording" for b in doc["blobs"])
+    assert doc["absent"][0]["reason"].startswith("deleted by retention (event #")
+    got = offline(evidence, doc, "retention", "--key", "relay.key")
+    assert got.returncode == 0, got.stderr
+    assert "1 deleted by retention (proven)" in got.stdout

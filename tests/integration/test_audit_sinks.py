@@ -228,3 +228,86 @@ def test_the_stored_tree_matches_the_rfc_at_every_size(tmp_path: Path) -> None:
         assert store.audit.inclusion_proof(1, n) == tree.inclusion(0, n)
         assert store.audit.consistency_proof(n, size) == tree.consistency(n, size)
     store.engine.dispose()
+
+
+def test_checkpoint_now_survives_appends_racing_it(tmp_path: Path) -> None:
+    """An event appended between signing the checkpoint and reading its note must not
+    make ``checkpoint_now`` answer None ("the trail is empty"): once forced right in that
+    gap, then with a thread appending while the main one asks."""
+    import threading
+
+    store = open_store(config.load(overrides={"data_dir": tmp_path / "relay"}, environ={}))
+    log = store.audit
+    log.checkpoint_every = 10_000  # no checkpoint of the appends' own
+    log.append("user:a", "test.event", "thing:0", {"n": 0})
+    signed = log.checkpoint
+
+    def checkpoint_then_append() -> int | None:
+        seq = signed()
+        log.append("user:a", "test.event", "thing:gap", {})
+        return seq
+
+    log.checkpoint = checkpoint_then_append  # type: ignore[method-assign]
+    note = log.checkpoint_now()
+    assert note is not None and note["size"] == 1
+    log.checkpoint = signed  # type: ignore[method-assign]
+    stop = threading.Event()
+
+    def appender() -> None:
+        for i in range(400):
+            if stop.is_set():
+                return
+            log.append("user:b", "test.event", f"thing:{i}", {"n": i})
+
+    thread = threading.Thread(target=appender)
+    thread.start()
+    try:
+        sizes = []
+        for _ in range(40):
+            got = log.checkpoint_now()
+            assert got is not None
+            sizes.append(got["size"])
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert sizes == sorted(sizes) and sizes[-1] >= 2
+    store.engine.dispose()
+
+
+def test_the_syslog_sink_takes_a_ca_file_and_refuses_other_options(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from backline.relay import audit_sinks
+
+    made: list[tuple[str, str | None]] = []
+
+    class Recorder:
+        def __init__(self, url: str, ca_file: str | None = None) -> None:
+            made.append((url, ca_file))
+
+    monkeypatch.setattr(audit_sinks, "SyslogSink", Recorder)
+    audit_sinks.open_sinks(["syslog+tls://127.0.0.1:6514?ca_file=/etc/backline/ca.pem",
+                            "syslog+tcp://127.0.0.1:514"])
+    assert made == [("syslog+tls://127.0.0.1:6514", "/etc/backline/ca.pem"),
+                    ("syslog+tcp://127.0.0.1:514", None)]
+    for bad in ("syslog+tls://h:1?verify=no", "syslog+tls://h:1?ca_file=",
+                "syslog+tls://h:1?ca_file=a&x=b"):
+        with pytest.raises(ValueError, match="the only option is"):
+            audit_sinks.open_sinks([bad])
+
+
+def test_a_failing_sink_is_counted_and_reported(tmp_path: Path) -> None:
+    """Without a relay (the CLI) a failing sink is counted; with one, handed to it."""
+    broken = tmp_path / "a-directory"
+    broken.mkdir()
+    store = open_store(config.load(overrides={
+        "data_dir": tmp_path / "relay", "audit_checkpoint_sinks": [f"file:{broken}"],
+        "audit_checkpoint_every": 1}, environ={}))
+    store.audit.append("user:a", "test.event", "thing:1", {})
+    assert store.audit.sink_failures == 1
+    seen: list[tuple[str, str, str]] = []
+    store.audit.on_sink_failure = lambda *args: seen.append(args)
+    store.audit.append("user:a", "test.event", "thing:2", {})
+    assert store.audit.sink_failures == 2
+    assert seen and seen[0][:2] == (f"file:{broken}", "write_failed")
+    assert "Is a directory" in seen[0][2]
+    store.engine.dispose()

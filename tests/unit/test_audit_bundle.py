@@ -20,15 +20,27 @@ KEY = keys.generate()
 ORIGIN = "backline-relay/unit"
 
 
-def make_bundle(trail_data: bytes = b"recording bytes") -> dict[str, Any]:
+def make_bundle(trail_data: bytes = b"recording bytes", *, ended: dict[str, Any] | None = None,
+                extra: list[tuple[str, dict[str, Any]]] = (),  # type: ignore[assignment]
+                with_blob: bool = True,
+                absent: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A trail of 11 events (+ ``extra`` session events: action, details); event 11 is
+    ``fix.run.ended`` with ``ended`` (default: the agent's ``output_sha256`` of
+    ``trail_data``); the bundle carries fix output fr_1 = b"recording bytes" unless
+    ``with_blob`` is false (then listed in ``absent``)."""
     events, tree, prev = [], audit_tree.MemoryTree(), "0" * 64
-    ended = b._canonical({"run": "fr_1", "output_sha256": hashlib.sha256(trail_data)
-                          .hexdigest(), "session": "s1"})
-    for seq in range(1, 12):
-        ev = {"seq": seq, "time": 1.5 + seq, "actor": "user:a",
-              "action": "fix.run.ended" if seq == 11 else "test.event",
-              "target": "session:s1" if seq % 2 else "other",
-              "details": ended if seq == 11 else '{"n":1}', "prev_hash": prev}
+    ended_text = b._canonical(ended or {"run": "fr_1", "output_sha256": hashlib.sha256(
+        trail_data).hexdigest(), "session": "s1"})
+    more = list(extra)
+    for seq in range(1, 12 + len(more)):
+        action, details = "test.event", '{"n":1}'
+        if seq == 11:
+            action, details = "fix.run.ended", ended_text
+        elif seq > 11:
+            action, details = more[seq - 12][0], b._canonical(more[seq - 12][1])
+        ev = {"seq": seq, "time": 1.5 + seq, "actor": "user:a", "action": action,
+              "target": "session:s1" if seq % 2 or seq > 11 else "other",
+              "details": details, "prev_hash": prev}
         body = b.event_body(ev)
         ev["hash"] = prev = hashlib.sha256(body).hexdigest()
         tree.append(audit_tree.leaf_hash(body))
@@ -39,13 +51,19 @@ def make_bundle(trail_data: bytes = b"recording bytes") -> dict[str, Any]:
     data = b"recording bytes"
     blobs = [{"kind": "fix_output", "id": "fr_1", "sha256": hashlib.sha256(data).hexdigest(),
               "bytes": len(data), "data": base64.b64encode(data).decode()}]
+    if not with_blob:
+        absent = absent if absent is not None else [
+            {"kind": "fix_output", "id": "fr_1", "sha256": blobs[0]["sha256"],
+             "reason": "missing from the relay's blob store (No such file or directory)"}]
+        blobs = []
     checkpoint = audit_note.sign(audit_note.checkpoint_text(ORIGIN, tree.size, tree.root()),
                                  ORIGIN, KEY)
-    manifest = audit_note.sign(b.manifest_text(ORIGIN, "s1", tree.size, mine, blobs),
+    manifest = audit_note.sign(b.manifest_text(ORIGIN, "s1", tree.size, mine, blobs, absent),
                                ORIGIN, KEY)
     return {"format": b.FORMAT, "session": "s1", "origin": ORIGIN,
             "verifier_key": audit_note.verifier_key(ORIGIN, keys.public_raw(KEY)),
-            "checkpoint": checkpoint, "manifest": manifest, "events": mine, "blobs": blobs}
+            "checkpoint": checkpoint, "manifest": manifest, "events": mine, "blobs": blobs,
+            "absent": absent or []}
 
 
 PINNED = audit_note.verifier_key(ORIGIN, keys.public_raw(KEY))
@@ -106,3 +124,55 @@ def test_hostile_event_fields_are_named_never_raised(i: int, field: str, value: 
     doc["events"][i] = ev
     rep = b.verify(doc, PINNED)
     assert not rep.ok and rep.problems
+
+
+DATA_SHA = hashlib.sha256(b"recording bytes").hexdigest()
+
+
+def test_a_fix_output_is_checked_against_the_relays_blob_not_the_agents_claim() -> None:
+    """``output_ok`` false: the agent claimed another digest, the relay kept the output
+    under ``blob``; the intact bundle is OK (it was called altered)."""
+    ended = {"run": "fr_1", "session": "s1", "output_ok": False, "blob": DATA_SHA,
+             "output_sha256": hashlib.sha256(b"what the agent claimed").hexdigest()}
+    rep = b.verify(make_bundle(ended=ended), PINNED)
+    assert rep.ok, rep.problems
+    ended["blob"] = hashlib.sha256(b"another output").hexdigest()
+    rep = b.verify(make_bundle(ended=ended), PINNED)
+    assert any("fix output fr_1 was altered" in p and ended["blob"] in p
+               for p in rep.problems), rep.problems
+
+
+def test_evidence_missing_from_the_bundle_fails_unless_retention_deleted_it() -> None:
+    ended = {"run": "fr_1", "session": "s1", "blob": DATA_SHA, "output_sha256": DATA_SHA}
+    rep = b.verify(make_bundle(ended=ended, with_blob=False), PINNED)
+    assert not rep.ok
+    assert any("fix output fr_1 is missing" in p and "event #11" in p
+               and "No such file" in p for p in rep.problems), rep.problems
+    # Not even listed as absent (a builder that skipped it): still named.
+    rep = b.verify(make_bundle(ended=ended, with_blob=False, absent=[]), PINNED)
+    assert any("fix output fr_1 is missing" in p for p in rep.problems), rep.problems
+    deleted = ("retention.deleted", {"kind": "fix_output", "id": "fr_1", "session": "s1",
+                                     "sha256": DATA_SHA, "age_days": 40, "days": 30})
+    gone = [{"kind": "fix_output", "id": "fr_1", "sha256": DATA_SHA,
+             "reason": "deleted by retention (event #12)"}]
+    rep = b.verify(make_bundle(ended=ended, with_blob=False, extra=[deleted], absent=gone),
+                   PINNED)
+    assert rep.ok, rep.problems
+    assert "1 deleted by retention" in rep.describe()
+    # The trail says the relay kept nothing (blob ""): nothing to demand.
+    rep = b.verify(make_bundle(ended=dict(ended, blob=""), with_blob=False), PINNED)
+    assert rep.ok, rep.problems
+    # An absent entry the manifest does not sign is named.
+    doc = make_bundle(ended=ended, with_blob=False, extra=[deleted], absent=gone)
+    doc["absent"].append({"kind": "recording", "id": "r_x", "sha256": "-", "reason": "x"})
+    assert "list of absent evidence" in " ".join(b.verify(doc, PINNED).problems)
+
+
+def test_verify_file_refuses_a_file_over_its_cap(tmp_path: Any) -> None:
+    import json
+
+    path = tmp_path / "bundle.json"
+    path.write_text(json.dumps(make_bundle()))
+    assert b.verify_file(path, PINNED).ok
+    rep = b.verify_file(path, PINNED, max_bytes=100)
+    assert not rep.ok and "over the 100 bytes verify-bundle reads" in rep.problems[0]
