@@ -27,6 +27,7 @@ class LongStr(Str):
     """TEXT, likewise."""
 
     impl = sa.Text
+    cache_ok = True  # SQLAlchemy asks each subclass itself (it warned on every query)
 
 users = sa.Table(
     "users", metadata,
