@@ -230,6 +230,11 @@ class CoBrowse:
                     conn.send("Page.addScriptToEvaluateOnNewDocument",
                               {"source": self.script, "runImmediately": True}, sid)
                     if self.injection == "cdp" else asyncio.sleep(0),
+                    # The customer's-input watch, before any page script (handsoff.WATCH).
+                    conn.send("Page.addScriptToEvaluateOnNewDocument", {
+                        "source": handsoff.watch_script(self.input_binding),
+                        "worldName": ISOLATED_WORLD, "runImmediately": True}, sid)
+                    if kind == "page" else asyncio.sleep(0),
                     conn.send("Target.setAutoAttach", {"autoAttach": True,
                                                        "waitForDebuggerOnStart": True,
                                                        "flatten": True}, sid))

@@ -1,0 +1,113 @@
+"""Control safety and robustness against a hostile page (real Chromium, no relay).
+
+The page is the adversary: it registers a capture listener in its head that hides
+trusted input from later listeners, and it logs 40 MiB to the console. Neither may
+defeat the customer's pause nor end the co-browse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import http.server
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from backline.agent.cobrowse.session import CoBrowse
+from backline.agent.policy import from_table
+from tests.unit.test_cobrowse_agent import CHROMIUM
+from tests.unit.test_wstunnel import run_async
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs a Chromium")
+
+HIDER = """<!doctype html><html><head><script>
+for (const t of ["mousedown", "keydown", "wheel"]) {
+  window.addEventListener(t, (e) => e.stopImmediatePropagation(), true);
+}
+</script></head><body><button id="b" style="width:200px;height:80px">b</button>
+<p id="p">ready</p></body></html>"""
+
+LOUD = """<!doctype html><html><body><p id="p">loud</p><script>
+window.shout = () => { console.log("x".repeat(40 << 20)); return "shouted"; };
+</script></body></html>"""
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("pages")
+    (root / "hider.html").write_text(HIDER)
+    (root / "loud.html").write_text(LOUD)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.asynccontextmanager
+async def browsing(url: str) -> Any:
+    lines: list[Any] = []
+    cb = CoBrowse(from_table({"capabilities": {"cobrowse": "ask"},
+                              "cobrowse": {"browser": CHROMIUM}}).cobrowse, lines.append)
+    await cb.start(headless=True)
+    try:
+        await cb.navigate(url)
+        for _ in range(200):
+            with contextlib.suppress(Exception):
+                if await main_eval(cb, "document.getElementById('p') !== null"):
+                    break
+            await asyncio.sleep(0.05)
+        yield cb, lines
+    finally:
+        await cb.close()
+
+
+async def main_eval(cb: CoBrowse, expression: str) -> Any:
+    assert cb.browser is not None
+    answer = await cb.browser.conn.send("Runtime.evaluate", {
+        "expression": expression, "returnByValue": True}, cb.pages[-1], timeout=10)
+    return (answer.get("result") or {}).get("value")
+
+
+@run_async
+async def test_a_page_listener_cannot_hide_the_customers_click(pages: str) -> None:
+    async with browsing(f"{pages}/hider.html") as (cb, lines):
+        await cb.set_control(True)
+        assert cb.browser is not None
+        sid = cb.pages[-1]
+        # The technician's own click does not pause control.
+        for event in ("mousePressed", "mouseReleased"):
+            await cb.input({"kind": "mouse", "event": event, "x": 50, "y": 30,
+                            "button": "left", "clicks": 1})
+        await asyncio.sleep(0.3)
+        assert not cb.paused
+        # The customer's (trusted, not through the agent) does, despite the page's hider.
+        for event in ("mousePressed", "mouseReleased"):
+            await cb.browser.conn.send("Input.dispatchMouseEvent", {
+                "type": event, "x": 60, "y": 40, "button": "left", "clickCount": 1}, sid)
+        for _ in range(40):
+            if cb.paused:
+                break
+            await asyncio.sleep(0.05)
+        assert cb.paused
+        assert {"type": "control", "state": "paused"} in lines
+
+
+@run_async
+async def test_a_40_mib_console_log_does_not_end_the_cobrowse(pages: str) -> None:
+    async with browsing(f"{pages}/loud.html") as (cb, _lines):
+        assert cb.browser is not None
+        assert await main_eval(cb, "shout()") == "shouted"
+        await asyncio.sleep(0.5)
+        assert not cb.ended.is_set(), cb.browser.conn.why_closed
+        assert await main_eval(cb, "document.getElementById('p').textContent") == "loud"
+        assert cb.browser.conn.core.skipped + cb.browser.conn.core.discarded >= 1
