@@ -34,6 +34,9 @@ from backline.common.capabilities import ChannelExit
 MAX_LINE = 1024 * 1024
 REQUEST_WAIT_S = 10.0
 CONTROL_ASK_S = 30.0
+#: How long the customer has to answer a proposed address (when the technician has no
+#: control, a proposal is a question, never a navigation).
+PROPOSE_ASK_S = 30.0
 #: What the relay may send per second (inputs, pointers), and its burst.
 RELAY_LINES_PER_S = 200.0
 RELAY_LINES_BURST = 400.0
@@ -144,6 +147,11 @@ def control_question(ctx: SessionContext) -> str:
             "window (click and type in it). Allow?")
 
 
+def propose_question(ctx: SessionContext, url: str) -> str:
+    return (f"Technician {_printable(ctx.technician)} proposes to open "
+            f"{_printable(url[:300])} in the co-browse window. Open it?")
+
+
 class Room:
     """One co-browse channel."""
 
@@ -155,6 +163,7 @@ class Room:
         self.base = {"session_id": ctx.session_id, "technician": ctx.technician}
         self.cb: Any = None
         self.asking: asyncio.Task[None] | None = None
+        self.proposing: asyncio.Task[None] | None = None
         self.control_held: Any = None
         self.tokens = RELAY_LINES_BURST
         self.tokens_at = time.monotonic()
@@ -245,9 +254,19 @@ class Room:
             return await holding(words, timeout, self.ctx, "cobrowse", **extra)
         return await asker.ask(words, timeout)
 
+    async def bounded_ask(self, words: str, timeout: float, indicator: str = "") -> Any:
+        """:meth:`ask`, bounded here whatever the asker does (one that never answers is
+        a refusal after ``timeout`` and a second)."""
+        from backline.agent.consent import Answer
+
+        try:
+            return await asyncio.wait_for(self.ask(words, timeout, indicator), timeout + 1)
+        except TimeoutError:
+            return Answer(False, "no_answer")
+
     async def ask_control(self) -> None:
-        answer = await self.ask(control_question(self.ctx), CONTROL_ASK_S,
-                                indicator=CONTROL_INDICATOR)
+        answer = await self.bounded_ask(control_question(self.ctx), CONTROL_ASK_S,
+                                        indicator=CONTROL_INDICATOR)
         said = "yes" if answer.allowed else ("timeout" if answer.how == "no_answer" else "no")
         self.log("cobrowse.consent", what="control", answer=said, how=answer.how)
         self.emit({"type": "consent", "what": "control", "answer": said})
@@ -262,6 +281,42 @@ class Room:
             await answer.held.ended.wait()  # the customer closed the control indicator
             if self.cb.control:
                 await self.revoke("customer")
+
+    async def open_start(self, url: str) -> None:
+        """The start line's address, which the view question named."""
+        from backline.agent.cobrowse.session import InputRefused
+
+        try:
+            await self.cb.navigate(url)
+        except InputRefused as exc:
+            self.refuse_input(exc.reason, exc.detail)
+            return
+        except Exception as exc:
+            self.emit({"type": "error", "error": "browser", "detail": str(exc)[:300]})
+            return
+        self.log("cobrowse.navigated", url=url[:500], by="technician")
+
+    async def ask_propose(self, url: str) -> None:
+        """Without control, a proposed address is the customer's to open or not."""
+        from backline.agent.cobrowse.session import InputRefused
+
+        answer = await self.bounded_ask(propose_question(self.ctx, url), PROPOSE_ASK_S)
+        said = "yes" if answer.allowed else ("timeout" if answer.how == "no_answer" else "no")
+        self.log("cobrowse.consent", what="propose_url", answer=said, how=answer.how)
+        self.emit({"type": "consent", "what": "propose_url", "answer": said})
+        if not answer.allowed:
+            self.refuse_input("propose_refused", "the customer did not open the address "
+                              f"proposed ({said})")
+            return
+        try:
+            await self.cb.navigate(url)
+        except InputRefused as exc:
+            self.refuse_input(exc.reason, exc.detail)
+            return
+        except Exception as exc:
+            self.emit({"type": "error", "error": "browser", "detail": str(exc)[:300]})
+            return
+        self.log("cobrowse.navigated", url=url[:500], by="customer")
 
     async def revoke(self, by: str) -> None:
         await self.cb.set_control(False)
@@ -312,8 +367,17 @@ class Room:
                 url = message.get("url")
                 if not isinstance(url, str):
                     raise InputRefused("bad_request", "propose_url needs a url")
-                await self.cb.navigate(url)
-                self.log("cobrowse.navigated", url=url[:500], by="technician")
+                if self.cb.control and not self.cb.paused:
+                    await self.cb.navigate(url)
+                    self.log("cobrowse.navigated", url=url[:500], by="technician")
+                elif not self.cb.url_allowed(url):
+                    raise InputRefused("url_not_allowed", "that address is not allowed by "
+                                                          "the customer's policy")
+                elif self.proposing is not None and not self.proposing.done():
+                    raise InputRefused("propose_pending", "the customer is still asked "
+                                                          "about the last address proposed")
+                else:
+                    self.proposing = asyncio.ensure_future(self.ask_propose(url))
             elif kind == "screencast":
                 await self.screencast(message.get("on") is True)
         except InputRefused as exc:
@@ -392,14 +456,15 @@ async def run(process: Any, ctx: SessionContext) -> int:
             notes["cobrowse"] = room.status  # `backline-agent sessions` shows it
         try:
             room.emit({"type": "hidden", "what": hidden})
-            if url:
-                await room.handle({"type": "propose_url", "url": url})
+            if url:  # the address the customer was asked to be seen on: opened at once
+                await room.open_start(url)
             if start.get("screencast"):
                 await room.handle({"type": "screencast", "on": True})
             reason = await serve_lines(room, reader, cb, view_held)
         finally:
-            if room.asking is not None:
-                room.asking.cancel()
+            for task in (room.asking, room.proposing):
+                if task is not None:
+                    task.cancel()
             if room.control_held is not None:
                 with contextlib.suppress(Exception):
                     await room.control_held.close()

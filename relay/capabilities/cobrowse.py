@@ -128,7 +128,8 @@ class Mouse(_Message):
     event: Literal["mousePressed", "mouseReleased", "mouseMoved"]
     x: Coord
     y: Coord
-    button: Literal["none", "left", "middle", "right"] = "none"
+    #: No middle button: on Linux it pastes the customer's X primary selection.
+    button: Literal["none", "left", "right"] = "none"
     clicks: Annotated[int, Field(ge=0, le=3)] = 0
 
 

@@ -39,6 +39,7 @@ def test_the_contract_messages_pass_normalised() -> None:
     "", "not json", "[1]", "null", '"input"', '{"type":"start"}',
     '{"type":"input","kind":"mouse","event":"mousePressed","x":-1,"y":0}',
     '{"type":"input","kind":"mouse","event":"click","x":1,"y":0}',
+    '{"type":"input","kind":"mouse","event":"mousePressed","x":1,"y":0,"button":"middle"}',
     '{"type":"input","kind":"mouse","event":"mouseMoved","x":"1","y":0}',
     '{"type":"input","kind":"mouse","event":"mouseMoved","x":1,"y":0,"clicks":9}',
     '{"type":"input","kind":"key","event":"keyDown","key":""}',
