@@ -42,6 +42,11 @@ RELAY_LINES_PER_S = 200.0
 RELAY_LINES_BURST = 400.0
 #: rrweb lines waiting for the channel beyond this are dropped (the relay does not read).
 MAX_QUEUED = 512
+#: Screencast frames (up to 1 MiB each) waiting beyond this are dropped: the session
+#: acknowledges a frame to Chromium only once queued, so the browser slows down to
+#: what the relay reads.
+MAX_QUEUED_FRAMES = 4
+FRAME_PREFIX = '{"type":"frame"'
 KNOWN = {"request_control", "release_control", "input", "pointer", "propose_url",
          "screencast", "end"}
 
@@ -160,6 +165,8 @@ class Room:
         self.ctx = ctx
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.dropped_lines = 0
+        #: Screencast frames in the queue (the writer counts them out).
+        self.frames_queued = 0
         self.base = {"session_id": ctx.session_id, "technician": ctx.technician}
         self.cb: Any = None
         self.asking: asyncio.Task[None] | None = None
@@ -172,20 +179,33 @@ class Room:
         self.status: dict[str, Any] = {}
         self.unsaid: dict[str, int] = {}
 
-    def emit(self, event: dict[str, Any] | str) -> None:
+    def emit(self, event: dict[str, Any] | str) -> bool:
+        """Queue one line for the relay; False when it was dropped (the relay is not
+        reading: DOM lines past :data:`MAX_QUEUED`, frames past
+        :data:`MAX_QUEUED_FRAMES`)."""
         if isinstance(event, dict) and event.get("type") == "control" and self.status:
             self.status["control"] = event.get("state", "none")
         if isinstance(event, str):
             if self.queue.qsize() >= MAX_QUEUED:  # the relay is not reading: drop video/DOM
                 self.dropped_lines += 1
-                return
+                return False
             self.queue.put_nowait(event)
-            return
-        self.queue.put_nowait(json.dumps(event, ensure_ascii=False, separators=(",", ":")))
+            return True
+        frame = event.get("type") == "frame"
+        if frame and self.frames_queued >= MAX_QUEUED_FRAMES:
+            self.dropped_lines += 1
+            return False
+        line = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+        if frame:
+            self.frames_queued += 1
+        self.queue.put_nowait(line)
+        return True
 
     async def writer(self) -> None:
         while True:
             line = await self.queue.get()
+            if line.startswith(FRAME_PREFIX):
+                self.frames_queued -= 1
             try:
                 self.process.stdout.write(line + "\n")
             except UnicodeEncodeError:  # a lone surrogate from the page: escaped instead

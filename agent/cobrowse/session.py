@@ -32,6 +32,8 @@ KEY_EVENTS = {"keyDown": "keyDown", "keyUp": "keyUp", "char": "char"}
 #: last selected anywhere on their desktop) into the page.
 BUTTONS = {"left", "right", "none"}
 SCREENCAST_MAX_B64 = 1024 * 1024 - 256
+#: A frame the room could not queue is acknowledged this much later.
+FRAME_BACKOFF_S = 0.25
 #: The agent's own coalescing of the page's batches into lines (the page batches at
 #: recorder.FLUSH_MS): the first after a quiet spell is sent at once.
 AGENT_FLUSH_MS = 20
@@ -60,7 +62,7 @@ class Target:
 
 
 class CoBrowse:
-    def __init__(self, policy: CobrowsePolicy, emit: Callable[[dict[str, Any] | str], None],
+    def __init__(self, policy: CobrowsePolicy, emit: Callable[[dict[str, Any] | str], object],
                  on_log: Callable[..., Any] | None = None, injection: str = "cdp") -> None:
         #: "cdp" (the choice: docs/cobrowse.md) or "extension", kept for the measurement
         #: (bench/cobrowse_injection.py).
@@ -575,17 +577,23 @@ class CoBrowse:
                 await self.browser.conn.send("Page.stopScreencast", {}, sid)
 
     async def _frame(self, sid: str | None, params: dict[str, Any]) -> None:
+        """A screencast frame, acknowledged only once queued for the relay (Chromium
+        sends the next after the ack: the video goes at the pace the relay reads); one
+        dropped is acknowledged late, so the stream slows down without stopping."""
         assert self.browser is not None
+        data = params.get("data")
+        meta = params.get("metadata") or {}
+        queued = False
+        if (self.screencast_on and isinstance(data, str) and len(data) <= SCREENCAST_MAX_B64
+                and self.pages and sid == self.pages[-1]):
+            queued = self.emit({"type": "frame", "b64": data,
+                                "w": int(_coord(meta.get("deviceWidth", 0))),
+                                "h": int(_coord(meta.get("deviceHeight", 0)))}) is not False
+        if not queued:
+            await asyncio.sleep(FRAME_BACKOFF_S)
         with contextlib.suppress(CDPError, BrowserError, TimeoutError):
             await self.browser.conn.send("Page.screencastFrameAck",
                                          {"sessionId": params.get("sessionId")}, sid)
-        data = params.get("data")
-        meta = params.get("metadata") or {}
-        if (self.screencast_on and isinstance(data, str) and len(data) <= SCREENCAST_MAX_B64
-                and self.pages and sid == self.pages[-1]):
-            self.emit({"type": "frame", "b64": data,
-                       "w": int(_coord(meta.get("deviceWidth", 0))),
-                       "h": int(_coord(meta.get("deviceHeight", 0)))})
 
 
 VIRTUAL_KEYS = {"Enter": 13, "Backspace": 8, "Tab": 9, "Escape": 27, "ArrowLeft": 37,

@@ -191,3 +191,28 @@ async def test_a_revoke_during_the_focus_check_stops_the_key() -> None:
     with pytest.raises(InputRefused):
         await cb.input({"kind": "key", "event": "keyDown", "key": "a", "text": "a"})
     assert not [m for m, _ in conn.sent if m == "Input.dispatchKeyEvent"]
+
+
+@run_async
+async def test_frames_are_bounded_and_acked_only_once_queued() -> None:
+    room, _ = room_with(Asker(), FakeCB())
+    frame = {"type": "frame", "b64": "x" * 1000, "w": 1, "h": 1}
+    kept = [room.emit(dict(frame)) for _ in range(10)]
+    assert kept == [True] * room_mod.MAX_QUEUED_FRAMES + [False] * (
+        10 - room_mod.MAX_QUEUED_FRAMES)
+    assert room.emit({"type": "control", "state": "granted"})  # other lines still go
+
+    cb, conn = stand_in()
+    order: list[str] = []
+    real = conn.send
+
+    async def send(method: str, params: dict[str, Any] | None = None,
+                   session_id: str | None = None, timeout: float = 10) -> dict[str, Any]:
+        order.append(method)
+        return await real(method, params, session_id, timeout)
+
+    conn.send = send  # type: ignore[method-assign]
+    cb.emit = lambda e: order.append("queued") or True  # type: ignore[assignment]
+    cb.screencast_on = True
+    await cb._frame("P", {"data": "abc", "sessionId": 1, "metadata": {}})
+    assert order == ["queued", "Page.screencastFrameAck"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from backline.agent.cobrowse.session import CoBrowse
+from backline.agent.cobrowse.session import FRAME_BACKOFF_S, CoBrowse
 from backline.agent.policy import from_table
 from tests.unit.test_cobrowse_agent import CHROMIUM
 from tests.unit.test_wstunnel import run_async
@@ -111,3 +111,34 @@ async def test_a_40_mib_console_log_does_not_end_the_cobrowse(pages: str) -> Non
         assert not cb.ended.is_set(), cb.browser.conn.why_closed
         assert await main_eval(cb, "document.getElementById('p').textContent") == "loud"
         assert cb.browser.conn.core.skipped + cb.browser.conn.core.discarded >= 1
+
+
+@run_async
+async def test_the_screencast_goes_on_acked_after_queueing_and_after_drops(
+        pages: str) -> None:
+    async with browsing(f"{pages}/hider.html") as (cb, lines):
+        room_full = {"on": False, "offered": 0}
+        real_emit = cb.emit
+
+        def emit(event: Any) -> bool:
+            if isinstance(event, dict) and event.get("type") == "frame":
+                room_full["offered"] += 1
+                if room_full["on"]:
+                    return False  # the room's frame queue is full: dropped
+            real_emit(event)
+            return True
+
+        cb.emit = emit  # type: ignore[method-assign]
+        await cb.screencast(True)
+        await main_eval(cb, "setInterval(() => { document.getElementById('p')"
+                            ".textContent = Math.random() }, 30)")
+        for _ in range(100):
+            if len([m for m in lines if isinstance(m, dict) and m["type"] == "frame"]) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        assert len([m for m in lines if isinstance(m, dict) and m["type"] == "frame"]) >= 3
+        room_full["on"], room_full["offered"] = True, 0
+        await asyncio.sleep(1.5)
+        # Slowed by the late acks (Chromium keeps 2 frames unacknowledged at most), never
+        # stopped.
+        assert 2 <= room_full["offered"] <= 2 * 1.5 / FRAME_BACKOFF_S + 4
