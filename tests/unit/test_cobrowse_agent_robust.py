@@ -13,6 +13,7 @@ import functools
 import http.server
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -142,3 +143,85 @@ async def test_the_screencast_goes_on_acked_after_queueing_and_after_drops(
         # Slowed by the late acks (Chromium keeps 2 frames unacknowledged at most), never
         # stopped.
         assert 2 <= room_full["offered"] <= 2 * 1.5 / FRAME_BACKOFF_S + 4
+
+
+def test_stale_profiles_of_dead_browsers_are_swept(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from backline.agent.cobrowse.browser import AGENT_MARK, PROFILE_PREFIX, sweep_profiles
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = socket.gethostname()
+    dead = tmp_path / f"{PROFILE_PREFIX}dead"
+    dead.mkdir()
+    os.symlink(f"{host}-{gone.pid}", dead / "SingletonLock")
+    (dead / AGENT_MARK).write_text(f"{host}-{gone.pid}")
+    live = tmp_path / f"{PROFILE_PREFIX}live"
+    live.mkdir()
+    (live / AGENT_MARK).write_text(f"{host}-{os.getpid()}")
+    elsewhere = tmp_path / f"{PROFILE_PREFIX}elsewhere"
+    elsewhere.mkdir()
+    os.symlink(f"other-host-{gone.pid}", elsewhere / "SingletonLock")
+    fresh, old = tmp_path / f"{PROFILE_PREFIX}fresh", tmp_path / f"{PROFILE_PREFIX}old"
+    fresh.mkdir()
+    old.mkdir()
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    unrelated = tmp_path / "someone-else"
+    unrelated.mkdir()
+    os.utime(unrelated, (time.time() - 7200, time.time() - 7200))
+    assert sorted(p.name for p in sweep_profiles(tmp_path)) == [dead.name, old.name]
+    assert live.exists() and elsewhere.exists() and fresh.exists() and unrelated.exists()
+
+
+def test_the_browser_dies_with_the_agent_and_its_profile_is_swept(tmp_path: Path) -> None:
+    """The agent SIGKILLed (no close): its browser goes (the pipe's end, and on Linux the
+    parent-death signal as well: this passes on the pipe alone), and the profile left
+    behind is removed by the next launch's sweep."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from backline.agent.cobrowse.browser import sweep_profiles
+
+    script = (
+        "import asyncio, sys\n"
+        "from backline.agent.cobrowse.browser import Browser\n"
+        "async def main():\n"
+        f"    b = await Browser.launch({CHROMIUM!r}, lambda e: None, headless=True)\n"
+        "    print(b.proc.pid, b.profile, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n")
+    agent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert agent.stdout is not None
+        said, profile = agent.stdout.readline().split(" ", 1)
+        pid, left = int(said), Path(profile.strip())
+        os.kill(pid, 0)  # running
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(10)
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as stat:
+                if stat.read().split(") ")[-1].startswith("Z"):  # a zombie: gone
+                    break
+            time.sleep(0.05)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+            raise AssertionError("the browser outlived the agent")
+        time.sleep(0.2)
+        assert left.is_dir()  # nobody deleted it
+        assert left in sweep_profiles(left.parent)
+        assert not left.exists()
+    finally:
+        agent.kill()
+        agent.wait()
