@@ -441,8 +441,9 @@ event("terminal.viewer.dropped", CHANNELS, "a console was hung up from a termina
 COBROWSE = need("cobrowse", str, "the co-browse's id (`cb_...`)")
 ROLE = need("role", str, "`control` (the session's technician) or `watch` (`?watch=1`)")
 event("cobrowse.consent", CHANNELS, "the customer answered a co-browse question in the "
-      "agent's own window (to view, or to let the technician control)", SESSION, COBROWSE,
-      need("what", str, "`view` or `control`"),
+      "agent's own window (to view, to let the technician control, or to open an address the "
+      "technician proposed without control)", SESSION, COBROWSE,
+      need("what", str, "`view`, `control` or `propose_url`"),
       need("answer", str, "`yes`, `no` or `timeout`"))
 event("cobrowse.control.requested", CHANNELS, "the technician asked the customer for control "
       "of the co-browsed page", SESSION, COBROWSE)

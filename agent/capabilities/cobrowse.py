@@ -34,11 +34,19 @@ from backline.common.capabilities import ChannelExit
 MAX_LINE = 1024 * 1024
 REQUEST_WAIT_S = 10.0
 CONTROL_ASK_S = 30.0
+#: How long the customer has to answer a proposed address (when the technician has no
+#: control, a proposal is a question, never a navigation).
+PROPOSE_ASK_S = 30.0
 #: What the relay may send per second (inputs, pointers), and its burst.
 RELAY_LINES_PER_S = 200.0
 RELAY_LINES_BURST = 400.0
 #: rrweb lines waiting for the channel beyond this are dropped (the relay does not read).
 MAX_QUEUED = 512
+#: Screencast frames (up to 1 MiB each) waiting beyond this are dropped: the session
+#: acknowledges a frame to Chromium only once queued, so the browser slows down to
+#: what the relay reads.
+MAX_QUEUED_FRAMES = 4
+FRAME_PREFIX = '{"type":"frame"'
 KNOWN = {"request_control", "release_control", "input", "pointer", "propose_url",
          "screencast", "end"}
 
@@ -144,6 +152,11 @@ def control_question(ctx: SessionContext) -> str:
             "window (click and type in it). Allow?")
 
 
+def propose_question(ctx: SessionContext, url: str) -> str:
+    return (f"Technician {_printable(ctx.technician)} proposes to open "
+            f"{_printable(url[:300])} in the co-browse window. Open it?")
+
+
 class Room:
     """One co-browse channel."""
 
@@ -152,9 +165,12 @@ class Room:
         self.ctx = ctx
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.dropped_lines = 0
+        #: Screencast frames in the queue (the writer counts them out).
+        self.frames_queued = 0
         self.base = {"session_id": ctx.session_id, "technician": ctx.technician}
         self.cb: Any = None
         self.asking: asyncio.Task[None] | None = None
+        self.proposing: asyncio.Task[None] | None = None
         self.control_held: Any = None
         self.tokens = RELAY_LINES_BURST
         self.tokens_at = time.monotonic()
@@ -163,20 +179,33 @@ class Room:
         self.status: dict[str, Any] = {}
         self.unsaid: dict[str, int] = {}
 
-    def emit(self, event: dict[str, Any] | str) -> None:
+    def emit(self, event: dict[str, Any] | str) -> bool:
+        """Queue one line for the relay; False when it was dropped (the relay is not
+        reading: DOM lines past :data:`MAX_QUEUED`, frames past
+        :data:`MAX_QUEUED_FRAMES`)."""
         if isinstance(event, dict) and event.get("type") == "control" and self.status:
             self.status["control"] = event.get("state", "none")
         if isinstance(event, str):
             if self.queue.qsize() >= MAX_QUEUED:  # the relay is not reading: drop video/DOM
                 self.dropped_lines += 1
-                return
+                return False
             self.queue.put_nowait(event)
-            return
-        self.queue.put_nowait(json.dumps(event, ensure_ascii=False, separators=(",", ":")))
+            return True
+        frame = event.get("type") == "frame"
+        if frame and self.frames_queued >= MAX_QUEUED_FRAMES:
+            self.dropped_lines += 1
+            return False
+        line = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+        if frame:
+            self.frames_queued += 1
+        self.queue.put_nowait(line)
+        return True
 
     async def writer(self) -> None:
         while True:
             line = await self.queue.get()
+            if line.startswith(FRAME_PREFIX):
+                self.frames_queued -= 1
             try:
                 self.process.stdout.write(line + "\n")
             except UnicodeEncodeError:  # a lone surrogate from the page: escaped instead
@@ -245,9 +274,19 @@ class Room:
             return await holding(words, timeout, self.ctx, "cobrowse", **extra)
         return await asker.ask(words, timeout)
 
+    async def bounded_ask(self, words: str, timeout: float, indicator: str = "") -> Any:
+        """:meth:`ask`, bounded here whatever the asker does (one that never answers is
+        a refusal after ``timeout`` and a second)."""
+        from backline.agent.consent import Answer
+
+        try:
+            return await asyncio.wait_for(self.ask(words, timeout, indicator), timeout + 1)
+        except TimeoutError:
+            return Answer(False, "no_answer")
+
     async def ask_control(self) -> None:
-        answer = await self.ask(control_question(self.ctx), CONTROL_ASK_S,
-                                indicator=CONTROL_INDICATOR)
+        answer = await self.bounded_ask(control_question(self.ctx), CONTROL_ASK_S,
+                                        indicator=CONTROL_INDICATOR)
         said = "yes" if answer.allowed else ("timeout" if answer.how == "no_answer" else "no")
         self.log("cobrowse.consent", what="control", answer=said, how=answer.how)
         self.emit({"type": "consent", "what": "control", "answer": said})
@@ -262,6 +301,42 @@ class Room:
             await answer.held.ended.wait()  # the customer closed the control indicator
             if self.cb.control:
                 await self.revoke("customer")
+
+    async def open_start(self, url: str) -> None:
+        """The start line's address, which the view question named."""
+        from backline.agent.cobrowse.session import InputRefused
+
+        try:
+            await self.cb.navigate(url)
+        except InputRefused as exc:
+            self.refuse_input(exc.reason, exc.detail)
+            return
+        except Exception as exc:
+            self.emit({"type": "error", "error": "browser", "detail": str(exc)[:300]})
+            return
+        self.log("cobrowse.navigated", url=url[:500], by="technician")
+
+    async def ask_propose(self, url: str) -> None:
+        """Without control, a proposed address is the customer's to open or not."""
+        from backline.agent.cobrowse.session import InputRefused
+
+        answer = await self.bounded_ask(propose_question(self.ctx, url), PROPOSE_ASK_S)
+        said = "yes" if answer.allowed else ("timeout" if answer.how == "no_answer" else "no")
+        self.log("cobrowse.consent", what="propose_url", answer=said, how=answer.how)
+        self.emit({"type": "consent", "what": "propose_url", "answer": said})
+        if not answer.allowed:
+            self.refuse_input("propose_refused", "the customer did not open the address "
+                              f"proposed ({said})")
+            return
+        try:
+            await self.cb.navigate(url)
+        except InputRefused as exc:
+            self.refuse_input(exc.reason, exc.detail)
+            return
+        except Exception as exc:
+            self.emit({"type": "error", "error": "browser", "detail": str(exc)[:300]})
+            return
+        self.log("cobrowse.navigated", url=url[:500], by="customer")
 
     async def revoke(self, by: str) -> None:
         await self.cb.set_control(False)
@@ -312,8 +387,17 @@ class Room:
                 url = message.get("url")
                 if not isinstance(url, str):
                     raise InputRefused("bad_request", "propose_url needs a url")
-                await self.cb.navigate(url)
-                self.log("cobrowse.navigated", url=url[:500], by="technician")
+                if self.cb.control and not self.cb.paused:
+                    await self.cb.navigate(url)
+                    self.log("cobrowse.navigated", url=url[:500], by="technician")
+                elif not self.cb.url_allowed(url):
+                    raise InputRefused("url_not_allowed", "that address is not allowed by "
+                                                          "the customer's policy")
+                elif self.proposing is not None and not self.proposing.done():
+                    raise InputRefused("propose_pending", "the customer is still asked "
+                                                          "about the last address proposed")
+                else:
+                    self.proposing = asyncio.ensure_future(self.ask_propose(url))
             elif kind == "screencast":
                 await self.screencast(message.get("on") is True)
         except InputRefused as exc:
@@ -392,14 +476,15 @@ async def run(process: Any, ctx: SessionContext) -> int:
             notes["cobrowse"] = room.status  # `backline-agent sessions` shows it
         try:
             room.emit({"type": "hidden", "what": hidden})
-            if url:
-                await room.handle({"type": "propose_url", "url": url})
+            if url:  # the address the customer was asked to be seen on: opened at once
+                await room.open_start(url)
             if start.get("screencast"):
                 await room.handle({"type": "screencast", "on": True})
             reason = await serve_lines(room, reader, cb, view_held)
         finally:
-            if room.asking is not None:
-                room.asking.cancel()
+            for task in (room.asking, room.proposing):
+                if task is not None:
+                    task.cancel()
             if room.control_held is not None:
                 with contextlib.suppress(Exception):
                     await room.control_held.close()

@@ -15,6 +15,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -88,11 +89,78 @@ def display_available() -> bool:
 
 
 #: Puts the pipe ends on fds 3 and 4, as --remote-debugging-pipe wants, then becomes
-#: the browser (a shell cannot: dash redirects only fds 0 to 9).
+#: the browser (a shell cannot: dash redirects only fds 0 to 9). On Linux the browser
+#: also gets a parent-death signal (kept across exec): the agent killed, the browser
+#: goes too, not left running the customer's session in its own process group.
 _TRAMPOLINE = ("import os, sys\n"
-               "r, w = int(sys.argv[1]), int(sys.argv[2])\n"
+               "r, w, parent = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])\n"
+               "if sys.platform.startswith('linux'):\n"
+               "    import ctypes, signal\n"
+               "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)\n"
+               "    if os.getppid() != parent:\n"
+               "        sys.exit(1)\n"
                "os.dup2(r, 3)\nos.dup2(w, 4)\nos.close(r)\nos.close(w)\n"
-               "os.execv(sys.argv[3], sys.argv[3:])\n")
+               "os.execv(sys.argv[4], sys.argv[4:])\n")
+PROFILE_PREFIX = "backline-cobrowse-"
+#: In each profile: ``host-pid`` of the agent that made it (kept while that one lives).
+AGENT_MARK = "backline-agent.pid"
+
+
+def sweep_profiles(root: Path | None = None) -> list[Path]:
+    """Delete the temporary profiles of browsers no longer running (an agent that
+    crashed could not): those whose Chromium lock (``SingletonLock``, a link to
+    ``host-pid``) and the agent's mark (:data:`AGENT_MARK`, the same) name dead
+    processes of this host, or that have neither and are over an hour old. Only this
+    user's folders; what was removed is returned."""
+    import time
+
+    root = root or Path(tempfile.gettempdir())
+    host = socket.gethostname()
+    removed: list[Path] = []
+    try:
+        candidates = list(root.glob(PROFILE_PREFIX + "*"))
+    except OSError:
+        return removed
+    for folder in candidates:
+        try:
+            st = folder.lstat()
+            if not folder.is_dir() or folder.is_symlink() or (
+                    hasattr(os, "getuid") and st.st_uid != os.getuid()):
+                continue
+            owners = []
+            with contextlib.suppress(OSError):
+                owners.append(os.readlink(folder / "SingletonLock"))
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                owners.append((folder / AGENT_MARK).read_text()[:300].strip())
+            if owners:
+                if any(_owner_alive(owner, host) for owner in owners):
+                    continue
+            elif time.time() - st.st_mtime < 3600:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _owner_alive(owner: str, host: str) -> bool:
+    """``host-pid`` names a live process, or one of another host (not ours to judge)."""
+    name, _, pid = owner.rpartition("-")
+    return name != host or not pid.isdigit() or _alive(int(pid))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):  # a zombie (not yet reaped) is no browser
+        if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+            return False
+    return True
 
 
 def _above(fd: int, lowest: int = 10) -> int:
@@ -192,7 +260,9 @@ class Browser:
     async def launch(cls, executable: str, on_event: Callable[[Event], None],
                      headless: bool | None = None, extra_flags: list[str] | None = None
                      ) -> Browser:
-        profile = Path(tempfile.mkdtemp(prefix="backline-cobrowse-"))
+        sweep_profiles()
+        profile = Path(tempfile.mkdtemp(prefix=PROFILE_PREFIX))
+        (profile / AGENT_MARK).write_text(f"{socket.gethostname()}-{os.getpid()}")
         to_browser_r, to_browser_w = os.pipe()
         from_browser_r, from_browser_w = os.pipe()
         # The child's ends are moved to 3 and 4 by the trampoline; they must not already
@@ -200,7 +270,8 @@ class Browser:
         to_browser_r, from_browser_w = _above(to_browser_r), _above(from_browser_w)
         show = display_available() if headless is None else not headless
         argv = [sys.executable, "-c", _TRAMPOLINE, str(to_browser_r), str(from_browser_w),
-                executable, *(extra_flags or []), *browser_flags(profile, headless=not show)]
+                str(os.getpid()), executable, *(extra_flags or []),
+                *browser_flags(profile, headless=not show)]
         errors = open(profile / "browser-stderr.log", "wb")  # noqa: ASYNC230 (a new local file)
         try:
             proc = await asyncio.create_subprocess_exec(

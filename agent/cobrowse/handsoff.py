@@ -77,13 +77,20 @@ def parse_report(payload: object) -> dict[str, Any] | None:
     return {"t": raw["t"], "key": key, "x": float(x), "y": float(y)}
 
 
-#: Evaluated in the agent's isolated world of the shown page, once per document.
+#: Installed at attach with ``Page.addScriptToEvaluateOnNewDocument`` in the agent's
+#: isolated world (``worldName``, ``runImmediately``): it runs before any of the page's
+#: scripts, so its capture listeners are the window's first, and a page listener that
+#: calls ``stopImmediatePropagation`` cannot hide the customer's input from it (one
+#: registered by a page script before a later ``Runtime.evaluate`` could). The binding
+#: is looked up at each report (it may be installed in the world after this ran) and is
+#: exposed to that world only. The top document only: a frame's coordinates are its own.
 WATCH = """(() => {
-  if (globalThis.__backlineWatching) return true;
-  const send = globalThis[$BINDING];
-  if (typeof send !== "function") return false;
+  if (globalThis.__backlineWatching || window !== window.top) return true;
+  const name = $BINDING;
   const report = (e) => {
     if (!e.isTrusted) return;
+    const send = globalThis[name];
+    if (typeof send !== "function") return;
     send(JSON.stringify({ t: e.type, key: String(e.key || "").slice(0, 32),
                           x: e.clientX || 0, y: e.clientY || 0 }));
   };

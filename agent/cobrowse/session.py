@@ -28,8 +28,12 @@ ISOLATED_WORLD = "backline"
 MAX_COORD = 100_000.0
 MOUSE_EVENTS = {"mousePressed", "mouseReleased", "mouseMoved"}
 KEY_EVENTS = {"keyDown": "keyDown", "keyUp": "keyUp", "char": "char"}
-BUTTONS = {"left", "middle", "right", "none"}
+#: No middle button: on Linux it pastes the X primary selection (whatever the customer
+#: last selected anywhere on their desktop) into the page.
+BUTTONS = {"left", "right", "none"}
 SCREENCAST_MAX_B64 = 1024 * 1024 - 256
+#: A frame the room could not queue is acknowledged this much later.
+FRAME_BACKOFF_S = 0.25
 #: The agent's own coalescing of the page's batches into lines (the page batches at
 #: recorder.FLUSH_MS): the first after a quiet spell is sent at once.
 AGENT_FLUSH_MS = 20
@@ -58,7 +62,7 @@ class Target:
 
 
 class CoBrowse:
-    def __init__(self, policy: CobrowsePolicy, emit: Callable[[dict[str, Any] | str], None],
+    def __init__(self, policy: CobrowsePolicy, emit: Callable[[dict[str, Any] | str], object],
                  on_log: Callable[..., Any] | None = None, injection: str = "cdp") -> None:
         #: "cdp" (the choice: docs/cobrowse.md) or "extension", kept for the measurement
         #: (bench/cobrowse_injection.py).
@@ -230,6 +234,11 @@ class CoBrowse:
                     conn.send("Page.addScriptToEvaluateOnNewDocument",
                               {"source": self.script, "runImmediately": True}, sid)
                     if self.injection == "cdp" else asyncio.sleep(0),
+                    # The customer's-input watch, before any page script (handsoff.WATCH).
+                    conn.send("Page.addScriptToEvaluateOnNewDocument", {
+                        "source": handsoff.watch_script(self.input_binding),
+                        "worldName": ISOLATED_WORLD, "runImmediately": True}, sid)
+                    if kind == "page" else asyncio.sleep(0),
                     conn.send("Target.setAutoAttach", {"autoAttach": True,
                                                        "waitForDebuggerOnStart": True,
                                                        "flatten": True}, sid))
@@ -244,7 +253,8 @@ class CoBrowse:
                     target.main_frame = str((tree.get("frameTree") or {}).get("frame", {})
                                             .get("id", ""))
                     self.pages.append(sid)
-                    await self._set_control_guards(sid)
+                if kind in ("page", "iframe"):  # an out-of-process frame chooses files too
+                    await self._set_control_guards(sid, self.control)
                     if self.screencast_on:
                         await self._screencast_target(sid, True)
             with contextlib.suppress(CDPError):
@@ -391,24 +401,30 @@ class CoBrowse:
     # --- control ---------------------------------------------------------------------
 
     async def set_control(self, granted: bool) -> None:
-        self.control = granted
-        self.paused = False
-        if granted:
-            await self._watch_input()
-        for sid in list(self.pages):
-            await self._set_control_guards(sid)
+        """A grant takes effect only once its guards are on (downloads denied, file
+        choosers intercepted in every attached page and frame target): no input is
+        dispatched before. A revoke takes effect at once, its guards lifted after."""
+        if not granted:
+            self.control = False
+            self.paused = False
         if self.browser is not None:
             with contextlib.suppress(CDPError, BrowserError, TimeoutError):
                 await self.browser.conn.send("Browser.setDownloadBehavior", {
                     "behavior": "deny" if granted else "default", "eventsEnabled": True})
+        for sid in list(self.targets):
+            await self._set_control_guards(sid, granted)
+        if granted:
+            await self._watch_input()
+            self.paused = False
+            self.control = True
 
-    async def _set_control_guards(self, sid: str) -> None:
+    async def _set_control_guards(self, sid: str, enabled: bool) -> None:
         """While the technician controls: file choosers are intercepted (never shown)."""
         if self.browser is None:
             return
         with contextlib.suppress(CDPError, BrowserError, TimeoutError):
             await self.browser.conn.send("Page.setInterceptFileChooserDialog",
-                                         {"enabled": self.control}, sid)
+                                         {"enabled": enabled}, sid)
 
     async def _world(self, target: Target) -> int:
         assert self.browser is not None
@@ -470,14 +486,19 @@ class CoBrowse:
                 return
             await asyncio.sleep(wait)
 
-    async def input(self, message: dict[str, Any]) -> None:
-        """One technician input, checked; the caller made sure control is granted."""
+    def _in_control(self) -> None:
+        """Checked on receipt and again right before each ``Input.dispatch*`` (a key
+        waiting on the focus check must not land after a revoke or a pause)."""
         if not self.control:
             raise InputRefused("not_in_control", "the technician has no control")
         if self.paused:
             raise InputRefused("control_paused", "control is paused: the customer is using "
                                "their own mouse or keyboard (it resumes "
                                f"{handsoff.QUIET_S:g} s after they stop)")
+
+    async def input(self, message: dict[str, Any]) -> None:
+        """One technician input, checked; the caller made sure control is granted."""
+        self._in_control()
         assert self.browser is not None
         kind = message.get("kind")
         target = self._page()
@@ -501,6 +522,7 @@ class CoBrowse:
             if params["type"] in ("mousePressed", "mouseWheel"):
                 self.ledger.dispatched("wheel" if kind == "wheel" else "mousedown",
                                        time.monotonic(), x=x, y=y)
+            self._in_control()
             await self.browser.conn.send("Input.dispatchMouseEvent", params,
                                          target.session_id)
             return
@@ -529,6 +551,7 @@ class CoBrowse:
                 params["windowsVirtualKeyCode"] = VIRTUAL_KEYS.get(key, 0)
             if event == "keyDown":
                 self.ledger.dispatched("keydown", time.monotonic(), key=key)
+            self._in_control()
             await self.browser.conn.send("Input.dispatchKeyEvent", params, target.session_id)
             return
         raise InputRefused("bad_input", "an input of no known kind")
@@ -554,17 +577,23 @@ class CoBrowse:
                 await self.browser.conn.send("Page.stopScreencast", {}, sid)
 
     async def _frame(self, sid: str | None, params: dict[str, Any]) -> None:
+        """A screencast frame, acknowledged only once queued for the relay (Chromium
+        sends the next after the ack: the video goes at the pace the relay reads); one
+        dropped is acknowledged late, so the stream slows down without stopping."""
         assert self.browser is not None
+        data = params.get("data")
+        meta = params.get("metadata") or {}
+        queued = False
+        if (self.screencast_on and isinstance(data, str) and len(data) <= SCREENCAST_MAX_B64
+                and self.pages and sid == self.pages[-1]):
+            queued = self.emit({"type": "frame", "b64": data,
+                                "w": int(_coord(meta.get("deviceWidth", 0))),
+                                "h": int(_coord(meta.get("deviceHeight", 0)))}) is not False
+        if not queued:
+            await asyncio.sleep(FRAME_BACKOFF_S)
         with contextlib.suppress(CDPError, BrowserError, TimeoutError):
             await self.browser.conn.send("Page.screencastFrameAck",
                                          {"sessionId": params.get("sessionId")}, sid)
-        data = params.get("data")
-        meta = params.get("metadata") or {}
-        if (self.screencast_on and isinstance(data, str) and len(data) <= SCREENCAST_MAX_B64
-                and self.pages and sid == self.pages[-1]):
-            self.emit({"type": "frame", "b64": data,
-                       "w": int(_coord(meta.get("deviceWidth", 0))),
-                       "h": int(_coord(meta.get("deviceHeight", 0)))})
 
 
 VIRTUAL_KEYS = {"Enter": 13, "Backspace": 8, "Tab": 9, "Escape": 27, "ArrowLeft": 37,

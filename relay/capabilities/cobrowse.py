@@ -128,7 +128,8 @@ class Mouse(_Message):
     event: Literal["mousePressed", "mouseReleased", "mouseMoved"]
     x: Coord
     y: Coord
-    button: Literal["none", "left", "middle", "right"] = "none"
+    #: No middle button: on Linux it pastes the customer's X primary selection.
+    button: Literal["none", "left", "right"] = "none"
     clicks: Annotated[int, Field(ge=0, le=3)] = 0
 
 
@@ -260,7 +261,7 @@ def parse_agent_line(data: bytes) -> dict[str, Any]:
             raise BadLine(str(exc)) from None
     if kind == "control" and obj.get("state") not in CONTROL_STATES:
         raise BadLine("bad_state")
-    if kind == "consent" and (obj.get("what") not in ("view", "control")
+    if kind == "consent" and (obj.get("what") not in ("view", "control", "propose_url")
                               or obj.get("answer") not in ("yes", "no", "timeout")):
         raise BadLine("bad_consent")
     if kind == "nav" and not (isinstance(obj.get("url"), str) and len(obj["url"]) <= 8192):

@@ -192,7 +192,9 @@ def test_two_viewers_control_and_a_recording_replayable(world: World) -> None:
                 # The watcher never sends: not even a well-formed request.
                 sup.send(type="request_control")
                 sup.send(**click(1, 1))
-                assert sup.message("refused")["error"] == "view_only"
+                sup.send(type="propose_url", url="https://bank.test/transfer")
+                for _ in range(3):  # a watcher does not even propose an address
+                    assert sup.message("refused")["error"] == "view_only"
                 # No input before the grant.
                 tech.send(**click(2, 2))
                 assert tech.message("refused")["error"] == "no_control"

@@ -381,7 +381,8 @@ def test_nothing_of_cobrowse_is_loaded_until_its_channel_opens() -> None:
 @run_async
 async def test_allowed_urls_refuse_what_is_not_listed(tmp_path: Path,
                                                       site: dict[str, int]) -> None:
-    kit = kit_for(tmp_path, ScriptedAsker(YES),
+    asker = ScriptedAsker(YES, YES)  # the view, then the proposed address (no control)
+    kit = kit_for(tmp_path, asker,
                   allowed_urls=[f"http://127.0.0.1:{site['a']}/same.html"])
     conn, ch, server = await open_cobrowse(kit, f"http://127.0.0.1:{site['a']}/")
     async with conn:
@@ -389,6 +390,7 @@ async def test_allowed_urls_refuse_what_is_not_listed(tmp_path: Path,
                                    for m in ch.of("error")), 60)
         ch.send({"type": "propose_url", "url": f"http://127.0.0.1:{site['a']}/same.html"})
         await ch.until(lambda: "SAME-ORIGIN-FRAME-TEXT" in ch.text(), 30)
+        assert "proposes to open" in asker.asked[1][0]
         await asyncio.sleep(1.1)  # refusals of one kind are said at most once a second
         ch.send({"type": "propose_url", "url": "file:///etc/passwd"})
         await ch.until(lambda: len([m for m in ch.of("error")

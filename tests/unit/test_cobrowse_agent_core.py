@@ -35,10 +35,44 @@ def test_cdp_core_refuses_junk(junk: bytes) -> None:
         CDPCore().receive(junk)
 
 
-def test_cdp_core_refuses_a_message_over_its_limit_before_it_ends() -> None:
+def test_cdp_core_skips_a_message_over_its_limit_and_goes_on() -> None:
+    """An oversize message (a page's huge console.log) is skipped up to its NUL, counted,
+    and the messages after it still arrive: it is not the end of the co-browse."""
     core = CDPCore(max_message=1000)
-    with pytest.raises(CDPProtocolError):
-        core.receive(b"x" * 1001)
+    assert core.receive(b'{"id":1,"result":{}}\0' + b"x" * 1001) == [
+        Response(1, {}, None, None)]
+    assert core.skipped == 1
+    assert core.receive(b"y" * 5000) == []  # still inside it: dropped, not buffered
+    assert len(core._buffer) == 0
+    assert core.receive(b'zz\0{"id":2,"result":{}}\0') == [Response(2, {}, None, None)]
+    # An oversize message that ends in the same chunk is skipped as well.
+    assert core.receive(b'{"method":"' + b"a" * 2000 + b'"}\0{"id":3}\0') == [
+        Response(3, None, None, None)]
+    assert core.skipped == 2
+
+
+def test_cdp_core_discards_console_events_unparsed() -> None:
+    core = CDPCore()
+    junk = b'{"method":"Runtime.consoleAPICalled","params":' + b"[" * 100000 + b"\0"
+    thrown = b'{"method":"Runtime.exceptionThrown","params":{}}\0'
+    # A returned value holding the same words is a response, and is kept.
+    kept = b'{"id":4,"result":{"value":{"method":"Runtime.consoleAPICalled"}}}\0'
+    assert core.receive(junk + thrown + kept) == [
+        Response(4, {"value": {"method": "Runtime.consoleAPICalled"}}, None, None)]
+    assert core.discarded == 2
+
+
+def test_cdp_core_scans_each_byte_once() -> None:
+    """A large message in small chunks is not rescanned from its start per chunk."""
+    core = CDPCore()
+    chunk = b"x" * 65536
+    started = time.process_time()
+    for _ in range(256):  # 16 MiB in 64 KiB reads
+        assert core.receive(chunk) == []
+    assert core._scanned == 256 * 65536
+    assert time.process_time() - started < 2.0  # quadratic: about 256 * 8 MiB scanned
+    core._buffer.clear()
+    core._scanned = 0
 
 
 def event(kind: int = 3, **data: Any) -> dict[str, Any]:

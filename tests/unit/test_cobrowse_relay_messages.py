@@ -39,6 +39,7 @@ def test_the_contract_messages_pass_normalised() -> None:
     "", "not json", "[1]", "null", '"input"', '{"type":"start"}',
     '{"type":"input","kind":"mouse","event":"mousePressed","x":-1,"y":0}',
     '{"type":"input","kind":"mouse","event":"click","x":1,"y":0}',
+    '{"type":"input","kind":"mouse","event":"mousePressed","x":1,"y":0,"button":"middle"}',
     '{"type":"input","kind":"mouse","event":"mouseMoved","x":"1","y":0}',
     '{"type":"input","kind":"mouse","event":"mouseMoved","x":1,"y":0,"clicks":9}',
     '{"type":"input","kind":"key","event":"keyDown","key":""}',
@@ -72,6 +73,8 @@ def test_a_bad_start_is_refused(text: str) -> None:
 def test_agent_lines_are_bounded_objects_of_known_types() -> None:
     ok = cb.parse_agent_line(b'{"type":"rrweb","events":[{"type":3}]}')
     assert ok["type"] == "rrweb"
+    # The customer's answer to an address proposed without control is one of theirs.
+    assert cb.parse_agent_line(b'{"type":"consent","what":"propose_url","answer":"no"}')
     for bad, why in [(b"not json", "not_json"), (b"[1]", "unknown_type"),
                      (b'{"type":"shell"}', "unknown_type"),
                      (b'{"type":"rrweb","events":{}}', "bad_events"),

@@ -381,14 +381,18 @@ export class LiveView {
 
   bindInput() {
     const o = this.overlay;
-    const button = (ev) => ["left", "middle", "right"][ev.button] || "left";
+    // Left and right only: the middle button pastes the customer's X primary selection on
+    // Linux, and the relay and the agent refuse it.
+    const button = (ev) => ({ 0: "left", 2: "right" })[ev.button];
     o.addEventListener("mousedown", (ev) => {
       o.focus();
+      ev.preventDefault();
+      if (!button(ev)) return;
       this.input({ kind: "mouse", event: "mousePressed", ...this.at(ev), button: button(ev),
         clicks: Math.min(3, Math.max(1, ev.detail || 1)) });
-      ev.preventDefault();
     });
     o.addEventListener("mouseup", (ev) => {
+      if (!button(ev)) return;
       this.input({ kind: "mouse", event: "mouseReleased", ...this.at(ev), button: button(ev),
         clicks: Math.min(3, Math.max(1, ev.detail || 1)) });
     });
