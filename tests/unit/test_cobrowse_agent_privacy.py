@@ -144,3 +144,49 @@ def test_shown_address_cuts_what_may_carry_a_secret() -> None:
     assert shown_address("about:blank", ()) == {"url": "about:blank"}
     assert shown_address("data:text/html,SECRET", ()) == {"url": "data:"}
     assert shown_address("http://[bad/", ())["url"] == ""
+
+
+@run_async
+async def test_no_screencast_frame_of_a_private_page(
+        tmp_path: Path, site: dict[str, int]) -> None:  # noqa: F811
+    kit = kit_for(tmp_path, ScriptedAsker(YES), private_urls=["*/index.html*"],
+                  screencast=True)
+    a = f"http://127.0.0.1:{site['a']}"
+    conn, ch, server = await open_cobrowse(kit, f"{a}/")
+    async with conn:
+        await ch.until(lambda: "TICK-" in ch.text(), 60)
+        ch.send({"type": "screencast", "on": True})
+        await ch.until(lambda: ch.of("frame"), 30)
+        # A new document on a private address (the page ticks: frames would keep coming).
+        await page_eval(kit, server_ctx(server), "location.href = '/index.html?k=1'; true")
+        await ch.until(lambda: len(ch.of("nav")) >= 2, 15)
+        at = len(ch.lines)
+        await asyncio.sleep(2.5)
+        later = [json.loads(x) for x in ch.lines[at:]]
+        ch.send({"type": "end"})
+        await asyncio.wait_for(ch.task, 30)
+    assert not [m for m in later if m.get("type") == "frame"], "a private page's pixels"
+    assert not [m for m in later if m.get("type") == "rrweb" and "TICK-" in json.dumps(m)]
+    assert ch.of("nav")[-1] == {"type": "nav", "url": a, "private": True}
+    await asyncio.wait_for(server, 10)
+
+
+@run_async
+async def test_a_refused_address_is_told_without_its_query(
+        tmp_path: Path, site: dict[str, int]) -> None:  # noqa: F811
+    a = f"http://127.0.0.1:{site['a']}"
+    kit = kit_for(tmp_path, ScriptedAsker(YES), allowed_urls=[f"{a}/same.html"])
+    conn, ch, server = await open_cobrowse(kit, f"{a}/same.html")
+    async with conn:
+        await ch.until(lambda: "SAME-ORIGIN-FRAME-TEXT" in ch.text(), 60)
+        # The page itself goes to an address outside the list (the request is failed).
+        await page_eval(kit, server_ctx(server), "location.href = '/?reset=DENY-TOKEN'; true")
+        await ch.until(lambda: any(m.get("error") == "url_not_allowed"
+                                   for m in ch.of("error")), 30)
+        ch.send({"type": "end"})
+        await asyncio.wait_for(ch.task, 30)
+    refused = [m for m in ch.of("error") if m.get("error") == "url_not_allowed"]
+    assert f"{a}/ is not allowed" in refused[0]["detail"], refused
+    assert "DENY-TOKEN" not in ch.text()
+    assert "DENY-TOKEN" not in (tmp_path / "activity.jsonl").read_text()
+    await asyncio.wait_for(server, 10)
