@@ -85,7 +85,8 @@ class Privacy:
         """What the customer is told stays on this machine."""
         return ["all input values (masked)", "password fields", "card fields (cc-*)",
                 PRIVATE_SELECTOR, *policy.mask_selectors, *policy.block_selectors,
-                *(f"pages {p}" for p in policy.private_urls), "canvas"]
+                *(f"pages {p}" for p in policy.private_urls), "canvas",
+                "frames from other origins"]
 
 
 def rrweb_source() -> str:
