@@ -7,11 +7,9 @@ script, gets a binding (``Runtime.addBinding``, a random name) and the recorder
 (``Page.addScriptToEvaluateOnNewDocument``, main world: rrweb must see the page's own
 ``attachShadow`` and ``adoptedStyleSheets`` calls), then is let go
 (``Runtime.runIfWaitingForDebugger``). Same-origin frames are recorded by their
-top document's rrweb; cross-origin ones post their events up to it
-(``recordCrossOriginIframes``), so there is one rrweb stream per page. After each full
-snapshot a document asks its child frames for a fresh one (inject.js): rrweb drops a
-cross-origin frame's events until its parent has serialized the ``<iframe>``, and a frame
-faster than its parent lost its first snapshot.
+top document's rrweb; a frame's own recorder never records, so a cross-origin frame is
+not recorded at all (rrweb's ``recordCrossOriginIframes`` posted its events to the
+embedding page with targetOrigin ``"*"``: docs/cobrowse.md, "Privacy at the source").
 
 The privacy options are built here, from the policy, and cannot be loosened by the
 relay: every input value masked (``maskAllInputs``; password and ``cc-*`` fields can
@@ -26,6 +24,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from importlib import resources
+from urllib.parse import urlsplit
 
 from backline.agent.policy import CobrowsePolicy
 
@@ -50,6 +49,26 @@ def url_matches(url: str, patterns: tuple[str, ...]) -> bool:
     return any(re.match(glob_regex(p), url) for p in patterns)
 
 
+def shown_address(url: str, private: tuple[str, ...]) -> dict[str, object]:
+    """What the relay is told of an address: ``scheme://host[:port]/path`` (a query or a
+    fragment may carry a token, user info a password), and for a page matching the
+    policy's ``private_urls`` only its origin and ``"private": True``. The relay writes
+    ``nav`` lines raw into the recording and to every console, so this is the only cut."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return {"url": "", "private": url_matches(url, private)}
+    if ":" in host:
+        host = f"[{host}]"
+    origin = f"{parts.scheme}://{host}{f':{port}' if port else ''}" if host else (
+        f"{parts.scheme}:{parts.path if parts.scheme == 'about' else ''}")
+    if url_matches(url, private):
+        return {"url": origin, "private": True}
+    return {"url": origin + parts.path if host else origin}
+
+
 @dataclass(frozen=True)
 class Privacy:
     mask_selector: str
@@ -66,7 +85,8 @@ class Privacy:
         """What the customer is told stays on this machine."""
         return ["all input values (masked)", "password fields", "card fields (cc-*)",
                 PRIVATE_SELECTOR, *policy.mask_selectors, *policy.block_selectors,
-                *(f"pages {p}" for p in policy.private_urls), "canvas"]
+                *(f"pages {p}" for p in policy.private_urls), "canvas",
+                "frames from other origins"]
 
 
 def rrweb_source() -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -37,6 +38,8 @@ FRAME_BACKOFF_S = 0.25
 #: The agent's own coalescing of the page's batches into lines (the page batches at
 #: recorder.FLUSH_MS): the first after a quiet spell is sent at once.
 AGENT_FLUSH_MS = 20
+#: rrweb's Meta event (the page's address and size).
+META = 4
 
 
 class InputRefused(Exception):
@@ -172,8 +175,7 @@ class CoBrowse:
                     # fresh full snapshot (the viewer's copy is the popup's).
                     back = self.targets.get(self.pages[-1])
                     if back is not None:
-                        self._flush()
-                        self.emit({"type": "nav", "url": back.url})
+                        self._say_nav(back)
                     self._spawn(self._snapshot(self.pages[-1]))
         elif method == "Runtime.bindingCalled":
             if params.get("name") == self.binding:
@@ -189,10 +191,11 @@ class CoBrowse:
                 target.world = None
                 target.snapshot_seen = False
                 if self.pages and self.pages[-1] == target.session_id:
-                    self._flush()
-                    self.emit({"type": "nav", "url": target.url})
+                    self._say_nav(target)
                     if self.control:
                         self._spawn(self._watch_input())
+        elif method == "Page.navigatedWithinDocument":
+            self._within_document(event.session_id, params)
         elif method == "Page.loadEventFired":
             self._spawn(self._snapshot_if_missing(event.session_id))
         elif method == "Fetch.requestPaused":
@@ -272,15 +275,53 @@ class CoBrowse:
         top = target is not None and params.get("frameId") in (target.main_frame, None, "")
         with contextlib.suppress(CDPError, BrowserError, TimeoutError):
             if top and not self.url_allowed(url):
-                self.on_log("cobrowse.refused", reason="url_not_allowed", url=url[:500])
+                # Not the query, fragment or user info (a token), and of a private page
+                # only its origin: the line goes to every console and the recording.
+                shown = recorder.shown_address(url, self.policy.private_urls)
+                said = str(shown["url"])[:300] + (" (a private page)" if shown.get("private")
+                                                  else "")
+                self.on_log("cobrowse.refused", reason="url_not_allowed", url=said)
                 self.emit({"type": "error", "error": "url_not_allowed",
-                           "detail": f"{url[:300]} is not allowed by the customer's policy"})
+                           "detail": f"{said} is not allowed by the customer's policy"})
                 await self.browser.conn.send("Fetch.failRequest", {
                     "requestId": params.get("requestId"), "errorReason": "BlockedByClient"},
                     sid)
             else:
                 await self.browser.conn.send("Fetch.continueRequest",
                                              {"requestId": params.get("requestId")}, sid)
+
+    # --- addresses and private pages ------------------------------------------------
+
+    def private(self, target: Target) -> bool:
+        return recorder.url_matches(target.url, self.policy.private_urls)
+
+    def _say_nav(self, target: Target) -> None:
+        """The shown page's address, cut (recorder.shown_address); on a private page the
+        view is blanked at once with a full snapshot of an empty document (what was shown
+        before stays on no console), and no event of the page is sent until it leaves."""
+        self._flush()
+        self.emit({"type": "nav", **recorder.shown_address(target.url,
+                                                           self.policy.private_urls)})
+        if self.private(target):
+            for line in self.batcher.add(json.dumps(blank_snapshot())):
+                self._send_line(line)
+            self._flush()
+
+    def _within_document(self, sid: str | None, params: dict[str, Any]) -> None:
+        """pushState, replaceState or a fragment change: no new document, so the page's
+        recorder goes on (inject.js drops its own events while the address is private,
+        and so does the agent, by ``target.url``); leaving a private address asks for a
+        fresh full snapshot (the view was blanked)."""
+        target = self.targets.get(sid or "")
+        if target is None or target.type != "page" or params.get("frameId") != (
+                target.main_frame):
+            return
+        was_private = self.private(target)
+        target.url = str(params.get("url", ""))[:4096]
+        if self.pages and self.pages[-1] == target.session_id:
+            self._say_nav(target)
+            if was_private and not self.private(target):
+                self._spawn(self._snapshot(target.session_id))
 
     # --- the recording ---------------------------------------------------------------
 
@@ -302,10 +343,17 @@ class CoBrowse:
             # Only a page's top document sends (frames post to it): anything else is noise.
             source.gate.malformed += 1
             return
-        if recorder.url_matches(target.url, self.policy.private_urls):
+        if self.private(target):
             return
         accepted = source.gate.accept(payload)
         for event, text in accepted:
+            if event["type"] == META and isinstance(event.get("data"), dict) and (
+                    "href" in event["data"]):
+                # rrweb's meta event carries the address: cut like a nav line (the page's
+                # recorder cuts it too, but the page can call the binding itself).
+                event["data"]["href"] = str(recorder.shown_address(
+                    str(event["data"]["href"]), self.policy.private_urls)["url"])
+                text = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
             if event["type"] == ev.FULL_SNAPSHOT:
                 source.snapshot_seen = True
             if event["type"] == ev.FULL_SNAPSHOT and self.stats["first_snapshot_ms"] is None:
@@ -584,8 +632,11 @@ class CoBrowse:
         data = params.get("data")
         meta = params.get("metadata") or {}
         queued = False
+        shown = self.targets.get(sid or "")
+        # A private page's pixels never leave the machine: its frames are dropped.
         if (self.screencast_on and isinstance(data, str) and len(data) <= SCREENCAST_MAX_B64
-                and self.pages and sid == self.pages[-1]):
+                and self.pages and sid == self.pages[-1]
+                and shown is not None and not self.private(shown)):
             queued = self.emit({"type": "frame", "b64": data,
                                 "w": int(_coord(meta.get("deviceWidth", 0))),
                                 "h": int(_coord(meta.get("deviceHeight", 0)))}) is not False
@@ -594,6 +645,14 @@ class CoBrowse:
         with contextlib.suppress(CDPError, BrowserError, TimeoutError):
             await self.browser.conn.send("Page.screencastFrameAck",
                                          {"sessionId": params.get("sessionId")}, sid)
+
+
+def blank_snapshot() -> dict[str, Any]:
+    """An rrweb full snapshot of an empty document: what a viewer shows for a private
+    page (its own nodes never leave the machine)."""
+    return {"type": ev.FULL_SNAPSHOT, "timestamp": int(time.time() * 1000),
+            "data": {"node": {"type": 0, "id": 1, "childNodes": []},
+                     "initialOffset": {"left": 0, "top": 0}}}
 
 
 VIRTUAL_KEYS = {"Enter": 13, "Backspace": 8, "Tab": 9, "Escape": 27, "ArrowLeft": 37,

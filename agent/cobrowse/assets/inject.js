@@ -9,16 +9,36 @@
   const g = globalThis;
   const send = g[CONFIG.binding];
   try { delete g[CONFIG.binding]; } catch (e) { /* not deletable: the agent checks anyway */ }
-  if (typeof send !== "function") return;
   const stringify = JSON.stringify;
   const later = g.setTimeout.bind(g);
-  const href = String(g.location && g.location.href);
-  for (const source of CONFIG.privateUrls) {
-    if (new RegExp(source).test(href)) {
-      if (g.top === g) send(stringify({ private: true }));
-      return;
+  const privateRes = CONFIG.privateUrls.map((source) => new RegExp(source));
+  const isPrivate = () => {
+    const href = String(g.location && g.location.href);
+    return privateRes.some((re) => re.test(href));
+  };
+  if (g.parent !== g) {
+    // A frame never records: a same-origin frame is recorded by its top document's
+    // rrweb, a cross-origin one not at all (rrweb's recordCrossOriginIframes posts every
+    // event to window.parent with targetOrigin "*", where any script of the embedding
+    // origin reads them). A private same-origin frame marks its own <html> and its
+    // <iframe> so that the parent's rrweb blocks it (it serializes the frame's document
+    // only at the frame's load; the <html> element does not exist yet when this runs,
+    // so it is marked as soon as the parser inserts it).
+    if (isPrivate()) {
+      const doc = g.document;
+      const mark = () => {
+        try { if (doc.documentElement) doc.documentElement.setAttribute("data-backline-private", ""); } catch (e) { /* none */ }
+      };
+      try { if (g.frameElement) g.frameElement.setAttribute("data-backline-private", ""); } catch (e) { /* cross-origin */ }
+      mark();
+      try {
+        new g.MutationObserver(mark).observe(doc, { childList: true });
+        doc.addEventListener("DOMContentLoaded", mark, true);
+      } catch (e) { /* no observer */ }
     }
+    return;
   }
+  if (typeof send !== "function") return;
   const rrwebRecord = (function () {
     var exports, module, define; // the UMD bundle attaches to `this` (the box below)
     const box = {};
@@ -28,7 +48,6 @@ __RRWEB__
     return box.rrwebRecord;
   })();
   const sensitive = CONFIG.maskSelector;
-  const SNAPSHOT_ASK = "backline-cobrowse-snapshot";
   const queue = [];
   const now = Date.now;
   let timer = null;
@@ -43,27 +62,16 @@ __RRWEB__
       send(stringify(queue.splice(0, queue.length)));
     }
   };
-  // rrweb drops a cross-origin frame's events until the parent's own snapshot has
-  // serialized that frame's <iframe> (IframeManager.crossOriginIframeMap is filled only
-  // then). An out-of-process frame often reaches DOMContentLoaded first, and its first
-  // full snapshot was lost (later mutations went on, under ids never added). So, after
-  // each full snapshot of this document, every child frame is asked for a fresh one; a
-  // child that is a cross-origin recorder answers (it asks its own children in turn).
-  const frames = () => {
-    for (let i = 0; i < g.frames.length; i++) {
-      try { g.frames[i].postMessage({ type: SNAPSHOT_ASK }, "*"); } catch (e) { /* gone */ }
-    }
-  };
-  g.addEventListener("message", (m) => {
-    if (g.top === g || m.source !== g.parent || !m.data || m.data.type !== SNAPSHOT_ASK) return;
-    try { rrwebRecord.record.takeFullSnapshot(true); } catch (e) { /* not recording yet */ }
-  });
   rrwebRecord.record({
-    plugins: [{ name: "backline/frames", eventProcessor(event) {
-      if (event.type === 2) later(frames, 0);
-      return event;
-    } }],
     emit(event) {
+      // On a private address (also one reached by pushState or a fragment) nothing is
+      // sent; the agent drops it too and asks for a fresh snapshot when the page leaves.
+      if (isPrivate()) return;
+      if (event.type === 4 && event.data && typeof event.data.href === "string") {
+        // rrweb's meta event carries the address: not its query or fragment (a token).
+        try { const u = new URL(event.data.href); event.data.href = u.origin + u.pathname; }
+        catch (e) { event.data.href = ""; }
+      }
       queue.push(event);
       if (queue.length >= 100) flush();
       else if (timer === null) timer = later(flush, Math.max(0, sent + CONFIG.flushMs - now()));
@@ -80,14 +88,12 @@ __RRWEB__
     collectFonts: false,
     inlineImages: false,
     inlineStylesheet: true,
-    recordCrossOriginIframes: true,
+    recordCrossOriginIframes: false,
     recordAfter: "DOMContentLoaded",
     sampling: { mousemove: 50, scroll: 100, input: "last", media: 800 },
     slimDOMOptions: { script: true, comment: true },
   });
-  if (g.top === g) {
-    // The agent asks for a fresh full snapshot after it had to drop events.
-    Object.defineProperty(g, CONFIG.binding + "_snapshot", {
-      value: () => rrwebRecord.record.takeFullSnapshot(true), enumerable: false });
-  }
+  // The agent asks for a fresh full snapshot after it had to drop events.
+  Object.defineProperty(g, CONFIG.binding + "_snapshot", {
+    value: () => rrwebRecord.record.takeFullSnapshot(true), enumerable: false });
 })();
