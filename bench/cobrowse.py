@@ -6,9 +6,10 @@ tests/browser/test_cobrowse_e2e.py: a relay, an enrolled agent process with its
 headless Chromium on the loopback test site (tests/sites/cobrowse/), the technician's
 console in Playwright's Chromium. Scripted browsing in the customer's page, the same in
 both phases: the site's own changes (an element every second, a cross-origin frame
-every second) plus, every 250 ms, a stamp: a counter written in a fixed element and
-painted as the colour of a fixed 160 px block (the counter modulo 8 as its red, green
-and blue bits), its time (``Date.now()`` in the customer's page) kept there.
+every second, not recorded: its content never leaves the machine) plus, every 250 ms,
+a stamp: a counter written in a fixed element and painted as the colour of a fixed
+160 px block (the counter modulo 8 as its red, green and blue bits), its time
+(``Date.now()`` in the customer's page) kept there.
 
 Phase 1, ``duration / 2`` seconds: DOM only. Phase 2, ``duration / 2``: the screencast
 on (the DOM keeps flowing too).

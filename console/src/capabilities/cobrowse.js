@@ -96,7 +96,7 @@ function statusView(l) {
     <span class="role ${l.role === "control" ? "control" : "view"}" id="cobrowse-role">${
       l.role === "watch" ? "Watching (you cannot send anything)" : "Technician"}</span>
     <span class="badge recorded" title="What the customer's page shows is recorded on the relay">● Recorded</span>
-    ${l.url ? html`<span class="muted">Page <code id="cobrowse-url">${l.url.slice(0, 200)}</code></span>` : nothing}
+    ${l.url ? html`<span class="muted">Page <code id="cobrowse-url">${l.url.slice(0, 200)}</code>${l.private ? html` <strong id="cobrowse-private">private: not shown</strong>` : nothing}</span>` : nothing}
   </div>
   ${l.hidden.length ? html`<p class="muted" id="cobrowse-hidden">Hidden from you on the customer's side: ${l.hidden.join(", ")}</p>` : nothing}`;
 }

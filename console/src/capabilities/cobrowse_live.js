@@ -184,6 +184,7 @@ export class LiveView {
     this.control = "none";
     this.asked = false; // the technician asked for control and no answer came yet
     this.url = null;
+    this.private = false;
     this.hidden = [];
     this.error = "";
     this.notice = "";
@@ -307,6 +308,7 @@ export class LiveView {
         break;
       case "nav":
         this.url = typeof m.url === "string" ? m.url : null;
+        this.private = m.private === true; // only its origin is said, nothing is shown
         break;
       case "hidden":
         this.hidden = Array.isArray(m.what) ? m.what.map(String).slice(0, 50) : [];
