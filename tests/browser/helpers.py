@@ -63,7 +63,10 @@ def sign_in(page: Page, username: str, password: str, totp: str | None = None) -
 
 
 def nav(page: Page, name: str) -> None:
-    page.get_by_role("navigation", name="Main").get_by_role("link", name=name).click()
+    """Follow the main navigation's link named exactly ``name`` ("Sessions" is not
+    "Find sessions")."""
+    page.get_by_role("navigation", name="Main").get_by_role("link", name=name,
+                                                             exact=True).click()
 
 
 def shot(page: Page, name: str) -> None:

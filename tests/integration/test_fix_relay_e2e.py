@@ -148,6 +148,15 @@ def stream_run(world: World, sid: str, first: dict[str, Any], cancel_after_start
     return frames
 
 
+def agent_holds_revocation(agent: AgentProcess, fix_id: str) -> bool:
+    """Whether the agent's kept revocation list (its state dir) names ``fix_id``."""
+    try:
+        entries = json.loads((agent.state_dir / "fix_revocations.json").read_text())["entries"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return any(e["id"] == fix_id for e in entries)
+
+
 def agent_lines(frames: list[tuple[float, dict[str, Any]]]) -> list[dict[str, Any]]:
     return [json.loads(f["line"]) for _, f in frames if f["type"] == "line"]
 
@@ -267,7 +276,10 @@ def test_a_revoked_version_stays_refused_by_the_agent_when_the_relay_forgets(wor
     approved(world, manifest_toml("e2e-revoked"))
     r = world.bob.post("/api/v1/fixes/e2e-revoked/1/revoke", json={"reason": "bad"})
     assert r.status_code == 200
-    time.sleep(1)  # the push is on its way over the control socket
+    # The push goes over the control socket: wait until the agent keeps it (a fixed
+    # second was not enough on a loaded machine: the agent adopted it 1.95 s later).
+    wait_for(lambda: agent_holds_revocation(world.agent, "e2e-revoked"), 30,
+             "the agent to adopt the pushed revocation")
     db = sqlite3.connect(world.relay.data_dir / "relay.db")
     try:
         db.execute("DELETE FROM fix_revocations WHERE fix_id='e2e-revoked'")
@@ -652,15 +664,7 @@ def test_a_list_too_long_for_one_frame_is_fetched_and_enforced(world: World) -> 
     revoked = [e for e in audit_actions(world.relay) if e["action"] == "fix.revoked"
                and e["target"] == "fix:e2e-fetched@1"]
     assert revoked[-1]["details"]["delivery"] == "fetch"
-    kept = world.agent.state_dir / "fix_revocations.json"
-
-    def holds_it() -> bool:
-        try:
-            entries = json.loads(kept.read_text())["entries"]
-        except (OSError, ValueError, KeyError):
-            return False
-        return any(e["id"] == "e2e-fetched" for e in entries)
-
-    wait_for(holds_it, 30, "the agent to fetch the announced revocation list")
+    wait_for(lambda: agent_holds_revocation(world.agent, "e2e-fetched"), 30,
+             "the agent to fetch the announced revocation list")
     in_db(world, ("DELETE FROM fix_revocations WHERE fix_id='e2e-fetched'", ()))
     assert refused_by_agent(world, run_rest(world, {"fix": "e2e-fetched@1"})) == "revoked"
