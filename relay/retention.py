@@ -7,8 +7,9 @@ answered 410 (gone, and why) rather than 404 (never was).
 
 A **legal hold** (``legal_holds``) on a session, an agent or a group keeps everything
 of it from retention until the hold is lifted. Placing and lifting are audited
-(``legal_hold.placed`` / ``legal_hold.lifted``); auditors may do both, as admins may:
-they are the ones asked to preserve evidence.
+(``legal_hold.placed`` / ``legal_hold.lifted``); both need ``holds:write``, which only
+admins hold: lifting a hold lets the next pass delete what it kept, and auditors change
+nothing (they list the holds, and ask an admin for one).
 
 Blobs are content-addressed: a blob two rows share is removed only when no row that
 is kept still names it.
