@@ -304,6 +304,10 @@ class Room:
 
     async def open_start(self, url: str) -> None:
         """The start line's address, which the view question named."""
+        await self.open_address(url, by="technician")
+
+    async def open_address(self, url: str, by: str) -> None:
+        """Navigate, saying a refusal or a browser error as lines; logged when done."""
         from backline.agent.cobrowse.session import InputRefused
 
         try:
@@ -314,12 +318,10 @@ class Room:
         except Exception as exc:
             self.emit({"type": "error", "error": "browser", "detail": str(exc)[:300]})
             return
-        self.log("cobrowse.navigated", url=url[:500], by="technician")
+        self.log("cobrowse.navigated", url=url[:500], by=by)
 
     async def ask_propose(self, url: str) -> None:
         """Without control, a proposed address is the customer's to open or not."""
-        from backline.agent.cobrowse.session import InputRefused
-
         answer = await self.bounded_ask(propose_question(self.ctx, url), PROPOSE_ASK_S)
         said = "yes" if answer.allowed else ("timeout" if answer.how == "no_answer" else "no")
         self.log("cobrowse.consent", what="propose_url", answer=said, how=answer.how)
@@ -328,15 +330,7 @@ class Room:
             self.refuse_input("propose_refused", "the customer did not open the address "
                               f"proposed ({said})")
             return
-        try:
-            await self.cb.navigate(url)
-        except InputRefused as exc:
-            self.refuse_input(exc.reason, exc.detail)
-            return
-        except Exception as exc:
-            self.emit({"type": "error", "error": "browser", "detail": str(exc)[:300]})
-            return
-        self.log("cobrowse.navigated", url=url[:500], by="customer")
+        await self.open_address(url, by="customer")
 
     async def revoke(self, by: str) -> None:
         await self.cb.set_control(False)
