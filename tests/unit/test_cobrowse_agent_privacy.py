@@ -108,6 +108,39 @@ async def test_a_private_same_origin_frame_is_blocked_in_its_parent(
 
 
 @run_async
+async def test_a_same_origin_frame_that_moves_to_a_private_address_stops_being_recorded(
+        tmp_path: Path, site: dict[str, int]) -> None:  # noqa: F811
+    """The frame's own start-up cannot see a pushState; the top document's rrweb cuts
+    what belongs to a frame whose address is private at the moment it is sent (the
+    same cut closes the race in which a loaded frame was serialised before it marked
+    itself)."""
+    kit = kit_for(tmp_path, ScriptedAsker(YES), private_urls=["*/frame-account*"])
+    conn, ch, server = await open_cobrowse(kit, f"http://127.0.0.1:{site['a']}/")
+    async with conn:
+        await ch.until(lambda: "SAME-ORIGIN-FRAME-TEXT" in rrweb_text(ch.parsed()), 60)
+        ctx = server_ctx(server)
+        await page_eval(kit, ctx, "(() => { const w = document.getElementById('same')"
+                                  ".contentWindow; w.document.body.insertAdjacentHTML("
+                                  "'beforeend', '<p>FRAME-PUBLIC-TEXT</p>'); })()")
+        await ch.until(lambda: "FRAME-PUBLIC-TEXT" in rrweb_text(ch.parsed()), 15)
+        await page_eval(kit, ctx, "(() => { const w = document.getElementById('same')"
+                                  ".contentWindow; w.history.pushState({}, '', "
+                                  "'/frame-account/3'); w.document.body.insertAdjacentHTML("
+                                  "'beforeend', '<p>FRAME-PRIVATE-TEXT</p>');"
+                                  " w.document.getElementById('same-text').textContent ="
+                                  " 'FRAME-PRIVATE-EDIT'; })()")
+        # The top page goes on being recorded (its ticks), the frame's changes do not.
+        ticks = rrweb_text(ch.parsed()).count("TICK-")
+        await ch.until(lambda: rrweb_text(ch.parsed()).count("TICK-") >= ticks + 2, 15)
+        ch.send({"type": "end"})
+        await asyncio.wait_for(ch.task, 30)
+    text = rrweb_text(ch.parsed())
+    assert "FRAME-PRIVATE-TEXT" not in text
+    assert "FRAME-PRIVATE-EDIT" not in text
+    await asyncio.wait_for(server, 10)
+
+
+@run_async
 async def test_a_cross_origin_frame_is_neither_recorded_nor_posted_to_its_parent(
         tmp_path: Path, site: dict[str, int]) -> None:  # noqa: F811
     kit = kit_for(tmp_path, ScriptedAsker(YES))

@@ -62,11 +62,48 @@ __RRWEB__
       send(stringify(queue.splice(0, queue.length)));
     }
   };
+  // A same-origin frame's nodes reach this rrweb through its mirror. Whatever belongs
+  // to a frame whose address is private now is cut here, at the last step before the
+  // binding, whatever the order in which the frame's own mark (above) and this rrweb's
+  // serialisation of the frame ran (under load the frame's document was serialised
+  // before its <html> was marked). This also covers a frame that reaches a private
+  // address by pushState, which the frame's own start-up cannot see.
+  const mirror = rrwebRecord.record.mirror;
+  const top = g.document;
+  const inPrivateFrame = (id) => {
+    const node = typeof id === "number" ? mirror.getNode(id) : null;
+    if (!node) return false;
+    const doc = node.nodeType === 9 ? node : node.ownerDocument;
+    if (!doc || doc === top) return false;
+    let href;
+    try { href = String(doc.defaultView ? doc.defaultView.location.href : doc.URL); }
+    catch (e) { return true; } // not readable: another origin, never recorded
+    return privateRes.some((re) => re.test(href));
+  };
+  const withoutPrivateFrames = (event) => {
+    if (event.type !== 3 || !event.data || !privateRes.length) return event;
+    const data = event.data;
+    if (data.source === 0) {
+      const adds = (data.adds || []).filter((a) => !(a && a.node && inPrivateFrame(a.node.id)));
+      const texts = (data.texts || []).filter((t) => !(t && inPrivateFrame(t.id)));
+      const attributes = (data.attributes || []).filter((t) => !(t && inPrivateFrame(t.id)));
+      if (!adds.length && !texts.length && !attributes.length && !(data.removes || []).length) {
+        return null;
+      }
+      data.adds = adds;
+      data.texts = texts;
+      data.attributes = attributes;
+      return event;
+    }
+    return inPrivateFrame(data.id) ? null : event;
+  };
   rrwebRecord.record({
-    emit(event) {
+    emit(raw) {
       // On a private address (also one reached by pushState or a fragment) nothing is
       // sent; the agent drops it too and asks for a fresh snapshot when the page leaves.
       if (isPrivate()) return;
+      const event = withoutPrivateFrames(raw);
+      if (event === null) return;
       if (event.type === 4 && event.data && typeof event.data.href === "string") {
         // rrweb's meta event carries the address: not its query or fragment (a token).
         try { const u = new URL(event.data.href); event.data.href = u.origin + u.pathname; }
