@@ -62,7 +62,10 @@ async def set_outcome(request: Request, relay: Relay, who: Principal, *,
         extra["agent"] = row["agent_id"]
     relay.record(who.actor, "session.outcome", f"session:{row['id']}", outcome=body.outcome,
                  note=note, ticket=row["ticket"], address=who.address, **extra)
-    return reply(m.Session, relay.sessions.row(row["id"]))
+    changed = relay.sessions.row(row["id"])
+    if changed is not None:
+        relay.sessions.announce("outcome", changed)
+    return reply(m.Session, changed)
 
 
 ROUTES = [

@@ -161,6 +161,17 @@ class SessionManager:
         row = self.row(session.id)
         self.relay.bus.publish({"type": "session", "event": kind, "group_id": session.group_id,
                                 "technician": session.technician, "session": row})
+        self._webhook(kind, row, details)
+
+    def announce(self, kind: str, row: dict[str, Any]) -> None:
+        """A change of a session that is over (its outcome) to every console that may see
+        it. Consoles replace their copy with each pushed row, in the order the bus sends
+        them, so a change not pushed would be undone by the "end" event still on its way
+        (seen under load: the outcome vanished from the page right after it was saved)."""
+        self.relay.bus.publish({"type": "session", "event": kind, "group_id": row["group_id"],
+                                "technician": row["technician"], "session": row})
+
+    def _webhook(self, kind: str, row: dict[str, Any] | None, details: dict[str, Any]) -> None:
         webhooks = self.relay.webhooks
         if row is not None:
             with contextlib.suppress(Exception):

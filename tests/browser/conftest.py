@@ -26,8 +26,11 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    relay = RelayProcess(tmp_path_factory.mktemp("console")).start()
+def site(request: pytest.FixtureRequest,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    """One relay per test module; a module's ``RELAY_ENV`` (a dict) adds settings."""
+    relay = RelayProcess(tmp_path_factory.mktemp("console"),
+                         extra_env=getattr(request.module, "RELAY_ENV", None)).start()
     api = admin_api(relay)
     api.close()
     try:

@@ -324,14 +324,18 @@ def test_a_fix_that_asks_the_customer_runs_on_yes_and_is_refused_on_no(
         agent.stop()
 
 
-# Past the relay's default cap (16 MiB): the agent keeps the first 16 MiB, counts the rest.
-CAP = 16 * 1024 * 1024
-FLOOD_SCRIPT = "echo flood-start\nhead -c 17000000 /dev/zero | tr '\\0' x\necho\necho flood-end\n"
+# Past the relay's cap: the agent keeps the first CAP bytes and counts the rest.
+# The relay's output cap for this module's relay, lowered from its 16 MiB default so
+# that the flood below costs a fifth of the time (under load 17 MB ran past the fix's
+# 60 s); still above the page's own 2 MiB share, so that bound is exercised too.
+CAP = 3 * 1024 * 1024
+RELAY_ENV = {"BACKLINE_FIX_MAX_OUTPUT_BYTES": str(CAP)}
+FLOOD_SCRIPT = "echo flood-start\nhead -c 3500000 /dev/zero | tr '\\0' x\necho\necho flood-end\n"
 
 
 def test_output_past_the_cap_shows_the_cut_marker_and_the_page_stays_bounded(
         page: Watched, site: RelayProcess, diag_agent: AgentProcess) -> None:
-    """17 MB of output: the agent cuts it at the cap and says so once; the panel shows
+    """3.5 MB of output: the agent cuts it at the cap and says so once; the panel shows
     a visible marker where it was cut and the end report's counts; the page keeps only
     its own bounded share of the text."""
     approved(site, manifest("flood-test", FLOOD_SCRIPT))

@@ -5,13 +5,21 @@ bad values, a long note and control characters are refused, each with a clear er
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.harness import AgentProcess, Api, RelayProcess, admin_api, audit_actions
+from tests.harness import (
+    AgentProcess,
+    Api,
+    RelayProcess,
+    admin_api,
+    audit_actions,
+    browser_socket,
+)
 from tests.integration.test_sessions import make_user, open_session, start_agent
 
 
@@ -74,6 +82,28 @@ def test_set_change_and_read_an_outcome(world: World) -> None:
     refused = [e for e in audit_actions(world.relay)
                if e["action"] == "session.outcome.refused"]
     assert refused and refused[-1]["details"]["reason"] == "not_closed"
+
+
+def test_the_live_socket_pushes_the_outcome_after_the_end(world: World) -> None:
+    """The console replaces its copy of a session with each pushed row: the outcome is
+    pushed too, after the "end", so the end cannot undo it on the page (it did, under
+    load, when only the end was pushed)."""
+    alice = world.alice
+    s = open_session(alice, world.agent.agent_id, reason="live", ticket="T-78")
+    with browser_socket(world.relay, alice, "/api/v1/live") as live:
+        assert json.loads(live.recv(5))["type"] == "hello"
+        assert alice.request("DELETE", f"/api/v1/sessions/{s['id']}").status_code == 200
+        r = alice.post(f"/api/v1/sessions/{s['id']}/outcome", json={"outcome": "resolved"})
+        assert r.status_code == 200, r.text
+        rows = []
+        for _ in range(200):  # bounded: the presence and audit events come too
+            event = json.loads(live.recv(20))
+            if event["type"] == "session" and event["session"]["id"] == s["id"]:
+                rows.append((event["event"], event["session"]))
+                if event["event"] == "outcome":
+                    break
+    assert [kind for kind, _ in rows][-2:] == ["end", "outcome"], rows
+    assert rows[-1][1]["outcome"] == "resolved" and rows[-1][1]["state"] == "closed"
 
 
 def test_hostile_outcomes_are_refused(world: World) -> None:
