@@ -6,10 +6,12 @@ popup and out-of-process iframe; each one, while it is still paused before its f
 script, gets a binding (``Runtime.addBinding``, a random name) and the recorder
 (``Page.addScriptToEvaluateOnNewDocument``, main world: rrweb must see the page's own
 ``attachShadow`` and ``adoptedStyleSheets`` calls), then is let go
-(``Runtime.runIfWaitingForDebugger``). Same-origin frames are recorded by their
-top document's rrweb; a frame's own recorder never records, so a cross-origin frame is
-not recorded at all (rrweb's ``recordCrossOriginIframes`` posted its events to the
-embedding page with targetOrigin ``"*"``: docs/cobrowse.md, "Privacy at the source").
+(``Runtime.runIfWaitingForDebugger``). A frame of its parent's origin is recorded by
+its parent's rrweb; a frame of another origin records itself, with the same options,
+and sends through its own target's binding (or its own execution context's, in
+process): the agent merges it into the page's stream (``frames.py``). rrweb's
+``recordCrossOriginIframes``, which posts a frame's events to the embedding page with
+targetOrigin ``"*"``, stays off (docs/cobrowse.md, "Frames").
 
 The privacy options are built here, from the policy, and cannot be loosened by the
 relay: every input value masked (``maskAllInputs``; password and ``cc-*`` fields can
@@ -85,8 +87,7 @@ class Privacy:
         """What the customer is told stays on this machine."""
         return ["all input values (masked)", "password fields", "card fields (cc-*)",
                 PRIVATE_SELECTOR, *policy.mask_selectors, *policy.block_selectors,
-                *(f"pages {p}" for p in policy.private_urls), "canvas",
-                "frames from other origins"]
+                *(f"pages {p}" for p in policy.private_urls), "canvas"]
 
 
 def rrweb_source() -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backline.agent.cobrowse import events as ev
-from backline.agent.cobrowse import handsoff, recorder
+from backline.agent.cobrowse import frames, handsoff, recorder
 from backline.agent.cobrowse.browser import Browser, BrowserError, CDPError, find_browser
 from backline.agent.cobrowse.cdp import Event
 from backline.agent.policy import CobrowsePolicy
@@ -40,6 +40,37 @@ FRAME_BACKOFF_S = 0.25
 AGENT_FLUSH_MS = 20
 #: rrweb's Meta event (the page's address and size).
 META = 4
+#: Frames that record themselves, at most, in one co-browse (one gate each: a page of
+#: many cross-origin frames gets no more than this many allowances).
+MAX_FRAMES = 32
+#: Lookups of a frame's <iframe> that found nothing (not serialized yet), at most, with
+#: a doubling wait from FRAME_RETRY_S, before the next parent snapshot starts them again.
+MAX_LOOKUPS = 6
+FRAME_RETRY_S = 0.25
+#: A frame is asked for a fresh full snapshot at most this often.
+FRAME_ASK_S = 1.0
+#: Run in the agent's isolated world on a frame's <iframe> element (the page cannot patch
+#: what this world's DOM methods are): is it, or anything around it up to the top (through
+#: shadow hosts, and <iframe>s of the same origin), blocked?
+BLOCKED_CHECK = """function (selector) {
+  let n = this;
+  for (let i = 0; i < 256 && n; i += 1) {
+    if (n.nodeType === 1 && n.closest(selector)) return true;
+    const root = n.getRootNode();
+    if (root && root.host) { n = root.host; continue; }
+    let outer = null;
+    try { outer = root && root.defaultView ? root.defaultView.frameElement : null; }
+    catch (e) { outer = null; }
+    n = outer;
+  }
+  return false;
+}"""
+#: Run in the main world of the document holding a frame's <iframe>: the id of that
+#: element in the rrweb that records the document (inject.js). ``window`` is unforgeable.
+OWNER_ID = """function (name) {
+  const f = window[name];
+  return typeof f === "function" ? f(this) : "none";
+}"""
 
 
 class InputRefused(Exception):
@@ -49,6 +80,12 @@ class InputRefused(Exception):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+
+
+@dataclass
+class FrameInfo:
+    parent: str | None = None
+    url: str = ""
 
 
 @dataclass
@@ -62,6 +99,21 @@ class Target:
     world: int | None = None
     #: A full snapshot came from this page since its document last changed.
     snapshot_seen: bool = False
+    #: The full snapshots of this page's top (the epoch its nodes' ids belong to), and
+    #: the last one's timestamp.
+    snapshots: int = 0
+    snapshot_ts: float = 0.0
+    #: The session that attached this target, and for an out-of-process frame the frame
+    #: that holds its <iframe> (in that session's target).
+    parent_sid: str | None = None
+    parent_frame: str = ""
+    #: The target's frames (its main frame and the in-process ones under it).
+    frames: dict[str, FrameInfo] = field(default_factory=dict)
+    #: Main-world execution contexts: id to frame, and each frame's origin.
+    contexts: dict[int, str] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)
+    #: The agent's isolated world in each frame (for the blocked check).
+    isolated: dict[str, int] = field(default_factory=dict)
 
 
 class CoBrowse:
@@ -94,6 +146,11 @@ class CoBrowse:
         self._flushed = -1e9
         self._tasks: set[asyncio.Task[Any]] = set()
         self._dropped_said = 0.0
+        #: Frames that record themselves (another origin than their parent's), by
+        #: (session, frame): agent/cobrowse/frames.py.
+        self.frames: dict[tuple[str, str], frames.Frame] = {}
+        self.bases = frames.Bases()
+        self._lookups_made = 0
         self.stats = {"events": 0, "lines": 0, "bytes": 0, "first_snapshot_ms": None}
         self._started = time.monotonic()
 
@@ -161,10 +218,12 @@ class CoBrowse:
     def _on_event(self, event: Event) -> None:
         method, params = event.method, event.params
         if method == "Target.attachedToTarget":
-            self._spawn(self._attached(params))
+            self._spawn(self._attached(params, event.session_id))
         elif method == "Target.detachedFromTarget":
             sid = params.get("sessionId")
             self.targets.pop(sid, None)
+            for key in [k for k in self.frames if k[0] == sid]:
+                del self.frames[key]
             if sid in self.pages:
                 was_shown = self.pages[-1] == sid
                 self.pages.remove(sid)
@@ -179,14 +238,20 @@ class CoBrowse:
                     self._spawn(self._snapshot(self.pages[-1]))
         elif method == "Runtime.bindingCalled":
             if params.get("name") == self.binding:
-                self._binding(event.session_id, params.get("payload"))
+                self._binding(event.session_id, params.get("payload"),
+                              params.get("executionContextId"))
             elif params.get("name") == self.input_binding:
                 self._reported(event.session_id, params.get("payload"))
+        elif method.startswith("Runtime.executionContext"):
+            self._contexts(event.session_id, method, params)
+        elif method in ("Page.frameAttached", "Page.frameDetached"):
+            self._frame_tree(event.session_id, method, params)
         elif method == "Page.frameNavigated":
             frame = params.get("frame") or {}
             target = self.targets.get(event.session_id or "")
-            if target and not frame.get("parentId"):
-                target.main_frame = str(frame.get("id", ""))
+            fid = str(frame.get("id", ""))
+            if target and (not frame.get("parentId") or fid == target.main_frame):
+                target.main_frame = fid
                 target.url = str(frame.get("url", ""))[:4096]
                 target.world = None
                 target.snapshot_seen = False
@@ -194,8 +259,17 @@ class CoBrowse:
                     self._say_nav(target)
                     if self.control:
                         self._spawn(self._watch_input())
+            if target:
+                self._frame_moved(target, fid, str(frame.get("url", ""))[:4096],
+                                  frame.get("parentId"), new_document=True)
         elif method == "Page.navigatedWithinDocument":
             self._within_document(event.session_id, params)
+            target = self.targets.get(event.session_id or "")
+            if target:
+                fid = str(params.get("frameId", ""))
+                self._frame_moved(target, fid, str(params.get("url", ""))[:4096],
+                                  (target.frames.get(fid) or FrameInfo()).parent,
+                                  new_document=False)
         elif method == "Page.loadEventFired":
             self._spawn(self._snapshot_if_missing(event.session_id))
         elif method == "Fetch.requestPaused":
@@ -214,7 +288,7 @@ class CoBrowse:
                 self.emit({"type": "error", "error": "download_refused",
                            "detail": "a download was refused while the technician has control"})
 
-    async def _attached(self, params: dict[str, Any]) -> None:
+    async def _attached(self, params: dict[str, Any], parent_sid: str | None = None) -> None:
         assert self.browser is not None
         conn = self.browser.conn
         sid = params.get("sessionId")
@@ -224,8 +298,12 @@ class CoBrowse:
             return
         try:
             if kind in ("page", "iframe"):
+                # A page's or an out-of-process frame's target id is its main frame's id.
                 target = Target(sid, kind, str(info.get("targetId", "")),
-                                str(info.get("url", ""))[:4096])
+                                str(info.get("url", ""))[:4096],
+                                main_frame=str(info.get("targetId", "")),
+                                parent_sid=parent_sid,
+                                parent_frame=str(info.get("parentFrameId", "")))
                 self.targets[sid] = target
                 await asyncio.gather(  # bindingCalled is sent only with Runtime enabled
                     conn.send("Runtime.enable", {}, sid),
@@ -251,10 +329,13 @@ class CoBrowse:
                     await conn.send("Fetch.enable", {"patterns": [
                         {"urlPattern": "*", "resourceType": "Document",
                          "requestStage": "Request"}]}, sid)
+                tree = (await conn.send("Page.getFrameTree", {}, sid)).get("frameTree") or {}
+                root = tree.get("frame") or {}
+                target.main_frame = str(root.get("id", target.main_frame))
+                if kind == "iframe" and not target.parent_frame:
+                    target.parent_frame = str(root.get("parentId", ""))
+                self._frames_of(target, tree, None)
                 if kind == "page":
-                    tree = await conn.send("Page.getFrameTree", {}, sid)
-                    target.main_frame = str((tree.get("frameTree") or {}).get("frame", {})
-                                            .get("id", ""))
                     self.pages.append(sid)
                 if kind in ("page", "iframe"):  # an out-of-process frame chooses files too
                     await self._set_control_guards(sid, self.control)
@@ -334,18 +415,28 @@ class CoBrowse:
             return target if self.pages[-1] == target.session_id else None
         return self.targets.get(self.pages[-1])  # an OOPIF's events come via its page
 
-    def _binding(self, sid: str | None, payload: object) -> None:
-        target = self._shown(sid)
+    def _binding(self, sid: str | None, payload: object, context: object = None) -> None:
         source = self.targets.get(sid or "")
         if source is None:
             return
-        if target is None or source.type != "page":
-            # Only a page's top document sends (frames post to it): anything else is noise.
+        # Which document called: a page's top, or a frame that records itself (another
+        # origin than its parent's: agent/cobrowse/frames.py). Anything else is noise.
+        frame = (source.main_frame if context is None
+                 else source.contexts.get(context) if isinstance(context, int) else None)
+        if frame is None:
+            source.gate.malformed += 1
+            return
+        if source.type != "page" or frame != source.main_frame:
+            self._frame_binding(source, frame, payload)
+            return
+        target = self._shown(sid)
+        if target is None:
             source.gate.malformed += 1
             return
         if self.private(target):
             return
         accepted = source.gate.accept(payload)
+        snapshot = False
         for event, text in accepted:
             if event["type"] == META and isinstance(event.get("data"), dict) and (
                     "href" in event["data"]):
@@ -356,18 +447,35 @@ class CoBrowse:
                 text = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
             if event["type"] == ev.FULL_SNAPSHOT:
                 source.snapshot_seen = True
+                source.snapshots += 1
+                source.snapshot_ts = float(event["timestamp"])
+                snapshot = True
             if event["type"] == ev.FULL_SNAPSHOT and self.stats["first_snapshot_ms"] is None:
                 self.stats["first_snapshot_ms"] = round(
                     (time.monotonic() - self._started) * 1000, 1)
             self.stats["events"] += 1
             for line in self.batcher.add(text):
                 self._send_line(line)
+        self._flush_soon()
+        self._say_drops(source)
+        if snapshot:
+            # The view was rebuilt: every frame under this page attaches again.
+            self._children_stale((source.session_id, source.main_frame))
+
+    def _flush_soon(self) -> None:
         if len(self.batcher) and self._flush_at is None:
             # Leading edge: what this read of the pipe brought leaves together, at once
             # after a quiet spell, else when AGENT_FLUSH_MS has passed since the last.
             wait = max(0.0, self._flushed + AGENT_FLUSH_MS / 1000 - time.monotonic())
             self._flush_at = asyncio.get_running_loop().call_later(wait, self._flush)
-        self._say_drops(source)
+
+    def _send_events(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            self.stats["events"] += 1
+            for line in self.batcher.add(json.dumps(event, ensure_ascii=False,
+                                                    separators=(",", ":"))):
+                self._send_line(line)
+        self._flush_soon()
 
     def _flush(self) -> None:
         """The batched events as one line (also before a ``nav`` line: never overtaken)."""
@@ -383,7 +491,7 @@ class CoBrowse:
         self.stats["bytes"] += len(line)
         self.emit(line)
 
-    def _say_drops(self, target: Target) -> None:
+    def _say_drops(self, target: Target | frames.Frame) -> None:
         gate = target.gate
         now = time.monotonic()
         if gate.dropped_events and now - self._dropped_said >= 1.0:
@@ -395,7 +503,8 @@ class CoBrowse:
                                  "from the page were dropped: over the agent's limits"})
 
     async def _flush_loop(self) -> None:
-        """After drops, a fresh full snapshot once the page's allowance has refilled."""
+        """After drops, a fresh full snapshot once the page's allowance has refilled; the
+        frames of the shown page that wait for their <iframe>'s id or a fresh snapshot."""
         while True:
             await asyncio.sleep(0.1)
             for sid in list(self.pages[-1:]):
@@ -403,6 +512,8 @@ class CoBrowse:
                 if target and target.gate.needs_snapshot and target.gate.recovered():
                     target.gate.needs_snapshot = False
                     await self._snapshot(sid)
+                if target:
+                    self._frames_due(target)
 
     async def _snapshot_if_missing(self, sid: str | None) -> None:
         """A shown page loaded without a full snapshot reaching the agent: ask for one. A
@@ -424,6 +535,418 @@ class CoBrowse:
             await self.browser.conn.send("Runtime.evaluate", {
                 "expression": f"globalThis[{self.binding + '_snapshot'!r}] && "
                               f"globalThis[{self.binding + '_snapshot'!r}]()"}, sid, timeout=5)
+
+    # --- frames of another origin (agent/cobrowse/frames.py) --------------------------
+
+    def _contexts(self, sid: str | None, method: str, params: dict[str, Any]) -> None:
+        """Which document each main-world execution context is (a binding call names
+        its context), each frame's origin, and the agent's isolated world per frame."""
+        target = self.targets.get(sid or "")
+        if target is None:
+            return
+        if method == "Runtime.executionContextCreated":
+            ctx = params.get("context") or {}
+            aux = ctx.get("auxData") or {}
+            cid, fid = ctx.get("id"), aux.get("frameId")
+            if not isinstance(cid, int) or not isinstance(fid, str):
+                return
+            if aux.get("isDefault"):
+                target.contexts[cid] = fid
+                target.origins[fid] = str(ctx.get("origin", ""))
+            elif ctx.get("name") == ISOLATED_WORLD:
+                target.isolated[fid] = cid
+        elif method == "Runtime.executionContextDestroyed":
+            cid = params.get("executionContextId")
+            if isinstance(cid, int):
+                target.contexts.pop(cid, None)
+                for fid, world in list(target.isolated.items()):
+                    if world == cid:
+                        del target.isolated[fid]
+        elif method == "Runtime.executionContextsCleared":
+            target.contexts.clear()
+            target.isolated.clear()
+
+    def _frame_tree(self, sid: str | None, method: str, params: dict[str, Any]) -> None:
+        target = self.targets.get(sid or "")
+        fid = params.get("frameId")
+        if target is None or not isinstance(fid, str):
+            return
+        if method == "Page.frameAttached":
+            parent = params.get("parentFrameId")
+            target.frames.setdefault(fid, FrameInfo()).parent = (
+                parent if isinstance(parent, str) else None)
+        elif fid != target.main_frame:  # detached (or moved out of this process)
+            target.frames.pop(fid, None)
+            target.origins.pop(fid, None)
+            target.isolated.pop(fid, None)
+            self.frames.pop((target.session_id, fid), None)
+
+    def _frames_of(self, target: Target, tree: dict[str, Any], parent: str | None) -> None:
+        stack: list[tuple[dict[str, Any], str | None]] = [(tree, parent)]
+        for _ in range(1000):
+            if not stack:
+                break
+            node, up = stack.pop()
+            frame = node.get("frame") or {}
+            fid = frame.get("id")
+            if not isinstance(fid, str):
+                continue
+            target.frames[fid] = FrameInfo(up, str(frame.get("url", ""))[:4096])
+            stack.extend((child, fid) for child in node.get("childFrames") or [])
+
+    def _frame_moved(self, target: Target, fid: str, url: str, parent: object,
+                     new_document: bool) -> None:
+        """A frame's address changed. A frame that records itself and reaches a private
+        address is blanked in the view (its recorder then sends nothing, and the agent
+        drops anything it does); leaving one within its document asks for a snapshot."""
+        key = (target.session_id, fid)
+        before = self._chain_private(target, fid) if key in self.frames else False
+        info = target.frames.setdefault(fid, FrameInfo())
+        if fid != target.main_frame and isinstance(parent, str):
+            info.parent = parent
+        info.url = url
+        rec = self.frames.get(key)
+        if rec is None:
+            return
+        after = self._chain_private(target, fid)
+        if after and (new_document or not before):
+            self._blank(rec)
+        elif new_document:
+            rec.new_document()  # its new document's recorder sends a snapshot itself
+        elif before and not after:
+            rec.stale = True
+
+    def _chain_private(self, target: Target, fid: str) -> bool:
+        """Is the frame, or any frame above it up to its page's top, on a private
+        address (by the addresses the agent tracks)? Unknown ground is private."""
+        if not self.policy.private_urls:
+            return False
+        t, f = target, fid
+        for _ in range(64):
+            info = t.frames.get(f)
+            url = info.url if info else (t.url if f == t.main_frame else "")
+            if url and recorder.url_matches(url, self.policy.private_urls):
+                return True
+            if f == t.main_frame:
+                if t.type == "page":
+                    return False
+                up = self.targets.get(t.parent_sid or "")
+                if up is None or not t.parent_frame:
+                    return True
+                t, f = up, t.parent_frame
+            elif info is None or info.parent is None:
+                return True
+            else:
+                f = info.parent
+        return True
+
+    def _page_of(self, target: Target) -> Target | None:
+        t: Target | None = target
+        for _ in range(64):
+            if t is None or t.type == "page":
+                return t
+            t = self.targets.get(t.parent_sid or "")
+        return None
+
+    def _records_itself(self, target: Target, fid: str) -> bool:
+        """A frame records itself when it is of another origin than its parent (inject.js
+        decides the same by whether it can read its parent's document): an
+        out-of-process frame always is; an in-process one by its main world's origin."""
+        if fid == target.main_frame:
+            return target.type == "iframe"
+        info = target.frames.get(fid)
+        if info is None or info.parent is None:
+            return False
+        mine, theirs = target.origins.get(fid), target.origins.get(info.parent)
+        return bool(mine) and bool(theirs) and mine != theirs
+
+    def _parent_of(self, rec: frames.Frame) -> tuple[str, str] | None:
+        """The recorder whose rrweb serializes the frame's <iframe>: the nearest document
+        above it that records (a page's top, or a frame that records itself)."""
+        t = self.targets.get(rec.session_id)
+        if t is None:
+            return None
+        if rec.frame_id == t.main_frame:
+            f: str | None = t.parent_frame
+            t = self.targets.get(t.parent_sid or "")
+        else:
+            f = (t.frames.get(rec.frame_id) or FrameInfo()).parent
+        for _ in range(64):
+            if t is None or not f:
+                return None
+            if (t.type == "page" and f == t.main_frame) or self._records_itself(t, f):
+                return (t.session_id, f)
+            f = (t.frames.get(f) or FrameInfo()).parent
+        return None
+
+    def _epoch(self, key: tuple[str, str] | None) -> object:
+        """What the ids of a recorder's nodes in the view belong to (None: none there)."""
+        if key is None:
+            return None
+        t = self.targets.get(key[0])
+        if t is None:
+            return None
+        if t.type == "page" and key[1] == t.main_frame:
+            return ("top", t.snapshots) if t.snapshot_seen else None
+        rec = self.frames.get(key)
+        return ("frame", rec.base) if rec is not None and rec.attached else None
+
+    def _floor(self, key: tuple[str, str] | None) -> float:
+        t = self.targets.get(key[0]) if key else None
+        if t is not None and key is not None and t.type == "page" and key[1] == t.main_frame:
+            return t.snapshot_ts
+        rec = self.frames.get(key) if key else None
+        return rec.floor if rec is not None else 0.0
+
+    def _owner_valid(self, rec: frames.Frame) -> bool:
+        return (rec.owner is not None and rec.owner_epoch is not None
+                and self._epoch(self._parent_of(rec)) == rec.owner_epoch)
+
+    def _frame_shown(self, source: Target, fid: str) -> bool:
+        page = self._page_of(source)
+        return (page is not None and bool(self.pages) and self.pages[-1] == page.session_id
+                and not self.private(page) and not self._chain_private(source, fid))
+
+    def _frame_binding(self, source: Target, fid: str, payload: object) -> None:
+        """Events of a frame that records itself: the same gate as a page's, then moved
+        into the frame's own id range and attached under its <iframe> (frames.py)."""
+        key = (source.session_id, fid)
+        rec = self.frames.get(key)
+        if not self._records_itself(source, fid):
+            # A document that must not send (a same-origin frame: its parent's rrweb
+            # records it), or a frame that went back to its parent's origin.
+            self.frames.pop(key, None)
+            source.gate.malformed += 1
+            return
+        if rec is None:
+            if len(self.frames) >= MAX_FRAMES:
+                source.gate.malformed += 1
+                return
+            rec = self.frames[key] = frames.Frame(*key)
+        if not self._frame_shown(source, fid):
+            return
+        out: list[dict[str, Any]] = []
+        for event, text in rec.gate.accept(payload):
+            if event["type"] == ev.FULL_SNAPSHOT:
+                base = self.bases.take()
+                if base is None or not rec.snapshot(event, base, len(text)):
+                    rec.gate.malformed += 1
+                    continue
+                self._children_stale(key)
+                if self._owner_valid(rec):
+                    assert rec.owner is not None
+                    out.extend(rec.release(rec.owner, self._floor(self._parent_of(rec))))
+                else:
+                    rec.owner = None
+                    self._spawn(self._lookup(rec))
+            else:
+                moved = rec.add(event, len(text))
+                if moved is not None:
+                    out.append(moved)
+        if out:
+            self._send_events(out)
+        self._say_drops(rec)
+
+    def _children_stale(self, key: tuple[str, str]) -> None:
+        """A recorder took a full snapshot (its nodes have new ids, the view rebuilt
+        them): the frames under it look their <iframe> up again and, when what they
+        sent is gone from the view, send a fresh snapshot."""
+        for rec in list(self.frames.values()):
+            if self._parent_of(rec) != key:
+                continue
+            rec.owner = None
+            rec.lookups, rec.retry_at = 0, 0.0
+            if rec.attached or not rec.held:
+                rec.forget()
+                rec.stale = True
+                rec.asked_at = -1e9
+            self._spawn(self._lookup(rec))
+
+    async def _lookup(self, rec: frames.Frame) -> None:
+        """Find the frame's <iframe> id in its parent's rrweb; then what it held goes out."""
+        if rec.looking:
+            rec.again = True
+            return
+        rec.looking = True
+        try:
+            for _ in range(4):
+                rec.again = False
+                parent = self._parent_of(rec)
+                epoch = self._epoch(parent)
+                if parent is None or epoch is None:
+                    return  # the parent's document is not in the view yet: it comes first
+                found = await self._owner_in_parent(rec, parent)
+                if self.frames.get((rec.session_id, rec.frame_id)) is not rec:
+                    return
+                if rec.again or self._epoch(parent) != epoch:
+                    continue
+                if found is None:
+                    rec.owner = None
+                    rec.lookups += 1
+                    rec.retry_at = time.monotonic() + FRAME_RETRY_S * 2 ** rec.lookups
+                    return
+                rec.owner, rec.owner_epoch = found, epoch
+                self._release(rec)
+                return
+        finally:
+            rec.looking = False
+
+    def _release(self, rec: frames.Frame) -> None:
+        assert rec.owner is not None
+        source = self.targets.get(rec.session_id)
+        if source is None or not self._frame_shown(source, rec.frame_id):
+            return
+        if not rec.held:
+            rec.stale = True
+            self._ask_frame(rec)
+            return
+        self._send_events(rec.release(rec.owner, self._floor(self._parent_of(rec))))
+        key = (rec.session_id, rec.frame_id)
+        for child in list(self.frames.values()):  # frames inside it can attach now
+            if child is not rec and child.owner is None and self._parent_of(child) == key:
+                self._spawn(self._lookup(child))
+
+    def _blank(self, rec: frames.Frame) -> None:
+        """The frame's view emptied: an empty document attached under its <iframe>."""
+        shown = self.targets.get(rec.session_id)
+        owner, valid = rec.owner, self._owner_valid(rec)
+        rec.new_document()
+        self._children_stale((rec.session_id, rec.frame_id))
+        base = self.bases.take()
+        if owner is None or not valid or base is None or shown is None:
+            return
+        page = self._page_of(shown)
+        if page is None or not self.pages or self.pages[-1] != page.session_id:
+            return
+        attach, _root = frames.blank(base, int(time.time() * 1000))
+        self._send_events([frames.owned(attach, owner, self._floor(self._parent_of(rec)))])
+
+    def _frames_due(self, page: Target) -> None:
+        """The shown page's frames: a fresh snapshot after drops or when what they sent
+        is gone from the view; another lookup of an <iframe> not serialized yet."""
+        now = time.monotonic()
+        for rec in list(self.frames.values()):
+            source = self.targets.get(rec.session_id)
+            if source is None or self._page_of(source) is not page:
+                continue
+            if rec.gate.needs_snapshot and rec.gate.recovered(now):
+                rec.gate.needs_snapshot = False
+                rec.stale = True
+            if self._owner_valid(rec):
+                if rec.stale and self._frame_shown(source, rec.frame_id):
+                    self._ask_frame(rec)
+            elif not rec.looking and rec.lookups < MAX_LOOKUPS and now >= rec.retry_at:
+                self._spawn(self._lookup(rec))
+
+    def _ask_frame(self, rec: frames.Frame) -> None:
+        now = time.monotonic()
+        if now - rec.asked_at >= FRAME_ASK_S:
+            rec.asked_at = now
+            self._spawn(self._frame_snapshot(rec))
+
+    async def _frame_snapshot(self, rec: frames.Frame) -> None:
+        """Ask a frame's own recorder for a fresh full snapshot (in its own main world)."""
+        source = self.targets.get(rec.session_id)
+        if source is None or self.browser is None:
+            return
+        name = self.binding + "_snapshot"
+        params: dict[str, Any] = {"expression": f"globalThis[{name!r}] && "
+                                                f"globalThis[{name!r}]()"}
+        if rec.frame_id != source.main_frame:
+            context = self._main_context(source, rec.frame_id)
+            if context is None:
+                return
+            params["contextId"] = context
+        with contextlib.suppress(CDPError, BrowserError, TimeoutError):
+            await self.browser.conn.send("Runtime.evaluate", params, source.session_id,
+                                         timeout=5)
+
+    @staticmethod
+    def _main_context(target: Target, fid: str) -> int | None:
+        found = None
+        for context, frame in target.contexts.items():
+            if frame == fid:
+                found = context
+        return found
+
+    async def _isolated_world(self, target: Target, fid: str) -> int:
+        assert self.browser is not None
+        world = target.isolated.get(fid)
+        if world is None:
+            made = await self.browser.conn.send("Page.createIsolatedWorld", {
+                "frameId": fid, "worldName": ISOLATED_WORLD, "grantUniveralAccess": False},
+                target.session_id, timeout=5)
+            world = int(made["executionContextId"])
+            target.isolated[fid] = world
+        return world
+
+    async def _owner_in_parent(self, rec: frames.Frame, parent: tuple[str, str]) -> int | None:
+        """The id, in the merged stream, of the frame's <iframe>: found by the DevTools
+        protocol (``DOM.getFrameOwner`` in the target that holds it), checked not blocked
+        in the agent's isolated world, its rrweb id read from the parent's recorder
+        (inject.js, which says "none" too when it is blocked or not serialized yet).
+        None when there is none to attach to."""
+        assert self.browser is not None
+        conn = self.browser.conn
+        source = self.targets.get(rec.session_id)
+        if source is None:
+            return None
+        if rec.frame_id == source.main_frame:  # out of process: held by the parent target
+            holder, doc_frame = self.targets.get(source.parent_sid or ""), source.parent_frame
+        else:
+            holder = source
+            doc_frame = (source.frames.get(rec.frame_id) or FrameInfo()).parent or ""
+        if holder is None or not doc_frame:
+            return None
+        sid = holder.session_id
+        # One group per lookup: lookups of several frames run at once on one session,
+        # and releasing a shared group would free another lookup's objects.
+        self._lookups_made += 1
+        group = f"backline-frames-{self._lookups_made}"
+        try:
+            owner = await conn.send("DOM.getFrameOwner", {"frameId": rec.frame_id}, sid,
+                                    timeout=5)
+            node = owner.get("backendNodeId")
+            if not isinstance(node, int):
+                return None
+            world = await self._isolated_world(holder, doc_frame)
+            element = await conn.send("DOM.resolveNode", {
+                "backendNodeId": node, "executionContextId": world, "objectGroup": group},
+                sid, timeout=5)
+            check = await conn.send("Runtime.callFunctionOn", {
+                "objectId": element["object"]["objectId"], "functionDeclaration": BLOCKED_CHECK,
+                "arguments": [{"value": self.privacy.block_selector + ", .rr-block"}],
+                "returnByValue": True}, sid, timeout=5)
+            if (check.get("result") or {}).get("value") is not False:
+                return None  # blocked (or the check failed): nothing is attached to it
+            main: dict[str, Any] = {"backendNodeId": node, "objectGroup": group}
+            context = self._main_context(holder, doc_frame)
+            if context is not None:
+                main["executionContextId"] = context
+            element = await conn.send("DOM.resolveNode", main, sid, timeout=5)
+            answer = await conn.send("Runtime.callFunctionOn", {
+                "objectId": element["object"]["objectId"], "functionDeclaration": OWNER_ID,
+                "arguments": [{"value": self.binding + "_id"}], "returnByValue": True},
+                sid, timeout=5)
+        except (CDPError, BrowserError, TimeoutError, KeyError, TypeError, ValueError):
+            holder.isolated.pop(doc_frame, None)
+            return None
+        finally:
+            with contextlib.suppress(CDPError, BrowserError, TimeoutError):
+                await conn.send("Runtime.releaseObjectGroup", {"objectGroup": group}, sid,
+                                timeout=5)
+        value = (answer.get("result") or {}).get("value")
+        if not isinstance(value, str) or not (value.isascii() and value.isdigit()) or len(
+                value) > 16:
+            return None
+        found = int(value)
+        t = self.targets.get(parent[0])
+        if t is not None and t.type == "page" and parent[1] == t.main_frame:
+            return found if 0 < found < frames.FIRST_BASE else None
+        above = self.frames.get(parent)
+        if above is None or above.base is None or not 0 < found < frames.SPAN:
+            return None
+        return above.base + found
 
     # --- navigation ------------------------------------------------------------------
 

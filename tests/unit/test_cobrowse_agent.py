@@ -2,8 +2,8 @@
 over an in-memory tunnel) and the loopback test site (tests/sites/cobrowse/, a real
 server process on two origins).
 
-What it proves: the recording has the page, its same-origin frames (a cross-origin one
-is not recorded: test_cobrowse_agent_privacy.py), its
+What it proves: the recording has the page, its frames (a cross-origin one merged by
+the agent: test_cobrowse_agent_frames.py), its
 shadow roots and constructed stylesheets, and the element that changes every second;
 it has no ``data-backline-private`` content and not one byte of the password the
 customer typed (searched raw, base64 and JSON-escaped); a page that floods is capped;
@@ -176,7 +176,7 @@ async def test_recording_has_the_page_and_none_of_the_private(tmp_path: Path,
     for needle in ("TICK-1", "TICK-2", "TICK-3", "EARLY-SHADOW-TEXT", "LATE-SHADOW-TEXT",
                    "SAME-ORIGIN-FRAME-TEXT", "rgb(1, 2, 3)", "rgb(4, 5, 6)"):
         assert needle in text, needle
-    assert "CROSS-ORIGIN-FRAME-TEXT" not in text  # not recorded (privacy at the source)
+    assert "CROSS-ORIGIN-FRAME-TEXT" in text  # its own rrweb, merged by the agent
     # Nothing private: the blocked element, the password, the card number, the name.
     assert "PRIVATE-SECRET-4711" not in text
     assert secrets_in(text, PASSWORD) == []

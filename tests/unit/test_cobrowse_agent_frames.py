@@ -1,13 +1,14 @@
-"""A cross-origin frame is not recorded, with real Chromium, also when it loads first.
+"""Frames of another origin, merged into their page's stream by the agent (issue 13).
 
-Until issue 13's privacy fixes, rrweb (``recordCrossOriginIframes``) posted a
-cross-origin frame's events to its parent with ``postMessage(…, "*")`` (any script of
-the embedding origin read them), and inject.js let the parent ask the frame for a fresh
-full snapshot at will. Frames now never record (inject.js); a same-origin frame is
-recorded by its top document, a cross-origin one is an empty frame. Here the parent is
-held before its DOMContentLoaded by a slow external script after the ``<iframe>`` (the
-case where the frame's snapshot once raced the parent's): the frame's static text must
-appear nowhere in what the agent sends.
+A frame that cannot read its parent's document records itself, sends through its own
+target's binding (out of process) or its own execution context (in process), and the
+agent moves its ids into a range of their own and attaches its snapshot under its
+``<iframe>`` (agent/cobrowse/frames.py). First the pure transform, hostile inputs
+included; then real Chromium on loopback: the frame's text attached under the right
+``<iframe>``, its changes moved, a parent snapshot re-attaching it, a frame that loads
+before its parent, in-process and nested frames, and what must never happen: anything
+attached to a blocked ``<iframe>`` or sent of a private frame, a ``postMessage`` of
+rrweb events, or the frame's content passing through the embedding page's JSON.
 """
 
 from __future__ import annotations
@@ -23,13 +24,164 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_cobrowse_agent import CHROMIUM, YES, ScriptedAsker, kit_for, open_cobrowse
+from backline.agent.cobrowse import frames
+from tests.unit.test_cobrowse_agent import (  # noqa: F401 (fixtures)
+    CHROMIUM,
+    YES,
+    ScriptedAsker,
+    _capture_ctx,
+    kit_for,
+    open_cobrowse,
+    page_eval,
+    server_ctx,
+    site,
+)
 from tests.unit.test_wstunnel import run_async
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs a Chromium on the machine")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs a Chromium on the machine")
 CHILD_TEXT = "STATIC-CROSS-FRAME-TEXT"
 SLOW_S = 1.5
+BASE = frames.FIRST_BASE
 
+
+# --- the pure transform ------------------------------------------------------------
+
+def snapshot(ts: float = 10.0) -> dict[str, Any]:
+    return {"type": 2, "timestamp": ts, "data": {"node": {
+        "type": 0, "id": 1, "childNodes": [
+            {"type": 2, "id": 2, "tagName": "html", "attributes": {}, "childNodes": [
+                {"type": 2, "id": 3, "tagName": "body", "attributes": {}, "childNodes": [
+                    {"type": 3, "id": 4, "textContent": "hello"}]}]}]},
+        "initialOffset": {"left": 0, "top": 0}}}
+
+
+def ids_of(node: dict[str, Any]) -> list[int]:
+    out, stack = [], [node]
+    while stack:
+        n = stack.pop()
+        out.append(n["id"])
+        stack.extend(n.get("childNodes", []))
+    return out
+
+
+def test_a_frame_snapshot_becomes_an_attach_mutation_in_its_own_range() -> None:
+    event = snapshot()
+    attach, root = frames.attach(event, BASE)
+    assert root == BASE + 1
+    data = attach["data"]
+    assert attach["type"] == 3 and data["source"] == 0 and data["isAttachIframe"] is True
+    assert (data["removes"], data["texts"], data["attributes"]) == ([], [], [])
+    add = data["adds"][0]
+    assert add["parentId"] is None and add["nextId"] is None
+    assert sorted(ids_of(add["node"])) == [BASE + 1, BASE + 2, BASE + 3, BASE + 4]
+    # rootId on every node but the document (rrweb's patchRootIdOnNode).
+    html = add["node"]["childNodes"][0]
+    assert "rootId" not in add["node"] and html["rootId"] == root
+    assert html["childNodes"][0]["childNodes"][0]["rootId"] == root
+    assert event["data"]["node"]["id"] == 1  # the original is not changed
+    owned = frames.owned(attach, 77, floor=50.0)
+    assert owned["data"]["adds"][0]["parentId"] == 77 and owned["timestamp"] == 50.0
+    assert attach["data"]["adds"][0]["parentId"] is None
+
+
+def test_every_id_of_an_incremental_event_moves() -> None:
+    r = BASE + 1
+
+    def moved(source: int, **data: Any) -> dict[str, Any] | None:
+        return frames.transform({"type": 3, "timestamp": 1, "data": {"source": source,
+                                                                     **data}}, BASE, r)
+
+    m = moved(0, adds=[{"parentId": 3, "nextId": None, "previousId": 4,
+                        "node": {"type": 3, "id": 9, "textContent": "x"}}],
+              removes=[{"parentId": 3, "id": 4}], texts=[{"id": 5, "value": "y"}],
+              attributes=[{"id": 6, "attributes": {"class": "a"}}])
+    assert m is not None
+    d = m["data"]
+    assert d["adds"] == [{"parentId": BASE + 3, "nextId": None, "previousId": BASE + 4,
+                          "node": {"type": 3, "id": BASE + 9, "textContent": "x",
+                                   "rootId": r}}]
+    assert d["removes"] == [{"parentId": BASE + 3, "id": BASE + 4}]
+    assert d["texts"][0]["id"] == BASE + 5 and d["attributes"][0]["id"] == BASE + 6
+    assert moved(1, positions=[{"x": 1, "y": 2, "id": 7, "timeOffset": 0}])["data"][
+        "positions"][0]["id"] == BASE + 7  # type: ignore[index]
+    for source in (2, 3, 5, 7):
+        assert moved(source, id=8)["data"]["id"] == BASE + 8  # type: ignore[index]
+    rule = moved(8, id=8, styleId=2, adds=[])
+    assert rule and (rule["data"]["id"], rule["data"]["styleId"]) == (BASE + 8, BASE + 2)
+    sel = moved(14, ranges=[{"start": 3, "startOffset": 0, "end": 4, "endOffset": 1}])
+    assert sel and (sel["data"]["ranges"][0]["start"], sel["data"]["ranges"][0]["end"]) == (
+        BASE + 3, BASE + 4)
+    adopted = moved(15, id=1, styleIds=[1, 2], styles=[{"styleId": 2, "rules": []}])
+    assert adopted and adopted["data"]["styleIds"] == [BASE + 1, BASE + 2]
+    assert adopted["data"]["styles"][0]["styleId"] == BASE + 2
+    # Dropped as rrweb drops them (viewport), and what the merge does not carry.
+    assert moved(4, width=1, height=2) is None
+    assert moved(10, family="x") is None and moved(99, id=1) is None
+    for kind in (0, 1, 4, 5, 6):
+        assert frames.transform({"type": kind, "timestamp": 1, "data": {}}, BASE, r) is None
+
+
+@pytest.mark.parametrize("bad", [frames.SPAN, 2**53, 1.5, "3", True, [1], {"a": 1}])
+def test_a_forged_id_cannot_name_a_node_outside_the_frames_range(bad: object) -> None:
+    """A page script calling the frame's binding can at worst add DOM inside the frame's
+    own range: an id that does not fit it drops the event (never passes through)."""
+    for data in ({"source": 0, "adds": [{"parentId": bad, "nextId": None,
+                                         "node": {"type": 3, "id": 2}}]},
+                 {"source": 0, "adds": [{"parentId": 1, "nextId": None,
+                                         "node": {"type": 3, "id": bad}}]},
+                 {"source": 0, "removes": [{"parentId": 1, "id": bad}]},
+                 {"source": 0, "texts": [{"id": bad, "value": "x"}]},
+                 {"source": 2, "id": bad}, {"source": 15, "id": 1, "styleIds": [bad]},
+                 {"source": 1, "positions": [{"id": bad}]}):
+        assert frames.transform({"type": 3, "timestamp": 1, "data": data},
+                                BASE, BASE + 1) is None, data
+    with pytest.raises(frames.Unmappable):
+        frames.attach({"type": 2, "timestamp": 1, "data": {"node": {
+            "type": 0, "id": 1, "childNodes": [{"type": 2, "id": bad}]}}}, BASE)
+    for node in (None, [], {"type": 0}, {"type": 0, "id": 1, "childNodes": "x"}):
+        with pytest.raises(frames.Unmappable):
+            frames.attach({"type": 2, "timestamp": 1, "data": {"node": node}}, BASE)
+
+
+def test_the_ranges_never_meet_and_stay_exact_in_javascript() -> None:
+    bases = frames.Bases()
+    first, second = bases.take(), bases.take()
+    assert first == frames.FIRST_BASE and second == first + frames.SPAN  # type: ignore[operator]
+    bases.next = frames.MAX_SAFE - frames.SPAN  # the last one that fits
+    assert bases.take() is not None and bases.take() is None
+    assert frames.MAX_SAFE == 2**53 - 1
+
+
+def test_a_frame_holds_its_events_until_its_iframe_is_known_bounded() -> None:
+    frame = frames.Frame("s", "f")
+    meta = {"type": 4, "timestamp": 1, "data": {"href": "x", "width": 1, "height": 1}}
+    assert frame.add(meta, 10) is None and not frame.stale  # before any snapshot: ignored
+    text = {"type": 3, "timestamp": 20, "data": {"source": 0, "texts": [{"id": 4,
+                                                                          "value": "z"}]}}
+    assert frame.add(text, 10) is None and frame.stale  # no range yet: a snapshot is due
+    assert frame.snapshot(snapshot(ts=10.0), BASE) and not frame.stale
+    assert frame.add(text, 10) is None  # held
+    out = frame.release(owner=61, floor=30.0)
+    assert [e["timestamp"] for e in out] == [30.0, 30.0]  # never before the parent's
+    assert out[0]["data"]["adds"][0]["parentId"] == 61 and frame.attached
+    assert out[1]["data"]["texts"][0]["id"] == BASE + 4
+    assert frame.add(text, 10)["data"]["texts"][0]["id"] == BASE + 4  # type: ignore[index]
+    # Over the bound, what was held is forgotten and a fresh snapshot is due.
+    frame.snapshot(snapshot(), BASE + frames.SPAN)
+    for _ in range(frames.MAX_BUFFER_EVENTS + 1):
+        frame.add(text, 10)
+    assert frame.held == [] and frame.stale and not frame.attached
+    frame.snapshot(snapshot(), BASE)
+    assert frame.add(text, frames.MAX_BUFFER_BYTES + 1) is None and frame.held == []
+
+
+def test_a_blank_frame_is_an_empty_document() -> None:
+    attach, root = frames.blank(BASE, 5)
+    node = attach["data"]["adds"][0]["node"]
+    assert node == {"type": 0, "id": root, "childNodes": []} and attach["data"]["isAttachIframe"]
+
+
+# --- with real Chromium ------------------------------------------------------------
 
 def _server(pages: dict[str, tuple[str, str]]) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
@@ -57,44 +209,263 @@ def _server(pages: dict[str, tuple[str, str]]) -> ThreadingHTTPServer:
     return server
 
 
+def _html(body: str) -> tuple[str, str]:
+    return ("text/html", f"<!doctype html><html><head><meta charset='utf-8'></head>"
+                         f"<body>{body}</body></html>")
+
+
 @pytest.fixture(scope="module")
-def slow_parent() -> Iterator[str]:
-    """A parent on 127.0.0.1 whose DOMContentLoaded waits for a slow script placed after
-    a cross-site (``localhost``: an out-of-process) frame that has nothing but text."""
-    child = _server({"/child.html": ("text/html", "<!doctype html><body><p>"
-                                                  f"{CHILD_TEXT}</p></body>")})
-    port = child.server_address[1]
-    parent = _server({
-        "/": ("text/html", "<!doctype html><body><h1>slow parent</h1>"
-                           f'<iframe id="x" src="http://localhost:{port}/child.html"></iframe>'
-                           '<script src="/slow.js"></script></body>'),
-        "/slow.js": ("text/javascript", "window.slowDone = true;")})
+def hosts() -> Iterator[dict[str, str]]:
+    """Three servers on 127.0.0.1 (three origins; ``localhost`` another site than
+    ``127.0.0.1``, so a frame there is out of process). Pages:
+
+    - ``/slow``: a parent whose DOMContentLoaded waits for a slow script placed after a
+      cross-site frame (the frame's snapshot comes before its parent's);
+    - ``/nested``: a hostile parent (it patches JSON and listens to every message) with
+      an in-process cross-origin frame (127.0.0.1, another port) and an out-of-process
+      one (localhost) that holds an in-process cross-origin frame of its own;
+    - ``/guarded``: a blocked <iframe>, one inside a blocked element, one on a private
+      address, and an open one (the control)."""
+    pages_one: dict[str, tuple[str, str]] = {}
+    pages_two: dict[str, tuple[str, str]] = {}
+    pages_three: dict[str, tuple[str, str]] = {}
+    one, two, three = (_server(p) for p in (pages_one, pages_two, pages_three))
+    p1, p2, p3 = (s.server_address[1] for s in (one, two, three))
+    a, b = f"http://127.0.0.1:{p1}", f"http://localhost:{p2}"
+    pages_one.update({
+        "/slow": _html(f'<h1>slow parent</h1><iframe id="x" src="{b}/child.html"></iframe>'
+                       '<script src="/slow.js"></script>'),
+        "/slow.js": ("text/javascript", "window.slowDone = true;"),
+        "/nested": _html(
+            "<script>window.__stolen = [];"
+            "const keep = (s) => { if (typeof s === 'string' && s.includes('FRAME-'))"
+            " window.__stolen.push(s.slice(0, 200)); };"
+            "const js = JSON.stringify, jp = JSON.parse;"
+            "JSON.stringify = function (...a) { const r = js.apply(this, a); keep(r);"
+            " return r; };"
+            "JSON.parse = function (...a) { keep(a[0]); return jp.apply(this, a); };"
+            "addEventListener('message', (m) => keep(js(m.data)), true);</script>"
+            "<h1>nested parent</h1>"
+            f'<iframe id="ip" src="http://127.0.0.1:{p2}/inproc.html"></iframe>'
+            f'<iframe id="oop" src="{b}/outer.html"></iframe>'),
+        "/guarded": _html(
+            "<h1>guarded parent</h1>"
+            f'<iframe id="open" src="{b}/open.html"></iframe>'
+            f'<iframe id="marked" data-backline-private src="{b}/marked.html"></iframe>'
+            f'<div class="vault"><iframe id="inside" src="{b}/inside.html"></iframe></div>'
+            f'<iframe id="priv" src="{b}/account/frame.html"></iframe>'),
+    })
+    pages_two.update({
+        "/child.html": _html(f"<p>{CHILD_TEXT}</p>"),
+        "/inproc.html": _html("<p id=t>INPROC-FRAME-TEXT</p><script>let k = 0; setInterval("
+                              "() => { document.getElementById('t').textContent ="
+                              " 'INPROC-FRAME-TEXT ' + (++k); }, 500);</script>"),
+        "/outer.html": _html("<p>OUTER-FRAME-TEXT</p>"
+                             f'<iframe id="inner" src="http://localhost:{p3}/inner.html">'
+                             "</iframe>"),
+        "/open.html": _html("<p>OPEN-FRAME-TEXT</p>"),
+        "/marked.html": _html("<p>BLOCKED-FRAME-TEXT-1</p>"),
+        "/inside.html": _html("<p>BLOCKED-FRAME-TEXT-2</p>"),
+        "/account/frame.html": _html("<p>PRIVATE-FRAME-TEXT</p>"),
+    })
+    pages_three["/inner.html"] = _html("<p>INNER-FRAME-TEXT</p>")
     try:
-        yield f"http://127.0.0.1:{parent.server_address[1]}/"
+        yield {"a": a, "b": b}
     finally:
-        for s in (child, parent):
+        for s in (one, two, three):
             s.shutdown()
             s.server_close()
 
 
-def frame_adds(events: list[dict[str, Any]]) -> list[str]:
-    """The JSON of each mutation that attaches a frame's document (isAttachIframe)."""
-    return [json.dumps(e) for e in events if e["type"] == 3 and e["data"].get("source") == 0
-            and e["data"].get("isAttachIframe")]
+def rrweb_events(ch: Any) -> list[dict[str, Any]]:
+    return [e for line in ch.of("rrweb") for e in line["events"]]
 
 
+def iframes_in(node: dict[str, Any]) -> dict[str, int]:
+    """``id`` attribute to rrweb id of every <iframe> of a serialised tree."""
+    out, stack = {}, [node]
+    while stack:
+        n = stack.pop()
+        if n.get("tagName") == "iframe":
+            out[str((n.get("attributes") or {}).get("id"))] = n["id"]
+        stack.extend(n.get("childNodes", []))
+    return out
+
+
+def attaches(events: list[dict[str, Any]], text: str) -> list[tuple[int, dict[str, Any]]]:
+    """(index, add) of each attach of a frame document in the agent's ranges holding
+    ``text``."""
+    return [(i, add) for i, e in enumerate(events)
+            if e["type"] == 3 and e["data"].get("source") == 0 and e["data"].get("isAttachIframe")
+            for add in e["data"]["adds"]
+            if add["node"].get("type") == 0 and add["node"]["id"] >= BASE
+            and text in json.dumps(add)]
+
+
+def top_iframes_before(events: list[dict[str, Any]], index: int) -> dict[str, int]:
+    full = [e for e in events[:index] if e["type"] == 2]
+    assert full, "no top snapshot before the attach"
+    return iframes_in(full[-1]["data"]["node"])
+
+
+def session_of(server: Any) -> Any:
+    return server_ctx(server).extra["cobrowse_session"]
+
+
+async def eval_in_frame(cb: Any, url_part: str, expression: str) -> Any:
+    """Evaluate in the main world of the out-of-process frame whose address has
+    ``url_part`` (the frame's own scripts could do the same)."""
+    for sid, target in cb.targets.items():
+        if target.type == "iframe" and url_part in target.url:
+            answer = await cb.browser.conn.send("Runtime.evaluate", {
+                "expression": expression, "returnByValue": True}, sid)
+            return (answer.get("result") or {}).get("value")
+    raise AssertionError(f"no frame target at {url_part}: "
+                         f"{[(t.type, t.url) for t in cb.targets.values()]}")
+
+
+@needs_chromium
 @run_async
-async def test_a_cross_origin_frame_is_never_recorded_even_before_its_parent(
-        tmp_path: Path, slow_parent: str) -> None:
+async def test_a_cross_origin_frame_is_attached_under_its_iframe_and_kept_there(
+        tmp_path: Path, site: dict[str, int]) -> None:  # noqa: F811
     kit = kit_for(tmp_path, ScriptedAsker(YES))
-    conn, ch, server = await open_cobrowse(kit, slow_parent)
+    conn, ch, server = await open_cobrowse(kit, f"http://127.0.0.1:{site['a']}/")
     async with conn:
-        await ch.until(lambda: "slow parent" in ch.text(), 60)
-        await asyncio.sleep(2.0)  # time for the frame to load and (before) to post
+        # The frame's text (its snapshot) and its changes (mutations, every second).
+        await ch.until(lambda: "CROSS-ORIGIN-FRAME-TEXT 2" in ch.text(), 60)
+        ctx = server_ctx(server)
+        cb = session_of(server)
+        # A script of the embedding page listens to every message; the frame loads again.
+        await page_eval(kit, ctx, "window.__heard = []; addEventListener('message', (m) =>"
+                                  " window.__heard.push(JSON.stringify(m.data)), true);"
+                                  "const f = document.getElementById('cross');"
+                                  "f.src = f.src + '?again'; true")
+        reloaded = len(rrweb_events(ch))
+        await ch.until(lambda: attaches(rrweb_events(ch)[reloaded:], "CROSS-ORIGIN"), 30)
+        # The parent's own full snapshot (new ids for its nodes): the frame attaches again.
+        await cb._snapshot(cb.pages[-1])
+        again = len(rrweb_events(ch))
+        await ch.until(lambda: [e for e in rrweb_events(ch)[again:] if e["type"] == 2], 15)
+        await ch.until(lambda: attaches(rrweb_events(ch)[again:], "CROSS-ORIGIN"), 15)
+        heard = await page_eval(kit, ctx, "JSON.stringify(window.__heard)")
         ch.send({"type": "end"})
         await asyncio.wait_for(ch.task, 30)
-    events = [e for line in ch.of("rrweb") for e in line["events"]]
-    assert [e for e in events if e["type"] == 2]
-    assert CHILD_TEXT not in ch.text()
-    assert not [a for a in frame_adds(events) if CHILD_TEXT in a]
+    events = rrweb_events(ch)
+    found = attaches(events, "CROSS-ORIGIN-FRAME-TEXT")
+    assert len(found) >= 3, len(found)  # loaded, reloaded, re-attached after the snapshot
+    bases = []
+    for index, add in found:
+        # Under the <iframe id="cross"> of the top snapshot it follows.
+        assert add["parentId"] == top_iframes_before(events, index)["cross"], add["parentId"]
+        bases.append(add["node"]["id"] - 1)
+    assert len(set(bases)) == len(bases)  # a fresh range at each of its snapshots
+    # The top's own ids stay below every frame range; the frame's changes are moved.
+    top_ids = [i for e in events if e["type"] == 2 for i in ids_of(e["data"]["node"])]
+    assert max(top_ids) < BASE
+    changes = [e for e in events if e["type"] == 3 and e["data"].get("source") == 0
+               and not e["data"].get("isAttachIframe")
+               and "CROSS-ORIGIN-FRAME-TEXT " in json.dumps(e)]
+    assert changes
+    for change in changes:
+        for add in change["data"]["adds"]:
+            assert any(b < add["parentId"] < b + frames.SPAN for b in bases), add
+            assert add["node"]["id"] >= BASE
+        for removed in change["data"]["removes"]:
+            assert removed["id"] >= BASE
+    assert [e for e in events if e["type"] == 4 and "localhost" in json.dumps(e)] == []
+    # Nothing of it was posted to the embedding page.
+    assert "CROSS-ORIGIN-FRAME-TEXT" not in heard and "rrweb" not in heard, heard[:300]
+    assert json.loads(heard) == []
+    assert "SAME-ORIGIN-FRAME-TEXT" in ch.text()  # same-origin frames: the parent's rrweb
+    await asyncio.wait_for(server, 10)
+
+
+@needs_chromium
+@run_async
+async def test_a_frame_that_loads_before_its_parent_is_attached_once_the_parent_is(
+        tmp_path: Path, hosts: dict[str, str]) -> None:
+    kit = kit_for(tmp_path, ScriptedAsker(YES))
+    conn, ch, server = await open_cobrowse(kit, f"{hosts['a']}/slow")
+    async with conn:
+        await ch.until(lambda: attaches(rrweb_events(ch), CHILD_TEXT), 60)
+        ch.send({"type": "end"})
+        await asyncio.wait_for(ch.task, 30)
+    events = rrweb_events(ch)
+    (index, add), *_ = attaches(events, CHILD_TEXT)
+    assert add["parentId"] == top_iframes_before(events, index)["x"]
+    top = [e for e in events[:index] if e["type"] == 2][-1]
+    assert events[index]["timestamp"] >= top["timestamp"]  # a replay orders by time
+    await asyncio.wait_for(server, 10)
+
+
+@needs_chromium
+@run_async
+async def test_in_process_and_nested_frames_and_a_hostile_embedding_page(
+        tmp_path: Path, hosts: dict[str, str]) -> None:
+    """An in-process cross-origin frame (127.0.0.1, another port: it calls the page
+    target's binding from its own execution context); an out-of-process one holding an
+    in-process frame of a third origin (the parent of that one is itself a frame
+    target); all in a parent that patches JSON and listens to every message."""
+    kit = kit_for(tmp_path, ScriptedAsker(YES))
+    conn, ch, server = await open_cobrowse(kit, f"{hosts['a']}/nested")
+    async with conn:
+        await ch.until(lambda: all(attaches(rrweb_events(ch), t) for t in (
+            "INPROC-FRAME-TEXT", "OUTER-FRAME-TEXT", "INNER-FRAME-TEXT")), 60)
+        await ch.until(lambda: "INPROC-FRAME-TEXT 3" in ch.text(), 15)
+        cb = session_of(server)
+        kinds = sorted(t.type for t in cb.targets.values())
+        stolen = await page_eval(kit, server_ctx(server), "JSON.stringify(window.__stolen)")
+        ch.send({"type": "end"})
+        await asyncio.wait_for(ch.task, 30)
+    assert kinds == ["iframe", "page"], kinds  # the in-process ones have no target
+    events = rrweb_events(ch)
+    (i, inproc), *_ = attaches(events, "INPROC-FRAME-TEXT")
+    assert inproc["parentId"] == top_iframes_before(events, i)["ip"]
+    (o, outer), *_ = attaches(events, "OUTER-FRAME-TEXT")
+    assert outer["parentId"] == top_iframes_before(events, o)["oop"]
+    (n, inner), *_ = attaches(events, "INNER-FRAME-TEXT")
+    # Under the <iframe id="inner"> of the outer frame, in the outer frame's range.
+    outer_base = outer["node"]["id"] - 1
+    inner_owner = iframes_in(outer["node"])["inner"]
+    assert inner["parentId"] == inner_owner and outer_base < inner_owner < outer_base + frames.SPAN
+    assert n > o
+    assert json.loads(stolen) == [], stolen[:300]
+    await asyncio.wait_for(server, 10)
+
+
+@needs_chromium
+@run_async
+async def test_nothing_is_attached_to_a_blocked_iframe_nor_sent_of_a_private_frame(
+        tmp_path: Path, hosts: dict[str, str]) -> None:
+    kit = kit_for(tmp_path, ScriptedAsker(YES), block_selectors=[".vault"],
+                  private_urls=["*/account/*"])
+    conn, ch, server = await open_cobrowse(kit, f"{hosts['a']}/guarded")
+    async with conn:
+        await ch.until(lambda: attaches(rrweb_events(ch), "OPEN-FRAME-TEXT"), 60)
+        await asyncio.sleep(1.5)  # the others had the time to load and send
+        cb = session_of(server)
+        loaded = await eval_in_frame(cb, "/marked.html", "document.body.textContent")
+        # The open frame moves to a private address within its document: it is blanked.
+        at = len(rrweb_events(ch))
+        await eval_in_frame(cb, "/open.html", "history.pushState({}, '', '/account/9');"
+                                              "document.body.insertAdjacentHTML('beforeend',"
+                                              " '<p>OPEN-NOW-PRIVATE</p>'); true")
+        await ch.until(lambda: any(
+            add["node"] == {"type": 0, "id": add["node"]["id"], "childNodes": []}
+            for e in rrweb_events(ch)[at:] if e["type"] == 3 and e["data"].get("isAttachIframe")
+            for add in e["data"]["adds"]), 15)
+        await asyncio.sleep(1.0)
+        ch.send({"type": "end"})
+        await asyncio.wait_for(ch.task, 30)
+    assert "BLOCKED-FRAME-TEXT-1" in loaded  # it ran: the view is what was kept from it
+    text = json.dumps(rrweb_events(ch))
+    for secret in ("BLOCKED-FRAME-TEXT-1", "BLOCKED-FRAME-TEXT-2", "PRIVATE-FRAME-TEXT",
+                   "OPEN-NOW-PRIVATE"):
+        assert secret not in text, secret
+    events = rrweb_events(ch)
+    owners = {add["parentId"] for e in events if e["type"] == 3
+              and e["data"].get("isAttachIframe") for add in e["data"]["adds"]
+              if add["node"].get("type") == 0 and add["node"]["id"] >= BASE}
+    top = iframes_in([e for e in events if e["type"] == 2][-1]["data"]["node"])
+    assert owners == {top["open"]}, (owners, top)
     await asyncio.wait_for(server, 10)

@@ -16,14 +16,42 @@
     const href = String(g.location && g.location.href);
     return privateRes.some((re) => re.test(href));
   };
-  if (g.parent !== g) {
-    // A frame never records: a same-origin frame is recorded by its top document's
-    // rrweb, a cross-origin one not at all (rrweb's recordCrossOriginIframes posts every
-    // event to window.parent with targetOrigin "*", where any script of the embedding
-    // origin reads them). A private same-origin frame marks its own <html> and its
-    // <iframe> so that the parent's rrweb blocks it (it serializes the frame's document
-    // only at the frame's load; the <html> element does not exist yet when this runs,
-    // so it is marked as soon as the parser inserts it).
+  // Taken before any page script runs: a page can replace window.parent and patch the
+  // prototypes later, not these.
+  const up = g.parent;
+  const closest = g.Element.prototype.closest;
+  const rootOf = g.Node.prototype.getRootNode;
+  const hostOf = Object.getOwnPropertyDescriptor(g.ShadowRoot.prototype, "host").get;
+  const idName = CONFIG.binding + "_id";
+  const blockSelector = CONFIG.blockSelector + ", .rr-block"; // (rrweb's own block class too)
+  // Is an <iframe> blocked where it is: it, or an element around it (also around its
+  // shadow host), matches the block selector (rrweb keeps a placeholder for it, or does
+  // not serialize it at all: nothing may be attached to it).
+  const blocked = (el) => {
+    try {
+      for (let n = el, i = 0; n && i < 64; i += 1) {
+        if (closest.call(n, blockSelector)) return true;
+        let host = null;
+        try { host = hostOf.call(rootOf.call(n)); } catch (e) { host = null; } // a document
+        n = host;
+      }
+      return false;
+    } catch (e) { return true; }
+  };
+  let readable = true;
+  if (up !== g) {
+    try { readable = !!up.document; } catch (e) { readable = false; }
+  }
+  if (up !== g && readable) {
+    // A frame of its parent's origin does not record: its parent's rrweb serializes it
+    // (and a frame of another origin records itself, below, through the binding of its
+    // own DevTools target or execution context: the agent merges it; rrweb's
+    // recordCrossOriginIframes posts every event to window.parent with targetOrigin
+    // "*", where any script of the embedding origin reads them, and stays off). A
+    // private same-origin frame marks its own <html> and its <iframe> so that the
+    // parent's rrweb blocks it (it serializes the frame's document only at the frame's
+    // load; the <html> element does not exist yet when this runs, so it is marked as
+    // soon as the parser inserts it).
     if (isPrivate()) {
       const doc = g.document;
       const mark = () => {
@@ -36,6 +64,17 @@
         doc.addEventListener("DOMContentLoaded", mark, true);
       } catch (e) { /* no observer */ }
     }
+    // The agent asks for the id of a cross-origin frame's <iframe> in this document:
+    // the rrweb that records this document (the parent's, or its parent's) knows it.
+    Object.defineProperty(g, idName, {
+      value: (el) => {
+        if (isPrivate() || blocked(el)) return "none";
+        try {
+          const f = up[idName];
+          return typeof f === "function" ? f(el) : "none";
+        } catch (e) { return "none"; }
+      },
+      enumerable: false });
     return;
   }
   if (typeof send !== "function") return;
@@ -133,4 +172,16 @@ __RRWEB__
   // The agent asks for a fresh full snapshot after it had to drop events.
   Object.defineProperty(g, CONFIG.binding + "_snapshot", {
     value: () => rrwebRecord.record.takeFullSnapshot(true), enumerable: false });
+  // The agent asks for the id of a cross-origin frame's <iframe> (its own rrweb's
+  // snapshot is attached under it, in the agent): "none" while it is not serialized, or
+  // when it is blocked or this page is private. What is queued goes first, so that the
+  // mutation adding the <iframe> reaches the agent before the answer does.
+  Object.defineProperty(g, idName, {
+    value: (el) => {
+      if (isPrivate() || blocked(el)) return "none";
+      flush();
+      const id = mirror.getId(el);
+      return typeof id === "number" && id > 0 ? "" + id : "none";
+    },
+    enumerable: false });
 })();
