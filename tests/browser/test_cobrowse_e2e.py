@@ -63,8 +63,8 @@ PRIVATE = "PRIVATE-SECRET-4711"  # the site's data-backline-private element's te
 TYPED = "hello"  # what the technician types into the name field, with control
 _TEXT = TEXT_JS
 
-# What of the page's harder parts the replayed page has: its frames (same-origin;
-# a cross-origin one stays empty), shadow roots (one made before any recorder could start) and
+# What of the page's harder parts the replayed page has: its frames (same-origin, and
+# cross-origin: merged by the agent), shadow roots (one made before any recorder could start) and
 # constructed stylesheets (the document's, and a shadow root's).
 _PARTS = """() => {
   const d = document.querySelector('#cobrowse-live iframe').contentDocument;
@@ -84,6 +84,9 @@ _PARTS = """() => {
           lateColor: late && w.getComputedStyle(late).color,
           bodyFont: w.getComputedStyle(d.body).fontFamily};
 }"""
+_PARTS_CROSS = f"""() => (({_PARTS})().cross || '').startsWith('CROSS-ORIGIN-FRAME-TEXT')"""
+
+
 def forms_of(secret: str) -> list[bytes]:
     """The secret raw and in base64 at each of the three alignments (JSON escapes are
     undone by :func:`unescaped` before searching, whichever characters were escaped)."""
@@ -168,6 +171,8 @@ def watch_from_another_console(browser: Browser, site: RelayProcess, session_url
         assert PRIVATE not in w.page.evaluate(
             "() => document.querySelector('#cobrowse-live iframe')"
             ".contentDocument.documentElement.outerHTML")
+        # The cross-origin frame is in the catch-up too (attached after the snapshot).
+        w.page.wait_for_function(_PARTS_CROSS, timeout=20_000)
         expect(w.page.get_by_role("button", name="Ask for control")).to_have_count(0)
         w.check()
     finally:
@@ -198,14 +203,21 @@ def test_cobrowse_end_to_end(page: Watched, browser: Browser, site: RelayProcess
     deadline = time.monotonic() + 20
     while True:  # (a loop, so that a failure shows what the view had)
         parts = p.evaluate(_PARTS)
-        if (parts["same"] and parts["late"]) or time.monotonic() > deadline:
+        if (parts["same"] and parts["late"] and parts["cross"]) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert parts["same"] == "SAME-ORIGIN-FRAME-TEXT", parts
-    # The cross-origin (out-of-process) frame is not recorded: an empty frame in the view
-    # (rrweb's recordCrossOriginIframes posted its events to the embedding page with
-    # targetOrigin "*": tests/unit/test_cobrowse_agent_privacy.py).
-    assert not (parts["cross"] or "").startswith("CROSS-ORIGIN-FRAME-TEXT"), parts
+    # The cross-origin (out-of-process) frame: its own rrweb, merged by the agent under
+    # its <iframe> (never posted to the embedding page: tests/unit/
+    # test_cobrowse_agent_frames.py); its text changes every second, and so does the view.
+    assert (parts["cross"] or "").startswith("CROSS-ORIGIN-FRAME-TEXT"), parts
+    p.wait_for_function(f"""() => {{
+      const d = document.querySelector('#cobrowse-live iframe').contentDocument;
+      const f = d.getElementById('cross');
+      const b = f && f.contentDocument && f.contentDocument.body;
+      return b && b.textContent.trim().startsWith('CROSS-ORIGIN-FRAME-TEXT')
+        && b.textContent.trim() !== {parts["cross"]!r};
+    }}""", timeout=20_000)
     assert (parts["early"], parts["late"]) == ("EARLY-SHADOW-TEXT", "LATE-SHADOW-TEXT"), parts
     assert (parts["lateColor"], parts["bodyFont"]) == ("rgb(4, 5, 6)", "sans-serif"), parts
     watch_from_another_console(browser, site, p.url)

@@ -78,7 +78,6 @@ def test_a_frame_snapshot_becomes_an_attach_mutation_in_its_own_range() -> None:
     html = add["node"]["childNodes"][0]
     assert "rootId" not in add["node"] and html["rootId"] == root
     assert html["childNodes"][0]["childNodes"][0]["rootId"] == root
-    assert event["data"]["node"]["id"] == 1  # the original is not changed
     owned = frames.owned(attach, 77, floor=50.0)
     assert owned["data"]["adds"][0]["parentId"] == 77 and owned["timestamp"] == 50.0
     assert attach["data"]["adds"][0]["parentId"] is None
@@ -156,23 +155,26 @@ def test_a_frame_holds_its_events_until_its_iframe_is_known_bounded() -> None:
     frame = frames.Frame("s", "f")
     meta = {"type": 4, "timestamp": 1, "data": {"href": "x", "width": 1, "height": 1}}
     assert frame.add(meta, 10) is None and not frame.stale  # before any snapshot: ignored
-    text = {"type": 3, "timestamp": 20, "data": {"source": 0, "texts": [{"id": 4,
-                                                                          "value": "z"}]}}
-    assert frame.add(text, 10) is None and frame.stale  # no range yet: a snapshot is due
+
+    def text() -> dict[str, Any]:  # (a new one each time: the merge moves ids in place)
+        return {"type": 3, "timestamp": 20, "data": {"source": 0,
+                                                     "texts": [{"id": 4, "value": "z"}]}}
+
+    assert frame.add(text(), 10) is None and frame.stale  # no range yet: a snapshot is due
     assert frame.snapshot(snapshot(ts=10.0), BASE) and not frame.stale
-    assert frame.add(text, 10) is None  # held
+    assert frame.add(text(), 10) is None  # held
     out = frame.release(owner=61, floor=30.0)
     assert [e["timestamp"] for e in out] == [30.0, 30.0]  # never before the parent's
     assert out[0]["data"]["adds"][0]["parentId"] == 61 and frame.attached
     assert out[1]["data"]["texts"][0]["id"] == BASE + 4
-    assert frame.add(text, 10)["data"]["texts"][0]["id"] == BASE + 4  # type: ignore[index]
+    assert frame.add(text(), 10)["data"]["texts"][0]["id"] == BASE + 4  # type: ignore[index]
     # Over the bound, what was held is forgotten and a fresh snapshot is due.
     frame.snapshot(snapshot(), BASE + frames.SPAN)
     for _ in range(frames.MAX_BUFFER_EVENTS + 1):
-        frame.add(text, 10)
+        frame.add(text(), 10)
     assert frame.held == [] and frame.stale and not frame.attached
     frame.snapshot(snapshot(), BASE)
-    assert frame.add(text, frames.MAX_BUFFER_BYTES + 1) is None and frame.held == []
+    assert frame.add(text(), frames.MAX_BUFFER_BYTES + 1) is None and frame.held == []
 
 
 def test_a_blank_frame_is_an_empty_document() -> None:
@@ -222,8 +224,9 @@ def hosts() -> Iterator[dict[str, str]]:
     - ``/slow``: a parent whose DOMContentLoaded waits for a slow script placed after a
       cross-site frame (the frame's snapshot comes before its parent's);
     - ``/nested``: a hostile parent (it patches JSON and listens to every message) with
-      an in-process cross-origin frame (127.0.0.1, another port) and an out-of-process
-      one (localhost) that holds an in-process cross-origin frame of its own;
+      an in-process cross-origin frame (127.0.0.1, another port), an out-of-process
+      one (localhost) that holds an in-process cross-origin frame of its own, and a
+      same-origin frame (recorded by the parent's rrweb) that holds a cross-origin one;
     - ``/guarded``: a blocked <iframe>, one inside a blocked element, one on a private
       address, and an open one (the control)."""
     pages_one: dict[str, tuple[str, str]] = {}
@@ -247,7 +250,9 @@ def hosts() -> Iterator[dict[str, str]]:
             "addEventListener('message', (m) => keep(js(m.data)), true);</script>"
             "<h1>nested parent</h1>"
             f'<iframe id="ip" src="http://127.0.0.1:{p2}/inproc.html"></iframe>'
-            f'<iframe id="oop" src="{b}/outer.html"></iframe>'),
+            f'<iframe id="oop" src="{b}/outer.html"></iframe>'
+            '<iframe id="wrap" src="/wrap"></iframe>'),
+        "/wrap": _html(f'<iframe id="deep" src="http://127.0.0.1:{p2}/deep.html"></iframe>'),
         "/guarded": _html(
             "<h1>guarded parent</h1>"
             f'<iframe id="open" src="{b}/open.html"></iframe>'
@@ -264,6 +269,7 @@ def hosts() -> Iterator[dict[str, str]]:
                              f'<iframe id="inner" src="http://localhost:{p3}/inner.html">'
                              "</iframe>"),
         "/open.html": _html("<p>OPEN-FRAME-TEXT</p>"),
+        "/deep.html": _html("<p>DEEP-FRAME-TEXT</p>"),
         "/marked.html": _html("<p>BLOCKED-FRAME-TEXT-1</p>"),
         "/inside.html": _html("<p>BLOCKED-FRAME-TEXT-2</p>"),
         "/account/frame.html": _html("<p>PRIVATE-FRAME-TEXT</p>"),
@@ -348,6 +354,24 @@ async def test_a_cross_origin_frame_is_attached_under_its_iframe_and_kept_there(
         await ch.until(lambda: [e for e in rrweb_events(ch)[again:] if e["type"] == 2], 15)
         await ch.until(lambda: attaches(rrweb_events(ch)[again:], "CROSS-ORIGIN"), 15)
         heard = await page_eval(kit, ctx, "JSON.stringify(window.__heard)")
+        # Forged events on the frame's binding (what a script of the frame could send):
+        # in the frame's own range, or dropped; from a same-origin frame: noise.
+        frame_sid = next(sid for sid, t in cb.targets.items() if t.type == "iframe")
+        forged = {"type": 3, "timestamp": 1, "data": {"source": 0, "adds": [
+            {"parentId": 5, "nextId": None, "node": {"type": 3, "id": 999,
+                                                     "textContent": "FORGED-TEXT"}}],
+            "removes": [], "texts": [], "attributes": []}}
+        beyond = json.loads(json.dumps(forged).replace("FORGED-TEXT", "BEYOND-TEXT"))
+        beyond["data"]["adds"][0]["parentId"] = frames.SPAN + 5
+        cb._binding(frame_sid, json.dumps([forged, beyond]), None)
+        page = cb.targets[cb.pages[-1]]
+        same = next(f for f, info in page.frames.items() if info.url.endswith("/same.html"))
+        context = next(c for c, f in page.contexts.items() if f == same)
+        noise = page.gate.malformed
+        cb._binding(page.session_id, json.dumps([forged]).replace("FORGED", "NOISE"),
+                    context)
+        assert page.gate.malformed == noise + 1
+        await ch.until(lambda: "FORGED-TEXT" in ch.text(), 10)
         ch.send({"type": "end"})
         await asyncio.wait_for(ch.task, 30)
     events = rrweb_events(ch)
@@ -376,6 +400,9 @@ async def test_a_cross_origin_frame_is_attached_under_its_iframe_and_kept_there(
     # Nothing of it was posted to the embedding page.
     assert "CROSS-ORIGIN-FRAME-TEXT" not in heard and "rrweb" not in heard, heard[:300]
     assert json.loads(heard) == []
+    (fake,) = [e for e in events if "FORGED-TEXT" in json.dumps(e)]
+    assert any(b < fake["data"]["adds"][0]["parentId"] < b + frames.SPAN for b in bases)
+    assert "BEYOND-TEXT" not in ch.text() and "NOISE-TEXT" not in ch.text()
     assert "SAME-ORIGIN-FRAME-TEXT" in ch.text()  # same-origin frames: the parent's rrweb
     await asyncio.wait_for(server, 10)
 
@@ -405,12 +432,14 @@ async def test_in_process_and_nested_frames_and_a_hostile_embedding_page(
     """An in-process cross-origin frame (127.0.0.1, another port: it calls the page
     target's binding from its own execution context); an out-of-process one holding an
     in-process frame of a third origin (the parent of that one is itself a frame
-    target); all in a parent that patches JSON and listens to every message."""
+    target); a cross-origin frame inside a same-origin one (its <iframe> is in the top
+    rrweb's stream); all in a parent that patches JSON and listens to every message."""
     kit = kit_for(tmp_path, ScriptedAsker(YES))
     conn, ch, server = await open_cobrowse(kit, f"{hosts['a']}/nested")
     async with conn:
         await ch.until(lambda: all(attaches(rrweb_events(ch), t) for t in (
-            "INPROC-FRAME-TEXT", "OUTER-FRAME-TEXT", "INNER-FRAME-TEXT")), 60)
+            "INPROC-FRAME-TEXT", "OUTER-FRAME-TEXT", "INNER-FRAME-TEXT",
+            "DEEP-FRAME-TEXT")), 60)
         await ch.until(lambda: "INPROC-FRAME-TEXT 3" in ch.text(), 15)
         cb = session_of(server)
         kinds = sorted(t.type for t in cb.targets.values())
@@ -429,6 +458,12 @@ async def test_in_process_and_nested_frames_and_a_hostile_embedding_page(
     inner_owner = iframes_in(outer["node"])["inner"]
     assert inner["parentId"] == inner_owner and outer_base < inner_owner < outer_base + frames.SPAN
     assert n > o
+    (d, deep), *_ = attaches(events, "DEEP-FRAME-TEXT")
+    # The same-origin frame's document came in the top's own stream (ids below BASE).
+    wrapped = [iframes_in(add["node"]) for e in events[:d] if e["type"] == 3
+               and e["data"].get("isAttachIframe") for add in e["data"]["adds"]
+               if add["node"]["id"] < BASE]
+    assert deep["parentId"] in [w["deep"] for w in wrapped if "deep" in w], wrapped
     assert json.loads(stolen) == [], stolen[:300]
     await asyncio.wait_for(server, 10)
 
