@@ -553,6 +553,10 @@ class CoBrowse:
             if aux.get("isDefault"):
                 target.contexts[cid] = fid
                 target.origins[fid] = str(ctx.get("origin", ""))
+                if (target.session_id, fid) in self.frames and not self._records_itself(
+                        target, fid):
+                    # Its new document is of its parent's origin: the parent records it.
+                    del self.frames[(target.session_id, fid)]
             elif ctx.get("name") == ISOLATED_WORLD:
                 target.isolated[fid] = cid
         elif method == "Runtime.executionContextDestroyed":
