@@ -326,10 +326,32 @@ def relay_template(root: Path) -> Path:
 
 
 def audit_actions(relay: RelayProcess) -> list[dict[str, Any]]:
+    """The relay's audit trail, oldest first, as ``backline-relay audit export`` prints it
+    (the same rows through the same ``row_to_event``), read in this process.
+
+    Why not the CLI: tests poll the trail, often in loops, and each ``audit export``
+    process cost about 0.6 s of CPU to import the relay's CLI (measured 2026-12-01); the
+    suite ran hundreds of them. The CLI's own export is tested in test_audit_verify."""
     import json
 
-    out = relay.cli("audit", "export").stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
+    import sqlalchemy as sa
+
+    from backline.relay import config as relay_config
+    from backline.relay.audit import row_to_event
+    from backline.relay.db import make_engine
+    from backline.relay.schema import audit_events
+
+    cfg = relay_config.load(environ=relay.env)
+    engine = make_engine(cfg.effective_database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(audit_events).order_by(audit_events.c.seq)
+                                ).mappings().all()
+    finally:
+        engine.dispose()
+    # Through JSON, as the CLI's lines were: the same types (lists, not tuples).
+    return [json.loads(json.dumps({**row_to_event(r), "prev_hash": r["prev_hash"],
+                                   "hash": r["hash"]}, ensure_ascii=False)) for r in rows]
 
 
 def staged_diagnostics(closed_port: int) -> str:
