@@ -34,6 +34,11 @@ PRIVATE_SELECTOR = "[data-backline-private]"
 OVERLAY_SELECTOR = "[data-backline-overlay]"
 #: Fields the technician may never type into, and whose values are masked in any case.
 SENSITIVE_SELECTOR = 'input[type="password" i], [autocomplete^="cc-" i]'
+#: Text the customer can edit in place (a rich editor, a comment box): masked like an
+#: input's value, whatever the page says. Not a "sensitive" field: the technician may
+#: type there in control, as into a masked text input. (``document.designMode`` makes a
+#: whole page editable without an attribute: no selector can see it.)
+EDITABLE_SELECTOR = '[contenteditable]:not([contenteditable="false" i])'
 FLUSH_MS = 40
 
 
@@ -79,13 +84,14 @@ class Privacy:
 
     @classmethod
     def from_policy(cls, policy: CobrowsePolicy) -> Privacy:
-        mask = ", ".join((SENSITIVE_SELECTOR, *policy.mask_selectors))
+        mask = ", ".join((SENSITIVE_SELECTOR, EDITABLE_SELECTOR, *policy.mask_selectors))
         block = ", ".join((PRIVATE_SELECTOR, OVERLAY_SELECTOR, *policy.block_selectors))
         return cls(mask, block, policy.private_urls)
 
     def hidden(self, policy: CobrowsePolicy) -> list[str]:
         """What the customer is told stays on this machine."""
         return ["all input values (masked)", "password fields", "card fields (cc-*)",
+                "editable text (contenteditable)",
                 PRIVATE_SELECTOR, *policy.mask_selectors, *policy.block_selectors,
                 *(f"pages {p}" for p in policy.private_urls), "canvas"]
 

@@ -32,7 +32,8 @@ from tests.unit.test_wstunnel import run_async
 POLICY = {"mask_selectors": [".account-number"], "block_selectors": ["#statement"],
           "private_urls": ["https://bank.example/*"]}
 EVERY = ("all input values (masked)", "password fields", "card fields (cc-*)",
-         "[data-backline-private]", ".account-number", "#statement",
+         "editable text (contenteditable)", "[data-backline-private]", ".account-number",
+         "#statement",
          "pages https://bank.example/*", "canvas")
 
 

@@ -224,3 +224,31 @@ async def test_a_refused_address_is_told_without_its_query(
     assert "DENY-TOKEN" not in ch.text()
     assert "DENY-TOKEN" not in (tmp_path / "activity.jsonl").read_text()
     await asyncio.wait_for(server, 10)
+
+
+@run_async
+async def test_editable_text_is_masked_like_an_input(tmp_path: Path,
+                                                     site: dict[str, int]) -> None:  # noqa: F811
+    """What the customer types into a contenteditable (a rich editor, a comment box) is
+    an input's value in all but name: masked, as is the text it held."""
+    kit = kit_for(tmp_path, ScriptedAsker(YES))
+    conn, ch, server = await open_cobrowse(kit, f"http://127.0.0.1:{site['a']}/")
+    async with conn:
+        await ch.until(lambda: "TICK-1" in ch.text(), 60)
+        ctx = server_ctx(server)
+        await page_eval(kit, ctx, "document.body.insertAdjacentHTML('beforeend', '<div "
+                                  "id=\"ed\" contenteditable>EDITABLE-BEFORE</div>'); "
+                                  "document.getElementById('ed').focus()")
+        cb = ctx.extra["cobrowse_session"]
+        await cb.browser.conn.send("Input.insertText", {"text": " EDIT-SECRET-77"},
+                                   cb.pages[-1])
+        await page_eval(kit, ctx, "document.body.insertAdjacentHTML('beforeend', "
+                                  "'<p>PLAIN-AFTER-TEXT</p>')")
+        await ch.until(lambda: "PLAIN-AFTER-TEXT" in rrweb_text(ch.parsed()), 15)
+        held = await page_eval(kit, ctx, "document.getElementById('ed').textContent")
+        assert "EDIT-SECRET-77" in held and "EDITABLE-BEFORE" in held  # the typing landed
+        ch.send({"type": "end"})
+        await asyncio.wait_for(ch.task, 30)
+    text = ch.text()
+    assert "EDIT-SECRET" not in text and "EDITABLE-BEFORE" not in text
+    await asyncio.wait_for(server, 10)
