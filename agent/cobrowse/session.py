@@ -276,6 +276,8 @@ class CoBrowse:
             self._spawn(self._paused(event.session_id, params))
         elif method == "Page.screencastFrame":
             self._spawn(self._frame(event.session_id, params))
+        elif method == "Target.targetCrashed":
+            self._crashed(str(params.get("targetId", "")))
         elif method == "Page.fileChooserOpened":
             self.on_log("cobrowse.refused", reason="file_chooser",
                         detail="a file chooser opened while the technician had control")
@@ -387,6 +389,24 @@ class CoBrowse:
             for line in self.batcher.add(json.dumps(blank_snapshot())):
                 self._send_line(line)
             self._flush()
+
+    def _crashed(self, target_id: str) -> None:
+        """The shown page's renderer died (out of memory, a crash): the view would stay
+        frozen on its last state with nothing to say why. It is blanked and everyone is
+        told; a reload by the customer, or an address the technician proposes, brings a
+        new document and with it a fresh snapshot (``Page.frameNavigated``)."""
+        target = next((t for t in self.targets.values() if t.target_id == target_id), None)
+        if target is None or target.type != "page" or not self.pages or (
+                self.pages[-1] != target.session_id):
+            return
+        target.snapshot_seen = False
+        self.on_log("cobrowse.page_crashed", detail="the shown page's renderer crashed")
+        self._flush()
+        self.emit({"type": "error", "error": "page_crashed",
+                   "detail": "the customer's page crashed; a reload shows it again"})
+        for line in self.batcher.add(json.dumps(blank_snapshot())):
+            self._send_line(line)
+        self._flush()
 
     def _within_document(self, sid: str | None, params: dict[str, Any]) -> None:
         """pushState, replaceState or a fragment change: no new document, so the page's

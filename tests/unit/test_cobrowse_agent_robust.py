@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import http.server
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,6 +113,38 @@ async def test_a_40_mib_console_log_does_not_end_the_cobrowse(pages: str) -> Non
         assert not cb.ended.is_set(), cb.browser.conn.why_closed
         assert await main_eval(cb, "document.getElementById('p').textContent") == "loud"
         assert cb.browser.conn.core.skipped + cb.browser.conn.core.discarded >= 1
+
+
+@run_async
+async def test_a_crashed_page_is_blanked_and_said_and_a_reload_shows_it_again(
+        pages: str) -> None:
+    """The renderer of the shown page dies (``Page.crash``, as an out-of-memory kill):
+    the technician is told and the view is blanked, not left frozen; the customer's
+    reload brings the page back with a fresh snapshot; the co-browse goes on."""
+    async with browsing(f"{pages}/loud.html") as (cb, lines):
+        assert cb.browser is not None
+        sid = cb.pages[-1]
+        with contextlib.suppress(Exception):  # the crash may take the answer with it
+            await cb.browser.conn.send("Page.crash", {}, sid, timeout=5)
+        for _ in range(100):
+            if any(isinstance(x, dict) and x.get("error") == "page_crashed" for x in lines):
+                break
+            await asyncio.sleep(0.05)
+        said = [i for i, x in enumerate(lines)
+                if isinstance(x, dict) and x.get("error") == "page_crashed"]
+        assert said, lines[-5:]
+        blank = [e for x in lines[said[0]:] if isinstance(x, str)
+                 for e in json.loads(x).get("events", [])
+                 if e.get("type") == 2 and e["data"]["node"]["childNodes"] == []]
+        assert blank, "no blank snapshot after the crash"
+        assert not cb.ended.is_set()
+        at = len(lines)
+        await cb.browser.conn.send("Page.reload", {}, sid)
+        for _ in range(200):
+            if any(isinstance(x, str) and "loud" in x for x in lines[at:]):
+                break
+            await asyncio.sleep(0.05)
+        assert any(isinstance(x, str) and "loud" in x for x in lines[at:]), lines[at:][-3:]
 
 
 @run_async
