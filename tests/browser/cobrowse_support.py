@@ -59,6 +59,17 @@ TEXT_JS = """(id) => {
   return el ? el.textContent : null;
 }"""
 
+# In the customer's page, what the agent asks for after it had to drop events: the
+# recorder's fresh full snapshot (a non-enumerable global named after the agent's
+# random binding, agent/cobrowse/assets/inject.js). False when there is none.
+SNAPSHOT_NOW_JS = """(() => {
+  const name = Object.getOwnPropertyNames(window)
+    .find((k) => /^__bl[0-9a-f]{16}_snapshot$/.test(k));
+  if (!name) return false;
+  window[name]();
+  return true;
+})()"""
+
 
 class CustomerBrowser:
     """The agent's Chromium, reached as a second DevTools client (the customer's keyboard

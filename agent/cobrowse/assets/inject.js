@@ -136,7 +136,7 @@ __RRWEB__
     }
     return inPrivateFrame(data.id) ? null : event;
   };
-  rrwebRecord.record({
+  const options = {
     emit(raw) {
       // On a private address (also one reached by pushState or a fragment) nothing is
       // sent; the agent drops it too and asks for a fresh snapshot when the page leaves.
@@ -168,7 +168,48 @@ __RRWEB__
     recordAfter: "DOMContentLoaded",
     sampling: { mousemove: 50, scroll: 100, input: "last", media: 800 },
     slimDOMOptions: { script: true, comment: true },
-  });
+  };
+  // When the recording starts. rrweb's own choice (DOMContentLoaded) serialises the
+  // whole parsed page in one task: on /large.html (18,750 nodes) that task was the
+  // customer's longest, 240-1000 ms on the loaded two-core machine (docs/cobrowse.md,
+  // "Large pages"). Started as soon as the document has its root element instead,
+  // rrweb's full snapshot holds the few nodes parsed so far and every later node
+  // reaches it as the parser inserts it (its MutationObserver), so the serialisation
+  // is spread over the parser's own tasks. The nodes pass the same masking and
+  // blocking as any node a page script adds. rrweb 2.1.6 has no option for this: while
+  // the document is loading it waits for DOMContentLoaded, so for the one synchronous
+  // call of record() the document says "interactive" (an own property, removed at
+  // once; no page script runs in between: none has run yet when <html> is inserted).
+  const doc = g.document;
+  let started = false;
+  const start = () => {
+    if (started) return;
+    started = true;
+    if (doc.readyState !== "loading") {
+      rrwebRecord.record(options);
+      return;
+    }
+    let told = false;
+    try {
+      Object.defineProperty(doc, "readyState", { get: () => "interactive", configurable: true });
+      told = true;
+    } catch (e) { /* rrweb then waits for DOMContentLoaded, as it would */ }
+    try { rrwebRecord.record(options); }
+    finally { if (told) delete doc.readyState; }
+  };
+  if (doc.documentElement || doc.readyState !== "loading") {
+    start();
+  } else {
+    try {
+      const watch = new g.MutationObserver(() => {
+        if (!doc.documentElement) return;
+        watch.disconnect();
+        start();
+      });
+      watch.observe(doc, { childList: true });
+    } catch (e) { /* no observer: DOMContentLoaded below */ }
+    doc.addEventListener("DOMContentLoaded", start, true);
+  }
   // The agent asks for a fresh full snapshot after it had to drop events.
   Object.defineProperty(g, CONFIG.binding + "_snapshot", {
     value: () => rrwebRecord.record.takeFullSnapshot(true), enumerable: false });

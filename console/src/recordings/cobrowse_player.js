@@ -104,8 +104,10 @@ export class CobrowseReplay {
 
   play() {
     if (!this.replayer) return;
+    // Before its first play rrweb's clock reads minus the first event's timestamp (its
+    // baseline is 0): from there nothing after the first full snapshot was ever due.
     const at = this.now();
-    this.replayer.play(at >= this.total ? 0 : at);
+    this.replayer.play(at >= this.total || at < 0 ? 0 : at);
     this.playing = true;
     this.onChange?.();
   }
