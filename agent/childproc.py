@@ -12,9 +12,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from typing import Any
+
+#: For ``create_subprocess_exec``: the child leads a process group of its own, so that
+#: :func:`end` ends what it started too.
+OWN_GROUP: dict[str, Any] = {"start_new_session": True} if os.name == "posix" else {}
+
+
+async def end(proc: asyncio.subprocess.Process) -> None:
+    """Kill a child started with :data:`OWN_GROUP`, with whatever it started, and reap
+    it. Anything left holding its output pipe would otherwise keep the reader waiting
+    past the timeout (a shell's ``sleep 30`` kept the agent 30 s after a 0.5 s one), or
+    outlive it as an orphan."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.name == "posix":
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+        await proc.wait()
 
 
 async def ask(module: str, request: dict[str, Any], *, max_request: int, max_answer: int,
@@ -30,7 +50,7 @@ async def ask(module: str, request: dict[str, Any], *, max_request: int, max_ans
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", module, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL)
+            stderr=subprocess.DEVNULL, **OWN_GROUP)
     except OSError as exc:
         raise failed(f"could not start the {what}: {exc}") from exc
     try:
@@ -39,10 +59,7 @@ async def ask(module: str, request: dict[str, Any], *, max_request: int, max_ans
     except TimeoutError:
         raise failed(f"the {what} gave no answer in {timeout_s:g} s") from None
     finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        await end(proc)
     try:
         answer = json.loads(out) if len(out) <= max_answer else None
     except ValueError:

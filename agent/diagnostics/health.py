@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -27,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from backline.agent import childproc
 from backline.agent.diagnostics import relaytime
 from backline.agent.diagnostics.config import ConfigError, DiagnosticsConfig, load_config
 from backline.common import protocol
@@ -92,17 +92,15 @@ async def check_in_child(state_root: Path | None) -> list[dict[str, str]]:
     if now is not None:
         argv += ["--relay-time", repr(now)]
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        **childproc.OWN_GROUP)
     assert proc.stdout is not None
     try:
         async with asyncio.timeout(CHILD_TIMEOUT_S):
             out = await proc.stdout.read(CHILD_MAX_OUTPUT + 1)
             code = await proc.wait()
     finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        await childproc.end(proc)
     if code != 0 or len(out) > CHILD_MAX_OUTPUT:
         raise RuntimeError(f"the health check process failed (exit status {code})")
     return parse_alerts(out)

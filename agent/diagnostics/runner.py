@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from backline.agent import childproc
+
 T = TypeVar("T")
 
 MAX_OUTPUT = 256 * 1024
@@ -90,7 +92,7 @@ async def run_command(argv: Sequence[str], timeout: float, limit: int = MAX_OUTP
            "SYSTEMD_COLORS": "0", "NO_COLOR": "1"}
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env)
+        stderr=asyncio.subprocess.PIPE, env=env, **childproc.OWN_GROUP)
     assert proc.stdout is not None and proc.stderr is not None
 
     async def bounded(stream: asyncio.StreamReader) -> bytes:
@@ -105,11 +107,6 @@ async def run_command(argv: Sequence[str], timeout: float, limit: int = MAX_OUTP
             out, err = await asyncio.gather(bounded(proc.stdout), bounded(proc.stderr))
             code = await proc.wait()
     except BaseException:
-        if proc.returncode is None:
-            try:
-                proc.kill()
-            except ProcessLookupError:
-                pass
-            await proc.wait()
+        await childproc.end(proc)
         raise
     return CommandResult(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
