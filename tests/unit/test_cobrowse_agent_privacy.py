@@ -252,3 +252,22 @@ async def test_editable_text_is_masked_like_an_input(tmp_path: Path,
     text = ch.text()
     assert "EDIT-SECRET" not in text and "EDITABLE-BEFORE" not in text
     await asyncio.wait_for(server, 10)
+
+
+@run_async
+async def test_a_page_parsed_in_pieces_keeps_its_private_parts(
+        tmp_path: Path, site: dict[str, int]) -> None:  # noqa: F811
+    """The recorder starts at <html>, so what the parser inserts goes as mutations: a
+    private element, a blocked one and a password field arrive in one piece and what
+    they hold in later ones (``/slow.html``); none of it leaves the machine."""
+    kit = kit_for(tmp_path, ScriptedAsker(YES), block_selectors=[".acct"])
+    conn, ch, server = await open_cobrowse(kit, f"http://127.0.0.1:{site['a']}/slow.html")
+    async with conn:
+        await ch.until(lambda: "SLOW-PUBLIC-END" in ch.text(), 60)
+        ch.send({"type": "end"})
+        await asyncio.wait_for(ch.task, 30)
+    text = ch.text()
+    assert "SLOW-START" in text
+    for secret in ("DEEP-SECRET", "ACCT-SECRET", "PW-ATTR-SECRET", "TEXTAREA-SECRET"):
+        assert secret not in text, [x[:300] for x in ch.lines if secret in x]
+    await asyncio.wait_for(server, 10)

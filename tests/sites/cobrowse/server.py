@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -41,10 +42,27 @@ def rows(query: str) -> str:
     return "\n".join(ROW.format(i=i) for i in range(n))
 
 
+#: ``/slow.html``: a page sent in pieces, a pause between them, so that the parser inserts
+#: a private element, a masked field and a blocked element in one task and their
+#: contents in later ones (the recorder starts at <html>: all of it goes as mutations).
+SLOW_PIECES = (
+    '<!doctype html><html><head><meta charset="utf-8"><title>slow</title></head><body>'
+    '<p>SLOW-START</p><div id="deep" data-backline-private><p><span>',
+    'DEEP-SECRET-A</span></p><ul><li>DEEP-SECRET-B</li></ul><div class="acct"><b>',
+    'ACCT-SECRET-C</b></div></div><div class="acct"><i>',
+    'ACCT-SECRET-D</i></div><form><input id="pw" type="password" value="PW-ATTR-SECRET">'
+    '<textarea id="ta">',
+    'TEXTAREA-SECRET</textarea></form><p>SLOW-PUBLIC-END</p></body></html>',
+)
+
+
 def handler_for(cross_origin: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path, _, query = self.path.partition("?")
+            if path == "/slow.html":
+                self.slow()
+                return
             name = PAGES.get(path)
             if name is None:
                 self.send_error(404)
@@ -59,6 +77,20 @@ def handler_for(cross_origin: str) -> type[BaseHTTPRequestHandler]:
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
             self.wfile.write(data)
+
+        def slow(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for i, piece in enumerate(SLOW_PIECES):
+                if i:
+                    time.sleep(0.3)
+                # Padding past the parser's first chunk, so each piece is parsed on arrival.
+                self.wfile.write(piece.encode() + b"<!--" + b" " * 2048 + b"-->")
+                self.wfile.flush()
+            self.close_connection = True
 
         def log_message(self, format: str, *args: object) -> None:
             pass
