@@ -309,9 +309,19 @@ def attaches(events: list[dict[str, Any]], text: str) -> list[tuple[int, dict[st
 
 
 def top_iframes_before(events: list[dict[str, Any]], index: int) -> dict[str, int]:
-    full = [e for e in events[:index] if e["type"] == 2]
+    """The top document's <iframe> ids as of ``events[index]``: in its last full
+    snapshot, and in the mutations after it (the recorder starts at <html>, so a page
+    that is still loading sends its elements as the parser inserts them)."""
+    full = [i for i, e in enumerate(events[:index]) if e["type"] == 2]
     assert full, "no top snapshot before the attach"
-    return iframes_in(full[-1]["data"]["node"])
+    found = iframes_in(events[full[-1]]["data"]["node"])
+    for e in events[full[-1] + 1:index]:
+        if e["type"] == 3 and e["data"].get("source") == 0 and not e["data"].get(
+                "isAttachIframe"):
+            for add in e["data"].get("adds", []):
+                if add.get("parentId", 0) < frames.FIRST_BASE:
+                    found.update(iframes_in(add["node"]))
+    return found
 
 
 def session_of(server: Any) -> Any:
