@@ -457,7 +457,14 @@ class CoBrowse:
             return
         accepted = source.gate.accept(payload)
         snapshot = False
+        owners = self._owners_in((source.session_id, source.main_frame)) if accepted else set()
         for event, text in accepted:
+            checked = frames.check_top(event, owners)
+            if checked is None:
+                source.gate.malformed += 1  # an id of a frame's range, or a forged one
+                continue
+            if checked:
+                text = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
             if event["type"] == META and isinstance(event.get("data"), dict) and (
                     "href" in event["data"]):
                 # rrweb's meta event carries the address: cut like a nav line (the page's
@@ -481,6 +488,12 @@ class CoBrowse:
         if snapshot:
             # The view was rebuilt: every frame under this page attaches again.
             self._children_stale((source.session_id, source.main_frame))
+
+    def _owners_in(self, parent: tuple[str, str]) -> set[int]:
+        """The ids of the <iframe>s in ``parent``'s stream under which a frame that
+        records itself is attached (or will be): nothing else may add to them."""
+        return {rec.owner for rec in self.frames.values()
+                if rec.owner is not None and self._parent_of(rec) == parent}
 
     def _flush_soon(self) -> None:
         if len(self.batcher) and self._flush_at is None:

@@ -142,6 +142,85 @@ def test_a_forged_id_cannot_name_a_node_outside_the_frames_range(bad: object) ->
             frames.attach({"type": 2, "timestamp": 1, "data": {"node": node}}, BASE)
 
 
+def _mutation(**data: Any) -> dict[str, Any]:
+    return {"type": 3, "timestamp": 1, "data": {"source": 0, "adds": [], "removes": [],
+                                                "texts": [], "attributes": [], **data}}
+
+
+@pytest.mark.parametrize("data", [
+    {"texts": [{"id": BASE + 4, "value": "x"}]},
+    {"attributes": [{"id": BASE + 4, "attributes": {"src": "x"}}]},
+    {"removes": [{"parentId": BASE + 3, "id": BASE + 4}]},
+    {"adds": [{"parentId": 5, "nextId": None, "node": {"type": 3, "id": BASE + 9}}]},
+    {"adds": [{"parentId": BASE + 3, "nextId": None, "node": {"type": 3, "id": 9}}]},
+    {"adds": [{"parentId": 5, "nextId": BASE, "node": {"type": 3, "id": 9}}]},
+    {"adds": [{"parentId": 5, "nextId": None, "node": {"type": 3, "id": -5}}]},
+    {"texts": [{"id": -7, "value": "x"}]},
+])
+def test_a_forged_top_event_naming_a_frames_range_is_dropped(data: dict[str, Any]) -> None:
+    """A hostile embedding page calls its own binding: no id of a frame's range (nor
+    one a frame will use next), no negative node id."""
+    assert frames.check_top(_mutation(**data), set()) is None
+    for source, extra in ((2, {"id": BASE + 4}), (1, {"positions": [{"id": BASE}]}),
+                          (15, {"id": 1, "styleIds": [BASE]})):
+        assert frames.check_top({"type": 3, "timestamp": 1, "data": {
+            "source": source, **extra}}, set()) is None
+    full = snapshot()
+    full["data"]["node"]["childNodes"][0]["id"] = BASE + 2
+    assert frames.check_top(full, set()) is None
+
+
+def test_the_tops_own_events_pass_unchanged_and_none_adds_under_a_frames_iframe() -> None:
+    full = snapshot()
+    assert frames.check_top(full, set()) is False and full == snapshot()
+    own = _mutation(texts=[{"id": 4, "value": "x"}],
+                    adds=[{"parentId": 3, "nextId": None, "node": {"type": 3, "id": 9}}])
+    assert frames.check_top(own, {7}) is False and len(own["data"]["adds"]) == 1
+    pointer = {"type": 3, "timestamp": 1, "data": {"source": 1, "positions": [
+        {"x": 1, "y": 1, "id": -1, "timeOffset": 0}]}}  # rrweb's "not serialised"
+    assert frames.check_top(pointer, set()) is False
+    # rrweb's own add under its ignored node (-2: a script's text), beside a real one:
+    # that add is taken out (it goes nowhere), the event goes on.
+    ignored = _mutation(adds=[{"parentId": 12, "nextId": None, "node": {"type": 3, "id": 60}},
+                              {"parentId": -2, "nextId": None, "node": {"type": 3, "id": 61}},
+                              {"parentId": None, "nextId": None, "node": {"type": 3, "id": 62}}])
+    assert frames.check_top(ignored, set()) is True
+    assert [a["node"]["id"] for a in ignored["data"]["adds"]] == [60]
+    for kind in (4, 5, 6):
+        assert frames.check_top({"type": kind, "timestamp": 1, "data": {}}, set()) is False
+    # A document forged under the <iframe> a frame that records itself is attached to.
+    forged = _mutation(adds=[{"parentId": 7, "nextId": None, "node": {"type": 0, "id": 20}},
+                             {"parentId": 3, "nextId": None, "node": {"type": 3, "id": 21}}],
+                       isAttachIframe=True)
+    assert frames.check_top(forged, {7}) is True
+    assert [a["parentId"] for a in forged["data"]["adds"]] == [3]
+
+
+def test_a_frames_negative_ids_and_forged_attach_flag() -> None:
+    r = BASE + 1
+
+    def moved(**data: Any) -> dict[str, Any] | None:
+        return frames.transform(_mutation(**data), BASE, r)
+
+    assert moved(adds=[{"parentId": 3, "nextId": None, "node": {"type": 3, "id": -5}}]) is None
+    for nowhere in ({"parentId": -1}, {"parentId": -2}, {"parentId": None}, {}):
+        out = moved(adds=[{**nowhere, "nextId": None, "node": {"type": 3, "id": 5}}])
+        assert out is not None and out["data"]["adds"] == [], nowhere  # never passed on
+    assert moved(removes=[{"parentId": 3, "id": -9}]) is None
+    kept = moved(adds=[{"parentId": 3, "nextId": -1, "node": {"type": 3, "id": 5}}])
+    assert kept and kept["data"]["adds"][0]["nextId"] == -1  # rrweb's "none" stays
+    forged = moved(adds=[{"parentId": 3, "nextId": None, "node": {"type": 3, "id": 5}}],
+                   isAttachIframe=True)
+    assert forged and "isAttachIframe" not in forged["data"]
+    nested = moved(adds=[{"parentId": 3, "nextId": None, "node": {"type": 0, "id": 5,
+                                                                   "childNodes": []}}],
+                   isAttachIframe=True)  # rrweb's own attach of a same-origin frame in it
+    assert nested and nested["data"]["isAttachIframe"] is True
+    with pytest.raises(frames.Unmappable):
+        frames.attach({"type": 2, "timestamp": 1, "data": {"node": {"type": 0, "id": -3}}},
+                      BASE)
+
+
 def test_the_ranges_never_meet_and_stay_exact_in_javascript() -> None:
     bases = frames.Bases()
     first, second = bases.take(), bases.take()
@@ -382,6 +461,31 @@ async def test_a_cross_origin_frame_is_attached_under_its_iframe_and_kept_there(
                     context)
         assert page.gate.malformed == noise + 1
         await ch.until(lambda: "FORGED-TEXT" in ch.text(), 10)
+        # The embedding page calls its own binding (its name can be found) to rewrite
+        # the frame in the view: a text of the frame's range, a node planted where the
+        # frame's next ids go, a document forged under its <iframe>; then a control.
+        (rec,) = [r for r in cb.frames.values() if r.attached]
+        assert rec.base is not None and rec.owner is not None
+        top_forged = [
+            {"type": 3, "timestamp": 2, "data": {"source": 0, "adds": [], "removes": [],
+                                                 "attributes": [], "texts": [
+                {"id": rec.base + 4, "value": "TOP-FORGED-TEXT"}]}},
+            {"type": 3, "timestamp": 2, "data": {"source": 0, "removes": [], "texts": [],
+                                                 "attributes": [], "adds": [
+                {"parentId": 1, "nextId": None,
+                 "node": {"type": 3, "id": rec.base + 5000, "textContent": "TOP-PLANTED"}}]}},
+            {"type": 3, "timestamp": 2, "data": {"source": 0, "removes": [], "texts": [],
+                                                 "attributes": [], "isAttachIframe": True,
+                                                 "adds": [
+                {"parentId": rec.owner, "nextId": None,
+                 "node": {"type": 0, "id": 4000, "childNodes": [
+                     {"type": 3, "id": 4001, "textContent": "TOP-UNDER-IFRAME"}]}}]}},
+            {"type": 3, "timestamp": 2, "data": {"source": 0, "removes": [], "texts": [],
+                                                 "attributes": [], "adds": [
+                {"parentId": 1, "nextId": None,
+                 "node": {"type": 3, "id": 4100, "textContent": "TOP-CONTROL-TEXT"}}]}}]
+        cb._binding(page.session_id, json.dumps(top_forged), None)
+        await ch.until(lambda: "TOP-CONTROL-TEXT" in ch.text(), 10)
         ch.send({"type": "end"})
         await asyncio.wait_for(ch.task, 30)
     events = rrweb_events(ch)
@@ -413,6 +517,8 @@ async def test_a_cross_origin_frame_is_attached_under_its_iframe_and_kept_there(
     (fake,) = [e for e in events if "FORGED-TEXT" in json.dumps(e)]
     assert any(b < fake["data"]["adds"][0]["parentId"] < b + frames.SPAN for b in bases)
     assert "BEYOND-TEXT" not in ch.text() and "NOISE-TEXT" not in ch.text()
+    for forged_text in ("TOP-FORGED-TEXT", "TOP-PLANTED", "TOP-UNDER-IFRAME"):
+        assert forged_text not in ch.text(), forged_text
     assert "SAME-ORIGIN-FRAME-TEXT" in ch.text()  # same-origin frames: the parent's rrweb
     await asyncio.wait_for(server, 10)
 
