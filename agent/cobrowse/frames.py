@@ -33,17 +33,30 @@ records itself is attached to.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from backline.agent.cobrowse import events as ev
 
-#: The first base, and the room each full snapshot of a frame gets.
+#: The first base, and the room each document of a frame gets (rrweb's id counter does
+#: not start again within a document: its full snapshots all fit one range).
 FIRST_BASE = 2**40
 SPAN = 2**32
 MAX_SAFE = 2**53 - 1
-#: What a frame may hold back while its ``<iframe>``'s id in the parent is not known.
+#: The last whole range below 2**53 is kept for blanks (one id each: an empty
+#: document), so that a frame reaching a private address is blanked even once the
+#: documents' ranges are used up.
+BLANK_BASE = (MAX_SAFE // SPAN - 1) * SPAN
+#: Full snapshots a frame may send (its script can call its ``_snapshot`` in a loop),
+#: and new ranges the whole co-browse may hand out, per second and in a burst: at the
+#: sustained rate the 2**21 ranges last 18 hours (the frames' 32 allowances together).
+SNAPSHOTS_PER_S, SNAPSHOTS_BURST = 1.0, 5.0
+BASES_PER_S, BASES_BURST = 32.0, 160.0
+#: What a frame may hold back while its ``<iframe>``'s id in the parent is not known,
+#: and what all frames may hold together (each snapshot is up to 15 MiB by itself).
 MAX_BUFFER_EVENTS = 2000
 MAX_BUFFER_BYTES = 8 * 1024 * 1024
+MAX_HELD_BYTES = 32 * 1024 * 1024
 
 FULL_SNAPSHOT, INCREMENTAL = 2, 3
 DOCUMENT = 0  # rrweb-snapshot's NodeType.Document
@@ -61,17 +74,37 @@ class Unmappable(ValueError):
 
 
 class Bases:
-    """Hands out the id ranges of one co-browse: each frame full snapshot gets a new one."""
+    """Hands out the id ranges of one co-browse: one per frame document, at a bounded
+    rate (a hostile frame cannot use them up in minutes), and blanks' ids from a range
+    of their own (a blank never fails)."""
 
     def __init__(self) -> None:
         self.next = FIRST_BASE
+        self.bucket = ev.Bucket(BASES_PER_S, BASES_BURST)
+        self.blanks = 0
 
-    def take(self) -> int | None:
-        """A fresh base, or None when the room below 2**53 is used up (2**21 snapshots)."""
-        if self.next + SPAN > MAX_SAFE:
+    def peek(self, now: float | None = None) -> int | None:
+        """The base :meth:`take` would give now, or None (used up, or over the rate)."""
+        now = time.monotonic() if now is None else now
+        self.bucket.refill(now)
+        if self.next + SPAN > BLANK_BASE or self.bucket.level < 1:
             return None
-        base = self.next
+        return self.next
+
+    def take(self, now: float | None = None) -> int | None:
+        """A fresh base, or None: taken only for a snapshot already found valid."""
+        base = self.peek(now)
+        if base is None:
+            return None
+        self.bucket.take(1, time.monotonic() if now is None else now)
         self.next += SPAN
+        return base
+
+    def blank(self) -> int:
+        """A base whose ``+ 1`` is an id no document has had: 2**32 - 1 blanks (a
+        navigation each) before it comes round again, onto an empty document too."""
+        base = BLANK_BASE + self.blanks % (SPAN - 1)
+        self.blanks += 1
         return base
 
 
@@ -318,18 +351,35 @@ class Frame:
         self.lookups = 0
         self.retry_at = 0.0
         self.asked_at = -1e9
+        #: Its full snapshots (each rebuilds its nodes in the view under new ids), and
+        #: those over its allowance, dropped (it is asked for one again later).
+        self.snapshots = 0
+        self.snapshot_bucket = ev.Bucket(SNAPSHOTS_PER_S, SNAPSHOTS_BURST)
+        self.snapshots_dropped = 0
 
     @property
     def epoch(self) -> object:
-        return self.base
+        """What its nodes' ids in the view belong to: its range and its snapshot."""
+        return (self.base, self.snapshots)
+
+    def allow_snapshot(self, now: float | None = None) -> bool:
+        """One more full snapshot within its allowance; else it is counted, and a fresh
+        one is due (what it sends next names nodes the view does not have)."""
+        if self.snapshot_bucket.take(1, time.monotonic() if now is None else now):
+            return True
+        self.snapshots_dropped += 1
+        self.stale = True
+        return False
 
     def snapshot(self, event: dict[str, Any], base: int, size: int = 0) -> bool:
-        """A full snapshot of the frame: a new range; the attach mutation is held until
+        """A full snapshot of the frame in ``base`` (its document's range: the same for
+        each snapshot of one document); the attach mutation is held until
         :meth:`release`. False when it is not a snapshot the merge can use."""
         try:
             attached, root = attach(event, base)
         except Unmappable:
             return False
+        self.snapshots += 1
         self.base, self.root = base, root
         self.attached = False
         self.stale = False

@@ -726,7 +726,7 @@ class CoBrowse:
         if t.type == "page" and key[1] == t.main_frame:
             return ("top", t.snapshots) if t.snapshot_seen else None
         rec = self.frames.get(key)
-        return ("frame", rec.base) if rec is not None and rec.attached else None
+        return ("frame", rec.epoch) if rec is not None and rec.attached else None
 
     def _floor(self, key: tuple[str, str] | None) -> float:
         t = self.targets.get(key[0]) if key else None
@@ -765,9 +765,7 @@ class CoBrowse:
         out: list[dict[str, Any]] = []
         for event, text in rec.gate.accept(payload):
             if event["type"] == ev.FULL_SNAPSHOT:
-                base = self.bases.take()
-                if base is None or not rec.snapshot(event, base, len(text)):
-                    rec.gate.malformed += 1
+                if not self._frame_snapshot_in(rec, event, len(text)):
                     continue
                 self._children_stale(key)
                 if self._owner_valid(rec):
@@ -783,6 +781,22 @@ class CoBrowse:
         if out:
             self._send_events(out)
         self._say_drops(rec)
+
+    def _frame_snapshot_in(self, rec: frames.Frame, event: dict[str, Any], size: int
+                           ) -> bool:
+        """A frame's full snapshot taken in: within its allowance, in its document's
+        range (a new range only for a new document, and only once the snapshot is
+        found valid: a flood of snapshots, or of malformed ones, uses up none)."""
+        if not rec.allow_snapshot():
+            return False
+        fresh = rec.base is None
+        base = self.bases.peek() if fresh else rec.base
+        if base is None or not rec.snapshot(event, base, size):
+            rec.gate.malformed += 1
+            return False
+        if fresh:
+            self.bases.take()
+        return True
 
     def _children_stale(self, key: tuple[str, str]) -> None:
         """A recorder took a full snapshot (its nodes have new ids, the view rebuilt
@@ -849,13 +863,12 @@ class CoBrowse:
         owner, valid = rec.owner, self._owner_valid(rec)
         rec.new_document()
         self._children_stale((rec.session_id, rec.frame_id))
-        base = self.bases.take()
-        if owner is None or not valid or base is None or shown is None:
+        if owner is None or not valid or shown is None:
             return
         page = self._page_of(shown)
         if page is None or not self.pages or self.pages[-1] != page.session_id:
             return
-        attach, _root = frames.blank(base, int(time.time() * 1000))
+        attach, _root = frames.blank(self.bases.blank(), int(time.time() * 1000))
         self._send_events([frames.owned(attach, owner, self._floor(self._parent_of(rec)))])
 
     def _frames_due(self, page: Target) -> None:
@@ -923,7 +936,8 @@ class CoBrowse:
         in the agent's isolated world, its rrweb id read from the parent's recorder
         (inject.js, which says "none" too when it is blocked or not serialized yet).
         None when there is none to attach to."""
-        assert self.browser is not None
+        if self.browser is None:
+            return None
         conn = self.browser.conn
         source = self.targets.get(rec.session_id)
         if source is None:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from backline.agent.cobrowse import frames
+from backline.agent.cobrowse.events import Bucket
 from tests.unit.test_cobrowse_agent import (  # noqa: F401 (fixtures)
     CHROMIUM,
     YES,
@@ -225,9 +226,10 @@ def test_the_ranges_never_meet_and_stay_exact_in_javascript() -> None:
     bases = frames.Bases()
     first, second = bases.take(), bases.take()
     assert first == frames.FIRST_BASE and second == first + frames.SPAN  # type: ignore[operator]
-    bases.next = frames.MAX_SAFE - frames.SPAN  # the last one that fits
+    bases.next = frames.BLANK_BASE - frames.SPAN  # the last one that fits
     assert bases.take() is not None and bases.take() is None
-    assert frames.MAX_SAFE == 2**53 - 1
+    assert frames.MAX_SAFE == 2**53 - 1 and frames.BLANK_BASE + frames.SPAN <= frames.MAX_SAFE
+    assert bases.blank() == frames.BLANK_BASE and bases.blank() == frames.BLANK_BASE + 1
 
 
 def test_a_frame_holds_its_events_until_its_iframe_is_known_bounded() -> None:
@@ -260,6 +262,74 @@ def test_a_blank_frame_is_an_empty_document() -> None:
     attach, root = frames.blank(BASE, 5)
     node = attach["data"]["adds"][0]["node"]
     assert node == {"type": 0, "id": root, "childNodes": []} and attach["data"]["isAttachIframe"]
+
+
+# --- the session's frame handling, without a browser (forged binding calls) ---------
+
+def offline_session(private_urls: tuple[str, ...] = ()) -> tuple[Any, list[Any]]:
+    """A co-browse with a shown page (its top snapshotted) and one out-of-process frame
+    under it, no browser: what its binding handler does with forged calls."""
+    from backline.agent.cobrowse.session import CoBrowse, Target
+    from backline.agent.policy import CobrowsePolicy
+
+    out: list[Any] = []
+    cb = CoBrowse(CobrowsePolicy(private_urls=private_urls), out.append)
+    page = Target("P", "page", "top", "http://127.0.0.1/", main_frame="top",
+                  snapshot_seen=True, snapshots=1)
+    frame = Target("F", "iframe", "f1", "http://localhost/", main_frame="f1",
+                   parent_sid="P", parent_frame="top")
+    cb.targets = {"P": page, "F": frame}
+    cb.pages = ["P"]
+    return cb, out
+
+
+def sent_events(out: list[Any]) -> list[dict[str, Any]]:
+    return [e for line in out if isinstance(line, str)
+            for e in json.loads(line)["events"]]
+
+
+@run_async
+async def test_a_flood_of_frame_snapshots_uses_one_range_and_a_blank_still_works() -> None:
+    cb, out = offline_session()
+    for i in range(300):  # what a frame's script calling its _snapshot in a loop sends
+        cb._binding("F", json.dumps([snapshot(ts=10.0 + i)]), None)
+    rec = cb.frames[("F", "f1")]
+    assert rec.base == BASE and cb.bases.next == BASE + frames.SPAN  # one range, kept
+    assert rec.snapshots == frames.SNAPSHOTS_BURST and rec.snapshots_dropped == 295
+    # Malformed snapshots use up no range either.
+    rec.new_document()
+    rec.snapshot_bucket = Bucket(1000.0, 1000.0)  # (malformed ones count against it too)
+    for _ in range(50):
+        cb._binding("F", json.dumps([{"type": 2, "timestamp": 1, "data": {"node": {
+            "type": 0, "id": 1, "childNodes": [{"type": 3, "id": -4}]}}}]), None)
+    assert cb.bases.next == BASE + frames.SPAN and rec.base is None
+    # A new document (the frame navigated) is a new range; another snapshot of it, not.
+    cb._binding("F", json.dumps([snapshot()]), None)
+    cb._binding("F", json.dumps([snapshot()]), None)
+    assert rec.base == BASE + frames.SPAN and cb.bases.next == BASE + 2 * frames.SPAN
+    # Every range used up: a new document is not attached, but a blank still goes out.
+    cb.bases.next = frames.BLANK_BASE
+    rec.new_document()
+    cb._binding("F", json.dumps([snapshot()]), None)
+    assert rec.base is None
+    rec.owner, rec.owner_epoch = 7, cb._epoch(cb._parent_of(rec))
+    cb._blank(rec)
+    cb._flush()
+    (blank,) = [e for e in sent_events(out) if e["type"] == 3]
+    add = blank["data"]["adds"][0]
+    assert add["parentId"] == 7 and add["node"]["childNodes"] == []
+    assert add["node"]["id"] > frames.BLANK_BASE and add["node"]["id"] <= frames.MAX_SAFE
+    for _ in range(3):
+        cb._blank(rec)
+    assert cb.bases.blanks == 4
+
+
+def test_the_co_browse_hands_out_ranges_at_a_bounded_rate() -> None:
+    bases = frames.Bases()
+    t0 = bases.bucket.at
+    taken = [bases.take(now=t0) for _ in range(int(frames.BASES_BURST) + 5)]
+    assert taken.count(None) == 5 and None not in taken[:int(frames.BASES_BURST)]
+    assert bases.take(now=t0 + 1.0) is not None  # refilled at BASES_PER_S
 
 
 # --- with real Chromium ------------------------------------------------------------
@@ -496,7 +566,9 @@ async def test_a_cross_origin_frame_is_attached_under_its_iframe_and_kept_there(
         # Under the <iframe id="cross"> of the top snapshot it follows.
         assert add["parentId"] == top_iframes_before(events, index)["cross"], add["parentId"]
         bases.append(add["node"]["id"] - 1)
-    assert len(set(bases)) == len(bases)  # a fresh range at each of its snapshots
+    # A range per document (loaded, reloaded); the re-attach of the same document after
+    # the parent's snapshot is in its range again (rrweb keeps its ids in a document).
+    assert len(set(bases)) == 2 and bases == sorted(bases), bases
     # The top's own ids stay below every frame range; the frame's changes are moved.
     top_ids = [i for e in events if e["type"] == 2 for i in ids_of(e["data"]["node"])]
     assert max(top_ids) < BASE
