@@ -780,7 +780,21 @@ class CoBrowse:
                     out.append(moved)
         if out:
             self._send_events(out)
+        self._cap_held()
         self._say_drops(rec)
+
+    def _cap_held(self) -> None:
+        """What all frames hold back stays under frames.MAX_HELD_BYTES (each snapshot
+        may be 15 MiB by itself): over it, the frame that has held longest lets go and
+        is asked for a fresh snapshot once its <iframe> is found."""
+        held = [r for r in self.frames.values() if r.held]
+        total = sum(r.held_bytes for r in held)
+        for rec in sorted(held, key=lambda r: float(r.held[0]["timestamp"])):
+            if total <= frames.MAX_HELD_BYTES:
+                break
+            total -= rec.held_bytes
+            rec.forget()
+            rec.stale = True
 
     def _frame_snapshot_in(self, rec: frames.Frame, event: dict[str, Any], size: int
                            ) -> bool:
@@ -834,6 +848,9 @@ class CoBrowse:
                 if found is None:
                     rec.owner = None
                     rec.lookups += 1
+                    if rec.lookups >= MAX_LOOKUPS:
+                        rec.forget()  # nothing to attach it to: held no longer
+                        rec.stale = True
                     rec.retry_at = time.monotonic() + FRAME_RETRY_S * 2 ** rec.lookups
                     return
                 rec.owner, rec.owner_epoch = found, epoch
@@ -969,6 +986,7 @@ class CoBrowse:
                 "arguments": [{"value": self.privacy.block_selector + ", .rr-block"}],
                 "returnByValue": True}, sid, timeout=5)
             if (check.get("result") or {}).get("value") is not False:
+                rec.forget()  # what it held has nowhere to go
                 return None  # blocked (or the check failed): nothing is attached to it
             main: dict[str, Any] = {"backendNodeId": node, "objectGroup": group}
             context = self._main_context(holder, doc_frame)

@@ -324,6 +324,22 @@ async def test_a_flood_of_frame_snapshots_uses_one_range_and_a_blank_still_works
     assert cb.bases.blanks == 4
 
 
+@run_async
+async def test_what_all_frames_hold_is_capped_oldest_first() -> None:
+    cb, _out = offline_session()
+    recs = []
+    for i in range(3):
+        rec = frames.Frame("F", f"g{i}")
+        assert rec.snapshot(snapshot(ts=10.0 + i), BASE + i * frames.SPAN,
+                            size=15 * 1024 * 1024)
+        cb.frames[("F", f"g{i}")] = rec
+        recs.append(rec)
+    cb._cap_held()
+    assert recs[0].held == [] and recs[0].stale and recs[0].held_bytes == 0
+    assert recs[1].held and recs[2].held
+    assert sum(r.held_bytes for r in recs) <= frames.MAX_HELD_BYTES
+
+
 def test_the_co_browse_hands_out_ranges_at_a_bounded_rate() -> None:
     bases = frames.Bases()
     t0 = bases.bucket.at
