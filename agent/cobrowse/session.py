@@ -457,7 +457,14 @@ class CoBrowse:
             return
         accepted = source.gate.accept(payload)
         snapshot = False
+        owners = self._owners_in((source.session_id, source.main_frame)) if accepted else set()
         for event, text in accepted:
+            checked = frames.check_top(event, owners)
+            if checked is None:
+                source.gate.malformed += 1  # an id of a frame's range, or a forged one
+                continue
+            if checked:
+                text = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
             if event["type"] == META and isinstance(event.get("data"), dict) and (
                     "href" in event["data"]):
                 # rrweb's meta event carries the address: cut like a nav line (the page's
@@ -481,6 +488,12 @@ class CoBrowse:
         if snapshot:
             # The view was rebuilt: every frame under this page attaches again.
             self._children_stale((source.session_id, source.main_frame))
+
+    def _owners_in(self, parent: tuple[str, str]) -> set[int]:
+        """The ids of the <iframe>s in ``parent``'s stream under which a frame that
+        records itself is attached (or will be): nothing else may add to them."""
+        return {rec.owner for rec in self.frames.values()
+                if rec.owner is not None and self._parent_of(rec) == parent}
 
     def _flush_soon(self) -> None:
         if len(self.batcher) and self._flush_at is None:
@@ -713,7 +726,7 @@ class CoBrowse:
         if t.type == "page" and key[1] == t.main_frame:
             return ("top", t.snapshots) if t.snapshot_seen else None
         rec = self.frames.get(key)
-        return ("frame", rec.base) if rec is not None and rec.attached else None
+        return ("frame", rec.epoch) if rec is not None and rec.attached else None
 
     def _floor(self, key: tuple[str, str] | None) -> float:
         t = self.targets.get(key[0]) if key else None
@@ -752,9 +765,7 @@ class CoBrowse:
         out: list[dict[str, Any]] = []
         for event, text in rec.gate.accept(payload):
             if event["type"] == ev.FULL_SNAPSHOT:
-                base = self.bases.take()
-                if base is None or not rec.snapshot(event, base, len(text)):
-                    rec.gate.malformed += 1
+                if not self._frame_snapshot_in(rec, event, len(text)):
                     continue
                 self._children_stale(key)
                 if self._owner_valid(rec):
@@ -769,7 +780,37 @@ class CoBrowse:
                     out.append(moved)
         if out:
             self._send_events(out)
+        self._cap_held()
         self._say_drops(rec)
+
+    def _cap_held(self) -> None:
+        """What all frames hold back stays under frames.MAX_HELD_BYTES (each snapshot
+        may be 15 MiB by itself): over it, the frame that has held longest lets go and
+        is asked for a fresh snapshot once its <iframe> is found."""
+        held = [r for r in self.frames.values() if r.held]
+        total = sum(r.held_bytes for r in held)
+        for rec in sorted(held, key=lambda r: float(r.held[0]["timestamp"])):
+            if total <= frames.MAX_HELD_BYTES:
+                break
+            total -= rec.held_bytes
+            rec.forget()
+            rec.stale = True
+
+    def _frame_snapshot_in(self, rec: frames.Frame, event: dict[str, Any], size: int
+                           ) -> bool:
+        """A frame's full snapshot taken in: within its allowance, in its document's
+        range (a new range only for a new document, and only once the snapshot is
+        found valid: a flood of snapshots, or of malformed ones, uses up none)."""
+        if not rec.allow_snapshot():
+            return False
+        fresh = rec.base is None
+        base = self.bases.peek() if fresh else rec.base
+        if base is None or not rec.snapshot(event, base, size):
+            rec.gate.malformed += 1
+            return False
+        if fresh:
+            self.bases.take()
+        return True
 
     def _children_stale(self, key: tuple[str, str]) -> None:
         """A recorder took a full snapshot (its nodes have new ids, the view rebuilt
@@ -807,6 +848,9 @@ class CoBrowse:
                 if found is None:
                     rec.owner = None
                     rec.lookups += 1
+                    if rec.lookups >= MAX_LOOKUPS:
+                        rec.forget()  # nothing to attach it to: held no longer
+                        rec.stale = True
                     rec.retry_at = time.monotonic() + FRAME_RETRY_S * 2 ** rec.lookups
                     return
                 rec.owner, rec.owner_epoch = found, epoch
@@ -836,13 +880,12 @@ class CoBrowse:
         owner, valid = rec.owner, self._owner_valid(rec)
         rec.new_document()
         self._children_stale((rec.session_id, rec.frame_id))
-        base = self.bases.take()
-        if owner is None or not valid or base is None or shown is None:
+        if owner is None or not valid or shown is None:
             return
         page = self._page_of(shown)
         if page is None or not self.pages or self.pages[-1] != page.session_id:
             return
-        attach, _root = frames.blank(base, int(time.time() * 1000))
+        attach, _root = frames.blank(self.bases.blank(), int(time.time() * 1000))
         self._send_events([frames.owned(attach, owner, self._floor(self._parent_of(rec)))])
 
     def _frames_due(self, page: Target) -> None:
@@ -910,7 +953,8 @@ class CoBrowse:
         in the agent's isolated world, its rrweb id read from the parent's recorder
         (inject.js, which says "none" too when it is blocked or not serialized yet).
         None when there is none to attach to."""
-        assert self.browser is not None
+        if self.browser is None:
+            return None
         conn = self.browser.conn
         source = self.targets.get(rec.session_id)
         if source is None:
@@ -942,6 +986,7 @@ class CoBrowse:
                 "arguments": [{"value": self.privacy.block_selector + ", .rr-block"}],
                 "returnByValue": True}, sid, timeout=5)
             if (check.get("result") or {}).get("value") is not False:
+                rec.forget()  # what it held has nowhere to go
                 return None  # blocked (or the check failed): nothing is attached to it
             main: dict[str, Any] = {"backendNodeId": node, "objectGroup": group}
             context = self._main_context(holder, doc_frame)

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from backline.agent.cobrowse import frames
+from backline.agent.cobrowse.events import Bucket
 from tests.unit.test_cobrowse_agent import (  # noqa: F401 (fixtures)
     CHROMIUM,
     YES,
@@ -142,13 +143,93 @@ def test_a_forged_id_cannot_name_a_node_outside_the_frames_range(bad: object) ->
             frames.attach({"type": 2, "timestamp": 1, "data": {"node": node}}, BASE)
 
 
+def _mutation(**data: Any) -> dict[str, Any]:
+    return {"type": 3, "timestamp": 1, "data": {"source": 0, "adds": [], "removes": [],
+                                                "texts": [], "attributes": [], **data}}
+
+
+@pytest.mark.parametrize("data", [
+    {"texts": [{"id": BASE + 4, "value": "x"}]},
+    {"attributes": [{"id": BASE + 4, "attributes": {"src": "x"}}]},
+    {"removes": [{"parentId": BASE + 3, "id": BASE + 4}]},
+    {"adds": [{"parentId": 5, "nextId": None, "node": {"type": 3, "id": BASE + 9}}]},
+    {"adds": [{"parentId": BASE + 3, "nextId": None, "node": {"type": 3, "id": 9}}]},
+    {"adds": [{"parentId": 5, "nextId": BASE, "node": {"type": 3, "id": 9}}]},
+    {"adds": [{"parentId": 5, "nextId": None, "node": {"type": 3, "id": -5}}]},
+    {"texts": [{"id": -7, "value": "x"}]},
+])
+def test_a_forged_top_event_naming_a_frames_range_is_dropped(data: dict[str, Any]) -> None:
+    """A hostile embedding page calls its own binding: no id of a frame's range (nor
+    one a frame will use next), no negative node id."""
+    assert frames.check_top(_mutation(**data), set()) is None
+    for source, extra in ((2, {"id": BASE + 4}), (1, {"positions": [{"id": BASE}]}),
+                          (15, {"id": 1, "styleIds": [BASE]})):
+        assert frames.check_top({"type": 3, "timestamp": 1, "data": {
+            "source": source, **extra}}, set()) is None
+    full = snapshot()
+    full["data"]["node"]["childNodes"][0]["id"] = BASE + 2
+    assert frames.check_top(full, set()) is None
+
+
+def test_the_tops_own_events_pass_unchanged_and_none_adds_under_a_frames_iframe() -> None:
+    full = snapshot()
+    assert frames.check_top(full, set()) is False and full == snapshot()
+    own = _mutation(texts=[{"id": 4, "value": "x"}],
+                    adds=[{"parentId": 3, "nextId": None, "node": {"type": 3, "id": 9}}])
+    assert frames.check_top(own, {7}) is False and len(own["data"]["adds"]) == 1
+    pointer = {"type": 3, "timestamp": 1, "data": {"source": 1, "positions": [
+        {"x": 1, "y": 1, "id": -1, "timeOffset": 0}]}}  # rrweb's "not serialised"
+    assert frames.check_top(pointer, set()) is False
+    # rrweb's own add under its ignored node (-2: a script's text), beside a real one:
+    # that add is taken out (it goes nowhere), the event goes on.
+    ignored = _mutation(adds=[{"parentId": 12, "nextId": None, "node": {"type": 3, "id": 60}},
+                              {"parentId": -2, "nextId": None, "node": {"type": 3, "id": 61}},
+                              {"parentId": None, "nextId": None, "node": {"type": 3, "id": 62}}])
+    assert frames.check_top(ignored, set()) is True
+    assert [a["node"]["id"] for a in ignored["data"]["adds"]] == [60]
+    for kind in (4, 5, 6):
+        assert frames.check_top({"type": kind, "timestamp": 1, "data": {}}, set()) is False
+    # A document forged under the <iframe> a frame that records itself is attached to.
+    forged = _mutation(adds=[{"parentId": 7, "nextId": None, "node": {"type": 0, "id": 20}},
+                             {"parentId": 3, "nextId": None, "node": {"type": 3, "id": 21}}],
+                       isAttachIframe=True)
+    assert frames.check_top(forged, {7}) is True
+    assert [a["parentId"] for a in forged["data"]["adds"]] == [3]
+
+
+def test_a_frames_negative_ids_and_forged_attach_flag() -> None:
+    r = BASE + 1
+
+    def moved(**data: Any) -> dict[str, Any] | None:
+        return frames.transform(_mutation(**data), BASE, r)
+
+    assert moved(adds=[{"parentId": 3, "nextId": None, "node": {"type": 3, "id": -5}}]) is None
+    for nowhere in ({"parentId": -1}, {"parentId": -2}, {"parentId": None}, {}):
+        out = moved(adds=[{**nowhere, "nextId": None, "node": {"type": 3, "id": 5}}])
+        assert out is not None and out["data"]["adds"] == [], nowhere  # never passed on
+    assert moved(removes=[{"parentId": 3, "id": -9}]) is None
+    kept = moved(adds=[{"parentId": 3, "nextId": -1, "node": {"type": 3, "id": 5}}])
+    assert kept and kept["data"]["adds"][0]["nextId"] == -1  # rrweb's "none" stays
+    forged = moved(adds=[{"parentId": 3, "nextId": None, "node": {"type": 3, "id": 5}}],
+                   isAttachIframe=True)
+    assert forged and "isAttachIframe" not in forged["data"]
+    nested = moved(adds=[{"parentId": 3, "nextId": None, "node": {"type": 0, "id": 5,
+                                                                   "childNodes": []}}],
+                   isAttachIframe=True)  # rrweb's own attach of a same-origin frame in it
+    assert nested and nested["data"]["isAttachIframe"] is True
+    with pytest.raises(frames.Unmappable):
+        frames.attach({"type": 2, "timestamp": 1, "data": {"node": {"type": 0, "id": -3}}},
+                      BASE)
+
+
 def test_the_ranges_never_meet_and_stay_exact_in_javascript() -> None:
     bases = frames.Bases()
     first, second = bases.take(), bases.take()
     assert first == frames.FIRST_BASE and second == first + frames.SPAN  # type: ignore[operator]
-    bases.next = frames.MAX_SAFE - frames.SPAN  # the last one that fits
+    bases.next = frames.BLANK_BASE - frames.SPAN  # the last one that fits
     assert bases.take() is not None and bases.take() is None
-    assert frames.MAX_SAFE == 2**53 - 1
+    assert frames.MAX_SAFE == 2**53 - 1 and frames.BLANK_BASE + frames.SPAN <= frames.MAX_SAFE
+    assert bases.blank() == frames.BLANK_BASE and bases.blank() == frames.BLANK_BASE + 1
 
 
 def test_a_frame_holds_its_events_until_its_iframe_is_known_bounded() -> None:
@@ -181,6 +262,90 @@ def test_a_blank_frame_is_an_empty_document() -> None:
     attach, root = frames.blank(BASE, 5)
     node = attach["data"]["adds"][0]["node"]
     assert node == {"type": 0, "id": root, "childNodes": []} and attach["data"]["isAttachIframe"]
+
+
+# --- the session's frame handling, without a browser (forged binding calls) ---------
+
+def offline_session(private_urls: tuple[str, ...] = ()) -> tuple[Any, list[Any]]:
+    """A co-browse with a shown page (its top snapshotted) and one out-of-process frame
+    under it, no browser: what its binding handler does with forged calls."""
+    from backline.agent.cobrowse.session import CoBrowse, Target
+    from backline.agent.policy import CobrowsePolicy
+
+    out: list[Any] = []
+    cb = CoBrowse(CobrowsePolicy(private_urls=private_urls), out.append)
+    page = Target("P", "page", "top", "http://127.0.0.1/", main_frame="top",
+                  snapshot_seen=True, snapshots=1)
+    frame = Target("F", "iframe", "f1", "http://localhost/", main_frame="f1",
+                   parent_sid="P", parent_frame="top")
+    cb.targets = {"P": page, "F": frame}
+    cb.pages = ["P"]
+    return cb, out
+
+
+def sent_events(out: list[Any]) -> list[dict[str, Any]]:
+    return [e for line in out if isinstance(line, str)
+            for e in json.loads(line)["events"]]
+
+
+@run_async
+async def test_a_flood_of_frame_snapshots_uses_one_range_and_a_blank_still_works() -> None:
+    cb, out = offline_session()
+    for i in range(300):  # what a frame's script calling its _snapshot in a loop sends
+        cb._binding("F", json.dumps([snapshot(ts=10.0 + i)]), None)
+    rec = cb.frames[("F", "f1")]
+    assert rec.base == BASE and cb.bases.next == BASE + frames.SPAN  # one range, kept
+    assert rec.snapshots == frames.SNAPSHOTS_BURST and rec.snapshots_dropped == 295
+    # Malformed snapshots use up no range either.
+    rec.new_document()
+    rec.snapshot_bucket = Bucket(1000.0, 1000.0)  # (malformed ones count against it too)
+    for _ in range(50):
+        cb._binding("F", json.dumps([{"type": 2, "timestamp": 1, "data": {"node": {
+            "type": 0, "id": 1, "childNodes": [{"type": 3, "id": -4}]}}}]), None)
+    assert cb.bases.next == BASE + frames.SPAN and rec.base is None
+    # A new document (the frame navigated) is a new range; another snapshot of it, not.
+    cb._binding("F", json.dumps([snapshot()]), None)
+    cb._binding("F", json.dumps([snapshot()]), None)
+    assert rec.base == BASE + frames.SPAN and cb.bases.next == BASE + 2 * frames.SPAN
+    # Every range used up: a new document is not attached, but a blank still goes out.
+    cb.bases.next = frames.BLANK_BASE
+    rec.new_document()
+    cb._binding("F", json.dumps([snapshot()]), None)
+    assert rec.base is None
+    rec.owner, rec.owner_epoch = 7, cb._epoch(cb._parent_of(rec))
+    cb._blank(rec)
+    cb._flush()
+    (blank,) = [e for e in sent_events(out) if e["type"] == 3]
+    add = blank["data"]["adds"][0]
+    assert add["parentId"] == 7 and add["node"]["childNodes"] == []
+    assert add["node"]["id"] > frames.BLANK_BASE and add["node"]["id"] <= frames.MAX_SAFE
+    for _ in range(3):
+        cb._blank(rec)
+    assert cb.bases.blanks == 4
+
+
+@run_async
+async def test_what_all_frames_hold_is_capped_oldest_first() -> None:
+    cb, _out = offline_session()
+    recs = []
+    for i in range(3):
+        rec = frames.Frame("F", f"g{i}")
+        assert rec.snapshot(snapshot(ts=10.0 + i), BASE + i * frames.SPAN,
+                            size=15 * 1024 * 1024)
+        cb.frames[("F", f"g{i}")] = rec
+        recs.append(rec)
+    cb._cap_held()
+    assert recs[0].held == [] and recs[0].stale and recs[0].held_bytes == 0
+    assert recs[1].held and recs[2].held
+    assert sum(r.held_bytes for r in recs) <= frames.MAX_HELD_BYTES
+
+
+def test_the_co_browse_hands_out_ranges_at_a_bounded_rate() -> None:
+    bases = frames.Bases()
+    t0 = bases.bucket.at
+    taken = [bases.take(now=t0) for _ in range(int(frames.BASES_BURST) + 5)]
+    assert taken.count(None) == 5 and None not in taken[:int(frames.BASES_BURST)]
+    assert bases.take(now=t0 + 1.0) is not None  # refilled at BASES_PER_S
 
 
 # --- with real Chromium ------------------------------------------------------------
@@ -382,6 +547,31 @@ async def test_a_cross_origin_frame_is_attached_under_its_iframe_and_kept_there(
                     context)
         assert page.gate.malformed == noise + 1
         await ch.until(lambda: "FORGED-TEXT" in ch.text(), 10)
+        # The embedding page calls its own binding (its name can be found) to rewrite
+        # the frame in the view: a text of the frame's range, a node planted where the
+        # frame's next ids go, a document forged under its <iframe>; then a control.
+        (rec,) = [r for r in cb.frames.values() if r.attached]
+        assert rec.base is not None and rec.owner is not None
+        top_forged = [
+            {"type": 3, "timestamp": 2, "data": {"source": 0, "adds": [], "removes": [],
+                                                 "attributes": [], "texts": [
+                {"id": rec.base + 4, "value": "TOP-FORGED-TEXT"}]}},
+            {"type": 3, "timestamp": 2, "data": {"source": 0, "removes": [], "texts": [],
+                                                 "attributes": [], "adds": [
+                {"parentId": 1, "nextId": None,
+                 "node": {"type": 3, "id": rec.base + 5000, "textContent": "TOP-PLANTED"}}]}},
+            {"type": 3, "timestamp": 2, "data": {"source": 0, "removes": [], "texts": [],
+                                                 "attributes": [], "isAttachIframe": True,
+                                                 "adds": [
+                {"parentId": rec.owner, "nextId": None,
+                 "node": {"type": 0, "id": 4000, "childNodes": [
+                     {"type": 3, "id": 4001, "textContent": "TOP-UNDER-IFRAME"}]}}]}},
+            {"type": 3, "timestamp": 2, "data": {"source": 0, "removes": [], "texts": [],
+                                                 "attributes": [], "adds": [
+                {"parentId": 1, "nextId": None,
+                 "node": {"type": 3, "id": 4100, "textContent": "TOP-CONTROL-TEXT"}}]}}]
+        cb._binding(page.session_id, json.dumps(top_forged), None)
+        await ch.until(lambda: "TOP-CONTROL-TEXT" in ch.text(), 10)
         ch.send({"type": "end"})
         await asyncio.wait_for(ch.task, 30)
     events = rrweb_events(ch)
@@ -392,7 +582,9 @@ async def test_a_cross_origin_frame_is_attached_under_its_iframe_and_kept_there(
         # Under the <iframe id="cross"> of the top snapshot it follows.
         assert add["parentId"] == top_iframes_before(events, index)["cross"], add["parentId"]
         bases.append(add["node"]["id"] - 1)
-    assert len(set(bases)) == len(bases)  # a fresh range at each of its snapshots
+    # A range per document (loaded, reloaded); the re-attach of the same document after
+    # the parent's snapshot is in its range again (rrweb keeps its ids in a document).
+    assert len(set(bases)) == 2 and bases == sorted(bases), bases
     # The top's own ids stay below every frame range; the frame's changes are moved.
     top_ids = [i for e in events if e["type"] == 2 for i in ids_of(e["data"]["node"])]
     assert max(top_ids) < BASE
@@ -413,6 +605,8 @@ async def test_a_cross_origin_frame_is_attached_under_its_iframe_and_kept_there(
     (fake,) = [e for e in events if "FORGED-TEXT" in json.dumps(e)]
     assert any(b < fake["data"]["adds"][0]["parentId"] < b + frames.SPAN for b in bases)
     assert "BEYOND-TEXT" not in ch.text() and "NOISE-TEXT" not in ch.text()
+    for forged_text in ("TOP-FORGED-TEXT", "TOP-PLANTED", "TOP-UNDER-IFRAME"):
+        assert forged_text not in ch.text(), forged_text
     assert "SAME-ORIGIN-FRAME-TEXT" in ch.text()  # same-origin frames: the parent's rrweb
     await asyncio.wait_for(server, 10)
 
