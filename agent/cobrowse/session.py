@@ -221,9 +221,16 @@ class CoBrowse:
             self._spawn(self._attached(params, event.session_id))
         elif method == "Target.detachedFromTarget":
             sid = params.get("sessionId")
-            self.targets.pop(sid, None)
+            gone = self.targets.get(sid or "")
             for key in [k for k in self.frames if k[0] == sid]:
+                if gone is not None and gone.type == "iframe":
+                    # An out-of-process frame leaves (a cross-site navigation, maybe to
+                    # a private address whose recorder sends nothing): what it showed
+                    # leaves the view with it.
+                    with contextlib.suppress(Exception):
+                        self._blank(self.frames[key])
                 del self.frames[key]
+            self.targets.pop(sid, None)
             if sid in self.pages:
                 was_shown = self.pages[-1] == sid
                 self.pages.remove(sid)

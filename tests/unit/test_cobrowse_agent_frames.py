@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from backline.agent.cobrowse import frames
+from backline.agent.cobrowse.cdp import Event
 from backline.agent.cobrowse.events import Bucket
 from tests.unit.test_cobrowse_agent import (  # noqa: F401 (fixtures)
     CHROMIUM,
@@ -707,4 +708,33 @@ async def test_nothing_is_attached_to_a_blocked_iframe_nor_sent_of_a_private_fra
               if add["node"].get("type") == 0 and add["node"]["id"] >= BASE}
     top = iframes_in([e for e in events if e["type"] == 2][-1]["data"]["node"])
     assert owners == {top["open"]}, (owners, top)
+    await asyncio.wait_for(server, 10)
+
+
+@needs_chromium
+@run_async
+async def test_a_frame_whose_target_leaves_is_blanked_in_the_view(
+        tmp_path: Path, site: dict[str, int]) -> None:  # noqa: F811
+    """An out-of-process frame's target detaches (a cross-site navigation does that,
+    maybe to a private address whose recorder sends nothing): its content must not stay
+    in the view; an empty document is attached under its <iframe>."""
+    kit = kit_for(tmp_path, ScriptedAsker(YES))
+    conn, ch, server = await open_cobrowse(kit, f"http://127.0.0.1:{site['a']}/")
+    async with conn:
+        await ch.until(lambda: "CROSS-ORIGIN-FRAME-TEXT" in ch.text(), 60)
+        cb = session_of(server)
+        (rec,) = [r for r in cb.frames.values() if r.attached]
+        owner, at = rec.owner, len(rrweb_events(ch))
+        frame_sid = next(sid for sid, t in cb.targets.items() if t.type == "iframe")
+        cb._on_event(Event("Target.detachedFromTarget", {"sessionId": frame_sid}, None))
+
+        def blanked() -> bool:
+            return any(e["type"] == 3 and e["data"].get("isAttachIframe")
+                       and add["parentId"] == owner and add["node"]["type"] == 0
+                       and "CROSS-ORIGIN" not in json.dumps(add)
+                       for e in rrweb_events(ch)[at:] for add in e["data"]["adds"])
+        await ch.until(blanked, 15)
+        assert not [k for k in cb.frames if k[0] == frame_sid]
+        ch.send({"type": "end"})
+        await asyncio.wait_for(ch.task, 30)
     await asyncio.wait_for(server, 10)
