@@ -145,6 +145,8 @@ def test_auditor_finds_by_typed_word_replays_and_sees_digests_verified(
     expect(opened.locator("a[data-link='session']").first).to_have_attribute(
         "href", f"#/timeline/{done.session_id}")
     opened.get_by_text("Raw event").click()
+    # Filled when the <details> opens (its toggle event comes after the click).
+    expect(opened.locator("pre.raw-event")).to_contain_text('"action"')
     raw = json.loads(opened.locator("pre.raw-event").inner_text())
     assert raw["action"] == "session.open" and raw["details"]["reason"] == "printer jam"
     # The hit opened the terminal replay at that second, checked by the page too.

@@ -174,8 +174,10 @@ async def test_the_screencast_goes_on_acked_after_queueing_and_after_drops(
         room_full["on"], room_full["offered"] = True, 0
         await asyncio.sleep(1.5)
         # Slowed by the late acks (Chromium keeps 2 frames unacknowledged at most), never
-        # stopped.
-        assert 2 <= room_full["offered"] <= 2 * 1.5 / FRAME_BACKOFF_S + 4
+        # stopped; the slack is for frames already on their way when the room filled (17
+        # of a bound of 16 was seen on a quiet machine). Unslowed, a change every 30 ms
+        # would offer about 50.
+        assert 2 <= room_full["offered"] <= 2 * 1.5 / FRAME_BACKOFF_S + 8
 
 
 def test_stale_profiles_of_dead_browsers_are_swept(tmp_path: Path) -> None:
