@@ -159,23 +159,22 @@ class SessionManager:
 
     def _event(self, kind: str, session: LiveSession, **details: Any) -> None:
         row = self.row(session.id)
-        self.relay.bus.publish({"type": "session", "event": kind, "group_id": session.group_id,
-                                "technician": session.technician, "session": row})
-        self._webhook(kind, row, details)
-
-    def announce(self, kind: str, row: dict[str, Any]) -> None:
-        """A change of a session that is over (its outcome) to every console that may see
-        it. Consoles replace their copy with each pushed row, in the order the bus sends
-        them, so a change not pushed would be undone by the "end" event still on its way
-        (seen under load: the outcome vanished from the page right after it was saved)."""
-        self.relay.bus.publish({"type": "session", "event": kind, "group_id": row["group_id"],
-                                "technician": row["technician"], "session": row})
-
-    def _webhook(self, kind: str, row: dict[str, Any] | None, details: dict[str, Any]) -> None:
-        webhooks = self.relay.webhooks
+        self.announce(kind, row, session.group_id, session.technician)
         if row is not None:
             with contextlib.suppress(Exception):
-                webhooks.submit(f"session.{kind}", {"session": row, **details})
+                self.relay.webhooks.submit(f"session.{kind}", {"session": row, **details})
+
+    def announce(self, kind: str, row: dict[str, Any] | None, group_id: int | None = None,
+                 technician: str | None = None) -> None:
+        """A change of a session (``row``, its state now) to every console that may see
+        it; also a change of one that is over (its outcome). Consoles replace their copy
+        with each pushed row, in the order the bus sends them, so a change not pushed
+        would be undone by the "end" event still on its way (seen under load: the
+        outcome vanished from the page right after it was saved)."""
+        self.relay.bus.publish({
+            "type": "session", "event": kind,
+            "group_id": group_id if row is None else row["group_id"],
+            "technician": technician if row is None else row["technician"], "session": row})
 
     def _spawn(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)
