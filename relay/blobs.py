@@ -12,12 +12,17 @@ import hashlib
 import os
 import re
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from backline.common.keys import write_private_file
 
 _NAME = re.compile(r"^[0-9a-f]{64}$")
+#: What one read of a blob takes at a time. A recording may be gigabytes (a flood is
+#: recorded whole), so what reads a blob that is not bounded by its writer (hashing it,
+#: serving it, indexing it) reads it in pieces: the relay's memory must not grow with it.
+CHUNK = 1024 * 1024
 
 
 class BlobStore:
@@ -52,11 +57,64 @@ class BlobStore:
             return False
         return True
 
+    def path(self, digest: str) -> Path:
+        """Where the blob named ``digest`` is (``ValueError`` if that is not a SHA-256)."""
+        return self._path(digest)
+
+    def hash_file(self, digest: str) -> tuple[str, int]:
+        """The SHA-256 and size of the blob's file as it is now, read in pieces
+        (``OSError`` if it cannot be read)."""
+        h = hashlib.sha256()
+        size = 0
+        with self._path(digest).open("rb", buffering=0) as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+        return h.hexdigest(), size
+
+    def lines(self, digest: str, max_line: int) -> Iterator[bytes]:
+        """The blob's lines (:func:`read_lines`: each at most ``max_line`` bytes), read
+        in pieces. The digest is checked as the file is read: after the last line, a
+        blob that no longer matches its name raises ``ValueError``, so what a caller
+        made of the lines must not be kept until the iteration has ended."""
+        h = hashlib.sha256()
+        with self._path(digest).open("rb", buffering=CHUNK) as f:
+            yield from read_lines(f, max_line, h)
+        if h.hexdigest() != digest:
+            raise ValueError(f"blob {digest} is damaged: its content no longer matches its name")
+
     def get(self, digest: str) -> bytes:
+        """The whole blob, checked: for blobs their writer bounds (a diagnostics report,
+        a fix's capped output); a recording is read with :meth:`lines` or served from
+        :meth:`path` after :meth:`hash_file`."""
         data = self._path(digest).read_bytes()
         if hashlib.sha256(data).hexdigest() != digest:
             raise ValueError(f"blob {digest} is damaged: its content no longer matches its name")
         return data
+
+
+def read_lines(f: BinaryIO, max_line: int, hasher: Any = None,
+               until: int | None = None) -> Iterator[bytes]:
+    """The lines of ``f`` from where it is (without their line break), each at most
+    ``max_line`` bytes: a longer one is skipped (read, and hashed into ``hasher``, not
+    kept). ``until``: stop after the line that reaches that many bytes read."""
+    read = 0
+    while (until is None or read < until) and (line := f.readline(max_line + 1)):
+        read += len(line)
+        if hasher is not None:
+            hasher.update(line)
+        if line.endswith(b"\n"):
+            yield line[:-1]
+        elif len(line) <= max_line:
+            yield line  # the last line, with no line break
+        else:
+            while (rest := f.readline(CHUNK)) and not rest.endswith(b"\n"):
+                read += len(rest)  # too long to keep: skipped to its end
+                if hasher is not None:
+                    hasher.update(rest)
+            read += len(rest)
+            if hasher is not None:
+                hasher.update(rest)
 
 
 class BlobWriter:

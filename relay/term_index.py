@@ -34,7 +34,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from backline.relay.blobs import BlobStore
+from backline.relay.blobs import CHUNK, BlobStore, read_lines
 from backline.relay.db import writing
 from backline.relay.schema import recording_indexes, recording_words, recordings
 
@@ -44,8 +44,27 @@ log = logging.getLogger("backline.relay.term_index")
 MOMENTS = 8
 SPACING_S = 1.0
 MIN_WORD, MAX_WORD = 2, 64
-#: Text read from one recording at most (a flood is indexed up to here).
-MAX_TEXT = 64 * 1024 * 1024
+#: What is indexed of a long recording: its first and its last HEAD_TAIL bytes. What
+#: was typed before a flood and after it is found; the flood's middle is not. It bounds
+#: the time one indexing takes (2.5 to 20 MiB/s of asciicast on a loaded 2-core
+#: machine, docs/audit-review.md), not its memory, which :class:`_Finder` bounds.
+HEAD_TAIL = 16 * 1024 * 1024
+#: Text searched at a time. Small, because the regex engine holds the GIL for a whole
+#: call: the event loop waits for at most one segment's search (a few ms), not for a
+#: recording's.
+SEGMENT = 64 * 1024
+#: Distinct words kept per recording at most (a recording of random text would
+#: otherwise make a row for each of millions of "words"); past it, new words are not
+#: indexed (logged).
+MAX_WORDS = 50_000
+#: Text held back at most while no safe place to cut it comes (:func:`safe_cut`); past
+#: it, it is cut anyway (a word or sequence may be split there: a line of megabytes).
+WAIT_MAX = 4 * SEGMENT
+#: One asciicast line at most (the relay writes one event a line, a read of at most
+#: 64 KiB of output, a few times that once escaped); a longer one is skipped.
+MAX_LINE = 8 * 1024 * 1024
+#: Between a long recording's head and its tail (:func:`recording_lines`).
+GAP = b"\x00gap"
 #: Rows written per statement.
 BATCH = 5000
 
@@ -55,15 +74,21 @@ _ESCAPES = re.compile(
     r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
     r"|(?:\x1b[\]P^_]|[\x90\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
     r"|\x1b[ -/]*[0-~]")
+_INTRODUCERS = "\x1b\x9b\x90\x9d\x9e\x9f"
 #: Every other control character becomes a space (``str.translate``: no Python per hit).
 _CONTROLS = {c: " " for c in [*range(0x20), *range(0x7f, 0xa0)]}
-_WORD = re.compile(r"\w+(?:[.\-]\w+)*")
+#: A word: a run of at least MIN_WORD (2) word characters, or a compound (``a.b``,
+#: ``rm-rf``) whatever its parts' length. A lone character is never a word, so the
+#: regex does not stop at each one (a flood of ``y`` lines costs no match at all).
+_WORD = re.compile(r"(?:\w\w+|\w(?=[.\-]\w))(?:[.\-]\w+)*")
 
 
 def blank_escapes(text: str) -> str:
     """``text`` with escape sequences and control characters replaced by spaces of the
     same length (positions are kept)."""
-    return _ESCAPES.sub(lambda m: " " * len(m.group()), text).translate(_CONTROLS)
+    if any(c in text for c in _INTRODUCERS):  # a flood of plain text skips the regex
+        text = _ESCAPES.sub(lambda m: " " * len(m.group()), text)
+    return text.translate(_CONTROLS)
 
 
 def words_of(text: str) -> Iterator[tuple[str, int]]:
@@ -90,14 +115,23 @@ class Moment:
     at: float
 
 
-def moments_of(cast: bytes, with_input: bool = True) -> list[Moment]:
-    """The index rows of one asciicast v2 file (bad lines are skipped: a recording cut
-    short is still a valid prefix)."""
-    times: list[float] = []
-    starts: list[int] = []
-    chunks: list[str] = []
-    size = 0
-    for raw in cast.split(b"\n")[1:]:
+def moments_of(cast: bytes | Iterable[bytes], with_input: bool = True) -> list[Moment]:
+    """The index rows of one asciicast v2 file, given whole or as its lines (bad lines
+    are skipped: a recording cut short is still a valid prefix). Memory stays bounded
+    whatever the recording's size: the text is taken a :data:`SEGMENT` at a time
+    (:class:`_Finder`), and at most :data:`MAX_WORDS` distinct words are kept. A
+    :data:`GAP` line (:func:`recording_lines`) ends the text so far: no word runs
+    across it."""
+    lines = cast.split(b"\n") if isinstance(cast, bytes) else cast
+    finder = _Finder()
+    first = True
+    for raw in lines:
+        if first:  # the header
+            first = False
+            continue
+        if raw == GAP:
+            finder.gap()
+            continue
         if not raw:
             continue
         try:
@@ -108,22 +142,128 @@ def moments_of(cast: bytes, with_input: bool = True) -> list[Moment]:
             continue
         if not isinstance(data, str) or not isinstance(at, int | float):
             continue
-        times.append(float(at))
-        starts.append(size)
-        chunks.append(data)
-        size += len(data)
-        if size >= MAX_TEXT:
-            break
-    text = blank_escapes("".join(chunks))
-    kept: dict[str, list[float]] = {}
-    for word, pos in words_of(text):
-        mine = kept.setdefault(word, [])
-        if len(mine) >= MOMENTS:
-            continue
-        at = times[bisect.bisect_right(starts, pos) - 1]
-        if not mine or at - mine[-1] >= SPACING_S:
-            mine.append(at)
-    return [Moment(w, at) for w, ats in kept.items() for at in ats]
+        finder.add(float(at), data)
+    if finder.truncated:
+        log.warning("a recording held over %d distinct words: the later ones are not "
+                    "indexed", MAX_WORDS)
+    return finder.done()
+
+
+def safe_cut(text: str) -> int:
+    """Where ``text`` may be cut so that its two parts give the words and blanks the
+    whole gives (0: nowhere yet). Right before an ESC always: no word, CSI or
+    two-character sequence runs through one, and an OSC/DCS string stops at it. After
+    the last line break, unless an OSC/DCS/PM/APC string is open there (such a string
+    may hold line breaks; its content must stay blanked). Linear in the text."""
+    esc = text.rfind("\x1b")
+    nl = text.rfind("\n") + 1
+    if nl > esc and not _string_open(text, nl):
+        return nl
+    return max(esc, 0)
+
+
+def _string_open(text: str, end: int) -> bool:
+    """Whether an OSC, DCS, PM or APC string is open (not yet terminated) at ``end``."""
+    esc = text.rfind("\x1b", 0, end)
+    c1 = max(text.rfind(c, 0, end) for c in "\x90\x9d\x9e\x9f")
+    if c1 > esc:
+        start = c1 + 1
+    elif esc >= 0 and text[esc + 1:esc + 2] in ("]", "P", "^", "_"):
+        start = esc + 2
+    else:
+        return False  # the last ESC ended whatever string came before it
+    return text.find("\x07", start, end) < 0 and text.find("\x9c", start, end) < 0
+
+
+class _Finder:
+    """The words of a recording's text, fed event by event: the text is joined and
+    searched a segment at a time, cut only where :func:`safe_cut` allows, so a word
+    echoed one character per event, or an escape sequence split over two events, is
+    found as if the whole text had been searched at once."""
+
+    def __init__(self) -> None:
+        self.kept: dict[str, list[float]] = {}
+        self.times: list[float] = []  # each pending event's time
+        self.starts: list[int] = []  # and where its text starts in the pending text
+        self.pending: list[str] = []
+        self.size = 0  # characters pending
+        self.search_at = SEGMENT  # search when this much is pending
+        self.truncated = False
+
+    def add(self, at: float, data: str) -> None:
+        """One event's text."""
+        self.times.append(at)
+        self.starts.append(self.size)
+        self.pending.append(data)
+        self.size += len(data)
+        if self.size >= self.search_at:
+            self._search(final=False)
+
+    def gap(self) -> None:
+        """What came so far is searched as a whole: the text after is not its sequel."""
+        if self.pending:
+            self._search(final=True)
+
+    def done(self) -> list[Moment]:
+        self.gap()
+        return [Moment(w, at) for w, ats in self.kept.items() for at in ats]
+
+    def _search(self, final: bool) -> None:
+        text = "".join(self.pending)
+        cut = len(text) if final else safe_cut(text)
+        if cut == 0:
+            if len(text) < WAIT_MAX:
+                self.pending = [text]
+                self.search_at = self.size + SEGMENT
+                return  # no safe place yet: wait for one, a while
+            cut = len(text)  # none in WAIT_MAX: cut anyway
+        self._words(text[:cut])
+        # The event the cut falls in goes on in what is left, from position 0.
+        i = bisect.bisect_right(self.starts, cut) - 1
+        rest = text[cut:]
+        self.times = self.times[i:] if rest else []
+        self.starts = [0, *(s - cut for s in self.starts[i + 1:])] if rest else []
+        self.pending = [rest] if rest else []
+        self.size = len(rest)
+        self.search_at = self.size + SEGMENT
+
+    def _words(self, segment: str) -> None:
+        kept, times, starts = self.kept, self.times, self.starts
+        for word, pos in words_of(blank_escapes(segment)):
+            mine = kept.get(word)
+            if mine is None:
+                if len(kept) >= MAX_WORDS:
+                    self.truncated = True
+                    continue
+                mine = kept[word] = []
+            if len(mine) >= MOMENTS:
+                continue
+            at = times[bisect.bisect_right(starts, pos) - 1]
+            if not mine or at - mine[-1] >= SPACING_S:
+                mine.append(at)
+
+
+def recording_lines(blobs: BlobStore, sha256: str) -> Iterator[bytes]:
+    """The lines of a stored recording to index, read in pieces and checked against its
+    name (a damaged blob raises ``ValueError`` at the end of the iteration, before the
+    index rows are written, so nothing of it is indexed). A recording may be
+    gigabytes: of one longer than twice :data:`HEAD_TAIL`, its first and last
+    :data:`HEAD_TAIL` bytes (whole lines), with a :data:`GAP` between them; the whole
+    file is still hashed."""
+    path = blobs.path(sha256)
+    size = path.stat().st_size
+    if size <= 2 * HEAD_TAIL:
+        yield from blobs.lines(sha256, MAX_LINE)
+        return
+    actual, _ = blobs.hash_file(sha256)
+    if actual != sha256:
+        raise ValueError(f"blob {sha256} is damaged: its content no longer matches its name")
+    with path.open("rb", buffering=CHUNK) as f:
+        yield from read_lines(f, MAX_LINE, until=HEAD_TAIL)
+        yield GAP
+        f.seek(size - HEAD_TAIL)
+        f.readline(MAX_LINE)  # the end of a line whose start is not read
+        yield from read_lines(f, MAX_LINE)
 
 
 def _batches(rows: Iterable[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
@@ -141,8 +281,7 @@ def index_recording(engine: sa.Engine, blobs: BlobStore, *, recording_id: str,
                     session_id: str, sha256: str, keystrokes: bool) -> int:
     """Index one stored terminal recording (again: its old rows are replaced); how many
     rows. The blob is read through the store, so a damaged one is not indexed."""
-    cast = blobs.get(sha256)
-    moments = moments_of(cast, with_input=keystrokes)
+    moments = moments_of(recording_lines(blobs, sha256), with_input=keystrokes)
     rows = ({"word": m.word, "recording_id": recording_id, "session_id": session_id,
              "at": m.at} for m in moments)
     with writing(engine) as conn:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -166,8 +167,33 @@ class EvidenceMismatch(Exception):
 
 def check_blob(blobs: BlobStore, what: str, row_sha256: str,
                trail: TrailDigest | None) -> bytes:
-    """The bytes of a piece of evidence, when they hash to the digest the trail
-    recorded; :class:`EvidenceMismatch` otherwise (``OSError`` when unreadable)."""
+    """The bytes of a piece of evidence its writer bounds (a fix's capped output, a
+    diagnostics report), when they hash to the digest the trail recorded;
+    :class:`EvidenceMismatch` otherwise (``OSError`` when unreadable). A recording,
+    which may be gigabytes, is checked with :func:`check_blob_file` instead."""
+    digest = _trail_digest(what, row_sha256, trail)
+    data = _raw(blobs, what, digest, trail)
+    _compare(what, trail, hashlib.sha256(data).hexdigest())
+    return data
+
+
+def check_blob_file(blobs: BlobStore, what: str, row_sha256: str,
+                    trail: TrailDigest | None) -> tuple[Path, int]:
+    """:func:`check_blob` for a blob of any size: its file and size once the file,
+    read in pieces (memory stays flat), hashes to the digest the trail recorded. It
+    takes a moment for a long recording: call it off the event loop."""
+    digest = _trail_digest(what, row_sha256, trail)
+    try:
+        path = blobs.path(digest)
+    except ValueError as exc:  # not a SHA-256 at all: the trail's word cannot name a blob
+        raise EvidenceMismatch("digest_mismatch", f"{what}: {exc}", trail) from None
+    actual, size = blobs.hash_file(digest)
+    _compare(what, trail, actual)
+    return path, size
+
+
+def _trail_digest(what: str, row_sha256: str, trail: TrailDigest | None) -> str:
+    """The digest the trail recorded, when the row agrees with it."""
     if trail is None:
         raise EvidenceMismatch("not_in_trail", f"{what} has no event in the audit trail that "
                                "recorded its SHA-256: it cannot be vouched for", None)
@@ -175,23 +201,25 @@ def check_blob(blobs: BlobStore, what: str, row_sha256: str,
         raise EvidenceMismatch("row_altered", f"{what}: the audit trail (event #{trail.seq}, "
                                f"{trail.action}) recorded SHA-256 {trail.sha256}, but the "
                                f"relay's table now says {row_sha256}", trail, row_sha256)
-    try:
-        data = _raw(blobs, trail.sha256)
-    except ValueError as exc:  # not a SHA-256 at all: the trail's word cannot name a blob
-        raise EvidenceMismatch("digest_mismatch", f"{what}: {exc}", trail) from None
-    actual = hashlib.sha256(data).hexdigest()
+    return trail.sha256
+
+
+def _compare(what: str, trail: TrailDigest | None, actual: str) -> None:
+    assert trail is not None
     if actual != trail.sha256:
         raise EvidenceMismatch("digest_mismatch", f"{what} was altered: the audit trail "
                                f"(event #{trail.seq}, {trail.action}) recorded SHA-256 "
                                f"{trail.sha256}, the stored file now hashes to {actual}",
                                trail, actual)
-    return data
 
 
-def _raw(blobs: BlobStore, digest: str) -> bytes:
+def _raw(blobs: BlobStore, what: str, digest: str, trail: TrailDigest | None) -> bytes:
     """The blob's bytes as they are on disk (not checked: :func:`check_blob` checks them
     against the trail and names both digests)."""
-    return blobs._path(digest).read_bytes()
+    try:
+        return blobs.path(digest).read_bytes()
+    except ValueError as exc:  # not a SHA-256 at all: the trail's word cannot name a blob
+        raise EvidenceMismatch("digest_mismatch", f"{what}: {exc}", trail) from None
 
 
 def evidence(engine: sa.Engine, session: dict[str, Any]) -> list[dict[str, Any]]:

@@ -10,8 +10,11 @@ against the SHA-256 the audit trail recorded before a byte of it is served.
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from backline.relay import timeline
@@ -58,9 +61,14 @@ async def get_recording(request: Request, relay: Relay, who: Principal, *,
         raise ApiError(410, "deleted", gone_text("recording", row),
                        action="recording.refused", target=f"recording:{row['id']}",
                        reason="deleted_by_retention")
-    try:  # against the digest the trail recorded, not only the row (relay/timeline.py)
-        data = timeline.check_blob(relay.blobs, f"recording {row['id']}", row["sha256"],
-                                   timeline.recording_trail(relay.engine, row))
+    def check() -> tuple[Path, int]:
+        # against the digest the trail recorded, not only the row (relay/timeline.py);
+        # read in pieces, off the event loop: a recording may be gigabytes
+        return timeline.check_blob_file(relay.blobs, f"recording {row['id']}",
+                                        row["sha256"], timeline.recording_trail(relay.engine, row))
+
+    try:
+        path, size = await asyncio.to_thread(check)
     except timeline.EvidenceMismatch as exc:
         raise ApiError(409, exc.reason, exc.detail, action="recording.refused",
                        target=f"recording:{row['id']}", reason=exc.reason,
@@ -72,11 +80,12 @@ async def get_recording(request: Request, relay: Relay, who: Principal, *,
                        action="recording.refused", target=f"recording:{row['id']}"
                        ) from None
     relay.record(who.actor, "recording.played", f"recording:{row['id']}",
-                 session=row["session_id"], sha256=row["sha256"], bytes=len(data),
+                 session=row["session_id"], sha256=row["sha256"], bytes=size,
                  address=who.address)
     kind = recording.media_type(row["capability"])
     suffix = "cast" if kind == recording.MEDIA_TYPE else "jsonl"
-    return Response(data, media_type=kind, headers={
+    # Streamed from the file (in pieces), never held whole in the relay's memory.
+    return FileResponse(path, media_type=kind, headers={
         "content-disposition": f'inline; filename="backline-{row["id"]}.{suffix}"',
         "x-content-sha256": row["sha256"], "cache-control": "no-store"})
 

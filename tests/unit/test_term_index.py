@@ -132,3 +132,223 @@ def test_a_common_word_in_sessions_one_cannot_see_never_hides_a_visible_one(
     assert [h["at"] for h in out[0]["hits"]] == [float(k) for k in range(api.HITS)]
     with pytest.raises(Exception):
         api.search_sessions(relay, who, api.SearchQuery(text="!"))
+
+
+# --- a recording of any size is indexed in bounded memory (found 2026-12-02: the
+# relay read a whole recording, split it and joined its text to index it, so one
+# recorded flood of 1 GiB cost the relay gigabytes, and each flood left tens of MiB
+# the allocator kept) -------------------------------------------------------------
+
+PIECES = ["ab", "c", "word", ".", "-", " ", "\n", "\r", "\x1b[", "31m", "\x1b]", "\x07",
+          "\x1b\\", "\x1bP", "\x90", "\x9c", "\x9b", "0;t", "\x1b", "é", "x1"]
+
+
+def _whole_text_moments(events: list[tuple[float, str, str]]) -> list[term_index.Moment]:
+    """The index as the text searched all at once gives it (one segment)."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(term_index, "SEGMENT", 1 << 40)
+        return term_index.moments_of(cast(*events))
+
+
+def test_segments_find_what_the_whole_text_finds() -> None:
+    """Searched a few characters at a time (cut only where :func:`safe_cut` allows),
+    the words and their moments are exactly those of the whole text: a word echoed
+    one character per event, an escape sequence or an OSC string (with line breaks in
+    it) split over events and segments."""
+    import pytest
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    event = st.tuples(st.floats(0, 100, allow_nan=False),
+                      st.lists(st.sampled_from(PIECES), max_size=12).map("".join))
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.lists(event, max_size=40), st.integers(1, 40))
+    def check(raw: list[tuple[float, str]], segment: int) -> None:
+        events = [(at, "o", data) for at, data in sorted(raw)]
+        expected = _whole_text_moments(events)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(term_index, "SEGMENT", segment)
+            mp.setattr(term_index, "WAIT_MAX", 1 << 40)
+            assert term_index.moments_of(cast(*events)) == expected
+
+    check()
+
+
+def test_safe_cuts() -> None:
+    assert term_index.safe_cut("abc") == 0  # nowhere: a word may go on
+    assert term_index.safe_cut("ab\ncd") == 3
+    assert term_index.safe_cut("ab\x1b[1") == 2  # before the ESC
+    assert term_index.safe_cut("a\x1b]0;title\nmore") == 1  # the OSC string is open
+    assert term_index.safe_cut("a\x1b]0;t\x07b\nc") == 9  # it was closed
+    assert term_index.safe_cut("\x90dcs\nstill") == 0  # an 8-bit DCS open since the start
+
+
+def test_a_line_with_no_safe_place_is_cut_after_wait_max(monkeypatch: object) -> None:
+    """Megabytes with no line break and no ESC are cut anyway: what is held back is
+    bounded (a word there may be split, nothing else)."""
+    import pytest
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    monkeypatch.setattr(term_index, "SEGMENT", 8)
+    monkeypatch.setattr(term_index, "WAIT_MAX", 32)
+    finder = term_index._Finder()
+    for i in range(200):
+        finder.add(float(i), "abcdefg ")
+        assert finder.size < 32 + 8 + 8
+    assert {m.word for m in finder.done()} == {"abcdefg"}
+
+
+def test_distinct_words_are_bounded(monkeypatch: object) -> None:
+    import pytest
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    monkeypatch.setattr(term_index, "MAX_WORDS", 100)
+    text = " ".join(f"w{i}" for i in range(1000))
+    moments = term_index.moments_of(cast((1.0, "o", text)))
+    assert len({m.word for m in moments}) == 100
+    assert {m.word for m in moments} == {f"w{i}" for i in range(100)}  # the first ones
+
+
+def _flood_cast(path: Path, mib: int) -> None:
+    """An asciicast of ``mib`` MiB of `yes` and a few words, as the relay writes one."""
+    chunk = json.dumps("y\r\n" * 20000)  # one read of output, escaped
+    with path.open("w") as f:
+        f.write(json.dumps({"version": 2, "width": 80, "height": 24}) + "\n")
+        at, written = 0.0, 0
+        while written < mib * 1024 * 1024:
+            line = f"[{at:.3f}, \"o\", {chunk}]\n"
+            f.write(line)
+            written += len(line)
+            at += 0.01
+        f.write(f"[{at:.3f}, \"o\", \"needle-in-the-flood\\r\\n\"]\n")
+
+
+def test_a_long_recording_is_indexed_in_bounded_memory(tmp_path: Path) -> None:
+    """A 32 MiB recording is indexed, its last word found, with at most a few MiB
+    allocated at once (the whole file read, split and joined was over 100 MiB)."""
+    import hashlib
+    import tracemalloc
+
+    import sqlalchemy as sa
+
+    from backline.relay.blobs import BlobStore
+    from backline.relay.schema import metadata
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    metadata.create_all(engine)
+    blobs = BlobStore(tmp_path / "blobs")
+    source = tmp_path / "flood.cast"
+    _flood_cast(source, 32)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    blobs.path(digest).parent.mkdir(parents=True)
+    source.rename(blobs.path(digest))
+    tracemalloc.start()
+    try:
+        rows = term_index.index_recording(engine, blobs, recording_id="r1", session_id="s1",
+                                          sha256=digest, keystrokes=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rows > 0 and set(term_index.hits(engine, ["needle"])) == {"s1"}
+    assert peak < 24 * 1024 * 1024, f"indexing allocated {peak / 2**20:.1f} MiB at once"
+
+
+def test_a_damaged_recording_is_not_indexed_even_when_read_in_pieces(tmp_path: Path) -> None:
+    import pytest
+    import sqlalchemy as sa
+
+    from backline.relay.blobs import BlobStore
+    from backline.relay.schema import metadata, recording_words
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    metadata.create_all(engine)
+    blobs = BlobStore(tmp_path / "blobs")
+    digest = blobs.put(cast((1.0, "o", "secret words here")))
+    path = blobs.path(digest)
+    path.write_bytes(path.read_bytes().replace(b"secret", b"sacred"))
+    with pytest.raises(ValueError, match="damaged"):
+        term_index.index_recording(engine, blobs, recording_id="r1", session_id="s1",
+                                   sha256=digest, keystrokes=False)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(recording_words)
+                            ).scalar() == 0
+
+
+def test_blob_lines_skip_a_line_too_long_and_still_check_the_digest(tmp_path: Path) -> None:
+    import pytest
+
+    from backline.relay.blobs import BlobStore
+
+    blobs = BlobStore(tmp_path / "blobs")
+    digest = blobs.put(b"one\n" + b"x" * 100 + b"\ntwo\nlast")
+    assert list(blobs.lines(digest, 10)) == [b"one", b"two", b"last"]
+    blobs.path(digest).write_bytes(b"one\n" + b"y" * 100 + b"\ntwo\nlast")
+    with pytest.raises(ValueError, match="damaged"):
+        list(blobs.lines(digest, 10))
+
+
+def test_the_word_regex_skips_lone_characters_and_finds_the_same_words() -> None:
+    """The index's words are those of the plain ``\\w+(?:[.\\-]\\w+)*`` tokens of 2 to 64
+    characters (and their parts): the faster regex that never stops at a lone
+    character finds exactly those, in the same order."""
+    import re
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    plain = re.compile(r"\w+(?:[.\-]\w+)*")
+
+    def old(text: str) -> list[tuple[str, int]]:
+        out = []
+        for m in plain.finditer(text):
+            token = m.group().lower()
+            if 2 <= len(token) <= 64:
+                out.append((token, m.start()))
+            if "." in token or "-" in token:
+                out += [(p.group(), m.start() + p.start()) for p in re.finditer(r"\w+", token)
+                        if 2 <= len(p.group()) <= 64]
+        return out
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.lists(st.sampled_from(["a", "b", "é", "_", "1", ".", "-", " ", "..", "x-"]),
+                    max_size=30).map("".join))
+    def check(text: str) -> None:
+        assert list(term_index.words_of(text)) == old(text)
+
+    check()
+
+
+def test_a_long_recording_is_indexed_by_its_head_and_its_tail(tmp_path: Path,
+                                                              monkeypatch: object) -> None:
+    """Of a recording longer than twice HEAD_TAIL, what was typed before the flood and
+    after it is found, not what is in its middle; the whole file is still checked."""
+    import pytest
+    import sqlalchemy as sa
+
+    from backline.relay.blobs import BlobStore
+    from backline.relay.schema import metadata
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    monkeypatch.setattr(term_index, "HEAD_TAIL", 256 * 1024)
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    metadata.create_all(engine)
+    blobs = BlobStore(tmp_path / "blobs")
+    flood = [(1.0 + i / 1000, "o", "y\r\n" * 1000) for i in range(400)]  # ~2 MiB
+    events = [(0.5, "o", "before\r\n"), *flood[:200], (2.0, "o", "middle\r\n"),
+              *flood[200:], (9.0, "o", "after\r\n")]
+    data = cast(*events)
+    assert len(data) > 4 * term_index.HEAD_TAIL
+    digest = blobs.put(data)
+    term_index.index_recording(engine, blobs, recording_id="r1", session_id="s1",
+                               sha256=digest, keystrokes=False)
+    assert set(term_index.hits(engine, ["before"])) == {"s1"}
+    assert term_index.hits(engine, ["after"])["s1"][0]["at"] == 9.0
+    assert term_index.hits(engine, ["middle"]) == {}
+    # one byte changed in the middle (not read for the index) is still caught
+    blobs.path(digest).write_bytes(data.replace(b"middle", b"muddle"))
+    with pytest.raises(ValueError, match="damaged"):
+        term_index.index_recording(engine, blobs, recording_id="r1", session_id="s1",
+                                   sha256=digest, keystrokes=False)
