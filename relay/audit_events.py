@@ -621,11 +621,13 @@ event("audit.bundle.exported", PROOFS, "a session's evidence bundle was exported
       need("size", int, "the tree size of the checkpoint its proofs lead to"),
       ADDRESS_IF_API)
 event("audit.bundle.refused", PROOFS, "a session's evidence bundle was refused: over "
-      "its limit of events or of evidence bytes (the API answers 413)", SESSION,
+      "its limit of events or of evidence bytes (the API answers 413), or another was "
+      "being built (503: they are built one at a time)", SESSION,
       need("session", str, "the session's id"),
-      need("reason", str, "`too_many_events` or `too_much_evidence`"),
-      need("limit", int, "the limit (events, or bytes of evidence)"),
-      need("amount", int, "how far it got when refused (events, or bytes)"),
+      need("reason", str, "`too_many_events`, `too_much_evidence` or `busy`"),
+      need("limit", int, "the limit (events, bytes of evidence, or bundles at once)"),
+      need("amount", int, "how far it got when refused (events, bytes, or bundles "
+           "being built)"),
       ADDRESS_IF_API)
 event("audit.sink.failed", PROOFS, "a checkpoint sink could not take checkpoint notes "
       "(aggregated: the first failures one by one, the rest of the minute as one)",

@@ -133,32 +133,56 @@ async def consistency_proof(request: Request, relay: Relay, who: Principal, *,
     return reply(m.ConsistencyProof, await asyncio.to_thread(build))
 
 
+#: Bundles built at once. Each holds up to ``audit_bundle_max_bytes`` of evidence in
+#: memory (and its encoding), so they are built one at a time: the slot is taken
+#: before the build, and a request that finds it taken is refused at once (503,
+#: audited), never queued.
+MAX_BUNDLES_AT_ONCE = 1
+_bundles_building = 0
+
+
 @endpoint("audit:read", path=m.SessionPath, noun="session",
-          answers={200: m.AuditBundle}, refuses=(404, 413))
+          answers={200: m.AuditBundle}, refuses=(404, 413, 503))
 async def session_bundle(request: Request, relay: Relay, who: Principal, *,
                          path: m.SessionPath) -> Response:
     """The session's evidence bundle (``backline-relay audit verify-bundle`` checks it
     offline): its events, recordings, inclusion proofs and the signed checkpoint.
     Built in memory, so refused (413, audited) over ``audit_bundle_max_bytes`` of
-    evidence (256 MiB) or ``audit_bundle.MAX_EVENTS`` events."""
+    evidence (256 MiB) or ``audit_bundle.MAX_EVENTS`` events, and built one at a
+    time: while one is being built, another is refused (503 ``busy``, audited; retry
+    in a moment)."""
+    global _bundles_building
     from backline.relay import audit_bundle
 
     sid = path.session_id
-    try:
-        doc = await asyncio.to_thread(audit_bundle.build, relay, sid,
-                                      relay.config.audit_bundle_max_bytes)
-    except LookupError as exc:
-        raise _no_proof(str(exc)) from None
-    except audit_bundle.TooLarge as exc:
-        reason = ("too_many_events" if exc.limit == audit_bundle.MAX_EVENTS
-                  else "too_much_evidence")
+    if _bundles_building >= MAX_BUNDLES_AT_ONCE:
         relay.record(who.actor, "audit.bundle.refused", f"session:{sid}", session=sid,
-                     reason=reason, limit=exc.limit, amount=exc.amount, address=who.address)
-        raise ApiError(413, "too_large", str(exc)) from None
+                     reason="busy", limit=MAX_BUNDLES_AT_ONCE, amount=_bundles_building,
+                     address=who.address)
+        raise ApiError(503, "busy", "another evidence bundle is being built (they are "
+                       "built one at a time: each may hold hundreds of MiB); retry in a "
+                       "moment", headers={"retry-after": "5"})
+    _bundles_building += 1
+    try:
+        try:
+            doc = await asyncio.to_thread(audit_bundle.build, relay, sid,
+                                          relay.config.audit_bundle_max_bytes)
+        except LookupError as exc:
+            raise _no_proof(str(exc)) from None
+        except audit_bundle.TooLarge as exc:
+            reason = ("too_many_events" if exc.limit == audit_bundle.MAX_EVENTS
+                      else "too_much_evidence")
+            relay.record(who.actor, "audit.bundle.refused", f"session:{sid}", session=sid,
+                         reason=reason, limit=exc.limit, amount=exc.amount,
+                         address=who.address)
+            raise ApiError(413, "too_large", str(exc)) from None
+        body = await asyncio.to_thread(json.dumps, doc, ensure_ascii=False)
+    finally:
+        _bundles_building -= 1
     relay.record(who.actor, "audit.bundle.exported", f"session:{sid}", session=sid,
                  events=len(doc["events"]), blobs=len(doc["blobs"]),
                  size=int(doc["checkpoint"].split("\n")[1]), address=who.address)
-    return Response(json.dumps(doc, ensure_ascii=False), media_type="application/json",
+    return Response(body, media_type="application/json",
                     headers={"content-disposition":
                              f'attachment; filename="backline-bundle-{sid}.json"'})
 

@@ -358,3 +358,46 @@ def test_a_recording_deleted_by_retention_verifies(evidence: Evidence) -> None:
     got = offline(evidence, doc, "retention", "--key", "relay.key")
     assert got.returncode == 0, got.stderr
     assert "1 deleted by retention (proven)" in got.stdout
+
+
+def test_bundles_are_built_one_at_a_time(evidence: Evidence) -> None:
+    """Each bundle may hold hundreds of MiB while it is built, so the relay builds one
+    at a time: eight auditors asking at once each get the bundle or a clear 503 ``busy``
+    (with Retry-After, audited as ``audit.bundle.refused`` reason ``busy``), never a
+    queue; the slot is given back every time (a last request, alone, gets its bundle)."""
+    import threading
+
+    from tests.harness import ADMIN_PASSWORD
+
+    relay = RelayProcess(evidence.root)
+    relay.admin_password, relay.admin_password_changed = ADMIN_PASSWORD, True
+    relay.start()
+    try:
+        admin = admin_api(relay)
+        url = f"/api/v1/sessions/{evidence.session}/bundle"
+        start = threading.Barrier(8)
+        answers: list[tuple[int, str, str | None]] = []
+
+        def ask() -> None:
+            start.wait()
+            r = admin.http.get(url)
+            answers.append((r.status_code, r.json().get("error", ""),
+                            r.headers.get("retry-after")))
+
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        alone = admin.get(url)
+        admin.close()
+    finally:
+        relay.stop()
+    print(f"\n8 at once: {sorted(a[0] for a in answers)}")
+    assert len(answers) == 8 and {a[0] for a in answers} <= {200, 503}, answers
+    busy = [a for a in answers if a[0] == 503]
+    assert all(a[1] == "busy" and a[2] == "5" for a in busy), busy
+    assert any(a[0] == 200 for a in answers) and alone.status_code == 200
+    refused = [e for e in audit_actions(relay) if e["action"] == "audit.bundle.refused"
+               and e["details"]["reason"] == "busy"]
+    assert len(refused) == len(busy)
