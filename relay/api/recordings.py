@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from backline.relay import timeline
+from backline.relay.api import evidence
 from backline.relay.api import models as m
 from backline.relay.api.edge import endpoint, reply
 from backline.relay.api.sessions import may_see, session_for
@@ -58,19 +59,11 @@ async def get_recording(request: Request, relay: Relay, who: Principal, *,
         raise ApiError(410, "deleted", gone_text("recording", row),
                        action="recording.refused", target=f"recording:{row['id']}",
                        reason="deleted_by_retention")
-    try:  # against the digest the trail recorded, not only the row (relay/timeline.py)
-        data = timeline.check_blob(relay.blobs, f"recording {row['id']}", row["sha256"],
-                                   timeline.recording_trail(relay.engine, row))
-    except timeline.EvidenceMismatch as exc:
-        raise ApiError(409, exc.reason, exc.detail, action="recording.refused",
-                       target=f"recording:{row['id']}", reason=exc.reason,
-                       session=row["session_id"],
-                       trail_sha256=exc.trail.sha256 if exc.trail else "",
-                       actual_sha256=exc.actual) from None
-    except OSError as exc:
-        raise ApiError(500, "damaged", f"the stored recording cannot be read: {exc}",
-                       action="recording.refused", target=f"recording:{row['id']}"
-                       ) from None
+    # Against the digest the trail recorded, not only the row (relay/api/evidence.py).
+    data = evidence.checked_bytes(relay, f"recording {row['id']}", row["sha256"],
+                                  timeline.recording_trail(relay.engine, row),
+                                  action="recording.refused", target=f"recording:{row['id']}",
+                                  session=row["session_id"])
     relay.record(who.actor, "recording.played", f"recording:{row['id']}",
                  session=row["session_id"], sha256=row["sha256"], bytes=len(data),
                  address=who.address)
