@@ -53,12 +53,15 @@ MAX_FILE_BYTES = 3 * 1024 ** 3
 
 
 class TooLarge(ValueError):
-    """The bundle would be over a limit: the message names it and what to do."""
+    """The bundle would be over a limit: the message names it and what to do; ``reason``
+    is which (``too_many_events`` or ``too_much_evidence``, as audited)."""
 
-    def __init__(self, message: str, limit: int, amount: int) -> None:
+    def __init__(self, message: str, limit: int, amount: int,
+                 reason: str = "too_much_evidence") -> None:
         super().__init__(message)
         self.limit = limit
         self.amount = amount
+        self.reason = reason
 
 
 def _b64(data: bytes) -> str:
@@ -138,7 +141,7 @@ def build(store: Any, session_id: str,
     if len(rows) > MAX_EVENTS:
         raise TooLarge(f"session {session_id} has more than {MAX_EVENTS} audit events, the "
                        "most one bundle holds: it is refused rather than cut", MAX_EVENTS,
-                       len(rows))
+                       len(rows), "too_many_events")
     events = [{"seq": r["seq"], "time": r["time"], "actor": r["actor"],
                "action": r["action"], "target": r["target"], "details": r["details"],
                "prev_hash": r["prev_hash"], "hash": r["hash"],
@@ -208,21 +211,53 @@ def build(store: Any, session_id: str,
 
 # --- verifying (anywhere) --------------------------------------------------------------
 
+#: ``verify-bundle``'s exit statuses (docs/audit-proofs.md, and its --help).
+EXIT_OK = 0  #: intact, and signed by the pinned key
+EXIT_NOT_OK = 1  #: a problem found (each one named)
+EXIT_USAGE = 2  #: the command could not run: a key file unreadable, a bad option
+EXIT_UNPINNED = 3  #: intact against the key the bundle carries; who signed it not checked
+
+
 @dataclass
 class Report:
+    """What :func:`verify` found. ``ok``: no problem (integrity); ``key_pinned``: the
+    signatures were checked against a key the auditor gave, not the bundle's own.
+    Only both together are an authentic bundle (:attr:`exit_status` 0)."""
+
     ok: bool = True
     problems: list[str] = field(default_factory=list)
     summary: str = ""
     key_pinned: bool = False
+    #: The key the signatures were checked against (``name+hash``, or the raw key's hash).
+    signer: str = ""
 
     def fail(self, problem: str) -> None:
         self.ok = False
         self.problems.append(problem)
 
+    @property
+    def exit_status(self) -> int:
+        if not self.ok:
+            return EXIT_NOT_OK
+        return EXIT_OK if self.key_pinned else EXIT_UNPINNED
+
     def describe(self) -> str:
-        if self.ok:
+        if not self.ok:
+            return "NOT OK:\n" + "\n".join(f"- {p}" for p in self.problems)
+        if self.key_pinned:
             return "OK: " + self.summary
-        return "NOT OK:\n" + "\n".join(f"- {p}" for p in self.problems)
+        # Never "OK": anyone who alters a bundle can re-sign it with a key of their own
+        # and carry that key in it; without a pinned key every check below still passes.
+        return ("UNPINNED: NOT VERIFIED that this bundle comes from the relay: no --key was "
+                f"given (exit status {EXIT_UNPINNED}).\n"
+                f"- checked: {self.summary}; its checkpoint and manifest are signed by the "
+                f"key the bundle itself carries ({self.signer})\n"
+                "- NOT checked: that this key is the relay's. Anyone can alter a bundle, "
+                "re-sign it with a key of their own and carry that key in it: it passes "
+                "every check above.\n"
+                "- to check it: verify-bundle FILE --key KEY, with the relay's key received "
+                "another way than the bundle (`backline-relay audit key` prints it on the "
+                "relay's host)")
 
 
 def parse_key(text: str) -> tuple[str | None, bytes]:
@@ -277,6 +312,9 @@ def verify(doc: Any, pinned: str | None = None) -> Report:
         rep.fail(f"the checkpoint: {exc}")
         return rep
     origin = text.split("\n", 1)[0]
+    signer = audit_note.key_hash(name if name is not None else origin, public).hex()
+    rep.signer = (f"{name}+{signer}" if name is not None else
+                  f"raw public key {_b64(public)}, as {origin}+{signer}")
     if name is not None and origin != name:
         rep.fail(f"the bundle is from another relay: its checkpoint's origin is {origin!r}, "
                  f"the pinned key is relay {name!r}'s")
@@ -416,17 +454,15 @@ def verify(doc: Any, pinned: str | None = None) -> Report:
         rep.fail("the bundle's list of absent evidence is not the signed manifest's")
     if rep.ok:
         kinds = sum(1 for b in blobs if b.get("kind") == "recording")
-        key_text = ("pinned key" if rep.key_pinned else
-                    "the key the bundle carries (not pinned: pass --key to check it is "
-                    "the relay's)")
         rep.summary = (f"session {session}: {len(seen)} events proven in the trail of "
                        f"{cp.size} events (origin {origin}, root {_b64(cp.root)}), "
                        f"{kinds} recordings and {len(blobs) - kinds} other blobs intact"
                        + (f", {retained} deleted by retention (proven)" if retained else "")
                        + (f", {len(listed_absent) - retained} not kept" if
-                          len(listed_absent) > retained else "")
-                       + "; "
-                       f"checkpoint signed by the {key_text}")
+                          len(listed_absent) > retained else ""))
+        if rep.key_pinned:
+            rep.summary += (f"; checkpoint and manifest signed by the pinned key "
+                            f"({rep.signer})")
     return rep
 
 

@@ -191,7 +191,7 @@ CHANNELS = group("channels", "What runs inside a session: one SSH channel per ca
 FIXES = group("fixes", "Approved fixes (docs/fixes-relay.md): the catalogue, four-eyes "
                        "approval, signatures, revocations, and every run, each with the "
                        "manifest's `digest`.")
-AUDIT = group("audit", "Reading the trail itself.")
+AUDIT = group("audit", "Exporting the trail itself.")
 SYSTEM = group("system", "The relay process: set-up, start and stop, TLS, webhooks.")
 EXPORT = group("export", "Streaming the trail to a SIEM, retention of recordings and "
                "reports, legal holds (docs/siem-and-retention.md).")
@@ -606,8 +606,15 @@ event("fix.bulk.ended", FIXES, "a bulk run ended (one `fix.run.*` trail per agen
 
 # --- audit --------------------------------------------------------------------------
 
-event("audit.export", AUDIT, "the trail was exported through the API", "`audit`",
-      need("since", NUMBER | None, "from when (Unix time); null: from the start"), ADDRESS)
+event("audit.export", AUDIT, "the trail was exported as JSON lines: through the API "
+      "(`GET /api/v1/audit/export`) or `backline-relay audit export` on the relay's host "
+      "(recorded before the first line is written, so the export holds its own event)",
+      "`audit`",
+      need("since", NUMBER | None, "from when (Unix time); null: from the start"),
+      may("checkpoints", bool, "the signed checkpoints were exported instead of the events "
+                               "(`--checkpoints`)"),
+      may("output", str, "the file written (`-o`); absent: standard output, or the API"),
+      ADDRESS_IF_API)
 
 # --- proofs (issue 14, helper proofs: relay/audit_bundle.py, docs/audit-proofs.md) -----
 
@@ -621,8 +628,9 @@ event("audit.bundle.exported", PROOFS, "a session's evidence bundle was exported
       need("size", int, "the tree size of the checkpoint its proofs lead to"),
       ADDRESS_IF_API)
 event("audit.bundle.refused", PROOFS, "a session's evidence bundle was refused: over "
-      "its limit of events or of evidence bytes (the API answers 413), or another was "
-      "being built (503: they are built one at a time)", SESSION,
+      "its limit of events or of evidence bytes (the API answers 413; `backline-relay "
+      "audit bundle` exits 1), or another was being built (503: they are built one at a "
+      "time)", SESSION,
       need("session", str, "the session's id"),
       need("reason", str, "`too_many_events`, `too_much_evidence` or `busy`"),
       need("limit", int, "the limit (events, bytes of evidence, or bundles at once)"),
@@ -741,14 +749,18 @@ event("timeline.viewed", REVIEW, "someone opened a session's timeline (its first
       need("events", int, "events on the first page"),
       need("evidence", int, "pieces of evidence listed"), ADDRESS)
 event("evidence.viewed", REVIEW, "a piece of a session's evidence other than a recording "
-      "(a fix run's output, a diagnostics report) was fetched, checked against the trail",
-      SESSION, need("evidence", str, "its id (`fr_...`, a report's id)"),
+      "(a fix run's output, a diagnostics report) was served, checked against the trail: "
+      "from the timeline (`GET /api/v1/sessions/{id}/evidence/{id}`), "
+      "`GET /api/v1/fix-runs/{id}/output` or `GET /api/v1/reports/{id}`", SESSION,
+      need("evidence", str, "its id (`fr_...`, a report's id)"),
       need("kind", str, "`fix_output` or `diagnostics`"),
       need("sha256", str, "the SHA-256 the trail recorded and it was checked against"),
       need("bytes", int, "its size"), ADDRESS)
-event("evidence.refused", REVIEW, "fetching a piece of evidence was refused: it is not the "
-      "session's, or the trail does not vouch for it (`digest_mismatch`, `row_altered`, "
-      "`not_in_trail`), or its content was deleted by retention (`deleted_by_retention`)",
+event("evidence.refused", REVIEW, "fetching a fix run's output or a diagnostics report was "
+      "refused (by any of the paths of `evidence.viewed`): it is not the session's, or the "
+      "trail does not vouch for it (`digest_mismatch`, `row_altered`, `not_in_trail`), or "
+      "its content was deleted by retention (`deleted_by_retention`), or the stored file "
+      "cannot be read (`damaged`)",
       SESSION, *API_REFUSAL,
       may("evidence", str, "its id"),
       may("trail_sha256", str, "the SHA-256 the trail recorded"),
@@ -772,10 +784,20 @@ event("session.outcome", REPORTS, "a closed session's outcome was set (when clos
       may("agent", str, "the session's agent"), ADDRESS)
 event("session.outcome.refused", REPORTS, "setting a session's outcome was refused (the "
       "session is not closed yet)", SESSION, *API_REFUSAL)
-event("report.exported", REPORTS, "a management report was downloaded as CSV", "`report`",
-      need("group", str, "the group it covers (empty: all)"),
-      need("since", NUMBER, "its period's start (Unix time)"),
-      need("until", NUMBER, "its period's end (Unix time)"), ADDRESS)
+REPORT_PERIOD = (need("group", str, "the group it covers (empty: all)"),
+                 need("since", NUMBER, "its period's start (Unix time)"),
+                 need("until", NUMBER, "its period's end (Unix time)"))
+event("report.exported", REPORTS, "a management report was exported: downloaded as CSV "
+      "(`GET /api/v1/management-reports/csv`) or printed as JSON by `backline-relay report "
+      "show` on the relay's host", "`report`",
+      need("format", str, "`csv` (the API) or `json` (the CLI)"), *REPORT_PERIOD,
+      ADDRESS_IF_API)
+event("report.viewed", REPORTS, "a management report was fetched to be shown (the console's "
+      "page, also what it prints: `GET /api/v1/management-reports`), or what one of its "
+      "numbers is made of (`.../members`)", "`report`", *REPORT_PERIOD,
+      may("metric", str, "the number whose members were listed (`.../members`)"),
+      may("key", str, "its key (a technician, a finding, a trend bucket; empty: none)"),
+      ADDRESS)
 event("report.delivered", REPORTS, "a scheduled management report was delivered",
       "the webhook URL or `mailto:` the recipients",
       need("via", str, "`webhook` or `smtp`"), need("group", str, "the group (empty: all)"),

@@ -7,7 +7,6 @@ create``), never through the web: no web path can re-run set-up.
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
 import os
 import re
@@ -30,7 +29,7 @@ from backline.relay.cli_siem import retention_app, siem_app
 from backline.relay.cli_timeline import timeline_app
 from backline.relay.datadir import CERT_WARN_DAYS
 from backline.relay.roles import ROLES
-from backline.relay.store import Store, open_store
+from backline.relay.store import Store, cli_actor, open_store
 
 if TYPE_CHECKING:
     from backline.relay.state import Relay
@@ -69,10 +68,7 @@ ConfigOpt = Annotated[Path | None, typer.Option(
 
 
 def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:
-        return "cli"
+    return cli_actor()
 
 
 def _load(data_dir: Path | None, config_file: Path | None, **overrides: object
@@ -443,15 +439,24 @@ def audit_export(
     ] = False,
     data_dir: DataDirOpt = None, config: ConfigOpt = None,
 ) -> None:
-    """Export events with their hashes as JSON lines, oldest first."""
+    """Export events with their hashes as JSON lines, oldest first. The export is itself
+    audited (``audit.export``, actor ``cli:USER``) before the first line is written, so
+    the export holds its own event; with the relay running or stopped. A trail that
+    cannot take that event (a read-only database) is not exported."""
     if fmt != "jsonl":
         err.print("[red]error:[/] the only format is jsonl")
         raise typer.Exit(2)
     if checkpoints and since:
         err.print("[red]error:[/] --since applies to events, not to --checkpoints")
         raise typer.Exit(2)
-    audit = _open_store(data_dir, config).audit
+    store = _open_store(data_dir, config)
+    audit = store.audit
     start = parse_since(since) if since else None
+    # Audited before a byte leaves (as the API's export is): a failed or cut export
+    # is still on the trail.
+    store.record(_actor(), "audit.export", "audit", since=start,
+                 **({"checkpoints": True} if checkpoints else {}),
+                 **({"output": str(output)} if output else {}))
     rows = audit.export_checkpoints() if checkpoints else audit.export(start)
     # A file is written beside its final name and renamed when complete, so a failed
     # export never leaves a truncated file that looks like a whole one.

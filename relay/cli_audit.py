@@ -3,8 +3,12 @@
 
 ``verify-bundle`` is the auditor's command: it reads only the bundle (and the pinned
 key), never a data directory or a configuration, so it runs on a machine that has never
-seen the relay. Everything heavy is imported inside the commands (tests/unit/
-test_cli_imports.py).
+seen the relay. Without a pinned key it never says OK (exit status 3, UNPINNED): a
+bundle checked only against the key it carries proves nothing about who made it.
+
+``bundle`` (like ``audit export``) is audited on the trail it reads, before the file is
+written (:meth:`backline.relay.store.Store.record`), with the relay running or stopped.
+Everything heavy is imported inside the commands (tests/unit/test_cli_imports.py).
 """
 
 from __future__ import annotations
@@ -131,9 +135,8 @@ def audit_bundle(
     events and recordings, each event's inclusion proof, the signed checkpoint. The API
     refuses sessions over its limit (``audit_bundle_max_bytes``, 256 MiB): this writes
     them, up to ``--max-evidence-bytes``."""
-    import getpass
-
     from backline.relay import audit_bundle as bundle_mod
+    from backline.relay.store import cli_actor
 
     store = _store(data_dir, config)
     try:
@@ -142,8 +145,16 @@ def audit_bundle(
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
     except bundle_mod.TooLarge as exc:
+        store.record(cli_actor(), "audit.bundle.refused", f"session:{session}",
+                     session=session, reason=exc.reason, limit=exc.limit,
+                     amount=exc.amount)
         err.print(f"[red]error:[/] {exc}", markup=False)
         raise typer.Exit(1) from None
+    # Audited before the file is written (as every export is): never a bundle on disk
+    # that the trail does not know of.
+    store.record(cli_actor(), "audit.bundle.exported", f"session:{session}",
+                 session=session, events=len(doc["events"]), blobs=len(doc["blobs"]),
+                 size=int(doc["checkpoint"].split("\n")[1]))
     target = output or Path(f"backline-bundle-{session}.json")
     partial = target.with_name(target.name + ".partial")
     with open(partial, "w", encoding="utf-8") as fh:
@@ -151,14 +162,6 @@ def audit_bundle(
         fh.flush()
         os.fsync(fh.fileno())
     partial.replace(target)
-    try:
-        actor = f"cli:{getpass.getuser()}"
-    except Exception:
-        actor = "cli"
-    store.audit.append(actor, "audit.bundle.exported", f"session:{session}",
-                       {"session": session, "events": len(doc["events"]),
-                        "blobs": len(doc["blobs"]), "size": int(doc["checkpoint"].split(
-                            "\n")[1])})
     absent = doc.get("absent", [])
     err.print(f"wrote {target}: {len(doc['events'])} events, {len(doc['blobs'])} blobs"
               + (f", {len(absent)} absent" if absent else ""), markup=False)
@@ -170,14 +173,19 @@ def audit_verify_bundle(
     file: Annotated[Path, typer.Argument(help="The bundle (a .json file).")],
     key: Annotated[str | None, typer.Option(
         "--key", help="The relay's key to pin: a file holding it, or the key itself "
-                      "(`backline-relay audit key` prints it; raw base64 works too).")
+                      "(`backline-relay audit key` prints it; raw base64 works too). "
+                      "Without it the answer is never OK: UNPINNED, exit status 3.")
     ] = None,
     max_bytes: Annotated[int, typer.Option(
         "--max-bytes", min=1, help="Refuse a bundle file over this many bytes (it is read "
                                    "whole into memory).")] = 3 * 1024 ** 3,
 ) -> None:
-    """Check a bundle offline: OK, or every problem named. Needs no relay, no data
-    directory: only the bundle, and the key to pin."""
+    """Check a bundle offline: needs no relay, no data directory, only the bundle and the
+    relay's key to pin (--key). Exit status: 0 OK, the bundle is intact and signed by
+    the pinned key; 1 NOT OK, each problem named; 2 the check could not run (a key file
+    unreadable, a bad option); 3 UNPINNED: no --key was given, so the bundle was only
+    checked against the key it carries itself, which anyone re-signing it can replace:
+    it is NOT verified to come from the relay."""
     from backline.relay import audit_bundle as bundle_mod
 
     pinned = None
@@ -188,10 +196,11 @@ def audit_verify_bundle(
                 else key
         except OSError as exc:
             err.print(f"[red]error:[/] cannot read the key file: {exc}")
-            raise typer.Exit(2) from None
+            raise typer.Exit(bundle_mod.EXIT_USAGE) from None
     report = bundle_mod.verify_file(file, pinned, max_bytes)
-    (out if report.ok else err).print(report.describe(), markup=False)
-    raise typer.Exit(0 if report.ok else 1)
+    status = report.exit_status
+    (out if status == bundle_mod.EXIT_OK else err).print(report.describe(), markup=False)
+    raise typer.Exit(status)
 
 
 def register(audit_app: typer.Typer) -> None:

@@ -1,6 +1,7 @@
 """``backline-relay report``: management reports from the relay's own machine
-(docs/reports.md). ``show`` prints one as JSON; ``send`` delivers one now through the
-configured ``report_via`` (what the schedule does; audited the same way)."""
+(docs/reports.md). ``show`` prints one as JSON (audited ``report.exported``); ``send``
+delivers one now through the configured ``report_via`` (what the schedule does; audited
+the same way, ``report.delivered``)."""
 
 from __future__ import annotations
 
@@ -35,13 +36,18 @@ def _open(data_dir: Path | None, config_file: Path | None):  # type: ignore[no-u
 @report_app.command("show")
 def show(data_dir: DataDir = None, config_file: ConfigFile = None, group: Group = "",
          days: Days = 28.0) -> None:
-    """Print the report of the last DAYS days as JSON (without its members' lists)."""
+    """Print the report of the last DAYS days as JSON (without its members' lists).
+    Audited ``report.exported`` (format ``json``), as the API's CSV is."""
     from backline.relay.reports import clock, compute
+    from backline.relay.store import cli_actor
 
     relay = _open(data_dir, config_file)
     until = clock.now()
     full = compute.report(relay.engine, since=until - days * compute.DAY, until=until,
                           group=group)
+    # Recorded before it is printed: nothing leaves unaudited.
+    relay.record(cli_actor(), "report.exported", "report", format="json", group=group,
+                 since=full["since"], until=full["until"])
     typer.echo(json.dumps(compute.summary(full), indent=2))
 
 

@@ -11,8 +11,10 @@ both paths create and migrate alike.
 
 from __future__ import annotations
 
+import getpass
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -29,6 +31,19 @@ class Store:
     datadir: DataDir
     engine: sa.Engine
     audit: AuditLog
+
+    def record(self, actor: str, action: str, target: str = "", **details: Any
+               ) -> dict[str, Any]:
+        """Append an audit event from a command on the relay's host, checked against the
+        catalogue as :meth:`backline.relay.state.Relay.record` checks the relay's own.
+
+        Safe with the relay stopped (the command opened the database itself) and beside
+        a running relay: the append locks the chain's head for its transaction, and each
+        writer re-reads the tree's frontier when another wrote since
+        (relay/audit.py ``_lock_head``, ``_TreeWriter``)."""
+        from backline.relay import audit_events
+
+        return self.audit.append(actor, action, target, audit_events.checked(action, details))
 
 
 def open_store(config: RelayConfig) -> Store:
@@ -47,6 +62,14 @@ def open_store(config: RelayConfig) -> Store:
                      sinks=open_sinks(config.audit_checkpoint_sinks))
     audit.ensure_tree(progress=_tree_progress)
     return Store(config=config, datadir=datadir, engine=engine, audit=audit)
+
+
+def cli_actor() -> str:
+    """Who a command run on the relay's host acts as in the trail: ``cli:<login name>``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no login name (a container without a passwd entry)
+        return "cli"
 
 
 def _tree_progress(done: int, total: int) -> None:

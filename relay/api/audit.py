@@ -170,10 +170,8 @@ async def session_bundle(request: Request, relay: Relay, who: Principal, *,
         except LookupError as exc:
             raise _no_proof(str(exc)) from None
         except audit_bundle.TooLarge as exc:
-            reason = ("too_many_events" if exc.limit == audit_bundle.MAX_EVENTS
-                      else "too_much_evidence")
             relay.record(who.actor, "audit.bundle.refused", f"session:{sid}", session=sid,
-                         reason=reason, limit=exc.limit, amount=exc.amount,
+                         reason=exc.reason, limit=exc.limit, amount=exc.amount,
                          address=who.address)
             raise ApiError(413, "too_large", str(exc)) from None
         body = await asyncio.to_thread(json.dumps, doc, ensure_ascii=False)

@@ -24,7 +24,8 @@ from starlette.routing import Route
 
 from backline.common.fixes.manifest import ManifestError, manifest_from_dict, parse_manifest
 from backline.common.fixes.params import ParamError, validate_params
-from backline.relay import agents, users
+from backline.relay import agents, timeline, users
+from backline.relay.api import evidence
 from backline.relay.api.agents import agent_by_id, visible_group_ids
 from backline.relay.api.edge import Body, Params, Reply, endpoint, reply, whole
 from backline.relay.api.models import FixParams, OpaqueId
@@ -532,22 +533,31 @@ async def get_run(request: Request, relay: Relay, who: Principal, *,
 
 
 @endpoint("fixes:read", path=RunPath, noun="run", answers={200: "text/plain"},
-          refuses=(410, 500))
+          refuses=(409, 410, 500))
 async def get_run_output(request: Request, relay: Relay, who: Principal, *,
                          path: RunPath) -> Response:
-    """The kept raw output of a run (checked against its SHA-256), as text/plain."""
+    """The kept raw output of a run, as text/plain, checked against the digest the audit
+    trail's ``fix.run.ended`` recorded (as the session timeline's evidence is:
+    relay/api/evidence.py); 409 ``digest_mismatch`` / ``row_altered`` /
+    ``not_in_trail`` names both digests. Each fetch is audited ``evidence.viewed`` (a
+    refusal ``evidence.refused``), on the run's session."""
     run = _run_for(relay, who, path.run_id)
     if not run["output_sha256"]:
         raise ApiError(404, "not_found", "that run kept no output")
+    target = f"session:{run['session_id']}"
     if run.get("deleted_at"):
-        raise ApiError(410, "deleted", gone_text("fix output", run, "output_sha256"))
-    try:
-        data = relay.blobs.get(run["output_sha256"])
-    except (OSError, ValueError) as exc:
-        raise ApiError(500, "damaged", f"the kept output cannot be read: {exc}") from None
+        raise ApiError(410, "deleted", gone_text("fix output", run, "output_sha256"),
+                       action="evidence.refused", target=target, evidence=run["id"],
+                       reason="deleted_by_retention")
+    trail = timeline.fix_run_trail(relay.engine, run)
+    data = evidence.checked_bytes(relay, f"fix run {run['id']}", run["output_sha256"], trail,
+                                  action="evidence.refused", target=target,
+                                  evidence=run["id"])
+    assert trail is not None  # checked_bytes refuses what the trail does not name
+    evidence.viewed(relay, who, run["session_id"], run["id"], "fix_output", trail, data)
     return Response(data, media_type="text/plain; charset=utf-8", headers={
-        "x-content-sha256": run["output_sha256"], "cache-control": "no-store",
-        "x-content-type-options": "nosniff",
+        "x-content-sha256": trail.sha256, "x-trail-seq": str(trail.seq),
+        "cache-control": "no-store", "x-content-type-options": "nosniff",
         "content-disposition": f'inline; filename="backline-{run["id"]}.txt"'})
 
 

@@ -1,6 +1,8 @@
 """Management reports (docs/reports.md): ``GET /api/v1/management-reports`` (the numbers,
 per group and period, with a trend per week or day), ``.../members`` (the incidents,
-sessions and event ``seq``s one number is made of) and ``.../csv`` (audited export).
+sessions and event ``seq``s one number is made of) and ``.../csv``. Each is audited: the
+first two ``report.viewed`` (what the console shows, and prints), the CSV
+``report.exported``.
 
 ``audit:read``: the numbers are the trail's, and whoever reads them may read the events
 they link to. The report is computed in a worker thread (it reads the whole trail's
@@ -91,8 +93,12 @@ async def get_report(request: Request, relay: Relay, who: Principal, *,
                      query: ReportQuery) -> Response:
     """The management report for ``?group=&since=&until=`` (Unix times; default the last
     28 days, at most 400) with a ``bucket=week|day`` trend. Each number says how many
-    incidents, sessions and events make it up; ``/members`` lists them."""
-    return reply(ManagementReport, compute.summary(await _full(relay, query)))
+    incidents, sessions and events make it up; ``/members`` lists them. Audited
+    ``report.viewed``: this is what the console shows and prints."""
+    full = await _full(relay, query)
+    relay.record(who.actor, "report.viewed", "report", group=query.group,
+                 since=full["since"], until=full["until"], address=who.address)
+    return reply(ManagementReport, compute.summary(full))
 
 
 @endpoint("audit:read", query=MembersQuery, answers={200: ReportMembers}, noun="metric",
@@ -101,10 +107,15 @@ async def get_members(request: Request, relay: Relay, who: Principal, *,
                       query: MembersQuery) -> Response:
     """What one number of the report is made of: ``?metric=`` a metric's name
     (``incidents_opened``...), or ``technician``/``finding`` with ``key=`` the name, or
-    ``trend.NAME`` with ``key=`` the bucket's start; same period parameters."""
-    found = compute.members(await _full(relay, query), query.metric, query.key)
+    ``trend.NAME`` with ``key=`` the bucket's start; same period parameters. Audited
+    ``report.viewed`` with the ``metric`` and ``key``."""
+    full = await _full(relay, query)
+    found = compute.members(full, query.metric, query.key)
     if found is None:
         raise ApiError(404, "not_found", "no such number in this report")
+    relay.record(who.actor, "report.viewed", "report", group=query.group,
+                 since=full["since"], until=full["until"], metric=query.metric,
+                 key=query.key, address=who.address)
     return reply(ReportMembers, found)
 
 
@@ -113,7 +124,7 @@ async def get_csv(request: Request, relay: Relay, who: Principal, *,
                   query: ReportQuery) -> Response:
     """The report as CSV (audited ``report.exported``)."""
     full = await _full(relay, query)
-    relay.record(who.actor, "report.exported", "report", group=query.group,
+    relay.record(who.actor, "report.exported", "report", format="csv", group=query.group,
                  since=full["since"], until=full["until"], address=who.address)
     stamp = time.strftime("%Y%m%d", time.gmtime(full["until"]))
     return Response(to_csv(full), media_type="text/csv; charset=utf-8", headers={

@@ -10,14 +10,12 @@ against the SHA-256 the audit trail recorded before a byte of it is served.
 
 from __future__ import annotations
 
-import asyncio
-from pathlib import Path
-
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from backline.relay import timeline
+from backline.relay.api import evidence
 from backline.relay.api import models as m
 from backline.relay.api.edge import endpoint, reply
 from backline.relay.api.sessions import may_see, session_for
@@ -61,24 +59,12 @@ async def get_recording(request: Request, relay: Relay, who: Principal, *,
         raise ApiError(410, "deleted", gone_text("recording", row),
                        action="recording.refused", target=f"recording:{row['id']}",
                        reason="deleted_by_retention")
-    def check() -> tuple[Path, int]:
-        # against the digest the trail recorded, not only the row (relay/timeline.py);
-        # read in pieces, off the event loop: a recording may be gigabytes
-        return timeline.check_blob_file(relay.blobs, f"recording {row['id']}",
-                                        row["sha256"], timeline.recording_trail(relay.engine, row))
-
-    try:
-        path, size = await asyncio.to_thread(check)
-    except timeline.EvidenceMismatch as exc:
-        raise ApiError(409, exc.reason, exc.detail, action="recording.refused",
-                       target=f"recording:{row['id']}", reason=exc.reason,
-                       session=row["session_id"],
-                       trail_sha256=exc.trail.sha256 if exc.trail else "",
-                       actual_sha256=exc.actual) from None
-    except OSError as exc:
-        raise ApiError(500, "damaged", f"the stored recording cannot be read: {exc}",
-                       action="recording.refused", target=f"recording:{row['id']}"
-                       ) from None
+    # Against the digest the trail recorded, not only the row (relay/api/evidence.py),
+    # read in pieces off the event loop, then streamed from disk.
+    path, size = await evidence.checked_file(
+        relay, f"recording {row['id']}", row["sha256"],
+        timeline.recording_trail(relay.engine, row), action="recording.refused",
+        target=f"recording:{row['id']}", session=row["session_id"])
     relay.record(who.actor, "recording.played", f"recording:{row['id']}",
                  session=row["session_id"], sha256=row["sha256"], bytes=size,
                  address=who.address)

@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from backline.relay import term_index, timeline
+from backline.relay.api import evidence
 from backline.relay.api import models as m
 from backline.relay.api.agents import visible_group_ids
 from backline.relay.api.edge import Params, Reply, UnixTime, endpoint, reply, whole
@@ -188,20 +189,10 @@ async def get_evidence(request: Request, relay: Relay, who: Principal, *,
         raise ApiError(410, "deleted", gone_text(what, item, digest_field),
                        action="evidence.refused", target=f"session:{row['id']}",
                        evidence=item["id"], reason="deleted_by_retention")
-    try:
-        data = timeline.check_blob(relay.blobs, what, row_sha, trail)
-    except timeline.EvidenceMismatch as exc:
-        raise ApiError(409, exc.reason, exc.detail, action="evidence.refused",
-                       target=f"session:{row['id']}", reason=exc.reason, evidence=item["id"],
-                       trail_sha256=exc.trail.sha256 if exc.trail else "",
-                       actual_sha256=exc.actual) from None
-    except OSError as exc:
-        raise ApiError(500, "damaged", f"the stored {what} cannot be read: {exc}",
-                       action="evidence.refused", target=f"session:{row['id']}",
-                       evidence=item["id"]) from None
-    assert trail is not None
-    relay.record(who.actor, "evidence.viewed", f"session:{row['id']}", evidence=item["id"],
-                 kind=kind, sha256=trail.sha256, bytes=len(data), address=who.address)
+    data = evidence.checked_bytes(relay, what, row_sha, trail, action="evidence.refused",
+                                  target=f"session:{row['id']}", evidence=item["id"])
+    assert trail is not None  # checked_bytes refuses what the trail does not name
+    evidence.viewed(relay, who, row["id"], item["id"], kind, trail, data)
     media = ("text/plain; charset=utf-8" if kind == "fix_output"
              else "application/x-ndjson")
     suffix = "txt" if kind == "fix_output" else "jsonl"

@@ -86,9 +86,10 @@ def store(relay: Keeping, agent_id: str, session_id: str, technician: str, actor
     return row
 
 
-def load(blobs: BlobStore, row: Mapping[str, Any]) -> dict[str, Any]:
-    """The stored report, assembled again from the kept stream (checked against its hash)."""
-    raw = blobs.get(row["sha256"])
+def assemble(raw: bytes) -> dict[str, Any]:
+    """The report, assembled again from its kept stream (``ValueError`` if it is not
+    one). The caller checks the bytes against the audit trail first
+    (relay/api/evidence.py): the stream is served only when the trail vouches for it."""
     return report_from_lines(raw.decode("utf-8").splitlines()).as_dict()
 
 

@@ -30,7 +30,6 @@ import codecs
 import json
 import secrets
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +43,7 @@ from backline.relay.schema import recordings
 MEDIA_TYPE = "application/x-asciicast"
 LINES_MEDIA_TYPE = "application/x-ndjson"
 __all__ = ["LINES_MEDIA_TYPE", "MEDIA_TYPE", "AnyRecorder", "LinesRecorder", "Recorder",
-           "RecordingFailed", "Stored", "by_id", "load", "media_type", "new_lines_recorder",
+           "RecordingFailed", "Stored", "by_id", "media_type", "new_lines_recorder",
            "new_recorder", "of_session", "save"]
 
 
@@ -222,9 +221,3 @@ def by_id(engine: sa.Engine, recording_id: str) -> dict[str, Any] | None:
         row = conn.execute(sa.select(recordings).where(
             recordings.c.id == recording_id)).mappings().first()
     return dict(row) if row else None
-
-
-def load(blobs: BlobStore, row: Mapping[str, Any]) -> bytes:
-    """The asciicast file, checked against the SHA-256 recorded (``ValueError`` if it
-    no longer matches, ``OSError`` if it cannot be read)."""
-    return blobs.get(row["sha256"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import getpass
 import json
 import os
 import subprocess
@@ -78,12 +79,21 @@ def evidence(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Evidence]:
             agent.stop()
         admin.close()
         relay.stop()
-    # The relay is stopped: the CLI writes the bundle from the data directory.
+    # The relay is stopped: the CLI writes the bundle from the data directory, and
+    # records that it did into the same trail.
     out = root / "bundle.json"
     made = relay.cli("audit", "bundle", session, "-o", str(out))
     assert "wrote" in made.stderr, made.stderr
+    doc = json.loads(out.read_text())
+    last = audit_actions(relay)[-1]
+    assert (last["actor"], last["action"], last["target"]) == (
+        f"cli:{getpass.getuser()}", "audit.bundle.exported", f"session:{session}")
+    assert last["details"] == {"session": session, "events": len(doc["events"]),
+                               "blobs": len(doc["blobs"]),
+                               "size": int(doc["checkpoint"].split("\n")[1])}
+    assert relay.cli("audit", "verify").returncode == 0
     vkey = relay.cli("audit", "key").stdout.strip()
-    yield Evidence(root, json.loads(out.read_text()), vkey, session, recording, sink)
+    yield Evidence(root, doc, vkey, session, recording, sink)
 
 
 def api_proofs(admin: Api) -> None:
@@ -161,13 +171,46 @@ def test_the_bundle_holds_the_session(evidence: Evidence) -> None:
     assert b"proof42" in data
 
 
+def _raw_key(vkey: str) -> str:
+    """The relay's Ed25519 public key alone, base64 (no origin name, no key hash)."""
+    return base64.b64encode(audit_note.parse_verifier_key(vkey)[1]).decode()
+
+
 def test_intact_bundle_verifies_offline_with_the_pinned_key(evidence: Evidence) -> None:
     r = offline(evidence, evidence.bundle, "intact", "--key", "relay.key")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.startswith("OK: session " + evidence.session), r.stdout
-    assert "pinned key" in r.stdout
-    unpinned = offline(evidence, evidence.bundle, "unpinned")
-    assert unpinned.returncode == 0 and "not pinned" in unpinned.stdout, unpinned.stdout
+    assert "signed by the pinned key (backline-relay/" in r.stdout
+
+
+def test_the_relays_public_key_alone_verifies_an_intact_bundle(evidence: Evidence) -> None:
+    """Raw base64, as an auditor may get it (no `audit key` line): OK, exit 0."""
+    raw = _raw_key(evidence.vkey)
+    r = offline(evidence, evidence.bundle, "intact-raw", "--key", raw)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("OK: session " + evidence.session), r.stdout
+    assert f"signed by the pinned key (raw public key {raw}" in r.stdout
+    # The same key in a file works too.
+    (evidence.root / "raw.key").write_text(raw + "\n")
+    r = offline(evidence, evidence.bundle, "intact-raw-file", "--key",
+                str(evidence.root / "raw.key"))
+    assert r.returncode == 0 and r.stdout.startswith("OK: "), r.stdout + r.stderr
+
+
+def test_without_a_pinned_key_it_never_says_ok(evidence: Evidence) -> None:
+    """Unpinned, the bundle is only checked against the key it carries: the answer says
+    what was checked and what was not, on stderr, and exits 3 (never 0, never 1)."""
+    r = offline(evidence, evidence.bundle, "unpinned")
+    assert r.returncode == audit_bundle.EXIT_UNPINNED == 3, r.stdout + r.stderr
+    assert r.stdout == "" and not r.stderr.startswith("OK"), r.stdout
+    assert r.stderr.startswith("UNPINNED: NOT VERIFIED that this bundle comes from the "
+                               "relay"), r.stderr
+    assert f"- checked: session {evidence.session}: " in r.stderr
+    assert "- NOT checked: that this key is the relay's" in r.stderr
+    assert "--key KEY" in r.stderr
+    helped = subprocess.run([RELAY, "audit", "verify-bundle", "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert "3 UNPINNED" in " ".join(helped.stdout.split()), helped.stdout
 
 
 def test_an_altered_event_is_named(evidence: Evidence) -> None:
@@ -209,8 +252,14 @@ def test_a_checkpoint_signed_by_another_key_is_named(evidence: Evidence) -> None
     r = offline(evidence, doc, "other-key", "--key", "relay.key")
     assert r.returncode == 1
     assert "the checkpoint is signed by another key" in r.stderr, r.stderr
-    # Unpinned, the bundle is consistent with the key it carries: only pinning tells.
-    assert offline(evidence, doc, "other-key-unpinned").returncode == 0
+    # Unpinned, the forged bundle is consistent with the key it carries: it is not OK
+    # (exit 3, UNPINNED), and the key it was checked against is named (not the relay's).
+    forged = offline(evidence, doc, "other-key-unpinned")
+    assert forged.returncode == 3 and forged.stdout == "", forged.stdout
+    assert "UNPINNED: NOT VERIFIED" in forged.stderr
+    # name+keyhash (the key's base64 after them may itself hold a "+")
+    carried = "+".join(doc["verifier_key"].split("+", 2)[:2])
+    assert carried != "+".join(evidence.vkey.split("+", 2)[:2]) and carried in forged.stderr
 
 
 def test_a_bundle_from_another_relay_is_named(evidence: Evidence) -> None:
@@ -219,8 +268,7 @@ def test_a_bundle_from_another_relay_is_named(evidence: Evidence) -> None:
     assert r.returncode == 1
     assert "the bundle is from another relay" in r.stderr, r.stderr
     # Pinned by its raw public key (no name), the other relay's key is still refused.
-    raw = base64.b64encode(audit_note.parse_verifier_key(evidence.vkey)[1]).decode()
-    r = offline(evidence, doc, "other-relay-raw", "--key", raw)
+    r = offline(evidence, doc, "other-relay-raw", "--key", _raw_key(evidence.vkey))
     assert r.returncode == 1 and "signed by another key" in r.stderr, r.stderr
 
 
@@ -246,6 +294,14 @@ def _store(evidence: Evidence) -> Any:
 
     return open_store(config.load(overrides={"data_dir": evidence.root / "relay"},
                                   environ={}))
+
+
+def _trail(evidence: Evidence) -> list[dict[str, Any]]:
+    store = _store(evidence)
+    try:
+        return list(store.audit.export())
+    finally:
+        store.engine.dispose()
 
 
 def _recording_file(evidence: Evidence) -> Path:
@@ -285,6 +341,12 @@ def test_bundles_over_their_limits_are_refused_never_cut(
     assert made.returncode == 1
     assert "evidence is over 10 bytes" in made.stderr
     assert not (evidence.root / "small.json").exists()
+    refused = _trail(evidence)[-1]  # the CLI's refusal is audited as the API's is
+    assert (refused["actor"], refused["action"], refused["target"]) == (
+        f"cli:{getpass.getuser()}", "audit.bundle.refused", f"session:{evidence.session}")
+    assert refused["details"]["reason"] == "too_much_evidence"
+    assert refused["details"]["limit"] == 10 and refused["details"]["amount"] > 10
+    assert set(refused["details"]) == {"session", "reason", "limit", "amount"}
     store = _store(evidence)
     try:
         monkeypatch.setattr(audit_bundle, "MAX_EVENTS", 3)

@@ -146,9 +146,13 @@ def test_export_events_and_checkpoints_to_files(data_dir: Trail, tmp_path: Path)
                               timeout=60)
 
     r = export("-o", str(tmp_path / "events.jsonl"))
-    assert r.returncode == 0 and f"wrote {EVENTS} events" in r.stderr
+    # The export is audited before it is written: the trail's events and its own.
+    assert r.returncode == 0 and f"wrote {EVENTS + 1} events" in r.stderr
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
-    assert [e["seq"] for e in events] == list(range(1, EVENTS + 1))
+    assert [e["seq"] for e in events] == list(range(1, EVENTS + 2))
+    assert events[-1]["action"] == "audit.export" and events[-1]["actor"].startswith("cli")
+    assert events[-1]["details"] == {"since": None,
+                                     "output": str(tmp_path / "events.jsonl")}
     r = export("--checkpoints", "-o", str(tmp_path / "checkpoints.jsonl"))
     assert r.returncode == 0, r.stderr
     marks = [json.loads(line)

@@ -75,6 +75,26 @@ def test_a_whole_bundle_verifies() -> None:
     assert "6 events proven in the trail of 11 events" in rep.describe()
 
 
+def test_only_a_pinned_key_gives_ok_and_exit_status_0() -> None:
+    """Pinned (verifier key or raw public key): OK, 0. Unpinned: never OK, 3, saying what
+    was and was not checked. A problem: 1, pinned or not."""
+    raw = base64.b64encode(keys.public_raw(KEY)).decode()
+    for pinned in (PINNED, raw):
+        rep = b.verify(make_bundle(), pinned)
+        assert rep.exit_status == b.EXIT_OK and rep.describe().startswith("OK: "), pinned
+    rep = b.verify(make_bundle())
+    assert rep.ok and not rep.key_pinned and rep.exit_status == b.EXIT_UNPINNED
+    text = rep.describe()
+    assert text.startswith("UNPINNED: NOT VERIFIED") and "OK" not in text.split("\n")[0]
+    assert "- checked: session s1: 6 events proven" in text
+    assert f"by the key the bundle itself carries ({ORIGIN}+" in text
+    assert "- NOT checked: that this key is the relay's" in text
+    broken = make_bundle()
+    broken["events"].pop()
+    assert b.verify(broken).exit_status == b.verify(broken, PINNED).exit_status == \
+        b.EXIT_NOT_OK
+
+
 def test_a_swapped_proof_and_a_changed_session_are_named() -> None:
     doc = make_bundle()
     doc["events"][0]["inclusion"], doc["events"][1]["inclusion"] = (
