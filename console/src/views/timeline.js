@@ -115,7 +115,7 @@ function shownView(item) {
   const v = s.shown[item.id];
   if (!v) return nothing;
   if (v.state === "loading") return html`<p class="muted">Loading…</p>`;
-  const badge = checkBadge(v, item.trail_sha256);
+  const badge = checkBadge(v, item.trail_sha256, item.kind === "fix_output" ? "fix output" : "diagnostics report");
   if (v.state === "failed") {
     return html`${badge}${v.check !== "mismatch" ? html`<p class="error" role="alert">${v.error}</p>` : nothing}`;
   }
