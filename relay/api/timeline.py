@@ -151,10 +151,13 @@ async def get_timeline(request: Request, relay: Relay, who: Principal, *,
     first = query.after == 0
 
     def build() -> dict[str, Any]:
-        events, next_after = timeline.events_page(relay.engine, row, query.after, query.limit)
+        with relay.engine.connect() as conn:  # read once, for the events and the evidence
+            stored = timeline.stored_in_trail(conn, row)
+        events, next_after = timeline.events_page(relay.engine, row, query.after, query.limit,
+                                                  stored=stored[0])
         found, cut = None, False
         if first:
-            items, cut = timeline.evidence(relay.engine, relay.blobs, row)
+            items, cut = timeline.evidence(relay.engine, relay.blobs, row, stored=stored)
             found = [_pick(Evidence, {**e, "url": _evidence_url(row["id"], e),
                                       "state_text": timeline.STATES[e["state"]]})
                      for e in items]
