@@ -747,7 +747,10 @@ REVIEW = group("review", "An auditor's review of a session: its timeline, the ev
 event("timeline.viewed", REVIEW, "someone opened a session's timeline (its first page; later "
       "pages of the same view are not recorded again)", SESSION,
       need("events", int, "events on the first page"),
-      need("evidence", int, "pieces of evidence listed"), ADDRESS)
+      need("evidence", int, "pieces of evidence listed"),
+      may("flagged", list, "the ids of the pieces shown as missing: in the trail with no "
+          "record or content on the relay, or on the relay with no event of the trail "
+          "(at most 50)"), ADDRESS)
 event("evidence.viewed", REVIEW, "a piece of a session's evidence other than a recording "
       "(a fix run's output, a diagnostics report) was served, checked against the trail: "
       "from the timeline (`GET /api/v1/sessions/{id}/evidence/{id}`), "

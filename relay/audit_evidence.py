@@ -22,6 +22,15 @@ STORED = {"recording.stored": ("recording", "recording"),
 KIND_ACTION = {kind: action for action, (kind, _) in STORED.items()}
 #: The event retention writes when it deleted evidence's content (relay/retention.py).
 DELETED = "retention.deleted"
+#: The target prefix of the events about one piece of evidence (a playback's
+#: ``recording:<id>``, retention's ``report:<id>`` / ``fix_run:<id>``), by kind.
+TARGET_PREFIX = {"recording": "recording", "fix_output": "fix_run",
+                 "diagnostics_report": "report"}
+
+
+def target(kind: str, ident: str) -> str:
+    """The target of the events about evidence ``(kind, ident)`` (see :data:`TARGET_PREFIX`)."""
+    return f"{TARGET_PREFIX[kind]}:{ident}"
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
 
-from backline.relay import term_index
+from backline.relay import audit_evidence, term_index
 from backline.relay.blobs import BlobStore
 from backline.relay.db import writing
 from backline.relay.schema import (
@@ -97,9 +97,7 @@ class Item:
 
     @property
     def target(self) -> str:
-        prefix = {"recording": "recording", "diagnostics_report": "report",
-                  "fix_output": "fix_run"}[self.kind]
-        return f"{prefix}:{self.id}"
+        return audit_evidence.target(self.kind, self.id)
 
 
 @dataclass

@@ -87,9 +87,21 @@ class Evidence(Reply):
     trail_seq: int | None
     trail_action: str | None
     row_matches_trail: bool
+    #: what the timeline says of it (relay/timeline.py ``STATES``): ``stored``;
+    #: ``deleted`` (by retention, in the trail); or missing without the trail saying why:
+    #: ``no_record`` (in the trail, no record on the relay), ``no_blob``,
+    #: ``unaudited_deletion``; ``not_kept``; ``not_in_trail``
+    state: Literal["stored", "deleted", "no_record", "no_blob", "unaudited_deletion",
+                   "not_kept", "not_in_trail"]
+    #: whether the relay still has its record (a row of its table)
+    has_row: bool
+    #: what ``state`` means, in words
+    state_text: str
     url: str
     #: when the retention policy deleted its content (the digest stays): it is not served
     deleted_at: float | None = None
+    #: the ``retention.deleted`` event that recorded the deletion
+    deleted_seq: int | None = None
     duration_s: float | None = None
     technician: str | None = None
     keystrokes: bool | None = None
@@ -106,6 +118,8 @@ class Timeline(Reply):
     events: list[TimelineEvent]
     next_after: int | None
     evidence: list[Evidence] | None
+    #: the evidence list was cut at relay/timeline.py ``MAX_EVIDENCE`` pieces per source
+    evidence_truncated: bool = False
 
 
 def _pick(model: type[Reply], data: dict[str, Any]) -> dict[str, Any]:
@@ -138,19 +152,27 @@ async def get_timeline(request: Request, relay: Relay, who: Principal, *,
     first = query.after == 0
 
     def build() -> dict[str, Any]:
-        events, next_after = timeline.events_page(relay.engine, row, query.after, query.limit)
-        found = None
+        with relay.engine.connect() as conn:  # read once, for the events and the evidence
+            stored = timeline.stored_in_trail(conn, row)
+        events, next_after = timeline.events_page(relay.engine, row, query.after, query.limit,
+                                                  stored=stored[0])
+        found, cut = None, False
         if first:
-            found = [_pick(Evidence, {**e, "url": _evidence_url(row["id"], e)})
-                     for e in timeline.evidence(relay.engine, row)]
+            items, cut = timeline.evidence(relay.engine, relay.blobs, row, stored=stored)
+            found = [_pick(Evidence, {**e, "url": _evidence_url(row["id"], e),
+                                      "state_text": timeline.STATES[e["state"]]})
+                     for e in items]
         return {"session": _session_fields(row) if first else None, "events": events,
-                "next_after": next_after, "evidence": found}
+                "next_after": next_after, "evidence": found, "evidence_truncated": cut}
 
     body = await asyncio.to_thread(build)
     if first:
+        shown = body["evidence"] or []
+        # What was shown as missing is part of the record of what the auditor saw.
+        missing = sorted(e["id"] for e in shown if e["state"] in timeline.FLAGGED)
         relay.record(who.actor, "timeline.viewed", f"session:{row['id']}",
-                     events=len(body["events"]), evidence=len(body["evidence"] or []),
-                     address=who.address)
+                     events=len(body["events"]), evidence=len(shown),
+                     **({"flagged": missing[:50]} if missing else {}), address=who.address)
     return reply(Timeline, body)
 
 

@@ -7,6 +7,32 @@
 import * as AsciinemaPlayer from "asciinema-player";
 import { fetchChecked, recordingUrl, SPEEDS } from "./index.js";
 
+// Pauses longer than this are shortened to it in the replay.
+const IDLE_LIMIT_S = 2;
+
+// The player's time of second `at` of an asciicast: asciinema-player shortens every
+// pause longer than its idle limit to the limit (its timeLimiter: each event's delay
+// past the limit is taken off every later event), so a moment of the recording (a
+// search hit's second, from the index) is earlier on the player's clock. Its `startAt`
+// is converted the same way inside the player; a poster's time is not.
+export function playerSecond(text, at, limit = IDLE_LIMIT_S) {
+  let previous = 0;
+  let cut = 0;
+  for (const line of text.split("\n").slice(1)) {
+    let t;
+    try {
+      t = JSON.parse(line)[0];
+    } catch {
+      continue; // a blank or damaged line: the player skips it too
+    }
+    if (typeof t !== "number") continue;
+    if (t >= at) break;
+    if (t - previous > limit) cut += t - previous - limit;
+    previous = t;
+  }
+  return Math.max(0, at - cut);
+}
+
 export class TerminalReplay {
   // options: { expected: the SHA-256 to check against (default: the list's),
   //            startAt: the second to open at (a search hit) }
@@ -44,12 +70,17 @@ export class TerminalReplay {
     this.onChange();
   }
 
+  // Opened paused at a second (a search hit), the player shows the screen at that second
+  // (its poster) and plays on from there. Without the poster it showed the screen at 0:00
+  // (or nothing, "--:--", without `preload`) until "play": its `startAt` only applies
+  // when playback starts. The poster's time is on the player's clock (see playerSecond).
   mount(startAt, autoPlay) {
     this.player?.dispose();
     this.host.textContent = "";
+    const poster = !autoPlay && startAt > 0 ? `npt:${playerSecond(this.text, startAt)}` : undefined;
     this.player = AsciinemaPlayer.create({ data: this.text }, this.host, {
-      autoPlay, startAt, speed: this.speed, fit: "width", idleTimeLimit: 2,
-      controls: true, terminalFontSize: "small",
+      autoPlay, preload: true, startAt, poster, speed: this.speed, fit: "width",
+      idleTimeLimit: IDLE_LIMIT_S, controls: true, terminalFontSize: "small",
     });
   }
 

@@ -16,8 +16,9 @@ const KINDS = {
   },
 };
 
-// What the page's own check of a fetched recording found, shown next to the player.
-export function checkBadge(replay, expected) {
+// What the page's own check of a fetched recording found, shown next to the player
+// (`what`: what it is, for the timeline's fix outputs and diagnostics reports).
+export function checkBadge(replay, expected, what = "recording") {
   if (!replay || !replay.check || replay.check === "unchecked") return nothing;
   if (replay.check === "verified") {
     return html`<p class="digest verified" data-check="verified" role="status">✔ SHA-256 verified:
@@ -25,7 +26,7 @@ export function checkBadge(replay, expected) {
   }
   if (replay.check === "mismatch") {
     return html`<p class="digest mismatch" data-check="mismatch" role="alert">✖ DIGEST MISMATCH:
-      this recording is not what the audit trail recorded${expected ? html` (<code>${expected}</code>)` : nothing}.
+      this ${what} is not what the audit trail recorded${expected ? html` (<code>${expected}</code>)` : nothing}.
       ${replay.error}</p>`;
   }
   return nothing;

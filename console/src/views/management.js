@@ -58,16 +58,18 @@ async function loadGroups() {
   appRef?.refresh();
 }
 
-async function drill(metric, key = "") {
+async function drill(metric, key = "", label = "") {
   s.event = null;
   try {
     s.drill = await get(`/management-reports/members${query({ ...params(), metric, key })}`);
-    s.drill.label = LABELS[metric] || `${metric} ${key}`;
+    s.drill.label = label || LABELS[metric] || `${metric} ${key}`;
     s.drillError = "";
   } catch (err) {
     s.drillError = err.message;
   }
   appRef?.refresh();
+  // A bar at the top of the page opens a list at its foot: bring it into view.
+  requestAnimationFrame(() => document.getElementById("drill")?.scrollIntoView({ block: "nearest" }));
 }
 
 async function showEvent(seq) {
@@ -100,6 +102,46 @@ function number(name, m, key = "") {
     title="What makes up this number" @click=${() => drill(name, key)}>${shown(name, m)}</button>`;
 }
 
+// The trend and the findings are numbers too: each bar is a control that lists what
+// it is made of (like every number here), by mouse or keyboard (Tab, then Enter or
+// Space). A bar is an SVG <g role="button" tabindex="0"> over a transparent hit area
+// the height of the chart, so that a bar of 0 can be reached and opened as well.
+// Every attribute is an SVG presentation attribute or a class: no style attribute.
+const bucketKey = (t) => String(Math.trunc(t.start)); // the API's key: int(start)
+const bucketDay = (t) => new Date(t.start * 1000).toISOString().slice(0, 10);
+const bucketName = (t) => `${s.report.bucket === "day" ? "day" : "week of"} ${bucketDay(t)}`;
+const TREND = ["incidents_opened", "incidents_resolved", "mttr_mean_s", "fixes_run", "fixes_succeeded"];
+
+function activate(open) {
+  return (e) => {
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      open();
+    }
+  };
+}
+
+function drillTrend(t, name) {
+  return () => drill(`trend.${name}`, bucketKey(t), `${LABELS[name] || name}, ${bucketName(t)}`);
+}
+
+function drillFinding(f) {
+  return () => drill("finding", f.finding, `Incidents with the finding ${f.finding}`);
+}
+
+// One bar of the trend: the hit area (x, the chart's height), the bar, its name.
+function trendBar(t, name, x, w, geo) {
+  const v = t[name].value;
+  const said = `${LABELS[name] || name}, ${bucketName(t)}: ${v}`;
+  const open = drillTrend(t, name);
+  return svg`<g class="bar-link" role="button" tabindex="0" aria-label=${said}
+      data-metric="trend.${name}" data-key=${bucketKey(t)} @click=${open} @keydown=${activate(open)}>
+    <rect class="hit" x=${x} y=${geo.pad} width=${w} height=${geo.H - geo.pad * 2}></rect>
+    <rect class="bar ${name === "incidents_opened" ? "opened" : "resolved"}" x=${x} y=${geo.y(v)}
+      width=${w} height=${geo.H - geo.pad - geo.y(v)}></rect>
+    <title>${said}</title></g>`;
+}
+
 // A bar chart of the trend: incidents opened and resolved per bucket.
 function trendChart(trend) {
   if (!trend.length) return nothing;
@@ -108,17 +150,15 @@ function trendChart(trend) {
   const pad = 24;
   const max = Math.max(1, ...trend.map((t) => Math.max(t.incidents_opened.value, t.incidents_resolved.value)));
   const bw = (W - pad * 2) / trend.length;
-  const y = (v) => H - pad - ((H - pad * 2) * v) / max;
-  const label = (t) => new Date(t.start * 1000).toISOString().slice(5, 10);
-  return html`<figure class="chart"><figcaption>Incidents opened and resolved per ${s.report.bucket}</figcaption>
-    <svg viewBox="0 0 ${W} ${H}" role="img" aria-label="Incidents opened and resolved per ${s.report.bucket}">
+  const geo = { H, pad, y: (v) => H - pad - ((H - pad * 2) * v) / max };
+  const w = Math.max(1, bw / 2 - 3);
+  const label = (t) => bucketDay(t).slice(5);
+  return html`<figure class="chart" id="trend-chart"><figcaption>Incidents opened and resolved per ${s.report.bucket}
+      <small class="muted no-print">(each bar lists its incidents)</small></figcaption>
+    <svg viewBox="0 0 ${W} ${H}" role="group" aria-label="Incidents opened and resolved per ${s.report.bucket}">
       ${trend.map((t, i) => svg`
-        <rect class="bar opened" x=${pad + i * bw + 2} y=${y(t.incidents_opened.value)}
-          width=${Math.max(1, bw / 2 - 3)} height=${H - pad - y(t.incidents_opened.value)}>
-          <title>${label(t)}: ${t.incidents_opened.value} opened</title></rect>
-        <rect class="bar resolved" x=${pad + i * bw + bw / 2} y=${y(t.incidents_resolved.value)}
-          width=${Math.max(1, bw / 2 - 3)} height=${H - pad - y(t.incidents_resolved.value)}>
-          <title>${label(t)}: ${t.incidents_resolved.value} resolved</title></rect>
+        ${trendBar(t, "incidents_opened", pad + i * bw + 2, w, geo)}
+        ${trendBar(t, "incidents_resolved", pad + i * bw + bw / 2, w, geo)}
         ${trend.length <= 16 ? svg`<text class="axis" x=${pad + i * bw + bw / 2} y=${H - 6}>${label(t)}</text>` : nothing}`)}
       <text class="axis" x="2" y=${pad}>${max}</text>
       <line class="base" x1=${pad} x2=${W - pad} y1=${H - pad} y2=${H - pad}></line>
@@ -127,19 +167,39 @@ function trendChart(trend) {
   </figure>`;
 }
 
+// The trend's numbers, each a button: what the bars show, and what they cannot (the
+// mean time to resolve, the fixes run and succeeded, per bucket).
+function trendTable(trend) {
+  if (!trend.length) return nothing;
+  const per = s.report.bucket === "day" ? "Day" : "Week of";
+  return html`<table id="trend" class="trend"><caption>Per ${s.report.bucket}: incidents, time to resolve, fixes</caption>
+    <thead><tr><th scope="col">${per}</th>${TREND.map((n) => html`<th scope="col">${LABELS[n] || n}</th>`)}</tr></thead>
+    <tbody>${trend.map((t) => html`<tr data-key=${bucketKey(t)}><th scope="row">${bucketDay(t)}</th>
+      ${TREND.map((n) => html`<td><button type="button" class="link number" data-metric="trend.${n}" data-key=${bucketKey(t)}
+        title="What makes up this number" @click=${drillTrend(t, n)}>${shown(n, t[n])}</button></td>`)}</tr>`)}</tbody>
+  </table>`;
+}
+
 function findingsChart(findings) {
   if (!findings.length) return html`<p class="muted">No critical finding opened an incident in this period.</p>`;
   const W = 640;
   const row = 22;
   const H = row * findings.length + 4;
   const max = Math.max(1, ...findings.map((f) => f.value));
-  return html`<figure class="chart"><figcaption>Incidents by finding</figcaption>
-    <svg viewBox="0 0 ${W} ${H}" role="img" aria-label="Incidents by finding">
-      ${findings.map((f, i) => svg`
-        <text class="axis" x="0" y=${i * row + 15}>${f.finding}</text>
-        <rect class="bar opened" x="220" y=${i * row + 3} width=${Math.max(1, ((W - 260) * f.value) / max)} height=${row - 6}>
-          <title>${f.finding}: ${f.value}</title></rect>
-        <text class="axis" x=${226 + ((W - 260) * f.value) / max} y=${i * row + 15}>${f.value}</text>`)}
+  return html`<figure class="chart" id="findings-chart"><figcaption>Incidents by finding
+      <small class="muted no-print">(each bar lists its incidents)</small></figcaption>
+    <svg viewBox="0 0 ${W} ${H}" role="group" aria-label="Incidents by finding">
+      ${findings.map((f, i) => {
+        const open = drillFinding(f);
+        const said = `${f.finding}: ${f.value} incident${f.value === 1 ? "" : "s"}`;
+        return svg`<g class="bar-link" role="button" tabindex="0" aria-label=${said}
+            data-metric="finding" data-key=${f.finding} @click=${open} @keydown=${activate(open)}>
+          <rect class="hit" x="0" y=${i * row} width=${W} height=${row}></rect>
+          <text class="axis" x="0" y=${i * row + 15}>${f.finding}</text>
+          <rect class="bar opened" x="220" y=${i * row + 3} width=${Math.max(1, ((W - 260) * f.value) / max)} height=${row - 6}></rect>
+          <text class="axis" x=${226 + ((W - 260) * f.value) / max} y=${i * row + 15}>${f.value}</text>
+          <title>${said}</title></g>`;
+      })}
     </svg></figure>`;
 }
 
@@ -156,7 +216,7 @@ function drillView() {
   const d = s.drill;
   if (!d) return nothing;
   return html`<section class="drill" aria-labelledby="drill-title" id="drill">
-    <h2 id="drill-title">${d.label}: ${d.value ?? "—"}</h2>
+    <h2 id="drill-title">${d.label}: ${shown(d.metric.replace(/^trend\./, ""), d)}</h2>
     ${d.incidents.length ? html`<table><caption>Incidents</caption>
       <thead><tr><th scope="col">Incident</th><th scope="col">Group</th><th scope="col">Opened</th>
         <th scope="col">Resolved</th><th scope="col">Sessions</th></tr></thead>
@@ -195,6 +255,7 @@ export function managementView(app) {
       <dl class="metrics" id="metrics">${Object.entries(r.metrics).map(([name, m]) => html`
         <div><dt>${LABELS[name] || name}</dt><dd>${number(name, m)}</dd></div>`)}</dl>
       ${trendChart(r.trend)}
+      ${trendTable(r.trend)}
       ${findingsChart(r.top_findings)}
       <h2>Sessions per technician</h2>
       ${r.technicians.length ? html`<table id="technicians"><thead><tr><th scope="col">Technician</th><th scope="col">Sessions</th></tr></thead>

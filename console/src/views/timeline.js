@@ -44,6 +44,7 @@ async function loadFirst(id) {
     s.events = r.events;
     s.next = r.next_after;
     s.evidence = r.evidence || [];
+    s.evidenceCut = Boolean(r.evidence_truncated);
     s.error = "";
     requestAnimationFrame(() => requestAnimationFrame(() => {
       if (s.id !== id) return;
@@ -114,7 +115,7 @@ function shownView(item) {
   const v = s.shown[item.id];
   if (!v) return nothing;
   if (v.state === "loading") return html`<p class="muted">Loading…</p>`;
-  const badge = checkBadge(v, item.trail_sha256);
+  const badge = checkBadge(v, item.trail_sha256, item.kind === "fix_output" ? "fix output" : "diagnostics report");
   if (v.state === "failed") {
     return html`${badge}${v.check !== "mismatch" ? html`<p class="error" role="alert">${v.error}</p>` : nothing}`;
   }
@@ -137,19 +138,49 @@ function trailDigest(item) {
       : html`<span class="digest mismatch" role="alert">✖ the relay's table says ${item.sha256.slice(0, 16)}…</span>`}`;
 }
 
+// Evidence the trail recorded that the relay no longer has, without the trail saying
+// why (a retention deletion is audited and shown as such): each is shown loudly.
+const LOUD = new Set(["no_record", "no_blob", "unaudited_deletion"]);
+const LOUD_TEXT = {
+  no_record: "MISSING: in the trail, no record on the relay",
+  no_blob: "MISSING: its content is not in the relay's store, and the trail records no deletion",
+  unaudited_deletion: "MISSING: marked deleted on the relay, but the trail records no deletion",
+};
+
+function stateView(e) {
+  const where = e.trail_seq ? html` <span class="muted">(stored: event #${e.trail_seq})</span>` : nothing;
+  if (LOUD.has(e.state)) {
+    return html`<span class="digest mismatch" role="alert" data-flag=${e.state}>✖ ${LOUD_TEXT[e.state]}</span>${where}`;
+  }
+  if (e.state === "deleted") {
+    return html`<span class="muted deleted">deleted by the retention policy${e.deleted_at ? ` on ${when(e.deleted_at)}` : ""}
+      ${e.deleted_seq ? `(event #${e.deleted_seq}; its digest stays in the trail)` : "(its digest stays in the trail)"}</span>
+      ${e.has_row ? nothing : html`<span class="digest mismatch" role="alert" data-flag="no_record">✖ and its record is missing from the relay</span>`}`;
+  }
+  if (e.state === "not_kept") {
+    return html`<span class="muted" data-flag="not_kept">not kept: the relay could not store it (event #${e.trail_seq} says so)</span>`;
+  }
+  if (e.deleted_at) return html`<span class="muted deleted">deleted on ${when(e.deleted_at)}</span>`;
+  if (e.bytes > PLAY_LIMIT_BYTES) return html`<span class="muted">too large to show here</span>`;
+  return html`<button type="button" @click=${() => show(e)}>${e.kind === "terminal" || e.kind === "cobrowse" ? "Replay" : "Show"}</button>`;
+}
+
 function evidenceView() {
   if (!s.evidence.length) return html`<p class="muted" id="no-evidence">No recordings, fix outputs or reports in this session.</p>`;
-  return html`<table class="evidence" aria-label="Evidence"><thead><tr><th scope="col">When</th>
+  const flagged = s.evidence.filter((e) => LOUD.has(e.state)).length;
+  return html`${flagged ? html`<p class="error" role="alert" id="evidence-missing">${flagged} piece${flagged === 1 ? "" : "s"} of
+      evidence the audit trail recorded ${flagged === 1 ? "is" : "are"} missing on the relay, and the trail records no deletion.</p>` : nothing}
+    ${s.evidenceCut ? html`<p class="muted">Only the first pieces of evidence are listed.</p>` : nothing}
+    <table class="evidence" aria-label="Evidence"><thead><tr><th scope="col">When</th>
       <th scope="col">What</th><th scope="col">Size</th><th scope="col">SHA-256 in the trail</th><th scope="col"></th></tr></thead>
-    <tbody>${s.evidence.map((e) => html`<tr data-evidence=${e.id} data-kind=${e.kind}>
+    <tbody>${s.evidence.map((e) => html`<tr data-evidence=${e.id} data-kind=${e.kind} data-state=${e.state}
+        class=${LOUD.has(e.state) ? "missing" : ""}>
       <td>${when(e.at)}</td>
       <td>${KIND_TEXT[e.kind]} <code>${e.id}</code>${e.fix ? html` — ${e.fix} <code class="digest" title=${e.digest}>${String(e.digest || "").slice(0, 19)}</code>` : nothing}
         ${e.findings !== null && e.findings !== undefined ? html` — ${e.findings} finding${e.findings === 1 ? "" : "s"} (worst ${e.worst})` : nothing}
         ${Number.isFinite(e.duration_s) ? html` — ${e.duration_s.toFixed(1)} s` : nothing}</td>
       <td>${fmtBytes(e.bytes)}</td><td>${trailDigest(e)}</td>
-      <td>${e.deleted_at ? html`<span class="muted deleted">deleted by the retention policy on ${when(e.deleted_at)} (its digest stays in the trail)</span>`
-        : e.bytes > PLAY_LIMIT_BYTES ? html`<span class="muted">too large to show here</span>`
-        : html`<button type="button" @click=${() => show(e)}>${e.kind === "terminal" || e.kind === "cobrowse" ? "Replay" : "Show"}</button>`}</td>
+      <td>${stateView(e)}</td>
     </tr>${s.shown[e.id] ? html`<tr class="shown"><td colspan="5" data-shown=${e.id}>${shownView(e)}</td></tr>` : nothing}`)}</tbody></table>
     <div id="timeline-terminal">${terminalReplayView(s.terminal, { id: "timeline-replay", expected: s.terminal.replay?.expected })}</div>
     <div id="timeline-cobrowse">${cobrowseReplayView(s.cobrowse, { id: "timeline-cobrowse-replay", expected: s.cobrowse.replay?.expected })}</div>`;
