@@ -805,14 +805,33 @@ event("report.exported", REPORTS, "a management report was downloaded as CSV", "
       need("group", str, "the group it covers (empty: all)"),
       need("since", NUMBER, "its period's start (Unix time)"),
       need("until", NUMBER, "its period's end (Unix time)"), ADDRESS)
-event("report.delivered", REPORTS, "a scheduled management report was delivered",
+event("report.delivered", REPORTS, "a scheduled management report was delivered (by the "
+      "schedule, or `backline-relay report send`)",
       "the webhook URL or `mailto:` the recipients",
       need("via", str, "`webhook` or `smtp`"), need("group", str, "the group (empty: all)"),
       need("since", NUMBER, "its period's start"), need("until", NUMBER, "its period's end"),
-      may("recipients", int, "how many e-mail recipients"))
+      may("recipients", int, "how many e-mail recipients"),
+      may("attempt", int, "the schedule's attempt that delivered it (1: the first); "
+                          "absent from `report send`"),
+      may("late_s", NUMBER, "seconds after its due time (a period caught up after the "
+                            "relay was down, or retried, is late); absent from `report "
+                            "send`"))
 event("report.delivery.failed", REPORTS, "a scheduled management report could not be "
       "delivered", "the webhook URL or `mailto:` the recipients",
-      need("via", str, "`webhook` or `smtp`"), DETAIL)
+      need("via", str, "`webhook` or `smtp`"), DETAIL,
+      may("group", str, "the group (empty: all); absent from `report send`"),
+      may("since", NUMBER, "its period's start; absent from `report send`"),
+      may("until", NUMBER, "its period's end; absent from `report send`"),
+      may("attempt", int, "the schedule's attempt (1: the first)"),
+      may("retry_in_s", NUMBER, "when the schedule tries this period again (doubling "
+                                "from `report_retry_s`, at most an hour)"))
+event("report.delivery.skipped", REPORTS, "periods owed to a way were not caught up: more "
+      "than seven were missed (the relay was down, or deliveries failed, for that long); "
+      "the newest seven are delivered", "the webhook URL or `mailto:` the recipients",
+      need("via", str, "`webhook` or `smtp`"), need("group", str, "the group (empty: all)"),
+      need("count", int, "how many periods were skipped"),
+      need("since", NUMBER, "the first skipped period's start"),
+      need("until", NUMBER, "the last skipped period's end"))
 
 
 # --- checking -----------------------------------------------------------------------
