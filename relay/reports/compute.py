@@ -28,6 +28,10 @@ ACTIONS = (
     "session.end", "session.open.failed",
     "fix.run.ended", "fix.run.failed", "fix.self_service.ended",
 )
+#: Actions whose details the report does not read (their time and target are enough):
+#: not fetched, not parsed (a session's end is one row a session; parsing them was a
+#: fifth of the report's time at 10,000 sessions).
+NO_DETAILS = frozenset({"session.end", "session.open.failed"})
 DAY = 86400.0
 MAX_BUCKETS = 402  # 400 days, unaligned, in daily buckets: 401
 WEEK = 7 * DAY
@@ -115,9 +119,9 @@ def load(conn: sa.Connection, until: float) -> list[Any]:
     parts: list[list[Any]] = []
     try:
         for action in ACTIONS:
+            details = (sa.null() if action in NO_DETAILS else audit_events.c.details)
             q = (sa.select(audit_events.c.seq, audit_events.c.time, audit_events.c.actor,
-                           audit_events.c.action, audit_events.c.target,
-                           audit_events.c.details)
+                           audit_events.c.action, audit_events.c.target, details)
                  .where(audit_events.c.action == action, audit_events.c.time < until)
                  .order_by(audit_events.c.seq))
             compiled = q.compile(dialect=conn.dialect)
@@ -143,7 +147,7 @@ class Trail:
         self.episodes: list[Incident] = []
         self._open: dict[str, Incident] = {}
         for seq, at, actor, action, target, raw in rows:
-            d = json.loads(raw)
+            d = None if raw is None else json.loads(raw)
             getattr(self, "_" + action.replace(".", "_"))(seq, at, actor, target, d)
 
     # --- one handler per action --------------------------------------------------------
