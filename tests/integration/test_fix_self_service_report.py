@@ -5,7 +5,9 @@ customer's ``backline-agent fix run`` beside it.
 Offline: the agent is stopped, the customer runs the fix, the report waits in the
 agent's outbox; when the agent runs again it is recorded once (``fix.self_service.ended``)
 and forgotten; the same report put back (as if the agent had died before forgetting it)
-is answered ``duplicate`` and writes nothing. Online: a run is recorded at once.
+is answered ``duplicate`` and writes nothing. Online: a run is recorded at once. An
+alert that cleared while the agent was offline is ``agent.health.cleared`` when it
+reconnects (the relay compares with the health it stored).
 
 Hostile, as an enrolled agent speaking for itself on its own control socket: a forged
 digest or a fix the relay never had is refused ``unknown_version``; a malformed or
@@ -35,6 +37,7 @@ from tests.harness import AgentProcess, Api, RelayProcess, admin_api, audit_acti
 from tests.integration.test_fix_relay import manifest_toml
 from tests.integration.test_fix_relay_e2e import approve
 from tests.integration.test_hostile_refusals import aggregated, sign_in, ws
+from tests.integration.test_management_reports import CRITICAL, WARNING
 from tests.integration.test_sessions import make_user, open_session, start_agent
 
 WINDOW_S = 6
@@ -155,6 +158,25 @@ def test_an_offline_run_is_recorded_once_when_the_agent_runs_again(world: World)
     assert time.monotonic() - started < 10
     assert len({e["details"]["run"] for e in trail(world, "fix.self_service.ended")}) == len(
         trail(world, "fix.self_service.ended"))
+
+
+def test_an_alert_that_cleared_while_the_agent_was_offline_is_cleared_at_reconnect(
+        world: World) -> None:
+    """The relay compares an agent's first health report after it reconnects with the
+    one it stored: compared with nothing, the clear was never audited and the alert's
+    incident stayed open in the trail (and in the reports) for good."""
+    agent = world.agent
+    target = f"agent:{agent.agent_id}"
+    (agent.state_dir / "agent.toml").write_text(CRITICAL)
+    wait_for(lambda: trail(world, "agent.health.alert", target), 30, "the alert")
+    agent.stop()
+    cleared = len(trail(world, "agent.health.cleared", target))
+    (agent.state_dir / "agent.toml").write_text(WARNING)  # the customer fixed it, offline
+    agent.start()
+    wait_for(lambda: len(trail(world, "agent.health.cleared", target)) > cleared, 30,
+             "the clear, at reconnect")
+    assert len(trail(world, "agent.health.alert", target)) == 1
+    (agent.state_dir / "agent.toml").unlink()
 
 
 # --- hostile: an agent speaking for itself -----------------------------------------------
