@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from backline.agent import keychild, pinsync
 from backline.agent.diagnostics.health import health_loop
 from backline.agent.facts import heartbeat_stats
+from backline.agent.fix_reports import FixReporter
 from backline.agent.link import RelayUnreachable, open_trusted
 from backline.agent.localcontrol import LocalControl
 from backline.agent.sessions import SessionRunner
@@ -66,6 +67,10 @@ class RelayQuirks:
     #: The relay refused a handshake that bound its key's pin: one from before SPKI
     #: pins binds only its certificate's hash, which the agent then binds instead.
     bind_leaf: bool = False
+    #: The relay takes ``fix_report``. One from before it refuses the type (``error``
+    #: ``unknown_type``, then it closes); the agent then keeps its self-service reports
+    #: in the outbox until it is restarted (against an upgraded relay, say).
+    fix_reports: bool = True
 
 
 class AuthRefused(Exception):
@@ -76,11 +81,13 @@ async def session(ws: ClientConnection, enrollment: Enrollment, sign: keychild.S
                   state: StateDir, stop: asyncio.Event,
                   runner: SessionRunner | None = None,
                   quirks: RelayQuirks | None = None, bound: str | None = None,
-                  on_welcome: Callable[[], None] | None = None) -> None:
+                  on_welcome: Callable[[], None] | None = None,
+                  reporter: FixReporter | None = None) -> None:
     """One connected session: handshake, then heartbeats and answers until closed.
     ``bound`` is what the signature binds (:attr:`PeerMatch.bound`); ``on_welcome``
     runs once the relay has accepted the agent. ``sign`` signs the challenge with the
-    agent's key (in a child process: agent/keychild.py)."""
+    agent's key (in a child process: agent/keychild.py). ``reporter`` sends the
+    self-service fix runs kept in the outbox (agent/fix_reports.py)."""
     quirks = quirks if quirks is not None else RelayQuirks()
     bound = bound or (enrollment.pins or [enrollment.fingerprint])[0]
     challenge = await asyncio.wait_for(ws.recv(), 15)
@@ -116,6 +123,8 @@ async def session(ws: ClientConnection, enrollment: Enrollment, sign: keychild.S
     beat = asyncio.create_task(heartbeats())
     health = asyncio.create_task(health_loop(ws.send, state.root, welcome["relay_time"]))
     stopping = asyncio.create_task(stop.wait())
+    reporting = (asyncio.create_task(reporter.run(ws.send))
+                 if reporter is not None and quirks.fix_reports else None)
     try:
         while True:
             receiving = asyncio.ensure_future(ws.recv())
@@ -137,6 +146,15 @@ async def session(ws: ClientConnection, enrollment: Enrollment, sign: keychild.S
                 runner.dial(msg, ws.send)
             elif kind == "session_end" and runner is not None:
                 runner.end(msg["session_id"], msg["reason"])
+            elif kind == "fix_report_ack" and reporter is not None:
+                reporter.acked(msg)
+            elif (kind == "error" and reporter is not None and reporter.in_flight
+                  and msg["code"] == "unknown_type" and quirks.fix_reports):
+                quirks.fix_reports = False
+                log.warning("the relay is older than this agent and does not take "
+                            "self-service fix reports: they stay in %s until the agent "
+                            "is restarted against an upgraded relay", reporter.root /
+                            "fix-reports")
             elif kind == "fix_revocations":
                 _fix_revocations(state, runner.enrollment if runner else enrollment, msg,
                                  runner)
@@ -151,6 +169,8 @@ async def session(ws: ClientConnection, enrollment: Enrollment, sign: keychild.S
         beat.cancel()
         health.cancel()
         stopping.cancel()
+        if reporting is not None:
+            reporting.cancel()
 
 
 def _fix_revocations(state: StateDir, enrollment: Enrollment, msg: dict[str, object],
@@ -213,7 +233,8 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
             await revocations.retry_pending_in_child(state.root, tuple(enrollment.fix_keys),
                                                      runner.log)
 
-    local = LocalControl(state.root, runner, runner.log)  # `sessions`, `end ID`
+    reporter = FixReporter(state.root, runner.log)  # self-service fix runs, to the relay
+    local = LocalControl(state.root, runner, runner.log, reporter.poke)  # `end ID`...
     await local.start()
     end_signal = getattr(signal, "SIGUSR1", None)  # `end-sessions` without the socket
     if end_signal is not None:
@@ -241,7 +262,7 @@ async def run(state: StateDir, stop: asyncio.Event, backoff: Backoff = Backoff()
                         syncing = asyncio.create_task(sync_pins())
 
                 await session(ws, enrollment, sign, state, stop, runner, quirks, bound,
-                              welcomed)
+                              welcomed, reporter)
         except keychild.KeyUnusable as exc:  # gone since the start: stop, as at the start
             log.error("%s", exc)
             unusable = exc

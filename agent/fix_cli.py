@@ -13,6 +13,11 @@ script passed); ``EXIT_FIX_FAILED`` it ran and did not; ``EXIT_REFUSED`` a check
 refused it (revoked, unsigned...); ``EXIT_DECLINED`` the customer said no;
 ``EXIT_USAGE`` no such cached fix or bad arguments.
 
+Each run that ended is kept for the relay (agent/fix_reports.py: the running agent
+reports it on its control socket, now or when it next connects) and said in the
+activity log with the same ``run_id``; refusals and runs that never started are not
+reported, nor a run whose command was killed before the script ended.
+
 ``diagnose`` uses :func:`suggestions` to offer the cached fixes for what it found.
 """
 
@@ -24,6 +29,7 @@ import base64
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +37,7 @@ from backline.agent.exit_codes import EXIT_DECLINED, EXIT_FIX_FAILED, EXIT_REFUS
 from backline.agent.state import StateDir
 
 if TYPE_CHECKING:
+    from backline.agent.activity import ActivityLog
     from backline.agent.fixes.cache import Cached
     from backline.agent.fixes.checks import Checked
     from backline.agent.fixes.executor import RunResult
@@ -140,6 +147,7 @@ def _run(state: StateDir, policy: Policy, args: argparse.Namespace) -> int:
     """``fix run``: the same checks as a run from the relay (signatures before any
     author pattern is applied to a parameter), consent, the revocation list read again
     just before it starts, then the executor with its output on this terminal."""
+    from backline.agent import fix_reports
     from backline.agent.activity import ACTIVITY_NAME, ActivityLog
     from backline.agent.fixes import cache, checks
     from backline.agent.fixes.executor import FixRunError
@@ -181,23 +189,53 @@ def _run(state: StateDir, policy: Policy, args: argparse.Namespace) -> int:
     except checks.Refusal as exc:
         log.record("fix.refused", **record, reason=exc.reason, detail=exc.detail[:300])
         return _err(EXIT_REFUSED, f"refused ({exc.reason}): {exc.detail}")
-    log.record("fix.started", **record, params=sorted(checked.env))
+    run_id = fix_reports.new_run_id()
+    log.record("fix.started", **record, run_id=run_id, params=sorted(checked.env))
+    started_at = time.time()
     try:
         result = asyncio.run(_execute(m, checked.env))
     except FixRunError as exc:
-        log.record("fix.refused", **record, reason=exc.reason, detail=str(exc)[:300])
+        log.record("fix.refused", **record, run_id=run_id, reason=exc.reason,
+                   detail=str(exc)[:300])
         return _err(EXIT_REFUSED, f"refused ({exc.reason}): {exc}")
-    log.record("fix.ended", **record, exit_status=result.exit_status, signal=result.signal,
-               timed_out=result.timed_out, output_sha256=result.output_sha256,
-               kept_bytes=result.kept_bytes, output_bytes=result.output_bytes,
+    ended_at = max(time.time(), started_at)
+    _report(state, log, record, run_id, result, started_at, ended_at)
+    log.record("fix.ended", **record, run_id=run_id, exit_status=result.exit_status,
+               signal=result.signal, timed_out=result.timed_out,
+               output_sha256=result.output_sha256, kept_bytes=result.kept_bytes,
+               output_bytes=result.output_bytes,
                verify_passed=None if result.verify is None else result.verify.passed,
                duration_ms=result.duration_ms)
+    fix_reports.poke(state.root)  # the running agent sends it now; if none, when it runs
     if result.timed_out:
         print(f"backline-agent fix: timed out after {m.timeout_s} s", file=sys.stderr)
     if result.verify is not None:
         print(f"backline-agent fix: verify {'passed' if result.verify.passed else 'FAILED'}",
               file=sys.stderr)
     return 0 if result.succeeded else EXIT_FIX_FAILED
+
+
+def _report(state: StateDir, log: ActivityLog, record: dict[str, object], run_id: str,
+            result: RunResult, started_at: float, ended_at: float) -> None:
+    """Keep the run for the relay (agent/fix_reports.py), durably, before the command
+    says how it went: the agent sends it when it is connected. A run that cannot be kept
+    (a full disk) is said on the terminal and in the activity log, never hidden."""
+    from backline.agent import fix_reports
+    from backline.common.protocol import ProtocolError
+
+    report = {"run_id": run_id, "fix": record["fix"], "version": record["version"],
+              "digest": record["digest"], "exit_status": result.exit_status,
+              "signal": result.signal, "timed_out": result.timed_out,
+              "verify": ("none" if result.verify is None
+                         else "passed" if result.verify.passed else "failed"),
+              "output_sha256": result.output_sha256,
+              "started_at": round(started_at, 3), "ended_at": round(ended_at, 3)}
+    try:
+        fix_reports.keep(state.root, report)
+    except (OSError, ProtocolError) as exc:
+        log.record("fix.report.unkept", **record, run_id=run_id, detail=str(exc)[:300])
+        print(f"backline-agent fix: this run could not be kept for the relay ({exc}); "
+              "it is in the activity log only", file=sys.stderr)
 
 
 async def _execute(manifest: FixManifest, env: dict[str, str]) -> RunResult:

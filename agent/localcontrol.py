@@ -15,6 +15,7 @@ within :data:`TIMEOUT_S`, answered with one JSON line. Requests::
     {"op": "status"}                -> {"ok": true, "pid": N, "sessions": N, "loaded": [...],
                                         "modules": N}
     {"op": "modules"}               -> {"ok": true, "modules": [every imported module's name]}
+    {"op": "fix_reports"}           -> {"ok": true}  (``fix run`` kept a report: send it now)
 
 ``loaded`` names the capability machinery this process has imported (asyncssh, the
 diagnostics collectors, psutil, the pty module): none while nobody is being helped.
@@ -31,6 +32,7 @@ import os
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -91,10 +93,13 @@ def _peer_allowed(sock: socket.socket | None) -> bool:
 
 
 class LocalControl:
-    def __init__(self, state_root: Path, sessions: Sessions, activity: ActivityLog) -> None:
+    def __init__(self, state_root: Path, sessions: Sessions, activity: ActivityLog,
+                 fix_reports: Callable[[], None] | None = None) -> None:
         self.path = socket_path(state_root)
         self.sessions = sessions
         self.activity = activity
+        #: Wakes the sender of self-service fix reports (agent/fix_reports.py).
+        self.fix_reports = fix_reports
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> bool:
@@ -171,6 +176,10 @@ class LocalControl:
                     "loaded": loaded_machinery(), "modules": len(sys.modules)}
         if op == "modules" and len(request) == 1:  # what `bench.agent_idle` looks at
             return {"ok": True, "modules": sorted(sys.modules)}
+        if op == "fix_reports" and len(request) == 1:
+            if self.fix_reports is not None:
+                self.fix_reports()
+            return {"ok": self.fix_reports is not None}
         if op == "end_all" and len(request) == 1:
             count = len(self.sessions)
             self.sessions.end_all(CUSTOMER_ENDED, "customer")

@@ -11,7 +11,8 @@ time: the report needs a year of events, and a million appends take minutes.
 The mix, spread over 365 days, oldest first: 2,000 agents enrolled in 10 groups;
 10,000 sessions (open, start, two channels, end; 80 % with an outcome; 70 % ticketed,
 about 1.5 sessions a ticket); 5,000 critical health-alert episodes (alert, cleared);
-3,000 fix runs (requested, started, ended; 80 % ok); the rest filler of the actions a
+3,000 fix runs (requested, started, ended; 80 % ok); 2,000 self-service runs reported
+by agents (80 % ok); the rest filler of the actions a
 busy relay writes most (agent connect/disconnect, API token use, sign-ins, refusals).
 
     python -m bench.audit_review_report [--events 1000000] [--sessions 10000]
@@ -96,6 +97,14 @@ def _events(total: int, sessions: int, rng: random.Random) -> list[tuple[str, st
                        {**common, "exit_status": 0 if ok else 1, "output_sha256": "0" * 64,
                         "kept_bytes": 1, "output_bytes": 1, "verify_passed": None,
                         "duration_ms": 5.0, "output_ok": True})])
+    for n in range(2000):  # customers' own runs, as their agents report them
+        a, ok = rng.choice(agents), rng.random() < 0.8
+        story.append([(f"agent:{a}", "fix.self_service.ended", f"agent:{a}",
+                       {"agent": a, "run": f"sr_{n:022d}", "fix": "clean@1",
+                        "digest": "sha256:x", "exit_status": 0 if ok else 1,
+                        "timed_out": False, "verify_passed": None, "ok": ok,
+                        "output_sha256": "0" * 64, "clock_offset_s": 0.0,
+                        "address": "::1"})])  # times: set when written (build)
     # Enrollments first, then the rest shuffled as stories (each story's own order kept).
     enrolls, rest = story[:len(agents)], story[len(agents):]
     rng.shuffle(rest)
@@ -132,6 +141,9 @@ def build(data_dir: Path, events: int = 1_000_000, sessions: int = 10_000,
         for i, (actor, action, target, details) in enumerate(items):
             seq += 1
             at = round(first + i * step, 6)
+            if action == "fix.self_service.ended":  # it ran a minute before its report
+                details = {**details, "started_at": at - 90, "ended_at": at - 60,
+                           "started_at_relay": at - 90, "ended_at_relay": at - 60}
             text = canonical(details)
             prev, digest = digest, event_hash(seq, at, actor, action, target, text, digest)
             batch.append({"seq": seq, "time": at, "actor": actor, "action": action,

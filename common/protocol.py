@@ -52,15 +52,26 @@ _B64_RE = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
 _STD_B64_RE = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")  # standard base64 (fix revocations)
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_CAPABILITIES = 16
+#: A self-service fix run's id, made by ``backline-agent fix run`` (agent/fix_reports.py):
+#: the relay's key for "this run was recorded already" (with the agent's id).
+FIX_REPORT_RUN_RE = re.compile(r"^sr_[A-Za-z0-9_-]{16,32}$")
+_FIX_ID_RE = re.compile(r"^[a-z][a-z0-9-]{1,47}$")  # common/fixes/manifest.py ID_RE
+_FIX_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_SIGNAL_RE = re.compile(r"^[A-Za-z0-9_+-]{1,16}$")
+#: Unix times in a fix report: after 2001-09-09, before 2286 (a clock at 0 is no time).
+_UNIX_TIME = (1e9, 1e10)
 
 
 class ProtocolError(Exception):
-    """A frame that breaks the protocol; ``code`` is stable and machine-readable."""
+    """A frame that breaks the protocol; ``code`` is stable and machine-readable.
+    ``msg_type``: the frame's type when it named a known one (the relay audits a broken
+    ``fix_report`` as a refused report, not only as a protocol error)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, msg_type: str = "") -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.msg_type = msg_type
 
 
 # --- field rules -----------------------------------------------------------------
@@ -161,6 +172,33 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     },
     # agent -> relay: the customer's answer.
     "consent": {"answer": _s(3, pattern=re.compile(r"^(yes|no)$"))},
+    # agent -> relay (issue 14): one self-service fix run (``backline-agent fix run``),
+    # as the agent claims it, from its outbox (agent/fix_reports.py); sent again until
+    # the relay answers ``fix_report_ack`` for its ``run_id``. Times are the agent's
+    # clock; ``sent_at`` lets the relay put them on its own (docs/protocol.md). No
+    # ``exit_status``: killed by ``signal``.
+    "fix_report": {
+        "run_id": _s(36, pattern=FIX_REPORT_RUN_RE),
+        "fix": _s(48, pattern=_FIX_ID_RE),
+        "version": Field(int, bounds=(1, 2**31 - 1)),
+        "digest": _s(71, pattern=_FIX_DIGEST_RE),
+        "exit_status": Field(int, required=False, bounds=(-2**31, 2**32 - 1)),
+        "signal": _s(16, required=False, pattern=_SIGNAL_RE),
+        "timed_out": Field(bool),
+        "verify": _s(6, pattern=re.compile(r"^(passed|failed|none)$")),
+        "output_sha256": _s(64, pattern=_HEX64_RE),
+        "started_at": Field((int, float), bounds=_UNIX_TIME),
+        "ended_at": Field((int, float), bounds=_UNIX_TIME),
+        "sent_at": Field((int, float), bounds=_UNIX_TIME),
+    },
+    # relay -> agent: what became of the ``fix_report`` of ``run_id``: ``recorded``,
+    # ``duplicate`` (recorded before: both mean "forget it"), or ``refused`` with a
+    # ``reason`` (``rate_limited``: send it again later; any other: it never will be).
+    "fix_report_ack": {
+        "run_id": _s(36, pattern=FIX_REPORT_RUN_RE),
+        "status": _s(9, pattern=re.compile(r"^(recorded|duplicate|refused)$")),
+        "reason": _s(32, required=False),
+    },
     # relay -> agent (issue 12): the signed fix revocation list, after ``welcome`` and
     # whenever a revocation is added; only to agents that can take it
     # (:func:`takes_fix_revocations`). ``list_b64``: the list's canonical bytes
@@ -176,9 +214,10 @@ SCHEMAS: dict[str, dict[str, Field]] = {
 }
 
 RELAY_TO_AGENT = frozenset({"challenge", "welcome", "hb_ack", "ping", "error", "enrolled",
-                            "dial", "session_end", "join_offer", "fix_revocations"})
+                            "dial", "session_end", "join_offer", "fix_revocations",
+                            "fix_report_ack"})
 AGENT_TO_RELAY = frozenset({"auth", "hb", "pong", "health", "enroll", "dial_failed",
-                            "session_ended", "tunnel", "join", "consent"})
+                            "session_ended", "tunnel", "join", "consent", "fix_report"})
 
 MAX_STATS_KEYS = 32
 MAX_ALERTS = 32
@@ -214,17 +253,27 @@ def encode(msg_type: str, **fields: Any) -> str:
 def max_encoded_bytes(*msg_types: str) -> int:
     """The most UTF-8 bytes :func:`encode` can write for a valid message of any of
     ``msg_types``: the size limit of a socket that only carries those (the relay's
-    pre-authentication sockets). Each field at its ``max_len``, every character at
-    its longest (6 bytes: ``encode`` writes a control character as ``\\u00XX``, any
-    other as itself, at most 4 bytes), with the names, quotes and separators. Only
-    for types whose fields are all bounded strings."""
+    pre-authentication sockets), or of one message type (``fix_report``). Each field
+    at its ``max_len``, every character at its longest (6 bytes: ``encode`` writes a
+    control character as ``\\u00XX``, any other as itself, at most 4 bytes), with the
+    names, quotes and separators. Only for types whose fields are all bounded strings
+    or bounded numbers (an integer at its longer bound, any other number at 24
+    characters: the longest ``repr`` of a float), or booleans."""
     most = 0
     for msg_type in msg_types:
         size = len(_ENCODER.encode({"v": VERSION, "type": msg_type}))
         for name, rule in SCHEMAS[msg_type].items():
-            if rule.kind is not str or rule.max_len is None:
-                raise ValueError(f"{msg_type}: {name} is not a bounded string")
-            size += len(name) + 6 + 6 * rule.max_len  # ,"name":"value"
+            size += len(name) + 4  # ,"name":
+            if rule.kind is str and rule.max_len is not None:
+                size += 2 + 6 * rule.max_len
+            elif rule.kind is bool:
+                size += 5
+            elif rule.kind is int and rule.bounds is not None:
+                size += max(len(str(int(b))) for b in rule.bounds)
+            elif rule.bounds is not None and rule.kind in ((int, float), float):
+                size += 24
+            else:
+                raise ValueError(f"{msg_type}: {name} is not bounded")
         most = max(most, size)
     return most
 
@@ -338,6 +387,15 @@ def validate(msg: Any) -> None:
         if "ack" in msg and not isinstance(msg["ack"], bool):
             raise ProtocolError("bad_field", "hb: ack has the wrong type")
         return
+    try:
+        _check_fields(msg_type, msg)
+    except ProtocolError as err:
+        err.msg_type = msg_type
+        raise
+
+
+def _check_fields(msg_type: str, msg: dict[str, Any]) -> None:
+    """A message of a known type (not ``hb``) against its schema."""
     schema = SCHEMAS[msg_type]
     for name in msg:
         if name not in ("v", "type") and name not in schema:
@@ -367,6 +425,18 @@ def validate(msg: Any) -> None:
             raise ProtocolError("bad_field", "enrolled: fix_keys is malformed")
     if msg_type in ("dial", "join_offer"):
         check_capabilities(msg["capabilities"], msg_type)
+    if msg_type == "fix_report":
+        _check_fix_report(msg)
+
+
+def _check_fix_report(msg: dict[str, Any]) -> None:
+    """A run starts before it ends, and is reported after it ended (the agent's clock
+    all three; the agent makes sure of it, :mod:`backline.agent.fix_reports`); a run
+    with no exit status was ended by a signal."""
+    if not msg["started_at"] <= msg["ended_at"] <= msg["sent_at"]:
+        raise ProtocolError("bad_field", "fix_report: started_at <= ended_at <= sent_at")
+    if "exit_status" not in msg and "signal" not in msg:
+        raise ProtocolError("bad_field", "fix_report: exit_status or signal")
 
 
 def check_capabilities(names: Any, where: str = "capabilities") -> None:
@@ -461,7 +531,7 @@ class RelayHandshake:
 
 
 _FROM_AUTHENTICATED_AGENT = frozenset({"hb", "pong", "health", "dial_failed",
-                                       "session_ended"})
+                                       "session_ended", "fix_report"})
 
 
 def parse_agent_message(frame: str | bytes) -> dict[str, Any]:

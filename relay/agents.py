@@ -44,6 +44,14 @@ def public_key_of(engine: sa.Engine, agent_id: str) -> tuple[bytes, int] | None:
     return (bytes(row.public_key), row.group_id) if row else None
 
 
+def stored_health(engine: sa.Engine, agent_id: str) -> str:
+    """The health report last stored for an agent (JSON text; ``"[]"`` if none)."""
+    with engine.connect() as conn:
+        text = conn.execute(sa.select(agents.c.health).where(agents.c.id == agent_id)
+                            ).scalar()
+    return str(text or "[]")
+
+
 def _row(r: Any, online: Presence) -> dict[str, Any]:
     conn = online.get(r["id"])
     return {

@@ -259,14 +259,23 @@ class AuditLog:
                details: dict[str, Any] | None = None) -> dict[str, Any]:
         return self.append_many([(actor, action, target, details)])[0]
 
-    def append_many(self, items: list[tuple[str, str, str, dict[str, Any] | None]]
+    def append_many(self, items: list[tuple[str, str, str, dict[str, Any] | None]],
+                    claim: Callable[[sa.Connection], bool] | None = None
                     ) -> list[dict[str, Any]]:
         """Append events in one transaction: one commit for a burst (a reconnect storm,
-        an import) instead of one per event. Checkpoints fall where they are due."""
+        an import) instead of one per event. Checkpoints fall where they are due.
+
+        ``claim`` runs first in that transaction (the head locked): it writes a row that
+        says "this was recorded" and returns False when that row was there already; then
+        nothing is appended (``[]``). The row and the events commit together or not at
+        all, so something reported again after a crash or a lost answer is recorded
+        exactly once (a self-service fix run: relay/fixes/self_service.py)."""
         rows = []
         notes: list[str] = []
         with self._lock, writing(self.engine) as conn:
             head = _lock_head(conn)
+            if claim is not None and not claim(conn):
+                return []
             seq, digest = head.seq, head.hash
             tree = _TreeWriter(conn, seq, self._frontier) if items else None
             self._frontier = None  # until this transaction commits

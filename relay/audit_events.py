@@ -604,6 +604,37 @@ event("fix.bulk.ended", FIXES, "a bulk run ended (one `fix.run.*` trail per agen
       need("ok", int, "runs that ended with exit status 0 (and verify, if any, passed)"),
       need("failed", int, "the others"), need("duration_ms", NUMBER, "how long it took"))
 
+_SELF_SERVICE = "(docs/fixes-relay.md, \"Self-service runs reported by agents\")"
+event("fix.self_service.ended", FIXES, "a customer's own run of a cached fix (`backline-agent "
+      "fix run`), **as the agent claims it**: the relay saw none of it, and checked only "
+      "that the version and its digest are one it approved, that the report is well "
+      "formed and that this run was not recorded before " + _SELF_SERVICE, AGENT, AGENT_ID,
+      need("run", str, "the run's id, made by the agent (`sr_...`): recorded once per agent"),
+      need("fix", str, "`ID@VERSION`"), DIGEST,
+      need("exit_status", int | None, "the script's exit status (null: ended by `signal`)"),
+      may("signal", str, "the signal that ended it"),
+      need("timed_out", bool, "killed at its timeout"),
+      need("verify_passed", bool | None, "the verify script's verdict (null: none)"),
+      need("ok", bool, "exit status 0, not timed out nor signalled, verify not failed: "
+                       "what the management report counts as a fix that worked"),
+      need("output_sha256", str, "the SHA-256 of its output, as the agent says (the "
+                                 "output itself stays on the customer's machine)"),
+      need("started_at", NUMBER, "when it started, by the agent's clock"),
+      need("ended_at", NUMBER, "when it ended, by the agent's clock"),
+      need("clock_offset_s", NUMBER, "the relay's time at receipt minus the agent's "
+                                     "`sent_at`: how far the agent's clock is behind"),
+      need("started_at_relay", NUMBER, "`started_at` on the relay's clock (the report "
+                                       "places the run by it)"),
+      need("ended_at_relay", NUMBER, "`ended_at` on the relay's clock"), ADDRESS)
+event("fix.self_service.refused", FIXES, "an agent's report of a self-service run was "
+      "refused: `rate_limited` (the agent sends it again later), `unknown_version` (no "
+      "such version here, or another digest: forged, or another relay's), or a protocol "
+      "code (`bad_field`, `unknown_field`, `missing_field`, `too_large`...: the message "
+      "broke its schema or size, and the control socket was closed) " + _SELF_SERVICE,
+      AGENT, REASON, DETAIL, may("run", str, "the run's id, when the message was readable"),
+      may("fix", str, "`ID@VERSION`, when readable"),
+      may("digest", str, "the digest claimed, when readable"), ADDRESS, flood=True)
+
 # --- audit --------------------------------------------------------------------------
 
 event("audit.export", AUDIT, "the trail was exported as JSON lines: through the API "
@@ -801,14 +832,33 @@ event("report.viewed", REPORTS, "a management report was fetched to be shown (th
       may("metric", str, "the number whose members were listed (`.../members`)"),
       may("key", str, "its key (a technician, a finding, a trend bucket; empty: none)"),
       ADDRESS)
-event("report.delivered", REPORTS, "a scheduled management report was delivered",
+event("report.delivered", REPORTS, "a scheduled management report was delivered (by the "
+      "schedule, or `backline-relay report send`)",
       "the webhook URL or `mailto:` the recipients",
       need("via", str, "`webhook` or `smtp`"), need("group", str, "the group (empty: all)"),
       need("since", NUMBER, "its period's start"), need("until", NUMBER, "its period's end"),
-      may("recipients", int, "how many e-mail recipients"))
+      may("recipients", int, "how many e-mail recipients"),
+      may("attempt", int, "the schedule's attempt that delivered it (1: the first); "
+                          "absent from `report send`"),
+      may("late_s", NUMBER, "seconds after its due time (a period caught up after the "
+                            "relay was down, or retried, is late); absent from `report "
+                            "send`"))
 event("report.delivery.failed", REPORTS, "a scheduled management report could not be "
       "delivered", "the webhook URL or `mailto:` the recipients",
-      need("via", str, "`webhook` or `smtp`"), DETAIL)
+      need("via", str, "`webhook` or `smtp`"), DETAIL,
+      may("group", str, "the group (empty: all); absent from `report send`"),
+      may("since", NUMBER, "its period's start; absent from `report send`"),
+      may("until", NUMBER, "its period's end; absent from `report send`"),
+      may("attempt", int, "the schedule's attempt (1: the first)"),
+      may("retry_in_s", NUMBER, "when the schedule tries this period again (doubling "
+                                "from `report_retry_s`, at most an hour)"))
+event("report.delivery.skipped", REPORTS, "periods owed to a way were not caught up: more "
+      "than seven were missed (the relay was down, or deliveries failed, for that long); "
+      "the newest seven are delivered", "the webhook URL or `mailto:` the recipients",
+      need("via", str, "`webhook` or `smtp`"), need("group", str, "the group (empty: all)"),
+      need("count", int, "how many periods were skipped"),
+      need("since", NUMBER, "the first skipped period's start"),
+      need("until", NUMBER, "the last skipped period's end"))
 
 
 # --- checking -----------------------------------------------------------------------

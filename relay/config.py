@@ -260,6 +260,9 @@ class RelayConfig:
     smtp_password: str = ""
     smtp_from: str = ""
     smtp_timeout_s: float = 30.0
+    # A scheduled delivery that failed is tried again after this, then twice as long
+    # each time, up to an hour (relay/reports/delivery.py).
+    report_retry_s: float = 60.0
     # SIEM streaming of the audit trail: ``[[siem.destinations]]`` tables in the file
     # (docs/siem-and-retention.md).
     siem_destinations: list[SiemDestination] = field(default_factory=list)
@@ -436,6 +439,8 @@ class RelayConfig:
                 and self.smtp_host not in ("127.0.0.1", "::1", "localhost")):
             raise ConfigError('smtp_security "none" (a password and reports in clear) is '
                               "only for an SMTP server on this machine")
+        if not 1 <= self.report_retry_s <= 3600:
+            raise ConfigError("report_retry_s must be between 1 and 3600 seconds")
         if not 1 <= self.smtp_port <= 65535 or not 1 <= self.smtp_timeout_s <= 300:
             raise ConfigError("smtp_port must be a port, smtp_timeout_s 1 to 300 seconds")
 

@@ -196,7 +196,7 @@ async def connect_endpoint(ws: WebSocket) -> None:
     except ProtocolError as err:
         reason = f"protocol error: {err.code}"
         await _refuse(ws, relay, f"agent:{agent_id}", err.code, err.message, CLOSE_PROTOCOL,
-                      f"agent:{agent_id}", "agent.protocol_error", f"agent:{agent_id}",
+                      f"agent:{agent_id}", violation_action(err), f"agent:{agent_id}",
                       address=address)
     finally:
         relay.fixes.push.gone(agent_id, ws.send_text)
@@ -208,6 +208,14 @@ async def connect_endpoint(ws: WebSocket) -> None:
                                "changed": {"online": False, "last_seen": conn.last_seen}})
         relay.record_soon(f"agent:{agent_id}", "agent.disconnect", f"agent:{agent_id}",
                           reason=disconnect_reason(relay, conn, reason), address=address)
+
+
+def violation_action(err: ProtocolError) -> str:
+    """How an authenticated agent's broken frame is audited: a self-service fix report
+    as a refused one (``fix.self_service.refused``: the report an auditor looks for is
+    named), anything else as ``agent.protocol_error``. Either way the socket is closed."""
+    return ("fix.self_service.refused" if err.msg_type == "fix_report"
+            else "agent.protocol_error")
 
 
 def disconnect_reason(relay: Relay, conn: Connected, outcome: str) -> str:
@@ -348,7 +356,7 @@ class _CallbackServer:
             self.outcome = f"protocol error: {err.code}"
             agent = f"agent:{self.conn.agent_id}"
             self.relay.metrics.errors.labels(err.code).inc()
-            self.relay.record_flood(agent, agent, "agent.protocol_error", agent,
+            self.relay.record_flood(agent, agent, violation_action(err), agent,
                                     reason=err.code, detail=err.message[:200],
                                     address=self.conn.address)
             self.ws.write_text(protocol.encode("error", code=err.code,
@@ -394,6 +402,9 @@ def _reply(relay: Relay, conn: Connected, frame: str | bytes) -> str | None:
         _store_health(relay, conn, msg["alerts"])
     elif kind in ("dial_failed", "session_ended"):
         relay.sessions.from_agent(conn.agent_id, msg)
+    elif kind == "fix_report":
+        relay.metrics.control_out += 1
+        return relay.fixes.self_service.receive(conn, msg, frame)
     return None
 
 
@@ -406,7 +417,21 @@ def _store_health(relay: Relay, conn: Connected, alerts: list[dict[str, str]]) -
     socket sent is not written again; ``agent.health.alert`` is recorded when the set
     of critical alerts changes (``agent.health.cleared`` when it empties), and even
     those go through the per-agent flood aggregation, so an agent that flips its
-    alerts at will gets its first few written and the rest counted in one event."""
+    alerts at will gets its first few written and the rest counted in one event.
+
+    The first report on a connection is compared with the one stored from the agent's
+    last connection (read once per connection): an alert that cleared while the agent
+    was offline (a customer's self-service fix, say) is ``agent.health.cleared`` when it
+    reconnects, and one still there is not written again. Compared with nothing, as
+    before, the first clear after a reconnect was never audited and the alert's incident
+    stayed open in the trail for good."""
+    if conn.health is None:
+        conn.health = agents.stored_health(relay.engine, conn.agent_id)
+        try:
+            before = json.loads(conn.health)
+            conn.critical = frozenset(a["id"] for a in before if a["severity"] == "critical")
+        except (ValueError, TypeError, KeyError):
+            conn.critical = frozenset()
     stored = json.dumps(alerts)
     if stored == conn.health:
         return

@@ -423,3 +423,29 @@ legal_holds = sa.Table(
 # Retention deletes the blob and keeps the row, marked: the trail keeps the digest.
 for _table in (recordings, diagnostics_reports, fix_runs):
     _table.append_column(sa.Column("deleted_at", sa.Float))
+
+# --- reports: self-service fix runs, scheduled report cursors (issue 14; migration 0012) ---
+# Each self-service run an agent reported and the relay recorded (``fix.self_service.ended``),
+# inserted in the same transaction as that audit event: the key that makes a report sent
+# again (after a lost answer, a crash) a ``duplicate``, never a second event. Keyed by the
+# agent too, so that one agent cannot claim another's run id (relay/fixes/self_service.py).
+self_service_runs = sa.Table(
+    "self_service_runs", metadata,
+    sa.Column("agent_id", Str(64), primary_key=True),
+    sa.Column("run_id", Str(40), primary_key=True),
+    sa.Column("fix_id", Str(48), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("recorded_at", sa.Float, nullable=False),
+)
+
+# Where each scheduled report (schedule, group, way) got to: the end of the last period
+# delivered, and which relay node is delivering one now, until when (several nodes share
+# the database: one delivers). relay/reports/delivery.py.
+report_deliveries = sa.Table(
+    "report_deliveries", metadata,
+    sa.Column("key", Str(200), primary_key=True),
+    sa.Column("until", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("claimed_by", Str(32)),
+    sa.Column("claimed_until", sa.Float),
+)

@@ -8,6 +8,7 @@ import functools
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +121,19 @@ class Relay:
         """Append an audit event and log it; refusals are logged at warning level. The
         event must be in the catalogue (:mod:`backline.relay.audit_events`)."""
         self._append(actor, action, target, **audit_events.checked(action, details))
+
+    def record_once(self, claim: Callable[[sa.Connection], bool], actor: str, action: str,
+                    target: str = "", **details: Any) -> bool:
+        """:meth:`record`, in one transaction with ``claim``
+        (:meth:`AuditLog.append_many`): False, and nothing written, when ``claim`` says it
+        was recorded before."""
+        details = audit_events.checked(action, details)
+        if self._pending:
+            self.flush_records()
+        if not self.audit.append_many([(actor, action, target, details)], claim):
+            return False
+        _log_event(actor, action, target, details)
+        return True
 
     def _append(self, actor: str, action: str, target: str = "", **details: Any) -> None:
         if self._pending:

@@ -67,6 +67,10 @@ class FixService:
         self._served: tuple[bytes, str] | None = None
         #: Bulk runs in progress (relay/fixes/bulk.py).
         self.tasks: set[asyncio.Future[Any]] = set()
+        from backline.relay.fixes.self_service import SelfServiceReports
+
+        #: Self-service runs the agents report (relay/fixes/self_service.py).
+        self.self_service = SelfServiceReports(relay)
 
     # --- keys ----------------------------------------------------------------------
 

@@ -4,22 +4,42 @@ redirects, no environment proxy) and/or
 e-mail (``smtplib``, in a worker thread), each delivery audited (``report.delivered``,
 ``report.delivery.failed``).
 
-A delivery missed while the relay was down is not caught up: the schedule runs from the
-next due time after a start. ``backline-relay report send`` sends one now (the same
-code), e.g. to resend a missed one.
+**Nothing missed.** For each way (webhook, smtp) the database keeps the end of the last
+period delivered (``report_deliveries``, migration 0012; the first start only records
+where the schedule begins). At each step the schedule delivers every period owed since,
+oldest first, so a period that fell due while the relay was down goes out when it is
+back (at most :data:`MAX_CATCH_UP` of them; older ones are skipped, audited
+``report.delivery.skipped``). A delivery that fails is audited with its attempt and
+tried again after ``report_retry_s``, doubling up to :data:`RETRY_CAP_S`; the periods
+after it wait their turn, so they arrive in order. A period is marked delivered only
+after it was: a crash between the two sends it again after the restart (at least once;
+the webhook's body names the period, for a receiver that deduplicates).
+
+**One node delivers.** Relay nodes sharing a database each run the schedule; a node
+claims a way's row for :data:`LEASE_S` before it delivers, and the others leave it
+alone until the lease ends (a node that died mid-delivery is taken over after it).
+
+``backline-relay report send`` sends one now (the same code, :func:`deliver`), outside
+the schedule: it does not move the schedule's cursor.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import smtplib
 import ssl
 import time
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
+
+from backline.relay.db import insert_if_absent, writing
 from backline.relay.reports import clock, compute
+from backline.relay.schema import report_deliveries
 
 if TYPE_CHECKING:
     from backline.relay.state import Relay
@@ -27,6 +47,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("backline.relay.reports")
 
 HOUR = 3600.0
+#: Periods caught up after a start at most (a week of daily reports; seven weekly ones).
+MAX_CATCH_UP = 7
+#: The longest wait between two attempts of a failing delivery.
+RETRY_CAP_S = 3600.0
+#: How long a node's claim on a way's row holds (longer than any one delivery).
+LEASE_S = 900.0
+#: The schedule looks again at least this often: ``asyncio.sleep`` counts monotonic
+#: time, the schedule wall-clock time; a clock stepped meanwhile is seen within this.
+TICK_S = 300.0
 
 
 def period(schedule: str, now: float, hour: int) -> tuple[float, float]:
@@ -103,6 +132,24 @@ def _csv(full: dict[str, Any]) -> str:
     return to_csv(full)
 
 
+def _target(relay: Relay, via: str) -> str:
+    cfg = relay.config
+    return (relay.webhooks.target if via == "webhook"
+            else "mailto:" + ",".join(cfg.report_recipients))[:256]
+
+
+def _send(relay: Relay, full: dict[str, Any], via: str) -> str:
+    """Send one way; the failure in words ("" when it was delivered)."""
+    try:
+        if via == "webhook":
+            send_webhook(relay, full)
+        else:
+            send_mail(relay, full)
+    except (OSError, smtplib.SMTPException, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"[:200]
+    return ""
+
+
 def deliver(relay: Relay, since: float, until: float, group: str = "") -> list[str]:
     """Compute the report and send it each configured way; audited. Blocking (call it in
     a thread). The ways that failed, in words (empty: all delivered)."""
@@ -110,15 +157,9 @@ def deliver(relay: Relay, since: float, until: float, group: str = "") -> list[s
     full = compute.report(relay.engine, since=since, until=until, group=group)
     failed = []
     for via in cfg.report_via:
-        target = (relay.webhooks.target if via == "webhook"
-                  else "mailto:" + ",".join(cfg.report_recipients))[:256]
-        try:
-            if via == "webhook":
-                send_webhook(relay, full)
-            else:
-                send_mail(relay, full)
-        except (OSError, smtplib.SMTPException, ValueError) as exc:
-            detail = f"{type(exc).__name__}: {exc}"[:200]
+        target = _target(relay, via)
+        detail = _send(relay, full, via)
+        if detail:
             log.error("management report via %s failed: %s", via, detail)
             relay.record("relay", "report.delivery.failed", target, via=via, detail=detail)
             failed.append(f"{via}: {detail}")
@@ -129,16 +170,146 @@ def deliver(relay: Relay, since: float, until: float, group: str = "") -> list[s
     return failed
 
 
+# --- where each way got to ------------------------------------------------------------
+
+
+def cursor_key(schedule: str, group: str, via: str) -> str:
+    return f"{schedule}|{group}|{via}"[:200]
+
+
+def claim(engine: sa.Engine, key: str, node: str, baseline: float, now: float
+          ) -> float | None:
+    """Take the row of ``key`` for ``node`` until ``now + LEASE_S``; the end of the last
+    period delivered, or None when another node holds it. A row made now starts at
+    ``baseline`` (nothing owed: the first start)."""
+    c = report_deliveries.c
+    with writing(engine) as conn:
+        conn.execute(insert_if_absent(conn, report_deliveries).values(
+            key=key, until=baseline, updated_at=now))
+        taken = conn.execute(report_deliveries.update().where(
+            c.key == key, sa.or_(c.claimed_by.is_(None), c.claimed_by == node,
+                                 c.claimed_until < now))
+            .values(claimed_by=node, claimed_until=now + LEASE_S))
+        if not taken.rowcount:
+            return None
+        return float(conn.execute(sa.select(c.until).where(c.key == key)).scalar_one())
+
+
+def advance(engine: sa.Engine, key: str, node: str, until: float, now: float) -> bool:
+    """Record that the period ending at ``until`` was delivered (the claim renewed);
+    False when the claim was lost (the lease ended and another node took it)."""
+    c = report_deliveries.c
+    with writing(engine) as conn:
+        done = conn.execute(report_deliveries.update().where(
+            c.key == key, c.claimed_by == node)
+            .values(until=until, updated_at=now, claimed_until=now + LEASE_S))
+    return bool(done.rowcount)
+
+
+def release(engine: sa.Engine, key: str, node: str) -> None:
+    c = report_deliveries.c
+    with writing(engine) as conn:
+        conn.execute(report_deliveries.update().where(c.key == key, c.claimed_by == node)
+                     .values(claimed_by=None, claimed_until=None))
+
+
+def owed(schedule: str, cursor: float, now: float, hour: int) -> list[tuple[float, float]]:
+    """The periods due by ``now`` that end after ``cursor``, oldest first."""
+    step = compute.WEEK if schedule == "weekly" else compute.DAY
+    _, last = period(schedule, now, hour)
+    out = []
+    end = compute.bucket_start(cursor, "week" if schedule == "weekly" else "day") + step
+    while end <= last:
+        out.append((end - step, end))
+        end += step
+    return out
+
+
+# --- the schedule ---------------------------------------------------------------------
+
+
+@dataclass
+class Schedule:
+    """The serving relay's schedule: one :meth:`step` at a time, in a worker thread."""
+
+    relay: Relay
+    node: str = field(default_factory=lambda: secrets.token_hex(8))
+    #: Per way: failures in a row of its oldest owed period, and when to try again
+    #: (monotonic).
+    attempts: dict[str, int] = field(default_factory=dict)
+    retry_at: dict[str, float] = field(default_factory=dict)
+
+    def step(self) -> float:
+        """Deliver what is owed and due to be tried now; how long to wait (seconds)."""
+        cfg = self.relay.config
+        now = clock.now()
+        _, baseline = period(cfg.report_schedule, now, cfg.report_hour_utc)
+        wait = next_due(cfg.report_schedule, now, cfg.report_hour_utc) - now
+        reports: dict[tuple[float, float], dict[str, Any]] = {}
+        for via in cfg.report_via:
+            retry = self.retry_at.get(via, 0.0) - time.monotonic()
+            if retry > 0:
+                wait = min(wait, retry)
+                continue
+            key = cursor_key(cfg.report_schedule, cfg.report_group, via)
+            cursor = claim(self.relay.engine, key, self.node, baseline, time.time())
+            if cursor is None:  # another node is delivering this one
+                wait = min(wait, LEASE_S)
+                continue
+            try:
+                failed = self._catch_up(via, key, cursor, now, reports)
+            finally:
+                release(self.relay.engine, key, self.node)
+            if failed:
+                wait = min(wait, self.retry_at[via] - time.monotonic())
+        return max(1.0, min(wait, TICK_S))
+
+    def _catch_up(self, via: str, key: str, cursor: float, now: float,
+                  reports: dict[tuple[float, float], dict[str, Any]]) -> bool:
+        """Deliver ``via``'s owed periods in order; True when one failed (stopped there)."""
+        relay, cfg = self.relay, self.relay.config
+        group, target = cfg.report_group, _target(relay, via)
+        due = owed(cfg.report_schedule, cursor, now, cfg.report_hour_utc)
+        if len(due) > MAX_CATCH_UP:
+            skipped, due = due[:-MAX_CATCH_UP], due[-MAX_CATCH_UP:]
+            relay.record("relay", "report.delivery.skipped", target, via=via, group=group,
+                         count=len(skipped), since=skipped[0][0], until=skipped[-1][1])
+            advance(relay.engine, key, self.node, skipped[-1][1], time.time())
+        for since, until in due:
+            if (since, until) not in reports:
+                reports[(since, until)] = compute.report(relay.engine, since=since,
+                                                         until=until, group=group)
+            attempt = self.attempts.get(via, 0) + 1
+            detail = _send(relay, reports[(since, until)], via)
+            if detail:
+                self.attempts[via] = attempt
+                backoff = min(RETRY_CAP_S, cfg.report_retry_s * 2 ** (attempt - 1))
+                self.retry_at[via] = time.monotonic() + backoff
+                log.error("scheduled management report via %s failed (attempt %d; again in "
+                          "%.0f s): %s", via, attempt, backoff, detail)
+                relay.record("relay", "report.delivery.failed", target, via=via,
+                             detail=detail, group=group, since=since, until=until,
+                             attempt=attempt, retry_in_s=backoff)
+                return True
+            self.attempts.pop(via, None)
+            self.retry_at.pop(via, None)
+            advance(relay.engine, key, self.node, until, time.time())
+            extra = {"recipients": len(cfg.report_recipients)} if via == "smtp" else {}
+            late = round(max(0.0, clock.now() - (until + cfg.report_hour_utc * HOUR)), 1)
+            relay.record("relay", "report.delivered", target, via=via, group=group,
+                         since=since, until=until, attempt=attempt, late_s=late, **extra)
+        return False
+
+
 async def run(relay: Relay) -> None:
     """The schedule, in the serving relay (one task; nothing when it is off)."""
-    cfg = relay.config
-    if not cfg.report_schedule:
+    if not relay.config.report_schedule:
         return
+    schedule = Schedule(relay)
     while True:
-        due = next_due(cfg.report_schedule, clock.now(), cfg.report_hour_utc)
-        await asyncio.sleep(max(1.0, due - clock.now()))
-        since, until = period(cfg.report_schedule, clock.now(), cfg.report_hour_utc)
         try:
-            await asyncio.to_thread(deliver, relay, since, until, cfg.report_group)
+            wait = await asyncio.to_thread(schedule.step)
         except Exception:
-            log.exception("the scheduled management report failed; next one as planned")
+            log.exception("the report schedule failed (the database?); trying again")
+            wait = relay.config.report_retry_s
+        await asyncio.sleep(wait)

@@ -2,11 +2,20 @@
 schedule runs) delivers one report to a local webhook receiver, signed, and by e-mail to
 a local SMTP server (aiosmtpd), each delivery audited; an SMTP server that is not there
 is a ``report.delivery.failed`` and exit status 1; the schedule's periods and due times;
-bad settings are refused."""
+bad settings are refused.
+
+The schedule itself, in a serving relay whose trail clock the test moves (the seam of
+relay/reports/clock.py) and a webhook receiver on loopback: the first start owes
+nothing; a report due is sent once; after a crash and three days down, the three periods
+missed are sent, in order, each once, the oldest retried with back-off while the
+receiver fails (each failure audited); after ten days down, the newest seven are sent
+and the three before audited as skipped. Two nodes never deliver the same way at once.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
@@ -15,10 +24,10 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from backline.relay import config
-from backline.relay.reports import compute
+from backline.relay.reports import compute, delivery
 from backline.relay.reports.delivery import next_due, period
 from backline.relay.webhooks import verify
-from tests.harness import RelayProcess, audit_actions, free_port
+from tests.harness import RelayProcess, audit_actions, free_port, wait_for
 from tests.integration.test_webhooks import SECRET, Receiver
 
 
@@ -157,3 +166,105 @@ def test_report_webhook_follows_no_redirect_and_no_environment_proxy(
         body = json.loads(hook["body"])
         assert body["type"] == "report.management" and body["data"] == summary
         assert body["relay"] == "https://relay.test"
+
+
+DAY, HOUR = compute.DAY, 3600.0
+
+
+def test_the_schedule_sends_what_is_due_catches_up_after_a_crash_and_retries(
+        tmp_path: Path, initialised_relay: Path) -> None:
+    clock = tmp_path / "clock"
+    midnight = (time.time() // DAY + 30) * DAY  # a UTC midnight a month ahead, "day 0"
+    due = midnight + 6 * HOUR  # day -1's report is due then
+
+    def trail_clock_at(t: float) -> None:
+        clock.write_text(str(t - time.time()))
+
+    def day(n: int) -> tuple[float, float]:
+        return (midnight + n * DAY, midnight + (n + 1) * DAY)
+
+    trail_clock_at(due - HOUR)
+    with Receiver([]) as rx:
+        def periods() -> list[tuple[float, float]]:
+            out = []
+            for hook in rx.requests:
+                assert verify(SECRET, hook["body"], hook["headers"]["X-Backline-Signature"])
+                data = json.loads(hook["body"])["data"]
+                out.append((data["since"], data["until"]))
+            return out
+
+        env = {"BACKLINE_TEST_CLOCK_FILE": str(clock), "BACKLINE_WEBHOOK_URL": rx.url,
+               "BACKLINE_WEBHOOK_SECRET": SECRET, "BACKLINE_REPORT_SCHEDULE": "daily",
+               "BACKLINE_REPORT_HOUR_UTC": "6", "BACKLINE_REPORT_VIA": "webhook",
+               "BACKLINE_REPORT_RETRY_S": "1"}
+        relay = RelayProcess(tmp_path, env, template=initialised_relay).start()
+        try:
+            # The first start records where the schedule begins: nothing is owed.
+            time.sleep(2)
+            assert rx.requests == []
+            relay.stop()
+            # A few seconds before a report is due: it is sent at its time (or, after a
+            # slow start, at once), once.
+            trail_clock_at(due - 5)
+            relay.start()
+            wait_for(lambda: rx.requests, 30, "the report due")
+            time.sleep(1.5)
+            assert periods() == [day(-1)]
+            # Killed, and down for three days; back, the receiver fails twice.
+            relay.kill9()
+            rx.statuses[:] = [500, 500]
+            trail_clock_at(due + 3 * DAY + 10)
+            relay.start()
+            wait_for(lambda: len(rx.requests) >= 6, 60, "the three periods missed")
+            time.sleep(1.5)
+            assert periods() == [day(-1), day(0), day(0), day(0), day(1), day(2)]
+            # Down for ten days: the newest seven are sent, the three before skipped.
+            relay.stop()
+            trail_clock_at(due + 13 * DAY + 10)
+            relay.start()
+            wait_for(lambda: len(rx.requests) >= 13, 60, "the newest seven")
+            time.sleep(1.5)
+            assert periods()[6:] == [day(n) for n in range(6, 13)]
+        finally:
+            relay.stop()
+    events = audit_actions(relay)
+    delivered = [e["details"] for e in events if e["action"] == "report.delivered"]
+    # Each period delivered once, in order: nothing lost, nothing twice.
+    assert [(d["since"], d["until"]) for d in delivered] == [
+        day(n) for n in (-1, 0, 1, 2, *range(6, 13))]
+    assert [d["attempt"] for d in delivered][:4] == [1, 3, 1, 1]
+    assert delivered[1]["late_s"] >= 2 * DAY  # day 0's: due two days before the restart
+    failed = [e for e in events if e["action"] == "report.delivery.failed"]
+    assert [(f["details"]["attempt"], f["details"]["retry_in_s"]) for f in failed] == [
+        (1, 1.0), (2, 2.0)]
+    assert {(f["details"]["since"], f["details"]["until"]) for f in failed} == {day(0)}
+    origin = rx.url.rsplit("/hooks/", 1)[0]  # the target without its path
+    assert all(f["target"] == origin and "HTTP 500" in f["details"]["detail"] for f in failed)
+    skipped = [e["details"] for e in events if e["action"] == "report.delivery.skipped"]
+    assert skipped == [{"via": "webhook", "group": "", "count": 3, "since": day(3)[0],
+                        "until": day(5)[1]}]
+
+
+def test_one_node_delivers_a_way_at_a_time(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from backline.relay.schema import metadata
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    metadata.create_all(engine)
+    key = delivery.cursor_key("daily", "", "webhook")
+    assert delivery.claim(engine, key, "node-a", 100.0, now=1000.0) == 100.0
+    assert delivery.claim(engine, key, "node-b", 999.0, now=1001.0) is None  # a's, for now
+    assert delivery.advance(engine, key, "node-a", 200.0, now=1002.0)
+    assert not delivery.advance(engine, key, "node-b", 300.0, now=1003.0)
+    delivery.release(engine, key, "node-b")  # not b's to release: still a's
+    assert delivery.claim(engine, key, "node-b", 0.0, now=1004.0) is None
+    delivery.release(engine, key, "node-a")
+    assert delivery.claim(engine, key, "node-b", 0.0, now=1005.0) == 200.0
+    # A node that died holding it: taken over once its lease ran out.
+    assert delivery.claim(engine, key, "node-a", 0.0, now=1006.0) is None
+    assert delivery.claim(engine, key, "node-a", 0.0,
+                          now=1005.0 + delivery.LEASE_S + 1) == 200.0
+    assert delivery.owed("daily", DAY * 10, DAY * 12 + 7 * HOUR, 6) == [
+        (DAY * 10, DAY * 11), (DAY * 11, DAY * 12)]
+    assert delivery.owed("daily", DAY * 10, DAY * 11 + 5 * HOUR, 6) == []  # not due yet

@@ -22,11 +22,13 @@ const LABELS = {
   mttr_mean_s: "Mean time to resolve",
   mttr_median_s: "Median time to resolve",
   resolved_first_session: "Resolved on the first session",
-  resolved_without_technician: "Resolved without a technician",
-  resolved_without_technician_after_fix: "… of which after a fix",
+  resolved_without_technician: "Resolved without a technician (the customer's fix)",
+  cleared_on_their_own: "Alerts that cleared on their own",
   fixes_run: "Fixes run",
   fixes_succeeded: "Fixes that succeeded",
   fix_success_rate: "Fix success rate",
+  self_service_fixes_run: "Self-service fixes run (reported by agents)",
+  self_service_fixes_succeeded: "Self-service fixes that succeeded",
   sessions: "Sessions",
 };
 
