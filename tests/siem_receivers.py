@@ -10,6 +10,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -70,12 +71,26 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
 class SyslogReceiver:
     """Accepts any number of connections; keeps every whole frame, in arrival order.
     A frame cut short by the connection's end (the relay killed while writing it) is
-    counted in ``partial`` and not kept: the sender sends it again."""
+    counted in ``partial`` and not kept: the sender sends it again.
 
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+    ``slow``: a collector that reads slowly (a small receive buffer, 512 bytes every
+    20 ms, some 25 KB/s) until :meth:`hurry` is called, so that the kernels on both
+    ends hold what the relay sent and the collector has not read yet (what a kill of
+    the relay must not lose: docs/siem-and-retention.md, "Exactly once across a
+    kill")."""
+
+    SLOW_READ = 512
+    SLOW_PAUSE_S = 0.02
+
+    def __init__(self, tls: ssl.SSLContext | None = None, *, slow: bool = False) -> None:
         self.tls = tls
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if slow:  # before listen(): the accepted sockets inherit it, window scale too
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        self.slow = threading.Event()
+        if slow:
+            self.slow.set()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
         self.port = self.sock.getsockname()[1]
@@ -83,6 +98,7 @@ class SyslogReceiver:
         self.partial = 0
         self.bad: list[bytes] = []
         self.connections = 0
+        self.ended = 0  # connections that have ended (EOF, reset, error)
         self._lock = threading.Lock()
         self._stop = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -107,10 +123,13 @@ class SyslogReceiver:
                 conn = self.tls.wrap_socket(conn, server_side=True)
             conn.settimeout(60)
             while True:
+                slow = self.slow.is_set()
                 try:
-                    chunk = conn.recv(65536)
+                    chunk = conn.recv(self.SLOW_READ if slow else 65536)
                 except (ssl.SSLEOFError, ConnectionResetError):
                     chunk = b""
+                if slow:
+                    time.sleep(self.SLOW_PAUSE_S)
                 if not chunk:
                     break
                 buf += chunk
@@ -129,6 +148,8 @@ class SyslogReceiver:
             if buf:
                 self.partial += 1
             conn.close()
+            with self._lock:
+                self.ended += 1
 
     def _keep(self, message: bytes) -> None:
         m = SD.match(message)
@@ -139,6 +160,10 @@ class SyslogReceiver:
         with self._lock:
             self.messages.append({"msgid": m.group(1).decode(), "seq": int(m.group(2)),
                                   "hash": m.group(3).decode(), "event": event})
+
+    def hurry(self) -> None:
+        """Read at full speed from now on."""
+        self.slow.clear()
 
     def seqs(self) -> list[int]:
         with self._lock:

@@ -10,7 +10,9 @@ each batch; a small file per destination in the data directory
 (``siem/NAME.cursor``) is written with one ``pwrite`` right after each message went
 to the kernel (syslog) or each batch was acknowledged (https), in the sending thread
 with nothing in between. A SIGKILL cannot cut a syscall in two, and what a process
-wrote to a TCP socket before it was killed is still delivered: so a kill at any
+wrote to a TCP socket before it was killed is still delivered, as long as the kernel
+closes the connection with a FIN, not a reset (the sender reads everything the
+collector sends for that: relay/siem/syslog.py ``_Connection``): so a kill at any
 moment either leaves the message unsent and the cursor before it (it is sent again
 after the restart, once), or sent and the cursor after it, except in the few
 microseconds between the two syscalls (docs/siem-and-retention.md, "Exactly once

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import logging
 import os
 import re
 import select
@@ -27,6 +28,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
+
+log = logging.getLogger("backline.relay.siem")
 
 SCHEMES = ("syslog+tcp", "syslog+tls")
 #: The largest message sent (RFC 5425 receivers must take 2048 octets and SHOULD take
@@ -132,6 +135,103 @@ def send_then_record(fd: int, data: bytes, record: Record | None, timeout: float
         poller.poll(left * 1000)
 
 
+class _Connection:
+    """One open connection to a collector, and the thread that reads it.
+
+    Why read a connection we only write to: Linux resets (RST, not FIN) a connection
+    closed with received bytes unread (RFC 2525 section 2.17), and a reset throws away
+    what the relay's kernel had not sent yet and, on the collector's side, what its
+    kernel had received but the collector had not read. A SIGKILL closes the socket, so
+    a single unread byte turns "the kernel will still deliver it" into a silent loss
+    of everything in both buffers, past the cursor. A TLS 1.3 server always sends
+    session tickets after the handshake (OpenSSL: two, about 500 bytes; a client cannot
+    refuse them, ``OP_NO_TICKET`` only covers TLS 1.2), and a collector may send more
+    (a KeyUpdate, a close_notify, bytes a plain TCP collector should not send at all).
+    So a thread per connection takes whatever arrives as soon as it arrives: TLS
+    records go through the TLS object (their plaintext, if any, is counted and
+    dropped), plain TCP bytes are counted and dropped. The end of the collector's side
+    (EOF, reset, close_notify, a TLS error) is noted in ``ended``; the sender stops
+    writing into such a connection (what it would write would be lost)."""
+
+    def __init__(self, sock: socket.socket, tls: tuple[ssl.SSLObject, ssl.MemoryBIO,
+                                                       ssl.MemoryBIO] | None,
+                 name: str) -> None:
+        self.sock = sock
+        self.tls = tls  # (object, incoming, outgoing)
+        #: Held around each use of the TLS object: the reader's and the sender's.
+        self.tls_lock = threading.Lock()
+        self.ended: str | None = None
+        self.unexpected = 0  # application bytes the collector sent (none expected)
+        self._name = name
+        self._reader = threading.Thread(target=self._read, name=f"syslog-reader {name}",
+                                        daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        """Until the end of the stream: even once the collector's side has ended (a
+        close_notify, a TLS error), whatever still comes is read and dropped."""
+        self._absorb(b"")  # anything that came with the handshake's last flight
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError as exc:
+                self._end(f"the connection failed ({exc.strerror or type(exc).__name__})")
+                return
+            if not data:
+                self._end("the collector closed the connection")
+                return
+            self._absorb(data)
+
+    def _absorb(self, data: bytes) -> None:
+        if self.tls is None or self.ended is not None:
+            self._unexpected(len(data))
+            return
+        tls, incoming, _ = self.tls
+        with self.tls_lock:
+            if data:
+                incoming.write(data)
+            while True:
+                try:
+                    plain = tls.read(65536)
+                except ssl.SSLWantReadError:
+                    return
+                except ssl.SSLZeroReturnError:
+                    self._end("the collector closed the TLS session (close_notify)")
+                    return
+                except ssl.SSLError as exc:
+                    self._end(f"TLS error from the collector ({exc.reason or exc})")
+                    return
+                if not plain:
+                    return
+                self._unexpected(len(plain))
+
+    def _unexpected(self, count: int) -> None:
+        if count and not self.unexpected:
+            # The count only: the collector's bytes are not ours to log.
+            log.warning("syslog %s: the collector sent %d bytes of data (a syslog "
+                        "collector sends nothing); read and dropped", self._name, count)
+        self.unexpected += count
+
+    def _end(self, why: str) -> None:
+        if self.ended is None:
+            self.ended = why
+
+    def close(self, *, linger: float = 0.0) -> None:
+        """Close without leaving received bytes unread: end our side (FIN after what
+        the kernel still has to send), let the reader take what comes for up to
+        ``linger`` seconds (until the collector closes too), then close."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+        if linger > 0:
+            self._reader.join(linger)
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RD)  # wakes a reader blocked in recv
+        self._reader.join(1.0)
+        self._end("closed by the relay")
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
 class SyslogSender:
     """One connection to a collector, opened on first use and again after a failure.
 
@@ -139,8 +239,10 @@ class SyslogSender:
     ``i``-th record is written (``pwrite``) right after the ``i``-th message's last byte
     reached the kernel (:func:`send_then_record`), and ``on_sent(i)`` is called after
     that. TLS runs over memory BIOs (:meth:`ssl.SSLContext.wrap_bio`) so that the
-    encrypted bytes go out through the same path. A failure closes the connection and
-    raises ``OSError``: the caller resends from its own cursor."""
+    encrypted bytes go out through the same path. Whatever the collector sends is read
+    at once by a thread of the connection (:class:`_Connection`: unread bytes would
+    turn a kill of the relay into a reset that loses what was sent). A failure closes
+    the connection and raises ``OSError``: the caller resends from its own cursor."""
 
     def __init__(self, url: str, *, ca_file: str | None = None, timeout: float = 10.0
                  ) -> None:
@@ -148,8 +250,7 @@ class SyslogSender:
         self.url = f"{self.scheme}://{self.host}:{self.port}"  # nothing secret in it
         self.ca_file = ca_file
         self.timeout = timeout
-        self._sock: socket.socket | None = None
-        self._tls: tuple[ssl.SSLObject, ssl.MemoryBIO] | None = None
+        self._conn: _Connection | None = None
         self._lock = threading.Lock()
         self._context: ssl.SSLContext | None = None
         if self.scheme == "syslog+tls":
@@ -159,6 +260,7 @@ class SyslogSender:
 
     def _connect(self) -> None:
         raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        tls_state = None
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._context is not None:
@@ -178,32 +280,29 @@ class SyslogSender:
                         incoming.write(data)
                 if outgoing.pending:
                     raw.sendall(outgoing.read())
-                self._tls = (tls, outgoing)
+                tls_state = (tls, incoming, outgoing)
+            # Blocking from here on, for the reader; the sender's own send(2) calls are
+            # non-blocking whatever the socket's mode (MSG_DONTWAIT).
+            raw.settimeout(None)
         except BaseException:
             raw.close()
             raise
-        self._sock = raw
+        self._conn = _Connection(raw, tls_state, self.url)
 
-    def _alive(self) -> bool:
-        """Whether the open connection still stands (the collector may have closed it
-        since the last batch: writing into it would be lost)."""
-        assert self._sock is not None
-        poller = select.poll()
-        poller.register(self._sock.fileno(), select.POLLIN | select.POLLHUP)
-        if not poller.poll(0):
-            return True  # nothing to read, no hang-up: standing
-        try:  # readable: data (TLS session tickets) or the end of the stream
-            return self._sock.recv(1, socket.MSG_PEEK) != b""
-        except OSError:
-            return False
+    @property
+    def _sock(self) -> socket.socket | None:
+        """The open connection's socket (tests and diagnostics)."""
+        return self._conn.sock if self._conn is not None else None
 
-    def _wire(self, message: bytes) -> bytes:
+    @staticmethod
+    def _wire(conn: _Connection, message: bytes) -> bytes:
         framed = frame(message)
-        if self._tls is None:
+        if conn.tls is None:
             return framed
-        tls, outgoing = self._tls
-        tls.write(framed)
-        return outgoing.read()
+        tls, _, outgoing = conn.tls
+        with conn.tls_lock:
+            tls.write(framed)
+            return outgoing.read()
 
     def send_blocking(self, messages: list[bytes],
                       on_sent: Callable[[int], None] | None = None,
@@ -214,14 +313,19 @@ class SyslogSender:
                 raise ValueError(f"a syslog message is at most {MAX_MESSAGE} bytes")
         with self._lock:
             try:
-                if self._sock is not None and not self._alive():
+                if self._conn is not None and self._conn.ended is not None:
+                    # The collector closed it since the last batch: writing into it
+                    # would be lost.
                     self._close_locked()
-                if self._sock is None:
+                if self._conn is None:
                     self._connect()
-                assert self._sock is not None
-                fd = self._sock.fileno()
+                conn = self._conn
+                assert conn is not None
+                fd = conn.sock.fileno()
                 for i, message in enumerate(messages):
-                    send_then_record(fd, self._wire(message),
+                    if conn.ended is not None:
+                        raise OSError(conn.ended)
+                    send_then_record(fd, self._wire(conn, message),
                                      records[i] if records else None, self.timeout)
                     if on_sent is not None:
                         on_sent(i)
@@ -235,16 +339,17 @@ class SyslogSender:
         """Frame and send ``messages`` in order; ``OSError`` on failure."""
         await asyncio.to_thread(self.send_blocking, messages, on_sent, records)
 
-    def _close_locked(self) -> None:
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.close()
-            self._sock = None
-        self._tls = None
+    def _close_locked(self, linger: float = 0.0) -> None:
+        if self._conn is not None:
+            self._conn.close(linger=linger)
+            self._conn = None
 
     async def close(self) -> None:
+        """Close the connection (the relay stops): what the kernel accepted is still
+        delivered after the close; the reader keeps reading for up to a second, until
+        the collector closes its side too."""
         def close() -> None:
             with self._lock:
-                self._close_locked()
+                self._close_locked(linger=1.0)
 
         await asyncio.to_thread(close)

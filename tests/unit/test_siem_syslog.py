@@ -7,6 +7,8 @@ import asyncio
 import os
 import socket
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,85 @@ def test_cursor_file_round_trip(tmp_path: Path) -> None:
     again = CursorFile(tmp_path / "siem" / "x.cursor")
     assert again.read() is not None and (again.read().seq, again.read().hash) == (7, "c" * 64)
     again.close()
+
+
+def _unread(sock: socket.socket) -> int:
+    """Bytes received on ``sock`` that nobody has read yet (FIONREAD)."""
+    import array
+    import fcntl
+    import termios
+
+    count = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+    return count[0]
+
+
+def _settles(check: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_tls_sender_reads_the_collectors_session_tickets(tmp_path: Path) -> None:
+    """A TLS 1.3 server sends session tickets after the handshake (OpenSSL: two, about
+    500 bytes). Left unread in the relay's socket, they made a kill of the relay a
+    reset that lost what the collector had not read yet (the kill -9 test with a slow
+    collector): nothing the collector sends may stay unread."""
+    from tests.siem_receivers import SyslogReceiver, make_ca, server_context
+
+    ca, cert, key = make_ca(tmp_path, "c")
+    rx = SyslogReceiver(server_context(cert, key))
+    sender = SyslogSender(rx.url, ca_file=str(ca), timeout=5)
+    try:
+        sender.send_blocking([b"one"])
+        sock = sender._sock
+        assert sock is not None
+        assert _settles(lambda: _unread(sock) == 0), f"{_unread(sock)} bytes left unread"
+        sender.send_blocking([b"two"])  # the TLS session carries on after the tickets
+    finally:
+        asyncio.run(sender.close())
+        rx.close()
+    # Not syslog messages of the trail's shape: the receiver keeps them as "bad".
+    assert _settles(lambda: rx.bad == [b"one", b"two"]), rx.bad
+
+
+def test_tcp_sender_drops_what_a_collector_sends_and_sees_it_close() -> None:
+    """Hostile: a plain TCP collector that sends bytes (none are expected), then hangs
+    up after the first message. The bytes are read and dropped, counted, never logged;
+    the hang-up is noticed and the next message goes over a new connection."""
+    server = socket.create_server(("127.0.0.1", 0))
+    got: list[bytes] = []
+
+    def serve() -> None:
+        for round_ in range(2):
+            conn, _ = server.accept()
+            with conn:
+                if round_ == 0:
+                    conn.sendall(b"\x00garbage" * 1000)
+                data = b""
+                while not data.endswith(b"one") and not data.endswith(b"two"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                got.append(data)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    sender = SyslogSender(f"syslog+tcp://127.0.0.1:{server.getsockname()[1]}", timeout=5)
+    try:
+        sender.send_blocking([b"one"])
+        conn = sender._conn
+        assert conn is not None
+        assert _settles(lambda: conn.unexpected == 8000 and _unread(conn.sock) == 0)
+        assert _settles(lambda: conn.ended is not None)  # the collector hung up
+        sender.send_blocking([b"two"])
+        assert sender._conn is not conn
+        thread.join(5)
+        assert got == [b"3 one", b"3 two"]
+    finally:
+        asyncio.run(sender.close())
+        server.close()
