@@ -194,8 +194,11 @@ class FixReporter:
             more = await self.send_pending(send)
             if more:
                 continue
+            # Refused for now (rate_limited): back when the relay said, not at the next
+            # rescan (a backlog of runs made offline would go one per RESCAN_S).
+            wait = min(RESCAN_S, max(0.0, self._not_before - time.monotonic())) or RESCAN_S
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), RESCAN_S)
+                await asyncio.wait_for(self.wake.wait(), wait)
 
     async def send_pending(self, send: Send) -> bool:
         """One pass; True when a full batch went (more may be waiting)."""

@@ -628,7 +628,8 @@ event("fix.self_service.ended", FIXES, "a customer's own run of a cached fix (`b
       need("ended_at_relay", NUMBER, "`ended_at` on the relay's clock"), ADDRESS)
 event("fix.self_service.refused", FIXES, "an agent's report of a self-service run was "
       "refused: `rate_limited` (the agent sends it again later), `unknown_version` (no "
-      "such version here, or another digest: forged, or another relay's), or a protocol "
+      "such version here, or another digest: forged, or another relay's), `too_old` (sent "
+      "over 30 days after the run started), or a protocol "
       "code (`bad_field`, `unknown_field`, `missing_field`, `too_large`...: the message "
       "broke its schema or size, and the control socket was closed) " + _SELF_SERVICE,
       AGENT, REASON, DETAIL, may("run", str, "the run's id, when the message was readable"),
@@ -667,7 +668,7 @@ event("audit.bundle.refused", PROOFS, "a session's evidence bundle was refused: 
       need("limit", int, "the limit (events, bytes of evidence, or bundles at once)"),
       need("amount", int, "how far it got when refused (events, bytes, or bundles "
            "being built)"),
-      ADDRESS_IF_API)
+      ADDRESS_IF_API, flood=True)
 event("audit.sink.failed", PROOFS, "a checkpoint sink could not take checkpoint notes "
       "(aggregated: the first failures one by one, the rest of the minute as one)",
       "`sink:SPEC` (as configured: `file:PATH`, `syslog+tls://...`)",

@@ -64,13 +64,8 @@ class BlobStore:
     def hash_file(self, digest: str) -> tuple[str, int]:
         """The SHA-256 and size of the blob's file as it is now, read in pieces
         (``OSError`` if it cannot be read)."""
-        h = hashlib.sha256()
-        size = 0
         with self._path(digest).open("rb", buffering=0) as f:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
-                size += len(chunk)
-        return h.hexdigest(), size
+            return hash_stream(f)
 
     def lines(self, digest: str, max_line: int) -> Iterator[bytes]:
         """The blob's lines (:func:`read_lines`: each at most ``max_line`` bytes), read
@@ -91,6 +86,16 @@ class BlobStore:
         if hashlib.sha256(data).hexdigest() != digest:
             raise ValueError(f"blob {digest} is damaged: its content no longer matches its name")
         return data
+
+
+def hash_stream(f: BinaryIO) -> tuple[str, int]:
+    """The SHA-256 and size of what is left to read in ``f``, read in pieces."""
+    h = hashlib.sha256()
+    size = 0
+    while chunk := f.read(CHUNK):
+        h.update(chunk)
+        size += len(chunk)
+    return h.hexdigest(), size
 
 
 def read_lines(f: BinaryIO, max_line: int, hasher: Any = None,

@@ -261,8 +261,10 @@ def recording_lines(blobs: BlobStore, sha256: str) -> Iterator[bytes]:
     with path.open("rb", buffering=CHUNK) as f:
         yield from read_lines(f, MAX_LINE, until=HEAD_TAIL)
         yield GAP
-        f.seek(size - HEAD_TAIL)
-        f.readline(MAX_LINE)  # the end of a line whose start is not read
+        # From the byte before the tail: the rest of that line is skipped (it starts
+        # before the tail), so a line starting exactly at the tail is kept.
+        f.seek(size - HEAD_TAIL - 1)
+        f.readline(MAX_LINE)
         yield from read_lines(f, MAX_LINE)
 
 

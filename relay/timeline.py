@@ -32,14 +32,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import sqlalchemy as sa
 
 from backline.relay import audit_evidence
 from backline.relay.audit import SEQ_MAX, row_to_event
-from backline.relay.blobs import BlobStore
+from backline.relay.blobs import BlobStore, hash_stream
 from backline.relay.schema import audit_events, diagnostics_reports, fix_runs, recordings
 
 #: Events per timeline page at most.
@@ -251,18 +250,26 @@ def check_blob(blobs: BlobStore, what: str, row_sha256: str,
 
 
 def check_blob_file(blobs: BlobStore, what: str, row_sha256: str,
-                    trail: TrailDigest | None) -> tuple[Path, int]:
-    """:func:`check_blob` for a blob of any size: its file and size once the file,
-    read in pieces (memory stays flat), hashes to the digest the trail recorded. It
-    takes a moment for a long recording: call it off the event loop."""
+                    trail: TrailDigest | None) -> tuple[BinaryIO, int]:
+    """:func:`check_blob` for a blob of any size: the blob's file, open at its start,
+    and its size, once what it holds, read in pieces (memory stays flat), hashes to the
+    digest the trail recorded. The caller serves from this very file (and closes it):
+    a blob renamed over after the check is not what is served. It takes a moment for
+    a long recording: call it off the event loop."""
     digest = _trail_digest(what, row_sha256, trail)
     try:
         path = blobs.path(digest)
     except ValueError as exc:  # not a SHA-256 at all: the trail's word cannot name a blob
         raise EvidenceMismatch("digest_mismatch", f"{what}: {exc}", trail) from None
-    actual, size = blobs.hash_file(digest)
-    _compare(what, trail, actual)
-    return path, size
+    f = path.open("rb", buffering=0)
+    try:
+        actual, size = hash_stream(f)
+        _compare(what, trail, actual)
+        f.seek(0)
+    except BaseException:
+        f.close()
+        raise
+    return f, size
 
 
 def _trail_digest(what: str, row_sha256: str, trail: TrailDigest | None) -> str:

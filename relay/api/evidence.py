@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, BinaryIO
 
 from backline.relay import timeline
 from backline.relay.state import Relay
@@ -38,14 +37,26 @@ def checked_bytes(relay: Relay, what: str, row_sha256: str,
 
 async def checked_file(relay: Relay, what: str, row_sha256: str,
                        trail: timeline.TrailDigest | None, *, action: str, target: str,
-                       **details: Any) -> tuple[Path, int]:
+                       **details: Any) -> tuple[BinaryIO, int]:
     """:func:`checked_bytes` for evidence of any size (a recording may be gigabytes):
-    the file and its size, hashed in pieces off the event loop, to be streamed from
-    disk, never held whole in memory."""
+    the open file and its size, hashed in pieces off the event loop, to be streamed
+    from that file (:func:`streamed`), never held whole in memory."""
     with _refusals(what, action, target, details):
         return await asyncio.to_thread(timeline.check_blob_file, relay.blobs, what,
                                        row_sha256, trail)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def streamed(f: BinaryIO) -> AsyncIterator[bytes]:
+    """What :func:`checked_file` checked, from the same open file, a piece at a time
+    (read off the event loop); the file is closed at the end or when the client goes."""
+    from backline.relay.blobs import CHUNK
+
+    try:
+        while chunk := await asyncio.to_thread(f.read, CHUNK):
+            yield chunk
+    finally:
+        f.close()
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ against the SHA-256 the audit trail recorded before a byte of it is served.
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from backline.relay import timeline
@@ -61,7 +61,7 @@ async def get_recording(request: Request, relay: Relay, who: Principal, *,
                        reason="deleted_by_retention")
     # Against the digest the trail recorded, not only the row (relay/api/evidence.py),
     # read in pieces off the event loop, then streamed from disk.
-    path, size = await evidence.checked_file(
+    file, size = await evidence.checked_file(
         relay, f"recording {row['id']}", row["sha256"],
         timeline.recording_trail(relay.engine, row), action="recording.refused",
         target=f"recording:{row['id']}", session=row["session_id"])
@@ -70,10 +70,12 @@ async def get_recording(request: Request, relay: Relay, who: Principal, *,
                  address=who.address)
     kind = recording.media_type(row["capability"])
     suffix = "cast" if kind == recording.MEDIA_TYPE else "jsonl"
-    # Streamed from the file (in pieces), never held whole in the relay's memory.
-    return FileResponse(path, media_type=kind, headers={
+    # Streamed from the file that was checked, in pieces, never held whole in memory;
+    # whole (no ranges: a play is the whole recording, as recording.played says).
+    return StreamingResponse(evidence.streamed(file), media_type=kind, headers={
         "content-disposition": f'inline; filename="backline-{row["id"]}.{suffix}"',
-        "x-content-sha256": row["sha256"], "cache-control": "no-store"})
+        "content-length": str(size), "x-content-sha256": row["sha256"],
+        "cache-control": "no-store"})
 
 
 ROUTES = [

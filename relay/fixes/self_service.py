@@ -55,6 +55,9 @@ MAX_BYTES = protocol.max_encoded_bytes("fix_report")
 #: Reports an agent may send at once, then one per ``REFILL_S`` seconds.
 BURST = 20
 REFILL_S = 60.0
+#: How long after a run started its report is taken (30 days): an agent offline longer
+#: loses the report (refused ``too_old``, audited).
+MAX_AGE_S = 30 * 86400.0
 #: Agents whose bucket is kept; past it, full buckets (nothing to remember) are dropped.
 MAX_AGENTS = 20_000
 
@@ -126,6 +129,13 @@ class SelfServiceReports:
             return self._refuse(conn, msg, "rate_limited",
                                 f"more than {BURST} reports at once, or one per "
                                 f"{REFILL_S:g} s after them: send it again later")
+        if msg["sent_at"] - msg["started_at"] > MAX_AGE_S:
+            # The agent chooses the gap between its run and its report: unbounded, it
+            # could place a run anywhere in the past (and turn an old alert into one a
+            # customer's fix resolved). A report is sent when the agent runs again.
+            return self._refuse(conn, msg, "too_old",
+                                f"a run reported {msg['sent_at'] - msg['started_at']:.0f} s "
+                                f"after it started: at most {MAX_AGE_S:.0f} s are taken")
         known = self._digest_of(msg["fix"], msg["version"])
         if known != msg["digest"]:
             detail = (f"the relay has no {fix}" if known is None

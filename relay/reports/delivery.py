@@ -274,7 +274,8 @@ class Schedule:
             skipped, due = due[:-MAX_CATCH_UP], due[-MAX_CATCH_UP:]
             relay.record("relay", "report.delivery.skipped", target, via=via, group=group,
                          count=len(skipped), since=skipped[0][0], until=skipped[-1][1])
-            advance(relay.engine, key, self.node, skipped[-1][1], time.time())
+            if not advance(relay.engine, key, self.node, skipped[-1][1], time.time()):
+                return False  # our claim lapsed: another node delivers this way now
         for since, until in due:
             if (since, until) not in reports:
                 reports[(since, until)] = compute.report(relay.engine, since=since,
@@ -293,11 +294,17 @@ class Schedule:
                 return True
             self.attempts.pop(via, None)
             self.retry_at.pop(via, None)
-            advance(relay.engine, key, self.node, until, time.time())
+            claimed = advance(relay.engine, key, self.node, until, time.time())
             extra = {"recipients": len(cfg.report_recipients)} if via == "smtp" else {}
             late = round(max(0.0, clock.now() - (until + cfg.report_hour_utc * HOUR)), 1)
             relay.record("relay", "report.delivered", target, via=via, group=group,
                          since=since, until=until, attempt=attempt, late_s=late, **extra)
+            if not claimed:
+                # Our claim lapsed while this one was sent (it was delivered: recorded
+                # above); the node that holds the claim now delivers what is owed next.
+                log.warning("scheduled report via %s: another node holds the delivery "
+                            "now; this one stops", via)
+                return False
         return False
 
 

@@ -168,12 +168,12 @@ def test_an_alert_that_cleared_while_the_agent_was_offline_is_cleared_at_reconne
     agent = world.agent
     target = f"agent:{agent.agent_id}"
     (agent.state_dir / "agent.toml").write_text(CRITICAL)
-    wait_for(lambda: trail(world, "agent.health.alert", target), 30, "the alert")
+    wait_for(lambda: trail(world, "agent.health.alert", target), 90, "the alert")
     agent.stop()
     cleared = len(trail(world, "agent.health.cleared", target))
     (agent.state_dir / "agent.toml").write_text(WARNING)  # the customer fixed it, offline
     agent.start()
-    wait_for(lambda: len(trail(world, "agent.health.cleared", target)) > cleared, 30,
+    wait_for(lambda: len(trail(world, "agent.health.cleared", target)) > cleared, 90,
              "the clear, at reconnect")
     assert len(trail(world, "agent.health.alert", target)) == 1
     (agent.state_dir / "agent.toml").unlink()
@@ -231,6 +231,18 @@ def test_forged_malformed_and_padded_reports_are_refused_and_audited(world: Worl
         unknown = report(world, fix="never-approved")
         sock.send(json.dumps(unknown))
         assert ack(sock)["reason"] == "unknown_version"
+        # The agent chooses the gap between its run and its report: over 30 days is
+        # refused (else it could place a run anywhere in the past)
+        long_ago = time.time() - self_service.MAX_AGE_S - 60
+        old = report(world, started_at=round(long_ago, 3), ended_at=round(long_ago + 5, 3))
+        sock.send(json.dumps(old))
+        assert ack(sock)["reason"] == "too_old"
+        # An honest agent whose clock is an hour behind: the run lands where it happened
+        now = time.time()
+        skewed = report(world, started_at=round(now - 3610, 3), ended_at=round(now - 3605, 3),
+                        sent_at=round(now - 3600, 3))
+        sock.send(json.dumps(skewed))
+        assert ack(sock)["status"] == "recorded"
         good = report(world)
         sock.send(json.dumps(good))
         assert ack(sock)["status"] == "recorded"
@@ -238,6 +250,10 @@ def test_forged_malformed_and_padded_reports_are_refused_and_audited(world: Worl
         assert ack(sock)["status"] == "duplicate"
     assert len(recorded(world, good["run_id"])) == 1
     assert recorded(world, forged["run_id"]) == recorded(world, unknown["run_id"]) == []
+    assert recorded(world, old["run_id"]) == []
+    placed = recorded(world, skewed["run_id"])[0]["details"]
+    assert abs(placed["clock_offset_s"] - 3600) < 60
+    assert abs(placed["started_at_relay"] - (now - 10)) < 60
 
     padded = json.dumps(report(world)) + " " * 4000  # valid, but padded
     assert len(padded) > self_service.MAX_BYTES
@@ -258,13 +274,13 @@ def test_forged_malformed_and_padded_reports_are_refused_and_audited(world: Worl
 
     def refusals() -> tuple[list[dict[str, Any]], int] | None:
         single, count = aggregated(trail(world, "fix.self_service.refused", target))
-        return (single, count) if len(single) + count == 2 + len(bad_frames) else None
+        return (single, count) if len(single) + count == 3 + len(bad_frames) else None
 
     single, count = wait_for(refusals, WINDOW_S * 3, "every refusal in the trail")
     # The first five one by one (then counted: a broken agent can repeat them at will).
     assert [r["details"]["reason"] for r in single] == [
-        "unknown_version", "unknown_version", "unknown_field", "bad_field", "missing_field"]
-    assert count == 2
+        "unknown_version", "unknown_version", "too_old", "unknown_field", "bad_field"]
+    assert count == 3
     first = single[0]["details"]
     assert first["reason"] == "unknown_version" and first["run"] == forged["run_id"]
     assert first["digest"] == forged["digest"] and "another digest" in first["detail"]

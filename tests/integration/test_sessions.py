@@ -57,7 +57,7 @@ def start_agent(root: Path, relay: RelayProcess, admin: Api, name: str,
     assert r.returncode == 0, r.stderr
     (agent.state_dir / "policy.toml").write_text(policy)
     agent.start()
-    wait_for(lambda: admin.get(f"/api/v1/agents/{agent.agent_id}").json().get("online"), 20,
+    wait_for(lambda: admin.get(f"/api/v1/agents/{agent.agent_id}").json().get("online"), 60,
              f"{name} online")
     return agent
 

@@ -352,3 +352,25 @@ def test_a_long_recording_is_indexed_by_its_head_and_its_tail(tmp_path: Path,
     with pytest.raises(ValueError, match="damaged"):
         term_index.index_recording(engine, blobs, recording_id="r1", session_id="s1",
                                    sha256=digest, keystrokes=False)
+
+
+def test_a_tail_line_starting_exactly_at_the_tail_is_kept(tmp_path: Path,
+                                                           monkeypatch: object) -> None:
+    """The tail is read from the byte before it: a line that starts exactly where the
+    tail starts is indexed (review finding: it was skipped as a partial line)."""
+    import pytest
+
+    from backline.relay.blobs import BlobStore
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    blobs = BlobStore(tmp_path / "blobs")
+    lines = [json.dumps({"version": 2}).encode()]
+    lines += [json.dumps([float(i), "o", f"w{i:03d} "]).encode() for i in range(200)]
+    data = b"\n".join(lines) + b"\n"
+    digest = blobs.put(data)
+    # every line of the second half starting exactly at the tail, in turn
+    for k in range(150, 160):
+        start = len(b"\n".join(lines[:k])) + 1
+        monkeypatch.setattr(term_index, "HEAD_TAIL", len(data) - start)
+        words = {m.word for m in term_index.moments_of(term_index.recording_lines(blobs, digest))}
+        assert f"w{k - 1:03d}" in words, k
