@@ -168,6 +168,8 @@ def test_an_alert_that_cleared_while_the_agent_was_offline_is_cleared_at_reconne
     agent = world.agent
     target = f"agent:{agent.agent_id}"
     (agent.state_dir / "agent.toml").write_text(CRITICAL)
+    agent.stop()  # the agent reads agent.toml (its 1 s health interval) when it starts
+    agent.start()
     wait_for(lambda: trail(world, "agent.health.alert", target), 90, "the alert")
     agent.stop()
     cleared = len(trail(world, "agent.health.cleared", target))
