@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backline.common import protocol
+from backline.common.keys import write_private_file
 
 if TYPE_CHECKING:
     from backline.agent.activity import ActivityLog
@@ -88,14 +89,7 @@ def keep(state_root: Path, report: dict[str, Any]) -> Path:
     where.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = where / f"{report['run_id']}.json"
     data = json.dumps({k: report.get(k) for k in FIELDS}, sort_keys=True).encode()
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private_file(path, data)  # 0600, synced, renamed into place
     _sync_folder(where)
     return path
 
