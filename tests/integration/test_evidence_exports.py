@@ -28,17 +28,8 @@ import pytest
 
 from tests.harness import AgentProcess, Api, RelayProcess, admin_api, audit_actions
 from tests.integration.test_fix_relay import manifest_toml
+from tests.integration.test_management_reports import POLICY
 from tests.integration.test_sessions import make_user, open_session, start_agent
-
-POLICY = """
-[capabilities]
-info = "allow"
-diagnostics = "allow"
-fix = "allow"
-
-[fix]
-decision = "allow"
-"""
 
 CLI = f"cli:{getpass.getuser()}"
 DAY = 86400.0
