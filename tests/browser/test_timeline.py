@@ -21,7 +21,15 @@ from typing import Any
 import pytest
 
 from tests.browser.helpers import CHROMIUM_PRESENT, SKIP_REASON, Watched, new_user, shot, sign_in
-from tests.harness import Api, RelayProcess, audit_actions, browser_socket, wait_for
+from tests.harness import (
+    Api,
+    RelayProcess,
+    audit_actions,
+    browser_socket,
+    free_port,
+    staged_diagnostics,
+    wait_for,
+)
 from tests.integration.test_cobrowse_relay import Console, StandInAgent
 from tests.integration.test_fix_relay import manifest_toml
 from tests.integration.test_fix_relay_e2e import approve
@@ -69,6 +77,8 @@ def done(site: RelayProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     agent = StandInAgent(tmp_path_factory.mktemp("timeline-agent"), "tl-agent", frames=0)
     assert agent.enroll(site.token()).returncode == 0
     (agent.state_dir / "policy.toml").write_text(POLICY)
+    # Findings staged on any machine: a fresh machine may have none of its own.
+    (agent.state_dir / "agent.toml").write_text(staged_diagnostics(free_port()))
     agent.start()
     tech = Api(site)
     try:
@@ -448,7 +458,7 @@ def test_fix_output_and_report_shown_verified_and_altered_ones_flagged(
     shown_report = p.locator(f"[data-shown='{report}']")
     expect(shown_report.locator("[data-check='verified']")).to_contain_text(
         done.report["sha256"])
-    expect(shown_report.locator("ul.findings, pre.evidence-text").first).to_be_visible()
+    expect(shown_report.locator("ol.findings li[data-rule='disk-almost-full']")).to_be_visible()
 
     fix_path = blob_path(site, done.fix_output["sha256"])
     report_path = blob_path(site, done.report["sha256"])

@@ -7,7 +7,7 @@ const RANK = { critical: 0, warning: 1, info: 2 };
 
 export function sortFindings(findings) {
   return [...(findings || [])].sort(
-    (a, b) => (RANK[a.severity] ?? 9) - (RANK[b.severity] ?? 9) || a.rule_id.localeCompare(b.rule_id),
+    (a, b) => (RANK[a.severity] ?? 9) - (RANK[b.severity] ?? 9) || String(a.rule_id ?? "").localeCompare(String(b.rule_id ?? "")),
   );
 }
 

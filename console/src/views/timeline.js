@@ -15,6 +15,7 @@ import { when } from "../format.js";
 import { fetchChecked, fmtBytes, PLAY_LIMIT_BYTES, RecordingShelf } from "../recordings/index.js";
 import { checkBadge, cobrowseReplayView, terminalReplayView } from "../recordings/views.js";
 import { actorView, detailFields, rawEvent, targetView } from "./event_fields.js";
+import { findingsView } from "./report.js";
 
 // The first page is what fills a screen or two; the rest comes on demand.
 const PAGE = 100;
@@ -121,8 +122,9 @@ function shownView(item) {
   }
   if (item.kind === "diagnostics") {
     const findings = findingsOf(v.text);
-    return html`${badge}${findings ? html`<ul class="findings">${findings.map((f) => html`<li>
-      <span class="sev ${f.severity}">${f.severity}</span> ${f.title || f.summary || f.rule || JSON.stringify(f)}</li>`)}</ul>`
+    // The diagnostics panel's own rendering (worst first; "No known issue found." when
+    // empty), so a report reads the same live and in review.
+    return html`${badge}${findings ? findingsView(findings)
       : html`<pre class="evidence-text">${v.text.slice(0, 200000)}</pre>`}`;
   }
   return html`${badge}<pre class="evidence-text">${v.text.slice(0, 200000)}</pre>`;
