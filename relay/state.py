@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -10,7 +11,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -33,6 +34,10 @@ from backline.relay.tls_identity import TlsIdentity
 from backline.relay.webhooks import WebhookSender
 
 log = logging.getLogger("backline.relay")
+_T = TypeVar("_T")
+#: How long a worker thread waits for the loop to write its audit event (a loop this
+#: busy is a relay in trouble: the thread raises, and its caller logs it).
+ON_LOOP_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -119,15 +124,50 @@ class Relay:
 
     def record(self, actor: str, action: str, target: str = "", **details: Any) -> None:
         """Append an audit event and log it; refusals are logged at warning level. The
-        event must be in the catalogue (:mod:`backline.relay.audit_events`)."""
-        self._append(actor, action, target, **audit_events.checked(action, details))
+        event must be in the catalogue (:mod:`backline.relay.audit_events`). From any
+        thread (:meth:`_on_loop`)."""
+        details = audit_events.checked(action, details)
+        self._on_loop(functools.partial(self._append, actor, action, target, **details))
+
+    def _on_loop(self, write: Callable[[], _T]) -> _T:
+        """Run ``write`` on the serving loop's thread and return what it returned. The
+        pending batch (:meth:`record_soon`) and the flood counters are the loop's own,
+        unlocked: a worker thread (a scheduled report's delivery, a retention pass) that
+        wrote directly raced the loop on them. The thread waits for its write, so the
+        trail holds the event before the thread goes on, as with a direct write. Not
+        serving (the CLI, tests, a closed loop): written here."""
+        loop = self._loop
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or running is loop or loop.is_closed():
+            return write()
+        done: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+        def call() -> None:
+            try:
+                done.set_result(write())
+            except BaseException as exc:  # handed to the waiting thread
+                done.set_exception(exc)
+
+        try:
+            loop.call_soon_threadsafe(call)
+        except RuntimeError:  # closed meanwhile: nothing else writes now
+            return write()
+        return done.result(timeout=ON_LOOP_TIMEOUT_S)
 
     def record_once(self, claim: Callable[[sa.Connection], bool], actor: str, action: str,
                     target: str = "", **details: Any) -> bool:
         """:meth:`record`, in one transaction with ``claim``
         (:meth:`AuditLog.append_many`): False, and nothing written, when ``claim`` says it
-        was recorded before."""
+        was recorded before. From any thread."""
         details = audit_events.checked(action, details)
+        return self._on_loop(functools.partial(self._record_once, claim, actor, action,
+                                               target, details))
+
+    def _record_once(self, claim: Callable[[sa.Connection], bool], actor: str, action: str,
+                     target: str, details: dict[str, Any]) -> bool:
         if self._pending:
             self.flush_records()
         if not self.audit.append_many([(actor, action, target, details)], claim):
@@ -148,7 +188,8 @@ class Relay:
         address, an agent) are written one by one, the rest of the minute as one
         aggregated event (:mod:`backline.relay.audit_floods`)."""
         details = audit_events.checked(action, details, flooding=True)
-        self.floods.record(source, actor, action, target, **details)
+        self._on_loop(functools.partial(self.floods.record, source, actor, action, target,
+                                        **details))
 
     def record_soon(self, actor: str, action: str, target: str = "", **details: Any) -> None:
         """:meth:`record`, batched with the others of this turn of the event loop into

@@ -186,3 +186,55 @@ def test_batched_events_keep_their_order(tmp_path: Path, database: TestDatabase)
                        ("user:x", "auth.login"), ("agent:a", "agent.disconnect")]
     assert relay.audit.verify().ok
     relay.engine.dispose()
+
+
+def test_records_from_worker_threads_are_written_by_the_loop(
+        tmp_path: Path, database: TestDatabase) -> None:
+    """A scheduled report's delivery and a retention pass record from worker threads,
+    while the loop batches agents' connects (record_soon) and counts floods: those are
+    the loop's own, unlocked. Each thread's event is written on the loop's thread, in
+    full, before the thread goes on; and nothing of the loop's batch is lost or doubled."""
+    import asyncio
+    import threading
+
+    relay = open_in(tmp_path / "r", database)
+    at = {"address": "192.0.2.1"}
+    writers: set[int] = set()
+    append = relay.audit.append_many
+
+    def watched(*args: Any, **kw: Any) -> Any:
+        writers.add(threading.get_ident())
+        return append(*args, **kw)
+
+    relay.audit.append_many = watched  # type: ignore[method-assign]
+
+    async def scenario() -> int:
+        relay._loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
+
+        def worker(n: int) -> None:
+            for i in range(20):
+                relay.record("relay", "report.delivery.failed", f"report:{n}-{i}",
+                             via="webhook", detail="x")
+                # The event is in the trail when record() returns.
+                assert any(e["target"] == f"report:{n}-{i}" for e in relay.audit.export())
+
+        threads = [asyncio.to_thread(worker, n) for n in range(3)]
+        running = asyncio.gather(*threads)
+        for i in range(200):
+            relay.record_soon(f"agent:{i}", "agent.connect", f"agent:{i}", version="1", **at)
+            await asyncio.sleep(0)
+        await running
+        await asyncio.sleep(0)
+        relay.flush_records()
+        return loop_thread
+
+    loop_thread = asyncio.run(scenario())
+    events = list(relay.audit.export())
+    connects = [e["actor"] for e in events if e["action"] == "agent.connect"]
+    failed = [e["target"] for e in events if e["action"] == "report.delivery.failed"]
+    assert sorted(connects) == sorted(f"agent:{i}" for i in range(200))
+    assert sorted(failed) == sorted(f"report:{n}-{i}" for n in range(3) for i in range(20))
+    assert writers == {loop_thread}, "an audit write ran on a worker thread"
+    assert relay.audit.verify().ok
+    relay.engine.dispose()
