@@ -432,11 +432,11 @@ def _check_fields(msg_type: str, msg: dict[str, Any]) -> None:
 def _check_fix_report(msg: dict[str, Any]) -> None:
     """A run starts before it ends, and is reported after it ended (the agent's clock
     all three; the agent makes sure of it, :mod:`backline.agent.fix_reports`); a run
-    with no exit status was ended by a signal."""
+    with no exit status was ended by a signal, and one with both is no run."""
     if not msg["started_at"] <= msg["ended_at"] <= msg["sent_at"]:
         raise ProtocolError("bad_field", "fix_report: started_at <= ended_at <= sent_at")
-    if "exit_status" not in msg and "signal" not in msg:
-        raise ProtocolError("bad_field", "fix_report: exit_status or signal")
+    if ("exit_status" in msg) == ("signal" in msg):
+        raise ProtocolError("bad_field", "fix_report: exit_status or signal, one of them")
 
 
 def check_capabilities(names: Any, where: str = "capabilities") -> None:

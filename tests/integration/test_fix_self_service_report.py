@@ -265,6 +265,7 @@ def test_forged_malformed_and_padded_reports_are_refused_and_audited(world: Worl
         ("missing_field", json.dumps({k: v for k, v in report(world).items()
                                       if k != "digest"})),
         ("bad_field", json.dumps(report(world, started_at=time.time() + 100))),  # after end
+        ("bad_field", json.dumps(report(world, signal="SIGKILL"))),  # and exit_status 0
         ("too_large", padded),
     ]
     for want, frame in bad_frames:
@@ -282,7 +283,7 @@ def test_forged_malformed_and_padded_reports_are_refused_and_audited(world: Worl
     # The first five one by one (then counted: a broken agent can repeat them at will).
     assert [r["details"]["reason"] for r in single] == [
         "unknown_version", "unknown_version", "too_old", "unknown_field", "bad_field"]
-    assert count == 3
+    assert count == len(bad_frames) - 2
     first = single[0]["details"]
     assert first["reason"] == "unknown_version" and first["run"] == forged["run_id"]
     assert first["digest"] == forged["digest"] and "another digest" in first["detail"]

@@ -52,6 +52,7 @@ def test_kept_reports_are_private_durable_files_read_back_oldest_first(tmp_path:
     {"run_id": "sr_short"}, {"fix": "Bad_Id"}, {"version": 0}, {"digest": "md5:00"},
     {"verify": "maybe"}, {"started_at": 1_800_000_100.0},  # after its end
     {"exit_status": None},  # no exit status and no signal
+    {"signal": "SIGKILL"},  # and exit status 0: both
     {"output_sha256": "B" * 64},
 ])
 def test_a_report_that_could_never_be_sent_is_not_kept(tmp_path: Path,
@@ -141,7 +142,7 @@ def longest(kind: str) -> dict[str, Any]:
     if kind == "fix_report":
         return {"run_id": "sr_" + "A" * 32, "fix": "a" + "b" * 47,
                 "version": 2**31 - 1, "digest": "sha256:" + "f" * 64,
-                "exit_status": -2**31, "signal": "S" * 16, "timed_out": False,
+                "signal": "S" * 16, "timed_out": False,  # longer than any exit_status
                 "verify": "failed", "output_sha256": "e" * 64,
                 "started_at": 1_000_000_000.123457, "ended_at": 9_999_999_999.999998,
                 "sent_at": 9_999_999_999.999998}
@@ -166,6 +167,7 @@ def test_any_fix_report_is_valid_or_a_protocol_error(fields: dict[str, Any]) -> 
         assert err.msg_type == "fix_report" or err.code == "bad_json"
         return
     assert msg["started_at"] <= msg["ended_at"] <= msg["sent_at"]
+    assert ("exit_status" in msg) != ("signal" in msg)
     assert len(protocol.encode("fix_report", **{k: v for k, v in msg.items()
                                                  if k not in ("v", "type")}).encode()
                ) <= protocol.max_encoded_bytes("fix_report")
