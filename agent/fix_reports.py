@@ -58,6 +58,17 @@ ACK_TIMEOUT_S = 30.0
 RESCAN_S = 300.0
 #: After ``rate_limited``: the relay takes a burst, then about one a minute.
 RATE_LIMITED_RETRY_S = 60.0
+#: Reports kept and not yet sent, at most: a run every minute for a week offline (a
+#: customer's cron job, say) is 10,080. Beyond, a run is not kept (said on the
+#: terminal and in the activity log, ``fix.report.unkept``): the outbox cannot fill the
+#: disk. The relay refuses runs reported over 30 days late anyway (``too_old``).
+MAX_PENDING = 10_000
+#: Refused (``.refused``) and unusable (``.bad``) files kept for the customer to see,
+#: the newest; older ones are deleted (each refusal is in the activity log too).
+MAX_SET_ASIDE = 200
+#: A temporary file this old was left by a write that crashed: deleted.
+STALE_TMP_S = 3600.0
+_SET_ASIDE = (".refused", ".bad")
 #: What a report file holds (the ``fix_report`` message but ``sent_at``).
 FIELDS = ("run_id", "fix", "version", "digest", "exit_status", "signal", "timed_out",
           "verify", "output_sha256", "started_at", "ended_at")
@@ -86,12 +97,70 @@ def keep(state_root: Path, report: dict[str, Any]) -> Path:
     never be sent); ``OSError`` when it cannot be written."""
     message(report)
     where = folder(state_root)
-    where.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _private_folder(where)
+    if _count_pending(where) >= MAX_PENDING:
+        raise OSError(f"the outbox already holds {MAX_PENDING} reports not yet sent "
+                      f"({where}): is the agent running and connected?")
     path = where / f"{report['run_id']}.json"
     data = json.dumps({k: report.get(k) for k in FIELDS}, sort_keys=True).encode()
     write_private_file(path, data)  # 0600, synced, renamed into place
     _sync_folder(where)
     return path
+
+
+def _private_folder(where: Path) -> None:
+    """The outbox, created 0700, and made 0700 again if it was not (``mkdir``'s mode
+    applies only to a folder it creates)."""
+    where.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = where.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning("fix report outbox %s was mode %o; made 0700", where, mode)
+        os.chmod(where, 0o700)
+
+
+def _count_pending(where: Path) -> int:
+    try:
+        return sum(1 for e in os.scandir(where) if _NAME_RE.fullmatch(e.name))
+    except OSError:
+        return 0
+
+
+def tidy(state_root: Path, now: float | None = None) -> int:
+    """Keep the outbox bounded and private (the running agent, at each pass): delete
+    temporary files a crashed write left (older than :data:`STALE_TMP_S`), and all but
+    the newest :data:`MAX_SET_ASIDE` set-aside files; make the folder 0700. What was
+    deleted, counted (and logged)."""
+    where = folder(state_root)
+    if not where.is_dir():
+        return 0
+    now = time.time() if now is None else now
+    with contextlib.suppress(OSError):
+        _private_folder(where)
+    stale: list[Path] = []
+    aside: list[tuple[float, str, Path]] = []
+    try:
+        for entry in os.scandir(where):
+            try:
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            if entry.name.endswith(".tmp") and now - mtime > STALE_TMP_S:
+                stale.append(Path(entry.path))
+            elif entry.name.endswith(_SET_ASIDE):
+                aside.append((mtime, entry.name, Path(entry.path)))
+    except OSError:
+        return 0
+    aside.sort(reverse=True)  # newest first
+    doomed = stale + [path for _, _, path in aside[MAX_SET_ASIDE:]]
+    deleted = 0
+    for path in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            deleted += 1
+    if deleted:
+        log.info("fix report outbox: deleted %d stale temporary or old set-aside files",
+                 deleted)
+    return deleted
 
 
 def _sync_folder(where: Path) -> None:
@@ -199,7 +268,8 @@ class FixReporter:
         wait = self._not_before - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        batch = pending(self.root)  # a small folder: read on the loop, as the state is
+        tidy(self.root)  # a small folder: read on the loop, as the state is
+        batch = pending(self.root)
         for path, report in batch:
             answer = await self._send_one(send, report)
             if answer is None:

@@ -78,6 +78,42 @@ def test_files_that_are_not_reports_are_set_aside_once(tmp_path: Path) -> None:
     assert (where / "notes.txt").exists()
 
 
+def test_the_outbox_stays_bounded_and_private(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stale temporary files go, set-aside files are kept to the newest
+    MAX_SET_ASIDE, a folder made readable by others is made 0700 again, and past
+    MAX_PENDING unsent reports a run is not kept (an OSError the command reports)."""
+    where = fix_reports.folder(tmp_path)
+    where.mkdir(mode=0o755)
+    os.chmod(where, 0o755)  # noqa: S103 - the mode under test
+    now = 1_900_000_000.0
+    monkeypatch.setattr(fix_reports, "MAX_SET_ASIDE", 3)
+    aside = []
+    for i in range(5):
+        p = where / f"{fix_reports.new_run_id()}.{'refused' if i % 2 else 'bad'}"
+        p.write_text("{}")
+        os.utime(p, (now - 100 + i, now - 100 + i))
+        aside.append(p)
+    stale, fresh = where / "sr_x.json.tmp", where / "sr_y.json.tmp"
+    for p, age in ((stale, fix_reports.STALE_TMP_S + 1), (fresh, 10)):
+        p.write_text("half")
+        os.utime(p, (now - age, now - age))
+    kept = fix_reports.keep(tmp_path, run())
+    assert where.stat().st_mode & 0o777 == 0o700  # keep() mended the mode
+    os.chmod(where, 0o750)  # noqa: S103 - the mode under test
+    assert fix_reports.tidy(tmp_path, now=now) == 3  # the stale tmp, the 2 oldest aside
+    assert where.stat().st_mode & 0o777 == 0o700
+    assert sorted(p.name for p in where.iterdir()) == sorted(
+        [kept.name, fresh.name, *(p.name for p in aside[2:])])
+    assert fix_reports.tidy(tmp_path, now=now) == 0
+
+    monkeypatch.setattr(fix_reports, "MAX_PENDING", 2)
+    fix_reports.keep(tmp_path, run())
+    with pytest.raises(OSError, match="already holds 2 reports"):
+        fix_reports.keep(tmp_path, run())
+    assert len(fix_reports.pending(tmp_path)) == 2
+
+
 class FakeRelay:
     """Answers each ``fix_report`` it is sent with the next planned status."""
 
