@@ -266,15 +266,22 @@ class Relay:
         self.audit.checkpoint()
 
     async def _housekeeping(self) -> None:
-        """Flush last-seen times and sign audit checkpoints on their timers."""
+        """Flush last-seen times and sign audit checkpoints on their timers; forget old
+        self-service run keys once an hour (the first pass a tick after the start)."""
+        from backline.relay.fixes import self_service
+
         tick = min(15.0, self.config.audit_checkpoint_seconds)
         flushed = time.monotonic()
+        pruned = time.monotonic() - PRUNE_EVERY_S
         while True:
             await asyncio.sleep(tick)
             try:
                 if time.monotonic() - flushed >= LAST_SEEN_FLUSH_S - tick / 2:
                     flushed = time.monotonic()
                     self.presence.flush_last_seen(self.engine)
+                if time.monotonic() - pruned >= PRUNE_EVERY_S:
+                    pruned = time.monotonic()
+                    await asyncio.to_thread(self_service.prune, self.engine)
                 self.audit.checkpoint_if_due()
             except Exception:
                 log.exception("housekeeping failed; will retry")
@@ -295,6 +302,8 @@ def _log_event(actor: str, action: str, target: str, details: dict[str, Any]) ->
 
 #: How stale an online agent's ``last_seen`` row may get (after a crash, at most this).
 LAST_SEEN_FLUSH_S = 60.0
+#: How often keys no longer needed are forgotten (``self_service_runs``).
+PRUNE_EVERY_S = 3600.0
 
 #: Words that, as a whole word of a detail's name (``password``, ``new_password``,
 #: ``totp_code``, ``code``, ``csrf_token``), mark a secret. ``totp`` (whether a second

@@ -60,6 +60,26 @@ REFILL_S = 60.0
 MAX_AGE_S = 30 * 86400.0
 #: Agents whose bucket is kept; past it, full buckets (nothing to remember) are dropped.
 MAX_AGENTS = 20_000
+#: How long a recorded run's key is kept in ``self_service_runs``: a report of it sent
+#: again later is refused ``too_old`` before the key is looked at, so the key is no
+#: longer needed (a day more for an agent clock stepped back).
+KEEP_RUN_KEYS_S = MAX_AGE_S + 86400.0
+
+
+def prune(engine: sa.Engine, now: float | None = None) -> int:
+    """Forget the keys of runs recorded over :data:`KEEP_RUN_KEYS_S` ago (the table
+    grew by every run ever reported); how many. The events stay in the trail. Blocking:
+    the relay's housekeeping calls it in a thread, once an hour."""
+    from backline.relay.reports import clock
+
+    now = clock.now() if now is None else now
+    with engine.begin() as db:
+        gone = db.execute(self_service_runs.delete().where(
+            self_service_runs.c.recorded_at < now - KEEP_RUN_KEYS_S)).rowcount
+    if gone:
+        log.info("self-service runs: forgot the keys of %d runs recorded over %.0f days "
+                 "ago", gone, KEEP_RUN_KEYS_S / 86400)
+    return int(gone or 0)
 
 
 class _Bucket:
