@@ -753,8 +753,10 @@ event("connection.refused", FLOODS, "a connection was refused at accept: a cap o
       "connections that have not authenticated was reached", "empty",
       need("reason", str, "which cap"), ADDRESS, flood=True)
 event("connection.timeout", FLOODS, "a connection that had not authenticated was closed at "
-      "a deadline", "empty",
-      need("reason", str, "the phase: TLS handshake, request head, body, WebSocket auth..."),
+      "a deadline, or one the relay hung up that did not close within its grace "
+      "(`hung_up`: a console that does not read)", "empty",
+      need("reason", str, "the phase: TLS handshake, request head, body, WebSocket auth, "
+                          "hung_up..."),
       ADDRESS, flood=True)
 event("request.refused", FLOODS, "an API request was refused (the default of `ApiError`: "
       "unauthenticated, CSRF, forbidden, bad input, unknown path...)", PATH, *API_REFUSAL,

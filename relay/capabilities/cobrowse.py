@@ -59,6 +59,7 @@ from backline.relay.capabilities.base import (
     reported,
 )
 from backline.relay.capabilities.lines import LineReader, LineTooLong
+from backline.relay.net import conn_limits
 from backline.relay.sessions.session import LiveSession, SessionError
 
 if TYPE_CHECKING:
@@ -316,6 +317,8 @@ class Viewer:
     commands: Bucket = field(default_factory=lambda: Bucket(COMMAND_BURST, COMMANDS_PER_S))
     sending: asyncio.Future[None] | None = None
     listening: asyncio.Future[None] | None = None
+    #: Its connection (made in its socket's task), aborted if it outlives a hang-up.
+    conn: conn_limits.Conn | None = field(default_factory=conn_limits.current)
     #: The catch-up, sent right after ``ready`` (frames the room holds anyway: not
     #: counted against :data:`MAX_QUEUED`, so a snapshot of several MiB can be joined).
     backlog: collections.deque[str] = field(default_factory=collections.deque)
@@ -404,6 +407,7 @@ class Room:
                 self.audit(viewer.actor, "cobrowse.viewer.dropped", reason=code,
                            role=viewer.role)
         viewer.queue.put_nowait(None)
+        conn_limits.end_within(viewer.conn)  # a console that does not read: still closed
         viewer.gone = True
         self.events.put_nowait((viewer, None))
 
@@ -671,6 +675,7 @@ class Room:
         await self.finish(end)
         for v in self.viewers:
             self._send(v, None)
+            conn_limits.end_within(v.conn)  # else one that does not read holds the end
         await asyncio.gather(*(v.sending for v in self.viewers if v.sending),
                              return_exceptions=True)
 

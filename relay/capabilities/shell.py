@@ -53,6 +53,7 @@ from backline.relay.capabilities.base import (
     no_request,
     reported,
 )
+from backline.relay.net import conn_limits
 from backline.relay.sessions.session import LiveSession, SessionError
 
 if TYPE_CHECKING:
@@ -156,6 +157,8 @@ class Viewer:
     gone: bool = False
     sending: asyncio.Future[None] | None = None
     listening: asyncio.Future[None] | None = None
+    #: Its connection (made in its socket's task), aborted if it outlives a hang-up.
+    conn: conn_limits.Conn | None = field(default_factory=conn_limits.current)
 
     def __post_init__(self) -> None:
         self.room.set()
@@ -265,6 +268,7 @@ class Terminal:
                                          f"session:{self.ch.session.id}", terminal=self.id,
                                          reason=code, role=viewer.role)
         viewer.queue.put_nowait(None)
+        conn_limits.end_within(viewer.conn)  # a console that does not read: still closed
         viewer.gone = True
         viewer.room.set()
         self.events.put_nowait((viewer, None))
@@ -334,6 +338,7 @@ class Terminal:
         await self.finish(end, closed_by)
         for v in self.viewers:
             self._send(v, None)
+            conn_limits.end_within(v.conn)  # else one that does not read holds the end
         await asyncio.gather(*(v.sending for v in self.viewers if v.sending),
                              return_exceptions=True)
 

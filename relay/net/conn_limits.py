@@ -67,6 +67,11 @@ REQUEST_HEAD = "request_head"
 REQUEST_BODY = "request_body"
 WEBSOCKET_AUTH = "websocket_auth"
 RESPONSE_WRITE = "response_write"
+#: A socket the relay hung up (a console dropped, a room ended) that did not close:
+#: its peer does not read, so its last frames wait in a send that never returns.
+HUNG_UP = "hung_up"
+#: How long such a socket has to take its last frames and close (:func:`end_within`).
+HANG_UP_GRACE_S = 10.0
 
 #: The connection whose bytes are being handled: set around the HTTP protocol's
 #: ``data_received``, so the tasks it starts (requests, WebSocket endpoints) inherit
@@ -269,7 +274,8 @@ class Gate:
         self._timeout_metric = Counter(
             "backline_connections_timed_out_total",
             "Connections ended by a deadline (TLS handshake, request head or body, "
-            "WebSocket authentication)", ["phase"], registry=registry)
+            "WebSocket authentication, a hung-up socket that did not close)", ["phase"],
+            registry=registry)
         gauge = Gauge("backline_connections_unauthenticated",
                       "Connections open that have not authenticated", registry=registry)
         gauge.set_function(lambda: self.total)
@@ -366,17 +372,32 @@ class Gate:
             log.exception("could not report a connection %s", kind)
 
 
+def current(ws: Any = None) -> Conn | None:
+    """The connection of ``ws`` (a :class:`~backline.relay.net.control_socket.LeanSocket`,
+    whose transport knows it), else the one whose bytes started the running task; None
+    outside a bounded connection."""
+    conn: Conn | None = None
+    transport = getattr(ws, "transport", None)
+    if transport is not None:
+        conn = transport.get_extra_info(EXTRA)
+    return conn if conn is not None else CURRENT.get()
+
+
+def end_within(conn: Conn | None, seconds: float = HANG_UP_GRACE_S) -> None:
+    """The relay hung ``conn`` up (its last frames and close frame are queued): abort
+    it if it is still open ``seconds`` from now (``connection.timeout``, reason
+    :data:`HUNG_UP`). A peer that does not read would otherwise hold the socket, and
+    the task waiting in its send, for as long as TCP lets it. From the loop's thread."""
+    if conn is not None and conn.gate.in_loop_thread():
+        conn.deadline_in(seconds, HUNG_UP)
+
+
 def authenticated(ws: Any = None) -> None:
     """Mark the current connection authenticated (see the module's docstring for the
     marking points). ``ws``: a :class:`~backline.relay.net.control_socket.LeanSocket`,
     whose transport knows its connection; otherwise the connection is the one whose
     bytes started the running task. Nothing happens outside a bounded connection."""
-    conn: Conn | None = None
-    transport = getattr(ws, "transport", None)
-    if transport is not None:
-        conn = transport.get_extra_info(EXTRA)
-    if conn is None:
-        conn = CURRENT.get()
+    conn = current(ws)
     if conn is None:
         return
     if conn.gate.in_loop_thread():

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,8 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from backline.relay.net import conn_limits
 from tests.harness import (
     AgentProcess,
     Api,
@@ -157,6 +160,14 @@ def quiet_socket(relay: RelayProcess, api: Api, path: str) -> Iterator[Any]:
                  open_timeout=10, max_queue=1, max_size=4 * 2**20,
                  additional_headers={"Origin": relay.url, "Cookie": cookie}) as ws:
         yield ws
+
+
+def hung_up_aborted(relay: RelayProcess) -> float:
+    """Sockets the relay hung up and then aborted, as they did not close (/metrics)."""
+    text = httpx.get(relay.url + "/metrics", verify=relay.tls(), timeout=10).text
+    found = re.search(r'^backline_connections_timed_out_total\{phase="hung_up"\} (\S+)$',
+                      text, re.M)
+    return float(found[1]) if found else 0.0
 
 
 def click(x: float = 40, y: float = 50) -> dict[str, Any]:
@@ -347,6 +358,7 @@ def test_a_watcher_that_does_not_read_is_dropped_the_technician_gets_everything(
             tech.send(type="start", url=None, screencast=False)
             tech.message("ready")
             tech.agent("rrweb")
+            aborted_before = hung_up_aborted(relay)
             with quiet_socket(relay, world.watcher, stream(sid, "watch=1")):
                 wait_for(lambda: trail(relay, sid, "cobrowse.join"), 10, "the watcher in")
                 started = time.monotonic()
@@ -366,6 +378,10 @@ def test_a_watcher_that_does_not_read_is_dropped_the_technician_gets_everything(
                 assert dropped[-1]["details"]["role"] == "watch"
                 assert dropped[-1]["actor"] == "user:supervisor"
                 tech.agent("rrweb")  # the technician's view goes on
+                # Its socket, whose last frames wait in a send that never returns, is
+                # aborted after the hang-up's grace: it holds no socket nor task after.
+                wait_for(lambda: hung_up_aborted(relay) > aborted_before,
+                         conn_limits.HANG_UP_GRACE_S + 20, "the dropped watcher aborted")
             tech.send(type="end")
             tech.message("exit")
         print(f"{FRAMES} frames of {FRAME_KIB} KiB to the technician in {took:.1f} s "
