@@ -97,7 +97,10 @@ async def play_relay_handshake(ws: Any, fingerprint: str, agent: AgentProcess,
     return msg
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1,
+             explain: Callable[[], str] | None = None) -> Any:
+    """``check()``'s first true value within ``timeout``; else an AssertionError, which
+    ends with ``explain()`` when given (what the processes involved left behind)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -105,7 +108,8 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float =
         if last:
             return last
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+    why = f"; {explain()}" if explain is not None else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r}){why}")
 
 
 class RelayProcess:
@@ -265,6 +269,25 @@ class AgentProcess:
 
         return str(json.loads((self.state_dir / "enrollment.json").read_text())["agent_id"])
 
+    def post_mortem(self) -> str:
+        """What the agent left: exit status (a signal by name), status.json, its log.
+        Why: an agent killed from outside (SIGKILL) writes neither a log line nor a
+        status, and a timeout that only says "not online" does not tell that apart
+        from an agent that runs but cannot connect."""
+        code = self.proc.poll() if self.proc is not None else None
+        if self.proc is None:
+            how = "not started"
+        elif code is None:
+            how = "still running"
+        elif code < 0:
+            how = f"killed by {signal.Signals(-code).name}"
+        else:
+            how = f"exit status {code}"
+        status_path = self.state_dir / "status.json"
+        status = status_path.read_text().strip() if status_path.exists() else "none"
+        log = self.log_path.read_text()[-2000:] if self.log_path.exists() else ""
+        return f"{how}; status.json: {status}; log:\n{log or '(empty)'}"
+
 
 class Api:
     """An API client that signs in like the console: cookie, CSRF header, Origin."""
@@ -389,12 +412,19 @@ def bystander(root: Path, relay: RelayProcess, admin: Api) -> Iterator[AgentProc
     agent = AgentProcess(root, "bystander")
     assert agent.enroll(relay.token()).returncode == 0
     agent.start()
+
+    def online() -> bool:
+        assert agent.proc is not None
+        if agent.proc.poll() is not None:  # dead: say so now, and how, not in 20 s
+            raise AssertionError(f"the bystander ended before it was online: "
+                                 f"{agent.post_mortem()}")
+        return bool(admin.get(f"/api/v1/agents/{agent.agent_id}").json()["online"])
+
     try:
-        wait_for(lambda: admin.get(f"/api/v1/agents/{agent.agent_id}").json()["online"], 20,
-                 "the bystander online")
+        wait_for(online, 20, "the bystander online", explain=agent.post_mortem)
         yield agent
         assert admin.get(f"/api/v1/agents/{agent.agent_id}").json()["online"], \
-            "the bystander went offline"
+            f"the bystander went offline: {agent.post_mortem()}"
     finally:
         agent.stop()
 

@@ -251,13 +251,24 @@ def _age(path: Path, days: float) -> None:
     os.utime(path, (then, then), follow_symlinks=False)
 
 
-def _comm_pids(name: str) -> list[int]:
+def _comm_pids(name: str, under: Path | None = None) -> list[int]:
+    """Live processes named ``name``, on the whole machine; with ``under``, only those
+    whose command line names a file in that folder (what this test started there).
+
+    Never signal what this returns without ``under``: a name is not this test's own.
+    The restart-agent test's cleanup once SIGKILLed every process named
+    ``backline-agent`` to end its stand-in, and with it the real agents that the other
+    pytest-xdist workers' tests were running (an agent killed mid-handshake: no log, no
+    status.json, the relay saw it come and go)."""
+    prefix = None if under is None else os.fsencode(f"{under}/")
     pids = []
     for comm in Path("/proc").glob("[0-9]*/comm"):
         try:
             if comm.read_text().strip() == name:
                 state = (comm.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z":
+                argv = (comm.parent / "cmdline").read_bytes().split(b"\0")
+                if state != "Z" and (prefix is None
+                                     or any(a.startswith(prefix) for a in argv)):
                     pids.append(int(comm.parent.name))
         except (OSError, IndexError):
             continue
@@ -929,8 +940,8 @@ esac
         assert len(stopped) == 1 and stopped[0] != (state / "pid").read_text().strip()
         assert not _alive(int(stopped[0]))
     finally:
-        for comm in ("manager.sh", "backline-agent"):
-            for pid in _comm_pids(comm):
+        for comm in ("manager.sh", "backline-agent"):  # ours only: see _comm_pids
+            for pid in _comm_pids(comm, under=tmp_dir):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
