@@ -94,7 +94,7 @@ def writing(engine: sa.Engine) -> Iterator[sa.Connection]:
 
 
 #: The newest migration in ``relay/migrations/versions`` (a test holds them equal).
-HEAD_REVISION = "0012"
+HEAD_REVISION = "0013"
 
 #: The PostgreSQL advisory lock (per database) a migrating relay holds, so several
 #: nodes starting at once migrate one after the other, not over each other.

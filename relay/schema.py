@@ -448,4 +448,8 @@ report_deliveries = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("claimed_by", Str(32)),
     sa.Column("claimed_until", sa.Float),
+    # A failing delivery of the oldest owed period: failures in a row, and when (wall
+    # clock) any node may try again (migration 0013).
+    sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("retry_at", sa.Float),
 )

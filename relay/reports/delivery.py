@@ -11,7 +11,9 @@ oldest first, so a period that fell due while the relay was down goes out when i
 back (at most :data:`MAX_CATCH_UP` of them; older ones are skipped, audited
 ``report.delivery.skipped``). A delivery that fails is audited with its attempt and
 tried again after ``report_retry_s``, doubling up to :data:`RETRY_CAP_S`; the periods
-after it wait their turn, so they arrive in order. A period is marked delivered only
+after it wait their turn, so they arrive in order. The back-off (failures in a row, the
+time of the next try) is kept in the way's row (migration 0013): every node waits for
+it, and a restart does not start the count again. A period is marked delivered only
 after it was: a crash between the two sends it again after the restart (at least once;
 the webhook's body names the period, for a receiver that deduplicates).
 
@@ -177,11 +179,21 @@ def cursor_key(schedule: str, group: str, via: str) -> str:
     return f"{schedule}|{group}|{via}"[:200]
 
 
+@dataclass(frozen=True)
+class Cursor:
+    """A way's row, as claimed: the end of the last period delivered; failures in a row
+    of the oldest owed one, and when (wall clock) it may be tried again."""
+
+    until: float
+    failures: int = 0
+    retry_at: float | None = None
+
+
 def claim(engine: sa.Engine, key: str, node: str, baseline: float, now: float
-          ) -> float | None:
-    """Take the row of ``key`` for ``node`` until ``now + LEASE_S``; the end of the last
-    period delivered, or None when another node holds it. A row made now starts at
-    ``baseline`` (nothing owed: the first start)."""
+          ) -> Cursor | None:
+    """Take the row of ``key`` for ``node`` until ``now + LEASE_S``; where it got to,
+    or None when another node holds it. A row made now starts at ``baseline`` (nothing
+    owed: the first start)."""
     c = report_deliveries.c
     with writing(engine) as conn:
         conn.execute(insert_if_absent(conn, report_deliveries).values(
@@ -192,18 +204,33 @@ def claim(engine: sa.Engine, key: str, node: str, baseline: float, now: float
             .values(claimed_by=node, claimed_until=now + LEASE_S))
         if not taken.rowcount:
             return None
-        return float(conn.execute(sa.select(c.until).where(c.key == key)).scalar_one())
+        row = conn.execute(sa.select(c.until, c.failures, c.retry_at).where(c.key == key)
+                           ).one()
+        return Cursor(float(row.until), int(row.failures or 0),
+                      None if row.retry_at is None else float(row.retry_at))
 
 
 def advance(engine: sa.Engine, key: str, node: str, until: float, now: float) -> bool:
-    """Record that the period ending at ``until`` was delivered (the claim renewed);
-    False when the claim was lost (the lease ended and another node took it)."""
+    """Record that the period ending at ``until`` was delivered (the claim renewed, the
+    back-off over); False when the claim was lost (the lease ended and another node
+    took it)."""
     c = report_deliveries.c
     with writing(engine) as conn:
         done = conn.execute(report_deliveries.update().where(
             c.key == key, c.claimed_by == node)
-            .values(until=until, updated_at=now, claimed_until=now + LEASE_S))
+            .values(until=until, updated_at=now, claimed_until=now + LEASE_S,
+                    failures=0, retry_at=None))
     return bool(done.rowcount)
+
+
+def back_off(engine: sa.Engine, key: str, node: str, failures: int, retry_at: float,
+             now: float) -> None:
+    """Record a failed attempt in the row, so that every node (and this one after a
+    restart) waits until ``retry_at`` and counts on from ``failures``."""
+    c = report_deliveries.c
+    with writing(engine) as conn:
+        conn.execute(report_deliveries.update().where(c.key == key, c.claimed_by == node)
+                     .values(failures=failures, retry_at=retry_at, updated_at=now))
 
 
 def release(engine: sa.Engine, key: str, node: str) -> None:
@@ -234,66 +261,66 @@ class Schedule:
 
     relay: Relay
     node: str = field(default_factory=lambda: secrets.token_hex(8))
-    #: Per way: failures in a row of its oldest owed period, and when to try again
-    #: (monotonic).
-    attempts: dict[str, int] = field(default_factory=dict)
-    retry_at: dict[str, float] = field(default_factory=dict)
 
     def step(self) -> float:
-        """Deliver what is owed and due to be tried now; how long to wait (seconds)."""
+        """Deliver what is owed and due to be tried now; how long to wait (seconds). A
+        way backing off (its row's ``retry_at``, set by whichever node failed last) is
+        left alone until then."""
         cfg = self.relay.config
         now = clock.now()
         _, baseline = period(cfg.report_schedule, now, cfg.report_hour_utc)
         wait = next_due(cfg.report_schedule, now, cfg.report_hour_utc) - now
         reports: dict[tuple[float, float], dict[str, Any]] = {}
         for via in cfg.report_via:
-            retry = self.retry_at.get(via, 0.0) - time.monotonic()
-            if retry > 0:
-                wait = min(wait, retry)
-                continue
             key = cursor_key(cfg.report_schedule, cfg.report_group, via)
             cursor = claim(self.relay.engine, key, self.node, baseline, time.time())
             if cursor is None:  # another node is delivering this one
                 wait = min(wait, LEASE_S)
                 continue
             try:
-                failed = self._catch_up(via, key, cursor, now, reports)
+                retry = (cursor.retry_at or 0.0) - time.time()
+                if 0 < retry <= RETRY_CAP_S:  # longer: the clock was stepped back
+                    wait = min(wait, retry)
+                    continue
+                retry_in = self._catch_up(via, key, cursor, now, reports)
             finally:
                 release(self.relay.engine, key, self.node)
-            if failed:
-                wait = min(wait, self.retry_at[via] - time.monotonic())
+            if retry_in is not None:
+                wait = min(wait, retry_in)
         return max(1.0, min(wait, TICK_S))
 
-    def _catch_up(self, via: str, key: str, cursor: float, now: float,
-                  reports: dict[tuple[float, float], dict[str, Any]]) -> bool:
-        """Deliver ``via``'s owed periods in order; True when one failed (stopped there)."""
+    def _catch_up(self, via: str, key: str, cursor: Cursor, now: float,
+                  reports: dict[tuple[float, float], dict[str, Any]]) -> float | None:
+        """Deliver ``via``'s owed periods in order; when one failed (stopped there), the
+        seconds until it is tried again."""
         relay, cfg = self.relay, self.relay.config
         group, target = cfg.report_group, _target(relay, via)
-        due = owed(cfg.report_schedule, cursor, now, cfg.report_hour_utc)
+        due = owed(cfg.report_schedule, cursor.until, now, cfg.report_hour_utc)
         if len(due) > MAX_CATCH_UP:
             skipped, due = due[:-MAX_CATCH_UP], due[-MAX_CATCH_UP:]
             relay.record("relay", "report.delivery.skipped", target, via=via, group=group,
                          count=len(skipped), since=skipped[0][0], until=skipped[-1][1])
             if not advance(relay.engine, key, self.node, skipped[-1][1], time.time()):
-                return False  # our claim lapsed: another node delivers this way now
+                return None  # our claim lapsed: another node delivers this way now
+            cursor = Cursor(skipped[-1][1])  # what is left is a newer period
+        failures = cursor.failures
         for since, until in due:
             if (since, until) not in reports:
                 reports[(since, until)] = compute.report(relay.engine, since=since,
                                                          until=until, group=group)
-            attempt = self.attempts.get(via, 0) + 1
+            attempt = failures + 1
             detail = _send(relay, reports[(since, until)], via)
             if detail:
-                self.attempts[via] = attempt
                 backoff = min(RETRY_CAP_S, cfg.report_retry_s * 2 ** (attempt - 1))
-                self.retry_at[via] = time.monotonic() + backoff
+                back_off(relay.engine, key, self.node, attempt, time.time() + backoff,
+                         time.time())
                 log.error("scheduled management report via %s failed (attempt %d; again in "
                           "%.0f s): %s", via, attempt, backoff, detail)
                 relay.record("relay", "report.delivery.failed", target, via=via,
                              detail=detail, group=group, since=since, until=until,
                              attempt=attempt, retry_in_s=backoff)
-                return True
-            self.attempts.pop(via, None)
-            self.retry_at.pop(via, None)
+                return backoff
+            failures = 0
             claimed = advance(relay.engine, key, self.node, until, time.time())
             extra = {"recipients": len(cfg.report_recipients)} if via == "smtp" else {}
             late = round(max(0.0, clock.now() - (until + cfg.report_hour_utc * HOUR)), 1)
@@ -304,8 +331,8 @@ class Schedule:
                 # above); the node that holds the claim now delivers what is owed next.
                 log.warning("scheduled report via %s: another node holds the delivery "
                             "now; this one stops", via)
-                return False
-        return False
+                return None
+        return None
 
 
 async def run(relay: Relay) -> None:

@@ -253,18 +253,28 @@ def test_one_node_delivers_a_way_at_a_time(tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'r.db'}")
     metadata.create_all(engine)
     key = delivery.cursor_key("daily", "", "webhook")
-    assert delivery.claim(engine, key, "node-a", 100.0, now=1000.0) == 100.0
+    assert delivery.claim(engine, key, "node-a", 100.0, now=1000.0) == delivery.Cursor(100.0)
     assert delivery.claim(engine, key, "node-b", 999.0, now=1001.0) is None  # a's, for now
     assert delivery.advance(engine, key, "node-a", 200.0, now=1002.0)
     assert not delivery.advance(engine, key, "node-b", 300.0, now=1003.0)
     delivery.release(engine, key, "node-b")  # not b's to release: still a's
     assert delivery.claim(engine, key, "node-b", 0.0, now=1004.0) is None
     delivery.release(engine, key, "node-a")
-    assert delivery.claim(engine, key, "node-b", 0.0, now=1005.0) == 200.0
+    assert delivery.claim(engine, key, "node-b", 0.0, now=1005.0) == delivery.Cursor(200.0)
     # A node that died holding it: taken over once its lease ran out.
     assert delivery.claim(engine, key, "node-a", 0.0, now=1006.0) is None
     assert delivery.claim(engine, key, "node-a", 0.0,
-                          now=1005.0 + delivery.LEASE_S + 1) == 200.0
+                          now=1005.0 + delivery.LEASE_S + 1) == delivery.Cursor(200.0)
+    # A failure's back-off is the row's: the node that takes the way next (or this one
+    # after a restart) sees the count and the time of the next try; a delivery ends it.
+    t = 1006.0 + delivery.LEASE_S
+    delivery.back_off(engine, key, "node-b", 2, t + 120, now=t)  # not b's: nothing
+    delivery.back_off(engine, key, "node-a", 2, t + 120, now=t)
+    delivery.release(engine, key, "node-a")
+    assert delivery.claim(engine, key, "node-b", 0.0, now=t + 1) == delivery.Cursor(
+        200.0, 2, t + 120)
+    assert delivery.advance(engine, key, "node-b", 300.0, now=t + 130)
+    assert delivery.claim(engine, key, "node-b", 0.0, now=t + 131) == delivery.Cursor(300.0)
     assert delivery.owed("daily", DAY * 10, DAY * 12 + 7 * HOUR, 6) == [
         (DAY * 10, DAY * 11), (DAY * 11, DAY * 12)]
     assert delivery.owed("daily", DAY * 10, DAY * 11 + 5 * HOUR, 6) == []  # not due yet
