@@ -434,7 +434,9 @@ event("terminal.input.dropped", CHANNELS, "a view-only console typed, resized or
       need("terminal", str, "the terminal's id"), need("what", str, "what it sent"),
       need("reason", str, "`view_only`"))
 event("terminal.viewer.dropped", CHANNELS, "a console was hung up from a terminal: it fell "
-      "a window behind (`too_slow`), or its user's access was withdrawn", SESSION,
+      "a window behind (`too_slow`), or its user's access was withdrawn; `not_closed`: "
+      "hung up (or the terminal ended), it took nothing for 10 s, and its socket was "
+      "aborted", SESSION,
       need("terminal", str, "the terminal's id"), REASON,
       need("role", str, "`control` or `view`"),
       may("user", str, "whose access was withdrawn"))
@@ -468,7 +470,9 @@ event("cobrowse.agent_line.dropped", CHANNELS, "the agent sent a co-browse line 
       "nor recorded; audited for the first, counted in `session.channel`", SESSION,
       COBROWSE, REASON, need("bytes", int, "the line's size"))
 event("cobrowse.viewer.dropped", CHANNELS, "a console was hung up from a co-browse: it fell "
-      "too far behind (`too_slow`), or its user's access was withdrawn", SESSION, COBROWSE,
+      "too far behind (`too_slow`), or its user's access was withdrawn; `not_closed`: hung "
+      "up (or the co-browse ended), it took nothing for 10 s, and its socket was aborted",
+      SESSION, COBROWSE,
       REASON, ROLE, may("user", str, "whose access was withdrawn"))
 event("cobrowse.join", CHANNELS, "a console joined an open co-browse to watch (`?watch=1`)",
       SESSION, COBROWSE, ROLE)
@@ -753,10 +757,8 @@ event("connection.refused", FLOODS, "a connection was refused at accept: a cap o
       "connections that have not authenticated was reached", "empty",
       need("reason", str, "which cap"), ADDRESS, flood=True)
 event("connection.timeout", FLOODS, "a connection that had not authenticated was closed at "
-      "a deadline, or one the relay hung up that did not close within its grace "
-      "(`hung_up`: a console that does not read)", "empty",
-      need("reason", str, "the phase: TLS handshake, request head, body, WebSocket auth, "
-                          "hung_up..."),
+      "a deadline", "empty",
+      need("reason", str, "the phase: TLS handshake, request head, body, WebSocket auth..."),
       ADDRESS, flood=True)
 event("request.refused", FLOODS, "an API request was refused (the default of `ApiError`: "
       "unauthenticated, CSRF, forbidden, bad input, unknown path...)", PATH, *API_REFUSAL,

@@ -146,16 +146,23 @@ class Relay:
         done: concurrent.futures.Future[_T] = concurrent.futures.Future()
 
         def call() -> None:
+            if not done.set_running_or_notify_cancel():
+                return  # the thread gave up waiting: it was told nothing was written
             try:
                 done.set_result(write())
-            except BaseException as exc:  # handed to the waiting thread
+            except Exception as exc:  # handed to the waiting thread
                 done.set_exception(exc)
 
         try:
             loop.call_soon_threadsafe(call)
         except RuntimeError:  # closed meanwhile: nothing else writes now
             return write()
-        return done.result(timeout=ON_LOOP_TIMEOUT_S)
+        try:
+            return done.result(timeout=ON_LOOP_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            if done.cancel():  # never to be written: the caller's error says so
+                raise
+            return done.result()  # being written now: its outcome is the answer
 
     def record_once(self, claim: Callable[[sa.Connection], bool], actor: str, action: str,
                     target: str = "", **details: Any) -> bool:

@@ -407,9 +407,18 @@ class Room:
                 self.audit(viewer.actor, "cobrowse.viewer.dropped", reason=code,
                            role=viewer.role)
         viewer.queue.put_nowait(None)
-        conn_limits.end_within(viewer.conn)  # a console that does not read: still closed
         viewer.gone = True
+        self.end_within(viewer)  # a console that does not read: still closed
         self.events.put_nowait((viewer, None))
+
+    def end_within(self, viewer: Viewer) -> None:
+        """Its socket aborted if it takes nothing for a while now that it is hung up
+        (:func:`conn_limits.end_within`; the sender calls this again after each frame
+        taken), audited as its user's (``not_closed``)."""
+        def aborted() -> None:
+            self.audit(viewer.actor, "cobrowse.viewer.dropped", reason="not_closed",
+                       role=viewer.role)
+        conn_limits.end_within(viewer.conn, on_abort=aborted)
 
     def hang_up_user(self, username: str, reason: str, actor: str) -> int:
         """Hang up every console of ``username`` (access withdrawn), audited."""
@@ -439,6 +448,10 @@ class Room:
                 viewer.queued -= len(frame)
                 while viewer.backlog:  # right after "ready": the catch-up
                     await viewer.ws.send_text(viewer.backlog.popleft())
+                    if viewer.gone:
+                        self.end_within(viewer)
+                if viewer.gone:  # hung up, and still reading: its grace starts again
+                    self.end_within(viewer)
         was_gone, viewer.gone = viewer.gone, True
         with contextlib.suppress(Exception):
             await viewer.ws.close(1000)
@@ -675,7 +688,7 @@ class Room:
         await self.finish(end)
         for v in self.viewers:
             self._send(v, None)
-            conn_limits.end_within(v.conn)  # else one that does not read holds the end
+            self.end_within(v)  # else one that does not read holds the end
         await asyncio.gather(*(v.sending for v in self.viewers if v.sending),
                              return_exceptions=True)
 

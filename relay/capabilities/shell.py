@@ -268,10 +268,20 @@ class Terminal:
                                          f"session:{self.ch.session.id}", terminal=self.id,
                                          reason=code, role=viewer.role)
         viewer.queue.put_nowait(None)
-        conn_limits.end_within(viewer.conn)  # a console that does not read: still closed
         viewer.gone = True
+        self.end_within(viewer)  # a console that does not read: still closed
         viewer.room.set()
         self.events.put_nowait((viewer, None))
+
+    def end_within(self, viewer: Viewer) -> None:
+        """Its socket aborted if it takes nothing for a while now that it is hung up
+        (:func:`conn_limits.end_within`; the sender calls this again after each frame
+        taken), audited as its user's (``not_closed``)."""
+        def aborted() -> None:
+            self.runner.relay.record(viewer.actor, "terminal.viewer.dropped",
+                                     f"session:{self.ch.session.id}", terminal=self.id,
+                                     reason="not_closed", role=viewer.role)
+        conn_limits.end_within(viewer.conn, on_abort=aborted)
 
     def hang_up_user(self, username: str, reason: str, actor: str) -> int:
         """Hang up every console of ``username`` (access withdrawn), audited."""
@@ -338,7 +348,7 @@ class Terminal:
         await self.finish(end, closed_by)
         for v in self.viewers:
             self._send(v, None)
-            conn_limits.end_within(v.conn)  # else one that does not read holds the end
+            self.end_within(v)  # else one that does not read holds the end
         await asyncio.gather(*(v.sending for v in self.viewers if v.sending),
                              return_exceptions=True)
 
@@ -490,6 +500,8 @@ class Terminal:
                 else:
                     await viewer.ws.send_text(item)
                 viewer.queued -= len(item)
+                if viewer.gone:  # hung up, and still reading: its grace starts again
+                    self.end_within(viewer)
         was_gone, viewer.gone = viewer.gone, True
         viewer.room.set()
         with contextlib.suppress(Exception):

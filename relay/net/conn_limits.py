@@ -153,8 +153,8 @@ def address_key(host: str) -> str:
 class Conn:
     """One accepted connection's slot (while unauthenticated) and its one deadline."""
 
-    __slots__ = ("address", "due", "gate", "held", "key", "over", "phase", "timer",
-                 "transport")
+    __slots__ = ("address", "due", "gate", "held", "key", "on_hung_up", "over", "phase",
+                 "timer", "transport")
 
     def __init__(self, gate: Gate, address: str, key: str) -> None:
         self.gate = gate
@@ -166,6 +166,9 @@ class Conn:
         self.due = 0.0
         self.phase = ""
         self.over = False  # closed: no deadline may be set any more
+        #: Who audits a hung-up socket's abort (:func:`end_within`): the room, which
+        #: knows whose console it was; else it is reported as any timeout.
+        self.on_hung_up: Callable[[], None] | None = None
 
     # -- the slot --------------------------------------------------------------------
 
@@ -230,8 +233,14 @@ class Conn:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        self.gate.timed_out(self, phase)
+        hook = self.on_hung_up if phase == HUNG_UP else None
+        self.gate.timed_out(self, phase, report=hook is None)
         transport.abort()
+        if hook is not None:
+            try:
+                hook()
+            except Exception:
+                log.exception("could not report a hung-up connection's abort")
 
 
 class Gate:
@@ -349,11 +358,14 @@ class Gate:
         else:
             self.by_key.pop(key, None)
 
-    def timed_out(self, conn: Conn | None, phase: str, address: str = "") -> None:
-        """A deadline ended a connection: count it and report it."""
+    def timed_out(self, conn: Conn | None, phase: str, address: str = "",
+                  report: bool = True) -> None:
+        """A deadline ended a connection: count it and (unless its owner reports it
+        itself) report it."""
         self.timeouts[phase] = self.timeouts.get(phase, 0) + 1
         self._count(self._timeout_metric, phase)
-        self._report("timeout", conn.address if conn is not None else address, phase)
+        if report:
+            self._report("timeout", conn.address if conn is not None else address, phase)
 
     def _count(self, metric: Any, label: str) -> None:
         if metric is None:
@@ -383,12 +395,18 @@ def current(ws: Any = None) -> Conn | None:
     return conn if conn is not None else CURRENT.get()
 
 
-def end_within(conn: Conn | None, seconds: float = HANG_UP_GRACE_S) -> None:
+def end_within(conn: Conn | None, seconds: float = HANG_UP_GRACE_S,
+               on_abort: Callable[[], None] | None = None) -> None:
     """The relay hung ``conn`` up (its last frames and close frame are queued): abort
-    it if it is still open ``seconds`` from now (``connection.timeout``, reason
-    :data:`HUNG_UP`). A peer that does not read would otherwise hold the socket, and
-    the task waiting in its send, for as long as TCP lets it. From the loop's thread."""
+    it if it takes nothing for ``seconds`` (its sender calls this again after each
+    frame the socket took, so a slow console that reads is given its time). A peer
+    that does not read would otherwise hold the socket, and the task waiting in its
+    send, for as long as TCP lets it. ``on_abort`` audits the abort (it knows whose
+    socket it was); without it, ``connection.timeout`` reason :data:`HUNG_UP`. From
+    the loop's thread."""
     if conn is not None and conn.gate.in_loop_thread():
+        if on_abort is not None:
+            conn.on_hung_up = on_abort
         conn.deadline_in(seconds, HUNG_UP)
 
 

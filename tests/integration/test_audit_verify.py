@@ -238,3 +238,45 @@ def test_records_from_worker_threads_are_written_by_the_loop(
     assert writers == {loop_thread}, "an audit write ran on a worker thread"
     assert relay.audit.verify().ok
     relay.engine.dispose()
+
+
+def test_a_worker_that_gave_up_waiting_for_the_loop_was_told_the_truth(
+        tmp_path: Path, database: TestDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop is stalled past the worker's wait: the worker gets TimeoutError, and
+    the event is then never written (it would contradict what the worker was told: a
+    retention pass that undid its deletion after the error, say)."""
+    import asyncio
+    import threading
+    import time
+
+    from backline.relay import state
+
+    monkeypatch.setattr(state, "ON_LOOP_TIMEOUT_S", 0.2)
+    relay = open_in(tmp_path / "r", database)
+    stalled = threading.Event()
+    outcome: list[str] = []
+
+    async def scenario() -> None:
+        relay._loop = asyncio.get_running_loop()
+
+        def worker() -> None:
+            assert stalled.wait(10)
+            try:
+                relay.record("relay", "report.delivery.failed", "report:late", via="webhook",
+                             detail="x")
+                outcome.append("written")
+            except TimeoutError:
+                outcome.append("timed out")
+
+        running = asyncio.to_thread(worker)
+        task = asyncio.ensure_future(running)
+        await asyncio.sleep(0.05)
+        stalled.set()
+        time.sleep(0.6)  # noqa: ASYNC251 - the loop stalls; the worker gives up
+        await task
+        await asyncio.sleep(0.05)  # the queued write's turn comes: it does nothing
+
+    asyncio.run(scenario())
+    assert outcome == ["timed out"]
+    assert not [e for e in relay.audit.export() if e["target"] == "report:late"]
+    relay.engine.dispose()

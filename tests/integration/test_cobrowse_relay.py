@@ -379,9 +379,14 @@ def test_a_watcher_that_does_not_read_is_dropped_the_technician_gets_everything(
                 assert dropped[-1]["actor"] == "user:supervisor"
                 tech.agent("rrweb")  # the technician's view goes on
                 # Its socket, whose last frames wait in a send that never returns, is
-                # aborted after the hang-up's grace: it holds no socket nor task after.
+                # aborted after the hang-up's grace: it holds no socket nor task after;
+                # audited as its user's.
                 wait_for(lambda: hung_up_aborted(relay) > aborted_before,
                          conn_limits.HANG_UP_GRACE_S + 20, "the dropped watcher aborted")
+                aborted = wait_for(lambda: [e for e in trail(
+                    relay, sid, "cobrowse.viewer.dropped")
+                    if e["details"]["reason"] == "not_closed"], 10, "the abort audited")
+                assert aborted[-1]["actor"] == "user:supervisor", aborted
             tech.send(type="end")
             tech.message("exit")
         print(f"{FRAMES} frames of {FRAME_KIB} KiB to the technician in {took:.1f} s "

@@ -154,6 +154,38 @@ def test_a_deadline_hangs_up_reports_and_moves_without_new_timers() -> None:
     asyncio.run(main())
 
 
+def test_a_hung_up_socket_is_aborted_only_once_it_stops_taking_frames() -> None:
+    """end_within: a console hung up that still reads (its sender re-arms after each
+    frame taken) is never aborted, however long its last frames take; one that takes
+    nothing for the grace is aborted, and its owner's hook audits it instead of an
+    anonymous timeout. A socket that closes by itself keeps nothing armed."""
+    async def main() -> None:
+        reports: list[tuple[str, ...]] = []
+        g = Gate(Limits(10, 10), asyncio.get_running_loop(), lambda *a: reports.append(a))
+        conn = g.admit("192.0.2.10")
+        assert conn is not None
+        conn.authenticated()  # a signed-in console
+        transport = FakeTransport()
+        conn.transport = transport
+        aborted: list[str] = []
+        for _ in range(6):  # 0.3 s of frames, each within the 0.1 s grace
+            conn_limits.end_within(conn, 0.1, on_abort=lambda: aborted.append("audited"))
+            await asyncio.sleep(0.05)
+        assert transport.aborted == 0 and aborted == []
+        await asyncio.sleep(0.2)  # then nothing taken
+        assert transport.aborted == 1 and aborted == ["audited"]
+        assert reports == [] and g.timeouts == {conn_limits.HUNG_UP: 1}
+        other = g.admit("192.0.2.10")
+        assert other is not None
+        other.transport = FakeTransport()
+        conn_limits.end_within(other, 0.05)
+        other.closed()  # it closed in time
+        await asyncio.sleep(0.1)
+        assert other.transport is None and g.timeouts == {conn_limits.HUNG_UP: 1}
+
+    asyncio.run(main())
+
+
 def test_a_mass_expiry_hangs_up_in_batches_with_io_between() -> None:
     """Two thousand connections admitted together expire together: they are hung up
     EXPIRE_PER_TURN a turn of the loop, so a ready socket (here: a callback scheduled
