@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -110,12 +111,25 @@ def keep(state_root: Path, report: dict[str, Any]) -> Path:
 
 def _private_folder(where: Path) -> None:
     """The outbox, created 0700, and made 0700 again if it was not (``mkdir``'s mode
-    applies only to a folder it creates)."""
+    applies only to a folder it creates). Only a real folder of this user's is
+    changed (never through a symbolic link); a mode that cannot be mended is logged,
+    and the report is still kept."""
     where.mkdir(mode=0o700, parents=True, exist_ok=True)
-    mode = where.stat().st_mode & 0o777
-    if mode & 0o077:
+    st = where.lstat()
+    mode = st.st_mode & 0o777
+    if os.name != "posix" or not mode & 0o077:
+        return  # elsewhere the folder's access is not in its mode bits
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        log.warning("fix report outbox %s is not a folder of this user's (mode %o); "
+                    "left as it is", where, mode)
+        return
+    try:
+        os.chmod(where, 0o700)  # a folder, not a link (lstat above)
+    except OSError as exc:
+        log.warning("fix report outbox %s is mode %o and could not be made 0700: %s",
+                    where, mode, exc)
+    else:
         log.warning("fix report outbox %s was mode %o; made 0700", where, mode)
-        os.chmod(where, 0o700)
 
 
 def _count_pending(where: Path) -> int:
@@ -203,7 +217,14 @@ def pending(state_root: Path, limit: int = BATCH) -> list[tuple[Path, dict[str, 
             message(report)
         except FileNotFoundError:
             continue  # sent and forgotten by another pass meanwhile
-        except (OSError, ValueError, KeyError, TypeError, protocol.ProtocolError) as exc:
+        except OSError as exc:
+            # Unreadable now (written by another user, out of descriptors...), not
+            # shown to be no report: left for a later pass, never set aside (set-aside
+            # files are deleted in time: :func:`tidy`).
+            log.warning("fix report %s cannot be read now (%s); tried again later",
+                        path.name, exc)
+            continue
+        except (ValueError, KeyError, TypeError, protocol.ProtocolError) as exc:
             log.error("fix report %s is unusable (%s); renamed .bad", path.name, exc)
             with contextlib.suppress(OSError):
                 os.replace(path, path.with_suffix(".bad"))

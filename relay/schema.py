@@ -436,6 +436,7 @@ self_service_runs = sa.Table(
     sa.Column("fix_id", Str(48), nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("recorded_at", sa.Float, nullable=False),
+    sa.Index("ix_self_service_runs_recorded_at", "recorded_at"),  # pruned by age (0013)
 )
 
 # Where each scheduled report (schedule, group, way) got to: the end of the last period

@@ -41,7 +41,7 @@ import sqlalchemy as sa
 
 from backline.common import protocol
 from backline.common.protocol import ProtocolError
-from backline.relay.db import insert_if_absent
+from backline.relay.db import insert_if_absent, writing
 from backline.relay.schema import self_service_runs
 
 if TYPE_CHECKING:
@@ -60,26 +60,40 @@ REFILL_S = 60.0
 MAX_AGE_S = 30 * 86400.0
 #: Agents whose bucket is kept; past it, full buckets (nothing to remember) are dropped.
 MAX_AGENTS = 20_000
-#: How long a recorded run's key is kept in ``self_service_runs``: a report of it sent
-#: again later is refused ``too_old`` before the key is looked at, so the key is no
-#: longer needed (a day more for an agent clock stepped back).
-KEEP_RUN_KEYS_S = MAX_AGE_S + 86400.0
+#: How long a recorded run's key is kept in ``self_service_runs``: a year. A report of
+#: it sent again later than :data:`MAX_AGE_S` after the run is refused ``too_old`` before
+#: the key is looked at, but that gap is measured on the agent's clock, which may have
+#: been wrong at the run and right at the resend: keys are cheap, so a year, not 31 days.
+KEEP_RUN_KEYS_S = 365 * 86400.0
+#: Keys forgotten per transaction (SQLite has one writer: the loop's appends wait).
+PRUNE_BATCH = 5000
 
 
 def prune(engine: sa.Engine, now: float | None = None) -> int:
     """Forget the keys of runs recorded over :data:`KEEP_RUN_KEYS_S` ago (the table
-    grew by every run ever reported); how many. The events stay in the trail. Blocking:
-    the relay's housekeeping calls it in a thread, once an hour."""
+    grew by every run ever reported), :data:`PRUNE_BATCH` at a time, by the
+    ``recorded_at`` index (migration 0013); how many. The events stay in the trail.
+    Blocking: the relay's housekeeping calls it in a thread, once an hour."""
     from backline.relay.reports import clock
 
     now = clock.now() if now is None else now
-    with engine.begin() as db:
-        gone = db.execute(self_service_runs.delete().where(
-            self_service_runs.c.recorded_at < now - KEEP_RUN_KEYS_S)).rowcount
-    if gone:
+    c = self_service_runs.c
+    total = 0
+    while True:
+        with writing(engine) as db:
+            keys = db.execute(sa.select(c.agent_id, c.run_id)
+                              .where(c.recorded_at < now - KEEP_RUN_KEYS_S)
+                              .order_by(c.recorded_at).limit(PRUNE_BATCH)).all()
+            for agent_id, run_id in keys:
+                db.execute(self_service_runs.delete().where(
+                    c.agent_id == agent_id, c.run_id == run_id))
+        total += len(keys)
+        if len(keys) < PRUNE_BATCH:
+            break
+    if total:
         log.info("self-service runs: forgot the keys of %d runs recorded over %.0f days "
-                 "ago", gone, KEEP_RUN_KEYS_S / 86400)
-    return int(gone or 0)
+                 "ago", total, KEEP_RUN_KEYS_S / 86400)
+    return total
 
 
 class _Bucket:

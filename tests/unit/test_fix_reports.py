@@ -114,6 +114,27 @@ def test_the_outbox_stays_bounded_and_private(tmp_path: Path,
     assert len(fix_reports.pending(tmp_path)) == 2
 
 
+def test_an_unreadable_report_is_left_for_later_not_set_aside(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report that cannot be read now (EACCES: another user's; EMFILE) is not shown
+    to be no report: it is not renamed .bad (set-aside files are deleted in time),
+    only skipped, and read when it can be. (The OS's refusal is simulated: the tests
+    run as root, who reads a 0000 file.)"""
+    path = fix_reports.keep(tmp_path, run())
+    read_text = Path.read_text
+
+    def refused(self: Path, *args: Any, **kw: Any) -> str:
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_text(self, *args, **kw)
+
+    monkeypatch.setattr(Path, "read_text", refused)
+    assert fix_reports.pending(tmp_path) == []
+    assert path.exists() and not list(path.parent.glob("*.bad"))
+    monkeypatch.setattr(Path, "read_text", read_text)
+    assert [p for p, _ in fix_reports.pending(tmp_path)] == [path]
+
+
 class FakeRelay:
     """Answers each ``fix_report`` it is sent with the next planned status."""
 

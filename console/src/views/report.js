@@ -5,8 +5,10 @@ import { html, nothing } from "lit-html";
 
 const RANK = { critical: 0, warning: 1, info: 2 };
 
+// Every finding came from the customer's machine: only objects are findings, and a
+// field of the wrong type shows as nothing rather than breaking the page.
 export function sortFindings(findings) {
-  return [...(findings || [])].sort(
+  return (Array.isArray(findings) ? findings : []).filter((f) => f && typeof f === "object").sort(
     (a, b) => (RANK[a.severity] ?? 9) - (RANK[b.severity] ?? 9) || String(a.rule_id ?? "").localeCompare(String(b.rule_id ?? "")),
   );
 }
@@ -24,9 +26,9 @@ export function findingsView(findings, extra = null) {
         <strong>${f.title}</strong> <code>${f.rule_id}</code></div>
       <p>${f.summary}</p>
       <details><summary>Why this matters</summary><p>${f.explanation}</p>
-        ${f.evidence?.length ? html`<pre class="evidence">${JSON.stringify(f.evidence, null, 2)}</pre>` : nothing}
+        ${Array.isArray(f.evidence) && f.evidence.length ? html`<pre class="evidence">${JSON.stringify(f.evidence, null, 2)}</pre>` : nothing}
       </details>
-      ${f.fixes?.length ? html`<p class="muted">Fixes: ${f.fixes.map((x) => html`<code>${x}</code> `)}</p>` : nothing}
+      ${Array.isArray(f.fixes) && f.fixes.length ? html`<p class="muted">Fixes: ${f.fixes.map((x) => html`<code>${String(x)}</code> `)}</p>` : nothing}
       ${extra ? extra(f) : nothing}
     </li>`,
   )}</ol>`;
