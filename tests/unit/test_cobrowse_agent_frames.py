@@ -43,6 +43,11 @@ from tests.unit.test_wstunnel import run_async
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs a Chromium on the machine")
 CHILD_TEXT = "STATIC-CROSS-FRAME-TEXT"
 SLOW_S = 1.5
+#: Where a page is cut in two, the rest sent LATER_S after the first part: the frame's
+#: recorder (started at <html>) snapshots what was parsed so far, and the rest reaches
+#: the view as mutations (what a loaded machine's parser, yielding, did by itself).
+LATER = "<!--later-->"
+LATER_S = 0.5
 BASE = frames.FIRST_BASE
 
 
@@ -361,13 +366,18 @@ def _server(pages: dict[str, tuple[str, str]]) -> ThreadingHTTPServer:
             if path == "/slow.js":
                 time.sleep(SLOW_S)
             kind, body = pages[path]
-            data = body.encode()
+            first, _, rest = body.partition(LATER)
+            data, later = first.encode(), rest.encode()
             self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Content-Type", f"{kind}; charset=utf-8")
+            self.send_header("Content-Length", str(len(data) + len(later)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
             self.wfile.write(data)
+            if later:
+                self.wfile.flush()
+                time.sleep(LATER_S)
+                self.wfile.write(later)
 
         def log_message(self, format: str, *args: object) -> None:
             pass
@@ -394,7 +404,8 @@ def hosts() -> Iterator[dict[str, str]]:
       one (localhost) that holds an in-process cross-origin frame of its own, and a
       same-origin frame (recorded by the parent's rrweb) that holds a cross-origin one;
     - ``/guarded``: a blocked <iframe>, one inside a blocked element, one on a private
-      address, and an open one (the control)."""
+      address, and an open one (the control), whose text reaches its document after
+      the frame's snapshot (:data:`LATER`)."""
     pages_one: dict[str, tuple[str, str]] = {}
     pages_two: dict[str, tuple[str, str]] = {}
     pages_three: dict[str, tuple[str, str]] = {}
@@ -434,7 +445,8 @@ def hosts() -> Iterator[dict[str, str]]:
         "/outer.html": _html("<p>OUTER-FRAME-TEXT</p>"
                              f'<iframe id="inner" src="http://localhost:{p3}/inner.html">'
                              "</iframe>"),
-        "/open.html": _html("<p>OPEN-FRAME-TEXT</p>"),
+        # Its text comes after its snapshot (in the view all the same).
+        "/open.html": _html(f"{LATER}<p>OPEN-FRAME-TEXT</p>"),
         "/deep.html": _html("<p>DEEP-FRAME-TEXT</p>"),
         "/marked.html": _html("<p>BLOCKED-FRAME-TEXT-1</p>"),
         "/inside.html": _html("<p>BLOCKED-FRAME-TEXT-2</p>"),
@@ -464,14 +476,44 @@ def iframes_in(node: dict[str, Any]) -> dict[str, int]:
     return out
 
 
+def _in_range(value: object, base: int) -> bool:
+    return isinstance(value, int) and base < value < base + frames.SPAN
+
+
+def frame_document(events: list[dict[str, Any]], index: int) -> dict[str, Any]:
+    """The frame document attached by ``events[index]`` as the view holds it: the
+    attached tree and what later mutations add in its range (its recorder starts at
+    ``<html>``: under load its snapshot holds the nodes parsed so far, the rest reaches
+    it as the parser inserts them), up to its next attach (a fresh snapshot of it, or
+    another document under the same ``<iframe>``)."""
+    first = events[index]["data"]["adds"][0]
+    base = first["node"]["id"] - 1
+    nodes = [first["node"]]
+    for e in events[index + 1:]:
+        if e["type"] != 3 or e["data"].get("source") != 0:
+            continue
+        adds = e["data"].get("adds") or []
+        if e["data"].get("isAttachIframe") and any(
+                a["parentId"] == first["parentId"] or a["node"]["id"] == first["node"]["id"]
+                for a in adds):
+            break
+        # (not another frame's document attached inside it: that one is in a range of
+        # its own)
+        nodes.extend(a["node"] for a in adds if _in_range(a.get("parentId"), base)
+                     and _in_range(a["node"].get("id"), base))
+        nodes.extend({"type": 3, "id": t["id"], "textContent": t.get("value")}
+                     for t in e["data"].get("texts") or [] if _in_range(t.get("id"), base))
+    return {"type": 0, "id": first["node"]["id"], "childNodes": nodes}
+
+
 def attaches(events: list[dict[str, Any]], text: str) -> list[tuple[int, dict[str, Any]]]:
-    """(index, add) of each attach of a frame document in the agent's ranges holding
-    ``text``."""
+    """(index, add) of each attach of a frame document in the agent's ranges that holds
+    ``text`` in the view (in its snapshot, or added after it: :func:`frame_document`)."""
     return [(i, add) for i, e in enumerate(events)
             if e["type"] == 3 and e["data"].get("source") == 0 and e["data"].get("isAttachIframe")
-            for add in e["data"]["adds"]
+            for add in e["data"]["adds"][:1]
             if add["node"].get("type") == 0 and add["node"]["id"] >= BASE
-            and text in json.dumps(add)]
+            and text in json.dumps(frame_document(events, i))]
 
 
 def top_iframes_before(events: list[dict[str, Any]], index: int) -> dict[str, int]:
@@ -660,7 +702,7 @@ async def test_in_process_and_nested_frames_and_a_hostile_embedding_page(
     (n, inner), *_ = attaches(events, "INNER-FRAME-TEXT")
     # Under the <iframe id="inner"> of the outer frame, in the outer frame's range.
     outer_base = outer["node"]["id"] - 1
-    inner_owner = iframes_in(outer["node"])["inner"]
+    inner_owner = iframes_in(frame_document(events, o))["inner"]
     assert inner["parentId"] == inner_owner and outer_base < inner_owner < outer_base + frames.SPAN
     assert n > o
     (d, deep), *_ = attaches(events, "DEEP-FRAME-TEXT")
@@ -706,7 +748,7 @@ async def test_nothing_is_attached_to_a_blocked_iframe_nor_sent_of_a_private_fra
     owners = {add["parentId"] for e in events if e["type"] == 3
               and e["data"].get("isAttachIframe") for add in e["data"]["adds"]
               if add["node"].get("type") == 0 and add["node"]["id"] >= BASE}
-    top = iframes_in([e for e in events if e["type"] == 2][-1]["data"]["node"])
+    top = top_iframes_before(events, len(events))
     assert owners == {top["open"]}, (owners, top)
     await asyncio.wait_for(server, 10)
 
