@@ -106,6 +106,12 @@ POLICY_TEXT_RE = re.compile(r"[ -~]{1,300}")
 MAX_COBROWSE_ITEMS = 64
 
 
+#: The browser's own error pages (a navigation refused by ``allowed_urls``, a name that
+#: does not resolve...): they show the address they could not load, query included.
+#: Never recorded, as a private page is not, whatever the policy says.
+BROWSER_ERROR_PAGES = ("chrome-error://*",)
+
+
 @dataclass(frozen=True)
 class CobrowsePolicy:
     """``[cobrowse]``: what this machine's administrator says of co-browsing."""
@@ -117,6 +123,11 @@ class CobrowsePolicy:
     private_urls: tuple[str, ...] = ()
     allowed_urls: tuple[str, ...] = ()
     screencast: bool = False
+
+    @property
+    def hidden_urls(self) -> tuple[str, ...]:
+        """The pages never recorded: ``private_urls`` and the browser's error pages."""
+        return (*self.private_urls, *BROWSER_ERROR_PAGES)
 
 
 class PolicyError(ValueError):

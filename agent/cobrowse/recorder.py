@@ -86,14 +86,15 @@ class Privacy:
     def from_policy(cls, policy: CobrowsePolicy) -> Privacy:
         mask = ", ".join((SENSITIVE_SELECTOR, EDITABLE_SELECTOR, *policy.mask_selectors))
         block = ", ".join((PRIVATE_SELECTOR, OVERLAY_SELECTOR, *policy.block_selectors))
-        return cls(mask, block, policy.private_urls)
+        return cls(mask, block, policy.hidden_urls)
 
     def hidden(self, policy: CobrowsePolicy) -> list[str]:
         """What the customer is told stays on this machine."""
         return ["all input values (masked)", "password fields", "card fields (cc-*)",
                 "editable text (contenteditable)",
                 PRIVATE_SELECTOR, *policy.mask_selectors, *policy.block_selectors,
-                *(f"pages {p}" for p in policy.private_urls), "canvas"]
+                *(f"pages {p}" for p in policy.private_urls), "the browser's error pages",
+                "canvas"]
 
 
 def rrweb_source() -> str:

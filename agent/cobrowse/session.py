@@ -367,7 +367,7 @@ class CoBrowse:
             if top and not self.url_allowed(url):
                 # Not the query, fragment or user info (a token), and of a private page
                 # only its origin: the line goes to every console and the recording.
-                shown = recorder.shown_address(url, self.policy.private_urls)
+                shown = recorder.shown_address(url, self.policy.hidden_urls)
                 said = str(shown["url"])[:300] + (" (a private page)" if shown.get("private")
                                                   else "")
                 self.on_log("cobrowse.refused", reason="url_not_allowed", url=said)
@@ -383,7 +383,7 @@ class CoBrowse:
     # --- addresses and private pages ------------------------------------------------
 
     def private(self, target: Target) -> bool:
-        return recorder.url_matches(target.url, self.policy.private_urls)
+        return recorder.url_matches(target.url, self.policy.hidden_urls)
 
     def _say_nav(self, target: Target) -> None:
         """The shown page's address, cut (recorder.shown_address); on a private page the
@@ -391,7 +391,7 @@ class CoBrowse:
         before stays on no console), and no event of the page is sent until it leaves."""
         self._flush()
         self.emit({"type": "nav", **recorder.shown_address(target.url,
-                                                           self.policy.private_urls)})
+                                                           self.policy.hidden_urls)})
         if self.private(target):
             for line in self.batcher.add(json.dumps(blank_snapshot())):
                 self._send_line(line)
@@ -477,7 +477,7 @@ class CoBrowse:
                 # rrweb's meta event carries the address: cut like a nav line (the page's
                 # recorder cuts it too, but the page can call the binding itself).
                 event["data"]["href"] = str(recorder.shown_address(
-                    str(event["data"]["href"]), self.policy.private_urls)["url"])
+                    str(event["data"]["href"]), self.policy.hidden_urls)["url"])
                 text = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
             if event["type"] == ev.FULL_SNAPSHOT:
                 source.snapshot_seen = True
@@ -669,7 +669,7 @@ class CoBrowse:
         for _ in range(64):
             info = t.frames.get(f)
             url = info.url if info else (t.url if f == t.main_frame else "")
-            if url and recorder.url_matches(url, self.policy.private_urls):
+            if url and recorder.url_matches(url, self.policy.hidden_urls):
                 return True
             if f == t.main_frame:
                 if t.type == "page":
