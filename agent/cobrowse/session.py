@@ -43,10 +43,14 @@ META = 4
 #: Frames that record themselves, at most, in one co-browse (one gate each: a page of
 #: many cross-origin frames gets no more than this many allowances).
 MAX_FRAMES = 32
-#: Lookups of a frame's <iframe> that found nothing (not serialized yet), at most, with
-#: a doubling wait from FRAME_RETRY_S, before the next parent snapshot starts them again.
+#: Lookups of a frame's <iframe> that found nothing (not serialized yet) after which
+#: what the frame sent is no longer held (a fresh snapshot is asked once it is found).
+#: The lookups go on, with a doubling wait from FRAME_RETRY_S up to FRAME_RETRY_CAP_S:
+#: stopping there left a frame out of the view for good when its <iframe> reached the
+#: parent's view late (a big page) and no new parent snapshot came.
 MAX_LOOKUPS = 6
 FRAME_RETRY_S = 0.25
+FRAME_RETRY_CAP_S = 10.0
 #: A frame is asked for a fresh full snapshot at most this often.
 FRAME_ASK_S = 1.0
 #: Run in the agent's isolated world on a frame's <iframe> element (the page cannot patch
@@ -855,10 +859,11 @@ class CoBrowse:
                 if found is None:
                     rec.owner = None
                     rec.lookups += 1
-                    if rec.lookups >= MAX_LOOKUPS:
+                    if rec.lookups == MAX_LOOKUPS:
                         rec.forget()  # nothing to attach it to: held no longer
                         rec.stale = True
-                    rec.retry_at = time.monotonic() + FRAME_RETRY_S * 2 ** rec.lookups
+                    rec.retry_at = time.monotonic() + min(
+                        FRAME_RETRY_CAP_S, FRAME_RETRY_S * 2 ** min(rec.lookups, 16))
                     return
                 rec.owner, rec.owner_epoch = found, epoch
                 self._release(rec)
@@ -909,7 +914,7 @@ class CoBrowse:
             if self._owner_valid(rec):
                 if rec.stale and self._frame_shown(source, rec.frame_id):
                     self._ask_frame(rec)
-            elif not rec.looking and rec.lookups < MAX_LOOKUPS and now >= rec.retry_at:
+            elif not rec.looking and now >= rec.retry_at:
                 self._spawn(self._lookup(rec))
 
     def _ask_frame(self, rec: frames.Frame) -> None:

@@ -346,6 +346,43 @@ async def test_what_all_frames_hold_is_capped_oldest_first() -> None:
     assert sum(r.held_bytes for r in recs) <= frames.MAX_HELD_BYTES
 
 
+@run_async
+async def test_a_frame_whose_iframe_comes_late_is_still_looked_up_and_attached() -> None:
+    """The frame's <iframe> is not in the parent's view for many lookups (a big page
+    still being serialized, say): past MAX_LOOKUPS what the frame held is let go, but
+    the lookups go on, at most FRAME_RETRY_CAP_S apart, and once the <iframe> is there
+    the frame is attached (before, it stayed out of the view until the parent's next
+    full snapshot, which may never come)."""
+    from backline.agent.cobrowse import session as session_mod
+
+    cb, _out = offline_session()
+    cb._binding("F", json.dumps([snapshot()]), None)
+    rec = cb.frames[("F", "f1")]
+    misses = session_mod.MAX_LOOKUPS + 4
+    calls: list[int] = []
+
+    async def owner(_rec: Any, _parent: Any) -> int | None:
+        calls.append(1)
+        return None if len(calls) <= misses else 7
+
+    cb._owner_in_parent = owner  # type: ignore[method-assign]
+    asked: list[Any] = []
+    cb._ask_frame = asked.append  # type: ignore[method-assign]  # no browser to ask
+    page = cb.targets["P"]
+    for _ in range(misses + 5):
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        if rec.owner is not None:
+            break
+        wait = rec.retry_at - time.monotonic()
+        assert wait <= session_mod.FRAME_RETRY_CAP_S + 0.1, wait
+        rec.retry_at = 0.0  # the wait is over
+        cb._frames_due(page)
+    assert len(calls) == misses + 1
+    assert rec.owner == 7
+    assert asked == [rec]  # what it held was let go: a fresh snapshot is asked
+
+
 def test_the_co_browse_hands_out_ranges_at_a_bounded_rate() -> None:
     bases = frames.Bases()
     t0 = bases.bucket.at
