@@ -150,8 +150,10 @@ class Relay:
                 return  # the thread gave up waiting: it was told nothing was written
             try:
                 done.set_result(write())
-            except Exception as exc:  # handed to the waiting thread
+            except BaseException as exc:  # the waiting thread hears of it, whatever it is
                 done.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise  # and the loop too (KeyboardInterrupt, SystemExit)
 
         try:
             loop.call_soon_threadsafe(call)
@@ -162,7 +164,7 @@ class Relay:
         except concurrent.futures.TimeoutError:
             if done.cancel():  # never to be written: the caller's error says so
                 raise
-            return done.result()  # being written now: its outcome is the answer
+            return done.result(timeout=ON_LOOP_TIMEOUT_S)  # being written: its outcome
 
     def record_once(self, claim: Callable[[sa.Connection], bool], actor: str, action: str,
                     target: str = "", **details: Any) -> bool:

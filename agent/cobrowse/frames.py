@@ -350,6 +350,9 @@ class Frame:
         self.again = False
         self.lookups = 0
         self.retry_at = 0.0
+        #: Its <iframe> is blocked (or inside a blocked element): not looked up again
+        #: until its parent's next full snapshot.
+        self.blocked = False
         self.asked_at = -1e9
         #: Its full snapshots (each rebuilds its nodes in the view under new ids), and
         #: those over its allowance, dropped (it is asked for one again later).

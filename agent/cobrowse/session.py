@@ -21,7 +21,7 @@ from backline.agent.cobrowse import events as ev
 from backline.agent.cobrowse import frames, handsoff, recorder
 from backline.agent.cobrowse.browser import Browser, BrowserError, CDPError, find_browser
 from backline.agent.cobrowse.cdp import Event
-from backline.agent.policy import CobrowsePolicy
+from backline.agent.policy import BROWSER_ERROR_PAGES, CobrowsePolicy
 
 log = logging.getLogger("backline.agent.cobrowse")
 
@@ -396,6 +396,10 @@ class CoBrowse:
         self._flush()
         self.emit({"type": "nav", **recorder.shown_address(target.url,
                                                            self.policy.hidden_urls)})
+        if recorder.url_matches(target.url, BROWSER_ERROR_PAGES):
+            self.emit({"type": "error", "error": "page_failed",
+                       "detail": "the customer's browser could not load the page and shows "
+                                 "its error page (not shown here: it prints the address)"})
         if self.private(target):
             for line in self.batcher.add(json.dumps(blank_snapshot())):
                 self._send_line(line)
@@ -666,9 +670,11 @@ class CoBrowse:
 
     def _chain_private(self, target: Target, fid: str) -> bool:
         """Is the frame, or any frame above it up to its page's top, on a private
-        address (by the addresses the agent tracks)? Unknown ground is private."""
+        address (by the addresses the agent tracks)? Unknown ground is private. With no
+        ``private_urls``, only the browser's error pages are, and unknown ground is not
+        (:meth:`_chain_on_error_page`)."""
         if not self.policy.private_urls:
-            return False
+            return self._chain_on_error_page(target, fid)
         t, f = target, fid
         for _ in range(64):
             info = t.frames.get(f)
@@ -687,6 +693,28 @@ class CoBrowse:
             else:
                 f = info.parent
         return True
+
+    def _chain_on_error_page(self, target: Target, fid: str) -> bool:
+        """Is the frame, or a frame above it whose address the agent knows, one of the
+        browser's error pages (they print the address they could not load)?"""
+        t: Target | None = target
+        f = fid
+        for _ in range(64):
+            if t is None:
+                return False
+            info = t.frames.get(f)
+            url = info.url if info else (t.url if f == t.main_frame else "")
+            if url and recorder.url_matches(url, BROWSER_ERROR_PAGES):
+                return True
+            if f == t.main_frame:
+                if t.type == "page" or not t.parent_frame:
+                    return False
+                t, f = self.targets.get(t.parent_sid or ""), t.parent_frame
+            elif info is None or info.parent is None:
+                return False
+            else:
+                f = info.parent
+        return False
 
     def _page_of(self, target: Target) -> Target | None:
         t: Target | None = target
@@ -831,7 +859,7 @@ class CoBrowse:
             if self._parent_of(rec) != key:
                 continue
             rec.owner = None
-            rec.lookups, rec.retry_at = 0, 0.0
+            rec.lookups, rec.retry_at, rec.blocked = 0, 0.0, False
             if rec.attached or not rec.held:
                 rec.forget()
                 rec.stale = True
@@ -858,6 +886,9 @@ class CoBrowse:
                     continue
                 if found is None:
                     rec.owner = None
+                    if rec.blocked:  # final until the parent is snapshotted again
+                        rec.retry_at = float("inf")
+                        return
                     rec.lookups += 1
                     if rec.lookups == MAX_LOOKUPS:
                         rec.forget()  # nothing to attach it to: held no longer
@@ -999,6 +1030,7 @@ class CoBrowse:
                 "returnByValue": True}, sid, timeout=5)
             if (check.get("result") or {}).get("value") is not False:
                 rec.forget()  # what it held has nowhere to go
+                rec.blocked = True  # until the parent's next snapshot (_children_stale)
                 return None  # blocked (or the check failed): nothing is attached to it
             main: dict[str, Any] = {"backendNodeId": node, "objectGroup": group}
             context = self._main_context(holder, doc_frame)

@@ -81,14 +81,17 @@ def prune(engine: sa.Engine, now: float | None = None) -> int:
     total = 0
     while True:
         with writing(engine) as db:
-            keys = db.execute(sa.select(c.agent_id, c.run_id)
+            # The batch's newest time, by the index; then one DELETE up to it (a few
+            # more rows when several share that time: still bounded).
+            upto = db.execute(sa.select(c.recorded_at)
                               .where(c.recorded_at < now - KEEP_RUN_KEYS_S)
-                              .order_by(c.recorded_at).limit(PRUNE_BATCH)).all()
-            for agent_id, run_id in keys:
-                db.execute(self_service_runs.delete().where(
-                    c.agent_id == agent_id, c.run_id == run_id))
-        total += len(keys)
-        if len(keys) < PRUNE_BATCH:
+                              .order_by(c.recorded_at).offset(PRUNE_BATCH - 1).limit(1)
+                              ).scalar()
+            cut = (c.recorded_at < now - KEEP_RUN_KEYS_S if upto is None
+                   else c.recorded_at <= upto)
+            gone = int(db.execute(self_service_runs.delete().where(cut)).rowcount or 0)
+        total += gone
+        if upto is None:
             break
     if total:
         log.info("self-service runs: forgot the keys of %d runs recorded over %.0f days "

@@ -70,8 +70,10 @@ RESPONSE_WRITE = "response_write"
 #: A socket the relay hung up (a console dropped, a room ended) that did not close:
 #: its peer does not read, so its last frames wait in a send that never returns.
 HUNG_UP = "hung_up"
-#: How long such a socket has to take its last frames and close (:func:`end_within`).
+#: How long such a socket may take nothing before it is aborted (:func:`end_within`),
+#: and how long it has in all to take its last frames and close, however it reads.
 HANG_UP_GRACE_S = 10.0
+HANG_UP_MAX_S = 120.0
 
 #: The connection whose bytes are being handled: set around the HTTP protocol's
 #: ``data_received``, so the tasks it starts (requests, WebSocket endpoints) inherit
@@ -153,8 +155,8 @@ def address_key(host: str) -> str:
 class Conn:
     """One accepted connection's slot (while unauthenticated) and its one deadline."""
 
-    __slots__ = ("address", "due", "gate", "held", "key", "on_hung_up", "over", "phase",
-                 "timer", "transport")
+    __slots__ = ("address", "due", "gate", "held", "hung_at", "key", "on_hung_up", "over",
+                 "phase", "timer", "transport")
 
     def __init__(self, gate: Gate, address: str, key: str) -> None:
         self.gate = gate
@@ -169,6 +171,7 @@ class Conn:
         #: Who audits a hung-up socket's abort (:func:`end_within`): the room, which
         #: knows whose console it was; else it is reported as any timeout.
         self.on_hung_up: Callable[[], None] | None = None
+        self.hung_at: float | None = None  # loop time of the first end_within
 
     # -- the slot --------------------------------------------------------------------
 
@@ -399,7 +402,8 @@ def end_within(conn: Conn | None, seconds: float = HANG_UP_GRACE_S,
                on_abort: Callable[[], None] | None = None) -> None:
     """The relay hung ``conn`` up (its last frames and close frame are queued): abort
     it if it takes nothing for ``seconds`` (its sender calls this again after each
-    frame the socket took, so a slow console that reads is given its time). A peer
+    frame the socket took, so a slow console that reads is given its time, up to
+    :data:`HANG_UP_MAX_S` after the first call). A peer
     that does not read would otherwise hold the socket, and the task waiting in its
     send, for as long as TCP lets it. ``on_abort`` audits the abort (it knows whose
     socket it was); without it, ``connection.timeout`` reason :data:`HUNG_UP`. From
@@ -407,7 +411,12 @@ def end_within(conn: Conn | None, seconds: float = HANG_UP_GRACE_S,
     if conn is not None and conn.gate.in_loop_thread():
         if on_abort is not None:
             conn.on_hung_up = on_abort
-        conn.deadline_in(seconds, HUNG_UP)
+        now = conn.gate.loop.time()
+        if conn.hung_at is None:
+            conn.hung_at = now
+        # A console that takes a frame now and then is given its time, up to a cap: a
+        # trickle must not hold a room's end for hours.
+        conn.deadline_at(min(now + seconds, conn.hung_at + HANG_UP_MAX_S), HUNG_UP)
 
 
 def authenticated(ws: Any = None) -> None:

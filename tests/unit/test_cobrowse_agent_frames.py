@@ -383,6 +383,62 @@ async def test_a_frame_whose_iframe_comes_late_is_still_looked_up_and_attached()
     assert asked == [rec]  # what it held was let go: a fresh snapshot is asked
 
 
+@run_async
+async def test_a_blocked_iframe_is_not_looked_up_again_until_its_parent_is_snapshotted(
+        ) -> None:
+    """A lookup that found the <iframe> blocked is final (the lookups that go on past
+    MAX_LOOKUPS are for an <iframe> not serialized yet), until the parent's next full
+    snapshot gives its nodes new ids."""
+    cb, _out = offline_session()
+    cb._binding("F", json.dumps([snapshot()]), None)
+    rec = cb.frames[("F", "f1")]
+    calls: list[int] = []
+
+    async def blocked(found: Any, _parent: Any) -> int | None:
+        calls.append(1)
+        found.blocked = True
+        return None
+
+    cb._owner_in_parent = blocked  # type: ignore[method-assign]
+    for _ in range(5):
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        if rec.retry_at != float("inf"):
+            rec.retry_at = 0.0
+        cb._frames_due(cb.targets["P"])
+    assert len(calls) == 1
+    cb._children_stale(cb._parent_of(rec))  # the parent snapshotted again
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert len(calls) == 2
+
+
+@run_async
+async def test_a_frame_on_the_browsers_error_page_is_blanked_under_the_default_policy() -> None:
+    """No private_urls at all: a frame that lands on Chromium's error page (it prints
+    the address it could not load, query included) is blanked in the view and what it
+    sends is dropped by the agent too, not only by its own recorder."""
+    cb, out = offline_session()
+    cb._binding("F", json.dumps([snapshot()]), None)
+    rec = cb.frames[("F", "f1")]
+    rec.owner, rec.owner_epoch = 7, cb._epoch(cb._parent_of(rec))
+    frame = cb.targets["F"]
+    assert cb._frame_shown(frame, "f1")
+    cb._frame_moved(frame, "f1", "chrome-error://chromewebdata/", None, True)
+    assert not cb._frame_shown(frame, "f1")
+    cb._flush()
+    blank = [e for e in sent_events(out) if e["type"] == 3 and e["data"].get("isAttachIframe")]
+    assert blank and blank[-1]["data"]["adds"][0]["node"]["childNodes"] == []
+    before = len(sent_events(out))
+    printed = json.dumps([snapshot(ts=11.0)]).replace("hello", "https://x.test/?t=SECRET")
+    cb._binding("F", printed, None)
+    cb._flush()
+    assert "SECRET" not in json.dumps(sent_events(out)[before:])
+    # Back on an ordinary address, it is shown again.
+    cb._frame_moved(frame, "f1", "http://localhost/back", None, True)
+    assert cb._frame_shown(frame, "f1")
+
+
 def test_the_co_browse_hands_out_ranges_at_a_bounded_rate() -> None:
     bases = frames.Bases()
     t0 = bases.bucket.at

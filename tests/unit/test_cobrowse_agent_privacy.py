@@ -221,6 +221,7 @@ async def test_a_refused_address_is_told_without_its_query(
         # it is blanked, never recorded (it leaked the query before, now and then).
         await ch.until(lambda: any(str(m.get("url", "")).startswith("chrome-error:")
                                    and m.get("private") for m in ch.of("nav")), 30)
+        assert any(m.get("error") == "page_failed" for m in ch.of("error"))  # and why
         await asyncio.sleep(1.5)  # what its recorder would have sent, it had the time to
         ch.send({"type": "end"})
         await asyncio.wait_for(ch.task, 30)

@@ -175,13 +175,25 @@ def test_a_hung_up_socket_is_aborted_only_once_it_stops_taking_frames() -> None:
         await asyncio.sleep(0.2)  # then nothing taken
         assert transport.aborted == 1 and aborted == ["audited"]
         assert reports == [] and g.timeouts == {conn_limits.HUNG_UP: 1}
+        trickle = g.admit("192.0.2.10")
+        assert trickle is not None
+        trickle.transport = FakeTransport()
+        monkey = conn_limits.HANG_UP_MAX_S
+        conn_limits.HANG_UP_MAX_S = 0.2
+        try:
+            for _ in range(8):  # a frame every 0.05 s, for longer than the cap
+                conn_limits.end_within(trickle, 0.1)
+                await asyncio.sleep(0.05)
+        finally:
+            conn_limits.HANG_UP_MAX_S = monkey
+        assert trickle.transport.aborted == 1  # type: ignore[union-attr]  # cut at the cap
         other = g.admit("192.0.2.10")
         assert other is not None
         other.transport = FakeTransport()
         conn_limits.end_within(other, 0.05)
         other.closed()  # it closed in time
         await asyncio.sleep(0.1)
-        assert other.transport is None and g.timeouts == {conn_limits.HUNG_UP: 1}
+        assert other.transport is None and g.timeouts == {conn_limits.HUNG_UP: 2}
 
     asyncio.run(main())
 
