@@ -672,49 +672,33 @@ class CoBrowse:
         """Is the frame, or any frame above it up to its page's top, on a private
         address (by the addresses the agent tracks)? Unknown ground is private. With no
         ``private_urls``, only the browser's error pages are, and unknown ground is not
-        (:meth:`_chain_on_error_page`)."""
+        (an ordinary frame whose parent is not known yet stays shown)."""
         if not self.policy.private_urls:
-            return self._chain_on_error_page(target, fid)
+            return self._chain_matches(target, fid, BROWSER_ERROR_PAGES, unknown=False)
+        return self._chain_matches(target, fid, self.policy.hidden_urls, unknown=True)
+
+    def _chain_matches(self, target: Target, fid: str, patterns: tuple[str, ...],
+                       unknown: bool) -> bool:
+        """Does the frame's address, or one above it up to its page's top, match
+        ``patterns``? ``unknown``: the answer where the chain cannot be followed."""
         t, f = target, fid
         for _ in range(64):
             info = t.frames.get(f)
             url = info.url if info else (t.url if f == t.main_frame else "")
-            if url and recorder.url_matches(url, self.policy.hidden_urls):
+            if url and recorder.url_matches(url, patterns):
                 return True
             if f == t.main_frame:
                 if t.type == "page":
                     return False
                 up = self.targets.get(t.parent_sid or "")
                 if up is None or not t.parent_frame:
-                    return True
+                    return unknown
                 t, f = up, t.parent_frame
             elif info is None or info.parent is None:
-                return True
+                return unknown
             else:
                 f = info.parent
-        return True
-
-    def _chain_on_error_page(self, target: Target, fid: str) -> bool:
-        """Is the frame, or a frame above it whose address the agent knows, one of the
-        browser's error pages (they print the address they could not load)?"""
-        t: Target | None = target
-        f = fid
-        for _ in range(64):
-            if t is None:
-                return False
-            info = t.frames.get(f)
-            url = info.url if info else (t.url if f == t.main_frame else "")
-            if url and recorder.url_matches(url, BROWSER_ERROR_PAGES):
-                return True
-            if f == t.main_frame:
-                if t.type == "page" or not t.parent_frame:
-                    return False
-                t, f = self.targets.get(t.parent_sid or ""), t.parent_frame
-            elif info is None or info.parent is None:
-                return False
-            else:
-                f = info.parent
-        return False
+        return unknown
 
     def _page_of(self, target: Target) -> Target | None:
         t: Target | None = target
