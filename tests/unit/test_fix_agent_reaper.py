@@ -49,12 +49,23 @@ def exactly(cmd: str) -> list[int]:
     return found
 
 
-def escaping(tag: str, tail: str) -> str:
-    """A script whose children leave its session (setsid) and its tree (double fork)."""
-    return (f"setsid sh -c 'sleep {tag}1' </dev/null >/dev/null 2>&1 &\n"
-            f"(setsid sh -c 'sleep {tag}2' </dev/null >/dev/null 2>&1 &)\n"
-            f"(sh -c 'sleep {tag}3' </dev/null >/dev/null 2>&1 &)\n"
-            "echo started\n" + tail)
+def escaping(tag: str, tail: str, ready: Path | None = None) -> str:
+    """A script whose children leave its session (setsid) and its tree (double fork).
+    With ``ready``, each child writes a file there once it runs (the setsid ones: in
+    their new session) and the script waits for the three before its ``tail``: else a
+    script that exits at once can end before a daemon's setsid ran, and that daemon,
+    still in the script's session, is rightly taken along."""
+    def child(n: int, setsid: str) -> str:
+        mark = f": > {ready / f'{n}.ready'}; " if ready is not None else ""
+        return f"{setsid}sh -c '{mark}exec sleep {tag}{n}' </dev/null >/dev/null 2>&1 &"
+
+    wait = ""
+    if ready is not None:
+        files = " ".join(f"[ -e {ready / f'{n}.ready'} ] &&" for n in (1, 2, 3))
+        wait = (f"i=0; until {files} true; do i=$((i+1)); [ $i -gt 200 ] && break; "
+                "sleep 0.05; done\n")
+    return (f"{child(1, 'setsid ')}\n({child(2, 'setsid ')})\n({child(3, '')})\n"
+            f"{wait}echo started\n" + tail)
 
 
 def run(script: str, timeout_s: int = 30, cancel_after: float | None = None
@@ -104,12 +115,13 @@ def test_setsid_does_not_survive_a_cancel() -> None:
             os.kill(pid, 9)
 
 
-def test_a_script_that_exits_takes_its_jobs_along_and_releases_its_daemons() -> None:
+def test_a_script_that_exits_takes_its_jobs_along_and_releases_its_daemons(
+        tmp_path: Path) -> None:
     """A script that finished by itself: what it left in its session (a double-forked
     background job) goes; what it started as a daemon (``setsid``, as a SysV service
     or dhclient does) was started on purpose and stays. Its own status is kept."""
     tag = f"98{os.getpid() % 1000:03d}3"
-    events, took = run(escaping(tag, "exit 3\n"))
+    events, took = run(escaping(tag, "exit 3\n", ready=tmp_path))
     try:
         assert end(events)["exit_status"] == 3 and end(events)["signal"] is None
         assert took < 10 and marked(f"sleep {tag}3") == []
