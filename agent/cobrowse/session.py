@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from backline.agent.cobrowse import events as ev
 from backline.agent.cobrowse import frames, handsoff, recorder
@@ -483,9 +484,14 @@ class CoBrowse:
             if event["type"] == META and isinstance(event.get("data"), dict) and (
                     "href" in event["data"]):
                 # rrweb's meta event carries the address: cut like a nav line (the page's
-                # recorder cuts it too, but the page can call the binding itself).
+                # recorder cuts it too, but the page can call the binding itself). A
+                # recorder started at <html> of a popup's first document can see no
+                # address yet (""): the one the agent tracks for the page is said.
+                href = str(event["data"]["href"])
+                if not urlsplit(href).scheme:
+                    href = target.url
                 event["data"]["href"] = str(recorder.shown_address(
-                    str(event["data"]["href"]), self.policy.hidden_urls)["url"])
+                    href, self.policy.hidden_urls)["url"])
                 text = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
             if event["type"] == ev.FULL_SNAPSHOT:
                 source.snapshot_seen = True

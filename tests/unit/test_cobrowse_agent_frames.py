@@ -439,6 +439,20 @@ async def test_a_frame_on_the_browsers_error_page_is_blanked_under_the_default_p
     assert cb._frame_shown(frame, "f1")
 
 
+@run_async
+async def test_a_meta_event_without_an_address_says_the_pages_tracked_one() -> None:
+    """A recorder started at <html> of a popup's first document can see no address yet:
+    its meta event says "" (the view said ":"); the agent puts the page's address, as it
+    tracks it, cut as a nav line is."""
+    cb, out = offline_session()
+    cb.targets["P"].url = "http://127.0.0.1/index.html?popup=1"
+    meta = {"type": 4, "timestamp": 9.0, "data": {"href": "", "width": 800, "height": 600}}
+    cb._binding("P", json.dumps([meta]), None)
+    cb._flush()
+    (said,) = [e for e in sent_events(out) if e["type"] == 4]
+    assert said["data"]["href"] == "http://127.0.0.1/index.html"
+
+
 def test_the_co_browse_hands_out_ranges_at_a_bounded_rate() -> None:
     bases = frames.Bases()
     t0 = bases.bucket.at
